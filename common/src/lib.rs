@@ -1,0 +1,11 @@
+//! Shared plumbing for Lifeboat's binaries.
+//!
+//! * [`config`]: versioned TOML configuration files. Every role (agent, appliance) has
+//!   one static file; a bad file is reported with the file's path, the key that is wrong
+//!   and what was expected, and nothing is started.
+//! * [`logging`]: `tracing` set up once per process, human-readable by default and JSON
+//!   lines with `--log-json` (for log shippers).
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod logging;

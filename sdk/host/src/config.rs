@@ -1,0 +1,76 @@
+//! What the operator grants plugins: the `[plugins]` table of a role's configuration.
+//!
+//! ```toml
+//! [plugins]
+//! dir = "/var/lib/lifeboat/plugins"
+//! trusted_keys = ["3b6a27bc…"]      # ed25519 publisher keys (hex)
+//! allow_unsigned = false
+//!
+//! [plugins.grants.local]
+//! sha256 = "…"                       # optional pin: trust exactly this build
+//! directories = { "/target" = "/var/lib/lifeboat/target" }
+//! settings = { root = "/target" }
+//! ```
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Default linear-memory ceiling a grant allows, in MiB.
+pub const DEFAULT_MAX_MEMORY_MIB: u64 = 512;
+/// Default per-call deadline ceiling a grant allows, in milliseconds.
+pub const DEFAULT_MAX_DEADLINE_MS: u64 = 60_000;
+
+/// The `[plugins]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// Directory holding `<name>.wasm` with its `<name>.toml` manifest.
+    pub dir: PathBuf,
+    /// Where compiled plugins are cached (default: `<dir>/.cache`).
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
+    /// Hex ed25519 public keys whose plugin signatures are trusted.
+    #[serde(default)]
+    pub trusted_keys: Vec<String>,
+    /// Load plugins that have neither a trusted signature nor a pinned sha256. Off by
+    /// default; meant for plugin development only.
+    #[serde(default)]
+    pub allow_unsigned: bool,
+    /// Capabilities granted to each plugin, by plugin name.
+    #[serde(default)]
+    pub grants: BTreeMap<String, Grant>,
+}
+
+/// What one plugin is allowed. Everything absent is denied.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grant {
+    /// Trust exactly the build with this sha256 (hex), signed or not.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// Most linear memory the plugin may ask for, MiB (default 512).
+    #[serde(default)]
+    pub max_memory_mib: Option<u64>,
+    /// Longest per-call deadline the plugin may ask for, ms (default 60000).
+    #[serde(default)]
+    pub max_deadline_ms: Option<u64>,
+    /// Guest path -> host directory, for each directory the plugin may use.
+    #[serde(default)]
+    pub directories: BTreeMap<String, PathBuf>,
+    /// `host:port` authorities the plugin may send HTTP requests to.
+    #[serde(default)]
+    pub http_hosts: Vec<String>,
+    /// Programs the plugin may run (quiescers).
+    #[serde(default)]
+    pub commands: Vec<String>,
+    /// Socket addresses the plugin may connect to (quiescers).
+    #[serde(default)]
+    pub sockets: Vec<String>,
+    /// Give the plugin the real wall and monotonic clocks (otherwise they read zero).
+    #[serde(default)]
+    pub clock: bool,
+    /// Settings passed to the plugin's `init`.
+    #[serde(default)]
+    pub settings: BTreeMap<String, String>,
+}

@@ -1,0 +1,362 @@
+//! Loading a plugin: verify, trust, grant, compile (cached), pre-link.
+
+use crate::config::{DEFAULT_MAX_DEADLINE_MS, DEFAULT_MAX_MEMORY_MIB, Grant, PluginsConfig};
+use crate::engine::Host;
+use crate::manifest::{Manifest, PluginKind};
+use crate::worlds::Pre;
+use sha2::{Digest, Sha256};
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::component::Component;
+
+/// The wasmtime release this host is pinned to; part of the compiled-artifact cache key.
+const WASMTIME_VERSION: &str = "48.0.8";
+const DEFAULT_MEMORY_MIB: u64 = 256;
+const DEFAULT_DEADLINE_MS: u64 = 30_000;
+
+/// Why the host believes a plugin is what the operator wants to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrustBasis {
+    /// Its sha256 is pinned in the configuration.
+    Pinned,
+    /// Signed by this trusted publisher key (hex).
+    Signed(String),
+    /// Neither; loaded because the configuration allows unsigned plugins.
+    Unsigned,
+}
+
+/// What kind of refusal a [`LoadError`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Missing or unreadable files.
+    Io,
+    /// The manifest is malformed or unsupported.
+    Manifest,
+    /// The `.wasm` does not match the manifest's sha256 or the pinned sha256.
+    Corrupt,
+    /// Neither pinned nor signed by a trusted key, and unsigned plugins are not allowed.
+    Untrusted,
+    /// It requests something the configuration does not grant.
+    Capability,
+    /// Not a valid WebAssembly component.
+    InvalidWasm,
+    /// It does not export the world its manifest claims.
+    WrongWorld,
+}
+
+/// A plugin the host refused to load.
+#[derive(Debug, thiserror::Error)]
+#[error("plugin {plugin} ({path}) refused: {message}")]
+pub struct LoadError {
+    /// Plugin name (from the file name when the manifest is unreadable).
+    pub plugin: String,
+    /// The `.wasm` path.
+    pub path: String,
+    /// The kind of refusal.
+    pub refusal: Refusal,
+    /// What is wrong and what to do about it.
+    pub message: String,
+}
+
+/// Capabilities in force for one plugin: what it requested and was granted.
+#[derive(Debug, Clone)]
+pub(crate) struct Effective {
+    pub(crate) memory_bytes: usize,
+    pub(crate) deadline: Duration,
+    /// (guest path, host path)
+    pub(crate) dirs: Vec<(String, PathBuf)>,
+    pub(crate) http_hosts: Vec<String>,
+    pub(crate) commands: Vec<String>,
+    pub(crate) sockets: Vec<SocketAddr>,
+    pub(crate) clock: bool,
+    pub(crate) settings: Vec<(String, String)>,
+}
+
+/// A verified, compiled, pre-linked plugin, ready to instantiate.
+pub struct LoadedPlugin {
+    pub(crate) host: Host,
+    pub(crate) manifest: Manifest,
+    pub(crate) path: PathBuf,
+    pub(crate) trust: TrustBasis,
+    pub(crate) caps: Effective,
+    pub(crate) pre: Pre,
+}
+
+impl std::fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("name", &self.manifest.name)
+            .field("kind", &self.manifest.kind)
+            .field("trust", &self.trust)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoadedPlugin {
+    /// The plugin's name.
+    pub fn name(&self) -> &str {
+        &self.manifest.name
+    }
+    /// The world it implements.
+    pub fn kind(&self) -> PluginKind {
+        self.manifest.kind
+    }
+    /// Its manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+    /// Why it was trusted.
+    pub fn trust(&self) -> &TrustBasis {
+        &self.trust
+    }
+    /// The `.wasm` it was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+impl Host {
+    /// Loads the plugin at `wasm` (its manifest is the same path with `.toml`) under the
+    /// trust settings and grants of `config`.
+    pub fn load(
+        &self,
+        wasm: &Path,
+        config: &PluginsConfig,
+    ) -> Result<Arc<LoadedPlugin>, LoadError> {
+        let stem = wasm.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let fail = |plugin: &str, refusal: Refusal, message: String| LoadError {
+            plugin: plugin.to_owned(),
+            path: wasm.display().to_string(),
+            refusal,
+            message,
+        };
+        let manifest = Manifest::load(&wasm.with_extension("toml"))
+            .map_err(|e| fail(&stem, Refusal::Manifest, e.to_string()))?;
+        let name = manifest.name.clone();
+        let bytes = std::fs::read(wasm)
+            .map_err(|e| fail(&name, Refusal::Io, format!("cannot read the .wasm: {e}")))?;
+        let actual = sha256_hex(&bytes);
+        if !actual.eq_ignore_ascii_case(&manifest.sha256) {
+            return Err(fail(
+                &name,
+                Refusal::Corrupt,
+                format!(
+                    "sha256 of the .wasm is {actual} but the manifest says {}: the file is \
+                     corrupt or was replaced without its manifest",
+                    manifest.sha256
+                ),
+            ));
+        }
+        let default_grant = Grant::default();
+        let grant = config.grants.get(&name).unwrap_or(&default_grant);
+        let trust = trust(&manifest, &actual, grant, config).map_err(|(r, m)| fail(&name, r, m))?;
+        let caps = effective(&manifest, grant).map_err(|m| fail(&name, Refusal::Capability, m))?;
+
+        let cache_dir = config.cache_dir.clone().unwrap_or_else(|| config.dir.join(".cache"));
+        let component = self.compile(&bytes, &actual, &cache_dir).map_err(|e| {
+            fail(&name, Refusal::InvalidWasm, format!("not a valid component: {e:#}"))
+        })?;
+        let want = format!("lifeboat:plugins/{}@", manifest.kind.interface());
+        let exports: Vec<String> = component
+            .component_type()
+            .exports(&self.inner.engine)
+            .map(|(n, _)| n.to_owned())
+            .collect();
+        if !exports.iter().any(|e| e.starts_with(&want)) {
+            return Err(fail(
+                &name,
+                Refusal::WrongWorld,
+                format!(
+                    "the manifest says kind = \"{}\" but the component exports {exports:?}, \
+                     not {want}…",
+                    manifest.kind
+                ),
+            ));
+        }
+        let pre = Pre::new(self, manifest.kind, &component).map_err(|e| {
+            fail(
+                &name,
+                Refusal::Capability,
+                format!("cannot link: it imports something this host does not offer: {e:#}"),
+            )
+        })?;
+        tracing::info!(plugin = %name, kind = %manifest.kind, version = %manifest.version, trust = ?trust, "plugin loaded");
+        Ok(Arc::new(LoadedPlugin {
+            host: self.clone(),
+            manifest,
+            path: wasm.to_owned(),
+            trust,
+            caps,
+            pre,
+        }))
+    }
+
+    /// Compiles `bytes`, or loads the artifact cached for this engine and sha256.
+    fn compile(&self, bytes: &[u8], sha: &str, cache_dir: &Path) -> wasmtime::Result<Component> {
+        let engine = &self.inner.engine;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut h);
+        let key = sha256_hex(format!("{WASMTIME_VERSION}:{:016x}:{sha}", h.finish()).as_bytes());
+        let cached = cache_dir.join(format!("{key}.cwasm"));
+        if cached.exists() {
+            // SAFETY: the artifact was produced by `Component::serialize` of this same
+            // engine configuration and written by this process into the host's private
+            // cache directory (never a plugin-granted directory); its name commits to the
+            // wasmtime version, engine configuration and plugin sha256. Wasmtime checks
+            // the version and configuration again while deserialising.
+            match unsafe { Component::deserialize_file(engine, &cached) } {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    tracing::warn!(path = %cached.display(), error = %e, "discarding unusable compiled plugin");
+                    let _ = std::fs::remove_file(&cached);
+                }
+            }
+        }
+        let component = Component::new(engine, bytes)?;
+        if let Err(e) = write_cache(&cached, &component.serialize()?) {
+            tracing::warn!(path = %cached.display(), error = %e, "cannot cache compiled plugin; it will be compiled again next time");
+        }
+        Ok(component)
+    }
+}
+
+fn write_cache(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+fn trust(
+    m: &Manifest,
+    actual: &str,
+    grant: &Grant,
+    config: &PluginsConfig,
+) -> Result<TrustBasis, (Refusal, String)> {
+    if let Some(pin) = &grant.sha256 {
+        return if pin.eq_ignore_ascii_case(actual) {
+            Ok(TrustBasis::Pinned)
+        } else {
+            Err((
+                Refusal::Corrupt,
+                format!(
+                    "sha256 {actual} does not match the sha256 pinned in the configuration \
+                     ({pin}); install the pinned build or update the pin"
+                ),
+            ))
+        };
+    }
+    if let Some(sig) = &m.signature {
+        let sig_bytes = hex::decode(sig)
+            .ok()
+            .and_then(|b| <[u8; 64]>::try_from(b).ok())
+            .ok_or((Refusal::Manifest, "signature: expected 128 hex digits".to_owned()))?;
+        let sig = ed25519_dalek::Signature::from_bytes(&sig_bytes);
+        for key_hex in &config.trusted_keys {
+            let Some(key) = hex::decode(key_hex)
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .and_then(|b| ed25519_dalek::VerifyingKey::from_bytes(&b).ok())
+            else {
+                tracing::warn!(key = %key_hex, "ignoring malformed trusted key (expected 64 hex digits)");
+                continue;
+            };
+            if key.verify_strict(&m.signed_message(), &sig).is_ok() {
+                return Ok(TrustBasis::Signed(key_hex.to_ascii_lowercase()));
+            }
+        }
+        if !config.allow_unsigned {
+            return Err((
+                Refusal::Untrusted,
+                "its signature is not by any trusted key; add the publisher's key to \
+                 plugins.trusted_keys or pin the sha256 in its grant"
+                    .to_owned(),
+            ));
+        }
+    }
+    if config.allow_unsigned {
+        tracing::warn!(plugin = %m.name, "loading an untrusted plugin because plugins.allow_unsigned = true");
+        return Ok(TrustBasis::Unsigned);
+    }
+    Err((
+        Refusal::Untrusted,
+        "it is neither signed by a trusted key nor pinned by sha256; pin it with \
+         plugins.grants.<name>.sha256 or add its publisher to plugins.trusted_keys"
+            .to_owned(),
+    ))
+}
+
+fn effective(m: &Manifest, g: &Grant) -> Result<Effective, String> {
+    let r = &m.capabilities;
+    let memory_mib = r.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB);
+    let max_memory = g.max_memory_mib.unwrap_or(DEFAULT_MAX_MEMORY_MIB);
+    if memory_mib > max_memory {
+        return Err(format!(
+            "it asks for {memory_mib} MiB of memory; the grant allows {max_memory} MiB \
+             (raise plugins.grants.{}.max_memory_mib)",
+            m.name
+        ));
+    }
+    let deadline_ms = r.deadline_ms.unwrap_or(DEFAULT_DEADLINE_MS);
+    let max_deadline = g.max_deadline_ms.unwrap_or(DEFAULT_MAX_DEADLINE_MS);
+    if deadline_ms > max_deadline {
+        return Err(format!(
+            "it asks for a {deadline_ms} ms call deadline; the grant allows {max_deadline} ms \
+             (raise plugins.grants.{}.max_deadline_ms)",
+            m.name
+        ));
+    }
+    let denied = |what: &str, item: &str, key: &str| {
+        format!(
+            "it requests {what} {item:?}, which the configuration does not grant \
+             (add it to plugins.grants.{}.{key})",
+            m.name
+        )
+    };
+    let mut dirs = Vec::new();
+    for d in &r.directories {
+        let host = g.directories.get(d).ok_or_else(|| denied("directory", d, "directories"))?;
+        dirs.push((d.clone(), host.clone()));
+    }
+    for h in &r.http_hosts {
+        if !g.http_hosts.contains(h) {
+            return Err(denied("HTTP host", h, "http_hosts"));
+        }
+    }
+    for c in &r.commands {
+        if !g.commands.contains(c) {
+            return Err(denied("command", c, "commands"));
+        }
+    }
+    let mut sockets = Vec::new();
+    for s in &r.sockets {
+        if !g.sockets.contains(s) {
+            return Err(denied("socket", s, "sockets"));
+        }
+        sockets
+            .push(s.parse().map_err(|_| {
+                format!("socket {s:?}: expected an address such as 127.0.0.1:5432")
+            })?);
+    }
+    if r.clock && !g.clock {
+        return Err(denied("capability", "clock", "clock"));
+    }
+    Ok(Effective {
+        memory_bytes: (memory_mib as usize) << 20,
+        deadline: Duration::from_millis(deadline_ms),
+        dirs,
+        http_hosts: r.http_hosts.clone(),
+        commands: r.commands.clone(),
+        sockets,
+        clock: r.clock,
+        settings: g.settings.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    })
+}

@@ -1,0 +1,322 @@
+//! The target world: where replica disks, recovery points, replication logs and VMs live.
+//!
+//! Implement [`Target`]; the optional operations (resizing, VMs, health) have defaults
+//! that say the target does not support them.
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "wit/lifeboat-plugins@0.1.0",
+        world: "target-plugin",
+        pub_export_macro: true,
+        export_macro_name: "__export_target_world",
+        default_bindings_module: "lifeboat_sdk::target::bindings",
+        runtime_path: "lifeboat_sdk::__wit_bindgen::rt",
+    });
+}
+
+use crate::{PluginError, Settings};
+use bindings::exports::lifeboat::plugins::target as gen_;
+
+pub use gen_::{
+    DiskInfo, Extent, Firmware, MaterializedDisk, NicSpec, PointInfo, PowerState,
+    TargetCapabilities, VmSpec, ZeroRange,
+};
+
+error_conversions!(bindings::lifeboat::plugins::types::PluginError);
+
+/// Byte-addressable (alignment 1), 16 MiB per write, no instant points or materialise.
+impl Default for TargetCapabilities {
+    fn default() -> Self {
+        TargetCapabilities {
+            alignment: 1,
+            max_write_bytes: 16 << 20,
+            instant_points: false,
+            instant_materialize: false,
+        }
+    }
+}
+
+/// File operations the host offers beyond WASI, inside granted directories only.
+pub mod host_fs {
+    pub use super::bindings::lifeboat::plugins::host_fs::CloneMethod;
+    use crate::PluginError;
+
+    /// Makes `dst` a copy of `src`: a reflink where the filesystem can, a sparse copy
+    /// otherwise. Returns which one it did.
+    pub fn clone_file(src: &str, dst: &str) -> Result<CloneMethod, PluginError> {
+        super::bindings::lifeboat::plugins::host_fs::clone_file(src, dst).map_err(Into::into)
+    }
+}
+
+/// File helpers for targets that keep their objects as files in a granted directory
+/// (paths are the plugin's own, under its preopens).
+pub mod files {
+    use crate::PluginError;
+    use std::fs::{self, File, OpenOptions};
+    use std::io::{Read, Seek, SeekFrom, Write};
+
+    fn open_rw(path: &str) -> Result<File, PluginError> {
+        OpenOptions::new().read(true).write(true).open(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => PluginError::NotFound(format!("{path} does not exist")),
+            _ => e.into(),
+        })
+    }
+
+    /// Creates a sparse file of `size` bytes (idempotent when it exists with that size).
+    pub fn create_sparse(path: &str, size: u64) -> Result<(), PluginError> {
+        if let Ok(m) = fs::metadata(path) {
+            if m.len() == size {
+                return Ok(());
+            }
+            return Err(PluginError::Invalid(format!("{path} exists with size {}", m.len())));
+        }
+        let f = File::create(path)?;
+        f.set_len(size)?;
+        Ok(f.sync_all()?)
+    }
+
+    /// Writes extents and zero ranges into the file at `path`, refusing writes past its end.
+    pub fn write_extents(
+        path: &str,
+        extents: &[super::Extent],
+        zeros: &[super::ZeroRange],
+    ) -> Result<(), PluginError> {
+        let mut f = open_rw(path)?;
+        let size = f.metadata()?.len();
+        let past = |off: u64, len: u64| {
+            PluginError::Invalid(format!(
+                "write at {off}+{len} runs past the end of {path} ({size} bytes)"
+            ))
+        };
+        for e in extents {
+            let len = e.data.len() as u64;
+            if e.offset.checked_add(len).is_none_or(|end| end > size) {
+                return Err(past(e.offset, len));
+            }
+            f.seek(SeekFrom::Start(e.offset))?;
+            f.write_all(&e.data)?;
+        }
+        let zero = vec![0u8; 1 << 20];
+        for z in zeros {
+            if z.offset.checked_add(z.length).is_none_or(|end| end > size) {
+                return Err(past(z.offset, z.length));
+            }
+            f.seek(SeekFrom::Start(z.offset))?;
+            let mut left = z.length;
+            while left > 0 {
+                let n = left.min(zero.len() as u64) as usize;
+                f.write_all(&zero[..n])?;
+                left -= n as u64;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads `length` bytes at `offset` of the file at `path`.
+    pub fn read_at(path: &str, offset: u64, length: u32) -> Result<Vec<u8>, PluginError> {
+        let mut f = open_rw(path)?;
+        let mut buf = vec![0u8; length as usize];
+        f.seek(SeekFrom::Start(offset))?;
+        f.read_exact(&mut buf)?;
+        Ok(buf)
+    }
+
+    /// Makes the file's content durable.
+    pub fn sync(path: &str) -> Result<(), PluginError> {
+        Ok(open_rw(path)?.sync_all()?)
+    }
+
+    /// Writes `data` to `path` through a temporary file, synced then renamed, so a crash
+    /// leaves the old content or the new, never a mix.
+    pub fn write_atomic(path: &str, data: &[u8]) -> Result<(), PluginError> {
+        let tmp = format!("{path}.tmp");
+        let mut f = File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        Ok(fs::rename(&tmp, path)?)
+    }
+
+    /// Names of the entries of `dir` that start with `prefix` (the prefix stripped),
+    /// sorted, skipping temporary files.
+    pub fn list(dir: &str, prefix: &str) -> Result<Vec<String>, PluginError> {
+        let mut v: Vec<String> = fs::read_dir(dir)?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with(prefix) && !n.ends_with(".tmp"))
+            .map(|n| n[prefix.len()..].to_owned())
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+}
+
+fn unsupported<T>(what: &str) -> Result<T, PluginError> {
+    Err(PluginError::Invalid(format!("{what} is not supported by this target plugin")))
+}
+
+/// A target plugin. See the WIT `target` interface for the contract of each call.
+pub trait Target: Sized + 'static {
+    /// Builds the target from its settings and says what it can do.
+    fn init(settings: Settings) -> Result<(Self, TargetCapabilities), PluginError>;
+    /// Checks the target is reachable and writable.
+    fn health(&mut self) -> Result<String, PluginError> {
+        Ok("no health check implemented".into())
+    }
+    /// Creates a zero-filled replica disk (idempotent for the same size).
+    fn create_disk(&mut self, disk: &str, size: u64) -> Result<(), PluginError>;
+    /// Grows or shrinks a replica disk.
+    fn resize_disk(&mut self, _disk: &str, _size: u64) -> Result<(), PluginError> {
+        unsupported("resizing a disk")
+    }
+    /// Deletes a replica disk.
+    fn delete_disk(&mut self, disk: &str) -> Result<(), PluginError>;
+    /// Lists replica disks.
+    fn list_disks(&mut self) -> Result<Vec<DiskInfo>, PluginError>;
+    /// Writes data extents and zero ranges (durable after `flush_disk`).
+    fn write_extents(
+        &mut self,
+        disk: &str,
+        extents: Vec<Extent>,
+        zeros: Vec<ZeroRange>,
+    ) -> Result<(), PluginError>;
+    /// Reads `length` bytes at `offset`.
+    fn read_extent(&mut self, disk: &str, offset: u64, length: u32)
+    -> Result<Vec<u8>, PluginError>;
+    /// Makes every write so far durable.
+    fn flush_disk(&mut self, disk: &str) -> Result<(), PluginError>;
+    /// Records the flushed content of `disks` as a recovery point (idempotent).
+    fn create_point(
+        &mut self,
+        point: &str,
+        tag: &str,
+        disks: Vec<String>,
+    ) -> Result<PointInfo, PluginError>;
+    /// Points whose id starts with `prefix`, oldest first.
+    fn list_points(&mut self, prefix: &str) -> Result<Vec<PointInfo>, PluginError>;
+    /// Deletes a recovery point.
+    fn delete_point(&mut self, point: &str) -> Result<(), PluginError>;
+    /// Makes `new_disk` with the content `disk` had at `point`.
+    fn materialize(
+        &mut self,
+        point: &str,
+        disk: &str,
+        new_disk: &str,
+    ) -> Result<MaterializedDisk, PluginError>;
+    /// Stores a replication log object durably.
+    fn put_log(&mut self, name: &str, data: Vec<u8>) -> Result<(), PluginError>;
+    /// Reads a replication log object.
+    fn get_log(&mut self, name: &str) -> Result<Vec<u8>, PluginError>;
+    /// Log names starting with `prefix`, ascending.
+    fn list_logs(&mut self, prefix: &str) -> Result<Vec<String>, PluginError>;
+    /// Deletes a replication log object.
+    fn delete_log(&mut self, name: &str) -> Result<(), PluginError>;
+    /// Creates (does not start) a VM; returns its id.
+    fn create_vm(&mut self, _spec: VmSpec) -> Result<String, PluginError> {
+        unsupported("creating a VM")
+    }
+    /// Deletes a VM.
+    fn delete_vm(&mut self, _vm: &str) -> Result<(), PluginError> {
+        unsupported("deleting a VM")
+    }
+    /// Reports a VM's power state.
+    fn vm_state(&mut self, _vm: &str) -> Result<PowerState, PluginError> {
+        unsupported("querying a VM")
+    }
+}
+
+thread_local! {
+    static SLOT: crate::slot::Slot = const { crate::slot::Slot::new() };
+}
+
+/// Adapts a [`Target`] to the generated bindings; used by [`export_target!`](crate::export_target).
+#[doc(hidden)]
+pub struct Exported<T>(std::marker::PhantomData<T>);
+
+type GenError = bindings::lifeboat::plugins::types::PluginError;
+
+fn with<T: Target, R>(f: impl FnOnce(&mut T) -> Result<R, PluginError>) -> Result<R, GenError> {
+    Ok(SLOT.with(|s| s.with(f))?)
+}
+
+impl<T: Target> gen_::Guest for Exported<T> {
+    fn init(settings: Settings) -> Result<TargetCapabilities, GenError> {
+        let (target, caps) = T::init(settings)?;
+        SLOT.with(|s| s.set(target));
+        Ok(caps)
+    }
+    fn health() -> Result<String, GenError> {
+        with(|t: &mut T| t.health())
+    }
+    fn create_disk(disk: String, size: u64) -> Result<(), GenError> {
+        with(|t: &mut T| t.create_disk(&disk, size))
+    }
+    fn resize_disk(disk: String, size: u64) -> Result<(), GenError> {
+        with(|t: &mut T| t.resize_disk(&disk, size))
+    }
+    fn delete_disk(disk: String) -> Result<(), GenError> {
+        with(|t: &mut T| t.delete_disk(&disk))
+    }
+    fn list_disks() -> Result<Vec<DiskInfo>, GenError> {
+        with(|t: &mut T| t.list_disks())
+    }
+    fn write_extents(
+        disk: String,
+        extents: Vec<Extent>,
+        zeros: Vec<ZeroRange>,
+    ) -> Result<(), GenError> {
+        with(|t: &mut T| t.write_extents(&disk, extents, zeros))
+    }
+    fn read_extent(disk: String, offset: u64, length: u32) -> Result<Vec<u8>, GenError> {
+        with(|t: &mut T| t.read_extent(&disk, offset, length))
+    }
+    fn flush_disk(disk: String) -> Result<(), GenError> {
+        with(|t: &mut T| t.flush_disk(&disk))
+    }
+    fn create_point(point: String, tag: String, disks: Vec<String>) -> Result<PointInfo, GenError> {
+        with(|t: &mut T| t.create_point(&point, &tag, disks))
+    }
+    fn list_points(prefix: String) -> Result<Vec<PointInfo>, GenError> {
+        with(|t: &mut T| t.list_points(&prefix))
+    }
+    fn delete_point(point: String) -> Result<(), GenError> {
+        with(|t: &mut T| t.delete_point(&point))
+    }
+    fn materialize(
+        point: String,
+        disk: String,
+        new_disk: String,
+    ) -> Result<MaterializedDisk, GenError> {
+        with(|t: &mut T| t.materialize(&point, &disk, &new_disk))
+    }
+    fn put_log(name: String, data: Vec<u8>) -> Result<(), GenError> {
+        with(|t: &mut T| t.put_log(&name, data))
+    }
+    fn get_log(name: String) -> Result<Vec<u8>, GenError> {
+        with(|t: &mut T| t.get_log(&name))
+    }
+    fn list_logs(prefix: String) -> Result<Vec<String>, GenError> {
+        with(|t: &mut T| t.list_logs(&prefix))
+    }
+    fn delete_log(name: String) -> Result<(), GenError> {
+        with(|t: &mut T| t.delete_log(&name))
+    }
+    fn create_vm(spec: VmSpec) -> Result<String, GenError> {
+        with(|t: &mut T| t.create_vm(spec))
+    }
+    fn delete_vm(vm: String) -> Result<(), GenError> {
+        with(|t: &mut T| t.delete_vm(&vm))
+    }
+    fn vm_state(vm: String) -> Result<PowerState, GenError> {
+        with(|t: &mut T| t.vm_state(&vm))
+    }
+}
+
+/// Exports a [`Target`] implementation as the plugin's target world.
+#[macro_export]
+macro_rules! export_target {
+    ($t:ty) => {
+        #[doc(hidden)]
+        type __LifeboatTargetExport = $crate::target::Exported<$t>;
+        $crate::target::bindings::__export_target_world!(__LifeboatTargetExport with_types_in $crate::target::bindings);
+    };
+}

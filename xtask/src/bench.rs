@@ -1,0 +1,19 @@
+//! Benchmarks: `cargo xtask bench <name>`.
+
+use anyhow::{Result, bail};
+
+/// Runs the named benchmark.
+pub fn run(name: &str) -> Result<()> {
+    match name {
+        "plugins" => {
+            crate::plugins::build()?;
+            crate::run(
+                crate::cargo()
+                    .args(["bench", "--package", "lifeboat-plugin-host", "--bench", "plugins"])
+                    .env("LIFEBOAT_PLUGINS_DIR", crate::plugins::dir())
+                    .env("LIFEBOAT_BENCH_OUT", crate::root().join("target/bench")),
+            )
+        }
+        other => bail!("unknown benchmark {other:?}; available: plugins"),
+    }
+}

@@ -1,0 +1,105 @@
+//! `cargo xtask`: the one entry point for building, testing, running and benchmarking
+//! Lifeboat. Every command installs what it needs (the wasm32-wasip2 Rust target, Debian
+//! packages) idempotently and says what it installs.
+
+mod bench;
+mod plugins;
+mod setup;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Lifeboat's build, test and run entry points")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Builds the wasm plugins and installs them with their manifests in <target>/plugins.
+    Plugins,
+    /// Runs every test: formatting, clippy, unit, integration and end-to-end tests.
+    Test,
+    /// Runs a benchmark and prints its figures (not part of the tests).
+    Bench {
+        /// Which benchmark: `plugins`.
+        name: String,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Plugins => plugins::build().map(|_| ()),
+        Cmd::Test => test(),
+        Cmd::Bench { name } => bench::run(&name),
+    };
+    if let Err(e) = r {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// The workspace root (the parent of this crate's folder).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned()
+}
+
+/// Cargo's target directory, honouring CARGO_TARGET_DIR.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) => {
+            let d = PathBuf::from(d);
+            if d.is_absolute() { d } else { root().join(d) }
+        }
+        None => root().join("target"),
+    }
+}
+
+/// Runs a command in the workspace root, echoing it, failing on a non-zero exit.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    cmd.current_dir(root());
+    eprintln!("xtask: $ {}", describe(cmd));
+    let status = cmd.status().with_context(|| format!("cannot start {}", describe(cmd)))?;
+    if !status.success() {
+        bail!("{} failed ({status})", describe(cmd));
+    }
+    Ok(())
+}
+
+fn describe(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+fn test() -> Result<()> {
+    let started = std::time::Instant::now();
+    setup::toolchain()?;
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    plugins::build()?;
+    // One profile (release) for clippy and tests, so build scripts and dependencies
+    // are shared with the quickstart and the end-to-end binaries.
+    run(cargo().args([
+        "clippy",
+        "--release",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(cargo().args(["test", "--release", "--workspace"]))?;
+    eprintln!("xtask: all tests passed in {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
