@@ -58,8 +58,8 @@ mod state;
 mod worlds;
 
 pub use engine::{EPOCH_TICK, Host};
-pub use load::{LoadError, LoadedPlugin, TrustBasis};
+pub use load::{LoadError, LoadedPlugin, Refusal, TrustBasis};
 pub use worlds::{
-    CallError, CipherInstance, CodecInstance, Encoded, PluginError, QuiescerInstance,
+    CallError, CipherInstance, CodecInstance, Encoded, FailReason, PluginError, QuiescerInstance,
     TargetInstance, target,
 };

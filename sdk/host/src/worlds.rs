@@ -230,6 +230,9 @@ fn new_store(plugin: &LoadedPlugin) -> Result<Store<HostState>, wasmtime::Error>
     let state = HostState::new(plugin.name(), &plugin.caps, plugin.host.inner.keys.clone())?;
     let mut store = Store::new(&plugin.host.inner.engine, state);
     store.limiter(|s| &mut s.limits);
+    // Instantiation runs the component's start code: it is bounded like a call.
+    store.set_epoch_deadline(deadline_ticks(plugin));
+    store.epoch_deadline_trap();
     Ok(store)
 }
 

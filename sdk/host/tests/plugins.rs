@@ -1,0 +1,507 @@
+//! The plugin host against the real plugins built by `cargo xtask plugins` (run by
+//! `cargo xtask test`): the four worlds' happy paths, trust, grants, limits, hostile
+//! plugins, the compiled-artifact cache and reloading.
+
+use ed25519_dalek::Signer;
+use lifeboat_plugin_host::config::{Grant, PluginsConfig};
+use lifeboat_plugin_host::keys::{Algorithm, Key, KeyRing};
+
+use lifeboat_plugin_host::manifest::Manifest;
+use lifeboat_plugin_host::registry::Registry;
+use lifeboat_plugin_host::target::{Extent, Firmware, VmSpec, ZeroRange};
+use lifeboat_plugin_host::{
+    CallError, CipherInstance, CodecInstance, FailReason, Host, PluginError, Refusal,
+    TargetInstance, TrustBasis,
+};
+use std::path::{Path, PathBuf};
+
+/// Where `cargo xtask plugins` installed the built plugins.
+fn built_plugins() -> PathBuf {
+    if let Some(d) = std::env::var_os("LIFEBOAT_PLUGINS_DIR") {
+        return d.into();
+    }
+    // <target>/<profile>/deps/<test binary> -> <target>/plugins
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.ancestors().nth(3).unwrap().join("plugins");
+    assert!(
+        dir.join("zstd.wasm").exists(),
+        "built plugins not found in {}: run `cargo xtask plugins` (cargo xtask test does)",
+        dir.display()
+    );
+    dir
+}
+
+struct Setup {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    config: PluginsConfig,
+}
+
+/// A private plugins directory with copies of `names`, everything pinned by sha256
+/// unless `pin` is false.
+fn setup(names: &[&str], pin: bool) -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("plugins");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut config = PluginsConfig {
+        dir: dir.clone(),
+        cache_dir: Some(tmp.path().join("cache")),
+        trusted_keys: vec![],
+        allow_unsigned: false,
+        grants: Default::default(),
+    };
+    for n in names {
+        for ext in ["wasm", "toml"] {
+            std::fs::copy(
+                built_plugins().join(format!("{n}.{ext}")),
+                dir.join(format!("{n}.{ext}")),
+            )
+            .unwrap();
+        }
+        let m = Manifest::load(&dir.join(format!("{n}.toml"))).unwrap();
+        let grant = config.grants.entry(n.to_string()).or_default();
+        if pin {
+            grant.sha256 = Some(m.sha256.clone());
+        }
+        for d in &m.capabilities.directories {
+            grant.directories.insert(d.clone(), tmp.path().join(format!("granted{}", d)));
+        }
+        grant.clock = m.capabilities.clock;
+    }
+    Setup { _tmp: tmp, dir, config }
+}
+
+fn keys() -> KeyRing {
+    KeyRing::new(vec![Key::new("k1", Algorithm::Aes256Gcm, &[3; 32], true)])
+}
+
+fn host() -> Host {
+    Host::new(keys()).unwrap()
+}
+
+fn mixed_data(len: usize) -> Vec<u8> {
+    let mut v = Vec::with_capacity(len);
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        match (v.len() / 4096) % 3 {
+            0 => v.extend_from_slice(&[0; 64]),
+            1 => v.extend_from_slice(b"the quick brown fox jumps over the lazy dog, again; "),
+            _ => v.extend_from_slice(&x.to_le_bytes()),
+        }
+    }
+    v.truncate(len);
+    v
+}
+
+#[tokio::test]
+async fn zstd_codec_round_trips_and_stores_incompressible_data_raw() {
+    let s = setup(&["zstd"], true);
+    let p = host().load(&s.dir.join("zstd.wasm"), &s.config).unwrap();
+    assert_eq!(*p.trust(), TrustBasis::Pinned);
+    let mut c = CodecInstance::new(p).await.unwrap();
+    let data = mixed_data(1 << 20);
+    let enc = c.compress(1, &data).await.unwrap();
+    assert!(!enc.raw && enc.data.len() < data.len() / 2, "{}", enc.data.len());
+    assert_eq!(c.decompress(&enc.data, data.len() as u32).await.unwrap(), data);
+
+    let noise: Vec<u8> = (0..65536u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8 ^ (i >> 3) as u8)
+        .collect();
+    let enc = c.compress(1, &noise).await.unwrap();
+    if enc.raw {
+        assert_eq!(enc.data, noise);
+    } else {
+        assert!(enc.data.len() < noise.len());
+    }
+    // A corrupt frame is the plugin's error, and the instance keeps working.
+    let e = c.decompress(b"definitely not zstd", 100).await.unwrap_err();
+    assert!(matches!(e.plugin_error(), Some(PluginError::Invalid(_))), "{e}");
+    assert!(c.compress(3, &data).await.is_ok());
+}
+
+#[tokio::test]
+async fn aes_gcm_cipher_seals_with_host_keys_and_detects_tampering() {
+    let s = setup(&["aes-gcm"], true);
+    let h = host();
+    let p = h.load(&s.dir.join("aes-gcm.wasm"), &s.config).unwrap();
+    let mut c = CipherInstance::new(p).await.unwrap();
+    let data = mixed_data(100_000);
+    let env = c.seal(b"disk-0/seq-7", &data).await.unwrap();
+    assert_eq!(&env[..4], b"LBS1");
+    assert!(!env.windows(32).any(|w| w == &data[..32]), "plaintext visible");
+    assert_eq!(c.open(b"disk-0/seq-7", &env).await.unwrap(), data);
+    // Same plaintext twice: different nonces, different envelopes.
+    assert_ne!(c.seal(b"disk-0/seq-7", &data).await.unwrap(), env);
+    // Moved to another place, or altered: refused.
+    let e = c.open(b"disk-0/seq-8", &env).await.unwrap_err();
+    assert!(matches!(e.plugin_error(), Some(PluginError::Invalid(_))), "{e}");
+    let mut bad = env.clone();
+    *bad.last_mut().unwrap() ^= 1;
+    assert!(c.open(b"disk-0/seq-7", &bad).await.is_err());
+    let mut bad = env.clone();
+    bad[0] = b'X';
+    assert!(c.open(b"disk-0/seq-7", &bad).await.is_err());
+
+    // Rotation: a new active key seals new data; the old one still opens old data.
+    let rotated = Host::new(KeyRing::new(vec![
+        Key::new("k1", Algorithm::Aes256Gcm, &[3; 32], false),
+        Key::new("k2", Algorithm::ChaCha20Poly1305, &[4; 32], true),
+    ]))
+    .unwrap();
+    let p2 = rotated.load(&s.dir.join("aes-gcm.wasm"), &s.config).unwrap();
+    let mut c2 = CipherInstance::new(p2).await.unwrap();
+    assert_eq!(c2.open(b"disk-0/seq-7", &env).await.unwrap(), data);
+    let env2 = c2.seal(b"a", b"new data").await.unwrap();
+    assert_eq!(&env2[6..8], b"k2");
+    // A host without that key cannot open it, and says which key is missing.
+    let e = c.open(b"a", &env2).await.unwrap_err();
+    assert!(matches!(e.plugin_error(), Some(PluginError::NotFound(m)) if m.contains("k2")), "{e}");
+}
+
+async fn exercise_target(t: &mut TargetInstance) {
+    t.health().await.unwrap();
+    let size = 4u64 << 20;
+    t.create_disk("m1-d0", size).await.unwrap();
+    t.create_disk("m1-d0", size).await.unwrap(); // idempotent
+    let e = t.create_disk("m1-d0", size * 2).await.unwrap_err();
+    assert!(matches!(e.plugin_error(), Some(PluginError::Invalid(_))), "{e}");
+    let first = mixed_data(64 << 10);
+    t.write_extents("m1-d0", &[Extent { offset: 8192, data: first.clone() }], &[]).await.unwrap();
+    t.flush_disk("m1-d0").await.unwrap();
+    t.create_point("m1-p1", "crash:1", &["m1-d0".into()]).await.unwrap();
+    t.create_point("m1-p1", "crash:1", &["m1-d0".into()]).await.unwrap(); // idempotent
+    t.write_extents(
+        "m1-d0",
+        &[Extent { offset: 8192, data: vec![0xEE; 4096] }],
+        &[ZeroRange { offset: 16384, length: 4096 }],
+    )
+    .await
+    .unwrap();
+    let now = t.read_extent("m1-d0", 8192, 12288).await.unwrap();
+    assert!(now[..4096].iter().all(|b| *b == 0xEE));
+    assert!(now[8192..].iter().all(|b| *b == 0));
+    // Past the end is refused, not silently extended.
+    let e = t
+        .write_extents("m1-d0", &[Extent { offset: size - 10, data: vec![1; 20] }], &[])
+        .await
+        .unwrap_err();
+    assert!(matches!(e.plugin_error(), Some(PluginError::Invalid(_))), "{e}");
+
+    let points = t.list_points("m1-").await.unwrap();
+    assert_eq!(points.len(), 1);
+    assert_eq!(points[0].tag, "crash:1");
+    let m = t.materialize("m1-p1", "m1-d0", "m1-d0-tf").await.unwrap();
+    assert_eq!(m.id, "m1-d0-tf");
+    let old = t.read_extent("m1-d0-tf", 8192, first.len() as u32).await.unwrap();
+    assert_eq!(old, first, "materialised disk has the point's content");
+    let disks: Vec<String> = t.list_disks().await.unwrap().into_iter().map(|d| d.id).collect();
+    assert_eq!(disks, vec!["m1-d0".to_owned(), "m1-d0-tf".to_owned()]);
+
+    t.put_log("m1-d0.0000000002", b"two").await.unwrap();
+    t.put_log("m1-d0.0000000001", b"one").await.unwrap();
+    t.put_log("m2-d0.0000000001", b"other").await.unwrap();
+    assert_eq!(t.list_logs("m1-").await.unwrap(), vec!["m1-d0.0000000001", "m1-d0.0000000002"]);
+    assert_eq!(t.get_log("m1-d0.0000000002").await.unwrap(), b"two");
+    t.delete_log("m1-d0.0000000001").await.unwrap();
+    let e = t.get_log("m1-d0.0000000001").await.unwrap_err();
+    assert!(matches!(e.plugin_error(), Some(PluginError::NotFound(_))), "{e}");
+    t.delete_point("m1-p1").await.unwrap();
+    assert!(t.list_points("m1-").await.unwrap().is_empty());
+    t.delete_disk("m1-d0-tf").await.unwrap();
+}
+
+#[tokio::test]
+async fn local_target_keeps_disks_points_logs_and_vm_specs() {
+    let s = setup(&["local"], true);
+    let p = host().load(&s.dir.join("local.wasm"), &s.config).unwrap();
+    let mut t = TargetInstance::new(p).await.unwrap();
+    assert_eq!(t.capabilities().unwrap().alignment, 1);
+    exercise_target(&mut t).await;
+    // Identifiers cannot climb out of the granted directory.
+    let e = t.create_disk("../escape", 10).await.unwrap_err();
+    assert!(matches!(e.plugin_error(), Some(PluginError::Invalid(_))), "{e}");
+    let vm = t
+        .create_vm(&VmSpec {
+            name: "web01-test".into(),
+            firmware: Firmware::Uefi,
+            cpus: 2,
+            memory_mib: 2048,
+            disks: vec!["m1-d0".into()],
+            nics: vec![],
+            isolated: true,
+        })
+        .await
+        .unwrap();
+    let granted = s.config.grants["local"].directories["/target"].clone();
+    let spec = std::fs::read_to_string(granted.join(format!("vms/{vm}.json"))).unwrap();
+    assert!(spec.contains("\"uefi\"") && spec.contains("m1-d0.img"), "{spec}");
+    // Points are created with the time the plugin was granted.
+    t.create_point("m1-p2", "crash:2", &["m1-d0".into()]).await.unwrap();
+    let p = &t.list_points("m1-p2").await.unwrap()[0];
+    assert!(p.created_unix_ms > 1_700_000_000_000);
+}
+
+#[tokio::test]
+async fn example_target_from_the_sdk_docs_builds_and_loads() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../plugins/examples/dirtarget/src");
+    let lines: usize = std::fs::read_dir(&src)
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap().lines().count())
+        .sum();
+    assert!(lines < 100, "the example must stay under 100 lines; it has {lines}");
+    let s = setup(&["dirtarget"], true);
+    let p = host().load(&s.dir.join("dirtarget.wasm"), &s.config).unwrap();
+    let mut t = TargetInstance::new(p).await.unwrap();
+    exercise_target(&mut t).await;
+}
+
+fn refusal(
+    r: Result<std::sync::Arc<lifeboat_plugin_host::LoadedPlugin>, lifeboat_plugin_host::LoadError>,
+) -> (Refusal, String) {
+    let e = r.expect_err("the plugin must be refused");
+    let msg = e.to_string();
+    (e.refusal, msg)
+}
+
+#[test]
+fn untrusted_corrupt_invalid_and_wrong_world_plugins_are_refused() {
+    let h = host();
+    // Neither pinned nor signed.
+    let s = setup(&["zstd"], false);
+    let (r, m) = refusal(h.load(&s.dir.join("zstd.wasm"), &s.config));
+    assert_eq!(r, Refusal::Untrusted, "{m}");
+    assert!(m.contains("zstd") && m.contains("pin"), "{m}");
+
+    // Allowed explicitly: loads, and says so.
+    let mut open = s.config.clone();
+    open.allow_unsigned = true;
+    assert_eq!(*h.load(&s.dir.join("zstd.wasm"), &open).unwrap().trust(), TrustBasis::Unsigned);
+
+    // Pinned to another build.
+    let mut pinned = s.config.clone();
+    pinned.grants.entry("zstd".into()).or_default().sha256 = Some("ab".repeat(32));
+    let (r, m) = refusal(h.load(&s.dir.join("zstd.wasm"), &pinned));
+    assert_eq!(r, Refusal::Corrupt, "{m}");
+
+    // The .wasm changed after its manifest was written.
+    let s2 = setup(&["zstd"], true);
+    let wasm = s2.dir.join("zstd.wasm");
+    let mut bytes = std::fs::read(&wasm).unwrap();
+    let n = bytes.len();
+    bytes[n - 100] ^= 0xFF;
+    std::fs::write(&wasm, &bytes).unwrap();
+    let (r, m) = refusal(h.load(&wasm, &s2.config));
+    assert_eq!(r, Refusal::Corrupt, "{m}");
+    assert!(m.contains("corrupt"), "{m}");
+
+    // Not wasm at all, with a matching sha256 so only validation can catch it.
+    let s3 = setup(&["zstd"], false);
+    let garbage = b"\0asm this is not a component".to_vec();
+    std::fs::write(s3.dir.join("zstd.wasm"), &garbage).unwrap();
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&garbage));
+    rewrite_manifest(&s3.dir.join("zstd.toml"), |t| replace_sha(t, &sha));
+    let mut cfg = s3.config.clone();
+    cfg.allow_unsigned = true;
+    let (r, m) = refusal(h.load(&s3.dir.join("zstd.wasm"), &cfg));
+    assert_eq!(r, Refusal::InvalidWasm, "{m}");
+
+    // A codec whose manifest claims it is a target.
+    let s4 = setup(&["zstd"], true);
+    rewrite_manifest(&s4.dir.join("zstd.toml"), |t| {
+        t.replace("kind = \"codec\"", "kind = \"target\"")
+    });
+    let (r, m) = refusal(h.load(&s4.dir.join("zstd.wasm"), &s4.config));
+    assert_eq!(r, Refusal::WrongWorld, "{m}");
+    assert!(m.contains("lifeboat:plugins/codec"), "{m}");
+
+    // A malformed manifest.
+    let s5 = setup(&["zstd"], true);
+    rewrite_manifest(&s5.dir.join("zstd.toml"), |t| format!("{t}\nsurprise = 1\n"));
+    let (r, m) = refusal(h.load(&s5.dir.join("zstd.wasm"), &s5.config));
+    assert_eq!(r, Refusal::Manifest, "{m}");
+    assert!(m.contains("surprise"), "{m}");
+}
+
+fn rewrite_manifest(path: &Path, f: impl FnOnce(&str) -> String) {
+    let t = std::fs::read_to_string(path).unwrap();
+    std::fs::write(path, f(&t)).unwrap();
+}
+
+fn replace_sha(t: &str, sha: &str) -> String {
+    t.lines()
+        .map(
+            |l| {
+                if l.starts_with("sha256 = ") {
+                    format!("sha256 = \"{sha}\"")
+                } else {
+                    l.to_owned()
+                }
+            },
+        )
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn signatures_by_trusted_keys_are_the_other_way_to_trust() {
+    let h = host();
+    let s = setup(&["zstd"], false);
+    let publisher = ed25519_dalek::SigningKey::from_bytes(&[42; 32]);
+    let stranger = ed25519_dalek::SigningKey::from_bytes(&[43; 32]);
+    let manifest_path = s.dir.join("zstd.toml");
+    let sign = |key: &ed25519_dalek::SigningKey| {
+        let m = Manifest::load(&manifest_path).unwrap();
+        hex::encode(key.sign(&m.signed_message()).to_bytes())
+    };
+    let original = std::fs::read_to_string(&manifest_path).unwrap();
+    let with_sig = |sig: &str| original.replacen("\n", &format!("\nsignature = \"{sig}\"\n"), 1);
+    let mut cfg = s.config.clone();
+    cfg.trusted_keys = vec![hex::encode(publisher.verifying_key().to_bytes())];
+
+    std::fs::write(&manifest_path, with_sig(&sign(&publisher))).unwrap();
+    let p = h.load(&s.dir.join("zstd.wasm"), &cfg).unwrap();
+    assert!(matches!(p.trust(), TrustBasis::Signed(_)));
+
+    std::fs::write(&manifest_path, with_sig(&sign(&stranger))).unwrap();
+    let (r, m) = refusal(h.load(&s.dir.join("zstd.wasm"), &cfg));
+    assert_eq!(r, Refusal::Untrusted, "{m}");
+
+    // A signature does not survive a change of what it signed (here: the version).
+    std::fs::write(
+        &manifest_path,
+        with_sig(&sign(&publisher)).replace("version = \"0.1.0\"", "version = \"0.1.1\""),
+    )
+    .unwrap();
+    let (r, m) = refusal(h.load(&s.dir.join("zstd.wasm"), &cfg));
+    assert_eq!(r, Refusal::Untrusted, "{m}");
+}
+
+#[test]
+fn capabilities_not_granted_are_refused_at_load() {
+    let h = host();
+    let s = setup(&["local"], true);
+    // The local target asks for /target; take the grant away.
+    let mut cfg = s.config.clone();
+    cfg.grants.get_mut("local").unwrap().directories.clear();
+    let (r, m) = refusal(h.load(&s.dir.join("local.wasm"), &cfg));
+    assert_eq!(r, Refusal::Capability, "{m}");
+    assert!(m.contains("/target") && m.contains("grants.local.directories"), "{m}");
+
+    let mut cfg = s.config.clone();
+    cfg.grants.get_mut("local").unwrap().clock = false;
+    let (r, m) = refusal(h.load(&s.dir.join("local.wasm"), &cfg));
+    assert_eq!(r, Refusal::Capability, "{m}");
+
+    let mut cfg = s.config.clone();
+    cfg.grants.get_mut("local").unwrap().max_memory_mib = Some(16);
+    let (r, m) = refusal(h.load(&s.dir.join("local.wasm"), &cfg));
+    assert_eq!(r, Refusal::Capability, "{m}");
+    assert!(m.contains("MiB"), "{m}");
+}
+
+async fn hostile(mode: &str) -> CodecInstance {
+    let s = setup(&["hostile"], true);
+    let mut cfg = s.config.clone();
+    cfg.grants.get_mut("hostile").unwrap().settings.insert("mode".into(), mode.into());
+    let p = host().load(&s.dir.join("hostile.wasm"), &cfg).unwrap();
+    // The temp dir may go: the plugin is compiled and held in memory.
+    CodecInstance::new(p).await.unwrap()
+}
+
+fn failed(e: CallError) -> FailReason {
+    match e {
+        CallError::Failed { plugin, reason, .. } => {
+            assert_eq!(plugin, "hostile");
+            reason
+        }
+        other => panic!("expected the plugin to be stopped, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn a_trapping_plugin_is_stopped_and_replaced() {
+    let mut c = hostile("trap").await;
+    let r = failed(c.compress(1, b"data").await.unwrap_err());
+    assert!(
+        matches!(&r, FailReason::Trap(m) if m.contains("unreachable") || m.contains("panic")),
+        "{r}"
+    );
+    // The next call runs on a fresh instance.
+    assert_eq!(c.decompress(b"data", 4).await.unwrap(), b"data");
+}
+
+#[tokio::test]
+async fn a_looping_plugin_is_stopped_at_its_deadline() {
+    let mut c = hostile("spin").await;
+    let r = failed(c.compress(1, b"data").await.unwrap_err());
+    assert_eq!(r, FailReason::Deadline(1000));
+    assert_eq!(c.decompress(b"ok", 2).await.unwrap(), b"ok");
+}
+
+#[tokio::test]
+async fn a_plugin_over_its_memory_limit_is_stopped() {
+    let mut c = hostile("hog").await;
+    let r = failed(c.compress(1, b"data").await.unwrap_err());
+    assert_eq!(r, FailReason::Memory(64));
+    assert_eq!(c.decompress(b"ok", 2).await.unwrap(), b"ok");
+}
+
+#[tokio::test]
+async fn a_plugin_cannot_read_host_files_it_was_not_granted() {
+    let mut c = hostile("snoop").await;
+    let e = c.compress(1, b"data").await.unwrap_err();
+    assert!(
+        matches!(e.plugin_error(), Some(PluginError::Denied(m)) if m.contains("sandboxed")),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn a_plugin_of_the_wrong_kind_is_not_instantiated_for_a_role() {
+    let s = setup(&["zstd"], true);
+    let p = host().load(&s.dir.join("zstd.wasm"), &s.config).unwrap();
+    let e = TargetInstance::new(p).await.unwrap_err();
+    assert!(e.to_string().contains("codec plugin"), "{e}");
+}
+
+#[test]
+fn compiled_plugins_are_cached_and_a_bad_cache_entry_is_rebuilt() {
+    let h = host();
+    let s = setup(&["zstd"], true);
+    let cache = s.config.cache_dir.clone().unwrap();
+    h.load(&s.dir.join("zstd.wasm"), &s.config).unwrap();
+    let entries: Vec<PathBuf> =
+        std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0].extension().unwrap(), "cwasm");
+    h.load(&s.dir.join("zstd.wasm"), &s.config).unwrap();
+    std::fs::write(&entries[0], b"garbage").unwrap();
+    h.load(&s.dir.join("zstd.wasm"), &s.config).unwrap();
+    assert!(std::fs::read(&entries[0]).unwrap().len() > 1000, "rebuilt");
+}
+
+#[tokio::test]
+async fn reload_swaps_plugins_while_old_instances_finish() {
+    let s = setup(&["zstd", "hostile"], true);
+    let reg = Registry::new(host(), s.config.clone());
+    let set = reg.current();
+    assert_eq!(set.plugins.len(), 2, "{:?}", set.refused);
+    let mut old = CodecInstance::new(reg.get("zstd").unwrap()).await.unwrap();
+
+    // Install a broken build of hostile and remove zstd, then reload.
+    std::fs::write(s.dir.join("hostile.wasm"), b"broken").unwrap();
+    std::fs::remove_file(s.dir.join("zstd.wasm")).unwrap();
+    let set2 = reg.reload();
+    assert_eq!(set2.generation, set.generation + 1);
+    assert!(reg.get("zstd").is_none());
+    assert_eq!(set2.refused.len(), 1);
+    assert_eq!(set2.refused[0].plugin, "hostile");
+    // The instance made before the reload keeps working.
+    let data = mixed_data(10_000);
+    let enc = old.compress(1, &data).await.unwrap();
+    assert_eq!(old.decompress(&enc.data, data.len() as u32).await.unwrap(), data);
+    let _: &Grant = &s.config.grants["zstd"];
+}
