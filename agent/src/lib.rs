@@ -6,5 +6,10 @@
 //!   range where the disk may differ from the target's replica; [`tracker::HashScan`] is the
 //!   universal fallback that needs nothing from the kernel.
 
+pub mod bandwidth;
+pub mod config;
+pub mod cycle;
 pub mod disk;
+pub mod journal;
+pub mod progress;
 pub mod tracker;

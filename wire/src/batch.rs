@@ -41,6 +41,25 @@ impl fmt::Debug for MachineId {
     }
 }
 
+impl std::str::FromStr for MachineId {
+    type Err = String;
+
+    /// Parses the hyphenated form that `Display` prints (hyphens optional).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let hex: Vec<u8> = s.bytes().filter(|b| *b != b'-').collect();
+        let bad = || format!("{s:?} is not a machine id (expected a UUID such as 3f2a…-…)");
+        if hex.len() != 32 {
+            return Err(bad());
+        }
+        let mut out = [0u8; 16];
+        for (i, pair) in hex.chunks(2).enumerate() {
+            let digit = |c: u8| (c as char).to_digit(16).ok_or_else(bad);
+            out[i] = (digit(pair[0])? * 16 + digit(pair[1])?) as u8;
+        }
+        Ok(MachineId(out))
+    }
+}
+
 impl From<[u8; 16]> for MachineId {
     fn from(bytes: [u8; 16]) -> Self {
         Self(bytes)

@@ -63,6 +63,7 @@
 
 #![deny(missing_docs)]
 
+pub mod api;
 mod batch;
 mod decode;
 mod encode;

@@ -10,6 +10,7 @@ pub const PLUGINS: &[(&str, &str)] = &[
     ("zstd", "lifeboat-plugin-zstd"),
     ("aes-gcm", "lifeboat-plugin-aes-gcm"),
     ("local", "lifeboat-plugin-local"),
+    ("azure", "lifeboat-plugin-azure"),
     ("examples/dirtarget", "lifeboat-plugin-dirtarget"),
     ("fixtures/hostile", "lifeboat-plugin-hostile"),
 ];

@@ -1,0 +1,441 @@
+//! The agent's configuration file (`agent.toml`, `config_version = 1`).
+//!
+//! Every key has a default that works, so a file naming only the disks is a valid
+//! configuration. Unknown keys are errors (`deny_unknown_fields`), so a misspelt setting is
+//! reported with its name instead of being ignored. Values are checked once, at load
+//! ([`AgentConfig::validate`]), and every error names the key and says what to write.
+//!
+//! ```toml
+//! config_version = 1
+//! state_dir = "/var/lib/lifeboat-agent"
+//! disks = ["/dev/sda", "/dev/sdb"]
+//! interval_secs = 300
+//! read_rate_mbps = 800          # at most 100 MB/s of disk reads
+//!
+//! [bandwidth]
+//! mbps = 100                    # outside the windows below
+//! schedule = [
+//!   { days = ["mon", "tue", "wed", "thu", "fri"], from = "08:00", to = "18:00", mbps = 10 },
+//! ]
+//! ```
+
+use std::num::NonZeroU64;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::bandwidth::{Schedule, Weekday, Window};
+
+/// Configuration format versions this build reads.
+pub const SUPPORTED_VERSIONS: &[i64] = &[1];
+
+/// Bytes per second in one megabit per second.
+pub const BYTES_PER_MBIT: f64 = 125_000.0;
+
+/// The smallest `batch_max_bytes`: one 4 KiB block.
+pub const MIN_BATCH_BYTES: u64 = 4096;
+
+/// The largest `batch_max_bytes`: 32 MiB of data keeps the encoded batch (extent table and
+/// checksums included) well under the wire format's 64 MiB limit.
+pub const MAX_BATCH_DATA_BYTES: u64 = 32 << 20;
+
+/// The agent's configuration; see the module documentation and `docs/agent.md`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Version of this file's format. Only 1 exists; a missing key means 1.
+    #[serde(default = "default_version")]
+    pub config_version: i64,
+    /// Where the agent keeps its registration (certificate, key, CA), its journal of batches
+    /// not yet acknowledged and its change-tracking maps. Must survive reboots. Default
+    /// `/var/lib/lifeboat-agent`.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// The disks to protect: whole block devices (`/dev/sda`), loop devices or raw image
+    /// files. The order is the disk index the appliance knows them by (0 = boot disk): do not
+    /// reorder the list of a machine that is already protected.
+    pub disks: Vec<PathBuf>,
+    /// Seconds between the starts of two delta cycles (a crash-consistent recovery point per
+    /// cycle). Default 300; a cycle that takes longer is followed at once by the next.
+    #[serde(default = "default_interval")]
+    pub interval_secs: u64,
+    /// Bytes of batches the journal may hold before the agent stops collecting new changes
+    /// until the appliance acknowledges some (the tracker then catches up from its map, so
+    /// nothing is lost). Default 1 GiB.
+    #[serde(default = "default_journal_max")]
+    pub journal_max_bytes: u64,
+    /// Bytes of disk data per batch, at most; a multiple of 4096 between 4 KiB and 32 MiB.
+    /// Default 8 MiB.
+    #[serde(default = "default_batch_max")]
+    pub batch_max_bytes: u64,
+    /// Cap on how fast the change tracker reads the disks, in megabits per second
+    /// (800 = 100 MB/s). Absent: no cap.
+    #[serde(default)]
+    pub read_rate_mbps: Option<f64>,
+    /// Cap on the network bandwidth used to send batches. Absent: no cap.
+    #[serde(default)]
+    pub bandwidth: Option<BandwidthConfig>,
+    /// CPU niceness the agent sets for itself at start (0 = normal, 19 = lowest priority).
+    /// Default 10. Negative values need root and raise the priority.
+    #[serde(default = "default_nice")]
+    pub nice: i32,
+}
+
+/// `[bandwidth]`: a network limit, optionally varying with the time of day.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BandwidthConfig {
+    /// Megabits per second outside every schedule window. Absent: unlimited outside the
+    /// windows.
+    #[serde(default)]
+    pub mbps: Option<f64>,
+    /// Time windows with their own limit, in local time; the first window that matches the
+    /// current time wins.
+    #[serde(default)]
+    pub schedule: Vec<WindowConfig>,
+}
+
+/// One entry of `bandwidth.schedule`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowConfig {
+    /// Days the window starts on (`mon` … `sun`). Absent: every day.
+    #[serde(default)]
+    pub days: Option<Vec<String>>,
+    /// Local start time, `HH:MM` (24-hour clock), inclusive.
+    pub from: String,
+    /// Local end time, `HH:MM`, exclusive. Earlier than `from`: the window runs past
+    /// midnight into the next day. Equal to `from`: the whole day.
+    pub to: String,
+    /// Megabits per second during the window; 0 pauses sending.
+    pub mbps: f64,
+}
+
+fn default_version() -> i64 {
+    1
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/lifeboat-agent")
+}
+fn default_interval() -> u64 {
+    300
+}
+fn default_journal_max() -> u64 {
+    1 << 30
+}
+fn default_batch_max() -> u64 {
+    8 << 20
+}
+fn default_nice() -> i32 {
+    10
+}
+
+/// Why a configuration cannot be used. Every message names the file and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read or parsed (unknown key, wrong type, bad version).
+    #[error(transparent)]
+    Load(#[from] lifeboat_common::config::ConfigError),
+    /// A value is out of range.
+    #[error("configuration file {path}: key `{key}`: {reason}")]
+    Value {
+        /// The file.
+        path: PathBuf,
+        /// The key, dotted (`bandwidth.schedule[0].from`).
+        key: String,
+        /// What is wrong and what to write instead.
+        reason: String,
+    },
+}
+
+impl AgentConfig {
+    /// Reads, parses and checks `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let cfg: Self = lifeboat_common::config::load(path, SUPPORTED_VERSIONS)?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    /// Parses and checks `text` (as if read from `path`, which only appears in messages).
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let cfg: Self = lifeboat_common::config::parse(path, text, SUPPORTED_VERSIONS)?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    /// Checks the values' ranges; the error names the key.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |key: &str, reason: String| ConfigError::Value {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            reason,
+        };
+        if self.disks.is_empty() {
+            return Err(bad(
+                "disks",
+                "no disk to protect: list at least one, e.g. disks = [\"/dev/sda\"]".into(),
+            ));
+        }
+        for (i, d) in self.disks.iter().enumerate() {
+            if !d.is_absolute() {
+                return Err(bad(
+                    &format!("disks[{i}]"),
+                    format!("{} is not an absolute path; write e.g. \"/dev/sda\"", d.display()),
+                ));
+            }
+            if self.disks[..i].contains(d) {
+                return Err(bad(
+                    &format!("disks[{i}]"),
+                    format!("{} is listed twice; each disk once", d.display()),
+                ));
+            }
+        }
+        if !self.state_dir.is_absolute() {
+            return Err(bad(
+                "state_dir",
+                format!(
+                    "{} is not an absolute path; write e.g. \"/var/lib/lifeboat-agent\"",
+                    self.state_dir.display()
+                ),
+            ));
+        }
+        if self.interval_secs == 0 {
+            return Err(bad("interval_secs", "must be at least 1 (seconds between cycles)".into()));
+        }
+        if self.batch_max_bytes < MIN_BATCH_BYTES
+            || self.batch_max_bytes > MAX_BATCH_DATA_BYTES
+            || !self.batch_max_bytes.is_multiple_of(4096)
+        {
+            return Err(bad(
+                "batch_max_bytes",
+                format!(
+                    "{} must be a multiple of 4096 between {MIN_BATCH_BYTES} and {MAX_BATCH_DATA_BYTES}; the default is 8388608 (8 MiB)",
+                    self.batch_max_bytes
+                ),
+            ));
+        }
+        if self.journal_max_bytes < self.batch_max_bytes {
+            return Err(bad(
+                "journal_max_bytes",
+                format!(
+                    "{} is smaller than batch_max_bytes ({}); the journal must hold at least one batch (default 1 GiB)",
+                    self.journal_max_bytes, self.batch_max_bytes
+                ),
+            ));
+        }
+        if let Some(r) = self.read_rate_mbps {
+            check_rate(r, false).map_err(|reason| bad("read_rate_mbps", reason))?;
+        }
+        if !(-20..=19).contains(&self.nice) {
+            return Err(bad(
+                "nice",
+                format!("{} is out of range: use -20 (highest) to 19 (lowest)", self.nice),
+            ));
+        }
+        if let Some(bw) = &self.bandwidth {
+            bw.schedule(path)?;
+        }
+        Ok(())
+    }
+
+    /// The disk-read cap in bytes per second, if any.
+    pub fn read_rate(&self) -> Option<NonZeroU64> {
+        self.read_rate_mbps.and_then(|m| NonZeroU64::new((m * BYTES_PER_MBIT) as u64))
+    }
+
+    /// The bandwidth schedule (unlimited when there is no `[bandwidth]`).
+    pub fn schedule(&self, path: &Path) -> Result<Schedule, ConfigError> {
+        match &self.bandwidth {
+            None => Ok(Schedule::unlimited()),
+            Some(bw) => bw.schedule(path),
+        }
+    }
+}
+
+impl BandwidthConfig {
+    /// Checks the section and turns it into a [`Schedule`].
+    pub fn schedule(&self, path: &Path) -> Result<Schedule, ConfigError> {
+        let bad = |key: String, reason: String| ConfigError::Value {
+            path: path.to_path_buf(),
+            key,
+            reason,
+        };
+        let default = match self.mbps {
+            None => None,
+            Some(m) => {
+                check_rate(m, false).map_err(|r| bad("bandwidth.mbps".into(), r))?;
+                Some(mbps_to_bytes(m))
+            }
+        };
+        let mut windows = Vec::with_capacity(self.schedule.len());
+        for (i, w) in self.schedule.iter().enumerate() {
+            let key = |field: &str| format!("bandwidth.schedule[{i}].{field}");
+            let from = parse_hhmm(&w.from).map_err(|r| bad(key("from"), r))?;
+            let to = parse_hhmm(&w.to).map_err(|r| bad(key("to"), r))?;
+            check_rate(w.mbps, true).map_err(|r| bad(key("mbps"), r))?;
+            let days = match &w.days {
+                None => Weekday::ALL.to_vec(),
+                Some(list) if list.is_empty() => {
+                    return Err(bad(
+                        key("days"),
+                        "is empty: list days such as [\"mon\", \"tue\"], or leave the key out for every day".into(),
+                    ));
+                }
+                Some(list) => list
+                    .iter()
+                    .map(|d| {
+                        Weekday::parse(d).ok_or_else(|| {
+                            bad(
+                                key("days"),
+                                format!(
+                                    "{d:?} is not a day: use mon, tue, wed, thu, fri, sat or sun"
+                                ),
+                            )
+                        })
+                    })
+                    .collect::<Result<_, _>>()?,
+            };
+            windows.push(Window { days, from, to, bytes_per_sec: mbps_to_bytes(w.mbps) });
+        }
+        Ok(Schedule { default, windows })
+    }
+}
+
+fn mbps_to_bytes(mbps: f64) -> u64 {
+    (mbps * BYTES_PER_MBIT) as u64
+}
+
+fn check_rate(mbps: f64, zero_ok: bool) -> Result<(), String> {
+    if !mbps.is_finite() || mbps < 0.0 || (!zero_ok && mbps == 0.0) {
+        return Err(format!(
+            "{mbps} is not a rate: write a positive number of megabits per second{}",
+            if zero_ok { " (0 pauses sending)" } else { "" }
+        ));
+    }
+    if mbps > 0.0 && mbps * BYTES_PER_MBIT < 1.0 {
+        return Err(format!("{mbps} Mbit/s is below one byte per second"));
+    }
+    Ok(())
+}
+
+/// Parses `HH:MM` into minutes after midnight.
+fn parse_hhmm(s: &str) -> Result<u16, String> {
+    let bad = || format!("{s:?} is not a time: write HH:MM on the 24-hour clock, e.g. \"08:00\"");
+    let (h, m) = s.split_once(':').ok_or_else(bad)?;
+    if h.is_empty() || h.len() > 2 || m.len() != 2 {
+        return Err(bad());
+    }
+    let h: u16 = h.parse().map_err(|_| bad())?;
+    let m: u16 = m.parse().map_err(|_| bad())?;
+    if h > 23 || m > 59 {
+        return Err(bad());
+    }
+    Ok(h * 60 + m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
+        AgentConfig::parse(Path::new("/etc/lifeboat/agent.toml"), text)
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_work_with_only_the_disks() {
+        let c = parse("disks = [\"/dev/sda\"]\n").unwrap();
+        assert_eq!(c.config_version, 1);
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/lifeboat-agent"));
+        assert_eq!(c.interval_secs, 300);
+        assert_eq!(c.journal_max_bytes, 1 << 30);
+        assert_eq!(c.batch_max_bytes, 8 << 20);
+        assert_eq!(c.read_rate_mbps, None);
+        assert_eq!(c.read_rate(), None);
+        assert_eq!(c.nice, 10);
+        let s = c.schedule(Path::new("x")).unwrap();
+        assert_eq!(s.rate_at(Weekday::Mon, 600), None);
+    }
+
+    #[test]
+    fn a_full_file_parses() {
+        let c = parse(
+            r#"
+config_version = 1
+state_dir = "/srv/lb"
+disks = ["/dev/sda", "/dev/sdb"]
+interval_secs = 2
+journal_max_bytes = 104857600
+batch_max_bytes = 1048576
+read_rate_mbps = 800
+nice = 5
+[bandwidth]
+mbps = 100
+schedule = [
+  { days = ["mon", "tue"], from = "08:00", to = "18:00", mbps = 10 },
+  { from = "22:00", to = "06:00", mbps = 0 },
+]
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.disks.len(), 2);
+        assert_eq!(c.read_rate(), NonZeroU64::new(100_000_000));
+        let s = c.schedule(Path::new("x")).unwrap();
+        assert_eq!(s.rate_at(Weekday::Mon, 9 * 60), Some(1_250_000));
+        assert_eq!(s.rate_at(Weekday::Wed, 9 * 60), Some(12_500_000));
+        assert_eq!(s.rate_at(Weekday::Wed, 23 * 60), Some(0));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let m = err("disks = [\"/dev/sda\"]\nintervall_secs = 3\n");
+        assert!(m.contains("intervall_secs") && m.contains("agent.toml"), "{m}");
+        let m = err("disks = []\n");
+        assert!(m.contains("`disks`"), "{m}");
+        let m = err("disks = [\"sda\"]\n");
+        assert!(m.contains("`disks[0]`") && m.contains("absolute"), "{m}");
+        let m = err("disks = [\"/dev/sda\", \"/dev/sda\"]\n");
+        assert!(m.contains("`disks[1]`") && m.contains("twice"), "{m}");
+        let m = err("disks = [\"/dev/sda\"]\nbatch_max_bytes = 1000\n");
+        assert!(m.contains("`batch_max_bytes`") && m.contains("4096"), "{m}");
+        let m = err("disks = [\"/dev/sda\"]\njournal_max_bytes = 4096\n");
+        assert!(m.contains("`journal_max_bytes`"), "{m}");
+        let m = err("disks = [\"/dev/sda\"]\ninterval_secs = 0\n");
+        assert!(m.contains("`interval_secs`"), "{m}");
+        let m = err("disks = [\"/dev/sda\"]\nread_rate_mbps = -1\n");
+        assert!(m.contains("`read_rate_mbps`"), "{m}");
+        let m = err("disks = [\"/dev/sda\"]\nnice = 40\n");
+        assert!(m.contains("`nice`"), "{m}");
+        let m = err("disks = [\"/dev/sda\"]\nstate_dir = \"rel\"\n");
+        assert!(m.contains("`state_dir`"), "{m}");
+        let m = err("disks = [\"/dev/sda\"]\ninterval_secs = \"five\"\n");
+        assert!(m.contains("interval_secs"), "{m}");
+        let m = err("config_version = 2\ndisks = [\"/dev/sda\"]\n");
+        assert!(m.contains("config_version = 2"), "{m}");
+        let m = err("disks = [\"/dev/sda\"]\n[bandwidth]\nschedule = [{ from = \"8\", to = \"18:00\", mbps = 1 }]\n");
+        assert!(m.contains("`bandwidth.schedule[0].from`") && m.contains("HH:MM"), "{m}");
+        let m = err("disks = [\"/dev/sda\"]\n[bandwidth]\nschedule = [{ from = \"08:00\", to = \"24:00\", mbps = 1 }]\n");
+        assert!(m.contains("`bandwidth.schedule[0].to`"), "{m}");
+        let m = err("disks = [\"/dev/sda\"]\n[bandwidth]\nschedule = [{ days = [\"monday\"], from = \"08:00\", to = \"09:00\", mbps = 1 }]\n");
+        assert!(m.contains("`bandwidth.schedule[0].days`") && m.contains("mon"), "{m}");
+        let m = err("disks = [\"/dev/sda\"]\n[bandwidth]\nschedule = [{ from = \"08:00\", to = \"09:00\", mbps = -3 }]\n");
+        assert!(m.contains("`bandwidth.schedule[0].mbps`"), "{m}");
+        let m = err("disks = [\"/dev/sda\"]\n[bandwidth]\nmbps = 0\n");
+        assert!(m.contains("`bandwidth.mbps`"), "{m}");
+        let m = err("disks = [\"/dev/sda\"]\n[bandwidth]\nschedule = [{ from = \"08:00\", to = \"09:00\", mbps = 1, days = [\"mon\"], extra = 1 }]\n");
+        assert!(m.contains("extra"), "{m}");
+    }
+
+    #[test]
+    fn hhmm() {
+        assert_eq!(parse_hhmm("00:00"), Ok(0));
+        assert_eq!(parse_hhmm("8:05"), Ok(485));
+        assert_eq!(parse_hhmm("23:59"), Ok(1439));
+        for bad in ["24:00", "12:60", "12", "12:5", "ab:cd", ":30", "123:00", "-1:00"] {
+            assert!(parse_hhmm(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,424 @@
+//! One replication cycle: collect every disk's changes, cut them into batches, make them
+//! durable in the journal, cut a crash-consistent recovery point across all disks, and only
+//! then let each tracker advance its baseline.
+//!
+//! # Order of a cycle
+//!
+//! 1. Resync marks first: a disk the journal marked (the appliance lost what the agent had
+//!    already dropped) is invalidated whole in its tracker, durably, before the mark is
+//!    cleared.
+//! 2. If the journal is over `journal_max_bytes` (the appliance is unreachable or slow), the
+//!    cycle is skipped. The trackers' baselines do not move, so the next cycle that runs
+//!    reports exactly what changed meanwhile: the hash-scan map *is* the dirty-block map, and
+//!    only those blocks are resent, never the whole disk.
+//! 3. Each disk in index order: `collect` hands changes to a batcher that cuts batches of at
+//!    most `batch_max_bytes` of data (a data change larger than the room left goes to the next
+//!    batch, split at 4 KiB boundaries when it is larger than a whole batch; zero ranges become
+//!    zero extents that carry no payload) and appends each full batch to the journal. While the
+//!    journal is full in the middle of a collect, the batcher waits for acknowledgements
+//!    (backpressure) instead of failing, so even an initial copy far larger than the journal
+//!    completes. The last, partly filled batch of every disk is held back.
+//! 4. Once every disk was collected, a point number is reserved (durably, never reused) and
+//!    each disk's held-back batch is appended carrying `ConsistencyTag { kind: Crash,
+//!    point_id }` (an empty batch when the disk had no change). The point therefore covers
+//!    every disk of the machine. Right after a disk's tagged batch is durable, that disk's
+//!    tracker commits.
+//!
+//! # What a failure leaves
+//!
+//! A collect that fails (disk error, journal error, shutdown) commits nothing: the batches it
+//! already journaled stay (they may be shipped; the tracker's intent log makes sure the next
+//! collect reports those ranges again whatever the disk holds then), no tag is written for the
+//! cycle, and the next cycle starts over. A crash between two disks' tagged appends leaves a
+//! point tagged on some disks only; the appliance never completes it, and the number is not
+//! reused.
+
+use std::borrow::Cow;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use lifeboat_wire::{
+    Batch, BatchHeader, ConsistencyTag, Extent, MAX_EXTENTS, MachineId, PointKind, SECTOR_SIZE,
+};
+
+use crate::disk::{Disk, DiskError};
+use crate::journal::{Journal, JournalError};
+use crate::progress::{Phase, ProgressBoard};
+use crate::tracker::{Change, CycleStats, SinkError, Tracker, TrackerError};
+
+/// Granularity at which an oversized data change is split.
+const SPLIT: u64 = 4096;
+
+/// One protected disk and its tracker.
+pub struct DiskSlot {
+    /// The disk's index in the machine.
+    pub index: u32,
+    /// Its device or image path.
+    pub path: PathBuf,
+    /// Its change tracker.
+    pub tracker: Box<dyn Tracker>,
+    /// The tracker's baseline file, if it has one: its absence means an initial copy (for
+    /// progress reporting only).
+    pub baseline_path: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for DiskSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskSlot")
+            .field("index", &self.index)
+            .field("path", &self.path)
+            .field("tracker", &self.tracker.name())
+            .finish()
+    }
+}
+
+/// Limits of a cycle.
+#[derive(Debug, Clone, Copy)]
+pub struct CycleLimits {
+    /// Most bytes of data per batch (a multiple of 4096).
+    pub batch_max_bytes: u64,
+    /// Journal size above which no cycle starts, and at which a running collect waits.
+    pub journal_max_bytes: u64,
+}
+
+/// Errors of a cycle. Nothing is lost by any of them: the next cycle reports the changes again.
+#[derive(Debug, thiserror::Error)]
+pub enum CycleError {
+    /// A disk could not be opened.
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    /// The disk's size cannot be carried by the batch format.
+    #[error(
+        "disk {path} is {size} bytes, not a multiple of 512: batches carry whole 512-byte sectors; use a block device or an image file whose size is a multiple of 512"
+    )]
+    UnalignedSize {
+        /// The disk.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+    },
+    /// The tracker failed (reading the disk, its state files, or the sink refused a change).
+    #[error("disk {index} ({path}): {source}")]
+    Tracker {
+        /// Disk index.
+        index: u32,
+        /// Disk path.
+        path: PathBuf,
+        /// The tracker's error.
+        source: TrackerError,
+    },
+    /// The journal failed.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// The agent is stopping; the cycle was interrupted.
+    #[error("the cycle was interrupted because the agent is stopping; nothing is lost")]
+    Stopped,
+}
+
+/// What a disk's part of a cycle did.
+#[derive(Debug, Clone)]
+pub struct DiskReport {
+    /// Disk index.
+    pub index: u32,
+    /// The tracker's statistics.
+    pub stats: CycleStats,
+    /// Batches journaled, the tagged one included.
+    pub batches: u64,
+}
+
+/// What a cycle did.
+#[derive(Debug, Clone)]
+pub enum CycleOutcome {
+    /// Every disk was collected and tagged with `point`.
+    Done {
+        /// The recovery point number.
+        point: u64,
+        /// Per disk.
+        disks: Vec<DiskReport>,
+        /// Wall-clock time.
+        duration: Duration,
+    },
+    /// The journal was over its limit; nothing was collected.
+    Skipped {
+        /// Bytes in the journal.
+        journal_bytes: u64,
+    },
+}
+
+/// Runs cycles over a machine's disks; see the module documentation.
+pub struct Cycler {
+    machine: MachineId,
+    disks: Vec<DiskSlot>,
+    journal: Arc<Journal>,
+    limits: CycleLimits,
+    stop: Arc<AtomicBool>,
+    progress: Arc<ProgressBoard>,
+}
+
+impl std::fmt::Debug for Cycler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cycler")
+            .field("machine", &self.machine)
+            .field("disks", &self.disks)
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+/// Extents of a batch being filled, owned (the tracker's buffer is only lent per change).
+#[derive(Debug, Default)]
+struct Pending {
+    extents: Vec<Extent<'static>>,
+    data_bytes: u64,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.extents.is_empty()
+    }
+}
+
+/// Cuts one disk's changes into batches and journals the full ones.
+struct Batcher<'j> {
+    journal: &'j Journal,
+    machine: MachineId,
+    disk: u32,
+    limits: CycleLimits,
+    stop: &'j AtomicBool,
+    cur: Pending,
+    batches: u64,
+}
+
+impl Batcher<'_> {
+    fn encode(machine: MachineId, disk: u32, seq: u64, tag: Option<ConsistencyTag>, p: &Pending) -> Vec<u8> {
+        let mut b = Batch::builder(BatchHeader { machine, disk_index: disk, sequence: seq, tag });
+        for e in &p.extents {
+            let e = match e {
+                Extent::Data { offset, data } => {
+                    Extent::Data { offset: *offset, data: Cow::Borrowed(data.as_ref()) }
+                }
+                Extent::Zero { offset, length } => Extent::Zero { offset: *offset, length: *length },
+            };
+            // Checked when pushed into `Pending`: sorted, aligned, within the limits.
+            b.push(e).expect("extent checked by the batcher");
+        }
+        lifeboat_wire::encode(&b.build())
+    }
+
+    /// Journals the current batch (untagged) and starts a new one.
+    fn flush(&mut self) -> Result<(), SinkError> {
+        if self.cur.is_empty() {
+            return Ok(());
+        }
+        if !self.journal.wait_for_room(
+            self.limits.journal_max_bytes,
+            self.cur.data_bytes,
+            self.stop,
+        ) {
+            return Err(SinkError::new(CycleError::Stopped));
+        }
+        let p = std::mem::take(&mut self.cur);
+        let (machine, disk) = (self.machine, self.disk);
+        self.journal
+            .append(disk, |seq| Self::encode(machine, disk, seq, None, &p))
+            .map_err(SinkError::new)?;
+        self.batches += 1;
+        Ok(())
+    }
+
+    fn aligned(offset: u64, len: u64) -> Result<(), SinkError> {
+        if offset.is_multiple_of(SECTOR_SIZE) && len.is_multiple_of(SECTOR_SIZE) {
+            Ok(())
+        } else {
+            Err(SinkError::from(format!(
+                "change at offset {offset} of {len} bytes is not sector-aligned (512 bytes)"
+            )))
+        }
+    }
+
+    fn room_for_extent(&mut self) -> Result<(), SinkError> {
+        if self.cur.extents.len() >= MAX_EXTENTS {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn take(&mut self, change: Change<'_>) -> Result<(), SinkError> {
+        if self.stop.load(Ordering::Relaxed) {
+            return Err(SinkError::new(CycleError::Stopped));
+        }
+        match change {
+            Change::Zero { offset, len } => {
+                Self::aligned(offset, len)?;
+                self.room_for_extent()?;
+                self.cur.extents.push(Extent::Zero { offset, length: len });
+            }
+            Change::Data { offset, data } => {
+                Self::aligned(offset, data.len() as u64)?;
+                let max = self.limits.batch_max_bytes;
+                let (mut off, mut rest) = (offset, data);
+                while !rest.is_empty() {
+                    self.room_for_extent()?;
+                    let room = max - self.cur.data_bytes;
+                    let len = rest.len() as u64;
+                    let n = if len <= room {
+                        len
+                    } else if !self.cur.is_empty() {
+                        // Does not fit in what is left: the next batch.
+                        self.flush()?;
+                        continue;
+                    } else {
+                        // Larger than a whole batch: split at a 4 KiB boundary.
+                        max - max % SPLIT
+                    };
+                    let (head, tail) = rest.split_at(n as usize);
+                    self.cur
+                        .extents
+                        .push(Extent::Data { offset: off, data: Cow::Owned(head.to_vec()) });
+                    self.cur.data_bytes += n;
+                    off += n;
+                    rest = tail;
+                    if self.cur.data_bytes >= max {
+                        self.flush()?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Cycler {
+    /// A cycler over `disks` (in index order), journaling into `journal`. Logs which tracker
+    /// each disk uses.
+    pub fn new(
+        machine: MachineId,
+        disks: Vec<DiskSlot>,
+        journal: Arc<Journal>,
+        limits: CycleLimits,
+        stop: Arc<AtomicBool>,
+        progress: Arc<ProgressBoard>,
+    ) -> Self {
+        for d in &disks {
+            tracing::info!(
+                disk = d.index,
+                path = %d.path.display(),
+                tracker = d.tracker.name(),
+                "change tracker: {}",
+                if d.tracker.name() == "hashscan" {
+                    "hash-scan: the universal fallback; eBPF tracking comes later"
+                } else {
+                    "block-layer tracking"
+                }
+            );
+        }
+        Self { machine, disks, journal, limits, stop, progress }
+    }
+
+    /// The disks.
+    pub fn disks(&self) -> &[DiskSlot] {
+        &self.disks
+    }
+
+    /// The journal.
+    pub fn journal(&self) -> &Arc<Journal> {
+        &self.journal
+    }
+
+    /// Runs one cycle; see the module documentation.
+    pub fn run_cycle(&mut self) -> Result<CycleOutcome, CycleError> {
+        let started = Instant::now();
+        for slot in &mut self.disks {
+            if let Some(token) = self.journal.resync_requested(slot.index)? {
+                tracing::warn!(
+                    disk = slot.index,
+                    path = %slot.path.display(),
+                    "the appliance does not hold everything this disk's journal had: comparing the whole disk again (full hash-compare resync)"
+                );
+                slot.tracker.invalidate(0, u64::MAX).map_err(|source| CycleError::Tracker {
+                    index: slot.index,
+                    path: slot.path.clone(),
+                    source,
+                })?;
+                self.journal.clear_resync(slot.index, token)?;
+            }
+        }
+        let journal_bytes = self.journal.bytes();
+        if journal_bytes > self.limits.journal_max_bytes {
+            tracing::warn!(
+                journal_bytes,
+                journal_max_bytes = self.limits.journal_max_bytes,
+                "journal is full (the appliance is not acknowledging fast enough): skipping this cycle; the trackers keep the changed blocks and the next cycle sends only those"
+            );
+            return Ok(CycleOutcome::Skipped { journal_bytes });
+        }
+
+        let mut held = Vec::with_capacity(self.disks.len());
+        let mut reports = Vec::with_capacity(self.disks.len());
+        for slot in &mut self.disks {
+            let disk = Disk::open(&slot.path)?;
+            if !disk.size().is_multiple_of(SECTOR_SIZE) {
+                return Err(CycleError::UnalignedSize { path: slot.path.clone(), size: disk.size() });
+            }
+            let phase = match &slot.baseline_path {
+                Some(p) if !p.exists() => Phase::InitialCopy,
+                _ => Phase::Delta,
+            };
+            self.progress.start(slot.index, phase, disk.size());
+            let mut batcher = Batcher {
+                journal: &self.journal,
+                machine: self.machine,
+                disk: slot.index,
+                limits: self.limits,
+                stop: &self.stop,
+                cur: Pending::default(),
+                batches: 0,
+            };
+            let progress = &self.progress;
+            let index = slot.index;
+            let result = slot.tracker.collect(&disk, &mut |c: Change<'_>| {
+                let (end, len) = (c.end(), c.len());
+                batcher.take(c)?;
+                progress.advance(index, end, len);
+                Ok(())
+            });
+            self.progress.finish(slot.index, result.is_ok());
+            let stats = match result {
+                Ok(s) => s,
+                Err(TrackerError::Sink { .. }) if self.stop.load(Ordering::Relaxed) => {
+                    return Err(CycleError::Stopped);
+                }
+                Err(source) => {
+                    return Err(CycleError::Tracker {
+                        index: slot.index,
+                        path: slot.path.clone(),
+                        source,
+                    });
+                }
+            };
+            reports.push(DiskReport { index: slot.index, stats, batches: batcher.batches });
+            held.push(batcher.cur);
+        }
+
+        // Every disk is collected: cut the point on all of them.
+        let point = self.journal.reserve_point()?;
+        let tag = Some(ConsistencyTag { kind: PointKind::Crash, point_id: point });
+        for ((slot, pending), report) in self.disks.iter_mut().zip(held).zip(&mut reports) {
+            let machine = self.machine;
+            let disk = slot.index;
+            self.journal.append(disk, |seq| Batcher::encode(machine, disk, seq, tag, &pending))?;
+            report.batches += 1;
+            slot.tracker.commit().map_err(|source| CycleError::Tracker {
+                index: slot.index,
+                path: slot.path.clone(),
+                source,
+            })?;
+        }
+        Ok(CycleOutcome::Done { point, disks: reports, duration: started.elapsed() })
+    }
+}
+
+#[cfg(test)]
+mod tests;

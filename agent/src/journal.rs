@@ -1,0 +1,874 @@
+//! The agent's journal: a durable on-disk queue of encoded batches that the appliance has not
+//! acknowledged yet, one queue per disk, in sequence order.
+//!
+//! # Why a journal
+//!
+//! Collecting changes (reading disks) and sending them (a WAN link that comes and goes) run at
+//! different speeds and fail for different reasons. The journal decouples them: a cycle makes
+//! its batches durable here, and only then tells the tracker to advance its baseline
+//! ([`crate::tracker::Tracker::commit`]). From that moment the changes exist in exactly one
+//! place that survives a crash, the journal, until the appliance says they are durable on its
+//! side (an ack), and only then are they deleted. A network outage therefore never forces a
+//! full resync: the journal keeps what was collected, and when it is full the agent stops
+//! collecting and lets the tracker's map accumulate the difference instead (the next collect
+//! reports exactly the blocks that changed meanwhile).
+//!
+//! # Layout
+//!
+//! ```text
+//! <dir>/lock                          advisory lock: one agent per journal
+//! <dir>/next-point                    next recovery point number of the machine (decimal)
+//! <dir>/d<index>/<seq:020>.batch      one encoded batch (lifeboat-wire format v1)
+//! <dir>/d<index>/next-sequence        a lower bound of the disk's next sequence (decimal)
+//! <dir>/d<index>/resync               present: the whole disk must be compared again
+//! ```
+//!
+//! One file per batch keeps every operation simple and crash-safe: an append writes
+//! `<name>.tmp`, fsyncs it, renames it into place and fsyncs the directory, so a batch file
+//! either exists whole or not at all; an ack deletes whole files. Sequence numbers are the file
+//! names, zero-padded so that the names sort in order.
+//!
+//! The next sequence of a disk is `max(next-sequence, last file + 1)`. Appends do not touch
+//! `next-sequence` (the files say it); an ack writes it (atomically) *before* deleting files,
+//! so the number never goes backwards even when the queue becomes empty. The recovery point
+//! number is reserved ([`Journal::reserve_point`]) durably before the first batch carrying it
+//! is written, so a crash can leave a point incomplete but never reuses its number.
+//!
+//! # Load
+//!
+//! Every file is decoded ([`lifeboat_wire::decode`], all checksums) when the journal opens, and
+//! its header must name this machine, this disk and the sequence of its file name; the
+//! sequences must be contiguous. A file that does not decode and is the *last* of its disk is a
+//! batch torn by a crash while it was written (on a filesystem that reordered the rename before
+//! the data): it was never acknowledged nor committed in the tracker, so it is removed with a
+//! warning and its changes are collected again. Any other damage is an error naming the file;
+//! deleting that disk's directory makes the agent re-send the whole disk (a missing disk
+//! directory in an existing journal is created with the `resync` mark).
+//!
+//! # Resync marks
+//!
+//! When the appliance turns out not to hold what the journal already dropped (its cache was
+//! lost, or this agent's state was), [`Journal::reset`] writes `resync` durably, drops the
+//! queue and sets the next sequence. The cycle sees the mark
+//! ([`Journal::resync_requested`]), invalidates the whole disk in its tracker (durable), and
+//! only then clears the mark ([`Journal::clear_resync`]), so a crash in between repeats the
+//! invalidation rather than losing it.
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use lifeboat_wire::{MachineId, WireError};
+
+const BATCH_EXT: &str = "batch";
+const NEXT_POINT: &str = "next-point";
+const NEXT_SEQUENCE: &str = "next-sequence";
+const RESYNC: &str = "resync";
+
+/// Errors of the journal. Every message names the file and says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// A file or directory operation failed.
+    #[error(
+        "cannot {action} {path}: {source}; check free space and permissions of the agent's state directory"
+    )]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What was being done.
+        action: &'static str,
+        /// The operating system's error.
+        source: io::Error,
+    },
+    /// A batch file that is not the last of its disk does not decode.
+    #[error(
+        "journal file {path} is corrupt ({source}); it is not the last batch of its disk, so it is not a torn write. Stop the agent and delete the directory {dir}: the agent then compares the whole disk again and re-sends what differs"
+    )]
+    Corrupt {
+        /// The damaged file.
+        path: PathBuf,
+        /// The disk's journal directory.
+        dir: PathBuf,
+        /// What the decoder found.
+        source: WireError,
+    },
+    /// A batch file decodes but does not belong where it is.
+    #[error(
+        "journal file {path} {what}; was the state directory copied from another machine? Stop the agent and delete the directory {dir} to re-send that disk"
+    )]
+    Misplaced {
+        /// The file.
+        path: PathBuf,
+        /// The disk's journal directory.
+        dir: PathBuf,
+        /// What does not match.
+        what: String,
+    },
+    /// Batch files of a disk are not contiguous.
+    #[error(
+        "journal directory {dir} lacks batch {missing} between the batches it holds; stop the agent and delete {dir} to re-send that disk"
+    )]
+    Gap {
+        /// The disk's journal directory.
+        dir: PathBuf,
+        /// The missing sequence.
+        missing: u64,
+    },
+    /// A counter file does not hold a number.
+    #[error(
+        "journal file {path} should hold a decimal number but holds {text:?}; stop the agent and delete it (and for a disk, its whole directory) to recover"
+    )]
+    Counter {
+        /// The file.
+        path: PathBuf,
+        /// What it holds.
+        text: String,
+    },
+    /// Another process holds the journal.
+    #[error(
+        "the journal {path} is in use by another process (is another lifeboat-agent running with the same state_dir?)"
+    )]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
+    /// A disk index past the disks the journal was opened with.
+    #[error("disk index {disk} is not in the journal (it has {disks} disks)")]
+    NoSuchDisk {
+        /// The index asked for.
+        disk: u32,
+        /// How many disks the journal has.
+        disks: u32,
+    },
+    /// The bytes handed to [`Journal::append`] are not a batch for that place.
+    #[error("refusing to journal batch for disk {disk} sequence {seq}: {what} (a bug in the agent)")]
+    BadAppend {
+        /// The disk.
+        disk: u32,
+        /// The sequence it was to get.
+        seq: u64,
+        /// What is wrong.
+        what: String,
+    },
+}
+
+/// One batch waiting in the journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingBatch {
+    /// The disk index.
+    pub disk: u32,
+    /// The batch's sequence number.
+    pub seq: u64,
+    /// Size of the encoded batch in bytes.
+    pub len: u64,
+}
+
+#[derive(Debug)]
+struct DiskQueue {
+    dir: PathBuf,
+    /// The sequence the next append gets.
+    next_seq: u64,
+    /// What `next-sequence` holds.
+    persisted_next: u64,
+    /// (sequence, length), ascending and contiguous.
+    entries: VecDeque<(u64, u64)>,
+    /// The resync mark's token, when present.
+    resync: Option<u64>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    disks: Vec<DiskQueue>,
+    next_point: u64,
+    bytes: u64,
+    /// Bumped at every change, for [`Journal::subscribe`].
+    version: u64,
+}
+
+/// The journal; see the module documentation. Shared between the cycle (appends) and the
+/// sender (reads and acks): every method takes `&self`.
+#[derive(Debug)]
+pub struct Journal {
+    dir: PathBuf,
+    machine: MachineId,
+    inner: Mutex<Inner>,
+    /// Signalled when bytes leave the journal.
+    room: Condvar,
+    changed: tokio::sync::watch::Sender<u64>,
+    _lock: File,
+}
+
+fn io_err(path: &Path, action: &'static str) -> impl FnOnce(io::Error) -> JournalError + use<> {
+    let path = path.to_path_buf();
+    move |source| JournalError::Io { path, action, source }
+}
+
+fn batch_name(seq: u64) -> String {
+    format!("{seq:020}.{BATCH_EXT}")
+}
+
+fn sync_dir(dir: &Path) -> Result<(), JournalError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir, "sync the directory"))
+}
+
+/// Writes `bytes` to `path` atomically and durably: temp file, fsync, rename, directory fsync.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), JournalError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = File::create(&tmp).map_err(io_err(&tmp, "create"))?;
+    f.write_all(bytes).map_err(io_err(&tmp, "write"))?;
+    f.sync_all().map_err(io_err(&tmp, "sync"))?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(io_err(path, "rename into place"))?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+fn read_counter(path: &Path) -> Result<Option<u64>, JournalError> {
+    match fs::read_to_string(path) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| JournalError::Counter { path: path.to_path_buf(), text }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(path, "read")(e)),
+    }
+}
+
+fn write_counter(path: &Path, value: u64) -> Result<(), JournalError> {
+    write_atomic(path, format!("{value}\n").as_bytes())
+}
+
+impl Journal {
+    /// Opens (or creates) the journal in `dir` for a machine with `disks` disks, checking
+    /// every batch file; see the module documentation for what is repaired and what is an
+    /// error.
+    pub fn open(dir: &Path, disks: u32, machine: MachineId) -> Result<Self, JournalError> {
+        fs::create_dir_all(dir).map_err(io_err(dir, "create the journal directory"))?;
+        let lock_path = dir.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path, "open"))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+            .map_err(|_| JournalError::Locked { path: lock_path.clone() })?;
+
+        let point_path = dir.join(NEXT_POINT);
+        let existing = point_path.exists();
+        let next_point = match read_counter(&point_path)? {
+            Some(n) => n,
+            None => {
+                write_counter(&point_path, 1)?;
+                1
+            }
+        };
+        let mut queues = Vec::with_capacity(disks as usize);
+        let mut bytes = 0;
+        for d in 0..disks {
+            let q = Self::load_disk(dir, d, machine, existing)?;
+            bytes += q.entries.iter().map(|e| e.1).sum::<u64>();
+            queues.push(q);
+        }
+        let (changed, _) = tokio::sync::watch::channel(0);
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            machine,
+            inner: Mutex::new(Inner { disks: queues, next_point, bytes, version: 0 }),
+            room: Condvar::new(),
+            changed,
+            _lock: lock,
+        })
+    }
+
+    fn load_disk(
+        root: &Path,
+        disk: u32,
+        machine: MachineId,
+        journal_existed: bool,
+    ) -> Result<DiskQueue, JournalError> {
+        let dir = root.join(format!("d{disk}"));
+        let mut resync = None;
+        if !dir.exists() {
+            fs::create_dir_all(&dir).map_err(io_err(&dir, "create"))?;
+            sync_dir(root)?;
+            if journal_existed {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    disk,
+                    "the journal has no directory for this disk (new disk, or deleted to recover): the whole disk is compared again and what differs is re-sent"
+                );
+                write_counter(&dir.join(RESYNC), 1)?;
+                resync = Some(1);
+            }
+        } else {
+            resync = read_counter(&dir.join(RESYNC))?;
+        }
+        let persisted_next = read_counter(&dir.join(NEXT_SEQUENCE))?.unwrap_or(0);
+
+        let mut seqs = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io_err(&dir, "list"))? {
+            let entry = entry.map_err(io_err(&dir, "list"))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.ends_with(".tmp") {
+                // An append or counter update that never reached its rename.
+                let p = entry.path();
+                fs::remove_file(&p).map_err(io_err(&p, "remove the leftover"))?;
+                continue;
+            }
+            if let Some(stem) = name.strip_suffix(&format!(".{BATCH_EXT}")) {
+                match stem.parse::<u64>() {
+                    Ok(seq) if stem.len() == 20 => seqs.push(seq),
+                    _ => {
+                        return Err(JournalError::Misplaced {
+                            path: entry.path(),
+                            dir: dir.clone(),
+                            what: "is not named <20-digit sequence>.batch".into(),
+                        });
+                    }
+                }
+            }
+        }
+        seqs.sort_unstable();
+        let mut entries = VecDeque::with_capacity(seqs.len());
+        for (i, &seq) in seqs.iter().enumerate() {
+            let path = dir.join(batch_name(seq));
+            let bytes = fs::read(&path).map_err(io_err(&path, "read"))?;
+            let header = match lifeboat_wire::decode(&bytes) {
+                Ok(batch) => *batch.header(),
+                Err(source) if i + 1 == seqs.len() => {
+                    tracing::warn!(
+                        file = %path.display(),
+                        "removing a torn batch at the end of the journal ({source}): it was being written when the agent stopped; its changes are collected again"
+                    );
+                    fs::remove_file(&path).map_err(io_err(&path, "remove the torn batch"))?;
+                    sync_dir(&dir)?;
+                    break;
+                }
+                Err(source) => return Err(JournalError::Corrupt { path, dir, source }),
+            };
+            let misplaced = |what: String| JournalError::Misplaced {
+                path: path.clone(),
+                dir: dir.clone(),
+                what,
+            };
+            if header.machine != machine {
+                return Err(misplaced(format!(
+                    "belongs to machine {}, this agent is machine {machine}",
+                    header.machine
+                )));
+            }
+            if header.disk_index != disk || header.sequence != seq {
+                return Err(misplaced(format!(
+                    "holds disk {} sequence {}, its name says disk {disk} sequence {seq}",
+                    header.disk_index, header.sequence
+                )));
+            }
+            if let Some(&(prev, _)) = entries.back()
+                && seq != prev + 1
+            {
+                return Err(JournalError::Gap { dir, missing: prev + 1 });
+            }
+            entries.push_back((seq, bytes.len() as u64));
+        }
+        let next_seq = entries.back().map_or(0, |e| e.0 + 1).max(persisted_next);
+        Ok(DiskQueue { dir, next_seq, persisted_next, entries, resync })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn bump(&self, inner: &mut Inner) {
+        inner.version += 1;
+        self.changed.send_replace(inner.version);
+    }
+
+    fn queue<'a>(inner: &'a mut Inner, disk: u32) -> Result<&'a mut DiskQueue, JournalError> {
+        let disks = inner.disks.len() as u32;
+        inner.disks.get_mut(disk as usize).ok_or(JournalError::NoSuchDisk { disk, disks })
+    }
+
+    /// The journal's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The machine whose batches the journal holds.
+    pub fn machine(&self) -> MachineId {
+        self.machine
+    }
+
+    /// Number of disks.
+    pub fn disk_count(&self) -> u32 {
+        self.lock().disks.len() as u32
+    }
+
+    /// Appends a batch for `disk`: `make` gets the sequence number the batch must carry and
+    /// returns the encoded batch. Returns the sequence once the batch is durable.
+    pub fn append(
+        &self,
+        disk: u32,
+        make: impl FnOnce(u64) -> Vec<u8>,
+    ) -> Result<u64, JournalError> {
+        let mut inner = self.lock();
+        let q = Self::queue(&mut inner, disk)?;
+        let seq = q.next_seq;
+        let bytes = make(seq);
+        match lifeboat_wire::read_header(&bytes) {
+            Ok(h) if h.header.sequence == seq && h.header.disk_index == disk => {}
+            Ok(h) => {
+                return Err(JournalError::BadAppend {
+                    disk,
+                    seq,
+                    what: format!(
+                        "it says disk {} sequence {}",
+                        h.header.disk_index, h.header.sequence
+                    ),
+                });
+            }
+            Err(e) => return Err(JournalError::BadAppend { disk, seq, what: e.to_string() }),
+        }
+        write_atomic(&q.dir.join(batch_name(seq)), &bytes)?;
+        q.next_seq = seq + 1;
+        q.entries.push_back((seq, bytes.len() as u64));
+        inner.bytes += bytes.len() as u64;
+        self.bump(&mut inner);
+        Ok(seq)
+    }
+
+    /// The sequence the next batch of `disk` gets.
+    pub fn next_sequence(&self, disk: u32) -> Result<u64, JournalError> {
+        Ok(Self::queue(&mut self.lock(), disk)?.next_seq)
+    }
+
+    /// The batches of `disk` not acknowledged yet, in sequence order (a snapshot).
+    pub fn pending(&self, disk: u32) -> Result<Vec<PendingBatch>, JournalError> {
+        let mut inner = self.lock();
+        let q = Self::queue(&mut inner, disk)?;
+        Ok(q.entries.iter().map(|&(seq, len)| PendingBatch { disk, seq, len }).collect())
+    }
+
+    /// The oldest batch of `disk` not acknowledged yet.
+    pub fn first_pending(&self, disk: u32) -> Result<Option<PendingBatch>, JournalError> {
+        let mut inner = self.lock();
+        let q = Self::queue(&mut inner, disk)?;
+        Ok(q.entries.front().map(|&(seq, len)| PendingBatch { disk, seq, len }))
+    }
+
+    /// The batch of `disk` with sequence `seq`, if still in the journal.
+    pub fn read(&self, disk: u32, seq: u64) -> Result<Option<Vec<u8>>, JournalError> {
+        let path = {
+            let mut inner = self.lock();
+            let q = Self::queue(&mut inner, disk)?;
+            if !q.entries.iter().any(|e| e.0 == seq) {
+                return Ok(None);
+            }
+            q.dir.join(batch_name(seq))
+        };
+        match fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            // Acknowledged (and deleted) meanwhile.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&path, "read")(e)),
+        }
+    }
+
+    /// The appliance holds every batch of `disk` up to `seq` durably: deletes them.
+    pub fn ack(&self, disk: u32, seq: u64) -> Result<(), JournalError> {
+        let mut inner = self.lock();
+        let q = Self::queue(&mut inner, disk)?;
+        let mut doomed = Vec::new();
+        while q.entries.front().is_some_and(|e| e.0 <= seq) {
+            doomed.push(q.entries.pop_front().expect("checked"));
+        }
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        // The files say the next sequence; before they go, the counter must.
+        if q.persisted_next < q.next_seq {
+            write_counter(&q.dir.join(NEXT_SEQUENCE), q.next_seq)?;
+            q.persisted_next = q.next_seq;
+        }
+        let mut freed = 0;
+        for &(s, len) in &doomed {
+            let p = q.dir.join(batch_name(s));
+            match fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&p, "delete the acknowledged batch")(e)),
+            }
+            freed += len;
+        }
+        // No directory fsync: a deleted file that reappears after a crash is re-sent, and the
+        // appliance answers that it is a duplicate.
+        inner.bytes -= freed;
+        self.bump(&mut inner);
+        drop(inner);
+        self.room.notify_all();
+        Ok(())
+    }
+
+    /// The appliance does not hold what the journal already dropped, or expects a sequence
+    /// this journal never reached (this agent's state was lost). Marks `disk` for a full
+    /// resync (durably, first), drops its queue and continues at `next_seq`.
+    pub fn reset(&self, disk: u32, next_seq: u64) -> Result<(), JournalError> {
+        let mut inner = self.lock();
+        let q = Self::queue(&mut inner, disk)?;
+        let token = q.resync.unwrap_or(0) + 1;
+        write_counter(&q.dir.join(RESYNC), token)?;
+        q.resync = Some(token);
+        write_counter(&q.dir.join(NEXT_SEQUENCE), next_seq)?;
+        q.persisted_next = next_seq;
+        q.next_seq = next_seq;
+        let dropped: Vec<_> = q.entries.drain(..).collect();
+        let dir = q.dir.clone();
+        let mut freed = 0;
+        for (s, len) in dropped {
+            let p = dir.join(batch_name(s));
+            match fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&p, "delete the dropped batch")(e)),
+            }
+            freed += len;
+        }
+        sync_dir(&dir)?;
+        inner.bytes -= freed;
+        self.bump(&mut inner);
+        drop(inner);
+        self.room.notify_all();
+        Ok(())
+    }
+
+    /// Drops the batches of `disk` below `next_seq`: the appliance says it holds them.
+    pub fn skip_to(&self, disk: u32, next_seq: u64) -> Result<(), JournalError> {
+        if next_seq == 0 {
+            return Ok(());
+        }
+        self.ack(disk, next_seq - 1)
+    }
+
+    /// The token of `disk`'s resync mark, when the whole disk must be compared again.
+    pub fn resync_requested(&self, disk: u32) -> Result<Option<u64>, JournalError> {
+        Ok(Self::queue(&mut self.lock(), disk)?.resync)
+    }
+
+    /// Removes `disk`'s resync mark if it still has `token` (no new reset came meanwhile).
+    /// Call it after the tracker's invalidation is durable.
+    pub fn clear_resync(&self, disk: u32, token: u64) -> Result<(), JournalError> {
+        let mut inner = self.lock();
+        let q = Self::queue(&mut inner, disk)?;
+        if q.resync != Some(token) {
+            return Ok(());
+        }
+        let p = q.dir.join(RESYNC);
+        match fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&p, "remove the resync mark")(e)),
+        }
+        sync_dir(&q.dir)?;
+        q.resync = None;
+        Ok(())
+    }
+
+    /// The number the next recovery point gets.
+    pub fn next_point(&self) -> u64 {
+        self.lock().next_point
+    }
+
+    /// Reserves the next recovery point number, durably: it is never handed out again.
+    pub fn reserve_point(&self) -> Result<u64, JournalError> {
+        let mut inner = self.lock();
+        let n = inner.next_point;
+        write_counter(&self.dir.join(NEXT_POINT), n + 1)?;
+        inner.next_point = n + 1;
+        Ok(n)
+    }
+
+    /// Bytes of batches in the journal.
+    pub fn bytes(&self) -> u64 {
+        self.lock().bytes
+    }
+
+    /// Number of batches in the journal, all disks.
+    pub fn len(&self) -> usize {
+        self.lock().disks.iter().map(|q| q.entries.len()).sum()
+    }
+
+    /// Whether every batch was acknowledged.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A receiver that sees a new value at every append, ack and reset.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Blocks while the journal holds more than `max_bytes - incoming` bytes (and is not
+    /// empty), until acks make room or `stop` is set. Returns false when stopped.
+    pub fn wait_for_room(&self, max_bytes: u64, incoming: u64, stop: &AtomicBool) -> bool {
+        let mut inner = self.lock();
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            if inner.bytes == 0 || inner.bytes.saturating_add(incoming) <= max_bytes {
+                return true;
+            }
+            inner = self
+                .room
+                .wait_timeout(inner, Duration::from_millis(200))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lifeboat_wire::{Batch, BatchHeader, ConsistencyTag, PointKind};
+
+    const M: MachineId = MachineId([7; 16]);
+
+    fn batch(disk: u32, seq: u64, fill: u8) -> Vec<u8> {
+        let mut b = Batch::builder(BatchHeader {
+            machine: M,
+            disk_index: disk,
+            sequence: seq,
+            tag: (fill == 0).then_some(ConsistencyTag { kind: PointKind::Crash, point_id: 1 }),
+        });
+        if fill != 0 {
+            b.push_data(seq * 4096, vec![fill; 4096]).unwrap();
+        }
+        lifeboat_wire::encode(&b.build())
+    }
+
+    fn append(j: &Journal, disk: u32, fill: u8) -> u64 {
+        j.append(disk, |seq| batch(disk, seq, fill)).unwrap()
+    }
+
+    fn seqs(j: &Journal, disk: u32) -> Vec<u64> {
+        j.pending(disk).unwrap().iter().map(|p| p.seq).collect()
+    }
+
+    #[test]
+    fn append_ack_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path(), 2, M).unwrap();
+        assert!(j.is_empty());
+        assert_eq!(append(&j, 0, 1), 0);
+        assert_eq!(append(&j, 0, 2), 1);
+        assert_eq!(append(&j, 1, 3), 0);
+        assert_eq!(append(&j, 0, 4), 2);
+        assert_eq!(seqs(&j, 0), vec![0, 1, 2]);
+        assert_eq!(j.len(), 4);
+        let one = batch(0, 0, 1).len() as u64;
+        assert_eq!(j.bytes(), 4 * one);
+        assert!(dir.path().join("d0/00000000000000000001.batch").exists());
+        assert_eq!(j.read(0, 1).unwrap().unwrap(), batch(0, 1, 2));
+        assert_eq!(j.read(0, 9).unwrap(), None);
+
+        j.ack(0, 1).unwrap();
+        assert_eq!(seqs(&j, 0), vec![2]);
+        assert_eq!(j.bytes(), 2 * one);
+        assert!(!dir.path().join("d0/00000000000000000000.batch").exists());
+        assert_eq!(j.read(0, 0).unwrap(), None);
+        // Acking again or below is a no-op.
+        j.ack(0, 0).unwrap();
+        drop(j);
+
+        let j = Journal::open(dir.path(), 2, M).unwrap();
+        assert_eq!(seqs(&j, 0), vec![2]);
+        assert_eq!(seqs(&j, 1), vec![0]);
+        assert_eq!(j.next_sequence(0).unwrap(), 3);
+        assert_eq!(j.bytes(), 2 * one);
+        assert_eq!(append(&j, 0, 5), 3);
+    }
+
+    #[test]
+    fn next_sequence_survives_an_empty_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path(), 1, M).unwrap();
+        for _ in 0..5 {
+            append(&j, 0, 1);
+        }
+        j.ack(0, 4).unwrap();
+        assert!(j.is_empty());
+        drop(j);
+        let j = Journal::open(dir.path(), 1, M).unwrap();
+        assert_eq!(j.next_sequence(0).unwrap(), 5);
+        assert_eq!(append(&j, 0, 1), 5);
+    }
+
+    #[test]
+    fn points_are_reserved_durably() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path(), 1, M).unwrap();
+        assert_eq!(j.next_point(), 1);
+        assert_eq!(j.reserve_point().unwrap(), 1);
+        assert_eq!(j.reserve_point().unwrap(), 2);
+        drop(j);
+        let j = Journal::open(dir.path(), 1, M).unwrap();
+        assert_eq!(j.next_point(), 3);
+    }
+
+    #[test]
+    fn torn_last_file_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path(), 1, M).unwrap();
+        for _ in 0..3 {
+            append(&j, 0, 9);
+        }
+        drop(j);
+        let last = dir.path().join("d0/00000000000000000002.batch");
+        let bytes = fs::read(&last).unwrap();
+        fs::write(&last, &bytes[..bytes.len() / 2]).unwrap();
+        // A leftover temp file of an append that never renamed.
+        fs::write(dir.path().join("d0/00000000000000000003.batch.tmp"), b"junk").unwrap();
+        let j = Journal::open(dir.path(), 1, M).unwrap();
+        assert_eq!(seqs(&j, 0), vec![0, 1]);
+        assert!(!last.exists());
+        assert!(!dir.path().join("d0/00000000000000000003.batch.tmp").exists());
+        // The torn batch's sequence is used again: the appliance never saw it.
+        assert_eq!(append(&j, 0, 9), 2);
+    }
+
+    #[test]
+    fn corrupt_middle_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path(), 1, M).unwrap();
+        for _ in 0..3 {
+            append(&j, 0, 9);
+        }
+        drop(j);
+        let mid = dir.path().join("d0/00000000000000000001.batch");
+        let mut bytes = fs::read(&mid).unwrap();
+        bytes[200] ^= 0xff;
+        fs::write(&mid, &bytes).unwrap();
+        let err = Journal::open(dir.path(), 1, M).unwrap_err();
+        assert!(matches!(err, JournalError::Corrupt { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains("00000000000000000001.batch") && msg.contains("delete"), "{msg}");
+
+        // Deleting the disk's directory recovers, with a resync mark.
+        fs::remove_dir_all(dir.path().join("d0")).unwrap();
+        let j = Journal::open(dir.path(), 1, M).unwrap();
+        assert!(j.is_empty());
+        assert_eq!(j.resync_requested(0).unwrap(), Some(1));
+    }
+
+    #[test]
+    fn gaps_and_foreign_batches_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path(), 1, M).unwrap();
+        for _ in 0..3 {
+            append(&j, 0, 9);
+        }
+        drop(j);
+        fs::remove_file(dir.path().join("d0/00000000000000000001.batch")).unwrap();
+        let err = Journal::open(dir.path(), 1, M).unwrap_err();
+        assert!(matches!(err, JournalError::Gap { missing: 1, .. }), "{err}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path(), 1, M).unwrap();
+        append(&j, 0, 9);
+        append(&j, 0, 9);
+        drop(j);
+        let err = Journal::open(dir.path(), 1, MachineId([8; 16])).unwrap_err();
+        assert!(matches!(err, JournalError::Misplaced { .. }), "{err}");
+        assert!(err.to_string().contains("machine"), "{err}");
+    }
+
+    #[test]
+    fn a_new_journal_has_no_resync_but_a_new_disk_in_an_old_one_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path(), 1, M).unwrap();
+        assert_eq!(j.resync_requested(0).unwrap(), None);
+        drop(j);
+        let j = Journal::open(dir.path(), 2, M).unwrap();
+        assert_eq!(j.resync_requested(0).unwrap(), None);
+        assert_eq!(j.resync_requested(1).unwrap(), Some(1));
+        j.clear_resync(1, 1).unwrap();
+        drop(j);
+        let j = Journal::open(dir.path(), 2, M).unwrap();
+        assert_eq!(j.resync_requested(1).unwrap(), None);
+    }
+
+    #[test]
+    fn reset_drops_the_queue_and_marks_a_resync() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path(), 1, M).unwrap();
+        for _ in 0..3 {
+            append(&j, 0, 9);
+        }
+        j.reset(0, 40).unwrap();
+        assert!(j.is_empty());
+        assert_eq!(j.bytes(), 0);
+        let token = j.resync_requested(0).unwrap().unwrap();
+        assert_eq!(append(&j, 0, 9), 40);
+        // A second reset before the first was handled: clearing the old token keeps the mark.
+        j.reset(0, 41).unwrap();
+        j.clear_resync(0, token).unwrap();
+        assert!(j.resync_requested(0).unwrap().is_some());
+        drop(j);
+        let j = Journal::open(dir.path(), 1, M).unwrap();
+        assert_eq!(j.next_sequence(0).unwrap(), 41);
+        let token = j.resync_requested(0).unwrap().unwrap();
+        j.clear_resync(0, token).unwrap();
+        assert_eq!(j.resync_requested(0).unwrap(), None);
+        // skip_to drops what the appliance has.
+        append(&j, 0, 9);
+        append(&j, 0, 9);
+        j.skip_to(0, 42).unwrap();
+        assert_eq!(seqs(&j, 0), vec![42]);
+    }
+
+    #[test]
+    fn append_refuses_a_batch_with_the_wrong_sequence() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path(), 1, M).unwrap();
+        let err = j.append(0, |_| batch(0, 5, 1)).unwrap_err();
+        assert!(matches!(err, JournalError::BadAppend { .. }), "{err}");
+        assert!(j.is_empty());
+        assert!(matches!(j.append(3, |s| batch(3, s, 1)), Err(JournalError::NoSuchDisk { .. })));
+    }
+
+    #[test]
+    fn a_second_agent_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _j = Journal::open(dir.path(), 1, M).unwrap();
+        let err = Journal::open(dir.path(), 1, M).unwrap_err();
+        assert!(matches!(err, JournalError::Locked { .. }), "{err}");
+    }
+
+    #[test]
+    fn wait_for_room_returns_on_ack_or_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = std::sync::Arc::new(Journal::open(dir.path(), 1, M).unwrap());
+        append(&j, 0, 1);
+        append(&j, 0, 1);
+        let one = batch(0, 0, 1).len() as u64;
+        let stop = AtomicBool::new(false);
+        assert!(j.wait_for_room(3 * one, one, &stop));
+        let j2 = j.clone();
+        let acker = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            j2.ack(0, 0).unwrap();
+        });
+        assert!(j.wait_for_room(2 * one, one, &stop));
+        acker.join().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        assert!(!j.wait_for_room(one, one, &stop));
+    }
+}

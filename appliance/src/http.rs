@@ -1,0 +1,169 @@
+//! HTTP routes of the configuration server (443) and the process server (9443).
+//! One function per listener; each request is one small function. Bodies and answers are
+//! the types of `lifeboat_wire::api`.
+
+use crate::process::{ApiFailure, ProcessServer};
+use crate::state::State;
+use http::{Method, Request, Response, StatusCode};
+use lifeboat_net::server::{json, read_body, read_json};
+use lifeboat_net::{ApiError, Ca, PeerInfo, RequestBody, ResponseBody};
+use lifeboat_wire::api;
+use std::sync::Arc;
+
+type Answer = Result<Response<ResponseBody>, ApiError>;
+
+fn failure(f: ApiFailure) -> Response<ResponseBody> {
+    let body = api::ApiError {
+        error: f.message,
+        code: f.code.to_owned(),
+        expected_sequence: f.expected_sequence,
+    };
+    let status = StatusCode::from_u16(f.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut r = json(status, &body).unwrap_or_else(|e| e.into_response());
+    if let Some(s) = f.retry_after
+        && let Ok(v) = http::HeaderValue::from_str(&s.to_string())
+    {
+        r.headers_mut().insert(http::header::RETRY_AFTER, v);
+    }
+    r
+}
+
+fn not_found(path: &str) -> Answer {
+    Err(ApiError::not_found(
+        "not_found",
+        format!("no such endpoint: {path}"),
+    ))
+}
+
+fn peer_machine(req: &Request<RequestBody>) -> Result<String, ApiError> {
+    req.extensions()
+        .get::<PeerInfo>()
+        .and_then(|p| p.machine_id.clone())
+        .ok_or_else(|| {
+            ApiError::forbidden(
+                "no_client_certificate",
+                "this endpoint needs the agent's client certificate",
+            )
+        })
+}
+
+/// What the configuration server needs.
+pub struct ConfigServerCtx {
+    /// State store.
+    pub state: State,
+    /// The appliance CA that signs agent certificates.
+    pub ca: Ca,
+    /// Handed to agents at registration.
+    pub process_server_url: String,
+}
+
+/// Routes of the configuration server.
+pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>) -> Answer {
+    let path = req.uri().path().to_owned();
+    match (req.method().clone(), path.as_str()) {
+        (Method::POST, "/api/v1/register") => register(&ctx, req).await,
+        (Method::GET, "/api/v1/health") => json(StatusCode::OK, &serde_json::json!({"ok": true})),
+        _ => not_found(&path),
+    }
+}
+
+async fn register(ctx: &ConfigServerCtx, req: Request<RequestBody>) -> Answer {
+    let r: api::RegisterRequest = read_json(req.into_body()).await?;
+    let version = lifeboat_wire::negotiate(lifeboat_wire::PROTOCOL_VERSIONS, &r.protocol_versions)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UPGRADE_REQUIRED,
+                "protocol_version",
+                format!(
+                    "the agent speaks {:?}, this appliance {:?}",
+                    r.protocol_versions,
+                    lifeboat_wire::PROTOCOL_VERSIONS
+                ),
+            )
+        })?;
+    let mut raw = [0u8; 16];
+    getrandom::fill(&mut raw).map_err(|e| ApiError::internal(e.to_string()))?;
+    raw[6] = (raw[6] & 0x0f) | 0x40; // UUID version 4
+    raw[8] = (raw[8] & 0x3f) | 0x80;
+    let machine_id = lifeboat_wire::MachineId(raw).to_string();
+    // Sign first: a malformed CSR must not burn the passphrase.
+    let cert_pem = ctx
+        .ca
+        .sign_client_csr(&r.csr_pem, &machine_id, 825)
+        .map_err(|e| ApiError::bad_request("bad_csr", format!("certificate request refused: {e}")))?;
+    let ok = ctx
+        .state
+        .register_machine(&r.passphrase, &machine_id, &r.hostname)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    if !ok {
+        tracing::warn!(hostname = %r.hostname, "registration refused: unknown or used passphrase");
+        return Err(ApiError::forbidden(
+            "bad_passphrase",
+            "the registration passphrase is wrong or was already used; ask the administrator \
+             for a new one (lifeboat-appliance passphrase)",
+        ));
+    }
+    tracing::info!(%machine_id, hostname = %r.hostname, "machine registered");
+    json(
+        StatusCode::OK,
+        &api::RegisterResponse {
+            machine_id,
+            cert_pem,
+            ca_pem: ctx.ca.cert_pem().to_owned(),
+            protocol_version: version,
+            process_server_url: ctx.process_server_url.clone(),
+        },
+    )
+}
+
+/// Routes of the process server (mutual TLS: every request carries a machine id).
+pub async fn process_server(ps: ProcessServer, state: State, req: Request<RequestBody>) -> Answer {
+    let path = req.uri().path().to_owned();
+    let machine = peer_machine(&req)?;
+    match (req.method().clone(), path.as_str()) {
+        (Method::POST, "/api/v1/hello") => {
+            let hello: api::Hello = read_json(req.into_body()).await?;
+            match ps.hello(&machine, hello).await {
+                Ok(r) => json(StatusCode::OK, &r),
+                Err(f) => Ok(failure(f)),
+            }
+        }
+        (Method::PUT, "/api/v1/batches") => {
+            let body = read_body(req.into_body()).await?;
+            match ps.batch(&machine, body).await {
+                Ok(ack) => json(StatusCode::OK, &ack),
+                Err(f) => Ok(failure(f)),
+            }
+        }
+        (Method::POST, "/api/v1/progress") => {
+            let p: api::Progress = read_json(req.into_body()).await?;
+            state
+                .set_progress(&machine, &p)
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            json(StatusCode::OK, &serde_json::json!({}))
+        }
+        (Method::GET, p) if p.starts_with("/api/v1/machines/") && p.ends_with("/points") => {
+            let id = &p["/api/v1/machines/".len()..p.len() - "/points".len()];
+            if id != machine {
+                return Err(ApiError::forbidden(
+                    "forbidden",
+                    "an agent may list only its own machine's points",
+                ));
+            }
+            let points = state
+                .points(id)
+                .map_err(|e| ApiError::internal(e.to_string()))?
+                .into_iter()
+                .map(|p| api::PointSummary {
+                    id: p.id,
+                    point: p.point,
+                    kind: p.kind,
+                    created_unix_ms: p.created_unix_ms,
+                    disks: p.disks,
+                })
+                .collect();
+            json(StatusCode::OK, &api::PointList { points })
+        }
+        _ => not_found(&path),
+    }
+}

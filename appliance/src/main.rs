@@ -1,0 +1,84 @@
+//! `lifeboat-appliance`: parses arguments and hands over to the library.
+
+use clap::{Parser, Subcommand};
+use lifeboat_appliance::config::ApplianceConfig;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "lifeboat-appliance", version, about = "Lifeboat appliance: configuration server, process server, master target")]
+struct Cli {
+    /// Log JSON lines instead of human-readable text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Runs the roles the configuration turns on.
+    Run {
+        /// The appliance configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Creates a one-time registration passphrase for an agent and prints it.
+    Passphrase {
+        /// The appliance configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Prints the appliance CA fingerprint agents pin at registration.
+    Fingerprint {
+        /// The appliance configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Lists recovery points (JSON), optionally of one machine.
+    Points {
+        /// The appliance configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Machine id.
+        #[arg(long)]
+        machine: Option<String>,
+    },
+    /// Prints the sha256 of a disk as it was at a recovery point (materialises it at
+    /// the target, reads it back, removes the copy).
+    PointChecksum {
+        /// The appliance configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Point id (from `points`).
+        #[arg(long)]
+        point: String,
+        /// Disk index.
+        #[arg(long, default_value_t = 0)]
+        disk: u32,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    lifeboat_common::logging::init(cli.log_json);
+    let load = |p: &PathBuf| {
+        ApplianceConfig::load(p).unwrap_or_else(|e| {
+            eprintln!("lifeboat-appliance: {e}");
+            std::process::exit(2)
+        })
+    };
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let r = match &cli.cmd {
+        Cmd::Run { config } => rt.block_on(lifeboat_appliance::run::run(load(config))),
+        Cmd::Passphrase { config } => lifeboat_appliance::tools::passphrase(load(config)),
+        Cmd::Fingerprint { config } => lifeboat_appliance::tools::fingerprint(load(config)),
+        Cmd::Points { config, machine } => lifeboat_appliance::tools::points(load(config), machine.as_deref()),
+        Cmd::PointChecksum { config, point, disk } => {
+            rt.block_on(lifeboat_appliance::tools::point_checksum(load(config), point, *disk))
+        }
+    };
+    if let Err(e) = r {
+        eprintln!("lifeboat-appliance: error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,302 @@
+//! The master target: applies shipped logs to replica disks in sequence order and cuts
+//! recovery points at consistency tags.
+//!
+//! # Applying
+//!
+//! For each replica disk at the target (`<machine>-d<index>`), the logs
+//! `<machine>-d<index>.<sequence>` are applied strictly in sequence: open (cipher
+//! plugin, with the clear header as associated data), decompress (codec plugin), decode
+//! (every block checksum verified), write the extents and zero ranges, flush the disk,
+//! then record the disk's new cursor, and only then delete the log. A crash anywhere
+//! re-applies at most the last log, and applying a log twice leaves the same bytes
+//! (writes are at absolute offsets and logs are applied in order), so nothing is applied
+//! twice "in a way that changes the result".
+//!
+//! # Points across the disks of a machine
+//!
+//! A recovery point covers every disk of a machine. The agent ends each cycle with a
+//! batch tagged with point `N` on every disk. When a disk has applied its tagged batch
+//! it stops there — applying past it would carry that disk beyond point `N` — until
+//! every disk of the machine has reached `N`. Then the point is created at the target
+//! (snapshots / reflinks of all the machine's disks together), recorded, retention
+//! runs, and the disks move on.
+//!
+//! # Retention
+//!
+//! At most `keep_points` points per machine, and none older than `keep_hours`, except
+//! that the newest point is always kept. Tiered thinning comes with the lifecycle work.
+
+use crate::config;
+use crate::logobj::{LogHeader, log_prefix, log_sequence, parse_disk_id, point_id};
+use crate::state::{PointRow, State, now_ms};
+use lifeboat_plugin_host::registry::Registry;
+use lifeboat_plugin_host::target::{Extent, ZeroRange};
+use lifeboat_plugin_host::{CipherInstance, CodecInstance, TargetInstance};
+use lifeboat_wire::MachineId;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The master target role.
+pub struct MasterTarget {
+    state: State,
+    registry: Arc<Registry>,
+    cfg: config::MasterTarget,
+    generation: u64,
+    target: Option<TargetInstance>,
+    codec: Option<CodecInstance>,
+    cipher: Option<CipherInstance>,
+}
+
+impl std::fmt::Debug for MasterTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MasterTarget").finish_non_exhaustive()
+    }
+}
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PassReport {
+    /// Logs applied.
+    pub applied: u64,
+    /// Points created.
+    pub points: u64,
+}
+
+impl MasterTarget {
+    /// A master target over `state` using the plugins of `registry`.
+    pub fn new(state: State, registry: Arc<Registry>, cfg: config::MasterTarget) -> MasterTarget {
+        MasterTarget {
+            state,
+            registry,
+            cfg,
+            generation: 0,
+            target: None,
+            codec: None,
+            cipher: None,
+        }
+    }
+
+    /// Applies until `shutdown`; idle passes sleep `poll_ms`.
+    pub async fn run(mut self, shutdown: tokio_util::sync::CancellationToken) {
+        let mut backoff = Duration::from_millis(self.cfg.poll_ms);
+        loop {
+            let idle = match self.pass().await {
+                Ok(r) => {
+                    backoff = Duration::from_millis(self.cfg.poll_ms);
+                    r.applied == 0 && r.points == 0
+                }
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "master target pass failed; logs stay at the target");
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    true
+                }
+            };
+            if idle {
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+            } else if shutdown.is_cancelled() {
+                return;
+            }
+        }
+    }
+
+    async fn refresh(&mut self) -> anyhow::Result<()> {
+        let current = self.registry.current().generation;
+        if current == self.generation && self.target.is_some() {
+            return Ok(());
+        }
+        let get = |name: &str| {
+            self.registry
+                .get(name)
+                .ok_or_else(|| anyhow::anyhow!("plugin {name:?} is not loaded; see the appliance log"))
+        };
+        self.target = Some(TargetInstance::new(get(&self.cfg.target)?).await?);
+        self.codec = Some(CodecInstance::new(get(&self.cfg.codec)?).await?);
+        self.cipher = Some(CipherInstance::new(get(&self.cfg.cipher)?).await?);
+        self.generation = current;
+        Ok(())
+    }
+
+    /// One pass over every replica disk: apply what is ready, cut points.
+    pub async fn pass(&mut self) -> anyhow::Result<PassReport> {
+        self.refresh().await?;
+        let mut report = PassReport::default();
+        let disks = self.target.as_mut().expect("refreshed").list_disks().await?;
+        let mut machines: BTreeMap<MachineId, Vec<u32>> = BTreeMap::new();
+        for d in disks {
+            if let Some((m, i)) = parse_disk_id(&d.id) {
+                machines.entry(m).or_default().push(i);
+            }
+        }
+        for (machine, disks) in machines {
+            let mid = machine.to_string();
+            let last_point = self.state.points(&mid)?.last().map(|p| p.point).unwrap_or(0);
+            for &disk in &disks {
+                report.applied += self.apply_disk(machine, disk, last_point).await?;
+            }
+            // A point exists once every disk reached the same tag past the last point.
+            let mut reached = Vec::new();
+            for &disk in &disks {
+                reached.push(self.state.applied(&mid, disk)?.1);
+            }
+            if let Some(Some(p)) = reached.first().copied()
+                && p > last_point
+                && reached.iter().all(|r| *r == Some(p))
+            {
+                self.cut_point(machine, &disks, p).await?;
+                report.points += 1;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Applies a disk's ready logs; stops after a tag beyond `last_point`.
+    async fn apply_disk(&mut self, machine: MachineId, disk: u32, last_point: u64) -> anyhow::Result<u64> {
+        let mid = machine.to_string();
+        let prefix = log_prefix(machine, disk);
+        let target = self.target.as_mut().expect("refreshed");
+        let mut logs: Vec<(u64, String)> = target
+            .list_logs(&prefix)
+            .await?
+            .into_iter()
+            .filter_map(|n| log_sequence(&n, &prefix).map(|s| (s, n)))
+            .collect();
+        logs.sort();
+        let mut applied = 0;
+        for (seq, name) in logs {
+            let (next, reached) = self.state.applied(&mid, disk)?;
+            if reached.is_some_and(|p| p > last_point) {
+                break; // waiting at a tag for the machine's other disks
+            }
+            if seq < next {
+                // Applied before a crash that happened before the delete.
+                self.target.as_mut().expect("refreshed").delete_log(&name).await?;
+                continue;
+            }
+            if seq > next {
+                break; // not shipped yet (the process server ships in order)
+            }
+            let tag = self.apply_log(machine, disk, seq, &name).await?;
+            self.state.set_applied(&mid, disk, seq + 1, tag)?;
+            self.target.as_mut().expect("refreshed").delete_log(&name).await?;
+            applied += 1;
+        }
+        Ok(applied)
+    }
+
+    async fn apply_log(&mut self, machine: MachineId, disk: u32, seq: u64, name: &str) -> anyhow::Result<Option<u64>> {
+        let obj = self.target.as_mut().expect("refreshed").get_log(name).await?;
+        let (header, envelope) = LogHeader::decode(&obj)?;
+        header.expect(machine, disk, seq)?;
+        let sealed_header = &obj[..crate::logobj::HEADER_LEN];
+        let body = self
+            .cipher
+            .as_mut()
+            .expect("refreshed")
+            .open(sealed_header, envelope)
+            .await?;
+        let encoded = if header.compressed {
+            self.codec
+                .as_mut()
+                .expect("refreshed")
+                .decompress(&body, header.batch_len)
+                .await?
+        } else {
+            body
+        };
+        let batch = lifeboat_wire::decode(&encoded)
+            .map_err(|e| anyhow::anyhow!("log {name}: {e}"))?;
+        let h = batch.header();
+        anyhow::ensure!(
+            (h.machine, h.disk_index, h.sequence) == (machine, disk, seq),
+            "log {name} holds batch {}/{}/{}",
+            h.machine,
+            h.disk_index,
+            h.sequence
+        );
+        let tag = h.tag.map(|t| t.point_id);
+        let target = self.target.as_mut().expect("refreshed");
+        let max = target
+            .capabilities()
+            .map(|c| c.max_write_bytes as usize)
+            .unwrap_or(4 << 20)
+            .max(4096);
+        let disk_id = crate::logobj::disk_id(machine, disk);
+        let mut extents: Vec<Extent> = Vec::new();
+        let mut zeros: Vec<ZeroRange> = Vec::new();
+        let mut pending = 0usize;
+        for e in batch.extents() {
+            match e {
+                lifeboat_wire::Extent::Data { offset, data } => {
+                    for (i, piece) in data.chunks(max).enumerate() {
+                        if pending + piece.len() > max && !extents.is_empty() {
+                            target.write_extents(&disk_id, &extents, &zeros).await?;
+                            extents.clear();
+                            zeros.clear();
+                            pending = 0;
+                        }
+                        extents.push(Extent {
+                            offset: offset + (i * max) as u64,
+                            data: piece.to_vec(),
+                        });
+                        pending += piece.len();
+                    }
+                }
+                lifeboat_wire::Extent::Zero { offset, length } => zeros.push(ZeroRange {
+                    offset: *offset,
+                    length: *length,
+                }),
+            }
+        }
+        if !extents.is_empty() || !zeros.is_empty() {
+            target.write_extents(&disk_id, &extents, &zeros).await?;
+        }
+        target.flush_disk(&disk_id).await?;
+        Ok(tag)
+    }
+
+    async fn cut_point(&mut self, machine: MachineId, disks: &[u32], point: u64) -> anyhow::Result<()> {
+        let id = point_id(machine, point);
+        let disk_ids: Vec<String> = disks
+            .iter()
+            .map(|d| crate::logobj::disk_id(machine, *d))
+            .collect();
+        let target = self.target.as_mut().expect("refreshed");
+        let info = target
+            .create_point(&id, &format!("crash:{point}"), &disk_ids)
+            .await?;
+        let mid = machine.to_string();
+        self.state.add_point(&PointRow {
+            id: id.clone(),
+            machine_id: mid.clone(),
+            point,
+            kind: "crash".into(),
+            created_unix_ms: if info.created_unix_ms > 0 { info.created_unix_ms } else { now_ms() },
+            disks: disks.to_vec(),
+        })?;
+        tracing::info!(%machine, point, id = %id, "recovery point created");
+        self.prune(&mid).await
+    }
+
+    async fn prune(&mut self, machine_id: &str) -> anyhow::Result<()> {
+        let points = self.state.points(machine_id)?;
+        let keep = self.cfg.keep_points.max(1) as usize;
+        let cutoff = (self.cfg.keep_hours > 0)
+            .then(|| now_ms().saturating_sub(self.cfg.keep_hours * 3_600_000));
+        let n = points.len();
+        for (i, p) in points.iter().enumerate() {
+            let newest = i + 1 == n;
+            let too_many = n - i > keep;
+            let too_old = cutoff.is_some_and(|c| p.created_unix_ms < c);
+            if !newest && (too_many || too_old) {
+                self.target.as_mut().expect("refreshed").delete_point(&p.id).await?;
+                self.state.delete_point(&p.id)?;
+                tracing::info!(point = %p.id, "recovery point pruned by retention");
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,459 @@
+//! The process server: receives batches from agents, makes them durable in the cache,
+//! and ships them — compressed, encrypted — to the target's log area.
+//!
+//! # Flow and acknowledgements
+//!
+//! A batch is decoded and fully verified (every block checksum) before anything else,
+//! so the cache never holds data that would fail later. It must come from the machine
+//! whose client certificate presented it (an agent writes only its own disks) and be the
+//! next in its disk's sequence: an older one is a re-send after a lost answer and is
+//! acknowledged again without being stored; a newer one means a gap, answered `409` with
+//! the sequence expected. The batch is appended to the cache and fsynced, the disk's
+//! cursor advances, and only then does the agent get its acknowledgement.
+//!
+//! One shipping task per disk takes the disk's cached batches in sequence order, runs
+//! them through the codec plugin and the cipher plugin, and puts them at the target as
+//! log objects (see [`crate::logobj`]). A batch leaves the cache only after the target
+//! has stored it durably (`put-log` returned). Disks ship in parallel, each in order. A
+//! plugin failure (error, trap, deadline) leaves the batch in the cache and the task
+//! retries with backoff; nothing is acknowledged that was not done.
+//!
+//! # Back-pressure
+//!
+//! Above the cache's high-water mark every acknowledgement carries `slow_down_ms`, so
+//! agents pace themselves instead of failing; at the cache's limit a batch is refused
+//! with `429` and `Retry-After`, and the agent keeps it in its journal.
+//!
+//! # Restart
+//!
+//! The cache replays every batch not yet shipped, and the disk cursors are reconciled
+//! with it (a batch cached just before a crash that the database did not yet count).
+
+use crate::config;
+use crate::logobj::{LogHeader, disk_id, log_name};
+use crate::state::{State, StateError};
+use lifeboat_cache::{Cache, CacheConfig, Pressure, RecordKey, RecordRef};
+use lifeboat_plugin_host::registry::Registry;
+use lifeboat_plugin_host::{CallError, CipherInstance, CodecInstance, TargetInstance};
+use lifeboat_wire::MachineId;
+use lifeboat_wire::api::{BatchAck, DiskCursor, Hello, HelloResponse};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// An API failure: HTTP status, stable code, message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiFailure {
+    /// HTTP status.
+    pub status: u16,
+    /// Machine-readable code.
+    pub code: &'static str,
+    /// What went wrong and what to do.
+    pub message: String,
+    /// For `sequence-gap`.
+    pub expected_sequence: Option<u64>,
+    /// For `cache-full`: seconds to wait.
+    pub retry_after: Option<u64>,
+}
+
+impl ApiFailure {
+    pub(crate) fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+        ApiFailure {
+            status,
+            code,
+            message: message.into(),
+            expected_sequence: None,
+            retry_after: None,
+        }
+    }
+}
+
+impl From<StateError> for ApiFailure {
+    fn from(e: StateError) -> Self {
+        tracing::error!(error = %e, "state database failure");
+        ApiFailure::new(500, "internal", format!("appliance state error: {e}"))
+    }
+}
+
+/// One disk's shipping queue.
+struct DiskQueue {
+    /// Serialises the sequence check and append of one disk.
+    order: tokio::sync::Mutex<()>,
+    queue: Mutex<VecDeque<RecordRef>>,
+    notify: Notify,
+}
+
+struct Inner {
+    state: State,
+    cache: Mutex<Cache>,
+    registry: Arc<Registry>,
+    cfg: config::ProcessServer,
+    disks: Mutex<HashMap<(MachineId, u32), Arc<DiskQueue>>>,
+    control: tokio::sync::Mutex<Option<TargetInstance>>,
+    shutdown: tokio_util::sync::CancellationToken,
+}
+
+/// The process server role.
+#[derive(Clone)]
+pub struct ProcessServer {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ProcessServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessServer").finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl ProcessServer {
+    /// Opens the cache (replaying what was not shipped) and starts the shipping tasks.
+    pub fn start(
+        state: State,
+        registry: Arc<Registry>,
+        cfg: config::ProcessServer,
+        cache_dir: &std::path::Path,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<ProcessServer> {
+        let cache_cfg = CacheConfig {
+            max_bytes: cfg.cache_max_mib << 20,
+            high_water_bytes: cfg.cache_high_water_mib << 20,
+            ..CacheConfig::with_max_bytes(cfg.cache_max_mib << 20)
+        };
+        let (cache, pending) = Cache::open(cache_dir, cache_cfg)?;
+        let me = ProcessServer {
+            inner: Arc::new(Inner {
+                state,
+                cache: Mutex::new(cache),
+                registry,
+                cfg,
+                disks: Mutex::new(HashMap::new()),
+                control: tokio::sync::Mutex::new(None),
+                shutdown,
+            }),
+        };
+        let mut replayed = 0usize;
+        for p in pending {
+            let payload = lock(&me.inner.cache).read(&p.record)?;
+            let frame = lifeboat_wire::read_header(&payload)?;
+            let (machine, disk, seq) = (
+                frame.header.machine,
+                frame.header.disk_index,
+                frame.header.sequence,
+            );
+            me.inner
+                .state
+                .set_received_next(&machine.to_string(), disk, seq + 1)?;
+            let q = me.queue(machine, disk);
+            lock(&q.queue).push_back(p.record);
+            q.notify.notify_one();
+            replayed += 1;
+        }
+        if replayed > 0 {
+            tracing::info!(batches = replayed, "replaying cached batches not yet shipped");
+        }
+        Ok(me)
+    }
+
+    /// The disk's queue, starting its shipping task the first time.
+    fn queue(&self, machine: MachineId, disk: u32) -> Arc<DiskQueue> {
+        let mut disks = lock(&self.inner.disks);
+        if let Some(q) = disks.get(&(machine, disk)) {
+            return q.clone();
+        }
+        let q = Arc::new(DiskQueue {
+            order: tokio::sync::Mutex::new(()),
+            queue: Mutex::new(VecDeque::new()),
+            notify: Notify::new(),
+        });
+        disks.insert((machine, disk), q.clone());
+        let me = self.clone();
+        let q2 = q.clone();
+        tokio::spawn(async move { me.ship_loop(machine, disk, q2).await });
+        q
+    }
+
+    async fn control_target(&self) -> Result<tokio::sync::MutexGuard<'_, Option<TargetInstance>>, ApiFailure> {
+        let mut g = self.inner.control.lock().await;
+        let name = &self.inner.cfg.target;
+        let stale = g
+            .as_ref()
+            .is_none_or(|t| Some(t.plugin()) != self.inner.registry.get(name).as_ref());
+        if stale {
+            let plugin = self.inner.registry.get(name).ok_or_else(|| {
+                ApiFailure::new(
+                    503,
+                    "target-unavailable",
+                    format!("target plugin {name:?} is not loaded; see the appliance log"),
+                )
+            })?;
+            *g = Some(TargetInstance::new(plugin).await.map_err(call_failure)?);
+        }
+        Ok(g)
+    }
+
+    /// `POST /api/v1/hello`: version negotiation, disks, cursors.
+    pub async fn hello(&self, machine_id: &str, hello: Hello) -> Result<HelloResponse, ApiFailure> {
+        let machine: MachineId = machine_id
+            .parse()
+            .map_err(|e: String| ApiFailure::new(403, "forbidden", e))?;
+        if !self.inner.state.machine_exists(machine_id)? {
+            return Err(ApiFailure::new(
+                403,
+                "unknown-machine",
+                format!("machine {machine_id} is not registered with this appliance"),
+            ));
+        }
+        let version = lifeboat_wire::negotiate(lifeboat_wire::PROTOCOL_VERSIONS, &hello.protocol_versions)
+            .ok_or_else(|| {
+                ApiFailure::new(
+                    426,
+                    "protocol-version",
+                    format!(
+                        "the agent speaks protocol versions {:?}, this appliance {:?}: upgrade the older side",
+                        hello.protocol_versions,
+                        lifeboat_wire::PROTOCOL_VERSIONS
+                    ),
+                )
+            })?;
+        let mut cursors = Vec::new();
+        for d in &hello.disks {
+            let known = self.inner.state.disks(machine_id)?;
+            let id = disk_id(machine, d.index);
+            let mut target = self.control_target().await?;
+            let t = target.as_mut().expect("set above");
+            match known.iter().find(|(i, _)| *i == d.index) {
+                Some((_, size)) if *size != d.size => {
+                    t.resize_disk(&id, d.size).await.map_err(call_failure)?;
+                }
+                _ => t.create_disk(&id, d.size).await.map_err(call_failure)?,
+            }
+            drop(target);
+            self.inner
+                .state
+                .upsert_disk(machine_id, d.index, d.size, &d.path)?;
+            cursors.push(DiskCursor {
+                index: d.index,
+                next_sequence: self.inner.state.received_next(machine_id, d.index)?,
+            });
+            self.queue(machine, d.index);
+        }
+        Ok(HelloResponse {
+            protocol_version: version,
+            disks: cursors,
+        })
+    }
+
+    /// `PUT /api/v1/batches`: verify, order, cache durably, acknowledge.
+    pub async fn batch(&self, machine_id: &str, body: bytes::Bytes) -> Result<BatchAck, ApiFailure> {
+        let batch = lifeboat_wire::decode(&body)
+            .map_err(|e| ApiFailure::new(400, "bad-batch", format!("batch refused: {e}")))?;
+        let h = batch.header().clone();
+        drop(batch);
+        if h.machine.to_string() != machine_id {
+            return Err(ApiFailure::new(
+                403,
+                "forbidden",
+                format!(
+                    "machine {machine_id} may write only its own disks; this batch is for {}",
+                    h.machine
+                ),
+            ));
+        }
+        let known = self.inner.state.disks(machine_id)?;
+        if !known.iter().any(|(i, _)| *i == h.disk_index) {
+            return Err(ApiFailure::new(
+                409,
+                "unknown-disk",
+                format!("disk {} was not announced: send hello first", h.disk_index),
+            ));
+        }
+        let q = self.queue(h.machine, h.disk_index);
+        let _order = q.order.lock().await;
+        let expected = self.inner.state.received_next(machine_id, h.disk_index)?;
+        if h.sequence < expected {
+            return Ok(self.ack(h.disk_index, h.sequence, true));
+        }
+        if h.sequence > expected {
+            let mut f = ApiFailure::new(
+                409,
+                "sequence-gap",
+                format!(
+                    "disk {} batch {} arrived but {expected} is expected next: resend from {expected}",
+                    h.disk_index, h.sequence
+                ),
+            );
+            f.expected_sequence = Some(expected);
+            return Err(f);
+        }
+        let number = self.inner.state.machine_number(machine_id)?.ok_or_else(|| {
+            ApiFailure::new(403, "unknown-machine", "machine is not registered")
+        })?;
+        let key = RecordKey {
+            machine: number,
+            disk: h.disk_index,
+            sequence: h.sequence,
+        };
+        let inner = self.inner.clone();
+        let record = tokio::task::spawn_blocking(move || lock(&inner.cache).append(key, &body))
+            .await
+            .map_err(|e| ApiFailure::new(500, "internal", e.to_string()))?
+            .map_err(|e| match e {
+                lifeboat_cache::Error::Full { .. } => {
+                    let mut f = ApiFailure::new(
+                        429,
+                        "cache-full",
+                        format!("the appliance cache is full ({e}); retry later"),
+                    );
+                    f.retry_after = Some(5);
+                    f
+                }
+                other => {
+                    tracing::error!(error = %other, "cache append failed");
+                    ApiFailure::new(503, "cache-error", format!("cache: {other}"))
+                }
+            })?;
+        self.inner
+            .state
+            .set_received_next(machine_id, h.disk_index, h.sequence + 1)?;
+        lock(&q.queue).push_back(record);
+        q.notify.notify_one();
+        Ok(self.ack(h.disk_index, h.sequence, false))
+    }
+
+    fn ack(&self, disk: u32, sequence: u64, duplicate: bool) -> BatchAck {
+        let slow_down_ms = match lock(&self.inner.cache).pressure() {
+            Pressure::Ok => 0,
+            Pressure::SlowDown => 200,
+            Pressure::Full => 2000,
+        };
+        BatchAck {
+            disk,
+            sequence,
+            duplicate,
+            slow_down_ms,
+        }
+    }
+
+    /// Batches cached and not yet shipped, over all disks.
+    pub fn backlog(&self) -> usize {
+        lock(&self.inner.disks)
+            .values()
+            .map(|q| lock(&q.queue).len())
+            .sum()
+    }
+
+    async fn ship_loop(self, machine: MachineId, disk: u32, q: Arc<DiskQueue>) {
+        let mut stage = Stage::default();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let next = lock(&q.queue).front().cloned();
+            let Some(record) = next else {
+                tokio::select! {
+                    _ = q.notify.notified() => continue,
+                    _ = self.inner.shutdown.cancelled() => return,
+                }
+            };
+            match self.ship_one(&mut stage, machine, disk, &record).await {
+                Ok(()) => {
+                    lock(&q.queue).pop_front();
+                    backoff = Duration::from_millis(100);
+                }
+                Err(e) => {
+                    tracing::warn!(%machine, disk, sequence = record.key().sequence, error = %e, retry_in_ms = backoff.as_millis() as u64, "shipping failed; the batch stays in the cache");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = self.inner.shutdown.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
+    async fn ship_one(
+        &self,
+        stage: &mut Stage,
+        machine: MachineId,
+        disk: u32,
+        record: &RecordRef,
+    ) -> anyhow::Result<()> {
+        stage.refresh(&self.inner.registry, &self.inner.cfg).await?;
+        let inner = self.inner.clone();
+        let r = record.clone();
+        let payload = tokio::task::spawn_blocking(move || lock(&inner.cache).read(&r)).await??;
+        let sequence = record.key().sequence;
+        let codec = stage.codec.as_mut().expect("refreshed");
+        let encoded = codec.compress(self.inner.cfg.codec_level, &payload).await?;
+        let header = LogHeader {
+            compressed: !encoded.raw,
+            batch_len: payload.len() as u32,
+            machine,
+            disk,
+            sequence,
+        }
+        .encode();
+        let body = if encoded.raw { payload } else { encoded.data };
+        let envelope = stage
+            .cipher
+            .as_mut()
+            .expect("refreshed")
+            .seal(&header, &body)
+            .await?;
+        let mut obj = Vec::with_capacity(header.len() + envelope.len());
+        obj.extend_from_slice(&header);
+        obj.extend_from_slice(&envelope);
+        stage
+            .target
+            .as_mut()
+            .expect("refreshed")
+            .put_log(&log_name(machine, disk, sequence), &obj)
+            .await?;
+        let inner = self.inner.clone();
+        let r = record.clone();
+        tokio::task::spawn_blocking(move || lock(&inner.cache).release(&r)).await??;
+        tracing::debug!(%machine, disk, sequence, bytes = obj.len(), "shipped");
+        Ok(())
+    }
+}
+
+/// The plugin instances one shipping task uses, rebuilt when the plugins are reloaded.
+#[derive(Default)]
+struct Stage {
+    generation: u64,
+    codec: Option<CodecInstance>,
+    cipher: Option<CipherInstance>,
+    target: Option<TargetInstance>,
+}
+
+impl Stage {
+    async fn refresh(&mut self, registry: &Registry, cfg: &config::ProcessServer) -> anyhow::Result<()> {
+        let current = registry.current().generation;
+        if current == self.generation && self.codec.is_some() && self.cipher.is_some() && self.target.is_some() {
+            return Ok(());
+        }
+        let get = |name: &str| {
+            registry
+                .get(name)
+                .ok_or_else(|| anyhow::anyhow!("plugin {name:?} is not loaded; see the appliance log"))
+        };
+        self.codec = Some(CodecInstance::new(get(&cfg.codec)?).await?);
+        self.cipher = Some(CipherInstance::new(get(&cfg.cipher)?).await?);
+        self.target = Some(TargetInstance::new(get(&cfg.target)?).await?);
+        self.generation = current;
+        Ok(())
+    }
+}
+
+pub(crate) fn call_failure(e: CallError) -> ApiFailure {
+    let retryable = e.is_retryable() || matches!(e, CallError::Failed { .. });
+    ApiFailure::new(
+        if retryable { 503 } else { 500 },
+        "target-error",
+        e.to_string(),
+    )
+}

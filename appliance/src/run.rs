@@ -1,0 +1,192 @@
+//! Starting the appliance: data directory, state, keys, CA, plugins, then the roles the
+//! configuration turns on, until SIGINT/SIGTERM. SIGHUP reloads the plugins directory.
+
+use crate::config::ApplianceConfig;
+use crate::http::{self, ConfigServerCtx};
+use crate::master::MasterTarget;
+use crate::process::ProcessServer;
+use crate::state::State;
+use anyhow::Context;
+use lifeboat_net::{Ca, ClientAuth};
+use lifeboat_plugin_host::Host;
+use lifeboat_plugin_host::registry::Registry;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// What every role shares.
+pub struct Core {
+    /// Configuration.
+    pub config: ApplianceConfig,
+    /// State store.
+    pub state: State,
+    /// Loaded plugins.
+    pub registry: Arc<Registry>,
+}
+
+/// Opens the data directory, state, keys and plugins.
+pub fn open_core(config: ApplianceConfig) -> anyhow::Result<Core> {
+    let data = &config.data_dir;
+    std::fs::create_dir_all(data)
+        .with_context(|| format!("cannot create the data directory {}", data.display()))?;
+    let state = State::open(&data.join("state.db"))?;
+    let keys = crate::keys::load_or_create(&data.join("keys"))
+        .with_context(|| format!("data keys in {}", data.join("keys").display()))?;
+    let host = Host::new(keys).map_err(|e| anyhow::anyhow!("cannot start the plugin runtime: {e}"))?;
+    let registry = Arc::new(Registry::new(host, config.plugins.clone()));
+    for r in &registry.current().refused {
+        tracing::error!(error = %r, "plugin refused");
+    }
+    Ok(Core {
+        config,
+        state,
+        registry,
+    })
+}
+
+/// A new one-time registration passphrase: 20 random base-32 characters in groups.
+pub fn new_passphrase(state: &State) -> anyhow::Result<String> {
+    const ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyz23456789";
+    let mut raw = [0u8; 20];
+    getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no random source: {e}"))?;
+    let chars: Vec<char> = raw
+        .iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect();
+    let p = chars
+        .chunks(5)
+        .map(|c| c.iter().collect::<String>())
+        .collect::<Vec<_>>()
+        .join("-");
+    state.add_passphrase(&p)?;
+    Ok(p)
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(tmp, path)
+}
+
+/// Runs the configured roles until a shutdown signal.
+pub async fn run(config: ApplianceConfig) -> anyhow::Result<()> {
+    let core = open_core(config)?;
+    let cfg = core.config.clone();
+    let data = cfg.data_dir.clone();
+    let shutdown = CancellationToken::new();
+    let ca = Ca::load_or_create(&data.join("ca"), "Lifeboat appliance CA")?;
+    let server_id = ca.issue_server(&cfg.config_server.server_names)?;
+    let mut tasks = tokio::task::JoinSet::new();
+
+    if cfg.roles.config_server {
+        if core.state.unused_passphrases()? == 0 {
+            let p = new_passphrase(&core.state)?;
+            let file = data.join("registration-passphrase");
+            write_private(&file, &format!("{p}\n"))?;
+            tracing::info!(file = %file.display(), "created a one-time registration passphrase");
+        }
+        let url = cfg.config_server.process_server_url.clone().unwrap_or_else(|| {
+            let host = cfg
+                .config_server
+                .server_names
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "127.0.0.1".into());
+            format!("https://{host}:{}", cfg.process_server.listen.port())
+        });
+        let ctx = Arc::new(ConfigServerCtx {
+            state: core.state.clone(),
+            ca: ca.clone(),
+            process_server_url: url,
+        });
+        let tls = lifeboat_net::server_config(&server_id, ClientAuth::None)?;
+        let listener = tokio::net::TcpListener::bind(cfg.config_server.listen)
+            .await
+            .with_context(|| format!("configuration server cannot listen on {}", cfg.config_server.listen))?;
+        tracing::info!(url = %format!("https://{}", listener.local_addr()?), ca_fingerprint = %ca.fingerprint(), "configuration server listening");
+        let sd = shutdown.clone();
+        tasks.spawn(async move {
+            lifeboat_net::serve(
+                listener,
+                tls,
+                move |req| http::config_server(ctx.clone(), req),
+                sd.cancelled_owned(),
+            )
+            .await;
+        });
+    }
+
+    if cfg.roles.process_server {
+        let ps = ProcessServer::start(
+            core.state.clone(),
+            core.registry.clone(),
+            cfg.process_server.clone(),
+            &data.join("cache"),
+            shutdown.clone(),
+        )?;
+        let tls = lifeboat_net::server_config(
+            &server_id,
+            ClientAuth::Required {
+                ca_pem: ca.cert_pem().to_owned(),
+            },
+        )?;
+        let listener = tokio::net::TcpListener::bind(cfg.process_server.listen)
+            .await
+            .with_context(|| format!("process server cannot listen on {}", cfg.process_server.listen))?;
+        tracing::info!(url = %format!("https://{}", listener.local_addr()?), "process server listening (mutual TLS)");
+        let sd = shutdown.clone();
+        let state = core.state.clone();
+        tasks.spawn(async move {
+            lifeboat_net::serve(
+                listener,
+                tls,
+                move |req| http::process_server(ps.clone(), state.clone(), req),
+                sd.cancelled_owned(),
+            )
+            .await;
+        });
+    }
+
+    if cfg.roles.master_target {
+        let mt = MasterTarget::new(
+            core.state.clone(),
+            core.registry.clone(),
+            cfg.master_target.clone(),
+        );
+        let sd = shutdown.clone();
+        tasks.spawn(async move { mt.run(sd).await });
+        tracing::info!(target = %cfg.master_target.target, "master target running");
+    }
+
+    let registry = core.registry.clone();
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                let set = registry.reload();
+                tracing::info!(generation = set.generation, loaded = set.plugins.len(), refused = set.refused.len(), "plugins reloaded on SIGHUP");
+            }
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            Some(r) = tasks.join_next() => {
+                if let Err(e) = r {
+                    anyhow::bail!("a role stopped unexpectedly: {e}");
+                }
+            }
+        }
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}

@@ -1,0 +1,546 @@
+//! The appliance's runtime state: an embedded SQLite database with versioned
+//! migrations (`<data_dir>/state.db`).
+//!
+//! What lives here is what the appliance learns while running — registered machines,
+//! registration passphrases (hashed), disks, where each role stands in each disk's
+//! sequence, recovery points, progress — as opposed to the static `appliance.toml`.
+//!
+//! Durability: WAL journal with `synchronous = NORMAL`: a committed transaction survives
+//! a process crash; a power loss may roll back the last few, which every writer here
+//! tolerates because the facts are re-derived (the process server reconciles its
+//! cursors with the cache on start; the master target re-applies a log it is unsure
+//! of, and applying is idempotent).
+
+use rusqlite::{Connection, OptionalExtension, params};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Schema migrations, in order. Never edit a published one; append a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: replication core.
+    "CREATE TABLE machines (
+        id TEXT PRIMARY KEY,
+        hostname TEXT NOT NULL,
+        registered_unix_ms INTEGER NOT NULL
+     );
+     CREATE TABLE passphrases (
+        hash TEXT PRIMARY KEY,
+        created_unix_ms INTEGER NOT NULL,
+        used_unix_ms INTEGER,
+        machine_id TEXT
+     );
+     CREATE TABLE disks (
+        machine_id TEXT NOT NULL,
+        idx INTEGER NOT NULL,
+        size INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        PRIMARY KEY (machine_id, idx)
+     );
+     CREATE TABLE received (
+        machine_id TEXT NOT NULL,
+        disk INTEGER NOT NULL,
+        next_sequence INTEGER NOT NULL,
+        PRIMARY KEY (machine_id, disk)
+     );
+     CREATE TABLE applied (
+        machine_id TEXT NOT NULL,
+        disk INTEGER NOT NULL,
+        next_sequence INTEGER NOT NULL,
+        point_reached INTEGER,
+        PRIMARY KEY (machine_id, disk)
+     );
+     CREATE TABLE points (
+        id TEXT PRIMARY KEY,
+        machine_id TEXT NOT NULL,
+        point INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        created_unix_ms INTEGER NOT NULL,
+        disks TEXT NOT NULL
+     );
+     CREATE TABLE progress (
+        machine_id TEXT NOT NULL,
+        disk INTEGER NOT NULL,
+        phase TEXT NOT NULL,
+        done_bytes INTEGER NOT NULL,
+        total_bytes INTEGER NOT NULL,
+        sent_bytes INTEGER NOT NULL,
+        updated_unix_ms INTEGER NOT NULL,
+        PRIMARY KEY (machine_id, disk)
+     );",
+];
+
+/// A state-store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// SQLite refused.
+    #[error("state database {path}: {source}")]
+    Db {
+        /// The database file.
+        path: String,
+        /// The SQLite error.
+        source: rusqlite::Error,
+    },
+    /// The database was written by a newer Lifeboat.
+    #[error(
+        "state database {path} has schema version {found}, newer than this build understands \
+         ({known}); run the newer Lifeboat or restore a backup"
+    )]
+    TooNew {
+        /// The database file.
+        path: String,
+        /// Its schema version.
+        found: usize,
+        /// The newest this build knows.
+        known: usize,
+    },
+}
+
+/// A recovery point row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PointRow {
+    /// Point id at the target.
+    pub id: String,
+    /// Machine.
+    pub machine_id: String,
+    /// Agent's point number.
+    pub point: u64,
+    /// `crash` or `app`.
+    pub kind: String,
+    /// Creation time.
+    pub created_unix_ms: u64,
+    /// Disk indexes.
+    pub disks: Vec<u32>,
+}
+
+/// The state store; cheap to clone, safe to share between tasks.
+#[derive(Clone)]
+pub struct State {
+    conn: Arc<Mutex<Connection>>,
+    path: String,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State").field("path", &self.path).finish()
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn hash_passphrase(p: &str) -> String {
+    hex::encode(Sha256::digest(p.trim().as_bytes()))
+}
+
+impl State {
+    /// Opens (creating and migrating) the database at `path`.
+    pub fn open(path: &Path) -> Result<State, StateError> {
+        let p = path.display().to_string();
+        let db = |source| StateError::Db {
+            path: p.clone(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(db)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+        )
+        .map_err(db)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(db)?;
+        let version: usize = conn
+            .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+            .map_err(db)? as usize;
+        if version > MIGRATIONS.len() {
+            return Err(StateError::TooNew {
+                path: p,
+                found: version,
+                known: MIGRATIONS.len(),
+            });
+        }
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(version) {
+            let tx = conn.transaction().map_err(db)?;
+            tx.execute_batch(m).map_err(db)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)
+                .map_err(db)?;
+            tx.commit().map_err(db)?;
+            tracing::info!(path = %p, version = i + 1, "state database migrated");
+        }
+        Ok(State {
+            conn: Arc::new(Mutex::new(conn)),
+            path: p,
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn err(&self, source: rusqlite::Error) -> StateError {
+        StateError::Db {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Stores a new one-time registration passphrase (only its hash is kept).
+    pub fn add_passphrase(&self, passphrase: &str) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "INSERT OR IGNORE INTO passphrases (hash, created_unix_ms) VALUES (?1, ?2)",
+                params![hash_passphrase(passphrase), now_ms() as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Number of passphrases not used yet.
+    pub fn unused_passphrases(&self) -> Result<u64, StateError> {
+        self.conn()
+            .query_row(
+                "SELECT COUNT(*) FROM passphrases WHERE used_unix_ms IS NULL",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Registers a machine if `passphrase` is valid and unused, consuming it. Returns
+    /// false (and changes nothing) otherwise.
+    pub fn register_machine(
+        &self,
+        passphrase: &str,
+        machine_id: &str,
+        hostname: &str,
+    ) -> Result<bool, StateError> {
+        let mut c = self.conn();
+        let tx = c.transaction().map_err(|e| self.err(e))?;
+        let n = tx
+            .execute(
+                "UPDATE passphrases SET used_unix_ms = ?2, machine_id = ?3
+                 WHERE hash = ?1 AND used_unix_ms IS NULL",
+                params![hash_passphrase(passphrase), now_ms() as i64, machine_id],
+            )
+            .map_err(|e| self.err(e))?;
+        if n == 0 {
+            return Ok(false);
+        }
+        tx.execute(
+            "INSERT INTO machines (id, hostname, registered_unix_ms) VALUES (?1, ?2, ?3)",
+            params![machine_id, hostname, now_ms() as i64],
+        )
+        .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(true)
+    }
+
+    /// The appliance-local number of a registered machine (its row id), used as the
+    /// durable cache's compact machine key.
+    pub fn machine_number(&self, machine_id: &str) -> Result<Option<u64>, StateError> {
+        self.conn()
+            .query_row(
+                "SELECT rowid FROM machines WHERE id = ?1",
+                params![machine_id],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|o| o.map(|n| n as u64))
+            .map_err(|e| self.err(e))
+    }
+
+    /// Every registered machine id.
+    pub fn machine_ids(&self) -> Result<Vec<String>, StateError> {
+        let c = self.conn();
+        let mut s = c
+            .prepare("SELECT id FROM machines ORDER BY registered_unix_ms")
+            .map_err(|e| self.err(e))?;
+        let rows = s
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Whether `machine_id` is registered.
+    pub fn machine_exists(&self, machine_id: &str) -> Result<bool, StateError> {
+        self.conn()
+            .query_row(
+                "SELECT 1 FROM machines WHERE id = ?1",
+                params![machine_id],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|o| o.is_some())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Records a disk of a machine (size and path as the agent reports them).
+    pub fn upsert_disk(
+        &self,
+        machine_id: &str,
+        idx: u32,
+        size: u64,
+        path: &str,
+    ) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "INSERT INTO disks (machine_id, idx, size, path) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (machine_id, idx) DO UPDATE SET size = ?3, path = ?4",
+                params![machine_id, idx, size as i64, path],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The disk indexes of a machine with their sizes.
+    pub fn disks(&self, machine_id: &str) -> Result<Vec<(u32, u64)>, StateError> {
+        let c = self.conn();
+        let mut s = c
+            .prepare("SELECT idx, size FROM disks WHERE machine_id = ?1 ORDER BY idx")
+            .map_err(|e| self.err(e))?;
+        let rows = s
+            .query_map(params![machine_id], |r| {
+                Ok((r.get::<_, i64>(0)? as u32, r.get::<_, i64>(1)? as u64))
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    fn get_seq(&self, table: &str, machine_id: &str, disk: u32) -> Result<u64, StateError> {
+        self.conn()
+            .query_row(
+                &format!("SELECT next_sequence FROM {table} WHERE machine_id = ?1 AND disk = ?2"),
+                params![machine_id, disk],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|o| o.unwrap_or(0) as u64)
+            .map_err(|e| self.err(e))
+    }
+
+    /// The process server's cursor: the next sequence it expects for a disk.
+    pub fn received_next(&self, machine_id: &str, disk: u32) -> Result<u64, StateError> {
+        self.get_seq("received", machine_id, disk)
+    }
+
+    /// Advances the process server's cursor (never moves it back).
+    pub fn set_received_next(
+        &self,
+        machine_id: &str,
+        disk: u32,
+        next: u64,
+    ) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "INSERT INTO received (machine_id, disk, next_sequence) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (machine_id, disk) DO UPDATE
+                 SET next_sequence = MAX(next_sequence, ?3)",
+                params![machine_id, disk, next as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The master target's cursor: the next sequence to apply, and the last point tag
+    /// the disk reached.
+    pub fn applied(&self, machine_id: &str, disk: u32) -> Result<(u64, Option<u64>), StateError> {
+        self.conn()
+            .query_row(
+                "SELECT next_sequence, point_reached FROM applied
+                 WHERE machine_id = ?1 AND disk = ?2",
+                params![machine_id, disk],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)? as u64,
+                        r.get::<_, Option<i64>>(1)?.map(|v| v as u64),
+                    ))
+                },
+            )
+            .optional()
+            .map(|o| o.unwrap_or((0, None)))
+            .map_err(|e| self.err(e))
+    }
+
+    /// Records that a disk's log `next - 1` was applied (and the point tag it carried).
+    pub fn set_applied(
+        &self,
+        machine_id: &str,
+        disk: u32,
+        next: u64,
+        point_reached: Option<u64>,
+    ) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "INSERT INTO applied (machine_id, disk, next_sequence, point_reached)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (machine_id, disk) DO UPDATE
+                 SET next_sequence = ?3, point_reached = COALESCE(?4, point_reached)",
+                params![machine_id, disk, next as i64, point_reached.map(|p| p as i64)],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Records a recovery point.
+    pub fn add_point(&self, p: &PointRow) -> Result<(), StateError> {
+        let disks = p
+            .disks
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        self.conn()
+            .execute(
+                "INSERT OR IGNORE INTO points (id, machine_id, point, kind, created_unix_ms, disks)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    p.id,
+                    p.machine_id,
+                    p.point as i64,
+                    p.kind,
+                    p.created_unix_ms as i64,
+                    disks
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Forgets a recovery point.
+    pub fn delete_point(&self, id: &str) -> Result<(), StateError> {
+        self.conn()
+            .execute("DELETE FROM points WHERE id = ?1", params![id])
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// A machine's points, oldest first.
+    pub fn points(&self, machine_id: &str) -> Result<Vec<PointRow>, StateError> {
+        let c = self.conn();
+        let mut s = c
+            .prepare(
+                "SELECT id, machine_id, point, kind, created_unix_ms, disks FROM points
+                 WHERE machine_id = ?1 ORDER BY point",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = s
+            .query_map(params![machine_id], |r| {
+                let disks: String = r.get(5)?;
+                Ok(PointRow {
+                    id: r.get(0)?,
+                    machine_id: r.get(1)?,
+                    point: r.get::<_, i64>(2)? as u64,
+                    kind: r.get(3)?,
+                    created_unix_ms: r.get::<_, i64>(4)? as u64,
+                    disks: disks
+                        .split(',')
+                        .filter(|s| !s.is_empty())
+                        .filter_map(|s| s.parse().ok())
+                        .collect(),
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Stores an agent's progress report.
+    pub fn set_progress(
+        &self,
+        machine_id: &str,
+        p: &lifeboat_wire::api::Progress,
+    ) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "INSERT INTO progress (machine_id, disk, phase, done_bytes, total_bytes, sent_bytes, updated_unix_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (machine_id, disk) DO UPDATE SET phase = ?3, done_bytes = ?4,
+                 total_bytes = ?5, sent_bytes = ?6, updated_unix_ms = ?7",
+                params![
+                    machine_id,
+                    p.disk,
+                    p.phase,
+                    p.done_bytes as i64,
+                    p.total_bytes as i64,
+                    p.sent_bytes as i64,
+                    now_ms() as i64
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_once_and_reopens() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state.db");
+        let s = State::open(&p).unwrap();
+        s.add_passphrase("alpha-bravo").unwrap();
+        drop(s);
+        let s = State::open(&p).unwrap();
+        assert_eq!(s.unused_passphrases().unwrap(), 1);
+    }
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state.db");
+        drop(State::open(&p).unwrap());
+        let c = Connection::open(&p).unwrap();
+        c.pragma_update(None, "user_version", 99).unwrap();
+        drop(c);
+        let e = State::open(&p).unwrap_err();
+        assert!(matches!(e, StateError::TooNew { found: 99, .. }), "{e}");
+    }
+
+    #[test]
+    fn passphrases_are_one_time() {
+        let d = tempfile::tempdir().unwrap();
+        let s = State::open(&d.path().join("s.db")).unwrap();
+        s.add_passphrase("one-time").unwrap();
+        assert!(!s.register_machine("wrong", "m1", "h").unwrap());
+        assert!(s.register_machine(" one-time ", "m1", "h").unwrap());
+        assert!(!s.register_machine("one-time", "m2", "h").unwrap());
+        assert!(s.machine_exists("m1").unwrap());
+        assert!(!s.machine_exists("m2").unwrap());
+    }
+
+    #[test]
+    fn cursors_points_and_disks() {
+        let d = tempfile::tempdir().unwrap();
+        let s = State::open(&d.path().join("s.db")).unwrap();
+        assert_eq!(s.received_next("m", 0).unwrap(), 0);
+        s.set_received_next("m", 0, 5).unwrap();
+        s.set_received_next("m", 0, 3).unwrap();
+        assert_eq!(s.received_next("m", 0).unwrap(), 5, "never moves back");
+        s.set_applied("m", 0, 2, Some(7)).unwrap();
+        s.set_applied("m", 0, 3, None).unwrap();
+        assert_eq!(s.applied("m", 0).unwrap(), (3, Some(7)));
+        s.upsert_disk("m", 1, 100, "/dev/b").unwrap();
+        s.upsert_disk("m", 0, 50, "/dev/a").unwrap();
+        s.upsert_disk("m", 0, 60, "/dev/a").unwrap();
+        assert_eq!(s.disks("m").unwrap(), vec![(0, 60), (1, 100)]);
+        let p = PointRow {
+            id: "m-p1".into(),
+            machine_id: "m".into(),
+            point: 1,
+            kind: "crash".into(),
+            created_unix_ms: 5,
+            disks: vec![0, 1],
+        };
+        s.add_point(&p).unwrap();
+        s.add_point(&p).unwrap();
+        assert_eq!(s.points("m").unwrap(), vec![p]);
+        s.delete_point("m-p1").unwrap();
+        assert!(s.points("m").unwrap().is_empty());
+    }
+}

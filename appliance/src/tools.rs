@@ -1,0 +1,76 @@
+//! The administrative subcommands besides `run`.
+
+use crate::config::ApplianceConfig;
+use crate::logobj::{disk_id, parse_disk_id};
+use crate::state::State;
+use lifeboat_plugin_host::TargetInstance;
+use sha2::{Digest, Sha256};
+
+/// `passphrase`: a new one-time registration passphrase.
+pub fn passphrase(config: ApplianceConfig) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    let state = State::open(&config.data_dir.join("state.db"))?;
+    println!("{}", crate::run::new_passphrase(&state)?);
+    Ok(())
+}
+
+/// `fingerprint`: the CA fingerprint agents pin.
+pub fn fingerprint(config: ApplianceConfig) -> anyhow::Result<()> {
+    let ca = lifeboat_net::Ca::load_or_create(&config.data_dir.join("ca"), "Lifeboat appliance CA")?;
+    println!("{}", ca.fingerprint());
+    Ok(())
+}
+
+/// `points`: recovery points as JSON lines.
+pub fn points(config: ApplianceConfig, machine: Option<&str>) -> anyhow::Result<()> {
+    let state = State::open(&config.data_dir.join("state.db"))?;
+    let machines = match machine {
+        Some(m) => vec![m.to_owned()],
+        None => state.machine_ids()?,
+    };
+    for m in machines {
+        for p in state.points(&m)? {
+            println!(
+                "{}",
+                serde_json::json!({"machine": m, "id": p.id, "point": p.point, "kind": p.kind,
+                    "created_unix_ms": p.created_unix_ms, "disks": p.disks})
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `point-checksum`: sha256 of a disk at a point, read back through the target plugin.
+pub async fn point_checksum(config: ApplianceConfig, point: &str, disk: u32) -> anyhow::Result<()> {
+    let core = crate::run::open_core(config)?;
+    let name = &core.config.master_target.target;
+    let plugin = core
+        .registry
+        .get(name)
+        .ok_or_else(|| anyhow::anyhow!("target plugin {name:?} is not loaded"))?;
+    let mut t = TargetInstance::new(plugin).await?;
+    let (machine, _) = point
+        .rsplit_once("-p")
+        .and_then(|(m, _)| parse_disk_id(&format!("{m}-d0")))
+        .ok_or_else(|| anyhow::anyhow!("{point:?} is not a point id"))?;
+    let source = disk_id(machine, disk);
+    let copy = format!("{source}-verify{}", std::process::id());
+    let m = t.materialize(point, &source, &copy).await?;
+    let size = t
+        .list_disks()
+        .await?
+        .into_iter()
+        .find(|d| d.id == copy)
+        .map(|d| d.size)
+        .ok_or_else(|| anyhow::anyhow!("materialised disk {copy} not listed"))?;
+    let mut h = Sha256::new();
+    let mut off = 0u64;
+    while off < size {
+        let n = (size - off).min(4 << 20) as u32;
+        h.update(t.read_extent(&copy, off, n).await?);
+        off += u64::from(n);
+    }
+    t.delete_disk(&copy).await?;
+    println!("{}  {} (instant: {})", hex::encode(h.finalize()), m.location, m.instant);
+    Ok(())
+}
