@@ -52,7 +52,7 @@ pub struct ConfigServerCtx {
     /// State store.
     pub state: State,
     /// The appliance CA that signs agent certificates.
-    pub ca: Ca,
+    pub ca: Arc<Ca>,
     /// Handed to agents at registration.
     pub process_server_url: String,
 }

@@ -22,7 +22,7 @@ pub fn load_or_create(dir: &Path) -> std::io::Result<KeyRing> {
         .collect();
     if names.is_empty() {
         let mut material = [0u8; 32];
-        getrandom::fill(&mut material).map_err(std::io::Error::other)?;
+        getrandom::fill(&mut material).map_err(|e| std::io::Error::other(e.to_string()))?;
         let id = format!("dk-{}", crate::state::now_ms());
         let path = dir.join(format!("{id}.key"));
         let tmp = dir.join(format!("{id}.tmp"));

@@ -182,7 +182,7 @@ impl ProcessServer {
         let name = &self.inner.cfg.target;
         let stale = g
             .as_ref()
-            .is_none_or(|t| Some(t.plugin()) != self.inner.registry.get(name).as_ref());
+            .is_none_or(|t| !self.inner.registry.get(name).is_some_and(|p| Arc::ptr_eq(t.plugin(), &p)));
         if stale {
             let plugin = self.inner.registry.get(name).ok_or_else(|| {
                 ApiFailure::new(

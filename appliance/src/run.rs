@@ -83,7 +83,7 @@ pub async fn run(config: ApplianceConfig) -> anyhow::Result<()> {
     let cfg = core.config.clone();
     let data = cfg.data_dir.clone();
     let shutdown = CancellationToken::new();
-    let ca = Ca::load_or_create(&data.join("ca"), "Lifeboat appliance CA")?;
+    let ca = Arc::new(Ca::load_or_create(&data.join("ca"), "Lifeboat appliance CA")?);
     let server_id = ca.issue_server(&cfg.config_server.server_names)?;
     let mut tasks = tokio::task::JoinSet::new();
 

@@ -147,7 +147,9 @@ pub enum CaError {
         reason: &'static str,
     },
     /// The validity asked for a client certificate is out of range.
-    #[error("a client certificate must be valid for 1 to {MAX_CLIENT_VALIDITY_DAYS} days, not {days}")]
+    #[error(
+        "a client certificate must be valid for 1 to {MAX_CLIENT_VALIDITY_DAYS} days, not {days}"
+    )]
     InvalidValidity {
         /// The number of days asked for.
         days: u32,
@@ -200,11 +202,8 @@ impl Identity {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         // The subject is informational only; keep it printable whatever the hint holds.
-        let hint: String = machine_hint
-            .chars()
-            .filter(|c| c.is_ascii_graphic() || *c == ' ')
-            .take(64)
-            .collect();
+        let hint: String =
+            machine_hint.chars().filter(|c| c.is_ascii_graphic() || *c == ' ').take(64).collect();
         dn.push(DnType::CommonName, if hint.is_empty() { "lifeboat-agent".into() } else { hint });
         params.distinguished_name = dn;
         let csr = params
@@ -313,10 +312,8 @@ impl Ca {
             what: cert_path.display().to_string(),
             detail: "no CERTIFICATE block".into(),
         })?;
-        let malformed = |detail: String| CaError::Malformed {
-            what: cert_path.display().to_string(),
-            detail,
-        };
+        let malformed =
+            |detail: String| CaError::Malformed { what: cert_path.display().to_string(), detail };
         let (_, x509) =
             x509_parser::parse_x509_certificate(&cert_der).map_err(|e| malformed(e.to_string()))?;
         if !x509.is_ca() {
@@ -400,8 +397,8 @@ impl Ca {
         if validity_days == 0 || validity_days > MAX_CLIENT_VALIDITY_DAYS {
             return Err(CaError::InvalidValidity { days: validity_days });
         }
-        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
-            CaError::Malformed {
+        let csr =
+            CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| CaError::Malformed {
                 what: "the certificate signing request".into(),
                 detail: match e {
                     rcgen::Error::CouldNotParseCertificationRequest => {
@@ -412,14 +409,10 @@ impl Ca {
                     }
                     other => other.to_string(),
                 },
-            }
-        })?;
+            })?;
         let alg = csr.public_key.algorithm();
-        let allowed = [
-            &rcgen::PKCS_ECDSA_P256_SHA256,
-            &rcgen::PKCS_ECDSA_P384_SHA384,
-            &rcgen::PKCS_ED25519,
-        ];
+        let allowed =
+            [&rcgen::PKCS_ECDSA_P256_SHA256, &rcgen::PKCS_ECDSA_P384_SHA384, &rcgen::PKCS_ED25519];
         if !allowed.contains(&alg) {
             return Err(CaError::UnsupportedKey { alg: format!("{alg:?}") });
         }
@@ -565,7 +558,8 @@ pub(crate) fn parse_cert_chain(pem: &str, what: &str) -> Result<Vec<CertificateD
 fn server_san(name: &str) -> Result<SanType> {
     let invalid = |reason| CaError::InvalidName { name: name.into(), reason };
     let trimmed = name.trim();
-    let unbracketed = trimmed.strip_prefix('[').and_then(|s| s.strip_suffix(']')).unwrap_or(trimmed);
+    let unbracketed =
+        trimmed.strip_prefix('[').and_then(|s| s.strip_suffix(']')).unwrap_or(trimmed);
     if let Ok(ip) = unbracketed.parse::<IpAddr>() {
         return Ok(SanType::IpAddress(ip));
     }
@@ -599,19 +593,30 @@ fn random_serial() -> Result<SerialNumber> {
 }
 
 fn exists(path: &Path) -> Result<bool> {
-    path.try_exists().map_err(|source| CaError::Io { action: "look for", path: path.into(), source })
+    path.try_exists().map_err(|source| CaError::Io {
+        action: "look for",
+        path: path.into(),
+        source,
+    })
 }
 
 fn read_string(path: &Path) -> Result<String> {
-    fs::read_to_string(path).map_err(|source| CaError::Io { action: "read", path: path.into(), source })
+    fs::read_to_string(path).map_err(|source| CaError::Io {
+        action: "read",
+        path: path.into(),
+        source,
+    })
 }
 
 fn check_key_permissions(path: &Path) -> Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
-        let meta = fs::metadata(path)
-            .map_err(|source| CaError::Io { action: "read", path: path.into(), source })?;
+        let meta = fs::metadata(path).map_err(|source| CaError::Io {
+            action: "read",
+            path: path.into(),
+            source,
+        })?;
         let mode = meta.permissions().mode() & 0o7777;
         if mode & 0o077 != 0 {
             return Err(CaError::KeyPermissions { path: path.into(), mode });
@@ -631,9 +636,11 @@ pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
         use std::os::unix::fs::DirBuilderExt as _;
         builder.mode(0o700);
     }
-    builder
-        .create(dir)
-        .map_err(|source| CaError::Io { action: "create directory", path: dir.into(), source })
+    builder.create(dir).map_err(|source| CaError::Io {
+        action: "create directory",
+        path: dir.into(),
+        source,
+    })
 }
 
 /// Writes `data` to `path` atomically: a temporary file in the same directory, created
@@ -708,7 +715,9 @@ mod tests {
     fn server_names_are_classified() {
         assert!(matches!(server_san("10.0.0.1"), Ok(SanType::IpAddress(_))));
         assert!(matches!(server_san("[::1]"), Ok(SanType::IpAddress(_))));
-        assert!(matches!(server_san("Appliance.Example."), Ok(SanType::DnsName(n)) if n.as_str() == "appliance.example"));
+        assert!(
+            matches!(server_san("Appliance.Example."), Ok(SanType::DnsName(n)) if n.as_str() == "appliance.example")
+        );
         assert!(matches!(server_san("*.example.org"), Ok(SanType::DnsName(_))));
         assert!(server_san("bad name").is_err());
         assert!(server_san("").is_err());

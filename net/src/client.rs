@@ -200,8 +200,13 @@ impl Client {
     /// omitted; a bare `host:port` is taken as HTTPS), using `tls` (see
     /// [`tls::client_config`]).
     pub fn new(base_url: &str, tls: Arc<ClientConfig>) -> Result<Client> {
-        let invalid = |reason: &str| ClientError::InvalidUrl { url: base_url.into(), reason: reason.into() };
-        let text = if base_url.contains("://") { base_url.to_owned() } else { format!("https://{base_url}") };
+        let invalid =
+            |reason: &str| ClientError::InvalidUrl { url: base_url.into(), reason: reason.into() };
+        let text = if base_url.contains("://") {
+            base_url.to_owned()
+        } else {
+            format!("https://{base_url}")
+        };
         let uri: Uri = text.parse().map_err(|e: http::uri::InvalidUri| invalid(&e.to_string()))?;
         if uri.scheme() != Some(&Scheme::HTTPS) {
             return Err(invalid("only https:// is supported"));
@@ -214,8 +219,10 @@ impl Client {
             return Err(invalid("user names in the URL are not supported"));
         }
         let tls_failures = TlsFailures::default();
-        let connector =
-            TlsConnector { tls: tokio_rustls::TlsConnector::from(tls), failures: tls_failures.clone() };
+        let connector = TlsConnector {
+            tls: tokio_rustls::TlsConnector::from(tls),
+            failures: tls_failures.clone(),
+        };
         let inner = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
@@ -247,7 +254,11 @@ impl Client {
     }
 
     /// `GET path`.
-    pub async fn get(&self, path: &str, headers: HeaderMap) -> Result<(StatusCode, HeaderMap, Bytes)> {
+    pub async fn get(
+        &self,
+        path: &str,
+        headers: HeaderMap,
+    ) -> Result<(StatusCode, HeaderMap, Bytes)> {
         self.request(Method::GET, path, Bytes::new(), headers).await
     }
 
@@ -272,11 +283,15 @@ impl Client {
     ) -> Result<(StatusCode, HeaderMap, Bytes)> {
         let url = format!("{}://{}{}", self.scheme, self.authority, path);
         if !path.starts_with('/') {
-            return Err(ClientError::InvalidUrl { url, reason: "the path must start with /".into() });
+            return Err(ClientError::InvalidUrl {
+                url,
+                reason: "the path must start with /".into(),
+            });
         }
-        let uri: Uri = url
-            .parse()
-            .map_err(|e: http::uri::InvalidUri| ClientError::InvalidUrl { url: url.clone(), reason: e.to_string() })?;
+        let uri: Uri = url.parse().map_err(|e: http::uri::InvalidUri| ClientError::InvalidUrl {
+            url: url.clone(),
+            reason: e.to_string(),
+        })?;
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = method.clone();
         *request.uri_mut() = uri;
@@ -284,16 +299,24 @@ impl Client {
 
         let started = Instant::now();
         let exchange = async {
-            let response =
-                self.inner.request(request).await.map_err(|e| self.classify(&method, &url, started, &e))?;
+            let response = self
+                .inner
+                .request(request)
+                .await
+                .map_err(|e| self.classify(&method, &url, started, &e))?;
             let (parts, body) = response.into_parts();
-            let bytes = Limited::new(body, self.max_response_bytes).collect().await.map_err(|e| {
-                if e.downcast_ref::<LengthLimitError>().is_some() {
-                    ClientError::ResponseTooLarge { method: method.clone(), url: url.clone(), limit: self.max_response_bytes }
-                } else {
-                    self.classify(&method, &url, started, &*e)
-                }
-            })?;
+            let bytes =
+                Limited::new(body, self.max_response_bytes).collect().await.map_err(|e| {
+                    if e.downcast_ref::<LengthLimitError>().is_some() {
+                        ClientError::ResponseTooLarge {
+                            method: method.clone(),
+                            url: url.clone(),
+                            limit: self.max_response_bytes,
+                        }
+                    } else {
+                        self.classify(&method, &url, started, &*e)
+                    }
+                })?;
             Ok((parts.status, parts.headers, bytes.to_bytes()))
         };
         match tokio::time::timeout(self.timeout, exchange).await {
@@ -353,7 +376,9 @@ fn tls_error(addr: &str, host: &str, error: rustls::Error) -> ClientError {
         rustls::Error::InvalidCertificate(
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
         ) => ClientError::WrongName { host: host.into(), source: error },
-        rustls::Error::InvalidCertificate(_) => ClientError::Untrusted { addr: addr.into(), source: error },
+        rustls::Error::InvalidCertificate(_) => {
+            ClientError::Untrusted { addr: addr.into(), source: error }
+        }
         rustls::Error::AlertReceived(
             alert @ (AlertDescription::CertificateRequired
             | AlertDescription::BadCertificate
@@ -400,25 +425,31 @@ impl ConnectFailure {
         let addr = self.addr.clone();
         let copy = |e: &io::Error| io::Error::new(e.kind(), e.to_string());
         match &self.kind {
-            FailureKind::BadUri(reason) => ClientError::InvalidUrl { url: addr, reason: (*reason).into() },
-            FailureKind::Resolve(e) => ClientError::Resolve { host: self.host.clone(), source: copy(e) },
+            FailureKind::BadUri(reason) => {
+                ClientError::InvalidUrl { url: addr, reason: (*reason).into() }
+            }
+            FailureKind::Resolve(e) => {
+                ClientError::Resolve { host: self.host.clone(), source: copy(e) }
+            }
             FailureKind::Connect(e) => ClientError::Unreachable { addr, source: copy(e) },
             FailureKind::Timeout => ClientError::ConnectTimeout { addr, after: CONNECT_TIMEOUT },
-            FailureKind::Handshake(e) => match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-                Some(r) => tls_error(&addr, &self.host, r.clone()),
-                None if e.kind() == io::ErrorKind::UnexpectedEof
-                    || e.kind() == io::ErrorKind::ConnectionReset =>
-                {
-                    ClientError::Tls {
-                        addr,
-                        source: rustls::Error::General(format!(
-                            "the connection was closed during the TLS handshake ({e}): is this \
+            FailureKind::Handshake(e) => {
+                match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                    Some(r) => tls_error(&addr, &self.host, r.clone()),
+                    None if e.kind() == io::ErrorKind::UnexpectedEof
+                        || e.kind() == io::ErrorKind::ConnectionReset =>
+                    {
+                        ClientError::Tls {
+                            addr,
+                            source: rustls::Error::General(format!(
+                                "the connection was closed during the TLS handshake ({e}): is this \
                              the appliance's HTTPS port?"
-                        )),
+                            )),
+                        }
                     }
+                    None => ClientError::Unreachable { addr, source: copy(e) },
                 }
-                None => ClientError::Unreachable { addr, source: copy(e) },
-            },
+            }
         }
     }
 }
@@ -430,7 +461,8 @@ struct TlsFailures(Arc<Mutex<Option<(Instant, rustls::Error)>>>);
 impl TlsFailures {
     fn record(&self, error: &io::Error) {
         if let Some(r) = error.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-            *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some((Instant::now(), r.clone()));
+            *self.0.lock().unwrap_or_else(PoisonError::into_inner) =
+                Some((Instant::now(), r.clone()));
         }
     }
 
@@ -467,17 +499,22 @@ async fn connect(
     failures: TlsFailures,
     uri: Uri,
 ) -> std::result::Result<TlsIo, ConnectFailure> {
-    let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
+    let host =
+        uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
     let port = uri.port_u16().unwrap_or(443);
-    let addr = uri.authority().map_or_else(|| format!("{host}:{port}"), |a| {
-        if a.port().is_some() { a.to_string() } else { format!("{a}:{port}") }
-    });
+    let addr = uri.authority().map_or_else(
+        || format!("{host}:{port}"),
+        |a| {
+            if a.port().is_some() { a.to_string() } else { format!("{a}:{port}") }
+        },
+    );
     let fail = |kind| ConnectFailure { addr: addr.clone(), host: host.clone(), kind };
     if host.is_empty() {
         return Err(fail(FailureKind::BadUri("no host")));
     }
-    let server_name = ServerName::try_from(host.clone())
-        .map_err(|_| fail(FailureKind::BadUri("the host is neither a DNS name nor an IP address")))?;
+    let server_name = ServerName::try_from(host.clone()).map_err(|_| {
+        fail(FailureKind::BadUri("the host is neither a DNS name nor an IP address"))
+    })?;
 
     let attempt = async {
         let addrs: Vec<_> = tokio::net::lookup_host((host.as_str(), port))
@@ -541,7 +578,11 @@ impl hyper::rt::Read for TlsIo {
 }
 
 impl hyper::rt::Write for TlsIo {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
         self.note(poll)
     }

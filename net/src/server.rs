@@ -160,7 +160,10 @@ pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
 }
 
 /// A JSON response with `status`.
-pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Result<Response<ResponseBody>, ApiError> {
+pub fn json<T: Serialize>(
+    status: StatusCode,
+    value: &T,
+) -> Result<Response<ResponseBody>, ApiError> {
     let bytes = serde_json::to_vec(value)
         .map_err(|e| ApiError::internal(format!("cannot encode the response: {e}")))?;
     let mut response = Response::new(full(bytes));
@@ -204,13 +207,21 @@ where
     B::Error: Into<BoxError>,
 {
     let bytes = read_body(body).await?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::bad_request("bad_json", format!("the request body is not valid JSON for this endpoint: {e}")))
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request(
+            "bad_json",
+            format!("the request body is not valid JSON for this endpoint: {e}"),
+        )
+    })
 }
 
 /// [`serve_with`] with [`ServeOptions::default`].
-pub async fn serve<H, Fut, S>(listener: TcpListener, tls: Arc<ServerConfig>, handler: H, shutdown: S)
-where
+pub async fn serve<H, Fut, S>(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    handler: H,
+    shutdown: S,
+) where
     H: Fn(Request<RequestBody>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<ResponseBody>, ApiError>> + Send + 'static,
     S: Future,
@@ -298,13 +309,10 @@ where
     H: Fn(Request<RequestBody>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<ResponseBody>, ApiError>> + Send + 'static,
 {
-    async fn run(
-        self,
-        tcp: tokio::net::TcpStream,
-        watcher: hyper_util::server::graceful::Watcher,
-    ) {
+    async fn run(self, tcp: tokio::net::TcpStream, watcher: hyper_util::server::graceful::Watcher) {
         let remote_addr = self.remote_addr;
-        let handshake = tokio::time::timeout(self.options.handshake_timeout, self.acceptor.accept(tcp));
+        let handshake =
+            tokio::time::timeout(self.options.handshake_timeout, self.acceptor.accept(tcp));
         let stream = match handshake.await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
@@ -370,11 +378,12 @@ where
 }
 
 fn log_handshake_error(remote_addr: SocketAddr, error: &std::io::Error) {
-    let certificate_problem = error
-        .get_ref()
-        .and_then(|e| e.downcast_ref::<rustls::Error>())
-        .is_some_and(|e| {
-            matches!(e, rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented)
+    let certificate_problem =
+        error.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()).is_some_and(|e| {
+            matches!(
+                e,
+                rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+            )
         });
     if certificate_problem {
         tracing::info!(%remote_addr, error = %error, "refused a client certificate");

@@ -18,15 +18,15 @@
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, OtherError, RootCertStore,
-    ServerConfig, SignatureScheme,
+    CertificateError, ClientConfig, DigitallySignedStruct, OtherError, RootCertStore, ServerConfig,
+    SignatureScheme,
 };
 use x509_parser::extensions::GeneralName;
 
@@ -149,9 +149,10 @@ pub fn client_config(trust: Trust, identity: Option<&Identity>) -> Result<Arc<Cl
         Some(identity) => {
             let chain = ca::parse_cert_chain(&identity.cert_pem, "the client certificate")?;
             let key = parse_key(&identity.key_pem, "the client certificate")?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|source| TlsError::Rustls { action: "use the client certificate", source })?
+            builder.with_client_auth_cert(chain, key).map_err(|source| TlsError::Rustls {
+                action: "use the client certificate",
+                source,
+            })?
         }
     };
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
@@ -224,8 +225,13 @@ impl PinnedCaVerifier {
         PinnedCaVerifier { pinned, provider: provider() }
     }
 
-    fn mismatch(&self, end_entity: &CertificateDer<'_>, rest: &[CertificateDer<'_>]) -> rustls::Error {
-        let presented = std::iter::once(end_entity).chain(rest).map(|c| ca::fingerprint_der(c)).collect();
+    fn mismatch(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        rest: &[CertificateDer<'_>],
+    ) -> rustls::Error {
+        let presented =
+            std::iter::once(end_entity).chain(rest).map(|c| ca::fingerprint_der(c)).collect();
         let mut expected = String::from("sha256:");
         for b in self.pinned {
             expected.push_str(&format!("{b:02x}"));
@@ -305,9 +311,10 @@ impl ServerCertVerifier for PinnedCaVerifier {
 fn root_store(ca_pem: &str) -> Result<RootCertStore> {
     let mut roots = RootCertStore::empty();
     for der in ca::parse_cert_chain(ca_pem, "the appliance CA certificate")? {
-        roots
-            .add(der)
-            .map_err(|source| TlsError::Rustls { action: "trust the appliance CA certificate", source })?;
+        roots.add(der).map_err(|source| TlsError::Rustls {
+            action: "trust the appliance CA certificate",
+            source,
+        })?;
     }
     Ok(roots)
 }

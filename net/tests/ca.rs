@@ -101,9 +101,10 @@ fn verify_server(ca_pem: &str, identity: &Identity, name: &str) -> Result<(), ru
     let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), tls::provider())
         .build()
         .expect("verifier");
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(identity.cert_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .expect("chain");
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(identity.cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .expect("chain");
     let name = ServerName::try_from(name.to_owned()).expect("name");
     verifier.verify_server_cert(&chain[0], &chain[1..], &name, &[], UnixTime::now()).map(|_| ())
 }
@@ -138,7 +139,8 @@ fn server_certificate_verifies_against_the_ca() {
 
     let other_dir = tempfile::tempdir().expect("tempdir");
     let other = new_ca(other_dir.path());
-    let err = verify_server(other.cert_pem(), &identity, "appliance.example").expect_err("other CA");
+    let err =
+        verify_server(other.cert_pem(), &identity, "appliance.example").expect_err("other CA");
     assert!(
         matches!(err, rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)),
         "{err:?}"
@@ -155,7 +157,8 @@ fn csr_signing_ignores_requested_names_and_uses_the_assigned_machine_id() {
 
     // A hostile request: asks to be the appliance, another machine, and a CA.
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-    let mut params = rcgen::CertificateParams::new(vec!["appliance.example".to_owned()]).expect("params");
+    let mut params =
+        rcgen::CertificateParams::new(vec!["appliance.example".to_owned()]).expect("params");
     params.distinguished_name = rcgen::DistinguishedName::new();
     params.distinguished_name.push(rcgen::DnType::CommonName, "admin");
     params.subject_alt_names.push(rcgen::SanType::URI(
@@ -169,7 +172,8 @@ fn csr_signing_ignores_requested_names_and_uses_the_assigned_machine_id() {
     let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).expect("cert pem");
     let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("x509");
 
-    let cns: Vec<_> = cert.subject().iter_common_name().map(|cn| cn.as_str().expect("cn")).collect();
+    let cns: Vec<_> =
+        cert.subject().iter_common_name().map(|cn| cn.as_str().expect("cn")).collect();
     assert_eq!(cns, ["m-42"]);
     let san = cert.subject_alternative_name().expect("san ext").expect("san present");
     assert_eq!(san.value.general_names, [GeneralName::URI("lifeboat:machine:m-42")]);
@@ -177,8 +181,12 @@ fn csr_signing_ignores_requested_names_and_uses_the_assigned_machine_id() {
     let eku = cert.extended_key_usage().expect("eku ext").expect("eku present").value;
     assert!(eku.client_auth && !eku.server_auth && !eku.any);
     // The certificate certifies the requester's key, not another one.
-    assert_eq!(cert.public_key().raw, rcgen::PublicKeyData::subject_public_key_info(&key).as_slice());
-    let days = (cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp()) / 86_400;
+    assert_eq!(
+        cert.public_key().raw,
+        rcgen::PublicKeyData::subject_public_key_info(&key).as_slice()
+    );
+    let days =
+        (cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp()) / 86_400;
     assert_eq!(days, 30, "30 days plus the small backdating");
     assert_eq!(tls::machine_id_from_cert(&der).as_deref(), Some("m-42"));
 
@@ -225,7 +233,10 @@ fn malformed_pem_gives_clear_tls_errors() {
     let ca = new_ca(dir.path());
     let good = ca.issue_server(&[]).expect("issue");
 
-    let bad_cert = Identity { cert_pem: "-----BEGIN CERTIFICATE-----\n!!!\n".into(), key_pem: good.key_pem.clone() };
+    let bad_cert = Identity {
+        cert_pem: "-----BEGIN CERTIFICATE-----\n!!!\n".into(),
+        key_pem: good.key_pem.clone(),
+    };
     let err = tls::server_config(&bad_cert, ClientAuth::None).expect_err("bad cert");
     assert!(matches!(err, TlsError::Certificate(_)), "{err:?}");
     assert!(err.to_string().contains("the server certificate is not valid"), "{err}");
@@ -240,7 +251,8 @@ fn malformed_pem_gives_clear_tls_errors() {
     let err = tls::server_config(&mismatched, ClientAuth::None).expect_err("mismatch");
     assert!(matches!(err, TlsError::Rustls { .. }), "{err:?}");
 
-    let err = tls::server_config(&good, ClientAuth::Required { ca_pem: "junk".into() }).expect_err("ca");
+    let err =
+        tls::server_config(&good, ClientAuth::Required { ca_pem: "junk".into() }).expect_err("ca");
     assert!(err.to_string().contains("appliance CA certificate"), "{err}");
 
     let err = tls::client_config(Trust::Fingerprint("sha256:1234".into()), None).expect_err("fp");

@@ -50,20 +50,29 @@ impl Running {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        tokio::time::timeout(Duration::from_secs(10), self.task).await.expect("stops").expect("join");
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("stops")
+            .expect("join");
     }
 }
 
 /// The test application: echoes who called and how, or fails on demand.
-async fn app(calls: Arc<AtomicUsize>, request: Request<RequestBody>) -> Result<Response<ResponseBody>, ApiError> {
+async fn app(
+    calls: Arc<AtomicUsize>,
+    request: Request<RequestBody>,
+) -> Result<Response<ResponseBody>, ApiError> {
     calls.fetch_add(1, Ordering::SeqCst);
     let peer = request.extensions().get::<PeerInfo>().cloned().expect("PeerInfo is always set");
     let version = format!("{:?}", request.version());
     let path = request.uri().path().to_owned();
     match path.as_str() {
-        "/forbidden" => return Err(ApiError::forbidden("not_your_disk", "machine m-1 may not write disk d-9")),
+        "/forbidden" => {
+            return Err(ApiError::forbidden("not_your_disk", "machine m-1 may not write disk d-9"));
+        }
         "/panic" => panic!("handler bug"),
         "/slow" => tokio::time::sleep(Duration::from_millis(600)).await,
+        "/very-slow" => tokio::time::sleep(Duration::from_secs(20)).await,
         _ => {}
     }
     let body = server::read_body(request.into_body()).await?;
@@ -78,12 +87,21 @@ async fn app(calls: Arc<AtomicUsize>, request: Request<RequestBody>) -> Result<R
     )
 }
 
-async fn start(server_identity: &Identity, client_auth: ClientAuth, options: ServeOptions) -> Running {
+async fn start(
+    server_identity: &Identity,
+    client_auth: ClientAuth,
+    options: ServeOptions,
+) -> Running {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     start_on(listener, server_identity, client_auth, options)
 }
 
-fn start_on(listener: TcpListener, server_identity: &Identity, client_auth: ClientAuth, options: ServeOptions) -> Running {
+fn start_on(
+    listener: TcpListener,
+    server_identity: &Identity,
+    client_auth: ClientAuth,
+    options: ServeOptions,
+) -> Running {
     let addr = listener.local_addr().expect("addr");
     let config = tls::server_config(server_identity, client_auth).expect("server config");
     let calls = Arc::new(AtomicUsize::new(0));
@@ -115,11 +133,14 @@ async fn mtls_round_trip_over_http2_carries_the_machine_id() {
     )
     .await;
     let agent = agent_identity(&pki.ca, "m-42");
-    let config = tls::client_config(Trust::Ca(pki.ca.cert_pem().into()), Some(&agent)).expect("client config");
+    let config = tls::client_config(Trust::Ca(pki.ca.cert_pem().into()), Some(&agent))
+        .expect("client config");
     let client = Client::new(&running.url(), config).expect("client");
 
-    let (status, headers, body) =
-        client.post("/v1/batches", Bytes::from_static(b"0123456789"), HeaderMap::new()).await.expect("post");
+    let (status, headers, body) = client
+        .post("/v1/batches", Bytes::from_static(b"0123456789"), HeaderMap::new())
+        .await
+        .expect("post");
     assert_eq!(status, StatusCode::OK, "{body:?}");
     assert_eq!(headers["content-type"], "application/json");
     let first = json(&body);
@@ -157,7 +178,8 @@ async fn required_server_refuses_a_client_without_certificate() {
         ServeOptions::default(),
     )
     .await;
-    let config = tls::client_config(Trust::Ca(pki.ca.cert_pem().into()), None).expect("client config");
+    let config =
+        tls::client_config(Trust::Ca(pki.ca.cert_pem().into()), None).expect("client config");
     let client = Client::new(&running.url(), config).expect("client");
     let err = client.get("/v1/whoami", HeaderMap::new()).await.expect_err("must be refused");
     assert!(matches!(err, ClientError::CertificateRefused { .. }), "{err:?}: {err}");
@@ -178,13 +200,15 @@ async fn required_server_refuses_a_certificate_from_another_ca() {
     .await;
     // The client trusts the right appliance but holds a certificate from another CA.
     let impostor = agent_identity(&rogue.ca, "m-42");
-    let config = tls::client_config(Trust::Ca(pki.ca.cert_pem().into()), Some(&impostor)).expect("config");
+    let config =
+        tls::client_config(Trust::Ca(pki.ca.cert_pem().into()), Some(&impostor)).expect("config");
     let client = Client::new(&running.url(), config).expect("client");
     let err = client.get("/v1/whoami", HeaderMap::new()).await.expect_err("must be refused");
     assert!(matches!(err, ClientError::CertificateRefused { .. }), "{err:?}: {err}");
 
     // A server certificate of our own CA cannot be used as a client certificate either.
-    let config = tls::client_config(Trust::Ca(pki.ca.cert_pem().into()), Some(&pki.server)).expect("config");
+    let config =
+        tls::client_config(Trust::Ca(pki.ca.cert_pem().into()), Some(&pki.server)).expect("config");
     let client = Client::new(&running.url(), config).expect("client");
     let err = client.get("/v1/whoami", HeaderMap::new()).await.expect_err("must be refused");
     assert!(matches!(err, ClientError::CertificateRefused { .. }), "{err:?}: {err}");
@@ -203,14 +227,19 @@ async fn first_contact_pins_the_ca_fingerprint() {
     let typed = pki.ca.fingerprint()[7..].to_ascii_uppercase();
     let config = tls::client_config(Trust::Fingerprint(typed), None).expect("config");
     let client = Client::new(&running.url(), config).expect("client");
-    let (status, _, body) = client.post("/v1/register", Bytes::from_static(b"{}"), HeaderMap::new()).await.expect("post");
+    let (status, _, body) = client
+        .post("/v1/register", Bytes::from_static(b"{}"), HeaderMap::new())
+        .await
+        .expect("post");
     assert_eq!(status, StatusCode::OK);
     assert_eq!(json(&body)["machine_id"], serde_json::Value::Null, "no client certificate on 443");
 
     // A wrong fingerprint is refused, with the message that names the pin.
-    let config = tls::client_config(Trust::Fingerprint(other.ca.fingerprint().into()), None).expect("config");
+    let config = tls::client_config(Trust::Fingerprint(other.ca.fingerprint().into()), None)
+        .expect("config");
     let client = Client::new(&running.url(), config).expect("client");
-    let err = client.post("/v1/register", Bytes::new(), HeaderMap::new()).await.expect_err("wrong pin");
+    let err =
+        client.post("/v1/register", Bytes::new(), HeaderMap::new()).await.expect_err("wrong pin");
     assert!(matches!(err, ClientError::PinMismatch { .. }), "{err:?}");
     let text = err.to_string();
     assert!(text.contains("the appliance's certificate is not signed by the pinned CA"), "{text}");
@@ -235,7 +264,8 @@ async fn pinned_ca_still_checks_the_server_name() {
         return;
     };
     let running = start_on(listener, &pki.server, ClientAuth::None, ServeOptions::default());
-    let config = tls::client_config(Trust::Fingerprint(pki.ca.fingerprint().into()), None).expect("config");
+    let config =
+        tls::client_config(Trust::Fingerprint(pki.ca.fingerprint().into()), None).expect("config");
     let client = Client::new(&running.url(), config).expect("client");
     match client.get("/", HeaderMap::new()).await {
         Err(ClientError::WrongName { host, .. }) => assert_eq!(host, "127.0.0.2"),
@@ -250,15 +280,21 @@ async fn body_over_the_limit_gets_413() {
     let pki = new_pki();
     let running = start(&pki.server, ClientAuth::None, ServeOptions::default()).await;
     let config = tls::client_config(Trust::Ca(pki.ca.cert_pem().into()), None).expect("config");
-    let client = Client::new(&running.url(), config).expect("client").with_timeout(Duration::from_secs(120));
+    let client =
+        Client::new(&running.url(), config).expect("client").with_timeout(Duration::from_secs(120));
 
     let limit = server::DEFAULT_MAX_BODY_BYTES;
-    let (status, _, body) = client.post("/v1/batches", Bytes::from(vec![7u8; limit]), HeaderMap::new()).await.expect("at limit");
+    let (status, _, body) = client
+        .post("/v1/batches", Bytes::from(vec![7u8; limit]), HeaderMap::new())
+        .await
+        .expect("at limit");
     assert_eq!(status, StatusCode::OK);
     assert_eq!(json(&body)["len"], limit);
 
-    let (status, _, body) =
-        client.post("/v1/batches", Bytes::from(vec![7u8; limit + 1]), HeaderMap::new()).await.expect("over limit");
+    let (status, _, body) = client
+        .post("/v1/batches", Bytes::from(vec![7u8; limit + 1]), HeaderMap::new())
+        .await
+        .expect("over limit");
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(json(&body)["code"], "body_too_large");
     running.stop().await;
@@ -278,16 +314,21 @@ async fn streamed_body_without_length_is_limited_while_read() {
     let tcp = tokio::net::TcpStream::connect(running.addr).await.expect("connect");
     let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
     let stream = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.expect("tls");
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(stream))
-            .await
-            .expect("h2 handshake");
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2 handshake");
     tokio::spawn(connection);
 
     let send = |chunks: usize| {
-        let frames = (0..chunks).map(|_| Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(vec![1u8; 300]))));
+        let frames = (0..chunks)
+            .map(|_| Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(vec![1u8; 300]))));
         let body = StreamBody::new(futures_util::stream::iter(frames));
-        Request::post(format!("https://localhost:{}/v1/batches", running.addr.port())).body(body).expect("request")
+        Request::post(format!("https://localhost:{}/v1/batches", running.addr.port()))
+            .body(body)
+            .expect("request")
     };
     let response = sender.send_request(send(3)).await.expect("under the limit");
     assert_eq!(response.status(), StatusCode::OK);
@@ -305,7 +346,12 @@ async fn http11_clients_are_served_too() {
     let roots = {
         let mut roots = rustls::RootCertStore::empty();
         use rustls::pki_types::pem::PemObject as _;
-        roots.add(rustls::pki_types::CertificateDer::from_pem_slice(pki.ca.cert_pem().as_bytes()).expect("pem")).expect("root");
+        roots
+            .add(
+                rustls::pki_types::CertificateDer::from_pem_slice(pki.ca.cert_pem().as_bytes())
+                    .expect("pem"),
+            )
+            .expect("root");
         roots
     };
     let mut config = rustls::ClientConfig::builder_with_provider(tls::provider())
@@ -316,10 +362,13 @@ async fn http11_clients_are_served_too() {
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let tcp = tokio::net::TcpStream::connect(running.addr).await.expect("connect");
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
-    let stream = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.expect("tls");
+    let stream =
+        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.expect("tls");
     assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
     let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.expect("h1 handshake");
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("h1 handshake");
     tokio::spawn(connection);
     let request = Request::get("/v1/whoami")
         .header("host", "127.0.0.1")
@@ -338,15 +387,22 @@ async fn unreachable_appliance_says_so() {
     let addr = listener.local_addr().expect("addr");
     drop(listener);
     let pki = new_pki();
-    let config = tls::client_config(Trust::Fingerprint(pki.ca.fingerprint().into()), None).expect("config");
+    let config =
+        tls::client_config(Trust::Fingerprint(pki.ca.fingerprint().into()), None).expect("config");
     let client = Client::new(&format!("https://{addr}"), config).expect("client");
     let err = client.get("/", HeaderMap::new()).await.expect_err("nothing listens");
     assert!(matches!(err, ClientError::Unreachable { .. }), "{err:?}");
     let text = err.to_string();
-    assert!(text.starts_with(&format!("cannot reach the appliance at {addr}: is it running?")), "{text}");
+    assert!(
+        text.starts_with(&format!("cannot reach the appliance at {addr}: is it running?")),
+        "{text}"
+    );
 
-    let err = Client::new("http://appliance:80", tls::client_config(Trust::Ca(pki.ca.cert_pem().into()), None).expect("config"))
-        .expect_err("http");
+    let err = Client::new(
+        "http://appliance:80",
+        tls::client_config(Trust::Ca(pki.ca.cert_pem().into()), None).expect("config"),
+    )
+    .expect_err("http");
     assert!(matches!(err, ClientError::InvalidUrl { .. }), "{err:?}");
 }
 
@@ -355,7 +411,9 @@ async fn requests_time_out() {
     let pki = new_pki();
     let running = start(&pki.server, ClientAuth::None, ServeOptions::default()).await;
     let config = tls::client_config(Trust::Ca(pki.ca.cert_pem().into()), None).expect("config");
-    let client = Client::new(&running.url(), config).expect("client").with_timeout(Duration::from_millis(150));
+    let client = Client::new(&running.url(), config)
+        .expect("client")
+        .with_timeout(Duration::from_millis(150));
     let err = client.get("/slow", HeaderMap::new()).await.expect_err("too slow");
     assert!(matches!(err, ClientError::Timeout { .. }), "{err:?}");
     running.stop().await;
@@ -393,11 +451,12 @@ async fn shutdown_lets_in_flight_requests_finish_and_stops_accepting() {
 #[tokio::test]
 async fn shutdown_grace_is_capped() {
     let pki = new_pki();
-    let options = ServeOptions { shutdown_grace: Duration::from_millis(100), ..ServeOptions::default() };
+    let options =
+        ServeOptions { shutdown_grace: Duration::from_millis(100), ..ServeOptions::default() };
     let running = start(&pki.server, ClientAuth::None, options).await;
     let config = tls::client_config(Trust::Ca(pki.ca.cert_pem().into()), None).expect("config");
     let client = Client::new(&running.url(), config).expect("client");
-    let in_flight = tokio::spawn(async move { client.get("/slow", HeaderMap::new()).await });
+    let in_flight = tokio::spawn(async move { client.get("/very-slow", HeaderMap::new()).await });
     for _ in 0..100 {
         if running.calls.load(Ordering::SeqCst) == 1 {
             break;
@@ -406,6 +465,6 @@ async fn shutdown_grace_is_capped() {
     }
     let started = std::time::Instant::now();
     running.stop().await;
-    assert!(started.elapsed() < Duration::from_millis(500), "stopped after {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(5), "stopped after {:?}", started.elapsed());
     assert!(in_flight.await.expect("join").is_err(), "the slow request was cut off");
 }

@@ -4,6 +4,7 @@
 
 mod bench;
 mod plugins;
+mod quickstart;
 mod setup;
 
 use anyhow::{Context, Result, bail};
@@ -22,6 +23,13 @@ struct Cli {
 enum Cmd {
     /// Builds the wasm plugins and installs them with their manifests in <target>/plugins.
     Plugins,
+    /// Runs the main job on embedded defaults: appliance + agent + local target on a
+    /// generated demo disk, verified.
+    Quickstart {
+        /// Exit after the verification, stopping everything started.
+        #[arg(long)]
+        once: bool,
+    },
     /// Runs every test: formatting, clippy, unit, integration and end-to-end tests.
     Test,
     /// Runs a benchmark and prints its figures (not part of the tests).
@@ -36,6 +44,7 @@ fn main() {
     let r = match cli.cmd {
         Cmd::Plugins => plugins::build().map(|_| ()),
         Cmd::Test => test(),
+        Cmd::Quickstart { once } => quickstart::quickstart(once),
         Cmd::Bench { name } => bench::run(&name),
     };
     if let Err(e) = r {

@@ -293,6 +293,7 @@ impl Azure {
             None => "-1".into(),
         };
         let taken = Instant::now();
+        let lease_id = self.lease_id.clone();
         // Acquiring again with our own id renews the lease (and works after a restart
         // when the lease id is configured).
         let r = self.ready()?.send(
@@ -302,7 +303,7 @@ impl Azure {
             &[
                 ("x-ms-lease-action", "acquire".into()),
                 ("x-ms-lease-duration", duration),
-                ("x-ms-proposed-lease-id", self.lease_id.clone()),
+                ("x-ms-proposed-lease-id", lease_id),
             ],
             Vec::new(),
             &what,
