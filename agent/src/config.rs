@@ -415,17 +415,27 @@ schedule = [
         assert!(m.contains("interval_secs"), "{m}");
         let m = err("config_version = 2\ndisks = [\"/dev/sda\"]\n");
         assert!(m.contains("config_version = 2"), "{m}");
-        let m = err("disks = [\"/dev/sda\"]\n[bandwidth]\nschedule = [{ from = \"8\", to = \"18:00\", mbps = 1 }]\n");
+        let m = err(
+            "disks = [\"/dev/sda\"]\n[bandwidth]\nschedule = [{ from = \"8\", to = \"18:00\", mbps = 1 }]\n",
+        );
         assert!(m.contains("`bandwidth.schedule[0].from`") && m.contains("HH:MM"), "{m}");
-        let m = err("disks = [\"/dev/sda\"]\n[bandwidth]\nschedule = [{ from = \"08:00\", to = \"24:00\", mbps = 1 }]\n");
+        let m = err(
+            "disks = [\"/dev/sda\"]\n[bandwidth]\nschedule = [{ from = \"08:00\", to = \"24:00\", mbps = 1 }]\n",
+        );
         assert!(m.contains("`bandwidth.schedule[0].to`"), "{m}");
-        let m = err("disks = [\"/dev/sda\"]\n[bandwidth]\nschedule = [{ days = [\"monday\"], from = \"08:00\", to = \"09:00\", mbps = 1 }]\n");
+        let m = err(
+            "disks = [\"/dev/sda\"]\n[bandwidth]\nschedule = [{ days = [\"monday\"], from = \"08:00\", to = \"09:00\", mbps = 1 }]\n",
+        );
         assert!(m.contains("`bandwidth.schedule[0].days`") && m.contains("mon"), "{m}");
-        let m = err("disks = [\"/dev/sda\"]\n[bandwidth]\nschedule = [{ from = \"08:00\", to = \"09:00\", mbps = -3 }]\n");
+        let m = err(
+            "disks = [\"/dev/sda\"]\n[bandwidth]\nschedule = [{ from = \"08:00\", to = \"09:00\", mbps = -3 }]\n",
+        );
         assert!(m.contains("`bandwidth.schedule[0].mbps`"), "{m}");
         let m = err("disks = [\"/dev/sda\"]\n[bandwidth]\nmbps = 0\n");
         assert!(m.contains("`bandwidth.mbps`"), "{m}");
-        let m = err("disks = [\"/dev/sda\"]\n[bandwidth]\nschedule = [{ from = \"08:00\", to = \"09:00\", mbps = 1, days = [\"mon\"], extra = 1 }]\n");
+        let m = err(
+            "disks = [\"/dev/sda\"]\n[bandwidth]\nschedule = [{ from = \"08:00\", to = \"09:00\", mbps = 1, days = [\"mon\"], extra = 1 }]\n",
+        );
         assert!(m.contains("extra"), "{m}");
     }
 

@@ -192,14 +192,22 @@ struct Batcher<'j> {
 }
 
 impl Batcher<'_> {
-    fn encode(machine: MachineId, disk: u32, seq: u64, tag: Option<ConsistencyTag>, p: &Pending) -> Vec<u8> {
+    fn encode(
+        machine: MachineId,
+        disk: u32,
+        seq: u64,
+        tag: Option<ConsistencyTag>,
+        p: &Pending,
+    ) -> Vec<u8> {
         let mut b = Batch::builder(BatchHeader { machine, disk_index: disk, sequence: seq, tag });
         for e in &p.extents {
             let e = match e {
                 Extent::Data { offset, data } => {
                     Extent::Data { offset: *offset, data: Cow::Borrowed(data.as_ref()) }
                 }
-                Extent::Zero { offset, length } => Extent::Zero { offset: *offset, length: *length },
+                Extent::Zero { offset, length } => {
+                    Extent::Zero { offset: *offset, length: *length }
+                }
             };
             // Checked when pushed into `Pending`: sorted, aligned, within the limits.
             b.push(e).expect("extent checked by the batcher");
@@ -360,7 +368,10 @@ impl Cycler {
         for slot in &mut self.disks {
             let disk = Disk::open(&slot.path)?;
             if !disk.size().is_multiple_of(SECTOR_SIZE) {
-                return Err(CycleError::UnalignedSize { path: slot.path.clone(), size: disk.size() });
+                return Err(CycleError::UnalignedSize {
+                    path: slot.path.clone(),
+                    size: disk.size(),
+                });
             }
             let phase = match &slot.baseline_path {
                 Some(p) if !p.exists() => Phase::InitialCopy,

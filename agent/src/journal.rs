@@ -145,7 +145,9 @@ pub enum JournalError {
         disks: u32,
     },
     /// The bytes handed to [`Journal::append`] are not a batch for that place.
-    #[error("refusing to journal batch for disk {disk} sequence {seq}: {what} (a bug in the agent)")]
+    #[error(
+        "refusing to journal batch for disk {disk} sequence {seq}: {what} (a bug in the agent)"
+    )]
     BadAppend {
         /// The disk.
         disk: u32,

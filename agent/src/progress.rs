@@ -3,9 +3,9 @@
 //! terminal progress bar of the initial copy.
 
 use std::io::IsTerminal as _;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use lifeboat_wire::api::Progress;
@@ -123,7 +123,10 @@ impl ProgressBoard {
 
 /// Draws the initial copy's progress bar (rate and ETA) on stderr until `stop` is set, when
 /// stderr is a terminal; does nothing otherwise. Runs on its own thread.
-pub fn spawn_bar(board: Arc<ProgressBoard>, stop: Arc<AtomicBool>) -> Option<std::thread::JoinHandle<()>> {
+pub fn spawn_bar(
+    board: Arc<ProgressBoard>,
+    stop: Arc<AtomicBool>,
+) -> Option<std::thread::JoinHandle<()>> {
     if !std::io::stderr().is_terminal() {
         return None;
     }

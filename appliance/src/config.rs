@@ -67,11 +67,7 @@ fn yes() -> bool {
 
 impl Default for Roles {
     fn default() -> Self {
-        Roles {
-            config_server: true,
-            process_server: true,
-            master_target: true,
-        }
+        Roles { config_server: true, process_server: true, master_target: true }
     }
 }
 

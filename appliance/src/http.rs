@@ -29,22 +29,16 @@ fn failure(f: ApiFailure) -> Response<ResponseBody> {
 }
 
 fn not_found(path: &str) -> Answer {
-    Err(ApiError::not_found(
-        "not_found",
-        format!("no such endpoint: {path}"),
-    ))
+    Err(ApiError::not_found("not_found", format!("no such endpoint: {path}")))
 }
 
 fn peer_machine(req: &Request<RequestBody>) -> Result<String, ApiError> {
-    req.extensions()
-        .get::<PeerInfo>()
-        .and_then(|p| p.machine_id.clone())
-        .ok_or_else(|| {
-            ApiError::forbidden(
-                "no_client_certificate",
-                "this endpoint needs the agent's client certificate",
-            )
-        })
+    req.extensions().get::<PeerInfo>().and_then(|p| p.machine_id.clone()).ok_or_else(|| {
+        ApiError::forbidden(
+            "no_client_certificate",
+            "this endpoint needs the agent's client certificate",
+        )
+    })
 }
 
 /// What the configuration server needs.
@@ -87,10 +81,9 @@ async fn register(ctx: &ConfigServerCtx, req: Request<RequestBody>) -> Answer {
     raw[8] = (raw[8] & 0x3f) | 0x80;
     let machine_id = lifeboat_wire::MachineId(raw).to_string();
     // Sign first: a malformed CSR must not burn the passphrase.
-    let cert_pem = ctx
-        .ca
-        .sign_client_csr(&r.csr_pem, &machine_id, 825)
-        .map_err(|e| ApiError::bad_request("bad_csr", format!("certificate request refused: {e}")))?;
+    let cert_pem = ctx.ca.sign_client_csr(&r.csr_pem, &machine_id, 825).map_err(|e| {
+        ApiError::bad_request("bad_csr", format!("certificate request refused: {e}"))
+    })?;
     let ok = ctx
         .state
         .register_machine(&r.passphrase, &machine_id, &r.hostname)
@@ -137,9 +130,7 @@ pub async fn process_server(ps: ProcessServer, state: State, req: Request<Reques
         }
         (Method::POST, "/api/v1/progress") => {
             let p: api::Progress = read_json(req.into_body()).await?;
-            state
-                .set_progress(&machine, &p)
-                .map_err(|e| ApiError::internal(e.to_string()))?;
+            state.set_progress(&machine, &p).map_err(|e| ApiError::internal(e.to_string()))?;
             json(StatusCode::OK, &serde_json::json!({}))
         }
         (Method::GET, p) if p.starts_with("/api/v1/machines/") && p.ends_with("/points") => {

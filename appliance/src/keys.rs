@@ -26,11 +26,8 @@ pub fn load_or_create(dir: &Path) -> std::io::Result<KeyRing> {
         let id = format!("dk-{}", crate::state::now_ms());
         let path = dir.join(format!("{id}.key"));
         let tmp = dir.join(format!("{id}.tmp"));
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
+        let mut f =
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
         f.write_all(&material)?;
         f.sync_all()?;
         std::fs::rename(&tmp, &path)?;

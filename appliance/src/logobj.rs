@@ -208,10 +208,7 @@ mod tests {
             assert!(LogHeader::decode(&bad).is_err(), "byte {i} flip accepted");
         }
         for cut in 0..HEADER_LEN {
-            assert_eq!(
-                LogHeader::decode(&obj[..cut]),
-                Err(LogError::Truncated(cut))
-            );
+            assert_eq!(LogHeader::decode(&obj[..cut]), Err(LogError::Truncated(cut)));
         }
     }
 
@@ -223,10 +220,7 @@ mod tests {
         assert!(e.to_string().contains("00000000000000000100"), "{e}");
         let mut big = header();
         big.batch_len = (MAX_BATCH_BYTES + 1) as u32;
-        assert_eq!(
-            LogHeader::decode(&big.encode()),
-            Err(LogError::TooLarge(big.batch_len))
-        );
+        assert_eq!(LogHeader::decode(&big.encode()), Err(LogError::TooLarge(big.batch_len)));
     }
 
     #[test]

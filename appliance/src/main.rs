@@ -5,7 +5,11 @@ use lifeboat_appliance::config::ApplianceConfig;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "lifeboat-appliance", version, about = "Lifeboat appliance: configuration server, process server, master target")]
+#[command(
+    name = "lifeboat-appliance",
+    version,
+    about = "Lifeboat appliance: configuration server, process server, master target"
+)]
 struct Cli {
     /// Log JSON lines instead of human-readable text.
     #[arg(long, global = true)]
@@ -72,7 +76,9 @@ fn main() {
         Cmd::Run { config } => rt.block_on(lifeboat_appliance::run::run(load(config))),
         Cmd::Passphrase { config } => lifeboat_appliance::tools::passphrase(load(config)),
         Cmd::Fingerprint { config } => lifeboat_appliance::tools::fingerprint(load(config)),
-        Cmd::Points { config, machine } => lifeboat_appliance::tools::points(load(config), machine.as_deref()),
+        Cmd::Points { config, machine } => {
+            lifeboat_appliance::tools::points(load(config), machine.as_deref())
+        }
         Cmd::PointChecksum { config, point, disk } => {
             rt.block_on(lifeboat_appliance::tools::point_checksum(load(config), point, *disk))
         }

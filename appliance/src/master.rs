@@ -109,9 +109,9 @@ impl MasterTarget {
             return Ok(());
         }
         let get = |name: &str| {
-            self.registry
-                .get(name)
-                .ok_or_else(|| anyhow::anyhow!("plugin {name:?} is not loaded; see the appliance log"))
+            self.registry.get(name).ok_or_else(|| {
+                anyhow::anyhow!("plugin {name:?} is not loaded; see the appliance log")
+            })
         };
         self.target = Some(TargetInstance::new(get(&self.cfg.target)?).await?);
         self.codec = Some(CodecInstance::new(get(&self.cfg.codec)?).await?);
@@ -154,7 +154,12 @@ impl MasterTarget {
     }
 
     /// Applies a disk's ready logs; stops after a tag beyond `last_point`.
-    async fn apply_disk(&mut self, machine: MachineId, disk: u32, last_point: u64) -> anyhow::Result<u64> {
+    async fn apply_disk(
+        &mut self,
+        machine: MachineId,
+        disk: u32,
+        last_point: u64,
+    ) -> anyhow::Result<u64> {
         let mid = machine.to_string();
         let prefix = log_prefix(machine, disk);
         let target = self.target.as_mut().expect("refreshed");
@@ -187,28 +192,25 @@ impl MasterTarget {
         Ok(applied)
     }
 
-    async fn apply_log(&mut self, machine: MachineId, disk: u32, seq: u64, name: &str) -> anyhow::Result<Option<u64>> {
+    async fn apply_log(
+        &mut self,
+        machine: MachineId,
+        disk: u32,
+        seq: u64,
+        name: &str,
+    ) -> anyhow::Result<Option<u64>> {
         let obj = self.target.as_mut().expect("refreshed").get_log(name).await?;
         let (header, envelope) = LogHeader::decode(&obj)?;
         header.expect(machine, disk, seq)?;
         let sealed_header = &obj[..crate::logobj::HEADER_LEN];
-        let body = self
-            .cipher
-            .as_mut()
-            .expect("refreshed")
-            .open(sealed_header, envelope)
-            .await?;
+        let body = self.cipher.as_mut().expect("refreshed").open(sealed_header, envelope).await?;
         let encoded = if header.compressed {
-            self.codec
-                .as_mut()
-                .expect("refreshed")
-                .decompress(&body, header.batch_len)
-                .await?
+            self.codec.as_mut().expect("refreshed").decompress(&body, header.batch_len).await?
         } else {
             body
         };
-        let batch = lifeboat_wire::decode(&encoded)
-            .map_err(|e| anyhow::anyhow!("log {name}: {e}"))?;
+        let batch =
+            lifeboat_wire::decode(&encoded).map_err(|e| anyhow::anyhow!("log {name}: {e}"))?;
         let h = batch.header();
         anyhow::ensure!(
             (h.machine, h.disk_index, h.sequence) == (machine, disk, seq),
@@ -219,11 +221,8 @@ impl MasterTarget {
         );
         let tag = h.tag.map(|t| t.point_id);
         let target = self.target.as_mut().expect("refreshed");
-        let max = target
-            .capabilities()
-            .map(|c| c.max_write_bytes as usize)
-            .unwrap_or(4 << 20)
-            .max(4096);
+        let max =
+            target.capabilities().map(|c| c.max_write_bytes as usize).unwrap_or(4 << 20).max(4096);
         let disk_id = crate::logobj::disk_id(machine, disk);
         let mut extents: Vec<Extent> = Vec::new();
         let mut zeros: Vec<ZeroRange> = Vec::new();
@@ -245,10 +244,9 @@ impl MasterTarget {
                         pending += piece.len();
                     }
                 }
-                lifeboat_wire::Extent::Zero { offset, length } => zeros.push(ZeroRange {
-                    offset: *offset,
-                    length: *length,
-                }),
+                lifeboat_wire::Extent::Zero { offset, length } => {
+                    zeros.push(ZeroRange { offset: *offset, length: *length })
+                }
             }
         }
         if !extents.is_empty() || !zeros.is_empty() {
@@ -258,16 +256,17 @@ impl MasterTarget {
         Ok(tag)
     }
 
-    async fn cut_point(&mut self, machine: MachineId, disks: &[u32], point: u64) -> anyhow::Result<()> {
+    async fn cut_point(
+        &mut self,
+        machine: MachineId,
+        disks: &[u32],
+        point: u64,
+    ) -> anyhow::Result<()> {
         let id = point_id(machine, point);
-        let disk_ids: Vec<String> = disks
-            .iter()
-            .map(|d| crate::logobj::disk_id(machine, *d))
-            .collect();
+        let disk_ids: Vec<String> =
+            disks.iter().map(|d| crate::logobj::disk_id(machine, *d)).collect();
         let target = self.target.as_mut().expect("refreshed");
-        let info = target
-            .create_point(&id, &format!("crash:{point}"), &disk_ids)
-            .await?;
+        let info = target.create_point(&id, &format!("crash:{point}"), &disk_ids).await?;
         let mid = machine.to_string();
         self.state.add_point(&PointRow {
             id: id.clone(),

@@ -140,14 +140,9 @@ impl ProcessServer {
         for p in pending {
             let payload = lock(&me.inner.cache).read(&p.record)?;
             let frame = lifeboat_wire::read_header(&payload)?;
-            let (machine, disk, seq) = (
-                frame.header.machine,
-                frame.header.disk_index,
-                frame.header.sequence,
-            );
-            me.inner
-                .state
-                .set_received_next(&machine.to_string(), disk, seq + 1)?;
+            let (machine, disk, seq) =
+                (frame.header.machine, frame.header.disk_index, frame.header.sequence);
+            me.inner.state.set_received_next(&machine.to_string(), disk, seq + 1)?;
             let q = me.queue(machine, disk);
             lock(&q.queue).push_back(p.record);
             q.notify.notify_one();
@@ -177,12 +172,14 @@ impl ProcessServer {
         q
     }
 
-    async fn control_target(&self) -> Result<tokio::sync::MutexGuard<'_, Option<TargetInstance>>, ApiFailure> {
+    async fn control_target(
+        &self,
+    ) -> Result<tokio::sync::MutexGuard<'_, Option<TargetInstance>>, ApiFailure> {
         let mut g = self.inner.control.lock().await;
         let name = &self.inner.cfg.target;
-        let stale = g
-            .as_ref()
-            .is_none_or(|t| !self.inner.registry.get(name).is_some_and(|p| Arc::ptr_eq(t.plugin(), &p)));
+        let stale = g.as_ref().is_none_or(|t| {
+            !self.inner.registry.get(name).is_some_and(|p| Arc::ptr_eq(t.plugin(), &p))
+        });
         if stale {
             let plugin = self.inner.registry.get(name).ok_or_else(|| {
                 ApiFailure::new(
@@ -198,9 +195,8 @@ impl ProcessServer {
 
     /// `POST /api/v1/hello`: version negotiation, disks, cursors.
     pub async fn hello(&self, machine_id: &str, hello: Hello) -> Result<HelloResponse, ApiFailure> {
-        let machine: MachineId = machine_id
-            .parse()
-            .map_err(|e: String| ApiFailure::new(403, "forbidden", e))?;
+        let machine: MachineId =
+            machine_id.parse().map_err(|e: String| ApiFailure::new(403, "forbidden", e))?;
         if !self.inner.state.machine_exists(machine_id)? {
             return Err(ApiFailure::new(
                 403,
@@ -233,23 +229,22 @@ impl ProcessServer {
                 _ => t.create_disk(&id, d.size).await.map_err(call_failure)?,
             }
             drop(target);
-            self.inner
-                .state
-                .upsert_disk(machine_id, d.index, d.size, &d.path)?;
+            self.inner.state.upsert_disk(machine_id, d.index, d.size, &d.path)?;
             cursors.push(DiskCursor {
                 index: d.index,
                 next_sequence: self.inner.state.received_next(machine_id, d.index)?,
             });
             self.queue(machine, d.index);
         }
-        Ok(HelloResponse {
-            protocol_version: version,
-            disks: cursors,
-        })
+        Ok(HelloResponse { protocol_version: version, disks: cursors })
     }
 
     /// `PUT /api/v1/batches`: verify, order, cache durably, acknowledge.
-    pub async fn batch(&self, machine_id: &str, body: bytes::Bytes) -> Result<BatchAck, ApiFailure> {
+    pub async fn batch(
+        &self,
+        machine_id: &str,
+        body: bytes::Bytes,
+    ) -> Result<BatchAck, ApiFailure> {
         let batch = lifeboat_wire::decode(&body)
             .map_err(|e| ApiFailure::new(400, "bad-batch", format!("batch refused: {e}")))?;
         let h = batch.header().clone();
@@ -290,14 +285,11 @@ impl ProcessServer {
             f.expected_sequence = Some(expected);
             return Err(f);
         }
-        let number = self.inner.state.machine_number(machine_id)?.ok_or_else(|| {
-            ApiFailure::new(403, "unknown-machine", "machine is not registered")
-        })?;
-        let key = RecordKey {
-            machine: number,
-            disk: h.disk_index,
-            sequence: h.sequence,
-        };
+        let number =
+            self.inner.state.machine_number(machine_id)?.ok_or_else(|| {
+                ApiFailure::new(403, "unknown-machine", "machine is not registered")
+            })?;
+        let key = RecordKey { machine: number, disk: h.disk_index, sequence: h.sequence };
         let inner = self.inner.clone();
         let record = tokio::task::spawn_blocking(move || lock(&inner.cache).append(key, &body))
             .await
@@ -317,9 +309,7 @@ impl ProcessServer {
                     ApiFailure::new(503, "cache-error", format!("cache: {other}"))
                 }
             })?;
-        self.inner
-            .state
-            .set_received_next(machine_id, h.disk_index, h.sequence + 1)?;
+        self.inner.state.set_received_next(machine_id, h.disk_index, h.sequence + 1)?;
         lock(&q.queue).push_back(record);
         q.notify.notify_one();
         Ok(self.ack(h.disk_index, h.sequence, false))
@@ -331,20 +321,12 @@ impl ProcessServer {
             Pressure::SlowDown => 200,
             Pressure::Full => 2000,
         };
-        BatchAck {
-            disk,
-            sequence,
-            duplicate,
-            slow_down_ms,
-        }
+        BatchAck { disk, sequence, duplicate, slow_down_ms }
     }
 
     /// Batches cached and not yet shipped, over all disks.
     pub fn backlog(&self) -> usize {
-        lock(&self.inner.disks)
-            .values()
-            .map(|q| lock(&q.queue).len())
-            .sum()
+        lock(&self.inner.disks).values().map(|q| lock(&q.queue).len()).sum()
     }
 
     async fn ship_loop(self, machine: MachineId, disk: u32, q: Arc<DiskQueue>) {
@@ -398,12 +380,7 @@ impl ProcessServer {
         }
         .encode();
         let body = if encoded.raw { payload } else { encoded.data };
-        let envelope = stage
-            .cipher
-            .as_mut()
-            .expect("refreshed")
-            .seal(&header, &body)
-            .await?;
+        let envelope = stage.cipher.as_mut().expect("refreshed").seal(&header, &body).await?;
         let mut obj = Vec::with_capacity(header.len() + envelope.len());
         obj.extend_from_slice(&header);
         obj.extend_from_slice(&envelope);
@@ -431,15 +408,23 @@ struct Stage {
 }
 
 impl Stage {
-    async fn refresh(&mut self, registry: &Registry, cfg: &config::ProcessServer) -> anyhow::Result<()> {
+    async fn refresh(
+        &mut self,
+        registry: &Registry,
+        cfg: &config::ProcessServer,
+    ) -> anyhow::Result<()> {
         let current = registry.current().generation;
-        if current == self.generation && self.codec.is_some() && self.cipher.is_some() && self.target.is_some() {
+        if current == self.generation
+            && self.codec.is_some()
+            && self.cipher.is_some()
+            && self.target.is_some()
+        {
             return Ok(());
         }
         let get = |name: &str| {
-            registry
-                .get(name)
-                .ok_or_else(|| anyhow::anyhow!("plugin {name:?} is not loaded; see the appliance log"))
+            registry.get(name).ok_or_else(|| {
+                anyhow::anyhow!("plugin {name:?} is not loaded; see the appliance log")
+            })
         };
         self.codec = Some(CodecInstance::new(get(&cfg.codec)?).await?);
         self.cipher = Some(CipherInstance::new(get(&cfg.cipher)?).await?);
@@ -451,9 +436,5 @@ impl Stage {
 
 pub(crate) fn call_failure(e: CallError) -> ApiFailure {
     let retryable = e.is_retryable() || matches!(e, CallError::Failed { .. });
-    ApiFailure::new(
-        if retryable { 503 } else { 500 },
-        "target-error",
-        e.to_string(),
-    )
+    ApiFailure::new(if retryable { 503 } else { 500 }, "target-error", e.to_string())
 }

@@ -34,16 +34,13 @@ pub fn open_core(config: ApplianceConfig) -> anyhow::Result<Core> {
     let state = State::open(&data.join("state.db"))?;
     let keys = crate::keys::load_or_create(&data.join("keys"))
         .with_context(|| format!("data keys in {}", data.join("keys").display()))?;
-    let host = Host::new(keys).map_err(|e| anyhow::anyhow!("cannot start the plugin runtime: {e}"))?;
+    let host =
+        Host::new(keys).map_err(|e| anyhow::anyhow!("cannot start the plugin runtime: {e}"))?;
     let registry = Arc::new(Registry::new(host, config.plugins.clone()));
     for r in &registry.current().refused {
         tracing::error!(error = %r, "plugin refused");
     }
-    Ok(Core {
-        config,
-        state,
-        registry,
-    })
+    Ok(Core { config, state, registry })
 }
 
 /// A new one-time registration passphrase: 20 random base-32 characters in groups.
@@ -51,15 +48,9 @@ pub fn new_passphrase(state: &State) -> anyhow::Result<String> {
     const ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyz23456789";
     let mut raw = [0u8; 20];
     getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no random source: {e}"))?;
-    let chars: Vec<char> = raw
-        .iter()
-        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
-        .collect();
-    let p = chars
-        .chunks(5)
-        .map(|c| c.iter().collect::<String>())
-        .collect::<Vec<_>>()
-        .join("-");
+    let chars: Vec<char> =
+        raw.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect();
+    let p = chars.chunks(5).map(|c| c.iter().collect::<String>()).collect::<Vec<_>>().join("-");
     state.add_passphrase(&p)?;
     Ok(p)
 }
@@ -109,9 +100,10 @@ pub async fn run(config: ApplianceConfig) -> anyhow::Result<()> {
             process_server_url: url,
         });
         let tls = lifeboat_net::server_config(&server_id, ClientAuth::None)?;
-        let listener = tokio::net::TcpListener::bind(cfg.config_server.listen)
-            .await
-            .with_context(|| format!("configuration server cannot listen on {}", cfg.config_server.listen))?;
+        let listener =
+            tokio::net::TcpListener::bind(cfg.config_server.listen).await.with_context(|| {
+                format!("configuration server cannot listen on {}", cfg.config_server.listen)
+            })?;
         tracing::info!(url = %format!("https://{}", listener.local_addr()?), ca_fingerprint = %ca.fingerprint(), "configuration server listening");
         let sd = shutdown.clone();
         tasks.spawn(async move {
@@ -135,13 +127,12 @@ pub async fn run(config: ApplianceConfig) -> anyhow::Result<()> {
         )?;
         let tls = lifeboat_net::server_config(
             &server_id,
-            ClientAuth::Required {
-                ca_pem: ca.cert_pem().to_owned(),
-            },
+            ClientAuth::Required { ca_pem: ca.cert_pem().to_owned() },
         )?;
-        let listener = tokio::net::TcpListener::bind(cfg.process_server.listen)
-            .await
-            .with_context(|| format!("process server cannot listen on {}", cfg.process_server.listen))?;
+        let listener =
+            tokio::net::TcpListener::bind(cfg.process_server.listen).await.with_context(|| {
+                format!("process server cannot listen on {}", cfg.process_server.listen)
+            })?;
         tracing::info!(url = %format!("https://{}", listener.local_addr()?), "process server listening (mutual TLS)");
         let sd = shutdown.clone();
         let state = core.state.clone();
@@ -157,11 +148,8 @@ pub async fn run(config: ApplianceConfig) -> anyhow::Result<()> {
     }
 
     if cfg.roles.master_target {
-        let mt = MasterTarget::new(
-            core.state.clone(),
-            core.registry.clone(),
-            cfg.master_target.clone(),
-        );
+        let mt =
+            MasterTarget::new(core.state.clone(), core.registry.clone(), cfg.master_target.clone());
         let sd = shutdown.clone();
         tasks.spawn(async move { mt.run(sd).await });
         tracing::info!(target = %cfg.master_target.target, "master target running");

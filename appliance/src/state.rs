@@ -142,39 +142,26 @@ impl State {
     /// Opens (creating and migrating) the database at `path`.
     pub fn open(path: &Path) -> Result<State, StateError> {
         let p = path.display().to_string();
-        let db = |source| StateError::Db {
-            path: p.clone(),
-            source,
-        };
+        let db = |source| StateError::Db { path: p.clone(), source };
         let mut conn = Connection::open(path).map_err(db)?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
         )
         .map_err(db)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(db)?;
-        let version: usize = conn
-            .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
-            .map_err(db)? as usize;
+        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(db)?;
+        let version: usize =
+            conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)).map_err(db)? as usize;
         if version > MIGRATIONS.len() {
-            return Err(StateError::TooNew {
-                path: p,
-                found: version,
-                known: MIGRATIONS.len(),
-            });
+            return Err(StateError::TooNew { path: p, found: version, known: MIGRATIONS.len() });
         }
         for (i, m) in MIGRATIONS.iter().enumerate().skip(version) {
             let tx = conn.transaction().map_err(db)?;
             tx.execute_batch(m).map_err(db)?;
-            tx.pragma_update(None, "user_version", (i + 1) as i64)
-                .map_err(db)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(db)?;
             tx.commit().map_err(db)?;
             tracing::info!(path = %p, version = i + 1, "state database migrated");
         }
-        Ok(State {
-            conn: Arc::new(Mutex::new(conn)),
-            path: p,
-        })
+        Ok(State { conn: Arc::new(Mutex::new(conn)), path: p })
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -182,10 +169,7 @@ impl State {
     }
 
     fn err(&self, source: rusqlite::Error) -> StateError {
-        StateError::Db {
-            path: self.path.clone(),
-            source,
-        }
+        StateError::Db { path: self.path.clone(), source }
     }
 
     /// Stores a new one-time registration passphrase (only its hash is kept).
@@ -202,11 +186,9 @@ impl State {
     /// Number of passphrases not used yet.
     pub fn unused_passphrases(&self) -> Result<u64, StateError> {
         self.conn()
-            .query_row(
-                "SELECT COUNT(*) FROM passphrases WHERE used_unix_ms IS NULL",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
+            .query_row("SELECT COUNT(*) FROM passphrases WHERE used_unix_ms IS NULL", [], |r| {
+                r.get::<_, i64>(0)
+            })
             .map(|n| n as u64)
             .map_err(|e| self.err(e))
     }
@@ -244,11 +226,9 @@ impl State {
     /// durable cache's compact machine key.
     pub fn machine_number(&self, machine_id: &str) -> Result<Option<u64>, StateError> {
         self.conn()
-            .query_row(
-                "SELECT rowid FROM machines WHERE id = ?1",
-                params![machine_id],
-                |r| r.get::<_, i64>(0),
-            )
+            .query_row("SELECT rowid FROM machines WHERE id = ?1", params![machine_id], |r| {
+                r.get::<_, i64>(0)
+            })
             .optional()
             .map(|o| o.map(|n| n as u64))
             .map_err(|e| self.err(e))
@@ -260,20 +240,14 @@ impl State {
         let mut s = c
             .prepare("SELECT id FROM machines ORDER BY registered_unix_ms")
             .map_err(|e| self.err(e))?;
-        let rows = s
-            .query_map([], |r| r.get::<_, String>(0))
-            .map_err(|e| self.err(e))?;
+        let rows = s.query_map([], |r| r.get::<_, String>(0)).map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
     /// Whether `machine_id` is registered.
     pub fn machine_exists(&self, machine_id: &str) -> Result<bool, StateError> {
         self.conn()
-            .query_row(
-                "SELECT 1 FROM machines WHERE id = ?1",
-                params![machine_id],
-                |_| Ok(()),
-            )
+            .query_row("SELECT 1 FROM machines WHERE id = ?1", params![machine_id], |_| Ok(()))
             .optional()
             .map(|o| o.is_some())
             .map_err(|e| self.err(e))
@@ -354,12 +328,7 @@ impl State {
                 "SELECT next_sequence, point_reached FROM applied
                  WHERE machine_id = ?1 AND disk = ?2",
                 params![machine_id, disk],
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)? as u64,
-                        r.get::<_, Option<i64>>(1)?.map(|v| v as u64),
-                    ))
-                },
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Option<i64>>(1)?.map(|v| v as u64))),
             )
             .optional()
             .map(|o| o.unwrap_or((0, None)))
@@ -388,12 +357,7 @@ impl State {
 
     /// Records a recovery point.
     pub fn add_point(&self, p: &PointRow) -> Result<(), StateError> {
-        let disks = p
-            .disks
-            .iter()
-            .map(|d| d.to_string())
-            .collect::<Vec<_>>()
-            .join(",");
+        let disks = p.disks.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(",");
         self.conn()
             .execute(
                 "INSERT OR IGNORE INTO points (id, machine_id, point, kind, created_unix_ms, disks)

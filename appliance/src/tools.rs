@@ -16,7 +16,8 @@ pub fn passphrase(config: ApplianceConfig) -> anyhow::Result<()> {
 
 /// `fingerprint`: the CA fingerprint agents pin.
 pub fn fingerprint(config: ApplianceConfig) -> anyhow::Result<()> {
-    let ca = lifeboat_net::Ca::load_or_create(&config.data_dir.join("ca"), "Lifeboat appliance CA")?;
+    let ca =
+        lifeboat_net::Ca::load_or_create(&config.data_dir.join("ca"), "Lifeboat appliance CA")?;
     println!("{}", ca.fingerprint());
     Ok(())
 }

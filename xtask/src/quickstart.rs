@@ -20,9 +20,7 @@ impl Procs {
     fn stop(&mut self) {
         for (name, child) in self.0.iter_mut().rev() {
             if let Ok(None) = child.try_wait() {
-                let _ = Command::new("kill")
-                    .args(["-TERM", &child.id().to_string()])
-                    .status();
+                let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
                 let deadline = Instant::now() + Duration::from_secs(20);
                 while Instant::now() < deadline {
                     if let Ok(Some(_)) = child.try_wait() {
@@ -88,7 +86,9 @@ pub fn quickstart(once: bool) -> Result<()> {
     let disk = data.join("demo-disk.img");
     say(format!("creating the demo disk {} (ext4 with /usr/share/doc)", disk.display()));
     std::fs::File::create(&disk)?.set_len(256 << 20)?;
-    run(Command::new("mkfs.ext4").args(["-q", "-F", "-d", "/usr/share/doc", "-L", "demo"]).arg(&disk))?;
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d", "/usr/share/doc", "-L", "demo"])
+        .arg(&disk))?;
 
     // The appliance: every role, the local target under lifeboat-data/target.
     let (config_port, ps_port) = (free_port()?, free_port()?);
@@ -123,7 +123,9 @@ pub fn quickstart(once: bool) -> Result<()> {
         ),
     )?;
     let mut procs = Procs(Vec::new());
-    say(format!("starting the appliance (configuration server :{config_port}, process server :{ps_port})"));
+    say(format!(
+        "starting the appliance (configuration server :{config_port}, process server :{ps_port})"
+    ));
     let appliance_log = std::fs::File::create(data.join("appliance.log"))?;
     procs.0.push((
         "appliance".into(),
@@ -140,7 +142,9 @@ pub fn quickstart(once: bool) -> Result<()> {
         Ok(passphrase_file.exists() && std::net::TcpStream::connect(("127.0.0.1", ps_port)).is_ok())
     })?;
     let passphrase = std::fs::read_to_string(&passphrase_file)?.trim().to_owned();
-    let fingerprint = output(Command::new(bin.join("lifeboat-appliance")).args(["fingerprint", "--config"]).arg(&config))?;
+    let fingerprint = output(
+        Command::new(bin.join("lifeboat-appliance")).args(["fingerprint", "--config"]).arg(&config),
+    )?;
 
     // The agent: registered with the one-time passphrase, pinned to the CA fingerprint.
     let agent_state = data.join("agent");
@@ -170,13 +174,19 @@ pub fn quickstart(once: bool) -> Result<()> {
     ));
 
     let points = |min: u64| -> Result<Option<(u64, String, u64)>> {
-        let out = output(Command::new(bin.join("lifeboat-appliance")).args(["points", "--config"]).arg(&config))?;
+        let out = output(
+            Command::new(bin.join("lifeboat-appliance")).args(["points", "--config"]).arg(&config),
+        )?;
         let mut best = None;
         for line in out.lines() {
             let v: serde_json::Value = serde_json::from_str(line)?;
             let n = v["point"].as_u64().unwrap_or(0);
             if n >= min {
-                best = Some((n, v["id"].as_str().unwrap_or_default().to_owned(), v["created_unix_ms"].as_u64().unwrap_or(0)));
+                best = Some((
+                    n,
+                    v["id"].as_str().unwrap_or_default().to_owned(),
+                    v["created_unix_ms"].as_u64().unwrap_or(0),
+                ));
             }
         }
         Ok(best)
@@ -199,13 +209,19 @@ pub fn quickstart(once: bool) -> Result<()> {
     let mut script = String::new();
     for i in 0..20 {
         let f = changes.join(format!("report-{i}.txt"));
-        let text: String = (0..2000).map(|l| format!("line {l} of report {i}: lifeboat keeps your data afloat\n")).collect();
+        let text: String = (0..2000)
+            .map(|l| format!("line {l} of report {i}: lifeboat keeps your data afloat\n"))
+            .collect();
         std::fs::write(&f, text)?;
         script.push_str(&format!("write {} report-{i}.txt\n", f.display()));
     }
     let script_file = data.join("changes.debugfs");
     std::fs::write(&script_file, script)?;
-    run(Command::new("debugfs").args(["-w", "-f"]).arg(&script_file).arg(&disk).stdout(Stdio::null()))?;
+    run(Command::new("debugfs")
+        .args(["-w", "-f"])
+        .arg(&script_file)
+        .arg(&disk)
+        .stdout(Stdio::null()))?;
     let changed_at = Instant::now();
     let after = points(0)?.map(|p| p.0).unwrap_or(p1);
     let mut second = None;
@@ -222,11 +238,16 @@ pub fn quickstart(once: bool) -> Result<()> {
     println!();
     println!("Lifeboat quickstart summary");
     println!("  demo disk           {} ({} MiB)", disk.display(), source_size >> 20);
-    println!("  initial copy        {initial_secs:.1} s to the first verified recovery point ({:.0} MB/s of disk)", source_size as f64 / 1e6 / initial_secs);
+    println!(
+        "  initial copy        {initial_secs:.1} s to the first verified recovery point ({:.0} MB/s of disk)",
+        source_size as f64 / 1e6 / initial_secs
+    );
     println!("  change to point     {rpo:.1} s (RPO of this run)");
     println!("  recovery points     {total} so far (newest {p2_id})");
     println!("  appliance log       {}", data.join("appliance.log").display());
-    println!("  API                 https://127.0.0.1:{config_port} (configuration), https://127.0.0.1:{ps_port} (process server, mTLS)");
+    println!(
+        "  API                 https://127.0.0.1:{config_port} (configuration), https://127.0.0.1:{ps_port} (process server, mTLS)"
+    );
     println!("  took                {:.0} s", started.elapsed().as_secs_f64());
     if once {
         procs.stop();
@@ -251,7 +272,12 @@ pub fn quickstart(once: bool) -> Result<()> {
 
 fn verify(bin: &Path, config: &Path, point: &str, source: &Path) -> Result<()> {
     let want = sha256_file(source)?;
-    let out = output(Command::new(bin.join("lifeboat-appliance")).args(["point-checksum", "--config"]).arg(config).args(["--point", point, "--disk", "0"]))?;
+    let out = output(
+        Command::new(bin.join("lifeboat-appliance"))
+            .args(["point-checksum", "--config"])
+            .arg(config)
+            .args(["--point", point, "--disk", "0"]),
+    )?;
     let got = out.split_whitespace().next().unwrap_or_default();
     if got != want {
         bail!("replica at {point} has sha256 {got}, the source {want}: verification FAILED");

@@ -97,7 +97,8 @@ impl Env {
                 assert_eq!(batch.header().sequence, p.seq);
                 assert_eq!(batch.header().disk_index, d);
                 assert_eq!(batch.header().machine, MACHINE);
-                let mut s = Shipped { tag: batch.header().tag, data: 0, zero: Vec::new(), extents: 0 };
+                let mut s =
+                    Shipped { tag: batch.header().tag, data: 0, zero: Vec::new(), extents: 0 };
                 for e in batch.extents() {
                     s.extents += 1;
                     match e {
@@ -121,7 +122,11 @@ impl Env {
 
     fn assert_replicas_equal(&self) {
         for (d, r) in self.disks.iter().zip(&self.replicas) {
-            assert!(fs::read(d).unwrap() == fs::read(r).unwrap(), "replica of {} differs", d.display());
+            assert!(
+                fs::read(d).unwrap() == fs::read(r).unwrap(),
+                "replica of {} differs",
+                d.display()
+            );
         }
     }
 }
@@ -291,11 +296,13 @@ fn a_full_journal_skips_the_cycle_and_loses_nothing() {
     env.write_random(&mut rng, 0, 600 * KIB, 64 * KIB as usize);
     let journal_bytes = journal.bytes();
     journal
-        .append(0, |seq| Batcher::encode(MACHINE, 0, seq, None, &{
-            let mut p = Pending::default();
-            p.extents.push(Extent::Data { offset: 0, data: Cow::Owned(vec![1; 128 * 1024]) });
-            p
-        }))
+        .append(0, |seq| {
+            Batcher::encode(MACHINE, 0, seq, None, &{
+                let mut p = Pending::default();
+                p.extents.push(Extent::Data { offset: 0, data: Cow::Owned(vec![1; 128 * 1024]) });
+                p
+            })
+        })
         .unwrap();
     assert!(journal.bytes() > 128 * KIB, "{journal_bytes}");
     assert!(matches!(c.run_cycle().unwrap(), CycleOutcome::Skipped { .. }));

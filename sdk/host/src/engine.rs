@@ -58,7 +58,11 @@ impl Host {
             .max_memory_size(MAX_MEMORY_BYTES)
             .max_core_instances_per_component(32)
             .max_memories_per_component(4)
-            .max_tables_per_component(16);
+            .max_tables_per_component(16)
+            // Keep the first MiB of a reused slot's memory resident: a new instance then
+            // starts without page faults for its stack and small heap.
+            .linear_memory_keep_resident(1 << 20)
+            .table_keep_resident(64 << 10);
         let mut config = Config::new();
         config
             .epoch_interruption(true)
