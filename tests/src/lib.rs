@@ -1,1 +1,365 @@
-//! End-to-end tests live in tests/.
+//! Harness for end-to-end tests: runs the real `lifeboat-appliance` and `lifeboat-agent`
+//! binaries (built by `cargo xtask test` into `<target>/release`) with the real plugins
+//! (`<target>/plugins`) on 127.0.0.1, in a temporary directory per test.
+
+use rand::{Rng, SeedableRng};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `<target>/release` and `<target>/plugins`, found from the test binary's own path
+/// (`<target>/release/deps/<test>`), so any CARGO_TARGET_DIR works.
+pub fn build_dirs() -> (PathBuf, PathBuf) {
+    let exe = std::env::current_exe().expect("test binary path");
+    let release = exe.ancestors().nth(2).expect("<target>/release").to_owned();
+    let plugins = release.parent().expect("<target>").join("plugins");
+    for b in ["lifeboat-appliance", "lifeboat-agent"] {
+        assert!(
+            release.join(b).exists(),
+            "{} missing: run the tests with `cargo xtask test`, which builds the binaries",
+            release.join(b).display()
+        );
+    }
+    assert!(plugins.join("zstd.wasm").exists(), "plugins missing: run `cargo xtask plugins`");
+    (release, plugins)
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// sha256 of a file, hex.
+pub fn sha256_file(path: &Path) -> String {
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).unwrap();
+    hex::encode(h.finalize())
+}
+
+/// Polls `f` until it returns `Some`, or panics after `limit` naming `what`.
+pub fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A disk image of `mib` MiB: random data in most 64 KiB blocks, holes and zero runs in
+/// others, seeded so failures reproduce.
+pub fn make_disk(path: &Path, mib: u64, seed: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::create(path).unwrap();
+    f.set_len(mib << 20).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut block = vec![0u8; 64 << 10];
+    for b in 0..(mib << 20) / (64 << 10) {
+        match rng.random_range(0..10) {
+            0..=2 => {} // hole
+            3 => f.write_all_at(&vec![0u8; 64 << 10], b * (64 << 10)).unwrap(),
+            _ => {
+                rng.fill(&mut block[..]);
+                f.write_all_at(&block, b * (64 << 10)).unwrap();
+            }
+        }
+    }
+    f.sync_all().unwrap();
+}
+
+/// `n` random 4 KiB writes (some zero-filled) at random 4 KiB-aligned offsets.
+pub fn random_writes(path: &Path, n: usize, seed: u64) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    let len = f.metadata().unwrap().len();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut buf = vec![0u8; 4096];
+    for _ in 0..n {
+        if rng.random_range(0..8) == 0 {
+            buf.fill(0);
+        } else {
+            rng.fill(&mut buf[..]);
+        }
+        let off = rng.random_range(0..len / 4096) * 4096;
+        f.write_all_at(&buf, off).unwrap();
+    }
+    f.sync_all().unwrap();
+    n as u64 * 4096
+}
+
+/// Which roles an appliance process runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Roles {
+    /// Configuration server.
+    pub config_server: bool,
+    /// Process server.
+    pub process_server: bool,
+    /// Master target.
+    pub master_target: bool,
+}
+
+impl Roles {
+    /// Every role.
+    pub const ALL: Roles = Roles {
+        config_server: true,
+        process_server: true,
+        master_target: true,
+    };
+}
+
+/// A test site: one data directory, ports, plugin grants; appliance processes on it.
+pub struct Site {
+    /// Keeps the temporary directory alive.
+    pub dir: tempfile::TempDir,
+    /// Release binaries.
+    pub bin: PathBuf,
+    /// Configuration server port.
+    pub config_port: u16,
+    /// Process server port.
+    pub ps_port: u16,
+}
+
+impl Site {
+    /// A new site with the zstd, aes-gcm and local plugins installed and pinned.
+    pub fn new() -> Site {
+        let (bin, plugins) = build_dirs();
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("plugins")).unwrap();
+        for n in ["zstd", "aes-gcm", "local"] {
+            for ext in ["wasm", "toml"] {
+                std::fs::copy(
+                    plugins.join(format!("{n}.{ext}")),
+                    root.join("plugins").join(format!("{n}.{ext}")),
+                )
+                .unwrap();
+            }
+        }
+        Site {
+            dir,
+            bin,
+            config_port: free_port(),
+            ps_port: free_port(),
+        }
+    }
+
+    /// The site's folder.
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes `appliance-<name>.toml` for `roles` and returns its path.
+    pub fn config(&self, name: &str, roles: Roles) -> PathBuf {
+        let root = self.root();
+        let mut grants = String::new();
+        for n in ["zstd", "aes-gcm", "local"] {
+            let sha = sha256_file(&root.join(format!("plugins/{n}.wasm")));
+            grants.push_str(&format!("\n[plugins.grants.{n}]\nsha256 = \"{sha}\"\n"));
+        }
+        grants.push_str(&format!(
+            "clock = true\ndirectories = {{ \"/target\" = \"{0}\" }}\nsettings = {{ root = \"/target\", host_root = \"{0}\" }}\n",
+            root.join("target").display()
+        ));
+        let path = root.join(format!("appliance-{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "config_version = 1\ndata_dir = \"state\"\n\
+                 [roles]\nconfig_server = {}\nprocess_server = {}\nmaster_target = {}\n\
+                 [config_server]\nlisten = \"127.0.0.1:{}\"\n\
+                 [process_server]\nlisten = \"127.0.0.1:{}\"\ncache_max_mib = 1024\ncache_high_water_mib = 768\n\
+                 [master_target]\npoll_ms = 100\nkeep_points = 100\nkeep_hours = 0\n\
+                 [plugins]\ndir = \"plugins\"\n{grants}",
+                roles.config_server,
+                roles.process_server,
+                roles.master_target,
+                self.config_port,
+                self.ps_port,
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    /// Starts an appliance process with `config`; its log goes to `<name>.log`.
+    pub fn start(&self, name: &str, config: &Path) -> Proc {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root().join(format!("{name}.log")))
+            .unwrap();
+        let child = Command::new(self.bin.join("lifeboat-appliance"))
+            .args(["run", "--config"])
+            .arg(config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .env("RUST_LOG", "info")
+            .spawn()
+            .unwrap();
+        Proc {
+            name: name.into(),
+            child: Some(child),
+        }
+    }
+
+    /// Waits until a port accepts connections.
+    pub fn wait_port(&self, port: u16) {
+        wait_for(Duration::from_secs(60), &format!("port {port}"), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+        });
+    }
+
+    fn cli(&self, config: &Path, args: &[&str]) -> String {
+        let out = Command::new(self.bin.join("lifeboat-appliance"))
+            .args(args)
+            .arg("--config")
+            .arg(config)
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "lifeboat-appliance {args:?} failed");
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Registers an agent with state in `state_dir`, using a fresh passphrase.
+    pub fn register_agent(&self, config: &Path, state_dir: &Path) {
+        let passphrase = self.cli(config, &["passphrase"]);
+        let fingerprint = self.cli(config, &["fingerprint"]);
+        let status = Command::new(self.bin.join("lifeboat-agent"))
+            .args(["register", "--appliance", &format!("https://127.0.0.1:{}", self.config_port)])
+            .args(["--fingerprint", fingerprint.trim(), "--passphrase", passphrase.trim()])
+            .arg("--state-dir")
+            .arg(state_dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "agent registration failed");
+    }
+
+    /// Recovery points as (point number, id), oldest first.
+    pub fn points(&self, config: &Path) -> Vec<(u64, String)> {
+        self.cli(config, &["points"])
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (v["point"].as_u64().unwrap(), v["id"].as_str().unwrap().to_owned())
+            })
+            .collect()
+    }
+
+    /// sha256 of disk `disk` at point `id`, read back through the target plugin.
+    pub fn point_checksum(&self, config: &Path, id: &str, disk: u32) -> String {
+        self.cli(config, &["point-checksum", "--point", id, "--disk", &disk.to_string()])
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Writes an agent configuration protecting `disks`.
+    pub fn agent_config(&self, state_dir: &Path, disks: &[PathBuf], interval_secs: u64) -> PathBuf {
+        let path = self.root().join("agent.toml");
+        let list: Vec<String> = disks.iter().map(|d| format!("\"{}\"", d.display())).collect();
+        std::fs::write(
+            &path,
+            format!(
+                "config_version = 1\nstate_dir = \"{}\"\ndisks = [{}]\ninterval_secs = {interval_secs}\nbatch_max_bytes = 1048576\nnice = 0\n",
+                state_dir.display(),
+                list.join(", ")
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    /// Runs one agent cycle to completion (`run --once`).
+    pub fn agent_once(&self, agent_config: &Path) {
+        let status = Command::new(self.bin.join("lifeboat-agent"))
+            .args(["run", "--once", "--config"])
+            .arg(agent_config)
+            .stdin(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "lifeboat-agent run --once failed");
+    }
+
+    /// Starts a continuously running agent.
+    pub fn start_agent(&self, agent_config: &Path) -> Proc {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root().join("agent.log"))
+            .unwrap();
+        let child = Command::new(self.bin.join("lifeboat-agent"))
+            .args(["run", "--config"])
+            .arg(agent_config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Proc {
+            name: "agent".into(),
+            child: Some(child),
+        }
+    }
+}
+
+impl Default for Site {
+    fn default() -> Self {
+        Site::new()
+    }
+}
+
+/// A child process, SIGKILLed when dropped.
+pub struct Proc {
+    name: String,
+    child: Option<Child>,
+}
+
+impl Proc {
+    /// kill -9, and wait for it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait up to 30 s (then SIGKILL); returns whether it stopped cleanly.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return true;
+        };
+        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = c.try_wait() {
+                return s.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("{} did not stop within 30 s", self.name);
+        let _ = c.kill();
+        let _ = c.wait();
+        false
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

@@ -541,9 +541,10 @@ impl Target for Azure {
         let name = disk_blob(disk)?;
         let h = self.lease_header(disk);
         let what = format!("deleting disk {disk}");
-        let r = self.ready()?.send("DELETE", Some(&name), &[], &h, Vec::new(), &what);
-        self.held.remove(disk);
-        let r = r?;
+        let r = self.ready()?.send("DELETE", Some(&name), &[], &h, Vec::new(), &what)?;
+        if (200..300).contains(&r.status) || r.status == 404 {
+            self.held.remove(disk);
+        }
         if (200..300).contains(&r.status) { Ok(()) } else { Err(error_of(&r, &what)) }
     }
 
