@@ -87,8 +87,14 @@ impl<T: Cipher> gen_::Guest for Exported<T> {
 #[macro_export]
 macro_rules! export_cipher {
     ($t:ty) => {
-        #[doc(hidden)]
-        type __LifeboatCipherExport = $crate::cipher::Exported<$t>;
-        $crate::cipher::bindings::__export_cipher_world!(__LifeboatCipherExport with_types_in $crate::cipher::bindings);
+        // Component exports exist only in the wasm build; a native build (tests, clippy)
+        // compiles the plugin as an ordinary library.
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            type __LifeboatCipherExport = $crate::cipher::Exported<$t>;
+            $crate::cipher::bindings::__export_cipher_world!(
+                __LifeboatCipherExport with_types_in $crate::cipher::bindings
+            );
+        };
     };
 }

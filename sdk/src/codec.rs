@@ -71,8 +71,14 @@ impl<T: Codec> gen_::Guest for Exported<T> {
 #[macro_export]
 macro_rules! export_codec {
     ($t:ty) => {
-        #[doc(hidden)]
-        type __LifeboatCodecExport = $crate::codec::Exported<$t>;
-        $crate::codec::bindings::__export_codec_world!(__LifeboatCodecExport with_types_in $crate::codec::bindings);
+        // Component exports exist only in the wasm build; a native build (tests, clippy)
+        // compiles the plugin as an ordinary library.
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            type __LifeboatCodecExport = $crate::codec::Exported<$t>;
+            $crate::codec::bindings::__export_codec_world!(
+                __LifeboatCodecExport with_types_in $crate::codec::bindings
+            );
+        };
     };
 }

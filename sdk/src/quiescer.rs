@@ -79,8 +79,14 @@ impl<T: Quiescer> gen_::Guest for Exported<T> {
 #[macro_export]
 macro_rules! export_quiescer {
     ($t:ty) => {
-        #[doc(hidden)]
-        type __LifeboatQuiescerExport = $crate::quiescer::Exported<$t>;
-        $crate::quiescer::bindings::__export_quiescer_world!(__LifeboatQuiescerExport with_types_in $crate::quiescer::bindings);
+        // Component exports exist only in the wasm build; a native build (tests, clippy)
+        // compiles the plugin as an ordinary library.
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            type __LifeboatQuiescerExport = $crate::quiescer::Exported<$t>;
+            $crate::quiescer::bindings::__export_quiescer_world!(
+                __LifeboatQuiescerExport with_types_in $crate::quiescer::bindings
+            );
+        };
     };
 }

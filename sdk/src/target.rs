@@ -315,8 +315,14 @@ impl<T: Target> gen_::Guest for Exported<T> {
 #[macro_export]
 macro_rules! export_target {
     ($t:ty) => {
-        #[doc(hidden)]
-        type __LifeboatTargetExport = $crate::target::Exported<$t>;
-        $crate::target::bindings::__export_target_world!(__LifeboatTargetExport with_types_in $crate::target::bindings);
+        // Component exports exist only in the wasm build; a native build (tests, clippy)
+        // compiles the plugin as an ordinary library.
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            type __LifeboatTargetExport = $crate::target::Exported<$t>;
+            $crate::target::bindings::__export_target_world!(
+                __LifeboatTargetExport with_types_in $crate::target::bindings
+            );
+        };
     };
 }

@@ -238,22 +238,45 @@ fn a_journal_failure_commits_nothing_and_the_next_cycle_reports_the_changes() {
     let mut c = env.cycler(journal.clone(), 64 * KIB, 64 * MIB);
     done(c.run_cycle().unwrap());
     env.drain(&journal);
+    let break_dir = |d: &str| {
+        let p = env.journal_dir().join(d);
+        fs::remove_dir_all(&p).unwrap();
+        fs::write(&p, b"not a directory").unwrap();
+        p
+    };
+    let mend_dir = |p: &Path| {
+        fs::remove_file(p).unwrap();
+        fs::create_dir(p).unwrap();
+    };
 
-    env.write_random(&mut rng, 0, 512 * KIB, 8 * KIB as usize);
+    // Disk 0's appends fail for real in the middle of its collect (200 KiB > one batch).
+    env.write_random(&mut rng, 0, 512 * KIB, 200 * KIB as usize);
     env.write_random(&mut rng, 1, 512 * KIB, 8 * KIB as usize);
-    // Disk 1's journal directory becomes unusable: its appends fail for real.
-    let d1 = env.journal_dir().join("d1");
-    fs::remove_dir_all(&d1).unwrap();
-    fs::write(&d1, b"not a directory").unwrap();
+    let d0 = break_dir("d0");
     let err = c.run_cycle().unwrap_err();
-    assert!(matches!(err, CycleError::Journal(_) | CycleError::Tracker { .. }), "{err}");
-    assert!(err.to_string().contains("d1"), "{err}");
-    // Disk 0 was collected but no point was cut, so it was not committed either.
-    fs::remove_file(&d1).unwrap();
-    fs::create_dir(&d1).unwrap();
+    assert!(matches!(err, CycleError::Tracker { index: 0, .. }), "{err}");
+    assert!(err.to_string().contains("d0"), "{err}");
+    mend_dir(&d0);
+    // Nothing was committed: the next cycle reports every change again.
     let (point, reports) = done(c.run_cycle().unwrap());
-    assert_eq!(point, 3, "the failed cycle's point number (2) was reserved and is not reused");
-    assert_eq!(reports[0].stats.data_bytes, 8 * KIB);
+    assert_eq!(point, 2);
+    assert_eq!(reports[0].stats.data_bytes, 200 * KIB);
+    assert_eq!(reports[1].stats.data_bytes, 8 * KIB);
+    env.drain(&journal);
+    env.assert_replicas_equal();
+
+    // Disk 1's tagged batch fails after disk 0's was journaled: disk 0 commits (its batches
+    // are durable), disk 1 does not, and reports its change again.
+    env.write_random(&mut rng, 0, 100 * KIB, 8 * KIB as usize);
+    env.write_random(&mut rng, 1, 100 * KIB, 8 * KIB as usize);
+    let d1 = break_dir("d1");
+    let err = c.run_cycle().unwrap_err();
+    assert!(matches!(err, CycleError::Journal(_)), "{err}");
+    assert!(err.to_string().contains("d1"), "{err}");
+    mend_dir(&d1);
+    let (point, reports) = done(c.run_cycle().unwrap());
+    assert_eq!(point, 4, "the failed cycle's point number (3) is not reused");
+    assert_eq!(reports[0].stats.data_bytes, 0);
     assert_eq!(reports[1].stats.data_bytes, 8 * KIB);
     env.drain(&journal);
     env.assert_replicas_equal();

@@ -188,10 +188,10 @@ impl Arm {
                 scope.clone(),
             ),
         };
-        if let Some((t, until)) = &self.token {
-            if Instant::now() < *until {
-                return Ok(t.clone());
-            }
+        if let Some((t, until)) = &self.token
+            && Instant::now() < *until
+        {
+            return Ok(t.clone());
         }
         let url = format!("{authority}/{}/oauth2/v2.0/token", http::encode(&tenant));
         let (scheme, auth, path) = http::split_url(&url)

@@ -244,7 +244,7 @@ pub fn parse_settings(settings: &Settings) -> Result<Azure, PluginError> {
         api_version: setting(settings, "api_version")
             .unwrap_or(blob::DEFAULT_API_VERSION)
             .to_owned(),
-        timeout_ms: num("timeout_ms", 30_000)?,
+        timeout_ms: num("timeout_ms", 50_000)?,
     };
     Ok(Azure {
         blob,
@@ -385,10 +385,11 @@ impl Azure {
         let items = self.ready()?.list(&name, "snapshots,metadata")?;
         for it in items {
             let tagged = it.metadata.iter().any(|(k, v)| k == "lifeboatpoint" && v == point);
-            if it.name == name && tagged {
-                if let Some(s) = &it.snapshot {
-                    self.delete_snapshot(&name, s)?;
-                }
+            if it.name == name
+                && tagged
+                && let Some(s) = &it.snapshot
+            {
+                self.delete_snapshot(&name, s)?;
             }
         }
         Ok(())
@@ -710,13 +711,13 @@ impl Target for Azure {
         )?;
         if !(200..300).contains(&r.status) {
             // Made meanwhile by another call: that one stands.
-            if matches!(r.status, 409 | 412) {
-                if let Some(existing) = self.read_point(point)? {
-                    for (d, s, _) in &meta.disks {
-                        self.delete_snapshot(&disk_blob(d)?, s)?;
-                    }
-                    return Ok(existing.info(point));
+            if matches!(r.status, 409 | 412)
+                && let Some(existing) = self.read_point(point)?
+            {
+                for (d, s, _) in &meta.disks {
+                    self.delete_snapshot(&disk_blob(d)?, s)?;
                 }
+                return Ok(existing.info(point));
             }
             return Err(error_of(&r, &what));
         }

@@ -292,7 +292,12 @@ async fn azure_target_keeps_the_target_contract_on_azurite() {
 #[tokio::test(flavor = "multi_thread")]
 async fn writes_are_page_aligned_and_large_writes_are_split_into_put_pages() {
     let a = Azurite::start();
-    let s = azurite_site(&a, "align");
+    // Through a proxy that refuses Put Pages over 4 MiB, as Azure does (Azurite doesn't).
+    let (proxy, put_pages, _proxy_task) = page_limit_proxy(a.port).await;
+    let via = format!("127.0.0.1:{proxy}");
+    let mut settings = a.settings("align");
+    settings[2].1 = format!("http://{via}/{ACCOUNT}");
+    let s = site(&[via.clone()], &[via], settings);
     let mut t = s.instance().await;
     // A size that is not a whole number of pages: the blob is rounded up, the disk is not.
     let size = (12u64 << 20) + 100;
@@ -312,7 +317,12 @@ async fn writes_are_page_aligned_and_large_writes_are_split_into_put_pages() {
 
     // 9 MiB + 1 page in one extent: Azure (and Azurite) take at most 4 MiB per Put Page.
     let data = mixed_data((9 << 20) + 512, 2);
+    put_pages.lock().unwrap().clear();
     t.write_extents("big", &[Extent { offset: 1536, data: data.clone() }], &[]).await.unwrap();
+    let calls = put_pages.lock().unwrap().clone();
+    let want = [(0u64, 4u64 << 20), (4 << 20, 4 << 20), (8 << 20, (1 << 20) + 512)]
+        .map(|(o, n)| (format!("bytes={}-{}", 1536 + o, 1536 + o + n - 1), n as usize));
+    assert_eq!(calls, want, "one extent of 9 MiB + 512 is three Put Pages of at most 4 MiB");
     let mut back = Vec::new();
     for chunk in 0..3u64 {
         let off = 1536 + chunk * (4 << 20);
@@ -369,6 +379,21 @@ async fn a_leased_disk_cannot_be_written_by_a_second_appliance() {
     // Reading, points and materialising need no lease.
     assert_eq!(second.read_extent("shared", 0, 4096).await.unwrap(), vec![1; 4096]);
     second.create_point("p", "t", &["shared".into()]).await.unwrap();
+    // The lease is renewed while the first appliance keeps writing: 15 s leases, written
+    // every 9 s, are still held 18 s after they were first taken.
+    let mut short = s.instance_with(&[("lease_seconds", "15")]).await;
+    short.create_disk("renewed", 1 << 20).await.unwrap();
+    short.write_extents("renewed", &[Extent { offset: 0, data: vec![1; 512] }], &[]).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    short.write_extents("renewed", &[Extent { offset: 0, data: vec![2; 512] }], &[]).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let e = second
+        .write_extents("renewed", &[Extent { offset: 0, data: vec![3; 512] }], &[])
+        .await
+        .unwrap_err();
+    assert!(matches!(plugin_err(&e), PluginError::Retryable(_)), "{e}");
+    short.write_extents("renewed", &[Extent { offset: 0, data: vec![4; 512] }], &[]).await.unwrap();
+
     // The first appliance, restarted with its configured lease id, writes on.
     drop(first);
     let mut restarted = s.instance_with(&[("lease_id", lease_a)]).await;
@@ -638,6 +663,34 @@ async fn azurite_known_gaps_are_still_there() {
         inc.status,
         inc.text()
     );
+
+    // 3. Not a gap the plugin could trip on, but the reason the split test goes through
+    //    a proxy: Azure refuses a Put Page of more than 4 MiB, Azurite takes it.
+    let big = "/gaps/big";
+    let len = (4u64 << 20) + 512;
+    let r = raw(
+        &a,
+        "PUT",
+        big,
+        &[],
+        &[
+            ("x-ms-blob-type", "PageBlob".into()),
+            ("x-ms-blob-content-length", (8u64 << 20).to_string()),
+        ],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = raw(
+        &a,
+        "PUT",
+        big,
+        &[("comp", "page")],
+        &[("x-ms-page-write", "update".into()), ("x-ms-range", format!("bytes=0-{}", len - 1))],
+        &vec![5; len as usize],
+    )
+    .await;
+    assert_eq!(r.status, 201, "Azurite now limits Put Page size ({}): {}", r.status, r.text());
 }
 
 /// A raw, Shared Key signed request to Azurite (HTTP/1.0, so the answer is not chunked).
@@ -664,7 +717,6 @@ async fn raw(
     headers: &[(&str, String)],
     body: &[u8],
 ) -> Raw {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let key = SharedKey::new(ACCOUNT, KEY).unwrap();
     let full_path = format!("/{ACCOUNT}{path}");
     let mut hs: Vec<(String, String)> = vec![
@@ -685,12 +737,24 @@ async fn raw(
         target.push(if i == 0 { '?' } else { '&' });
         target.push_str(&format!("{k}={}", lifeboat_plugin_azure::http::encode(v)));
     }
-    let mut req = format!("{method} {target} HTTP/1.0\r\nhost: {}\r\n", a.authority());
-    for (k, v) in &hs {
+    send_raw(a.port, method, &target, &hs, body).await
+}
+
+/// Sends one HTTP/1.0 request to 127.0.0.1:`port` and reads the whole answer.
+async fn send_raw(
+    port: u16,
+    method: &str,
+    target: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> Raw {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut req = format!("{method} {target} HTTP/1.0\r\nhost: 127.0.0.1:{port}\r\n");
+    for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", a.port)).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     s.write_all(req.as_bytes()).await.unwrap();
     s.write_all(body).await.unwrap();
     let mut out = Vec::new();
@@ -704,6 +768,93 @@ async fn raw(
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
     Raw { status, headers, body: out[split + 4..].to_vec() }
+}
+
+/// Put Page calls seen by [`page_limit_proxy`]: (offset range header, body bytes).
+type PutPages = Arc<Mutex<Vec<(String, usize)>>>;
+
+/// A proxy in front of Azurite that records Put Page calls and, like Azure and unlike
+/// Azurite, refuses a Put Page update of more than 4 MiB (413 RequestBodyTooLarge).
+async fn page_limit_proxy(azurite_port: u16) -> (u16, PutPages, tokio::task::JoinHandle<()>) {
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen: PutPages = Default::default();
+    let log = seen.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((conn, _)) = listener.accept().await else { return };
+            let log = log.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let log = log.clone();
+                        async move {
+                            let method = req.method().to_string();
+                            let target = req
+                                .uri()
+                                .path_and_query()
+                                .map(|p| p.to_string())
+                                .unwrap_or_default();
+                            let headers: Vec<(String, String)> = req
+                                .headers()
+                                .iter()
+                                .filter(|(k, _)| *k != "host" && *k != "connection")
+                                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+                                .collect();
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let put_page = method == "PUT" && target.contains("comp=page");
+                            let resp = if put_page && body.len() > 4 << 20 {
+                                log.lock().unwrap().push(("too large".into(), body.len()));
+                                Raw {
+                                    status: 413,
+                                    headers: vec![(
+                                        "x-ms-error-code".into(),
+                                        "RequestBodyTooLarge".into(),
+                                    )],
+                                    body: Vec::new(),
+                                }
+                            } else {
+                                if put_page {
+                                    let range = headers
+                                        .iter()
+                                        .find(|(k, _)| k == "x-ms-range")
+                                        .map(|(_, v)| v.clone())
+                                        .unwrap_or_default();
+                                    log.lock().unwrap().push((range, body.len()));
+                                }
+                                send_raw(azurite_port, &method, &target, &headers, &body).await
+                            };
+                            let mut b = hyper::Response::builder().status(resp.status);
+                            for (k, v) in &resp.headers {
+                                if !matches!(
+                                    k.as_str(),
+                                    "connection"
+                                        | "transfer-encoding"
+                                        | "content-length"
+                                        | "keep-alive"
+                                ) {
+                                    b = b.header(k, v);
+                                }
+                            }
+                            Ok::<_, std::convert::Infallible>(
+                                b.body(Full::new(Bytes::from(resp.body))).unwrap(),
+                            )
+                        }
+                    },
+                );
+                let io = hyper_util::rt::TokioIo::new(conn);
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+            });
+        }
+    });
+    (port, seen, task)
 }
 
 // ---------------------------------------------------------------------------------
