@@ -27,11 +27,7 @@ pub fn build_dirs() -> (PathBuf, PathBuf) {
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// sha256 of a file, hex.
@@ -108,11 +104,7 @@ pub struct Roles {
 
 impl Roles {
     /// Every role.
-    pub const ALL: Roles = Roles {
-        config_server: true,
-        process_server: true,
-        master_target: true,
-    };
+    pub const ALL: Roles = Roles { config_server: true, process_server: true, master_target: true };
 }
 
 /// A test site: one data directory, ports, plugin grants; appliance processes on it.
@@ -143,12 +135,7 @@ impl Site {
                 .unwrap();
             }
         }
-        Site {
-            dir,
-            bin,
-            config_port: free_port(),
-            ps_port: free_port(),
-        }
+        Site { dir, bin, config_port: free_port(), ps_port: free_port() }
     }
 
     /// The site's folder.
@@ -204,10 +191,7 @@ impl Site {
             .env("RUST_LOG", "info")
             .spawn()
             .unwrap();
-        Proc {
-            name: name.into(),
-            child: Some(child),
-        }
+        Proc { name: name.into(), child: Some(child) }
     }
 
     /// Waits until a port accepts connections.
@@ -305,10 +289,7 @@ impl Site {
             .stderr(log)
             .spawn()
             .unwrap();
-        Proc {
-            name: "agent".into(),
-            child: Some(child),
-        }
+        Proc { name: "agent".into(), child: Some(child) }
     }
 }
 

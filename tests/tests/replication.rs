@@ -45,7 +45,11 @@ fn every_point_of_a_two_disk_machine_equals_the_source_as_it_was() {
     }
     for (id, sums) in &history {
         for (i, want) in sums.iter().enumerate() {
-            assert_eq!(&site.point_checksum(&cfg, id, i as u32), want, "point {id} disk {i} changed later");
+            assert_eq!(
+                &site.point_checksum(&cfg, id, i as u32),
+                want,
+                "point {id} disk {i} changed later"
+            );
         }
     }
 }

@@ -108,6 +108,22 @@ fn test() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // The end-to-end tests run the real binaries; `cargo test` alone does not build them.
+    run(cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "lifeboat-appliance",
+        "--package",
+        "lifeboat-agent",
+    ]))?;
+    // Azurite (Azure Storage emulator) for the Azure plugin's tests, from npm.
+    if Command::new("npm").arg("--version").output().is_err() {
+        setup::apt(&["nodejs", "npm"])?;
+    }
+    run(Command::new("bash")
+        .arg(root().join("scripts/azurite.sh"))
+        .stdout(std::process::Stdio::null()))?;
     run(cargo().args(["test", "--release", "--workspace"]))?;
     eprintln!("xtask: all tests passed in {:.0} s", started.elapsed().as_secs_f64());
     Ok(())

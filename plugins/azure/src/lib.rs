@@ -880,9 +880,6 @@ fn same_url(a: &str, b: &str) -> bool {
     norm(a) == norm(b)
 }
 
-// Exported only in the component: a native cdylib (built for the unit and Azurite tests)
-// cannot carry the component-model export names.
-#[cfg(target_arch = "wasm32")]
 lifeboat_sdk::export_target!(Azure);
 
 #[cfg(test)]

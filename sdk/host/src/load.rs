@@ -326,11 +326,19 @@ fn effective(m: &Manifest, g: &Grant) -> Result<Effective, String> {
         let host = g.directories.get(d).ok_or_else(|| denied("directory", d, "directories"))?;
         dirs.push((d.clone(), host.clone()));
     }
-    for h in &r.http_hosts {
-        if !g.http_hosts.contains(h) {
-            return Err(denied("HTTP host", h, "http_hosts"));
+    // `"*"` asks for "the hosts the site grants": targets whose endpoints depend on the
+    // site (a storage account, a vCenter) cannot name them in the manifest. Still
+    // deny-by-default: nothing granted, nothing reachable.
+    let http_hosts = if r.http_hosts.iter().any(|h| h == "*") {
+        g.http_hosts.clone()
+    } else {
+        for h in &r.http_hosts {
+            if !g.http_hosts.contains(h) {
+                return Err(denied("HTTP host", h, "http_hosts"));
+            }
         }
-    }
+        r.http_hosts.clone()
+    };
     for c in &r.commands {
         if !g.commands.contains(c) {
             return Err(denied("command", c, "commands"));
@@ -353,10 +361,44 @@ fn effective(m: &Manifest, g: &Grant) -> Result<Effective, String> {
         memory_bytes: (memory_mib as usize) << 20,
         deadline: Duration::from_millis(deadline_ms),
         dirs,
-        http_hosts: r.http_hosts.clone(),
+        http_hosts,
         commands: r.commands.clone(),
         sockets,
         clock: r.clock,
         settings: g.settings.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Requested;
+
+    fn manifest(http: &[&str]) -> Manifest {
+        Manifest {
+            manifest_version: 1,
+            name: "azure".into(),
+            version: "0.1.0".into(),
+            kind: PluginKind::Target,
+            wit: "lifeboat:plugins@0.1.0".into(),
+            sha256: "0".repeat(64),
+            signature: None,
+            capabilities: Requested {
+                http_hosts: http.iter().map(|s| s.to_string()).collect(),
+                ..Requested::default()
+            },
+        }
+    }
+
+    #[test]
+    fn star_means_what_the_site_grants_and_nothing_by_default() {
+        let g = Grant { http_hosts: vec!["acct.blob.example:443".into()], ..Grant::default() };
+        let e = effective(&manifest(&["*"]), &g).unwrap();
+        assert_eq!(e.http_hosts, vec!["acct.blob.example:443".to_owned()]);
+        let e = effective(&manifest(&["*"]), &Grant::default()).unwrap();
+        assert!(e.http_hosts.is_empty());
+        assert!(effective(&manifest(&["evil.example:443"]), &g).is_err());
+        let e = effective(&manifest(&[]), &g).unwrap();
+        assert!(e.http_hosts.is_empty(), "granted but not requested: not given");
+    }
 }

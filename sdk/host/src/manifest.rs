@@ -97,7 +97,8 @@ pub struct Requested {
     /// Guest paths of directories it wants preopened, e.g. `/target`.
     #[serde(default)]
     pub directories: Vec<String>,
-    /// `host:port` authorities it sends HTTP requests to.
+    /// `host:port` authorities it sends HTTP requests to; `"*"` means "those the
+    /// configuration grants" (for targets whose endpoints depend on the site).
     #[serde(default)]
     pub http_hosts: Vec<String>,
     /// Programs it runs through the `commands` import (quiescers).
