@@ -47,6 +47,12 @@ enum Cmd {
         #[arg(long)]
         machine: Option<String>,
     },
+    /// Prints the appliance's counters (bytes received, shipped, applied …) as JSON.
+    Stats {
+        /// The appliance configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Prints the sha256 of a disk as it was at a recovery point (materialises it at
     /// the target, reads it back, removes the copy).
     PointChecksum {
@@ -79,6 +85,7 @@ fn main() {
         Cmd::Points { config, machine } => {
             lifeboat_appliance::tools::points(load(config), machine.as_deref())
         }
+        Cmd::Stats { config } => lifeboat_appliance::tools::stats(load(config)),
         Cmd::PointChecksum { config, point, disk } => {
             rt.block_on(lifeboat_appliance::tools::point_checksum(load(config), point, *disk))
         }

@@ -186,6 +186,7 @@ impl MasterTarget {
             }
             let tag = self.apply_log(machine, disk, seq, &name).await?;
             self.state.set_applied(&mid, disk, seq + 1, tag)?;
+            self.state.count("applied_batches", 1)?;
             self.target.as_mut().expect("refreshed").delete_log(&name).await?;
             applied += 1;
         }

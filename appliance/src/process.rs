@@ -271,6 +271,8 @@ impl ProcessServer {
         let _order = q.order.lock().await;
         let expected = self.inner.state.received_next(machine_id, h.disk_index)?;
         if h.sequence < expected {
+            self.inner.state.count("duplicate_batches", 1)?;
+            self.inner.state.count("duplicate_bytes", body.len() as u64)?;
             return Ok(self.ack(h.disk_index, h.sequence, true));
         }
         if h.sequence > expected {
@@ -291,6 +293,7 @@ impl ProcessServer {
             })?;
         let key = RecordKey { machine: number, disk: h.disk_index, sequence: h.sequence };
         let inner = self.inner.clone();
+        let len = body.len() as u64;
         let record = tokio::task::spawn_blocking(move || lock(&inner.cache).append(key, &body))
             .await
             .map_err(|e| ApiFailure::new(500, "internal", e.to_string()))?
@@ -310,6 +313,8 @@ impl ProcessServer {
                 }
             })?;
         self.inner.state.set_received_next(machine_id, h.disk_index, h.sequence + 1)?;
+        self.inner.state.count("received_batches", 1)?;
+        self.inner.state.count("received_bytes", len)?;
         lock(&q.queue).push_back(record);
         q.notify.notify_one();
         Ok(self.ack(h.disk_index, h.sequence, false))
@@ -393,6 +398,8 @@ impl ProcessServer {
         let inner = self.inner.clone();
         let r = record.clone();
         tokio::task::spawn_blocking(move || lock(&inner.cache).release(&r)).await??;
+        self.inner.state.count("shipped_objects", 1)?;
+        self.inner.state.count("shipped_bytes", obj.len() as u64)?;
         tracing::debug!(%machine, disk, sequence, bytes = obj.len(), "shipped");
         Ok(())
     }

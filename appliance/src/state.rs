@@ -68,6 +68,11 @@ const MIGRATIONS: &[&str] = &[
         updated_unix_ms INTEGER NOT NULL,
         PRIMARY KEY (machine_id, disk)
      );",
+    // 2: counters for the status API, tests and benchmarks.
+    "CREATE TABLE counters (
+        name TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+     );",
 ];
 
 /// A state-store failure.
@@ -408,6 +413,30 @@ impl State {
                         .collect(),
                 })
             })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Adds `by` to the counter `name`.
+    pub fn count(&self, name: &str, by: u64) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "INSERT INTO counters (name, value) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET value = value + ?2",
+                params![name, by as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Every counter, by name.
+    pub fn counters(&self) -> Result<Vec<(String, u64)>, StateError> {
+        let c = self.conn();
+        let mut s = c
+            .prepare("SELECT name, value FROM counters ORDER BY name")
+            .map_err(|e| self.err(e))?;
+        let rows = s
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
