@@ -14,6 +14,7 @@ pub fn run(name: &str) -> Result<()> {
                     .env("LIFEBOAT_BENCH_OUT", crate::root().join("target/bench")),
             )
         }
-        other => bail!("unknown benchmark {other:?}; available: plugins"),
+        "replication" => crate::bench_replication::replication(),
+        other => bail!("unknown benchmark {other:?}; available: plugins, replication"),
     }
 }

@@ -3,6 +3,7 @@
 //! packages) idempotently and says what it installs.
 
 mod bench;
+mod bench_replication;
 mod plugins;
 mod quickstart;
 mod setup;
@@ -34,7 +35,7 @@ enum Cmd {
     Test,
     /// Runs a benchmark and prints its figures (not part of the tests).
     Bench {
-        /// Which benchmark: `plugins`.
+        /// Which benchmark: `plugins` or `replication`.
         name: String,
     },
 }
