@@ -74,11 +74,18 @@ pub async fn run(config: ApplianceConfig) -> anyhow::Result<()> {
     let cfg = core.config.clone();
     let data = cfg.data_dir.clone();
     let shutdown = CancellationToken::new();
-    let ca = Arc::new(Ca::load_or_create(&data.join("ca"), "Lifeboat appliance CA")?);
-    let server_id = ca.issue_server(&cfg.config_server.server_names)?;
+    // The CA and server identity only where a listener needs them (a master-target-only
+    // appliance at a target site has neither).
+    let listeners = if cfg.roles.config_server || cfg.roles.process_server {
+        let ca = Arc::new(Ca::load_or_create(&data.join("ca"), "Lifeboat appliance CA")?);
+        let id = ca.issue_server(&cfg.config_server.server_names)?;
+        Some((ca, id))
+    } else {
+        None
+    };
     let mut tasks = tokio::task::JoinSet::new();
 
-    if cfg.roles.config_server {
+    if let (true, Some((ca, server_id))) = (cfg.roles.config_server, &listeners) {
         if core.state.unused_passphrases()? == 0 {
             let p = new_passphrase(&core.state)?;
             let file = data.join("registration-passphrase");
@@ -99,7 +106,7 @@ pub async fn run(config: ApplianceConfig) -> anyhow::Result<()> {
             ca: ca.clone(),
             process_server_url: url,
         });
-        let tls = lifeboat_net::server_config(&server_id, ClientAuth::None)?;
+        let tls = lifeboat_net::server_config(server_id, ClientAuth::None)?;
         let listener =
             tokio::net::TcpListener::bind(cfg.config_server.listen).await.with_context(|| {
                 format!("configuration server cannot listen on {}", cfg.config_server.listen)
@@ -117,7 +124,7 @@ pub async fn run(config: ApplianceConfig) -> anyhow::Result<()> {
         });
     }
 
-    if cfg.roles.process_server {
+    if let (true, Some((ca, server_id))) = (cfg.roles.process_server, &listeners) {
         let ps = ProcessServer::start(
             core.state.clone(),
             core.registry.clone(),
@@ -126,7 +133,7 @@ pub async fn run(config: ApplianceConfig) -> anyhow::Result<()> {
             shutdown.clone(),
         )?;
         let tls = lifeboat_net::server_config(
-            &server_id,
+            server_id,
             ClientAuth::Required { ca_pem: ca.cert_pem().to_owned() },
         )?;
         let listener =

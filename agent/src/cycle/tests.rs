@@ -290,16 +290,7 @@ fn a_full_journal_skips_the_cycle_and_loses_nothing() {
     let journal = env.journal();
     let mut c = env.cycler(journal.clone(), 64 * KIB, 128 * KIB);
     // The collect waits for room while the journal is full: a sender acks in the background.
-    let sender = {
-        let journal = journal.clone();
-        let replica = env.replicas[0].clone();
-        let stop = Arc::new(AtomicBool::new(false));
-        let s2 = stop.clone();
-        (stop, std::thread::spawn(move || drain_until(&journal, &replica, &s2)))
-    };
-    done(c.run_cycle().unwrap());
-    sender.0.store(true, Ordering::Relaxed);
-    sender.1.join().unwrap();
+    done(cycle_while_draining(&mut c, &journal, &env.replicas[0]));
     env.drain(&journal);
     env.assert_replicas_equal();
 
@@ -331,10 +322,23 @@ fn a_full_journal_skips_the_cycle_and_loses_nothing() {
     assert!(matches!(c.run_cycle().unwrap(), CycleOutcome::Skipped { .. }));
     // The appliance comes back: once acked, the next cycle sends every change since.
     env.drain(&journal);
-    let (_, reports) = done(c.run_cycle().unwrap());
+    let (_, reports) = done(cycle_while_draining(&mut c, &journal, &env.replicas[0]));
     assert!(reports[0].stats.data_bytes >= 264 * KIB, "{:?}", reports[0].stats);
     env.drain(&journal);
     env.assert_replicas_equal();
+}
+
+/// Runs a cycle while another thread applies and acks disk 0's batches, as the sender would.
+fn cycle_while_draining(c: &mut Cycler, journal: &Arc<Journal>, replica: &Path) -> CycleOutcome {
+    let stop = Arc::new(AtomicBool::new(false));
+    let drainer = {
+        let (journal, replica, stop) = (journal.clone(), replica.to_path_buf(), stop.clone());
+        std::thread::spawn(move || drain_until(&journal, &replica, &stop))
+    };
+    let outcome = c.run_cycle();
+    stop.store(true, Ordering::Relaxed);
+    drainer.join().unwrap();
+    outcome.unwrap()
 }
 
 fn drain_until(journal: &Journal, replica: &Path, stop: &AtomicBool) {
