@@ -1,10 +1,35 @@
 //! Lifeboat agent library: what runs on each protected server.
 //!
-//! - [`disk`]: read-only access to a protected disk (image file, loop or block device):
-//!   positional reads and where the data is (`SEEK_DATA`/`SEEK_HOLE`).
-//! - [`tracker`]: change tracking. The [`tracker::Tracker`] trait reports, each cycle, every
-//!   range where the disk may differ from the target's replica; [`tracker::HashScan`] is the
-//!   universal fallback that needs nothing from the kernel.
+//! # How the agent protects a machine
+//!
+//! Each protected disk has a change **tracker** ([`tracker`]) that keeps a baseline, what it
+//! believes the appliance's replica holds, and reports every range that may differ. A
+//! **cycle** ([`cycle`]) collects every disk, cuts the changes into batches of the wire format
+//! and appends them to the **journal** ([`journal`]), a durable queue on the agent's own disk;
+//! the cycle's last batch of every disk carries the same crash-consistent point tag, so a
+//! recovery point covers the whole machine. Only once a disk's batches are durable in the
+//! journal does its tracker advance its baseline. The **sender** ([`sender`]) ships the
+//! journal to the appliance's process server over mutual TLS and deletes each batch once
+//! the appliance says it is durable there.
+//!
+//! Every hand-over is "durable before acknowledged", so killing the agent at any moment loses
+//! nothing: the journal keeps what was collected, the tracker's intent log what was handed to
+//! the journal, and a restart resumes from there. An appliance that is away fills the journal
+//! up to its limit; then cycles pause and the tracker's map accumulates the difference, so
+//! even a long outage ends with a delta, not a full resync.
+//!
+//! # Modules
+//!
+//! - [`config`]: the configuration file, `agent.toml`.
+//! - [`registration`]: first contact with the appliance, the agent's identity on disk.
+//! - [`disk`]: read-only access to a protected disk (image file, loop or block device).
+//! - [`tracker`]: change tracking; [`tracker::HashScan`] is the universal fallback.
+//! - [`journal`], [`cycle`], [`sender`]: see above.
+//! - [`bandwidth`]: the network cap and its weekly schedule.
+//! - [`progress`]: what the agent is doing, for the dashboard and the terminal.
+//! - [`run`]: `lifeboat-agent run`, tying it together.
+
+#![deny(missing_docs)]
 
 pub mod bandwidth;
 pub mod config;
@@ -12,4 +37,7 @@ pub mod cycle;
 pub mod disk;
 pub mod journal;
 pub mod progress;
+pub mod registration;
+pub mod run;
+pub mod sender;
 pub mod tracker;

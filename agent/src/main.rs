@@ -1,1 +1,127 @@
-fn main() {}
+//! `lifeboat-agent`: parses the command line and hands over to the library. Exit codes: 0 ok,
+//! 2 bad configuration or arguments, 1 failure at run time.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use lifeboat_agent::config::AgentConfig;
+use lifeboat_agent::registration::{self, RegisterOptions, RegisterOutcome};
+use lifeboat_agent::run::{self, RunOptions};
+
+/// Lifeboat agent: protects this machine's disks by shipping their changes to a Lifeboat
+/// appliance.
+#[derive(Debug, Parser)]
+#[command(name = "lifeboat-agent", version, about)]
+struct Cli {
+    /// Log JSON lines instead of human-readable lines.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Register this machine with an appliance (once; --force to register again).
+    Register {
+        /// The appliance's configuration server, https://HOST[:PORT].
+        #[arg(long)]
+        appliance: String,
+        /// The appliance CA fingerprint shown by the appliance (sha256:...).
+        #[arg(long)]
+        fingerprint: String,
+        /// The one-time registration passphrase (or set LIFEBOAT_PASSPHRASE).
+        #[arg(long, env = "LIFEBOAT_PASSPHRASE", hide_env_values = true)]
+        passphrase: String,
+        /// Where the agent keeps its state; must match state_dir in the configuration.
+        #[arg(long, default_value = "/var/lib/lifeboat-agent")]
+        state_dir: PathBuf,
+        /// Register again even if this machine is registered (its replication starts over).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Protect the configured disks: cycles every interval_secs, until stopped.
+    Run {
+        /// The agent's configuration file.
+        #[arg(long, default_value = "/etc/lifeboat/agent.toml")]
+        config: PathBuf,
+        /// Run one cycle, wait until the appliance acknowledged everything, and exit.
+        #[arg(long)]
+        once: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_json);
+    match cli.command {
+        Command::Register { appliance, fingerprint, passphrase, state_dir, force } => {
+            let opts = RegisterOptions {
+                appliance_url: appliance,
+                fingerprint,
+                passphrase,
+                state_dir,
+                force,
+                hostname: None,
+            };
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => return fail(1, &format!("cannot start the async runtime: {e}")),
+            };
+            match runtime.block_on(registration::register(&opts)) {
+                Ok(RegisterOutcome::Registered(reg)) => {
+                    println!(
+                        "registered as machine {}; data goes to {}; state in {}",
+                        reg.record.machine_id,
+                        reg.record.process_server_url,
+                        opts.state_dir.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Ok(RegisterOutcome::AlreadyRegistered(rec)) => {
+                    println!(
+                        "already registered as machine {} with {} (state in {}); nothing to do. Use --force to register again (replication of this machine then starts over)",
+                        rec.machine_id,
+                        rec.appliance_url,
+                        opts.state_dir.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(if e.is_usage() { 2 } else { 1 }, &e.to_string()),
+            }
+        }
+        Command::Run { config, once } => {
+            let cfg = match AgentConfig::load(&config) {
+                Ok(c) => c,
+                Err(e) => return fail(2, &e.to_string()),
+            };
+            match run::run(&cfg, &config, RunOptions { once }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e.exit_code(), &e.to_string()),
+            }
+        }
+    }
+}
+
+/// Logging as every Lifeboat binary does it (`lifeboat_common::logging`), except that on a
+/// terminal log lines go through the progress bar's writer so they print above the bar.
+fn init_logging(json: bool) {
+    use std::io::IsTerminal as _;
+    if json || !std::io::stderr().is_terminal() {
+        lifeboat_common::logging::init(json);
+        return;
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(lifeboat_agent::progress::LogWriter)
+        .try_init();
+}
+
+fn fail(code: u8, message: &str) -> ExitCode {
+    tracing::error!("{message}");
+    eprintln!("lifeboat-agent: {message}");
+    ExitCode::from(code)
+}

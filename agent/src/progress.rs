@@ -2,10 +2,9 @@
 //! the tracker's sink), the sender (which reports it to the appliance's dashboard) and the
 //! terminal progress bar of the initial copy.
 
-use std::io::IsTerminal as _;
-use std::sync::Arc;
-use std::sync::Mutex;
+use std::io::{IsTerminal as _, Write as _};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use lifeboat_wire::api::Progress;
@@ -121,6 +120,53 @@ impl ProgressBoard {
     }
 }
 
+/// The terminal's progress bars; log lines go through it so they print above the bar instead
+/// of through it.
+fn bars() -> &'static indicatif::MultiProgress {
+    static BARS: OnceLock<indicatif::MultiProgress> = OnceLock::new();
+    BARS.get_or_init(|| {
+        indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::stderr())
+    })
+}
+
+/// A `tracing` writer for stderr that hides the progress bar while a log line is printed.
+/// Use it (see `main.rs`) when stderr is a terminal.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogWriter;
+
+/// One log line being written through [`LogWriter`].
+#[derive(Debug, Default)]
+pub struct LogLine(Vec<u8>);
+
+impl std::io::Write for LogLine {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.0.is_empty() {
+            let line = std::mem::take(&mut self.0);
+            bars().suspend(|| std::io::stderr().write_all(&line))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for LogLine {
+    fn drop(&mut self) {
+        let _ = self.flush();
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = LogLine;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        LogLine::default()
+    }
+}
+
 /// Draws the initial copy's progress bar (rate and ETA) on stderr until `stop` is set, when
 /// stderr is a terminal; does nothing otherwise. Runs on its own thread.
 pub fn spawn_bar(
@@ -143,7 +189,7 @@ pub fn spawn_bar(
             match (&bar, active) {
                 (None, true) => {
                     let total: u64 = initial.iter().map(|p| p.total_bytes).sum();
-                    let b = indicatif::ProgressBar::new(total);
+                    let b = bars().add(indicatif::ProgressBar::new(total));
                     b.set_style(
                         indicatif::ProgressStyle::with_template(
                             "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",

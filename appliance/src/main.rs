@@ -70,7 +70,8 @@ enum Cmd {
 
 fn main() {
     let cli = Cli::parse();
-    lifeboat_common::logging::init(cli.log_json);
+    let level = if matches!(cli.cmd, Cmd::Run { .. }) { "info" } else { "warn" };
+    lifeboat_common::logging::init_with_default(cli.log_json, level);
     let load = |p: &PathBuf| {
         ApplianceConfig::load(p).unwrap_or_else(|e| {
             eprintln!("lifeboat-appliance: {e}");

@@ -239,11 +239,16 @@ impl State {
             .map_err(|e| self.err(e))
     }
 
-    /// Every registered machine id.
+    /// Every machine id this appliance knows: registered here, or with recovery points
+    /// here (a target-site appliance registers no machines but keeps their points).
     pub fn machine_ids(&self) -> Result<Vec<String>, StateError> {
         let c = self.conn();
         let mut s = c
-            .prepare("SELECT id FROM machines ORDER BY registered_unix_ms")
+            .prepare(
+                "SELECT id FROM (SELECT id, registered_unix_ms AS t FROM machines
+                 UNION SELECT machine_id, MIN(created_unix_ms) FROM points GROUP BY machine_id)
+                 GROUP BY id ORDER BY MIN(t)",
+            )
             .map_err(|e| self.err(e))?;
         let rows = s.query_map([], |r| r.get::<_, String>(0)).map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))

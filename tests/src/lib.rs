@@ -123,7 +123,12 @@ impl Site {
     /// A new site with the zstd, aes-gcm and local plugins installed and pinned.
     pub fn new() -> Site {
         let (bin, plugins) = build_dirs();
-        let dir = tempfile::tempdir().unwrap();
+        // LIFEBOAT_KEEP_TEST_DIRS=1 keeps the site (logs, state, replicas) for debugging.
+        let dir = tempfile::Builder::new()
+            .prefix("lifeboat-e2e-")
+            .disable_cleanup(std::env::var_os("LIFEBOAT_KEEP_TEST_DIRS").is_some())
+            .tempdir()
+            .unwrap();
         let root = dir.path();
         std::fs::create_dir_all(root.join("plugins")).unwrap();
         for n in ["zstd", "aes-gcm", "local"] {
@@ -290,6 +295,28 @@ impl Site {
             .spawn()
             .unwrap();
         Proc { name: "agent".into(), child: Some(child) }
+    }
+}
+
+impl Drop for Site {
+    /// On a failing test, show the end of every process log: the temporary directory
+    /// is about to disappear with them.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let Ok(rd) = std::fs::read_dir(self.root()) else { return };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "log") {
+                let text = std::fs::read_to_string(&p).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                eprintln!("----- last lines of {} -----", p.display());
+                for l in &lines[lines.len().saturating_sub(40)..] {
+                    eprintln!("{l}");
+                }
+            }
+        }
     }
 }
 

@@ -1,0 +1,437 @@
+//! `lifeboat-agent run`: the agent's steady state.
+//!
+//! Two loops share the journal and nothing else. The *cycle* loop, on its own thread because
+//! scanning disks is blocking work, runs a [`Cycler`] every `interval_secs` (a cycle that
+//! takes longer is followed at once by the next). The *sender*, a tokio task, ships whatever
+//! the journal holds. Signals (SIGINT, SIGTERM) set a stop flag that the cycle's sink checks
+//! at every change and tell the sender to stop after the batch in flight; nothing is lost,
+//! since the journal and the trackers' intent logs carry everything across a restart.
+//!
+//! `--once` runs one cycle, waits until the appliance has acknowledged everything (and runs
+//! another cycle if the appliance asked for a resync meanwhile), then exits 0.
+//!
+//! State directory layout (besides the registration files, see [`crate::registration`]):
+//!
+//! ```text
+//! journal/                 the journal (see crate::journal)
+//! hashscan-d<index>.map    the hash-scan tracker's baseline map of each disk (+ .intent, .lock)
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use lifeboat_wire::MachineId;
+use lifeboat_wire::api::DiskDescriptor;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::{AgentConfig, ConfigError};
+use crate::cycle::{CycleError, CycleLimits, CycleOutcome, Cycler, DiskSlot};
+use crate::disk::{Disk, DiskError};
+use crate::journal::{Journal, JournalError};
+use crate::progress::{self, ProgressBoard};
+use crate::registration::{Registration, RegistrationError};
+use crate::sender::{Sender, SenderError, SenderOptions};
+use crate::tracker::{HashScan, HashScanConfig, TrackerError};
+
+/// Name of the journal's directory in the state directory.
+pub const JOURNAL_DIR: &str = "journal";
+
+/// The hash-scan map of disk `index`.
+pub fn map_path(state_dir: &Path, index: u32) -> PathBuf {
+    state_dir.join(format!("hashscan-d{index}.map"))
+}
+
+/// The identity a disk's tracker state is bound to: the machine and the disk's index, so a
+/// map is never used for another machine's replica (after registering again) or another
+/// index.
+pub fn disk_id(machine: MachineId, index: u32) -> [u8; 16] {
+    let mut input = machine.0.to_vec();
+    input.extend_from_slice(&index.to_le_bytes());
+    xxhash_rust::xxh3::xxh3_128(&input).to_le_bytes()
+}
+
+/// Removes the journal and the trackers' maps: what belongs to a previous registration.
+pub fn forget_replication_state(state_dir: &Path) -> Result<(), (PathBuf, std::io::Error)> {
+    let journal = state_dir.join(JOURNAL_DIR);
+    match std::fs::remove_dir_all(&journal) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err((journal, e)),
+    }
+    let entries = match std::fs::read_dir(state_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err((state_dir.to_path_buf(), e)),
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with("hashscan-d") {
+            let p = entry.path();
+            std::fs::remove_file(&p).map_err(|e| (p, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Errors that stop `run`; [`RunError::exit_code`] maps them to the process's exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The configuration is not usable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// No usable registration.
+    #[error(transparent)]
+    Registration(#[from] RegistrationError),
+    /// A disk cannot be opened.
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    /// The journal cannot be opened or failed.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// A tracker cannot be set up.
+    #[error("setting up change tracking for disk {index}: {source}")]
+    Tracker {
+        /// The disk index.
+        index: u32,
+        /// The tracker's error.
+        source: TrackerError,
+    },
+    /// A cycle failed (in `--once` mode, where it is not retried).
+    #[error(transparent)]
+    Cycle(#[from] CycleError),
+    /// The sender failed.
+    #[error(transparent)]
+    Sender(#[from] SenderError),
+    /// The TLS configuration cannot be built from the registration.
+    #[error("the registration's certificates cannot be used: {0}; register again with --force")]
+    Tls(#[from] lifeboat_net::TlsError),
+    /// The async runtime or signal handlers could not be set up.
+    #[error("cannot {what}: {source}")]
+    Runtime {
+        /// What was being set up.
+        what: &'static str,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+}
+
+impl RunError {
+    /// 2 for configuration mistakes, 1 for everything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RunError::Config(_) => 2,
+            RunError::Cycle(CycleError::UnalignedSize { .. }) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// How `run` behaves.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// One cycle, wait until everything is acknowledged, exit.
+    pub once: bool,
+}
+
+/// What the cycle thread tells the async side.
+#[derive(Debug)]
+enum CycleEvent {
+    Done,
+    Skipped,
+    Failed(CycleError),
+}
+
+/// Lowers (or raises) the calling thread's CPU priority. Call before any thread is spawned:
+/// on Linux the nice value is per thread and inherited by the threads created afterwards.
+pub fn set_nice(nice: i32) {
+    match rustix::process::setpriority_process(None, nice) {
+        Ok(()) => tracing::debug!(nice, "CPU priority set"),
+        Err(e) => tracing::warn!(
+            nice,
+            "cannot set the agent's CPU priority ({e}); it runs at the priority it was started with"
+        ),
+    }
+}
+
+/// Runs the agent with `cfg` (read from `cfg_path`) until a signal, or once with
+/// `opts.once`.
+pub fn run(cfg: &AgentConfig, cfg_path: &Path, opts: RunOptions) -> Result<(), RunError> {
+    set_nice(cfg.nice);
+    let schedule = cfg.schedule(cfg_path)?;
+    let registration = Registration::load(&cfg.state_dir)?;
+    let machine = registration.machine;
+    tracing::info!(
+        machine = %machine,
+        process_server = %registration.record.process_server_url,
+        disks = cfg.disks.len(),
+        "lifeboat-agent starting"
+    );
+
+    let mut descriptors = Vec::with_capacity(cfg.disks.len());
+    for (i, path) in cfg.disks.iter().enumerate() {
+        let disk = Disk::open(path)?;
+        if !disk.size().is_multiple_of(lifeboat_wire::SECTOR_SIZE) {
+            return Err(CycleError::UnalignedSize { path: path.clone(), size: disk.size() }.into());
+        }
+        descriptors.push(DiskDescriptor {
+            index: i as u32,
+            size: disk.size(),
+            path: path.display().to_string(),
+        });
+    }
+    let journal =
+        Arc::new(Journal::open(&cfg.state_dir.join(JOURNAL_DIR), cfg.disks.len() as u32, machine)?);
+    let mut slots = Vec::with_capacity(cfg.disks.len());
+    for (i, path) in cfg.disks.iter().enumerate() {
+        let index = i as u32;
+        let map = map_path(&cfg.state_dir, index);
+        let mut hcfg = HashScanConfig::new(&map);
+        hcfg.disk_id = disk_id(machine, index);
+        let mut tracker =
+            HashScan::new(hcfg).map_err(|source| RunError::Tracker { index, source })?;
+        tracker.set_read_rate(cfg.read_rate());
+        slots.push(DiskSlot {
+            index,
+            path: path.clone(),
+            tracker: Box::new(tracker),
+            baseline_path: Some(map),
+        });
+    }
+    let tls = registration.tls()?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let board = Arc::new(ProgressBoard::new(cfg.disks.len() as u32));
+    let cycler = Cycler::new(
+        machine,
+        slots,
+        journal.clone(),
+        CycleLimits {
+            batch_max_bytes: cfg.batch_max_bytes,
+            journal_max_bytes: cfg.journal_max_bytes,
+        },
+        stop.clone(),
+        board.clone(),
+    );
+    let sender = Sender::new(
+        journal.clone(),
+        SenderOptions {
+            url: registration.record.process_server_url.clone(),
+            tls,
+            disks: descriptors,
+            schedule,
+            progress: Some(board.clone()),
+        },
+    )?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("lifeboat-agent")
+        .build()
+        .map_err(|source| RunError::Runtime { what: "start the async runtime", source })?;
+
+    let bar_stop = Arc::new(AtomicBool::new(false));
+    let bar = progress::spawn_bar(board, bar_stop.clone());
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let (request_tx, request_rx) = std::sync::mpsc::channel::<()>();
+    let interval = Duration::from_secs(cfg.interval_secs);
+    let cycle_thread = {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("lifeboat-cycle".into())
+            .spawn(move || cycle_loop(cycler, interval, opts.once, &stop, &events_tx, &request_rx))
+            .map_err(|source| RunError::Runtime { what: "start the cycle thread", source })?
+    };
+
+    let result =
+        runtime.block_on(supervise(journal, sender, stop.clone(), events_rx, request_tx, opts));
+    stop.store(true, Ordering::Relaxed);
+    let _ = cycle_thread.join();
+    bar_stop.store(true, Ordering::Relaxed);
+    if let Some(bar) = bar {
+        let _ = bar.join();
+    }
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    result
+}
+
+/// The async side: signals, the sender, and `--once` completion.
+async fn supervise(
+    journal: Arc<Journal>,
+    sender: Sender,
+    stop: Arc<AtomicBool>,
+    mut events: mpsc::UnboundedReceiver<CycleEvent>,
+    requests: std::sync::mpsc::Sender<()>,
+    opts: RunOptions,
+) -> Result<(), RunError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let sig = |kind, what| signal(kind).map_err(|source| RunError::Runtime { what, source });
+    let mut sigterm = sig(SignalKind::terminate(), "install the SIGTERM handler")?;
+    let mut sigint = sig(SignalKind::interrupt(), "install the SIGINT handler")?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut sender_task = tokio::spawn(sender.run(shutdown_rx));
+    let mut journal_changed = journal.subscribe();
+    // In --once mode: a cycle completed and the journal is to drain.
+    let mut draining = false;
+    let mut events_open = true;
+
+    let outcome = loop {
+        if opts.once && draining && journal.is_empty() {
+            let mut resync = false;
+            for d in 0..journal.disk_count() {
+                resync |= journal.resync_requested(d)?.is_some();
+            }
+            if !resync {
+                tracing::info!("everything is acknowledged by the appliance: done");
+                break Ok(());
+            }
+            tracing::info!("the appliance asked for a resync meanwhile: one more cycle");
+            draining = false;
+            let _ = requests.send(());
+        }
+        tokio::select! {
+            _ = sigterm.recv() => {
+                tracing::info!("SIGTERM: stopping after the current batch; nothing is lost");
+                break Ok(());
+            }
+            _ = sigint.recv() => {
+                tracing::info!("SIGINT: stopping after the current batch; nothing is lost");
+                break Ok(());
+            }
+            r = &mut sender_task => {
+                break match r {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(e.into()),
+                    Err(e) => Err(RunError::Runtime {
+                        what: "run the sender",
+                        source: std::io::Error::other(e.to_string()),
+                    }),
+                };
+            }
+            ev = events.recv(), if events_open => match ev {
+                Some(CycleEvent::Done) => draining = opts.once,
+                Some(CycleEvent::Skipped) => {
+                    if opts.once {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        let _ = requests.send(());
+                    }
+                }
+                Some(CycleEvent::Failed(e)) => {
+                    if opts.once {
+                        break Err(e.into());
+                    }
+                }
+                None => events_open = false,
+            },
+            _ = journal_changed.changed() => {}
+        }
+    };
+    stop.store(true, Ordering::Relaxed);
+    let _ = shutdown_tx.send(true);
+    if !sender_task.is_finished() {
+        match tokio::time::timeout(Duration::from_secs(660), sender_task).await {
+            Ok(Ok(Err(e))) => tracing::warn!("sender stopped with an error: {e}"),
+            Ok(_) => {}
+            Err(_) => tracing::warn!(
+                "the batch in flight did not finish in time; it is resent at the next start"
+            ),
+        }
+    }
+    outcome
+}
+
+/// The cycle thread: a cycle every `interval` (or, with `once`, one at start and one per
+/// request), until `stop`.
+fn cycle_loop(
+    mut cycler: Cycler,
+    interval: Duration,
+    once: bool,
+    stop: &AtomicBool,
+    events: &mpsc::UnboundedSender<CycleEvent>,
+    requests: &std::sync::mpsc::Receiver<()>,
+) {
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let started = Instant::now();
+        let event = match cycler.run_cycle() {
+            Ok(CycleOutcome::Done { point, disks, duration }) => {
+                let changed: u64 = disks.iter().map(|d| d.stats.bytes_changed()).sum();
+                let read: u64 = disks.iter().map(|d| d.stats.bytes_read).sum();
+                let batches: u64 = disks.iter().map(|d| d.batches).sum();
+                tracing::info!(
+                    point,
+                    changed_bytes = changed,
+                    read_bytes = read,
+                    batches,
+                    duration_ms = duration.as_millis() as u64,
+                    journal_bytes = cycler.journal().bytes(),
+                    "cycle done: crash-consistent point {point} journaled on every disk"
+                );
+                CycleEvent::Done
+            }
+            Ok(CycleOutcome::Skipped { .. }) => CycleEvent::Skipped,
+            Err(CycleError::Stopped) => return,
+            Err(e) => {
+                tracing::error!("cycle failed: {e}; nothing was lost, the next cycle retries");
+                CycleEvent::Failed(e)
+            }
+        };
+        let failed = matches!(event, CycleEvent::Failed(_));
+        if events.send(event).is_err() || (once && failed) {
+            return;
+        }
+        // Wait for the next start: the interval (daemon) or a request (--once).
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            if once {
+                match requests.recv_timeout(Duration::from_millis(100)) {
+                    Ok(()) => break,
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            }
+            let elapsed = started.elapsed();
+            if elapsed >= interval {
+                break;
+            }
+            std::thread::sleep((interval - elapsed).min(Duration::from_millis(100)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_ids_differ_by_machine_and_index() {
+        let a = MachineId([1; 16]);
+        let b = MachineId([2; 16]);
+        assert_ne!(disk_id(a, 0), disk_id(a, 1));
+        assert_ne!(disk_id(a, 0), disk_id(b, 0));
+        assert_eq!(disk_id(a, 3), disk_id(a, 3));
+    }
+
+    #[test]
+    fn forgetting_removes_journal_and_maps_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = dir.path();
+        std::fs::create_dir_all(s.join("journal/d0")).unwrap();
+        std::fs::write(s.join("journal/d0/x.batch"), b"x").unwrap();
+        std::fs::write(s.join("hashscan-d0.map"), b"m").unwrap();
+        std::fs::write(s.join("hashscan-d0.map.intent"), b"i").unwrap();
+        std::fs::write(s.join("agent.key"), b"k").unwrap();
+        forget_replication_state(s).unwrap();
+        assert!(!s.join("journal").exists());
+        assert!(!s.join("hashscan-d0.map").exists());
+        assert!(!s.join("hashscan-d0.map.intent").exists());
+        assert!(s.join("agent.key").exists());
+        forget_replication_state(&s.join("nonexistent")).unwrap();
+    }
+}
