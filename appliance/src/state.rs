@@ -437,9 +437,8 @@ impl State {
     /// Every counter, by name.
     pub fn counters(&self) -> Result<Vec<(String, u64)>, StateError> {
         let c = self.conn();
-        let mut s = c
-            .prepare("SELECT name, value FROM counters ORDER BY name")
-            .map_err(|e| self.err(e))?;
+        let mut s =
+            c.prepare("SELECT name, value FROM counters ORDER BY name").map_err(|e| self.err(e))?;
         let rows = s
             .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))
             .map_err(|e| self.err(e))?;

@@ -79,11 +79,8 @@ pub async fn point_checksum(config: ApplianceConfig, point: &str, disk: u32) -> 
 /// `stats`: the appliance's counters as one JSON object.
 pub fn stats(config: ApplianceConfig) -> anyhow::Result<()> {
     let state = State::open(&config.data_dir.join("state.db"))?;
-    let map: serde_json::Map<String, serde_json::Value> = state
-        .counters()?
-        .into_iter()
-        .map(|(k, v)| (k, serde_json::json!(v)))
-        .collect();
+    let map: serde_json::Map<String, serde_json::Value> =
+        state.counters()?.into_iter().map(|(k, v)| (k, serde_json::json!(v))).collect();
     println!("{}", serde_json::Value::Object(map));
     Ok(())
 }

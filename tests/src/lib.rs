@@ -440,11 +440,21 @@ impl Drop for Azurite {
 impl Site {
     /// Writes `appliance-<name>.toml` for `roles` whose target is the Azure plugin
     /// (`azure_grant` from [`Azurite::grant`]), with its own data directory `data_dir`.
-    pub fn azure_config(&self, name: &str, roles: Roles, data_dir: &str, azure_grant: &str) -> PathBuf {
+    pub fn azure_config(
+        &self,
+        name: &str,
+        roles: Roles,
+        data_dir: &str,
+        azure_grant: &str,
+    ) -> PathBuf {
         let root = self.root();
         let (_, plugins) = build_dirs();
         for ext in ["wasm", "toml"] {
-            std::fs::copy(plugins.join(format!("azure.{ext}")), root.join(format!("plugins/azure.{ext}"))).unwrap();
+            std::fs::copy(
+                plugins.join(format!("azure.{ext}")),
+                root.join(format!("plugins/azure.{ext}")),
+            )
+            .unwrap();
         }
         let mut grants = String::new();
         for n in ["zstd", "aes-gcm", "azure"] {

@@ -20,14 +20,10 @@ fn counter(site: &Site, cfg: &std::path::Path, name: &str) -> u64 {
 fn killing_any_component_at_random_moments_loses_nothing() {
     let site = Site::new();
     // The roles as separate processes on one data directory, so each can be killed alone.
-    let front_cfg = site.config(
-        "front",
-        Roles { config_server: true, process_server: true, master_target: false },
-    );
-    let back_cfg = site.config(
-        "back",
-        Roles { config_server: false, process_server: false, master_target: true },
-    );
+    let front_cfg = site
+        .config("front", Roles { config_server: true, process_server: true, master_target: false });
+    let back_cfg = site
+        .config("back", Roles { config_server: false, process_server: false, master_target: true });
     let mut front = site.start("front", &front_cfg);
     site.wait_port(site.ps_port);
     let mut back = site.start("back", &back_cfg);
@@ -83,11 +79,17 @@ fn killing_any_component_at_random_moments_loses_nothing() {
         p.last().is_some_and(|l| l.0 >= last + 2).then_some(p)
     });
     let (_, id) = points.last().unwrap();
-    assert_eq!(site.point_checksum(&front_cfg, id, 0), want, "replica differs after crashes (seed {seed})");
+    assert_eq!(
+        site.point_checksum(&front_cfg, id, 0),
+        want,
+        "replica differs after crashes (seed {seed})"
+    );
 
     let received = counter(&site, &front_cfg, "received_bytes") - initial_bytes;
     let duplicates = counter(&site, &front_cfg, "duplicate_bytes");
-    eprintln!("after the initial copy: received {received} bytes for {written} bytes written; {duplicates} duplicate bytes");
+    eprintln!(
+        "after the initial copy: received {received} bytes for {written} bytes written; {duplicates} duplicate bytes"
+    );
     // No full resync: the 48 MiB disk holds about 34 MB of data; what arrives after the
     // initial copy is the writes plus at most the in-flight window per crash.
     assert!(

@@ -144,7 +144,7 @@ impl commands::Host for HostState {
         args: Vec<String>,
         timeout_ms: u32,
     ) -> Result<commands::CommandOutput, GenError> {
-        if !self.commands.iter().any(|c| *c == program) {
+        if !self.commands.contains(&program) {
             tracing::warn!(plugin = %self.plugin, %program, "denied a command the plugin was not granted");
             return Err(GenError::Denied(format!(
                 "command {program:?} is not granted to plugin {}",

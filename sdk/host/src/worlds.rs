@@ -192,7 +192,9 @@ pub(crate) fn quiescer_linker(engine: &Engine) -> wasmtime::Result<Linker<HostSt
     Ok(l)
 }
 
-/// A plugin pre-linked against its world's linker.
+/// A plugin pre-linked against its world's linker. One per loaded plugin, so the size
+/// difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Pre {
     Codec(gen_codec::CodecPluginPre<HostState>),
     Cipher(gen_cipher::CipherPluginPre<HostState>),
