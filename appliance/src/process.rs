@@ -247,7 +247,7 @@ impl ProcessServer {
     ) -> Result<BatchAck, ApiFailure> {
         let batch = lifeboat_wire::decode(&body)
             .map_err(|e| ApiFailure::new(400, "bad-batch", format!("batch refused: {e}")))?;
-        let h = batch.header().clone();
+        let h = *batch.header();
         drop(batch);
         if h.machine.to_string() != machine_id {
             return Err(ApiFailure::new(
@@ -371,7 +371,7 @@ impl ProcessServer {
     ) -> anyhow::Result<()> {
         stage.refresh(&self.inner.registry, &self.inner.cfg).await?;
         let inner = self.inner.clone();
-        let r = record.clone();
+        let r = *record;
         let payload = tokio::task::spawn_blocking(move || lock(&inner.cache).read(&r)).await??;
         let sequence = record.key().sequence;
         let codec = stage.codec.as_mut().expect("refreshed");
@@ -396,7 +396,7 @@ impl ProcessServer {
             .put_log(&log_name(machine, disk, sequence), &obj)
             .await?;
         let inner = self.inner.clone();
-        let r = record.clone();
+        let r = *record;
         tokio::task::spawn_blocking(move || lock(&inner.cache).release(&r)).await??;
         self.inner.state.count("shipped_objects", 1)?;
         self.inner.state.count("shipped_bytes", obj.len() as u64)?;

@@ -274,7 +274,7 @@ async fn azure_target_keeps_the_target_contract_on_azurite() {
     let a = Azurite::start();
     let s = azurite_site(&a, "contract");
     let mut t = s.instance().await;
-    let caps = t.capabilities().unwrap().clone();
+    let caps = *t.capabilities().unwrap();
     assert_eq!(caps.alignment, 512);
     assert_eq!(caps.max_write_bytes, 4 << 20);
     assert!(caps.instant_points && caps.instant_materialize);
@@ -297,7 +297,7 @@ async fn writes_are_page_aligned_and_large_writes_are_split_into_put_pages() {
     let via = format!("127.0.0.1:{proxy}");
     let mut settings = a.settings("align");
     settings[2].1 = format!("http://{via}/{ACCOUNT}");
-    let s = site(&[via.clone()], &[via], settings);
+    let s = site(std::slice::from_ref(&via), std::slice::from_ref(&via), settings);
     let mut t = s.instance().await;
     // A size that is not a whole number of pages: the blob is rounded up, the disk is not.
     let size = (12u64 << 20) + 100;
@@ -577,7 +577,7 @@ async fn service_answers_map_to_plugin_errors() {
     let e = t.health().await.unwrap_err();
     assert!(matches!(plugin_err(&e), PluginError::Denied(m) if m.contains("http_hosts")), "{e}");
     // Granted but nobody listening (the service is down): retryable.
-    let s = site(&[other.clone()], &[other.clone()], settings);
+    let s = site(std::slice::from_ref(&other), std::slice::from_ref(&other), settings);
     let mut t = s.instance().await;
     let e = t.list_disks().await.unwrap_err();
     assert!(matches!(plugin_err(&e), PluginError::Retryable(_)), "{e}");
@@ -1111,8 +1111,11 @@ fn web01(isolated: bool) -> VmSpec {
 async fn vms_are_created_and_deleted_through_arm() {
     let arm = arm_server().await;
     let h = format!("127.0.0.1:{}", arm.port);
-    let s =
-        site(&[h.clone()], &[h.clone()], arm_settings(arm.port, &[("arm_token", "test-token")]));
+    let s = site(
+        std::slice::from_ref(&h),
+        std::slice::from_ref(&h),
+        arm_settings(arm.port, &[("arm_token", "test-token")]),
+    );
     let mut t = s.instance().await;
     let vm = t.create_vm(&web01(false)).await.unwrap();
     assert_eq!(vm, "web01");
@@ -1212,7 +1215,7 @@ async fn arm_tokens_come_from_the_service_principal_flow() {
             ],
         )
     };
-    let s = site(&[h.clone()], &[h.clone()], sp("s3cr+t"));
+    let s = site(std::slice::from_ref(&h), std::slice::from_ref(&h), sp("s3cr+t"));
     let mut t = s.instance().await;
     let e = t.vm_state("web01").await.unwrap_err();
     assert!(matches!(plugin_err(&e), PluginError::NotFound(_)), "{e}");
@@ -1226,12 +1229,16 @@ async fn arm_tokens_come_from_the_service_principal_flow() {
     );
 
     // A wrong secret is denied, saying which settings to check.
-    let s = site(&[h.clone()], &[h.clone()], sp("wrong"));
+    let s = site(std::slice::from_ref(&h), std::slice::from_ref(&h), sp("wrong"));
     let mut t = s.instance().await;
     let e = t.vm_state("web01").await.unwrap_err();
     assert!(matches!(plugin_err(&e), PluginError::Denied(m) if m.contains("client_secret")), "{e}");
     // A rejected bearer token is denied too.
-    let s = site(&[h.clone()], &[h.clone()], arm_settings(arm.port, &[("arm_token", "expired")]));
+    let s = site(
+        std::slice::from_ref(&h),
+        std::slice::from_ref(&h),
+        arm_settings(arm.port, &[("arm_token", "expired")]),
+    );
     let mut t = s.instance().await;
     let e = t.vm_state("web01").await.unwrap_err();
     assert!(
