@@ -109,7 +109,7 @@ mod tests {
     fn wrong_type_says_what_is_expected() {
         let e = parse::<Sample>(Path::new("x.toml"), "port = \"high\"\n", &[1]).unwrap_err();
         let m = e.to_string();
-        assert!(m.contains("port") && m.contains("integer"), "{m}");
+        assert!(m.contains("port") && m.contains("expected u16"), "{m}");
     }
 
     #[test]

@@ -125,7 +125,7 @@ fn test() -> Result<()> {
     run(Command::new("bash")
         .arg(root().join("scripts/azurite.sh"))
         .stdout(std::process::Stdio::null()))?;
-    run(cargo().args(["test", "--release", "--workspace"]))?;
+    run(cargo().args(["test", "--release", "--workspace", "--no-fail-fast"]))?;
     eprintln!("xtask: all tests passed in {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }
