@@ -223,15 +223,28 @@ pub fn quickstart(once: bool) -> Result<()> {
         .arg(&disk)
         .stdout(Stdio::null()))?;
     let changed_at = Instant::now();
+    // A hash-scan point is consistent only if the disk was quiet while it was cut, and a
+    // cycle may have been running during the write: check the points that follow, in
+    // order, until one equals the changed source; one cut two cycles later must.
     let after = points(0)?.map(|p| p.0).unwrap_or(p1);
-    let mut second = None;
-    wait_for(Duration::from_secs(300), "a recovery point with the changes", || {
-        second = points(after + 2)?;
-        Ok(second.is_some())
-    })?;
+    let want = sha256_file(&disk)?;
+    let mut next = after + 1;
+    let (p2, p2_id) = loop {
+        let mut found = None;
+        wait_for(Duration::from_secs(300), "a recovery point with the changes", || {
+            found = points(next)?;
+            Ok(found.is_some())
+        })?;
+        let (n, id, _) = found.expect("waited for it");
+        if checksum(&bin, &config, &id)? == want {
+            break (n, id);
+        }
+        if n >= after + 3 {
+            bail!("point {n}, cut after the changes, differs from the source: verification FAILED");
+        }
+        next = n + 1;
+    };
     let rpo = changed_at.elapsed().as_secs_f64();
-    let (p2, p2_id, _) = second.expect("waited for it");
-    verify(&bin, &config, &p2_id, &disk)?;
     say(format!("point {p2} verified: the replica equals the changed source disk"));
     let total = points(0)?.map(|p| p.0).unwrap_or(0);
 
@@ -270,15 +283,19 @@ pub fn quickstart(once: bool) -> Result<()> {
     }
 }
 
-fn verify(bin: &Path, config: &Path, point: &str, source: &Path) -> Result<()> {
-    let want = sha256_file(source)?;
+fn checksum(bin: &Path, config: &Path, point: &str) -> Result<String> {
     let out = output(
         Command::new(bin.join("lifeboat-appliance"))
             .args(["point-checksum", "--config"])
             .arg(config)
             .args(["--point", point, "--disk", "0"]),
     )?;
-    let got = out.split_whitespace().next().unwrap_or_default();
+    Ok(out.split_whitespace().next().unwrap_or_default().to_owned())
+}
+
+fn verify(bin: &Path, config: &Path, point: &str, source: &Path) -> Result<()> {
+    let want = sha256_file(source)?;
+    let got = checksum(bin, config, point)?;
     if got != want {
         bail!("replica at {point} has sha256 {got}, the source {want}: verification FAILED");
     }
