@@ -6,9 +6,10 @@
 //! For each replica disk at the target (`<machine>-d<index>`), the logs
 //! `<machine>-d<index>.<sequence>` are applied strictly in sequence: open (cipher
 //! plugin, with the clear header as associated data), decompress (codec plugin), decode
-//! (every block checksum verified), write the extents and zero ranges, flush the disk,
-//! then record the disk's new cursor, and only then delete the log. A crash anywhere
-//! re-applies at most the last log, and applying a log twice leaves the same bytes
+//! (every block checksum verified), write the extents and zero ranges. Every few logs
+//! (and at every tag) the disk is flushed, then the disk's new cursor recorded, and only
+//! then are those logs deleted. A crash anywhere re-applies at most the logs since the
+//! last flush, and applying a log twice leaves the same bytes
 //! (writes are at absolute offsets and logs are applied in order), so nothing is applied
 //! twice "in a way that changes the result".
 //!
@@ -36,6 +37,9 @@ use lifeboat_wire::MachineId;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Logs applied between two flushes of a replica disk.
+const FLUSH_EVERY: usize = 16;
 
 /// The master target role.
 pub struct MasterTarget {
@@ -170,12 +174,15 @@ impl MasterTarget {
             .filter_map(|n| log_sequence(&n, &prefix).map(|s| (s, n)))
             .collect();
         logs.sort();
+        // Logs applied since the last flush: made durable together (one flush of the
+        // replica per group, not per log), then recorded, then deleted.
+        let mut unflushed: Vec<(u64, String, Option<u64>)> = Vec::new();
         let mut applied = 0;
+        let (mut next, reached) = self.state.applied(&mid, disk)?;
+        if reached.is_some_and(|p| p > last_point) {
+            return Ok(0); // waiting at a tag for the machine's other disks
+        }
         for (seq, name) in logs {
-            let (next, reached) = self.state.applied(&mid, disk)?;
-            if reached.is_some_and(|p| p > last_point) {
-                break; // waiting at a tag for the machine's other disks
-            }
             if seq < next {
                 // Applied before a crash that happened before the delete.
                 self.target.as_mut().expect("refreshed").delete_log(&name).await?;
@@ -185,12 +192,41 @@ impl MasterTarget {
                 break; // not shipped yet (the process server ships in order)
             }
             let tag = self.apply_log(machine, disk, seq, &name).await?;
-            self.state.set_applied(&mid, disk, seq + 1, tag)?;
-            self.state.count("applied_batches", 1)?;
-            self.target.as_mut().expect("refreshed").delete_log(&name).await?;
+            unflushed.push((seq, name, tag));
+            next = seq + 1;
             applied += 1;
+            let at_tag = tag.is_some_and(|p| p > last_point);
+            if at_tag || unflushed.len() >= FLUSH_EVERY {
+                self.commit_applied(machine, disk, &mut unflushed).await?;
+            }
+            if at_tag {
+                break; // the disk waits here for the machine's other disks
+            }
         }
+        self.commit_applied(machine, disk, &mut unflushed).await?;
         Ok(applied)
+    }
+
+    /// Flushes the replica, records the cursor past the applied logs, deletes them.
+    async fn commit_applied(
+        &mut self,
+        machine: MachineId,
+        disk: u32,
+        unflushed: &mut Vec<(u64, String, Option<u64>)>,
+    ) -> anyhow::Result<()> {
+        let Some((last, _, _)) = unflushed.last() else {
+            return Ok(());
+        };
+        let target = self.target.as_mut().expect("refreshed");
+        target.flush_disk(&crate::logobj::disk_id(machine, disk)).await?;
+        let tag = unflushed.iter().filter_map(|u| u.2).max();
+        let mid = machine.to_string();
+        self.state.set_applied(&mid, disk, last + 1, tag)?;
+        self.state.count("applied_batches", unflushed.len() as u64)?;
+        for (_, name, _) in unflushed.drain(..) {
+            target.delete_log(&name).await?;
+        }
+        Ok(())
     }
 
     async fn apply_log(
@@ -253,7 +289,6 @@ impl MasterTarget {
         if !extents.is_empty() || !zeros.is_empty() {
             target.write_extents(&disk_id, &extents, &zeros).await?;
         }
-        target.flush_disk(&disk_id).await?;
         Ok(tag)
     }
 
