@@ -9,7 +9,7 @@
 use std::fs::File;
 use std::io;
 use std::ops::Range;
-use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::SeekFrom;
@@ -122,6 +122,8 @@ pub struct Disk {
     path: PathBuf,
     size: u64,
     kind: DiskKind,
+    /// The device number (`st_rdev`) of a block device; 0 for an image file.
+    rdev: u64,
 }
 
 /// `BLKGETSIZE64`: `_IOR(0x12, 114, size_t)`. The kernel writes a `u64` whatever the size of
@@ -172,7 +174,8 @@ impl Disk {
             };
             return Err(DiskError::NotADisk { path, what });
         };
-        Ok(Self { file, path, size, kind })
+        let rdev = if kind == DiskKind::BlockDevice { meta.rdev() } else { 0 };
+        Ok(Self { file, path, size, kind, rdev })
     }
 
     /// The path the disk was opened with.
@@ -188,6 +191,12 @@ impl Disk {
     /// Whether this is an image file or a block device.
     pub fn kind(&self) -> DiskKind {
         self.kind
+    }
+
+    /// The (major, minor) device number of a block device; None for an image file.
+    pub fn device_number(&self) -> Option<(u32, u32)> {
+        (self.kind == DiskKind::BlockDevice)
+            .then(|| (rustix::fs::major(self.rdev), rustix::fs::minor(self.rdev)))
     }
 
     /// Fills `buf` with the bytes at `offset`. The whole range must lie within [`Disk::size`];
@@ -348,6 +357,7 @@ mod tests {
         let disk = Disk::open(img.path()).unwrap();
         assert_eq!(disk.size(), 1 << 20);
         assert_eq!(disk.kind(), DiskKind::ImageFile);
+        assert_eq!(disk.device_number(), None);
         let mut buf = [0u8; 5];
         disk.read_at(4096, &mut buf).unwrap();
         assert_eq!(&buf, b"hello");
@@ -459,6 +469,11 @@ mod tests {
             let disk = Disk::open(&dev).unwrap();
             assert_eq!(disk.kind(), DiskKind::BlockDevice);
             assert_eq!(disk.size(), 3 << 20);
+            let st = rustix::fs::stat(dev.as_str()).unwrap();
+            assert_eq!(
+                disk.device_number(),
+                Some((rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev)))
+            );
             let ranges: Vec<_> = disk.data_ranges().collect::<Result<_, _>>().unwrap();
             assert_eq!(ranges.len(), 1);
             assert_eq!(ranges[0], 0..3 << 20);

@@ -19,7 +19,6 @@
 use std::ffi::OsStr;
 use std::fmt;
 use std::fs;
-use std::io;
 use std::ops::Range;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
@@ -139,6 +138,7 @@ pub fn query(disk: &Disk, align: u64, cap: usize) -> Result<FreeSpace, Unavailab
 
     let mut builder = FreeExtentsBuilder::new(align, cap);
     let mut sources: Vec<(FreeSource, u64)> = Vec::new();
+    // Why each target gave nothing; partitions that are simply not mounted are not worth it.
     let mut reasons = Vec::new();
     for t in &targets {
         match query_target(t, &mounts, align, cap) {
@@ -148,20 +148,14 @@ pub fn query(disk: &Disk, align: u64, cap: usize) -> Result<FreeSpace, Unavailab
                 }
                 sources.push((source, t.len));
             }
-            Err(reason) => {
-                if !(t.partition.is_some() && reason.0.starts_with(NOT_MOUNTED)) {
-                    reasons.push(match t.partition {
-                        Some(n) => format!("partition {n}: {reason}"),
-                        None => reason.0,
-                    });
-                }
-            }
+            Err(Unavailable(reason)) => match t.partition {
+                None => reasons.push(reason),
+                Some(_) if reason.starts_with(NOT_MOUNTED) => {}
+                Some(n) => reasons.push(format!("partition {n}: {reason}")),
+            },
         }
     }
     if sources.is_empty() {
-        if reasons.is_empty() {
-            reasons.push(format!("{NOT_MOUNTED} nor any of its partitions"));
-        }
         return Err(Unavailable(reasons.join("; ")));
     }
     // Two mounted filesystems whose ranges of the disk overlap (a whole disk and one of its
@@ -314,7 +308,7 @@ fn unescape(s: &[u8]) -> Vec<u8> {
     let mut i = 0;
     while i < s.len() {
         if s[i] == b'\\'
-            && i + 3 < s.len() + 0
+            && i + 4 <= s.len()
             && s[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
         {
             let v = s[i + 1..i + 4].iter().fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0'));
@@ -471,6 +465,7 @@ fn getfsmap_free(
         ..Fsmap::default()
     };
     let mut free = 0u64;
+    let mut calls = 0u64;
     loop {
         q.head.fmh_entries = 0;
         q.head.fmh_oflags = 0;
@@ -515,8 +510,11 @@ fn getfsmap_free(
         if last.fmr_flags & FMR_OF_LAST != 0 {
             break;
         }
+        // Records ascend by (device, physical, owner, offset): a next low key that does not is
+        // a kernel that would loop forever.
         let key = |r: &Fsmap| (r.fmr_device, r.fmr_physical, r.fmr_owner, r.fmr_offset);
-        if key(&last) <= key(&q.head.fmh_keys[0]) && q.head.fmh_keys[0] != Fsmap::default() {
+        calls += 1;
+        if calls > 1 && key(&last) <= key(&q.head.fmh_keys[0]) {
             return Err("the records stopped advancing".to_string());
         }
         q.head.fmh_keys[0] = last;
@@ -703,12 +701,6 @@ pub fn human_bytes(bytes: u64) -> String {
         u += 1;
     }
     if u == 0 { format!("{bytes} bytes") } else { format!("{v:.1} {}", UNITS[u]) }
-}
-
-impl From<Unavailable> for io::Error {
-    fn from(u: Unavailable) -> Self {
-        io::Error::other(u.0)
-    }
 }
 
 #[cfg(test)]

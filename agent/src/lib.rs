@@ -24,6 +24,8 @@
 //! - [`registration`]: first contact with the appliance, the agent's identity on disk.
 //! - [`disk`]: read-only access to a protected disk (image file, loop or block device).
 //! - [`tracker`]: change tracking; [`tracker::HashScan`] is the universal fallback.
+//! - [`freespace`]: the free space of a mounted ext4 or XFS filesystem on a disk
+//!   (`FS_IOC_GETFSMAP`), which the tracker neither reads nor sends.
 //! - [`journal`], [`cycle`], [`sender`]: see above.
 //! - [`bandwidth`]: the network cap and its weekly schedule.
 //! - [`progress`]: what the agent is doing, for the dashboard and the terminal.
@@ -35,6 +37,7 @@ pub mod bandwidth;
 pub mod config;
 pub mod cycle;
 pub mod disk;
+pub mod freespace;
 pub mod journal;
 pub mod progress;
 pub mod registration;

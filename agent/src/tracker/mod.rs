@@ -165,6 +165,11 @@ pub struct CycleStats {
     pub zero_bytes_skipped: u64,
     /// Bytes not read at all because they are holes of a sparse image.
     pub hole_bytes_skipped: u64,
+    /// Bytes not read at all because the mounted filesystem on the disk reported them free
+    /// when the collect started (see [`crate::freespace`]). Where the baseline is known they
+    /// are not sent either (the target keeps what it holds there); where it is not
+    /// (`unknown_bytes`), they are sent as [`Change::Zero`] and also count in `zero_bytes`.
+    pub free_bytes_skipped: u64,
     /// Bytes compared against no baseline and so reported whatever they hold: no usable
     /// baseline (corrupt or foreign map), a grown disk's new tail, ranges a failed or
     /// uncommitted cycle may have half-shipped, ranges invalidated by the agent.
