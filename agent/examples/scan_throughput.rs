@@ -6,7 +6,7 @@
 //!
 //! Prints comparable figures in GiB/s (the table in docs/tracker.md comes from it). The image
 //! (default 1024 MiB) is written to a temporary directory and removed afterwards. This was an
-//! `#[ignore]`d test; a measurement is not a check, so it lives here.
+//! ignored test; a measurement is not a check, so it lives here.
 //!
 //! The "block hashing" figure reproduces the tracker's per-block work from the map format
 //! (docs/tracker.md): a byte compare for zeros, sixteen seeded xxh3-64 over the 4 KiB

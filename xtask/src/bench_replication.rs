@@ -319,14 +319,7 @@ pub fn replication() -> Result<()> {
     crate::setup::toolchain()?;
     crate::setup::apt(&["rsync", "openssh-server", "openssh-client", "restic"])?;
     crate::plugins::build()?;
-    run(cargo().args([
-        "build",
-        "--release",
-        "--package",
-        "lifeboat-appliance",
-        "--package",
-        "lifeboat-agent",
-    ]))?;
+    crate::build_binaries()?;
     let work = target_dir().join("bench-replication");
     if work.exists() {
         std::fs::remove_dir_all(&work)?;

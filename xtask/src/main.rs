@@ -89,6 +89,19 @@ fn describe(cmd: &Command) -> String {
         .join(" ")
 }
 
+/// Builds the release binaries (`lifeboat-appliance`, `lifeboat-agent`) that the
+/// quickstart, the end-to-end tests and the benchmarks run.
+pub fn build_binaries() -> Result<()> {
+    run(cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "lifeboat-appliance",
+        "--package",
+        "lifeboat-agent",
+    ]))
+}
+
 fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
@@ -110,14 +123,7 @@ fn test() -> Result<()> {
         "warnings",
     ]))?;
     // The end-to-end tests run the real binaries; `cargo test` alone does not build them.
-    run(cargo().args([
-        "build",
-        "--release",
-        "--package",
-        "lifeboat-appliance",
-        "--package",
-        "lifeboat-agent",
-    ]))?;
+    build_binaries()?;
     // Azurite (Azure Storage emulator) for the Azure plugin's tests, from npm.
     if Command::new("npm").arg("--version").output().is_err() {
         setup::apt(&["nodejs", "npm"])?;

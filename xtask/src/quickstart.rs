@@ -66,14 +66,7 @@ pub fn quickstart(once: bool) -> Result<()> {
     crate::setup::toolchain()?;
     crate::setup::apt(&["e2fsprogs"])?;
     let plugins = crate::plugins::build()?;
-    run(cargo().args([
-        "build",
-        "--release",
-        "--package",
-        "lifeboat-appliance",
-        "--package",
-        "lifeboat-agent",
-    ]))?;
+    crate::build_binaries()?;
     let bin = target_dir().join("release");
     let data = root().join("lifeboat-data");
     if data.exists() {
