@@ -4,7 +4,7 @@
 //! was rewritten by random 4 KiB writes. Writes `target/bench/replication.json` under
 //! the workspace root and prints a table. Not a test; not part of CI.
 
-use crate::{cargo, root, run, target_dir};
+use crate::{root, run, target_dir};
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeSet;
 use std::os::unix::fs::FileExt;

@@ -6,7 +6,7 @@
 //! summary, and keeps running until Ctrl-C (`--once`: exits after the verification,
 //! having stopped everything it started).
 
-use crate::{cargo, root, run, target_dir};
+use crate::{root, run, target_dir};
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 use std::path::Path;
