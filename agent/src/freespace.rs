@@ -115,13 +115,7 @@ pub fn query(disk: &Disk, align: u64, cap: usize) -> Result<FreeSpace, Unavailab
     let mountinfo = fs::read("/proc/self/mountinfo")
         .map_err(|e| Unavailable(format!("cannot read /proc/self/mountinfo: {e}")))?;
     let mounts = parse_mountinfo(&mountinfo);
-    let mut targets = vec![Target {
-        partition: None,
-        major,
-        minor,
-        offset: 0,
-        len: disk.size(),
-    }];
+    let mut targets = vec![Target { partition: None, major, minor, offset: 0, len: disk.size() }];
     let sys = PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
     for p in read_partitions(&sys) {
         // A partition table the kernel read but that does not fit the disk: not trusted.
@@ -167,7 +161,10 @@ pub fn query(disk: &Disk, align: u64, cap: usize) -> Result<FreeSpace, Unavailab
                 .to_string(),
         ));
     }
-    Ok(FreeSpace { sources: sources.into_iter().map(|(s, _)| s).collect(), extents: builder.finish() })
+    Ok(FreeSpace {
+        sources: sources.into_iter().map(|(s, _)| s).collect(),
+        extents: builder.finish(),
+    })
 }
 
 const NOT_MOUNTED: &str = "not mounted here";
@@ -216,7 +213,7 @@ fn query_target(
             }
         };
         let mut builder = FreeExtentsBuilder::new(align, cap);
-        let free = getfsmap_free(&dir, t.major, t.minor, t.len, |r| {
+        let free = getfsmap_free(&dir, t.major, t.minor, t.len, FSMAP_RECORDS, |r| {
             builder.push(r.start + t.offset..r.end + t.offset)
         })
         .map_err(|e| {
@@ -432,30 +429,34 @@ const FMH_OF_DEV_T: u32 = 0x1;
 const FMR_OF_SPECIAL_OWNER: u32 = 0x10;
 /// `fmr_flags`: the last record of the query.
 const FMR_OF_LAST: u32 = 0x20;
-/// `FMR_OWNER('X', 1)`: free space.
-const FMR_OWN_FREE: u64 = (b'X' as u64) << 32 | 1;
+/// `FMR_OWN_FREE`, `FMR_OWNER(0, 1)`: free space. (Owners of type 'X' and 'f' are XFS's and
+/// ext4's own metadata, never free.)
+const FMR_OWN_FREE: u64 = 1;
 
 /// Decodes the kernel's `new_encode_dev` form of a device number.
 fn decode_dev(d: u32) -> (u32, u32) {
     ((d & 0xfff00) >> 8, (d & 0xff) | ((d >> 12) & 0xfff00))
 }
 
-/// Runs `FS_IOC_GETFSMAP` over the whole filesystem open at `dir`, calling `on_free` with
-/// each free extent of device `major:minor`, clipped to `0 .. dev_len`. Returns the free
-/// bytes found. Follows the kernel's convention: after each call the last record becomes the
-/// next low key, until a record carries `FMR_OF_LAST` (or none comes back).
+/// Runs `FS_IOC_GETFSMAP` over the whole filesystem open at `dir`, asking for `batch` records
+/// per call (at most [`FSMAP_RECORDS`]), and calls `on_free` with each free extent of device
+/// `major:minor`, clipped to `0 .. dev_len`. Returns the free bytes found. Follows the
+/// kernel's convention: after each call the last record becomes the next low key, until a
+/// record carries `FMR_OF_LAST` (or none comes back).
 fn getfsmap_free(
     dir: &OwnedFd,
     major: u32,
     minor: u32,
     dev_len: u64,
+    batch: usize,
     mut on_free: impl FnMut(Range<u64>),
 ) -> Result<u64, String> {
+    let batch = batch.clamp(1, FSMAP_RECORDS);
     let mut q = Box::new(FsmapQuery {
         head: FsmapHead::default(),
         recs: [Fsmap::default(); FSMAP_RECORDS],
     });
-    q.head.fmh_count = FSMAP_RECORDS as u32;
+    q.head.fmh_count = batch as u32;
     q.head.fmh_keys[1] = Fsmap {
         fmr_device: u32::MAX,
         fmr_flags: u32::MAX,
@@ -472,7 +473,7 @@ fn getfsmap_free(
         // SAFETY: FS_IOC_GETFSMAP reads a `struct fsmap_head` (the opcode's size) and writes
         // up to `fmh_count` records right after it. `FsmapQuery` is `#[repr(C)]`, its head
         // matches `struct fsmap_head` field for field (sizes and offsets asserted above) and
-        // it has room for exactly `fmh_count` = FSMAP_RECORDS records at offset 192, where
+        // it has room for FSMAP_RECORDS >= `fmh_count` records at offset 192, where
         // `fmh_recs` starts. The buffer is exclusively borrowed for the call, and `dir` is an
         // open descriptor; a filesystem without this ioctl returns an error.
         unsafe {
@@ -486,8 +487,8 @@ fn getfsmap_free(
         if n == 0 {
             break;
         }
-        if n > FSMAP_RECORDS {
-            return Err(format!("the kernel returned {n} records for {FSMAP_RECORDS} slots"));
+        if n > batch {
+            return Err(format!("the kernel returned {n} records for {batch} slots"));
         }
         if q.head.fmh_oflags & FMH_OF_DEV_T == 0 {
             return Err("the records do not carry device numbers (no FMH_OF_DEV_T)".to_string());

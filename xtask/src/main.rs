@@ -122,6 +122,7 @@ fn test() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    setup::apt(setup::TEST_PACKAGES)?;
     // The end-to-end tests run the real binaries; `cargo test` alone does not build them.
     build_binaries()?;
     // Azurite (Azure Storage emulator) for the Azure plugin's tests, from npm.

@@ -8,6 +8,10 @@ use std::process::Command;
 /// zstd inside the zstd plugin for wasm32-wasip2.
 const BUILD_PACKAGES: &[&str] = &["clang", "wasi-libc"];
 
+/// Debian packages the tests need besides the build: e2fsprogs and xfsprogs make the
+/// filesystems the agent's free-space tests mount.
+pub const TEST_PACKAGES: &[&str] = &["e2fsprogs", "xfsprogs"];
+
 /// Makes sure the wasm32-wasip2 Rust target and the build's Debian packages exist.
 pub fn toolchain() -> Result<()> {
     let installed = Command::new("rustup")

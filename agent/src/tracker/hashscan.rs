@@ -1,7 +1,8 @@
 //! The hash-scan tracker: the universal fallback that needs nothing from the kernel.
 //!
-//! Every cycle it reads the whole disk (skipping the holes of a sparse image) and compares
-//! each 64 KiB block with the *baseline map*, a file holding, per block, a 64-bit hash and
+//! Every cycle it reads the whole disk (skipping the holes of a sparse image and the free
+//! space of a mounted ext4 or XFS filesystem, see [`crate::freespace`]) and compares each
+//! 64 KiB block with the *baseline map*, a file holding, per block, a 64-bit hash and
 //! sixteen 32-bit hashes of its 4 KiB sub-blocks. A block whose hash changed is reported
 //! sub-block by sub-block, so a 4 KiB write ships 4 KiB. See `docs/tracker.md` for the file
 //! formats, the map's size per TiB of disk and the collision analysis.
@@ -26,7 +27,8 @@ use std::time::Instant;
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 use super::{Change, CycleStats, ReadThrottle, Sink, Tracker, TrackerError};
-use crate::disk::{DataRanges, Disk};
+use crate::disk::{DataRanges, Disk, DiskKind};
+use crate::freespace::{self, FreeExtents, MAX_FREE_EXTENTS};
 
 /// Bytes per block: the unit of the 64-bit hash.
 pub const BLOCK_SIZE: u64 = 64 * 1024;
@@ -90,6 +92,11 @@ pub struct HashScanConfig {
     /// Drop what the scan read from the page cache, so a full-disk scan does not evict the
     /// server's working set. Default true.
     pub drop_cache: bool,
+    /// Neither read nor send the free space of an ext4 or XFS filesystem mounted on the disk
+    /// (or on one of its partitions), asked with `FS_IOC_GETFSMAP` at the start of every
+    /// collect; see [`crate::freespace`]. Where it is not available the disk is read whole.
+    /// Default true.
+    pub skip_free_space: bool,
 }
 
 impl HashScanConfig {
@@ -102,6 +109,7 @@ impl HashScanConfig {
             max_change: 1 << 20,
             blank_target_without_map: true,
             drop_cache: true,
+            skip_free_space: true,
         }
     }
 }
@@ -117,6 +125,13 @@ pub struct HashScan {
     pending: Option<Pending>,
     /// Blocks per segment in maps this tracker writes (smaller in tests).
     segment_blocks: u64,
+    /// The most free extents kept per collect (smaller in tests).
+    free_cap: usize,
+    /// The free-space mode last logged at info: which filesystems (None: not skipping).
+    free_mode: Option<String>,
+    /// Tests: these ranges are free, instead of asking the filesystem.
+    #[cfg(test)]
+    free_override: Option<Vec<Range<u64>>>,
     /// Holds the advisory lock on `P.lock` while the tracker lives.
     _lock: File,
 }
@@ -206,6 +221,10 @@ impl HashScan {
             buf: Vec::new(),
             pending: None,
             segment_blocks: MAP_SEGMENT_BLOCKS,
+            free_cap: MAX_FREE_EXTENTS,
+            free_mode: None,
+            #[cfg(test)]
+            free_override: None,
             _lock: lock,
         })
     }
@@ -307,6 +326,60 @@ impl HashScan {
         Ok((Baseline::Map(reader), header.seed, false))
     }
 
+    /// The ranges of `disk` that its mounted filesystem says are free now, aligned to whole
+    /// blocks; empty when that is not known. Logs at info when the mode changes (the first
+    /// time free space is skipped, another filesystem, or no longer), at debug otherwise.
+    fn free_space(&mut self, disk: &Disk) -> FreeExtents {
+        #[cfg(test)]
+        if let Some(fixed) = &self.free_override {
+            let mut b = freespace::FreeExtentsBuilder::new(BLOCK_SIZE, self.free_cap);
+            fixed.iter().for_each(|r| b.push(r.clone()));
+            return b.finish();
+        }
+        if !self.cfg.skip_free_space {
+            return FreeExtents::default();
+        }
+        match freespace::query(disk, BLOCK_SIZE, self.free_cap) {
+            Ok(fs) => {
+                let key = fs.mode_key();
+                let usable = freespace::human_bytes(fs.extents.bytes());
+                if self.free_mode.as_ref() != Some(&key) {
+                    tracing::info!(
+                        disk = %disk.path().display(),
+                        "skipping free space of {fs} ({usable} in whole {} KiB blocks): neither read nor sent",
+                        BLOCK_SIZE / 1024
+                    );
+                    self.free_mode = Some(key);
+                } else {
+                    tracing::debug!(disk = %disk.path().display(), "skipping free space of {fs} ({usable} in whole blocks)");
+                }
+                if let Some(min) = fs.extents.dropped_below() {
+                    tracing::debug!(
+                        disk = %disk.path().display(),
+                        "free space is fragmented: keeping {} extents, those shorter than {} are read",
+                        fs.extents.ranges().len(),
+                        freespace::human_bytes(min)
+                    );
+                }
+                fs.extents
+            }
+            Err(reason) => {
+                if self.free_mode.take().is_some() {
+                    tracing::info!(
+                        disk = %disk.path().display(),
+                        "no longer skipping free space, the whole disk is read: {reason}"
+                    );
+                } else {
+                    tracing::debug!(
+                        disk = %disk.path().display(),
+                        "free space not known, the whole disk is read: {reason}"
+                    );
+                }
+                FreeExtents::default()
+            }
+        }
+    }
+
     fn collect_inner(
         &mut self,
         disk: &Disk,
@@ -342,6 +415,8 @@ impl HashScan {
         self.buf.resize(chunk as usize, 0);
         let mut stats = CycleStats { disk_size: size, initial, ..CycleStats::default() };
         let mut ranges = DataCursor::new(disk.data_ranges())?;
+        let free = self.free_space(disk);
+        let mut free_cursor = free.cursor();
         let mut batch = Batch::default();
         let zero_full = hasher.zero_entry(BLOCK_SIZE as usize);
         let mut states: Vec<BlockState> = Vec::with_capacity((chunk / BLOCK_SIZE) as usize);
@@ -352,71 +427,124 @@ impl HashScan {
         let mut off = 0u64;
         while off < size {
             let end = (off + chunk).min(size);
-            let buf = &mut self.buf[..(end - off) as usize];
 
-            // Read the span from the first to the last data byte of the chunk in one request;
-            // the partial blocks around it are zero-filled (they are holes).
+            // Decide, block by block, where its current content comes from: a read, a hole
+            // (zeros), or nowhere because the filesystem says the block is free.
             let span = ranges.span(off, end)?;
-            if let Some(s) = &span {
-                let block_start = (s.start / BLOCK_SIZE * BLOCK_SIZE).max(off);
-                let block_end = s.end.div_ceil(BLOCK_SIZE).saturating_mul(BLOCK_SIZE).min(end);
-                buf[(block_start - off) as usize..(s.start - off) as usize].fill(0);
-                buf[(s.end - off) as usize..(block_end - off) as usize].fill(0);
-                if let Some(t) = &mut self.throttle {
-                    stats.throttled += t.acquire(s.end - s.start);
-                }
-                disk.read_at(s.start, &mut buf[(s.start - off) as usize..(s.end - off) as usize])?;
-                stats.bytes_read += s.end - s.start;
-                if self.cfg.drop_cache {
-                    disk.drop_cache(s.start, s.end - s.start);
-                }
-            }
-
-            // Hash and compare every block of the chunk; write the new map entries.
             states.clear();
             masks.clear();
-            let mut last_send: Option<u64> = None;
-            let mut send_bytes = 0u64;
             let mut b_off = off;
             while b_off < end {
                 let b_end = (b_off + BLOCK_SIZE).min(end);
-                let len = (b_end - b_off) as usize;
-                let valid = valid_mask(len);
-                let block = b_off / BLOCK_SIZE;
-                let read = span.as_ref().is_some_and(|s| s.start < b_end && s.end > b_off);
-                let (cur, zero) = if read {
-                    hasher.block(&buf[(b_off - off) as usize..][..len])
-                } else if len == BLOCK_SIZE as usize {
-                    (zero_full, valid)
+                let valid = valid_mask((b_end - b_off) as usize);
+                let uncertain = flux.get(b_off / BLOCK_SIZE) & valid;
+                let old = baseline.entry(b_off / BLOCK_SIZE);
+                let source = if free_cursor.covers(b_off, b_end) {
+                    // The target keeps what the baseline says it holds; where the baseline
+                    // is not trusted, the block is made zeros there (no read, no payload).
+                    if uncertain == 0 && old.is_some() {
+                        Source::FreeKept
+                    } else {
+                        Source::FreeZero
+                    }
+                } else if span.as_ref().is_some_and(|s| s.start < b_end && s.end > b_off) {
+                    Source::Read
                 } else {
-                    (hasher.zero_entry(len), valid)
+                    Source::Hole
                 };
-                let uncertain = flux.get(block) & valid;
-                let send = match baseline.entry(block) {
-                    None => {
+                states.push(BlockState {
+                    off: b_off,
+                    end: b_end,
+                    send: 0,
+                    zero: 0,
+                    source,
+                    old,
+                    uncertain,
+                });
+                b_off = b_end;
+            }
+
+            // Read each run of blocks to read in one request, from its first to its last data
+            // byte; the partial blocks around that are zero-filled (they are holes).
+            let mut i = 0;
+            while i < states.len() {
+                if states[i].source != Source::Read {
+                    i += 1;
+                    continue;
+                }
+                let mut j = i + 1;
+                while states.get(j).is_some_and(|st| st.source == Source::Read) {
+                    j += 1;
+                }
+                let s = span.as_ref().expect("a block to read overlaps the data span");
+                let (run_start, run_end) = (states[i].off, states[j - 1].end);
+                let (r_start, r_end) = (run_start.max(s.start), run_end.min(s.end));
+                let buf = &mut self.buf[..(end - off) as usize];
+                buf[(run_start - off) as usize..(r_start - off) as usize].fill(0);
+                buf[(r_end - off) as usize..(run_end - off) as usize].fill(0);
+                if let Some(t) = &mut self.throttle {
+                    stats.throttled += t.acquire(r_end - r_start);
+                }
+                if disk.kind() == DiskKind::BlockDevice {
+                    // A mounted filesystem writes its files' data around the device's page
+                    // cache, so pages cached earlier (readahead past a previous read, into
+                    // space that was free then) may be stale: drop them, read the device.
+                    disk.drop_cache(r_start, r_end - r_start);
+                }
+                disk.read_at(r_start, &mut buf[(r_start - off) as usize..(r_end - off) as usize])?;
+                stats.bytes_read += r_end - r_start;
+                if self.cfg.drop_cache {
+                    disk.drop_cache(r_start, r_end - r_start);
+                }
+                i = j;
+            }
+
+            // Hash and compare every block of the chunk; write the new map entries.
+            let buf = &self.buf[..(end - off) as usize];
+            let mut last_send: Option<u64> = None;
+            let mut send_bytes = 0u64;
+            for st in states.iter_mut() {
+                let len = (st.end - st.off) as usize;
+                let valid = valid_mask(len);
+                let block = st.off / BLOCK_SIZE;
+                let (cur, zero) = match st.source {
+                    Source::Read => hasher.block(&buf[(st.off - off) as usize..][..len]),
+                    Source::FreeKept => (st.old.expect("a kept free block has a baseline"), 0),
+                    Source::Hole | Source::FreeZero if len == BLOCK_SIZE as usize => {
+                        (zero_full, valid)
+                    }
+                    Source::Hole | Source::FreeZero => (hasher.zero_entry(len), valid),
+                };
+                let send = match (st.source, st.old) {
+                    (Source::FreeKept, _) => 0,
+                    (_, None) => {
                         stats.unknown_bytes += len as u64;
                         valid
                     }
-                    Some(old) => {
-                        stats.unknown_bytes += mask_bytes(uncertain, b_off, b_end);
-                        changed_mask(&old, &cur, uncertain, valid)
+                    (_, Some(old)) => {
+                        stats.unknown_bytes += mask_bytes(st.uncertain, st.off, st.end);
+                        changed_mask(&old, &cur, st.uncertain, valid)
                     }
                 };
                 writer.push(&cur).map_err(state(&next_path, "write the new baseline map"))?;
                 if send != 0 {
                     last_send = Some(block);
-                    send_bytes += mask_bytes(send, b_off, b_end);
+                    send_bytes += mask_bytes(send, st.off, st.end);
                 }
                 masks.push(send);
-                states.push(BlockState { off: b_off, end: b_end, send, zero, read });
-                b_off = b_end;
+                st.send = send;
+                st.zero = zero;
             }
 
             for st in &states {
-                if !st.read {
-                    stats.hole_bytes_skipped += st.end - st.off;
-                } else {
-                    stats.zero_bytes_skipped += mask_bytes(st.zero & !st.send, st.off, st.end);
+                match st.source {
+                    Source::Read => {
+                        stats.zero_bytes_skipped += mask_bytes(st.zero & !st.send, st.off, st.end)
+                    }
+                    Source::Hole => stats.hole_bytes_skipped += st.end - st.off,
+                    Source::FreeKept | Source::FreeZero => {
+                        stats.free_bytes_skipped += st.end - st.off
+                    }
                 }
             }
             let Some(last) = last_send else {
@@ -542,6 +670,7 @@ impl Tracker for HashScan {
                 read = s.bytes_read,
                 data = s.data_bytes,
                 zero = s.zero_bytes,
+                free_skipped = s.free_bytes_skipped,
                 extents = s.extents,
                 ms = s.duration.as_millis() as u64,
                 "hash-scan collect done"
@@ -692,8 +821,27 @@ struct BlockState {
     send: u16,
     /// Sub-blocks that are all zeros.
     zero: u16,
-    /// Whether the block was read (false: a hole).
-    read: bool,
+    /// Where the block's current content comes from.
+    source: Source,
+    /// Its baseline entry (None: unknown).
+    old: Option<Entry>,
+    /// Its sub-blocks the intent log holds.
+    uncertain: u16,
+}
+
+/// Where a block's current content comes from in a collect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// Read from the disk.
+    Read,
+    /// Not read: a hole of a sparse image, zeros.
+    Hole,
+    /// Not read: free in the mounted filesystem, and the baseline is trusted there. Nothing is
+    /// sent and its map entry stays what the target holds.
+    FreeKept,
+    /// Not read: free in the mounted filesystem, but the baseline is unknown or uncertain
+    /// there. Treated as zeros, like a hole: what the target may hold is replaced by zeros.
+    FreeZero,
 }
 
 /// Walks the disk's data ranges alongside the chunks.

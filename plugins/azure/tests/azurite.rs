@@ -46,6 +46,10 @@ fn free_port() -> u16 {
 struct Azurite {
     child: Child,
     port: u16,
+    /// `http`, or `https` when started with a certificate.
+    scheme: &'static str,
+    /// The private CA's certificate (PEM file) when started with HTTPS.
+    ca_pem: Option<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
@@ -58,6 +62,16 @@ impl Drop for Azurite {
 
 impl Azurite {
     fn start() -> Azurite {
+        Azurite::start_with(false)
+    }
+
+    /// Azurite serving HTTPS with a server certificate for 127.0.0.1 issued by a fresh
+    /// private CA (whose certificate is `ca_pem`), as a site with its own PKI would.
+    fn start_https() -> Azurite {
+        Azurite::start_with(true)
+    }
+
+    fn start_with(https: bool) -> Azurite {
         let out = Command::new("bash")
             .arg(repo().join("scripts/azurite.sh"))
             .stderr(Stdio::inherit())
@@ -66,12 +80,30 @@ impl Azurite {
         assert!(out.status.success(), "scripts/azurite.sh failed");
         let bin = String::from_utf8(out.stdout).unwrap().lines().last().unwrap().trim().to_owned();
         let dir = tempfile::tempdir().unwrap();
+        let mut tls_args: Vec<PathBuf> = vec![];
+        let mut ca_pem = None;
+        if https {
+            let pki = dir.path().join("pki");
+            let ca =
+                lifeboat_net::ca::Ca::load_or_create(&pki.join("ca"), "Azurite test CA").unwrap();
+            let id = ca.issue_server(&["127.0.0.1".to_owned()]).unwrap();
+            let (cert, key, ca_file) =
+                (pki.join("server.pem"), pki.join("server.key"), pki.join("ca.pem"));
+            std::fs::write(&cert, &id.cert_pem).unwrap();
+            std::fs::write(&key, &id.key_pem).unwrap();
+            std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+            tls_args = vec!["--cert".into(), cert, "--key".into(), key];
+            ca_pem = Some(ca_file);
+        }
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
         for _ in 0..5 {
             let port = free_port();
             let mut child = Command::new(&bin)
                 .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+                .args(&tls_args)
                 .args(["--skipApiVersionCheck", "--disableTelemetry", "--silent", "--location"])
-                .arg(dir.path())
+                .arg(&data)
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit())
                 .spawn()
@@ -79,7 +111,8 @@ impl Azurite {
             let start = Instant::now();
             while start.elapsed() < Duration::from_secs(60) {
                 if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Azurite { child, port, _dir: dir };
+                    let scheme = if https { "https" } else { "http" };
+                    return Azurite { child, port, scheme, ca_pem, _dir: dir };
                 }
                 if child.try_wait().unwrap().is_some() {
                     break; // the port was taken meanwhile: try another
@@ -93,7 +126,7 @@ impl Azurite {
     }
 
     fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}/{ACCOUNT}", self.port)
+        format!("{}://127.0.0.1:{}/{ACCOUNT}", self.scheme, self.port)
     }
 
     fn authority(&self) -> String {
@@ -287,6 +320,36 @@ async fn azure_target_keeps_the_target_contract_on_azurite() {
     // Identifiers cannot reach other blobs.
     let e = t.create_disk("../escape", 512).await.unwrap_err();
     assert!(matches!(plugin_err(&e), PluginError::Invalid(_)), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn azure_target_keeps_the_target_contract_on_azurite_over_https_with_a_private_ca() {
+    let a = Azurite::start_https();
+    assert!(a.endpoint().starts_with("https://"), "{}", a.endpoint());
+    let mut s = azurite_site(&a, "tls");
+    s.config.grants.get_mut("azure").unwrap().tls_roots = vec![a.ca_pem.clone().unwrap()];
+    let mut t = s.instance().await;
+    let h = t.health().await.unwrap();
+    assert!(h.contains("tls") && h.contains("writable"), "{h}");
+    exercise_target(&mut t).await;
+    t.delete_disk("m1-d0").await.unwrap();
+    assert!(t.list_disks().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn https_to_a_private_ca_fails_without_its_tls_roots() {
+    let a = Azurite::start_https();
+    let s = azurite_site(&a, "untrusted");
+    assert!(s.config.grants["azure"].tls_roots.is_empty());
+    let mut t = s.instance().await;
+    let e = t.health().await.unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(plugin_err(&e), PluginError::Retryable(_)), "{msg}");
+    assert!(
+        msg.to_ascii_lowercase().contains("tls") || msg.contains("certificate"),
+        "the failure names TLS: {msg}"
+    );
+    assert!(t.create_disk("d", 1 << 20).await.is_err());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -9,6 +9,7 @@
 //! [plugins.grants.local]
 //! sha256 = "…"                       # optional pin: trust exactly this build
 //! directories = { "/target" = "/var/lib/lifeboat/target" }
+//! tls_roots = ["/etc/lifeboat/storage-ca.pem"]   # optional: private CAs for HTTPS
 //! settings = { root = "/target" }
 //! ```
 
@@ -61,6 +62,12 @@ pub struct Grant {
     /// `host:port` authorities the plugin may send HTTP requests to.
     #[serde(default)]
     pub http_hosts: Vec<String>,
+    /// PEM files of extra root certificates the plugin's outgoing HTTPS trusts, in
+    /// addition to the public (webpki) roots: for endpoints behind a private CA, such as
+    /// an on-premises S3 or an Azurite emulator with its own certificate. Read when the
+    /// plugin is loaded; a missing or malformed file refuses the plugin.
+    #[serde(default)]
+    pub tls_roots: Vec<PathBuf>,
     /// Programs the plugin may run (quiescers).
     #[serde(default)]
     pub commands: Vec<String>,

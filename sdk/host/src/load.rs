@@ -73,6 +73,10 @@ pub(crate) struct Effective {
     pub(crate) sockets: Vec<SocketAddr>,
     pub(crate) clock: bool,
     pub(crate) settings: Vec<(String, String)>,
+    /// TLS client configuration trusting the public roots plus the granted `tls_roots`;
+    /// `None` when nothing extra is granted (the default sender is used then). Built once
+    /// per load and shared by every instance's HTTP hooks.
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// A verified, compiled, pre-linked plugin, ready to instantiate.
@@ -357,6 +361,17 @@ fn effective(m: &Manifest, g: &Grant) -> Result<Effective, String> {
     if r.clock && !g.clock {
         return Err(denied("capability", "clock", "clock"));
     }
+    let tls = if g.tls_roots.is_empty() {
+        None
+    } else {
+        let mut roots = Vec::new();
+        for path in &g.tls_roots {
+            roots.extend(read_pem_roots(path)?);
+        }
+        Some(crate::state::tls_client_config(roots).map_err(|e| {
+            format!("plugins.grants.{}.tls_roots: cannot build a TLS configuration: {e}", m.name)
+        })?)
+    };
     Ok(Effective {
         memory_bytes: (memory_mib as usize) << 20,
         deadline: Duration::from_millis(deadline_ms),
@@ -366,7 +381,30 @@ fn effective(m: &Manifest, g: &Grant) -> Result<Effective, String> {
         sockets,
         clock: r.clock,
         settings: g.settings.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        tls,
     })
+}
+
+/// Reads the root certificates of one `tls_roots` file, refusing a file that is missing,
+/// not PEM, holds no certificate, or holds a certificate that cannot be a trust anchor.
+fn read_pem_roots(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let bad = |detail: String| {
+        format!("tls_roots file {}: {detail}; grant a PEM file of CA certificates", path.display())
+    };
+    let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(format!("not valid PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(bad("no CERTIFICATE block".into()));
+    }
+    for c in &certs {
+        let mut store = rustls::RootCertStore::empty();
+        store.add(c.clone()).map_err(|e| bad(format!("not a usable certificate: {e}")))?;
+    }
+    Ok(certs)
 }
 
 #[cfg(test)]
@@ -400,5 +438,35 @@ mod tests {
         assert!(effective(&manifest(&["evil.example:443"]), &g).is_err());
         let e = effective(&manifest(&[]), &g).unwrap();
         assert!(e.http_hosts.is_empty(), "granted but not requested: not given");
+    }
+
+    #[test]
+    fn tls_roots_that_cannot_be_read_or_parsed_refuse_the_plugin_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "no PEM here\n").unwrap();
+        let broken = dir.path().join("broken.pem");
+        std::fs::write(&broken, "-----BEGIN CERTIFICATE-----\n%%%%\n-----END CERTIFICATE-----\n")
+            .unwrap();
+        let not_der = dir.path().join("not-der.pem");
+        std::fs::write(
+            &not_der,
+            "-----BEGIN CERTIFICATE-----\naGVsbG8gd29ybGQ=\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        for (path, why) in [
+            (&missing, "cannot read"),
+            (&empty, "no CERTIFICATE"),
+            (&broken, "PEM"),
+            (&not_der, "not a usable certificate"),
+        ] {
+            let g = Grant { tls_roots: vec![path.clone()], ..Grant::default() };
+            let e = effective(&manifest(&[]), &g).unwrap_err();
+            assert!(e.contains(&path.display().to_string()), "{e}");
+            assert!(e.contains(why), "{why}: {e}");
+        }
+        // Nothing granted: no custom TLS configuration, the default sender is used.
+        assert!(effective(&manifest(&[]), &Grant::default()).unwrap().tls.is_none());
     }
 }

@@ -33,6 +33,9 @@ impl Owned {
             Owned::Zero(_, l) => *l,
         }
     }
+    fn end(&self) -> u64 {
+        self.offset() + self.len()
+    }
 }
 
 struct Env {
@@ -137,6 +140,12 @@ fn collect(t: &mut HashScan, img: &Path) -> (Vec<Owned>, CycleStats) {
 }
 
 fn check(changes: &[Owned], stats: &CycleStats, img: &Path) {
+    check_free(changes, stats, img, &[]);
+}
+
+/// Like [`check`], where `free` is what the filesystem called free: a `Zero` change there may
+/// cover bytes that are not zeros on the disk (a free block with no trusted baseline).
+fn check_free(changes: &[Owned], stats: &CycleStats, img: &Path, free: &[Range<u64>]) {
     let content = fs::read(img).unwrap();
     let mut prev_end = 0;
     for c in changes {
@@ -150,7 +159,14 @@ fn check(changes: &[Owned], stats: &CycleStats, img: &Path) {
                 assert!(d.as_slice() == have, "data at {o} differs from the disk");
                 assert!(d.len() as u64 <= 64 * KIB, "change over max_change");
             }
-            Owned::Zero(o, _) => assert!(have.iter().all(|&b| b == 0), "zero at {o} is not"),
+            Owned::Zero(o, _) => {
+                for (i, piece) in have.chunks(SUB as usize).enumerate() {
+                    let at = o + i as u64 * SUB;
+                    let is_free =
+                        free.iter().any(|r| r.start <= at && at + piece.len() as u64 <= r.end);
+                    assert!(is_free || piece.iter().all(|&b| b == 0), "zero at {at} is not");
+                }
+            }
         }
     }
     assert_eq!(stats.extents, changes.len() as u64);
@@ -774,4 +790,289 @@ fn zero_detection_and_hashes() {
     e2.encode(&mut enc);
     assert_eq!(enc.len() as u64, MAP_ENTRY_LEN);
     assert_eq!(Entry::decode(&enc), e2);
+}
+
+// ---- Free space of a mounted filesystem (given here as a fixed list) ----
+
+/// Collects with `free` as what the mounted filesystem reports free, checking the contract.
+fn collect_free(t: &mut HashScan, img: &Path, free: &[Range<u64>]) -> (Vec<Owned>, CycleStats) {
+    t.free_override = Some(free.to_vec());
+    let disk = Disk::open(img).unwrap();
+    let mut out = Vec::new();
+    let stats = t
+        .collect(&disk, &mut |c: Change<'_>| {
+            out.push(match c {
+                Change::Data { offset, data } => Owned::Data(offset, data.to_vec()),
+                Change::Zero { offset, len } => Owned::Zero(offset, len),
+            });
+            Ok(())
+        })
+        .unwrap();
+    check_free(&out, &stats, img, free);
+    (out, stats)
+}
+
+/// The 4 KiB pieces of `range` (aligned), as `pieces` gives them for data.
+fn data_pieces(range: Range<u64>) -> BTreeSet<(u64, bool)> {
+    range.step_by(SUB as usize).map(|o| (o, false)).collect()
+}
+
+/// The committed map describes the replica: every entry is the hash of the replica's block.
+/// This is the tracker's invariant, "the baseline map describes what the target holds".
+fn assert_map_describes_replica(env: &Env) {
+    let file = File::open(&env.map).unwrap();
+    let header = Header::read(&file).unwrap();
+    let hasher = Hasher::new(header.seed);
+    let replica = fs::read(&env.replica).unwrap();
+    assert_eq!(replica.len() as u64, header.disk_size);
+    let bytes = fs::read(&env.map).unwrap();
+    for (block, data) in replica.chunks(BLOCK_SIZE as usize).enumerate() {
+        let block = block as u64;
+        let seg = block / header.segment_blocks;
+        let at = MAP_HEADER_LEN
+            + seg * (header.segment_blocks * MAP_ENTRY_LEN + 8)
+            + (block - seg * header.segment_blocks) * MAP_ENTRY_LEN;
+        let entry = Entry::decode(&bytes[at as usize..(at + MAP_ENTRY_LEN) as usize]);
+        assert_eq!(entry, hasher.block(data).0, "map entry of block {block} is not the replica's");
+    }
+}
+
+/// The replica equals the disk outside `skipped` (ranges the last collects skipped as free).
+fn assert_replica_equal_outside(env: &Env, skipped: &[Range<u64>]) {
+    let src = env.image();
+    let dst = fs::read(&env.replica).unwrap();
+    assert_eq!(src.len(), dst.len(), "replica size");
+    for (i, (a, b)) in src.iter().zip(&dst).enumerate() {
+        let i = i as u64;
+        if a != b && !skipped.iter().any(|r| r.contains(&i)) {
+            panic!("replica differs from the disk at byte {i}, outside the free space");
+        }
+    }
+}
+
+#[test]
+fn initial_copy_neither_reads_nor_sends_free_space_and_maps_it_as_zeros() {
+    let size = 4 * MIB;
+    let env = Env::new(size);
+    let mut rng = StdRng::seed_from_u64(20);
+    // Free blocks hold stale data (a deleted file's), as on a real filesystem.
+    env.write_random(&mut rng, 0, size as usize);
+    // Whole blocks MIB+64K .. 2MIB+64K are free; the second range holds no whole block.
+    let free = [MIB + 1000..2 * MIB + 100 * KIB, 3 * MIB + 8 * KIB..3 * MIB + 40 * KIB];
+    let skipped = MIB + 64 * KIB..2 * MIB + 64 * KIB;
+    let mut t = env.tracker();
+    let (changes, stats) = collect_free(&mut t, &env.img, &free);
+    assert!(stats.initial);
+    assert_eq!(stats.free_bytes_skipped, MIB, "{stats:?}");
+    assert_eq!(stats.bytes_read, size - MIB, "{stats:?}");
+    assert_eq!(stats.data_bytes, size - MIB);
+    assert_eq!((stats.zero_bytes, stats.unknown_bytes, stats.hole_bytes_skipped), (0, 0, 0));
+    let mut expected = data_pieces(0..skipped.start);
+    expected.extend(data_pieces(skipped.end..size));
+    assert_eq!(pieces(&changes), expected);
+    t.commit().unwrap();
+    env.apply(&changes);
+    // The blank replica keeps zeros where the disk was free, and the map says zeros there.
+    assert_replica_equal_outside(&env, std::slice::from_ref(&skipped));
+    let replica = fs::read(&env.replica).unwrap();
+    assert!(replica[skipped.start as usize..skipped.end as usize].iter().all(|&b| b == 0));
+    assert_map_describes_replica(&env);
+
+    // Nothing changed, still free: nothing read there, nothing sent.
+    let (changes, stats) = collect_free(&mut t, &env.img, &free);
+    assert!(changes.is_empty(), "{changes:?}");
+    assert_eq!((stats.free_bytes_skipped, stats.bytes_read), (MIB, size - MIB));
+    t.commit().unwrap();
+
+    // The filesystem allocates 128 KiB of it and writes there, and allocates the next 64 KiB
+    // without writing (its stale content now matters): all of it differs from the zeros the
+    // map records, so all of it is sent by the normal comparison.
+    let written = skipped.start..skipped.start + 128 * KIB;
+    env.write_random(&mut rng, written.start, (written.end - written.start) as usize);
+    let allocated = skipped.start..written.end + 64 * KIB;
+    let still_free = allocated.end..skipped.end;
+    let (changes, stats) = collect_free(&mut t, &env.img, std::slice::from_ref(&still_free));
+    assert_eq!(pieces(&changes), data_pieces(allocated.clone()));
+    assert_eq!(stats.free_bytes_skipped, skipped.end - allocated.end);
+    t.commit().unwrap();
+    env.apply(&changes);
+    assert_replica_equal_outside(&env, std::slice::from_ref(&still_free));
+    assert_map_describes_replica(&env);
+}
+
+#[test]
+fn a_freed_block_keeps_its_stale_copy_until_it_is_reused() {
+    let size = 2 * MIB;
+    let env = Env::new(size);
+    let mut rng = StdRng::seed_from_u64(21);
+    env.write_random(&mut rng, 0, size as usize);
+    let mut t = env.tracker();
+    let (changes, _) = collect_free(&mut t, &env.img, &[]);
+    t.commit().unwrap();
+    env.apply(&changes);
+    env.assert_replica_equal();
+
+    // A file is deleted (its blocks become free) and the blocks are overwritten meanwhile
+    // (reused and freed again, or discarded): free now, so not read and not sent. The target
+    // keeps the old content, which the map still describes.
+    let freed = 512 * KIB..768 * KIB;
+    env.write_random(&mut rng, freed.start, (freed.end - freed.start) as usize);
+    // An unrelated write elsewhere is sent as usual.
+    env.write_random(&mut rng, 1536 * KIB, 4096);
+    let (changes, stats) = collect_free(&mut t, &env.img, std::slice::from_ref(&freed));
+    assert_eq!(pieces(&changes), data_pieces(1536 * KIB..1540 * KIB));
+    assert_eq!(stats.free_bytes_skipped, 256 * KIB);
+    assert_eq!(stats.bytes_read, size - 256 * KIB);
+    t.commit().unwrap();
+    env.apply(&changes);
+    assert_replica_equal_outside(&env, std::slice::from_ref(&freed));
+    assert_map_describes_replica(&env);
+
+    // Half of it is allocated again: its current content differs from the old copy, so it
+    // is sent; the rest stays free and stale.
+    let still_free = 640 * KIB..768 * KIB;
+    let (changes, _) = collect_free(&mut t, &env.img, std::slice::from_ref(&still_free));
+    assert_eq!(pieces(&changes), data_pieces(512 * KIB..640 * KIB));
+    t.commit().unwrap();
+    env.apply(&changes);
+    assert_replica_equal_outside(&env, std::slice::from_ref(&still_free));
+    assert_map_describes_replica(&env);
+
+    // Not mounted any more (no free space known): everything is compared again.
+    let (changes, stats) = collect_free(&mut t, &env.img, &[]);
+    assert_eq!(pieces(&changes), data_pieces(still_free));
+    assert_eq!(stats.free_bytes_skipped, 0);
+    t.commit().unwrap();
+    env.apply(&changes);
+    env.assert_replica_equal();
+    assert_map_describes_replica(&env);
+}
+
+#[test]
+fn free_space_without_a_trusted_baseline_is_zeroed_not_read() {
+    let size = 2 * MIB;
+    let env = Env::new(size);
+    let mut rng = StdRng::seed_from_u64(22);
+    env.write_random(&mut rng, 0, size as usize);
+    let mut t = env.tracker();
+    let (changes, _) = collect_free(&mut t, &env.img, &[]);
+    t.commit().unwrap();
+    env.apply(&changes);
+
+    // An unusable map: no baseline. Free blocks are not read; what the target holds there is
+    // unknown, so they become zeros there (no payload) and the map records zeros.
+    let f = OpenOptions::new().write(true).open(&env.map).unwrap();
+    f.write_all_at(b"garbage!", 0).unwrap();
+    let free = 256 * KIB..MIB;
+    let ((changes, stats), logs) =
+        with_logs(|| collect_free(&mut t, &env.img, std::slice::from_ref(&free)));
+    assert!(logs.contains("baseline map is unusable"), "{logs}");
+    assert_eq!(stats.unknown_bytes, size);
+    assert_eq!(stats.free_bytes_skipped, 768 * KIB);
+    assert_eq!(stats.bytes_read, size - 768 * KIB);
+    assert_eq!(stats.zero_bytes, 768 * KIB);
+    let zeros: BTreeSet<(u64, bool)> =
+        (256 * KIB..MIB).step_by(SUB as usize).map(|o| (o, true)).collect();
+    assert!(pieces(&changes).is_superset(&zeros));
+    assert!(
+        changes
+            .iter()
+            .all(|c| matches!(c, Owned::Data(..)) == (c.end() <= 256 * KIB || c.offset() >= MIB)),
+        "data outside the free range, zeros inside"
+    );
+    t.commit().unwrap();
+    env.apply(&changes);
+    assert_replica_equal_outside(&env, std::slice::from_ref(&free));
+    assert_map_describes_replica(&env);
+
+    // Allocated again: the stale content differs from the zeros, so it is sent.
+    let (changes, _) = collect_free(&mut t, &env.img, &[]);
+    assert_eq!(pieces(&changes), data_pieces(256 * KIB..MIB));
+    t.commit().unwrap();
+    env.apply(&changes);
+    env.assert_replica_equal();
+
+    // Uncertain blocks (an invalidation, a half-shipped cycle) that are free: zeros too, not
+    // the baseline and not a read. Block 0 is uncertain and free; block 1 only free.
+    t.invalidate(100, 1).unwrap();
+    let free = 0..128 * KIB;
+    let (changes, stats) = collect_free(&mut t, &env.img, std::slice::from_ref(&free));
+    assert_eq!(changes, vec![Owned::Zero(0, 64 * KIB)]);
+    assert_eq!(stats.free_bytes_skipped, 128 * KIB);
+    assert_eq!(stats.unknown_bytes, 64 * KIB);
+    t.commit().unwrap();
+    env.apply(&changes);
+    assert_map_describes_replica(&env);
+}
+
+#[test]
+fn too_many_free_extents_keep_the_largest() {
+    let size = 2 * MIB;
+    let env = Env::new(size);
+    let mut rng = StdRng::seed_from_u64(23);
+    env.write_random(&mut rng, 0, size as usize);
+    let mut t = env.tracker();
+    t.free_cap = 2;
+    // 1, 3, 2 and 1 blocks: only the 3- and 2-block extents fit.
+    let free = [0..64 * KIB, 128 * KIB..320 * KIB, 512 * KIB..640 * KIB, MIB..MIB + 64 * KIB];
+    let (changes, stats) = collect_free(&mut t, &env.img, &free);
+    assert_eq!(stats.free_bytes_skipped, 5 * 64 * KIB);
+    assert_eq!(stats.bytes_read, size - 5 * 64 * KIB);
+    t.commit().unwrap();
+    env.apply(&changes);
+    assert_replica_equal_outside(&env, &[128 * KIB..320 * KIB, 512 * KIB..640 * KIB]);
+    assert_map_describes_replica(&env);
+}
+
+#[test]
+fn replica_with_free_space_over_many_rounds() {
+    // Random free lists, writes, uncommitted cycles and restarts: after every collect the
+    // replica equals the disk outside what that collect skipped as free, and after every
+    // commit the map describes the replica.
+    let size = 6 * MIB + 4096;
+    let env = Env::new(size);
+    let mut rng = StdRng::seed_from_u64(24);
+    env.write_random(&mut rng, 0, size as usize);
+    let mut t = env.tracker();
+    for round in 0..16 {
+        let mut free = Vec::new();
+        let mut at = rng.random_range(0..300 * KIB);
+        while at < size {
+            let len = rng.random_range(1..600 * KIB);
+            free.push(at..(at + len).min(size));
+            at += len + rng.random_range(1..800 * KIB);
+        }
+        if round % 5 == 4 {
+            free.clear(); // not mounted this cycle
+        }
+        let (changes, stats) = collect_free(&mut t, &env.img, &free);
+        env.apply(&changes);
+        assert_replica_equal_outside(&env, &free);
+        assert_eq!(stats.bytes_read + stats.free_bytes_skipped, size, "{stats:?}");
+        match round % 3 {
+            0 => {
+                t.commit().unwrap();
+                assert_map_describes_replica(&env);
+            }
+            1 => {
+                drop(t);
+                t = env.tracker();
+            }
+            _ => {}
+        }
+        for _ in 0..rng.random_range(1..20) {
+            let off = rng.random_range(0..size - 1);
+            let len = rng.random_range(1..(size - off).min(300_000));
+            if rng.random_range(0..5) == 0 {
+                env.write(off, &vec![0u8; len as usize]);
+            } else {
+                env.write_random(&mut rng, off, len as usize);
+            }
+        }
+    }
+    let (changes, _) = collect_free(&mut t, &env.img, &[]);
+    env.apply(&changes);
+    env.assert_replica_equal();
+    t.commit().unwrap();
+    assert_map_describes_replica(&env);
 }
