@@ -259,7 +259,7 @@ impl Journal {
             .write(true)
             .open(&lock_path)
             .map_err(io_err(&lock_path, "open"))?;
-        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+        crate::flock::lock_exclusive(&lock)
             .map_err(|_| JournalError::Locked { path: lock_path.clone() })?;
 
         let point_path = dir.join(NEXT_POINT);

@@ -200,13 +200,11 @@ impl HashScan {
             .write(true)
             .open(&lock_path)
             .map_err(state(&lock_path, "open the lock file"))?;
-        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
-            |e| TrackerError::State {
-                path: lock_path.clone(),
-                action: "lock (is another agent or tracker using this map?)",
-                source: e.into(),
-            },
-        )?;
+        crate::flock::lock_exclusive(&lock).map_err(|e| TrackerError::State {
+            path: lock_path.clone(),
+            action: "lock (is another agent or tracker using this map?)",
+            source: e.into(),
+        })?;
         // Leftovers of a collect that was never committed, or of an interrupted commit.
         for leftover in [sibling(&cfg.map_path, ".next"), sibling(&cfg.map_path, ".intent.tmp")] {
             match fs::remove_file(&leftover) {
