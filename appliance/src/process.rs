@@ -445,3 +445,73 @@ pub(crate) fn call_failure(e: CallError) -> ApiFailure {
     let retryable = e.is_retryable() || matches!(e, CallError::Failed { .. });
     ApiFailure::new(if retryable { 503 } else { 500 }, "target-error", e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lifeboat_plugin_host::Host;
+    use lifeboat_plugin_host::config::PluginsConfig;
+    use lifeboat_plugin_host::keys::KeyRing;
+    use lifeboat_wire::{Batch, BatchHeader};
+
+    fn batch(machine: MachineId, disk: u32, sequence: u64) -> bytes::Bytes {
+        let mut b = Batch::builder(BatchHeader { machine, disk_index: disk, sequence, tag: None });
+        b.push_data(4096, vec![7u8; 4096]).unwrap();
+        lifeboat_wire::encode(&b.build()).into()
+    }
+
+    /// A process server with no plugins: receiving works, shipping waits (and retries).
+    fn server(dir: &std::path::Path) -> (ProcessServer, State) {
+        let state = State::open(&dir.join("state.db")).unwrap();
+        let plugins = PluginsConfig {
+            dir: dir.join("plugins"),
+            cache_dir: None,
+            trusted_keys: vec![],
+            allow_unsigned: false,
+            grants: Default::default(),
+        };
+        let registry = Arc::new(Registry::new(Host::new(KeyRing::default()).unwrap(), plugins));
+        let ps = ProcessServer::start(
+            state.clone(),
+            registry,
+            config::ProcessServer::default(),
+            &dir.join("cache"),
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .unwrap();
+        (ps, state)
+    }
+
+    #[tokio::test]
+    async fn an_agent_writes_only_its_own_disks_in_sequence() {
+        let d = tempfile::tempdir().unwrap();
+        let (ps, state) = server(d.path());
+        let a = MachineId([1; 16]);
+        let b = MachineId([2; 16]);
+        state.add_passphrase("p").unwrap();
+        assert!(state.register_machine("p", &a.to_string(), "a").unwrap());
+        state.upsert_disk(&a.to_string(), 0, 1 << 20, "/dev/a").unwrap();
+
+        // Machine a presenting a batch of machine b's disk: refused.
+        let e = ps.batch(&a.to_string(), batch(b, 0, 0)).await.unwrap_err();
+        assert_eq!((e.status, e.code), (403, "forbidden"), "{}", e.message);
+        // A disk never announced: refused.
+        let e = ps.batch(&a.to_string(), batch(a, 1, 0)).await.unwrap_err();
+        assert_eq!(e.code, "unknown-disk");
+        // In order: stored; again: a duplicate; ahead: a gap naming the expected one.
+        let ack = ps.batch(&a.to_string(), batch(a, 0, 0)).await.unwrap();
+        assert!(!ack.duplicate);
+        let ack = ps.batch(&a.to_string(), batch(a, 0, 0)).await.unwrap();
+        assert!(ack.duplicate);
+        let e = ps.batch(&a.to_string(), batch(a, 0, 5)).await.unwrap_err();
+        assert_eq!((e.status, e.expected_sequence), (409, Some(1)));
+        // A corrupt batch never reaches the cache.
+        let mut bad = batch(a, 0, 1).to_vec();
+        let n = bad.len();
+        bad[n / 2] ^= 1;
+        let e = ps.batch(&a.to_string(), bad.into()).await.unwrap_err();
+        assert_eq!(e.code, "bad-batch");
+        assert_eq!(state.received_next(&a.to_string(), 0).unwrap(), 1);
+        assert_eq!(ps.backlog(), 1, "the stored batch waits to be shipped");
+    }
+}
