@@ -13,6 +13,7 @@ pub const PLUGINS: &[(&str, &str)] = &[
     ("azure", "lifeboat-plugin-azure"),
     ("examples/dirtarget", "lifeboat-plugin-dirtarget"),
     ("fixtures/hostile", "lifeboat-plugin-hostile"),
+    ("fixtures/quiesce-probe", "lifeboat-plugin-quiesce-probe"),
 ];
 
 /// Where built plugins are installed: `<target>/plugins`.

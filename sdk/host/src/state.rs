@@ -358,8 +358,17 @@ impl HostState {
         if !caps.sockets.is_empty() {
             let allowed = caps.sockets.clone();
             b.allow_tcp(true);
-            b.socket_addr_check(move |addr, _use| {
-                let ok = allowed.contains(&addr);
+            b.socket_addr_check(move |addr, use_| {
+                use wasmtime_wasi::sockets::SocketAddrUse as U;
+                let ok = match use_ {
+                    // Connecting: only to granted addresses.
+                    U::TcpConnect => allowed.contains(&addr),
+                    // The implicit bind before a connect asks for the wildcard address
+                    // with an ephemeral port; any other bind, listening or accepting
+                    // would make the plugin a server: refused.
+                    U::TcpBind => addr.ip().is_unspecified() && addr.port() == 0,
+                    _ => false,
+                };
                 Box::pin(async move { ok })
             });
         }

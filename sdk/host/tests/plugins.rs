@@ -10,8 +10,8 @@ use lifeboat_plugin_host::manifest::Manifest;
 use lifeboat_plugin_host::registry::Registry;
 use lifeboat_plugin_host::target::{Extent, Firmware, VmSpec, ZeroRange};
 use lifeboat_plugin_host::{
-    CallError, CipherInstance, CodecInstance, FailReason, Host, PluginError, Refusal,
-    TargetInstance, TrustBasis,
+    CallError, CipherInstance, CodecInstance, FailReason, Host, PluginError, QuiescerInstance,
+    Refusal, TargetInstance, TrustBasis,
 };
 use std::path::{Path, PathBuf};
 
@@ -504,4 +504,57 @@ async fn reload_swaps_plugins_while_old_instances_finish() {
     let enc = old.compress(1, &data).await.unwrap();
     assert_eq!(old.decompress(&enc.data, data.len() as u32).await.unwrap(), data);
     let _: &Grant = &s.config.grants["zstd"];
+}
+
+#[tokio::test]
+async fn a_quiescer_runs_granted_commands_and_holds_its_socket_from_freeze_to_thaw() {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let s = setup(&["quiesce-probe"], true);
+    rewrite_manifest(&s.dir.join("quiesce-probe.toml"), |t| {
+        t.replace("sockets = []", &format!("sockets = [\"{addr}\"]"))
+    });
+    let mut cfg = s.config.clone();
+    let g = cfg.grants.get_mut("quiesce-probe").unwrap();
+    g.commands = vec!["/bin/echo".into()];
+    g.sockets = vec![addr.clone()];
+    g.settings.insert("socket".into(), addr.clone());
+    let h = host();
+    let p = h.load(&s.dir.join("quiesce-probe.wasm"), &cfg).unwrap();
+    let mut q = QuiescerInstance::new(p).await.unwrap();
+    q.prepare().await.unwrap();
+    let (mut conn, _) = listener.accept().unwrap();
+    q.freeze(2000).await.unwrap();
+    q.thaw().await.unwrap();
+    // The same connection carried prepare, freeze and thaw, and was closed at thaw.
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let mut seen = String::new();
+    conn.read_to_string(&mut seen).unwrap();
+    assert_eq!(seen, "prepare\nfreeze\nthaw\n");
+
+    // A program that is not granted is refused by the host.
+    let mut cfg2 = cfg.clone();
+    let g = cfg2.grants.get_mut("quiesce-probe").unwrap();
+    g.settings.insert("command".into(), "/bin/cat".into());
+    g.settings.remove("socket");
+    let mut q = QuiescerInstance::new(h.load(&s.dir.join("quiesce-probe.wasm"), &cfg2).unwrap())
+        .await
+        .unwrap();
+    let e = q.freeze(2000).await.unwrap_err();
+    assert!(
+        matches!(e.plugin_error(), Some(PluginError::Denied(m)) if m.contains("/bin/cat")),
+        "{e}"
+    );
+
+    // An address that is not granted cannot be reached.
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut cfg3 = cfg.clone();
+    let g = cfg3.grants.get_mut("quiesce-probe").unwrap();
+    g.settings.insert("socket".into(), other.local_addr().unwrap().to_string());
+    let mut q = QuiescerInstance::new(h.load(&s.dir.join("quiesce-probe.wasm"), &cfg3).unwrap())
+        .await
+        .unwrap();
+    let e = q.prepare().await.unwrap_err();
+    assert!(matches!(e.plugin_error(), Some(PluginError::Denied(_))), "{e}");
 }
