@@ -259,7 +259,7 @@ impl Journal {
             .write(true)
             .open(&lock_path)
             .map_err(io_err(&lock_path, "open"))?;
-        crate::flock::lock_exclusive(&lock)
+        lifeboat_common::lock::lock_exclusive(&lock)
             .map_err(|_| JournalError::Locked { path: lock_path.clone() })?;
 
         let point_path = dir.join(NEXT_POINT);

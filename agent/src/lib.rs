@@ -37,7 +37,6 @@ pub mod bandwidth;
 pub mod config;
 pub mod cycle;
 pub mod disk;
-pub mod flock;
 pub mod freespace;
 pub mod journal;
 pub mod progress;

@@ -222,7 +222,7 @@ impl MasterTarget {
         let tag = unflushed.iter().filter_map(|u| u.2).max();
         let mid = machine.to_string();
         self.state.set_applied(&mid, disk, last + 1, tag)?;
-        self.state.count("applied_batches", unflushed.len() as u64)?;
+        self.state.count(&[("applied_batches", unflushed.len() as u64)])?;
         for (_, name, _) in unflushed.drain(..) {
             target.delete_log(&name).await?;
         }

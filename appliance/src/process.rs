@@ -217,8 +217,8 @@ impl ProcessServer {
                 )
             })?;
         let mut cursors = Vec::new();
+        let known = self.inner.state.disks(machine_id)?;
         for d in &hello.disks {
-            let known = self.inner.state.disks(machine_id)?;
             let id = disk_id(machine, d.index);
             let mut target = self.control_target().await?;
             let t = target.as_mut().expect("set above");
@@ -271,8 +271,9 @@ impl ProcessServer {
         let _order = q.order.lock().await;
         let expected = self.inner.state.received_next(machine_id, h.disk_index)?;
         if h.sequence < expected {
-            self.inner.state.count("duplicate_batches", 1)?;
-            self.inner.state.count("duplicate_bytes", body.len() as u64)?;
+            self.inner
+                .state
+                .count(&[("duplicate_batches", 1), ("duplicate_bytes", body.len() as u64)])?;
             return Ok(self.ack(h.disk_index, h.sequence, true));
         }
         if h.sequence > expected {
@@ -313,8 +314,7 @@ impl ProcessServer {
                 }
             })?;
         self.inner.state.set_received_next(machine_id, h.disk_index, h.sequence + 1)?;
-        self.inner.state.count("received_batches", 1)?;
-        self.inner.state.count("received_bytes", len)?;
+        self.inner.state.count(&[("received_batches", 1), ("received_bytes", len)])?;
         lock(&q.queue).push_back(record);
         q.notify.notify_one();
         Ok(self.ack(h.disk_index, h.sequence, false))
@@ -398,8 +398,7 @@ impl ProcessServer {
         let inner = self.inner.clone();
         let r = *record;
         tokio::task::spawn_blocking(move || lock(&inner.cache).release(&r)).await??;
-        self.inner.state.count("shipped_objects", 1)?;
-        self.inner.state.count("shipped_bytes", obj.len() as u64)?;
+        self.inner.state.count(&[("shipped_objects", 1), ("shipped_bytes", obj.len() as u64)])?;
         tracing::debug!(%machine, disk, sequence, bytes = obj.len(), "shipped");
         Ok(())
     }

@@ -422,16 +422,19 @@ impl State {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
-    /// Adds `by` to the counter `name`.
-    pub fn count(&self, name: &str, by: u64) -> Result<(), StateError> {
-        self.conn()
-            .execute(
+    /// Adds to counters, all in one transaction: `(name, by)` pairs.
+    pub fn count(&self, adds: &[(&str, u64)]) -> Result<(), StateError> {
+        let mut c = self.conn();
+        let tx = c.transaction().map_err(|e| self.err(e))?;
+        for (name, by) in adds {
+            tx.execute(
                 "INSERT INTO counters (name, value) VALUES (?1, ?2)
                  ON CONFLICT (name) DO UPDATE SET value = value + ?2",
-                params![name, by as i64],
+                params![name, *by as i64],
             )
             .map_err(|e| self.err(e))?;
-        Ok(())
+        }
+        tx.commit().map_err(|e| self.err(e))
     }
 
     /// Every counter, by name.

@@ -5,7 +5,9 @@
 //!   and what was expected, and nothing is started.
 //! * [`logging`]: `tracing` set up once per process, human-readable by default and JSON
 //!   lines with `--log-json` (for log shippers).
+//! * [`lock`]: exclusive locks on state directories, patient for a moment.
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod lock;
 pub mod logging;

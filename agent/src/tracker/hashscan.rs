@@ -200,7 +200,7 @@ impl HashScan {
             .write(true)
             .open(&lock_path)
             .map_err(state(&lock_path, "open the lock file"))?;
-        crate::flock::lock_exclusive(&lock).map_err(|e| TrackerError::State {
+        lifeboat_common::lock::lock_exclusive(&lock).map_err(|e| TrackerError::State {
             path: lock_path.clone(),
             action: "lock (is another agent or tracker using this map?)",
             source: e.into(),

@@ -460,7 +460,7 @@ impl Cache {
             .write(true)
             .open(&lock_path)
             .map_err(io("create lock file", &lock_path))?;
-        match lock.try_lock() {
+        match lifeboat_common::lock::lock_exclusive(&lock) {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => return Err(Error::Locked { dir }),
             Err(std::fs::TryLockError::Error(e)) => return Err(io("lock", &lock_path)(e)),
