@@ -64,6 +64,13 @@ pub struct AgentConfig {
     /// nothing is lost). Default 1 GiB.
     #[serde(default = "default_journal_max")]
     pub journal_max_bytes: u64,
+    /// Bytes of unacknowledged batches kept in memory instead of being written to the
+    /// journal's files: while the appliance keeps up, batches are sent from memory and never
+    /// written to the agent's disk. Older ones are written out when this is exceeded, and
+    /// all of them before a recovery point is committed. 0 writes every batch. Default
+    /// 32 MiB; at most `journal_max_bytes`.
+    #[serde(default = "default_journal_memory")]
+    pub journal_memory_bytes: u64,
     /// Bytes of disk data per batch, at most; a multiple of 4096 between 4 KiB and 32 MiB.
     /// Default 8 MiB.
     #[serde(default = "default_batch_max")]
@@ -122,6 +129,9 @@ fn default_interval() -> u64 {
 }
 fn default_journal_max() -> u64 {
     1 << 30
+}
+fn default_journal_memory() -> u64 {
+    32 << 20
 }
 fn default_batch_max() -> u64 {
     8 << 20
@@ -220,6 +230,15 @@ impl AgentConfig {
                 format!(
                     "{} is smaller than batch_max_bytes ({}); the journal must hold at least one batch (default 1 GiB)",
                     self.journal_max_bytes, self.batch_max_bytes
+                ),
+            ));
+        }
+        if self.journal_memory_bytes > self.journal_max_bytes {
+            return Err(bad(
+                "journal_memory_bytes",
+                format!(
+                    "{} is larger than journal_max_bytes ({}); the default is 33554432 (32 MiB), 0 writes every batch to disk",
+                    self.journal_memory_bytes, self.journal_max_bytes
                 ),
             ));
         }

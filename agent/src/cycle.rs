@@ -21,8 +21,9 @@
 //! 4. Once every disk was collected, a point number is reserved (durably, never reused) and
 //!    each disk's held-back batch is appended carrying `ConsistencyTag { kind: Crash,
 //!    point_id }` (an empty batch when the disk had no change). The point therefore covers
-//!    every disk of the machine. Right after a disk's tagged batch is durable, that disk's
-//!    tracker commits.
+//!    every disk of the machine. Right after a disk's tagged batch and every batch before it
+//!    still unacknowledged are durable in files ([`Journal::persist`]; batches stay in memory
+//!    while the appliance keeps up), that disk's tracker commits.
 //!
 //! # What a failure leaves
 //!
@@ -224,7 +225,8 @@ impl Batcher<'_> {
             self.limits.journal_max_bytes,
             self.cur.data_bytes,
             self.stop,
-        ) {
+        ) || !self.journal.wait_for_memory(self.cur.data_bytes, self.stop)
+        {
             return Err(SinkError::new(CycleError::Stopped));
         }
         let p = std::mem::take(&mut self.cur);
@@ -421,6 +423,8 @@ impl Cycler {
             let disk = slot.index;
             self.journal.append(disk, |seq| Batcher::encode(machine, disk, seq, tag, &pending))?;
             report.batches += 1;
+            // A committed change must be acknowledged or in a file, never only in memory.
+            self.journal.persist(disk)?;
             slot.tracker.commit().map_err(|source| CycleError::Tracker {
                 index: slot.index,
                 path: slot.path.clone(),

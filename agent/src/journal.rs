@@ -13,6 +13,25 @@
 //! collecting and lets the tracker's map accumulate the difference instead (the next collect
 //! reports exactly the blocks that changed meanwhile).
 //!
+//! # Batches kept in memory
+//!
+//! Writing every batch to disk and reading it back costs the protected server a second
+//! write of everything it sends. With a memory budget ([`Journal::set_memory_budget`]),
+//! appended batches stay in memory while the unacknowledged ones held there fit in it; the
+//! sender sends them from memory and, when the appliance keeps up, they are acknowledged
+//! without ever touching the disk. The oldest are written out (*spilled*) when the budget
+//! would be exceeded, so the batches on disk are always the oldest of a disk's queue and
+//! the ones in memory the newest. Before a tracker commits a cycle, [`Journal::persist`]
+//! spills every batch still in memory: a committed change is always either acknowledged
+//! or in a file. A batch lost from memory in a crash therefore belongs to a cycle that was
+//! not committed, whose changes the tracker reports again.
+//!
+//! Sequence numbers handed out to batches in memory are covered by a durable reservation
+//! (`reserved`, advanced [`RESERVE_STEP`] at a time), so that after a crash the agent knows
+//! which numbers it may have sent: an appliance that expects a number up to the reservation
+//! lost nothing the agent had committed ([`Journal::advance_to`]); beyond it, this agent's
+//! state was lost.
+//!
 //! # Layout
 //!
 //! ```text
@@ -20,6 +39,7 @@
 //! <dir>/next-point                    next recovery point number of the machine (decimal)
 //! <dir>/d<index>/<seq:020>.batch      one encoded batch (lifeboat-wire format v1)
 //! <dir>/d<index>/next-sequence        a lower bound of the disk's next sequence (decimal)
+//! <dir>/d<index>/reserved             an upper bound of every sequence handed out (decimal)
 //! <dir>/d<index>/resync               present: the whole disk must be compared again
 //! ```
 //!
@@ -68,6 +88,14 @@ const BATCH_EXT: &str = "batch";
 const NEXT_POINT: &str = "next-point";
 const NEXT_SEQUENCE: &str = "next-sequence";
 const RESYNC: &str = "resync";
+const RESERVED: &str = "reserved";
+
+/// How recent the last acknowledgement must be for an append to wait for room in memory
+/// rather than spill (see [`Journal::wait_for_memory`]).
+pub const ACK_PATIENCE: Duration = Duration::from_secs(2);
+
+/// Sequence numbers reserved at a time for batches kept in memory.
+pub const RESERVE_STEP: u64 = 64;
 
 /// Errors of the journal. Every message names the file and says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -169,6 +197,14 @@ pub struct PendingBatch {
     pub len: u64,
 }
 
+/// A batch in a disk's queue: in a file, or (the newest ones) in memory.
+#[derive(Debug)]
+struct Entry {
+    seq: u64,
+    len: u64,
+    mem: Option<bytes::Bytes>,
+}
+
 #[derive(Debug)]
 struct DiskQueue {
     dir: PathBuf,
@@ -176,8 +212,10 @@ struct DiskQueue {
     next_seq: u64,
     /// What `next-sequence` holds.
     persisted_next: u64,
-    /// (sequence, length), ascending and contiguous.
-    entries: VecDeque<(u64, u64)>,
+    /// What `reserved` holds (at least `next_seq`).
+    reserved: u64,
+    /// Ascending and contiguous; the ones in files before the ones in memory.
+    entries: VecDeque<Entry>,
     /// The resync mark's token, when present.
     resync: Option<u64>,
 }
@@ -187,6 +225,12 @@ struct Inner {
     disks: Vec<DiskQueue>,
     next_point: u64,
     bytes: u64,
+    /// Bytes of the batches held in memory.
+    mem_bytes: u64,
+    /// Most bytes of batches held in memory.
+    mem_budget: u64,
+    /// When the appliance last acknowledged something (or the journal opened).
+    last_ack: std::time::Instant,
     /// Bumped at every change, for [`Journal::subscribe`].
     version: u64,
 }
@@ -219,6 +263,12 @@ fn sync_dir(dir: &Path) -> Result<(), JournalError> {
 
 /// Writes `bytes` to `path` atomically and durably: temp file, fsync, rename, directory fsync.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), JournalError> {
+    write_file(path, bytes)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// [`write_atomic`] without the directory fsync (the caller does it once for many files).
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), JournalError> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
@@ -226,8 +276,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), JournalError> {
     f.write_all(bytes).map_err(io_err(&tmp, "write"))?;
     f.sync_all().map_err(io_err(&tmp, "sync"))?;
     drop(f);
-    fs::rename(&tmp, path).map_err(io_err(path, "rename into place"))?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
+    fs::rename(&tmp, path).map_err(io_err(path, "rename into place"))
 }
 
 fn read_counter(path: &Path) -> Result<Option<u64>, JournalError> {
@@ -275,14 +324,22 @@ impl Journal {
         let mut bytes = 0;
         for d in 0..disks {
             let q = Self::load_disk(dir, d, machine, existing)?;
-            bytes += q.entries.iter().map(|e| e.1).sum::<u64>();
+            bytes += q.entries.iter().map(|e| e.len).sum::<u64>();
             queues.push(q);
         }
         let (changed, _) = tokio::sync::watch::channel(0);
         Ok(Self {
             dir: dir.to_path_buf(),
             machine,
-            inner: Mutex::new(Inner { disks: queues, next_point, bytes, version: 0 }),
+            inner: Mutex::new(Inner {
+                disks: queues,
+                next_point,
+                bytes,
+                mem_bytes: 0,
+                mem_budget: 0,
+                last_ack: std::time::Instant::now(),
+                version: 0,
+            }),
             room: Condvar::new(),
             changed,
             _lock: lock,
@@ -373,15 +430,16 @@ impl Journal {
                     header.disk_index, header.sequence
                 )));
             }
-            if let Some(&(prev, _)) = entries.back()
+            if let Some(prev) = entries.back().map(|e: &Entry| e.seq)
                 && seq != prev + 1
             {
                 return Err(JournalError::Gap { dir, missing: prev + 1 });
             }
-            entries.push_back((seq, bytes.len() as u64));
+            entries.push_back(Entry { seq, len: bytes.len() as u64, mem: None });
         }
-        let next_seq = entries.back().map_or(0, |e| e.0 + 1).max(persisted_next);
-        Ok(DiskQueue { dir, next_seq, persisted_next, entries, resync })
+        let next_seq = entries.back().map_or(0, |e| e.seq + 1).max(persisted_next);
+        let reserved = read_counter(&dir.join(RESERVED))?.unwrap_or(0).max(next_seq);
+        Ok(DiskQueue { dir, next_seq, persisted_next, reserved, entries, resync })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -438,12 +496,133 @@ impl Journal {
             }
             Err(e) => return Err(JournalError::BadAppend { disk, seq, what: e.to_string() }),
         }
-        write_atomic(&q.dir.join(batch_name(seq)), &bytes)?;
+        let len = bytes.len() as u64;
+        if len > inner.mem_budget {
+            // Too large to keep: everything older goes to files first (files before memory).
+            Self::spill(&mut inner, disk, u64::MAX)?;
+            let q = Self::queue(&mut inner, disk)?;
+            write_atomic(&q.dir.join(batch_name(seq)), &bytes)?;
+            q.entries.push_back(Entry { seq, len, mem: None });
+        } else {
+            let over = (inner.mem_bytes + len).saturating_sub(inner.mem_budget);
+            if over > 0 {
+                Self::spill_any(&mut inner, over)?;
+            }
+            let q = Self::queue(&mut inner, disk)?;
+            if seq >= q.reserved {
+                let reserved = seq + RESERVE_STEP;
+                write_counter(&q.dir.join(RESERVED), reserved)?;
+                q.reserved = reserved;
+            }
+            q.entries.push_back(Entry { seq, len, mem: Some(bytes::Bytes::from(bytes)) });
+            inner.mem_bytes += len;
+        }
+        let q = Self::queue(&mut inner, disk)?;
         q.next_seq = seq + 1;
-        q.entries.push_back((seq, bytes.len() as u64));
-        inner.bytes += bytes.len() as u64;
+        inner.bytes += len;
         self.bump(&mut inner);
         Ok(seq)
+    }
+
+    /// Writes the oldest batches of `disk` held in memory to files until at least `bytes`
+    /// bytes were freed (all of them with `u64::MAX`). Returns the bytes freed.
+    fn spill(inner: &mut Inner, disk: u32, bytes: u64) -> Result<u64, JournalError> {
+        let q = Self::queue(inner, disk)?;
+        let mut freed = 0;
+        let mut wrote = false;
+        for e in q.entries.iter_mut() {
+            if freed >= bytes {
+                break;
+            }
+            let Some(b) = &e.mem else { continue };
+            write_file(&q.dir.join(batch_name(e.seq)), b)?;
+            wrote = true;
+            e.mem = None;
+            freed += e.len;
+        }
+        if wrote {
+            sync_dir(&q.dir)?;
+        }
+        inner.mem_bytes -= freed;
+        Ok(freed)
+    }
+
+    /// Spills at least `bytes` bytes, oldest-first within each disk, from the disks holding
+    /// the most in memory.
+    fn spill_any(inner: &mut Inner, bytes: u64) -> Result<(), JournalError> {
+        let mut left = bytes;
+        while left > 0 {
+            let held = |q: &DiskQueue| {
+                q.entries.iter().filter(|e| e.mem.is_some()).map(|e| e.len).sum::<u64>()
+            };
+            let Some((disk, _)) = inner
+                .disks
+                .iter()
+                .enumerate()
+                .map(|(i, q)| (i, held(q)))
+                .filter(|(_, h)| *h > 0)
+                .max_by_key(|(_, h)| *h)
+            else {
+                break;
+            };
+            left = left.saturating_sub(Self::spill(inner, disk as u32, left)?);
+        }
+        Ok(())
+    }
+
+    /// Sets the most bytes of unacknowledged batches kept in memory (0, the default: every
+    /// batch is written to a file when appended). See the module documentation.
+    pub fn set_memory_budget(&self, bytes: u64) -> Result<(), JournalError> {
+        let mut inner = self.lock();
+        inner.mem_budget = bytes;
+        let over = inner.mem_bytes.saturating_sub(bytes);
+        if over > 0 {
+            Self::spill_any(&mut inner, over)?;
+        }
+        Ok(())
+    }
+
+    /// Writes every batch of `disk` held in memory to its file, durably. Call it before the
+    /// disk's tracker commits.
+    pub fn persist(&self, disk: u32) -> Result<(), JournalError> {
+        Self::spill(&mut self.lock(), disk, u64::MAX).map(|_| ())
+    }
+
+    /// Bytes of batches held in memory, all disks.
+    pub fn memory_bytes(&self) -> u64 {
+        self.lock().mem_bytes
+    }
+
+    /// The durable upper bound of the sequences `disk` handed out (see the module
+    /// documentation).
+    pub fn reserved(&self, disk: u32) -> Result<u64, JournalError> {
+        Ok(Self::queue(&mut self.lock(), disk)?.reserved)
+    }
+
+    /// The appliance expects `next_seq`, past this journal's next sequence but within its
+    /// reservation: batches that were in memory when the agent stopped, some of which the
+    /// appliance acknowledged. Drops the queue (the appliance holds all of it) and continues
+    /// at `next_seq`; the lost batches belonged to an uncommitted cycle, so nothing else is
+    /// needed.
+    pub fn advance_to(&self, disk: u32, next_seq: u64) -> Result<(), JournalError> {
+        let mut inner = self.lock();
+        let q = Self::queue(&mut inner, disk)?;
+        if next_seq <= q.next_seq {
+            drop(inner);
+            return self.skip_to(disk, next_seq);
+        }
+        if next_seq > q.reserved {
+            return Err(JournalError::BadAppend {
+                disk,
+                seq: next_seq,
+                what: format!("beyond the reservation {}", q.reserved),
+            });
+        }
+        write_counter(&q.dir.join(NEXT_SEQUENCE), next_seq)?;
+        q.persisted_next = next_seq;
+        q.next_seq = next_seq;
+        drop(inner);
+        self.ack(disk, next_seq - 1)
     }
 
     /// The sequence the next batch of `disk` gets.
@@ -455,28 +634,31 @@ impl Journal {
     pub fn pending(&self, disk: u32) -> Result<Vec<PendingBatch>, JournalError> {
         let mut inner = self.lock();
         let q = Self::queue(&mut inner, disk)?;
-        Ok(q.entries.iter().map(|&(seq, len)| PendingBatch { disk, seq, len }).collect())
+        Ok(q.entries.iter().map(|e| PendingBatch { disk, seq: e.seq, len: e.len }).collect())
     }
 
     /// The oldest batch of `disk` not acknowledged yet.
     pub fn first_pending(&self, disk: u32) -> Result<Option<PendingBatch>, JournalError> {
         let mut inner = self.lock();
         let q = Self::queue(&mut inner, disk)?;
-        Ok(q.entries.front().map(|&(seq, len)| PendingBatch { disk, seq, len }))
+        Ok(q.entries.front().map(|e| PendingBatch { disk, seq: e.seq, len: e.len }))
     }
 
     /// The batch of `disk` with sequence `seq`, if still in the journal.
-    pub fn read(&self, disk: u32, seq: u64) -> Result<Option<Vec<u8>>, JournalError> {
+    pub fn read(&self, disk: u32, seq: u64) -> Result<Option<bytes::Bytes>, JournalError> {
         let path = {
             let mut inner = self.lock();
             let q = Self::queue(&mut inner, disk)?;
-            if !q.entries.iter().any(|e| e.0 == seq) {
+            let Some(e) = q.entries.iter().find(|e| e.seq == seq) else {
                 return Ok(None);
+            };
+            if let Some(b) = &e.mem {
+                return Ok(Some(b.clone()));
             }
             q.dir.join(batch_name(seq))
         };
         match fs::read(&path) {
-            Ok(b) => Ok(Some(b)),
+            Ok(b) => Ok(Some(b.into())),
             // Acknowledged (and deleted) meanwhile.
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err(&path, "read")(e)),
@@ -488,34 +670,69 @@ impl Journal {
         let mut inner = self.lock();
         let q = Self::queue(&mut inner, disk)?;
         let mut doomed = Vec::new();
-        while q.entries.front().is_some_and(|e| e.0 <= seq) {
+        while q.entries.front().is_some_and(|e| e.seq <= seq) {
             doomed.push(q.entries.pop_front().expect("checked"));
         }
         if doomed.is_empty() {
             return Ok(());
         }
-        // The files say the next sequence; before they go, the counter must.
-        if q.persisted_next < q.next_seq {
-            write_counter(&q.dir.join(NEXT_SEQUENCE), q.next_seq)?;
-            q.persisted_next = q.next_seq;
+        // The files say the next sequence; before they go, the counter must. Only up to
+        // what is acknowledged: later numbers may belong to batches in memory, which a
+        // crash loses (see `advance_to`).
+        let acked_next = doomed.last().expect("not empty").seq + 1;
+        if doomed.iter().any(|e| e.mem.is_none()) && q.persisted_next < acked_next {
+            write_counter(&q.dir.join(NEXT_SEQUENCE), acked_next)?;
+            q.persisted_next = acked_next;
         }
-        let mut freed = 0;
-        for &(s, len) in &doomed {
-            let p = q.dir.join(batch_name(s));
+        let (mut freed, mut freed_mem) = (0, 0);
+        for e in &doomed {
+            freed += e.len;
+            if e.mem.is_some() {
+                freed_mem += e.len;
+                continue;
+            }
+            let p = q.dir.join(batch_name(e.seq));
             match fs::remove_file(&p) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(io_err(&p, "delete the acknowledged batch")(e)),
             }
-            freed += len;
         }
         // No directory fsync: a deleted file that reappears after a crash is re-sent, and the
         // appliance answers that it is a duplicate.
         inner.bytes -= freed;
+        inner.mem_bytes -= freed_mem;
+        inner.last_ack = std::time::Instant::now();
         self.bump(&mut inner);
         drop(inner);
         self.room.notify_all();
         Ok(())
+    }
+
+    /// Before appending `incoming` bytes: while the memory budget has no room for them but
+    /// the appliance is acknowledging (an ack in the last [`ACK_PATIENCE`]), waits for
+    /// acknowledgements instead of letting the append spill batches to files. So an agent
+    /// whose appliance keeps up, only a little slower than the disks are read, is paced by
+    /// it and writes nothing; one whose appliance stopped answering spills at once. Returns
+    /// false when `stop` is set.
+    pub fn wait_for_memory(&self, incoming: u64, stop: &AtomicBool) -> bool {
+        let mut inner = self.lock();
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            if incoming > inner.mem_budget
+                || inner.mem_bytes + incoming <= inner.mem_budget
+                || inner.last_ack.elapsed() > ACK_PATIENCE
+            {
+                return true;
+            }
+            inner = self
+                .room
+                .wait_timeout(inner, Duration::from_millis(100))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
     }
 
     /// The appliance does not hold what the journal already dropped, or expects a sequence
@@ -530,20 +747,26 @@ impl Journal {
         write_counter(&q.dir.join(NEXT_SEQUENCE), next_seq)?;
         q.persisted_next = next_seq;
         q.next_seq = next_seq;
+        q.reserved = q.reserved.max(next_seq);
         let dropped: Vec<_> = q.entries.drain(..).collect();
         let dir = q.dir.clone();
-        let mut freed = 0;
-        for (s, len) in dropped {
-            let p = dir.join(batch_name(s));
+        let (mut freed, mut freed_mem) = (0, 0);
+        for e in dropped {
+            freed += e.len;
+            if e.mem.is_some() {
+                freed_mem += e.len;
+                continue;
+            }
+            let p = dir.join(batch_name(e.seq));
             match fs::remove_file(&p) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(io_err(&p, "delete the dropped batch")(e)),
             }
-            freed += len;
         }
         sync_dir(&dir)?;
         inner.bytes -= freed;
+        inner.mem_bytes -= freed_mem;
         self.bump(&mut inner);
         drop(inner);
         self.room.notify_all();

@@ -183,6 +183,7 @@ pub fn run(cfg: &AgentConfig, cfg_path: &Path, opts: RunOptions) -> Result<(), R
     }
     let journal =
         Arc::new(Journal::open(&cfg.state_dir.join(JOURNAL_DIR), cfg.disks.len() as u32, machine)?);
+    journal.set_memory_budget(cfg.journal_memory_bytes)?;
     let mut slots = Vec::with_capacity(cfg.disks.len());
     for (i, path) in cfg.disks.iter().enumerate() {
         let index = i as u32;

@@ -10,7 +10,8 @@
 //! | appliance expects `n` | meaning | action |
 //! | --- | --- | --- |
 //! | first pending ≤ `n` ≤ journal's next | normal | drop the batches below `n`, send from `n` |
-//! | `n` > journal's next | this agent's state was lost (state dir restored, reinstalled) | continue numbering at `n`, mark the disk for a full hash-compare resync |
+//! | journal's next < `n` ≤ journal's reservation | batches kept in memory were lost in a crash after the appliance got them; their cycle was not committed | continue numbering at `n` |
+//! | `n` > journal's reservation | this agent's state was lost (state dir restored, reinstalled) | continue numbering at `n`, mark the disk for a full hash-compare resync |
 //! | `n` < first pending (or < next with nothing pending) | the appliance lost batches it had acknowledged | continue at `n`, full resync |
 //!
 //! A full resync goes through the journal's resync mark: the cycle invalidates the whole disk
@@ -303,12 +304,27 @@ impl Sender {
 
     /// Makes the journal agree with an appliance that expects `expected` next for `disk`.
     async fn reconcile(&mut self, disk: u32, expected: u64) -> Result<(), End> {
-        let (next, first) = blocking(&self.journal, move |j| {
-            Ok::<_, JournalError>((j.next_sequence(disk)?, j.first_pending(disk)?))
+        let (next, first, reserved) = blocking(&self.journal, move |j| {
+            Ok::<_, JournalError>((
+                j.next_sequence(disk)?,
+                j.first_pending(disk)?,
+                j.reserved(disk)?,
+            ))
         })
         .await?;
         let first = first.map_or(next, |p| p.seq);
-        if expected > next || expected < first {
+        if expected > next && expected <= reserved {
+            // Batches that were only in memory when this agent stopped, and that the
+            // appliance had received: their cycle was never committed, so its changes are
+            // collected again. Nothing to resend, no resync.
+            tracing::info!(
+                disk,
+                expected,
+                journal_next = next,
+                "the appliance holds batches this agent had in memory when it stopped: continuing at its number"
+            );
+            blocking(&self.journal, move |j| j.advance_to(disk, expected)).await?;
+        } else if expected > next || expected < first {
             if expected > next {
                 tracing::warn!(
                     disk,
@@ -404,7 +420,7 @@ impl Sender {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
         let (status, resp_headers, body) = self
             .big
-            .request(Method::PUT, BATCHES_PATH, Bytes::from(bytes), headers)
+            .request(Method::PUT, BATCHES_PATH, bytes, headers)
             .await
             .map_err(|e| End::Retry(e.to_string()))?;
         match status {

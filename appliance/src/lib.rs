@@ -18,6 +18,7 @@
 //! * [`run`] — starting the roles.
 
 pub mod config;
+pub mod handoff;
 pub mod http;
 pub mod keys;
 pub mod logobj;

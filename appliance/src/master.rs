@@ -28,6 +28,7 @@
 //! that the newest point is always kept. Tiered thinning comes with the lifecycle work.
 
 use crate::config;
+use crate::handoff::Handoff;
 use crate::logobj::{LogHeader, log_prefix, log_sequence, parse_disk_id, point_id};
 use crate::state::{PointRow, State, now_ms};
 use lifeboat_plugin_host::registry::Registry;
@@ -50,6 +51,7 @@ pub struct MasterTarget {
     target: Option<TargetInstance>,
     codec: Option<CodecInstance>,
     cipher: Option<CipherInstance>,
+    handoff: Option<Arc<Handoff>>,
 }
 
 impl std::fmt::Debug for MasterTarget {
@@ -69,7 +71,14 @@ pub struct PassReport {
 
 impl MasterTarget {
     /// A master target over `state` using the plugins of `registry`.
-    pub fn new(state: State, registry: Arc<Registry>, cfg: config::MasterTarget) -> MasterTarget {
+    /// With `handoff`, batches a process server in this process shipped are taken from
+    /// memory instead of being read back from the target.
+    pub fn new(
+        state: State,
+        registry: Arc<Registry>,
+        cfg: config::MasterTarget,
+        handoff: Option<Arc<Handoff>>,
+    ) -> MasterTarget {
         MasterTarget {
             state,
             registry,
@@ -78,6 +87,7 @@ impl MasterTarget {
             target: None,
             codec: None,
             cipher: None,
+            handoff,
         }
     }
 
@@ -236,18 +246,33 @@ impl MasterTarget {
         seq: u64,
         name: &str,
     ) -> anyhow::Result<Option<u64>> {
-        let obj = self.target.as_mut().expect("refreshed").get_log(name).await?;
-        let (header, envelope) = LogHeader::decode(&obj)?;
-        header.expect(machine, disk, seq)?;
-        let sealed_header = &obj[..crate::logobj::HEADER_LEN];
-        let body = self.cipher.as_mut().expect("refreshed").open(sealed_header, envelope).await?;
-        let encoded = if header.compressed {
-            self.codec.as_mut().expect("refreshed").decompress(&body, header.batch_len).await?
-        } else {
-            body
+        let t0 = std::time::Instant::now();
+        let handed = self.handoff.as_ref().and_then(|h| h.take(name));
+        let from_memory = handed.is_some();
+        let encoded: bytes::Bytes = match handed {
+            Some(b) => b,
+            None => {
+                let obj = self.target.as_mut().expect("refreshed").get_log(name).await?;
+                let (header, envelope) = LogHeader::decode(&obj)?;
+                header.expect(machine, disk, seq)?;
+                let sealed_header = &obj[..crate::logobj::HEADER_LEN];
+                let body =
+                    self.cipher.as_mut().expect("refreshed").open(sealed_header, envelope).await?;
+                let encoded = if header.compressed {
+                    self.codec
+                        .as_mut()
+                        .expect("refreshed")
+                        .decompress(&body, header.batch_len)
+                        .await?
+                } else {
+                    body
+                };
+                encoded.into()
+            }
         };
         let batch =
             lifeboat_wire::decode(&encoded).map_err(|e| anyhow::anyhow!("log {name}: {e}"))?;
+        let t1 = std::time::Instant::now();
         let h = batch.header();
         anyhow::ensure!(
             (h.machine, h.disk_index, h.sequence) == (machine, disk, seq),
@@ -289,6 +314,13 @@ impl MasterTarget {
         if !extents.is_empty() || !zeros.is_empty() {
             target.write_extents(&disk_id, &extents, &zeros).await?;
         }
+        tracing::debug!(
+            log = name,
+            from_memory,
+            read_us = (t1 - t0).as_micros() as u64,
+            write_us = t1.elapsed().as_micros() as u64,
+            "applied"
+        );
         Ok(tag)
     }
 

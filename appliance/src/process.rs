@@ -18,6 +18,14 @@
 //! plugin failure (error, trap, deadline) leaves the batch in the cache and the task
 //! retries with backoff; nothing is acknowledged that was not done.
 //!
+//! # Memory
+//!
+//! A batch is read back from the cache only when it was not kept in memory: the received
+//! bytes stay in the disk's queue while the queues together hold less than
+//! [`HOT_BUDGET`] (the process server keeps up), so shipping reads nothing from disk. After
+//! `put-log`, a master target in the same process gets the clear batch through the
+//! [`Handoff`] instead of reading, decrypting and decompressing the log it was just given.
+//!
 //! # Back-pressure
 //!
 //! Above the cache's high-water mark every acknowledgement carries `slow_down_ms`, so
@@ -30,6 +38,7 @@
 //! with it (a batch cached just before a crash that the database did not yet count).
 
 use crate::config;
+use crate::handoff::Handoff;
 use crate::logobj::{LogHeader, disk_id, log_name};
 use crate::state::{State, StateError};
 use lifeboat_cache::{Cache, CacheConfig, Pressure, RecordKey, RecordRef};
@@ -76,11 +85,22 @@ impl From<StateError> for ApiFailure {
     }
 }
 
+/// Most bytes of received batches kept in memory, over all queues, for shipping without
+/// reading the cache back.
+pub const HOT_BUDGET: usize = 256 << 20;
+
+/// A cached batch waiting to be shipped, with its bytes when they are kept in memory.
+#[derive(Clone)]
+struct Queued {
+    record: RecordRef,
+    payload: Option<bytes::Bytes>,
+}
+
 /// One disk's shipping queue.
 struct DiskQueue {
     /// Serialises the sequence check and append of one disk.
     order: tokio::sync::Mutex<()>,
-    queue: Mutex<VecDeque<RecordRef>>,
+    queue: Mutex<VecDeque<Queued>>,
     notify: Notify,
 }
 
@@ -92,6 +112,10 @@ struct Inner {
     disks: Mutex<HashMap<(MachineId, u32), Arc<DiskQueue>>>,
     control: tokio::sync::Mutex<Option<TargetInstance>>,
     shutdown: tokio_util::sync::CancellationToken,
+    /// Bytes of payloads held in the queues.
+    hot_bytes: std::sync::atomic::AtomicUsize,
+    /// A master target in this process, if any.
+    handoff: Option<Arc<Handoff>>,
 }
 
 /// The process server role.
@@ -118,6 +142,7 @@ impl ProcessServer {
         cfg: config::ProcessServer,
         cache_dir: &std::path::Path,
         shutdown: tokio_util::sync::CancellationToken,
+        handoff: Option<Arc<Handoff>>,
     ) -> anyhow::Result<ProcessServer> {
         let cache_cfg = CacheConfig {
             max_bytes: cfg.cache_max_mib << 20,
@@ -134,6 +159,8 @@ impl ProcessServer {
                 disks: Mutex::new(HashMap::new()),
                 control: tokio::sync::Mutex::new(None),
                 shutdown,
+                hot_bytes: Default::default(),
+                handoff,
             }),
         };
         let mut replayed = 0usize;
@@ -144,7 +171,7 @@ impl ProcessServer {
                 (frame.header.machine, frame.header.disk_index, frame.header.sequence);
             me.inner.state.set_received_next(&machine.to_string(), disk, seq + 1)?;
             let q = me.queue(machine, disk);
-            lock(&q.queue).push_back(p.record);
+            lock(&q.queue).push_back(Queued { record: p.record, payload: None });
             q.notify.notify_one();
             replayed += 1;
         }
@@ -295,6 +322,7 @@ impl ProcessServer {
         let key = RecordKey { machine: number, disk: h.disk_index, sequence: h.sequence };
         let inner = self.inner.clone();
         let len = body.len() as u64;
+        let kept = body.clone();
         let record = tokio::task::spawn_blocking(move || lock(&inner.cache).append(key, &body))
             .await
             .map_err(|e| ApiFailure::new(500, "internal", e.to_string()))?
@@ -315,9 +343,27 @@ impl ProcessServer {
             })?;
         self.inner.state.set_received_next(machine_id, h.disk_index, h.sequence + 1)?;
         self.inner.state.count(&[("received_batches", 1), ("received_bytes", len)])?;
-        lock(&q.queue).push_back(record);
+        let payload = self.hold(kept);
+        lock(&q.queue).push_back(Queued { record, payload });
         q.notify.notify_one();
         Ok(self.ack(h.disk_index, h.sequence, false))
+    }
+
+    /// Keeps `payload` in memory if the budget allows.
+    fn hold(&self, payload: bytes::Bytes) -> Option<bytes::Bytes> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let len = payload.len();
+        let hot = &self.inner.hot_bytes;
+        let mut cur = hot.load(Relaxed);
+        loop {
+            if cur + len > HOT_BUDGET {
+                return None;
+            }
+            match hot.compare_exchange_weak(cur, cur + len, Relaxed, Relaxed) {
+                Ok(_) => return Some(payload),
+                Err(now) => cur = now,
+            }
+        }
     }
 
     fn ack(&self, disk: u32, sequence: u64, duplicate: bool) -> BatchAck {
@@ -334,48 +380,127 @@ impl ProcessServer {
         lock(&self.inner.disks).values().map(|q| lock(&q.queue).len()).sum()
     }
 
+    /// Ships one disk's queue: an encoder (codec, cipher) and a putter (`put-log`, then the
+    /// batch leaves the cache) run concurrently, two sealed logs apart at most, so that
+    /// compressing the next batch overlaps storing this one. Both keep the disk's order.
     async fn ship_loop(self, machine: MachineId, disk: u32, q: Arc<DiskQueue>) {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Sealed>(2);
+        let putter = tokio::spawn(self.clone().put_loop(machine, disk, q.clone(), rx));
+        self.encode_loop(machine, disk, q, tx).await;
+        let _ = putter.await;
+    }
+
+    /// Waits out a failure's back-off; false when shutting down.
+    async fn backoff(&self, backoff: &mut Duration) -> bool {
+        let wait = *backoff;
+        *backoff = (wait * 2).min(Duration::from_secs(10));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => true,
+            _ = self.inner.shutdown.cancelled() => false,
+        }
+    }
+
+    async fn encode_loop(
+        self,
+        machine: MachineId,
+        disk: u32,
+        q: Arc<DiskQueue>,
+        tx: tokio::sync::mpsc::Sender<Sealed>,
+    ) {
         let mut stage = Stage::default();
         let mut backoff = Duration::from_millis(100);
+        // The first sequence not handed to the putter yet.
+        let mut next = 0u64;
         loop {
-            let next = lock(&q.queue).front().cloned();
-            let Some(record) = next else {
+            let found = lock(&q.queue).iter().find(|e| e.record.key().sequence >= next).cloned();
+            let Some(queued) = found else {
                 tokio::select! {
                     _ = q.notify.notified() => continue,
                     _ = self.inner.shutdown.cancelled() => return,
                 }
             };
-            match self.ship_one(&mut stage, machine, disk, &record).await {
-                Ok(()) => {
-                    lock(&q.queue).pop_front();
+            let sequence = queued.record.key().sequence;
+            match self.encode(&mut stage, machine, disk, &queued).await {
+                Ok(sealed) => {
                     backoff = Duration::from_millis(100);
-                }
-                Err(e) => {
-                    tracing::warn!(%machine, disk, sequence = record.key().sequence, error = %e, retry_in_ms = backoff.as_millis() as u64, "shipping failed; the batch stays in the cache");
+                    next = sequence + 1;
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        r = tx.send(sealed) => if r.is_err() { return },
                         _ = self.inner.shutdown.cancelled() => return,
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+                Err(e) => {
+                    tracing::warn!(%machine, disk, sequence, error = %e, retry_in_ms = backoff.as_millis() as u64, "compressing or encrypting failed; the batch stays in the cache");
+                    if !self.backoff(&mut backoff).await {
+                        return;
+                    }
                 }
             }
         }
     }
 
-    async fn ship_one(
+    async fn put_loop(
+        self,
+        machine: MachineId,
+        disk: u32,
+        q: Arc<DiskQueue>,
+        mut rx: tokio::sync::mpsc::Receiver<Sealed>,
+    ) {
+        let mut stage = Stage::default();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let sealed = tokio::select! {
+                s = rx.recv() => match s { Some(s) => s, None => return },
+                _ = self.inner.shutdown.cancelled() => return,
+            };
+            let sequence = sealed.queued.record.key().sequence;
+            loop {
+                match self.put(&mut stage, machine, disk, &sealed).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::warn!(%machine, disk, sequence, error = %e, retry_in_ms = backoff.as_millis() as u64, "storing the log at the target failed; the batch stays in the cache");
+                        if !self.backoff(&mut backoff).await {
+                            return;
+                        }
+                    }
+                }
+            }
+            backoff = Duration::from_millis(100);
+            let mut queue = lock(&q.queue);
+            debug_assert_eq!(queue.front().map(|e| e.record.key().sequence), Some(sequence));
+            if let Some(done) = queue.pop_front()
+                && let Some(p) = done.payload
+            {
+                self.inner.hot_bytes.fetch_sub(p.len(), std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Compresses and encrypts a batch into its log object.
+    async fn encode(
         &self,
         stage: &mut Stage,
         machine: MachineId,
         disk: u32,
-        record: &RecordRef,
-    ) -> anyhow::Result<()> {
+        queued: &Queued,
+    ) -> anyhow::Result<Sealed> {
         stage.refresh(&self.inner.registry, &self.inner.cfg).await?;
-        let inner = self.inner.clone();
-        let r = *record;
-        let payload = tokio::task::spawn_blocking(move || lock(&inner.cache).read(&r)).await??;
+        let record = &queued.record;
+        let payload = match &queued.payload {
+            Some(p) => p.clone(),
+            None => {
+                let inner = self.inner.clone();
+                let r = *record;
+                bytes::Bytes::from(
+                    tokio::task::spawn_blocking(move || lock(&inner.cache).read(&r)).await??,
+                )
+            }
+        };
         let sequence = record.key().sequence;
+        let t0 = std::time::Instant::now();
         let codec = stage.codec.as_mut().expect("refreshed");
         let encoded = codec.compress(self.inner.cfg.codec_level, &payload).await?;
+        let t1 = std::time::Instant::now();
         let header = LogHeader {
             compressed: !encoded.raw,
             batch_len: payload.len() as u32,
@@ -384,24 +509,63 @@ impl ProcessServer {
             sequence,
         }
         .encode();
-        let body = if encoded.raw { payload } else { encoded.data };
-        let envelope = stage.cipher.as_mut().expect("refreshed").seal(&header, &body).await?;
+        let envelope = if encoded.raw {
+            stage.cipher.as_mut().expect("refreshed").seal(&header, &payload).await?
+        } else {
+            stage.cipher.as_mut().expect("refreshed").seal(&header, &encoded.data).await?
+        };
         let mut obj = Vec::with_capacity(header.len() + envelope.len());
         obj.extend_from_slice(&header);
         obj.extend_from_slice(&envelope);
+        tracing::trace!(
+            %machine,
+            disk,
+            sequence,
+            compress_us = (t1 - t0).as_micros() as u64,
+            seal_us = t1.elapsed().as_micros() as u64,
+            "sealed"
+        );
+        Ok(Sealed { queued: queued.clone(), payload, obj })
+    }
+
+    /// Stores a log object at the target; then the batch may leave the cache.
+    async fn put(
+        &self,
+        stage: &mut Stage,
+        machine: MachineId,
+        disk: u32,
+        sealed: &Sealed,
+    ) -> anyhow::Result<()> {
+        stage.refresh(&self.inner.registry, &self.inner.cfg).await?;
+        let record = sealed.queued.record;
+        let sequence = record.key().sequence;
+        let t0 = std::time::Instant::now();
         stage
             .target
             .as_mut()
             .expect("refreshed")
-            .put_log(&log_name(machine, disk, sequence), &obj)
+            .put_log(&log_name(machine, disk, sequence), &sealed.obj)
             .await?;
+        let put_us = t0.elapsed().as_micros() as u64;
+        if let Some(h) = &self.inner.handoff {
+            h.offer(log_name(machine, disk, sequence), sealed.payload.clone());
+        }
         let inner = self.inner.clone();
-        let r = *record;
-        tokio::task::spawn_blocking(move || lock(&inner.cache).release(&r)).await??;
-        self.inner.state.count(&[("shipped_objects", 1), ("shipped_bytes", obj.len() as u64)])?;
-        tracing::debug!(%machine, disk, sequence, bytes = obj.len(), "shipped");
+        tokio::task::spawn_blocking(move || lock(&inner.cache).release(&record)).await??;
+        self.inner
+            .state
+            .count(&[("shipped_objects", 1), ("shipped_bytes", sealed.obj.len() as u64)])?;
+        tracing::debug!(%machine, disk, sequence, bytes = sealed.obj.len(), put_us, "shipped");
         Ok(())
     }
+}
+
+/// A batch sealed into its log object, on its way to the target.
+struct Sealed {
+    queued: Queued,
+    /// The clear batch, for the hand-off.
+    payload: bytes::Bytes,
+    obj: Vec<u8>,
 }
 
 /// The plugin instances one shipping task uses, rebuilt when the plugins are reloaded.
@@ -476,6 +640,7 @@ mod tests {
             config::ProcessServer::default(),
             &dir.join("cache"),
             tokio_util::sync::CancellationToken::new(),
+            None,
         )
         .unwrap();
         (ps, state)

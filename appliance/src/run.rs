@@ -2,6 +2,7 @@
 //! configuration turns on, until SIGINT/SIGTERM. SIGHUP reloads the plugins directory.
 
 use crate::config::ApplianceConfig;
+use crate::handoff::Handoff;
 use crate::http::{self, ConfigServerCtx};
 use crate::master::MasterTarget;
 use crate::process::ProcessServer;
@@ -124,6 +125,12 @@ pub async fn run(config: ApplianceConfig) -> anyhow::Result<()> {
         });
     }
 
+    // Both roles on one target in this process: shipped batches go to the master target
+    // in memory (see `handoff`); the logs are written to the target all the same.
+    let handoff = (cfg.roles.process_server
+        && cfg.roles.master_target
+        && cfg.process_server.target == cfg.master_target.target)
+        .then(|| Arc::new(Handoff::new(crate::handoff::DEFAULT_BUDGET)));
     if let (true, Some((ca, server_id))) = (cfg.roles.process_server, &listeners) {
         let ps = ProcessServer::start(
             core.state.clone(),
@@ -131,6 +138,7 @@ pub async fn run(config: ApplianceConfig) -> anyhow::Result<()> {
             cfg.process_server.clone(),
             &data.join("cache"),
             shutdown.clone(),
+            handoff.clone(),
         )?;
         let tls = lifeboat_net::server_config(
             server_id,
@@ -155,8 +163,12 @@ pub async fn run(config: ApplianceConfig) -> anyhow::Result<()> {
     }
 
     if cfg.roles.master_target {
-        let mt =
-            MasterTarget::new(core.state.clone(), core.registry.clone(), cfg.master_target.clone());
+        let mt = MasterTarget::new(
+            core.state.clone(),
+            core.registry.clone(),
+            cfg.master_target.clone(),
+            handoff.clone(),
+        );
         let sd = shutdown.clone();
         tasks.spawn(async move { mt.run(sd).await });
         tracing::info!(target = %cfg.master_target.target, "master target running");

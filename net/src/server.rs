@@ -215,6 +215,11 @@ where
     })
 }
 
+/// HTTP/2 flow-control window of a request stream the server advertises.
+pub const H2_STREAM_WINDOW: u32 = 16 << 20;
+/// Largest HTTP/2 frame the server accepts (the protocol allows up to 16 MiB - 1).
+pub const H2_MAX_FRAME: u32 = 1 << 20;
+
 /// [`serve_with`] with [`ServeOptions::default`].
 pub async fn serve<H, Fut, S>(
     listener: TcpListener,
@@ -249,7 +254,12 @@ pub async fn serve_with<H, Fut, S>(
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(20));
+        .keep_alive_timeout(Duration::from_secs(20))
+        // Batches are megabytes: windows that hold a whole default batch, and large frames,
+        // so an upload is not a series of 1 MiB round trips of 16 KiB frames.
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(2 * H2_STREAM_WINDOW)
+        .max_frame_size(H2_MAX_FRAME);
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();

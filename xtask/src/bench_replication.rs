@@ -124,6 +124,26 @@ fn drop_caches() {
     let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
 }
 
+/// An XFS filesystem in an image file, loop-mounted; unmounted on drop.
+struct XfsMount(PathBuf);
+impl Drop for XfsMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Mounts a fresh XFS (reflinks on) at `at`, backed by `image`: the filesystem the local
+/// target documentation recommends, where a recovery point is a reflink and not a copy.
+fn mount_xfs(image: &Path, at: &Path) -> Result<XfsMount> {
+    let f = std::fs::File::create(image)?;
+    f.set_len(16 << 30)?;
+    drop(f);
+    run(Command::new("mkfs.xfs").args(["-q", "-f", "-m", "reflink=1"]).arg(image))?;
+    std::fs::create_dir_all(at)?;
+    run(Command::new("mount").args(["-o", "loop"]).arg(image).arg(at))?;
+    Ok(XfsMount(at.to_path_buf()))
+}
+
 struct Lifeboat {
     bin: PathBuf,
     config: PathBuf,
@@ -166,7 +186,10 @@ impl Lifeboat {
             .arg(&config)
             .stdout(log.try_clone()?)
             .stderr(log)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("LIFEBOAT_BENCH_APPLIANCE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .spawn()?;
         let procs = Kill(vec![child]);
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -203,6 +226,25 @@ impl Lifeboat {
             ),
         )?;
         Ok(Lifeboat { bin, config, agent_config, _procs: procs })
+    }
+
+    /// CPU seconds (user + system) used so far by the appliance and by the agents run.
+    fn cpu_seconds(&self) -> f64 {
+        let tick = 100.0; // USER_HZ on Linux
+        let appliance = self._procs.0.first().and_then(|c| {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", c.id())).ok()?;
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split(' ').collect();
+            Some((f[11].parse::<f64>().ok()? + f[12].parse::<f64>().ok()?) / tick)
+        });
+        // SAFETY: getrusage writes into the struct it is given.
+        let children = unsafe {
+            let mut u: libc::rusage = std::mem::zeroed();
+            libc::getrusage(libc::RUSAGE_CHILDREN, &mut u);
+            let t = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+            t(u.ru_utime) + t(u.ru_stime)
+        };
+        appliance.unwrap_or(0.0) + children
     }
 
     fn points(&self) -> Result<usize> {
@@ -317,11 +359,14 @@ fn restic(repo: &Path, src: &Path) -> Result<f64> {
 /// Runs the benchmark.
 pub fn replication() -> Result<()> {
     crate::setup::toolchain()?;
-    crate::setup::apt(&["rsync", "openssh-server", "openssh-client", "restic"])?;
+    crate::setup::apt(&["rsync", "openssh-server", "openssh-client", "restic", "xfsprogs"])?;
     crate::plugins::build()?;
     crate::build_binaries()?;
     let work = target_dir().join("bench-replication");
     if work.exists() {
+        // A mount left by an interrupted run.
+        let _ =
+            Command::new("umount").arg(work.join("lifeboat/target")).stderr(Stdio::null()).status();
         std::fs::remove_dir_all(&work)?;
     }
     std::fs::create_dir_all(&work)?;
@@ -329,11 +374,33 @@ pub fn replication() -> Result<()> {
     eprintln!("bench: generating a 2 GiB mixed disk image");
     mixed_image(&disk)?;
 
+    // The local target's directory: XFS when we may mount one (points are reflinks), else
+    // the work directory's filesystem (points are copies); LIFEBOAT_BENCH_TARGET_FS=plain
+    // forces the latter.
+    let plain = std::env::var("LIFEBOAT_BENCH_TARGET_FS").is_ok_and(|v| v == "plain");
+    // SAFETY: geteuid has no preconditions.
+    let root_user = unsafe { libc::geteuid() } == 0;
+    let _xfs = if !plain && root_user {
+        Some(mount_xfs(&work.join("target-xfs.img"), &work.join("lifeboat/target"))?)
+    } else {
+        None
+    };
+    let target_fs =
+        if _xfs.is_some() { "xfs (reflink points)" } else { "work directory's (copied points)" };
+    eprintln!("bench: Lifeboat's local target on {target_fs}");
+
     // Initial copies.
     drop_caches();
     let lifeboat = Lifeboat::start(&work.join("lifeboat"), &disk)?;
+    let cpu_before = lifeboat.cpu_seconds();
     let lb_initial = lifeboat.cycle()?;
-    eprintln!("bench: lifeboat initial {lb_initial:.1} s");
+    let cpu = lifeboat.cpu_seconds() - cpu_before;
+    eprintln!(
+        "bench: lifeboat initial {lb_initial:.1} s (CPU: {cpu:.1} s in the appliance and agent)"
+    );
+    if std::env::var_os("LIFEBOAT_BENCH_ONLY_LIFEBOAT").is_some() {
+        return Ok(());
+    }
     let shipped_after_initial = lifeboat.shipped_bytes()?;
 
     let sshd = start_sshd(&work.join("sshd"))?;
@@ -363,6 +430,7 @@ pub fn replication() -> Result<()> {
     let re_delta = restic(&repo, &disk)?;
 
     let result = serde_json::json!({
+        "lifeboat_target_fs": target_fs,
         "initial": {"lifeboat_s": r(lb_initial), "rsync_s": r(rs_initial), "restic_s": r(re_initial)},
         "delta": {"lifeboat_s": r(lb_delta), "rsync_s": r(rs_delta), "restic_s": r(re_delta),
                   "lifeboat_wire_bytes": lb_wire, "rsync_wire_bytes": rs_wire, "changed_bytes": changed},

@@ -233,3 +233,99 @@ fn wait_for_room_returns_on_ack_or_stop() {
     stop.store(true, Ordering::Relaxed);
     assert!(!j.wait_for_room(one, one, &stop));
 }
+
+fn file(dir: &Path, disk: u32, seq: u64) -> PathBuf {
+    dir.join(format!("d{disk}/{seq:020}.batch"))
+}
+
+#[test]
+fn batches_in_memory_are_sent_and_acknowledged_without_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path(), 1, M).unwrap();
+    let one = batch(0, 0, 1).len() as u64;
+    j.set_memory_budget(3 * one).unwrap();
+    for fill in 1..=3 {
+        append(&j, 0, fill);
+    }
+    assert_eq!(j.memory_bytes(), 3 * one);
+    assert!(!file(dir.path(), 0, 0).exists(), "a batch within the budget is not written");
+    assert_eq!(j.read(0, 1).unwrap().unwrap(), batch(0, 1, 2));
+    // The reservation covers every number handed out, durably.
+    assert!(j.reserved(0).unwrap() >= 3);
+    assert_eq!(read_counter(&dir.path().join("d0/reserved")).unwrap(), Some(RESERVE_STEP));
+
+    // A fourth does not fit: the oldest goes to a file; files stay before memory.
+    append(&j, 0, 4);
+    assert!(file(dir.path(), 0, 0).exists());
+    assert!(!file(dir.path(), 0, 1).exists());
+    assert_eq!(j.memory_bytes(), 3 * one);
+    assert_eq!(j.read(0, 0).unwrap().unwrap(), batch(0, 0, 1));
+    assert_eq!(j.bytes(), 4 * one);
+
+    j.ack(0, 2).unwrap();
+    assert_eq!(seqs(&j, 0), vec![3]);
+    assert_eq!(j.memory_bytes(), one);
+    assert_eq!(j.bytes(), one);
+    assert!(!file(dir.path(), 0, 0).exists());
+    // The counter says only what is acknowledged, not the batch still in memory.
+    assert_eq!(read_counter(&dir.path().join("d0/next-sequence")).unwrap(), Some(3));
+}
+
+#[test]
+fn persist_writes_memory_to_files_and_a_crash_loses_only_uncommitted_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path(), 1, M).unwrap();
+    j.set_memory_budget(64 << 20).unwrap();
+    append(&j, 0, 1);
+    append(&j, 0, 2);
+    j.persist(0).unwrap();
+    assert_eq!(j.memory_bytes(), 0);
+    assert!(file(dir.path(), 0, 0).exists() && file(dir.path(), 0, 1).exists());
+    // Two more in memory, then a crash (drop without persist).
+    append(&j, 0, 3);
+    append(&j, 0, 4);
+    drop(j);
+
+    let j = Journal::open(dir.path(), 1, M).unwrap();
+    j.set_memory_budget(64 << 20).unwrap();
+    assert_eq!(seqs(&j, 0), vec![0, 1], "the persisted batches survive");
+    assert_eq!(j.next_sequence(0).unwrap(), 2);
+    let reserved = j.reserved(0).unwrap();
+    assert!(reserved >= 4, "numbers 2 and 3 were handed out: {reserved}");
+    // The appliance got 2 and 3 before the crash and expects 4: within the reservation,
+    // the journal continues there without a resync.
+    j.advance_to(0, 4).unwrap();
+    assert!(j.is_empty());
+    assert_eq!(j.next_sequence(0).unwrap(), 4);
+    assert_eq!(j.resync_requested(0).unwrap(), None);
+    assert_eq!(append(&j, 0, 5), 4);
+    // Beyond the reservation is not this journal's number.
+    assert!(j.advance_to(0, j.reserved(0).unwrap() + 1).is_err());
+    drop(j);
+    let j = Journal::open(dir.path(), 1, M).unwrap();
+    assert_eq!(j.next_sequence(0).unwrap(), 4, "advance_to is durable");
+}
+
+#[test]
+fn a_batch_larger_than_the_budget_goes_to_a_file_after_everything_older() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path(), 2, M).unwrap();
+    let one = batch(0, 0, 1).len() as u64;
+    j.set_memory_budget(one).unwrap();
+    append(&j, 0, 1);
+    append(&j, 1, 1);
+    // Disk 1's batch pushed disk 0's out (the budget is shared).
+    assert!(file(dir.path(), 0, 0).exists());
+    assert!(!file(dir.path(), 1, 0).exists());
+    j.set_memory_budget(one - 1).unwrap();
+    assert!(file(dir.path(), 1, 0).exists(), "lowering the budget spills");
+    append(&j, 1, 2);
+    assert!(file(dir.path(), 1, 1).exists());
+    assert_eq!(j.memory_bytes(), 0);
+    // Reset drops memory and files alike.
+    j.set_memory_budget(one).unwrap();
+    append(&j, 1, 3);
+    j.reset(1, 10).unwrap();
+    assert_eq!(j.memory_bytes(), 0);
+    assert_eq!(j.bytes(), one);
+}
