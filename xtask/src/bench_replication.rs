@@ -3,6 +3,14 @@
 //! 30 % text-like, 30 % random): the initial copy, then a delta after 1 % of the disk
 //! was rewritten by random 4 KiB writes. Writes `target/bench/replication.json` under
 //! the workspace root and prints a table. Not a test; not part of CI.
+//!
+//! Lifeboat's local target is put on a fresh XFS loop mount when running as root (points
+//! are reflinks, as `docs/targets/local.md` recommends); `LIFEBOAT_BENCH_TARGET_FS=plain`
+//! keeps it on the work directory's filesystem instead (on ext4, each point is a copy).
+//! For profiling: `LIFEBOAT_BENCH_ONLY_LIFEBOAT=1` stops after Lifeboat's initial copy,
+//! `LIFEBOAT_BENCH_APPLIANCE_LOG` sets the appliance's `RUST_LOG` (its log is
+//! `target/bench-replication/lifeboat/appliance.log`; `lifeboat_appliance=debug` prints
+//! per-batch timings).
 
 use crate::{root, run, target_dir};
 use anyhow::{Context, Result, bail};

@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use super::*;
-use crate::cycle::{CycleLimits, CycleOutcome, Cycler, DiskSlot};
+use crate::cycle::{CycleError, CycleLimits, CycleOutcome, Cycler, DiskSlot};
 use crate::tracker::{HashScan, HashScanConfig};
 
 const KIB: u64 = 1024;
@@ -276,12 +276,47 @@ struct Source {
     cycler: Cycler,
 }
 
+/// The journal and a cycler over the disks `disks` whose state lives in `dir`, as an agent
+/// (re)starting there opens them.
+fn open_agent(
+    dir: &std::path::Path,
+    disks: &[PathBuf],
+    limits: CycleLimits,
+    stop: Arc<AtomicBool>,
+) -> (Arc<Journal>, Cycler) {
+    let machine = MachineId::from_str(MACHINE_ID).unwrap();
+    let slots = disks
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let map = dir.join(format!("hashscan-d{i}.map"));
+            let mut cfg = HashScanConfig::new(&map);
+            cfg.drop_cache = false;
+            DiskSlot {
+                index: i as u32,
+                path: p.clone(),
+                tracker: Box::new(HashScan::new(cfg).unwrap()),
+                baseline_path: Some(map),
+            }
+        })
+        .collect();
+    let journal =
+        Arc::new(Journal::open(&dir.join("journal"), disks.len() as u32, machine).unwrap());
+    let cycler = Cycler::new(
+        machine,
+        slots,
+        journal.clone(),
+        limits,
+        stop,
+        Arc::new(ProgressBoard::new(disks.len() as u32)),
+    );
+    (journal, cycler)
+}
+
 impl Source {
     fn new(sizes: &[u64], rng: &mut StdRng) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let machine = MachineId::from_str(MACHINE_ID).unwrap();
         let mut disks = Vec::new();
-        let mut slots = Vec::new();
         for (i, &size) in sizes.iter().enumerate() {
             let p = dir.path().join(format!("disk{i}.img"));
             let f = File::create(&p).unwrap();
@@ -294,27 +329,13 @@ impl Source {
                     f.write_all_at(&b, off).unwrap();
                 }
             }
-            let map = dir.path().join(format!("hashscan-d{i}.map"));
-            let mut cfg = HashScanConfig::new(&map);
-            cfg.drop_cache = false;
-            slots.push(DiskSlot {
-                index: i as u32,
-                path: p.clone(),
-                tracker: Box::new(HashScan::new(cfg).unwrap()),
-                baseline_path: Some(map),
-            });
             disks.push(p);
         }
-        let journal = Arc::new(
-            Journal::open(&dir.path().join("journal"), sizes.len() as u32, machine).unwrap(),
-        );
-        let cycler = Cycler::new(
-            machine,
-            slots,
-            journal.clone(),
+        let (journal, cycler) = open_agent(
+            dir.path(),
+            &disks,
             CycleLimits { batch_max_bytes: 64 * KIB, journal_max_bytes: 1 << 30 },
             Arc::new(AtomicBool::new(false)),
-            Arc::new(ProgressBoard::new(sizes.len() as u32)),
         );
         Self { dir, disks, journal, cycler }
     }
@@ -484,6 +505,71 @@ async fn an_agent_whose_state_was_lost_continues_at_the_appliance_number() {
     assert!(app.with(|s| s.next[0]) > 40);
     stop_tx.send(true).unwrap();
     assert_eq!(task.await.unwrap().unwrap().resyncs, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_lost_from_memory_in_a_crash_are_collected_again_without_a_resync() {
+    let mut rng = StdRng::seed_from_u64(4);
+    let sizes = [512 * KIB];
+    let mut src = Source::new(&sizes, &mut rng);
+    src.cycle();
+    let app = Appliance::start(&sizes).await;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(
+        Sender::new(src.journal.clone(), app.options(&src.disks, None)).unwrap().run(stop_rx),
+    );
+    wait_empty(&src.journal).await;
+    stop_tx.send(true).unwrap();
+    task.await.unwrap().unwrap();
+    let n0 = src.journal.next_sequence(0).unwrap();
+    let Source { dir, disks, journal, cycler } = src;
+    drop((journal, cycler));
+
+    // An agent that keeps batches in memory, and a journal limit of three batches, so the
+    // cycle waits while the appliance throttles the third batch.
+    let mut changes = vec![0u8; 320 * KIB as usize];
+    rng.fill(&mut changes[..]);
+    File::options().write(true).open(&disks[0]).unwrap().write_all_at(&changes, 0).unwrap();
+    let limits = CycleLimits { batch_max_bytes: 64 * KIB, journal_max_bytes: 192 * KIB };
+    let stop = Arc::new(AtomicBool::new(false));
+    let (journal, mut cycler) = open_agent(dir.path(), &disks, limits, stop.clone());
+    journal.set_memory_budget(1 << 20).unwrap();
+    app.with(|s| s.throttle = Some((0, n0 + 2)));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let task =
+        tokio::spawn(Sender::new(journal.clone(), app.options(&disks, None)).unwrap().run(stop_rx));
+    let cycle = tokio::task::spawn_blocking(move || cycler.run_cycle().map(|_| ()));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while app.with(|s| s.throttled) == 0 || journal.bytes() < 128 * KIB {
+        assert!(Instant::now() < deadline, "the cycle did not fill the journal");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Crash: the cycle is interrupted, the sender stops, the journal's memory is gone.
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(matches!(cycle.await.unwrap(), Err(CycleError::Stopped)));
+    stop_tx.send(true).unwrap();
+    task.await.unwrap().unwrap();
+    assert!(journal.memory_bytes() > 0, "batches were held in memory");
+    assert_eq!(app.with(|s| s.next[0]), n0 + 2, "the appliance got the first two");
+    drop(journal);
+
+    // Restart: the appliance expects a number this journal only had in memory.
+    let (journal, mut cycler) =
+        open_agent(dir.path(), &disks, limits, Arc::new(AtomicBool::new(false)));
+    assert!(journal.is_empty());
+    assert!(journal.next_sequence(0).unwrap() < n0 + 2);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let task =
+        tokio::spawn(Sender::new(journal.clone(), app.options(&disks, None)).unwrap().run(stop_rx));
+    let c = tokio::task::spawn_blocking(move || cycler.run_cycle().map(|_| ()));
+    c.await.unwrap().unwrap();
+    wait_empty(&journal).await;
+    stop_tx.send(true).unwrap();
+    let stats = task.await.unwrap().unwrap();
+    assert_eq!(stats.resyncs, 0, "{stats:?}");
+    assert_eq!(journal.resync_requested(0).unwrap(), None);
+    let s = app.state.lock().unwrap();
+    assert!(std::fs::read(&disks[0]).unwrap() == s.replicas[0], "replica differs from its disk");
 }
 
 #[test]
