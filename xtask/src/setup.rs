@@ -4,13 +4,16 @@ use crate::run;
 use anyhow::{Context, Result};
 use std::process::Command;
 
-/// Debian packages the plugin build needs: clang and wasi-libc's headers compile the C
-/// zstd inside the zstd plugin for wasm32-wasip2.
-const BUILD_PACKAGES: &[&str] = &["clang", "wasi-libc"];
+/// Debian packages the build needs: clang and wasi-libc's headers compile the C zstd inside
+/// the zstd plugin for wasm32-wasip2; clang and the kernel's UAPI headers (linux-libc-dev)
+/// compile the agent's eBPF tracker; libelf, zlib and pkg-config build and link libbpf.
+const BUILD_PACKAGES: &[&str] =
+    &["clang", "wasi-libc", "linux-libc-dev", "libelf-dev", "zlib1g-dev", "pkg-config"];
 
 /// Debian packages the tests need besides the build: e2fsprogs and xfsprogs make the
-/// filesystems the agent's free-space tests mount.
-pub const TEST_PACKAGES: &[&str] = &["e2fsprogs", "xfsprogs"];
+/// filesystems the agent's free-space and eBPF tracker tests mount; util-linux has losetup,
+/// blkdiscard and fsfreeze.
+pub const TEST_PACKAGES: &[&str] = &["e2fsprogs", "xfsprogs", "util-linux"];
 
 /// Makes sure the wasm32-wasip2 Rust target and the build's Debian packages exist.
 pub fn toolchain() -> Result<()> {

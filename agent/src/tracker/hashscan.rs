@@ -641,6 +641,32 @@ impl HashScan {
         sync_dir(&dir)
     }
 
+    /// [`Tracker::invalidate`] for many byte ranges at once: one append, one sync.
+    pub fn invalidate_many(&mut self, ranges: &[(u64, u64)]) -> Result<(), TrackerError> {
+        let mut recs = Vec::new();
+        for &(offset, len) in ranges {
+            if len == 0 {
+                continue;
+            }
+            let first = offset / BLOCK_SIZE;
+            let end = match offset.checked_add(len) {
+                Some(e) => e.div_ceil(BLOCK_SIZE),
+                None => u64::MAX / BLOCK_SIZE + 1,
+            };
+            recs.extend_from_slice(&range_record(first, end));
+        }
+        if recs.is_empty() {
+            return Ok(());
+        }
+        let (mut intent, _) = IntentLog::load(&self.intent_path(), None)?;
+        intent.append(&recs)
+    }
+
+    /// Whether a baseline map exists (an initial copy was committed).
+    pub fn has_baseline(&self) -> bool {
+        self.cfg.map_path.exists()
+    }
+
     fn invalidate_inner(&mut self, offset: u64, len: u64) -> Result<(), TrackerError> {
         if len == 0 {
             return Ok(());
@@ -1513,25 +1539,28 @@ fn flux_add(flux: &mut Flux, rec: Record, blocks: u64) {
 }
 
 /// `path` with `suffix` appended to its file name.
-fn sibling(path: &Path, suffix: &str) -> PathBuf {
+pub(crate) fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(suffix);
     PathBuf::from(s)
 }
 
-fn parent_dir(path: &Path) -> PathBuf {
+pub(crate) fn parent_dir(path: &Path) -> PathBuf {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     }
 }
 
-fn sync_dir(dir: &Path) -> Result<(), TrackerError> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), TrackerError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(state(dir, "sync the state directory"))
 }
 
 /// Maps an I/O error on a state file to [`TrackerError::State`].
-fn state(path: &Path, action: &'static str) -> impl Fn(io::Error) -> TrackerError + use<> {
+pub(crate) fn state(
+    path: &Path,
+    action: &'static str,
+) -> impl Fn(io::Error) -> TrackerError + use<> {
     let path = path.to_path_buf();
     move |source| TrackerError::State { path: path.clone(), action, source }
 }

@@ -19,8 +19,9 @@
 //!   copy it. Memory does not grow with the disk's size or the amount of change.
 //!
 //! Implementations: [`hashscan::HashScan`], the universal fallback that hashes the whole disk
-//! each cycle. The eBPF block-layer tracker implements the same trait.
+//! each cycle, and [`ebpf::Ebpf`], block-layer write tracking through a BPF program.
 
+pub mod ebpf;
 pub mod hashscan;
 pub mod throttle;
 
