@@ -86,6 +86,24 @@ pub struct AgentConfig {
     /// Default 10. Negative values need root and raise the priority.
     #[serde(default = "default_nice")]
     pub nice: i32,
+    /// Change tracker: `auto` (default: eBPF block-layer tracking for block devices when the
+    /// kernel allows it, else the hash scan, saying why at start), `ebpf` (fail rather than
+    /// fall back) or `hashscan`.
+    #[serde(default)]
+    pub tracker: TrackerChoice,
+}
+
+/// `tracker`: which change tracker the agent uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrackerChoice {
+    /// eBPF where possible, else the hash scan.
+    #[default]
+    Auto,
+    /// eBPF, or refuse to start.
+    Ebpf,
+    /// The hash scan everywhere.
+    Hashscan,
 }
 
 /// `[bandwidth]`: a network limit, optionally varying with the time of day.
@@ -422,6 +440,10 @@ schedule = [
         assert!(m.contains("`batch_max_bytes`") && m.contains("4096"), "{m}");
         let m = err("disks = [\"/dev/sda\"]\njournal_max_bytes = 4096\n");
         assert!(m.contains("`journal_max_bytes`"), "{m}");
+        let m = err("disks = [\"/dev/sda\"]\ntracker = \"kernel-module\"\n");
+        assert!(m.contains("tracker") && m.contains("ebpf"), "{m}");
+        let m = err("disks = [\"/dev/sda\"]\njournal_memory_bytes = 2000000000\n");
+        assert!(m.contains("`journal_memory_bytes`"), "{m}");
         let m = err("disks = [\"/dev/sda\"]\ninterval_secs = 0\n");
         assert!(m.contains("`interval_secs`"), "{m}");
         let m = err("disks = [\"/dev/sda\"]\nread_rate_mbps = -1\n");

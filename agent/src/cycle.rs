@@ -301,8 +301,7 @@ impl Batcher<'_> {
 }
 
 impl Cycler {
-    /// A cycler over `disks` (in index order), journaling into `journal`. Logs which tracker
-    /// each disk uses.
+    /// A cycler over `disks` (in index order), journaling into `journal`.
     pub fn new(
         machine: MachineId,
         disks: Vec<DiskSlot>,
@@ -311,19 +310,6 @@ impl Cycler {
         stop: Arc<AtomicBool>,
         progress: Arc<ProgressBoard>,
     ) -> Self {
-        for d in &disks {
-            tracing::info!(
-                disk = d.index,
-                path = %d.path.display(),
-                tracker = d.tracker.name(),
-                "change tracker: {}",
-                if d.tracker.name() == "hashscan" {
-                    "hash-scan: the universal fallback; eBPF tracking comes later"
-                } else {
-                    "block-layer tracking"
-                }
-            );
-        }
         Self { machine, disks, journal, limits, stop, progress }
     }
 

@@ -26,14 +26,16 @@ use lifeboat_wire::MachineId;
 use lifeboat_wire::api::DiskDescriptor;
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{AgentConfig, ConfigError};
+use crate::config::{AgentConfig, ConfigError, TrackerChoice};
 use crate::cycle::{CycleError, CycleLimits, CycleOutcome, Cycler, DiskSlot};
 use crate::disk::{Disk, DiskError};
 use crate::journal::{Journal, JournalError};
 use crate::progress::{self, ProgressBoard};
 use crate::registration::{Registration, RegistrationError};
 use crate::sender::{Sender, SenderError, SenderOptions};
-use crate::tracker::{HashScan, HashScanConfig, TrackerError};
+use crate::tracker::ebpf::{Bpf, Ebpf, words_for};
+use crate::tracker::{HashScan, HashScanConfig, Tracker, TrackerError};
+use std::os::unix::fs::FileTypeExt as _;
 
 /// Name of the journal's directory in the state directory.
 pub const JOURNAL_DIR: &str = "journal";
@@ -155,6 +157,41 @@ pub fn set_nice(nice: i32) {
     }
 }
 
+/// Loads (or re-opens, when pinned) the eBPF tracker for the machine's block devices. `Err`
+/// holds why the hash scan is used instead; with `tracker = "ebpf"` that is an error.
+fn load_bpf(
+    cfg: &AgentConfig,
+    machine: MachineId,
+    disks: &[DiskDescriptor],
+) -> Result<Result<Arc<Bpf>, String>, RunError> {
+    if cfg.tracker == TrackerChoice::Hashscan {
+        return Ok(Err("configured (tracker = \"hashscan\")".into()));
+    }
+    let sizes: Vec<u64> = disks
+        .iter()
+        .filter(|d| std::fs::metadata(&d.path).is_ok_and(|m| m.file_type().is_block_device()))
+        .map(|d| d.size)
+        .collect();
+    if sizes.is_empty() {
+        return Ok(Err("no disk is a block device".into()));
+    }
+    match Bpf::open_or_load(&format!("agent-{machine}"), words_for(&sizes)) {
+        Ok((bpf, reused)) => {
+            if reused {
+                tracing::info!(dir = %bpf.dir().display(), "eBPF write tracking went on while the agent was stopped: reusing the pinned tracker");
+            }
+            Ok(Ok(Arc::new(bpf)))
+        }
+        Err(e) if cfg.tracker == TrackerChoice::Ebpf => Err(RunError::Tracker {
+            index: 0,
+            source: TrackerError::Config { tracker: "ebpf", reason: e.to_string() },
+        }),
+        Err(e) => Ok(Err(format!(
+            "the eBPF tracker cannot be loaded here ({e}); it needs root, a kernel with BTF (CONFIG_DEBUG_INFO_BTF) and tracing allowed"
+        ))),
+    }
+}
+
 /// Runs the agent with `cfg` (read from `cfg_path`) until a signal, or once with
 /// `opts.once`.
 pub fn run(cfg: &AgentConfig, cfg_path: &Path, opts: RunOptions) -> Result<(), RunError> {
@@ -184,21 +221,63 @@ pub fn run(cfg: &AgentConfig, cfg_path: &Path, opts: RunOptions) -> Result<(), R
     let journal =
         Arc::new(Journal::open(&cfg.state_dir.join(JOURNAL_DIR), cfg.disks.len() as u32, machine)?);
     journal.set_memory_budget(cfg.journal_memory_bytes)?;
+    let bpf = load_bpf(cfg, machine, &descriptors)?;
     let mut slots = Vec::with_capacity(cfg.disks.len());
     for (i, path) in cfg.disks.iter().enumerate() {
         let index = i as u32;
         let map = map_path(&cfg.state_dir, index);
         let mut hcfg = HashScanConfig::new(&map);
         hcfg.disk_id = disk_id(machine, index);
-        let mut tracker =
-            HashScan::new(hcfg).map_err(|source| RunError::Tracker { index, source })?;
-        tracker.set_read_rate(cfg.read_rate());
-        slots.push(DiskSlot {
-            index,
-            path: path.clone(),
-            tracker: Box::new(tracker),
-            baseline_path: Some(map),
-        });
+        let mut hs = HashScan::new(hcfg).map_err(|source| RunError::Tracker { index, source })?;
+        hs.set_read_rate(cfg.read_rate());
+        let is_block = std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device());
+        let tracker: Box<dyn Tracker> = match (&bpf, is_block) {
+            (Ok(bpf), true) => match Ebpf::new(hs, bpf.clone(), path) {
+                Ok(t) => {
+                    tracing::info!(disk = index, path = %path.display(), tracker = "ebpf", "change tracker: eBPF block-layer tracking (no kernel module); pinned in {}", bpf.dir().display());
+                    Box::new(t)
+                }
+                Err(e) => {
+                    if cfg.tracker == TrackerChoice::Ebpf {
+                        return Err(RunError::Tracker { index, source: e });
+                    }
+                    tracing::warn!(disk = index, path = %path.display(), tracker = "hashscan", "change tracker: hash scan, because eBPF tracking of this disk failed: {e}");
+                    let mut hcfg = HashScanConfig::new(&map);
+                    hcfg.disk_id = disk_id(machine, index);
+                    let mut hs = HashScan::new(hcfg)
+                        .map_err(|source| RunError::Tracker { index, source })?;
+                    hs.set_read_rate(cfg.read_rate());
+                    Box::new(hs)
+                }
+            },
+            (Ok(_), false) | (Err(_), false) => {
+                if cfg.tracker == TrackerChoice::Ebpf {
+                    return Err(RunError::Tracker {
+                        index,
+                        source: TrackerError::Config {
+                            tracker: "ebpf",
+                            reason: format!(
+                                "{} is not a block device (tracker = \"ebpf\" needs block devices; use \"auto\" to fall back to the hash scan)",
+                                path.display()
+                            ),
+                        },
+                    });
+                }
+                let why = match cfg.tracker {
+                    TrackerChoice::Hashscan => "configured (tracker = \"hashscan\")",
+                    _ => {
+                        "it is an image file, not a block device (block-layer tracking sees block devices only)"
+                    }
+                };
+                tracing::info!(disk = index, path = %path.display(), tracker = "hashscan", "change tracker: hash scan, because {why}");
+                Box::new(hs)
+            }
+            (Err(why), true) => {
+                tracing::info!(disk = index, path = %path.display(), tracker = "hashscan", "change tracker: hash scan, because {why}");
+                Box::new(hs)
+            }
+        };
+        slots.push(DiskSlot { index, path: path.clone(), tracker, baseline_path: Some(map) });
     }
     let tls = registration.tls()?;
 

@@ -222,7 +222,11 @@ async fn register_then_run_once_replicates_the_disk() {
         agent(vec!["run".into(), "--config".into(), cfg.display().to_string(), "--once".into()])
             .await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(text(&out).contains("hash-scan: the universal fallback"), "{}", text(&out));
+    assert!(
+        text(&out).contains("change tracker: hash scan, because it is an image file"),
+        "{}",
+        text(&out)
+    );
     {
         let s = app.state.lock().unwrap();
         assert!(s.replica == std::fs::read(&disk).unwrap(), "replica differs after the first run");
