@@ -44,3 +44,6 @@ pub mod registration;
 pub mod run;
 pub mod sender;
 pub mod tracker;
+
+#[cfg(test)]
+mod testutil;

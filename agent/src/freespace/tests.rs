@@ -300,18 +300,7 @@ fn mode_and_display_name_the_filesystems() {
     assert_ne!(fs.mode_key(), other.mode_key());
 }
 
-/// Runs a command, Err with its stderr when it fails or cannot start.
-fn sh(program: &str, args: &[&str]) -> Result<String, String> {
-    let out = std::process::Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|e| format!("{program}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(format!("{program}: {}", String::from_utf8_lossy(&out.stderr).trim()))
-    }
-}
+use crate::testutil::sh;
 
 /// Undoes a setup step on drop: unmount, detach.
 struct Undo(&'static str, Vec<String>);

@@ -81,17 +81,7 @@ fn words_cover_both_epochs() {
 
 // ---- With the kernel: root, bpffs, loop devices. Skipped (and said so) elsewhere. ----
 
-fn sh(program: &str, args: &[&str]) -> Result<String, String> {
-    let out = std::process::Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|e| format!("{program}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(format!("{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim()))
-    }
-}
+use crate::testutil::sh;
 
 /// A loop device over a sparse image, detached (and its pins removed) on drop.
 struct Lab {
