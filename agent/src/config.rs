@@ -91,6 +91,15 @@ pub struct AgentConfig {
     /// fall back) or `hashscan`.
     #[serde(default)]
     pub tracker: TrackerChoice,
+    /// Freeze the filesystems mounted from the disks (FIFREEZE) at each cut, when every disk
+    /// uses the eBPF tracker: the point is then a clean filesystem. Default true.
+    #[serde(default = "default_true")]
+    pub freeze: bool,
+    /// Longest time the filesystems may stay frozen for a cut, in milliseconds; a cut that
+    /// would take longer is abandoned (thawed at once, retried after more pre-copy).
+    /// Default 500, between 10 and 10000.
+    #[serde(default = "default_max_freeze_ms")]
+    pub max_freeze_ms: u64,
 }
 
 /// `tracker`: which change tracker the agent uses.
@@ -147,6 +156,12 @@ fn default_interval() -> u64 {
 }
 fn default_journal_max() -> u64 {
     1 << 30
+}
+fn default_true() -> bool {
+    true
+}
+fn default_max_freeze_ms() -> u64 {
+    500
 }
 fn default_journal_memory() -> u64 {
     32 << 20
@@ -251,6 +266,15 @@ impl AgentConfig {
                 ),
             ));
         }
+        if !(10..=10_000).contains(&self.max_freeze_ms) {
+            return Err(bad(
+                "max_freeze_ms",
+                format!(
+                    "{} is outside 10..=10000 milliseconds; the default is 500",
+                    self.max_freeze_ms
+                ),
+            ));
+        }
         if self.journal_memory_bytes > self.journal_max_bytes {
             return Err(bad(
                 "journal_memory_bytes",
@@ -273,6 +297,15 @@ impl AgentConfig {
             bw.schedule(path)?;
         }
         Ok(())
+    }
+
+    /// How points are cut (used when every disk has the eBPF tracker).
+    pub fn cut_policy(&self) -> crate::cycle::CutPolicy {
+        crate::cycle::CutPolicy {
+            freeze: self.freeze,
+            max_freeze: std::time::Duration::from_millis(self.max_freeze_ms),
+            ..crate::cycle::CutPolicy::default()
+        }
     }
 
     /// The disk-read cap in bytes per second, if any.

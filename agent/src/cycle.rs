@@ -47,7 +47,7 @@ use lifeboat_wire::{
 use crate::disk::{Disk, DiskError};
 use crate::journal::{Journal, JournalError};
 use crate::progress::{Phase, ProgressBoard};
-use crate::tracker::{Change, CycleStats, SinkError, Tracker, TrackerError};
+use crate::tracker::{Capture, Change, CycleStats, SinkError, Tracker, TrackerError};
 
 /// Granularity at which an oversized data change is split.
 const SPLIT: u64 = 4096;
@@ -129,6 +129,44 @@ pub struct DiskReport {
     pub batches: u64,
 }
 
+/// How points are cut when every disk's tracker can capture under a freeze (the eBPF
+/// tracker); see the module documentation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CutPolicy {
+    /// Freeze the filesystems mounted from the disks for the capture.
+    pub freeze: bool,
+    /// Longest capture under the freeze; a longer one is abandoned (thawed, no point).
+    pub max_freeze: Duration,
+    /// Most bytes read under the freeze, over all disks.
+    pub capture_max_bytes: u64,
+    /// Pre-copy passes stop once one collects at most this many bytes.
+    pub precopy_target_bytes: u64,
+    /// Most pre-copy passes before the freeze.
+    pub max_precopy_passes: u32,
+}
+
+impl Default for CutPolicy {
+    fn default() -> Self {
+        CutPolicy {
+            freeze: true,
+            max_freeze: Duration::from_millis(500),
+            capture_max_bytes: 256 << 20,
+            precopy_target_bytes: 32 << 20,
+            max_precopy_passes: 3,
+        }
+    }
+}
+
+/// What [`Cycler::cut`] did.
+enum Cut {
+    /// Every disk's remaining changes are captured; the filesystems were held this long.
+    Frozen { held: Duration },
+    /// Some tracker cannot capture: the cycle goes on unfrozen.
+    Unsupported,
+    /// Abandoned (and thawed); no point this cycle.
+    Deferred(String),
+}
+
 /// What a cycle did.
 #[derive(Debug, Clone)]
 pub enum CycleOutcome {
@@ -140,6 +178,14 @@ pub enum CycleOutcome {
         disks: Vec<DiskReport>,
         /// Wall-clock time.
         duration: Duration,
+        /// How long the filesystems were held frozen, when the point was cut under a freeze.
+        freeze: Option<Duration>,
+    },
+    /// No point: the cut was abandoned (a capture too large or too slow for the freeze, a
+    /// disk written around the freeze, a filesystem that refused to freeze).
+    Deferred {
+        /// Why.
+        reason: String,
     },
     /// The journal was over its limit; nothing was collected.
     Skipped {
@@ -156,6 +202,7 @@ pub struct Cycler {
     limits: CycleLimits,
     stop: Arc<AtomicBool>,
     progress: Arc<ProgressBoard>,
+    cuts: Option<CutPolicy>,
 }
 
 impl std::fmt::Debug for Cycler {
@@ -310,7 +357,13 @@ impl Cycler {
         stop: Arc<AtomicBool>,
         progress: Arc<ProgressBoard>,
     ) -> Self {
-        Self { machine, disks, journal, limits, stop, progress }
+        Self { machine, disks, journal, limits, stop, progress, cuts: None }
+    }
+
+    /// Cuts points under a freeze, with pre-copy, whenever every disk's tracker can (`None`,
+    /// the default: collect and tag without freezing).
+    pub fn set_cuts(&mut self, policy: Option<CutPolicy>) {
+        self.cuts = policy;
     }
 
     /// The disks.
@@ -351,56 +404,27 @@ impl Cycler {
             return Ok(CycleOutcome::Skipped { journal_bytes });
         }
 
-        let mut held = Vec::with_capacity(self.disks.len());
-        let mut reports = Vec::with_capacity(self.disks.len());
-        for slot in &mut self.disks {
-            let disk = Disk::open(&slot.path)?;
-            if !disk.size().is_multiple_of(SECTOR_SIZE) {
-                return Err(CycleError::UnalignedSize {
-                    path: slot.path.clone(),
-                    size: disk.size(),
-                });
+        let mut freeze = None;
+        if let Some(policy) = self.cuts {
+            match self.cut(policy)? {
+                Cut::Frozen { held } => freeze = Some(held),
+                Cut::Unsupported => {}
+                Cut::Deferred(reason) => {
+                    tracing::warn!(
+                        "no recovery point this cycle: {reason}; the changes are kept and the next cycle tries again"
+                    );
+                    return Ok(CycleOutcome::Deferred { reason });
+                }
             }
-            let phase = match &slot.baseline_path {
-                Some(p) if !p.exists() => Phase::InitialCopy,
-                _ => Phase::Delta,
-            };
-            self.progress.start(slot.index, phase, disk.size());
-            let mut batcher = Batcher {
-                journal: &self.journal,
-                machine: self.machine,
-                disk: slot.index,
-                limits: self.limits,
-                stop: &self.stop,
-                cur: Pending::default(),
-                batches: 0,
-            };
-            let progress = &self.progress;
-            let index = slot.index;
-            let result = slot.tracker.collect(&disk, &mut |c: Change<'_>| {
-                let (end, len) = (c.end(), c.len());
-                batcher.take(c)?;
-                progress.advance(index, end, len);
-                Ok(())
-            });
-            self.progress.finish(slot.index, result.is_ok());
-            let stats = match result {
-                Ok(s) => s,
-                Err(TrackerError::Sink { .. }) if self.stop.load(Ordering::Relaxed) => {
-                    return Err(CycleError::Stopped);
-                }
-                Err(source) => {
-                    return Err(CycleError::Tracker {
-                        index: slot.index,
-                        path: slot.path.clone(),
-                        source,
-                    });
-                }
-            };
-            reports.push(DiskReport { index: slot.index, stats, batches: batcher.batches });
-            held.push(batcher.cur);
         }
 
+        let mut held = Vec::with_capacity(self.disks.len());
+        let mut reports = Vec::with_capacity(self.disks.len());
+        for i in 0..self.disks.len() {
+            let (report, pending) = self.collect_one(i)?;
+            reports.push(report);
+            held.push(pending);
+        }
         // Every disk is collected: cut the point on all of them.
         let point = self.journal.reserve_point()?;
         let tag = Some(ConsistencyTag { kind: PointKind::Crash, point_id: point });
@@ -417,7 +441,165 @@ impl Cycler {
                 source,
             })?;
         }
-        Ok(CycleOutcome::Done { point, disks: reports, duration: started.elapsed() })
+        Ok(CycleOutcome::Done { point, disks: reports, duration: started.elapsed(), freeze })
+    }
+
+    /// Collects disk `i` into batches; returns its report and the held-back last batch.
+    fn collect_one(&mut self, i: usize) -> Result<(DiskReport, Pending), CycleError> {
+        let slot = &mut self.disks[i];
+        let disk = Disk::open(&slot.path)?;
+        if !disk.size().is_multiple_of(SECTOR_SIZE) {
+            return Err(CycleError::UnalignedSize { path: slot.path.clone(), size: disk.size() });
+        }
+        let phase = match &slot.baseline_path {
+            Some(p) if !p.exists() => Phase::InitialCopy,
+            _ => Phase::Delta,
+        };
+        self.progress.start(slot.index, phase, disk.size());
+        let mut batcher = Batcher {
+            journal: &self.journal,
+            machine: self.machine,
+            disk: slot.index,
+            limits: self.limits,
+            stop: &self.stop,
+            cur: Pending::default(),
+            batches: 0,
+        };
+        let progress = &self.progress;
+        let index = slot.index;
+        let result = slot.tracker.collect(&disk, &mut |c: Change<'_>| {
+            let (end, len) = (c.end(), c.len());
+            batcher.take(c)?;
+            progress.advance(index, end, len);
+            Ok(())
+        });
+        self.progress.finish(slot.index, result.is_ok());
+        let stats = match result {
+            Ok(s) => s,
+            Err(TrackerError::Sink { .. }) if self.stop.load(Ordering::Relaxed) => {
+                return Err(CycleError::Stopped);
+            }
+            Err(source) => {
+                return Err(CycleError::Tracker {
+                    index: slot.index,
+                    path: slot.path.clone(),
+                    source,
+                });
+            }
+        };
+        Ok((DiskReport { index: slot.index, stats, batches: batcher.batches }, batcher.cur))
+    }
+
+    fn tracker_err(&self, i: usize) -> impl FnOnce(TrackerError) -> CycleError + use<> {
+        let (index, path) = (self.disks[i].index, self.disks[i].path.clone());
+        move |source| CycleError::Tracker { index, path, source }
+    }
+
+    /// A pre-copy pass: every disk collected and committed, no point. Returns the bytes of
+    /// data it collected.
+    fn precopy(&mut self) -> Result<u64, CycleError> {
+        let mut bytes = 0;
+        for i in 0..self.disks.len() {
+            let (report, pending) = self.collect_one(i)?;
+            bytes += report.stats.data_bytes;
+            let (machine, disk) = (self.machine, self.disks[i].index);
+            if !pending.is_empty() {
+                self.journal
+                    .append(disk, |seq| Batcher::encode(machine, disk, seq, None, &pending))?;
+            }
+            self.journal.persist(disk)?;
+            let err = self.tracker_err(i);
+            self.disks[i].tracker.commit().map_err(err)?;
+        }
+        Ok(bytes)
+    }
+
+    /// Pre-copies until little is left, then freezes the machine's filesystems and captures
+    /// the rest of every disk under the freeze; see the module documentation.
+    fn cut(&mut self, policy: CutPolicy) -> Result<Cut, CycleError> {
+        if !self.disks.iter().all(|d| d.tracker.name() == "ebpf") {
+            return Ok(Cut::Unsupported);
+        }
+        for pass in 0..policy.max_precopy_passes {
+            let bytes = self.precopy()?;
+            tracing::debug!(pass, bytes, "pre-copy pass");
+            if bytes <= policy.precopy_target_bytes {
+                break;
+            }
+        }
+        let mut disks = Vec::with_capacity(self.disks.len());
+        for slot in &self.disks {
+            disks.push(Disk::open(&slot.path)?);
+        }
+        let mut prepared = 0;
+        for (i, disk) in disks.iter().enumerate() {
+            let err = self.tracker_err(i);
+            if !self.disks[i].tracker.prepare_cut(disk).map_err(err)? {
+                self.abort_cut(prepared)?;
+                return Ok(Cut::Deferred(format!(
+                    "disk {} must first be compared whole (tracking was interrupted)",
+                    self.disks[i].index
+                )));
+            }
+            prepared += 1;
+        }
+        let mounts = if policy.freeze {
+            crate::freeze::mounts_of(&disks.iter().collect::<Vec<_>>())
+        } else {
+            Vec::new()
+        };
+        // Nothing below writes to any filesystem until the thaw: the agent's own state may be
+        // on one of the frozen filesystems.
+        let frozen = match crate::freeze::freeze(&mounts, policy.max_freeze * 2) {
+            Ok(f) => f,
+            Err(e) => {
+                self.abort_cut(prepared)?;
+                return Ok(Cut::Deferred(e));
+            }
+        };
+        let started = Instant::now();
+        let mut refused = None;
+        let mut used = 0u64;
+        for (i, disk) in disks.iter().enumerate() {
+            let left = policy.capture_max_bytes.saturating_sub(used);
+            match self.disks[i].tracker.capture(disk, left) {
+                Ok(Capture::Captured { bytes }) => used += bytes,
+                Ok(Capture::Refused(r)) => {
+                    refused = Some(format!("disk {}: {r}", self.disks[i].index));
+                    break;
+                }
+                Err(e) => {
+                    refused = Some(format!("disk {}: {e}", self.disks[i].index));
+                    break;
+                }
+            }
+            if started.elapsed() > policy.max_freeze {
+                refused = Some(format!(
+                    "capturing under the freeze took longer than {:?}",
+                    policy.max_freeze
+                ));
+                break;
+            }
+        }
+        let held = if frozen.is_empty() { started.elapsed() } else { frozen.thaw() };
+        if let Some(reason) = refused {
+            self.abort_cut(prepared)?;
+            return Ok(Cut::Deferred(format!("{reason} (held {} ms)", held.as_millis())));
+        }
+        tracing::debug!(
+            filesystems = mounts.len(),
+            held_ms = held.as_millis() as u64,
+            "captured every disk under a freeze"
+        );
+        Ok(Cut::Frozen { held })
+    }
+
+    fn abort_cut(&mut self, prepared: usize) -> Result<(), CycleError> {
+        for i in 0..prepared {
+            let err = self.tracker_err(i);
+            self.disks[i].tracker.abort_cut().map_err(err)?;
+        }
+        Ok(())
     }
 }
 

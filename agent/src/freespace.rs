@@ -233,7 +233,7 @@ fn query_target(
 
 /// Opens a mount point as a directory and checks that it is on device `major:minor` (not a
 /// mount stacked over it, not a path replaced since mountinfo was read).
-fn open_mount_point(path: &Path, major: u32, minor: u32) -> Result<OwnedFd, String> {
+pub(crate) fn open_mount_point(path: &Path, major: u32, minor: u32) -> Result<OwnedFd, String> {
     use rustix::fs::{Mode, OFlags};
     let fd = rustix::fs::open(
         path,

@@ -38,6 +38,7 @@ pub mod config;
 pub mod cycle;
 pub mod disk;
 pub mod freespace;
+pub mod freeze;
 pub mod journal;
 pub mod progress;
 pub mod registration;

@@ -283,7 +283,7 @@ pub fn run(cfg: &AgentConfig, cfg_path: &Path, opts: RunOptions) -> Result<(), R
 
     let stop = Arc::new(AtomicBool::new(false));
     let board = Arc::new(ProgressBoard::new(cfg.disks.len() as u32));
-    let cycler = Cycler::new(
+    let mut cycler = Cycler::new(
         machine,
         slots,
         journal.clone(),
@@ -294,6 +294,7 @@ pub fn run(cfg: &AgentConfig, cfg_path: &Path, opts: RunOptions) -> Result<(), R
         stop.clone(),
         board.clone(),
     );
+    cycler.set_cuts(Some(cfg.cut_policy()));
     let sender = Sender::new(
         journal.clone(),
         SenderOptions {
@@ -432,26 +433,45 @@ fn cycle_loop(
     events: &mpsc::UnboundedSender<CycleEvent>,
     requests: &std::sync::mpsc::Receiver<()>,
 ) {
+    /// Cycles retried at once after a deferred point, before waiting for the interval.
+    const MAX_QUICK_RETRIES: u32 = 5;
+    let mut deferred = 0u32;
     loop {
         if stop.load(Ordering::Relaxed) {
             return;
         }
         let started = Instant::now();
         let event = match cycler.run_cycle() {
-            Ok(CycleOutcome::Done { point, disks, duration }) => {
+            Ok(CycleOutcome::Done { point, disks, duration, freeze }) => {
+                deferred = 0;
                 let changed: u64 = disks.iter().map(|d| d.stats.bytes_changed()).sum();
                 let read: u64 = disks.iter().map(|d| d.stats.bytes_read).sum();
                 let batches: u64 = disks.iter().map(|d| d.batches).sum();
+                let how = match freeze {
+                    Some(_) => "cut under a filesystem freeze",
+                    None => "crash-consistent only if the disks were quiet (no freeze)",
+                };
                 tracing::info!(
                     point,
                     changed_bytes = changed,
                     read_bytes = read,
                     batches,
                     duration_ms = duration.as_millis() as u64,
+                    freeze_ms = freeze.map(|f| f.as_millis() as u64),
                     journal_bytes = cycler.journal().bytes(),
-                    "cycle done: crash-consistent point {point} journaled on every disk"
+                    "cycle done: point {point} journaled on every disk ({how})"
                 );
                 CycleEvent::Done
+            }
+            Ok(CycleOutcome::Deferred { .. }) if deferred < MAX_QUICK_RETRIES => {
+                // Try again soon rather than after a whole interval.
+                deferred += 1;
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+            Ok(CycleOutcome::Deferred { .. }) => {
+                deferred = 0;
+                CycleEvent::Skipped
             }
             Ok(CycleOutcome::Skipped { .. }) => CycleEvent::Skipped,
             Err(CycleError::Stopped) => return,

@@ -10,7 +10,7 @@
  * the agent flips the epoch is marked again in the new epoch when it lands, so a read made
  * after the flip can never miss it). Ranges too long to mark inline (large discards) and
  * anything that cannot be recorded go to user space through a ring buffer; if even that
- * fails, the disk's overflow flag tells the agent to compare the whole disk.
+ * fails, the disk's overflow counter tells the agent to compare the whole disk.
  *
  * User space flips a disk's epoch and then waits until every program that might still be
  * using the old epoch has finished: `enter` is incremented before the epoch is read and
@@ -168,7 +168,7 @@ static __always_inline void mark(struct gendisk *disk, __u32 opf, __u64 sector, 
 				bpf_ringbuf_submit(e, 0);
 				__sync_fetch_and_add(&s->ring_events, 1);
 			} else {
-				__sync_fetch_and_or(&s->overflow, 1);
+				__sync_fetch_and_add(&s->overflow, 1);
 			}
 		}
 	}

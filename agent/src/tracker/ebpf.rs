@@ -43,7 +43,7 @@ use std::time::Instant;
 
 pub use self::kernel::{Bpf, BpfError, Harvest, SlotCounters, SlotInfo, kernel_dev, merge};
 use super::hashscan::{parent_dir, sibling, state, sync_dir};
-use super::{Change, CycleStats, HashScan, Sink, Tracker, TrackerError};
+use super::{Capture, Change, CycleStats, HashScan, Sink, Tracker, TrackerError};
 use crate::disk::Disk;
 
 /// Bytes per tracked block.
@@ -84,6 +84,19 @@ pub struct Ebpf {
     map_path: PathBuf,
     last: Option<Last>,
     buf: Vec<u8>,
+    /// Pending ranges loaded by `prepare_cut` (the file now says incomplete).
+    cut: Option<Vec<(u64, u64)>>,
+    /// What `capture` took under the freeze, for the next collect.
+    captured: Option<Captured>,
+}
+
+/// Changes taken under a freeze, waiting for the thaw.
+#[derive(Debug)]
+struct Captured {
+    ranges: Vec<(u64, u64)>,
+    harvest: Harvest,
+    /// (offset, bytes) as read.
+    data: Vec<(u64, Vec<u8>)>,
 }
 
 impl std::fmt::Debug for Ebpf {
@@ -124,6 +137,8 @@ impl Ebpf {
             map_path,
             last: None,
             buf: vec![0u8; CHUNK + BLOCK as usize],
+            cut: None,
+            captured: None,
         })
     }
 
@@ -143,12 +158,17 @@ impl Ebpf {
     }
 
     /// Why the next collect must compare the whole disk, if it must.
-    fn gap(&mut self, harvest: &Harvest) -> Result<Option<String>, TrackerError> {
+    fn gap(&mut self, harvest: &Harvest, incomplete: bool) -> Result<Option<String>, TrackerError> {
         if !self.hs.has_baseline() {
             return Ok(Some("no baseline yet: initial copy".into()));
         }
-        if harvest.overflow {
+        if harvest.overflow > 0 {
             return Ok(Some("the kernel program could not record every write (overflow)".into()));
+        }
+        if incomplete {
+            return Ok(Some(
+                "the agent stopped while it was taking changes from the kernel".into(),
+            ));
         }
         let saved = match fs::read_to_string(self.token_path()) {
             Ok(t) => t.trim().parse::<u64>().ok(),
@@ -164,15 +184,8 @@ impl Ebpf {
         })
     }
 
-    fn collect_inner(
-        &mut self,
-        disk: &Disk,
-        sink: &mut Sink<'_>,
-    ) -> Result<CycleStats, TrackerError> {
-        let started = Instant::now();
-        self.last = None;
-        // The disk may have been dropped from the kernel's table (another agent, a resize).
-        let blocks = disk.size().div_ceil(BLOCK);
+    /// Follows the disk again if the kernel's table lost it or its size changed.
+    fn ensure_registered(&mut self, blocks: u64) -> Result<(), TrackerError> {
         if self.bpf.token(self.dev).ok().flatten() != Some(self.info.token)
             || self.info.blocks != blocks
         {
@@ -181,17 +194,42 @@ impl Ebpf {
                 reason: format!("cannot follow {}: {e}", self.path.display()),
             })?;
         }
-        let harvest = self.bpf.harvest(&self.info).map_err(|e| TrackerError::Config {
+        Ok(())
+    }
+
+    fn harvest(&self) -> Result<Harvest, TrackerError> {
+        self.bpf.harvest(&self.info).map_err(|e| TrackerError::Config {
             tracker: "ebpf",
             reason: format!("cannot read the write tracker for {}: {e}", self.path.display()),
-        })?;
-        let mut ranges = load_pending(&self.pending_path(), blocks)?;
+        })
+    }
+
+    fn collect_inner(
+        &mut self,
+        disk: &Disk,
+        sink: &mut Sink<'_>,
+    ) -> Result<CycleStats, TrackerError> {
+        let started = Instant::now();
+        self.last = None;
+        if let Some(c) = self.captured.take() {
+            return self.collect_captured(disk, c, sink, started);
+        }
+        self.cut = None;
+        let blocks = disk.size().div_ceil(BLOCK);
+        self.ensure_registered(blocks)?;
+        let (old, incomplete) = load_pending(&self.pending_path(), blocks)?;
+        // Ring-buffer ranges are consumed by the harvest: until they are in the pending file,
+        // the file says it is incomplete (a crash in between is then a gap).
+        store_pending(&self.pending_path(), &old, true)?;
+        let harvest = self.harvest()?;
+        let mut ranges = old;
         ranges.extend_from_slice(&harvest.ranges);
         let ranges = merge(ranges);
-        // Durable before anything reaches the sink: the kernel no longer has these.
-        store_pending(&self.pending_path(), &ranges)?;
+        // Durable before the kernel forgets them, and before anything reaches the sink.
+        store_pending(&self.pending_path(), &ranges, false)?;
+        self.bpf.release(&self.info, &harvest);
         let token = self.info.token;
-        if let Some(reason) = self.gap(&harvest)? {
+        if let Some(reason) = self.gap(&harvest, incomplete)? {
             tracing::info!(
                 disk = %self.path.display(),
                 "eBPF tracker: comparing the whole disk with its hash map ({reason}); only blocks that differ, or that were shipped since the map was made, are sent"
@@ -224,6 +262,118 @@ impl Ebpf {
         stats.duration = started.elapsed();
         self.last = Some(Last { delegated: false, ranges, token });
         Ok(stats)
+    }
+
+    /// After a cut: makes the captured ranges durable, lets the kernel forget them, and
+    /// hands the data read under the freeze to the sink.
+    fn collect_captured(
+        &mut self,
+        disk: &Disk,
+        c: Captured,
+        sink: &mut Sink<'_>,
+        started: Instant,
+    ) -> Result<CycleStats, TrackerError> {
+        store_pending(&self.pending_path(), &c.ranges, false)?;
+        self.bpf.release(&self.info, &c.harvest);
+        let mut stats =
+            CycleStats { disk_size: disk.size(), initial: false, ..CycleStats::default() };
+        let path = self.path.clone();
+        for (off, data) in &c.data {
+            stats.bytes_read += data.len() as u64;
+            emit(data, *off, sink, &mut stats, &path)?;
+        }
+        stats.duration = started.elapsed();
+        self.last = Some(Last { delegated: false, ranges: c.ranges, token: self.info.token });
+        Ok(stats)
+    }
+
+    fn prepare_cut_inner(&mut self, disk: &Disk) -> Result<bool, TrackerError> {
+        self.captured = None;
+        let blocks = disk.size().div_ceil(BLOCK);
+        self.ensure_registered(blocks)?;
+        let (old, incomplete) = load_pending(&self.pending_path(), blocks)?;
+        if incomplete || !self.hs.has_baseline() {
+            // A whole-disk compare comes first; it cannot run under a freeze.
+            return Ok(false);
+        }
+        store_pending(&self.pending_path(), &old, true)?;
+        self.cut = Some(old);
+        Ok(true)
+    }
+
+    fn capture_inner(&mut self, disk: &Disk, max_bytes: u64) -> Result<Capture, TrackerError> {
+        let Some(old) = self.cut.clone() else {
+            return Ok(Capture::Refused("the cut was not prepared".into()));
+        };
+        let writes_before = self.bpf.writes(self.info.slot);
+        let harvest = self.harvest()?;
+        let mut ranges = old;
+        ranges.extend_from_slice(&harvest.ranges);
+        let ranges = merge(ranges);
+        // The harvest is kept even if the capture is refused: `abort_cut` persists it.
+        self.captured =
+            Some(Captured { ranges: ranges.clone(), harvest: harvest.clone(), data: Vec::new() });
+        if harvest.overflow > 0 {
+            return Ok(Capture::Refused("the kernel program overflowed".into()));
+        }
+        if self.gap(&harvest, false)?.is_some() {
+            return Ok(Capture::Refused(
+                "tracking was interrupted: a whole-disk compare comes first".into(),
+            ));
+        }
+        let size = disk.size();
+        let total: u64 =
+            ranges.iter().map(|&(a, b)| ((b * BLOCK).min(size)).saturating_sub(a * BLOCK)).sum();
+        if total > max_bytes {
+            return Ok(Capture::Refused(format!(
+                "{total} bytes changed since the last pass, more than {max_bytes} may be read under a freeze"
+            )));
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+            .open(&self.path)
+            .map_err(state(&self.path, "open the disk for direct reads"))?;
+        let mut data = Vec::new();
+        for &(first, end) in &ranges {
+            let mut off = first * BLOCK;
+            let end = (end * BLOCK).min(size);
+            while off < end {
+                let len = ((end - off) as usize).min(CHUNK);
+                let buf = aligned(&mut self.buf);
+                file.read_exact_at(&mut buf[..len], off).map_err(|source| {
+                    TrackerError::Disk(crate::disk::DiskError::Read {
+                        path: self.path.clone(),
+                        offset: off,
+                        len,
+                        source,
+                    })
+                })?;
+                data.push((off, buf[..len].to_vec()));
+                off += len as u64;
+            }
+        }
+        if self.bpf.writes(self.info.slot) != writes_before {
+            return Ok(Capture::Refused(
+                "the disk was written during the capture (writes that a filesystem freeze does not hold)".into(),
+            ));
+        }
+        if let Some(c) = &mut self.captured {
+            c.data = data;
+        }
+        Ok(Capture::Captured { bytes: total })
+    }
+
+    fn abort_cut_inner(&mut self) -> Result<(), TrackerError> {
+        match (self.captured.take(), self.cut.take()) {
+            (Some(c), _) => {
+                store_pending(&self.pending_path(), &c.ranges, false)?;
+                self.bpf.release(&self.info, &c.harvest);
+                Ok(())
+            }
+            (None, Some(old)) => store_pending(&self.pending_path(), &old, false),
+            (None, None) => Ok(()),
+        }
     }
 
     fn read_ranges(
@@ -287,9 +437,9 @@ impl Ebpf {
         }
         self.hs.invalidate(offset, len)?;
         let end = offset.saturating_add(len).div_ceil(BLOCK).min(self.info.blocks);
-        let mut ranges = load_pending(&self.pending_path(), self.info.blocks)?;
+        let (mut ranges, incomplete) = load_pending(&self.pending_path(), self.info.blocks)?;
         ranges.push((offset / BLOCK, end));
-        store_pending(&self.pending_path(), &merge(ranges))
+        store_pending(&self.pending_path(), &merge(ranges), incomplete)
     }
 }
 
@@ -346,12 +496,16 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrackerError> {
     sync_dir(&parent_dir(path))
 }
 
-/// Encodes the pending ranges (format: magic, version, count, ranges, xxh3 of the rest).
-fn encode_pending(ranges: &[(u64, u64)]) -> Vec<u8> {
+/// Pending-file flag: the ranges may lack what a harvest in progress took from the kernel.
+const INCOMPLETE: u32 = 1;
+
+/// Encodes the pending ranges (format: magic, version, flags, count, ranges, xxh3 of the
+/// rest).
+fn encode_pending(ranges: &[(u64, u64)], incomplete: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(24 + ranges.len() * 16 + 8);
     out.extend_from_slice(&PENDING_MAGIC);
     out.extend_from_slice(&FILE_VERSION.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&(if incomplete { INCOMPLETE } else { 0 }).to_le_bytes());
     out.extend_from_slice(&(ranges.len() as u64).to_le_bytes());
     for &(a, b) in ranges {
         out.extend_from_slice(&a.to_le_bytes());
@@ -362,8 +516,8 @@ fn encode_pending(ranges: &[(u64, u64)]) -> Vec<u8> {
     out
 }
 
-/// Decodes pending ranges; `None` for anything malformed.
-fn decode_pending(bytes: &[u8]) -> Option<Vec<(u64, u64)>> {
+/// Decodes pending ranges and the incomplete flag; `None` for anything malformed.
+fn decode_pending(bytes: &[u8]) -> Option<(Vec<(u64, u64)>, bool)> {
     if bytes.len() < 32 || bytes[..8] != PENDING_MAGIC {
         return None;
     }
@@ -372,6 +526,10 @@ fn decode_pending(bytes: &[u8]) -> Option<Vec<(u64, u64)>> {
         return None;
     }
     if u32::from_le_bytes(body[8..12].try_into().ok()?) != FILE_VERSION {
+        return None;
+    }
+    let flags = u32::from_le_bytes(body[12..16].try_into().ok()?);
+    if flags & !INCOMPLETE != 0 {
         return None;
     }
     let count = u64::from_le_bytes(body[16..24].try_into().ok()?);
@@ -387,13 +545,14 @@ fn decode_pending(bytes: &[u8]) -> Option<Vec<(u64, u64)>> {
         }
         out.push((a, b));
     }
-    Some(out)
+    Some((out, flags & INCOMPLETE != 0))
 }
 
-fn load_pending(path: &Path, blocks: u64) -> Result<Vec<(u64, u64)>, TrackerError> {
+/// The pending ranges and whether they may be incomplete.
+fn load_pending(path: &Path, blocks: u64) -> Result<(Vec<(u64, u64)>, bool), TrackerError> {
     let bytes = match fs::read(path) {
         Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), false)),
         Err(e) => return Err(state(path, "read the pending blocks")(e)),
     };
     Ok(decode_pending(&bytes).unwrap_or_else(|| {
@@ -401,15 +560,15 @@ fn load_pending(path: &Path, blocks: u64) -> Result<Vec<(u64, u64)>, TrackerErro
             file = %path.display(),
             "the eBPF tracker's pending-blocks file is damaged: the whole disk is read and sent again this cycle"
         );
-        vec![(0, blocks)]
+        (vec![(0, blocks)], false)
     }))
 }
 
-fn store_pending(path: &Path, ranges: &[(u64, u64)]) -> Result<(), TrackerError> {
-    if ranges.is_empty() {
+fn store_pending(path: &Path, ranges: &[(u64, u64)], incomplete: bool) -> Result<(), TrackerError> {
+    if ranges.is_empty() && !incomplete {
         return remove(path);
     }
-    write_atomic(path, &encode_pending(ranges))
+    write_atomic(path, &encode_pending(ranges, incomplete))
 }
 
 /// The shipped map (a bit per 64 KiB block the eBPF tracker shipped since the hash map was
@@ -517,6 +676,18 @@ impl Tracker for Ebpf {
 
     fn invalidate(&mut self, offset: u64, len: u64) -> Result<(), TrackerError> {
         self.invalidate_inner(offset, len)
+    }
+
+    fn prepare_cut(&mut self, disk: &Disk) -> Result<bool, TrackerError> {
+        self.prepare_cut_inner(disk)
+    }
+
+    fn capture(&mut self, disk: &Disk, max_bytes: u64) -> Result<Capture, TrackerError> {
+        self.capture_inner(disk, max_bytes)
+    }
+
+    fn abort_cut(&mut self) -> Result<(), TrackerError> {
+        self.abort_cut_inner()
     }
 }
 

@@ -266,4 +266,37 @@ pub trait Tracker: Send {
     /// baseline says. Durable when it returns. `len` may run past the end of the disk
     /// (`u64::MAX` from 0 means the whole disk: a full resync).
     fn invalidate(&mut self, offset: u64, len: u64) -> Result<(), TrackerError>;
+
+    /// Cuts under a filesystem freeze (see `crate::cycle`), step 1, before the freeze: makes
+    /// durable whatever must be, because nothing may be written while the filesystems (maybe
+    /// the agent's own) are frozen. `false`: this tracker cannot capture under a freeze now
+    /// (the hash scan never can; the eBPF tracker not before a pending whole-disk compare).
+    fn prepare_cut(&mut self, _disk: &Disk) -> Result<bool, TrackerError> {
+        Ok(false)
+    }
+
+    /// Step 2, under the freeze: takes the changes since the last collect into memory,
+    /// writing nothing to any filesystem and reading at most `max_bytes`. After
+    /// [`Capture::Captured`], the next `collect` hands exactly those changes to the sink.
+    fn capture(&mut self, _disk: &Disk, _max_bytes: u64) -> Result<Capture, TrackerError> {
+        Ok(Capture::Refused("this tracker cannot capture under a freeze".into()))
+    }
+
+    /// After the thaw, when the cut was abandoned: makes what step 2 took durable again (it
+    /// is reported by the next collect).
+    fn abort_cut(&mut self) -> Result<(), TrackerError> {
+        Ok(())
+    }
+}
+
+/// What [`Tracker::capture`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Capture {
+    /// The changes are in memory.
+    Captured {
+        /// Bytes read.
+        bytes: u64,
+    },
+    /// Not captured, and why; the cut is abandoned.
+    Refused(String),
 }

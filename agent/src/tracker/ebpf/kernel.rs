@@ -156,13 +156,16 @@ pub struct SlotCounters {
     pub ring_events: u64,
 }
 
-/// What one harvest of a disk's old epoch found.
-#[derive(Debug, Default)]
+/// What one harvest of a disk's old epoch found. The old epoch's bits stay in the kernel
+/// until [`Bpf::release`], so a crash before the caller made them durable loses nothing.
+#[derive(Debug, Default, Clone)]
 pub struct Harvest {
     /// Dirty 4 KiB blocks, as sorted, merged `[first, end)` ranges.
     pub ranges: Vec<(u64, u64)>,
-    /// The program could not record something: the disk must be compared whole.
-    pub overflow: bool,
+    /// Records the program could not make (the disk must be compared whole when not 0).
+    pub overflow: u64,
+    /// The epoch harvested.
+    pub epoch: u32,
 }
 
 /// A registered disk.
@@ -454,8 +457,11 @@ impl Bpf {
         rb.consume().map_err(lb("read the tracker's ring buffer"))
     }
 
-    /// Flips the disk's epoch, waits until no program still writes the old one, and takes
-    /// (clears) everything the old epoch recorded.
+    /// Flips the disk's epoch, waits until no program still writes the old one, and reads
+    /// what the old epoch recorded (bits and ring-buffer ranges). Writes nothing to any
+    /// filesystem: it may run while the disk's filesystems are frozen. The bits stay until
+    /// [`Bpf::release`]; ring-buffer ranges are consumed (the caller marks its state
+    /// incomplete first).
     pub fn harvest(&self, info: &SlotInfo) -> Result<Harvest, BpfError> {
         let _g = self.guard();
         let epoch = self.slots.u32_at(info.slot as usize * SLOT_STATE_LEN + OFF_EPOCH);
@@ -467,13 +473,13 @@ impl Bpf {
             if started.elapsed() > DRAIN_TIMEOUT {
                 return Err(BpfError::Drain);
             }
-            std::thread::sleep(Duration::from_micros(20));
+            std::hint::spin_loop();
         }
-        let overflow = self.slot_u64(info.slot, OFF_OVERFLOW).swap(0, Ordering::SeqCst) != 0;
+        let overflow = self.slot_u64(info.slot, OFF_OVERFLOW).load(Ordering::SeqCst);
         let base = info.base + if old == 1 { info.words } else { 0 };
         let mut ranges: Vec<(u64, u64)> = Vec::new();
         for w in 0..info.words {
-            let bits = self.bitmap.u64_at(((base + w) * 8) as usize).swap(0, Ordering::SeqCst);
+            let bits = self.bitmap.u64_at(((base + w) * 8) as usize).load(Ordering::SeqCst);
             if bits == 0 {
                 continue;
             }
@@ -501,7 +507,24 @@ impl Bpf {
             r.1 = r.1.min(info.blocks);
         }
         ranges.retain(|r| r.0 < r.1);
-        Ok(Harvest { ranges, overflow })
+        Ok(Harvest { ranges, overflow, epoch: old })
+    }
+
+    /// Clears what `harvest` read, once the caller made it durable. The harvested epoch is
+    /// not the current one, so no program writes it meanwhile.
+    pub fn release(&self, info: &SlotInfo, harvest: &Harvest) {
+        let _g = self.guard();
+        let base = info.base + if harvest.epoch == 1 { info.words } else { 0 };
+        for w in 0..info.words {
+            self.bitmap.u64_at(((base + w) * 8) as usize).store(0, Ordering::SeqCst);
+        }
+        self.slot_u64(info.slot, OFF_OVERFLOW).fetch_sub(harvest.overflow, Ordering::SeqCst);
+    }
+
+    /// Write-like requests queued so far on the disk (all kinds).
+    pub fn writes(&self, slot: u32) -> u64 {
+        let c = self.counters(slot);
+        c.writes + c.discards + c.write_zeroes + c.secure_erases
     }
 }
 
