@@ -1,7 +1,8 @@
 //! The agent with its eBPF tracker on a real block device: a mounted ext4 on a loop device,
-//! written while the agent runs and killed with -9 mid-stream. Tracking goes on through the
-//! pinned tracker (no whole-disk compare after the restart), and a point cut after the
-//! writes stop equals the device. Root only; skipped (and said so) elsewhere.
+//! written while the agent runs and killed with -9 mid-stream. Points are cut under a
+//! filesystem freeze; tracking goes on through the pinned tracker (no whole-disk compare
+//! after the restart), and a point cut after the writes stop equals the device. Root only;
+//! skipped (and said so) elsewhere.
 
 use lifeboat_e2e::*;
 use rand::{Rng, SeedableRng};
@@ -115,6 +116,10 @@ fn a_live_filesystem_replicates_through_ebpf_across_an_agent_kill() {
     assert!(
         log.contains("reusing the pinned tracker"),
         "the restarted agent did not reuse the pins"
+    );
+    assert!(
+        log.contains("cut under a filesystem freeze"),
+        "points on a mounted filesystem are cut under a freeze"
     );
     assert_eq!(
         log.matches("comparing the whole disk").count(),
