@@ -151,8 +151,8 @@ impl Default for CutPolicy {
             freeze: true,
             max_freeze: Duration::from_millis(500),
             capture_max_bytes: 256 << 20,
-            precopy_target_bytes: 32 << 20,
-            max_precopy_passes: 3,
+            precopy_target_bytes: 4 << 20,
+            max_precopy_passes: 4,
         }
     }
 }

@@ -15,6 +15,7 @@ pub fn run(name: &str) -> Result<()> {
             )
         }
         "replication" => crate::bench_replication::replication(),
-        other => bail!("unknown benchmark {other:?}; available: plugins, replication"),
+        "capture" => crate::bench_capture::capture(),
+        other => bail!("unknown benchmark {other:?}; available: plugins, replication, capture"),
     }
 }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 const DISK_BYTES: u64 = 2 << 30;
 
-struct Kill(Vec<Child>);
+pub(crate) struct Kill(pub(crate) Vec<Child>);
 impl Drop for Kill {
     fn drop(&mut self) {
         for c in &mut self.0 {
@@ -114,11 +114,11 @@ fn rewrite_one_percent(path: &Path) -> Result<u64> {
     Ok(touched.len() as u64 * 4096)
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn out(cmd: &mut Command) -> Result<String> {
+pub(crate) fn out(cmd: &mut Command) -> Result<String> {
     let o = cmd.stderr(Stdio::inherit()).output().with_context(|| format!("{cmd:?}"))?;
     if !o.status.success() {
         bail!("{cmd:?} failed ({})", o.status);
@@ -126,14 +126,14 @@ fn out(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
-fn drop_caches() {
+pub(crate) fn drop_caches() {
     // Fair starts: every tool reads the image from disk, not from the page cache.
     let _ = Command::new("sync").status();
     let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
 }
 
 /// An XFS filesystem in an image file, loop-mounted; unmounted on drop.
-struct XfsMount(PathBuf);
+pub(crate) struct XfsMount(PathBuf);
 impl Drop for XfsMount {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.0).status();
@@ -142,7 +142,7 @@ impl Drop for XfsMount {
 
 /// Mounts a fresh XFS (reflinks on) at `at`, backed by `image`: the filesystem the local
 /// target documentation recommends, where a recovery point is a reflink and not a copy.
-fn mount_xfs(image: &Path, at: &Path) -> Result<XfsMount> {
+pub(crate) fn mount_xfs(image: &Path, at: &Path) -> Result<XfsMount> {
     let f = std::fs::File::create(image)?;
     f.set_len(16 << 30)?;
     drop(f);
@@ -152,15 +152,21 @@ fn mount_xfs(image: &Path, at: &Path) -> Result<XfsMount> {
     Ok(XfsMount(at.to_path_buf()))
 }
 
-struct Lifeboat {
-    bin: PathBuf,
-    config: PathBuf,
-    agent_config: PathBuf,
+pub(crate) struct Lifeboat {
+    pub(crate) bin: PathBuf,
+    pub(crate) config: PathBuf,
+    pub(crate) agent_config: PathBuf,
+    pub(crate) dir: PathBuf,
     _procs: Kill,
 }
 
 impl Lifeboat {
-    fn start(dir: &Path, disk: &Path) -> Result<Lifeboat> {
+    pub(crate) fn start(dir: &Path, disk: &Path) -> Result<Lifeboat> {
+        Self::start_with(dir, disk, "")
+    }
+
+    /// With `agent_extra` appended to the agent's configuration.
+    pub(crate) fn start_with(dir: &Path, disk: &Path, agent_extra: &str) -> Result<Lifeboat> {
         let bin = target_dir().join("release");
         let plugins = crate::plugins::dir();
         std::fs::create_dir_all(dir.join("plugins"))?;
@@ -185,7 +191,7 @@ impl Lifeboat {
             &config,
             format!(
                 "data_dir = \"state\"\n[config_server]\nlisten = \"127.0.0.1:{cp}\"\n[process_server]\nlisten = \"127.0.0.1:{pp}\"\n\
-                 codec_level = 1\n[master_target]\npoll_ms = 20\n[plugins]\ndir = \"plugins\"\n{grants}"
+                 codec_level = 1\n[master_target]\npoll_ms = 20\nkeep_points = 100000\n[plugins]\ndir = \"plugins\"\n{grants}"
             ),
         )?;
         let log = std::fs::File::create(dir.join("appliance.log"))?;
@@ -228,18 +234,18 @@ impl Lifeboat {
         std::fs::write(
             &agent_config,
             format!(
-                "state_dir = \"{}\"\ndisks = [\"{}\"]\nnice = 0\n",
+                "state_dir = \"{}\"\ndisks = [\"{}\"]\nnice = 0\n{agent_extra}",
                 state.display(),
                 disk.display()
             ),
         )?;
-        Ok(Lifeboat { bin, config, agent_config, _procs: procs })
+        Ok(Lifeboat { bin, config, agent_config, dir: dir.to_path_buf(), _procs: procs })
     }
 
     /// CPU seconds (user + system) used so far by the appliance and by the agents run.
     fn cpu_seconds(&self) -> f64 {
         let tick = 100.0; // USER_HZ on Linux
-        let appliance = self._procs.0.first().and_then(|c| {
+        let appliance = self._procs.0.last().and_then(|c| {
             let stat = std::fs::read_to_string(format!("/proc/{}/stat", c.id())).ok()?;
             let rest = &stat[stat.rfind(')')? + 2..];
             let f: Vec<&str> = rest.split(' ').collect();
@@ -255,6 +261,39 @@ impl Lifeboat {
         appliance.unwrap_or(0.0) + children
     }
 
+    /// Starts the agent as a daemon (stopped with the appliance), logging to `agent.log`.
+    pub(crate) fn spawn_agent(&mut self) -> Result<()> {
+        let log = std::fs::File::create(self.dir.join("agent.log"))?;
+        let child = Command::new(self.bin.join("lifeboat-agent"))
+            .args(["run", "--config"])
+            .arg(&self.agent_config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        // Stopped first: before the appliance.
+        self._procs.0.insert(0, child);
+        Ok(())
+    }
+
+    /// The recovery points: (point number, id, created unix ms).
+    pub(crate) fn point_list(&self) -> Result<Vec<(u64, String, u64)>> {
+        let text = out(Command::new(self.bin.join("lifeboat-appliance"))
+            .args(["points", "--config"])
+            .arg(&self.config))?;
+        let mut v = Vec::new();
+        for line in text.lines() {
+            let j: serde_json::Value = serde_json::from_str(line)?;
+            v.push((
+                j["point"].as_u64().unwrap_or(0),
+                j["id"].as_str().unwrap_or_default().to_string(),
+                j["created_unix_ms"].as_u64().unwrap_or(0),
+            ));
+        }
+        v.sort();
+        Ok(v)
+    }
+
     fn points(&self) -> Result<usize> {
         Ok(out(Command::new(self.bin.join("lifeboat-appliance"))
             .args(["points", "--config"])
@@ -263,7 +302,7 @@ impl Lifeboat {
         .count())
     }
 
-    fn shipped_bytes(&self) -> Result<u64> {
+    pub(crate) fn shipped_bytes(&self) -> Result<u64> {
         let s = out(Command::new(self.bin.join("lifeboat-appliance"))
             .args(["stats", "--config"])
             .arg(&self.config))?;

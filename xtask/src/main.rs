@@ -3,6 +3,7 @@
 //! packages) idempotently and says what it installs.
 
 mod bench;
+mod bench_capture;
 mod bench_replication;
 mod plugins;
 mod quickstart;
