@@ -329,30 +329,11 @@ impl Ebpf {
                 "{total} bytes changed since the last pass, more than {max_bytes} may be read under a freeze"
             )));
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
-            .open(&self.path)
-            .map_err(state(&self.path, "open the disk for direct reads"))?;
         let mut data = Vec::new();
-        for &(first, end) in &ranges {
-            let mut off = first * BLOCK;
-            let end = (end * BLOCK).min(size);
-            while off < end {
-                let len = ((end - off) as usize).min(CHUNK);
-                let buf = aligned(&mut self.buf);
-                file.read_exact_at(&mut buf[..len], off).map_err(|source| {
-                    TrackerError::Disk(crate::disk::DiskError::Read {
-                        path: self.path.clone(),
-                        offset: off,
-                        len,
-                        source,
-                    })
-                })?;
-                data.push((off, buf[..len].to_vec()));
-                off += len as u64;
-            }
-        }
+        self.read_chunks(size, &ranges, |off, chunk| {
+            data.push((off, chunk.to_vec()));
+            Ok(())
+        })?;
         if self.bpf.writes(self.info.slot) != writes_before {
             return Ok(Capture::Refused(
                 "the disk was written during the capture (writes that a filesystem freeze does not hold)".into(),
@@ -383,6 +364,20 @@ impl Ebpf {
         sink: &mut Sink<'_>,
         stats: &mut CycleStats,
     ) -> Result<(), TrackerError> {
+        let path = self.path.clone();
+        self.read_chunks(size, ranges, |off, chunk| {
+            stats.bytes_read += chunk.len() as u64;
+            emit(chunk, off, sink, stats, &path)
+        })
+    }
+
+    /// Reads `ranges` (4 KiB blocks, clipped to `size`) with direct I/O, chunk by chunk.
+    fn read_chunks(
+        &mut self,
+        size: u64,
+        ranges: &[(u64, u64)],
+        mut f: impl FnMut(u64, &[u8]) -> Result<(), TrackerError>,
+    ) -> Result<(), TrackerError> {
         if ranges.is_empty() {
             return Ok(());
         }
@@ -391,7 +386,6 @@ impl Ebpf {
             .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
             .open(&self.path)
             .map_err(state(&self.path, "open the disk for direct reads"))?;
-        let path = self.path.clone();
         for &(first, end) in ranges {
             let mut off = first * BLOCK;
             let end = (end * BLOCK).min(size);
@@ -400,14 +394,13 @@ impl Ebpf {
                 let buf = aligned(&mut self.buf);
                 file.read_exact_at(&mut buf[..len], off).map_err(|source| {
                     TrackerError::Disk(crate::disk::DiskError::Read {
-                        path: path.clone(),
+                        path: self.path.clone(),
                         offset: off,
                         len,
                         source,
                     })
                 })?;
-                stats.bytes_read += len as u64;
-                emit(&buf[..len], off, sink, stats, &path)?;
+                f(off, &buf[..len])?;
                 off += len as u64;
             }
         }
