@@ -34,6 +34,7 @@
 #![deny(missing_docs)]
 
 pub mod bandwidth;
+pub mod churn;
 pub mod config;
 pub mod cycle;
 pub mod disk;

@@ -50,6 +50,23 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// Measure how fast the configured disks are written (MB/s, IOPS, write sizes), to size
+    /// the link and the process server before protecting the machine. Needs root; needs no
+    /// registration; does not replicate anything.
+    Churn {
+        /// The agent's configuration file (its `disks`).
+        #[arg(long, default_value = "/etc/lifeboat/agent.toml")]
+        config: PathBuf,
+        /// How long to measure, in seconds.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Seconds per sample.
+        #[arg(long, default_value_t = 5)]
+        every: u64,
+        /// One JSON object per line (samples, then one summary per disk).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -89,6 +106,49 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(if e.is_usage() { 2 } else { 1 }, &e.to_string()),
+            }
+        }
+        Command::Churn { config, seconds, every, json } => {
+            let cfg = match AgentConfig::load(&config) {
+                Ok(c) => c,
+                Err(e) => return fail(2, &e.to_string()),
+            };
+            if every == 0 || seconds == 0 {
+                return fail(2, "--seconds and --every must be at least 1");
+            }
+            let samples = lifeboat_agent::churn::profile(
+                &cfg.disks,
+                std::time::Duration::from_secs(seconds),
+                std::time::Duration::from_secs(every),
+                |s, path| {
+                    if json {
+                        println!("{}", serde_json::json!({"sample": s}));
+                    } else {
+                        println!("{}", s.line(path));
+                    }
+                },
+            );
+            match samples {
+                Ok(samples) => {
+                    for (i, path) in cfg.disks.iter().enumerate() {
+                        let sum = lifeboat_agent::churn::summarize(i, &samples);
+                        if json {
+                            println!("{}", serde_json::json!({"summary": sum}));
+                        } else {
+                            println!(
+                                "disk {i} {}: mean {:.1} MB/s ({:.0} Mbit/s before compression), peak {:.1} MB/s; mean {:.0} IOPS, peak {:.0}",
+                                path.display(),
+                                sum.mean_mb_per_s,
+                                sum.mean_mb_per_s * 8.0,
+                                sum.peak_mb_per_s,
+                                sum.mean_iops,
+                                sum.peak_iops
+                            );
+                        }
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(1, &e),
             }
         }
         Command::Run { config, once } => {

@@ -60,7 +60,8 @@ struct slot_state {
 	__u64 bytes;
 	__u64 token;
 	__u64 ring_events;
-	__u64 _reserved[5];
+	/* Write-like bios by size: <= 4 KiB, <= 16 KiB, <= 64 KiB, <= 256 KiB, larger. */
+	__u64 sizes[5];
 };
 
 struct event {
@@ -140,6 +141,8 @@ static __always_inline void mark(struct gendisk *disk, __u32 opf, __u64 sector, 
 		else
 			__sync_fetch_and_add(&s->writes, 1);
 		__sync_fetch_and_add(&s->bytes, bytes);
+		int b = bytes <= 4096 ? 0 : bytes <= 16384 ? 1 : bytes <= 65536 ? 2 : bytes <= 262144 ? 3 : 4;
+		__sync_fetch_and_add(&s->sizes[b], 1);
 	}
 	__u64 first = sector >> 3;
 	__u64 end = (sector + ((bytes + 511) >> 9) + 7) >> 3;

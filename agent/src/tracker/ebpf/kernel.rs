@@ -28,7 +28,7 @@ mod skel {
 
 /// Version of the layout shared with the BPF program (maps, structs). Pins of another
 /// version are never reused: the pin directory carries it.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 /// Most disks one loaded tracker follows.
 pub const MAX_SLOTS: u32 = 64;
 /// Where bpffs is mounted.
@@ -46,6 +46,7 @@ const OFF_SECURE: usize = 56;
 const OFF_BYTES: usize = 64;
 const OFF_TOKEN: usize = 72;
 const OFF_RING: usize = 80;
+const OFF_SIZES: usize = 88;
 const DISK_INFO_LEN: usize = 32;
 /// Longest wait for programs still using an old epoch (they run for nanoseconds).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
@@ -154,6 +155,8 @@ pub struct SlotCounters {
     pub bytes: u64,
     /// Ranges sent through the ring buffer.
     pub ring_events: u64,
+    /// Write-like requests by size: ≤ 4 KiB, ≤ 16 KiB, ≤ 64 KiB, ≤ 256 KiB, larger.
+    pub sizes: [u64; 5],
 }
 
 /// What one harvest of a disk's old epoch found. The old epoch's bits stay in the kernel
@@ -233,7 +236,16 @@ impl Bpf {
     /// with less room than `words_needed` is replaced (its disks see a gap).
     pub fn open_or_load(name: &str, words_needed: u64) -> Result<(Bpf, bool), BpfError> {
         ensure_bpffs()?;
-        let dir = Path::new(BPFFS).join("lifeboat").join(format!("v{LAYOUT_VERSION}-{name}"));
+        let root = Path::new(BPFFS).join("lifeboat");
+        // Pins of an older layout keep their programs running for nobody: remove them.
+        for v in 1..LAYOUT_VERSION {
+            let old = root.join(format!("v{v}-{name}"));
+            if old.exists() {
+                tracing::info!(dir = %old.display(), "removing the write tracker of an older agent version");
+                fs::remove_dir_all(&old).map_err(os(format!("remove {}", old.display())))?;
+            }
+        }
+        let dir = root.join(format!("v{LAYOUT_VERSION}-{name}"));
         if dir.join("bitmap").exists() {
             match Self::open_pinned(&dir) {
                 Ok(b) if b.bitmap_words >= words_needed => return Ok((b, true)),
@@ -321,6 +333,17 @@ impl Bpf {
     /// The pin directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Unpins this tracker: once the last user closes it, the kernel unloads it.
+    pub fn unpin(self) -> Result<(), BpfError> {
+        fs::remove_dir_all(&self.dir).map_err(os(format!("remove {}", self.dir.display())))
+    }
+
+    /// The disk's counters, by device (`None` when the disk is not followed).
+    pub fn counters_of(&self, dev: u32) -> Result<Option<SlotCounters>, BpfError> {
+        let _g = self.guard();
+        Ok(self.entries()?.into_iter().find(|(d, _)| *d == dev).map(|(_, i)| self.counters(i.slot)))
     }
 
     fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -432,6 +455,7 @@ impl Bpf {
             secure_erases: g(OFF_SECURE),
             bytes: g(OFF_BYTES),
             ring_events: g(OFF_RING),
+            sizes: std::array::from_fn(|i| g(OFF_SIZES + 8 * i)),
         }
     }
 

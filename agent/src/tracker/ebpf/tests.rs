@@ -521,3 +521,75 @@ fn points_cut_under_a_freeze_are_clean_and_keep_every_fsynced_record() {
     writing.store(false, Ordering::Relaxed);
     writer.join().unwrap();
 }
+
+/// The counters behind the churn profiler: requests by kind and size, and the profiler
+/// itself measuring a writer on a loop device.
+#[test]
+fn churn_counters_count_requests_by_kind_and_size() {
+    let size = 64u64 << 20;
+    let Some(lab) = Lab::new(size, "churn") else { return };
+    let t = lab.tracker(lab.bpf());
+    let before = t.counters();
+    let f = OpenOptions::new()
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+        .open(&lab.dev)
+        .unwrap();
+    let mut buf = vec![7u8; (64 << 10) + 4096];
+    let off = buf.as_ptr().align_offset(4096);
+    for i in 0..50u64 {
+        f.write_all_at(&buf[off..off + 4096], i * 8192).unwrap();
+    }
+    buf[off..off + (64 << 10)].fill(9);
+    for i in 0..10u64 {
+        f.write_all_at(&buf[off..off + (64 << 10)], (8 << 20) + i * (128 << 10)).unwrap();
+    }
+    sh("blkdiscard", &["-o", &(32u64 << 20).to_string(), "-l", "1048576", &lab.dev]).unwrap();
+    let after = t.counters();
+    let d = |a: u64, b: u64| b - a;
+    assert!(d(before.writes, after.writes) >= 60, "{after:?}");
+    assert!(d(before.sizes[0], after.sizes[0]) >= 50, "{after:?}");
+    assert!(d(before.sizes[2], after.sizes[2]) >= 10, "{after:?}");
+    assert!(d(before.discards, after.discards) >= 1, "{after:?}");
+    assert!(d(before.bytes, after.bytes) >= 50 * 4096 + 10 * (64 << 10) + (1 << 20), "{after:?}");
+
+    // The profiler, with a writer running meanwhile.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, dev) = (stop.clone(), lab.dev.clone());
+        std::thread::spawn(move || {
+            let f = OpenOptions::new()
+                .write(true)
+                .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+                .open(dev)
+                .unwrap();
+            let mut buf = vec![1u8; 8192];
+            let off = buf.as_ptr().align_offset(4096);
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                f.write_all_at(&buf[off..off + 4096], (i % 4096) * 4096).unwrap();
+                i += 1;
+            }
+        })
+    };
+    let samples = crate::churn::profile(
+        &[PathBuf::from(&lab.dev)],
+        Duration::from_millis(1200),
+        Duration::from_millis(400),
+        |_, _| {},
+    )
+    .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(samples.len() >= 2, "{samples:?}");
+    let sum = crate::churn::summarize(0, &samples);
+    assert!(sum.mean_iops > 100.0 && sum.mean_mb_per_s > 0.4, "{sum:?}");
+    assert!(samples.iter().all(|s| s.sizes[0] == s.writes), "every write is 4 KiB: {samples:?}");
+    assert!(
+        !Path::new(kernel::BPFFS)
+            .join("lifeboat")
+            .join(format!("v{}-profile-{}", kernel::LAYOUT_VERSION, std::process::id()))
+            .exists(),
+        "the profiler unpins its tracker"
+    );
+}
