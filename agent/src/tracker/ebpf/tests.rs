@@ -563,7 +563,7 @@ fn churn_counters_count_requests_by_kind_and_size() {
                 .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
                 .open(dev)
                 .unwrap();
-            let mut buf = vec![1u8; 8192];
+            let buf = vec![1u8; 8192];
             let off = buf.as_ptr().align_offset(4096);
             let mut i = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
