@@ -7,8 +7,8 @@
 //!   RPO is the time from its fsync to the creation of the first point at the target that
 //!   holds it (read by mounting the point's image);
 //! - `freeze_p99_ms`: from the agent's log (first `FIFREEZE` call to thaw);
-//! - `iops_overhead_pct`: fio 4 KiB random direct writes, 10 s, without any tracker loaded
-//!   and then with the agent running;
+//! - `iops_overhead_pct`: fio 4 KiB random direct writes (median of three 10 s runs)
+//!   without any tracker loaded and then with the agent running;
 //! - `missed_blocks`: 4 KiB blocks where the last point differs from the device once the
 //!   writes stopped (the filesystem frozen);
 //! - `wire_bytes` against `changed_bytes_zstd`: bytes shipped to the target between the
@@ -88,6 +88,15 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
+/// The median IOPS of three 10-second fio runs (single runs vary by ±10 % here).
+fn median_iops(file: &Path) -> Result<f64> {
+    let mut v = Vec::new();
+    for _ in 0..3 {
+        v.push(fio(file, 10, None)?.0);
+    }
+    Ok(percentile(&mut v, 0.5))
+}
+
 fn percentile(v: &mut [f64], p: f64) -> f64 {
     if v.is_empty() {
         return 0.0;
@@ -124,6 +133,18 @@ fn agent_last_point(lb: &Lifeboat) -> u64 {
         .filter_map(|l| l.split("cycle done: point ").nth(1)?.split(' ').next()?.parse().ok())
         .max()
         .unwrap_or(0)
+}
+
+/// Whether the agent cut a point after `point` in a cycle that read under 1 MiB.
+fn agent_quiet_after(lb: &Lifeboat, point: u64) -> bool {
+    let log = strip_ansi(&std::fs::read_to_string(lb.dir.join("agent.log")).unwrap_or_default());
+    log.lines().any(|l| {
+        let p: Option<u64> =
+            l.split("cycle done: point ").nth(1).and_then(|r| r.split(' ').next()?.parse().ok());
+        let read: Option<u64> =
+            l.split("read_bytes=").nth(1).and_then(|r| r.split(' ').next()?.parse().ok());
+        p.is_some_and(|p| p > point) && read.is_some_and(|r| r < 1 << 20)
+    })
 }
 
 /// Waits until the appliance holds the newest point the agent cut; returns that point.
@@ -170,8 +191,8 @@ pub fn capture() -> Result<()> {
     sh("mkfs.ext4", &["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", &dev])?;
     sh("mount", &[&dev, &mnt.to_string_lossy()])?;
 
-    eprintln!("bench: fio 4 KiB random writes for 10 s without a tracker");
-    let (iops_before, _) = fio(&mnt.join("fio-iops"), 10, None)?;
+    eprintln!("bench: fio 4 KiB random writes, 3 × 10 s, without a tracker");
+    let iops_before = median_iops(&mnt.join("fio-iops"))?;
 
     let _xfs: XfsMount = mount_xfs(&work.join("target-xfs.img"), &work.join("lifeboat/target"))?;
     let mut lb = Lifeboat::start_with(
@@ -191,8 +212,17 @@ pub fn capture() -> Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
     eprintln!("bench: initial copy done; fio again with the tracker");
-    let (iops_after, _) = fio(&mnt.join("fio-iops"), 10, None)?;
-    // The window starts once the appliance has everything the agent cut so far.
+    let iops_after = median_iops(&mnt.join("fio-iops"))?;
+    // The window starts once the agent has caught up with the writes (a cycle that read
+    // almost nothing) and the appliance has everything the agent cut so far.
+    let since = agent_last_point(&lb);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !agent_quiet_after(&lb, since) {
+        if Instant::now() > deadline {
+            bail!("the agent did not catch up with the IOPS runs in 10 minutes");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let p0 = wait_caught_up(&lb)?;
     let shipped0 = lb.shipped_bytes()?;
 
