@@ -394,6 +394,9 @@ impl Cycler {
                 self.journal.clear_resync(slot.index, token)?;
             }
         }
+        if !self.journal.wait_until_settled(&self.stop) {
+            return Err(CycleError::Stopped);
+        }
         let journal_bytes = self.journal.bytes();
         if journal_bytes > self.limits.journal_max_bytes {
             tracing::warn!(

@@ -218,6 +218,11 @@ struct DiskQueue {
     entries: VecDeque<Entry>,
     /// The resync mark's token, when present.
     resync: Option<u64>,
+    /// Opened with a reservation beyond the next sequence: batches that were only in memory
+    /// may have reached the appliance, so nothing is appended until a reconcile with it
+    /// ([`Journal::skip_to`], [`Journal::advance_to`], [`Journal::reset`]) said where to go
+    /// on; otherwise new batches could reuse those numbers.
+    unsure: bool,
 }
 
 #[derive(Debug)]
@@ -439,7 +444,8 @@ impl Journal {
         }
         let next_seq = entries.back().map_or(0, |e| e.seq + 1).max(persisted_next);
         let reserved = read_counter(&dir.join(RESERVED))?.unwrap_or(0).max(next_seq);
-        Ok(DiskQueue { dir, next_seq, persisted_next, reserved, entries, resync })
+        let unsure = reserved > next_seq;
+        Ok(DiskQueue { dir, next_seq, persisted_next, reserved, entries, resync, unsure })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -611,6 +617,8 @@ impl Journal {
             drop(inner);
             return self.skip_to(disk, next_seq);
         }
+        // Only ever after a restart, before anything was appended (`wait_until_settled`):
+        // the queue holds files only, all below `next_seq`.
         if next_seq > q.reserved {
             return Err(JournalError::BadAppend {
                 disk,
@@ -622,7 +630,8 @@ impl Journal {
         q.persisted_next = next_seq;
         q.next_seq = next_seq;
         drop(inner);
-        self.ack(disk, next_seq - 1)
+        self.ack(disk, next_seq - 1)?;
+        self.settle(disk)
     }
 
     /// The sequence the next batch of `disk` gets.
@@ -767,6 +776,7 @@ impl Journal {
         sync_dir(&dir)?;
         inner.bytes -= freed;
         inner.mem_bytes -= freed_mem;
+        Self::queue(&mut inner, disk)?.unsure = false;
         self.bump(&mut inner);
         drop(inner);
         self.room.notify_all();
@@ -775,10 +785,46 @@ impl Journal {
 
     /// Drops the batches of `disk` below `next_seq`: the appliance says it holds them.
     pub fn skip_to(&self, disk: u32, next_seq: u64) -> Result<(), JournalError> {
-        if next_seq == 0 {
-            return Ok(());
+        if next_seq > 0 {
+            self.ack(disk, next_seq - 1)?;
         }
-        self.ack(disk, next_seq - 1)
+        self.settle(disk)
+    }
+
+    /// A reconcile with the appliance happened: appends may go on.
+    fn settle(&self, disk: u32) -> Result<(), JournalError> {
+        let mut inner = self.lock();
+        Self::queue(&mut inner, disk)?.unsure = false;
+        drop(inner);
+        self.room.notify_all();
+        Ok(())
+    }
+
+    /// Blocks while a disk's numbering waits for the first reconcile with the appliance
+    /// after a crash (see `DiskQueue::unsure`), until it happened or `stop` is set. Call it
+    /// before a cycle appends anything. Returns false when stopped.
+    pub fn wait_until_settled(&self, stop: &AtomicBool) -> bool {
+        let mut inner = self.lock();
+        let mut said = false;
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            if !inner.disks.iter().any(|q| q.unsure) {
+                return true;
+            }
+            if !said {
+                tracing::info!(
+                    "waiting for the appliance to confirm the batch numbers before collecting (batches held in memory may have been lost when the agent stopped)"
+                );
+                said = true;
+            }
+            inner = self
+                .room
+                .wait_timeout(inner, Duration::from_millis(200))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
     }
 
     /// The token of `disk`'s resync mark, when the whole disk must be compared again.

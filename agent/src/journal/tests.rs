@@ -1,5 +1,6 @@
 use super::*;
 use lifeboat_wire::{Batch, BatchHeader, ConsistencyTag, PointKind};
+use std::sync::Arc;
 
 const M: MachineId = MachineId([7; 16]);
 
@@ -328,4 +329,36 @@ fn a_batch_larger_than_the_budget_goes_to_a_file_after_everything_older() {
     j.reset(1, 10).unwrap();
     assert_eq!(j.memory_bytes(), 0);
     assert_eq!(j.bytes(), one);
+}
+
+#[test]
+fn after_a_restart_with_batches_in_memory_appends_wait_for_the_first_reconcile() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path(), 1, M).unwrap();
+    j.set_memory_budget(64 << 20).unwrap();
+    append(&j, 0, 1);
+    drop(j); // crash: batch 0 was only in memory
+    let j = Arc::new(Journal::open(dir.path(), 1, M).unwrap());
+    let stop = AtomicBool::new(false);
+    let waiter = {
+        let j = j.clone();
+        std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            assert!(j.wait_until_settled(&AtomicBool::new(false)));
+            started.elapsed()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    // The appliance had received batch 0: it expects 1.
+    j.advance_to(0, 1).unwrap();
+    assert!(waiter.join().unwrap() >= Duration::from_millis(250), "the cycle waited");
+    assert!(j.wait_until_settled(&stop));
+    assert_eq!(append(&j, 0, 2), 1, "no number is reused");
+    // A journal that never held batches in memory does not wait.
+    let other = tempfile::tempdir().unwrap();
+    let k = Journal::open(other.path(), 1, M).unwrap();
+    append(&k, 0, 1);
+    drop(k);
+    let k = Journal::open(other.path(), 1, M).unwrap();
+    assert!(k.wait_until_settled(&stop));
 }
