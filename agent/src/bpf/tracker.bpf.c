@@ -12,10 +12,13 @@
  * anything that cannot be recorded go to user space through a ring buffer; if even that
  * fails, the disk's overflow counter tells the agent to compare the whole disk.
  *
- * User space flips a disk's epoch and then waits until every program that might still be
- * using the old epoch has finished: `enter` is incremented before the epoch is read and
- * `exit` after the bits are set (both atomic, full barriers), so once `exit` reaches the
- * value `enter` had just after the flip, the old bitmap is final.
+ * User space flips a disk's epoch and then waits until no program is using the old one:
+ * a program reads the epoch e, increments inflight[e], reads the epoch again and, if it
+ * changed, moves to the new one; it decrements inflight[e] after its bits are set. All of
+ * these are fetch atomics (fully ordered). Once the flip is done, a program that still
+ * counts in inflight[old] saw `old` after it incremented, i.e. before the flip, and the
+ * agent waits for it; one that increments later sees the new epoch and moves. When
+ * inflight[old] reaches 0 the old bitmap is final.
  *
  * Frozen layout (shared with user space, version LIFEBOAT_BPF_VERSION): see the structs.
  */
@@ -51,8 +54,8 @@ struct slot_state {
 	__u32 epoch;
 	__u32 _pad;
 	__u64 overflow;
-	__u64 enter;
-	__u64 exit;
+	/* Programs using each epoch right now. */
+	__u64 inflight[2];
 	__u64 writes;
 	__u64 discards;
 	__u64 write_zeroes;
@@ -128,8 +131,17 @@ static __always_inline void mark(struct gendisk *disk, __u32 opf, __u64 sector, 
 	struct slot_state *s = bpf_map_lookup_elem(&slots, &slot);
 	if (!s)
 		return;
-	__sync_fetch_and_add(&s->enter, 1);
 	__u32 epoch = *(volatile __u32 *)&s->epoch & 1;
+	if (__sync_fetch_and_add(&s->inflight[epoch], 1) == ~0ULL)
+		return; /* never: keeps the fetch (fully ordered) form */
+	__u32 now = *(volatile __u32 *)&s->epoch & 1;
+	if (now != epoch) {
+		if (__sync_fetch_and_sub(&s->inflight[epoch], 1) == 0)
+			return;
+		epoch = now;
+		if (__sync_fetch_and_add(&s->inflight[epoch], 1) == ~0ULL)
+			return;
+	}
 	if (count) {
 		__u32 op = opf & REQ_OP_MASK;
 		if (op == REQ_OP_DISCARD)
@@ -175,7 +187,8 @@ static __always_inline void mark(struct gendisk *disk, __u32 opf, __u64 sector, 
 			}
 		}
 	}
-	__sync_fetch_and_add(&s->exit, 1);
+	if (__sync_fetch_and_sub(&s->inflight[epoch], 1) == 0)
+		return;
 }
 
 SEC("tp_btf/block_bio_queue")

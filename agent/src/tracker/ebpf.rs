@@ -26,11 +26,11 @@
 //!   64 KiB block: the map does not know what those hold at the target). The first collect
 //!   of a disk is such a collect: the initial copy.
 //!
-//! Devices: whole block devices (disks, loop devices, LVM volumes). Writes are seen on the
-//! device they are issued to: writes to a loop device's *backing file* that bypass the loop
-//! device, or writes to a device-mapper volume's underlying disk, are not. Requests of
-//! bio-based drivers (device-mapper, md) have no request completion, so for those only the
-//! queue-time mark exists (documented in `docs/tracker.md`).
+//! Devices: whole block devices with a request queue (disks, NVMe, virtio, loop devices).
+//! Bio-based devices (device-mapper/LVM, md) complete writes without a request, so a write
+//! in flight during a read would not be marked again: they use the hash scan (the agent says
+//! so). Writes are seen on the device they are issued to: writes to a loop device's
+//! *backing file* that bypass the loop device are not.
 
 mod kernel;
 
@@ -119,6 +119,13 @@ impl Ebpf {
         if !meta.file_type().is_block_device() {
             return Err(config(format!(
                 "{} is not a block device: block-layer tracking sees block devices only",
+                path.display()
+            )));
+        }
+        let (major, minor) = (rustix::fs::major(meta.rdev()), rustix::fs::minor(meta.rdev()));
+        if !Path::new(&format!("/sys/dev/block/{major}:{minor}/mq")).exists() {
+            return Err(config(format!(
+                "{} is a bio-based device (device-mapper, md): its writes complete without a request, so a write in flight during a read could be missed",
                 path.display()
             )));
         }
@@ -225,11 +232,14 @@ impl Ebpf {
         let mut ranges = old;
         ranges.extend_from_slice(&harvest.ranges);
         let ranges = merge(ranges);
-        // Durable before the kernel forgets them, and before anything reaches the sink.
-        store_pending(&self.pending_path(), &ranges, false)?;
+        let gap = self.gap(&harvest, incomplete)?;
+        // Durable before the kernel forgets them, and before anything reaches the sink. A gap
+        // keeps the file incomplete until the whole-disk compare is committed, so an
+        // interrupted compare is not forgotten.
+        store_pending(&self.pending_path(), &ranges, gap.is_some())?;
         self.bpf.release(&self.info, &harvest);
         let token = self.info.token;
-        if let Some(reason) = self.gap(&harvest, incomplete)? {
+        if let Some(reason) = gap {
             tracing::info!(
                 disk = %self.path.display(),
                 "eBPF tracker: comparing the whole disk with its hash map ({reason}); only blocks that differ, or that were shipped since the map was made, are sent"
@@ -348,7 +358,8 @@ impl Ebpf {
     fn abort_cut_inner(&mut self) -> Result<(), TrackerError> {
         match (self.captured.take(), self.cut.take()) {
             (Some(c), _) => {
-                store_pending(&self.pending_path(), &c.ranges, false)?;
+                // An overflow seen here still needs its whole-disk compare.
+                store_pending(&self.pending_path(), &c.ranges, c.harvest.overflow > 0)?;
                 self.bpf.release(&self.info, &c.harvest);
                 Ok(())
             }

@@ -28,7 +28,7 @@ mod skel {
 
 /// Version of the layout shared with the BPF program (maps, structs). Pins of another
 /// version are never reused: the pin directory carries it.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 /// Most disks one loaded tracker follows.
 pub const MAX_SLOTS: u32 = 64;
 /// Where bpffs is mounted.
@@ -37,8 +37,8 @@ pub const BPFFS: &str = "/sys/fs/bpf";
 const SLOT_STATE_LEN: usize = 128;
 const OFF_EPOCH: usize = 0;
 const OFF_OVERFLOW: usize = 8;
-const OFF_ENTER: usize = 16;
-const OFF_EXIT: usize = 24;
+/// `inflight[0]`, `inflight[1]`: programs using each epoch.
+const OFF_INFLIGHT: usize = 16;
 const OFF_WRITES: usize = 32;
 const OFF_DISCARDS: usize = 40;
 const OFF_WRITE_ZEROES: usize = 48;
@@ -459,6 +459,26 @@ impl Bpf {
         }
     }
 
+    /// Marks `[first, end)` in the current epoch of the disk in `slot`, as the BPF program
+    /// would: ranges taken from the ring buffer for another disk than the one being
+    /// harvested go back to the kernel, where they survive an agent crash (pinned).
+    fn mark_current(&self, info: &SlotInfo, first: u64, end: u64) {
+        let end = end.min(info.blocks);
+        if first >= end {
+            return;
+        }
+        let epoch = self.slots.u32_at(info.slot as usize * SLOT_STATE_LEN + OFF_EPOCH);
+        let base = info.base + if epoch.load(Ordering::SeqCst) & 1 == 1 { info.words } else { 0 };
+        let (fw, lw) = (first / 64, (end - 1) / 64);
+        for w in fw..=lw {
+            let lo = if w == fw { first % 64 } else { 0 };
+            let hi = if w == lw { (end - 1) % 64 } else { 63 };
+            let mask =
+                (if hi == 63 { u64::MAX } else { (1u64 << (hi + 1)) - 1 }) & !((1u64 << lo) - 1);
+            self.bitmap.u64_at(((base + w) * 8) as usize).fetch_or(mask, Ordering::SeqCst);
+        }
+    }
+
     fn drain_ring(&self) -> Result<(), BpfError> {
         let queued = self.queued.clone();
         let mut b = RingBufferBuilder::new();
@@ -491,9 +511,11 @@ impl Bpf {
         let epoch = self.slots.u32_at(info.slot as usize * SLOT_STATE_LEN + OFF_EPOCH);
         let old = epoch.load(Ordering::SeqCst) & 1;
         epoch.store(old ^ 1, Ordering::SeqCst);
-        let entered = self.slot_u64(info.slot, OFF_ENTER).load(Ordering::SeqCst);
+        // See the BPF program: programs still counted in the old epoch saw it before the
+        // flip; wait for them.
+        let inflight = self.slot_u64(info.slot, OFF_INFLIGHT + 8 * old as usize);
         let started = Instant::now();
-        while self.slot_u64(info.slot, OFF_EXIT).load(Ordering::SeqCst) < entered {
+        while inflight.load(Ordering::SeqCst) != 0 {
             if started.elapsed() > DRAIN_TIMEOUT {
                 return Err(BpfError::Drain);
             }
@@ -517,12 +539,19 @@ impl Bpf {
             }
         }
         self.drain_ring()?;
-        let mut extra = self
-            .queued
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&info.slot)
-            .unwrap_or_default();
+        let mut queued =
+            std::mem::take(&mut *self.queued.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut extra = queued.remove(&info.slot).unwrap_or_default();
+        if !queued.is_empty() {
+            let others = self.entries()?;
+            for (slot, ranges) in queued {
+                if let Some((_, other)) = others.iter().find(|(_, i)| i.slot == slot) {
+                    for (first, end) in ranges {
+                        self.mark_current(other, first, end);
+                    }
+                }
+            }
+        }
         if !extra.is_empty() {
             ranges.append(&mut extra);
             ranges = merge(ranges);
