@@ -537,7 +537,14 @@ impl Cycler {
         let mut prepared = 0;
         for (i, disk) in disks.iter().enumerate() {
             let err = self.tracker_err(i);
-            if !self.disks[i].tracker.prepare_cut(disk).map_err(err)? {
+            let ready = match self.disks[i].tracker.prepare_cut(disk) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.abort_cut(prepared)?;
+                    return Err(err(e));
+                }
+            };
+            if !ready {
                 self.abort_cut(prepared)?;
                 return Ok(Cut::Deferred(format!(
                     "disk {} must first be compared whole (tracking was interrupted)",
@@ -564,6 +571,13 @@ impl Cycler {
         let mut refused = None;
         let mut used = 0u64;
         for (i, disk) in disks.iter().enumerate() {
+            if started.elapsed() > policy.max_freeze || frozen.fired() {
+                refused = Some(format!(
+                    "capturing under the freeze took longer than {:?}",
+                    policy.max_freeze
+                ));
+                break;
+            }
             let left = policy.capture_max_bytes.saturating_sub(used);
             match self.disks[i].tracker.capture(disk, left) {
                 Ok(Capture::Captured { bytes }) => used += bytes,
@@ -584,7 +598,11 @@ impl Cycler {
                 break;
             }
         }
+        let fired = frozen.fired();
         let held = if frozen.is_empty() { started.elapsed() } else { frozen.thaw() };
+        if fired && refused.is_none() {
+            refused = Some("the freeze watchdog thawed the filesystems during the capture".into());
+        }
         if let Some(reason) = refused {
             self.abort_cut(prepared)?;
             return Ok(Cut::Deferred(format!("{reason} (held {} ms)", held.as_millis())));

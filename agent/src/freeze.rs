@@ -6,7 +6,8 @@
 //! not held: a device with no mounted filesystem cannot be frozen (see `docs/agent.md`).
 
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -66,12 +67,17 @@ pub fn mounts_of(disks: &[&Disk]) -> Vec<Mount> {
 /// at the deadline given to [`freeze`] whatever the freezing thread is doing.
 #[derive(Debug)]
 pub struct Frozen {
-    held: Arc<Mutex<Vec<(PathBuf, OwnedFd)>>>,
+    held: Held,
     since: Instant,
     n: usize,
+    fired: Arc<AtomicBool>,
 }
 
 type Held = Arc<Mutex<Vec<(PathBuf, OwnedFd)>>>;
+
+/// Where the agent notes the mount points it froze, so that an agent killed while they were
+/// frozen thaws them when it starts again ([`recover`]). On tmpfs: never itself frozen.
+pub const RECORD: &str = "/run/lifeboat-agent/frozen";
 
 fn thaw_list(held: &Held) -> usize {
     let mut g = held.lock().unwrap_or_else(|e| e.into_inner());
@@ -81,6 +87,7 @@ fn thaw_list(held: &Held) -> usize {
             tracing::error!(mount = %path.display(), "cannot thaw the filesystem: {e}; thaw it by hand with `fsfreeze -u {}`", path.display());
         }
     }
+    let _ = std::fs::remove_file(RECORD);
     n
 }
 
@@ -96,29 +103,53 @@ fn ioctl(fd: &OwnedFd, op: bool) -> rustix::io::Result<()> {
     }
 }
 
-/// Freezes `mounts` in order. On a failure, thaws what it froze and says which one failed.
-/// A watchdog thaws everything `deadline` after the first freeze if nobody did.
+/// Thaws the filesystems a previous agent froze and could not thaw (it was killed), from
+/// [`RECORD`]. Call it at start, before anything is frozen.
+pub fn recover() {
+    let Ok(text) = std::fs::read_to_string(RECORD) else { return };
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        let Ok(fd) = rustix::fs::open(
+            line,
+            rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        ) else {
+            continue;
+        };
+        match ioctl(&fd, false) {
+            Ok(()) => {
+                tracing::warn!(mount = line, "thawed a filesystem a previous agent left frozen")
+            }
+            Err(rustix::io::Errno::INVAL) => {} // not frozen
+            Err(e) => tracing::error!(mount = line, "cannot thaw: {e}; run `fsfreeze -u {line}`"),
+        }
+    }
+    let _ = std::fs::remove_file(RECORD);
+}
+
+/// Freezes `mounts` in order; one that cannot be frozen (a filesystem without freeze
+/// support, such as vfat) is skipped with a note, and the capture's write check covers it.
+/// A watchdog thaws everything `deadline` after the last freeze if nobody did, and says so
+/// through [`Frozen::fired`].
 pub fn freeze(mounts: &[Mount], deadline: Duration) -> Result<Frozen, String> {
     let held: Held = Arc::default();
-    let mut frozen = Frozen { held: held.clone(), since: Instant::now(), n: 0 };
+    let fired = Arc::new(AtomicBool::new(false));
+    let mut frozen =
+        Frozen { held: held.clone(), since: Instant::now(), n: 0, fired: fired.clone() };
     let mut fds = Vec::new();
     for m in mounts {
         fds.push((m, open_mount_point(&m.mount_point, m.major, m.minor)?));
     }
     if !fds.is_empty() {
-        let watched = held.clone();
-        std::thread::Builder::new()
-            .name("lifeboat-thaw".into())
-            .spawn(move || {
-                std::thread::sleep(deadline);
-                if thaw_list(&watched) > 0 {
-                    tracing::error!(
-                        ?deadline,
-                        "filesystems were still frozen at the deadline: thawed them"
-                    );
-                }
-            })
-            .map_err(|e| format!("cannot start the thaw watchdog: {e}"))?;
+        // Noted before anything is frozen (the record is on tmpfs).
+        let list: String =
+            fds.iter().map(|(m, _)| format!("{}\n", m.mount_point.display())).collect();
+        if let Some(dir) = Path::new(RECORD).parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        std::fs::write(RECORD, list)
+            .map_err(|e| format!("cannot write {RECORD} before freezing: {e}"))?;
     }
     for (m, fd) in fds {
         match ioctl(&fd, true) {
@@ -128,6 +159,10 @@ pub fn freeze(mounts: &[Mount], deadline: Duration) -> Result<Frozen, String> {
             // Frozen already, by an administrator or another tool: it holds still for us,
             // and thawing it is not ours to do.
             Err(rustix::io::Errno::BUSY) => {}
+            Err(rustix::io::Errno::OPNOTSUPP) => {
+                tracing::debug!(mount = %m.mount_point.display(), fs = m.fs_type, "this filesystem cannot be frozen; the capture's write check covers it");
+                continue;
+            }
             Err(e) => {
                 return Err(format!(
                     "cannot freeze {} ({}): {e}",
@@ -137,6 +172,31 @@ pub fn freeze(mounts: &[Mount], deadline: Duration) -> Result<Frozen, String> {
             }
         }
         frozen.n += 1;
+    }
+    // The record keeps only what this agent froze: a freeze someone else holds is theirs.
+    let ours: String = held
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(p, _)| format!("{}\n", p.display()))
+        .collect();
+    if ours.is_empty() {
+        let _ = std::fs::remove_file(RECORD);
+    } else {
+        let _ = std::fs::write(RECORD, ours);
+    }
+    if frozen.n > 0 {
+        let watched = held.clone();
+        std::thread::Builder::new()
+            .name("lifeboat-thaw".into())
+            .spawn(move || {
+                std::thread::sleep(deadline);
+                if thaw_list(&watched) > 0 {
+                    fired.store(true, Ordering::SeqCst);
+                    tracing::error!(?deadline, "filesystems were still frozen at the deadline: thawed them; that cut is abandoned");
+                }
+            })
+            .map_err(|e| format!("cannot start the thaw watchdog: {e}"))?;
     }
     Ok(frozen)
 }
@@ -148,6 +208,11 @@ impl Frozen {
         let d = self.since.elapsed();
         thaw_list(&self.held);
         d
+    }
+
+    /// Whether the watchdog thawed the filesystems (the capture may not be consistent).
+    pub fn fired(&self) -> bool {
+        self.fired.load(Ordering::SeqCst)
     }
 
     /// How many filesystems were frozen.

@@ -196,6 +196,8 @@ fn load_bpf(
 /// `opts.once`.
 pub fn run(cfg: &AgentConfig, cfg_path: &Path, opts: RunOptions) -> Result<(), RunError> {
     set_nice(cfg.nice);
+    // Filesystems a killed agent left frozen are thawed before anything else.
+    crate::freeze::recover();
     let schedule = cfg.schedule(cfg_path)?;
     let registration = Registration::load(&cfg.state_dir)?;
     let machine = registration.machine;

@@ -593,3 +593,28 @@ fn churn_counters_count_requests_by_kind_and_size() {
         "the profiler unpins its tracker"
     );
 }
+
+/// An agent killed while filesystems were frozen: the next one thaws them at start. (The
+/// skip of filesystems that cannot be frozen, such as vfat, is not tested here: this
+/// kernel has no vfat.)
+#[test]
+fn frozen_filesystems_left_by_a_killed_agent_are_thawed() {
+    use crate::freeze::{Mount, freeze, recover};
+    let Some(mut lab) = Lab::new(64 << 20, "freeze") else { return };
+    lab.mkfs_mount(&["mkfs.ext4", "-q", "-F"]);
+    let st = rustix::fs::stat(lab.dev.as_str()).unwrap();
+    let mount = Mount {
+        mount_point: lab.mnt().to_path_buf(),
+        major: rustix::fs::major(st.st_rdev),
+        minor: rustix::fs::minor(st.st_rdev),
+        fs_type: "ext4".into(),
+    };
+    let frozen = freeze(std::slice::from_ref(&mount), Duration::from_secs(120)).unwrap();
+    assert_eq!(frozen.len(), 1);
+    std::mem::forget(frozen); // the agent dies here
+    assert!(sh("fsfreeze", &["-f", lab.mnt().to_str().unwrap()]).is_err(), "it is frozen");
+    recover();
+    // Thawed: freezing and thawing by hand works again.
+    sh("fsfreeze", &["-f", lab.mnt().to_str().unwrap()]).unwrap();
+    sh("fsfreeze", &["-u", lab.mnt().to_str().unwrap()]).unwrap();
+}
