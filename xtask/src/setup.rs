@@ -6,9 +6,10 @@ use std::process::Command;
 
 /// Debian packages the build needs: clang and wasi-libc's headers compile the C zstd inside
 /// the zstd plugin for wasm32-wasip2; clang and the kernel's UAPI headers (linux-libc-dev)
-/// compile the agent's eBPF tracker; libelf, zlib and pkg-config build and link libbpf.
+/// compile the agent's eBPF tracker; make, libelf, zlib and pkg-config build and link
+/// libbpf (libbpf-sys builds its vendored copy with make).
 const BUILD_PACKAGES: &[&str] =
-    &["clang", "wasi-libc", "linux-libc-dev", "libelf-dev", "zlib1g-dev", "pkg-config"];
+    &["clang", "wasi-libc", "linux-libc-dev", "libelf-dev", "zlib1g-dev", "pkg-config", "make"];
 
 /// Debian packages the tests need besides the build: e2fsprogs and xfsprogs make the
 /// filesystems the agent's free-space and eBPF tracker tests mount; util-linux has losetup,
