@@ -76,7 +76,7 @@
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write as _};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -263,25 +263,17 @@ fn batch_name(seq: u64) -> String {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), JournalError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir, "sync the directory"))
+    lifeboat_common::fs::sync_dir(dir).map_err(io_err(dir, "sync the directory"))
 }
 
-/// Writes `bytes` to `path` atomically and durably: temp file, fsync, rename, directory fsync.
+/// Writes `bytes` to `path` atomically and durably (see `lifeboat_common::fs`).
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), JournalError> {
-    write_file(path, bytes)?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
+    lifeboat_common::fs::write_atomic(path, bytes, None).map_err(io_err(path, "write"))
 }
 
 /// [`write_atomic`] without the directory fsync (the caller does it once for many files).
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), JournalError> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut f = File::create(&tmp).map_err(io_err(&tmp, "create"))?;
-    f.write_all(bytes).map_err(io_err(&tmp, "write"))?;
-    f.sync_all().map_err(io_err(&tmp, "sync"))?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(io_err(path, "rename into place"))
+    lifeboat_common::fs::write_file(path, bytes, None).map_err(io_err(path, "write"))
 }
 
 fn read_counter(path: &Path) -> Result<Option<u64>, JournalError> {

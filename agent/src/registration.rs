@@ -23,7 +23,7 @@
 //! than a half one, and running it again simply starts over.
 
 use std::fs;
-use std::io::{self, Write as _};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr as _;
 use std::sync::Arc;
@@ -147,23 +147,7 @@ fn io_err(
 
 /// Writes `bytes` to `path` atomically and durably, with `mode`.
 fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), RegistrationError> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let _ = fs::remove_file(&tmp);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io_err(&tmp, "create"))?;
-    f.write_all(bytes).map_err(io_err(&tmp, "write"))?;
-    f.sync_all().map_err(io_err(&tmp, "sync"))?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(io_err(path, "rename into place"))?;
-    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir, "sync"))
+    lifeboat_common::fs::write_atomic(path, bytes, Some(mode)).map_err(io_err(path, "write"))
 }
 
 impl Registration {

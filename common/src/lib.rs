@@ -6,8 +6,10 @@
 //! * [`logging`]: `tracing` set up once per process, human-readable by default and JSON
 //!   lines with `--log-json` (for log shippers).
 //! * [`lock`]: exclusive locks on state directories, patient for a moment.
+//! * [`fs`]: crash-safe small-file writes (temporary file, fsync, rename, directory fsync).
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod fs;
 pub mod lock;
 pub mod logging;

@@ -34,8 +34,8 @@
 
 mod kernel;
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write as _};
+use std::fs::{self, OpenOptions};
+use std::io;
 use std::os::unix::fs::{FileExt as _, FileTypeExt as _, MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -492,12 +492,7 @@ fn remove(path: &Path) -> Result<(), TrackerError> {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrackerError> {
-    let tmp = sibling(path, ".tmp");
-    let mut f = File::create(&tmp).map_err(state(&tmp, "write"))?;
-    f.write_all(bytes).map_err(state(&tmp, "write"))?;
-    f.sync_all().map_err(state(&tmp, "sync"))?;
-    fs::rename(&tmp, path).map_err(state(path, "replace"))?;
-    sync_dir(&parent_dir(path))
+    lifeboat_common::fs::write_atomic(path, bytes, None).map_err(state(path, "write"))
 }
 
 /// Pending-file flag: the ranges may lack what a harvest in progress took from the kernel.

@@ -1553,7 +1553,7 @@ pub(crate) fn parent_dir(path: &Path) -> PathBuf {
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), TrackerError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(state(dir, "sync the state directory"))
+    lifeboat_common::fs::sync_dir(dir).map_err(state(dir, "sync the state directory"))
 }
 
 /// Maps an I/O error on a state file to [`TrackerError::State`].

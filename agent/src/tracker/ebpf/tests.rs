@@ -2,6 +2,8 @@ use super::*;
 use crate::tracker::HashScanConfig;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use std::fs::File;
+use std::io::Write as _;
 use std::time::Duration;
 
 #[test]
