@@ -100,6 +100,39 @@ pub struct AgentConfig {
     /// Default 500, between 10 and 10000.
     #[serde(default = "default_max_freeze_ms")]
     pub max_freeze_ms: u64,
+    /// Where the agent's plugins (quiescers) are and what they are granted; the same table
+    /// as the appliance's (docs/plugins.md). Absent: no plugins.
+    #[serde(default)]
+    pub plugins: Option<lifeboat_plugin_host::config::PluginsConfig>,
+    /// App-consistent points. Absent: every point is crash-consistent.
+    #[serde(default)]
+    pub quiesce: Option<QuiesceConfig>,
+}
+
+/// `[quiesce]`: which quiescer plugins make a point app-consistent, and how often.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuiesceConfig {
+    /// Quiescer plugins, frozen in this order and thawed in reverse (each must be loaded
+    /// from `[plugins] dir` and granted).
+    pub plugins: Vec<String>,
+    /// Seconds between app-consistent points; the cuts in between are crash-consistent.
+    /// 0 makes every cut app-consistent. Default 3600.
+    #[serde(default = "default_app_interval")]
+    pub interval_secs: u64,
+    /// How long each quiescer's `freeze` (and `prepare`, `thaw`) may take, in
+    /// milliseconds; a quiescer that takes longer makes the point crash-consistent.
+    /// Default 10000, between 100 and 600000.
+    #[serde(default = "default_quiesce_deadline")]
+    pub deadline_ms: u64,
+}
+
+fn default_app_interval() -> u64 {
+    3600
+}
+
+fn default_quiesce_deadline() -> u64 {
+    10_000
 }
 
 /// `tracker`: which change tracker the agent uses.
@@ -295,6 +328,40 @@ impl AgentConfig {
         }
         if let Some(bw) = &self.bandwidth {
             bw.schedule(path)?;
+        }
+        if let Some(p) = &self.plugins
+            && !p.dir.is_absolute()
+        {
+            return Err(bad(
+                "plugins.dir",
+                format!(
+                    "{} is not an absolute path; write e.g. \"/var/lib/lifeboat-agent/plugins\"",
+                    p.dir.display()
+                ),
+            ));
+        }
+        if let Some(q) = &self.quiesce {
+            if q.plugins.is_empty() {
+                return Err(bad(
+                    "quiesce.plugins",
+                    "is empty: name at least one quiescer plugin, e.g. plugins = [\"postgres-quiescer\"], or remove [quiesce]".into(),
+                ));
+            }
+            if self.plugins.is_none() {
+                return Err(bad(
+                    "quiesce.plugins",
+                    "needs a [plugins] table (dir, grants) to load the quiescers from".into(),
+                ));
+            }
+            if !(100..=600_000).contains(&q.deadline_ms) {
+                return Err(bad(
+                    "quiesce.deadline_ms",
+                    format!(
+                        "{} is outside 100..=600000 milliseconds; the default is 10000",
+                        q.deadline_ms
+                    ),
+                ));
+            }
         }
         Ok(())
     }

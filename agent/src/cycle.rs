@@ -159,8 +159,9 @@ impl Default for CutPolicy {
 
 /// What [`Cycler::cut`] did.
 enum Cut {
-    /// Every disk's remaining changes are captured; the filesystems were held this long.
-    Frozen { held: Duration },
+    /// Every disk's remaining changes are captured; the filesystems were held this long;
+    /// `app`: the quiescers held the applications frozen around it.
+    Frozen { held: Duration, app: bool },
     /// Some tracker cannot capture: the cycle goes on unfrozen.
     Unsupported,
     /// Abandoned (and thawed); no point this cycle.
@@ -180,6 +181,11 @@ pub enum CycleOutcome {
         duration: Duration,
         /// How long the filesystems were held frozen, when the point was cut under a freeze.
         freeze: Option<Duration>,
+        /// Crash- or app-consistent.
+        kind: PointKind,
+        /// An app-consistent point was due and a quiescer failed (an alert was raised):
+        /// this point is crash-consistent instead.
+        quiesce_failed: Option<String>,
     },
     /// No point: the cut was abandoned (a capture too large or too slow for the freeze, a
     /// disk written around the freeze, a filesystem that refused to freeze).
@@ -203,6 +209,7 @@ pub struct Cycler {
     stop: Arc<AtomicBool>,
     progress: Arc<ProgressBoard>,
     cuts: Option<CutPolicy>,
+    quiescers: Option<crate::quiesce::Quiescers>,
 }
 
 impl std::fmt::Debug for Cycler {
@@ -357,7 +364,18 @@ impl Cycler {
         stop: Arc<AtomicBool>,
         progress: Arc<ProgressBoard>,
     ) -> Self {
-        Self { machine, disks, journal, limits, stop, progress, cuts: None }
+        Self { machine, disks, journal, limits, stop, progress, cuts: None, quiescers: None }
+    }
+
+    /// Runs `quiescers` around the cuts that are due to be app-consistent (only cuts under a
+    /// freeze, see [`Cycler::set_cuts`], can be).
+    pub fn set_quiescers(&mut self, quiescers: Option<crate::quiesce::Quiescers>) {
+        self.quiescers = quiescers;
+    }
+
+    /// The quiescers, if any.
+    pub fn quiescers(&self) -> Option<&crate::quiesce::Quiescers> {
+        self.quiescers.as_ref()
     }
 
     /// Cuts points under a freeze, with pre-copy, whenever every disk's tracker can (`None`,
@@ -408,9 +426,16 @@ impl Cycler {
         }
 
         let mut freeze = None;
+        let mut kind = PointKind::Crash;
+        let mut quiesce_failed = None;
         if let Some(policy) = self.cuts {
-            match self.cut(policy)? {
-                Cut::Frozen { held } => freeze = Some(held),
+            match self.cut(policy, &mut quiesce_failed)? {
+                Cut::Frozen { held, app } => {
+                    freeze = Some(held);
+                    if app {
+                        kind = PointKind::App;
+                    }
+                }
                 Cut::Unsupported => {}
                 Cut::Deferred(reason) => {
                     tracing::warn!(
@@ -430,7 +455,7 @@ impl Cycler {
         }
         // Every disk is collected: cut the point on all of them.
         let point = self.journal.reserve_point()?;
-        let tag = Some(ConsistencyTag { kind: PointKind::Crash, point_id: point });
+        let tag = Some(ConsistencyTag { kind, point_id: point });
         for ((slot, pending), report) in self.disks.iter_mut().zip(held).zip(&mut reports) {
             let machine = self.machine;
             let disk = slot.index;
@@ -444,7 +469,14 @@ impl Cycler {
                 source,
             })?;
         }
-        Ok(CycleOutcome::Done { point, disks: reports, duration: started.elapsed(), freeze })
+        Ok(CycleOutcome::Done {
+            point,
+            disks: reports,
+            duration: started.elapsed(),
+            freeze,
+            kind,
+            quiesce_failed,
+        })
     }
 
     /// Collects disk `i` into batches; returns its report and the held-back last batch.
@@ -517,10 +549,22 @@ impl Cycler {
         Ok(bytes)
     }
 
-    /// Pre-copies until little is left, then freezes the machine's filesystems and captures
-    /// the rest of every disk under the freeze; see the module documentation.
-    fn cut(&mut self, policy: CutPolicy) -> Result<Cut, CycleError> {
+    /// Pre-copies until little is left, quiesces the applications when an app-consistent
+    /// point is due, then freezes the machine's filesystems and captures the rest of every
+    /// disk under the freeze; see the module documentation. A quiescer failure is written to
+    /// `quiesce_failed` (the point is then crash-consistent).
+    fn cut(
+        &mut self,
+        policy: CutPolicy,
+        quiesce_failed: &mut Option<String>,
+    ) -> Result<Cut, CycleError> {
         if !self.disks.iter().all(|d| d.tracker.name() == "ebpf") {
+            if self.quiescers.as_ref().is_some_and(|q| q.due()) {
+                tracing::warn!(
+                    alert = "quiesce-unsupported",
+                    "an app-consistent point is due but not every disk uses the eBPF tracker, which app-consistent points need (the capture must happen while the applications are frozen): cutting a crash-consistent point"
+                );
+            }
             return Ok(Cut::Unsupported);
         }
         for pass in 0..policy.max_precopy_passes {
@@ -530,6 +574,30 @@ impl Cycler {
                 break;
             }
         }
+        let quiesced = match self.quiescers.as_mut() {
+            Some(q) => q.freeze(),
+            None => crate::quiesce::Quiesced::NotDue,
+        };
+        let app = quiesced == crate::quiesce::Quiesced::App;
+        if let crate::quiesce::Quiesced::Failed(e) = &quiesced {
+            *quiesce_failed = Some(e.clone());
+        }
+        let result = if app {
+            // What the applications flushed while quiescing (a database checkpoint) is
+            // copied now, not under the filesystem freeze.
+            self.precopy().map(|bytes| tracing::debug!(bytes, "pre-copy pass after quiescing"))
+        } else {
+            Ok(())
+        };
+        let result = result.and_then(|()| self.cut_frozen(policy, app));
+        if let Some(q) = self.quiescers.as_mut() {
+            q.thaw_after(app && matches!(result, Ok(Cut::Frozen { .. })));
+        }
+        result
+    }
+
+    /// The filesystem-freeze part of [`Cycler::cut`].
+    fn cut_frozen(&mut self, policy: CutPolicy, app: bool) -> Result<Cut, CycleError> {
         let mut disks = Vec::with_capacity(self.disks.len());
         for slot in &self.disks {
             disks.push(Disk::open(&slot.path)?);
@@ -612,7 +680,7 @@ impl Cycler {
             held_ms = held.as_millis() as u64,
             "captured every disk under a freeze"
         );
-        Ok(Cut::Frozen { held })
+        Ok(Cut::Frozen { held, app })
     }
 
     fn abort_cut(&mut self, prepared: usize) -> Result<(), CycleError> {

@@ -42,6 +42,7 @@ pub mod freespace;
 pub mod freeze;
 pub mod journal;
 pub mod progress;
+pub mod quiesce;
 pub mod registration;
 pub mod run;
 pub mod sender;

@@ -109,6 +109,9 @@ pub enum RunError {
     /// The TLS configuration cannot be built from the registration.
     #[error("the registration's certificates cannot be used: {0}; register again with --force")]
     Tls(#[from] lifeboat_net::TlsError),
+    /// The quiescer plugins cannot be loaded (a configuration mistake).
+    #[error("app-consistent points: {0}")]
+    Quiesce(String),
     /// The async runtime or signal handlers could not be set up.
     #[error("cannot {what}: {source}")]
     Runtime {
@@ -123,7 +126,7 @@ impl RunError {
     /// 2 for configuration mistakes, 1 for everything else.
     pub fn exit_code(&self) -> u8 {
         match self {
-            RunError::Config(_) => 2,
+            RunError::Config(_) | RunError::Quiesce(_) => 2,
             RunError::Cycle(CycleError::UnalignedSize { .. }) => 2,
             _ => 1,
         }
@@ -297,6 +300,34 @@ pub fn run(cfg: &AgentConfig, cfg_path: &Path, opts: RunOptions) -> Result<(), R
         board.clone(),
     );
     cycler.set_cuts(Some(cfg.cut_policy()));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("lifeboat-agent")
+        .build()
+        .map_err(|source| RunError::Runtime { what: "start the async runtime", source })?;
+    if let (Some(plugins), Some(q)) = (&cfg.plugins, &cfg.quiesce) {
+        let host =
+            lifeboat_plugin_host::Host::new(lifeboat_plugin_host::keys::KeyRing::new(Vec::new()))
+                .map_err(|e| RunError::Quiesce(format!("cannot start the plugin runtime: {e}")))?;
+        let registry =
+            Arc::new(lifeboat_plugin_host::registry::Registry::new(host, plugins.clone()));
+        let quiescers = crate::quiesce::Quiescers::new(
+            registry,
+            runtime.handle().clone(),
+            &q.plugins,
+            Duration::from_millis(q.deadline_ms),
+            Duration::from_secs(q.interval_secs),
+        )
+        .map_err(RunError::Quiesce)?;
+        tracing::info!(
+            plugins = ?q.plugins,
+            interval_secs = q.interval_secs,
+            deadline_ms = q.deadline_ms,
+            "app-consistent points through quiescer plugins"
+        );
+        cycler.set_quiescers(Some(quiescers));
+    }
     let sender = Sender::new(
         journal.clone(),
         SenderOptions {
@@ -307,13 +338,6 @@ pub fn run(cfg: &AgentConfig, cfg_path: &Path, opts: RunOptions) -> Result<(), R
             progress: Some(board.clone()),
         },
     )?;
-
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .thread_name("lifeboat-agent")
-        .build()
-        .map_err(|source| RunError::Runtime { what: "start the async runtime", source })?;
 
     let bar_stop = Arc::new(AtomicBool::new(false));
     let bar = progress::spawn_bar(board, bar_stop.clone());
@@ -444,14 +468,20 @@ fn cycle_loop(
         }
         let started = Instant::now();
         let event = match cycler.run_cycle() {
-            Ok(CycleOutcome::Done { point, disks, duration, freeze }) => {
+            Ok(CycleOutcome::Done { point, disks, duration, freeze, kind, quiesce_failed }) => {
                 deferred = 0;
                 let changed: u64 = disks.iter().map(|d| d.stats.bytes_changed()).sum();
                 let read: u64 = disks.iter().map(|d| d.stats.bytes_read).sum();
                 let batches: u64 = disks.iter().map(|d| d.batches).sum();
-                let how = match freeze {
-                    Some(_) => "cut under a filesystem freeze",
-                    None => "crash-consistent only if the disks were quiet (no freeze)",
+                let how = match (freeze, kind) {
+                    (Some(_), lifeboat_wire::PointKind::App) => {
+                        "app-consistent: quiescers held the applications, cut under a filesystem freeze"
+                    }
+                    (Some(_), _) if quiesce_failed.is_some() => {
+                        "cut under a filesystem freeze; app-consistent was due but a quiescer failed"
+                    }
+                    (Some(_), _) => "cut under a filesystem freeze",
+                    (None, _) => "crash-consistent only if the disks were quiet (no freeze)",
                 };
                 tracing::info!(
                     point,
@@ -460,6 +490,7 @@ fn cycle_loop(
                     batches,
                     duration_ms = duration.as_millis() as u64,
                     freeze_ms = freeze.map(|f| f.as_millis() as u64),
+                    kind = ?kind,
                     journal_bytes = cycler.journal().bytes(),
                     "cycle done: point {point} journaled on every disk ({how})"
                 );

@@ -34,7 +34,7 @@ use crate::state::{PointRow, State, now_ms};
 use lifeboat_plugin_host::registry::Registry;
 use lifeboat_plugin_host::target::{Extent, ZeroRange};
 use lifeboat_plugin_host::{CipherInstance, CodecInstance, TargetInstance};
-use lifeboat_wire::MachineId;
+use lifeboat_wire::{ConsistencyTag, MachineId, PointKind};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -160,7 +160,14 @@ impl MasterTarget {
                 && p > last_point
                 && reached.iter().all(|r| *r == Some(p))
             {
-                self.cut_point(machine, &disks, p).await?;
+                // App-consistent only if every disk's tag says so.
+                let mut kind = "app";
+                for &disk in &disks {
+                    if self.state.applied_kind(&mid, disk)? != "app" {
+                        kind = "crash";
+                    }
+                }
+                self.cut_point(machine, &disks, p, kind).await?;
                 report.points += 1;
             }
         }
@@ -186,7 +193,7 @@ impl MasterTarget {
         logs.sort();
         // Logs applied since the last flush: made durable together (one flush of the
         // replica per group, not per log), then recorded, then deleted.
-        let mut unflushed: Vec<(u64, String, Option<u64>)> = Vec::new();
+        let mut unflushed: Vec<(u64, String, Option<ConsistencyTag>)> = Vec::new();
         let mut applied = 0;
         let (mut next, reached) = self.state.applied(&mid, disk)?;
         if reached.is_some_and(|p| p > last_point) {
@@ -205,7 +212,7 @@ impl MasterTarget {
             unflushed.push((seq, name, tag));
             next = seq + 1;
             applied += 1;
-            let at_tag = tag.is_some_and(|p| p > last_point);
+            let at_tag = tag.is_some_and(|t| t.point_id > last_point);
             if at_tag || unflushed.len() >= FLUSH_EVERY {
                 self.commit_applied(machine, disk, &mut unflushed).await?;
             }
@@ -222,14 +229,20 @@ impl MasterTarget {
         &mut self,
         machine: MachineId,
         disk: u32,
-        unflushed: &mut Vec<(u64, String, Option<u64>)>,
+        unflushed: &mut Vec<(u64, String, Option<ConsistencyTag>)>,
     ) -> anyhow::Result<()> {
         let Some((last, _, _)) = unflushed.last() else {
             return Ok(());
         };
         let target = self.target.as_mut().expect("refreshed");
         target.flush_disk(&crate::logobj::disk_id(machine, disk)).await?;
-        let tag = unflushed.iter().filter_map(|u| u.2).max();
+        let tag = unflushed.iter().filter_map(|u| u.2).max_by_key(|t| t.point_id).map(|t| {
+            let kind = match t.kind {
+                PointKind::App => "app",
+                PointKind::Crash => "crash",
+            };
+            (t.point_id, kind)
+        });
         let mid = machine.to_string();
         self.state.set_applied(&mid, disk, last + 1, tag)?;
         self.state.count(&[("applied_batches", unflushed.len() as u64)])?;
@@ -245,7 +258,7 @@ impl MasterTarget {
         disk: u32,
         seq: u64,
         name: &str,
-    ) -> anyhow::Result<Option<u64>> {
+    ) -> anyhow::Result<Option<ConsistencyTag>> {
         let t0 = std::time::Instant::now();
         let handed = self.handoff.as_ref().and_then(|h| h.take(name));
         let from_memory = handed.is_some();
@@ -281,7 +294,7 @@ impl MasterTarget {
             h.disk_index,
             h.sequence
         );
-        let tag = h.tag.map(|t| t.point_id);
+        let tag = h.tag;
         let target = self.target.as_mut().expect("refreshed");
         let max =
             target.capabilities().map(|c| c.max_write_bytes as usize).unwrap_or(4 << 20).max(4096);
@@ -329,22 +342,23 @@ impl MasterTarget {
         machine: MachineId,
         disks: &[u32],
         point: u64,
+        kind: &str,
     ) -> anyhow::Result<()> {
         let id = point_id(machine, point);
         let disk_ids: Vec<String> =
             disks.iter().map(|d| crate::logobj::disk_id(machine, *d)).collect();
         let target = self.target.as_mut().expect("refreshed");
-        let info = target.create_point(&id, &format!("crash:{point}"), &disk_ids).await?;
+        let info = target.create_point(&id, &format!("{kind}:{point}"), &disk_ids).await?;
         let mid = machine.to_string();
         self.state.add_point(&PointRow {
             id: id.clone(),
             machine_id: mid.clone(),
             point,
-            kind: "crash".into(),
+            kind: kind.into(),
             created_unix_ms: if info.created_unix_ms > 0 { info.created_unix_ms } else { now_ms() },
             disks: disks.to_vec(),
         })?;
-        tracing::info!(%machine, point, id = %id, "recovery point created");
+        tracing::info!(%machine, point, kind, id = %id, "recovery point created");
         self.prune(&mid).await
     }
 

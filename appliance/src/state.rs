@@ -73,6 +73,8 @@ const MIGRATIONS: &[&str] = &[
         name TEXT PRIMARY KEY,
         value INTEGER NOT NULL
      );",
+    // 3: the kind (crash, app) of the tag a disk reached, so the point gets it.
+    "ALTER TABLE applied ADD COLUMN point_kind TEXT;",
 ];
 
 /// A state-store failure.
@@ -345,24 +347,46 @@ impl State {
             .map_err(|e| self.err(e))
     }
 
-    /// Records that a disk's log `next - 1` was applied (and the point tag it carried).
+    /// Records that a disk's log `next - 1` was applied (and the point tag it carried, with
+    /// the tag's kind: `crash` or `app`).
     pub fn set_applied(
         &self,
         machine_id: &str,
         disk: u32,
         next: u64,
-        point_reached: Option<u64>,
+        point_reached: Option<(u64, &str)>,
     ) -> Result<(), StateError> {
         self.conn()
             .execute(
-                "INSERT INTO applied (machine_id, disk, next_sequence, point_reached)
-                 VALUES (?1, ?2, ?3, ?4)
+                "INSERT INTO applied (machine_id, disk, next_sequence, point_reached, point_kind)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (machine_id, disk) DO UPDATE
-                 SET next_sequence = ?3, point_reached = COALESCE(?4, point_reached)",
-                params![machine_id, disk, next as i64, point_reached.map(|p| p as i64)],
+                 SET next_sequence = ?3, point_reached = COALESCE(?4, point_reached),
+                     point_kind = COALESCE(?5, point_kind)",
+                params![
+                    machine_id,
+                    disk,
+                    next as i64,
+                    point_reached.map(|p| p.0 as i64),
+                    point_reached.map(|p| p.1)
+                ],
             )
             .map_err(|e| self.err(e))?;
         Ok(())
+    }
+
+    /// The kind (`crash`, `app`) of the last point tag a disk reached; `crash` for tags
+    /// recorded before the kind was (schema 2).
+    pub fn applied_kind(&self, machine_id: &str, disk: u32) -> Result<String, StateError> {
+        self.conn()
+            .query_row(
+                "SELECT point_kind FROM applied WHERE machine_id = ?1 AND disk = ?2",
+                params![machine_id, disk],
+                |r| r.get::<_, Option<String>>(0),
+            )
+            .optional()
+            .map(|o| o.flatten().unwrap_or_else(|| "crash".into()))
+            .map_err(|e| self.err(e))
     }
 
     /// Records a recovery point.
@@ -522,9 +546,13 @@ mod tests {
         s.set_received_next("m", 0, 5).unwrap();
         s.set_received_next("m", 0, 3).unwrap();
         assert_eq!(s.received_next("m", 0).unwrap(), 5, "never moves back");
-        s.set_applied("m", 0, 2, Some(7)).unwrap();
+        assert_eq!(s.applied_kind("m", 0).unwrap(), "crash");
+        s.set_applied("m", 0, 2, Some((7, "app"))).unwrap();
         s.set_applied("m", 0, 3, None).unwrap();
         assert_eq!(s.applied("m", 0).unwrap(), (3, Some(7)));
+        assert_eq!(s.applied_kind("m", 0).unwrap(), "app", "kept across untagged logs");
+        s.set_applied("m", 0, 4, Some((8, "crash"))).unwrap();
+        assert_eq!(s.applied_kind("m", 0).unwrap(), "crash");
         s.upsert_disk("m", 1, 100, "/dev/b").unwrap();
         s.upsert_disk("m", 0, 50, "/dev/a").unwrap();
         s.upsert_disk("m", 0, 60, "/dev/a").unwrap();

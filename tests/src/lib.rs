@@ -30,6 +30,27 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// Runs `program` with `args`; its trimmed stdout, or an error with its stderr.
+pub fn sh(program: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(program).args(args).output().map_err(|e| format!("{program}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(format!("{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+/// Runs a command on drop (unmount, thaw, detach, unpin).
+pub struct Undo(pub Vec<(String, Vec<String>)>);
+impl Drop for Undo {
+    fn drop(&mut self) {
+        for (p, a) in self.0.iter().rev() {
+            let args: Vec<&str> = a.iter().map(String::as_str).collect();
+            let _ = sh(p, &args);
+        }
+    }
+}
+
 /// sha256 of a file, hex.
 pub fn sha256_file(path: &Path) -> String {
     let mut f = std::fs::File::open(path).unwrap();
@@ -254,12 +275,52 @@ impl Site {
 
     /// Writes an agent configuration protecting `disks`.
     pub fn agent_config(&self, state_dir: &Path, disks: &[PathBuf], interval_secs: u64) -> PathBuf {
+        self.agent_config_with(state_dir, disks, interval_secs, "")
+    }
+
+    /// Recovery points as the appliance lists them (JSON objects with `point`, `id`,
+    /// `kind`, `machine`…), oldest first.
+    pub fn points_json(&self, config: &Path) -> Vec<serde_json::Value> {
+        self.cli(config, &["points"]).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    /// The image file of disk 0 of point `id` at the site's local target.
+    pub fn point_image(&self, id: &str) -> PathBuf {
+        let dir = self.root().join("target/points").join(id);
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "img"))
+            .unwrap_or_else(|| panic!("no image in {}", dir.display()))
+    }
+
+    /// Installs the built plugin `name` (`.wasm` and `.toml`) into `dir` and returns its
+    /// sha256, for a grant's pin.
+    pub fn install_plugin(&self, name: &str, dir: &Path) -> String {
+        let (_, plugins) = build_dirs();
+        std::fs::create_dir_all(dir).unwrap();
+        for ext in ["wasm", "toml"] {
+            std::fs::copy(plugins.join(format!("{name}.{ext}")), dir.join(format!("{name}.{ext}")))
+                .unwrap();
+        }
+        sha256_file(&dir.join(format!("{name}.wasm")))
+    }
+
+    /// [`Site::agent_config`] with `extra` TOML appended (tables such as `[quiesce]`).
+    pub fn agent_config_with(
+        &self,
+        state_dir: &Path,
+        disks: &[PathBuf],
+        interval_secs: u64,
+        extra: &str,
+    ) -> PathBuf {
         let path = self.root().join("agent.toml");
         let list: Vec<String> = disks.iter().map(|d| format!("\"{}\"", d.display())).collect();
         std::fs::write(
             &path,
             format!(
-                "config_version = 1\nstate_dir = \"{}\"\ndisks = [{}]\ninterval_secs = {interval_secs}\nbatch_max_bytes = 1048576\nnice = 0\n",
+                "config_version = 1\nstate_dir = \"{}\"\ndisks = [{}]\ninterval_secs = {interval_secs}\nbatch_max_bytes = 1048576\nnice = 0\n{extra}",
                 state_dir.display(),
                 list.join(", ")
             ),

@@ -7,28 +7,7 @@
 use lifeboat_e2e::*;
 use rand::{Rng, SeedableRng};
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
-
-fn sh(program: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(program).args(args).output().map_err(|e| format!("{program}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(format!("{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim()))
-    }
-}
-
-/// Runs a command on drop (unmount, thaw, detach, unpin).
-struct Undo(Vec<(String, Vec<String>)>);
-impl Drop for Undo {
-    fn drop(&mut self) {
-        for (p, a) in self.0.iter().rev() {
-            let args: Vec<&str> = a.iter().map(String::as_str).collect();
-            let _ = sh(p, &args);
-        }
-    }
-}
 
 fn pins() -> Vec<String> {
     std::fs::read_dir("/sys/fs/bpf/lifeboat")

@@ -12,6 +12,8 @@ pub const PLUGINS: &[(&str, &str)] = &[
     ("local", "lifeboat-plugin-local"),
     ("azure", "lifeboat-plugin-azure"),
     ("examples/dirtarget", "lifeboat-plugin-dirtarget"),
+    ("script-quiescer", "lifeboat-plugin-script-quiescer"),
+    ("postgres-quiescer", "lifeboat-plugin-postgres-quiescer"),
     ("fixtures/hostile", "lifeboat-plugin-hostile"),
     ("fixtures/quiesce-probe", "lifeboat-plugin-quiesce-probe"),
 ];

@@ -13,8 +13,9 @@ const BUILD_PACKAGES: &[&str] =
 
 /// Debian packages the tests need besides the build: e2fsprogs and xfsprogs make the
 /// filesystems the agent's free-space and eBPF tracker tests mount; util-linux has losetup,
-/// blkdiscard and fsfreeze.
-pub const TEST_PACKAGES: &[&str] = &["e2fsprogs", "xfsprogs", "util-linux"];
+/// blkdiscard and fsfreeze; postgresql is the real database the PostgreSQL quiescer's test
+/// quiesces (started by the test on 127.0.0.1 as the postgres user).
+pub const TEST_PACKAGES: &[&str] = &["e2fsprogs", "xfsprogs", "util-linux", "postgresql"];
 
 /// Makes sure the wasm32-wasip2 Rust target and the build's Debian packages exist.
 pub fn toolchain() -> Result<()> {

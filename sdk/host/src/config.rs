@@ -23,7 +23,7 @@ pub const DEFAULT_MAX_MEMORY_MIB: u64 = 512;
 pub const DEFAULT_MAX_DEADLINE_MS: u64 = 60_000;
 
 /// The `[plugins]` table.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginsConfig {
     /// Directory holding `<name>.wasm` with its `<name>.toml` manifest.
@@ -44,7 +44,7 @@ pub struct PluginsConfig {
 }
 
 /// What one plugin is allowed. Everything absent is denied.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Grant {
     /// Trust exactly the build with this sha256 (hex), signed or not.

@@ -343,13 +343,22 @@ fn effective(m: &Manifest, g: &Grant) -> Result<Effective, String> {
         }
         r.http_hosts.clone()
     };
-    for c in &r.commands {
-        if !g.commands.contains(c) {
-            return Err(denied("command", c, "commands"));
+    // The same `"*"` for quiescers whose commands and database addresses belong to the
+    // site (the script quiescer, the PostgreSQL quiescer).
+    let commands = if r.commands.iter().any(|c| c == "*") {
+        g.commands.clone()
+    } else {
+        for c in &r.commands {
+            if !g.commands.contains(c) {
+                return Err(denied("command", c, "commands"));
+            }
         }
-    }
+        r.commands.clone()
+    };
+    let requested_sockets =
+        if r.sockets.iter().any(|s| s == "*") { &g.sockets } else { &r.sockets };
     let mut sockets = Vec::new();
-    for s in &r.sockets {
+    for s in requested_sockets {
         if !g.sockets.contains(s) {
             return Err(denied("socket", s, "sockets"));
         }
@@ -377,7 +386,7 @@ fn effective(m: &Manifest, g: &Grant) -> Result<Effective, String> {
         deadline: Duration::from_millis(deadline_ms),
         dirs,
         http_hosts,
-        commands: r.commands.clone(),
+        commands,
         sockets,
         clock: r.clock,
         settings: g.settings.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),

@@ -101,10 +101,12 @@ pub struct Requested {
     /// configuration grants" (for targets whose endpoints depend on the site).
     #[serde(default)]
     pub http_hosts: Vec<String>,
-    /// Programs it runs through the `commands` import (quiescers).
+    /// Programs it runs through the `commands` import (quiescers); `"*"` means "those the
+    /// configuration grants" (a script quiescer runs the site's own scripts).
     #[serde(default)]
     pub commands: Vec<String>,
-    /// Socket addresses (`127.0.0.1:5432`) it connects to (quiescers).
+    /// Socket addresses (`127.0.0.1:5432`) it connects to (quiescers); `"*"` means
+    /// "those the configuration grants" (a database's address belongs to the site).
     #[serde(default)]
     pub sockets: Vec<String>,
     /// Real wall and monotonic clocks (otherwise they read zero).

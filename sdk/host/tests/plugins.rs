@@ -558,3 +558,43 @@ async fn a_quiescer_runs_granted_commands_and_holds_its_socket_from_freeze_to_th
     let e = q.prepare().await.unwrap_err();
     assert!(matches!(e.plugin_error(), Some(PluginError::Denied(_))), "{e}");
 }
+
+#[tokio::test]
+async fn a_quiescer_asking_for_star_gets_exactly_what_the_site_grants() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let s = setup(&["quiesce-probe"], true);
+    rewrite_manifest(&s.dir.join("quiesce-probe.toml"), |t| {
+        t.replace("commands = [\"/bin/echo\"]", "commands = [\"*\"]")
+            .replace("sockets = []", "sockets = [\"*\"]")
+    });
+    let h = host();
+    // Granted: /bin/echo and the listener's address; the probe uses both.
+    let mut cfg = s.config.clone();
+    let g = cfg.grants.get_mut("quiesce-probe").unwrap();
+    g.commands = vec!["/bin/echo".into()];
+    g.sockets = vec![addr.clone()];
+    g.settings.insert("socket".into(), addr.clone());
+    let mut q = QuiescerInstance::new(h.load(&s.dir.join("quiesce-probe.wasm"), &cfg).unwrap())
+        .await
+        .unwrap();
+    q.prepare().await.unwrap();
+    let _conn = listener.accept().unwrap();
+    q.freeze(2000).await.unwrap();
+    q.thaw().await.unwrap();
+
+    // Nothing granted: "*" reaches nothing.
+    let mut cfg2 = s.config.clone();
+    let g = cfg2.grants.get_mut("quiesce-probe").unwrap();
+    g.settings.insert("socket".into(), addr.clone());
+    let mut q = QuiescerInstance::new(h.load(&s.dir.join("quiesce-probe.wasm"), &cfg2).unwrap())
+        .await
+        .unwrap();
+    let e = q.prepare().await.unwrap_err();
+    assert!(matches!(e.plugin_error(), Some(PluginError::Denied(_))), "{e}");
+    let e = q.freeze(2000).await.unwrap_err();
+    assert!(
+        matches!(e.plugin_error(), Some(PluginError::Denied(m)) if m.contains("/bin/echo")),
+        "{e}"
+    );
+}

@@ -1,0 +1,322 @@
+//! App-consistent points through quiescer plugins run inside the agent, on a live ext4 on a
+//! loop device with the eBPF tracker: a real PostgreSQL (Debian's package, on 127.0.0.1)
+//! quiesced by the PostgreSQL quiescer, and the script quiescer failing (a crash-consistent
+//! point and an alert, the application thawed) then succeeding. Root only; skipped (and
+//! said so) elsewhere.
+
+use lifeboat_e2e::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// A mounted ext4 on a loop device, undone on drop.
+struct Fs {
+    dev: String,
+    mnt: PathBuf,
+    undo: Undo,
+}
+
+fn mounted_ext4(site: &Site, mib: u64) -> Option<Fs> {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("SKIPPED: the eBPF tracker and filesystem freezes need root");
+        return None;
+    }
+    let img = site.root().join("disk.img");
+    std::fs::File::create(&img).unwrap().set_len(mib << 20).unwrap();
+    let dev = match sh("losetup", &["--find", "--show", img.to_str().unwrap()]) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("SKIPPED: cannot create a loop device here: {e}");
+            return None;
+        }
+    };
+    let mnt = site.root().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let m = mnt.to_str().unwrap().to_string();
+    let mut undo = Undo(vec![("losetup".into(), vec!["--detach".into(), dev.clone()])]);
+    sh("mkfs.ext4", &["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", &dev]).unwrap();
+    sh("mount", &[&dev, &m]).unwrap();
+    undo.0.push(("umount".into(), vec![m.clone()]));
+    Some(Fs { dev, mnt, undo })
+}
+
+/// Pins the test created, removed at the end.
+fn unpin_new(before: &[String], undo: &mut Undo) {
+    let now: Vec<String> = std::fs::read_dir("/sys/fs/bpf/lifeboat")
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    for p in now.into_iter().filter(|p| !before.contains(p)) {
+        undo.0.insert(0, ("rm".into(), vec!["-rf".into(), format!("/sys/fs/bpf/lifeboat/{p}")]));
+    }
+}
+
+fn pins() -> Vec<String> {
+    std::fs::read_dir("/sys/fs/bpf/lifeboat")
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}
+
+fn as_postgres(program: &str, args: &[&str]) -> Result<String, String> {
+    let mut a = vec!["-u", "postgres", "--", program];
+    a.extend_from_slice(args);
+    sh("runuser", &a)
+}
+
+fn psql(port: u16, sql: &str) -> Result<String, String> {
+    let out = Command::new(format!("{PG_BIN}/psql"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-d", "postgres"])
+        .args(["-v", "ON_ERROR_STOP=1", "-tAc", sql])
+        .env("PGPASSWORD", "lifeboat-test")
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// Starts a PostgreSQL cluster in `data` on `port` (127.0.0.1 only, no Unix socket).
+fn pg_start(data: &Path, port: u16, log: &Path) -> Result<String, String> {
+    let opts = format!("-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''");
+    as_postgres(
+        &format!("{PG_BIN}/pg_ctl"),
+        &["-D", data.to_str().unwrap(), "-l", log.to_str().unwrap(), "-o", &opts, "-w", "start"],
+    )
+}
+
+fn app_points(site: &Site, cfg: &Path) -> Vec<serde_json::Value> {
+    site.points_json(cfg).into_iter().filter(|p| p["kind"] == "app").collect()
+}
+
+#[test]
+fn postgres_points_are_app_consistent_and_start_as_a_database() {
+    if !Path::new(PG_BIN).join("postgres").exists() {
+        eprintln!("SKIPPED: PostgreSQL 15 is not installed (cargo xtask setup installs it)");
+        return;
+    }
+    let site = Site::new();
+    let Some(mut fs) = mounted_ext4(&site, 320) else { return };
+    // PostgreSQL runs as the postgres user: it must reach its data directory.
+    sh("chmod", &["0755", site.root().to_str().unwrap()]).unwrap();
+    let data = fs.mnt.join("pgdata");
+    std::fs::create_dir(&data).unwrap();
+    sh("chown", &["postgres:postgres", data.to_str().unwrap()]).unwrap();
+    let pwfile = site.root().join("pw");
+    std::fs::write(&pwfile, "lifeboat-test\n").unwrap();
+    sh("chmod", &["0644", pwfile.to_str().unwrap()]).unwrap();
+    as_postgres(
+        &format!("{PG_BIN}/initdb"),
+        &["-D", data.to_str().unwrap(), "-U", "postgres", "--auth=scram-sha-256"],
+    )
+    .map(|_| ())
+    .or_else(|_| {
+        // initdb refuses --auth without a password: give it one.
+        as_postgres(
+            &format!("{PG_BIN}/initdb"),
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "--auth=scram-sha-256",
+                &format!("--pwfile={}", pwfile.display()),
+            ],
+        )
+        .map(|_| ())
+    })
+    .unwrap();
+    let logs = site.root().join("pglogs");
+    std::fs::create_dir(&logs).unwrap();
+    sh("chown", &["postgres:postgres", logs.to_str().unwrap()]).unwrap();
+    let port = free_port();
+    pg_start(&data, port, &logs.join("pg.log")).unwrap();
+    fs.undo.0.push((
+        "runuser".into(),
+        ["-u", "postgres", "--", &format!("{PG_BIN}/pg_ctl"), "-D", data.to_str().unwrap()]
+            .into_iter()
+            .map(String::from)
+            .chain(["-m", "immediate", "stop"].map(String::from))
+            .collect(),
+    ));
+    psql(port, "CREATE TABLE t (id bigserial PRIMARY KEY, v text)").unwrap();
+
+    let cfg = site.config("all", Roles::ALL);
+    let _appliance = site.start("appliance", &cfg);
+    site.wait_port(site.config_port);
+    site.wait_port(site.ps_port);
+    let state = site.root().join("agent-state");
+    site.register_agent(&cfg, &state);
+    let plugins = site.root().join("agent-plugins");
+    let sha = site.install_plugin("postgres-quiescer", &plugins);
+    let extra = format!(
+        "[plugins]\ndir = \"{}\"\n[plugins.grants.postgres-quiescer]\nsha256 = \"{sha}\"\n\
+         sockets = [\"127.0.0.1:{port}\"]\n\
+         settings = {{ address = \"127.0.0.1:{port}\", user = \"postgres\", password = \"lifeboat-test\" }}\n\
+         [quiesce]\nplugins = [\"postgres-quiescer\"]\ninterval_secs = 0\ndeadline_ms = 10000\n",
+        plugins.display()
+    );
+    let agent_cfg = site.agent_config_with(&state, &[fs.dev.clone().into()], 2, &extra);
+    let before = pins();
+    let mut agent = site.start_agent(&agent_cfg);
+
+    // The database is written all along.
+    let stop = Arc::new(AtomicBool::new(false));
+    let rows = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (stop, rows) = (stop.clone(), rows.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                psql(
+                    port,
+                    "INSERT INTO t (v) SELECT md5(random()::text) FROM generate_series(1, 500)",
+                )
+                .unwrap();
+                rows.fetch_add(500, Ordering::Relaxed);
+            }
+        })
+    };
+    let points = wait_for(Duration::from_secs(240), "two app-consistent points", || {
+        let p = app_points(&site, &cfg);
+        (p.len() >= 2).then_some(p)
+    });
+    unpin_new(&before, &mut fs.undo);
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(agent.running());
+    agent.stop();
+    assert!(rows.load(Ordering::Relaxed) > 0);
+
+    let log = std::fs::read_to_string(site.root().join("agent.log")).unwrap();
+    assert!(log.contains("app-consistent points through quiescer plugins"), "{log}");
+    assert!(!log.contains("app-consistent point failed"), "a quiescer failed: {log}");
+    let pglog = std::fs::read_to_string(logs.join("pg.log")).unwrap_or_default();
+    assert!(
+        pglog.contains("checkpoint starting: immediate") || pglog.contains("checkpoint complete"),
+        "PostgreSQL saw no checkpoint from the quiescer: {pglog}"
+    );
+
+    // The newest app-consistent point: a clean filesystem (no journal replay needed) whose
+    // PostgreSQL starts and answers.
+    let id = points.last().unwrap()["id"].as_str().unwrap().to_owned();
+    let copy = site.root().join("check.img");
+    sh("cp", &["--sparse=always", site.point_image(&id).to_str().unwrap(), copy.to_str().unwrap()])
+        .unwrap();
+    let fsck = Command::new("fsck.ext4").args(["-n", "-f"]).arg(&copy).output().unwrap();
+    assert!(
+        fsck.status.success(),
+        "the app-consistent point is not a clean filesystem: {}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+    let check = site.root().join("check");
+    std::fs::create_dir(&check).unwrap();
+    let cdev = sh("losetup", &["--find", "--show", copy.to_str().unwrap()]).unwrap();
+    let mut undo = Undo(vec![("losetup".into(), vec!["--detach".into(), cdev.clone()])]);
+    sh("mount", &[&cdev, check.to_str().unwrap()]).unwrap();
+    undo.0.push(("umount".into(), vec![check.to_str().unwrap().into()]));
+    let cdata = check.join("pgdata");
+    // What a restore does: the lock file belongs to the source's postmaster.
+    let _ = std::fs::remove_file(cdata.join("postmaster.pid"));
+    let cport = free_port();
+    pg_start(&cdata, cport, &logs.join("pg-restored.log")).unwrap_or_else(|e| {
+        panic!(
+            "PostgreSQL does not start from the app-consistent point: {e}\n{}",
+            std::fs::read_to_string(logs.join("pg-restored.log")).unwrap_or_default()
+        )
+    });
+    undo.0.push((
+        "runuser".into(),
+        ["-u", "postgres", "--", &format!("{PG_BIN}/pg_ctl"), "-D", cdata.to_str().unwrap()]
+            .into_iter()
+            .map(String::from)
+            .chain(["-m", "fast", "stop"].map(String::from))
+            .collect(),
+    ));
+    let n: u64 = psql(cport, "SELECT count(*) FROM t").unwrap().parse().unwrap();
+    assert!(n > 0 && n.is_multiple_of(500), "restored table has {n} rows: not whole transactions");
+    let check_ok = psql(cport, "SELECT count(*) = count(DISTINCT id) FROM t").unwrap();
+    assert_eq!(check_ok, "t");
+    drop(undo);
+}
+
+#[test]
+fn a_failing_quiescer_gives_a_crash_point_and_an_alert_and_is_thawed() {
+    let site = Site::new();
+    let Some(mut fs) = mounted_ext4(&site, 96) else { return };
+    let cfg = site.config("all", Roles::ALL);
+    let _appliance = site.start("appliance", &cfg);
+    site.wait_port(site.config_port);
+    site.wait_port(site.ps_port);
+    let state = site.root().join("agent-state");
+    site.register_agent(&cfg, &state);
+    let plugins = site.root().join("agent-plugins");
+    let sha = site.install_plugin("script-quiescer", &plugins);
+    // The freeze script hangs while `fail` exists (past the deadline), else marks the
+    // filesystem; the thaw script logs every thaw.
+    let root = site.root();
+    let freeze = root.join("freeze.sh");
+    std::fs::write(
+        &freeze,
+        format!(
+            "if [ -e {0}/fail ]; then exec sleep 30; fi\ndate +%s%N > {1}/quiesced\nsync {1}/quiesced\n",
+            root.display(),
+            fs.mnt.display()
+        ),
+    )
+    .unwrap();
+    let thaw = root.join("thaw.sh");
+    std::fs::write(&thaw, format!("echo thawed >> {}/thaw.log\n", root.display())).unwrap();
+    std::fs::write(root.join("fail"), "").unwrap();
+    let extra = format!(
+        "[plugins]\ndir = \"{}\"\n[plugins.grants.script-quiescer]\nsha256 = \"{sha}\"\n\
+         commands = [\"/bin/sh\"]\n\
+         settings = {{ freeze = \"/bin/sh {}\", thaw = \"/bin/sh {}\" }}\n\
+         [quiesce]\nplugins = [\"script-quiescer\"]\ninterval_secs = 0\ndeadline_ms = 500\n",
+        plugins.display(),
+        freeze.display(),
+        thaw.display()
+    );
+    let agent_cfg = site.agent_config_with(&state, &[fs.dev.clone().into()], 1, &extra);
+    let before = pins();
+    let mut agent = site.start_agent(&agent_cfg);
+    std::fs::write(fs.mnt.join("data"), vec![7u8; 1 << 20]).unwrap();
+
+    // While the freeze script hangs: crash-consistent points, alerts, thaws.
+    wait_for(Duration::from_secs(120), "crash points while the quiescer fails", || {
+        let log = std::fs::read_to_string(root.join("agent.log")).unwrap_or_default();
+        let points = site.points_json(&cfg);
+        (log.matches("app-consistent point failed").count() >= 2 && points.len() >= 2).then_some(())
+    });
+    unpin_new(&before, &mut fs.undo);
+    assert!(
+        site.points_json(&cfg).iter().all(|p| p["kind"] == "crash"),
+        "a point was tagged app-consistent although the quiescer failed"
+    );
+    let thaws = std::fs::read_to_string(root.join("thaw.log")).unwrap_or_default();
+    assert!(thaws.lines().count() >= 2, "the thaw script did not run after the failed freezes");
+    let log = std::fs::read_to_string(root.join("agent.log")).unwrap();
+    assert!(log.contains("was killed (deadline 500 ms"), "{log}");
+
+    // The application recovers: the next points are app-consistent and hold the marker
+    // the freeze script wrote.
+    std::fs::remove_file(root.join("fail")).unwrap();
+    let app = wait_for(Duration::from_secs(120), "an app-consistent point", || {
+        app_points(&site, &cfg).pop()
+    });
+    assert!(agent.running());
+    agent.stop();
+    let image = site.point_image(app["id"].as_str().unwrap());
+    let at = root.join("check");
+    std::fs::create_dir(&at).unwrap();
+    sh("mount", &["-o", "ro,loop,noload", image.to_str().unwrap(), at.to_str().unwrap()]).unwrap();
+    let marker = std::fs::read_to_string(at.join("quiesced"));
+    let _ = sh("umount", &[at.to_str().unwrap()]);
+    assert!(
+        marker.is_ok_and(|m| !m.trim().is_empty()),
+        "the app point lacks the freeze script's marker"
+    );
+}
