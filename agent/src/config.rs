@@ -107,6 +107,55 @@ pub struct AgentConfig {
     /// App-consistent points. Absent: every point is crash-consistent.
     #[serde(default)]
     pub quiesce: Option<QuiesceConfig>,
+    /// Membership of a multi-machine consistency group. Absent: none.
+    #[serde(default)]
+    pub group: Option<GroupConfig>,
+}
+
+/// `[group]`: a multi-machine consistency group (see `crate::group`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    /// The group's name, the same on every member: 1 to 64 ASCII letters, digits, `-`, `_`.
+    pub name: String,
+    /// Where this member listens for its peers (mutual TLS). Default `0.0.0.0:20004`.
+    #[serde(default = "default_group_listen")]
+    pub listen: std::net::SocketAddr,
+    /// This member runs the group's rounds. Exactly one member of a group sets it.
+    #[serde(default)]
+    pub coordinator: bool,
+    /// Seconds between group points (coordinator). Default 300.
+    #[serde(default = "default_group_interval")]
+    pub interval_secs: u64,
+    /// How long the coordinator waits for every member to pre-copy, and then to quiesce
+    /// and freeze, in milliseconds. Default 10000, between 100 and 600000.
+    #[serde(default = "default_group_deadline")]
+    pub deadline_ms: u64,
+    /// The other members: their machine ids (only they may call this member) and
+    /// addresses (where the coordinator reaches them).
+    pub members: Vec<GroupMemberConfig>,
+}
+
+/// One entry of `group.members`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupMemberConfig {
+    /// The member's machine id (as `lifeboat-agent register` printed it).
+    pub machine: String,
+    /// Its `group.listen` address as this machine reaches it.
+    pub address: std::net::SocketAddr,
+}
+
+fn default_group_listen() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([0, 0, 0, 0], 20004))
+}
+
+fn default_group_interval() -> u64 {
+    300
+}
+
+fn default_group_deadline() -> u64 {
+    10_000
 }
 
 /// `[quiesce]`: which quiescer plugins make a point app-consistent, and how often.
@@ -339,6 +388,52 @@ impl AgentConfig {
                     p.dir.display()
                 ),
             ));
+        }
+        if let Some(g) = &self.group {
+            if g.name.is_empty()
+                || g.name.len() > 64
+                || !g.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(bad(
+                    "group.name",
+                    format!("{:?}: use 1 to 64 ASCII letters, digits, '-' or '_'", g.name),
+                ));
+            }
+            if g.members.is_empty() {
+                return Err(bad(
+                    "group.members",
+                    "is empty: list the other members, e.g. members = [{ machine = \"<id>\", address = \"10.0.0.2:20004\" }]".into(),
+                ));
+            }
+            for (i, m) in g.members.iter().enumerate() {
+                if lifeboat_net::ca::validate_machine_id(&m.machine).is_err() {
+                    return Err(bad(
+                        &format!("group.members[{i}].machine"),
+                        format!(
+                            "{:?} is not a machine id (as `lifeboat-agent register` printed it)",
+                            m.machine
+                        ),
+                    ));
+                }
+                if g.members[..i].iter().any(|o| o.machine == m.machine) {
+                    return Err(bad(
+                        &format!("group.members[{i}].machine"),
+                        format!("{} is listed twice", m.machine),
+                    ));
+                }
+            }
+            if g.interval_secs == 0 {
+                return Err(bad("group.interval_secs", "must be at least 1".into()));
+            }
+            if !(100..=600_000).contains(&g.deadline_ms) {
+                return Err(bad(
+                    "group.deadline_ms",
+                    format!(
+                        "{} is outside 100..=600000 milliseconds; the default is 10000",
+                        g.deadline_ms
+                    ),
+                ));
+            }
         }
         if let Some(q) = &self.quiesce {
             if q.plugins.is_empty() {

@@ -157,11 +157,30 @@ impl Default for CutPolicy {
     }
 }
 
+/// A consistency-group round this cut belongs to (see [`crate::group`]): the steps at
+/// which the cut waits for, or tells, the other members.
+pub trait GroupCut {
+    /// After the pre-copy passes: this machine is ready and its next point number would be
+    /// `next_point`. Returns the group's point number (at least `next_point`), or why the
+    /// round is off.
+    fn ready(&mut self, next_point: u64) -> Result<u64, String>;
+    /// Right before this machine's filesystems freeze (its applications are quiesced, its
+    /// trackers prepared). An error abandons the cut.
+    fn before_freeze(&mut self) -> Result<(), String>;
+    /// Under the freeze, every disk captured: returns within `limit` whether to record the
+    /// point (`Ok`) or abandon it.
+    fn frozen(&mut self, limit: Duration) -> Result<(), String>;
+    /// The round ended for this machine: the point recorded (durable in the journal), or
+    /// why not.
+    fn done(&mut self, result: Result<u64, String>);
+}
+
 /// What [`Cycler::cut`] did.
 enum Cut {
     /// Every disk's remaining changes are captured; the filesystems were held this long;
-    /// `app`: the quiescers held the applications frozen around it.
-    Frozen { held: Duration, app: bool },
+    /// `app`: the quiescers held the applications frozen around it; `point`: the number a
+    /// consistency group agreed on.
+    Frozen { held: Duration, app: bool, point: Option<u64> },
     /// Some tracker cannot capture: the cycle goes on unfrozen.
     Unsupported,
     /// Abandoned (and thawed); no point this cycle.
@@ -396,6 +415,38 @@ impl Cycler {
 
     /// Runs one cycle; see the module documentation.
     pub fn run_cycle(&mut self) -> Result<CycleOutcome, CycleError> {
+        self.run_cycle_in(None)
+    }
+
+    /// Runs one cycle whose point is a consistency group's (see [`crate::group`]): the
+    /// point gets the number the group agreed on, and the cut waits for the group at the
+    /// steps of [`GroupCut`]. `group.done` is called in every case.
+    pub fn run_group_cycle(
+        &mut self,
+        group: &mut (dyn GroupCut + 'static),
+    ) -> Result<CycleOutcome, CycleError> {
+        let r = if self.cuts.is_none() || !self.disks.iter().all(|d| d.tracker.name() == "ebpf") {
+            Ok(CycleOutcome::Deferred {
+                reason: "a consistency-group point needs every disk on the eBPF tracker, with cuts under a freeze".into(),
+            })
+        } else {
+            self.run_cycle_in(Some(&mut *group))
+        };
+        group.done(match &r {
+            Ok(CycleOutcome::Done { point, .. }) => Ok(*point),
+            Ok(CycleOutcome::Deferred { reason }) => Err(reason.clone()),
+            Ok(CycleOutcome::Skipped { .. }) => {
+                Err("this member's journal is full (its appliance link is behind)".into())
+            }
+            Err(e) => Err(e.to_string()),
+        });
+        r
+    }
+
+    fn run_cycle_in(
+        &mut self,
+        mut group: Option<&mut (dyn GroupCut + 'static)>,
+    ) -> Result<CycleOutcome, CycleError> {
         let started = Instant::now();
         for slot in &mut self.disks {
             if let Some(token) = self.journal.resync_requested(slot.index)? {
@@ -428,10 +479,12 @@ impl Cycler {
         let mut freeze = None;
         let mut kind = PointKind::Crash;
         let mut quiesce_failed = None;
+        let mut group_point = None;
         if let Some(policy) = self.cuts {
-            match self.cut(policy, &mut quiesce_failed)? {
-                Cut::Frozen { held, app } => {
+            match self.cut(policy, &mut quiesce_failed, group.as_deref_mut())? {
+                Cut::Frozen { held, app, point } => {
                     freeze = Some(held);
+                    group_point = point;
                     if app {
                         kind = PointKind::App;
                     }
@@ -454,7 +507,10 @@ impl Cycler {
             held.push(pending);
         }
         // Every disk is collected: cut the point on all of them.
-        let point = self.journal.reserve_point()?;
+        let point = match group_point {
+            Some(p) => self.journal.reserve_point_at(p)?,
+            None => self.journal.reserve_point()?,
+        };
         let tag = Some(ConsistencyTag { kind, point_id: point });
         for ((slot, pending), report) in self.disks.iter_mut().zip(held).zip(&mut reports) {
             let machine = self.machine;
@@ -557,6 +613,7 @@ impl Cycler {
         &mut self,
         policy: CutPolicy,
         quiesce_failed: &mut Option<String>,
+        mut group: Option<&mut (dyn GroupCut + 'static)>,
     ) -> Result<Cut, CycleError> {
         if !self.disks.iter().all(|d| d.tracker.name() == "ebpf") {
             if self.quiescers.as_ref().is_some_and(|q| q.due()) {
@@ -574,6 +631,13 @@ impl Cycler {
                 break;
             }
         }
+        let point = match group.as_deref_mut() {
+            Some(g) => match g.ready(self.journal.next_point()) {
+                Ok(p) => Some(p),
+                Err(e) => return Ok(Cut::Deferred(format!("consistency group: {e}"))),
+            },
+            None => None,
+        };
         let quiesced = match self.quiescers.as_mut() {
             Some(q) => q.freeze(),
             None => crate::quiesce::Quiesced::NotDue,
@@ -589,7 +653,7 @@ impl Cycler {
         } else {
             Ok(())
         };
-        let result = result.and_then(|()| self.cut_frozen(policy, app));
+        let result = result.and_then(|()| self.cut_frozen(policy, app, point, group));
         if let Some(q) = self.quiescers.as_mut() {
             q.thaw_after(app && matches!(result, Ok(Cut::Frozen { .. })));
         }
@@ -597,7 +661,13 @@ impl Cycler {
     }
 
     /// The filesystem-freeze part of [`Cycler::cut`].
-    fn cut_frozen(&mut self, policy: CutPolicy, app: bool) -> Result<Cut, CycleError> {
+    fn cut_frozen(
+        &mut self,
+        policy: CutPolicy,
+        app: bool,
+        point: Option<u64>,
+        mut group: Option<&mut (dyn GroupCut + 'static)>,
+    ) -> Result<Cut, CycleError> {
         let mut disks = Vec::with_capacity(self.disks.len());
         for slot in &self.disks {
             disks.push(Disk::open(&slot.path)?);
@@ -626,6 +696,12 @@ impl Cycler {
         } else {
             Vec::new()
         };
+        if let Some(g) = group.as_deref_mut()
+            && let Err(e) = g.before_freeze()
+        {
+            self.abort_cut(prepared)?;
+            return Ok(Cut::Deferred(format!("consistency group: {e}")));
+        }
         // Nothing below writes to any filesystem until the thaw: the agent's own state may be
         // on one of the frozen filesystems.
         let frozen = match crate::freeze::freeze(&mounts, policy.max_freeze * 2) {
@@ -666,6 +742,17 @@ impl Cycler {
                 break;
             }
         }
+        if refused.is_none()
+            && let Some(g) = group.as_deref_mut()
+        {
+            // Held until the group decides, never past the watchdog.
+            let limit = (policy.max_freeze * 2)
+                .saturating_sub(started.elapsed())
+                .saturating_sub(Duration::from_millis(50));
+            if let Err(e) = g.frozen(limit) {
+                refused = Some(format!("consistency group: {e}"));
+            }
+        }
         let fired = frozen.fired();
         let held = if frozen.is_empty() { started.elapsed() } else { frozen.thaw() };
         if fired && refused.is_none() {
@@ -680,7 +767,7 @@ impl Cycler {
             held_ms = held.as_millis() as u64,
             "captured every disk under a freeze"
         );
-        Ok(Cut::Frozen { held, app })
+        Ok(Cut::Frozen { held, app, point })
     }
 
     fn abort_cut(&mut self, prepared: usize) -> Result<(), CycleError> {

@@ -100,6 +100,14 @@ pub const RESERVE_STEP: u64 = 64;
 /// Errors of the journal. Every message names the file and says what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
+    /// A consistency group asked for a point number this machine already used.
+    #[error("point {point} is already taken on this machine (the next free number is {next})")]
+    PointTaken {
+        /// The number asked for.
+        point: u64,
+        /// The next free number.
+        next: u64,
+    },
     /// A file or directory operation failed.
     #[error(
         "cannot {action} {path}: {source}; check free space and permissions of the agent's state directory"
@@ -852,6 +860,19 @@ impl Journal {
     pub fn reserve_point(&self) -> Result<u64, JournalError> {
         let mut inner = self.lock();
         let n = inner.next_point;
+        write_counter(&self.dir.join(NEXT_POINT), n + 1)?;
+        inner.next_point = n + 1;
+        Ok(n)
+    }
+
+    /// Reserves exactly point `n` (a consistency group's agreed number), durably; numbers
+    /// between the next one and `n` are skipped, never used. Fails if `n` was already
+    /// reserved or passed.
+    pub fn reserve_point_at(&self, n: u64) -> Result<u64, JournalError> {
+        let mut inner = self.lock();
+        if n < inner.next_point {
+            return Err(JournalError::PointTaken { point: n, next: inner.next_point });
+        }
         write_counter(&self.dir.join(NEXT_POINT), n + 1)?;
         inner.next_point = n + 1;
         Ok(n)

@@ -40,6 +40,7 @@ pub mod cycle;
 pub mod disk;
 pub mod freespace;
 pub mod freeze;
+pub mod group;
 pub mod journal;
 pub mod progress;
 pub mod quiesce;

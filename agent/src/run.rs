@@ -112,6 +112,9 @@ pub enum RunError {
     /// The quiescer plugins cannot be loaded (a configuration mistake).
     #[error("app-consistent points: {0}")]
     Quiesce(String),
+    /// The consistency group cannot be set up (listener, peers' TLS).
+    #[error("consistency group: {0}")]
+    Group(String),
     /// The async runtime or signal handlers could not be set up.
     #[error("cannot {what}: {source}")]
     Runtime {
@@ -126,7 +129,7 @@ impl RunError {
     /// 2 for configuration mistakes, 1 for everything else.
     pub fn exit_code(&self) -> u8 {
         match self {
-            RunError::Config(_) | RunError::Quiesce(_) => 2,
+            RunError::Config(_) | RunError::Quiesce(_) | RunError::Group(_) => 2,
             RunError::Cycle(CycleError::UnalignedSize { .. }) => 2,
             _ => 1,
         }
@@ -339,6 +342,55 @@ pub fn run(cfg: &AgentConfig, cfg_path: &Path, opts: RunOptions) -> Result<(), R
         },
     )?;
 
+    // Consistency group: the peer listener (every member) and the coordinator.
+    let (group_shutdown_tx, group_shutdown_rx) = watch::channel(false);
+    let mut group_loop = None;
+    if let Some(g) = &cfg.group {
+        let (round_tx, round_rx) = std::sync::mpsc::channel();
+        let peers: Vec<String> = g.members.iter().map(|m| m.machine.clone()).collect();
+        let mut shutdown = group_shutdown_rx.clone();
+        let bound = runtime
+            .block_on(tokio::net::TcpListener::bind(g.listen))
+            .map_err(|e| RunError::Group(format!("group.listen {}: {e}", g.listen)))?;
+        let listener = runtime.spawn(crate::group::serve_member(
+            bound,
+            registration.identity.clone(),
+            registration.ca_pem.clone(),
+            g.name.clone(),
+            peers,
+            round_tx,
+            async move {
+                let _ = shutdown.wait_for(|s| *s).await;
+            },
+        ));
+        drop(listener);
+        let coordinator = if g.coordinator {
+            let members = g.members.iter().map(|m| (m.machine.clone(), m.address)).collect();
+            let appliance = lifeboat_net::Client::new(
+                &registration.record.process_server_url,
+                registration.tls()?,
+            )
+            .map_err(|e| RunError::Group(e.to_string()))?;
+            let c = crate::group::Coordinator::new(
+                g.name.clone(),
+                machine.to_string(),
+                &members,
+                &registration.identity,
+                &registration.ca_pem,
+                appliance,
+                runtime.handle().clone(),
+                Duration::from_millis(g.deadline_ms),
+            )
+            .map_err(RunError::Group)?;
+            tracing::info!(group = %g.name, members = g.members.len() + 1, interval_secs = g.interval_secs, "consistency group: this agent coordinates the group's points");
+            Some((Arc::new(c), Duration::from_secs(g.interval_secs)))
+        } else {
+            tracing::info!(group = %g.name, "consistency group: member; the coordinator starts the group's points");
+            None
+        };
+        group_loop = Some(GroupLoop { rounds: round_rx, coordinator, last: None });
+    }
+
     let bar_stop = Arc::new(AtomicBool::new(false));
     let bar = progress::spawn_bar(board, bar_stop.clone());
     let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -348,13 +400,16 @@ pub fn run(cfg: &AgentConfig, cfg_path: &Path, opts: RunOptions) -> Result<(), R
         let stop = stop.clone();
         std::thread::Builder::new()
             .name("lifeboat-cycle".into())
-            .spawn(move || cycle_loop(cycler, interval, opts.once, &stop, &events_tx, &request_rx))
+            .spawn(move || {
+                cycle_loop(cycler, interval, opts.once, &stop, &events_tx, &request_rx, group_loop)
+            })
             .map_err(|source| RunError::Runtime { what: "start the cycle thread", source })?
     };
 
     let result =
         runtime.block_on(supervise(journal, sender, stop.clone(), events_rx, request_tx, opts));
     stop.store(true, Ordering::Relaxed);
+    let _ = group_shutdown_tx.send(true);
     let _ = cycle_thread.join();
     bar_stop.store(true, Ordering::Relaxed);
     if let Some(bar) = bar {
@@ -451,6 +506,45 @@ async fn supervise(
 
 /// The cycle thread: a cycle every `interval` (or, with `once`, one at start and one per
 /// request), until `stop`.
+/// The cycle thread's part of a consistency group.
+struct GroupLoop {
+    /// Rounds the coordinator opened on this member.
+    rounds: std::sync::mpsc::Receiver<crate::group::MemberRound>,
+    /// On the coordinator: it, and the interval between group points.
+    coordinator: Option<(Arc<crate::group::Coordinator>, Duration)>,
+    /// When the last group round started.
+    last: Option<Instant>,
+}
+
+impl GroupLoop {
+    /// Runs a group round if one is open (member) or due (coordinator).
+    fn run_due(&mut self, cycler: &mut Cycler) {
+        while let Ok(mut round) = self.rounds.try_recv() {
+            log_group(cycler.run_group_cycle(&mut round));
+        }
+        if let Some((c, every)) = &self.coordinator
+            && self.last.is_none_or(|t| t.elapsed() >= *every)
+        {
+            self.last = Some(Instant::now());
+            let mut round = c.round();
+            log_group(cycler.run_group_cycle(&mut round));
+        }
+    }
+}
+
+fn log_group(r: Result<CycleOutcome, CycleError>) {
+    match r {
+        Ok(CycleOutcome::Done { point, kind, freeze, .. }) => tracing::info!(
+            point,
+            kind = ?kind,
+            freeze_ms = freeze.map(|f| f.as_millis() as u64),
+            "group round: point {point} cut with the group"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::error!("group round failed: {e}; nothing was lost"),
+    }
+}
+
 fn cycle_loop(
     mut cycler: Cycler,
     interval: Duration,
@@ -458,6 +552,7 @@ fn cycle_loop(
     stop: &AtomicBool,
     events: &mpsc::UnboundedSender<CycleEvent>,
     requests: &std::sync::mpsc::Receiver<()>,
+    mut group: Option<GroupLoop>,
 ) {
     /// Cycles retried at once after a deferred point, before waiting for the interval.
     const MAX_QUICK_RETRIES: u32 = 5;
@@ -465,6 +560,9 @@ fn cycle_loop(
     loop {
         if stop.load(Ordering::Relaxed) {
             return;
+        }
+        if let Some(g) = group.as_mut() {
+            g.run_due(&mut cycler);
         }
         let started = Instant::now();
         let event = match cycler.run_cycle() {
@@ -528,6 +626,9 @@ fn cycle_loop(
                     Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
                     Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
                 }
+            }
+            if let Some(g) = group.as_mut() {
+                g.run_due(&mut cycler);
             }
             let elapsed = started.elapsed();
             if elapsed >= interval {

@@ -109,6 +109,54 @@ async fn register(ctx: &ConfigServerCtx, req: Request<RequestBody>) -> Answer {
     )
 }
 
+/// Most members of one consistency group.
+pub const MAX_GROUP_MEMBERS: usize = 64;
+
+/// Checks a group point record: a well-formed name, 2 to [`MAX_GROUP_MEMBERS`] distinct
+/// registered members, the caller among them.
+fn check_group_point(state: &State, caller: &str, g: &api::GroupPoint) -> Result<(), ApiError> {
+    if g.group.is_empty()
+        || g.group.len() > 64
+        || !g.group.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(ApiError::bad_request(
+            "invalid-group",
+            format!("group: {:?} must be 1 to 64 ASCII letters, digits, '-' or '_'", g.group),
+        ));
+    }
+    if g.members.len() < 2 || g.members.len() > MAX_GROUP_MEMBERS {
+        return Err(ApiError::bad_request(
+            "invalid-members",
+            format!(
+                "members: a group has 2 to {MAX_GROUP_MEMBERS} machines, got {}",
+                g.members.len()
+            ),
+        ));
+    }
+    for (i, m) in g.members.iter().enumerate() {
+        if g.members[..i].contains(m) {
+            return Err(ApiError::bad_request(
+                "invalid-members",
+                format!("members[{i}]: {m:?} is listed twice"),
+            ));
+        }
+        let known = state.machine_exists(m).map_err(|e| ApiError::internal(e.to_string()))?;
+        if !known {
+            return Err(ApiError::bad_request(
+                "invalid-members",
+                format!("members[{i}]: {m:?} is not a registered machine"),
+            ));
+        }
+    }
+    if !g.members.iter().any(|m| m == caller) {
+        return Err(ApiError::forbidden(
+            "forbidden",
+            "only a member of the group may record its points",
+        ));
+    }
+    Ok(())
+}
+
 /// Routes of the process server (mutual TLS: every request carries a machine id).
 pub async fn process_server(ps: ProcessServer, state: State, req: Request<RequestBody>) -> Answer {
     let path = req.uri().path().to_owned();
@@ -131,6 +179,15 @@ pub async fn process_server(ps: ProcessServer, state: State, req: Request<Reques
         (Method::POST, "/api/v1/progress") => {
             let p: api::Progress = read_json(req.into_body()).await?;
             state.set_progress(&machine, &p).map_err(|e| ApiError::internal(e.to_string()))?;
+            json(StatusCode::OK, &serde_json::json!({}))
+        }
+        (Method::POST, "/api/v1/groups/points") => {
+            let g: api::GroupPoint = read_json(req.into_body()).await?;
+            check_group_point(&state, &machine, &g)?;
+            state
+                .add_group_point(&g.group, g.point, &g.members)
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            tracing::info!(group = %g.group, point = g.point, members = g.members.len(), "group point recorded by the coordinator");
             json(StatusCode::OK, &serde_json::json!({}))
         }
         (Method::GET, p) if p.starts_with("/api/v1/machines/") && p.ends_with("/points") => {

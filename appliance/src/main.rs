@@ -47,6 +47,16 @@ enum Cmd {
         #[arg(long)]
         machine: Option<String>,
     },
+    /// Lists consistency-group points (JSON): each with its members and whether every
+    /// member's point is at the target (`complete`).
+    GroupPoints {
+        /// The appliance configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Group name.
+        #[arg(long)]
+        group: Option<String>,
+    },
     /// Prints the appliance's counters (bytes received, shipped, applied …) as JSON.
     Stats {
         /// The appliance configuration file.
@@ -87,6 +97,9 @@ fn main() {
             lifeboat_appliance::tools::points(load(config), machine.as_deref())
         }
         Cmd::Stats { config } => lifeboat_appliance::tools::stats(load(config)),
+        Cmd::GroupPoints { config, group } => {
+            lifeboat_appliance::tools::group_points(load(config), group.as_deref())
+        }
         Cmd::PointChecksum { config, point, disk } => {
             rt.block_on(lifeboat_appliance::tools::point_checksum(load(config), point, *disk))
         }

@@ -75,7 +75,28 @@ const MIGRATIONS: &[&str] = &[
      );",
     // 3: the kind (crash, app) of the tag a disk reached, so the point gets it.
     "ALTER TABLE applied ADD COLUMN point_kind TEXT;",
+    // 4: consistency-group points, recorded by the group's coordinator.
+    "CREATE TABLE group_points (
+        group_name TEXT NOT NULL,
+        point INTEGER NOT NULL,
+        members TEXT NOT NULL,
+        created_unix_ms INTEGER NOT NULL,
+        PRIMARY KEY (group_name, point)
+     );",
 ];
+
+/// A consistency-group point as recorded by the coordinator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupPointRow {
+    /// Group name.
+    pub group: String,
+    /// Point number on every member.
+    pub point: u64,
+    /// Member machine ids.
+    pub members: Vec<String>,
+    /// When it was recorded.
+    pub created_unix_ms: u64,
+}
 
 /// A state-store failure.
 #[derive(Debug, thiserror::Error)]
@@ -387,6 +408,47 @@ impl State {
             .optional()
             .map(|o| o.flatten().unwrap_or_else(|| "crash".into()))
             .map_err(|e| self.err(e))
+    }
+
+    /// Records a group point (idempotent).
+    pub fn add_group_point(
+        &self,
+        group: &str,
+        point: u64,
+        members: &[String],
+    ) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "INSERT OR IGNORE INTO group_points (group_name, point, members, created_unix_ms)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![group, point as i64, members.join(","), now_ms() as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Group points recorded for `group` (every group when `None`), oldest first.
+    pub fn group_points(&self, group: Option<&str>) -> Result<Vec<GroupPointRow>, StateError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT group_name, point, members, created_unix_ms FROM group_points
+                 WHERE ?1 IS NULL OR group_name = ?1 ORDER BY group_name, point",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![group], |r| {
+                Ok(GroupPointRow {
+                    group: r.get(0)?,
+                    point: r.get::<_, i64>(1)? as u64,
+                    members: r.get::<_, String>(2)?.split(',').map(str::to_owned).collect(),
+                    created_unix_ms: r.get::<_, i64>(3)? as u64,
+                })
+            })
+            .map_err(|e| self.err(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
     }
 
     /// Records a recovery point.

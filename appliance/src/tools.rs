@@ -41,6 +41,26 @@ pub fn points(config: ApplianceConfig, machine: Option<&str>) -> anyhow::Result<
     Ok(())
 }
 
+/// `group-points`: consistency-group points as JSON lines. A group point is `complete`
+/// when every member's point with that number is at the target; only then is it a point
+/// the group can fail over to.
+pub fn group_points(config: ApplianceConfig, group: Option<&str>) -> anyhow::Result<()> {
+    let state = State::open(&config.data_dir.join("state.db"))?;
+    for g in state.group_points(group)? {
+        let mut ids = Vec::new();
+        for m in &g.members {
+            ids.push(state.points(m)?.into_iter().find(|p| p.point == g.point).map(|p| p.id));
+        }
+        let complete = ids.iter().all(Option::is_some);
+        println!(
+            "{}",
+            serde_json::json!({"group": g.group, "point": g.point, "members": g.members,
+                "point_ids": ids, "complete": complete, "created_unix_ms": g.created_unix_ms})
+        );
+    }
+    Ok(())
+}
+
 /// `point-checksum`: sha256 of a disk at a point, read back through the target plugin.
 pub async fn point_checksum(config: ApplianceConfig, point: &str, disk: u32) -> anyhow::Result<()> {
     let core = crate::run::open_core(config)?;

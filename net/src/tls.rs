@@ -159,6 +159,95 @@ pub fn client_config(trust: Trust, identity: Option<&Identity>) -> Result<Arc<Cl
     Ok(Arc::new(config))
 }
 
+/// A client config for one agent calling another (consistency-group peers, port 20004):
+/// both sides present their agent certificates, issued by the appliance CA for client
+/// authentication. The server's certificate is verified as a client certificate would be
+/// (chain to `ca_pem`, validity, `clientAuth` usage) and must carry `expected_machine` as
+/// its machine id; the address dialled is not part of it (agents have no DNS names).
+pub fn peer_client_config(
+    ca_pem: &str,
+    identity: &Identity,
+    expected_machine: &str,
+) -> Result<Arc<ClientConfig>> {
+    let roots = root_store(ca_pem)?;
+    let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).build()?;
+    let verifier =
+        PeerVerifier { inner, expected: expected_machine.to_owned(), provider: provider() };
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|source| TlsError::Rustls { action: "select TLS versions", source })?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier));
+    let chain = ca::parse_cert_chain(&identity.cert_pem, "the client certificate")?;
+    let key = parse_key(&identity.key_pem, "the client certificate")?;
+    let mut config = builder
+        .with_client_auth_cert(chain, key)
+        .map_err(|source| TlsError::Rustls { action: "use the client certificate", source })?;
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Verifies a peer agent's certificate; see [`peer_client_config`].
+#[derive(Debug)]
+struct PeerVerifier {
+    inner: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    expected: String,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PeerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        match machine_id_from_cert(end_entity) {
+            Some(id) if id == self.expected => Ok(ServerCertVerified::assertion()),
+            found => Err(rustls::Error::General(format!(
+                "the peer presented the certificate of machine {}, expected {}",
+                found.as_deref().unwrap_or("(none)"),
+                self.expected
+            ))),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 /// The machine id of the verified client certificate on an accepted server connection,
 /// or `None` if the client presented no certificate (servers with [`ClientAuth::None`])
 /// or one without exactly one valid `lifeboat:machine:` URI SAN.

@@ -468,3 +468,42 @@ async fn shutdown_grace_is_capped() {
     assert!(started.elapsed() < Duration::from_secs(5), "stopped after {:?}", started.elapsed());
     assert!(in_flight.await.expect("join").is_err(), "the slow request was cut off");
 }
+
+#[tokio::test]
+async fn peers_authenticate_each_other_with_their_agent_certificates() {
+    let pki = new_pki();
+    let a = agent_identity(&pki.ca, "m-a");
+    let b = agent_identity(&pki.ca, "m-b");
+    // Agent A serves with its own (client-auth) certificate, as group members do.
+    let running = start(
+        &a,
+        ClientAuth::Required { ca_pem: pki.ca.cert_pem().into() },
+        ServeOptions::default(),
+    )
+    .await;
+    let config = tls::peer_client_config(pki.ca.cert_pem(), &b, "m-a").expect("peer config");
+    let client = Client::new(&running.url(), config).expect("client");
+    let (status, _, body) = client.get("/v1/whoami", HeaderMap::new()).await.expect("get");
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json(&body)["machine_id"], "m-b", "the server sees the calling machine");
+
+    // Expecting another machine at that address: refused.
+    let wrong = tls::peer_client_config(pki.ca.cert_pem(), &b, "m-c").expect("peer config");
+    let client = Client::new(&running.url(), wrong).expect("client");
+    let e = client.get("/v1/whoami", HeaderMap::new()).await.unwrap_err();
+    assert!(e.to_string().contains("m-a"), "{e}");
+
+    // A peer whose certificate comes from another appliance: refused both ways.
+    let other = new_pki();
+    let stranger = agent_identity(&other.ca, "m-a");
+    let theirs = tls::peer_client_config(other.ca.cert_pem(), &stranger, "m-a").expect("config");
+    let client = Client::new(&running.url(), theirs).expect("client");
+    assert!(client.get("/v1/whoami", HeaderMap::new()).await.is_err());
+    // The appliance's own server certificate (serverAuth, no machine id) is not a peer.
+    let server = start(&pki.server, ClientAuth::None, ServeOptions::default()).await;
+    let config = tls::peer_client_config(pki.ca.cert_pem(), &b, "m-a").expect("peer config");
+    let client = Client::new(&server.url(), config).expect("client");
+    assert!(client.get("/v1/whoami", HeaderMap::new()).await.is_err());
+    server.stop().await;
+    running.stop().await;
+}

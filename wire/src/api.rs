@@ -7,6 +7,7 @@
 //! | `PUT /api/v1/batches` | process server | client certificate | an encoded batch → [`BatchAck`] |
 //! | `POST /api/v1/progress` | process server | client certificate | [`Progress`] → `{}` |
 //! | `GET /api/v1/machines/<id>/points` | process server | client certificate (own machine) | → [`PointList`] |
+//! | `POST /api/v1/groups/points` | process server | client certificate (a member) | [`GroupPoint`] → `{}` |
 //!
 //! Errors are `{"error": "...", "code": "..."}` with an HTTP status. A full cache answers
 //! `429` with `Retry-After`; a batch out of sequence answers `409` with code
@@ -143,6 +144,20 @@ pub struct PointSummary {
 pub struct PointList {
     /// Points, oldest first.
     pub points: Vec<PointSummary>,
+}
+
+/// Sent by a consistency group's coordinator once every member recorded point `point`
+/// (the same number on every member): the appliance lists it as a group point when every
+/// member's point `point` is at the target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupPoint {
+    /// The group's name: 1 to 64 ASCII letters, digits, `-`, `_`.
+    pub group: String,
+    /// The point number every member tagged.
+    pub point: u64,
+    /// Every member's machine id, the caller's included.
+    pub members: Vec<String>,
 }
 
 /// An error answer.
