@@ -622,6 +622,40 @@ schedule = [
     }
 
     #[test]
+    fn group_and_quiesce_errors_name_the_key() {
+        let d = "disks = [\"/dev/sda\"]\n";
+        let member = "members = [{ machine = \"6a0e4c1e-1f2b-4c3d-8e9f-0a1b2c3d4e5f\", address = \"10.0.0.2:20004\" }]\n";
+        let ok =
+            parse(&format!("{d}[group]\nname = \"erp\"\ncoordinator = true\n{member}")).unwrap();
+        let g = ok.group.unwrap();
+        assert_eq!((g.listen.port(), g.interval_secs, g.deadline_ms), (20004, 300, 10_000));
+        let m = err(&format!("{d}[group]\nname = \"e r p\"\n{member}"));
+        assert!(m.contains("`group.name`"), "{m}");
+        let m = err(&format!("{d}[group]\nname = \"erp\"\nmembers = []\n"));
+        assert!(m.contains("`group.members`"), "{m}");
+        let m = err(&format!(
+            "{d}[group]\nname = \"erp\"\nmembers = [{{ machine = \"not an id\", address = \"10.0.0.2:20004\" }}]\n"
+        ));
+        assert!(m.contains("`group.members[0].machine`"), "{m}");
+        let m = err(&format!("{d}[group]\nname = \"erp\"\ndeadline_ms = 5\n{member}"));
+        assert!(m.contains("`group.deadline_ms`"), "{m}");
+        let m = err(&format!("{d}[group]\nname = \"erp\"\nlisten = \"nowhere\"\n{member}"));
+        assert!(m.contains("listen"), "{m}");
+        let m = err(&format!("{d}[quiesce]\nplugins = [\"postgres-quiescer\"]\n"));
+        assert!(m.contains("`quiesce.plugins`") && m.contains("[plugins]"), "{m}");
+        let plugins = "[plugins]\ndir = \"/var/lib/lifeboat-agent/plugins\"\n";
+        let m = err(&format!("{d}{plugins}[quiesce]\nplugins = []\n"));
+        assert!(m.contains("`quiesce.plugins`"), "{m}");
+        let m = err(&format!("{d}{plugins}[quiesce]\nplugins = [\"x\"]\ndeadline_ms = 1\n"));
+        assert!(m.contains("`quiesce.deadline_ms`"), "{m}");
+        let m = err(&format!("{d}[plugins]\ndir = \"plugins\"\n"));
+        assert!(m.contains("`plugins.dir`"), "{m}");
+        let q =
+            parse(&format!("{d}{plugins}[quiesce]\nplugins = [\"x\"]\n")).unwrap().quiesce.unwrap();
+        assert_eq!((q.interval_secs, q.deadline_ms), (3600, 10_000));
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let m = err("disks = [\"/dev/sda\"]\nintervall_secs = 3\n");
         assert!(m.contains("intervall_secs") && m.contains("agent.toml"), "{m}");

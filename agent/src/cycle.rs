@@ -445,7 +445,7 @@ impl Cycler {
 
     fn run_cycle_in(
         &mut self,
-        mut group: Option<&mut (dyn GroupCut + 'static)>,
+        group: Option<&mut (dyn GroupCut + 'static)>,
     ) -> Result<CycleOutcome, CycleError> {
         let started = Instant::now();
         for slot in &mut self.disks {
@@ -481,7 +481,7 @@ impl Cycler {
         let mut quiesce_failed = None;
         let mut group_point = None;
         if let Some(policy) = self.cuts {
-            match self.cut(policy, &mut quiesce_failed, group.as_deref_mut())? {
+            match self.cut(policy, &mut quiesce_failed, group)? {
                 Cut::Frozen { held, app, point } => {
                     freeze = Some(held);
                     group_point = point;
@@ -743,7 +743,7 @@ impl Cycler {
             }
         }
         if refused.is_none()
-            && let Some(g) = group.as_deref_mut()
+            && let Some(g) = group
         {
             // Held until the group decides, never past the watchdog.
             let limit = (policy.max_freeze * 2)

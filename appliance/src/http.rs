@@ -215,3 +215,46 @@ pub async fn process_server(ps: ProcessServer, state: State, req: Request<Reques
         _ => not_found(&path),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_point_records_are_checked() {
+        let d = tempfile::tempdir().unwrap();
+        let state = State::open(&d.path().join("s.db")).unwrap();
+        for (p, m) in [("p1", "m-a"), ("p2", "m-b")] {
+            state.add_passphrase(p).unwrap();
+            assert!(state.register_machine(p, m, "host").unwrap());
+        }
+        let g = |group: &str, members: &[&str]| api::GroupPoint {
+            group: group.into(),
+            point: 7,
+            members: members.iter().map(|s| s.to_string()).collect(),
+        };
+        assert!(check_group_point(&state, "m-a", &g("erp", &["m-a", "m-b"])).is_ok());
+        let code = |r: Result<(), ApiError>| r.unwrap_err().to_string();
+        assert!(
+            code(check_group_point(&state, "m-a", &g("e rp", &["m-a", "m-b"]))).contains("group")
+        );
+        assert!(code(check_group_point(&state, "m-a", &g("", &["m-a", "m-b"]))).contains("group"));
+        assert!(code(check_group_point(&state, "m-a", &g("erp", &["m-a"]))).contains("members"));
+        assert!(
+            code(check_group_point(&state, "m-a", &g("erp", &["m-a", "m-a"]))).contains("twice")
+        );
+        assert!(
+            code(check_group_point(&state, "m-a", &g("erp", &["m-a", "m-x"])))
+                .contains("not a registered machine")
+        );
+        // Only a member may record the group's points.
+        assert!(code(check_group_point(&state, "m-c", &g("erp", &["m-a", "m-b"]))).contains("403"));
+        // Recorded once, listed, idempotent.
+        state.add_group_point("erp", 7, &["m-a".into(), "m-b".into()]).unwrap();
+        state.add_group_point("erp", 7, &["m-a".into(), "m-b".into()]).unwrap();
+        let rows = state.group_points(Some("erp")).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].members, ["m-a", "m-b"]);
+        assert!(state.group_points(Some("other")).unwrap().is_empty());
+    }
+}

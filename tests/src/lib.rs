@@ -227,7 +227,8 @@ impl Site {
         });
     }
 
-    fn cli(&self, config: &Path, args: &[&str]) -> String {
+    /// Runs `lifeboat-appliance <args> --config <config>` and returns its stdout.
+    pub fn cli(&self, config: &Path, args: &[&str]) -> String {
         let out = Command::new(self.bin.join("lifeboat-appliance"))
             .args(args)
             .arg("--config")
@@ -315,7 +316,26 @@ impl Site {
         interval_secs: u64,
         extra: &str,
     ) -> PathBuf {
-        let path = self.root().join("agent.toml");
+        self.agent_config_as("agent", state_dir, disks, interval_secs, extra)
+    }
+
+    /// The machine id an agent registered with `state_dir` got.
+    pub fn machine_id(state_dir: &Path) -> String {
+        let text = std::fs::read_to_string(state_dir.join("registration.json")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["machine_id"].as_str().unwrap().to_owned()
+    }
+
+    /// [`Site::agent_config_with`] written to `<name>.toml`, for several agents on one site.
+    pub fn agent_config_as(
+        &self,
+        name: &str,
+        state_dir: &Path,
+        disks: &[PathBuf],
+        interval_secs: u64,
+        extra: &str,
+    ) -> PathBuf {
+        let path = self.root().join(format!("{name}.toml"));
         let list: Vec<String> = disks.iter().map(|d| format!("\"{}\"", d.display())).collect();
         std::fs::write(
             &path,
@@ -342,10 +362,15 @@ impl Site {
 
     /// Starts a continuously running agent.
     pub fn start_agent(&self, agent_config: &Path) -> Proc {
+        self.start_agent_as("agent", agent_config)
+    }
+
+    /// Starts a continuously running agent that logs to `<name>.log`.
+    pub fn start_agent_as(&self, name: &str, agent_config: &Path) -> Proc {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.root().join("agent.log"))
+            .open(self.root().join(format!("{name}.log")))
             .unwrap();
         let child = Command::new(self.bin.join("lifeboat-agent"))
             .args(["run", "--config"])
@@ -355,7 +380,7 @@ impl Site {
             .stderr(log)
             .spawn()
             .unwrap();
-        Proc { name: "agent".into(), child: Some(child) }
+        Proc { name: name.into(), child: Some(child) }
     }
 }
 

@@ -1,0 +1,184 @@
+//! A consistency group of two agents on one machine, each protecting its own ext4 on a
+//! loop device with the eBPF tracker, coordinated over mutual TLS on loopback.
+//!
+//! A writer appends sequence numbers to a file on A, then the same number to a file on B,
+//! each with fsync, so B holds `n` only after A does. In every complete group point, A's
+//! highest number is B's or one more: the two cuts match. Then B is killed: the
+//! coordinator's rounds abort, no new group point appears, and A is not left frozen. Root
+//! only; skipped (and said so) elsewhere.
+
+use lifeboat_e2e::*;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+fn mount_new(site: &Site, name: &str, undo: &mut Undo) -> Option<(String, PathBuf)> {
+    let img = site.root().join(format!("{name}.img"));
+    std::fs::File::create(&img).unwrap().set_len(64 << 20).unwrap();
+    let dev = match sh("losetup", &["--find", "--show", img.to_str().unwrap()]) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("SKIPPED: cannot create a loop device here: {e}");
+            return None;
+        }
+    };
+    undo.0.push(("losetup".into(), vec!["--detach".into(), dev.clone()]));
+    let mnt = site.root().join(format!("mnt-{name}"));
+    std::fs::create_dir(&mnt).unwrap();
+    sh("mkfs.ext4", &["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", &dev]).unwrap();
+    sh("mount", &[&dev, mnt.to_str().unwrap()]).unwrap();
+    undo.0.push(("umount".into(), vec![mnt.to_str().unwrap().into()]));
+    Some((dev, mnt))
+}
+
+fn pins() -> Vec<String> {
+    std::fs::read_dir("/sys/fs/bpf/lifeboat")
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}
+
+/// The highest sequence number in `seq` on the filesystem image of a point.
+fn highest(site: &Site, id: &str, at: &Path) -> u64 {
+    std::fs::create_dir_all(at).unwrap();
+    let image = site.point_image(id);
+    sh("mount", &["-o", "ro,loop,noload", image.to_str().unwrap(), at.to_str().unwrap()]).unwrap();
+    let text = std::fs::read_to_string(at.join("seq")).unwrap_or_default();
+    let _ = sh("umount", &[at.to_str().unwrap()]);
+    text.lines().filter_map(|l| l.trim().parse().ok()).max().unwrap_or(0)
+}
+
+fn complete_group_points(site: &Site, cfg: &Path) -> Vec<serde_json::Value> {
+    site.cli(cfg, &["group-points"])
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|g| g["complete"] == true)
+        .collect()
+}
+
+#[test]
+fn two_agents_cut_matching_group_points_and_abort_without_a_member() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("SKIPPED: the eBPF tracker and filesystem freezes need root");
+        return;
+    }
+    let site = Site::new();
+    let mut undo = Undo(Vec::new());
+    let Some((dev_a, mnt_a)) = mount_new(&site, "a", &mut undo) else { return };
+    let Some((dev_b, mnt_b)) = mount_new(&site, "b", &mut undo) else { return };
+
+    let cfg = site.config("all", Roles::ALL);
+    let _appliance = site.start("appliance", &cfg);
+    site.wait_port(site.config_port);
+    site.wait_port(site.ps_port);
+    let (state_a, state_b) = (site.root().join("state-a"), site.root().join("state-b"));
+    site.register_agent(&cfg, &state_a);
+    site.register_agent(&cfg, &state_b);
+    let (id_a, id_b) = (Site::machine_id(&state_a), Site::machine_id(&state_b));
+    let (port_a, port_b) = (free_port(), free_port());
+    let group = |listen: u16, coordinator: bool, peer: &str, peer_port: u16| {
+        format!(
+            "[group]\nname = \"erp\"\nlisten = \"127.0.0.1:{listen}\"\ncoordinator = {coordinator}\n\
+             interval_secs = 2\ndeadline_ms = 5000\n\
+             members = [{{ machine = \"{peer}\", address = \"127.0.0.1:{peer_port}\" }}]\n"
+        )
+    };
+    let cfg_a = site.agent_config_as(
+        "agent-a",
+        &state_a,
+        &[dev_a.into()],
+        30,
+        &group(port_a, true, &id_b, port_b),
+    );
+    let cfg_b = site.agent_config_as(
+        "agent-b",
+        &state_b,
+        &[dev_b.into()],
+        30,
+        &group(port_b, false, &id_a, port_a),
+    );
+    let before = pins();
+    let mut b = site.start_agent_as("agent-b", &cfg_b);
+    let mut a = site.start_agent_as("agent-a", &cfg_a);
+
+    // The writer: n on A (fsync), then n on B (fsync).
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let (pa, pb) = (mnt_a.join("seq"), mnt_b.join("seq"));
+        std::thread::spawn(move || {
+            let open =
+                |p: &Path| std::fs::OpenOptions::new().create(true).append(true).open(p).unwrap();
+            let (mut fa, mut fb) = (open(&pa), open(&pb));
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                writeln!(fa, "{n}").unwrap();
+                fa.sync_data().unwrap();
+                writeln!(fb, "{n}").unwrap();
+                fb.sync_data().unwrap();
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            n
+        })
+    };
+
+    let groups = wait_for(Duration::from_secs(240), "three complete group points", || {
+        let g = complete_group_points(&site, &cfg);
+        (g.len() >= 3).then_some(g)
+    });
+    for p in pins().into_iter().filter(|p| !before.contains(p)) {
+        undo.0.insert(0, ("rm".into(), vec!["-rf".into(), format!("/sys/fs/bpf/lifeboat/{p}")]));
+    }
+    let written = {
+        stop.store(true, Ordering::Relaxed);
+        writer.join().unwrap()
+    };
+    assert!(written > 0);
+
+    let mut checked = 0;
+    for g in &groups {
+        let ids: Vec<&str> =
+            g["point_ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        let members: Vec<&str> =
+            g["members"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        assert_eq!(ids.len(), 2);
+        let of = |m: &str| ids[members.iter().position(|x| *x == m).unwrap()];
+        let point = g["point"].as_u64().unwrap();
+        assert!(
+            of(&id_a).ends_with(&format!("{point:020}"))
+                && of(&id_b).ends_with(&format!("{point:020}"))
+        );
+        let ha = highest(&site, of(&id_a), &site.root().join("check-a"));
+        let hb = highest(&site, of(&id_b), &site.root().join("check-b"));
+        assert!(
+            hb <= ha && ha <= hb + 1,
+            "group point {point}: A holds up to {ha}, B up to {hb}: the cuts do not match"
+        );
+        if ha > 0 {
+            checked += 1;
+        }
+    }
+    assert!(checked >= 1, "no group point held any of the writer's records");
+
+    // A member disappears: the coordinator's rounds abort and A is never left frozen.
+    b.kill9();
+    let n_before = complete_group_points(&site, &cfg).len();
+    let log_a = site.root().join("agent-a.log");
+    wait_for(Duration::from_secs(60), "an aborted round", || {
+        let log = std::fs::read_to_string(&log_a).unwrap_or_default();
+        log.contains("group round aborted").then_some(())
+    });
+    let t = Instant::now();
+    std::fs::write(mnt_a.join("after"), b"still writable").unwrap();
+    sh("sync", &[mnt_a.join("after").to_str().unwrap()]).unwrap();
+    assert!(t.elapsed() < Duration::from_secs(3), "A's filesystem stayed frozen");
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(complete_group_points(&site, &cfg).len(), n_before, "a group point without B");
+    assert!(a.running());
+    a.stop();
+    let log = std::fs::read_to_string(&log_a).unwrap();
+    assert!(log.contains("this agent coordinates the group's points"), "{log}");
+    drop(undo);
+}
