@@ -170,6 +170,67 @@ pub fn profile(
     result
 }
 
+/// The report `lifeboat-agent churn --report` sends to the appliance.
+pub fn to_report(
+    disks: &[PathBuf],
+    samples: &[Sample],
+    seconds: f64,
+) -> lifeboat_wire::api::ChurnReport {
+    lifeboat_wire::api::ChurnReport {
+        seconds,
+        disks: disks
+            .iter()
+            .enumerate()
+            .map(|(i, path)| {
+                let sum = summarize(i, samples);
+                let mine: Vec<&Sample> = samples.iter().filter(|s| s.disk == i).collect();
+                let mut sizes = [0u64; 5];
+                for s in &mine {
+                    for (t, n) in sizes.iter_mut().zip(s.sizes) {
+                        *t += n;
+                    }
+                }
+                lifeboat_wire::api::DiskChurn {
+                    index: i as u32,
+                    path: path.display().to_string(),
+                    mean_mb_per_s: sum.mean_mb_per_s,
+                    peak_mb_per_s: sum.peak_mb_per_s,
+                    mean_iops: sum.mean_iops,
+                    peak_iops: sum.peak_iops,
+                    sizes,
+                    samples_mb_per_s: mine.iter().map(|s| s.mb_per_s).collect(),
+                    samples_iops: mine.iter().map(|s| s.iops).collect(),
+                }
+            })
+            .collect(),
+    }
+}
+
+/// Sends `report` to the appliance this agent registered with (its state directory).
+pub fn send_report(
+    state_dir: &Path,
+    report: &lifeboat_wire::api::ChurnReport,
+) -> Result<(), String> {
+    let reg = crate::registration::Registration::load(state_dir).map_err(|e| e.to_string())?;
+    let tls = reg.tls().map_err(|e| e.to_string())?;
+    let client = lifeboat_net::Client::new(&reg.record.process_server_url, tls)
+        .map_err(|e| e.to_string())?;
+    let body = bytes::Bytes::from(serde_json::to_vec(report).map_err(|e| e.to_string())?);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut headers = http::HeaderMap::new();
+    headers.insert(http::header::CONTENT_TYPE, "application/json".parse().expect("static"));
+    let (status, _, body) =
+        rt.block_on(client.post("/api/v1/churn", body, headers)).map_err(|e| e.to_string())?;
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("the appliance answered {status}: {}", String::from_utf8_lossy(&body)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

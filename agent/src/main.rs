@@ -66,6 +66,10 @@ enum Command {
         /// One JSON object per line (samples, then one summary per disk).
         #[arg(long)]
         json: bool,
+        /// Send the profile to the appliance this agent is registered with
+        /// (`lifeboat-appliance churn` lists it with the bandwidth it needs).
+        #[arg(long)]
+        report: bool,
     },
 }
 
@@ -108,7 +112,7 @@ fn main() -> ExitCode {
                 Err(e) => fail(if e.is_usage() { 2 } else { 1 }, &e.to_string()),
             }
         }
-        Command::Churn { config, seconds, every, json } => {
+        Command::Churn { config, seconds, every, json, report } => {
             let cfg = match AgentConfig::load(&config) {
                 Ok(c) => c,
                 Err(e) => return fail(2, &e.to_string()),
@@ -145,6 +149,19 @@ fn main() -> ExitCode {
                                 sum.peak_iops
                             );
                         }
+                    }
+                    if report {
+                        let r =
+                            lifeboat_agent::churn::to_report(&cfg.disks, &samples, seconds as f64);
+                        if let Err(e) = lifeboat_agent::churn::send_report(&cfg.state_dir, &r) {
+                            return fail(
+                                1,
+                                &format!("cannot report the profile to the appliance: {e}"),
+                            );
+                        }
+                        eprintln!(
+                            "profile reported to the appliance (lifeboat-appliance churn lists it)"
+                        );
                     }
                     ExitCode::SUCCESS
                 }

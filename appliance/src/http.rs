@@ -181,6 +181,14 @@ pub async fn process_server(ps: ProcessServer, state: State, req: Request<Reques
             state.set_progress(&machine, &p).map_err(|e| ApiError::internal(e.to_string()))?;
             json(StatusCode::OK, &serde_json::json!({}))
         }
+        (Method::POST, "/api/v1/churn") => {
+            let r: api::ChurnReport = read_json(req.into_body()).await?;
+            r.check().map_err(|e| ApiError::bad_request("invalid-churn", e))?;
+            let text = serde_json::to_string(&r).map_err(|e| ApiError::internal(e.to_string()))?;
+            state.add_churn(&machine, &text).map_err(|e| ApiError::internal(e.to_string()))?;
+            tracing::info!(%machine, disks = r.disks.len(), seconds = r.seconds, "churn profile received");
+            json(StatusCode::OK, &serde_json::json!({}))
+        }
         (Method::POST, "/api/v1/groups/points") => {
             let g: api::GroupPoint = read_json(req.into_body()).await?;
             check_group_point(&state, &machine, &g)?;

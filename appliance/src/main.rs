@@ -57,6 +57,19 @@ enum Cmd {
         #[arg(long)]
         group: Option<String>,
     },
+    /// Lists the write-churn profiles agents reported (`lifeboat-agent churn --report`)
+    /// with the link bandwidth they need (JSON).
+    Churn {
+        /// The appliance configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Machine id.
+        #[arg(long)]
+        machine: Option<String>,
+        /// The link's bandwidth in megabits per second: says whether the peak fits.
+        #[arg(long)]
+        link_mbps: Option<f64>,
+    },
     /// Prints the appliance's counters (bytes received, shipped, applied …) as JSON.
     Stats {
         /// The appliance configuration file.
@@ -97,6 +110,9 @@ fn main() {
             lifeboat_appliance::tools::points(load(config), machine.as_deref())
         }
         Cmd::Stats { config } => lifeboat_appliance::tools::stats(load(config)),
+        Cmd::Churn { config, machine, link_mbps } => {
+            lifeboat_appliance::tools::churn(load(config), machine.as_deref(), *link_mbps)
+        }
         Cmd::GroupPoints { config, group } => {
             lifeboat_appliance::tools::group_points(load(config), group.as_deref())
         }

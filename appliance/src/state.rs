@@ -83,6 +83,12 @@ const MIGRATIONS: &[&str] = &[
         created_unix_ms INTEGER NOT NULL,
         PRIMARY KEY (group_name, point)
      );",
+    // 5: write-churn profiles reported by agents (`lifeboat-agent churn --report`).
+    "CREATE TABLE churn (
+        machine_id TEXT NOT NULL,
+        reported_unix_ms INTEGER NOT NULL,
+        report TEXT NOT NULL
+     );",
 ];
 
 /// A consistency-group point as recorded by the coordinator.
@@ -408,6 +414,39 @@ impl State {
             .optional()
             .map(|o| o.flatten().unwrap_or_else(|| "crash".into()))
             .map_err(|e| self.err(e))
+    }
+
+    /// Stores a churn report (JSON, already checked) of `machine_id`.
+    pub fn add_churn(&self, machine_id: &str, report_json: &str) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "INSERT INTO churn (machine_id, reported_unix_ms, report) VALUES (?1, ?2, ?3)",
+                params![machine_id, now_ms() as i64, report_json],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Churn reports as (machine, time, JSON), oldest first, of one machine or all.
+    pub fn churn(
+        &self,
+        machine_id: Option<&str>,
+    ) -> Result<Vec<(String, u64, String)>, StateError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT machine_id, reported_unix_ms, report FROM churn
+                 WHERE ?1 IS NULL OR machine_id = ?1 ORDER BY reported_unix_ms, rowid",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![machine_id], |r| {
+                Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?))
+            })
+            .map_err(|e| self.err(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
     }
 
     /// Records a group point (idempotent).

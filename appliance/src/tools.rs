@@ -41,6 +41,33 @@ pub fn points(config: ApplianceConfig, machine: Option<&str>) -> anyhow::Result<
     Ok(())
 }
 
+/// `churn`: the write-churn profiles agents reported, one JSON object per line, each with
+/// what it takes to keep up: the link bandwidth before compression (mean and peak, in
+/// megabits per second, summed over the machine's disks) and, given `link_mbps`, whether
+/// the peak fits. Compression usually shrinks what crosses the link (the replication bench
+/// measured a wire ratio of 0.20 on mixed data), so the uncompressed figure is the safe one.
+pub fn churn(
+    config: ApplianceConfig,
+    machine: Option<&str>,
+    link_mbps: Option<f64>,
+) -> anyhow::Result<()> {
+    let state = State::open(&config.data_dir.join("state.db"))?;
+    for (m, at, text) in state.churn(machine)? {
+        let r: lifeboat_wire::api::ChurnReport = serde_json::from_str(&text)?;
+        let mean: f64 = r.disks.iter().map(|d| d.mean_mb_per_s).sum::<f64>() * 8.0;
+        let peak: f64 = r.disks.iter().map(|d| d.peak_mb_per_s).sum::<f64>() * 8.0;
+        let daily_gb = r.disks.iter().map(|d| d.mean_mb_per_s).sum::<f64>() * 86_400.0 / 1000.0;
+        let fits = link_mbps.map(|l| peak <= l);
+        println!(
+            "{}",
+            serde_json::json!({"machine": m, "reported_unix_ms": at, "seconds": r.seconds,
+                "needs_mbit_per_s_mean": mean, "needs_mbit_per_s_peak": peak,
+                "churn_gb_per_day": daily_gb, "fits_link": fits, "disks": r.disks})
+        );
+    }
+    Ok(())
+}
+
 /// `group-points`: consistency-group points as JSON lines. A group point is `complete`
 /// when every member's point with that number is at the target; only then is it a point
 /// the group can fail over to.

@@ -8,6 +8,7 @@
 //! | `POST /api/v1/progress` | process server | client certificate | [`Progress`] → `{}` |
 //! | `GET /api/v1/machines/<id>/points` | process server | client certificate (own machine) | → [`PointList`] |
 //! | `POST /api/v1/groups/points` | process server | client certificate (a member) | [`GroupPoint`] → `{}` |
+//! | `POST /api/v1/churn` | process server | client certificate | [`ChurnReport`] → `{}` |
 //!
 //! Errors are `{"error": "...", "code": "..."}` with an HTTP status. A full cache answers
 //! `429` with `Retry-After`; a batch out of sequence answers `409` with code
@@ -160,6 +161,89 @@ pub struct GroupPoint {
     pub members: Vec<String>,
 }
 
+/// Most disks in a [`ChurnReport`].
+pub const MAX_CHURN_DISKS: usize = 64;
+/// Most samples per disk in a [`ChurnReport`].
+pub const MAX_CHURN_SAMPLES: usize = 10_000;
+
+/// A write-churn profile measured by `lifeboat-agent churn --report`, before or during
+/// protection, so the appliance can tell whether a link and process server keep up.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChurnReport {
+    /// Seconds measured.
+    pub seconds: f64,
+    /// One entry per disk.
+    pub disks: Vec<DiskChurn>,
+}
+
+/// One disk's churn.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskChurn {
+    /// Disk index.
+    pub index: u32,
+    /// Device path, for people.
+    pub path: String,
+    /// Mean megabytes (10^6) per second written.
+    pub mean_mb_per_s: f64,
+    /// Highest sample's MB/s.
+    pub peak_mb_per_s: f64,
+    /// Mean write requests per second.
+    pub mean_iops: f64,
+    /// Highest sample's IOPS.
+    pub peak_iops: f64,
+    /// Requests by size: ≤4K, ≤16K, ≤64K, ≤256K, larger.
+    pub sizes: [u64; 5],
+    /// MB/s of each sample, in order.
+    pub samples_mb_per_s: Vec<f64>,
+    /// IOPS of each sample, in order.
+    pub samples_iops: Vec<f64>,
+}
+
+impl ChurnReport {
+    /// Checks ranges: finite, non-negative numbers, at most [`MAX_CHURN_DISKS`] disks of at
+    /// most [`MAX_CHURN_SAMPLES`] samples, distinct indexes. The error names the field.
+    pub fn check(&self) -> Result<(), String> {
+        let ok = |v: f64| v.is_finite() && v >= 0.0;
+        if !ok(self.seconds) || self.seconds == 0.0 {
+            return Err("seconds: expected a positive number".into());
+        }
+        if self.disks.is_empty() || self.disks.len() > MAX_CHURN_DISKS {
+            return Err(format!("disks: expected 1 to {MAX_CHURN_DISKS} disks"));
+        }
+        for (i, d) in self.disks.iter().enumerate() {
+            if self.disks[..i].iter().any(|o| o.index == d.index) {
+                return Err(format!("disks[{i}].index: {} appears twice", d.index));
+            }
+            for (name, v) in [
+                ("mean_mb_per_s", d.mean_mb_per_s),
+                ("peak_mb_per_s", d.peak_mb_per_s),
+                ("mean_iops", d.mean_iops),
+                ("peak_iops", d.peak_iops),
+            ] {
+                if !ok(v) {
+                    return Err(format!("disks[{i}].{name}: expected a finite number >= 0"));
+                }
+            }
+            for (name, s) in
+                [("samples_mb_per_s", &d.samples_mb_per_s), ("samples_iops", &d.samples_iops)]
+            {
+                if s.len() > MAX_CHURN_SAMPLES {
+                    return Err(format!("disks[{i}].{name}: at most {MAX_CHURN_SAMPLES} samples"));
+                }
+                if let Some(j) = s.iter().position(|v| !ok(*v)) {
+                    return Err(format!("disks[{i}].{name}[{j}]: expected a finite number >= 0"));
+                }
+            }
+            if d.path.len() > 4096 {
+                return Err(format!("disks[{i}].path: longer than 4096 bytes"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// An error answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -171,4 +255,52 @@ pub struct ApiError {
     /// For `sequence-gap`: the sequence the appliance expects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_sequence: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> ChurnReport {
+        ChurnReport {
+            seconds: 10.0,
+            disks: vec![DiskChurn {
+                index: 0,
+                path: "/dev/sda".into(),
+                mean_mb_per_s: 2.0,
+                peak_mb_per_s: 5.0,
+                mean_iops: 100.0,
+                peak_iops: 300.0,
+                sizes: [10, 0, 0, 0, 1],
+                samples_mb_per_s: vec![1.0, 5.0],
+                samples_iops: vec![50.0, 300.0],
+            }],
+        }
+    }
+
+    #[test]
+    fn churn_reports_are_range_checked() {
+        assert!(report().check().is_ok());
+        let bad = |f: fn(&mut ChurnReport), field: &str| {
+            let mut r = report();
+            f(&mut r);
+            let e = r.check().unwrap_err();
+            assert!(e.contains(field), "{e}");
+        };
+        bad(|r| r.seconds = 0.0, "seconds");
+        bad(|r| r.seconds = f64::NAN, "seconds");
+        bad(|r| r.disks.clear(), "disks");
+        bad(|r| r.disks[0].peak_mb_per_s = -1.0, "disks[0].peak_mb_per_s");
+        bad(|r| r.disks[0].mean_iops = f64::INFINITY, "disks[0].mean_iops");
+        bad(|r| r.disks[0].samples_iops[1] = -3.0, "disks[0].samples_iops[1]");
+        bad(|r| r.disks[0].samples_mb_per_s = vec![0.0; MAX_CHURN_SAMPLES + 1], "samples_mb_per_s");
+        bad(|r| r.disks.push(r.disks[0].clone()), "appears twice");
+        // Unknown fields and wrong types are refused by the parser.
+        let mut v = serde_json::to_value(report()).unwrap();
+        v["extra"] = serde_json::json!(1);
+        assert!(serde_json::from_value::<ChurnReport>(v).is_err());
+        let mut v = serde_json::to_value(report()).unwrap();
+        v["disks"][0]["sizes"] = serde_json::json!([1, 2]);
+        assert!(serde_json::from_value::<ChurnReport>(v).is_err());
+    }
 }
