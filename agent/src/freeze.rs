@@ -151,6 +151,12 @@ pub fn freeze(mounts: &[Mount], deadline: Duration) -> Result<Frozen, String> {
         std::fs::write(RECORD, list)
             .map_err(|e| format!("cannot write {RECORD} before freezing: {e}"))?;
     }
+    // Flushed first, while writes still flow: FIFREEZE then has little dirty data left to
+    // write while it holds new writes back, so the freeze is shorter.
+    for (_, fd) in &fds {
+        let _ = rustix::fs::syncfs(fd);
+    }
+    frozen.since = Instant::now();
     for (m, fd) in fds {
         match ioctl(&fd, true) {
             Ok(()) => {

@@ -149,14 +149,17 @@ fn agent_quiet_after(lb: &Lifeboat, point: u64) -> bool {
 
 /// Waits until the appliance holds the newest point the agent cut; returns that point.
 fn wait_caught_up(lb: &Lifeboat) -> Result<(u64, String, u64)> {
-    let want = agent_last_point(lb);
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
+        // The agent's newest point, read again each time: the appliance has caught up only
+        // when it holds the point the agent cut last, not one it cut minutes ago (a
+        // backlog left by the IOPS runs would otherwise be measured as RPO).
+        let want = agent_last_point(lb);
         if let Some(p) = lb.point_list()?.into_iter().find(|p| p.0 >= want) {
             return Ok(p);
         }
         if Instant::now() > deadline {
-            bail!("the appliance did not catch up with the agent's point {want} in 10 minutes");
+            bail!("the appliance did not catch up with the agent's points in 10 minutes");
         }
         std::thread::sleep(Duration::from_millis(100));
     }

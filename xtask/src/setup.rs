@@ -13,9 +13,11 @@ const BUILD_PACKAGES: &[&str] =
 
 /// Debian packages the tests need besides the build: e2fsprogs and xfsprogs make the
 /// filesystems the agent's free-space and eBPF tracker tests mount; util-linux has losetup,
-/// blkdiscard and fsfreeze; postgresql is the real database the PostgreSQL quiescer's test
+/// blkdiscard and fsfreeze; squashfs-tools makes a filesystem that cannot be frozen (the
+/// agent must skip it); postgresql is the real database the PostgreSQL quiescer's test
 /// quiesces (started by the test on 127.0.0.1 as the postgres user).
-pub const TEST_PACKAGES: &[&str] = &["e2fsprogs", "xfsprogs", "util-linux", "postgresql"];
+pub const TEST_PACKAGES: &[&str] =
+    &["e2fsprogs", "xfsprogs", "util-linux", "postgresql", "squashfs-tools"];
 
 /// Makes sure the wasm32-wasip2 Rust target and the build's Debian packages exist.
 pub fn toolchain() -> Result<()> {
