@@ -348,7 +348,9 @@ impl MasterTarget {
         let disk_ids: Vec<String> =
             disks.iter().map(|d| crate::logobj::disk_id(machine, *d)).collect();
         let target = self.target.as_mut().expect("refreshed");
+        let t0 = std::time::Instant::now();
         let info = target.create_point(&id, &format!("{kind}:{point}"), &disk_ids).await?;
+        tracing::debug!(point, create_ms = t0.elapsed().as_millis() as u64, "create-point");
         let mid = machine.to_string();
         self.state.add_point(&PointRow {
             id: id.clone(),
