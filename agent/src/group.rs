@@ -261,11 +261,18 @@ async fn handle(
                 return Err(ApiError::internal("the agent is stopping"));
             }
             let a = active.as_mut().expect("set above");
-            match next_reply(a, deadline).await? {
-                Reply::Prepared(n) => server::json(StatusCode::OK, &Prepared { next_point: n }),
-                Reply::Failed(e) => Err(conflict("failed", e)),
-                other => Err(ApiError::internal(format!("unexpected {other:?}"))),
-            }
+            let r = match next_reply(a, deadline).await {
+                Ok(Reply::Prepared(n)) => {
+                    return server::json(StatusCode::OK, &Prepared { next_point: n });
+                }
+                Ok(Reply::Failed(e)) => Err(conflict("failed", e)),
+                Ok(other) => Err(ApiError::internal(format!("unexpected {other:?}"))),
+                Err(e) => Err(e),
+            };
+            // The round is off: dropping its sender lets the cycle (now or when it gets to
+            // the round) leave it at once instead of waiting for a freeze.
+            *active = None;
+            r
         }
         "/group/v1/freeze" => {
             let f: Freeze = server::read_json(req.into_body()).await?;
@@ -285,11 +292,16 @@ async fn handle(
             }
             // Quiescing and capturing: bounded by the member's own quiesce deadline and
             // watchdog; the coordinator stops waiting at its deadline anyway.
-            match next_reply(a, Duration::from_secs(660)).await? {
-                Reply::Frozen => server::json(StatusCode::OK, &serde_json::json!({})),
-                Reply::Failed(e) => Err(conflict("failed", e)),
-                other => Err(ApiError::internal(format!("unexpected {other:?}"))),
-            }
+            let r = match next_reply(a, Duration::from_secs(660)).await {
+                Ok(Reply::Frozen) => {
+                    return server::json(StatusCode::OK, &serde_json::json!({}));
+                }
+                Ok(Reply::Failed(e)) => Err(conflict("failed", e)),
+                Ok(other) => Err(ApiError::internal(format!("unexpected {other:?}"))),
+                Err(e) => Err(e),
+            };
+            *active = None;
+            r
         }
         "/group/v1/commit" | "/group/v1/abort" => {
             let commit = path.ends_with("commit");
