@@ -51,6 +51,57 @@ impl Drop for Undo {
     }
 }
 
+/// Whether the tests run as root; prints why a root-only test is skipped otherwise.
+pub fn root_or_skip(why: &str) -> bool {
+    let root = rustix::process::geteuid().is_root();
+    if !root {
+        eprintln!("SKIPPED: {why} needs root");
+    }
+    root
+}
+
+/// The eBPF tracker's pins that exist now.
+pub fn pins() -> Vec<String> {
+    std::fs::read_dir("/sys/fs/bpf/lifeboat")
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}
+
+/// Adds to `undo` the removal of every pin that is not in `before` (the agents' trackers
+/// a test loaded), to run first.
+pub fn unpin_new(before: &[String], undo: &mut Undo) {
+    for p in pins().into_iter().filter(|p| !before.contains(p)) {
+        undo.0.insert(0, ("rm".into(), vec!["-rf".into(), format!("/sys/fs/bpf/lifeboat/{p}")]));
+    }
+}
+
+/// A loop device over a new `mib`-MiB image `<name>.img` in `dir`, detached by `undo`;
+/// `None` (said why) where loop devices cannot be made.
+pub fn loop_device(dir: &Path, name: &str, mib: u64, undo: &mut Undo) -> Option<String> {
+    let img = dir.join(format!("{name}.img"));
+    std::fs::File::create(&img).unwrap().set_len(mib << 20).unwrap();
+    match sh("losetup", &["--find", "--show", img.to_str().unwrap()]) {
+        Ok(dev) => {
+            undo.0.push(("losetup".into(), vec!["--detach".into(), dev.clone()]));
+            Some(dev)
+        }
+        Err(e) => {
+            eprintln!("SKIPPED: cannot create a loop device here: {e}");
+            None
+        }
+    }
+}
+
+/// Makes ext4 on `dev` and mounts it at `<dir>/<name>`, unmounted by `undo`.
+pub fn mount_ext4(dev: &str, dir: &Path, name: &str, undo: &mut Undo) -> PathBuf {
+    let mnt = dir.join(name);
+    std::fs::create_dir(&mnt).unwrap();
+    sh("mkfs.ext4", &["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", dev]).unwrap();
+    sh("mount", &[dev, mnt.to_str().unwrap()]).unwrap();
+    undo.0.push(("umount".into(), vec![mnt.to_str().unwrap().into()]));
+    mnt
+}
+
 /// sha256 of a file, hex.
 pub fn sha256_file(path: &Path) -> String {
     let mut f = std::fs::File::open(path).unwrap();
@@ -218,6 +269,16 @@ impl Site {
             .spawn()
             .unwrap();
         Proc { name: name.into(), child: Some(child) }
+    }
+
+    /// Starts an appliance with every role (`appliance-all.toml`, `appliance.log`) and
+    /// waits for its ports; returns its configuration and process.
+    pub fn start_all(&self) -> (PathBuf, Proc) {
+        let cfg = self.config("all", Roles::ALL);
+        let p = self.start("appliance", &cfg);
+        self.wait_port(self.config_port);
+        self.wait_port(self.ps_port);
+        (cfg, p)
     }
 
     /// Waits until a port accepts connections.

@@ -7,25 +7,13 @@ use std::process::Command;
 
 #[test]
 fn a_churn_profile_measures_the_writes_and_reaches_the_appliance() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("SKIPPED: the eBPF tracker needs root");
+    if !root_or_skip("the eBPF tracker") {
         return;
     }
     let site = Site::new();
-    let img = site.root().join("disk.img");
-    std::fs::File::create(&img).unwrap().set_len(64 << 20).unwrap();
-    let dev = match sh("losetup", &["--find", "--show", img.to_str().unwrap()]) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("SKIPPED: cannot create a loop device here: {e}");
-            return;
-        }
-    };
-    let _undo = Undo(vec![("losetup".into(), vec!["--detach".into(), dev.clone()])]);
-    let cfg = site.config("all", Roles::ALL);
-    let _appliance = site.start("appliance", &cfg);
-    site.wait_port(site.config_port);
-    site.wait_port(site.ps_port);
+    let mut undo = Undo(Vec::new());
+    let Some(dev) = loop_device(site.root(), "disk", 64, &mut undo) else { return };
+    let (cfg, _appliance) = site.start_all();
     let state = site.root().join("agent-state");
     site.register_agent(&cfg, &state);
     let agent_cfg = site.agent_config(&state, &[dev.clone().into()], 60);

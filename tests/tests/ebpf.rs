@@ -9,41 +9,20 @@ use rand::{Rng, SeedableRng};
 use std::path::Path;
 use std::time::Duration;
 
-fn pins() -> Vec<String> {
-    std::fs::read_dir("/sys/fs/bpf/lifeboat")
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-        .unwrap_or_default()
-}
-
 #[test]
 fn a_live_filesystem_replicates_through_ebpf_across_an_agent_kill() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("SKIPPED: the eBPF tracker needs root");
+    if !root_or_skip("the eBPF tracker") {
         return;
     }
     let site = Site::new();
+    let mut undo = Undo(Vec::new());
+    let Some(dev) = loop_device(site.root(), "disk", 96, &mut undo) else { return };
     let img = site.root().join("disk.img");
-    std::fs::File::create(&img).unwrap().set_len(96 << 20).unwrap();
-    let dev = match sh("losetup", &["--find", "--show", img.to_str().unwrap()]) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("SKIPPED: cannot create a loop device here: {e}");
-            return;
-        }
-    };
-    let mnt = site.root().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
+    let mnt = mount_ext4(&dev, site.root(), "mnt", &mut undo);
     let m = mnt.to_str().unwrap().to_string();
     let before = pins();
-    let mut undo = Undo(vec![("losetup".into(), vec!["--detach".into(), dev.clone()])]);
-    sh("mkfs.ext4", &["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", &dev]).unwrap();
-    sh("mount", &[&dev, &m]).unwrap();
-    undo.0.push(("umount".into(), vec![m.clone()]));
 
-    let cfg = site.config("all", Roles::ALL);
-    let _appliance = site.start("appliance", &cfg);
-    site.wait_port(site.config_port);
-    site.wait_port(site.ps_port);
+    let (cfg, _appliance) = site.start_all();
     let state = site.root().join("agent-state");
     site.register_agent(&cfg, &state);
     let agent_cfg = site.agent_config(&state, &[dev.clone().into()], 1);
@@ -51,9 +30,7 @@ fn a_live_filesystem_replicates_through_ebpf_across_an_agent_kill() {
     wait_for(Duration::from_secs(120), "the initial copy's point", || {
         (!site.points(&cfg).is_empty()).then_some(())
     });
-    for p in pins().into_iter().filter(|p| !before.contains(p)) {
-        undo.0.insert(0, ("rm".into(), vec!["-rf".into(), format!("/sys/fs/bpf/lifeboat/{p}")]));
-    }
+    unpin_new(&before, &mut undo);
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     for round in 0..6 {

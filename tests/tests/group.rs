@@ -9,35 +9,10 @@
 
 use lifeboat_e2e::*;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-
-fn mount_new(site: &Site, name: &str, undo: &mut Undo) -> Option<(String, PathBuf)> {
-    let img = site.root().join(format!("{name}.img"));
-    std::fs::File::create(&img).unwrap().set_len(64 << 20).unwrap();
-    let dev = match sh("losetup", &["--find", "--show", img.to_str().unwrap()]) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("SKIPPED: cannot create a loop device here: {e}");
-            return None;
-        }
-    };
-    undo.0.push(("losetup".into(), vec!["--detach".into(), dev.clone()]));
-    let mnt = site.root().join(format!("mnt-{name}"));
-    std::fs::create_dir(&mnt).unwrap();
-    sh("mkfs.ext4", &["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", &dev]).unwrap();
-    sh("mount", &[&dev, mnt.to_str().unwrap()]).unwrap();
-    undo.0.push(("umount".into(), vec![mnt.to_str().unwrap().into()]));
-    Some((dev, mnt))
-}
-
-fn pins() -> Vec<String> {
-    std::fs::read_dir("/sys/fs/bpf/lifeboat")
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-        .unwrap_or_default()
-}
 
 /// The highest sequence number in `seq` on the filesystem image of a point.
 fn highest(site: &Site, id: &str, at: &Path) -> u64 {
@@ -59,19 +34,17 @@ fn complete_group_points(site: &Site, cfg: &Path) -> Vec<serde_json::Value> {
 
 #[test]
 fn two_agents_cut_matching_group_points_and_abort_without_a_member() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("SKIPPED: the eBPF tracker and filesystem freezes need root");
+    if !root_or_skip("the eBPF tracker and filesystem freezes") {
         return;
     }
     let site = Site::new();
     let mut undo = Undo(Vec::new());
-    let Some((dev_a, mnt_a)) = mount_new(&site, "a", &mut undo) else { return };
-    let Some((dev_b, mnt_b)) = mount_new(&site, "b", &mut undo) else { return };
+    let Some(dev_a) = loop_device(site.root(), "a", 64, &mut undo) else { return };
+    let Some(dev_b) = loop_device(site.root(), "b", 64, &mut undo) else { return };
+    let mnt_a = mount_ext4(&dev_a, site.root(), "mnt-a", &mut undo);
+    let mnt_b = mount_ext4(&dev_b, site.root(), "mnt-b", &mut undo);
 
-    let cfg = site.config("all", Roles::ALL);
-    let _appliance = site.start("appliance", &cfg);
-    site.wait_port(site.config_port);
-    site.wait_port(site.ps_port);
+    let (cfg, _appliance) = site.start_all();
     let (state_a, state_b) = (site.root().join("state-a"), site.root().join("state-b"));
     site.register_agent(&cfg, &state_a);
     site.register_agent(&cfg, &state_b);
@@ -128,9 +101,7 @@ fn two_agents_cut_matching_group_points_and_abort_without_a_member() {
         let g = complete_group_points(&site, &cfg);
         (g.len() >= 3).then_some(g)
     });
-    for p in pins().into_iter().filter(|p| !before.contains(p)) {
-        undo.0.insert(0, ("rm".into(), vec!["-rf".into(), format!("/sys/fs/bpf/lifeboat/{p}")]));
-    }
+    unpin_new(&before, &mut undo);
     let written = {
         stop.store(true, Ordering::Relaxed);
         writer.join().unwrap()

@@ -35,43 +35,13 @@ struct Fs {
 }
 
 fn mounted_ext4(site: &Site, mib: u64) -> Option<Fs> {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("SKIPPED: the eBPF tracker and filesystem freezes need root");
+    if !root_or_skip("the eBPF tracker and filesystem freezes") {
         return None;
     }
-    let img = site.root().join("disk.img");
-    std::fs::File::create(&img).unwrap().set_len(mib << 20).unwrap();
-    let dev = match sh("losetup", &["--find", "--show", img.to_str().unwrap()]) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("SKIPPED: cannot create a loop device here: {e}");
-            return None;
-        }
-    };
-    let mnt = site.root().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let m = mnt.to_str().unwrap().to_string();
-    let mut undo = Undo(vec![("losetup".into(), vec!["--detach".into(), dev.clone()])]);
-    sh("mkfs.ext4", &["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", &dev]).unwrap();
-    sh("mount", &[&dev, &m]).unwrap();
-    undo.0.push(("umount".into(), vec![m.clone()]));
+    let mut undo = Undo(Vec::new());
+    let dev = loop_device(site.root(), "disk", mib, &mut undo)?;
+    let mnt = mount_ext4(&dev, site.root(), "mnt", &mut undo);
     Some(Fs { dev, mnt, undo })
-}
-
-/// Pins the test created, removed at the end.
-fn unpin_new(before: &[String], undo: &mut Undo) {
-    let now: Vec<String> = std::fs::read_dir("/sys/fs/bpf/lifeboat")
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-        .unwrap_or_default();
-    for p in now.into_iter().filter(|p| !before.contains(p)) {
-        undo.0.insert(0, ("rm".into(), vec!["-rf".into(), format!("/sys/fs/bpf/lifeboat/{p}")]));
-    }
-}
-
-fn pins() -> Vec<String> {
-    std::fs::read_dir("/sys/fs/bpf/lifeboat")
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-        .unwrap_or_default()
 }
 
 fn as_postgres(program: &str, args: &[&str]) -> Result<String, String> {
@@ -159,10 +129,7 @@ fn postgres_points_are_app_consistent_and_start_as_a_database() {
     ));
     psql(port, "CREATE TABLE t (id bigserial PRIMARY KEY, v text)").unwrap();
 
-    let cfg = site.config("all", Roles::ALL);
-    let _appliance = site.start("appliance", &cfg);
-    site.wait_port(site.config_port);
-    site.wait_port(site.ps_port);
+    let (cfg, _appliance) = site.start_all();
     let state = site.root().join("agent-state");
     site.register_agent(&cfg, &state);
     let plugins = site.root().join("agent-plugins");
@@ -261,10 +228,7 @@ fn postgres_points_are_app_consistent_and_start_as_a_database() {
 fn a_failing_quiescer_gives_a_crash_point_and_an_alert_and_is_thawed() {
     let site = Site::new();
     let Some(mut fs) = mounted_ext4(&site, 96) else { return };
-    let cfg = site.config("all", Roles::ALL);
-    let _appliance = site.start("appliance", &cfg);
-    site.wait_port(site.config_port);
-    site.wait_port(site.ps_port);
+    let (cfg, _appliance) = site.start_all();
     let state = site.root().join("agent-state");
     site.register_agent(&cfg, &state);
     let plugins = site.root().join("agent-plugins");
