@@ -45,19 +45,178 @@ fn peer_machine(req: &Request<RequestBody>) -> Result<String, ApiError> {
 pub struct ConfigServerCtx {
     /// State store.
     pub state: State,
+    /// Administrator accounts and sessions.
+    pub admins: crate::admin::Admins,
     /// The appliance CA that signs agent certificates.
     pub ca: Arc<Ca>,
     /// Handed to agents at registration.
     pub process_server_url: String,
 }
 
+/// The configuration server's OpenAPI document (`GET /api/v1/openapi.json`).
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// Every route of the configuration server, as (method, OpenAPI path); a test checks the
+/// OpenAPI document lists exactly these.
+pub const CONFIG_SERVER_ROUTES: &[(&str, &str)] = &[
+    ("POST", "/api/v1/register"),
+    ("GET", "/api/v1/health"),
+    ("GET", "/api/v1/openapi.json"),
+    ("GET", "/api/v1/setup"),
+    ("POST", "/api/v1/setup"),
+    ("POST", "/api/v1/login"),
+    ("POST", "/api/v1/logout"),
+    ("GET", "/api/v1/session"),
+    ("GET", "/api/v1/machines"),
+    ("GET", "/api/v1/machines/{id}/points"),
+];
+
+fn admin_error(e: crate::admin::AdminError) -> ApiError {
+    use crate::admin::AdminError as E;
+    match e {
+        E::Invalid { .. } => ApiError::bad_request("invalid", e.to_string()),
+        E::AlreadySetUp => ApiError::new(StatusCode::CONFLICT, "already_set_up", e.to_string()),
+        E::BadCredentials => {
+            ApiError::new(StatusCode::UNAUTHORIZED, "bad_credentials", e.to_string())
+        }
+        E::RateLimited { .. } => {
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", e.to_string())
+        }
+        E::Unauthenticated => {
+            ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string())
+        }
+        E::State(_) | E::Hash(_) => ApiError::internal(e.to_string()),
+    }
+}
+
+fn bearer(req: &Request<RequestBody>) -> Option<String> {
+    let v = req.headers().get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    v.strip_prefix("Bearer ").map(|t| t.trim().to_owned())
+}
+
+/// The administrator of the request's session, or 401.
+fn authenticated(
+    ctx: &ConfigServerCtx,
+    req: &Request<RequestBody>,
+) -> Result<(String, String, u64), ApiError> {
+    let token =
+        bearer(req).ok_or_else(|| admin_error(crate::admin::AdminError::Unauthenticated))?;
+    let (name, expires) = ctx.admins.check(&token).map_err(admin_error)?;
+    Ok((token, name, expires))
+}
+
+fn session_answer(status: StatusCode, s: crate::admin::Session) -> Answer {
+    json(
+        status,
+        &api::SessionInfo {
+            token: Some(s.token),
+            name: s.name,
+            expires_unix_ms: s.expires_unix_ms,
+        },
+    )
+}
+
+/// Runs blocking work (argon2, SQLite) off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, crate::admin::AdminError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(admin_error)
+}
+
 /// Routes of the configuration server.
 pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>) -> Answer {
     let path = req.uri().path().to_owned();
+    let internal = |e: crate::state::StateError| ApiError::internal(e.to_string());
     match (req.method().clone(), path.as_str()) {
         (Method::POST, "/api/v1/register") => register(&ctx, req).await,
         (Method::GET, "/api/v1/health") => json(StatusCode::OK, &serde_json::json!({"ok": true})),
+        (Method::GET, "/api/v1/openapi.json") => {
+            let mut r = Response::new(lifeboat_net::server::full(OPENAPI));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            Ok(r)
+        }
+        (Method::GET, "/api/v1/setup") => {
+            let needed = ctx.admins.setup_needed().map_err(admin_error)?;
+            json(StatusCode::OK, &api::SetupStatus { needed })
+        }
+        (Method::POST, "/api/v1/setup") => {
+            let c: api::Credentials = read_json(req.into_body()).await?;
+            let ctx2 = ctx.clone();
+            let s = blocking(move || ctx2.admins.setup(&c.name, &c.password)).await?;
+            session_answer(StatusCode::CREATED, s)
+        }
+        (Method::POST, "/api/v1/login") => {
+            let from = req
+                .extensions()
+                .get::<PeerInfo>()
+                .map(|p| p.remote_addr.ip().to_string())
+                .unwrap_or_default();
+            let c: api::Credentials = read_json(req.into_body()).await?;
+            let ctx2 = ctx.clone();
+            let s = blocking(move || ctx2.admins.login(&c.name, &c.password, &from)).await?;
+            session_answer(StatusCode::OK, s)
+        }
+        (Method::POST, "/api/v1/logout") => {
+            let (token, _, _) = authenticated(&ctx, &req)?;
+            ctx.admins.logout(&token).map_err(admin_error)?;
+            json(StatusCode::OK, &serde_json::json!({}))
+        }
+        (Method::GET, "/api/v1/session") => {
+            let (_, name, expires_unix_ms) = authenticated(&ctx, &req)?;
+            json(StatusCode::OK, &api::SessionInfo { token: None, name, expires_unix_ms })
+        }
+        (Method::GET, "/api/v1/machines") => {
+            authenticated(&ctx, &req)?;
+            let mut machines = Vec::new();
+            for (id, hostname, registered_unix_ms) in ctx.state.machines().map_err(internal)? {
+                let disks = ctx
+                    .state
+                    .disks(&id)
+                    .map_err(internal)?
+                    .into_iter()
+                    .map(|(index, size)| api::DiskSize { index, size })
+                    .collect();
+                let last_point = ctx.state.points(&id).map_err(internal)?.pop().map(point_summary);
+                machines.push(api::MachineSummary {
+                    id,
+                    hostname,
+                    registered_unix_ms,
+                    disks,
+                    last_point,
+                });
+            }
+            json(StatusCode::OK, &api::MachineList { machines })
+        }
+        (Method::GET, p) if p.starts_with("/api/v1/machines/") && p.ends_with("/points") => {
+            authenticated(&ctx, &req)?;
+            let id = &p["/api/v1/machines/".len()..p.len() - "/points".len()];
+            if !ctx.state.machine_exists(id).map_err(internal)? {
+                return Err(ApiError::not_found(
+                    "unknown_machine",
+                    format!("id: no machine {id:?}"),
+                ));
+            }
+            let points =
+                ctx.state.points(id).map_err(internal)?.into_iter().map(point_summary).collect();
+            json(StatusCode::OK, &api::PointList { points })
+        }
         _ => not_found(&path),
+    }
+}
+
+fn point_summary(p: crate::state::PointRow) -> api::PointSummary {
+    api::PointSummary {
+        id: p.id,
+        point: p.point,
+        kind: p.kind,
+        created_unix_ms: p.created_unix_ms,
+        disks: p.disks,
     }
 }
 
@@ -210,13 +369,7 @@ pub async fn process_server(ps: ProcessServer, state: State, req: Request<Reques
                 .points(id)
                 .map_err(|e| ApiError::internal(e.to_string()))?
                 .into_iter()
-                .map(|p| api::PointSummary {
-                    id: p.id,
-                    point: p.point,
-                    kind: p.kind,
-                    created_unix_ms: p.created_unix_ms,
-                    disks: p.disks,
-                })
+                .map(point_summary)
                 .collect();
             json(StatusCode::OK, &api::PointList { points })
         }

@@ -17,6 +17,7 @@
 //! * [`http`] — the routes of both listeners.
 //! * [`run`] — starting the roles.
 
+pub mod admin;
 pub mod config;
 pub mod handoff;
 pub mod http;

@@ -104,6 +104,7 @@ pub async fn run(config: ApplianceConfig) -> anyhow::Result<()> {
         });
         let ctx = Arc::new(ConfigServerCtx {
             state: core.state.clone(),
+            admins: crate::admin::Admins::new(core.state.clone()),
             ca: ca.clone(),
             process_server_url: url,
         });

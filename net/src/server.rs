@@ -207,10 +207,17 @@ where
     B::Error: Into<BoxError>,
 {
     let bytes = read_body(body).await?;
-    serde_json::from_slice(&bytes).map_err(|e| {
+    let de = &mut serde_json::Deserializer::from_slice(&bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        // The field the error is at, so the message names it (`name: invalid type …`).
+        let path = e.path().to_string();
+        let field = if path == "." { String::new() } else { format!("{path}: ") };
         ApiError::bad_request(
             "bad_json",
-            format!("the request body is not valid JSON for this endpoint: {e}"),
+            format!(
+                "the request body is not valid JSON for this endpoint: {field}{}",
+                e.into_inner()
+            ),
         )
     })
 }

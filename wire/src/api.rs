@@ -10,6 +10,10 @@
 //! | `POST /api/v1/groups/points` | process server | client certificate (a member) | [`GroupPoint`] → `{}` |
 //! | `POST /api/v1/churn` | process server | client certificate | [`ChurnReport`] → `{}` |
 //!
+//! The administrator API on the configuration server is described by its OpenAPI document
+//! (`GET /api/v1/openapi.json`, `appliance/openapi.json`); its bodies are the types below
+//! from [`SetupStatus`] on.
+//!
 //! Errors are `{"error": "...", "code": "..."}` with an HTTP status. A full cache answers
 //! `429` with `Retry-After`; a batch out of sequence answers `409` with code
 //! `sequence-gap` and the sequence the appliance expects. New fields are added with
@@ -242,6 +246,78 @@ impl ChurnReport {
         }
         Ok(())
     }
+}
+
+/// `GET /api/v1/setup`: whether the first-run setup is still to be done.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetupStatus {
+    /// No administrator exists yet.
+    pub needed: bool,
+}
+
+/// `POST /api/v1/setup` and `POST /api/v1/login`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    /// Account name: 1 to 64 ASCII letters, digits, `.`, `_`, `-`.
+    pub name: String,
+    /// Password, at least 12 characters.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+/// A session: answered by setup and login (with its token) and by `GET /api/v1/session`
+/// (without).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionInfo {
+    /// The bearer token for `Authorization: Bearer <token>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// The administrator.
+    pub name: String,
+    /// When the session ends, milliseconds since the Unix epoch.
+    pub expires_unix_ms: u64,
+}
+
+/// A protected machine as the administrator API lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineSummary {
+    /// Machine id.
+    pub id: String,
+    /// Host name the agent gave at registration.
+    pub hostname: String,
+    /// When it registered.
+    pub registered_unix_ms: u64,
+    /// Its disks as (index, size in bytes).
+    pub disks: Vec<DiskSize>,
+    /// Its newest recovery point, if any.
+    pub last_point: Option<PointSummary>,
+}
+
+/// A disk's index and size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSize {
+    /// Disk index.
+    pub index: u32,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// `GET /api/v1/machines`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineList {
+    /// Machines, by id.
+    pub machines: Vec<MachineSummary>,
 }
 
 /// An error answer.

@@ -1,0 +1,317 @@
+//! The configuration server's administrator API over real HTTPS on 127.0.0.1: every endpoint
+//! with valid and invalid input and with the wrong identity (none, an expired or logged-out
+//! token, an agent's client certificate), every answer checked against the OpenAPI document.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use lifeboat_appliance::http::{CONFIG_SERVER_ROUTES, ConfigServerCtx, OPENAPI, config_server};
+use lifeboat_appliance::state::State;
+use lifeboat_net::tls::{self, ClientAuth, Trust};
+use lifeboat_net::{Ca, Client, Identity};
+use serde_json::Value;
+
+struct Server {
+    _dir: tempfile::TempDir,
+    addr: SocketAddr,
+    ca: Arc<Ca>,
+    state: State,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+async fn start() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Arc::new(Ca::load_or_create(dir.path(), "test CA").unwrap());
+    let state = State::open(&dir.path().join("state.db")).unwrap();
+    let id = ca.issue_server(&[]).unwrap();
+    let ctx = Arc::new(ConfigServerCtx {
+        state: state.clone(),
+        admins: lifeboat_appliance::admin::Admins::new(state.clone()),
+        ca: ca.clone(),
+        process_server_url: "https://127.0.0.1:9443".into(),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server_tls = tls::server_config(&id, ClientAuth::None).unwrap();
+    tokio::spawn(lifeboat_net::serve(
+        listener,
+        server_tls,
+        move |req| config_server(ctx.clone(), req),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    Server { _dir: dir, addr, ca, state, stop: Some(stop) }
+}
+
+impl Server {
+    fn client(&self, identity: Option<&Identity>) -> Client {
+        let config = tls::client_config(Trust::Ca(self.ca.cert_pem().into()), identity).unwrap();
+        Client::new(&format!("https://{}", self.addr), config).unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// A request; returns the status and the JSON body, checked against the OpenAPI document's
+/// schema for that (method, path, status).
+async fn call(
+    c: &Client,
+    method: Method,
+    path: &str,
+    template: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (StatusCode, Value) {
+    let mut headers = HeaderMap::new();
+    if let Some(t) = token {
+        headers.insert(
+            http::header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {t}")).unwrap(),
+        );
+    }
+    let (status, _, bytes) =
+        c.request(method.clone(), path, Bytes::from(body.to_owned()), headers).await.unwrap();
+    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    conforms(&method, template, status, &v);
+    (status, v)
+}
+
+fn doc() -> Value {
+    serde_json::from_str(OPENAPI).expect("the OpenAPI document is JSON")
+}
+
+fn resolve<'a>(doc: &'a Value, v: &'a Value) -> &'a Value {
+    match v.get("$ref").and_then(Value::as_str) {
+        Some(r) => {
+            let mut cur = doc;
+            for part in r.trim_start_matches("#/").split('/') {
+                cur = &cur[part];
+            }
+            resolve(doc, cur)
+        }
+        None => v,
+    }
+}
+
+/// Checks `v` against `schema` (the subset the document uses: type, required, properties,
+/// items, enum, nullable, allOf, $ref, additionalProperties = false).
+fn check(doc: &Value, schema: &Value, v: &Value, at: &str) {
+    let schema = resolve(doc, schema);
+    if v.is_null() && schema["nullable"] == true {
+        return;
+    }
+    if let Some(all) = schema["allOf"].as_array() {
+        for s in all {
+            check(doc, s, v, at);
+        }
+    }
+    match schema["type"].as_str() {
+        Some("object") => {
+            let o = v.as_object().unwrap_or_else(|| panic!("{at}: expected an object, got {v}"));
+            for r in schema["required"].as_array().into_iter().flatten() {
+                assert!(o.contains_key(r.as_str().unwrap()), "{at}: missing required {r} in {v}");
+            }
+            let props = schema["properties"].as_object();
+            for (k, x) in o {
+                match props.and_then(|p| p.get(k)) {
+                    Some(s) => check(doc, s, x, &format!("{at}.{k}")),
+                    None => assert!(
+                        schema["additionalProperties"] != false,
+                        "{at}: {k} is not in the document"
+                    ),
+                }
+            }
+        }
+        Some("array") => {
+            for (i, x) in
+                v.as_array().unwrap_or_else(|| panic!("{at}: expected an array")).iter().enumerate()
+            {
+                check(doc, &schema["items"], x, &format!("{at}[{i}]"));
+            }
+        }
+        Some("string") => assert!(v.is_string(), "{at}: expected a string, got {v}"),
+        Some("integer") => assert!(v.is_u64() || v.is_i64(), "{at}: expected an integer, got {v}"),
+        Some("boolean") => assert!(v.is_boolean(), "{at}: expected a boolean, got {v}"),
+        _ => {}
+    }
+    if let Some(e) = schema["enum"].as_array() {
+        assert!(e.contains(v), "{at}: {v} is not one of {e:?}");
+    }
+}
+
+/// The answer must be a documented status of the operation, and match its schema.
+fn conforms(method: &Method, template: &str, status: StatusCode, v: &Value) {
+    let d = doc();
+    let op = &d["paths"][template][method.as_str().to_lowercase()];
+    assert!(op.is_object(), "{method} {template} is not in the OpenAPI document");
+    let resp = &op["responses"][status.as_str()];
+    assert!(
+        resp.is_object(),
+        "{method} {template} answered {status}, which the document does not list: {v}"
+    );
+    let resp = resolve(&d, resp);
+    if let Some(schema) = resp.pointer("/content/application~1json/schema") {
+        check(&d, schema, v, &format!("{method} {template} {status}"));
+    }
+}
+
+#[test]
+fn the_openapi_document_lists_exactly_the_routes() {
+    let d = doc();
+    let mut documented = Vec::new();
+    for (path, ops) in d["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            documented.push((method.to_uppercase(), path.clone()));
+        }
+    }
+    documented.sort();
+    let mut routes: Vec<(String, String)> =
+        CONFIG_SERVER_ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+    routes.sort();
+    assert_eq!(documented, routes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_login_sessions_and_identities() {
+    let s = start().await;
+    let c = s.client(None);
+    let (st, v) = call(&c, Method::GET, "/api/v1/setup", "/api/v1/setup", None, "").await;
+    assert_eq!((st, &v["needed"]), (StatusCode::OK, &Value::Bool(true)));
+
+    // Nothing is served to anyone before setup, and bad setups write nothing.
+    let (st, _) = call(&c, Method::GET, "/api/v1/machines", "/api/v1/machines", None, "").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    for (body, field) in [
+        (r#"{"name":"root","password":"short"}"#, "password"),
+        (r#"{"name":"bad name","password":"long enough password"}"#, "name"),
+        (r#"{"name":"root"}"#, "password"),
+        (r#"{"name":"root","password":"long enough password","admin":true}"#, "admin"),
+        (r#"{"name":1,"password":"long enough password"}"#, "name"),
+        ("{", ""),
+    ] {
+        let (st, v) = call(&c, Method::POST, "/api/v1/setup", "/api/v1/setup", None, body).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{body}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(field), "{body}: {v}");
+    }
+    let (_, v) = call(&c, Method::GET, "/api/v1/setup", "/api/v1/setup", None, "").await;
+    assert_eq!(v["needed"], true, "a refused setup left nothing behind");
+
+    let good = r#"{"name":"root","password":"correct horse battery"}"#;
+    let (st, v) = call(&c, Method::POST, "/api/v1/setup", "/api/v1/setup", None, good).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let token = v["token"].as_str().unwrap().to_owned();
+    let (st, _) = call(&c, Method::POST, "/api/v1/setup", "/api/v1/setup", None, good).await;
+    assert_eq!(st, StatusCode::CONFLICT);
+
+    // The session works; the machines list is served.
+    let (st, v) =
+        call(&c, Method::GET, "/api/v1/session", "/api/v1/session", Some(&token), "").await;
+    assert_eq!((st, v["name"].as_str()), (StatusCode::OK, Some("root")));
+    assert!(v.get("token").is_none(), "the session endpoint does not repeat the token");
+    s.state.add_passphrase("p").unwrap();
+    s.state.register_machine("p", "m-1", "web01").unwrap();
+    s.state.upsert_disk("m-1", 0, 1 << 30, "/dev/sda").unwrap();
+    let (st, v) =
+        call(&c, Method::GET, "/api/v1/machines", "/api/v1/machines", Some(&token), "").await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(v["machines"][0]["hostname"], "web01");
+    assert_eq!(v["machines"][0]["disks"][0]["size"], 1u64 << 30);
+    let (st, v) = call(
+        &c,
+        Method::GET,
+        "/api/v1/machines/m-1/points",
+        "/api/v1/machines/{id}/points",
+        Some(&token),
+        "",
+    )
+    .await;
+    assert_eq!((st, v["points"].as_array().map(Vec::len)), (StatusCode::OK, Some(0)));
+    let (st, _) = call(
+        &c,
+        Method::GET,
+        "/api/v1/machines/m-9/points",
+        "/api/v1/machines/{id}/points",
+        Some(&token),
+        "",
+    )
+    .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+
+    // Wrong identities: no token, a made-up one, an agent's client certificate.
+    for t in [None, Some("0000"), Some("not a token at all")] {
+        let (st, _) = call(&c, Method::GET, "/api/v1/machines", "/api/v1/machines", t, "").await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED, "{t:?}");
+    }
+    let (key_pem, csr) = Identity::generate_csr("agent").unwrap();
+    let agent = Identity { cert_pem: s.ca.sign_client_csr(&csr, "m-1", 30).unwrap(), key_pem };
+    let as_agent = s.client(Some(&agent));
+    let (st, _) =
+        call(&as_agent, Method::GET, "/api/v1/machines", "/api/v1/machines", None, "").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED, "an agent certificate is not an admin identity");
+
+    // Login and logout.
+    let (st, _) = call(
+        &c,
+        Method::POST,
+        "/api/v1/login",
+        "/api/v1/login",
+        None,
+        r#"{"name":"root","password":"wrong password!!"}"#,
+    )
+    .await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let (st, v) = call(&c, Method::POST, "/api/v1/login", "/api/v1/login", None, good).await;
+    assert_eq!(st, StatusCode::OK);
+    let second = v["token"].as_str().unwrap().to_owned();
+    let (st, _) =
+        call(&c, Method::POST, "/api/v1/logout", "/api/v1/logout", Some(&second), "").await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, _) =
+        call(&c, Method::GET, "/api/v1/session", "/api/v1/session", Some(&second), "").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED, "a logged-out token is dead");
+    let (st, _) = call(&c, Method::POST, "/api/v1/logout", "/api/v1/logout", None, "").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+
+    // An expired session is dead too.
+    let expired = "e".repeat(64);
+    use sha2::Digest as _;
+    let key = hex::encode(sha2::Sha256::digest(expired.as_bytes()));
+    s.state.add_session(&key, "root", 1).unwrap();
+    let (st, _) =
+        call(&c, Method::GET, "/api/v1/session", "/api/v1/session", Some(&expired), "").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+
+    // Five failures, then 429 even with the right password.
+    for _ in 0..5 {
+        call(
+            &c,
+            Method::POST,
+            "/api/v1/login",
+            "/api/v1/login",
+            None,
+            r#"{"name":"root","password":"wrong password!!"}"#,
+        )
+        .await;
+    }
+    let (st, v) = call(&c, Method::POST, "/api/v1/login", "/api/v1/login", None, good).await;
+    assert_eq!(st, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    // The first session is still valid.
+    let (st, _) =
+        call(&c, Method::GET, "/api/v1/session", "/api/v1/session", Some(&token), "").await;
+    assert_eq!(st, StatusCode::OK);
+
+    // The document itself is served.
+    let (st, _, body) = c.get("/api/v1/openapi.json", HeaderMap::new()).await.unwrap();
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(body, OPENAPI.as_bytes());
+}
