@@ -69,6 +69,9 @@ pub const CONFIG_SERVER_ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/session"),
     ("GET", "/api/v1/machines"),
     ("GET", "/api/v1/machines/{id}/points"),
+    ("POST", "/api/v1/machines/{id}/revoke"),
+    ("GET", "/api/v1/passphrases"),
+    ("POST", "/api/v1/passphrases"),
 ];
 
 fn admin_error(e: crate::admin::AdminError) -> ApiError {
@@ -192,6 +195,32 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
                 });
             }
             json(StatusCode::OK, &api::MachineList { machines })
+        }
+        (Method::POST, p) if p.starts_with("/api/v1/machines/") && p.ends_with("/revoke") => {
+            let (_, admin, _) = authenticated(&ctx, &req)?;
+            let id = &p["/api/v1/machines/".len()..p.len() - "/revoke".len()];
+            if !ctx.state.revoke_machine(id).map_err(internal)? {
+                return Err(ApiError::not_found(
+                    "unknown_machine",
+                    format!("id: no machine {id:?}"),
+                ));
+            }
+            tracing::warn!(machine = id, %admin, "machine revoked: its certificate is refused from now on");
+            json(StatusCode::OK, &serde_json::json!({"revoked": true}))
+        }
+        (Method::GET, "/api/v1/passphrases") => {
+            authenticated(&ctx, &req)?;
+            let unused = ctx.state.unused_passphrases().map_err(internal)?;
+            json(StatusCode::OK, &serde_json::json!({"unused": unused}))
+        }
+        (Method::POST, "/api/v1/passphrases") => {
+            let (_, admin, _) = authenticated(&ctx, &req)?;
+            // Rotation: the passphrases handed out before stop working.
+            let dropped = ctx.state.drop_unused_passphrases().map_err(internal)?;
+            let p = crate::run::new_passphrase(&ctx.state)
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            tracing::info!(%admin, dropped, "registration passphrase rotated");
+            json(StatusCode::CREATED, &serde_json::json!({"passphrase": p, "dropped": dropped}))
         }
         (Method::GET, p) if p.starts_with("/api/v1/machines/") && p.ends_with("/points") => {
             authenticated(&ctx, &req)?;
@@ -320,6 +349,15 @@ fn check_group_point(state: &State, caller: &str, g: &api::GroupPoint) -> Result
 pub async fn process_server(ps: ProcessServer, state: State, req: Request<RequestBody>) -> Answer {
     let path = req.uri().path().to_owned();
     let machine = peer_machine(&req)?;
+    // A revoked machine is refused at once, whatever it asks.
+    if state.is_revoked(&machine).map_err(|e| ApiError::internal(e.to_string()))? {
+        return Err(ApiError::forbidden(
+            "revoked",
+            format!(
+                "machine {machine} was revoked by an administrator; register it again to protect it"
+            ),
+        ));
+    }
     match (req.method().clone(), path.as_str()) {
         (Method::POST, "/api/v1/hello") => {
             let hello: api::Hello = read_json(req.into_body()).await?;

@@ -100,6 +100,8 @@ const MIGRATIONS: &[&str] = &[
         admin TEXT NOT NULL,
         expires_unix_ms INTEGER NOT NULL
      );",
+    // 7: revoked machines: their certificates are refused from then on.
+    "ALTER TABLE machines ADD COLUMN revoked_unix_ms INTEGER;",
 ];
 
 /// A consistency-group point as recorded by the coordinator.
@@ -424,6 +426,38 @@ impl State {
             )
             .optional()
             .map(|o| o.flatten().unwrap_or_else(|| "crash".into()))
+            .map_err(|e| self.err(e))
+    }
+
+    /// Invalidates every unused registration passphrase; returns how many.
+    pub fn drop_unused_passphrases(&self) -> Result<u64, StateError> {
+        let n = self
+            .conn()
+            .execute("DELETE FROM passphrases WHERE used_unix_ms IS NULL", [])
+            .map_err(|e| self.err(e))?;
+        Ok(n as u64)
+    }
+
+    /// Revokes a machine: its certificate is refused from now on. False if unknown.
+    pub fn revoke_machine(&self, id: &str) -> Result<bool, StateError> {
+        let n = self
+            .conn()
+            .execute(
+                "UPDATE machines SET revoked_unix_ms = COALESCE(revoked_unix_ms, ?2) WHERE id = ?1",
+                params![id, now_ms() as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(n > 0)
+    }
+
+    /// Whether a machine was revoked.
+    pub fn is_revoked(&self, id: &str) -> Result<bool, StateError> {
+        self.conn()
+            .query_row("SELECT revoked_unix_ms FROM machines WHERE id = ?1", params![id], |r| {
+                r.get::<_, Option<i64>>(0)
+            })
+            .optional()
+            .map(|o| o.flatten().is_some())
             .map_err(|e| self.err(e))
     }
 

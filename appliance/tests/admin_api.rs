@@ -247,6 +247,54 @@ async fn setup_login_sessions_and_identities() {
     .await;
     assert_eq!(st, StatusCode::NOT_FOUND);
 
+    // Passphrases: counted, rotated (the old one stops working), revocation of machines.
+    let (st, v) =
+        call(&c, Method::GET, "/api/v1/passphrases", "/api/v1/passphrases", Some(&token), "").await;
+    assert_eq!((st, v["unused"].as_u64()), (StatusCode::OK, Some(0)));
+    s.state.add_passphrase("old-one").unwrap();
+    let (st, v) =
+        call(&c, Method::POST, "/api/v1/passphrases", "/api/v1/passphrases", Some(&token), "")
+            .await;
+    assert_eq!((st, v["dropped"].as_u64()), (StatusCode::CREATED, Some(1)), "{v}");
+    let fresh = v["passphrase"].as_str().unwrap().to_owned();
+    assert!(!s.state.register_machine("old-one", "m-2", "x").unwrap(), "rotated away");
+    assert!(s.state.register_machine(&fresh, "m-2", "db01").unwrap());
+    let (st, _) =
+        call(&c, Method::POST, "/api/v1/passphrases", "/api/v1/passphrases", None, "").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let (st, _) = call(
+        &c,
+        Method::POST,
+        "/api/v1/machines/m-9/revoke",
+        "/api/v1/machines/{id}/revoke",
+        Some(&token),
+        "",
+    )
+    .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (st, _) = call(
+        &c,
+        Method::POST,
+        "/api/v1/machines/m-2/revoke",
+        "/api/v1/machines/{id}/revoke",
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    assert!(!s.state.is_revoked("m-2").unwrap());
+    let (st, v) = call(
+        &c,
+        Method::POST,
+        "/api/v1/machines/m-2/revoke",
+        "/api/v1/machines/{id}/revoke",
+        Some(&token),
+        "",
+    )
+    .await;
+    assert_eq!((st, &v["revoked"]), (StatusCode::OK, &Value::Bool(true)));
+    assert!(s.state.is_revoked("m-2").unwrap());
+
     // Wrong identities: no token, a made-up one, an agent's client certificate.
     for t in [None, Some("0000"), Some("not a token at all")] {
         let (st, _) = call(&c, Method::GET, "/api/v1/machines", "/api/v1/machines", t, "").await;
