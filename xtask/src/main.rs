@@ -100,6 +100,8 @@ pub fn build_binaries() -> Result<()> {
         "lifeboat-appliance",
         "--package",
         "lifeboat-agent",
+        "--package",
+        "lifeboat-cli",
     ]))
 }
 

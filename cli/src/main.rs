@@ -1,0 +1,336 @@
+//! `lifeboat`: the administrator's command line. Every command is one call of the
+//! configuration server's API (docs/appliance.md, `GET /api/v1/openapi.json`).
+//!
+//! The session (appliance address, pinned CA fingerprint, token) is kept in
+//! `$XDG_CONFIG_HOME/lifeboat/session.json` (or `~/.config/…`, or `--session`), mode 0600.
+//! The password is read from `LIFEBOAT_PASSWORD` or, failing that, from the first line of
+//! standard input: never from the command line, where other users could see it.
+//!
+//! Exit codes, for scripts: 0 done; 1 anything else (network, server error); 2 bad input
+//! (usage, or the API answered 400); 3 not logged in or wrong credentials (401); 4 not found
+//! (404); 5 conflict (409); 6 rate-limited (429).
+
+use std::io::BufRead as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use bytes::Bytes;
+use clap::{CommandFactory, Parser, Subcommand};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use lifeboat_net::tls::{self, Trust};
+use serde::{Deserialize, Serialize};
+
+#[derive(Parser)]
+#[command(name = "lifeboat", version, about = "Administer a Lifeboat appliance through its API.")]
+struct Cli {
+    /// Where the session is kept.
+    #[arg(long, global = true, env = "LIFEBOAT_SESSION")]
+    session: Option<PathBuf>,
+    /// Print the API's JSON answer instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// First-run setup: creates the first administrator and logs in.
+    Setup(Connect),
+    /// Logs in and keeps the session.
+    Login(Connect),
+    /// Ends the session.
+    Logout,
+    /// Who is logged in, until when.
+    Whoami,
+    /// Protected machines with their disks and newest point.
+    Machines,
+    /// A machine's recovery points.
+    Points {
+        /// Machine id (from `lifeboat machines`).
+        machine: String,
+    },
+    /// Revokes a machine: its agent is refused from its next request on.
+    Revoke {
+        /// Machine id.
+        machine: String,
+    },
+    /// Registration passphrases.
+    Passphrase {
+        #[command(subcommand)]
+        cmd: PassphraseCmd,
+    },
+    /// Prints a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand)]
+enum PassphraseCmd {
+    /// How many passphrases are unused.
+    Status,
+    /// Makes a new one-time passphrase; the unused ones stop working.
+    Rotate,
+}
+
+#[derive(clap::Args)]
+struct Connect {
+    /// The configuration server, e.g. https://appliance.example:443.
+    #[arg(long)]
+    url: String,
+    /// The appliance CA's fingerprint (`lifeboat-appliance fingerprint`), pinned.
+    #[arg(long)]
+    fingerprint: String,
+    /// Administrator name.
+    #[arg(long, default_value = "admin")]
+    name: String,
+}
+
+/// What is kept between commands.
+#[derive(Serialize, Deserialize)]
+struct SessionFile {
+    url: String,
+    fingerprint: String,
+    token: String,
+    name: String,
+    expires_unix_ms: u64,
+}
+
+/// A failure with its exit code.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+fn fail(code: u8, message: impl Into<String>) -> Failure {
+    Failure { code, message: message.into() }
+}
+
+fn session_path(cli: &Cli) -> Result<PathBuf, Failure> {
+    if let Some(p) = &cli.session {
+        return Ok(p.clone());
+    }
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .ok_or_else(|| fail(2, "no HOME or XDG_CONFIG_HOME: give --session"))?;
+    Ok(base.join("lifeboat/session.json"))
+}
+
+fn load_session(cli: &Cli) -> Result<SessionFile, Failure> {
+    let p = session_path(cli)?;
+    let text = std::fs::read_to_string(&p).map_err(|_| {
+        fail(3, format!("not logged in (no {}): run `lifeboat login`", p.display()))
+    })?;
+    serde_json::from_str(&text).map_err(|e| {
+        fail(3, format!("{} is damaged ({e}): run `lifeboat login` again", p.display()))
+    })
+}
+
+fn password() -> Result<String, Failure> {
+    if let Ok(p) = std::env::var("LIFEBOAT_PASSWORD") {
+        return Ok(p);
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| fail(2, format!("cannot read the password from standard input: {e}")))?;
+    let p = line.trim_end_matches(['\r', '\n']).to_owned();
+    if p.is_empty() {
+        return Err(fail(2, "no password: set LIFEBOAT_PASSWORD or give it on standard input"));
+    }
+    Ok(p)
+}
+
+fn client(url: &str, fingerprint: &str) -> Result<lifeboat_net::Client, Failure> {
+    let config = tls::client_config(Trust::Fingerprint(fingerprint.to_owned()), None)
+        .map_err(|e| fail(2, format!("--fingerprint: {e}")))?;
+    lifeboat_net::Client::new(url, config).map_err(|e| fail(2, format!("--url: {e}")))
+}
+
+/// One API call; a non-2xx answer becomes the failure with the matching exit code.
+fn call(
+    c: &lifeboat_net::Client,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> Result<serde_json::Value, Failure> {
+    let mut headers = HeaderMap::new();
+    if let Some(t) = token {
+        let v = HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| fail(3, "bad token"))?;
+        headers.insert(http::header::AUTHORIZATION, v);
+    }
+    let body = match body {
+        Some(b) => {
+            headers
+                .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            Bytes::from(serde_json::to_vec(&b).expect("a JSON value serialises"))
+        }
+        None => Bytes::new(),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| fail(1, e.to_string()))?;
+    let (status, _, bytes) =
+        rt.block_on(c.request(method, path, body, headers)).map_err(|e| fail(1, e.to_string()))?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    if status.is_success() {
+        return Ok(v);
+    }
+    let message = v["error"].as_str().map(str::to_owned).unwrap_or_else(|| status.to_string());
+    let code = match status {
+        StatusCode::BAD_REQUEST => 2,
+        StatusCode::UNAUTHORIZED => 3,
+        StatusCode::NOT_FOUND => 4,
+        StatusCode::CONFLICT => 5,
+        StatusCode::TOO_MANY_REQUESTS => 6,
+        _ => 1,
+    };
+    Err(fail(code, message))
+}
+
+fn open_session(cli: &Cli, c: &Connect, path: &str) -> Result<serde_json::Value, Failure> {
+    let client = client(&c.url, &c.fingerprint)?;
+    let v = call(
+        &client,
+        Method::POST,
+        path,
+        None,
+        Some(serde_json::json!({"name": c.name, "password": password()?})),
+    )?;
+    let s = SessionFile {
+        url: c.url.clone(),
+        fingerprint: c.fingerprint.clone(),
+        token: v["token"].as_str().unwrap_or_default().to_owned(),
+        name: v["name"].as_str().unwrap_or_default().to_owned(),
+        expires_unix_ms: v["expires_unix_ms"].as_u64().unwrap_or(0),
+    };
+    let p = session_path(cli)?;
+    if let Some(dir) = p.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| fail(1, format!("{}: {e}", dir.display())))?;
+    }
+    let json = serde_json::to_vec_pretty(&s).expect("a plain struct serialises");
+    lifeboat_common::fs::write_atomic(&p, &json, Some(0o600))
+        .map_err(|e| fail(1, format!("{}: {e}", p.display())))?;
+    let mut shown = v.clone();
+    if let Some(o) = shown.as_object_mut() {
+        o.remove("token");
+    }
+    Ok(shown)
+}
+
+fn run(cli: &Cli) -> Result<(serde_json::Value, String), Failure> {
+    let authed = |method: Method, path: &str| -> Result<serde_json::Value, Failure> {
+        let s = load_session(cli)?;
+        call(&client(&s.url, &s.fingerprint)?, method, path, Some(&s.token), None)
+    };
+    Ok(match &cli.cmd {
+        Cmd::Setup(c) => {
+            let v = open_session(cli, c, "/api/v1/setup")?;
+            let t = format!("administrator {} created and logged in", c.name);
+            (v, t)
+        }
+        Cmd::Login(c) => {
+            let v = open_session(cli, c, "/api/v1/login")?;
+            let t = format!("logged in as {}", c.name);
+            (v, t)
+        }
+        Cmd::Logout => {
+            let v = authed(Method::POST, "/api/v1/logout")?;
+            let _ = std::fs::remove_file(session_path(cli)?);
+            (v, "logged out".into())
+        }
+        Cmd::Whoami => {
+            let v = authed(Method::GET, "/api/v1/session")?;
+            let t = format!("{} (session ends at {} ms)", v["name"], v["expires_unix_ms"]);
+            (v, t)
+        }
+        Cmd::Machines => {
+            let v = authed(Method::GET, "/api/v1/machines")?;
+            let mut t = String::new();
+            for m in v["machines"].as_array().into_iter().flatten() {
+                let disks: Vec<String> = m["disks"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|d| format!("{}:{} B", d["index"], d["size"]))
+                    .collect();
+                let last = match m["last_point"].as_object() {
+                    Some(p) => {
+                        format!("point {} ({})", p["point"], p["kind"].as_str().unwrap_or("?"))
+                    }
+                    None => "no point yet".into(),
+                };
+                t.push_str(&format!(
+                    "{}  {}  disks {}  {last}\n",
+                    m["id"].as_str().unwrap_or("?"),
+                    m["hostname"].as_str().unwrap_or("?"),
+                    disks.join(", ")
+                ));
+            }
+            (v, t.trim_end().to_owned())
+        }
+        Cmd::Points { machine } => {
+            let v = authed(Method::GET, &format!("/api/v1/machines/{machine}/points"))?;
+            let t = v["points"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    format!(
+                        "{}  {}  {}",
+                        p["point"],
+                        p["kind"].as_str().unwrap_or("?"),
+                        p["id"].as_str().unwrap_or("?")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            (v, t)
+        }
+        Cmd::Revoke { machine } => {
+            let v = authed(Method::POST, &format!("/api/v1/machines/{machine}/revoke"))?;
+            (v, format!("machine {machine} revoked"))
+        }
+        Cmd::Passphrase { cmd: PassphraseCmd::Status } => {
+            let v = authed(Method::GET, "/api/v1/passphrases")?;
+            let t = format!("{} unused registration passphrase(s)", v["unused"]);
+            (v, t)
+        }
+        Cmd::Passphrase { cmd: PassphraseCmd::Rotate } => {
+            let v = authed(Method::POST, "/api/v1/passphrases")?;
+            let t = v["passphrase"].as_str().unwrap_or("?").to_owned();
+            (v, t)
+        }
+        Cmd::Completions { .. } => unreachable!("handled before"),
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Cmd::Completions { shell } = cli.cmd {
+        clap_complete::generate(shell, &mut Cli::command(), "lifeboat", &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
+    match run(&cli) {
+        Ok((v, text)) => {
+            if cli.json {
+                println!("{v}");
+            } else if !text.is_empty() {
+                println!("{text}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(f) => {
+            eprintln!("lifeboat: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! The `lifeboat` command line against a real appliance: setup, login, the machines and
+//! their points, passphrase rotation, logout, and exit codes that scripts can trust.
+
+use lifeboat_e2e::*;
+use std::os::unix::fs::PermissionsExt as _;
+use std::process::{Command, Output, Stdio};
+
+fn lifeboat(site: &Site, args: &[&str], password: Option<&str>) -> Output {
+    let mut c = Command::new(site.bin.join("lifeboat"));
+    c.arg("--session").arg(site.root().join("session.json")).args(args).stdin(Stdio::null());
+    match password {
+        Some(p) => c.env("LIFEBOAT_PASSWORD", p),
+        None => c.env_remove("LIFEBOAT_PASSWORD"),
+    };
+    c.output().unwrap()
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+#[test]
+fn the_cli_administers_the_appliance_with_trustworthy_exit_codes() {
+    let site = Site::new();
+    let (cfg, _appliance) = site.start_all();
+    let disk = site.root().join("disk.img");
+    make_disk(&disk, 8, 3);
+    let state = site.root().join("agent-state");
+    site.register_agent(&cfg, &state);
+    let machine = Site::machine_id(&state);
+    site.agent_once(&site.agent_config(&state, std::slice::from_ref(&disk), 1));
+    wait_for(std::time::Duration::from_secs(60), "the first point", || {
+        (!site.points(&cfg).is_empty()).then_some(())
+    });
+
+    let url = format!("https://127.0.0.1:{}", site.config_port);
+    let fp = site.cli(&cfg, &["fingerprint"]).trim().to_owned();
+    let connect = ["--url", url.as_str(), "--fingerprint", fp.as_str(), "--name", "admin"];
+    let pw = Some("correct horse battery");
+
+    // Not logged in yet.
+    let o = lifeboat(&site, &["machines"], None);
+    assert_eq!(code(&o), 3, "{}", String::from_utf8_lossy(&o.stderr));
+    // A short password is bad input.
+    let o = lifeboat(&site, &[&["setup"][..], &connect].concat(), Some("short"));
+    assert_eq!(code(&o), 2, "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("password"));
+    let o = lifeboat(&site, &[&["setup"][..], &connect].concat(), pw);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let mode = std::fs::metadata(site.root().join("session.json")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the session file is private");
+    let o = lifeboat(&site, &[&["setup"][..], &connect].concat(), pw);
+    assert_eq!(code(&o), 5, "a second setup is a conflict");
+
+    let o = lifeboat(&site, &["machines", "--json"], None);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["machines"][0]["id"], machine.as_str());
+    let o = lifeboat(&site, &["machines"], None);
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&machine));
+    let o = lifeboat(&site, &["points", &machine, "--json"], None);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(!v["points"].as_array().unwrap().is_empty(), "{v}");
+    assert_eq!(code(&lifeboat(&site, &["points", "no-such-machine"], None)), 4);
+
+    let o = lifeboat(&site, &["passphrase", "rotate"], None);
+    assert_eq!(code(&o), 0);
+    assert!(String::from_utf8_lossy(&o.stdout).trim().len() >= 20);
+    let o = lifeboat(&site, &["passphrase", "status", "--json"], None);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["unused"], 1);
+
+    // Wrong password: 3; logout ends the session.
+    assert_eq!(
+        code(&lifeboat(&site, &[&["login"][..], &connect].concat(), Some("wrong password!!"))),
+        3
+    );
+    assert_eq!(code(&lifeboat(&site, &["logout"], None)), 0);
+    assert_eq!(code(&lifeboat(&site, &["machines"], None)), 3);
+    assert_eq!(code(&lifeboat(&site, &[&["login"][..], &connect].concat(), pw)), 0);
+    assert_eq!(code(&lifeboat(&site, &["whoami"], None)), 0);
+
+    let o = lifeboat(&site, &["completions", "bash"], None);
+    assert_eq!(code(&o), 0);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("lifeboat"));
+}
