@@ -47,6 +47,8 @@ pub struct ConfigServerCtx {
     pub state: State,
     /// Administrator accounts and sessions.
     pub admins: crate::admin::Admins,
+    /// Test failovers, when this appliance also runs the master target.
+    pub failover: Option<crate::failover::Failover>,
     /// The appliance CA that signs agent certificates.
     pub ca: Arc<Ca>,
     /// Handed to agents at registration.
@@ -72,7 +74,46 @@ pub const CONFIG_SERVER_ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/machines/{id}/revoke"),
     ("GET", "/api/v1/passphrases"),
     ("POST", "/api/v1/passphrases"),
+    ("POST", "/api/v1/machines/{id}/test-failover"),
+    ("GET", "/api/v1/test-failovers"),
+    ("POST", "/api/v1/test-failovers/{id}/cleanup"),
+    ("GET", "/api/v1/jobs"),
+    ("GET", "/api/v1/jobs/{id}"),
 ];
+
+fn job_info(j: crate::state::JobRow) -> api::JobInfo {
+    api::JobInfo {
+        id: j.id,
+        kind: j.kind,
+        machine_id: j.machine_id,
+        state: j.state,
+        progress: j.progress,
+        message: j.message,
+        created_unix_ms: j.created_unix_ms,
+        finished_unix_ms: j.finished_unix_ms,
+        result: j.result.and_then(|r| serde_json::from_str(&r).ok()),
+    }
+}
+
+fn test_failover_info(t: crate::state::TestFailoverRow) -> api::TestFailoverInfo {
+    api::TestFailoverInfo {
+        id: t.id,
+        machine_id: t.machine_id,
+        point_id: t.point_id,
+        vm: t.vm,
+        disks: t.disks,
+        created_unix_ms: t.created_unix_ms,
+        cleaned_unix_ms: t.cleaned_unix_ms,
+    }
+}
+
+fn no_master_target() -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "no_master_target",
+        "this appliance does not run the master target role, which holds the replicas: ask the one that does",
+    )
+}
 
 fn admin_error(e: crate::admin::AdminError) -> ApiError {
     use crate::admin::AdminError as E;
@@ -221,6 +262,104 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
                 .map_err(|e| ApiError::internal(e.to_string()))?;
             tracing::info!(%admin, dropped, "registration passphrase rotated");
             json(StatusCode::CREATED, &serde_json::json!({"passphrase": p, "dropped": dropped}))
+        }
+        (Method::POST, p)
+            if p.starts_with("/api/v1/machines/") && p.ends_with("/test-failover") =>
+        {
+            let (_, admin, _) = authenticated(&ctx, &req)?;
+            let id = p["/api/v1/machines/".len()..p.len() - "/test-failover".len()].to_owned();
+            let r: api::TestFailoverRequest = read_json(req.into_body()).await?;
+            if !ctx.state.machine_exists(&id).map_err(internal)? {
+                return Err(ApiError::not_found(
+                    "unknown_machine",
+                    format!("id: no machine {id:?}"),
+                ));
+            }
+            let points = ctx.state.points(&id).map_err(internal)?;
+            let point = match &r.point {
+                None => points.last().cloned().ok_or_else(|| {
+                    ApiError::not_found(
+                        "no_point",
+                        format!("machine {id} has no recovery point yet"),
+                    )
+                })?,
+                Some(pid) => points.iter().find(|p| &p.id == pid).cloned().ok_or_else(|| {
+                    ApiError::not_found(
+                        "unknown_point",
+                        format!("point: machine {id} has no point {pid:?}"),
+                    )
+                })?,
+            };
+            let f = ctx.failover.clone().ok_or_else(no_master_target)?;
+            let job = ctx
+                .state
+                .create_job("test-failover", Some(&id), &format!("test failover at {}", point.id))
+                .map_err(internal)?;
+            tracing::info!(%admin, machine = %id, point = %point.id, job, "test failover started");
+            tokio::spawn(async move { f.test_failover(job, id, point).await });
+            let j = ctx.state.jobs(Some(job), 1).map_err(internal)?.pop().map(job_info);
+            json(StatusCode::ACCEPTED, &j)
+        }
+        (Method::GET, "/api/v1/test-failovers") => {
+            authenticated(&ctx, &req)?;
+            let list = ctx.state.test_failovers(None).map_err(internal)?;
+            json(
+                StatusCode::OK,
+                &api::TestFailoverList {
+                    test_failovers: list.into_iter().map(test_failover_info).collect(),
+                },
+            )
+        }
+        (Method::POST, p)
+            if p.starts_with("/api/v1/test-failovers/") && p.ends_with("/cleanup") =>
+        {
+            let (_, admin, _) = authenticated(&ctx, &req)?;
+            let id = &p["/api/v1/test-failovers/".len()..p.len() - "/cleanup".len()];
+            let tf =
+                ctx.state.test_failovers(Some(id)).map_err(internal)?.pop().ok_or_else(|| {
+                    ApiError::not_found(
+                        "unknown_test_failover",
+                        format!("id: no test failover {id:?}"),
+                    )
+                })?;
+            if tf.cleaned_unix_ms.is_some() {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "already_cleaned",
+                    format!("test failover {id} was cleaned up already"),
+                ));
+            }
+            let f = ctx.failover.clone().ok_or_else(no_master_target)?;
+            let job = ctx
+                .state
+                .create_job(
+                    "test-failover-cleanup",
+                    Some(&tf.machine_id),
+                    &format!("cleaning up {id}"),
+                )
+                .map_err(internal)?;
+            tracing::info!(%admin, test_failover = id, job, "test failover cleanup started");
+            tokio::spawn(async move { f.cleanup(job, tf).await });
+            let j = ctx.state.jobs(Some(job), 1).map_err(internal)?.pop().map(job_info);
+            json(StatusCode::ACCEPTED, &j)
+        }
+        (Method::GET, "/api/v1/jobs") => {
+            authenticated(&ctx, &req)?;
+            let jobs =
+                ctx.state.jobs(None, 100).map_err(internal)?.into_iter().map(job_info).collect();
+            json(StatusCode::OK, &api::JobList { jobs })
+        }
+        (Method::GET, p) if p.starts_with("/api/v1/jobs/") => {
+            authenticated(&ctx, &req)?;
+            let raw = &p["/api/v1/jobs/".len()..];
+            let id: u64 = raw.parse().map_err(|_| {
+                ApiError::bad_request("invalid", format!("id: {raw:?} is not a job number"))
+            })?;
+            let j =
+                ctx.state.jobs(Some(id), 1).map_err(internal)?.pop().ok_or_else(|| {
+                    ApiError::not_found("unknown_job", format!("id: no job {id}"))
+                })?;
+            json(StatusCode::OK, &job_info(j))
         }
         (Method::GET, p) if p.starts_with("/api/v1/machines/") && p.ends_with("/points") => {
             authenticated(&ctx, &req)?;

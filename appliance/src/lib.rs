@@ -19,6 +19,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod failover;
 pub mod handoff;
 pub mod http;
 pub mod keys;

@@ -87,6 +87,10 @@ pub async fn run(config: ApplianceConfig) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
 
     if let (true, Some((ca, server_id))) = (cfg.roles.config_server, &listeners) {
+        let interrupted = core.state.fail_interrupted_jobs()?;
+        if interrupted > 0 {
+            tracing::warn!(interrupted, "jobs interrupted by the last shutdown are marked failed");
+        }
         if core.state.unused_passphrases()? == 0 {
             let p = new_passphrase(&core.state)?;
             let file = data.join("registration-passphrase");
@@ -105,6 +109,11 @@ pub async fn run(config: ApplianceConfig) -> anyhow::Result<()> {
         let ctx = Arc::new(ConfigServerCtx {
             state: core.state.clone(),
             admins: crate::admin::Admins::new(core.state.clone()),
+            failover: cfg.roles.master_target.then(|| crate::failover::Failover {
+                state: core.state.clone(),
+                registry: core.registry.clone(),
+                target: cfg.master_target.target.clone(),
+            }),
             ca: ca.clone(),
             process_server_url: url,
         });

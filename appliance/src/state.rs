@@ -102,7 +102,70 @@ const MIGRATIONS: &[&str] = &[
      );",
     // 7: revoked machines: their certificates are refused from then on.
     "ALTER TABLE machines ADD COLUMN revoked_unix_ms INTEGER;",
+    // 8: asynchronous jobs, and test failovers until they are cleaned up.
+    "CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        machine_id TEXT,
+        state TEXT NOT NULL,
+        progress REAL NOT NULL,
+        message TEXT NOT NULL,
+        created_unix_ms INTEGER NOT NULL,
+        finished_unix_ms INTEGER,
+        result TEXT
+     );
+     CREATE TABLE test_failovers (
+        id TEXT PRIMARY KEY,
+        machine_id TEXT NOT NULL,
+        point_id TEXT NOT NULL,
+        vm TEXT NOT NULL,
+        disks TEXT NOT NULL,
+        created_unix_ms INTEGER NOT NULL,
+        cleaned_unix_ms INTEGER
+     );",
 ];
+
+/// A job as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRow {
+    /// Job number.
+    pub id: u64,
+    /// What it does (`test-failover`, `test-failover-cleanup`).
+    pub kind: String,
+    /// The machine it is about.
+    pub machine_id: Option<String>,
+    /// `running`, `succeeded` or `failed`.
+    pub state: String,
+    /// 0 to 1.
+    pub progress: f64,
+    /// What it is doing, or why it failed.
+    pub message: String,
+    /// When it started.
+    pub created_unix_ms: u64,
+    /// When it ended.
+    pub finished_unix_ms: Option<u64>,
+    /// Its result (JSON), once succeeded.
+    pub result: Option<String>,
+}
+
+/// A test failover as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestFailoverRow {
+    /// Its id (`tf<job>`).
+    pub id: String,
+    /// The machine.
+    pub machine_id: String,
+    /// The point it was made from.
+    pub point_id: String,
+    /// The VM at the target.
+    pub vm: String,
+    /// The materialised disks at the target, boot disk first.
+    pub disks: Vec<String>,
+    /// When it was made.
+    pub created_unix_ms: u64,
+    /// When it was cleaned up.
+    pub cleaned_unix_ms: Option<u64>,
+}
 
 /// A consistency-group point as recorded by the coordinator.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -427,6 +490,156 @@ impl State {
             .optional()
             .map(|o| o.flatten().unwrap_or_else(|| "crash".into()))
             .map_err(|e| self.err(e))
+    }
+
+    /// Starts a job; returns its number.
+    pub fn create_job(
+        &self,
+        kind: &str,
+        machine_id: Option<&str>,
+        message: &str,
+    ) -> Result<u64, StateError> {
+        let c = self.conn();
+        c.execute(
+            "INSERT INTO jobs (kind, machine_id, state, progress, message, created_unix_ms)
+             VALUES (?1, ?2, 'running', 0, ?3, ?4)",
+            params![kind, machine_id, message, now_ms() as i64],
+        )
+        .map_err(|e| self.err(e))?;
+        Ok(c.last_insert_rowid() as u64)
+    }
+
+    /// Records a running job's progress.
+    pub fn job_progress(&self, id: u64, progress: f64, message: &str) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "UPDATE jobs SET progress = ?2, message = ?3 WHERE id = ?1 AND state = 'running'",
+                params![id as i64, progress, message],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Ends a job: succeeded with `result` (JSON) or failed with `message`.
+    pub fn finish_job(
+        &self,
+        id: u64,
+        ok: bool,
+        message: &str,
+        result: Option<&str>,
+    ) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "UPDATE jobs SET state = ?2, progress = CASE WHEN ?2 = 'succeeded' THEN 1 ELSE progress END,
+                 message = ?3, result = ?4, finished_unix_ms = ?5 WHERE id = ?1",
+                params![id as i64, if ok { "succeeded" } else { "failed" }, message, result, now_ms() as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Jobs a restart interrupted are failed (they are not resumed); returns how many.
+    pub fn fail_interrupted_jobs(&self) -> Result<u64, StateError> {
+        let n = self
+            .conn()
+            .execute(
+                "UPDATE jobs SET state = 'failed', message = 'interrupted by an appliance restart; start it again',
+                 finished_unix_ms = ?1 WHERE state = 'running'",
+                params![now_ms() as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(n as u64)
+    }
+
+    /// Jobs, newest first (at most `limit`), or one.
+    pub fn jobs(&self, id: Option<u64>, limit: u64) -> Result<Vec<JobRow>, StateError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT id, kind, machine_id, state, progress, message, created_unix_ms, finished_unix_ms, result
+                 FROM jobs WHERE ?1 IS NULL OR id = ?1 ORDER BY id DESC LIMIT ?2",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![id.map(|i| i as i64), limit as i64], |r| {
+                Ok(JobRow {
+                    id: r.get::<_, i64>(0)? as u64,
+                    kind: r.get(1)?,
+                    machine_id: r.get(2)?,
+                    state: r.get(3)?,
+                    progress: r.get(4)?,
+                    message: r.get(5)?,
+                    created_unix_ms: r.get::<_, i64>(6)? as u64,
+                    finished_unix_ms: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
+                    result: r.get(8)?,
+                })
+            })
+            .map_err(|e| self.err(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
+    }
+
+    /// Records a test failover.
+    pub fn add_test_failover(&self, t: &TestFailoverRow) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "INSERT INTO test_failovers (id, machine_id, point_id, vm, disks, created_unix_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    t.id,
+                    t.machine_id,
+                    t.point_id,
+                    t.vm,
+                    t.disks.join(","),
+                    t.created_unix_ms as i64
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Test failovers, oldest first, or one.
+    pub fn test_failovers(&self, id: Option<&str>) -> Result<Vec<TestFailoverRow>, StateError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT id, machine_id, point_id, vm, disks, created_unix_ms, cleaned_unix_ms
+                 FROM test_failovers WHERE ?1 IS NULL OR id = ?1 ORDER BY created_unix_ms, id",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![id], |r| {
+                Ok(TestFailoverRow {
+                    id: r.get(0)?,
+                    machine_id: r.get(1)?,
+                    point_id: r.get(2)?,
+                    vm: r.get(3)?,
+                    disks: r
+                        .get::<_, String>(4)?
+                        .split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                    created_unix_ms: r.get::<_, i64>(5)? as u64,
+                    cleaned_unix_ms: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
+                })
+            })
+            .map_err(|e| self.err(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
+    }
+
+    /// Marks a test failover cleaned up.
+    pub fn test_failover_cleaned(&self, id: &str) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "UPDATE test_failovers SET cleaned_unix_ms = ?2 WHERE id = ?1",
+                params![id, now_ms() as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     /// Invalidates every unused registration passphrase; returns how many.

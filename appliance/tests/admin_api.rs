@@ -29,6 +29,7 @@ async fn start() -> Server {
     let ctx = Arc::new(ConfigServerCtx {
         state: state.clone(),
         admins: lifeboat_appliance::admin::Admins::new(state.clone()),
+        failover: None,
         ca: ca.clone(),
         process_server_url: "https://127.0.0.1:9443".into(),
     });
@@ -294,6 +295,74 @@ async fn setup_login_sessions_and_identities() {
     .await;
     assert_eq!((st, &v["revoked"]), (StatusCode::OK, &Value::Bool(true)));
     assert!(s.state.is_revoked("m-2").unwrap());
+
+    // Jobs and test failovers: listed (none yet), bad input and unknown ids refused; without
+    // a master target on this appliance a test failover is a conflict.
+    let (st, v) = call(&c, Method::GET, "/api/v1/jobs", "/api/v1/jobs", Some(&token), "").await;
+    assert_eq!((st, v["jobs"].as_array().map(Vec::len)), (StatusCode::OK, Some(0)));
+    let (st, _) =
+        call(&c, Method::GET, "/api/v1/jobs/x", "/api/v1/jobs/{id}", Some(&token), "").await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    let (st, _) =
+        call(&c, Method::GET, "/api/v1/jobs/99", "/api/v1/jobs/{id}", Some(&token), "").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (st, v) =
+        call(&c, Method::GET, "/api/v1/test-failovers", "/api/v1/test-failovers", Some(&token), "")
+            .await;
+    assert_eq!((st, v["test_failovers"].as_array().map(Vec::len)), (StatusCode::OK, Some(0)));
+    let (st, _) = call(
+        &c,
+        Method::POST,
+        "/api/v1/test-failovers/tf1/cleanup",
+        "/api/v1/test-failovers/{id}/cleanup",
+        Some(&token),
+        "",
+    )
+    .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let tfo = "/api/v1/machines/{id}/test-failover";
+    let (st, v) = call(
+        &c,
+        Method::POST,
+        "/api/v1/machines/m-1/test-failover",
+        tfo,
+        Some(&token),
+        r#"{"pointt":"x"}"#,
+    )
+    .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    let (st, _) =
+        call(&c, Method::POST, "/api/v1/machines/m-9/test-failover", tfo, Some(&token), "{}").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (st, v) =
+        call(&c, Method::POST, "/api/v1/machines/m-1/test-failover", tfo, Some(&token), "{}").await;
+    assert_eq!((st, v["code"].as_str()), (StatusCode::NOT_FOUND, Some("no_point")), "{v}");
+    s.state
+        .add_point(&lifeboat_appliance::state::PointRow {
+            id: "m-1-p1".into(),
+            machine_id: "m-1".into(),
+            point: 1,
+            kind: "crash".into(),
+            created_unix_ms: 1,
+            disks: vec![0],
+        })
+        .unwrap();
+    let (st, _) = call(
+        &c,
+        Method::POST,
+        "/api/v1/machines/m-1/test-failover",
+        tfo,
+        Some(&token),
+        r#"{"point":"m-1-p7"}"#,
+    )
+    .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (st, v) =
+        call(&c, Method::POST, "/api/v1/machines/m-1/test-failover", tfo, Some(&token), "{}").await;
+    assert_eq!((st, v["code"].as_str()), (StatusCode::CONFLICT, Some("no_master_target")), "{v}");
+    let (st, _) =
+        call(&c, Method::POST, "/api/v1/machines/m-1/test-failover", tfo, None, "{}").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
 
     // Wrong identities: no token, a made-up one, an agent's client certificate.
     for t in [None, Some("0000"), Some("not a token at all")] {

@@ -55,6 +55,29 @@ enum Cmd {
         /// Machine id.
         machine: String,
     },
+    /// Starts a test failover of a machine (an isolated copy at a point) and waits for it.
+    TestFailover {
+        /// Machine id.
+        machine: String,
+        /// Point id (default: the latest point).
+        #[arg(long)]
+        point: Option<String>,
+        /// Return once the job started instead of waiting for it.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Removes a test failover's VM and disks and waits for it.
+    Cleanup {
+        /// Test failover id (from `lifeboat test-failovers`).
+        id: String,
+    },
+    /// Test failovers, cleaned up or not.
+    TestFailovers,
+    /// Jobs, newest first, or one of them.
+    Jobs {
+        /// Job number.
+        id: Option<u64>,
+    },
     /// Registration passphrases.
     Passphrase {
         #[command(subcommand)]
@@ -226,11 +249,53 @@ fn open_session(cli: &Cli, c: &Connect, path: &str) -> Result<serde_json::Value,
     Ok(shown)
 }
 
+/// Waits for job `job` (JSON from the API) to end, printing its progress on standard error
+/// (unless `quiet`); a failed job is a failure with its message.
+fn wait_job(
+    c: &lifeboat_net::Client,
+    token: &str,
+    mut job: serde_json::Value,
+    quiet: bool,
+) -> Result<serde_json::Value, Failure> {
+    let id = job["id"].as_u64().ok_or_else(|| fail(1, "the appliance answered no job id"))?;
+    let mut last = String::new();
+    loop {
+        let line = format!(
+            "job {id}: {:>3.0} % {}",
+            job["progress"].as_f64().unwrap_or(0.0) * 100.0,
+            job["message"].as_str().unwrap_or("")
+        );
+        if !quiet && line != last {
+            eprintln!("{line}");
+            last = line;
+        }
+        match job["state"].as_str() {
+            Some("succeeded") => return Ok(job),
+            Some("failed") => {
+                return Err(fail(
+                    1,
+                    format!("job {id} failed: {}", job["message"].as_str().unwrap_or("?")),
+                ));
+            }
+            _ => {}
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        job = call(c, Method::GET, &format!("/api/v1/jobs/{id}"), Some(token), None)?;
+    }
+}
+
 fn run(cli: &Cli) -> Result<(serde_json::Value, String), Failure> {
     let authed = |method: Method, path: &str| -> Result<serde_json::Value, Failure> {
         let s = load_session(cli)?;
         call(&client(&s.url, &s.fingerprint)?, method, path, Some(&s.token), None)
     };
+    let job =
+        |path: &str, body: serde_json::Value, wait: bool| -> Result<serde_json::Value, Failure> {
+            let s = load_session(cli)?;
+            let c = client(&s.url, &s.fingerprint)?;
+            let j = call(&c, Method::POST, path, Some(&s.token), Some(body))?;
+            if wait { wait_job(&c, &s.token, j, cli.json) } else { Ok(j) }
+        };
     Ok(match &cli.cmd {
         Cmd::Setup(c) => {
             let v = open_session(cli, c, "/api/v1/setup")?;
@@ -298,6 +363,72 @@ fn run(cli: &Cli) -> Result<(serde_json::Value, String), Failure> {
         Cmd::Revoke { machine } => {
             let v = authed(Method::POST, &format!("/api/v1/machines/{machine}/revoke"))?;
             (v, format!("machine {machine} revoked"))
+        }
+        Cmd::TestFailover { machine, point, no_wait } => {
+            let body = match point {
+                Some(p) => serde_json::json!({"point": p}),
+                None => serde_json::json!({}),
+            };
+            let v = job(&format!("/api/v1/machines/{machine}/test-failover"), body, !no_wait)?;
+            let t = match v["result"].as_object() {
+                Some(r) => format!(
+                    "test failover {} ready: VM {} at point {}",
+                    r["test_failover"].as_str().unwrap_or("?"),
+                    r["vm"].as_str().unwrap_or("?"),
+                    r["point"].as_str().unwrap_or("?")
+                ),
+                None => format!("job {} started", v["id"]),
+            };
+            (v, t)
+        }
+        Cmd::Cleanup { id } => {
+            let v =
+                job(&format!("/api/v1/test-failovers/{id}/cleanup"), serde_json::json!({}), true)?;
+            (v, format!("test failover {id} cleaned up"))
+        }
+        Cmd::TestFailovers => {
+            let v = authed(Method::GET, "/api/v1/test-failovers")?;
+            let t = v["test_failovers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| {
+                    format!(
+                        "{}  {}  {}  {}",
+                        t["id"].as_str().unwrap_or("?"),
+                        t["machine_id"].as_str().unwrap_or("?"),
+                        t["point_id"].as_str().unwrap_or("?"),
+                        if t["cleaned_unix_ms"].is_null() { "live" } else { "cleaned up" }
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            (v, t)
+        }
+        Cmd::Jobs { id } => {
+            let v = match id {
+                Some(i) => authed(Method::GET, &format!("/api/v1/jobs/{i}"))?,
+                None => authed(Method::GET, "/api/v1/jobs")?,
+            };
+            let list = match v["jobs"].as_array() {
+                Some(a) => a.clone(),
+                None => vec![v.clone()],
+            };
+            let t = list
+                .iter()
+                .map(|j| {
+                    format!(
+                        "{}  {}  {}  {:.0} %  {}",
+                        j["id"],
+                        j["kind"].as_str().unwrap_or("?"),
+                        j["state"].as_str().unwrap_or("?"),
+                        j["progress"].as_f64().unwrap_or(0.0) * 100.0,
+                        j["message"].as_str().unwrap_or("")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            (v, t)
         }
         Cmd::Passphrase { cmd: PassphraseCmd::Status } => {
             let v = authed(Method::GET, "/api/v1/passphrases")?;

@@ -80,6 +80,40 @@ fn the_cli_administers_the_appliance_with_trustworthy_exit_codes() {
     assert_eq!(code(&lifeboat(&site, &[&["login"][..], &connect].concat(), pw)), 0);
     assert_eq!(code(&lifeboat(&site, &["whoami"], None)), 0);
 
+    // Test failover at the latest point: the isolated disk holds exactly the source disk,
+    // the VM is on the test network only; cleanup removes both.
+    let want = sha256_file(&disk);
+    let o = lifeboat(&site, &["test-failover", &machine, "--json"], None);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let r = &v["result"];
+    let tf = r["test_failover"].as_str().unwrap().to_owned();
+    let copy = std::path::PathBuf::from(r["disks"][0]["location"].as_str().unwrap());
+    assert_eq!(sha256_file(&copy), want, "the test failover's disk is not the point's content");
+    let vm_file =
+        site.root().join("target/vms").join(format!("{}.json", r["vm"].as_str().unwrap()));
+    let vm: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&vm_file).unwrap()).unwrap();
+    assert_eq!(vm["isolated"], true);
+    // Replication goes on meanwhile, and the replica is untouched by the test failover.
+    random_writes(&disk, 20, 9);
+    site.agent_once(&site.agent_config(&state, std::slice::from_ref(&disk), 1));
+    assert_eq!(sha256_file(&copy), want, "later replication does not change the test failover");
+    let o = lifeboat(&site, &["test-failovers"], None);
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("{tf}  {machine}")));
+    assert_eq!(code(&lifeboat(&site, &["test-failover", "no-such-machine"], None)), 4);
+    assert_eq!(code(&lifeboat(&site, &["test-failover", &machine, "--point", "nope"], None)), 4);
+    let o = lifeboat(&site, &["cleanup", &tf], None);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!copy.exists() && !vm_file.exists(), "cleanup leaves nothing behind");
+    assert_eq!(code(&lifeboat(&site, &["cleanup", &tf], None)), 5, "cleaned twice");
+    let o = lifeboat(&site, &["jobs", "--json"], None);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let kinds: Vec<&str> =
+        v["jobs"].as_array().unwrap().iter().map(|j| j["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["test-failover-cleanup", "test-failover"]);
+
     let o = lifeboat(&site, &["completions", "bash"], None);
     assert_eq!(code(&o), 0);
     assert!(String::from_utf8_lossy(&o.stdout).contains("lifeboat"));

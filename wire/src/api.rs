@@ -320,6 +320,75 @@ pub struct MachineList {
     pub machines: Vec<MachineSummary>,
 }
 
+/// `POST /api/v1/machines/{id}/test-failover`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestFailoverRequest {
+    /// The point id (from the points list); absent: the latest point.
+    #[serde(default)]
+    pub point: Option<String>,
+}
+
+/// An asynchronous job (`GET /api/v1/jobs/{id}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobInfo {
+    /// Job number.
+    pub id: u64,
+    /// What it does: `test-failover`, `test-failover-cleanup`.
+    pub kind: String,
+    /// The machine it is about.
+    pub machine_id: Option<String>,
+    /// `running`, `succeeded` or `failed`.
+    pub state: String,
+    /// 0 to 1.
+    pub progress: f64,
+    /// What it is doing, or why it failed.
+    pub message: String,
+    /// When it started, ms since the Unix epoch.
+    pub created_unix_ms: u64,
+    /// When it ended.
+    pub finished_unix_ms: Option<u64>,
+    /// What it made, once it succeeded.
+    pub result: Option<serde_json::Value>,
+}
+
+/// `GET /api/v1/jobs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobList {
+    /// Newest first.
+    pub jobs: Vec<JobInfo>,
+}
+
+/// A test failover (`GET /api/v1/test-failovers`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestFailoverInfo {
+    /// Its id.
+    pub id: String,
+    /// The machine.
+    pub machine_id: String,
+    /// The point it was made from.
+    pub point_id: String,
+    /// The isolated VM at the target.
+    pub vm: String,
+    /// Its disks at the target.
+    pub disks: Vec<String>,
+    /// When it was made.
+    pub created_unix_ms: u64,
+    /// When it was cleaned up; absent while it exists.
+    pub cleaned_unix_ms: Option<u64>,
+}
+
+/// `GET /api/v1/test-failovers`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestFailoverList {
+    /// Oldest first.
+    pub test_failovers: Vec<TestFailoverInfo>,
+}
+
 /// An error answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
