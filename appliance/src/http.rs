@@ -276,14 +276,22 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
                 ));
             }
             let points = ctx.state.points(&id).map_err(internal)?;
-            let point = match &r.point {
-                None => points.last().cloned().ok_or_else(|| {
+            let point = match r.point.as_deref() {
+                None | Some("latest") => points.last().cloned().ok_or_else(|| {
                     ApiError::not_found(
                         "no_point",
                         format!("machine {id} has no recovery point yet"),
                     )
                 })?,
-                Some(pid) => points.iter().find(|p| &p.id == pid).cloned().ok_or_else(|| {
+                Some("latest-app") => {
+                    points.iter().rev().find(|p| p.kind == "app").cloned().ok_or_else(|| {
+                        ApiError::not_found(
+                            "no_point",
+                            format!("machine {id} has no app-consistent point"),
+                        )
+                    })?
+                }
+                Some(pid) => points.iter().find(|p| p.id == pid).cloned().ok_or_else(|| {
                     ApiError::not_found(
                         "unknown_point",
                         format!("point: machine {id} has no point {pid:?}"),

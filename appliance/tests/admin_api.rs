@@ -357,6 +357,20 @@ async fn setup_login_sessions_and_identities() {
     )
     .await;
     assert_eq!(st, StatusCode::NOT_FOUND);
+    let (st, v) = call(
+        &c,
+        Method::POST,
+        "/api/v1/machines/m-1/test-failover",
+        tfo,
+        Some(&token),
+        r#"{"point":"latest-app"}"#,
+    )
+    .await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("no_point")),
+        "only a crash point: {v}"
+    );
     let (st, v) =
         call(&c, Method::POST, "/api/v1/machines/m-1/test-failover", tfo, Some(&token), "{}").await;
     assert_eq!((st, v["code"].as_str()), (StatusCode::CONFLICT, Some("no_master_target")), "{v}");

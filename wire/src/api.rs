@@ -324,7 +324,8 @@ pub struct MachineList {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TestFailoverRequest {
-    /// The point id (from the points list); absent: the latest point.
+    /// A point id (from the points list), `latest` (the default: the newest point at the
+    /// target) or `latest-app` (the newest app-consistent point).
     #[serde(default)]
     pub point: Option<String>,
 }
