@@ -631,13 +631,9 @@ impl Cycler {
                 break;
             }
         }
-        let point = match group.as_deref_mut() {
-            Some(g) => match g.ready(self.journal.next_point()) {
-                Ok(p) => Some(p),
-                Err(e) => return Ok(Cut::Deferred(format!("consistency group: {e}"))),
-            },
-            None => None,
-        };
+        // Applications are quiesced before a group's prepare is answered, so that the
+        // freeze phase that follows is only the filesystem freeze and capture, of about
+        // the same length on every member, and the members' holds stay short.
         let quiesced = match self.quiescers.as_mut() {
             Some(q) => q.freeze(),
             None => crate::quiesce::Quiesced::NotDue,
@@ -646,6 +642,18 @@ impl Cycler {
         if let crate::quiesce::Quiesced::Failed(e) = &quiesced {
             *quiesce_failed = Some(e.clone());
         }
+        let point = match group.as_deref_mut() {
+            Some(g) => match g.ready(self.journal.next_point()) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    if let Some(q) = self.quiescers.as_mut() {
+                        q.thaw_after(false);
+                    }
+                    return Ok(Cut::Deferred(format!("consistency group: {e}")));
+                }
+            },
+            None => None,
+        };
         let result = if app {
             // What the applications flushed while quiescing (a database checkpoint) is
             // copied now, not under the filesystem freeze.
@@ -713,8 +721,18 @@ impl Cycler {
         };
         let started = Instant::now();
         let mut refused = None;
+        if group.is_some() && frozen.is_empty() {
+            // Nothing holds this member's writes (no filesystem it could freeze, or
+            // `freeze = false`): its capture is not an instant shared with the others.
+            refused = Some(
+                "consistency group: no filesystem of this member could be frozen, and a group point needs every member's writes held".to_owned(),
+            );
+        }
         let mut used = 0u64;
         for (i, disk) in disks.iter().enumerate() {
+            if refused.is_some() {
+                break;
+            }
             if started.elapsed() > policy.max_freeze || frozen.fired() {
                 refused = Some(format!(
                     "capturing under the freeze took longer than {:?}",

@@ -9,18 +9,24 @@
 //!
 //! | step | coordinator → each member | the member | answer |
 //! | --- | --- | --- | --- |
-//! | 1 | `POST /group/v1/prepare {group, round, deadline_ms}` | pre-copies until little is left | `{next_point}` |
-//! | 2 | `POST /group/v1/freeze {group, round, point}` | quiesces its applications, prepares, freezes its filesystems, captures | `{}` once captured, still frozen |
+//! | 1 | `POST /group/v1/prepare {group, round, deadline_ms}` | pre-copies until little is left, quiesces its applications if an app-consistent point is due | `{next_point}` |
+//! | 2 | `POST /group/v1/freeze {group, round, point}` | one more pre-copy pass, prepares, freezes its filesystems, captures | `{}` once captured, still frozen |
 //! | 3 | `POST /group/v1/commit {group, round}` | thaws, tags its point `point`, makes it durable | `{}` once recorded |
 //! | – | `POST /group/v1/abort {group, round}` | thaws, drops the capture, no point | `{}` |
 //!
 //! The point number is the largest of the members' next numbers, so it is new on every
-//! member. The coordinator runs the same steps itself: it pre-copies while the members do,
-//! sends `freeze` to all of them, quiesces and prepares, waits until every member answered
-//! `freeze`, and only then freezes and captures its own filesystems and sends `commit`. So
-//! there is an instant at which every member is frozen: each member's point is its disks at
-//! that instant, and no write that followed another member's cut can be in a point while
-//! the write it depended on is not.
+//! member. The coordinator runs the same steps itself. It pre-copies and quiesces, sends
+//! `prepare` and waits for every answer, then sends `freeze` to all of them. It prepares,
+//! waits until every member answered `freeze`, and only then freezes and captures its own
+//! filesystems and sends `commit`. So there is an instant at which every member is frozen:
+//! each member's point is its disks at that instant, and no write that followed another
+//! member's cut can be in a point while the write it depended on is not. Applications are
+//! quiesced in the prepare step, so the freeze step is only filesystem work, and the
+//! members' holds stay short.
+//!
+//! A member none of whose filesystems could be frozen (`freeze = false`, raw devices,
+//! filesystems without freeze support) refuses the freeze step: nothing would hold its
+//! writes, so it cannot share the group's instant.
 //!
 //! # Failures
 //!
@@ -28,8 +34,10 @@
 //!   answers with an error, aborts the round: everyone is told `abort`, and nobody records
 //!   the point.
 //! - Nobody stays frozen past its own watchdog (twice `max_freeze_ms`): a member waiting
-//!   for `commit` gives up and thaws at that deadline, and the coordinator stops waiting
-//!   for the members before it.
+//!   for `commit` gives up and thaws at that deadline. The coordinator is not frozen while
+//!   it waits for the members: it freezes only after all of them answered `freeze`.
+//! - A member that answered `prepare` waits at most `deadline_ms` + 1 s for `freeze`, and
+//!   then goes back to its own cycles.
 //! - A group point exists only if every member recorded it. The coordinator reports the
 //!   round to the appliance (`POST /api/v1/groups/points`) only after every member answered
 //!   `commit`; the appliance lists it as complete only when every member's point with that
@@ -52,6 +60,9 @@ use tokio::runtime::Handle;
 use tokio::sync::{Mutex, mpsc};
 
 use crate::cycle::GroupCut;
+
+/// How long the coordinator, and a member's listener, wait for a member to record the point.
+const COMMIT_WAIT: Duration = Duration::from_secs(60);
 
 /// Body of `prepare`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -143,8 +154,9 @@ impl MemberRound {
 impl GroupCut for MemberRound {
     fn ready(&mut self, next_point: u64) -> Result<u64, String> {
         let _ = self.replies.send(Reply::Prepared(next_point));
-        // The coordinator collects every member's answer, then sends the point.
-        match self.wait(self.deadline * 2)? {
+        // The coordinator collects every member's answer (within its deadline), then sends
+        // the point at once: waiting longer only holds a round it has given up on.
+        match self.wait(self.deadline + Duration::from_secs(1))? {
             Cmd::Freeze(p) if p >= next_point => Ok(p),
             Cmd::Freeze(p) => {
                 Err(format!("the group's point {p} is below this member's {next_point}"))
@@ -319,7 +331,7 @@ async fn handle(
                 }
             };
             let _ = a.cmds.send(if commit { Cmd::Commit } else { Cmd::Abort });
-            let reply = next_reply(a, Duration::from_secs(60)).await;
+            let reply = next_reply(a, COMMIT_WAIT).await;
             *active = None;
             match (commit, reply?) {
                 (true, Reply::Recorded(p)) => {
@@ -535,7 +547,8 @@ impl GroupCut for CoordinatorRound {
         // Every member is frozen, and so is this machine: the group's instant. The members
         // thaw and record while this machine does.
         let r = RoundRef { group: self.c.group.clone(), round: self.round };
-        self.commits = self.c.spawn_all("/group/v1/commit", &r, self.c.deadline);
+        // Recording can wait on a busy journal: give it as long as the members do.
+        self.commits = self.c.spawn_all("/group/v1/commit", &r, COMMIT_WAIT);
         Ok(())
     }
 
@@ -576,12 +589,23 @@ impl GroupCut for CoordinatorRound {
         let mut members: Vec<String> = c.peers.iter().map(|p| p.machine.clone()).collect();
         members.push(c.me.clone());
         let body = lifeboat_wire::api::GroupPoint { group: c.group.clone(), point, members };
-        match c.runtime.block_on(call(
-            &c.appliance,
-            "/api/v1/groups/points",
-            &body,
-            Duration::from_secs(30),
-        )) {
+        // Every member recorded the point: the record is worth a few tries.
+        let mut posted = Err(String::new());
+        for attempt in 0..3u32 {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_secs(2));
+            }
+            posted = c.runtime.block_on(call(
+                &c.appliance,
+                "/api/v1/groups/points",
+                &body,
+                Duration::from_secs(30),
+            ));
+            if posted.is_ok() {
+                break;
+            }
+        }
+        match posted {
             Ok(_) => tracing::info!(
                 group = %c.group,
                 point,

@@ -9,7 +9,7 @@
 
 use lifeboat_e2e::*;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -32,19 +32,26 @@ fn complete_group_points(site: &Site, cfg: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-#[test]
-fn two_agents_cut_matching_group_points_and_abort_without_a_member() {
-    if !root_or_skip("the eBPF tracker and filesystem freezes") {
-        return;
-    }
-    let site = Site::new();
-    let mut undo = Undo(Vec::new());
-    let Some(dev_a) = loop_device(site.root(), "a", 64, &mut undo) else { return };
-    let Some(dev_b) = loop_device(site.root(), "b", 64, &mut undo) else { return };
-    let mnt_a = mount_ext4(&dev_a, site.root(), "mnt-a", &mut undo);
-    let mnt_b = mount_ext4(&dev_b, site.root(), "mnt-b", &mut undo);
+/// Two members on their own ext4 loop devices, A coordinating; `b_top` goes into B's
+/// configuration before its tables.
+struct Pair {
+    cfg: PathBuf,
+    _appliance: Proc,
+    mnt_a: PathBuf,
+    mnt_b: PathBuf,
+    id_a: String,
+    id_b: String,
+    a: Proc,
+    b: Proc,
+    before: Vec<String>,
+}
 
-    let (cfg, _appliance) = site.start_all();
+fn pair(site: &Site, undo: &mut Undo, b_top: &str) -> Option<Pair> {
+    let dev_a = loop_device(site.root(), "a", 64, undo)?;
+    let dev_b = loop_device(site.root(), "b", 64, undo)?;
+    let mnt_a = mount_ext4(&dev_a, site.root(), "mnt-a", undo);
+    let mnt_b = mount_ext4(&dev_b, site.root(), "mnt-b", undo);
+    let (cfg, appliance) = site.start_all();
     let (state_a, state_b) = (site.root().join("state-a"), site.root().join("state-b"));
     site.register_agent(&cfg, &state_a);
     site.register_agent(&cfg, &state_b);
@@ -64,16 +71,45 @@ fn two_agents_cut_matching_group_points_and_abort_without_a_member() {
         30,
         &group(port_a, true, &id_b, port_b),
     );
-    let cfg_b = site.agent_config_as(
-        "agent-b",
-        &state_b,
-        &[dev_b.into()],
-        30,
-        &group(port_b, false, &id_a, port_a),
-    );
+    let b_extra = format!("{b_top}{}", group(port_b, false, &id_a, port_a));
+    let cfg_b = site.agent_config_as("agent-b", &state_b, &[dev_b.into()], 30, &b_extra);
     let before = pins();
-    let mut b = site.start_agent_as("agent-b", &cfg_b);
-    let mut a = site.start_agent_as("agent-a", &cfg_a);
+    let b = site.start_agent_as("agent-b", &cfg_b);
+    let a = site.start_agent_as("agent-a", &cfg_a);
+    Some(Pair { cfg, _appliance: appliance, mnt_a, mnt_b, id_a, id_b, a, b, before })
+}
+
+#[test]
+fn a_member_that_cannot_freeze_refuses_group_points() {
+    if !root_or_skip("the eBPF tracker and filesystem freezes") {
+        return;
+    }
+    let site = Site::new();
+    let mut undo = Undo(Vec::new());
+    let Some(p) = pair(&site, &mut undo, "freeze = false\n") else { return };
+    let Pair { cfg, mut a, mut b, before, .. } = p;
+    let log_b = site.root().join("agent-b.log");
+    wait_for(Duration::from_secs(120), "B to refuse a round", || {
+        let text = std::fs::read_to_string(&log_b).unwrap_or_default();
+        text.contains("no filesystem of this member could be frozen").then_some(())
+    });
+    unpin_new(&before, &mut undo);
+    assert!(complete_group_points(&site, &cfg).is_empty(), "a group point with an unfrozen member");
+    a.stop();
+    b.stop();
+    let log_a = std::fs::read_to_string(site.root().join("agent-a.log")).unwrap();
+    assert!(log_a.contains("group round aborted"), "{log_a}");
+}
+
+#[test]
+fn two_agents_cut_matching_group_points_and_abort_without_a_member() {
+    if !root_or_skip("the eBPF tracker and filesystem freezes") {
+        return;
+    }
+    let site = Site::new();
+    let mut undo = Undo(Vec::new());
+    let Some(p) = pair(&site, &mut undo, "") else { return };
+    let Pair { cfg, _appliance, mnt_a, mnt_b, id_a, id_b, mut a, mut b, before } = p;
 
     // The writer: n on A (fsync), then n on B (fsync).
     let stop = Arc::new(AtomicBool::new(false));
