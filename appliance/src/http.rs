@@ -79,7 +79,40 @@ pub const CONFIG_SERVER_ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/test-failovers/{id}/cleanup"),
     ("GET", "/api/v1/jobs"),
     ("GET", "/api/v1/jobs/{id}"),
+    ("GET", "/metrics"),
 ];
+
+/// Prometheus text exposition (format 0.0.4) of the appliance's state: its counters, the
+/// machines, and each machine's newest point age (the achieved RPO as of now).
+pub fn metrics_text(state: &State) -> Result<String, crate::state::StateError> {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for (name, value) in state.counters()? {
+        let metric: String = name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
+            .collect();
+        let _ = writeln!(out, "# TYPE lifeboat_{metric}_total counter");
+        let _ = writeln!(out, "lifeboat_{metric}_total {value}");
+    }
+    let machines = state.machines()?;
+    let _ = writeln!(out, "# TYPE lifeboat_machines gauge\nlifeboat_machines {}", machines.len());
+    let now = crate::state::now_ms();
+    let _ = writeln!(out, "# TYPE lifeboat_points gauge");
+    let mut ages = String::from("# TYPE lifeboat_last_point_age_seconds gauge\n");
+    for (id, _, _) in &machines {
+        let points = state.points(id)?;
+        let _ = writeln!(out, "lifeboat_points{{machine=\"{id}\"}} {}", points.len());
+        if let Some(p) = points.last() {
+            let age = now.saturating_sub(p.created_unix_ms) as f64 / 1000.0;
+            let _ = writeln!(ages, "lifeboat_last_point_age_seconds{{machine=\"{id}\"}} {age:.3}");
+        }
+    }
+    out.push_str(&ages);
+    let running = state.jobs(None, 1000)?.iter().filter(|j| j.state == "running").count();
+    let _ = writeln!(out, "# TYPE lifeboat_jobs_running gauge\nlifeboat_jobs_running {running}");
+    Ok(out)
+}
 
 fn job_info(j: crate::state::JobRow) -> api::JobInfo {
     api::JobInfo {
@@ -182,6 +215,17 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static("application/json"),
+            );
+            Ok(r)
+        }
+        (Method::GET, "/metrics") => {
+            // Scrapers authenticate like any administrator client (bearer token).
+            authenticated(&ctx, &req)?;
+            let text = metrics_text(&ctx.state).map_err(internal)?;
+            let mut r = Response::new(lifeboat_net::server::full(text));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4"),
             );
             Ok(r)
         }

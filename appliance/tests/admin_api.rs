@@ -441,6 +441,27 @@ async fn setup_login_sessions_and_identities() {
         call(&c, Method::GET, "/api/v1/session", "/api/v1/session", Some(&token), "").await;
     assert_eq!(st, StatusCode::OK);
 
+    // Prometheus metrics, for an authenticated scraper only.
+    s.state.count(&[("received_batches", 3)]).unwrap();
+    let mut h = HeaderMap::new();
+    h.insert(
+        http::header::AUTHORIZATION,
+        HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+    );
+    let (st, _, body) = c.get("/metrics", h).await.unwrap();
+    assert_eq!(st, StatusCode::OK);
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    assert!(text.contains("lifeboat_received_batches_total 3"), "{text}");
+    assert!(text.contains("lifeboat_machines 2"), "{text}");
+    assert!(text.contains("lifeboat_points{machine=\"m-1\"} 1"), "{text}");
+    assert!(text.contains("lifeboat_last_point_age_seconds{machine=\"m-1\"}"), "{text}");
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (name, value) = line.rsplit_once(' ').unwrap();
+        assert!(value.parse::<f64>().is_ok() && !name.is_empty(), "not a sample: {line}");
+    }
+    let (st, _) = call(&c, Method::GET, "/metrics", "/metrics", None, "").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+
     // The document itself is served.
     let (st, _, body) = c.get("/api/v1/openapi.json", HeaderMap::new()).await.unwrap();
     assert_eq!(st, StatusCode::OK);
