@@ -37,6 +37,21 @@ impl std::fmt::Debug for Failover {
     }
 }
 
+/// A delete that found nothing to delete (a cleanup repeated after a crash) succeeded.
+fn gone(r: Result<(), lifeboat_plugin_host::CallError>) -> anyhow::Result<()> {
+    match r {
+        Err(e)
+            if !matches!(
+                e.plugin_error(),
+                Some(lifeboat_plugin_host::PluginError::NotFound(_))
+            ) =>
+        {
+            Err(e.into())
+        }
+        _ => Ok(()),
+    }
+}
+
 impl Failover {
     async fn instance(&self) -> anyhow::Result<TargetInstance> {
         let plugin = self
@@ -126,30 +141,14 @@ impl Failover {
         let r: anyhow::Result<()> = async {
             let mut t = self.instance().await?;
             self.state.job_progress(job, 0.0, "deleting the VM")?;
-            match t.delete_vm(&tf.vm).await {
-                Ok(()) => {}
-                Err(e)
-                    if matches!(
-                        e.plugin_error(),
-                        Some(lifeboat_plugin_host::PluginError::NotFound(_))
-                    ) => {}
-                Err(e) => return Err(e.into()),
-            }
+            gone(t.delete_vm(&tf.vm).await)?;
             for (i, d) in tf.disks.iter().enumerate() {
                 self.state.job_progress(
                     job,
                     (i + 1) as f64 / (tf.disks.len() + 1) as f64,
                     &format!("deleting {d}"),
                 )?;
-                match t.delete_disk(d).await {
-                    Ok(()) => {}
-                    Err(e)
-                        if matches!(
-                            e.plugin_error(),
-                            Some(lifeboat_plugin_host::PluginError::NotFound(_))
-                        ) => {}
-                    Err(e) => return Err(e.into()),
-                }
+                gone(t.delete_disk(d).await)?;
             }
             self.state.test_failover_cleaned(&tf.id)?;
             Ok(())
