@@ -215,15 +215,13 @@ pub fn send_report(
     let tls = reg.tls().map_err(|e| e.to_string())?;
     let client = lifeboat_net::Client::new(&reg.record.process_server_url, tls)
         .map_err(|e| e.to_string())?;
-    let body = bytes::Bytes::from(serde_json::to_vec(report).map_err(|e| e.to_string())?);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let mut headers = http::HeaderMap::new();
-    headers.insert(http::header::CONTENT_TYPE, "application/json".parse().expect("static"));
-    let (status, _, body) =
-        rt.block_on(client.post("/api/v1/churn", body, headers)).map_err(|e| e.to_string())?;
+    let (status, _, body) = rt
+        .block_on(client.post_json("/api/v1/churn", report, http::HeaderMap::new()))
+        .map_err(|e| e.to_string())?;
     if status.is_success() {
         Ok(())
     } else {

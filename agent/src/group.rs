@@ -51,7 +51,6 @@ use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use lifeboat_net::server::{self, ApiError, PeerInfo, RequestBody, ResponseBody};
 use lifeboat_net::{Client, Identity};
@@ -396,10 +395,7 @@ impl std::fmt::Debug for Coordinator {
 type PeerAnswer = Result<serde_json::Value, String>;
 
 async fn call(client: &Client, path: &str, body: &impl Serialize, limit: Duration) -> PeerAnswer {
-    let body = Bytes::from(serde_json::to_vec(body).map_err(|e| e.to_string())?);
-    let mut headers = HeaderMap::new();
-    headers.insert(http::header::CONTENT_TYPE, "application/json".parse().expect("static"));
-    match tokio::time::timeout(limit, client.post(path, body, headers)).await {
+    match tokio::time::timeout(limit, client.post_json(path, body, HeaderMap::new())).await {
         Err(_) => Err(format!("no answer within {} ms", limit.as_millis())),
         Ok(Err(e)) => Err(e.to_string()),
         Ok(Ok((status, _, body))) if status.is_success() => {
@@ -625,6 +621,7 @@ impl GroupCut for CoordinatorRound {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use lifeboat_net::Ca;
 
     fn identity(ca: &Ca, id: &str) -> Identity {

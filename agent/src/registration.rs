@@ -28,8 +28,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr as _;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http::{HeaderMap, StatusCode};
 use lifeboat_net::tls::{Trust, client_config};
 use lifeboat_net::{Client, ClientError, Identity, TlsError};
 use lifeboat_wire::MachineId;
@@ -259,10 +258,8 @@ pub async fn register(opts: &RegisterOptions) -> Result<RegisterOutcome, Registr
         protocol_versions: lifeboat_wire::PROTOCOL_VERSIONS.to_vec(),
         csr_pem,
     };
-    let body = serde_json::to_vec(&request).expect("a plain struct serialises");
-    let mut headers = HeaderMap::new();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    let (status, _, body) = client.post("/api/v1/register", Bytes::from(body), headers).await?;
+    let (status, _, body) =
+        client.post_json("/api/v1/register", &request, HeaderMap::new()).await?;
     if status != StatusCode::OK {
         return Err(RegistrationError::Refused {
             status: status.as_u16(),

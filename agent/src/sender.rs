@@ -38,7 +38,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use lifeboat_net::{Client, ClientError};
 use lifeboat_wire::api::{BatchAck, DiskDescriptor, Hello, HelloResponse, Progress};
@@ -253,24 +252,16 @@ impl Sender {
         }
     }
 
-    async fn post_json(
-        &self,
-        path: &str,
-        body: Vec<u8>,
-    ) -> Result<(StatusCode, HeaderMap, Bytes), ClientError> {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        self.small.request(Method::POST, path, Bytes::from(body), headers).await
-    }
-
     async fn hello(&mut self) -> Result<(), End> {
         let hello = Hello {
             protocol_versions: lifeboat_wire::PROTOCOL_VERSIONS.to_vec(),
             disks: self.disks.clone(),
         };
-        let body = serde_json::to_vec(&hello).expect("a plain struct serialises");
-        let (status, _, body) =
-            self.post_json(HELLO_PATH, body).await.map_err(|e| End::Retry(e.to_string()))?;
+        let (status, _, body) = self
+            .small
+            .post_json(HELLO_PATH, &hello, HeaderMap::new())
+            .await
+            .map_err(|e| End::Retry(e.to_string()))?;
         if status != StatusCode::OK {
             return Err(End::Retry(format!(
                 "hello answered HTTP {status}: {}",
@@ -521,8 +512,7 @@ impl Sender {
             if same {
                 continue;
             }
-            let body = serde_json::to_vec(&report).expect("a plain struct serialises");
-            match self.post_json(PROGRESS_PATH, body).await {
+            match self.small.post_json(PROGRESS_PATH, &report, HeaderMap::new()).await {
                 Ok((StatusCode::OK, _, _)) => {
                     if let Some(slot) = self.reported.get_mut(i) {
                         *slot = Some(report);

@@ -189,20 +189,23 @@ fn call(
         let v = HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| fail(3, "bad token"))?;
         headers.insert(http::header::AUTHORIZATION, v);
     }
-    let body = match body {
-        Some(b) => {
-            headers
-                .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            Bytes::from(serde_json::to_vec(&b).expect("a JSON value serialises"))
+    // One runtime for the whole command: a job's polling reuses its connection.
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    let rt = match RT.get() {
+        Some(rt) => rt,
+        None => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| fail(1, e.to_string()))?;
+            RT.get_or_init(|| rt)
         }
-        None => Bytes::new(),
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| fail(1, e.to_string()))?;
-    let (status, _, bytes) =
-        rt.block_on(c.request(method, path, body, headers)).map_err(|e| fail(1, e.to_string()))?;
+    let answer = match (method, body) {
+        (Method::POST, Some(b)) => rt.block_on(c.post_json(path, &b, headers)),
+        (method, _) => rt.block_on(c.request(method, path, Bytes::new(), headers)),
+    };
+    let (status, _, bytes) = answer.map_err(|e| fail(1, e.to_string()))?;
     let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
     if status.is_success() {
         return Ok(v);

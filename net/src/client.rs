@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::uri::{Authority, Scheme};
-use http::{HeaderMap, Method, Request, StatusCode, Uri};
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -270,6 +270,20 @@ impl Client {
         headers: HeaderMap,
     ) -> Result<(StatusCode, HeaderMap, Bytes)> {
         self.request(Method::POST, path, body, headers).await
+    }
+
+    /// `POST path` with `body` as JSON (`content-type: application/json` added to
+    /// `headers`). The bodies of this project's APIs are plain structs and JSON values, which
+    /// always serialise.
+    pub async fn post_json<T: serde::Serialize + ?Sized>(
+        &self,
+        path: &str,
+        body: &T,
+        mut headers: HeaderMap,
+    ) -> Result<(StatusCode, HeaderMap, Bytes)> {
+        let bytes = serde_json::to_vec(body).expect("API bodies are plain data that serialise");
+        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        self.request(Method::POST, path, Bytes::from(bytes), headers).await
     }
 
     /// Any request; `path` is the path and query (`/v1/machines?x=y`). Returns the status,

@@ -17,7 +17,7 @@
 //!   block order.
 
 use crate::bench_replication::{Lifeboat, XfsMount, mount_xfs};
-use crate::{root, target_dir};
+use crate::target_dir;
 use anyhow::{Context, Result, bail};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -346,9 +346,5 @@ pub fn capture() -> Result<()> {
         "  wire bytes          {shipped}, changed blocks zstd-1 {changed_zstd} (ratio {:.2})",
         shipped as f64 / changed_zstd.max(1) as f64
     );
-    let out_dir = root().join("target/bench");
-    std::fs::create_dir_all(&out_dir)?;
-    std::fs::write(out_dir.join("capture.json"), serde_json::to_string_pretty(&result)?)?;
-    println!("wrote {}", out_dir.join("capture.json").display());
-    Ok(())
+    crate::write_bench_json("capture", &result)
 }

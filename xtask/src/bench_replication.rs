@@ -12,7 +12,7 @@
 //! `target/bench-replication/lifeboat/appliance.log`; `lifeboat_appliance=debug` prints
 //! per-batch timings).
 
-use crate::{root, run, target_dir};
+use crate::{run, target_dir};
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeSet;
 use std::os::unix::fs::FileExt;
@@ -490,11 +490,7 @@ pub fn replication() -> Result<()> {
         "delta wire bytes: lifeboat {lb_wire}, rsync {rs_wire} (changed: {changed}); ratio {:.2}",
         lb_wire as f64 / rs_wire.max(1) as f64
     );
-    let out_dir = root().join("target/bench");
-    std::fs::create_dir_all(&out_dir)?;
-    std::fs::write(out_dir.join("replication.json"), serde_json::to_string_pretty(&result)?)?;
-    println!("wrote {}", out_dir.join("replication.json").display());
-    Ok(())
+    crate::write_bench_json("replication", &result)
 }
 
 fn r(x: f64) -> f64 {

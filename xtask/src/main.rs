@@ -92,6 +92,17 @@ fn describe(cmd: &Command) -> String {
 
 /// Builds the release binaries (`lifeboat-appliance`, `lifeboat-agent`) that the
 /// quickstart, the end-to-end tests and the benchmarks run.
+/// Writes a benchmark's figures to `<workspace>/target/bench/<name>.json` (whatever
+/// `CARGO_TARGET_DIR` is) and says where.
+pub fn write_bench_json(name: &str, result: &serde_json::Value) -> Result<()> {
+    let out_dir = root().join("target/bench");
+    std::fs::create_dir_all(&out_dir)?;
+    let path = out_dir.join(format!("{name}.json"));
+    std::fs::write(&path, serde_json::to_string_pretty(result)?)?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
 pub fn build_binaries() -> Result<()> {
     run(cargo().args([
         "build",
