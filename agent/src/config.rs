@@ -110,6 +110,10 @@ pub struct AgentConfig {
     /// Membership of a multi-machine consistency group. Absent: none.
     #[serde(default)]
     pub group: Option<GroupConfig>,
+    /// How the protected disks boot, `bios` or `uefi`, for the VM a failover makes.
+    /// Absent: detected from how this host booted (`/sys/firmware/efi`).
+    #[serde(default)]
+    pub firmware: Option<String>,
 }
 
 /// `[group]`: a multi-machine consistency group (see `crate::group`).
@@ -347,6 +351,9 @@ impl AgentConfig {
                     self.journal_max_bytes, self.batch_max_bytes
                 ),
             ));
+        }
+        if let Some(f) = &self.firmware {
+            lifeboat_wire::api::check_firmware(f).map_err(|e| bad("firmware", e))?;
         }
         if !(10..=10_000).contains(&self.max_freeze_ms) {
             return Err(bad(

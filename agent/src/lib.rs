@@ -47,6 +47,7 @@ pub mod quiesce;
 pub mod registration;
 pub mod run;
 pub mod sender;
+pub mod system;
 pub mod tracker;
 
 #[cfg(test)]

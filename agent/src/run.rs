@@ -337,6 +337,7 @@ pub fn run(cfg: &AgentConfig, cfg_path: &Path, opts: RunOptions) -> Result<(), R
             url: registration.record.process_server_url.clone(),
             tls,
             disks: descriptors,
+            system: Some(crate::system::detect(cfg.firmware.as_deref())),
             schedule,
             progress: Some(board.clone()),
         },

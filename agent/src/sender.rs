@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use lifeboat_net::{Client, ClientError};
-use lifeboat_wire::api::{BatchAck, DiskDescriptor, Hello, HelloResponse, Progress};
+use lifeboat_wire::api::{BatchAck, DiskDescriptor, Hello, HelloResponse, Progress, SystemInfo};
 use rand::Rng as _;
 use tokio::sync::watch;
 
@@ -79,6 +79,8 @@ pub struct SenderOptions {
     pub tls: Arc<rustls::ClientConfig>,
     /// The machine's disks, as sent in every hello.
     pub disks: Vec<DiskDescriptor>,
+    /// The machine's firmware, CPUs, memory and interfaces, as sent in every hello.
+    pub system: Option<SystemInfo>,
     /// The bandwidth schedule.
     pub schedule: Schedule,
     /// Where progress comes from, if it is to be reported.
@@ -182,6 +184,7 @@ pub struct Sender {
     small: Client,
     big: Client,
     disks: Vec<DiskDescriptor>,
+    system: Option<SystemInfo>,
     limiter: Limiter,
     progress: Option<Arc<ProgressBoard>>,
     last_progress: Option<Instant>,
@@ -213,6 +216,7 @@ impl Sender {
             small: client.clone().with_timeout(SMALL_TIMEOUT),
             big: client.with_timeout(BATCH_TIMEOUT),
             disks: opts.disks,
+            system: opts.system,
             limiter: Limiter::new(opts.schedule),
             progress: opts.progress,
             last_progress: None,
@@ -256,6 +260,7 @@ impl Sender {
         let hello = Hello {
             protocol_versions: lifeboat_wire::PROTOCOL_VERSIONS.to_vec(),
             disks: self.disks.clone(),
+            system: self.system.clone(),
         };
         let (status, _, body) = self
             .small

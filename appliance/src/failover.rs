@@ -1,6 +1,17 @@
-//! Test failover (issue 5, first step of the lifecycle): a recovery point materialised into
-//! an isolated copy while replication goes on, and its cleanup. Both run as jobs
-//! (`GET /api/v1/jobs/{id}`) through the master target's target plugin.
+//! Test failover, failover and commit: a recovery point materialised into disks and a VM
+//! at the target. Every one runs as a job (`GET /api/v1/jobs/{id}`) through the master
+//! target's target plugin.
+//!
+//! **Choosing the point** ([`PointChoice`]): `latest` first waits until the master target
+//! has applied everything the process server had received when the job started (and cut
+//! the points it reaches), then takes the newest point; `latest-processed` takes the
+//! newest point at once; `latest-app` the newest app-consistent one; `latest-group` the
+//! newest point that is part of a complete consistency-group point; or a point id.
+//!
+//! **The VM** ([`vm_spec`]): firmware, CPUs, memory and interfaces as the agent detected
+//! them (`SystemInfo` in its hello), with the administrator's settings over them
+//! (`PUT /api/v1/machines/{id}/vm-spec`): the boot disk first, each interface on its
+//! mapped target network with an optional new address.
 //!
 //! A test failover of machine `M` at point `P`, as job `N`:
 //! 1. every disk `d` of the point is materialised as `tfN-M-d<d>` (`materialize`: a reflink
@@ -11,14 +22,201 @@
 //! A failure part way deletes what the job made, and the job fails with the reason. Cleanup
 //! deletes the VM and the disks and marks the test failover cleaned; it never touches the
 //! replicas or the points.
+//!
+//! A failover of machine `M`, as job `N` (the source is taken to be lost):
+//! 1. the failover is recorded `failing-over`: the process server refuses the source from
+//!    now on (`409 failed-over`), so what was received is all there is;
+//! 2. a failover that was made before and not committed (choosing another point) has its
+//!    VM and disks deleted first;
+//! 3. the point is chosen, every disk materialised as `foN-M-d<d>` and the VM `fo-M` made
+//!    on its production networks;
+//! 4. the failover is recorded `failed-over`: the master target leaves the machine's
+//!    replica and points alone, so another point can still be chosen.
+//!
+//! A failure records `failover-failed` (the source stays refused; failing over again is
+//! allowed). Commit deletes the machine's recovery points and its unapplied logs (the
+//! failed-over VM is all that is kept, with the replica for reprotect) and records
+//! `committed`.
 
 use std::sync::Arc;
 
 use lifeboat_plugin_host::TargetInstance;
 use lifeboat_plugin_host::registry::Registry;
-use lifeboat_plugin_host::target::{Firmware, VmSpec};
+use lifeboat_plugin_host::target::{Firmware, NicSpec, VmSpec};
 
-use crate::state::{PointRow, State, TestFailoverRow, now_ms};
+use lifeboat_wire::MachineId;
+use lifeboat_wire::api::{NicMapping, SystemInfo, VmSpecInfo, VmSpecSettings};
+
+use crate::state::{PointRow, State, StateError, TestFailoverRow, now_ms};
+
+/// Longest wait for the master target to apply what was received (`latest`).
+const PROCESS_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Which recovery point a (test) failover uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PointChoice {
+    /// Process everything already received, then the newest point.
+    Latest,
+    /// The newest point at the target now.
+    LatestProcessed,
+    /// The newest app-consistent point.
+    LatestApp,
+    /// The newest point that belongs to a complete consistency-group point.
+    LatestGroup,
+    /// A point id.
+    Id(String),
+}
+
+impl PointChoice {
+    /// Parses the API's `point` field (absent = `latest`).
+    pub fn parse(s: Option<&str>) -> PointChoice {
+        match s {
+            None | Some("latest") => PointChoice::Latest,
+            Some("latest-processed") => PointChoice::LatestProcessed,
+            Some("latest-app") => PointChoice::LatestApp,
+            Some("latest-group") => PointChoice::LatestGroup,
+            Some(id) => PointChoice::Id(id.to_owned()),
+        }
+    }
+}
+
+/// Why no point fits a choice: (code, message), answered as 404.
+pub type NoPoint = (&'static str, String);
+
+/// The point `choice` names among the machine's points now (`Latest` as
+/// `LatestProcessed`: waiting for the master target is the job's part).
+pub fn choose_point(
+    state: &State,
+    machine: &str,
+    choice: &PointChoice,
+) -> Result<Result<PointRow, NoPoint>, StateError> {
+    let points = state.points(machine)?;
+    let none = |what: &str| ("no_point", format!("machine {machine} has no {what}"));
+    Ok(match choice {
+        PointChoice::Latest | PointChoice::LatestProcessed => {
+            points.last().cloned().ok_or_else(|| none("recovery point yet"))
+        }
+        PointChoice::LatestApp => points
+            .iter()
+            .rev()
+            .find(|p| p.kind == "app")
+            .cloned()
+            .ok_or_else(|| none("app-consistent point")),
+        PointChoice::LatestGroup => {
+            // Group points of groups this machine is in, where every member's point with
+            // that number is at the target.
+            let mut best: Option<PointRow> = None;
+            for g in state.group_points(None)? {
+                if !g.members.iter().any(|m| m == machine) {
+                    continue;
+                }
+                let Some(mine) = points.iter().find(|p| p.point == g.point) else {
+                    continue;
+                };
+                let mut complete = true;
+                for m in &g.members {
+                    if m != machine && !state.points(m)?.iter().any(|p| p.point == g.point) {
+                        complete = false;
+                    }
+                }
+                if complete && best.as_ref().is_none_or(|b| b.point < mine.point) {
+                    best = Some(mine.clone());
+                }
+            }
+            best.ok_or_else(|| none("complete consistency-group point"))
+        }
+        PointChoice::Id(id) => points.iter().find(|p| &p.id == id).cloned().ok_or_else(|| {
+            ("unknown_point", format!("point: machine {machine} has no point {id:?}"))
+        }),
+    })
+}
+
+/// The VM a failover of `machine` makes: detected facts, the administrator's settings over
+/// them, defaults for what neither gives (BIOS, 2 CPUs, 2048 MiB, one interface on
+/// `default`).
+pub fn vm_spec(state: &State, machine: &str) -> anyhow::Result<VmSpecInfo> {
+    let detected: Option<SystemInfo> = match state.machine_facts(machine)? {
+        Some(t) => Some(serde_json::from_str(&t)?),
+        None => None,
+    };
+    let settings: VmSpecSettings = match state.vm_settings(machine)? {
+        Some(t) => serde_json::from_str(&t)?,
+        None => VmSpecSettings::default(),
+    };
+    let mut disks: Vec<u32> = state.disks(machine)?.into_iter().map(|(i, _)| i).collect();
+    disks.sort_unstable();
+    if let Some(b) = settings.boot_disk
+        && let Some(pos) = disks.iter().position(|d| *d == b)
+    {
+        let boot = disks.remove(pos);
+        disks.insert(0, boot);
+    }
+    let nics = match &settings.nics {
+        Some(n) => n
+            .iter()
+            .map(|m| {
+                let mut m = m.clone();
+                if m.mac.is_none() {
+                    m.mac = detected
+                        .as_ref()
+                        .and_then(|d| d.nics.iter().find(|n| n.name == m.source))
+                        .map(|n| n.mac.clone());
+                }
+                m
+            })
+            .collect(),
+        None => match &detected {
+            Some(d) if !d.nics.is_empty() => d
+                .nics
+                .iter()
+                .map(|n| NicMapping {
+                    source: n.name.clone(),
+                    network: "default".into(),
+                    mac: Some(n.mac.clone()),
+                    ip: None,
+                })
+                .collect(),
+            _ => vec![NicMapping {
+                source: "eth0".into(),
+                network: "default".into(),
+                mac: None,
+                ip: None,
+            }],
+        },
+    };
+    Ok(VmSpecInfo {
+        firmware: settings
+            .firmware
+            .clone()
+            .or_else(|| detected.as_ref().map(|d| d.firmware.clone()))
+            .unwrap_or_else(|| "bios".into()),
+        cpus: settings.cpus.or(detected.as_ref().map(|d| d.cpus.min(256))).unwrap_or(2),
+        memory_mib: settings
+            .memory_mib
+            .or(detected.as_ref().map(|d| d.memory_mib.clamp(128, 4 << 20)))
+            .unwrap_or(2048),
+        disks,
+        nics,
+        detected,
+    })
+}
+
+/// The target plugin's VM spec for `spec`.
+fn plugin_spec(name: String, spec: &VmSpecInfo, disks: Vec<String>, isolated: bool) -> VmSpec {
+    VmSpec {
+        name,
+        firmware: if spec.firmware == "uefi" { Firmware::Uefi } else { Firmware::Bios },
+        cpus: spec.cpus,
+        memory_mib: spec.memory_mib,
+        disks,
+        nics: spec
+            .nics
+            .iter()
+            .map(|n| NicSpec { network: n.network.clone(), mac: n.mac.clone(), ip: n.ip.clone() })
+            .collect(),
+        isolated,
+    }
+}
 
 /// Where test failovers are made: the target plugin of the master target.
 #[derive(Clone)]
@@ -61,11 +259,92 @@ impl Failover {
         Ok(TargetInstance::new(plugin).await?)
     }
 
-    /// Runs job `job`: a test failover of `machine` at `point`.
-    pub async fn test_failover(&self, job: u64, machine: String, point: PointRow) {
+    /// Waits until the master target applied everything received for `machine` when
+    /// this was called, and cut the points that reaches.
+    async fn wait_processed(&self, job: u64, machine: &str) -> anyhow::Result<()> {
+        let mut want = Vec::new();
+        for (d, _) in self.state.disks(machine)? {
+            want.push((d, self.state.received_next(machine, d)?));
+        }
+        let start = std::time::Instant::now();
+        loop {
+            let mut left = 0;
+            let mut reached_min = u64::MAX;
+            for (d, received) in &want {
+                let (applied, reached) = self.state.applied(machine, *d)?;
+                left += received.saturating_sub(applied);
+                reached_min = reached_min.min(reached.unwrap_or(0));
+            }
+            if want.is_empty() {
+                reached_min = 0;
+            }
+            let newest = self.state.points(machine)?.last().map(|p| p.point).unwrap_or(0);
+            if left == 0 && newest >= reached_min {
+                return Ok(());
+            }
+            if start.elapsed() > PROCESS_WAIT {
+                anyhow::bail!(
+                    "the master target did not apply the {left} logs received for {machine} in {} s; \
+                     choose latest-processed to use the newest point there is",
+                    PROCESS_WAIT.as_secs()
+                );
+            }
+            self.state.job_progress(
+                job,
+                0.0,
+                &format!("processing what was received: {left} logs to apply"),
+            )?;
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The point `choice` names, after processing what was received for `Latest`.
+    async fn resolve(
+        &self,
+        job: u64,
+        machine: &str,
+        choice: &PointChoice,
+    ) -> anyhow::Result<PointRow> {
+        if *choice == PointChoice::Latest {
+            self.wait_processed(job, machine).await?;
+        }
+        choose_point(&self.state, machine, choice)?.map_err(|(_, m)| anyhow::anyhow!(m))
+    }
+
+    /// Materialises every disk of `point` as `<prefix>-<machine>-d<d>`, in the VM's disk
+    /// order, pushing each made disk to `made`; answers the disks' JSON descriptions.
+    async fn materialize_all(
+        &self,
+        t: &mut TargetInstance,
+        job: u64,
+        prefix: &str,
+        machine: &str,
+        point: &PointRow,
+        order: &[u32],
+        made: &mut Vec<String>,
+    ) -> anyhow::Result<Vec<serde_json::Value>> {
+        let mut disks: Vec<u32> =
+            order.iter().copied().filter(|d| point.disks.contains(d)).collect();
+        disks.extend(point.disks.iter().copied().filter(|d| !order.contains(d)));
+        let steps = disks.len() as f64 + 1.0;
+        let mut locations = Vec::new();
+        for (i, d) in disks.iter().enumerate() {
+            let new = format!("{prefix}-{machine}-d{d}");
+            let source = format!("{machine}-d{d}");
+            self.state.job_progress(job, i as f64 / steps, &format!("materialising disk {d}"))?;
+            let m = t.materialize(&point.id, &source, &new).await?;
+            made.push(new.clone());
+            locations.push(serde_json::json!({"disk": d, "id": new, "location": m.location, "instant": m.instant}));
+        }
+        self.state.job_progress(job, (steps - 1.0) / steps, "creating the VM")?;
+        Ok(locations)
+    }
+
+    /// Runs job `job`: a test failover of `machine` at the point `choice` names.
+    pub async fn test_failover(&self, job: u64, machine: String, choice: PointChoice) {
         let tf = format!("tf{job}");
         let mut made: Vec<String> = Vec::new();
-        let r = self.test_failover_steps(job, &tf, &machine, &point, &mut made).await;
+        let r = self.test_failover_steps(job, &tf, &machine, &choice, &mut made).await;
         match r {
             Ok(result) => {
                 let _ = self.state.finish_job(
@@ -94,33 +373,16 @@ impl Failover {
         job: u64,
         tf: &str,
         machine: &str,
-        point: &PointRow,
+        choice: &PointChoice,
         made: &mut Vec<String>,
     ) -> anyhow::Result<serde_json::Value> {
+        let point = self.resolve(job, machine, choice).await?;
+        let spec = vm_spec(&self.state, machine)?;
         let mut t = self.instance().await?;
-        let steps = point.disks.len() as f64 + 1.0;
-        let mut locations = Vec::new();
-        for (i, d) in point.disks.iter().enumerate() {
-            let new = format!("{tf}-{machine}-d{d}");
-            let source = format!("{machine}-d{d}");
-            self.state.job_progress(job, i as f64 / steps, &format!("materialising disk {d}"))?;
-            let m = t.materialize(&point.id, &source, &new).await?;
-            made.push(new.clone());
-            locations.push(serde_json::json!({"disk": d, "id": new, "location": m.location, "instant": m.instant}));
-        }
-        self.state.job_progress(job, (steps - 1.0) / steps, "creating the isolated VM")?;
-        let vm_name = format!("{tf}-{machine}");
-        let vm = t
-            .create_vm(&VmSpec {
-                name: vm_name,
-                firmware: Firmware::Bios,
-                cpus: 2,
-                memory_mib: 2048,
-                disks: made.clone(),
-                nics: Vec::new(),
-                isolated: true,
-            })
-            .await?;
+        let locations =
+            self.materialize_all(&mut t, job, tf, machine, &point, &spec.disks, made).await?;
+        let vm =
+            t.create_vm(&plugin_spec(format!("{tf}-{machine}"), &spec, made.clone(), true)).await?;
         self.state.add_test_failover(&TestFailoverRow {
             id: tf.to_owned(),
             machine_id: machine.to_owned(),
@@ -134,6 +396,118 @@ impl Failover {
         Ok(
             serde_json::json!({"test_failover": tf, "vm": vm, "point": point.id, "disks": locations}),
         )
+    }
+
+    /// Runs job `job`: a failover of `machine` at the point `choice` names. The failover
+    /// was recorded `failing-over` by the caller ([`State::start_failover`]).
+    pub async fn failover(&self, job: u64, machine: String, choice: PointChoice) {
+        let mut made: Vec<String> = Vec::new();
+        match self.failover_steps(job, &machine, &choice, &mut made).await {
+            Ok(result) => {
+                let _ = self.state.finish_job(job, true, "failed over", Some(&result.to_string()));
+            }
+            Err(e) => {
+                if let Ok(mut t) = self.instance().await {
+                    let _ = t.delete_vm(&format!("fo-{machine}")).await;
+                    for d in &made {
+                        let _ = t.delete_disk(d).await;
+                    }
+                }
+                tracing::warn!(job, %machine, "failover failed: {e:#}");
+                let _ = self.state.set_failover(&machine, "failover-failed", None, None, &[]);
+                let _ = self.state.finish_job(job, false, &format!("{e:#}"), None);
+            }
+        }
+    }
+
+    async fn failover_steps(
+        &self,
+        job: u64,
+        machine: &str,
+        choice: &PointChoice,
+        made: &mut Vec<String>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let t0 = std::time::Instant::now();
+        let mut t = self.instance().await?;
+        // Another point for a failover not committed: the earlier VM and disks go first.
+        if let Some(old) = self.state.failovers(Some(machine))?.pop()
+            && (old.vm.is_some() || !old.disks.is_empty())
+        {
+            self.state.job_progress(job, 0.0, "deleting the earlier failover's VM and disks")?;
+            if let Some(vm) = &old.vm {
+                gone(t.delete_vm(vm).await)?;
+            }
+            for d in &old.disks {
+                gone(t.delete_disk(d).await)?;
+            }
+            self.state.set_failover(machine, "failing-over", None, None, &[])?;
+        }
+        let point = self.resolve(job, machine, choice).await?;
+        let spec = vm_spec(&self.state, machine)?;
+        let prefix = format!("fo{job}");
+        let locations =
+            self.materialize_all(&mut t, job, &prefix, machine, &point, &spec.disks, made).await?;
+        let vm =
+            t.create_vm(&plugin_spec(format!("fo-{machine}"), &spec, made.clone(), false)).await?;
+        self.state.set_failover(machine, "failed-over", Some(&point.id), Some(&vm), made)?;
+        let seconds = t0.elapsed().as_secs_f64();
+        tracing::info!(job, %machine, point = %point.id, %vm, seconds, "failed over");
+        Ok(serde_json::json!({
+            "machine": machine, "vm": vm, "point": point.id, "disks": locations,
+            "seconds": seconds,
+        }))
+    }
+
+    /// Runs job `job`: commits `machine`'s failover (moved to `committing` by the caller):
+    /// its recovery points and unapplied logs are deleted, the failed-over VM and disks
+    /// (and the replica) stay. A failure goes back to `failed-over`.
+    pub async fn commit(&self, job: u64, machine: String) {
+        let r: anyhow::Result<u64> = async {
+            let mut t = self.instance().await?;
+            let points = self.state.points(&machine)?;
+            for (i, p) in points.iter().enumerate() {
+                self.state.job_progress(
+                    job,
+                    i as f64 / (points.len() + 1) as f64,
+                    &format!("deleting recovery point {}", p.point),
+                )?;
+                gone(t.delete_point(&p.id).await)?;
+                self.state.delete_point(&p.id)?;
+            }
+            let mid: MachineId = machine.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+            for (d, _) in self.state.disks(&machine)? {
+                for name in t.list_logs(&crate::logobj::log_prefix(mid, d)).await? {
+                    gone(t.delete_log(&name).await)?;
+                }
+            }
+            let fo = self.state.failovers(Some(&machine))?.pop();
+            let (point, vm, disks) = fo.map(|f| (f.point_id, f.vm, f.disks)).unwrap_or_default();
+            self.state.set_failover(
+                &machine,
+                "committed",
+                point.as_deref(),
+                vm.as_deref(),
+                &disks,
+            )?;
+            Ok(points.len() as u64)
+        }
+        .await;
+        match r {
+            Ok(n) => {
+                tracing::info!(job, %machine, points_deleted = n, "failover committed");
+                let _ = self.state.finish_job(
+                    job,
+                    true,
+                    "committed",
+                    Some(&serde_json::json!({"machine": machine, "points_deleted": n}).to_string()),
+                );
+            }
+            Err(e) => {
+                let _ = self.state.failover_transition(&machine, "committing", "failed-over");
+                tracing::warn!(job, %machine, "commit failed: {e:#}");
+                let _ = self.state.finish_job(job, false, &format!("{e:#}"), None);
+            }
+        }
     }
 
     /// Runs job `job`: the cleanup of test failover `tf`.

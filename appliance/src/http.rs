@@ -77,6 +77,11 @@ pub const CONFIG_SERVER_ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/machines/{id}/test-failover"),
     ("GET", "/api/v1/test-failovers"),
     ("POST", "/api/v1/test-failovers/{id}/cleanup"),
+    ("POST", "/api/v1/machines/{id}/failover"),
+    ("POST", "/api/v1/machines/{id}/commit"),
+    ("GET", "/api/v1/failovers"),
+    ("GET", "/api/v1/machines/{id}/vm-spec"),
+    ("PUT", "/api/v1/machines/{id}/vm-spec"),
     ("GET", "/api/v1/jobs"),
     ("GET", "/api/v1/jobs/{id}"),
     ("GET", "/metrics"),
@@ -138,6 +143,57 @@ fn test_failover_info(t: crate::state::TestFailoverRow) -> api::TestFailoverInfo
         created_unix_ms: t.created_unix_ms,
         cleaned_unix_ms: t.cleaned_unix_ms,
     }
+}
+
+fn failover_info(f: crate::state::FailoverRow) -> api::FailoverInfo {
+    api::FailoverInfo {
+        machine_id: f.machine_id,
+        state: f.state,
+        point_id: f.point_id,
+        vm: f.vm,
+        disks: f.disks,
+        job: f.job,
+        started_unix_ms: f.started_unix_ms,
+        committed_unix_ms: f.committed_unix_ms,
+    }
+}
+
+/// The machine id in `/api/v1/machines/{id}<suffix>`.
+fn machine_in<'a>(path: &'a str, suffix: &str) -> Option<&'a str> {
+    path.strip_prefix("/api/v1/machines/")?.strip_suffix(suffix).filter(|id| !id.contains('/'))
+}
+
+/// 404 unless machine `id` is registered.
+fn known_machine(state: &State, id: &str) -> Result<(), ApiError> {
+    if state.machine_exists(id).map_err(|e| ApiError::internal(e.to_string()))? {
+        Ok(())
+    } else {
+        Err(ApiError::not_found("unknown_machine", format!("id: no machine {id:?}")))
+    }
+}
+
+/// The point choice of a (test) failover request, checked against the points there are.
+fn point_choice(
+    state: &State,
+    machine: &str,
+    r: &api::TestFailoverRequest,
+) -> Result<crate::failover::PointChoice, ApiError> {
+    let choice = crate::failover::PointChoice::parse(r.point.as_deref());
+    crate::failover::choose_point(state, machine, &choice)
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|(code, m)| ApiError::not_found(code, m))?;
+    Ok(choice)
+}
+
+/// A machine's state for the machines list.
+fn machine_state(state: &State, id: &str, has_point: bool) -> Result<String, ApiError> {
+    let failover = state.failover_state(id).map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(match failover {
+        Some(s) if s == "committing" => "failed-over".into(),
+        Some(s) => s,
+        None if has_point => "protected".into(),
+        None => "initial-copy".into(),
+    })
 }
 
 fn no_master_target() -> ApiError {
@@ -271,12 +327,14 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
                     .map(|(index, size)| api::DiskSize { index, size })
                     .collect();
                 let last_point = ctx.state.points(&id).map_err(internal)?.pop().map(point_summary);
+                let state = machine_state(&ctx.state, &id, last_point.is_some())?;
                 machines.push(api::MachineSummary {
                     id,
                     hostname,
                     registered_unix_ms,
                     disks,
                     last_point,
+                    state,
                 });
             }
             json(StatusCode::OK, &api::MachineList { machines })
@@ -307,50 +365,112 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
             tracing::info!(%admin, dropped, "registration passphrase rotated");
             json(StatusCode::CREATED, &serde_json::json!({"passphrase": p, "dropped": dropped}))
         }
-        (Method::POST, p)
-            if p.starts_with("/api/v1/machines/") && p.ends_with("/test-failover") =>
-        {
+        (Method::POST, p) if machine_in(p, "/test-failover").is_some() => {
             let (_, admin, _) = authenticated(&ctx, &req)?;
-            let id = p["/api/v1/machines/".len()..p.len() - "/test-failover".len()].to_owned();
+            let id = machine_in(p, "/test-failover").unwrap_or_default().to_owned();
             let r: api::TestFailoverRequest = read_json(req.into_body()).await?;
-            if !ctx.state.machine_exists(&id).map_err(internal)? {
-                return Err(ApiError::not_found(
-                    "unknown_machine",
-                    format!("id: no machine {id:?}"),
-                ));
-            }
-            let points = ctx.state.points(&id).map_err(internal)?;
-            let point = match r.point.as_deref() {
-                None | Some("latest") => points.last().cloned().ok_or_else(|| {
-                    ApiError::not_found(
-                        "no_point",
-                        format!("machine {id} has no recovery point yet"),
-                    )
-                })?,
-                Some("latest-app") => {
-                    points.iter().rev().find(|p| p.kind == "app").cloned().ok_or_else(|| {
-                        ApiError::not_found(
-                            "no_point",
-                            format!("machine {id} has no app-consistent point"),
-                        )
-                    })?
-                }
-                Some(pid) => points.iter().find(|p| p.id == pid).cloned().ok_or_else(|| {
-                    ApiError::not_found(
-                        "unknown_point",
-                        format!("point: machine {id} has no point {pid:?}"),
-                    )
-                })?,
-            };
+            known_machine(&ctx.state, &id)?;
+            let choice = point_choice(&ctx.state, &id, &r)?;
             let f = ctx.failover.clone().ok_or_else(no_master_target)?;
             let job = ctx
                 .state
-                .create_job("test-failover", Some(&id), &format!("test failover at {}", point.id))
+                .create_job("test-failover", Some(&id), &format!("test failover at {choice:?}"))
                 .map_err(internal)?;
-            tracing::info!(%admin, machine = %id, point = %point.id, job, "test failover started");
-            tokio::spawn(async move { f.test_failover(job, id, point).await });
+            tracing::info!(%admin, machine = %id, ?choice, job, "test failover started");
+            tokio::spawn(async move { f.test_failover(job, id, choice).await });
             let j = ctx.state.jobs(Some(job), 1).map_err(internal)?.pop().map(job_info);
             json(StatusCode::ACCEPTED, &j)
+        }
+        (Method::POST, p) if machine_in(p, "/failover").is_some() => {
+            let (_, admin, _) = authenticated(&ctx, &req)?;
+            let id = machine_in(p, "/failover").unwrap_or_default().to_owned();
+            let r: api::TestFailoverRequest = read_json(req.into_body()).await?;
+            known_machine(&ctx.state, &id)?;
+            let choice = point_choice(&ctx.state, &id, &r)?;
+            let f = ctx.failover.clone().ok_or_else(no_master_target)?;
+            let job = ctx
+                .state
+                .create_job("failover", Some(&id), &format!("failover at {choice:?}"))
+                .map_err(internal)?;
+            if !ctx.state.start_failover(&id, job).map_err(internal)? {
+                let now = ctx.state.failover_state(&id).map_err(internal)?.unwrap_or_default();
+                let _ = ctx.state.finish_job(job, false, &format!("machine is {now}"), None);
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "failover_state",
+                    format!(
+                        "machine {id} is {now}: a failover can start only from protected, failed-over (another point) or failover-failed"
+                    ),
+                ));
+            }
+            tracing::warn!(%admin, machine = %id, ?choice, job, "failover started: replication from the source stops");
+            tokio::spawn(async move { f.failover(job, id, choice).await });
+            let j = ctx.state.jobs(Some(job), 1).map_err(internal)?.pop().map(job_info);
+            json(StatusCode::ACCEPTED, &j)
+        }
+        (Method::POST, p) if machine_in(p, "/commit").is_some() => {
+            let (_, admin, _) = authenticated(&ctx, &req)?;
+            let id = machine_in(p, "/commit").unwrap_or_default().to_owned();
+            known_machine(&ctx.state, &id)?;
+            let f = ctx.failover.clone().ok_or_else(no_master_target)?;
+            if !ctx.state.failover_transition(&id, "failed-over", "committing").map_err(internal)? {
+                let now = machine_state(&ctx.state, &id, true)?;
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "failover_state",
+                    format!("machine {id} is {now}: only a failed-over machine can be committed"),
+                ));
+            }
+            let job = ctx
+                .state
+                .create_job("commit", Some(&id), "committing the failover")
+                .map_err(internal)?;
+            tracing::warn!(%admin, machine = %id, job, "failover commit started: the machine's recovery points will be deleted");
+            tokio::spawn(async move { f.commit(job, id).await });
+            let j = ctx.state.jobs(Some(job), 1).map_err(internal)?.pop().map(job_info);
+            json(StatusCode::ACCEPTED, &j)
+        }
+        (Method::GET, "/api/v1/failovers") => {
+            authenticated(&ctx, &req)?;
+            let list = ctx.state.failovers(None).map_err(internal)?;
+            json(
+                StatusCode::OK,
+                &api::FailoverList { failovers: list.into_iter().map(failover_info).collect() },
+            )
+        }
+        (Method::GET, p) if machine_in(p, "/vm-spec").is_some() => {
+            authenticated(&ctx, &req)?;
+            let id = machine_in(p, "/vm-spec").unwrap_or_default();
+            known_machine(&ctx.state, id)?;
+            let spec = crate::failover::vm_spec(&ctx.state, id)
+                .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+            json(StatusCode::OK, &spec)
+        }
+        (Method::PUT, p) if machine_in(p, "/vm-spec").is_some() => {
+            let (_, admin, _) = authenticated(&ctx, &req)?;
+            let id = machine_in(p, "/vm-spec").unwrap_or_default().to_owned();
+            let settings: api::VmSpecSettings = read_json(req.into_body()).await?;
+            known_machine(&ctx.state, &id)?;
+            settings.check().map_err(|e| ApiError::bad_request("invalid", e))?;
+            if let Some(b) = settings.boot_disk {
+                let disks = ctx.state.disks(&id).map_err(internal)?;
+                if !disks.iter().any(|(i, _)| *i == b) {
+                    return Err(ApiError::bad_request(
+                        "invalid",
+                        format!(
+                            "boot_disk: machine {id} has no disk {b} (its disks: {:?})",
+                            disks.iter().map(|d| d.0).collect::<Vec<_>>()
+                        ),
+                    ));
+                }
+            }
+            let text =
+                serde_json::to_string(&settings).map_err(|e| ApiError::internal(e.to_string()))?;
+            ctx.state.set_vm_settings(&id, &text).map_err(internal)?;
+            tracing::info!(%admin, machine = %id, "VM settings changed");
+            let spec = crate::failover::vm_spec(&ctx.state, &id)
+                .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+            json(StatusCode::OK, &spec)
         }
         (Method::GET, "/api/v1/test-failovers") => {
             authenticated(&ctx, &req)?;
@@ -549,9 +669,30 @@ pub async fn process_server(ps: ProcessServer, state: State, req: Request<Reques
             ),
         ));
     }
+    // A machine failed over at the target is not replicated from its source any more:
+    // what the source writes from now on is for reprotect to reconcile.
+    if let Some(s) =
+        state.failover_state(&machine).map_err(|e| ApiError::internal(e.to_string()))?
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "failed-over",
+            format!(
+                "machine {machine} is {s} at the target; replication from it resumes with reprotect"
+            ),
+        ));
+    }
     match (req.method().clone(), path.as_str()) {
         (Method::POST, "/api/v1/hello") => {
             let hello: api::Hello = read_json(req.into_body()).await?;
+            if let Some(system) = &hello.system {
+                system.check().map_err(|e| ApiError::bad_request("invalid-system", e))?;
+                let text =
+                    serde_json::to_string(system).map_err(|e| ApiError::internal(e.to_string()))?;
+                state
+                    .set_machine_facts(&machine, &text)
+                    .map_err(|e| ApiError::internal(e.to_string()))?;
+            }
             match ps.hello(&machine, hello).await {
                 Ok(r) => json(StatusCode::OK, &r),
                 Err(f) => Ok(failure(f)),

@@ -26,6 +26,7 @@ pub mod keys;
 pub mod logobj;
 pub mod master;
 pub mod process;
+pub mod qemu;
 pub mod run;
 pub mod state;
 pub mod tools;

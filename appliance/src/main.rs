@@ -89,6 +89,18 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         disk: u32,
     },
+    /// Prints the qemu command that boots a VM of the local target (its spec file,
+    /// `<root>/vms/<vm>.json`), the serial console on standard output.
+    QemuCommand {
+        /// The VM spec file.
+        spec: PathBuf,
+        /// Accelerator: `tcg` (software) or `kvm`.
+        #[arg(long, default_value = "tcg")]
+        accel: String,
+        /// Print a JSON array of the arguments instead of a shell line.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() {
@@ -118,6 +130,9 @@ fn main() {
         }
         Cmd::PointChecksum { config, point, disk } => {
             rt.block_on(lifeboat_appliance::tools::point_checksum(load(config), point, *disk))
+        }
+        Cmd::QemuCommand { spec, accel, json } => {
+            lifeboat_appliance::qemu::print_command(spec, accel, *json)
         }
     };
     if let Err(e) = r {

@@ -147,6 +147,11 @@ impl MasterTarget {
         }
         for (machine, disks) in machines {
             let mid = machine.to_string();
+            // A failed-over machine's replica and points stay as the failover left them;
+            // while it is failing over, what was received is still applied (`latest`).
+            if self.state.failover_state(&mid)?.is_some_and(|s| s != "failing-over") {
+                continue;
+            }
             let last_point = self.state.points(&mid)?.last().map(|p| p.point).unwrap_or(0);
             for &disk in &disks {
                 report.applied += self.apply_disk(machine, disk, last_point).await?;

@@ -123,7 +123,49 @@ const MIGRATIONS: &[&str] = &[
         created_unix_ms INTEGER NOT NULL,
         cleaned_unix_ms INTEGER
      );",
+    // 9: what agents report of their machines, the administrator's VM settings, and
+    // failovers (one per machine: its current one).
+    "CREATE TABLE machine_facts (
+        machine_id TEXT PRIMARY KEY,
+        system TEXT NOT NULL,
+        updated_unix_ms INTEGER NOT NULL
+     );
+     CREATE TABLE vm_settings (
+        machine_id TEXT PRIMARY KEY,
+        settings TEXT NOT NULL
+     );
+     CREATE TABLE failovers (
+        machine_id TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        point_id TEXT,
+        vm TEXT,
+        disks TEXT NOT NULL,
+        job INTEGER NOT NULL,
+        started_unix_ms INTEGER NOT NULL,
+        committed_unix_ms INTEGER
+     );",
 ];
+
+/// A machine's failover as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailoverRow {
+    /// The machine.
+    pub machine_id: String,
+    /// `failing-over`, `failed-over`, `failover-failed` or `committed`.
+    pub state: String,
+    /// The point the VM was made from.
+    pub point_id: Option<String>,
+    /// The VM at the target.
+    pub vm: Option<String>,
+    /// The VM's disks at the target, boot disk first.
+    pub disks: Vec<String>,
+    /// The job that made it.
+    pub job: u64,
+    /// When it was asked for.
+    pub started_unix_ms: u64,
+    /// When it was committed.
+    pub committed_unix_ms: Option<u64>,
+}
 
 /// A job as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -548,6 +590,16 @@ impl State {
                 params![now_ms() as i64],
             )
             .map_err(|e| self.err(e))?;
+        // A failover cut short made nothing it recorded; it may be started again.
+        self.conn()
+            .execute(
+                "UPDATE failovers SET state = 'failover-failed' WHERE state = 'failing-over'",
+                [],
+            )
+            .map_err(|e| self.err(e))?;
+        self.conn()
+            .execute("UPDATE failovers SET state = 'failed-over' WHERE state = 'committing'", [])
+            .map_err(|e| self.err(e))?;
         Ok(n as u64)
     }
 
@@ -640,6 +692,155 @@ impl State {
             )
             .map_err(|e| self.err(e))?;
         Ok(())
+    }
+
+    /// Stores what the agent reported of its machine (JSON of `SystemInfo`).
+    pub fn set_machine_facts(&self, machine_id: &str, system_json: &str) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "INSERT INTO machine_facts (machine_id, system, updated_unix_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (machine_id) DO UPDATE SET system = ?2, updated_unix_ms = ?3",
+                params![machine_id, system_json, now_ms() as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// What the agent last reported of its machine (JSON), if anything.
+    pub fn machine_facts(&self, machine_id: &str) -> Result<Option<String>, StateError> {
+        self.conn()
+            .query_row(
+                "SELECT system FROM machine_facts WHERE machine_id = ?1",
+                params![machine_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Stores the administrator's VM settings for a machine (JSON of `VmSpecSettings`).
+    pub fn set_vm_settings(&self, machine_id: &str, json: &str) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "INSERT INTO vm_settings (machine_id, settings) VALUES (?1, ?2)
+                 ON CONFLICT (machine_id) DO UPDATE SET settings = ?2",
+                params![machine_id, json],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The administrator's VM settings for a machine (JSON), if any.
+    pub fn vm_settings(&self, machine_id: &str) -> Result<Option<String>, StateError> {
+        self.conn()
+            .query_row(
+                "SELECT settings FROM vm_settings WHERE machine_id = ?1",
+                params![machine_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Starts a failover of a machine as job `job`: replication of the machine stops
+    /// being accepted. False (nothing written) if it is failing over already, or failed
+    /// over and committed.
+    pub fn start_failover(&self, machine_id: &str, job: u64) -> Result<bool, StateError> {
+        let n = self
+            .conn()
+            .execute(
+                "INSERT INTO failovers (machine_id, state, disks, job, started_unix_ms)
+                 VALUES (?1, 'failing-over', '', ?2, ?3)
+                 ON CONFLICT (machine_id) DO UPDATE SET state = 'failing-over', job = ?2
+                 WHERE failovers.state IN ('failed-over', 'failover-failed')",
+                params![machine_id, job as i64, now_ms() as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(n > 0)
+    }
+
+    /// Records where a failover stands: its state and, once made, the VM and disks.
+    pub fn set_failover(
+        &self,
+        machine_id: &str,
+        state: &str,
+        point_id: Option<&str>,
+        vm: Option<&str>,
+        disks: &[String],
+    ) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "UPDATE failovers SET state = ?2, point_id = ?3, vm = ?4, disks = ?5,
+                 committed_unix_ms = CASE WHEN ?2 = 'committed' THEN ?6 ELSE NULL END
+                 WHERE machine_id = ?1",
+                params![machine_id, state, point_id, vm, disks.join(","), now_ms() as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Failovers, by machine id, or one machine's.
+    pub fn failovers(&self, machine_id: Option<&str>) -> Result<Vec<FailoverRow>, StateError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT machine_id, state, point_id, vm, disks, job, started_unix_ms,
+                        committed_unix_ms
+                 FROM failovers WHERE ?1 IS NULL OR machine_id = ?1 ORDER BY machine_id",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![machine_id], |r| {
+                Ok(FailoverRow {
+                    machine_id: r.get(0)?,
+                    state: r.get(1)?,
+                    point_id: r.get(2)?,
+                    vm: r.get(3)?,
+                    disks: r
+                        .get::<_, String>(4)?
+                        .split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                    job: r.get::<_, i64>(5)? as u64,
+                    started_unix_ms: r.get::<_, i64>(6)? as u64,
+                    committed_unix_ms: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
+                })
+            })
+            .map_err(|e| self.err(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
+    }
+
+    /// Moves a machine's failover from state `from` to `to`; false (nothing written) if it
+    /// was not in `from`.
+    pub fn failover_transition(
+        &self,
+        machine_id: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<bool, StateError> {
+        let n = self
+            .conn()
+            .execute(
+                "UPDATE failovers SET state = ?3 WHERE machine_id = ?1 AND state = ?2",
+                params![machine_id, from, to],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(n > 0)
+    }
+
+    /// A machine's failover state, if it has one (`failing-over`, `failed-over`, …).
+    pub fn failover_state(&self, machine_id: &str) -> Result<Option<String>, StateError> {
+        self.conn()
+            .query_row(
+                "SELECT state FROM failovers WHERE machine_id = ?1",
+                params![machine_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))
     }
 
     /// Invalidates every unused registration passphrase; returns how many.

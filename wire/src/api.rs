@@ -73,6 +73,116 @@ pub struct Hello {
     pub protocol_versions: Vec<u16>,
     /// The machine's disks now.
     pub disks: Vec<DiskDescriptor>,
+    /// What the agent found out about the machine (firmware, CPUs, memory, network
+    /// interfaces), so a failover can build a VM like it. Absent from older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<SystemInfo>,
+}
+
+/// Most network interfaces in a [`SystemInfo`].
+pub const MAX_NICS: usize = 64;
+
+/// The source machine as a failover needs to rebuild it as a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SystemInfo {
+    /// `bios` or `uefi`: how the machine booted (`/sys/firmware/efi` on Linux).
+    pub firmware: String,
+    /// Logical CPUs.
+    pub cpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+    /// Network interfaces, loopback left out.
+    pub nics: Vec<NicInfo>,
+}
+
+/// A network interface of the source machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NicInfo {
+    /// Interface name (`eth0`).
+    pub name: String,
+    /// MAC address, `aa:bb:cc:dd:ee:ff`.
+    pub mac: String,
+    /// Addresses in CIDR form (`192.0.2.10/24`).
+    #[serde(default)]
+    pub addresses: Vec<String>,
+}
+
+/// Whether `s` is a firmware name a VM spec knows.
+pub fn check_firmware(s: &str) -> Result<(), String> {
+    match s {
+        "bios" | "uefi" => Ok(()),
+        _ => Err(format!("{s:?} is not a firmware: expected \"bios\" or \"uefi\"")),
+    }
+}
+
+/// Whether `s` is a MAC address `aa:bb:cc:dd:ee:ff` (hex, either case).
+pub fn check_mac(s: &str) -> Result<(), String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() == 6
+        && parts.iter().all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        Ok(())
+    } else {
+        Err(format!("{s:?} is not a MAC address: expected six hex pairs like 52:54:00:12:34:56"))
+    }
+}
+
+/// Whether `s` is an address with a prefix length (`192.0.2.10/24`, `2001:db8::5/64`).
+pub fn check_cidr(s: &str) -> Result<(), String> {
+    let bad = || format!("{s:?} is not an address in CIDR form like 192.0.2.10/24");
+    let (addr, len) = s.split_once('/').ok_or_else(bad)?;
+    let ip: std::net::IpAddr = addr.parse().map_err(|_| bad())?;
+    let len: u8 = len.parse().map_err(|_| bad())?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    if len > max {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+/// Whether `s` names a target network: 1 to 64 ASCII letters, digits, `.`, `_`, `-`.
+pub fn check_network(s: &str) -> Result<(), String> {
+    if !s.is_empty()
+        && s.len() <= 64
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        Ok(())
+    } else {
+        Err(format!("{s:?} is not a network name: 1 to 64 letters, digits, '.', '_', '-'"))
+    }
+}
+
+impl SystemInfo {
+    /// Range checks (the hello comes from an agent; a bad one is refused with the field).
+    pub fn check(&self) -> Result<(), String> {
+        check_firmware(&self.firmware).map_err(|e| format!("system.firmware: {e}"))?;
+        if !(1..=4096).contains(&self.cpus) {
+            return Err("system.cpus: expected 1 to 4096".into());
+        }
+        if !(1..=(1 << 26)).contains(&self.memory_mib) {
+            return Err("system.memory_mib: expected 1 MiB to 64 TiB".into());
+        }
+        if self.nics.len() > MAX_NICS {
+            return Err(format!("system.nics: more than {MAX_NICS}"));
+        }
+        for (i, n) in self.nics.iter().enumerate() {
+            if n.name.is_empty() || n.name.len() > 64 || n.name.chars().any(char::is_control) {
+                return Err(format!(
+                    "system.nics[{i}].name: expected 1 to 64 printable characters"
+                ));
+            }
+            check_mac(&n.mac).map_err(|e| format!("system.nics[{i}].mac: {e}"))?;
+            if n.addresses.len() > 64 {
+                return Err(format!("system.nics[{i}].addresses: more than 64"));
+            }
+            for (j, a) in n.addresses.iter().enumerate() {
+                check_cidr(a).map_err(|e| format!("system.nics[{i}].addresses[{j}]: {e}"))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Where the appliance stands for one disk.
@@ -300,6 +410,10 @@ pub struct MachineSummary {
     pub disks: Vec<DiskSize>,
     /// Its newest recovery point, if any.
     pub last_point: Option<PointSummary>,
+    /// `initial-copy` (no point yet), `protected`, `failing-over`, `failed-over`,
+    /// `failover-failed` or `committed`.
+    #[serde(default)]
+    pub state: String,
 }
 
 /// A disk's index and size.
@@ -320,14 +434,144 @@ pub struct MachineList {
     pub machines: Vec<MachineSummary>,
 }
 
-/// `POST /api/v1/machines/{id}/test-failover`.
+/// `POST /api/v1/machines/{id}/test-failover` and `POST /api/v1/machines/{id}/failover`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TestFailoverRequest {
-    /// A point id (from the points list), `latest` (the default: the newest point at the
-    /// target) or `latest-app` (the newest app-consistent point).
+    /// Which point: `latest` (the default: first process everything already received,
+    /// then the newest point), `latest-processed` (the newest point at the target now),
+    /// `latest-app` (the newest app-consistent point), `latest-group` (the newest point
+    /// of a complete consistency-group point) or a point id from the points list.
     #[serde(default)]
     pub point: Option<String>,
+}
+
+/// The VM a failover of a machine makes (`GET`/`PUT /api/v1/machines/{id}/vm-spec`):
+/// what the agent detected, with the administrator's settings over it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmSpecInfo {
+    /// `bios` or `uefi`.
+    pub firmware: String,
+    /// Virtual CPUs.
+    pub cpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+    /// Disk indexes in the VM's order, boot disk first.
+    pub disks: Vec<u32>,
+    /// Network interfaces with their target networks.
+    pub nics: Vec<NicMapping>,
+    /// What the agent reported, if it did.
+    pub detected: Option<SystemInfo>,
+}
+
+/// A source interface mapped to a target network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NicMapping {
+    /// The source interface's name (as detected), or a name for a new interface.
+    pub source: String,
+    /// The target network it attaches to.
+    pub network: String,
+    /// MAC address at the target; absent: the source's (or one the target picks).
+    #[serde(default)]
+    pub mac: Option<String>,
+    /// Re-addressing: the static address (CIDR) the guest gets at the target.
+    #[serde(default)]
+    pub ip: Option<String>,
+}
+
+/// `PUT /api/v1/machines/{id}/vm-spec`: settings over what the agent detected. Every
+/// field is optional; a field left out keeps the detected value (or the default).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmSpecSettings {
+    /// `bios` or `uefi`.
+    #[serde(default)]
+    pub firmware: Option<String>,
+    /// 1 to 256.
+    #[serde(default)]
+    pub cpus: Option<u32>,
+    /// 128 MiB to 4 TiB.
+    #[serde(default)]
+    pub memory_mib: Option<u64>,
+    /// The disk index the VM boots from.
+    #[serde(default)]
+    pub boot_disk: Option<u32>,
+    /// The whole network mapping (replaces the default: every detected interface on
+    /// network `default` with its own MAC).
+    #[serde(default)]
+    pub nics: Option<Vec<NicMapping>>,
+}
+
+impl VmSpecSettings {
+    /// Range and format checks, naming the field.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(f) = &self.firmware {
+            check_firmware(f).map_err(|e| format!("firmware: {e}"))?;
+        }
+        if self.cpus.is_some_and(|c| !(1..=256).contains(&c)) {
+            return Err("cpus: expected 1 to 256".into());
+        }
+        if self.memory_mib.is_some_and(|m| !(128..=(4 << 20)).contains(&m)) {
+            return Err("memory_mib: expected 128 to 4194304 (4 TiB)".into());
+        }
+        if let Some(nics) = &self.nics {
+            if nics.len() > MAX_NICS {
+                return Err(format!("nics: more than {MAX_NICS}"));
+            }
+            for (i, n) in nics.iter().enumerate() {
+                if n.source.is_empty()
+                    || n.source.len() > 64
+                    || n.source.chars().any(char::is_control)
+                {
+                    return Err(format!("nics[{i}].source: expected 1 to 64 printable characters"));
+                }
+                check_network(&n.network).map_err(|e| format!("nics[{i}].network: {e}"))?;
+                if let Some(m) = &n.mac {
+                    check_mac(m).map_err(|e| format!("nics[{i}].mac: {e}"))?;
+                }
+                if let Some(a) = &n.ip {
+                    check_cidr(a).map_err(|e| format!("nics[{i}].ip: {e}"))?;
+                }
+                if nics[..i].iter().any(|o| o.source == n.source) {
+                    return Err(format!("nics[{i}].source: {:?} is mapped twice", n.source));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A failover of a machine (`GET /api/v1/failovers`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverInfo {
+    /// The machine.
+    pub machine_id: String,
+    /// `failing-over`, `failed-over` (the point may still be changed), `failover-failed`
+    /// or `committed`.
+    pub state: String,
+    /// The point the VM was made from.
+    pub point_id: Option<String>,
+    /// The VM at the target.
+    pub vm: Option<String>,
+    /// Its disks at the target, boot disk first.
+    pub disks: Vec<String>,
+    /// The job that made it.
+    pub job: u64,
+    /// When it was asked for.
+    pub started_unix_ms: u64,
+    /// When it was committed.
+    pub committed_unix_ms: Option<u64>,
+}
+
+/// `GET /api/v1/failovers`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverList {
+    /// By machine id.
+    pub failovers: Vec<FailoverInfo>,
 }
 
 /// An asynchronous job (`GET /api/v1/jobs/{id}`).

@@ -6,7 +6,8 @@
 //! <root>/points/<point>/<disk>.img   a recovery point's copy of each disk
 //! <root>/points/<point>/point.meta   written last: the point exists once this does
 //! <root>/logs/<name>                 replication log objects
-//! <root>/vms/<vm>.json               VM specs (qemu can boot the listed disk images)
+//! <root>/vms/<vm>.json               VM specs (qemu can boot the listed disk images;
+//!                                    `lifeboat-appliance qemu-command` prints how)
 //! ```
 //!
 //! Points and materialised disks are made with the host's `clone-file`: a reflink on XFS
@@ -37,6 +38,22 @@ fn check_id(id: &str) -> Result<&str, PluginError> {
         && !id.starts_with('.')
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
     if ok { Ok(id) } else { Err(invalid(format!("bad identifier {id:?}"))) }
+}
+
+/// A JSON string literal for `s`.
+fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 fn now_ms() -> u64 {
@@ -253,20 +270,37 @@ impl Target for Local {
         let name = check_id(&spec.name)?.to_owned();
         let mut disks = Vec::new();
         for d in &spec.disks {
-            disks.push(format!("{:?}", self.location(&self.disk_path(d)?)));
+            let path = self.disk_path(d)?;
+            if fs::metadata(&path).is_err() {
+                return Err(PluginError::NotFound(format!("disk {d}")));
+            }
+            disks.push(json_str(&self.location(&path)));
         }
         let fw = match spec.firmware {
             Firmware::Bios => "bios",
             Firmware::Uefi => "uefi",
         };
+        let nics: Vec<String> = spec
+            .nics
+            .iter()
+            .map(|n| {
+                let opt = |v: &Option<String>| v.as_deref().map(json_str).unwrap_or("null".into());
+                format!(
+                    "{{\"network\":{},\"mac\":{},\"ip\":{}}}",
+                    json_str(&n.network),
+                    opt(&n.mac),
+                    opt(&n.ip)
+                )
+            })
+            .collect();
         let json = format!(
-            "{{\"name\":{:?},\"firmware\":\"{fw}\",\"cpus\":{},\"memory_mib\":{},\"isolated\":{},\"disks\":[{}],\"nics\":{}}}\n",
-            name,
+            "{{\"format\":1,\"name\":{},\"firmware\":\"{fw}\",\"cpus\":{},\"memory_mib\":{},\"isolated\":{},\"disks\":[{}],\"nics\":[{}]}}\n",
+            json_str(&name),
             spec.cpus,
             spec.memory_mib,
             spec.isolated,
             disks.join(","),
-            spec.nics.len()
+            nics.join(",")
         );
         write_atomic(&format!("{}/vms/{name}.json", self.root), json.as_bytes())?;
         Ok(name)
@@ -285,3 +319,14 @@ impl Target for Local {
 }
 
 lifeboat_sdk::export_target!(Local);
+
+#[cfg(test)]
+mod tests {
+    use super::json_str;
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(json_str("net-1"), "\"net-1\"");
+        assert_eq!(json_str("a\"b\\c\nd"), "\"a\\\"b\\\\c\\u000ad\"");
+    }
+}
