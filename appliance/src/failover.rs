@@ -318,7 +318,6 @@ impl Failover {
         t: &mut TargetInstance,
         job: u64,
         prefix: &str,
-        machine: &str,
         point: &PointRow,
         order: &[u32],
         made: &mut Vec<String>,
@@ -328,6 +327,7 @@ impl Failover {
         disks.extend(point.disks.iter().copied().filter(|d| !order.contains(d)));
         let steps = disks.len() as f64 + 1.0;
         let mut locations = Vec::new();
+        let machine = &point.machine_id;
         for (i, d) in disks.iter().enumerate() {
             let new = format!("{prefix}-{machine}-d{d}");
             let source = format!("{machine}-d{d}");
@@ -379,8 +379,7 @@ impl Failover {
         let point = self.resolve(job, machine, choice).await?;
         let spec = vm_spec(&self.state, machine)?;
         let mut t = self.instance().await?;
-        let locations =
-            self.materialize_all(&mut t, job, tf, machine, &point, &spec.disks, made).await?;
+        let locations = self.materialize_all(&mut t, job, tf, &point, &spec.disks, made).await?;
         let vm =
             t.create_vm(&plugin_spec(format!("{tf}-{machine}"), &spec, made.clone(), true)).await?;
         self.state.add_test_failover(&TestFailoverRow {
@@ -446,7 +445,7 @@ impl Failover {
         let spec = vm_spec(&self.state, machine)?;
         let prefix = format!("fo{job}");
         let locations =
-            self.materialize_all(&mut t, job, &prefix, machine, &point, &spec.disks, made).await?;
+            self.materialize_all(&mut t, job, &prefix, &point, &spec.disks, made).await?;
         let vm =
             t.create_vm(&plugin_spec(format!("fo-{machine}"), &spec, made.clone(), false)).await?;
         self.state.set_failover(machine, "failed-over", Some(&point.id), Some(&vm), made)?;

@@ -412,14 +412,19 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
             let (_, admin, _) = authenticated(&ctx, &req)?;
             let id = machine_in(p, "/commit").unwrap_or_default().to_owned();
             known_machine(&ctx.state, &id)?;
-            let f = ctx.failover.clone().ok_or_else(no_master_target)?;
-            if !ctx.state.failover_transition(&id, "failed-over", "committing").map_err(internal)? {
-                let now = machine_state(&ctx.state, &id, true)?;
-                return Err(ApiError::new(
+            let not_failed_over = |now: String| {
+                ApiError::new(
                     StatusCode::CONFLICT,
                     "failover_state",
                     format!("machine {id} is {now}: only a failed-over machine can be committed"),
-                ));
+                )
+            };
+            if ctx.state.failover_state(&id).map_err(internal)?.as_deref() != Some("failed-over") {
+                return Err(not_failed_over(machine_state(&ctx.state, &id, true)?));
+            }
+            let f = ctx.failover.clone().ok_or_else(no_master_target)?;
+            if !ctx.state.failover_transition(&id, "failed-over", "committing").map_err(internal)? {
+                return Err(not_failed_over(machine_state(&ctx.state, &id, true)?));
             }
             let job = ctx
                 .state

@@ -467,3 +467,168 @@ async fn setup_login_sessions_and_identities() {
     assert_eq!(st, StatusCode::OK);
     assert_eq!(body, OPENAPI.as_bytes());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failovers_and_vm_specs() {
+    let s = start().await;
+    let c = s.client(None);
+    let (st, v) = call(
+        &c,
+        Method::POST,
+        "/api/v1/setup",
+        "/api/v1/setup",
+        None,
+        r#"{"name":"root","password":"correct horse battery"}"#,
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let token = v["token"].as_str().unwrap().to_owned();
+    let t = Some(token.as_str());
+    s.state.add_passphrase("p").unwrap();
+    s.state.register_machine("p", "m-1", "web01").unwrap();
+    s.state.upsert_disk("m-1", 0, 1 << 30, "/dev/sda").unwrap();
+    s.state.upsert_disk("m-1", 1, 1 << 30, "/dev/sdb").unwrap();
+    let spec = "/api/v1/machines/{id}/vm-spec";
+
+    // Nothing detected yet: defaults.
+    let (st, v) = call(&c, Method::GET, "/api/v1/machines/m-1/vm-spec", spec, t, "").await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!((v["firmware"].as_str(), v["cpus"].as_u64()), (Some("bios"), Some(2)));
+    assert_eq!(v["disks"], serde_json::json!([0, 1]));
+    assert!(v["detected"].is_null());
+    let (st, _) = call(&c, Method::GET, "/api/v1/machines/m-9/vm-spec", spec, t, "").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (st, _) = call(&c, Method::GET, "/api/v1/machines/m-1/vm-spec", spec, None, "").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+
+    // What the agent detected.
+    s.state
+        .set_machine_facts(
+            "m-1",
+            r#"{"firmware":"uefi","cpus":8,"memory_mib":16384,"nics":[{"name":"eth0","mac":"52:54:00:aa:bb:cc","addresses":["10.1.2.3/24"]}]}"#,
+        )
+        .unwrap();
+    let (_, v) = call(&c, Method::GET, "/api/v1/machines/m-1/vm-spec", spec, t, "").await;
+    assert_eq!((v["firmware"].as_str(), v["cpus"].as_u64()), (Some("uefi"), Some(8)), "{v}");
+    assert_eq!(v["nics"][0]["network"], "default");
+    assert_eq!(v["nics"][0]["mac"], "52:54:00:aa:bb:cc");
+    assert_eq!(v["detected"]["nics"][0]["addresses"][0], "10.1.2.3/24");
+
+    // Bad settings are refused, naming the field, and change nothing.
+    for (body, field) in [
+        (r#"{"firmware":"coreboot"}"#, "firmware"),
+        (r#"{"cpus":0}"#, "cpus"),
+        (r#"{"cpus":-1}"#, "cpus"),
+        (r#"{"memory_mib":64}"#, "memory_mib"),
+        (r#"{"boot_disk":7}"#, "boot_disk"),
+        (r#"{"nics":[{"source":"eth0","network":"dr net"}]}"#, "nics[0].network"),
+        (r#"{"nics":[{"source":"eth0","network":"dr","mac":"52:54"}]}"#, "nics[0].mac"),
+        (r#"{"nics":[{"source":"eth0","network":"dr","ip":"10.0.0.300/24"}]}"#, "nics[0].ip"),
+        (r#"{"nics":[{"source":"eth0","network":"dr","ip":"10.0.0.3/33"}]}"#, "nics[0].ip"),
+        (r#"{"nics":[{"source":"","network":"dr"}]}"#, "nics[0].source"),
+        (
+            r#"{"nics":[{"source":"eth0","network":"a"},{"source":"eth0","network":"b"}]}"#,
+            "nics[1].source",
+        ),
+        (r#"{"nics":[{"network":"dr"}]}"#, "source"),
+        (r#"{"cores":4}"#, "cores"),
+        ("[]", ""),
+    ] {
+        let (st, v) = call(&c, Method::PUT, "/api/v1/machines/m-1/vm-spec", spec, t, body).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{body}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(field), "{body}: {v}");
+    }
+    assert!(s.state.vm_settings("m-1").unwrap().is_none());
+    let (st, _) = call(&c, Method::PUT, "/api/v1/machines/m-1/vm-spec", spec, None, "{}").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let (st, _) = call(&c, Method::PUT, "/api/v1/machines/m-9/vm-spec", spec, t, "{}").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+
+    // Good settings: over the detected values; the boot disk goes first; an interface keeps
+    // its detected MAC unless one is given.
+    let (st, v) = call(
+        &c,
+        Method::PUT,
+        "/api/v1/machines/m-1/vm-spec",
+        spec,
+        t,
+        r#"{"firmware":"bios","memory_mib":4096,"boot_disk":1,
+            "nics":[{"source":"eth0","network":"dr-lan","ip":"192.0.2.7/24"},
+                    {"source":"backup","network":"dr-backup","mac":"52:54:00:00:00:01"}]}"#,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!((v["firmware"].as_str(), v["cpus"].as_u64()), (Some("bios"), Some(8)));
+    assert_eq!(v["memory_mib"], 4096);
+    assert_eq!(v["disks"], serde_json::json!([1, 0]));
+    assert_eq!(v["nics"][0]["mac"], "52:54:00:aa:bb:cc");
+    assert_eq!(v["nics"][0]["ip"], "192.0.2.7/24");
+    assert_eq!(v["nics"][1]["network"], "dr-backup");
+
+    // Failover and commit: state checks; this appliance has no master target.
+    let fo = "/api/v1/machines/{id}/failover";
+    let cm = "/api/v1/machines/{id}/commit";
+    let (st, v) = call(&c, Method::GET, "/api/v1/failovers", "/api/v1/failovers", t, "").await;
+    assert_eq!((st, v["failovers"].as_array().map(Vec::len)), (StatusCode::OK, Some(0)));
+    let (st, _) = call(&c, Method::GET, "/api/v1/failovers", "/api/v1/failovers", None, "").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let (st, v) = call(&c, Method::POST, "/api/v1/machines/m-1/failover", fo, t, "{}").await;
+    assert_eq!((st, v["code"].as_str()), (StatusCode::NOT_FOUND, Some("no_point")), "{v}");
+    for (body, code) in [
+        (r#"{"point":"latest-processed"}"#, "no_point"),
+        (r#"{"point":"latest-group"}"#, "no_point"),
+        (r#"{"point":"m-1-p9"}"#, "unknown_point"),
+    ] {
+        let (st, v) = call(&c, Method::POST, "/api/v1/machines/m-1/failover", fo, t, body).await;
+        assert_eq!((st, v["code"].as_str()), (StatusCode::NOT_FOUND, Some(code)), "{body}: {v}");
+    }
+    let (st, _) =
+        call(&c, Method::POST, "/api/v1/machines/m-1/failover", fo, t, r#"{"point":1}"#).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    let (st, _) = call(&c, Method::POST, "/api/v1/machines/m-9/failover", fo, t, "{}").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (st, _) = call(&c, Method::POST, "/api/v1/machines/m-1/failover", fo, None, "{}").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    s.state
+        .add_point(&lifeboat_appliance::state::PointRow {
+            id: "m-1-p1".into(),
+            machine_id: "m-1".into(),
+            point: 1,
+            kind: "app".into(),
+            created_unix_ms: 1,
+            disks: vec![0, 1],
+        })
+        .unwrap();
+    let (st, v) = call(&c, Method::POST, "/api/v1/machines/m-1/failover", fo, t, "{}").await;
+    assert_eq!((st, v["code"].as_str()), (StatusCode::CONFLICT, Some("no_master_target")), "{v}");
+    let (st, v) = call(&c, Method::POST, "/api/v1/machines/m-1/commit", cm, t, "").await;
+    assert_eq!((st, v["code"].as_str()), (StatusCode::CONFLICT, Some("failover_state")), "{v}");
+    assert!(v["error"].as_str().unwrap().contains("protected"), "{v}");
+    let (st, _) = call(&c, Method::POST, "/api/v1/machines/m-9/commit", cm, t, "").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (st, _) = call(&c, Method::POST, "/api/v1/machines/m-1/commit", cm, None, "").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+
+    // A failover under way (as a master target's appliance records it) is listed, shows in
+    // the machine's state, and blocks a second one and a commit.
+    assert!(s.state.start_failover("m-1", 42).unwrap());
+    assert!(!s.state.start_failover("m-1", 43).unwrap(), "one failover at a time");
+    let (_, v) = call(&c, Method::GET, "/api/v1/machines", "/api/v1/machines", t, "").await;
+    assert_eq!(v["machines"][0]["state"], "failing-over", "{v}");
+    let (st, v) = call(&c, Method::POST, "/api/v1/machines/m-1/commit", cm, t, "").await;
+    assert_eq!((st, v["code"].as_str()), (StatusCode::CONFLICT, Some("failover_state")), "{v}");
+    s.state
+        .set_failover("m-1", "failed-over", Some("m-1-p1"), Some("fo-m-1"), &["fo42-m-1-d1".into()])
+        .unwrap();
+    let (st, v) = call(&c, Method::GET, "/api/v1/failovers", "/api/v1/failovers", t, "").await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(v["failovers"][0]["state"], "failed-over", "{v}");
+    assert_eq!(v["failovers"][0]["job"], 42);
+    assert_eq!(v["failovers"][0]["disks"][0], "fo42-m-1-d1");
+    let (st, v) = call(&c, Method::POST, "/api/v1/machines/m-1/commit", cm, t, "").await;
+    assert_eq!((st, v["code"].as_str()), (StatusCode::CONFLICT, Some("no_master_target")), "{v}");
+    s.state.set_failover("m-1", "committed", Some("m-1-p1"), Some("fo-m-1"), &[]).unwrap();
+    assert!(!s.state.start_failover("m-1", 44).unwrap(), "a committed failover stays");
+    let (_, v) = call(&c, Method::GET, "/api/v1/failovers", "/api/v1/failovers", t, "").await;
+    assert!(v["failovers"][0]["committed_unix_ms"].as_u64().is_some(), "{v}");
+}

@@ -59,12 +59,58 @@ enum Cmd {
     TestFailover {
         /// Machine id.
         machine: String,
-        /// Point id (default: the latest point).
+        /// `latest` (default: process what was received, then the newest point),
+        /// `latest-processed`, `latest-app`, `latest-group`, or a point id.
         #[arg(long)]
         point: Option<String>,
         /// Return once the job started instead of waiting for it.
         #[arg(long)]
         no_wait: bool,
+    },
+    /// Fails a machine over (its source is taken to be lost) and waits for the VM. Again,
+    /// before commit, to use another point.
+    Failover {
+        /// Machine id.
+        machine: String,
+        /// `latest` (default: process what was received, then the newest point),
+        /// `latest-processed`, `latest-app`, `latest-group`, or a point id.
+        #[arg(long)]
+        point: Option<String>,
+        /// Return once the job started instead of waiting for it.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Commits a failed-over machine: its recovery points are deleted, the VM stays.
+    Commit {
+        /// Machine id.
+        machine: String,
+        /// Return once the job started instead of waiting for it.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Failovers and their states.
+    Failovers,
+    /// The VM a failover of a machine makes; with options, sets it (the options replace
+    /// the earlier settings as a whole; what is not given comes from the agent's detection).
+    VmSpec {
+        /// Machine id.
+        machine: String,
+        /// `bios` or `uefi`.
+        #[arg(long)]
+        firmware: Option<String>,
+        /// Virtual CPUs.
+        #[arg(long)]
+        cpus: Option<u32>,
+        /// Memory in MiB.
+        #[arg(long)]
+        memory_mib: Option<u64>,
+        /// The disk index to boot from.
+        #[arg(long)]
+        boot_disk: Option<u32>,
+        /// Network mapping, one per interface: `SOURCE=NETWORK[,ip=CIDR][,mac=MAC]`
+        /// (replaces the whole mapping).
+        #[arg(long = "nic")]
+        nics: Vec<String>,
     },
     /// Removes a test failover's VM and disks and waits for it.
     Cleanup {
@@ -201,9 +247,14 @@ fn call(
             RT.get_or_init(|| rt)
         }
     };
-    let answer = match (method, body) {
-        (Method::POST, Some(b)) => rt.block_on(c.post_json(path, &b, headers)),
-        (method, _) => rt.block_on(c.request(method, path, Bytes::new(), headers)),
+    let answer = match body {
+        Some(b) => {
+            let bytes = serde_json::to_vec(&b).expect("JSON values serialise");
+            headers
+                .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            rt.block_on(c.request(method, path, Bytes::from(bytes), headers))
+        }
+        None => rt.block_on(c.request(method, path, Bytes::new(), headers)),
     };
     let (status, _, bytes) = answer.map_err(|e| fail(1, e.to_string()))?;
     let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
@@ -252,38 +303,88 @@ fn open_session(cli: &Cli, c: &Connect, path: &str) -> Result<serde_json::Value,
     Ok(shown)
 }
 
-/// Waits for job `job` (JSON from the API) to end, printing its progress on standard error
-/// (unless `quiet`); a failed job is a failure with its message.
+/// Waits for job `job` (JSON from the API) to end, showing its progress on standard error
+/// (a progress bar on a terminal, a line per change otherwise; nothing if `quiet`); a
+/// failed job is a failure with its message.
 fn wait_job(
     c: &lifeboat_net::Client,
     token: &str,
     mut job: serde_json::Value,
     quiet: bool,
 ) -> Result<serde_json::Value, Failure> {
+    use std::io::IsTerminal as _;
     let id = job["id"].as_u64().ok_or_else(|| fail(1, "the appliance answered no job id"))?;
+    let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
+        let b = indicatif::ProgressBar::new(1000);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("job {prefix} [{bar:30}] {percent:>3}% {msg}")
+                .expect("a valid template")
+                .progress_chars("=> "),
+        );
+        b.set_prefix(id.to_string());
+        b
+    });
     let mut last = String::new();
     loop {
-        let line = format!(
-            "job {id}: {:>3.0} % {}",
-            job["progress"].as_f64().unwrap_or(0.0) * 100.0,
-            job["message"].as_str().unwrap_or("")
-        );
-        if !quiet && line != last {
-            eprintln!("{line}");
-            last = line;
+        let progress = job["progress"].as_f64().unwrap_or(0.0).clamp(0.0, 1.0);
+        let message = job["message"].as_str().unwrap_or("").to_owned();
+        if let Some(b) = &bar {
+            b.set_position((progress * 1000.0) as u64);
+            b.set_message(message.clone());
+        } else {
+            let line = format!("job {id}: {:>3.0} % {message}", progress * 100.0);
+            if !quiet && line != last {
+                eprintln!("{line}");
+                last = line;
+            }
         }
         match job["state"].as_str() {
-            Some("succeeded") => return Ok(job),
+            Some("succeeded") => {
+                if let Some(b) = &bar {
+                    b.finish_with_message(message);
+                }
+                return Ok(job);
+            }
             Some("failed") => {
-                return Err(fail(
-                    1,
-                    format!("job {id} failed: {}", job["message"].as_str().unwrap_or("?")),
-                ));
+                if let Some(b) = &bar {
+                    b.abandon();
+                }
+                return Err(fail(1, format!("job {id} failed: {message}")));
             }
             _ => {}
         }
         std::thread::sleep(std::time::Duration::from_millis(250));
         job = call(c, Method::GET, &format!("/api/v1/jobs/{id}"), Some(token), None)?;
+    }
+}
+
+/// `SOURCE=NETWORK[,ip=CIDR][,mac=MAC]` as a network mapping.
+fn parse_nic(s: &str) -> Result<serde_json::Value, Failure> {
+    let bad = |why: &str| {
+        fail(2, format!("--nic {s:?}: {why}; expected SOURCE=NETWORK[,ip=CIDR][,mac=MAC]"))
+    };
+    let mut parts = s.split(',');
+    let (source, network) =
+        parts.next().and_then(|p| p.split_once('=')).ok_or_else(|| bad("no SOURCE=NETWORK"))?;
+    let mut v = serde_json::json!({"source": source, "network": network});
+    for p in parts {
+        match p.split_once('=') {
+            Some(("ip", ip)) => v["ip"] = ip.into(),
+            Some(("mac", mac)) => v["mac"] = mac.into(),
+            _ => return Err(bad(&format!("{p:?} is not ip=… or mac=…"))),
+        }
+    }
+    Ok(v)
+}
+
+fn failover_text(v: &serde_json::Value, what: &str) -> String {
+    match v["result"].as_object() {
+        Some(r) => format!(
+            "{what}: VM {} at point {}",
+            r["vm"].as_str().unwrap_or("?"),
+            r["point"].as_str().unwrap_or("?")
+        ),
+        None => format!("job {} started", v["id"]),
     }
 }
 
@@ -337,9 +438,10 @@ fn run(cli: &Cli) -> Result<(serde_json::Value, String), Failure> {
                     None => "no point yet".into(),
                 };
                 t.push_str(&format!(
-                    "{}  {}  disks {}  {last}\n",
+                    "{}  {}  {}  disks {}  {last}\n",
                     m["id"].as_str().unwrap_or("?"),
                     m["hostname"].as_str().unwrap_or("?"),
+                    m["state"].as_str().unwrap_or("?"),
                     disks.join(", ")
                 ));
             }
@@ -382,6 +484,102 @@ fn run(cli: &Cli) -> Result<(serde_json::Value, String), Failure> {
                 ),
                 None => format!("job {} started", v["id"]),
             };
+            (v, t)
+        }
+        Cmd::Failover { machine, point, no_wait } => {
+            let body = match point {
+                Some(p) => serde_json::json!({"point": p}),
+                None => serde_json::json!({}),
+            };
+            let v = job(&format!("/api/v1/machines/{machine}/failover"), body, !no_wait)?;
+            let t = failover_text(&v, &format!("machine {machine} failed over"));
+            (v, t)
+        }
+        Cmd::Commit { machine, no_wait } => {
+            let s = load_session(cli)?;
+            let c = client(&s.url, &s.fingerprint)?;
+            let path = format!("/api/v1/machines/{machine}/commit");
+            let j = call(&c, Method::POST, &path, Some(&s.token), None)?;
+            let v = if *no_wait { j } else { wait_job(&c, &s.token, j, cli.json)? };
+            let t = match v["result"]["points_deleted"].as_u64() {
+                Some(n) => format!("failover of {machine} committed; {n} recovery points deleted"),
+                None => format!("job {} started", v["id"]),
+            };
+            (v, t)
+        }
+        Cmd::Failovers => {
+            let v = authed(Method::GET, "/api/v1/failovers")?;
+            let t = v["failovers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|f| {
+                    format!(
+                        "{}  {}  {}  {}",
+                        f["machine_id"].as_str().unwrap_or("?"),
+                        f["state"].as_str().unwrap_or("?"),
+                        f["point_id"].as_str().unwrap_or("-"),
+                        f["vm"].as_str().unwrap_or("-")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            (v, t)
+        }
+        Cmd::VmSpec { machine, firmware, cpus, memory_mib, boot_disk, nics } => {
+            let path = format!("/api/v1/machines/{machine}/vm-spec");
+            let change = firmware.is_some()
+                || cpus.is_some()
+                || memory_mib.is_some()
+                || boot_disk.is_some()
+                || !nics.is_empty();
+            let v = if change {
+                let s = load_session(cli)?;
+                // The options replace the earlier settings as a whole (PUT).
+                let c = client(&s.url, &s.fingerprint)?;
+                let mut body = serde_json::json!({});
+                if let Some(f) = firmware {
+                    body["firmware"] = f.as_str().into();
+                }
+                if let Some(n) = cpus {
+                    body["cpus"] = (*n).into();
+                }
+                if let Some(m) = memory_mib {
+                    body["memory_mib"] = (*m).into();
+                }
+                if let Some(b) = boot_disk {
+                    body["boot_disk"] = (*b).into();
+                }
+                if !nics.is_empty() {
+                    body["nics"] =
+                        nics.iter().map(|n| parse_nic(n)).collect::<Result<Vec<_>, _>>()?.into();
+                }
+                call(&c, Method::PUT, &path, Some(&s.token), Some(body))?
+            } else {
+                authed(Method::GET, &path)?
+            };
+            let nics = v["nics"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|n| {
+                    format!(
+                        "  {} -> {}  mac {}  ip {}",
+                        n["source"].as_str().unwrap_or("?"),
+                        n["network"].as_str().unwrap_or("?"),
+                        n["mac"].as_str().unwrap_or("(target's)"),
+                        n["ip"].as_str().unwrap_or("(as on the source)")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            let t = format!(
+                "{}, {} CPUs, {} MiB, disks {} (boot first)\n{nics}",
+                v["firmware"].as_str().unwrap_or("?"),
+                v["cpus"],
+                v["memory_mib"],
+                v["disks"]
+            );
             (v, t)
         }
         Cmd::Cleanup { id } => {

@@ -207,8 +207,16 @@ where
     B::Error: Into<BoxError>,
 {
     let bytes = read_body(body).await?;
+    // Every body of the API is one JSON object: serde would also take a struct from an
+    // array, and leave text after the value unread.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::bad_request(
+            "bad_json",
+            "the request body is not valid JSON for this endpoint: expected a JSON object",
+        ));
+    }
     let de = &mut serde_json::Deserializer::from_slice(&bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         // The field the error is at, so the message names it (`name: invalid type …`).
         let path = e.path().to_string();
         let field = if path == "." { String::new() } else { format!("{path}: ") };
@@ -219,7 +227,14 @@ where
                 e.into_inner()
             ),
         )
-    })
+    })?;
+    de.end().map_err(|e| {
+        ApiError::bad_request(
+            "bad_json",
+            format!("the request body is not valid JSON for this endpoint: {e}"),
+        )
+    })?;
+    Ok(value)
 }
 
 /// HTTP/2 flow-control window of a request stream the server advertises.
@@ -422,6 +437,26 @@ mod tests {
 
         let body = Limited::new(Full::new(Bytes::from_static(b"ok")), 1024);
         assert_eq!(read_body(body).await.expect("under the limit"), Bytes::from_static(b"ok"));
+    }
+
+    #[tokio::test]
+    async fn read_json_takes_one_object_and_nothing_else() {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct B {
+            #[serde(default)]
+            point: Option<String>,
+        }
+        let read =
+            |text: &'static str| read_json::<B, _>(Full::new(Bytes::from_static(text.as_bytes())));
+        assert_eq!(read(" {\"point\":\"x\"} \n").await.unwrap().point.as_deref(), Some("x"));
+        for bad in ["", "[]", "[\"x\"]", "null", "{} {}", "{}x", "{\"point\":1}", "{\"p\":1}", "{"]
+        {
+            let e = read(bad).await.expect_err(bad);
+            assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "bad_json"), "{bad}");
+        }
+        let e = read("{\"point\":1}").await.unwrap_err();
+        assert!(e.message.contains("point"), "{e:?}");
     }
 
     #[tokio::test]

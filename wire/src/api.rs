@@ -651,6 +651,53 @@ pub struct ApiError {
 mod tests {
     use super::*;
 
+    fn system() -> SystemInfo {
+        SystemInfo {
+            firmware: "bios".into(),
+            cpus: 4,
+            memory_mib: 8192,
+            nics: vec![NicInfo {
+                name: "eth0".into(),
+                mac: "52:54:00:12:34:56".into(),
+                addresses: vec!["192.0.2.10/24".into(), "2001:db8::5/64".into()],
+            }],
+        }
+    }
+
+    #[test]
+    fn system_info_is_range_checked() {
+        system().check().unwrap();
+        type Spoil = fn(&mut SystemInfo);
+        let bad: Vec<(Spoil, &str)> = vec![
+            (|s| s.firmware = "efi".into(), "system.firmware"),
+            (|s| s.cpus = 0, "system.cpus"),
+            (|s| s.memory_mib = 0, "system.memory_mib"),
+            (|s| s.memory_mib = u64::MAX, "system.memory_mib"),
+            (|s| s.nics[0].name = String::new(), "system.nics[0].name"),
+            (|s| s.nics[0].name = "a\nb".into(), "system.nics[0].name"),
+            (|s| s.nics[0].mac = "52:54:00:12:34".into(), "system.nics[0].mac"),
+            (|s| s.nics[0].mac = "52:54:00:12:34:zz".into(), "system.nics[0].mac"),
+            (|s| s.nics[0].addresses[0] = "192.0.2.10".into(), "system.nics[0].addresses[0]"),
+            (|s| s.nics[0].addresses[1] = "2001:db8::5/129".into(), "system.nics[0].addresses[1]"),
+            (|s| s.nics = vec![s.nics[0].clone(); MAX_NICS + 1], "system.nics"),
+        ];
+        for (f, field) in bad {
+            let mut s = system();
+            f(&mut s);
+            let e = s.check().expect_err(field);
+            assert!(e.starts_with(field), "{field}: {e}");
+        }
+        // A hello from an older agent (no system) still parses; unknown fields do not.
+        let h: Hello = serde_json::from_str(r#"{"protocol_versions":[1],"disks":[]}"#).unwrap();
+        assert!(h.system.is_none());
+        assert!(
+            serde_json::from_str::<Hello>(
+                r#"{"protocol_versions":[1],"disks":[],"system":{"firmware":"bios","cpus":1,"memory_mib":1,"nics":[],"gpu":1}}"#
+            )
+            .is_err()
+        );
+    }
+
     fn report() -> ChurnReport {
         ChurnReport {
             seconds: 10.0,
