@@ -386,6 +386,20 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
             let id = machine_in(p, "/failover").unwrap_or_default().to_owned();
             let r: api::TestFailoverRequest = read_json(req.into_body()).await?;
             known_machine(&ctx.state, &id)?;
+            let busy = |now: String| {
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    "failover_state",
+                    format!(
+                        "machine {id} is {now}: a failover can start only from protected, failed-over (another point) or failover-failed"
+                    ),
+                )
+            };
+            if let Some(now) = ctx.state.failover_state(&id).map_err(internal)?
+                && !matches!(now.as_str(), "failed-over" | "failover-failed")
+            {
+                return Err(busy(now));
+            }
             let choice = point_choice(&ctx.state, &id, &r)?;
             let f = ctx.failover.clone().ok_or_else(no_master_target)?;
             let job = ctx
@@ -395,13 +409,7 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
             if !ctx.state.start_failover(&id, job).map_err(internal)? {
                 let now = ctx.state.failover_state(&id).map_err(internal)?.unwrap_or_default();
                 let _ = ctx.state.finish_job(job, false, &format!("machine is {now}"), None);
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "failover_state",
-                    format!(
-                        "machine {id} is {now}: a failover can start only from protected, failed-over (another point) or failover-failed"
-                    ),
-                ));
+                return Err(busy(now));
             }
             tracing::warn!(%admin, machine = %id, ?choice, job, "failover started: replication from the source stops");
             tokio::spawn(async move { f.failover(job, id, choice).await });

@@ -97,6 +97,10 @@ enum Cmd {
         /// Accelerator: `tcg` (software) or `kvm`.
         #[arg(long, default_value = "tcg")]
         accel: String,
+        /// Put every interface on qemu's user network instead of its mapped bridge
+        /// (a host without the target networks).
+        #[arg(long)]
+        user_net: bool,
         /// Print a JSON array of the arguments instead of a shell line.
         #[arg(long)]
         json: bool,
@@ -131,8 +135,8 @@ fn main() {
         Cmd::PointChecksum { config, point, disk } => {
             rt.block_on(lifeboat_appliance::tools::point_checksum(load(config), point, *disk))
         }
-        Cmd::QemuCommand { spec, accel, json } => {
-            lifeboat_appliance::qemu::print_command(spec, accel, *json)
+        Cmd::QemuCommand { spec, accel, user_net, json } => {
+            lifeboat_appliance::qemu::print_command(spec, accel, *user_net, *json)
         }
     };
     if let Err(e) = r {

@@ -8,7 +8,8 @@
 //! - Interfaces: virtio-net with the spec's MAC. An isolated VM (test failover) gets
 //!   qemu's user network with `restrict=on` (no way out of the guest); network `default`
 //!   gets the user network; any other network name is a host bridge of that name
-//!   (`-netdev bridge`, which needs qemu-bridge-helper to allow it).
+//!   (`-netdev bridge`: the bridge must exist and `/etc/qemu/bridge.conf` must
+//!   `allow` it). `--user-net` puts every interface on the user network instead.
 //! - The serial console is the command's standard output (`-nographic`).
 
 use serde::Deserialize;
@@ -83,8 +84,9 @@ pub fn parse_spec(text: &str) -> anyhow::Result<LocalVmSpec> {
 }
 
 /// The qemu command line (program first) that boots `spec`, with accelerator `accel`
-/// (`tcg` or `kvm`).
-pub fn qemu_args(spec: &LocalVmSpec, accel: &str) -> anyhow::Result<Vec<String>> {
+/// (`tcg` or `kvm`). `user_net` puts every interface on qemu's user network instead of
+/// its mapped bridge (a host without the target networks, such as a lab or a test).
+pub fn qemu_args(spec: &LocalVmSpec, accel: &str, user_net: bool) -> anyhow::Result<Vec<String>> {
     anyhow::ensure!(matches!(accel, "tcg" | "kvm"), "accel: expected tcg or kvm, not {accel:?}");
     let mut a: Vec<String> = vec!["qemu-system-x86_64".into()];
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
@@ -108,7 +110,7 @@ pub fn qemu_args(spec: &LocalVmSpec, accel: &str) -> anyhow::Result<Vec<String>>
     for (i, n) in spec.nics.iter().enumerate() {
         let netdev = if spec.isolated {
             format!("user,id=net{i},restrict=on")
-        } else if n.network == "default" {
+        } else if n.network == "default" || user_net {
             format!("user,id=net{i}")
         } else {
             format!("bridge,id=net{i},br={}", n.network)
@@ -122,11 +124,16 @@ pub fn qemu_args(spec: &LocalVmSpec, accel: &str) -> anyhow::Result<Vec<String>>
 
 /// `lifeboat-appliance qemu-command`: prints the command for the spec file at `path`,
 /// shell-quoted, or as a JSON array.
-pub fn print_command(path: &std::path::Path, accel: &str, json: bool) -> anyhow::Result<()> {
+pub fn print_command(
+    path: &std::path::Path,
+    accel: &str,
+    user_net: bool,
+    json: bool,
+) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
     let spec = parse_spec(&text).map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
-    let args = qemu_args(&spec, accel)?;
+    let args = qemu_args(&spec, accel, user_net)?;
     if json {
         println!("{}", serde_json::to_string(&args)?);
     } else {
@@ -156,7 +163,7 @@ mod tests {
     #[test]
     fn a_spec_becomes_a_command() {
         let spec = parse_spec(SPEC).unwrap();
-        let a = qemu_args(&spec, "tcg").unwrap().join(" ");
+        let a = qemu_args(&spec, "tcg", false).unwrap().join(" ");
         assert!(a.contains("-smp 2 -m 512"), "{a}");
         assert!(a.contains("file=/t/disks/a.img,format=raw,if=none,id=disk0"), "{a}");
         assert!(a.contains("virtio-blk-pci,drive=disk0,bootindex=0"), "{a}");
@@ -166,12 +173,14 @@ mod tests {
         assert!(a.contains("-netdev bridge,id=net1,br=br-dr"), "{a}");
         let isolated =
             parse_spec(&SPEC.replace("\"isolated\":false", "\"isolated\":true")).unwrap();
-        let a = qemu_args(&isolated, "tcg").unwrap().join(" ");
+        let a = qemu_args(&isolated, "tcg", false).unwrap().join(" ");
         assert!(
             a.contains("user,id=net0,restrict=on") && a.contains("user,id=net1,restrict=on"),
             "{a}"
         );
-        assert!(qemu_args(&spec, "xen").is_err());
+        let a = qemu_args(&spec, "tcg", true).unwrap().join(" ");
+        assert!(a.contains("-netdev user,id=net1 ") && !a.contains("bridge"), "{a}");
+        assert!(qemu_args(&spec, "xen", false).is_err());
     }
 
     #[test]

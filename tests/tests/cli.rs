@@ -3,16 +3,10 @@
 
 use lifeboat_e2e::*;
 use std::os::unix::fs::PermissionsExt as _;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 fn lifeboat(site: &Site, args: &[&str], password: Option<&str>) -> Output {
-    let mut c = Command::new(site.bin.join("lifeboat"));
-    c.arg("--session").arg(site.root().join("session.json")).args(args).stdin(Stdio::null());
-    match password {
-        Some(p) => c.env("LIFEBOAT_PASSWORD", p),
-        None => c.env_remove("LIFEBOAT_PASSWORD"),
-    };
-    c.output().unwrap()
+    site.lifeboat(args, password)
 }
 
 fn code(o: &Output) -> i32 {

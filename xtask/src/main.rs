@@ -137,6 +137,7 @@ fn test() -> Result<()> {
         "warnings",
     ]))?;
     setup::apt(setup::TEST_PACKAGES)?;
+    setup::apt_backports(setup::BACKPORTS_PACKAGES)?;
     // The end-to-end tests run the real binaries; `cargo test` alone does not build them.
     build_binaries()?;
     // Azurite (Azure Storage emulator) for the Azure plugin's tests, from npm.

@@ -15,9 +15,77 @@ const BUILD_PACKAGES: &[&str] =
 /// filesystems the agent's free-space and eBPF tracker tests mount; util-linux has losetup,
 /// blkdiscard and fsfreeze; squashfs-tools makes a filesystem that cannot be frozen (the
 /// agent must skip it); postgresql is the real database the PostgreSQL quiescer's test
-/// quiesces (started by the test on 127.0.0.1 as the postgres user).
-pub const TEST_PACKAGES: &[&str] =
-    &["e2fsprogs", "xfsprogs", "util-linux", "postgresql", "squashfs-tools"];
+/// quiesces (started by the test on 127.0.0.1 as the postgres user). The lifecycle test
+/// builds a bootable Linux disk from Debian's kernel (linux-image-amd64, its modules found
+/// with kmod's modprobe), busybox-static, an initramfs packed with cpio and gzip, and
+/// SYSLINUX's boot code (extlinux); it boots the failed-over disk with qemu-system-x86
+/// ([`BACKPORTS_PACKAGES`]).
+pub const TEST_PACKAGES: &[&str] = &[
+    "e2fsprogs",
+    "xfsprogs",
+    "util-linux",
+    "postgresql",
+    "squashfs-tools",
+    "linux-image-amd64",
+    "kmod",
+    "busybox-static",
+    "cpio",
+    "gzip",
+    "extlinux",
+    "syslinux-common",
+];
+
+/// Packages taken from bookworm-backports, so they match the backports qemu-utils the
+/// machines come with: qemu-system-x86 boots failed-over disks in the lifecycle test.
+pub const BACKPORTS_PACKAGES: &[&str] = &["qemu-system-x86"];
+
+/// Adds the bookworm-backports suite to the Debian apt source (deb822
+/// `/etc/apt/sources.list.d/debian.sources`, or a one-line list file beside an old-style
+/// `sources.list`) and installs the missing `pkgs` from it. Idempotent.
+pub fn apt_backports(pkgs: &[&str]) -> Result<()> {
+    if pkgs.iter().all(|p| installed(p)) {
+        return Ok(());
+    }
+    let deb822 = std::path::Path::new("/etc/apt/sources.list.d/debian.sources");
+    let text = std::fs::read_to_string(deb822).unwrap_or_default();
+    if !text.contains("bookworm-backports") {
+        let script = if text.lines().any(|l| l.trim() == "Suites: bookworm bookworm-updates") {
+            "sed -i 's/^Suites: bookworm bookworm-updates$/Suites: bookworm bookworm-updates bookworm-backports/' /etc/apt/sources.list.d/debian.sources".to_owned()
+        } else {
+            "grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d || echo 'deb http://deb.debian.org/debian bookworm-backports main' > /etc/apt/sources.list.d/bookworm-backports.list".to_owned()
+        };
+        eprintln!("xtask: adding bookworm-backports to the apt sources (for {})", pkgs.join(" "));
+        run(&mut as_root("sh", &["-c", &script]))?;
+    }
+    let missing: Vec<&str> = pkgs.iter().copied().filter(|p| !installed(p)).collect();
+    run(&mut as_root("apt-get", &["update", "-q"]))?;
+    let mut args =
+        vec!["install", "-y", "-q", "--no-install-recommends", "-t", "bookworm-backports"];
+    args.extend(&missing);
+    run(&mut as_root("apt-get", &args))
+}
+
+/// `program args`, through sudo unless this is root.
+fn as_root(program: &str, args: &[&str]) -> Command {
+    let mut c = if is_root() {
+        Command::new(program)
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg(program);
+        c
+    };
+    c.env("DEBIAN_FRONTEND", "noninteractive").args(args);
+    c
+}
+
+/// Whether Debian package `p` is installed.
+fn installed(p: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", p])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
 
 /// Makes sure the wasm32-wasip2 Rust target and the build's Debian packages exist.
 pub fn toolchain() -> Result<()> {
@@ -34,17 +102,7 @@ pub fn toolchain() -> Result<()> {
 
 /// Installs the Debian packages in `pkgs` that are missing (apt-get update first).
 pub fn apt(pkgs: &[&str]) -> Result<()> {
-    let missing: Vec<&str> = pkgs
-        .iter()
-        .copied()
-        .filter(|p| {
-            !Command::new("dpkg-query")
-                .args(["-W", "-f=${Status}", p])
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-                .unwrap_or(false)
-        })
-        .collect();
+    let missing: Vec<&str> = pkgs.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         return Ok(());
     }
