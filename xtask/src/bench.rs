@@ -16,6 +16,9 @@ pub fn run(name: &str) -> Result<()> {
         }
         "replication" => crate::bench_replication::replication(),
         "capture" => crate::bench_capture::capture(),
-        other => bail!("unknown benchmark {other:?}; available: plugins, replication, capture"),
+        "failover" => crate::bench_failover::failover(),
+        other => {
+            bail!("unknown benchmark {other:?}; available: plugins, replication, capture, failover")
+        }
     }
 }

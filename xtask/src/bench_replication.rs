@@ -143,8 +143,13 @@ impl Drop for XfsMount {
 /// Mounts a fresh XFS (reflinks on) at `at`, backed by `image`: the filesystem the local
 /// target documentation recommends, where a recovery point is a reflink and not a copy.
 pub(crate) fn mount_xfs(image: &Path, at: &Path) -> Result<XfsMount> {
+    mount_xfs_sized(image, at, 16 << 30)
+}
+
+/// [`mount_xfs`] of `bytes` (a sparse image: only what is written takes space).
+pub(crate) fn mount_xfs_sized(image: &Path, at: &Path, bytes: u64) -> Result<XfsMount> {
     let f = std::fs::File::create(image)?;
-    f.set_len(16 << 30)?;
+    f.set_len(bytes)?;
     drop(f);
     run(Command::new("mkfs.xfs").args(["-q", "-f", "-m", "reflink=1"]).arg(image))?;
     std::fs::create_dir_all(at)?;
@@ -155,6 +160,8 @@ pub(crate) fn mount_xfs(image: &Path, at: &Path) -> Result<XfsMount> {
 pub(crate) struct Lifeboat {
     pub(crate) bin: PathBuf,
     pub(crate) config: PathBuf,
+    /// The configuration server, `https://127.0.0.1:<port>`.
+    pub(crate) config_url: String,
     pub(crate) agent_config: PathBuf,
     pub(crate) dir: PathBuf,
     _procs: Kill,
@@ -239,7 +246,14 @@ impl Lifeboat {
                 disk.display()
             ),
         )?;
-        Ok(Lifeboat { bin, config, agent_config, dir: dir.to_path_buf(), _procs: procs })
+        Ok(Lifeboat {
+            bin,
+            config,
+            config_url: format!("https://127.0.0.1:{cp}"),
+            agent_config,
+            dir: dir.to_path_buf(),
+            _procs: procs,
+        })
     }
 
     /// CPU seconds (user + system) used so far by the appliance and by the agents run.

@@ -4,6 +4,7 @@
 
 mod bench;
 mod bench_capture;
+mod bench_failover;
 mod bench_replication;
 mod plugins;
 mod quickstart;
@@ -36,7 +37,7 @@ enum Cmd {
     Test,
     /// Runs a benchmark and prints its figures (not part of the tests).
     Bench {
-        /// Which benchmark: `plugins` or `replication`.
+        /// Which benchmark: `plugins`, `replication`, `capture` or `failover`.
         name: String,
     },
 }
