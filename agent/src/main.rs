@@ -71,6 +71,20 @@ enum Command {
         #[arg(long)]
         report: bool,
     },
+    /// After a failover (`lifeboat reprotect`, `lifeboat failback`): brings this machine's
+    /// disks to what the failed-over disks hold, moving only the blocks that differ. Stop
+    /// `lifeboat-agent run` first; start it again once failback is done.
+    Reprotect {
+        /// The agent's configuration file.
+        #[arg(long, default_value = "/etc/lifeboat/agent.toml")]
+        config: PathBuf,
+        /// Keep making passes (every --every seconds) until failback's final one is done.
+        #[arg(long)]
+        watch: bool,
+        /// Seconds between passes with --watch.
+        #[arg(long, default_value_t = 60)]
+        every: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -166,6 +180,33 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(1, &e),
+            }
+        }
+        Command::Reprotect { config, watch, every } => {
+            let cfg = match AgentConfig::load(&config) {
+                Ok(c) => c,
+                Err(e) => return fail(2, &e.to_string()),
+            };
+            match lifeboat_agent::reverse::reprotect(
+                &cfg,
+                watch,
+                std::time::Duration::from_secs(every.max(1)),
+            ) {
+                Ok(r) => {
+                    println!(
+                        "{} reverse pass(es): {} MiB compared, {} MiB received{}",
+                        r.passes,
+                        r.compared_bytes >> 20,
+                        r.received_bytes >> 20,
+                        if r.failed_back {
+                            "; failback done: start `lifeboat-agent run` again"
+                        } else {
+                            ""
+                        }
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(1, &format!("{e:#}")),
             }
         }
         Command::Run { config, once } => {

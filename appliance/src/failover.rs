@@ -49,6 +49,9 @@ use lifeboat_wire::api::{NicMapping, SystemInfo, VmSpecInfo, VmSpecSettings};
 
 use crate::state::{PointRow, State, StateError, TestFailoverRow, now_ms};
 
+/// Longest wait for the original machine's agent in reprotect and failback.
+const REVERSE_WAIT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// Longest wait for the master target to apply what was received (`latest`).
 const PROCESS_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
 
@@ -507,6 +510,160 @@ impl Failover {
                 let _ = self.state.finish_job(job, false, &format!("{e:#}"), None);
             }
         }
+    }
+
+    /// Waits until reverse replication of `machine` satisfies `done`, showing the pass's
+    /// progress; `what` names what is awaited.
+    async fn wait_reverse(
+        &self,
+        job: u64,
+        machine: &str,
+        what: &str,
+        done: impl Fn(&crate::state::ReverseRow) -> bool,
+    ) -> anyhow::Result<crate::state::ReverseRow> {
+        let start = std::time::Instant::now();
+        loop {
+            let r = self
+                .state
+                .reverse(machine)?
+                .ok_or_else(|| anyhow::anyhow!("reverse replication of {machine} is gone"))?;
+            if done(&r) {
+                return Ok(r);
+            }
+            if start.elapsed() > REVERSE_WAIT {
+                anyhow::bail!(
+                    "no {what} in {} hours: is `lifeboat-agent reprotect` running on the original machine?",
+                    REVERSE_WAIT.as_secs() / 3600
+                );
+            }
+            let (progress, message) = if r.done_bytes > 0 {
+                (
+                    r.done_bytes as f64 / r.total_bytes.max(1) as f64,
+                    format!(
+                        "{what}: {} of {} MiB compared, {} MiB received",
+                        r.done_bytes >> 20,
+                        r.total_bytes >> 20,
+                        r.received_bytes >> 20
+                    ),
+                )
+            } else {
+                (
+                    0.0,
+                    format!(
+                        "waiting for {what} by the original machine's agent (`lifeboat-agent reprotect`)"
+                    ),
+                )
+            };
+            self.state.job_progress(job, progress.min(0.99), &message)?;
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        }
+    }
+
+    /// Runs job `job`: reprotect of `machine` (moved to `reprotecting`, its reverse
+    /// replication started, by the caller): done once the original machine's agent
+    /// completed a reverse pass; `reprotected` then.
+    pub async fn reprotect(&self, job: u64, machine: String) {
+        let r = self.wait_reverse(job, &machine, "a reverse pass", |r| r.passes >= 1).await;
+        match r {
+            Ok(r) => {
+                let _ = self.state.failover_transition(&machine, "reprotecting", "reprotected");
+                tracing::info!(job, %machine, received_bytes = r.last_received_bytes, "reprotected");
+                let _ = self.state.finish_job(
+                    job,
+                    true,
+                    "reprotected: the original disks hold the failed-over machine's data",
+                    Some(
+                        &serde_json::json!({
+                            "machine": machine, "passes": r.passes,
+                            "received_bytes": r.last_received_bytes, "disk_bytes": r.total_bytes,
+                        })
+                        .to_string(),
+                    ),
+                );
+            }
+            Err(e) => {
+                let _ = self.state.failover_transition(&machine, "reprotecting", "committed");
+                let _ = self.state.finish_job(job, false, &format!("{e:#}"), None);
+            }
+        }
+    }
+
+    /// Runs job `job`: failback of `machine` (moved to `failing-back` by the caller). The
+    /// failed-over VM is stopped (deleted at the target), the agent's final reverse pass
+    /// is awaited, the replicas are made anew from the failed-over disks (clones at the
+    /// target, no data over the network) and replication goes forward again from the
+    /// agent's numbering; the failed-over disks are deleted.
+    pub async fn failback(&self, job: u64, machine: String) {
+        match self.failback_steps(job, &machine).await {
+            Ok(result) => {
+                tracing::info!(job, %machine, "failed back: replication goes forward again");
+                let _ = self.state.finish_job(
+                    job,
+                    true,
+                    "failed back; protected again",
+                    Some(&result.to_string()),
+                );
+            }
+            Err(e) => {
+                let _ = self.state.failover_transition(&machine, "failing-back", "reprotected");
+                tracing::warn!(job, %machine, "failback failed: {e:#}");
+                let _ = self.state.finish_job(job, false, &format!("{e:#}"), None);
+            }
+        }
+    }
+
+    async fn failback_steps(&self, job: u64, machine: &str) -> anyhow::Result<serde_json::Value> {
+        let fo = self
+            .state
+            .failovers(Some(machine))?
+            .pop()
+            .ok_or_else(|| anyhow::anyhow!("machine {machine} has no failover"))?;
+        let mut t = self.instance().await?;
+        if let Some(vm) = &fo.vm {
+            self.state.job_progress(job, 0.0, "stopping the failed-over VM")?;
+            gone(t.delete_vm(vm).await)?;
+            self.state.set_failover(
+                machine,
+                "failing-back",
+                fo.point_id.as_deref(),
+                None,
+                &fo.disks,
+            )?;
+        }
+        self.state.request_final_pass(machine)?;
+        let r = self.wait_reverse(job, machine, "the final reverse pass", |r| r.final_done).await?;
+        let cursors: Vec<lifeboat_wire::api::DiskCursor> =
+            serde_json::from_str(r.next_sequences.as_deref().unwrap_or("[]"))?;
+        // The replicas anew: a point of the failed-over disks, materialised as replicas.
+        self.state.job_progress(job, 0.99, "making the replicas from the failed-over disks")?;
+        let mid: MachineId = machine.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+        let point = format!("fb{job}-{machine}");
+        t.create_point(&point, "failback", &fo.disks).await?;
+        for (d, _) in self.state.disks(machine)? {
+            let suffix = format!("-d{d}");
+            let Some(source) = fo.disks.iter().find(|x| x.ends_with(&suffix)) else {
+                anyhow::bail!("the failed-over disks have no disk {d}");
+            };
+            let replica = crate::logobj::disk_id(mid, d);
+            gone(t.delete_disk(&replica).await)?;
+            t.materialize(&point, source, &replica).await?;
+            let agent_next =
+                cursors.iter().find(|c| c.index == d).map(|c| c.next_sequence).ok_or_else(
+                    || anyhow::anyhow!("the final pass gave no sequence for disk {d}"),
+                )?;
+            let next = agent_next.max(self.state.received_next(machine, d)?);
+            self.state.rebase_disk(machine, d, next)?;
+        }
+        gone(t.delete_point(&point).await)?;
+        for d in &fo.disks {
+            gone(t.delete_disk(d).await)?;
+        }
+        self.state.end_failover(machine)?;
+        Ok(serde_json::json!({
+            "machine": machine,
+            "final_pass_received_bytes": r.last_received_bytes,
+            "disk_bytes": r.total_bytes,
+        }))
     }
 
     /// Runs job `job`: the cleanup of test failover `tf`.

@@ -79,6 +79,8 @@ pub const CONFIG_SERVER_ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/test-failovers/{id}/cleanup"),
     ("POST", "/api/v1/machines/{id}/failover"),
     ("POST", "/api/v1/machines/{id}/commit"),
+    ("POST", "/api/v1/machines/{id}/reprotect"),
+    ("POST", "/api/v1/machines/{id}/failback"),
     ("GET", "/api/v1/failovers"),
     ("GET", "/api/v1/machines/{id}/vm-spec"),
     ("PUT", "/api/v1/machines/{id}/vm-spec"),
@@ -443,6 +445,56 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
             let j = ctx.state.jobs(Some(job), 1).map_err(internal)?.pop().map(job_info);
             json(StatusCode::ACCEPTED, &j)
         }
+        (Method::POST, p) if machine_in(p, "/reprotect").is_some() => {
+            let (_, admin, _) = authenticated(&ctx, &req)?;
+            let id = machine_in(p, "/reprotect").unwrap_or_default().to_owned();
+            known_machine(&ctx.state, &id)?;
+            let f = ctx.failover.clone().ok_or_else(no_master_target)?;
+            if !ctx.state.failover_transition(&id, "committed", "reprotecting").map_err(internal)? {
+                let now = machine_state(&ctx.state, &id, true)?;
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "failover_state",
+                    format!("machine {id} is {now}: only a committed failover can be reprotected"),
+                ));
+            }
+            let total: u64 = ctx.state.disks(&id).map_err(internal)?.iter().map(|d| d.1).sum();
+            ctx.state.start_reverse(&id, total).map_err(internal)?;
+            let job = ctx
+                .state
+                .create_job("reprotect", Some(&id), "waiting for the original machine's agent")
+                .map_err(internal)?;
+            tracing::warn!(%admin, machine = %id, job, "reprotect started: the original disks will be written from the failed-over ones");
+            tokio::spawn(async move { f.reprotect(job, id).await });
+            let j = ctx.state.jobs(Some(job), 1).map_err(internal)?.pop().map(job_info);
+            json(StatusCode::ACCEPTED, &j)
+        }
+        (Method::POST, p) if machine_in(p, "/failback").is_some() => {
+            let (_, admin, _) = authenticated(&ctx, &req)?;
+            let id = machine_in(p, "/failback").unwrap_or_default().to_owned();
+            known_machine(&ctx.state, &id)?;
+            let f = ctx.failover.clone().ok_or_else(no_master_target)?;
+            if !ctx
+                .state
+                .failover_transition(&id, "reprotected", "failing-back")
+                .map_err(internal)?
+            {
+                let now = machine_state(&ctx.state, &id, true)?;
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "failover_state",
+                    format!("machine {id} is {now}: only a reprotected machine can fail back"),
+                ));
+            }
+            let job = ctx
+                .state
+                .create_job("failback", Some(&id), "stopping the failed-over VM")
+                .map_err(internal)?;
+            tracing::warn!(%admin, machine = %id, job, "failback started: the failed-over VM is stopped");
+            tokio::spawn(async move { f.failback(job, id).await });
+            let j = ctx.state.jobs(Some(job), 1).map_err(internal)?.pop().map(job_info);
+            json(StatusCode::ACCEPTED, &j)
+        }
         (Method::GET, "/api/v1/failovers") => {
             authenticated(&ctx, &req)?;
             let list = ctx.state.failovers(None).map_err(internal)?;
@@ -684,8 +736,10 @@ pub async fn process_server(ps: ProcessServer, state: State, req: Request<Reques
     }
     // A machine failed over at the target is not replicated from its source any more:
     // what the source writes from now on is for reprotect to reconcile.
-    if let Some(s) =
-        state.failover_state(&machine).map_err(|e| ApiError::internal(e.to_string()))?
+    let reverse_route = path == "/api/v1/reverse" || path.starts_with("/api/v1/reverse/");
+    if !reverse_route
+        && let Some(s) =
+            state.failover_state(&machine).map_err(|e| ApiError::internal(e.to_string()))?
     {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -722,6 +776,31 @@ pub async fn process_server(ps: ProcessServer, state: State, req: Request<Reques
             let p: api::Progress = read_json(req.into_body()).await?;
             state.set_progress(&machine, &p).map_err(|e| ApiError::internal(e.to_string()))?;
             json(StatusCode::OK, &serde_json::json!({}))
+        }
+        (Method::GET, "/api/v1/reverse") => match crate::reverse::status(&state, &machine) {
+            Ok(st) => json(StatusCode::OK, &st),
+            Err(f) => Ok(failure(f)),
+        },
+        (Method::POST, "/api/v1/reverse/diff") => {
+            let d: api::ReverseDiff = read_json(req.into_body()).await?;
+            match crate::reverse::diff(&ps, &state, &machine, d).await {
+                Ok(batch) => {
+                    let mut r = Response::new(lifeboat_net::server::full(batch));
+                    r.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/octet-stream"),
+                    );
+                    Ok(r)
+                }
+                Err(f) => Ok(failure(f)),
+            }
+        }
+        (Method::POST, "/api/v1/reverse/done") => {
+            let d: api::ReverseDone = read_json(req.into_body()).await?;
+            match crate::reverse::done(&state, &machine, d) {
+                Ok(()) => json(StatusCode::OK, &serde_json::json!({})),
+                Err(f) => Ok(failure(f)),
+            }
         }
         (Method::POST, "/api/v1/churn") => {
             let r: api::ChurnReport = read_json(req.into_body()).await?;

@@ -27,6 +27,7 @@ pub mod logobj;
 pub mod master;
 pub mod process;
 pub mod qemu;
+pub mod reverse;
 pub mod run;
 pub mod state;
 pub mod tools;

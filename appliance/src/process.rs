@@ -199,7 +199,7 @@ impl ProcessServer {
         q
     }
 
-    async fn control_target(
+    pub(crate) async fn control_target(
         &self,
     ) -> Result<tokio::sync::MutexGuard<'_, Option<TargetInstance>>, ApiFailure> {
         let mut g = self.inner.control.lock().await;

@@ -144,7 +144,43 @@ const MIGRATIONS: &[&str] = &[
         started_unix_ms INTEGER NOT NULL,
         committed_unix_ms INTEGER
      );",
+    // 10: reverse replication (reprotect → failback): passes done by the original
+    // machine's agent, the final pass failback asks for, and where the agent's numbering
+    // stands once it is done.
+    "CREATE TABLE reverse_sync (
+        machine_id TEXT PRIMARY KEY,
+        passes INTEGER NOT NULL,
+        final_requested INTEGER NOT NULL,
+        final_done INTEGER NOT NULL,
+        done_bytes INTEGER NOT NULL,
+        total_bytes INTEGER NOT NULL,
+        received_bytes INTEGER NOT NULL,
+        last_received_bytes INTEGER NOT NULL,
+        next_sequences TEXT,
+        updated_unix_ms INTEGER NOT NULL
+     );",
 ];
+
+/// Where reverse replication of a machine stands.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReverseRow {
+    /// Passes completed.
+    pub passes: u64,
+    /// Failback asked for a final pass.
+    pub final_requested: bool,
+    /// The final pass is done.
+    pub final_done: bool,
+    /// Bytes hashed so far in the current pass.
+    pub done_bytes: u64,
+    /// Bytes of the machine's disks.
+    pub total_bytes: u64,
+    /// Bytes sent to the agent so far in the current pass.
+    pub received_bytes: u64,
+    /// Bytes the last completed pass sent.
+    pub last_received_bytes: u64,
+    /// The agent's next sequence per disk, JSON (from the final pass).
+    pub next_sequences: Option<String>,
+}
 
 /// A machine's failover as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -600,6 +636,13 @@ impl State {
         self.conn()
             .execute("UPDATE failovers SET state = 'failed-over' WHERE state = 'committing'", [])
             .map_err(|e| self.err(e))?;
+        // Reprotect and failback wait on the agent; started again, they wait again.
+        self.conn()
+            .execute("UPDATE failovers SET state = 'committed' WHERE state = 'reprotecting'", [])
+            .map_err(|e| self.err(e))?;
+        self.conn()
+            .execute("UPDATE failovers SET state = 'reprotected' WHERE state = 'failing-back'", [])
+            .map_err(|e| self.err(e))?;
         Ok(n as u64)
     }
 
@@ -829,6 +872,135 @@ impl State {
             )
             .map_err(|e| self.err(e))?;
         Ok(n > 0)
+    }
+
+    /// Starts reverse replication of a machine whose disks hold `total_bytes`.
+    pub fn start_reverse(&self, machine_id: &str, total_bytes: u64) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "INSERT INTO reverse_sync (machine_id, passes, final_requested, final_done, done_bytes,
+                     total_bytes, received_bytes, last_received_bytes, updated_unix_ms)
+                 VALUES (?1, 0, 0, 0, 0, ?2, 0, 0, ?3)
+                 ON CONFLICT (machine_id) DO UPDATE SET passes = 0, final_requested = 0,
+                     final_done = 0, done_bytes = 0, total_bytes = ?2, received_bytes = 0,
+                     last_received_bytes = 0, next_sequences = NULL, updated_unix_ms = ?3",
+                params![machine_id, total_bytes as i64, now_ms() as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Where reverse replication of a machine stands, if it was started.
+    pub fn reverse(&self, machine_id: &str) -> Result<Option<ReverseRow>, StateError> {
+        self.conn()
+            .query_row(
+                "SELECT passes, final_requested, final_done, done_bytes, total_bytes,
+                        received_bytes, last_received_bytes, next_sequences
+                 FROM reverse_sync WHERE machine_id = ?1",
+                params![machine_id],
+                |r| {
+                    Ok(ReverseRow {
+                        passes: r.get::<_, i64>(0)? as u64,
+                        final_requested: r.get::<_, i64>(1)? != 0,
+                        final_done: r.get::<_, i64>(2)? != 0,
+                        done_bytes: r.get::<_, i64>(3)? as u64,
+                        total_bytes: r.get::<_, i64>(4)? as u64,
+                        received_bytes: r.get::<_, i64>(5)? as u64,
+                        last_received_bytes: r.get::<_, i64>(6)? as u64,
+                        next_sequences: r.get(7)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Counts a served reverse diff: `hashed` bytes compared, `sent` bytes sent. A diff at
+    /// the start of the first disk starts a new pass's counts.
+    pub fn reverse_progress(
+        &self,
+        machine_id: &str,
+        restart: bool,
+        hashed: u64,
+        sent: u64,
+    ) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "UPDATE reverse_sync SET
+                     done_bytes = CASE WHEN ?2 THEN 0 ELSE done_bytes END + ?3,
+                     received_bytes = CASE WHEN ?2 THEN 0 ELSE received_bytes END + ?4,
+                     updated_unix_ms = ?5
+                 WHERE machine_id = ?1",
+                params![machine_id, restart, hashed as i64, sent as i64, now_ms() as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Records a completed reverse pass; a final one (started after failback asked for
+    /// it) with the agent's next sequences.
+    pub fn reverse_pass_done(
+        &self,
+        machine_id: &str,
+        final_pass: bool,
+        next_sequences_json: &str,
+    ) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "UPDATE reverse_sync SET passes = passes + 1, last_received_bytes = received_bytes,
+                     final_done = CASE WHEN ?2 AND final_requested THEN 1 ELSE final_done END,
+                     next_sequences = CASE WHEN ?2 AND final_requested THEN ?3 ELSE next_sequences END,
+                     updated_unix_ms = ?4
+                 WHERE machine_id = ?1",
+                params![machine_id, final_pass, next_sequences_json, now_ms() as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Failback asks the agent for a final pass (the failed-over VM is stopped).
+    pub fn request_final_pass(&self, machine_id: &str) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "UPDATE reverse_sync SET final_requested = 1, final_done = 0 WHERE machine_id = ?1",
+                params![machine_id],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Forward replication again: the failover and its reverse replication are forgotten.
+    pub fn end_failover(&self, machine_id: &str) -> Result<(), StateError> {
+        let mut c = self.conn();
+        let tx = c.transaction().map_err(|e| self.err(e))?;
+        tx.execute("DELETE FROM reverse_sync WHERE machine_id = ?1", params![machine_id])
+            .map_err(|e| self.err(e))?;
+        tx.execute("DELETE FROM failovers WHERE machine_id = ?1", params![machine_id])
+            .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// The replica of a disk was made anew (failback): the master target goes on from
+    /// sequence `next` with no point reached, and the process server expects `next`.
+    pub fn rebase_disk(&self, machine_id: &str, disk: u32, next: u64) -> Result<(), StateError> {
+        let mut c = self.conn();
+        let tx = c.transaction().map_err(|e| self.err(e))?;
+        tx.execute(
+            "INSERT INTO applied (machine_id, disk, next_sequence, point_reached, point_kind)
+             VALUES (?1, ?2, ?3, NULL, NULL)
+             ON CONFLICT (machine_id, disk) DO UPDATE
+             SET next_sequence = ?3, point_reached = NULL, point_kind = NULL",
+            params![machine_id, disk, next as i64],
+        )
+        .map_err(|e| self.err(e))?;
+        tx.execute(
+            "INSERT INTO received (machine_id, disk, next_sequence) VALUES (?1, ?2, ?3)
+             ON CONFLICT (machine_id, disk) DO UPDATE
+             SET next_sequence = MAX(next_sequence, ?3)",
+            params![machine_id, disk, next as i64],
+        )
+        .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))
     }
 
     /// A machine's failover state, if it has one (`failing-over`, `failed-over`, …).

@@ -88,6 +88,24 @@ enum Cmd {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Reprotects a committed failover: the original machine's disks are brought to the
+    /// failed-over ones (run `lifeboat-agent reprotect` there); waits for the first pass.
+    Reprotect {
+        /// Machine id.
+        machine: String,
+        /// Return once the job started instead of waiting for it.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Fails a reprotected machine back: stops the failed-over VM, waits for the agent's
+    /// final pass, and replicates forward again.
+    Failback {
+        /// Machine id.
+        machine: String,
+        /// Return once the job started instead of waiting for it.
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Failovers and their states.
     Failovers,
     /// The VM a failover of a machine makes; with options, sets it (the options replace
@@ -504,6 +522,22 @@ fn run(cli: &Cli) -> Result<(serde_json::Value, String), Failure> {
             let t = match v["result"]["points_deleted"].as_u64() {
                 Some(n) => format!("failover of {machine} committed; {n} recovery points deleted"),
                 None => format!("job {} started", v["id"]),
+            };
+            (v, t)
+        }
+        Cmd::Reprotect { machine, no_wait } | Cmd::Failback { machine, no_wait } => {
+            let verb =
+                if matches!(cli.cmd, Cmd::Reprotect { .. }) { "reprotect" } else { "failback" };
+            let s = load_session(cli)?;
+            let c = client(&s.url, &s.fingerprint)?;
+            let path = format!("/api/v1/machines/{machine}/{verb}");
+            let j = call(&c, Method::POST, &path, Some(&s.token), None)?;
+            let v = if *no_wait { j } else { wait_job(&c, &s.token, j, cli.json)? };
+            let t = match v["state"].as_str() {
+                Some("succeeded") => {
+                    format!("{verb} of {machine}: {}", v["message"].as_str().unwrap_or("done"))
+                }
+                _ => format!("job {} started", v["id"]),
             };
             (v, t)
         }

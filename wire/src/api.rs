@@ -9,6 +9,9 @@
 //! | `GET /api/v1/machines/<id>/points` | process server | client certificate (own machine) | → [`PointList`] |
 //! | `POST /api/v1/groups/points` | process server | client certificate (a member) | [`GroupPoint`] → `{}` |
 //! | `POST /api/v1/churn` | process server | client certificate | [`ChurnReport`] → `{}` |
+//! | `GET /api/v1/reverse` | process server | client certificate | → [`ReverseStatus`] |
+//! | `POST /api/v1/reverse/diff` | process server | client certificate | [`ReverseDiff`] → a batch (wire format v1) of the blocks that differ |
+//! | `POST /api/v1/reverse/done` | process server | client certificate | [`ReverseDone`] → `{}` |
 //!
 //! The administrator API on the configuration server is described by its OpenAPI document
 //! (`GET /api/v1/openapi.json`, `appliance/openapi.json`); its bodies are the types below
@@ -411,7 +414,7 @@ pub struct MachineSummary {
     /// Its newest recovery point, if any.
     pub last_point: Option<PointSummary>,
     /// `initial-copy` (no point yet), `protected`, `failing-over`, `failed-over`,
-    /// `failover-failed` or `committed`.
+    /// `failover-failed`, `committed`, `reprotecting`, `reprotected` or `failing-back`.
     #[serde(default)]
     pub state: String,
 }
@@ -549,8 +552,9 @@ impl VmSpecSettings {
 pub struct FailoverInfo {
     /// The machine.
     pub machine_id: String,
-    /// `failing-over`, `failed-over` (the point may still be changed), `failover-failed`
-    /// or `committed`.
+    /// `failing-over`, `failed-over` (the point may still be changed), `failover-failed`,
+    /// `committing`, `committed`, `reprotecting`, `reprotected` (the original disks are
+    /// written from the failed-over ones) or `failing-back`. Failback ends the failover.
     pub state: String,
     /// The point the VM was made from.
     pub point_id: Option<String>,
@@ -632,6 +636,91 @@ pub struct TestFailoverInfo {
 pub struct TestFailoverList {
     /// Oldest first.
     pub test_failovers: Vec<TestFailoverInfo>,
+}
+
+/// Block size of reverse replication (reprotect): the unit whose hashes are compared.
+pub const REVERSE_BLOCK: u32 = 64 << 10;
+/// Most block hashes in one [`ReverseDiff`] (16 MiB of disk).
+pub const REVERSE_MAX_BLOCKS: usize = 256;
+
+/// The hash reverse replication compares a block by: xxh3-128 of its bytes, 32 hex digits.
+/// (Accidental collisions are out of reach at 128 bits; the blocks come from the
+/// machine's own disks and the appliance's own target, not from an adversary.)
+pub fn reverse_block_hash(data: &[u8]) -> String {
+    format!("{:032x}", xxhash_rust::xxh3::xxh3_128(data))
+}
+
+/// `GET /api/v1/reverse`: whether the machine's disks are to be written from the target
+/// (after a failover, from reprotect until failback) and how.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReverseStatus {
+    /// `reverse` (pull the failed-over disks' differing blocks into this machine's disks)
+    /// or `forward` (nothing to pull: replicate as usual).
+    pub mode: String,
+    /// Passes completed so far.
+    pub passes: u64,
+    /// The pass to start now is failback's last one: the failed-over VM is stopped, and
+    /// once this pass is done replication goes forward again.
+    pub final_pass: bool,
+    /// [`REVERSE_BLOCK`].
+    pub block_size: u32,
+    /// The machine's disks as the appliance knows them.
+    pub disks: Vec<DiskSize>,
+}
+
+/// `POST /api/v1/reverse/diff`: the hashes of consecutive blocks of one of the machine's
+/// disks from `offset`; the answer is a batch with the target's content of every block
+/// whose hash differs (zero extents where it reads as zeros).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReverseDiff {
+    /// Disk index.
+    pub disk: u32,
+    /// A multiple of [`REVERSE_BLOCK`], inside the disk.
+    pub offset: u64,
+    /// [`reverse_block_hash`] of each block (the last block of the disk may be shorter),
+    /// 1 to [`REVERSE_MAX_BLOCKS`] of them, not past the end of the disk.
+    pub hashes: Vec<String>,
+}
+
+impl ReverseDiff {
+    /// Shape checks against a disk of `disk_size` bytes.
+    pub fn check(&self, disk_size: u64) -> Result<(), String> {
+        let b = u64::from(REVERSE_BLOCK);
+        if !self.offset.is_multiple_of(b) || self.offset >= disk_size {
+            return Err(format!(
+                "offset: {} is not a multiple of {b} inside the disk ({disk_size} bytes)",
+                self.offset
+            ));
+        }
+        if self.hashes.is_empty() || self.hashes.len() > REVERSE_MAX_BLOCKS {
+            return Err(format!("hashes: expected 1 to {REVERSE_MAX_BLOCKS}"));
+        }
+        if self.offset + (self.hashes.len() as u64 - 1) * b >= disk_size {
+            return Err("hashes: more blocks than the disk has from offset".into());
+        }
+        for (i, h) in self.hashes.iter().enumerate() {
+            if h.len() != 32 || !h.bytes().all(|c| c.is_ascii_hexdigit()) {
+                return Err(format!("hashes[{i}]: expected 32 hex digits"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `POST /api/v1/reverse/done`: a reverse pass over every disk is complete and durable
+/// (the disks were flushed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReverseDone {
+    /// The pass was started as the final one ([`ReverseStatus::final_pass`]).
+    pub final_pass: bool,
+    /// Bytes of blocks the pass received and wrote.
+    pub received_bytes: u64,
+    /// Where the agent's numbering of each disk's batches stands: forward replication
+    /// resumes from there after failback.
+    pub next_sequences: Vec<DiskCursor>,
 }
 
 /// An error answer.

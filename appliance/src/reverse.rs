@@ -1,0 +1,140 @@
+//! Reverse replication after a failover (reprotect → failback): the original machine's
+//! agent pulls, block by block, what differs between its own disks and the failed-over
+//! disks at the target, and writes it into its disks.
+//!
+//! The agent hashes a range of one of its disks ([`REVERSE_BLOCK`] blocks, xxh3-128) and
+//! posts the hashes (`POST /api/v1/reverse/diff`); the process server reads the same
+//! range of the failed-over disk through the target plugin, hashes it the same way and
+//! answers a batch (wire format v1) with the blocks whose hashes differ: data extents, or
+//! zero extents where the failed-over disk reads as zeros. So only blocks that differ
+//! cross the network — those the failed-over machine changed since the failover, and
+//! those the source itself changed after the failover point — never a full copy while the
+//! original disks exist. Both sides are read in full: the price of needing no change
+//! tracking inside the failed-over VM.
+//!
+//! A pass is every disk from start to end, then `POST /api/v1/reverse/done` once the agent
+//! flushed its disks. Reprotect ends with the first pass; failback stops the failed-over
+//! VM, asks for a final pass (`final_pass` in `GET /api/v1/reverse`) and, once it is done,
+//! makes the replicas anew from the failed-over disks and replication goes forward again
+//! from the agent's numbering (`failover.rs`).
+
+use bytes::Bytes;
+use lifeboat_wire::api::{
+    DiskSize, REVERSE_BLOCK, ReverseDiff, ReverseDone, ReverseStatus, reverse_block_hash,
+};
+use lifeboat_wire::{Batch, BatchHeader, MachineId};
+
+use crate::process::{ApiFailure, ProcessServer, call_failure};
+use crate::state::State;
+
+/// Failover states in which the machine's disks are written from the target.
+pub const REVERSE_STATES: &[&str] = &["reprotecting", "reprotected", "failing-back"];
+
+fn not_reverse(machine: &str) -> ApiFailure {
+    ApiFailure::new(
+        409,
+        "not-reprotected",
+        format!("machine {machine} is not being reprotected: start `lifeboat reprotect` first"),
+    )
+}
+
+/// Whether `machine` is in reverse replication.
+fn in_reverse(state: &State, machine: &str) -> Result<bool, ApiFailure> {
+    Ok(state.failover_state(machine)?.is_some_and(|s| REVERSE_STATES.contains(&s.as_str())))
+}
+
+/// `GET /api/v1/reverse`.
+pub fn status(state: &State, machine: &str) -> Result<ReverseStatus, ApiFailure> {
+    let disks =
+        state.disks(machine)?.into_iter().map(|(index, size)| DiskSize { index, size }).collect();
+    let (mode, passes, final_pass) = match state.reverse(machine)? {
+        Some(r) if in_reverse(state, machine)? => {
+            ("reverse", r.passes, r.final_requested && !r.final_done)
+        }
+        _ => ("forward", 0, false),
+    };
+    Ok(ReverseStatus { mode: mode.into(), passes, final_pass, block_size: REVERSE_BLOCK, disks })
+}
+
+/// `POST /api/v1/reverse/diff`: the encoded batch of the blocks that differ.
+pub async fn diff(
+    ps: &ProcessServer,
+    state: &State,
+    machine: &str,
+    d: ReverseDiff,
+) -> Result<Bytes, ApiFailure> {
+    if !in_reverse(state, machine)? {
+        return Err(not_reverse(machine));
+    }
+    let size = state
+        .disks(machine)?
+        .into_iter()
+        .find(|(i, _)| *i == d.disk)
+        .map(|(_, s)| s)
+        .ok_or_else(|| ApiFailure::new(400, "invalid", format!("disk: no disk {}", d.disk)))?;
+    d.check(size).map_err(|e| ApiFailure::new(400, "invalid", e))?;
+    let fo = state.failovers(Some(machine))?.pop().ok_or_else(|| not_reverse(machine))?;
+    let suffix = format!("-d{}", d.disk);
+    let source = fo.disks.iter().find(|x| x.ends_with(&suffix)).cloned().ok_or_else(|| {
+        ApiFailure::new(409, "no-failover-disk", format!("the failover has no disk {}", d.disk))
+    })?;
+    let b = u64::from(REVERSE_BLOCK);
+    let len = (d.hashes.len() as u64 * b).min(size - d.offset);
+    let data = {
+        let mut t = ps.control_target().await?;
+        let t = t.as_mut().expect("control_target sets it");
+        t.read_extent(&source, d.offset, len as u32).await.map_err(call_failure)?
+    };
+    if data.len() as u64 != len {
+        return Err(ApiFailure::new(
+            500,
+            "short-read",
+            format!("the target read {} of {len} bytes of {source}", data.len()),
+        ));
+    }
+    let mid: MachineId =
+        machine.parse().map_err(|e: String| ApiFailure::new(403, "forbidden", e))?;
+    let mut builder =
+        Batch::builder(BatchHeader { machine: mid, disk_index: d.disk, sequence: 0, tag: None });
+    let mut sent = 0u64;
+    for (i, want) in d.hashes.iter().enumerate() {
+        let start = i * REVERSE_BLOCK as usize;
+        let block = &data[start..(start + REVERSE_BLOCK as usize).min(data.len())];
+        if reverse_block_hash(block).eq_ignore_ascii_case(want) {
+            continue;
+        }
+        let offset = d.offset + start as u64;
+        let r = if block.iter().all(|&x| x == 0) {
+            builder.push_zero(offset, block.len() as u64)
+        } else {
+            sent += block.len() as u64;
+            builder.push_data(offset, block)
+        };
+        r.map_err(|e| ApiFailure::new(500, "internal", format!("building the answer: {e}")))?;
+    }
+    let first = state.disks(machine)?.first().map(|x| x.0) == Some(d.disk) && d.offset == 0;
+    state.reverse_progress(machine, first, len, sent)?;
+    Ok(Bytes::from(lifeboat_wire::encode(&builder.build())))
+}
+
+/// `POST /api/v1/reverse/done`.
+pub fn done(state: &State, machine: &str, d: ReverseDone) -> Result<(), ApiFailure> {
+    if !in_reverse(state, machine)? {
+        return Err(not_reverse(machine));
+    }
+    let known = state.disks(machine)?;
+    for k in &known {
+        if !d.next_sequences.iter().any(|c| c.index == k.0) {
+            return Err(ApiFailure::new(
+                400,
+                "invalid",
+                format!("next_sequences: no cursor for disk {}", k.0),
+            ));
+        }
+    }
+    let json = serde_json::to_string(&d.next_sequences)
+        .map_err(|e| ApiFailure::new(500, "internal", e.to_string()))?;
+    state.reverse_pass_done(machine, d.final_pass, &json)?;
+    tracing::info!(%machine, final_pass = d.final_pass, received_bytes = d.received_bytes, "reverse pass done");
+    Ok(())
+}
