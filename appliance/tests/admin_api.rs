@@ -627,6 +627,26 @@ async fn failovers_and_vm_specs() {
     assert_eq!(v["failovers"][0]["disks"][0], "fo42-m-1-d1");
     let (st, v) = call(&c, Method::POST, "/api/v1/machines/m-1/commit", cm, t, "").await;
     assert_eq!((st, v["code"].as_str()), (StatusCode::CONFLICT, Some("no_master_target")), "{v}");
+    // Reprotect and failback: identity, unknown machines, and (with no master target here)
+    // nothing started.
+    let rp = "/api/v1/machines/{id}/reprotect";
+    let fb = "/api/v1/machines/{id}/failback";
+    for (path, template) in
+        [("/api/v1/machines/m-1/reprotect", rp), ("/api/v1/machines/m-1/failback", fb)]
+    {
+        let (st, _) = call(&c, Method::POST, path, template, None, "").await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED);
+        let (st, v) = call(&c, Method::POST, path, template, t, "").await;
+        assert_eq!(
+            (st, v["code"].as_str()),
+            (StatusCode::CONFLICT, Some("no_master_target")),
+            "{v}"
+        );
+        let bad = path.replace("m-1", "m-9");
+        let (st, _) = call(&c, Method::POST, &bad, template, t, "").await;
+        assert_eq!(st, StatusCode::NOT_FOUND);
+    }
+    assert_eq!(s.state.failover_state("m-1").unwrap().as_deref(), Some("failed-over"));
     s.state.set_failover("m-1", "committed", Some("m-1-p1"), Some("fo-m-1"), &[]).unwrap();
     assert!(!s.state.start_failover("m-1", 44).unwrap(), "a committed failover stays");
     let (_, v) = call(&c, Method::GET, "/api/v1/failovers", "/api/v1/failovers", t, "").await;

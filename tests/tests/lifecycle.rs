@@ -3,8 +3,11 @@
 //! root filesystem; `make_bootable_disk`) and whose second disk is an ext4 data
 //! filesystem is protected; a test failover, its cleanup, a failover at the latest point,
 //! a change to an older (custom) point, and the commit follow, with the disks compared
-//! with the source at every step. Last, the failed-over VM is booted with qemu under
-//! software emulation and reports, from inside the guest, the data it found.
+//! with the source at every step. The failed-over VM is booted with qemu under software
+//! emulation and reports, from inside the guest, the data it found. Then reprotect (the
+//! failed-over disks changed, and so did the source after the failover point: only the
+//! blocks that differ move), failback (a last change, the final pass, the replicas made
+//! anew) and forward replication again, checked against the original disks.
 
 use lifeboat_e2e::*;
 use std::path::{Path, PathBuf};
@@ -36,7 +39,7 @@ fn result_disks(v: &serde_json::Value) -> Vec<(u64, PathBuf)> {
 }
 
 #[test]
-fn protect_test_failover_failover_change_point_commit_and_boot() {
+fn protect_test_failover_failover_commit_boot_reprotect_failback_reenable() {
     if !root_or_skip("the lifecycle test (loop mounts to build the disks)") {
         return;
     }
@@ -145,6 +148,10 @@ fn protect_test_failover_failover_change_point_commit_and_boot() {
         String::from_utf8_lossy(&again.stderr)
     );
 
+    // Nothing to pull back before reprotect: the agent's reverse pass does nothing.
+    let pass = agent_reprotect(&site, &agent_cfg);
+    assert!(pass.contains("0 reverse pass(es)"), "{pass}");
+
     // Another point before commit: the second one. The first failover's disks go.
     let v = site.lifeboat_json(&["failover", &machine, "--point", &at[1].0]);
     let new_disks = result_disks(&v);
@@ -171,4 +178,98 @@ fn protect_test_failover_failover_change_point_commit_and_boot() {
         console.contains(&format!("{}  /data/gen", at[1].3)),
         "the guest does not see generation 2 on its data disk:\n{console}"
     );
+
+    // The failed-over machine runs on and writes generation 4; the original source had
+    // also run on after the failover point (generation 5): reprotect must undo that.
+    let (fo_boot, fo_data) = (new_disks[0].1.clone(), new_disks[1].1.clone());
+    write_generation(&fo_data, &mnt, 4);
+    write_generation(&data, &mnt, 5);
+    assert_ne!(sha256_file(&data), sha256_file(&fo_data));
+    let total_bytes =
+        std::fs::metadata(&boot).unwrap().len() + std::fs::metadata(&data).unwrap().len();
+
+    // Reprotect: the job waits for the original machine's agent, whose pass moves only the
+    // blocks that differ.
+    let job = site.lifeboat_json(&["reprotect", &machine, "--no-wait"]);
+    let job = job["id"].as_u64().unwrap().to_string();
+    let pass = agent_reprotect(&site, &agent_cfg);
+    assert!(pass.contains("1 reverse pass(es)"), "{pass}");
+    let v = wait_job(&site, &job);
+    let received = v["result"]["received_bytes"].as_u64().unwrap();
+    assert!(received > 0, "something differed: {v}");
+    eprintln!("reprotect: {received} of {total_bytes} bytes received");
+    assert!(
+        received < total_bytes / 8,
+        "reprotect moved {received} of {total_bytes} bytes: more than the changed blocks"
+    );
+    assert_eq!(sha256_file(&data), sha256_file(&fo_data), "the original data disk after reprotect");
+    assert_eq!(sha256_file(&boot), sha256_file(&fo_boot), "the original boot disk after reprotect");
+    assert_eq!(site.lifeboat_json(&["machines"])["machines"][0]["state"], "reprotected");
+    assert_eq!(site.lifeboat(&["reprotect", &machine], None).status.code(), Some(5));
+
+    // The failed-over machine writes once more (generation 6); failback stops it, takes
+    // the final pass, and replication goes forward again.
+    let gen6 = write_generation(&fo_data, &mnt, 6);
+    let want_data = sha256_file(&fo_data);
+    let job = site.lifeboat_json(&["failback", &machine, "--no-wait"]);
+    let job = job["id"].as_u64().unwrap().to_string();
+    let pass = agent_reprotect(&site, &agent_cfg);
+    assert!(pass.contains("failback done"), "{pass}");
+    wait_job(&site, &job);
+    assert_eq!(sha256_file(&data), want_data, "the original data disk after failback");
+    assert!(
+        !fo_data.exists() && !vm_file.exists(),
+        "failback removed the failed-over VM and disks"
+    );
+    let v = site.lifeboat_json(&["machines"]);
+    assert_eq!(v["machines"][0]["state"], "initial-copy", "protected again, no point yet: {v}");
+    let v = site.lifeboat_json(&["failovers"]);
+    assert_eq!(v["failovers"].as_array().unwrap().len(), 0, "{v}");
+
+    // Forward replication: the next cycle is a point equal to the original disks, and it
+    // did not copy the disks again.
+    let received_before = stat(&site, &cfg, "received_bytes");
+    site.agent_once(&agent_cfg);
+    let points = wait_for(Duration::from_secs(60), "a point after failback", || {
+        let p = site.points(&cfg);
+        (!p.is_empty()).then_some(p)
+    });
+    let sent = stat(&site, &cfg, "received_bytes") - received_before;
+    assert!(sent < total_bytes / 8, "re-enabling sent {sent} bytes: a full copy");
+    eprintln!("forward again: {sent} bytes sent by the first cycle after failback");
+    let v = site.lifeboat_json(&["test-failover", &machine, "--point", &points[0].1]);
+    let disks = result_disks(&v);
+    assert_eq!(sha256_file(&disks[0].1), sha256_file(&boot), "replica boot disk after failback");
+    assert_eq!(sha256_file(&disks[1].1), sha256_file(&data), "replica data disk after failback");
+    sh("mount", &["-o", "loop,ro", disks[1].1.to_str().unwrap(), mnt.to_str().unwrap()]).unwrap();
+    let text = std::fs::read(mnt.join("gen")).unwrap();
+    sh("umount", &[mnt.to_str().unwrap()]).unwrap();
+    use sha2::Digest as _;
+    assert_eq!(hex::encode(sha2::Sha256::digest(&text)), gen6, "generation 6 came back");
+}
+
+/// `lifeboat-agent reprotect` (one pass, or failback's final one); its standard output.
+fn agent_reprotect(site: &Site, agent_cfg: &Path) -> String {
+    let o = std::process::Command::new(site.bin.join("lifeboat-agent"))
+        .args(["reprotect", "--config"])
+        .arg(agent_cfg)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "lifeboat-agent reprotect: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Waits for job `id` to succeed; its JSON.
+fn wait_job(site: &Site, id: &str) -> serde_json::Value {
+    wait_for(Duration::from_secs(120), &format!("job {id}"), || {
+        let v = site.lifeboat_json(&["jobs", id]);
+        assert_ne!(v["state"], "failed", "job {id} failed: {v}");
+        (v["state"] == "succeeded").then_some(v)
+    })
+}
+
+/// An appliance counter (`lifeboat-appliance stats`).
+fn stat(site: &Site, cfg: &Path, name: &str) -> u64 {
+    let v: serde_json::Value = serde_json::from_str(&site.cli(cfg, &["stats"])).unwrap();
+    v[name].as_u64().unwrap_or(0)
 }

@@ -754,6 +754,30 @@ mod tests {
     }
 
     #[test]
+    fn reverse_diffs_are_shape_checked() {
+        let b = u64::from(REVERSE_BLOCK);
+        let size = 10 * b + 512;
+        let h = reverse_block_hash(&[0u8; 512]);
+        assert_eq!(h.len(), 32);
+        assert_ne!(h, reverse_block_hash(&[1u8; 512]));
+        let ok = |offset, n| ReverseDiff { disk: 0, offset, hashes: vec![h.clone(); n] };
+        ok(0, 11).check(size).unwrap();
+        ok(10 * b, 1).check(size).unwrap();
+        for (d, field) in [
+            (ok(0, 0), "hashes"),
+            (ok(0, REVERSE_MAX_BLOCKS + 1), "hashes"),
+            (ok(0, 12), "hashes"),
+            (ok(512, 1), "offset"),
+            (ok(11 * b, 1), "offset"),
+            (ReverseDiff { disk: 0, offset: 0, hashes: vec!["xyz".into()] }, "hashes[0]"),
+            (ReverseDiff { disk: 0, offset: 0, hashes: vec!["g".repeat(32)] }, "hashes[0]"),
+        ] {
+            let e = d.check(size).expect_err(field);
+            assert!(e.starts_with(field), "{field}: {e}");
+        }
+    }
+
+    #[test]
     fn system_info_is_range_checked() {
         system().check().unwrap();
         type Spoil = fn(&mut SystemInfo);
