@@ -199,7 +199,7 @@ fn main() -> ExitCode {
                         r.compared_bytes >> 20,
                         r.received_bytes >> 20,
                         if r.failed_back {
-                            "; failback done: start `lifeboat-agent run` again"
+                            "; that was failback's final pass: once `lifeboat failback` is done, start `lifeboat-agent run` again"
                         } else {
                             ""
                         }

@@ -36,7 +36,8 @@ pub struct ReverseReport {
     pub compared_bytes: u64,
     /// Bytes of blocks received and written (zero extents count their length).
     pub received_bytes: u64,
-    /// The last pass was failback's final one: forward replication is on again.
+    /// The last pass was failback's final one: the appliance makes the replicas anew and
+    /// then takes forward replication (`lifeboat failback` says when it is done).
     pub failed_back: bool,
 }
 

@@ -26,17 +26,19 @@
 //! A failover of machine `M`, as job `N` (the source is taken to be lost):
 //! 1. the failover is recorded `failing-over`: the process server refuses the source from
 //!    now on (`409 failed-over`), so what was received is all there is;
-//! 2. a failover that was made before and not committed (choosing another point) has its
-//!    VM and disks deleted first;
-//! 3. the point is chosen, every disk materialised as `foN-M-d<d>` and the VM `fo-M` made
-//!    on its production networks;
+//! 2. the point is chosen; the names of what the job will make are recorded (so a restart
+//!    half way leaves nothing the next failover does not delete);
+//! 3. every disk is materialised as `foN-M-d<d>` and the VM `foN-M` made on its production
+//!    networks;
 //! 4. the failover is recorded `failed-over`: the master target leaves the machine's
-//!    replica and points alone, so another point can still be chosen.
+//!    replica and points alone, so another point can still be chosen. Choosing another
+//!    point makes the new VM first and deletes the earlier one's VM and disks only then;
+//!    if the new one fails, the earlier one stays the machine's failover.
 //!
 //! A failure records `failover-failed` (the source stays refused; failing over again is
 //! allowed). Commit deletes the machine's recovery points and its unapplied logs (the
-//! failed-over VM is all that is kept, with the replica for reprotect) and records
-//! `committed`.
+//! failed-over VM and disks are what is kept; failback later makes the replica anew) and
+//! records `committed`.
 
 use std::sync::Arc;
 
@@ -271,18 +273,25 @@ impl Failover {
         }
         let start = std::time::Instant::now();
         loop {
-            let mut left = 0;
-            let mut reached_min = u64::MAX;
+            let newest = self.state.points(machine)?.last().map(|p| p.point).unwrap_or(0);
+            // Done when no disk can move on: each has applied what was received, or waits
+            // at a tag beyond the newest point for a disk whose logs up to that tag never
+            // came (the source was lost mid-point). If every disk waits at one tag, the
+            // point is about to be cut.
+            let (mut left, mut waiting, mut tags) = (0, 0, Vec::new());
             for (d, received) in &want {
                 let (applied, reached) = self.state.applied(machine, *d)?;
-                left += received.saturating_sub(applied);
-                reached_min = reached_min.min(reached.unwrap_or(0));
+                let parked = reached.is_some_and(|r| r > newest);
+                if parked {
+                    waiting += 1;
+                    tags.push(reached);
+                } else {
+                    left += received.saturating_sub(applied);
+                }
             }
-            if want.is_empty() {
-                reached_min = 0;
-            }
-            let newest = self.state.points(machine)?.last().map(|p| p.point).unwrap_or(0);
-            if left == 0 && newest >= reached_min {
+            let all_at_one_tag =
+                waiting == want.len() && waiting > 0 && tags.windows(2).all(|w| w[0] == w[1]);
+            if left == 0 && !all_at_one_tag {
                 return Ok(());
             }
             if start.elapsed() > PROCESS_WAIT {
@@ -401,22 +410,41 @@ impl Failover {
     }
 
     /// Runs job `job`: a failover of `machine` at the point `choice` names. The failover
-    /// was recorded `failing-over` by the caller ([`State::start_failover`]).
+    /// was recorded `failing-over` by the caller ([`State::start_failover`]); what an
+    /// earlier failover of the machine made (another point before commit) is replaced only
+    /// once the new VM exists.
     pub async fn failover(&self, job: u64, machine: String, choice: PointChoice) {
+        let old = self.state.failovers(Some(&machine)).ok().and_then(|mut v| v.pop());
         let mut made: Vec<String> = Vec::new();
-        match self.failover_steps(job, &machine, &choice, &mut made).await {
+        let mut vm_made = None;
+        match self
+            .failover_steps(job, &machine, &choice, old.as_ref(), &mut made, &mut vm_made)
+            .await
+        {
             Ok(result) => {
                 let _ = self.state.finish_job(job, true, "failed over", Some(&result.to_string()));
             }
             Err(e) => {
                 if let Ok(mut t) = self.instance().await {
-                    let _ = t.delete_vm(&format!("fo-{machine}")).await;
+                    if let Some(vm) = &vm_made {
+                        let _ = t.delete_vm(vm).await;
+                    }
                     for d in &made {
                         let _ = t.delete_disk(d).await;
                     }
                 }
                 tracing::warn!(job, %machine, "failover failed: {e:#}");
-                let _ = self.state.set_failover(&machine, "failover-failed", None, None, &[]);
+                // An earlier failover that is still in place stays the machine's failover.
+                let _ = match old.filter(|o| o.vm.is_some() && o.point_id.is_some()) {
+                    Some(o) => self.state.set_failover(
+                        &machine,
+                        "failed-over",
+                        o.point_id.as_deref(),
+                        o.vm.as_deref(),
+                        &o.disks,
+                    ),
+                    None => self.state.set_failover(&machine, "failover-failed", None, None, &[]),
+                };
                 let _ = self.state.finish_job(job, false, &format!("{e:#}"), None);
             }
         }
@@ -427,31 +455,52 @@ impl Failover {
         job: u64,
         machine: &str,
         choice: &PointChoice,
+        old: Option<&crate::state::FailoverRow>,
         made: &mut Vec<String>,
+        vm_made: &mut Option<String>,
     ) -> anyhow::Result<serde_json::Value> {
         let t0 = std::time::Instant::now();
         let mut t = self.instance().await?;
-        // Another point for a failover not committed: the earlier VM and disks go first.
-        if let Some(old) = self.state.failovers(Some(machine))?.pop()
-            && (old.vm.is_some() || !old.disks.is_empty())
-        {
-            self.state.job_progress(job, 0.0, "deleting the earlier failover's VM and disks")?;
-            if let Some(vm) = &old.vm {
-                gone(t.delete_vm(vm).await)?;
-            }
-            for d in &old.disks {
-                gone(t.delete_disk(d).await)?;
-            }
-            self.state.set_failover(machine, "failing-over", None, None, &[])?;
-        }
         let point = self.resolve(job, machine, choice).await?;
         let spec = vm_spec(&self.state, machine)?;
         let prefix = format!("fo{job}");
+        let vm_name = format!("{prefix}-{machine}");
+        let in_place = old.is_some_and(|o| o.vm.is_some() && o.point_id.is_some());
+        if !in_place {
+            // What this job will make, recorded first: if the appliance stops half way, the
+            // next failover of the machine deletes it.
+            let planned: Vec<String> =
+                point.disks.iter().map(|d| format!("{prefix}-{machine}-d{d}")).collect();
+            // Leftovers of a failover cut short.
+            if let Some(o) = old {
+                if let Some(vm) = &o.vm {
+                    gone(t.delete_vm(vm).await)?;
+                }
+                for d in &o.disks {
+                    gone(t.delete_disk(d).await)?;
+                }
+            }
+            self.state.set_failover(machine, "failing-over", None, Some(&vm_name), &planned)?;
+        }
         let locations =
             self.materialize_all(&mut t, job, &prefix, &point, &spec.disks, made).await?;
-        let vm =
-            t.create_vm(&plugin_spec(format!("fo-{machine}"), &spec, made.clone(), false)).await?;
+        let vm = t.create_vm(&plugin_spec(vm_name, &spec, made.clone(), false)).await?;
+        *vm_made = Some(vm.clone());
         self.state.set_failover(machine, "failed-over", Some(&point.id), Some(&vm), made)?;
+        // The new failover is in place: what the earlier one made goes (a failure here
+        // leaves garbage, not a broken failover).
+        if let Some(o) = old.filter(|_| in_place) {
+            if let Some(old_vm) = &o.vm
+                && let Err(e) = gone(t.delete_vm(old_vm).await)
+            {
+                tracing::warn!(job, %machine, vm = %old_vm, "the earlier failover's VM was not deleted: {e:#}");
+            }
+            for d in &o.disks {
+                if let Err(e) = gone(t.delete_disk(d).await) {
+                    tracing::warn!(job, %machine, disk = %d, "the earlier failover's disk was not deleted: {e:#}");
+                }
+            }
+        }
         let seconds = t0.elapsed().as_secs_f64();
         tracing::info!(job, %machine, point = %point.id, %vm, seconds, "failed over");
         Ok(serde_json::json!({
@@ -589,10 +638,11 @@ impl Failover {
     }
 
     /// Runs job `job`: failback of `machine` (moved to `failing-back` by the caller). The
-    /// failed-over VM is stopped (deleted at the target), the agent's final reverse pass
-    /// is awaited, the replicas are made anew from the failed-over disks (clones at the
-    /// target, no data over the network) and replication goes forward again from the
-    /// agent's numbering; the failed-over disks are deleted.
+    /// failed-over VM is stopped (deleted at the target, and checked gone), its disks are
+    /// frozen (a point, materialised as `fb<job>-…` copies), the agent's final reverse pass
+    /// over those is awaited, the replicas are made anew from the same point (clones at
+    /// the target, no data over the network) and replication goes forward again from the
+    /// agent's numbering; then the failed-over disks and the copies are deleted.
     pub async fn failback(&self, job: u64, machine: String) {
         match self.failback_steps(job, &machine).await {
             Ok(result) => {
@@ -622,6 +672,14 @@ impl Failover {
         if let Some(vm) = &fo.vm {
             self.state.job_progress(job, 0.0, "stopping the failed-over VM")?;
             gone(t.delete_vm(vm).await)?;
+            match t.vm_state(vm).await {
+                Err(e)
+                    if matches!(
+                        e.plugin_error(),
+                        Some(lifeboat_plugin_host::PluginError::NotFound(_))
+                    ) => {}
+                other => anyhow::bail!("the failed-over VM {vm} is still there: {other:?}"),
+            }
             self.state.set_failover(
                 machine,
                 "failing-back",
@@ -630,40 +688,67 @@ impl Failover {
                 &fo.disks,
             )?;
         }
-        self.state.request_final_pass(machine)?;
-        let r = self.wait_reverse(job, machine, "the final reverse pass", |r| r.final_done).await?;
-        let cursors: Vec<lifeboat_wire::api::DiskCursor> =
-            serde_json::from_str(r.next_sequences.as_deref().unwrap_or("[]"))?;
-        // The replicas anew: a point of the failed-over disks, materialised as replicas.
-        self.state.job_progress(job, 0.99, "making the replicas from the failed-over disks")?;
+        // Frozen copies of the stopped machine's disks: the final pass reads them, and the
+        // replicas are made from the same point.
         let mid: MachineId = machine.parse().map_err(|e: String| anyhow::anyhow!(e))?;
         let point = format!("fb{job}-{machine}");
         t.create_point(&point, "failback", &fo.disks).await?;
-        for (d, _) in self.state.disks(machine)? {
-            let suffix = format!("-d{d}");
-            let Some(source) = fo.disks.iter().find(|x| x.ends_with(&suffix)) else {
-                anyhow::bail!("the failed-over disks have no disk {d}");
-            };
-            let replica = crate::logobj::disk_id(mid, d);
-            gone(t.delete_disk(&replica).await)?;
-            t.materialize(&point, source, &replica).await?;
-            let agent_next =
-                cursors.iter().find(|c| c.index == d).map(|c| c.next_sequence).ok_or_else(
-                    || anyhow::anyhow!("the final pass gave no sequence for disk {d}"),
-                )?;
-            let next = agent_next.max(self.state.received_next(machine, d)?);
-            self.state.rebase_disk(machine, d, next)?;
+        let mut frozen = Vec::new();
+        let r: anyhow::Result<serde_json::Value> = async {
+            for d in &fo.disks {
+                let copy = format!("fb{job}-{d}");
+                t.materialize(&point, d, &copy).await?;
+                frozen.push(copy);
+            }
+            self.state.request_final_pass(machine, Some(&frozen))?;
+            let r =
+                self.wait_reverse(job, machine, "the final reverse pass", |r| r.final_done).await?;
+            let cursors: Vec<lifeboat_wire::api::DiskCursor> =
+                serde_json::from_str(r.next_sequences.as_deref().unwrap_or("[]"))?;
+            self.state.job_progress(job, 0.99, "making the replicas from the failed-over disks")?;
+            for (d, _) in self.state.disks(machine)? {
+                let suffix = format!("-d{d}");
+                let Some(source) = fo.disks.iter().find(|x| x.ends_with(&suffix)) else {
+                    anyhow::bail!("the failed-over disks have no disk {d}");
+                };
+                let agent_next =
+                    cursors.iter().find(|c| c.index == d).map(|c| c.next_sequence).ok_or_else(
+                        || anyhow::anyhow!("the final pass gave no sequence for disk {d}"),
+                    )?;
+                let replica = crate::logobj::disk_id(mid, d);
+                gone(t.delete_disk(&replica).await)?;
+                t.materialize(&point, source, &replica).await?;
+                let next = agent_next.max(self.state.received_next(machine, d)?);
+                self.state.rebase_disk(machine, d, next)?;
+            }
+            Ok(serde_json::json!({
+                "machine": machine,
+                "final_pass_received_bytes": r.last_received_bytes,
+                "disk_bytes": r.total_bytes,
+            }))
         }
-        gone(t.delete_point(&point).await)?;
-        for d in &fo.disks {
-            gone(t.delete_disk(d).await)?;
+        .await;
+        if r.is_err() {
+            let _ = self.state.request_final_pass(machine, None);
         }
-        self.state.end_failover(machine)?;
-        Ok(serde_json::json!({
-            "machine": machine,
-            "final_pass_received_bytes": r.last_received_bytes,
-            "disk_bytes": r.total_bytes,
-        }))
+        // Forward again first; then what failback no longer needs goes (a failure there
+        // leaves garbage at the target, logged, not a machine stuck half way).
+        if r.is_ok() {
+            self.state.end_failover(machine)?;
+        }
+        let mut garbage: Vec<&String> = frozen.iter().collect();
+        if r.is_ok() {
+            garbage.extend(&fo.disks);
+        }
+        if let Err(e) = gone(t.delete_point(&point).await) {
+            tracing::warn!(job, %machine, %point, "failback's point was not deleted: {e:#}");
+        }
+        for d in garbage {
+            if let Err(e) = gone(t.delete_disk(d).await) {
+                tracing::warn!(job, %machine, disk = %d, "a disk failback no longer needs was not deleted: {e:#}");
+            }
+        }
+        r
     }
 
     /// Runs job `job`: the cleanup of test failover `tf`.

@@ -53,6 +53,8 @@ pub struct ConfigServerCtx {
     pub ca: Arc<Ca>,
     /// Handed to agents at registration.
     pub process_server_url: String,
+    /// The data directory (the recovery passphrase's derived key lives there).
+    pub data_dir: std::path::PathBuf,
 }
 
 /// The configuration server's OpenAPI document (`GET /api/v1/openapi.json`).
@@ -84,6 +86,8 @@ pub const CONFIG_SERVER_ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/failovers"),
     ("GET", "/api/v1/machines/{id}/vm-spec"),
     ("PUT", "/api/v1/machines/{id}/vm-spec"),
+    ("GET", "/api/v1/recovery-passphrase"),
+    ("PUT", "/api/v1/recovery-passphrase"),
     ("GET", "/api/v1/jobs"),
     ("GET", "/api/v1/jobs/{id}"),
     ("GET", "/metrics"),
@@ -494,6 +498,45 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
             tokio::spawn(async move { f.failback(job, id).await });
             let j = ctx.state.jobs(Some(job), 1).map_err(internal)?.pop().map(job_info);
             json(StatusCode::ACCEPTED, &j)
+        }
+        (Method::GET, "/api/v1/recovery-passphrase") => {
+            authenticated(&ctx, &req)?;
+            let set = crate::catalogue::Sealer::load(&ctx.data_dir)
+                .map_err(|e| ApiError::internal(format!("{e:#}")))?
+                .is_some();
+            let written = ctx
+                .state
+                .setting("catalogue_written_unix_ms")
+                .map_err(internal)?
+                .and_then(|v| v.parse().ok());
+            json(StatusCode::OK, &api::RecoveryStatus { set, catalogue_written_unix_ms: written })
+        }
+        (Method::PUT, "/api/v1/recovery-passphrase") => {
+            let (_, admin, _) = authenticated(&ctx, &req)?;
+            let r: api::RecoveryPassphrase = read_json(req.into_body()).await?;
+            if r.passphrase.chars().count() < crate::catalogue::MIN_PASSPHRASE
+                || r.passphrase.len() > 1024
+            {
+                return Err(ApiError::bad_request(
+                    "invalid",
+                    format!(
+                        "passphrase: expected {} to 1024 characters",
+                        crate::catalogue::MIN_PASSPHRASE
+                    ),
+                ));
+            }
+            let dir = ctx.data_dir.clone();
+            tokio::task::spawn_blocking(move || {
+                crate::catalogue::Sealer::new(&r.passphrase)?.store(&dir)
+            })
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+            tracing::warn!(%admin, "recovery passphrase set: the catalogue at the target is sealed under it from now on");
+            json(
+                StatusCode::OK,
+                &api::RecoveryStatus { set: true, catalogue_written_unix_ms: None },
+            )
         }
         (Method::GET, "/api/v1/failovers") => {
             authenticated(&ctx, &req)?;

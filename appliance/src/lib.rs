@@ -18,6 +18,7 @@
 //! * [`run`] — starting the roles.
 
 pub mod admin;
+pub mod catalogue;
 pub mod config;
 pub mod failover;
 pub mod handoff;

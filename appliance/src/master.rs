@@ -52,6 +52,11 @@ pub struct MasterTarget {
     codec: Option<CodecInstance>,
     cipher: Option<CipherInstance>,
     handoff: Option<Arc<Handoff>>,
+    /// The data directory, when the catalogue is to be written at the target.
+    catalogue_dir: Option<std::path::PathBuf>,
+    /// When the catalogue was last considered, and a hash of what was last written.
+    catalogue_at: Option<std::time::Instant>,
+    catalogue_hash: Option<[u8; 32]>,
 }
 
 impl std::fmt::Debug for MasterTarget {
@@ -88,13 +93,58 @@ impl MasterTarget {
             codec: None,
             cipher: None,
             handoff,
+            catalogue_dir: None,
+            catalogue_at: None,
+            catalogue_hash: None,
         }
+    }
+
+    /// Writes the catalogue at the target (sealed under the recovery passphrase, once one
+    /// is set in `data_dir`), see [`crate::catalogue`].
+    pub fn with_catalogue(mut self, data_dir: std::path::PathBuf) -> Self {
+        self.catalogue_dir = Some(data_dir);
+        self
+    }
+
+    /// Writes the catalogue if it changed and [`crate::catalogue::WRITE_EVERY`] passed.
+    async fn maybe_write_catalogue(&mut self) -> anyhow::Result<()> {
+        use crate::catalogue::{OBJECT, Sealer, WRITE_EVERY, build};
+        use sha2::Digest as _;
+        let Some(dir) = self.catalogue_dir.clone() else { return Ok(()) };
+        if self.catalogue_at.is_some_and(|t| t.elapsed() < WRITE_EVERY) {
+            return Ok(());
+        }
+        self.catalogue_at = Some(std::time::Instant::now());
+        let Some(sealer) = Sealer::load(&dir)? else { return Ok(()) };
+        let mut c = build(&self.state, &dir.join("keys"))?;
+        let mut h = sha2::Sha256::new();
+        h.update(serde_json::to_vec(&c)?);
+        h.update(sealer.salt.as_bytes());
+        let hash: [u8; 32] = h.finalize().into();
+        if self.catalogue_hash == Some(hash) {
+            return Ok(());
+        }
+        c.written_unix_ms = now_ms();
+        let sealed = sealer.seal(&serde_json::to_vec(&c)?)?;
+        self.refresh().await?;
+        self.target.as_mut().expect("refreshed").put_log(OBJECT, &sealed).await?;
+        self.catalogue_hash = Some(hash);
+        self.state.set_setting("catalogue_written_unix_ms", &c.written_unix_ms.to_string())?;
+        tracing::info!(
+            bytes = sealed.len(),
+            machines = c.machines.len(),
+            "catalogue written at the target"
+        );
+        Ok(())
     }
 
     /// Applies until `shutdown`; idle passes sleep `poll_ms`.
     pub async fn run(mut self, shutdown: tokio_util::sync::CancellationToken) {
         let mut backoff = Duration::from_millis(self.cfg.poll_ms);
         loop {
+            if let Err(e) = self.maybe_write_catalogue().await {
+                tracing::warn!(error = %format!("{e:#}"), "the catalogue could not be written at the target; retried");
+            }
             let idle = match self.pass().await {
                 Ok(r) => {
                     backoff = Duration::from_millis(self.cfg.poll_ms);

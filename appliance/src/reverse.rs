@@ -13,10 +13,12 @@
 //! tracking inside the failed-over VM.
 //!
 //! A pass is every disk from start to end, then `POST /api/v1/reverse/done` once the agent
-//! flushed its disks. Reprotect ends with the first pass; failback stops the failed-over
-//! VM, asks for a final pass (`final_pass` in `GET /api/v1/reverse`) and, once it is done,
-//! makes the replicas anew from the failed-over disks and replication goes forward again
-//! from the agent's numbering (`failover.rs`).
+//! flushed its disks. Reprotect ends with the first pass. Failback stops the failed-over
+//! VM, freezes copies of its disks (a point, materialised), asks for a final pass over
+//! those (`final_pass` in `GET /api/v1/reverse`) and, once it is done — it counts only if
+//! it began at the first disk's start after the request and compared every byte — makes the
+//! replicas from the same copies; replication goes forward again from the agent's
+//! numbering (`failover.rs`).
 
 use bytes::Bytes;
 use lifeboat_wire::api::{
@@ -74,8 +76,11 @@ pub async fn diff(
         .ok_or_else(|| ApiFailure::new(400, "invalid", format!("disk: no disk {}", d.disk)))?;
     d.check(size).map_err(|e| ApiFailure::new(400, "invalid", e))?;
     let fo = state.failovers(Some(machine))?.pop().ok_or_else(|| not_reverse(machine))?;
+    // Failback's final pass reads its frozen copies; other passes the failed-over disks.
+    let rev = state.reverse(machine)?.unwrap_or_default();
+    let sources = if rev.source_disks.is_empty() { fo.disks } else { rev.source_disks };
     let suffix = format!("-d{}", d.disk);
-    let source = fo.disks.iter().find(|x| x.ends_with(&suffix)).cloned().ok_or_else(|| {
+    let source = sources.iter().find(|x| x.ends_with(&suffix)).cloned().ok_or_else(|| {
         ApiFailure::new(409, "no-failover-disk", format!("the failover has no disk {}", d.disk))
     })?;
     let b = u64::from(REVERSE_BLOCK);
@@ -130,6 +135,19 @@ pub fn done(state: &State, machine: &str, d: ReverseDone) -> Result<(), ApiFailu
                 "invalid",
                 format!("next_sequences: no cursor for disk {}", k.0),
             ));
+        }
+    }
+    for (i, c) in d.next_sequences.iter().enumerate() {
+        let bad =
+            |why: &str| ApiFailure::new(400, "invalid", format!("next_sequences[{i}]: {why}"));
+        if !known.iter().any(|k| k.0 == c.index) {
+            return Err(bad("no such disk"));
+        }
+        if d.next_sequences[..i].iter().any(|o| o.index == c.index) {
+            return Err(bad("the disk is listed twice"));
+        }
+        if c.next_sequence > i64::MAX as u64 {
+            return Err(bad("next_sequence is out of range"));
         }
     }
     let json = serde_json::to_string(&d.next_sequences)

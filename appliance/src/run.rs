@@ -116,6 +116,7 @@ pub async fn run(config: ApplianceConfig) -> anyhow::Result<()> {
             }),
             ca: ca.clone(),
             process_server_url: url,
+            data_dir: data.clone(),
         });
         let tls = lifeboat_net::server_config(server_id, ClientAuth::None)?;
         let listener =
@@ -178,7 +179,8 @@ pub async fn run(config: ApplianceConfig) -> anyhow::Result<()> {
             core.registry.clone(),
             cfg.master_target.clone(),
             handoff.clone(),
-        );
+        )
+        .with_catalogue(data.clone());
         let sd = shutdown.clone();
         tasks.spawn(async move { mt.run(sd).await });
         tracing::info!(target = %cfg.master_target.target, "master target running");

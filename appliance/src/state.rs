@@ -157,7 +157,14 @@ const MIGRATIONS: &[&str] = &[
         received_bytes INTEGER NOT NULL,
         last_received_bytes INTEGER NOT NULL,
         next_sequences TEXT,
+        final_started INTEGER NOT NULL DEFAULT 0,
+        source_disks TEXT,
         updated_unix_ms INTEGER NOT NULL
+     );",
+    // 11: appliance-wide values (when the catalogue was last written at the target, …).
+    "CREATE TABLE settings (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL
      );",
 ];
 
@@ -180,6 +187,10 @@ pub struct ReverseRow {
     pub last_received_bytes: u64,
     /// The agent's next sequence per disk, JSON (from the final pass).
     pub next_sequences: Option<String>,
+    /// The final pass started (a diff at the start of the first disk after the request).
+    pub final_started: bool,
+    /// What diffs read instead of the failover's disks: failback's frozen copies.
+    pub source_disks: Vec<String>,
 }
 
 /// A machine's failover as stored.
@@ -187,7 +198,8 @@ pub struct ReverseRow {
 pub struct FailoverRow {
     /// The machine.
     pub machine_id: String,
-    /// `failing-over`, `failed-over`, `failover-failed` or `committed`.
+    /// `failing-over`, `failed-over`, `failover-failed`, `committing`, `committed`,
+    /// `reprotecting`, `reprotected` or `failing-back`.
     pub state: String,
     /// The point the VM was made from.
     pub point_id: Option<String>,
@@ -478,6 +490,37 @@ impl State {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
+    /// A machine's disks as (index, size, source path), by index.
+    pub fn disk_rows(&self, machine_id: &str) -> Result<Vec<(u32, u64, String)>, StateError> {
+        let c = self.conn();
+        let mut s = c
+            .prepare("SELECT idx, size, path FROM disks WHERE machine_id = ?1 ORDER BY idx")
+            .map_err(|e| self.err(e))?;
+        let rows = s
+            .query_map(params![machine_id], |r| {
+                Ok((r.get::<_, i64>(0)? as u32, r.get::<_, i64>(1)? as u64, r.get(2)?))
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Adds a machine known from a recovered catalogue (no passphrase: it registered with
+    /// the lost appliance).
+    pub fn import_machine(
+        &self,
+        machine_id: &str,
+        hostname: &str,
+        registered_unix_ms: u64,
+    ) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "INSERT OR IGNORE INTO machines (id, hostname, registered_unix_ms) VALUES (?1, ?2, ?3)",
+                params![machine_id, hostname, registered_unix_ms as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
     fn get_seq(&self, table: &str, machine_id: &str, disk: u32) -> Result<u64, StateError> {
         self.conn()
             .query_row(
@@ -626,7 +669,8 @@ impl State {
                 params![now_ms() as i64],
             )
             .map_err(|e| self.err(e))?;
-        // A failover cut short made nothing it recorded; it may be started again.
+        // A failover cut short may be started again; the next one deletes what this one
+        // recorded it would make.
         self.conn()
             .execute(
                 "UPDATE failovers SET state = 'failover-failed' WHERE state = 'failing-over'",
@@ -895,7 +939,8 @@ impl State {
         self.conn()
             .query_row(
                 "SELECT passes, final_requested, final_done, done_bytes, total_bytes,
-                        received_bytes, last_received_bytes, next_sequences
+                        received_bytes, last_received_bytes, next_sequences, final_started,
+                        source_disks
                  FROM reverse_sync WHERE machine_id = ?1",
                 params![machine_id],
                 |r| {
@@ -908,6 +953,14 @@ impl State {
                         received_bytes: r.get::<_, i64>(5)? as u64,
                         last_received_bytes: r.get::<_, i64>(6)? as u64,
                         next_sequences: r.get(7)?,
+                        final_started: r.get::<_, i64>(8)? != 0,
+                        source_disks: r
+                            .get::<_, Option<String>>(9)?
+                            .unwrap_or_default()
+                            .split(',')
+                            .filter(|s| !s.is_empty())
+                            .map(str::to_owned)
+                            .collect(),
                     })
                 },
             )
@@ -929,6 +982,7 @@ impl State {
                 "UPDATE reverse_sync SET
                      done_bytes = CASE WHEN ?2 THEN 0 ELSE done_bytes END + ?3,
                      received_bytes = CASE WHEN ?2 THEN 0 ELSE received_bytes END + ?4,
+                     final_started = CASE WHEN ?2 AND final_requested THEN 1 ELSE final_started END,
                      updated_unix_ms = ?5
                  WHERE machine_id = ?1",
                 params![machine_id, restart, hashed as i64, sent as i64, now_ms() as i64],
@@ -937,8 +991,9 @@ impl State {
         Ok(())
     }
 
-    /// Records a completed reverse pass; a final one (started after failback asked for
-    /// it) with the agent's next sequences.
+    /// Records a completed reverse pass; a final one — started after failback asked for it
+    /// (a diff at the start of the first disk came after the request) and covering every
+    /// byte — with the agent's next sequences.
     pub fn reverse_pass_done(
         &self,
         machine_id: &str,
@@ -948,8 +1003,10 @@ impl State {
         self.conn()
             .execute(
                 "UPDATE reverse_sync SET passes = passes + 1, last_received_bytes = received_bytes,
-                     final_done = CASE WHEN ?2 AND final_requested THEN 1 ELSE final_done END,
-                     next_sequences = CASE WHEN ?2 AND final_requested THEN ?3 ELSE next_sequences END,
+                     final_done = CASE WHEN ?2 AND final_requested AND final_started
+                         AND done_bytes >= total_bytes THEN 1 ELSE final_done END,
+                     next_sequences = CASE WHEN ?2 AND final_requested AND final_started
+                         AND done_bytes >= total_bytes THEN ?3 ELSE next_sequences END,
                      updated_unix_ms = ?4
                  WHERE machine_id = ?1",
                 params![machine_id, final_pass, next_sequences_json, now_ms() as i64],
@@ -958,12 +1015,19 @@ impl State {
         Ok(())
     }
 
-    /// Failback asks the agent for a final pass (the failed-over VM is stopped).
-    pub fn request_final_pass(&self, machine_id: &str) -> Result<(), StateError> {
+    /// Failback asks the agent for a final pass (the failed-over VM is stopped) over
+    /// `source_disks`, frozen copies of the failed-over disks; with `None`, the request is
+    /// withdrawn (a failback that failed).
+    pub fn request_final_pass(
+        &self,
+        machine_id: &str,
+        source_disks: Option<&[String]>,
+    ) -> Result<(), StateError> {
         self.conn()
             .execute(
-                "UPDATE reverse_sync SET final_requested = 1, final_done = 0 WHERE machine_id = ?1",
-                params![machine_id],
+                "UPDATE reverse_sync SET final_requested = ?2, final_done = 0, final_started = 0,
+                     source_disks = ?3 WHERE machine_id = ?1",
+                params![machine_id, source_disks.is_some(), source_disks.map(|d| d.join(","))],
             )
             .map_err(|e| self.err(e))?;
         Ok(())
@@ -1281,6 +1345,26 @@ impl State {
             .map_err(|e| self.err(e))?;
         }
         tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Sets an appliance-wide value.
+    pub fn set_setting(&self, name: &str, value: &str) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "INSERT INTO settings (name, value) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET value = ?2",
+                params![name, value],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// An appliance-wide value, if set.
+    pub fn setting(&self, name: &str) -> Result<Option<String>, StateError> {
+        self.conn()
+            .query_row("SELECT value FROM settings WHERE name = ?1", params![name], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err(e))
     }
 
     /// Every counter, by name.

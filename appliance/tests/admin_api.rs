@@ -32,6 +32,7 @@ async fn start() -> Server {
         failover: None,
         ca: ca.clone(),
         process_server_url: "https://127.0.0.1:9443".into(),
+        data_dir: dir.path().to_owned(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

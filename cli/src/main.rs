@@ -147,6 +147,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: PassphraseCmd,
     },
+    /// The recovery passphrase the catalogue at the target is sealed under.
+    RecoveryPassphrase {
+        #[command(subcommand)]
+        cmd: RecoveryCmd,
+    },
     /// Prints a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -160,6 +165,14 @@ enum PassphraseCmd {
     Status,
     /// Makes a new one-time passphrase; the unused ones stop working.
     Rotate,
+}
+
+#[derive(Subcommand)]
+enum RecoveryCmd {
+    /// Whether one is set, and when the catalogue was last written at the target.
+    Status,
+    /// Sets it (from LIFEBOAT_RECOVERY_PASSPHRASE or the first line of standard input).
+    Set,
 }
 
 #[derive(clap::Args)]
@@ -674,6 +687,39 @@ fn run(cli: &Cli) -> Result<(serde_json::Value, String), Failure> {
             let v = authed(Method::POST, "/api/v1/passphrases")?;
             let t = v["passphrase"].as_str().unwrap_or("?").to_owned();
             (v, t)
+        }
+        Cmd::RecoveryPassphrase { cmd: RecoveryCmd::Status } => {
+            let v = authed(Method::GET, "/api/v1/recovery-passphrase")?;
+            let t = match (v["set"].as_bool(), v["catalogue_written_unix_ms"].as_u64()) {
+                (Some(true), Some(ms)) => {
+                    format!("set; catalogue written at the target at {ms} ms")
+                }
+                (Some(true), None) => "set; the catalogue is not written yet".into(),
+                _ => "not set: a fresh appliance could not recover this site's catalogue".into(),
+            };
+            (v, t)
+        }
+        Cmd::RecoveryPassphrase { cmd: RecoveryCmd::Set } => {
+            let p = match std::env::var("LIFEBOAT_RECOVERY_PASSPHRASE") {
+                Ok(p) => p,
+                Err(_) => {
+                    let mut line = String::new();
+                    std::io::stdin().lock().read_line(&mut line).map_err(|e| {
+                        fail(2, format!("cannot read the passphrase from standard input: {e}"))
+                    })?;
+                    line.trim_end_matches(['\r', '\n']).to_owned()
+                }
+            };
+            let s = load_session(cli)?;
+            let c = client(&s.url, &s.fingerprint)?;
+            let v = call(
+                &c,
+                Method::PUT,
+                "/api/v1/recovery-passphrase",
+                Some(&s.token),
+                Some(serde_json::json!({"passphrase": p})),
+            )?;
+            (v, "recovery passphrase set; keep it away from this appliance".into())
         }
         Cmd::Completions { .. } => unreachable!("handled before"),
     })

@@ -158,6 +158,10 @@ fn protect_test_failover_failover_commit_boot_reprotect_failback_reenable() {
     assert_eq!(sha256_file(&new_disks[0].1), at[1].1);
     assert_eq!(sha256_file(&new_disks[1].1), at[1].2, "failed-over data disk at point 2");
     assert!(disks.iter().all(|(_, p)| !p.exists()), "the earlier failover's disks were removed");
+    assert!(!vm_file.exists(), "the earlier failover's VM was removed");
+    let vm = v["result"]["vm"].as_str().unwrap().to_owned();
+    let vm_file = site.root().join("target/vms").join(format!("{vm}.json"));
+    assert!(vm_file.exists(), "the new VM");
 
     // Commit: the points go, the VM and its disks stay; no more failovers or commits.
     let v = site.lifeboat_json(&["commit", &machine]);
@@ -213,8 +217,9 @@ fn protect_test_failover_failover_commit_boot_reprotect_failback_reenable() {
     let want_data = sha256_file(&fo_data);
     let job = site.lifeboat_json(&["failback", &machine, "--no-wait"]);
     let job = job["id"].as_u64().unwrap().to_string();
-    let pass = agent_reprotect(&site, &agent_cfg);
-    assert!(pass.contains("failback done"), "{pass}");
+    // With --watch the agent makes passes until failback asks for and gets the final one.
+    let pass = agent_reprotect_args(&site, &agent_cfg, &["--watch", "--every", "1"]);
+    assert!(pass.contains("final pass"), "{pass}");
     wait_job(&site, &job);
     assert_eq!(sha256_file(&data), want_data, "the original data disk after failback");
     assert!(
@@ -250,9 +255,14 @@ fn protect_test_failover_failover_commit_boot_reprotect_failback_reenable() {
 
 /// `lifeboat-agent reprotect` (one pass, or failback's final one); its standard output.
 fn agent_reprotect(site: &Site, agent_cfg: &Path) -> String {
+    agent_reprotect_args(site, agent_cfg, &[])
+}
+
+fn agent_reprotect_args(site: &Site, agent_cfg: &Path, extra: &[&str]) -> String {
     let o = std::process::Command::new(site.bin.join("lifeboat-agent"))
         .args(["reprotect", "--config"])
         .arg(agent_cfg)
+        .args(extra)
         .output()
         .unwrap();
     assert!(o.status.success(), "lifeboat-agent reprotect: {}", String::from_utf8_lossy(&o.stderr));

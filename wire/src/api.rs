@@ -546,6 +546,32 @@ impl VmSpecSettings {
     }
 }
 
+/// `PUT /api/v1/recovery-passphrase`: the passphrase the catalogue at the target is sealed
+/// under (at least 16 characters). Keep it apart from the appliance: with it, a fresh
+/// appliance at the target site fails machines over when this one is lost.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoveryPassphrase {
+    /// The passphrase.
+    pub passphrase: String,
+}
+
+impl std::fmt::Debug for RecoveryPassphrase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecoveryPassphrase").finish_non_exhaustive()
+    }
+}
+
+/// `GET /api/v1/recovery-passphrase`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoveryStatus {
+    /// A recovery passphrase is set.
+    pub set: bool,
+    /// When the catalogue was last written at the target.
+    pub catalogue_written_unix_ms: Option<u64>,
+}
+
 /// A failover of a machine (`GET /api/v1/failovers`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
