@@ -92,16 +92,20 @@ fn derive(passphrase: &str, salt: &[u8], m: u32, t: u32, p: u32) -> Result<[u8; 
 impl Sealer {
     /// A new key from `passphrase` with a fresh salt.
     pub fn new(passphrase: &str) -> anyhow::Result<Sealer> {
+        Self::with_costs(passphrase, M_COST, T_COST, P_COST)
+    }
+
+    fn with_costs(passphrase: &str, m: u32, t: u32, p: u32) -> anyhow::Result<Sealer> {
         if passphrase.chars().count() < MIN_PASSPHRASE {
             anyhow::bail!("the recovery passphrase must be at least {MIN_PASSPHRASE} characters");
         }
         let mut salt = [0u8; 16];
         getrandom::fill(&mut salt).map_err(|e| anyhow::anyhow!("no random source: {e}"))?;
-        let key = derive(passphrase, &salt, M_COST, T_COST, P_COST).map_err(anyhow::Error::msg)?;
+        let key = derive(passphrase, &salt, m, t, p).map_err(anyhow::Error::msg)?;
         Ok(Sealer {
-            m_cost: M_COST,
-            t_cost: T_COST,
-            p_cost: P_COST,
+            m_cost: m,
+            t_cost: t,
+            p_cost: p,
             salt: hex::encode(salt),
             key: hex::encode(key),
         })
@@ -359,4 +363,106 @@ pub fn import(state: &State, keys_dir: &Path, c: &Catalogue) -> anyhow::Result<(
         state.add_group_point(&g.group, g.point, &g.members)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PASS: &str = "a recovery passphrase";
+
+    fn sample() -> Catalogue {
+        Catalogue {
+            format: 1,
+            written_unix_ms: 5,
+            machines: vec![CatalogueMachine {
+                id: "m-1".into(),
+                hostname: "web01".into(),
+                registered_unix_ms: 1,
+                disks: vec![(0, 1 << 30, "/dev/sda".into())],
+                system: None,
+                vm_settings: Some(
+                    serde_json::to_value(lifeboat_wire::api::VmSpecSettings {
+                        cpus: Some(2),
+                        ..Default::default()
+                    })
+                    .unwrap(),
+                ),
+                points: vec![CataloguePoint {
+                    id: "m-1-p1".into(),
+                    point: 1,
+                    kind: "app".into(),
+                    created_unix_ms: 2,
+                    disks: vec![0],
+                }],
+            }],
+            group_points: vec![],
+            data_keys: vec![("dk-1".into(), "ab".repeat(32))],
+        }
+    }
+
+    fn sealed() -> Vec<u8> {
+        let s = Sealer::with_costs(PASS, 64, 1, 1).unwrap();
+        s.seal(&serde_json::to_vec(&sample()).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_sealed_catalogue_opens_with_its_passphrase_only() {
+        let b = sealed();
+        assert_eq!(&b[..8], MAGIC);
+        assert_eq!(open(PASS, &b).unwrap(), sample());
+        assert!(matches!(open("another passphrase!", &b), Err(CatalogueError::Open)));
+        assert!(Sealer::new("short").is_err());
+    }
+
+    #[test]
+    fn malformed_or_changed_catalogues_are_refused() {
+        let b = sealed();
+        for i in [0, 8, 20, 36, 48, b.len() - 1] {
+            let mut x = b.clone();
+            x[i] ^= 1;
+            assert!(open(PASS, &x).is_err(), "byte {i} changed");
+        }
+        for n in [0, 7, HEADER_LEN, HEADER_LEN + 15, b.len() - 1] {
+            assert!(open(PASS, &b[..n]).is_err(), "{n} bytes");
+        }
+        // Costs a forged header asks for are bounded before any derivation.
+        let mut x = b.clone();
+        x[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(open(PASS, &x), Err(CatalogueError::Format(_))));
+        // Well sealed, but not a catalogue inside.
+        let s = Sealer::with_costs(PASS, 64, 1, 1).unwrap();
+        for inner in [
+            &b"not json"[..],
+            b"{}",
+            br#"{"format":2,"written_unix_ms":0,"machines":[],"group_points":[],"data_keys":[]}"#,
+        ] {
+            let x = s.seal(inner).unwrap();
+            assert!(matches!(open(PASS, &x), Err(CatalogueError::Contents(_))), "{inner:?}");
+        }
+    }
+
+    #[test]
+    fn import_fills_a_fresh_state_and_refuses_a_used_one() {
+        let d = tempfile::tempdir().unwrap();
+        let state = State::open(&d.path().join("state.db")).unwrap();
+        import(&state, &d.path().join("keys"), &sample()).unwrap();
+        assert_eq!(state.points("m-1").unwrap()[0].kind, "app");
+        assert_eq!(state.disk_rows("m-1").unwrap(), vec![(0, 1 << 30, "/dev/sda".to_owned())]);
+        assert_eq!(std::fs::read(d.path().join("keys/dk-1.key")).unwrap(), vec![0xab; 32]);
+        let again = build(&state, &d.path().join("keys")).unwrap();
+        assert_eq!(again.machines, sample().machines);
+        assert!(import(&state, &d.path().join("keys"), &sample()).is_err(), "not fresh");
+
+        let d2 = tempfile::tempdir().unwrap();
+        let state2 = State::open(&d2.path().join("state.db")).unwrap();
+        let mut bad = sample();
+        bad.data_keys = vec![("../../etc".into(), "ab".repeat(32))];
+        assert!(import(&state2, &d2.path().join("keys"), &bad).is_err());
+        bad.data_keys = vec![("dk-2".into(), "ab".repeat(31))];
+        assert!(import(&state2, &d2.path().join("keys"), &bad).is_err());
+        let mut bad = sample();
+        bad.machines[0].vm_settings = Some(serde_json::json!({"cpus": 0}));
+        assert!(import(&state2, &d2.path().join("keys"), &bad).is_err());
+    }
 }

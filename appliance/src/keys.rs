@@ -3,10 +3,10 @@
 //! On first start the appliance draws a 256-bit AES-GCM data key and writes it to
 //! `<data_dir>/keys/<id>.key` (mode 0600). Every `*.key` there is loaded at start; the
 //! newest (by name order, ids start with a timestamp) is the active key that seals new
-//! data, older ones only open old data. Sealing the keys under the administrator's
-//! recovery passphrase and keeping them at the target beside the catalogue comes with
-//! the lifecycle work (issue 5); until then a target-site appliance needs a copy of this
-//! folder to read the logs.
+//! data, older ones only open old data. Once the administrator sets a recovery
+//! passphrase, the keys go into the catalogue at the target, sealed under it
+//! (`crate::catalogue`), so a fresh appliance at the target site recovers them with the
+//! passphrase (`lifeboat-appliance recover`).
 
 use lifeboat_plugin_host::keys::{Algorithm, Key, KeyRing};
 use std::io::Write;

@@ -89,6 +89,18 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         disk: u32,
     },
+    /// After losing the appliance of the source site: reads the catalogue it kept at the
+    /// target (sealed under the recovery passphrase: LIFEBOAT_RECOVERY_PASSPHRASE or
+    /// standard input) and imports it into this fresh appliance, which can then fail the
+    /// machines over. Prints the machines and their newest points (JSON).
+    Recover {
+        /// The appliance configuration file (the same target as the lost appliance).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only read and print the catalogue; import nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Prints the qemu command that boots a VM of the local target (its spec file,
     /// `<root>/vms/<vm>.json`), the serial console on standard output.
     QemuCommand {
@@ -134,6 +146,9 @@ fn main() {
         }
         Cmd::PointChecksum { config, point, disk } => {
             rt.block_on(lifeboat_appliance::tools::point_checksum(load(config), point, *disk))
+        }
+        Cmd::Recover { config, dry_run } => {
+            rt.block_on(lifeboat_appliance::tools::recover(load(config), *dry_run))
         }
         Cmd::QemuCommand { spec, accel, user_net, json } => {
             lifeboat_appliance::qemu::print_command(spec, accel, *user_net, *json)

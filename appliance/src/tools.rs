@@ -131,3 +131,62 @@ pub fn stats(config: ApplianceConfig) -> anyhow::Result<()> {
     println!("{}", serde_json::Value::Object(map));
     Ok(())
 }
+
+/// `lifeboat-appliance recover`: reads the catalogue the lost appliance kept at the target
+/// (sealed under the recovery passphrase, from `LIFEBOAT_RECOVERY_PASSPHRASE` or the first
+/// line of standard input) and, unless `dry_run`, imports it into this fresh appliance.
+/// Prints a summary (JSON): machines with their newest point.
+pub async fn recover(config: ApplianceConfig, dry_run: bool) -> anyhow::Result<()> {
+    use std::io::BufRead as _;
+    let passphrase = match std::env::var("LIFEBOAT_RECOVERY_PASSPHRASE") {
+        Ok(p) => p,
+        Err(_) => {
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line)?;
+            line.trim_end_matches(['\r', '\n']).to_owned()
+        }
+    };
+    if passphrase.is_empty() {
+        anyhow::bail!(
+            "no recovery passphrase: set LIFEBOAT_RECOVERY_PASSPHRASE or give it on standard input"
+        );
+    }
+    let data_dir = config.data_dir.clone();
+    let core = crate::run::open_core(config)?;
+    let name = &core.config.master_target.target;
+    let plugin = core
+        .registry
+        .get(name)
+        .ok_or_else(|| anyhow::anyhow!("target plugin {name:?} is not loaded"))?;
+    let mut t = TargetInstance::new(plugin).await?;
+    let sealed = t.get_log(crate::catalogue::OBJECT).await.map_err(|e| {
+        anyhow::anyhow!(
+            "no catalogue at the target ({e}): was a recovery passphrase set on the lost appliance?"
+        )
+    })?;
+    let pass = passphrase.clone();
+    let c = tokio::task::spawn_blocking(move || crate::catalogue::open(&pass, &sealed)).await??;
+    let summary: Vec<serde_json::Value> = c
+        .machines
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "id": m.id, "hostname": m.hostname, "disks": m.disks.len(),
+                "points": m.points.len(), "newest_point": m.points.last().map(|p| &p.id),
+            })
+        })
+        .collect();
+    if !dry_run {
+        crate::catalogue::import(&core.state, &data_dir.join("keys"), &c)?;
+        // This appliance keeps the catalogue at the target sealed under the same passphrase.
+        tokio::task::spawn_blocking(move || {
+            crate::catalogue::Sealer::new(&passphrase)?.store(&data_dir)
+        })
+        .await??;
+    }
+    println!(
+        "{}",
+        serde_json::json!({"written_unix_ms": c.written_unix_ms, "imported": !dry_run, "machines": summary})
+    );
+    Ok(())
+}

@@ -14,7 +14,7 @@ use lifeboat_net::{Ca, Client, Identity};
 use serde_json::Value;
 
 struct Server {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     addr: SocketAddr,
     ca: Arc<Ca>,
     state: State,
@@ -46,7 +46,7 @@ async fn start() -> Server {
             let _ = stopped.await;
         },
     ));
-    Server { _dir: dir, addr, ca, state, stop: Some(stop) }
+    Server { dir, addr, ca, state, stop: Some(stop) }
 }
 
 impl Server {
@@ -652,4 +652,35 @@ async fn failovers_and_vm_specs() {
     assert!(!s.state.start_failover("m-1", 44).unwrap(), "a committed failover stays");
     let (_, v) = call(&c, Method::GET, "/api/v1/failovers", "/api/v1/failovers", t, "").await;
     assert!(v["failovers"][0]["committed_unix_ms"].as_u64().is_some(), "{v}");
+
+    // The recovery passphrase: unset, refused when short or malformed, set (only a derived
+    // key is kept, private), and never for an anonymous caller.
+    let rp = "/api/v1/recovery-passphrase";
+    let (st, v) = call(&c, Method::GET, rp, rp, t, "").await;
+    assert_eq!((st, &v["set"]), (StatusCode::OK, &Value::Bool(false)), "{v}");
+    for (body, field) in [
+        (r#"{"passphrase":"too short"}"#, "passphrase"),
+        (r#"{"passphrase":17}"#, "passphrase"),
+        (r#"{"pass":"long enough recovery passphrase"}"#, "pass"),
+        ("", ""),
+    ] {
+        let (st, v) = call(&c, Method::PUT, rp, rp, t, body).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{body}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(field), "{body}: {v}");
+    }
+    let good = r#"{"passphrase":"long enough recovery passphrase"}"#;
+    let (st, _) = call(&c, Method::PUT, rp, rp, None, good).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let (st, _) = call(&c, Method::GET, rp, rp, None, "").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let (st, v) = call(&c, Method::PUT, rp, rp, t, good).await;
+    assert_eq!((st, &v["set"]), (StatusCode::OK, &Value::Bool(true)), "{v}");
+    let (_, v) = call(&c, Method::GET, rp, rp, t, "").await;
+    assert_eq!(v["set"], true);
+    let stored = std::fs::read_to_string(s.dir.path().join("keys/recovery.seal")).unwrap();
+    assert!(!stored.contains("long enough"), "the passphrase itself is not kept");
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode =
+        std::fs::metadata(s.dir.path().join("keys/recovery.seal")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
 }
