@@ -86,6 +86,11 @@ pub const CONFIG_SERVER_ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/failovers"),
     ("GET", "/api/v1/machines/{id}/vm-spec"),
     ("PUT", "/api/v1/machines/{id}/vm-spec"),
+    ("GET", "/api/v1/policies"),
+    ("PUT", "/api/v1/policies/{name}"),
+    ("DELETE", "/api/v1/policies/{name}"),
+    ("PUT", "/api/v1/machines/{id}/policy"),
+    ("GET", "/api/v1/alerts"),
     ("GET", "/api/v1/recovery-passphrase"),
     ("PUT", "/api/v1/recovery-passphrase"),
     ("GET", "/api/v1/jobs"),
@@ -122,6 +127,23 @@ pub fn metrics_text(state: &State) -> Result<String, crate::state::StateError> {
     out.push_str(&ages);
     let running = state.jobs(None, 1000)?.iter().filter(|j| j.state == "running").count();
     let _ = writeln!(out, "# TYPE lifeboat_jobs_running gauge\nlifeboat_jobs_running {running}");
+    // Alerts that hold now, counted by kind and severity (the list: GET /api/v1/alerts).
+    let mut counts: std::collections::BTreeMap<(String, String), u64> = Default::default();
+    for a in crate::policy::alerts(state)? {
+        *counts.entry((a.kind, a.severity)).or_default() += 1;
+    }
+    let _ = writeln!(out, "# TYPE lifeboat_alerts gauge");
+    for ((kind, severity), n) in counts {
+        let _ = writeln!(out, "lifeboat_alerts{{kind=\"{kind}\",severity=\"{severity}\"}} {n}");
+    }
+    for name in ["cpu_percent", "memory_percent"] {
+        if let Some(v) = state.setting(name)?.and_then(|v| v.parse::<f64>().ok()) {
+            let _ = writeln!(
+                out,
+                "# TYPE lifeboat_appliance_{name} gauge\nlifeboat_appliance_{name} {v}"
+            );
+        }
+    }
     Ok(out)
 }
 
@@ -161,6 +183,43 @@ fn failover_info(f: crate::state::FailoverRow) -> api::FailoverInfo {
         job: f.job,
         started_unix_ms: f.started_unix_ms,
         committed_unix_ms: f.committed_unix_ms,
+    }
+}
+
+/// Every policy with the machines that use it; `default` always.
+fn policy_list(state: &State) -> Result<api::PolicyList, ApiError> {
+    let internal = |e: crate::state::StateError| ApiError::internal(e.to_string());
+    let mut names: Vec<String> =
+        state.policies().map_err(internal)?.into_iter().map(|p| p.0).collect();
+    if !names.iter().any(|n| n == "default") {
+        names.insert(0, "default".into());
+    }
+    let mut users: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (id, _, _) in state.machines().map_err(internal)? {
+        let (p, _) = state.machine_policy(&id).map_err(internal)?;
+        users.entry(p).or_default().push(id);
+    }
+    let mut policies = Vec::new();
+    for name in names {
+        let policy = crate::policy::get(state, &name).map_err(internal)?.unwrap_or_default();
+        let machines = users.remove(&name).unwrap_or_default();
+        policies.push(api::NamedPolicy { name, policy, machines });
+    }
+    Ok(api::PolicyList { policies })
+}
+
+/// A policy name: 1 to 64 ASCII letters, digits, `.`, `_`, `-`.
+fn check_policy_name(name: &str) -> Result<(), ApiError> {
+    if !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "invalid",
+            format!("name: {name:?} is not a policy name (1 to 64 letters, digits, '.', '_', '-')"),
+        ))
     }
 }
 
@@ -334,6 +393,11 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
                     .collect();
                 let last_point = ctx.state.points(&id).map_err(internal)?.pop().map(point_summary);
                 let state = machine_state(&ctx.state, &id, last_point.is_some())?;
+                let rpo_secs = last_point
+                    .as_ref()
+                    .map(|p| crate::state::now_ms().saturating_sub(p.created_unix_ms) / 1000);
+                let (policy, last_seen_unix_ms) =
+                    ctx.state.machine_policy(&id).map_err(internal)?;
                 machines.push(api::MachineSummary {
                     id,
                     hostname,
@@ -341,6 +405,9 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
                     disks,
                     last_point,
                     state,
+                    rpo_secs,
+                    policy,
+                    last_seen_unix_ms,
                 });
             }
             json(StatusCode::OK, &api::MachineList { machines })
@@ -498,6 +565,69 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
             tokio::spawn(async move { f.failback(job, id).await });
             let j = ctx.state.jobs(Some(job), 1).map_err(internal)?.pop().map(job_info);
             json(StatusCode::ACCEPTED, &j)
+        }
+        (Method::GET, "/api/v1/policies") => {
+            authenticated(&ctx, &req)?;
+            json(StatusCode::OK, &policy_list(&ctx.state)?)
+        }
+        (Method::PUT, p) if p.starts_with("/api/v1/policies/") => {
+            let (_, admin, _) = authenticated(&ctx, &req)?;
+            let name = p["/api/v1/policies/".len()..].to_owned();
+            check_policy_name(&name)?;
+            let policy: api::Policy = read_json(req.into_body()).await?;
+            policy.check().map_err(|e| ApiError::bad_request("invalid", e))?;
+            let text =
+                serde_json::to_string(&policy).map_err(|e| ApiError::internal(e.to_string()))?;
+            ctx.state.set_policy(&name, &text).map_err(internal)?;
+            tracing::info!(%admin, policy = %name, "policy set");
+            json(StatusCode::OK, &policy_list(&ctx.state)?)
+        }
+        (Method::DELETE, p) if p.starts_with("/api/v1/policies/") => {
+            let (_, admin, _) = authenticated(&ctx, &req)?;
+            let name = &p["/api/v1/policies/".len()..];
+            check_policy_name(name)?;
+            if name == "default" {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "policy_in_use",
+                    "the default policy cannot be deleted (set it to change it)",
+                ));
+            }
+            if crate::policy::get(&ctx.state, name).map_err(internal)?.is_none() {
+                return Err(ApiError::not_found(
+                    "unknown_policy",
+                    format!("name: no policy {name:?}"),
+                ));
+            }
+            if !ctx.state.delete_policy(name).map_err(internal)? {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "policy_in_use",
+                    format!("policy {name} is used by machines: give them another first"),
+                ));
+            }
+            tracing::info!(%admin, policy = %name, "policy deleted");
+            json(StatusCode::OK, &policy_list(&ctx.state)?)
+        }
+        (Method::PUT, p) if machine_in(p, "/policy").is_some() => {
+            let (_, admin, _) = authenticated(&ctx, &req)?;
+            let id = machine_in(p, "/policy").unwrap_or_default().to_owned();
+            let a: api::PolicyAssignment = read_json(req.into_body()).await?;
+            known_machine(&ctx.state, &id)?;
+            if crate::policy::get(&ctx.state, &a.policy).map_err(internal)?.is_none() {
+                return Err(ApiError::bad_request(
+                    "invalid",
+                    format!("policy: no policy {:?}", a.policy),
+                ));
+            }
+            ctx.state.set_machine_policy(&id, &a.policy).map_err(internal)?;
+            tracing::info!(%admin, machine = %id, policy = %a.policy, "machine policy set");
+            json(StatusCode::OK, &policy_list(&ctx.state)?)
+        }
+        (Method::GET, "/api/v1/alerts") => {
+            authenticated(&ctx, &req)?;
+            let alerts = crate::policy::alerts(&ctx.state).map_err(internal)?;
+            json(StatusCode::OK, &api::AlertList { alerts })
         }
         (Method::GET, "/api/v1/recovery-passphrase") => {
             authenticated(&ctx, &req)?;
@@ -779,6 +909,7 @@ pub async fn process_server(ps: ProcessServer, state: State, req: Request<Reques
     }
     // A machine failed over at the target is not replicated from its source any more:
     // what the source writes from now on is for reprotect to reconcile.
+    ps.seen(&machine).map_err(|e| ApiError::internal(e.to_string()))?;
     let reverse_route = path == "/api/v1/reverse" || path.starts_with("/api/v1/reverse/");
     if !reverse_route
         && let Some(s) =

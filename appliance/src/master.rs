@@ -57,6 +57,8 @@ pub struct MasterTarget {
     /// When the catalogue was last considered, and a hash of what was last written.
     catalogue_at: Option<std::time::Instant>,
     catalogue_hash: Option<[u8; 32]>,
+    /// The last pass failed.
+    failing: bool,
 }
 
 impl std::fmt::Debug for MasterTarget {
@@ -96,6 +98,7 @@ impl MasterTarget {
             catalogue_dir: None,
             catalogue_at: None,
             catalogue_hash: None,
+            failing: false,
         }
     }
 
@@ -148,9 +151,18 @@ impl MasterTarget {
             let idle = match self.pass().await {
                 Ok(r) => {
                     backoff = Duration::from_millis(self.cfg.poll_ms);
+                    if std::mem::take(&mut self.failing) {
+                        let _ =
+                            self.state.set_setting("master_last_ok_unix_ms", &now_ms().to_string());
+                    }
                     r.applied == 0 && r.points == 0
                 }
                 Err(e) => {
+                    // For the `plugin` alert, until a pass succeeds again.
+                    self.failing = true;
+                    let _ = self.state.set_setting("master_last_error", &format!("{e:#}"));
+                    let _ =
+                        self.state.set_setting("master_last_error_unix_ms", &now_ms().to_string());
                     tracing::warn!(error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "master target pass failed; logs stay at the target");
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                     true
@@ -421,6 +433,17 @@ impl MasterTarget {
 
     async fn prune(&mut self, machine_id: &str) -> anyhow::Result<()> {
         let points = self.state.points(machine_id)?;
+        // The machine's policy thins by tiers when it has a retention.
+        if let Some(tiers) = crate::policy::of_machine(&self.state, machine_id)?.retention {
+            let aged: Vec<(String, u64)> =
+                points.iter().map(|p| (p.id.clone(), p.created_unix_ms)).collect();
+            for id in crate::policy::thin(&aged, now_ms(), &tiers) {
+                self.target.as_mut().expect("refreshed").delete_point(&id).await?;
+                self.state.delete_point(&id)?;
+                tracing::info!(point = %id, "recovery point thinned by the machine's policy");
+            }
+            return Ok(());
+        }
         let keep = self.cfg.keep_points.max(1) as usize;
         let cutoff = (self.cfg.keep_hours > 0)
             .then(|| now_ms().saturating_sub(self.cfg.keep_hours * 3_600_000));

@@ -116,6 +116,8 @@ struct Inner {
     hot_bytes: std::sync::atomic::AtomicUsize,
     /// A master target in this process, if any.
     handoff: Option<Arc<Handoff>>,
+    /// When each machine was last recorded as heard from (recorded at most every 10 s).
+    seen: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 /// The process server role.
@@ -161,6 +163,7 @@ impl ProcessServer {
                 shutdown,
                 hot_bytes: Default::default(),
                 handoff,
+                seen: Mutex::new(HashMap::new()),
             }),
         };
         let mut replayed = 0usize;
@@ -373,6 +376,24 @@ impl ProcessServer {
             Pressure::Full => 2000,
         };
         BatchAck { disk, sequence, duplicate, slow_down_ms }
+    }
+
+    /// The machine's agent was heard from: recorded in the state store, at most every 10 s.
+    pub fn seen(&self, machine: &str) -> Result<(), StateError> {
+        let mut seen = lock(&self.inner.seen);
+        let due = seen.get(machine).is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
+        if due {
+            seen.insert(machine.to_owned(), std::time::Instant::now());
+            drop(seen);
+            self.inner.state.machine_seen(machine)?;
+        }
+        Ok(())
+    }
+
+    /// The cache's (usage, high-water mark, limit) in bytes.
+    pub fn cache_status(&self) -> (u64, u64, u64) {
+        let c = lock(&self.inner.cache);
+        (c.usage(), c.config().high_water_bytes, c.config().max_bytes)
     }
 
     /// Batches cached and not yet shipped, over all disks.

@@ -142,6 +142,7 @@ pub async fn run(config: ApplianceConfig) -> anyhow::Result<()> {
         && cfg.roles.master_target
         && cfg.process_server.target == cfg.master_target.target)
         .then(|| Arc::new(Handoff::new(crate::handoff::DEFAULT_BUDGET)));
+    let mut cache_status: Option<ProcessServer> = None;
     if let (true, Some((ca, server_id))) = (cfg.roles.process_server, &listeners) {
         let ps = ProcessServer::start(
             core.state.clone(),
@@ -162,6 +163,7 @@ pub async fn run(config: ApplianceConfig) -> anyhow::Result<()> {
         tracing::info!(url = %format!("https://{}", listener.local_addr()?), "process server listening (mutual TLS)");
         let sd = shutdown.clone();
         let state = core.state.clone();
+        cache_status = Some(ps.clone());
         tasks.spawn(async move {
             lifeboat_net::serve(
                 listener,
@@ -184,6 +186,37 @@ pub async fn run(config: ApplianceConfig) -> anyhow::Result<()> {
         let sd = shutdown.clone();
         tasks.spawn(async move { mt.run(sd).await });
         tracing::info!(target = %cfg.master_target.target, "master target running");
+    }
+
+    // Health figures for alerts and /metrics: CPU, memory, the cache, refused plugins.
+    {
+        let state = core.state.clone();
+        let registry = core.registry.clone();
+        let sd = shutdown.clone();
+        tasks.spawn(async move {
+            let mut health = crate::policy::Health::default();
+            loop {
+                let refused: Vec<String> =
+                    registry.current().refused.iter().map(|r| r.to_string()).collect();
+                let r = health.sample(&state).and_then(|()| {
+                    state.set_setting("plugins_refused", &refused.join("; "))?;
+                    if let Some(ps) = &cache_status {
+                        let (used, high, max) = ps.cache_status();
+                        state.set_setting("cache_usage_bytes", &used.to_string())?;
+                        state.set_setting("cache_high_water_bytes", &high.to_string())?;
+                        state.set_setting("cache_max_bytes", &max.to_string())?;
+                    }
+                    Ok(())
+                });
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "health figures not recorded");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+                    _ = sd.cancelled() => return,
+                }
+            }
+        });
     }
 
     let registry = core.registry.clone();

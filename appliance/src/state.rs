@@ -166,6 +166,13 @@ const MIGRATIONS: &[&str] = &[
         name TEXT PRIMARY KEY,
         value TEXT NOT NULL
      );",
+    // 12: replication policies, each machine's policy, and when its agent was last heard.
+    "CREATE TABLE policies (
+        name TEXT PRIMARY KEY,
+        policy TEXT NOT NULL
+     );
+     ALTER TABLE machines ADD COLUMN policy TEXT NOT NULL DEFAULT 'default';
+     ALTER TABLE machines ADD COLUMN last_seen_unix_ms INTEGER;",
 ];
 
 /// Where reverse replication of a machine stands.
@@ -1345,6 +1352,78 @@ impl State {
             .map_err(|e| self.err(e))?;
         }
         tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Creates or replaces a policy (JSON of `Policy`).
+    pub fn set_policy(&self, name: &str, json: &str) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "INSERT INTO policies (name, policy) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET policy = ?2",
+                params![name, json],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Stored policies as (name, JSON), by name (`default` only once it was set).
+    pub fn policies(&self) -> Result<Vec<(String, String)>, StateError> {
+        let c = self.conn();
+        let mut s = c
+            .prepare("SELECT name, policy FROM policies ORDER BY name")
+            .map_err(|e| self.err(e))?;
+        let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Deletes a policy no machine uses; false if a machine uses it (nothing deleted).
+    pub fn delete_policy(&self, name: &str) -> Result<bool, StateError> {
+        let mut c = self.conn();
+        let tx = c.transaction().map_err(|e| self.err(e))?;
+        let used: i64 = tx
+            .query_row("SELECT COUNT(*) FROM machines WHERE policy = ?1", params![name], |r| {
+                r.get(0)
+            })
+            .map_err(|e| self.err(e))?;
+        if used > 0 {
+            return Ok(false);
+        }
+        tx.execute("DELETE FROM policies WHERE name = ?1", params![name])
+            .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(true)
+    }
+
+    /// Gives a machine a policy.
+    pub fn set_machine_policy(&self, machine_id: &str, policy: &str) -> Result<(), StateError> {
+        self.conn()
+            .execute("UPDATE machines SET policy = ?2 WHERE id = ?1", params![machine_id, policy])
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// A machine's policy name and when its agent was last heard from.
+    pub fn machine_policy(&self, machine_id: &str) -> Result<(String, Option<u64>), StateError> {
+        self.conn()
+            .query_row(
+                "SELECT policy, last_seen_unix_ms FROM machines WHERE id = ?1",
+                params![machine_id],
+                |r| Ok((r.get(0)?, r.get::<_, Option<i64>>(1)?.map(|v| v as u64))),
+            )
+            .optional()
+            .map(|o| o.unwrap_or_else(|| ("default".into(), None)))
+            .map_err(|e| self.err(e))
+    }
+
+    /// The machine's agent was heard from now.
+    pub fn machine_seen(&self, machine_id: &str) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "UPDATE machines SET last_seen_unix_ms = ?2 WHERE id = ?1",
+                params![machine_id, now_ms() as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     /// Sets an appliance-wide value.

@@ -684,3 +684,115 @@ async fn failovers_and_vm_specs() {
         std::fs::metadata(s.dir.path().join("keys/recovery.seal")).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_and_alerts() {
+    let s = start().await;
+    let c = s.client(None);
+    let (_, v) = call(
+        &c,
+        Method::POST,
+        "/api/v1/setup",
+        "/api/v1/setup",
+        None,
+        r#"{"name":"root","password":"correct horse battery"}"#,
+    )
+    .await;
+    let token = v["token"].as_str().unwrap().to_owned();
+    let t = Some(token.as_str());
+    s.state.add_passphrase("p").unwrap();
+    s.state.register_machine("p", "m-1", "web01").unwrap();
+    let pl = "/api/v1/policies";
+    let one = "/api/v1/policies/{name}";
+    let mp = "/api/v1/machines/{id}/policy";
+
+    let (st, v) = call(&c, Method::GET, pl, pl, t, "").await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(v["policies"][0]["name"], "default");
+    assert_eq!(v["policies"][0]["policy"]["rpo_warning_secs"], 900);
+    assert_eq!(v["policies"][0]["machines"][0], "m-1");
+    let (st, _) = call(&c, Method::GET, pl, pl, None, "").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+
+    // Bad policies and names are refused, naming the field.
+    for (path, body, field) in [
+        ("/api/v1/policies/gold", r#"{"rpo_warning_secs":0}"#, "rpo_warning_secs"),
+        (
+            "/api/v1/policies/gold",
+            r#"{"rpo_warning_secs":600,"rpo_critical_secs":60}"#,
+            "rpo_critical_secs",
+        ),
+        ("/api/v1/policies/gold", r#"{"retention":[]}"#, "retention"),
+        (
+            "/api/v1/policies/gold",
+            r#"{"retention":[{"every_secs":0,"for_secs":100},{"every_secs":0,"for_secs":50}]}"#,
+            "retention[1].for_secs",
+        ),
+        ("/api/v1/policies/gold", r#"{"retention":[{"every_secs":5}]}"#, "for_secs"),
+        ("/api/v1/policies/gold", r#"{"rpo":5}"#, "rpo"),
+        ("/api/v1/policies/g%20old", "{}", "name"),
+    ] {
+        let (st, v) = call(&c, Method::PUT, path, one, t, body).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{body}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(field), "{body}: {v}");
+    }
+    let (st, _) = call(&c, Method::PUT, "/api/v1/policies/gold", one, None, "{}").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let gold = r#"{"rpo_warning_secs":60,"rpo_critical_secs":120,
+                   "retention":[{"every_secs":0,"for_secs":14400},{"every_secs":3600,"for_secs":86400}]}"#;
+    let (st, v) = call(&c, Method::PUT, "/api/v1/policies/gold", one, t, gold).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["policies"][1]["name"], "gold");
+    assert_eq!(v["policies"][1]["policy"]["silent_secs"], 900, "defaults fill what is left out");
+
+    // Assigning: unknown policy or machine refused; then the machine shows it.
+    let (st, v) =
+        call(&c, Method::PUT, "/api/v1/machines/m-1/policy", mp, t, r#"{"policy":"silver"}"#).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    let (st, _) =
+        call(&c, Method::PUT, "/api/v1/machines/m-9/policy", mp, t, r#"{"policy":"gold"}"#).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (st, _) =
+        call(&c, Method::PUT, "/api/v1/machines/m-1/policy", mp, None, r#"{"policy":"gold"}"#)
+            .await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let (st, v) =
+        call(&c, Method::PUT, "/api/v1/machines/m-1/policy", mp, t, r#"{"policy":"gold"}"#).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let (_, v) = call(&c, Method::GET, "/api/v1/machines", "/api/v1/machines", t, "").await;
+    assert_eq!(v["machines"][0]["policy"], "gold");
+
+    // A policy in use, or the default, is not deleted; an unused one is.
+    let (st, _) = call(&c, Method::DELETE, "/api/v1/policies/gold", one, t, "").await;
+    assert_eq!(st, StatusCode::CONFLICT);
+    let (st, _) = call(&c, Method::DELETE, "/api/v1/policies/default", one, t, "").await;
+    assert_eq!(st, StatusCode::CONFLICT);
+    let (st, _) = call(&c, Method::DELETE, "/api/v1/policies/nope", one, t, "").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    call(&c, Method::PUT, "/api/v1/policies/spare", one, t, "{}").await;
+    let (st, v) = call(&c, Method::DELETE, "/api/v1/policies/spare", one, t, "").await;
+    assert_eq!((st, v["policies"].as_array().unwrap().len()), (StatusCode::OK, 2), "{v}");
+
+    // Alerts: an old newest point is critical under gold's thresholds.
+    let al = "/api/v1/alerts";
+    let (st, v) = call(&c, Method::GET, al, al, t, "").await;
+    assert_eq!((st, v["alerts"].as_array().unwrap().len()), (StatusCode::OK, 0), "{v}");
+    s.state
+        .add_point(&lifeboat_appliance::state::PointRow {
+            id: "m-1-p1".into(),
+            machine_id: "m-1".into(),
+            point: 1,
+            kind: "crash".into(),
+            created_unix_ms: lifeboat_appliance::state::now_ms() - 300_000,
+            disks: vec![0],
+        })
+        .unwrap();
+    let (_, v) = call(&c, Method::GET, al, al, t, "").await;
+    assert_eq!(v["alerts"][0]["kind"], "rpo", "{v}");
+    assert_eq!(v["alerts"][0]["severity"], "critical", "{v}");
+    assert_eq!(v["alerts"][0]["machine_id"], "m-1", "{v}");
+    let (_, v) = call(&c, Method::GET, "/api/v1/machines", "/api/v1/machines", t, "").await;
+    assert!(v["machines"][0]["rpo_secs"].as_u64().unwrap() >= 300, "{v}");
+    let (st, _) = call(&c, Method::GET, al, al, None, "").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+}

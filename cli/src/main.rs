@@ -108,6 +108,13 @@ enum Cmd {
     },
     /// Failovers and their states.
     Failovers,
+    /// Alerts that hold now (RPO, silent agents, cache, CPU, memory, plugins).
+    Alerts,
+    /// Replication policies: list, set, delete, assign to a machine.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
     /// The VM a failover of a machine makes; with options, sets it (the options replace
     /// the earlier settings as a whole; what is not given comes from the agent's detection).
     VmSpec {
@@ -165,6 +172,60 @@ enum PassphraseCmd {
     Status,
     /// Makes a new one-time passphrase; the unused ones stop working.
     Rotate,
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Every policy with the machines that use it.
+    List,
+    /// Creates or replaces a policy (what is not given takes its default).
+    Set {
+        /// Policy name (`default` is what machines use until given another).
+        name: String,
+        /// RPO warning threshold, e.g. 15m.
+        #[arg(long)]
+        rpo_warning: Option<String>,
+        /// RPO critical threshold, e.g. 30m.
+        #[arg(long)]
+        rpo_critical: Option<String>,
+        /// Alert once an agent is silent this long, e.g. 15m.
+        #[arg(long)]
+        silent: Option<String>,
+        /// Tiered retention, youngest first: EVERY:FOR pairs, e.g. `0:4h,1h:24h,1d:7d`
+        /// (every point for 4 h, hourly for 24 h, daily for 7 days).
+        #[arg(long)]
+        retention: Option<String>,
+    },
+    /// Deletes a policy no machine uses.
+    Delete {
+        /// Policy name.
+        name: String,
+    },
+    /// Gives a machine a policy.
+    Assign {
+        /// Machine id.
+        machine: String,
+        /// Policy name.
+        policy: String,
+    },
+}
+
+/// Seconds from `90`, `90s`, `15m`, `4h` or `7d`.
+fn parse_secs(s: &str) -> Result<u64, Failure> {
+    let bad = || fail(2, format!("{s:?} is not a duration (like 90, 90s, 15m, 4h, 7d)"));
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let mul = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(mul).ok_or_else(bad)
 }
 
 #[derive(Subcommand)]
@@ -463,9 +524,12 @@ fn run(cli: &Cli) -> Result<(serde_json::Value, String), Failure> {
                     .map(|d| format!("{}:{} B", d["index"], d["size"]))
                     .collect();
                 let last = match m["last_point"].as_object() {
-                    Some(p) => {
-                        format!("point {} ({})", p["point"], p["kind"].as_str().unwrap_or("?"))
-                    }
+                    Some(p) => format!(
+                        "point {} ({}), RPO {} s",
+                        p["point"],
+                        p["kind"].as_str().unwrap_or("?"),
+                        m["rpo_secs"]
+                    ),
                     None => "no point yet".into(),
                 };
                 t.push_str(&format!(
@@ -688,6 +752,104 @@ fn run(cli: &Cli) -> Result<(serde_json::Value, String), Failure> {
             let t = v["passphrase"].as_str().unwrap_or("?").to_owned();
             (v, t)
         }
+        Cmd::Alerts => {
+            let v = authed(Method::GET, "/api/v1/alerts")?;
+            let list = v["alerts"].as_array().cloned().unwrap_or_default();
+            let t = if list.is_empty() {
+                "no alerts".into()
+            } else {
+                list.iter()
+                    .map(|a| {
+                        format!(
+                            "{:<8} {:<12} {}",
+                            a["severity"].as_str().unwrap_or("?"),
+                            a["kind"].as_str().unwrap_or("?"),
+                            a["message"].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            (v, t)
+        }
+        Cmd::Policy { cmd } => {
+            let s = load_session(cli)?;
+            let c = client(&s.url, &s.fingerprint)?;
+            let v = match cmd {
+                PolicyCmd::List => call(&c, Method::GET, "/api/v1/policies", Some(&s.token), None)?,
+                PolicyCmd::Set { name, rpo_warning, rpo_critical, silent, retention } => {
+                    let mut body = serde_json::json!({});
+                    for (key, val) in [
+                        ("rpo_warning_secs", rpo_warning),
+                        ("rpo_critical_secs", rpo_critical),
+                        ("silent_secs", silent),
+                    ] {
+                        if let Some(v) = val {
+                            body[key] = parse_secs(v)?.into();
+                        }
+                    }
+                    if let Some(r) = retention {
+                        let mut tiers = Vec::new();
+                        for pair in r.split(',') {
+                            let (every, upto) = pair.split_once(':').ok_or_else(|| {
+                                fail(2, format!("--retention: {pair:?} is not EVERY:FOR"))
+                            })?;
+                            tiers.push(serde_json::json!({
+                                "every_secs": parse_secs(every)?, "for_secs": parse_secs(upto)?,
+                            }));
+                        }
+                        body["retention"] = tiers.into();
+                    }
+                    call(
+                        &c,
+                        Method::PUT,
+                        &format!("/api/v1/policies/{name}"),
+                        Some(&s.token),
+                        Some(body),
+                    )?
+                }
+                PolicyCmd::Delete { name } => call(
+                    &c,
+                    Method::DELETE,
+                    &format!("/api/v1/policies/{name}"),
+                    Some(&s.token),
+                    None,
+                )?,
+                PolicyCmd::Assign { machine, policy } => call(
+                    &c,
+                    Method::PUT,
+                    &format!("/api/v1/machines/{machine}/policy"),
+                    Some(&s.token),
+                    Some(serde_json::json!({"policy": policy})),
+                )?,
+            };
+            let t = v["policies"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    let q = &p["policy"];
+                    let retention = match q["retention"].as_array() {
+                        Some(tiers) => tiers
+                            .iter()
+                            .map(|t| format!("{}s:{}s", t["every_secs"], t["for_secs"]))
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        None => "appliance default".into(),
+                    };
+                    format!(
+                        "{}  rpo {}s/{}s  silent {}s  retention {retention}  machines {}",
+                        p["name"].as_str().unwrap_or("?"),
+                        q["rpo_warning_secs"],
+                        q["rpo_critical_secs"],
+                        q["silent_secs"],
+                        p["machines"].as_array().map(Vec::len).unwrap_or(0)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            (v, t)
+        }
         Cmd::RecoveryPassphrase { cmd: RecoveryCmd::Status } => {
             let v = authed(Method::GET, "/api/v1/recovery-passphrase")?;
             let t = match (v["set"].as_bool(), v["catalogue_written_unix_ms"].as_u64()) {
@@ -744,5 +906,31 @@ fn main() -> ExitCode {
             eprintln!("lifeboat: {}", f.message);
             ExitCode::from(f.code)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_secs("90").unwrap(), 90);
+        assert_eq!(parse_secs("90s").unwrap(), 90);
+        assert_eq!(parse_secs("15m").unwrap(), 900);
+        assert_eq!(parse_secs("4h").unwrap(), 14_400);
+        assert_eq!(parse_secs("7d").unwrap(), 604_800);
+        for bad in ["", "h", "4x", "-1", "1.5h", "99999999999999999999d"] {
+            assert_eq!(parse_secs(bad).unwrap_err().code, 2, "{bad}");
+        }
+    }
+
+    #[test]
+    fn nic_mappings_parse() {
+        let v = parse_nic("eth0=dr-lan,ip=192.0.2.7/24,mac=52:54:00:00:00:01").unwrap();
+        assert_eq!(v["network"], "dr-lan");
+        assert_eq!(v["ip"], "192.0.2.7/24");
+        assert!(parse_nic("eth0").is_err());
+        assert!(parse_nic("eth0=dr,gw=1").is_err());
     }
 }

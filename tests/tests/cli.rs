@@ -108,6 +108,53 @@ fn the_cli_administers_the_appliance_with_trustworthy_exit_codes() {
         v["jobs"].as_array().unwrap().iter().map(|j| j["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["test-failover-cleanup", "test-failover"]);
 
+    // Policies: a strict RPO threshold raises a critical alert; a retention that keeps
+    // only the newest point thins the points at the next cut.
+    let o = lifeboat(
+        &site,
+        &[
+            "policy",
+            "set",
+            "strict",
+            "--rpo-warning",
+            "1",
+            "--rpo-critical",
+            "2",
+            "--retention",
+            "0:1s",
+        ],
+        None,
+    );
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        code(&lifeboat(
+            &site,
+            &["policy", "set", "bad", "--rpo-warning", "9", "--rpo-critical", "2"],
+            None
+        )),
+        2
+    );
+    assert_eq!(code(&lifeboat(&site, &["policy", "set", "bad", "--retention", "1h"], None)), 2);
+    assert_eq!(code(&lifeboat(&site, &["policy", "assign", &machine, "strict"], None)), 0);
+    assert_eq!(code(&lifeboat(&site, &["policy", "delete", "strict"], None)), 5, "in use");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let o = lifeboat(&site, &["alerts", "--json"], None);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        v["alerts"].as_array().unwrap().iter().any(|a| a["kind"] == "rpo"
+            && a["severity"] == "critical"
+            && a["machine_id"] == machine.as_str()),
+        "{v}"
+    );
+    let before = site.points(&cfg).len();
+    assert!(before >= 2, "several points to thin");
+    site.agent_once(&site.agent_config(&state, std::slice::from_ref(&disk), 1));
+    wait_for(std::time::Duration::from_secs(30), "the policy's thinning", || {
+        (site.points(&cfg).len() == 1).then_some(())
+    });
+    let o = lifeboat(&site, &["alerts"], None);
+    assert_eq!(code(&o), 0);
+
     let o = lifeboat(&site, &["completions", "bash"], None);
     assert_eq!(code(&o), 0);
     assert!(String::from_utf8_lossy(&o.stdout).contains("lifeboat"));

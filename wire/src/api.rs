@@ -417,6 +417,15 @@ pub struct MachineSummary {
     /// `failover-failed`, `committed`, `reprotecting`, `reprotected` or `failing-back`.
     #[serde(default)]
     pub state: String,
+    /// The achieved RPO: seconds since the newest point was made, if there is one.
+    #[serde(default)]
+    pub rpo_secs: Option<u64>,
+    /// The machine's policy.
+    #[serde(default)]
+    pub policy: String,
+    /// When the machine's agent was last heard from.
+    #[serde(default)]
+    pub last_seen_unix_ms: Option<u64>,
 }
 
 /// A disk's index and size.
@@ -544,6 +553,161 @@ impl VmSpecSettings {
         }
         Ok(())
     }
+}
+
+/// A replication policy (`PUT /api/v1/policies/{name}`); machines use `default` until
+/// given another (`PUT /api/v1/machines/{id}/policy`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// An alert (warning) once a machine's newest point is older than this. Default 900.
+    #[serde(default = "default_rpo_warning")]
+    pub rpo_warning_secs: u64,
+    /// A critical alert past this. Default 1800.
+    #[serde(default = "default_rpo_critical")]
+    pub rpo_critical_secs: u64,
+    /// An alert once the machine's agent has not been heard from for this long. Default 900.
+    #[serde(default = "default_silent")]
+    pub silent_secs: u64,
+    /// Tiered thinning of recovery points, youngest tier first: a point younger than a
+    /// tier's `for_secs` (and older than the tier before) is kept if it is the oldest in
+    /// its `every_secs` slot (0: every point). Older than the last tier: deleted. The newest
+    /// point is always kept. Absent: the appliance's `keep_points`/`keep_hours`.
+    #[serde(default)]
+    pub retention: Option<Vec<RetentionTier>>,
+}
+
+fn default_rpo_warning() -> u64 {
+    900
+}
+fn default_rpo_critical() -> u64 {
+    1800
+}
+fn default_silent() -> u64 {
+    900
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            rpo_warning_secs: default_rpo_warning(),
+            rpo_critical_secs: default_rpo_critical(),
+            silent_secs: default_silent(),
+            retention: None,
+        }
+    }
+}
+
+/// One tier of a retention policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionTier {
+    /// Keep one point per this many seconds (0: every point).
+    pub every_secs: u64,
+    /// Up to this age, in seconds.
+    pub for_secs: u64,
+}
+
+/// Ten years, the longest a retention tier or a threshold may be.
+pub const MAX_POLICY_SECS: u64 = 10 * 366 * 86_400;
+
+impl Policy {
+    /// Range and order checks, naming the field.
+    pub fn check(&self) -> Result<(), String> {
+        let secs = |name: &str, v: u64| {
+            if (1..=MAX_POLICY_SECS).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("{name}: expected 1 to {MAX_POLICY_SECS} seconds"))
+            }
+        };
+        secs("rpo_warning_secs", self.rpo_warning_secs)?;
+        secs("rpo_critical_secs", self.rpo_critical_secs)?;
+        secs("silent_secs", self.silent_secs)?;
+        if self.rpo_critical_secs < self.rpo_warning_secs {
+            return Err("rpo_critical_secs: must not be below rpo_warning_secs".into());
+        }
+        if let Some(tiers) = &self.retention {
+            if tiers.is_empty() || tiers.len() > 8 {
+                return Err("retention: expected 1 to 8 tiers".into());
+            }
+            for (i, t) in tiers.iter().enumerate() {
+                secs(&format!("retention[{i}].for_secs"), t.for_secs)?;
+                if t.every_secs >= t.for_secs {
+                    return Err(format!("retention[{i}].every_secs: must be below for_secs"));
+                }
+                if let Some(prev) = i.checked_sub(1).map(|j| tiers[j]) {
+                    if t.for_secs <= prev.for_secs {
+                        return Err(format!(
+                            "retention[{i}].for_secs: tiers go from young to old (above {})",
+                            prev.for_secs
+                        ));
+                    }
+                    if t.every_secs < prev.every_secs {
+                        return Err(format!(
+                            "retention[{i}].every_secs: older tiers keep fewer points (at least {})",
+                            prev.every_secs
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A named policy (`GET /api/v1/policies`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedPolicy {
+    /// Its name.
+    pub name: String,
+    /// The policy.
+    pub policy: Policy,
+    /// Machines using it.
+    pub machines: Vec<String>,
+}
+
+/// `GET /api/v1/policies`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyList {
+    /// By name; `default` always exists.
+    pub policies: Vec<NamedPolicy>,
+}
+
+/// `PUT /api/v1/machines/{id}/policy`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyAssignment {
+    /// The policy's name.
+    pub policy: String,
+}
+
+/// An alert (`GET /api/v1/alerts`): a condition that holds now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Alert {
+    /// `rpo`, `agent-silent`, `cache`, `cpu`, `memory`, `plugin`.
+    pub kind: String,
+    /// `warning` or `critical`.
+    pub severity: String,
+    /// The machine it is about, if any.
+    pub machine_id: Option<String>,
+    /// What is wrong, for people.
+    pub message: String,
+    /// The measured value (seconds, percent, …).
+    pub value: f64,
+    /// The threshold it crossed.
+    pub threshold: f64,
+}
+
+/// `GET /api/v1/alerts`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertList {
+    /// Critical first.
+    pub alerts: Vec<Alert>,
 }
 
 /// `PUT /api/v1/recovery-passphrase`: the passphrase the catalogue at the target is sealed
@@ -777,6 +941,50 @@ mod tests {
                 addresses: vec!["192.0.2.10/24".into(), "2001:db8::5/64".into()],
             }],
         }
+    }
+
+    #[test]
+    fn policies_are_checked() {
+        Policy::default().check().unwrap();
+        let tiers = |t: &[(u64, u64)]| {
+            Some(
+                t.iter()
+                    .map(|&(every_secs, for_secs)| RetentionTier { every_secs, for_secs })
+                    .collect(),
+            )
+        };
+        let good = Policy {
+            retention: tiers(&[(0, 14_400), (3600, 86_400), (86_400, 604_800)]),
+            ..Policy::default()
+        };
+        good.check().unwrap();
+        let bad: Vec<(Policy, &str)> = vec![
+            (Policy { rpo_warning_secs: 0, ..Policy::default() }, "rpo_warning_secs"),
+            (Policy { rpo_critical_secs: 60, ..Policy::default() }, "rpo_critical_secs"),
+            (Policy { silent_secs: u64::MAX, ..Policy::default() }, "silent_secs"),
+            (Policy { retention: tiers(&[]), ..Policy::default() }, "retention"),
+            (Policy { retention: tiers(&[(0, 100); 9]), ..Policy::default() }, "retention"),
+            (
+                Policy { retention: tiers(&[(100, 100)]), ..Policy::default() },
+                "retention[0].every_secs",
+            ),
+            (Policy { retention: tiers(&[(0, 0)]), ..Policy::default() }, "retention[0].for_secs"),
+            (
+                Policy { retention: tiers(&[(0, 100), (10, 50)]), ..Policy::default() },
+                "retention[1].for_secs",
+            ),
+            (
+                Policy { retention: tiers(&[(60, 100), (10, 500)]), ..Policy::default() },
+                "retention[1].every_secs",
+            ),
+        ];
+        for (p, field) in bad {
+            let e = p.check().expect_err(field);
+            assert!(e.starts_with(field), "{field}: {e}");
+        }
+        let p: Policy = serde_json::from_str("{}").unwrap();
+        assert_eq!(p, Policy::default());
+        assert!(serde_json::from_str::<Policy>(r#"{"rpo":5}"#).is_err());
     }
 
     #[test]

@@ -1,0 +1,312 @@
+//! Replication policies and alerts.
+//!
+//! A policy (`lifeboat_wire::api::Policy`) sets a machine's RPO thresholds, how long its
+//! agent may stay silent, and the tiered thinning of its recovery points. Machines use
+//! `default` (the built-in values until an administrator stores another `default`) until
+//! given another. The master target thins points by the machine's policy when it has a
+//! `retention` ([`thin`]), else by the appliance's `keep_points`/`keep_hours`.
+//!
+//! Alerts ([`alerts`]) are evaluated when asked for: RPO over the machine's thresholds,
+//! a silent agent, the process server's cache over its high-water mark or full, the
+//! appliance's CPU and memory over 80 % (warning) and 95 % (critical) — ASR's thresholds —
+//! and plugin failures (a refused plugin, a failing master target pass). The appliance's
+//! own figures come from [`Health`], sampled every few seconds into the state store.
+
+use lifeboat_wire::api::{Alert, Policy, RetentionTier};
+
+use crate::state::{State, StateError, now_ms};
+
+/// The policy named `name`: stored, or the built-in default for `default`.
+pub fn get(state: &State, name: &str) -> Result<Option<Policy>, StateError> {
+    for (n, json) in state.policies()? {
+        if n == name {
+            return Ok(serde_json::from_str(&json).ok());
+        }
+    }
+    Ok((name == "default").then(Policy::default))
+}
+
+/// The policy of `machine`.
+pub fn of_machine(state: &State, machine: &str) -> Result<Policy, StateError> {
+    let (name, _) = state.machine_policy(machine)?;
+    Ok(get(state, &name)?.unwrap_or_default())
+}
+
+/// Which of `points` (id, created ms), oldest first, a retention of `tiers` deletes at
+/// `now`: in each tier, the oldest point of each `every_secs` slot stays; past the last
+/// tier nothing stays; the newest point always stays.
+pub fn thin(points: &[(String, u64)], now: u64, tiers: &[RetentionTier]) -> Vec<String> {
+    let mut delete = Vec::new();
+    let mut kept_slot: Option<(usize, u64)> = None;
+    for (i, (id, created)) in points.iter().enumerate() {
+        if i + 1 == points.len() {
+            break; // the newest point stays
+        }
+        let age = now.saturating_sub(*created) / 1000;
+        let Some((tier, t)) = tiers.iter().enumerate().find(|(_, t)| age < t.for_secs) else {
+            delete.push(id.clone());
+            continue;
+        };
+        if t.every_secs == 0 {
+            continue;
+        }
+        let slot = created / (t.every_secs * 1000);
+        if kept_slot == Some((tier, slot)) {
+            delete.push(id.clone());
+        } else {
+            kept_slot = Some((tier, slot));
+        }
+    }
+    delete
+}
+
+/// Samples the appliance's CPU and memory use and the cache into the state store, for
+/// alerts and `/metrics`.
+#[derive(Debug, Default)]
+pub struct Health {
+    last_cpu: Option<(u64, u64)>,
+}
+
+impl Health {
+    /// One sample: CPU use since the last sample, memory use now.
+    pub fn sample(&mut self, state: &State) -> Result<(), StateError> {
+        if let Some((busy, total)) =
+            std::fs::read_to_string("/proc/stat").ok().and_then(|t| cpu_times(&t))
+        {
+            if let Some((b0, t0)) = self.last_cpu
+                && total > t0
+            {
+                let pct = 100.0 * (busy - b0) as f64 / (total - t0) as f64;
+                state.set_setting("cpu_percent", &format!("{pct:.1}"))?;
+            }
+            self.last_cpu = Some((busy, total));
+        }
+        if let Some(pct) =
+            std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| memory_percent(&t))
+        {
+            state.set_setting("memory_percent", &format!("{pct:.1}"))?;
+        }
+        state.set_setting("health_unix_ms", &now_ms().to_string())
+    }
+}
+
+/// (busy, total) jiffies from `/proc/stat`'s first line.
+fn cpu_times(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<u64> = line.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    if v.len() < 4 {
+        return None;
+    }
+    let total: u64 = v.iter().sum();
+    let idle = v[3] + v.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
+/// Memory in use (total − available), percent, from `/proc/meminfo`.
+fn memory_percent(meminfo: &str) -> Option<f64> {
+    let get = |key: &str| {
+        meminfo.lines().find(|l| l.starts_with(key))?.split_whitespace().nth(1)?.parse::<f64>().ok()
+    };
+    let (total, avail) = (get("MemTotal:")?, get("MemAvailable:")?);
+    (total > 0.0).then(|| 100.0 * (total - avail) / total)
+}
+
+fn setting_f64(state: &State, name: &str) -> Result<Option<f64>, StateError> {
+    Ok(state.setting(name)?.and_then(|v| v.parse().ok()))
+}
+
+/// Figures older than this are not alerted on (the sampler stopped).
+const STALE_MS: u64 = 60_000;
+
+/// Every alert that holds now, critical first.
+pub fn alerts(state: &State) -> Result<Vec<Alert>, StateError> {
+    let now = now_ms();
+    let mut out = Vec::new();
+    let mut alert = |kind: &str,
+                     critical: bool,
+                     machine: Option<&str>,
+                     message: String,
+                     value: f64,
+                     threshold: f64| {
+        out.push(Alert {
+            kind: kind.into(),
+            severity: if critical { "critical" } else { "warning" }.into(),
+            machine_id: machine.map(str::to_owned),
+            message,
+            value,
+            threshold,
+        });
+    };
+    for (id, hostname, _) in state.machines()? {
+        if state.is_revoked(&id)? || state.failover_state(&id)?.is_some() {
+            continue; // not replicating: no RPO to keep
+        }
+        let policy = of_machine(state, &id)?;
+        if let Some(p) = state.points(&id)?.last() {
+            let rpo = now.saturating_sub(p.created_unix_ms) / 1000;
+            let (critical, limit) = if rpo > policy.rpo_critical_secs {
+                (true, policy.rpo_critical_secs)
+            } else {
+                (false, policy.rpo_warning_secs)
+            };
+            if rpo > policy.rpo_warning_secs {
+                alert(
+                    "rpo",
+                    critical,
+                    Some(&id),
+                    format!(
+                        "{hostname}: the newest recovery point is {rpo} s old (threshold {limit} s)"
+                    ),
+                    rpo as f64,
+                    limit as f64,
+                );
+            }
+        }
+        let (_, seen) = state.machine_policy(&id)?;
+        if let Some(seen) = seen {
+            let silent = now.saturating_sub(seen) / 1000;
+            if silent > policy.silent_secs {
+                alert(
+                    "agent-silent",
+                    false,
+                    Some(&id),
+                    format!("{hostname}: its agent has not been heard from for {silent} s"),
+                    silent as f64,
+                    policy.silent_secs as f64,
+                );
+            }
+        }
+    }
+    let fresh = state
+        .setting("health_unix_ms")?
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|t| now.saturating_sub(t) < STALE_MS);
+    if fresh {
+        for (kind, what) in [("cpu", "CPU"), ("memory", "memory")] {
+            if let Some(pct) = setting_f64(state, &format!("{kind}_percent"))?
+                && pct >= 80.0
+            {
+                let critical = pct >= 95.0;
+                alert(
+                    kind,
+                    critical,
+                    None,
+                    format!("the appliance's {what} use is {pct:.0} %"),
+                    pct,
+                    if critical { 95.0 } else { 80.0 },
+                );
+            }
+        }
+        if let (Some(used), Some(high), Some(max)) = (
+            setting_f64(state, "cache_usage_bytes")?,
+            setting_f64(state, "cache_high_water_bytes")?,
+            setting_f64(state, "cache_max_bytes")?,
+        ) && used >= high
+        {
+            let critical = used >= max;
+            alert(
+                "cache",
+                critical,
+                None,
+                format!(
+                    "the process server's cache holds {} MiB ({}): agents are slowed down{}",
+                    used as u64 >> 20,
+                    if critical { "full" } else { "over its high-water mark" },
+                    if critical { " and refused" } else { "" }
+                ),
+                used,
+                if critical { max } else { high },
+            );
+        }
+    }
+    if let Some(refused) = state.setting("plugins_refused")?.filter(|r| !r.is_empty()) {
+        alert("plugin", false, None, format!("plugins refused at load: {refused}"), 1.0, 0.0);
+    }
+    if let Some(err) = state.setting("master_last_error")? {
+        let at: u64 =
+            state.setting("master_last_error_unix_ms")?.and_then(|v| v.parse().ok()).unwrap_or(0);
+        let ok: u64 =
+            state.setting("master_last_ok_unix_ms")?.and_then(|v| v.parse().ok()).unwrap_or(0);
+        if at > ok {
+            alert(
+                "plugin",
+                true,
+                None,
+                format!("the master target's passes fail: {err}"),
+                now.saturating_sub(at) as f64 / 1000.0,
+                0.0,
+            );
+        }
+    }
+    out.sort_by_key(|a| a.severity != "critical");
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pts(ages_s: &[u64], now: u64) -> Vec<(String, u64)> {
+        ages_s.iter().map(|a| (format!("p{a}"), now - a * 1000)).collect()
+    }
+
+    #[test]
+    fn thinning_keeps_one_point_per_slot_per_tier() {
+        let now = 1_000_000 * 1000;
+        let tiers = [
+            RetentionTier { every_secs: 0, for_secs: 100 },
+            RetentionTier { every_secs: 1000, for_secs: 10_000 },
+        ];
+        // Oldest first: 20000 s (past every tier), two in one 1000-s slot, one in another,
+        // and young ones kept whole.
+        let points = pts(&[20_000, 5_500, 5_200, 3_500, 50, 10, 1], now);
+        let gone = thin(&points, now, &tiers);
+        assert_eq!(gone, vec!["p20000".to_string(), "p5200".to_string()]);
+        // The newest point stays even past every tier.
+        assert!(thin(&pts(&[50_000], now), now, &tiers).is_empty());
+        assert!(thin(&[], now, &tiers).is_empty());
+    }
+
+    #[test]
+    fn cpu_and_memory_are_parsed() {
+        assert_eq!(cpu_times("cpu  10 0 10 70 10 0 0 0 0 0\ncpu0 1 2\n"), Some((20, 100)));
+        assert_eq!(cpu_times("intr 1\n"), None);
+        let m = memory_percent("MemTotal: 1000 kB\nMemFree: 1 kB\nMemAvailable: 250 kB\n").unwrap();
+        assert!((m - 75.0).abs() < 1e-9);
+        assert_eq!(memory_percent("MemTotal: 0 kB\nMemAvailable: 0 kB\n"), None);
+    }
+
+    #[test]
+    fn alerts_follow_the_policy() {
+        let d = tempfile::tempdir().unwrap();
+        let s = State::open(&d.path().join("state.db")).unwrap();
+        s.add_passphrase("p").unwrap();
+        s.register_machine("p", "m-1", "web01").unwrap();
+        s.add_point(&crate::state::PointRow {
+            id: "m-1-p1".into(),
+            machine_id: "m-1".into(),
+            point: 1,
+            kind: "crash".into(),
+            created_unix_ms: now_ms() - 1_000_000,
+            disks: vec![0],
+        })
+        .unwrap();
+        let a = alerts(&s).unwrap();
+        assert_eq!((a[0].kind.as_str(), a[0].severity.as_str()), ("rpo", "warning"), "{a:?}");
+        let strict = Policy { rpo_warning_secs: 60, rpo_critical_secs: 600, ..Policy::default() };
+        s.set_policy("strict", &serde_json::to_string(&strict).unwrap()).unwrap();
+        s.set_machine_policy("m-1", "strict").unwrap();
+        let a = alerts(&s).unwrap();
+        assert_eq!((a[0].severity.as_str(), a[0].threshold), ("critical", 600.0), "{a:?}");
+        let lax = Policy { rpo_warning_secs: 5000, rpo_critical_secs: 6000, ..Policy::default() };
+        s.set_policy("strict", &serde_json::to_string(&lax).unwrap()).unwrap();
+        assert!(alerts(&s).unwrap().is_empty());
+        s.set_setting("health_unix_ms", &now_ms().to_string()).unwrap();
+        s.set_setting("memory_percent", "96.5").unwrap();
+        s.set_setting("cpu_percent", "81").unwrap();
+        let a = alerts(&s).unwrap();
+        let kinds: Vec<(&str, &str)> =
+            a.iter().map(|a| (a.kind.as_str(), a.severity.as_str())).collect();
+        assert_eq!(kinds, [("memory", "critical"), ("cpu", "warning")]);
+    }
+}
