@@ -110,6 +110,10 @@ pub struct AgentConfig {
     /// Membership of a multi-machine consistency group. Absent: none.
     #[serde(default)]
     pub group: Option<GroupConfig>,
+    /// Seconds between checks of the agent's certificate and trusted CAs with the appliance
+    /// (renewal before expiry, CA rotation). Default 3600, at least 10.
+    #[serde(default = "default_trust_check")]
+    pub trust_check_secs: u64,
     /// How the protected disks boot, `bios` or `uefi`, for the VM a failover makes.
     /// Absent: detected from how this host booted (`/sys/firmware/efi`).
     #[serde(default)]
@@ -246,6 +250,10 @@ fn default_journal_max() -> u64 {
 fn default_true() -> bool {
     true
 }
+fn default_trust_check() -> u64 {
+    3600
+}
+
 fn default_max_freeze_ms() -> u64 {
     500
 }
@@ -350,6 +358,12 @@ impl AgentConfig {
                     "{} is smaller than batch_max_bytes ({}); the journal must hold at least one batch (default 1 GiB)",
                     self.journal_max_bytes, self.batch_max_bytes
                 ),
+            ));
+        }
+        if self.trust_check_secs < 10 {
+            return Err(bad(
+                "trust_check_secs",
+                format!("{} is below 10 seconds", self.trust_check_secs),
             ));
         }
         if let Some(f) = &self.firmware {

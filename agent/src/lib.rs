@@ -45,6 +45,7 @@ pub mod journal;
 pub mod progress;
 pub mod quiesce;
 pub mod registration;
+pub mod renew;
 pub mod reverse;
 pub mod run;
 pub mod sender;

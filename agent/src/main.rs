@@ -71,6 +71,13 @@ enum Command {
         #[arg(long)]
         report: bool,
     },
+    /// Renews the agent's certificate now (and updates the trusted CAs); the running agent
+    /// does it by itself before expiry and after a CA rotation.
+    Renew {
+        /// The agent's configuration file (its state_dir).
+        #[arg(long, default_value = "/etc/lifeboat/agent.toml")]
+        config: PathBuf,
+    },
     /// After a failover (`lifeboat reprotect`, `lifeboat failback`): brings this machine's
     /// disks to what the failed-over disks hold, moving only the blocks that differ. Stop
     /// `lifeboat-agent run` first; start it again once failback is done.
@@ -180,6 +187,22 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(1, &e),
+            }
+        }
+        Command::Renew { config } => {
+            let cfg = match AgentConfig::load(&config) {
+                Ok(c) => c,
+                Err(e) => return fail(2, &e.to_string()),
+            };
+            match lifeboat_agent::renew::renew_now(&cfg.state_dir) {
+                Ok(r) => {
+                    println!(
+                        "certificate renewed{}; a running agent picks it up at its next check or restart",
+                        if r.trust { ", trusted CAs updated" } else { "" }
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(1, &format!("{e:#}")),
             }
         }
         Command::Reprotect { config, watch, every } => {

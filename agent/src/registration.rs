@@ -149,7 +149,48 @@ fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Registration
     lifeboat_common::fs::write_atomic(path, bytes, Some(mode)).map_err(io_err(path, "write"))
 }
 
+/// Stem of a renewed identity while it replaces the current one.
+pub const RENEWED_STEM: &str = "agent-renewed";
+
+/// Completes a renewal a crash interrupted: the renewed key and certificate, both written
+/// before either replaced the old ones, take their place.
+fn finish_renewal(state_dir: &Path) -> Result<(), RegistrationError> {
+    for ext in ["key", "crt"] {
+        let from = state_dir.join(format!("{RENEWED_STEM}.{ext}"));
+        if from.exists() {
+            let to = state_dir.join(format!("{IDENTITY_STEM}.{ext}"));
+            fs::rename(&from, &to).map_err(io_err(&from, "rename"))?;
+        }
+    }
+    Ok(())
+}
+
 impl Registration {
+    /// Replaces the agent's identity with `identity` and the trusted CAs with `ca_pem`,
+    /// so that a crash at any moment leaves the old pair or the new one.
+    pub fn replace_identity(
+        &mut self,
+        state_dir: &Path,
+        identity: Identity,
+        ca_pem: String,
+    ) -> Result<(), RegistrationError> {
+        identity.store(state_dir, RENEWED_STEM).map_err(RegistrationError::Identity)?;
+        finish_renewal(state_dir)?;
+        self.identity = identity;
+        self.replace_trust(state_dir, ca_pem)
+    }
+
+    /// Replaces the trusted CA certificates (a CA rotation).
+    pub fn replace_trust(
+        &mut self,
+        state_dir: &Path,
+        ca_pem: String,
+    ) -> Result<(), RegistrationError> {
+        write_atomic(&state_dir.join(CA_FILE), ca_pem.as_bytes(), 0o644)?;
+        self.ca_pem = ca_pem;
+        Ok(())
+    }
+
     /// Whether `state_dir` holds a registration record.
     pub fn exists(state_dir: &Path) -> bool {
         state_dir.join(REGISTRATION_FILE).exists()
@@ -170,6 +211,7 @@ impl Registration {
         })?;
         let machine = MachineId::from_str(&record.machine_id)
             .map_err(|detail| RegistrationError::Damaged { path: path.clone(), detail })?;
+        finish_renewal(state_dir)?;
         let identity =
             Identity::load(state_dir, IDENTITY_STEM).map_err(RegistrationError::Identity)?;
         let ca_path = state_dir.join(CA_FILE);

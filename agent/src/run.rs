@@ -205,7 +205,7 @@ pub fn run(cfg: &AgentConfig, cfg_path: &Path, opts: RunOptions) -> Result<(), R
     // Filesystems a killed agent left frozen are thawed before anything else.
     crate::freeze::recover();
     let schedule = cfg.schedule(cfg_path)?;
-    let registration = Registration::load(&cfg.state_dir)?;
+    let mut registration = Registration::load(&cfg.state_dir)?;
     let machine = registration.machine;
     tracing::info!(
         machine = %machine,
@@ -287,7 +287,20 @@ pub fn run(cfg: &AgentConfig, cfg_path: &Path, opts: RunOptions) -> Result<(), R
         };
         slots.push(DiskSlot { index, path: path.clone(), tracker, baseline_path: Some(map) });
     }
+    // The CAs to trust and the certificate, as the appliance sees them now (a CA rotation,
+    // an expiry): checked at start, then every trust_check_secs.
+    {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|source| RunError::Runtime { what: "start the async runtime", source })?;
+        if let Err(e) = rt.block_on(crate::renew::refresh(&mut registration, &cfg.state_dir, false))
+        {
+            tracing::warn!(error = %format!("{e:#}"), "cannot check the certificate and trusted CAs with the appliance now; checked again later");
+        }
+    }
     let tls = registration.tls()?;
+    let (tls_tx, tls_rx) = watch::channel(tls.clone());
 
     let stop = Arc::new(AtomicBool::new(false));
     let board = Arc::new(ProgressBoard::new(cfg.disks.len() as u32));
@@ -337,6 +350,7 @@ pub fn run(cfg: &AgentConfig, cfg_path: &Path, opts: RunOptions) -> Result<(), R
             url: registration.record.process_server_url.clone(),
             tls,
             disks: descriptors,
+            tls_updates: Some(tls_rx),
             system: Some(crate::system::detect(cfg.firmware.as_deref())),
             schedule,
             progress: Some(board.clone()),
@@ -407,8 +421,30 @@ pub fn run(cfg: &AgentConfig, cfg_path: &Path, opts: RunOptions) -> Result<(), R
             .map_err(|source| RunError::Runtime { what: "start the cycle thread", source })?
     };
 
+    // The periodic certificate and trust check; a change reaches the sender, which
+    // reconnects with it.
+    let trust_task = runtime.spawn({
+        let every = Duration::from_secs(cfg.trust_check_secs);
+        let state_dir = cfg.state_dir.clone();
+        async move {
+            loop {
+                tokio::time::sleep(every).await;
+                match crate::renew::refresh(&mut registration, &state_dir, false).await {
+                    Ok(r) if r.changed() => match registration.tls() {
+                        Ok(tls) => {
+                            let _ = tls_tx.send(tls);
+                        }
+                        Err(e) => tracing::error!(error = %e, "the renewed identity cannot be used"),
+                    },
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "certificate and trust check failed; tried again later"),
+                }
+            }
+        }
+    });
     let result =
         runtime.block_on(supervise(journal, sender, stop.clone(), events_rx, request_tx, opts));
+    trust_task.abort();
     stop.store(true, Ordering::Relaxed);
     let _ = group_shutdown_tx.send(true);
     let _ = cycle_thread.join();

@@ -81,6 +81,8 @@ pub struct SenderOptions {
     pub disks: Vec<DiskDescriptor>,
     /// The machine's firmware, CPUs, memory and interfaces, as sent in every hello.
     pub system: Option<SystemInfo>,
+    /// A renewed certificate or changed trusted CAs: the sender reconnects with them.
+    pub tls_updates: Option<watch::Receiver<Arc<rustls::ClientConfig>>>,
     /// The bandwidth schedule.
     pub schedule: Schedule,
     /// Where progress comes from, if it is to be reported.
@@ -185,6 +187,7 @@ pub struct Sender {
     big: Client,
     disks: Vec<DiskDescriptor>,
     system: Option<SystemInfo>,
+    tls_updates: Option<watch::Receiver<Arc<rustls::ClientConfig>>>,
     limiter: Limiter,
     progress: Option<Arc<ProgressBoard>>,
     last_progress: Option<Instant>,
@@ -217,6 +220,7 @@ impl Sender {
             big: client.with_timeout(BATCH_TIMEOUT),
             disks: opts.disks,
             system: opts.system,
+            tls_updates: opts.tls_updates,
             limiter: Limiter::new(opts.schedule),
             progress: opts.progress,
             last_progress: None,
@@ -237,6 +241,7 @@ impl Sender {
             if stopping(&shutdown) {
                 return Ok(self.stats);
             }
+            self.take_tls_update()?;
             match self.session(&mut shutdown).await {
                 End::Shutdown => return Ok(self.stats),
                 End::Fatal(e) => return Err(e),
@@ -364,6 +369,19 @@ impl Sender {
         }))
     }
 
+    /// New clients (new connections) if the TLS identity or trust changed.
+    fn take_tls_update(&mut self) -> Result<(), SenderError> {
+        let Some(rx) = &mut self.tls_updates else { return Ok(()) };
+        if rx.has_changed().unwrap_or(false) {
+            let tls = rx.borrow_and_update().clone();
+            let client = Client::new(&self.url, tls).map_err(SenderError::Url)?;
+            self.small = client.clone().with_timeout(SMALL_TIMEOUT);
+            self.big = client.with_timeout(BATCH_TIMEOUT);
+            tracing::info!("reconnecting with the renewed certificate or trusted CAs");
+        }
+        Ok(())
+    }
+
     async fn session(&mut self, shutdown: &mut watch::Receiver<bool>) -> End {
         if let Err(end) = self.hello().await {
             return end;
@@ -373,6 +391,9 @@ impl Sender {
         loop {
             if stopping(shutdown) {
                 return End::Shutdown;
+            }
+            if self.tls_updates.as_ref().is_some_and(|r| r.has_changed().unwrap_or(false)) {
+                return End::Retry("the agent's certificate or trusted CAs changed".into());
             }
             self.report_progress().await;
             changed.borrow_and_update();

@@ -6,7 +6,7 @@ use crate::process::{ApiFailure, ProcessServer};
 use crate::state::State;
 use http::{Method, Request, Response, StatusCode};
 use lifeboat_net::server::{json, read_body, read_json};
-use lifeboat_net::{ApiError, Ca, PeerInfo, RequestBody, ResponseBody};
+use lifeboat_net::{ApiError, PeerInfo, RequestBody, ResponseBody};
 use lifeboat_wire::api;
 use std::sync::Arc;
 
@@ -49,8 +49,8 @@ pub struct ConfigServerCtx {
     pub admins: crate::admin::Admins,
     /// Test failovers, when this appliance also runs the master target.
     pub failover: Option<crate::failover::Failover>,
-    /// The appliance CA that signs agent certificates.
-    pub ca: Arc<Ca>,
+    /// The appliance's CAs: the active one signs agent certificates.
+    pub pki: Arc<crate::pki::Pki>,
     /// Handed to agents at registration.
     pub process_server_url: String,
     /// The data directory (the recovery passphrase's derived key lives there).
@@ -91,6 +91,8 @@ pub const CONFIG_SERVER_ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/api/v1/policies/{name}"),
     ("PUT", "/api/v1/machines/{id}/policy"),
     ("GET", "/api/v1/alerts"),
+    ("GET", "/api/v1/ca"),
+    ("POST", "/api/v1/ca/rotate"),
     ("GET", "/api/v1/recovery-passphrase"),
     ("PUT", "/api/v1/recovery-passphrase"),
     ("GET", "/api/v1/jobs"),
@@ -184,6 +186,24 @@ fn failover_info(f: crate::state::FailoverRow) -> api::FailoverInfo {
         started_unix_ms: f.started_unix_ms,
         committed_unix_ms: f.committed_unix_ms,
     }
+}
+
+/// The CAs and each machine's certificate.
+fn ca_status(ctx: &ConfigServerCtx) -> Result<api::CaStatus, ApiError> {
+    let internal = |e: crate::state::StateError| ApiError::internal(e.to_string());
+    let (active, next, retiring) = ctx.pki.fingerprints();
+    let mut machines = Vec::new();
+    for (id, _, _) in ctx.state.machines().map_err(internal)? {
+        let (ca, _) = ctx.state.machine_cert(&id).map_err(internal)?;
+        machines.push(api::MachineCert {
+            on_active_ca: ca.as_deref() == Some(active.as_str()),
+            ca,
+            not_after_unix_ms: ctx.state.machine_cert_expiry(&id).map_err(internal)?,
+            revoked: ctx.state.is_revoked(&id).map_err(internal)?,
+            id,
+        });
+    }
+    Ok(api::CaStatus { phase: ctx.pki.phase().into(), active, next, retiring, machines })
 }
 
 /// Every policy with the machines that use it; `default` always.
@@ -629,6 +649,28 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
             let alerts = crate::policy::alerts(&ctx.state).map_err(internal)?;
             json(StatusCode::OK, &api::AlertList { alerts })
         }
+        (Method::GET, "/api/v1/ca") => {
+            authenticated(&ctx, &req)?;
+            json(StatusCode::OK, &ca_status(&ctx)?)
+        }
+        (Method::POST, "/api/v1/ca/rotate") => {
+            let (_, admin, _) = authenticated(&ctx, &req)?;
+            let r: api::CaRotate = read_json(req.into_body()).await?;
+            let (pki, state) = (ctx.pki.clone(), ctx.state.clone());
+            let phase = tokio::task::spawn_blocking(move || pki.rotate(&state, r.force))
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            match phase {
+                Ok(phase) => {
+                    tracing::warn!(%admin, phase, "CA rotation step");
+                    json(StatusCode::OK, &ca_status(&ctx)?)
+                }
+                Err(e @ crate::pki::RotateError::NotRenewed(_)) => {
+                    Err(ApiError::new(StatusCode::CONFLICT, "not_renewed", e.to_string()))
+                }
+                Err(e) => Err(ApiError::internal(e.to_string())),
+            }
+        }
         (Method::GET, "/api/v1/recovery-passphrase") => {
             authenticated(&ctx, &req)?;
             let set = crate::catalogue::Sealer::load(&ctx.data_dir)
@@ -818,9 +860,11 @@ async fn register(ctx: &ConfigServerCtx, req: Request<RequestBody>) -> Answer {
     raw[8] = (raw[8] & 0x3f) | 0x80;
     let machine_id = lifeboat_wire::MachineId(raw).to_string();
     // Sign first: a malformed CSR must not burn the passphrase.
-    let cert_pem = ctx.ca.sign_client_csr(&r.csr_pem, &machine_id, 825).map_err(|e| {
-        ApiError::bad_request("bad_csr", format!("certificate request refused: {e}"))
-    })?;
+    let ca = ctx.pki.active();
+    let cert_pem =
+        ca.sign_client_csr(&r.csr_pem, &machine_id, crate::pki::AGENT_CERT_DAYS).map_err(|e| {
+            ApiError::bad_request("bad_csr", format!("certificate request refused: {e}"))
+        })?;
     let ok = ctx
         .state
         .register_machine(&r.passphrase, &machine_id, &r.hostname)
@@ -833,13 +877,15 @@ async fn register(ctx: &ConfigServerCtx, req: Request<RequestBody>) -> Answer {
              for a new one (lifeboat-appliance passphrase)",
         ));
     }
+    crate::pki::record_cert(&ctx.state, &machine_id, &cert_pem, ca.fingerprint())
+        .map_err(|e| ApiError::internal(format!("{e:#}")))?;
     tracing::info!(%machine_id, hostname = %r.hostname, "machine registered");
     json(
         StatusCode::OK,
         &api::RegisterResponse {
             machine_id,
             cert_pem,
-            ca_pem: ctx.ca.cert_pem().to_owned(),
+            ca_pem: ctx.pki.bundle_pem(),
             protocol_version: version,
             process_server_url: ctx.process_server_url.clone(),
         },
@@ -895,7 +941,12 @@ fn check_group_point(state: &State, caller: &str, g: &api::GroupPoint) -> Result
 }
 
 /// Routes of the process server (mutual TLS: every request carries a machine id).
-pub async fn process_server(ps: ProcessServer, state: State, req: Request<RequestBody>) -> Answer {
+pub async fn process_server(
+    ps: ProcessServer,
+    state: State,
+    pki: Arc<crate::pki::Pki>,
+    req: Request<RequestBody>,
+) -> Answer {
     let path = req.uri().path().to_owned();
     let machine = peer_machine(&req)?;
     // A revoked machine is refused at once, whatever it asks.
@@ -910,7 +961,10 @@ pub async fn process_server(ps: ProcessServer, state: State, req: Request<Reques
     // A machine failed over at the target is not replicated from its source any more:
     // what the source writes from now on is for reprotect to reconcile.
     ps.seen(&machine).map_err(|e| ApiError::internal(e.to_string()))?;
-    let reverse_route = path == "/api/v1/reverse" || path.starts_with("/api/v1/reverse/");
+    let reverse_route = path == "/api/v1/reverse"
+        || path.starts_with("/api/v1/reverse/")
+        || path == "/api/v1/trust"
+        || path == "/api/v1/renew";
     if !reverse_route
         && let Some(s) =
             state.failover_state(&machine).map_err(|e| ApiError::internal(e.to_string()))?
@@ -950,6 +1004,30 @@ pub async fn process_server(ps: ProcessServer, state: State, req: Request<Reques
             let p: api::Progress = read_json(req.into_body()).await?;
             state.set_progress(&machine, &p).map_err(|e| ApiError::internal(e.to_string()))?;
             json(StatusCode::OK, &serde_json::json!({}))
+        }
+        (Method::GET, "/api/v1/trust") => {
+            let der = req.extensions().get::<PeerInfo>().and_then(|p| p.cert_der.clone());
+            let reason = match der {
+                Some(d) => crate::pki::renew_reason(&state, &pki, &machine, &d)
+                    .map_err(|e| ApiError::internal(e.to_string()))?,
+                None => None,
+            };
+            json(
+                StatusCode::OK,
+                &api::TrustAnswer {
+                    ca_pem: pki.bundle_pem(),
+                    active_ca: pki.active().fingerprint().to_owned(),
+                    renew: reason,
+                },
+            )
+        }
+        (Method::POST, "/api/v1/renew") => {
+            let r: api::RenewRequest = read_json(req.into_body()).await?;
+            let cert_pem = pki.sign_agent(&state, &r.csr_pem, &machine).map_err(|e| {
+                ApiError::bad_request("bad_csr", format!("certificate request refused: {e:#}"))
+            })?;
+            tracing::info!(%machine, ca = %pki.active().fingerprint(), "agent certificate renewed");
+            json(StatusCode::OK, &api::RenewAnswer { cert_pem, ca_pem: pki.bundle_pem() })
         }
         (Method::GET, "/api/v1/reverse") => match crate::reverse::status(&state, &machine) {
             Ok(st) => json(StatusCode::OK, &st),

@@ -26,6 +26,7 @@ pub mod http;
 pub mod keys;
 pub mod logobj;
 pub mod master;
+pub mod pki;
 pub mod policy;
 pub mod process;
 pub mod qemu;

@@ -8,7 +8,6 @@ use crate::master::MasterTarget;
 use crate::process::ProcessServer;
 use crate::state::State;
 use anyhow::Context;
-use lifeboat_net::{Ca, ClientAuth};
 use lifeboat_plugin_host::Host;
 use lifeboat_plugin_host::registry::Registry;
 use std::io::Write;
@@ -78,15 +77,13 @@ pub async fn run(config: ApplianceConfig) -> anyhow::Result<()> {
     // The CA and server identity only where a listener needs them (a master-target-only
     // appliance at a target site has neither).
     let listeners = if cfg.roles.config_server || cfg.roles.process_server {
-        let ca = Arc::new(Ca::load_or_create(&data.join("ca"), "Lifeboat appliance CA")?);
-        let id = ca.issue_server(&cfg.config_server.server_names)?;
-        Some((ca, id))
+        Some(Arc::new(crate::pki::Pki::load(&data, &cfg.config_server.server_names)?))
     } else {
         None
     };
     let mut tasks = tokio::task::JoinSet::new();
 
-    if let (true, Some((ca, server_id))) = (cfg.roles.config_server, &listeners) {
+    if let (true, Some(pki)) = (cfg.roles.config_server, &listeners) {
         let interrupted = core.state.fail_interrupted_jobs()?;
         if interrupted > 0 {
             tracing::warn!(interrupted, "jobs interrupted by the last shutdown are marked failed");
@@ -114,16 +111,16 @@ pub async fn run(config: ApplianceConfig) -> anyhow::Result<()> {
                 registry: core.registry.clone(),
                 target: cfg.master_target.target.clone(),
             }),
-            ca: ca.clone(),
+            pki: pki.clone(),
             process_server_url: url,
             data_dir: data.clone(),
         });
-        let tls = lifeboat_net::server_config(server_id, ClientAuth::None)?;
+        let tls = pki.config_tls()?;
         let listener =
             tokio::net::TcpListener::bind(cfg.config_server.listen).await.with_context(|| {
                 format!("configuration server cannot listen on {}", cfg.config_server.listen)
             })?;
-        tracing::info!(url = %format!("https://{}", listener.local_addr()?), ca_fingerprint = %ca.fingerprint(), "configuration server listening");
+        tracing::info!(url = %format!("https://{}", listener.local_addr()?), ca_fingerprint = %pki.active().fingerprint(), "configuration server listening");
         let sd = shutdown.clone();
         tasks.spawn(async move {
             lifeboat_net::serve(
@@ -143,7 +140,7 @@ pub async fn run(config: ApplianceConfig) -> anyhow::Result<()> {
         && cfg.process_server.target == cfg.master_target.target)
         .then(|| Arc::new(Handoff::new(crate::handoff::DEFAULT_BUDGET)));
     let mut cache_status: Option<ProcessServer> = None;
-    if let (true, Some((ca, server_id))) = (cfg.roles.process_server, &listeners) {
+    if let (true, Some(pki)) = (cfg.roles.process_server, &listeners) {
         let ps = ProcessServer::start(
             core.state.clone(),
             core.registry.clone(),
@@ -152,10 +149,7 @@ pub async fn run(config: ApplianceConfig) -> anyhow::Result<()> {
             shutdown.clone(),
             handoff.clone(),
         )?;
-        let tls = lifeboat_net::server_config(
-            server_id,
-            ClientAuth::Required { ca_pem: ca.cert_pem().to_owned() },
-        )?;
+        let tls = pki.process_tls()?;
         let listener =
             tokio::net::TcpListener::bind(cfg.process_server.listen).await.with_context(|| {
                 format!("process server cannot listen on {}", cfg.process_server.listen)
@@ -164,11 +158,12 @@ pub async fn run(config: ApplianceConfig) -> anyhow::Result<()> {
         let sd = shutdown.clone();
         let state = core.state.clone();
         cache_status = Some(ps.clone());
+        let pki = pki.clone();
         tasks.spawn(async move {
             lifeboat_net::serve(
                 listener,
                 tls,
-                move |req| http::process_server(ps.clone(), state.clone(), req),
+                move |req| http::process_server(ps.clone(), state.clone(), pki.clone(), req),
                 sd.cancelled_owned(),
             )
             .await;

@@ -173,6 +173,10 @@ const MIGRATIONS: &[&str] = &[
      );
      ALTER TABLE machines ADD COLUMN policy TEXT NOT NULL DEFAULT 'default';
      ALTER TABLE machines ADD COLUMN last_seen_unix_ms INTEGER;",
+    // 13: each machine's current certificate: the CA that signed it, its expiry, its hash.
+    "ALTER TABLE machines ADD COLUMN cert_ca TEXT;
+     ALTER TABLE machines ADD COLUMN cert_not_after_unix_ms INTEGER;
+     ALTER TABLE machines ADD COLUMN cert_sha256 TEXT;",
 ];
 
 /// Where reverse replication of a machine stands.
@@ -1412,6 +1416,54 @@ impl State {
             )
             .optional()
             .map(|o| o.unwrap_or_else(|| ("default".into(), None)))
+            .map_err(|e| self.err(e))
+    }
+
+    /// Records the machine's current certificate.
+    pub fn set_machine_cert(
+        &self,
+        machine_id: &str,
+        ca_fingerprint: &str,
+        not_after_unix_ms: u64,
+        cert_sha256: &str,
+    ) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "UPDATE machines SET cert_ca = ?2,
+                     cert_not_after_unix_ms = CASE WHEN ?3 > 0 THEN ?3 ELSE cert_not_after_unix_ms END,
+                     cert_sha256 = ?4 WHERE id = ?1",
+                params![machine_id, ca_fingerprint, not_after_unix_ms as i64, cert_sha256],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The machine's current certificate as (signing CA fingerprint, sha256), if recorded.
+    pub fn machine_cert(
+        &self,
+        machine_id: &str,
+    ) -> Result<(Option<String>, Option<String>), StateError> {
+        self.conn()
+            .query_row(
+                "SELECT cert_ca, cert_sha256 FROM machines WHERE id = ?1",
+                params![machine_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map(Option::unwrap_or_default)
+            .map_err(|e| self.err(e))
+    }
+
+    /// The machine's certificate expiry, if recorded.
+    pub fn machine_cert_expiry(&self, machine_id: &str) -> Result<Option<u64>, StateError> {
+        self.conn()
+            .query_row(
+                "SELECT cert_not_after_unix_ms FROM machines WHERE id = ?1",
+                params![machine_id],
+                |r| r.get::<_, Option<i64>>(0),
+            )
+            .optional()
+            .map(|o| o.flatten().map(|v| v as u64))
             .map_err(|e| self.err(e))
     }
 

@@ -23,14 +23,15 @@ struct Server {
 
 async fn start() -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let ca = Arc::new(Ca::load_or_create(dir.path(), "test CA").unwrap());
+    let pki = Arc::new(lifeboat_appliance::pki::Pki::load(dir.path(), &[]).unwrap());
+    let ca = pki.active();
     let state = State::open(&dir.path().join("state.db")).unwrap();
     let id = ca.issue_server(&[]).unwrap();
     let ctx = Arc::new(ConfigServerCtx {
         state: state.clone(),
         admins: lifeboat_appliance::admin::Admins::new(state.clone()),
         failover: None,
-        ca: ca.clone(),
+        pki: pki.clone(),
         process_server_url: "https://127.0.0.1:9443".into(),
         data_dir: dir.path().to_owned(),
     });

@@ -154,6 +154,12 @@ enum Cmd {
         #[command(subcommand)]
         cmd: PassphraseCmd,
     },
+    /// The appliance's certificate authorities: status, and rotation without registering
+    /// agents again (steady → introducing → retiring → steady).
+    Ca {
+        #[command(subcommand)]
+        cmd: CaCmd,
+    },
     /// The recovery passphrase the catalogue at the target is sealed under.
     RecoveryPassphrase {
         #[command(subcommand)]
@@ -226,6 +232,18 @@ fn parse_secs(s: &str) -> Result<u64, Failure> {
         _ => return Err(bad()),
     };
     n.checked_mul(mul).ok_or_else(bad)
+}
+
+#[derive(Subcommand)]
+enum CaCmd {
+    /// The CAs, the rotation phase, and each machine's certificate.
+    Status,
+    /// The next rotation step.
+    Rotate {
+        /// Retire the old CA even though some machines have not renewed (they are refused).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -848,6 +866,48 @@ fn run(cli: &Cli) -> Result<(serde_json::Value, String), Failure> {
                 })
                 .collect::<Vec<_>>()
                 .join("\n");
+            (v, t)
+        }
+        Cmd::Ca { cmd } => {
+            let mut s = load_session(cli)?;
+            let c = client(&s.url, &s.fingerprint)?;
+            let v = match cmd {
+                CaCmd::Status => call(&c, Method::GET, "/api/v1/ca", Some(&s.token), None)?,
+                CaCmd::Rotate { force } => {
+                    let v = call(
+                        &c,
+                        Method::POST,
+                        "/api/v1/ca/rotate",
+                        Some(&s.token),
+                        Some(serde_json::json!({"force": force})),
+                    )?;
+                    // The configuration server presents the active CA's certificates: the
+                    // session pins it from now on.
+                    if let Some(active) = v["active"].as_str()
+                        && active != s.fingerprint
+                    {
+                        s.fingerprint = active.to_owned();
+                        let p = session_path(cli)?;
+                        let json =
+                            serde_json::to_vec_pretty(&s).expect("a plain struct serialises");
+                        lifeboat_common::fs::write_atomic(&p, &json, Some(0o600))
+                            .map_err(|e| fail(1, format!("{}: {e}", p.display())))?;
+                    }
+                    v
+                }
+            };
+            let behind = v["machines"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|m| m["on_active_ca"] == false && m["revoked"] == false)
+                .count();
+            let t = format!(
+                "phase {}; active CA {}{}; {behind} machine(s) not yet on the active CA",
+                v["phase"].as_str().unwrap_or("?"),
+                v["active"].as_str().unwrap_or("?"),
+                v["next"].as_str().map(|n| format!(", next {n}")).unwrap_or_default()
+            );
             (v, t)
         }
         Cmd::RecoveryPassphrase { cmd: RecoveryCmd::Status } => {

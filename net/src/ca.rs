@@ -503,6 +503,13 @@ pub fn fingerprint_pem(pem: &str) -> Result<String> {
     Ok(fingerprint_der(&chain[0]))
 }
 
+/// A certificate's validity as (not before, not after), seconds since the Unix epoch.
+pub fn cert_validity(der: &[u8]) -> Option<(i64, i64)> {
+    let (_, x509) = x509_parser::parse_x509_certificate(der).ok()?;
+    let v = x509.validity();
+    Some((v.not_before.timestamp(), v.not_after.timestamp()))
+}
+
 /// Parses a fingerprint as an operator may type it: `sha256:` prefix optional, hex in
 /// either case, optionally with `:` or spaces between bytes (`AB:CD:...`).
 pub fn parse_fingerprint(text: &str) -> Option<[u8; 32]> {
@@ -540,7 +547,7 @@ pub fn validate_machine_id(id: &str) -> Result<()> {
 }
 
 /// Parses every `CERTIFICATE` block of a PEM string; at least one is required.
-pub(crate) fn parse_cert_chain(pem: &str, what: &str) -> Result<Vec<CertificateDer<'static>>> {
+pub fn parse_cert_chain(pem: &str, what: &str) -> Result<Vec<CertificateDer<'static>>> {
     let malformed = |detail: String| CaError::Malformed { what: what.to_owned(), detail };
     let chain = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<std::result::Result<Vec<_>, _>>()

@@ -49,5 +49,7 @@ pub mod tls;
 
 pub use ca::{Ca, CaError, Identity};
 pub use client::{Client, ClientError};
-pub use server::{ApiError, PeerInfo, RequestBody, ResponseBody, ServeOptions, serve, serve_with};
+pub use server::{
+    ApiError, PeerInfo, RequestBody, ResponseBody, ServeOptions, TlsSource, serve, serve_with,
+};
 pub use tls::{ClientAuth, TlsError, Trust, client_config, peer_machine_id, server_config};

@@ -65,6 +65,8 @@ pub struct PeerInfo {
     pub machine_id: Option<String>,
     /// The client's address.
     pub remote_addr: SocketAddr,
+    /// The verified client certificate (DER), if one was presented.
+    pub cert_der: Option<Arc<Vec<u8>>>,
 }
 
 /// Tunables of [`serve_with`].
@@ -245,7 +247,7 @@ pub const H2_MAX_FRAME: u32 = 1 << 20;
 /// [`serve_with`] with [`ServeOptions::default`].
 pub async fn serve<H, Fut, S>(
     listener: TcpListener,
-    tls: Arc<ServerConfig>,
+    tls: impl Into<TlsSource>,
     handler: H,
     shutdown: S,
 ) where
@@ -256,11 +258,46 @@ pub async fn serve<H, Fut, S>(
     serve_with(listener, tls, handler, shutdown, ServeOptions::default()).await;
 }
 
+/// The TLS configuration a server uses for each new connection: fixed, or replaceable
+/// while it runs (a renewed server certificate, a changed set of trusted CAs); connections
+/// already open keep theirs.
+#[derive(Clone)]
+pub struct TlsSource(Arc<std::sync::RwLock<Arc<ServerConfig>>>);
+
+impl TlsSource {
+    /// A source starting with `config`.
+    pub fn new(config: Arc<ServerConfig>) -> Self {
+        TlsSource(Arc::new(std::sync::RwLock::new(config)))
+    }
+
+    /// New connections use `config` from now on.
+    pub fn replace(&self, config: Arc<ServerConfig>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = config;
+    }
+
+    /// The configuration for the next connection.
+    pub fn current(&self) -> Arc<ServerConfig> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl std::fmt::Debug for TlsSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsSource").finish_non_exhaustive()
+    }
+}
+
+impl From<Arc<ServerConfig>> for TlsSource {
+    fn from(c: Arc<ServerConfig>) -> Self {
+        TlsSource::new(c)
+    }
+}
+
 /// Serves HTTPS on `listener` until `shutdown` completes, then drains (see the module
 /// documentation). Returns when every connection is closed or the grace period ran out.
 pub async fn serve_with<H, Fut, S>(
     listener: TcpListener,
-    tls: Arc<ServerConfig>,
+    tls: impl Into<TlsSource>,
     handler: H,
     shutdown: S,
     options: ServeOptions,
@@ -269,7 +306,7 @@ pub async fn serve_with<H, Fut, S>(
     Fut: Future<Output = Result<Response<ResponseBody>, ApiError>> + Send + 'static,
     S: Future,
 {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let tls: TlsSource = tls.into();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30));
     builder
@@ -305,7 +342,7 @@ pub async fn serve_with<H, Fut, S>(
                 };
                 let _ = tcp.set_nodelay(true);
                 let connection = Connection {
-                    acceptor: acceptor.clone(),
+                    acceptor: tokio_rustls::TlsAcceptor::from(tls.current()),
                     builder: builder.clone(),
                     handler: handler.clone(),
                     options: options.clone(),
@@ -356,7 +393,13 @@ where
                 return;
             }
         };
-        let peer = PeerInfo { machine_id: tls::peer_machine_id(&stream), remote_addr };
+        let cert_der = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| Arc::new(c.as_ref().to_vec()));
+        let peer = PeerInfo { machine_id: tls::peer_machine_id(&stream), remote_addr, cert_der };
         let handler = self.handler;
         let limit = self.options.max_body_bytes;
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {

@@ -9,6 +9,8 @@
 //! | `GET /api/v1/machines/<id>/points` | process server | client certificate (own machine) | → [`PointList`] |
 //! | `POST /api/v1/groups/points` | process server | client certificate (a member) | [`GroupPoint`] → `{}` |
 //! | `POST /api/v1/churn` | process server | client certificate | [`ChurnReport`] → `{}` |
+//! | `GET /api/v1/trust` | process server | client certificate | → [`TrustAnswer`] |
+//! | `POST /api/v1/renew` | process server | client certificate | [`RenewRequest`] → [`RenewAnswer`] |
 //! | `GET /api/v1/reverse` | process server | client certificate | → [`ReverseStatus`] |
 //! | `POST /api/v1/reverse/diff` | process server | client certificate | [`ReverseDiff`] → a batch (wire format v1) of the blocks that differ |
 //! | `POST /api/v1/reverse/done` | process server | client certificate | [`ReverseDone`] → `{}` |
@@ -708,6 +710,78 @@ pub struct Alert {
 pub struct AlertList {
     /// Critical first.
     pub alerts: Vec<Alert>,
+}
+
+/// `GET /api/v1/trust` (process server, agent certificate): the CAs to trust, and whether
+/// the certificate the agent presented should be renewed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustAnswer {
+    /// Every CA certificate to trust (PEM), the active one first.
+    pub ca_pem: String,
+    /// The active CA's fingerprint.
+    pub active_ca: String,
+    /// Why the presented certificate should be renewed, if it should.
+    pub renew: Option<String>,
+}
+
+/// `POST /api/v1/renew` (process server, agent certificate).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewRequest {
+    /// A CSR for the agent's new key.
+    pub csr_pem: String,
+}
+
+/// The answer to [`RenewRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewAnswer {
+    /// The new client certificate, from the active CA.
+    pub cert_pem: String,
+    /// Every CA certificate to trust.
+    pub ca_pem: String,
+}
+
+/// `POST /api/v1/ca/rotate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaRotate {
+    /// Retire the old CA even though some machines have not renewed (they are refused).
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `GET /api/v1/ca`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaStatus {
+    /// `steady`, `introducing` or `retiring`.
+    pub phase: String,
+    /// The active CA's fingerprint.
+    pub active: String,
+    /// The CA being introduced.
+    pub next: Option<String>,
+    /// CAs still trusted, no longer signing.
+    pub retiring: Vec<String>,
+    /// Each machine's certificate.
+    pub machines: Vec<MachineCert>,
+}
+
+/// A machine's certificate in [`CaStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineCert {
+    /// Machine id.
+    pub id: String,
+    /// Fingerprint of the CA that signed its current certificate, if known.
+    pub ca: Option<String>,
+    /// Its certificate is from the active CA.
+    pub on_active_ca: bool,
+    /// When it expires.
+    pub not_after_unix_ms: Option<u64>,
+    /// The machine is revoked.
+    pub revoked: bool,
 }
 
 /// `PUT /api/v1/recovery-passphrase`: the passphrase the catalogue at the target is sealed

@@ -116,6 +116,7 @@ impl Appliance {
     fn options(&self, disks: &[PathBuf], progress: Option<Arc<ProgressBoard>>) -> SenderOptions {
         SenderOptions {
             system: None,
+            tls_updates: None,
             url: format!("https://{}", self.addr),
             tls: lifeboat_net::tls::client_config(
                 Trust::Ca(self.ca_pem.clone()),

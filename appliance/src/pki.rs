@@ -1,0 +1,318 @@
+//! The appliance's certificate authorities: the active CA that signs agent and server
+//! certificates, and — while the CA is being rotated — a next or a retiring one. Agents
+//! trust the bundle of all of them, and the process server accepts client certificates
+//! from any, so the CA changes without registering any agent again.
+//!
+//! Rotation (`POST /api/v1/ca/rotate`, `lifeboat ca rotate`) goes through three phases:
+//!
+//! 1. `steady` → `introducing`: a new CA is made in `<data>/ca-next`. The trust bundle is
+//!    now the active CA and the new one; agents fetch it (`GET /api/v1/trust`, at start and
+//!    every `trust_check_secs`) and trust both. Certificates are still signed by the old CA.
+//! 2. `introducing` → `retiring`: the new CA becomes active (the old one's certificate is
+//!    kept in `<data>/ca-retiring.pem`, its key removed). The servers present certificates
+//!    from the new CA; agents (which trust it since phase 1) see on their next check that
+//!    their certificate is not from the active CA and renew it (`POST /api/v1/renew`).
+//! 3. `retiring` → `steady`: once every machine that is not revoked has a certificate from
+//!    the active CA, the old CA is dropped from the bundle (refused while some machine has
+//!    not renewed, unless forced); its certificates are refused from then on.
+//!
+//! Each phase replaces the running servers' TLS configurations (new connections use them).
+//! A promotion is ordered so that an interrupted one completes at the next start (the old
+//! directory is renamed away before `ca-next` takes its place; a missing `ca` with a
+//! `ca-next` present is that moment).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use lifeboat_net::{Ca, ClientAuth, Identity, TlsSource};
+
+use crate::state::{State, StateError};
+
+/// Days an agent certificate is valid.
+pub const AGENT_CERT_DAYS: u32 = 825;
+
+/// Why a rotation step is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RotateError {
+    /// Machines still hold certificates of the retiring CA.
+    #[error("{} machine(s) still have a certificate from the retiring CA ({}); wait for their agents to renew, revoke them, or force", .0.len(), .0.join(", "))]
+    NotRenewed(Vec<String>),
+    /// Files, certificates.
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+    /// The state store.
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+struct Cas {
+    active: Arc<Ca>,
+    next: Option<Arc<Ca>>,
+    /// PEM certificates of CAs still trusted but no longer signing.
+    retiring: Vec<String>,
+}
+
+/// The CAs, and the servers whose TLS follows them.
+pub struct Pki {
+    data: PathBuf,
+    server_names: Vec<String>,
+    cas: RwLock<Cas>,
+    config_tls: RwLock<Option<TlsSource>>,
+    process_tls: RwLock<Option<TlsSource>>,
+}
+
+impl std::fmt::Debug for Pki {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pki").field("phase", &self.phase()).finish_non_exhaustive()
+    }
+}
+
+fn retiring_path(data: &Path) -> PathBuf {
+    data.join("ca-retiring.pem")
+}
+
+fn split_pem(text: &str) -> Vec<String> {
+    text.split_inclusive("-----END CERTIFICATE-----")
+        .map(|b| b.trim().to_owned())
+        .filter(|b| b.contains("-----BEGIN CERTIFICATE-----"))
+        .map(|b| format!("{b}\n"))
+        .collect()
+}
+
+impl Pki {
+    /// Loads (or creates) the CAs under `data`; `server_names` go into server certificates.
+    pub fn load(data: &Path, server_names: &[String]) -> anyhow::Result<Pki> {
+        let (active_dir, next_dir) = (data.join("ca"), data.join("ca-next"));
+        if !active_dir.join("ca.crt").exists() && next_dir.join("ca.crt").exists() {
+            // A promotion stopped between its two renames: finish it.
+            std::fs::rename(&next_dir, &active_dir)?;
+            tracing::warn!("finished a CA promotion an appliance stop interrupted");
+        }
+        let active = Arc::new(Ca::load_or_create(&active_dir, "Lifeboat appliance CA")?);
+        let next = if next_dir.join("ca.crt").exists() {
+            Some(Arc::new(Ca::load_or_create(&next_dir, "Lifeboat appliance CA")?))
+        } else {
+            None
+        };
+        let retiring = match std::fs::read_to_string(retiring_path(data)) {
+            Ok(t) => split_pem(&t),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Pki {
+            data: data.to_owned(),
+            server_names: server_names.to_vec(),
+            cas: RwLock::new(Cas { active, next, retiring }),
+            config_tls: RwLock::new(None),
+            process_tls: RwLock::new(None),
+        })
+    }
+
+    fn cas(&self) -> std::sync::RwLockReadGuard<'_, Cas> {
+        self.cas.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The CA that signs.
+    pub fn active(&self) -> Arc<Ca> {
+        self.cas().active.clone()
+    }
+
+    /// `steady`, `introducing` or `retiring`.
+    pub fn phase(&self) -> &'static str {
+        let c = self.cas();
+        if c.next.is_some() {
+            "introducing"
+        } else if !c.retiring.is_empty() {
+            "retiring"
+        } else {
+            "steady"
+        }
+    }
+
+    /// Every trusted CA certificate, PEM, the active one first.
+    pub fn bundle_pem(&self) -> String {
+        let c = self.cas();
+        let mut out = c.active.cert_pem().to_owned();
+        if let Some(n) = &c.next {
+            out.push_str(n.cert_pem());
+        }
+        for r in &c.retiring {
+            if lifeboat_net::ca::fingerprint_pem(r).ok().as_deref() != Some(c.active.fingerprint())
+            {
+                out.push_str(r);
+            }
+        }
+        out
+    }
+
+    /// Fingerprints of (active, next, retiring).
+    pub fn fingerprints(&self) -> (String, Option<String>, Vec<String>) {
+        let c = self.cas();
+        (
+            c.active.fingerprint().to_owned(),
+            c.next.as_ref().map(|n| n.fingerprint().to_owned()),
+            c.retiring.iter().filter_map(|r| lifeboat_net::ca::fingerprint_pem(r).ok()).collect(),
+        )
+    }
+
+    /// A server identity from the active CA.
+    pub fn server_identity(&self) -> anyhow::Result<Identity> {
+        Ok(self.active().issue_server(&self.server_names)?)
+    }
+
+    /// The configuration server's TLS (server authentication only).
+    pub fn config_tls(&self) -> anyhow::Result<TlsSource> {
+        let t = TlsSource::new(lifeboat_net::server_config(
+            &self.server_identity()?,
+            ClientAuth::None,
+        )?);
+        *self.config_tls.write().unwrap_or_else(|p| p.into_inner()) = Some(t.clone());
+        Ok(t)
+    }
+
+    /// The process server's TLS (client certificates from any trusted CA).
+    pub fn process_tls(&self) -> anyhow::Result<TlsSource> {
+        let t = TlsSource::new(self.process_config()?);
+        *self.process_tls.write().unwrap_or_else(|p| p.into_inner()) = Some(t.clone());
+        Ok(t)
+    }
+
+    fn process_config(&self) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+        Ok(lifeboat_net::server_config(
+            &self.server_identity()?,
+            ClientAuth::Required { ca_pem: self.bundle_pem() },
+        )?)
+    }
+
+    /// New connections of the running servers use the CAs as they are now.
+    fn reload(&self) -> anyhow::Result<()> {
+        if let Some(t) = &*self.config_tls.read().unwrap_or_else(|p| p.into_inner()) {
+            t.replace(lifeboat_net::server_config(&self.server_identity()?, ClientAuth::None)?);
+        }
+        if let Some(t) = &*self.process_tls.read().unwrap_or_else(|p| p.into_inner()) {
+            t.replace(self.process_config()?);
+        }
+        Ok(())
+    }
+
+    /// Signs an agent's CSR with the active CA and records it as the machine's certificate.
+    pub fn sign_agent(
+        &self,
+        state: &State,
+        csr_pem: &str,
+        machine: &str,
+    ) -> anyhow::Result<String> {
+        let ca = self.active();
+        let cert = ca.sign_client_csr(csr_pem, machine, AGENT_CERT_DAYS)?;
+        record_cert(state, machine, &cert, ca.fingerprint())?;
+        Ok(cert)
+    }
+
+    /// The next rotation step; the phase it reached. `force` retires the old CA even
+    /// though some machines have not renewed (they are refused from then on).
+    pub fn rotate(&self, state: &State, force: bool) -> Result<&'static str, RotateError> {
+        match self.phase() {
+            "steady" => {
+                let next = Ca::load_or_create(&self.data.join("ca-next"), "Lifeboat appliance CA")
+                    .map_err(anyhow::Error::from)?;
+                tracing::warn!(next = %next.fingerprint(), "CA rotation: a new CA is introduced; agents trust it from their next check");
+                self.cas.write().unwrap_or_else(|p| p.into_inner()).next = Some(Arc::new(next));
+            }
+            "introducing" => {
+                let old = self.active();
+                let retiring = retiring_path(&self.data);
+                let mut text = std::fs::read_to_string(&retiring).unwrap_or_default();
+                text.push_str(old.cert_pem());
+                lifeboat_common::fs::write_atomic(&retiring, text.as_bytes(), Some(0o644))
+                    .map_err(anyhow::Error::from)?;
+                let archive = self.data.join(format!("ca-old-{}", crate::state::now_ms()));
+                std::fs::rename(self.data.join("ca"), &archive).map_err(anyhow::Error::from)?;
+                // The old key signs nothing from now on: it goes.
+                let _ = std::fs::remove_file(archive.join("ca.key"));
+                std::fs::rename(self.data.join("ca-next"), self.data.join("ca"))
+                    .map_err(anyhow::Error::from)?;
+                let active = Ca::load_or_create(&self.data.join("ca"), "Lifeboat appliance CA")
+                    .map_err(anyhow::Error::from)?;
+                let mut c = self.cas.write().unwrap_or_else(|p| p.into_inner());
+                tracing::warn!(active = %active.fingerprint(), retiring = %old.fingerprint(), "CA rotation: the new CA is active; agents renew their certificates");
+                c.active = Arc::new(active);
+                c.next = None;
+                c.retiring = split_pem(&text);
+            }
+            _ => {
+                let active = self.active();
+                let mut behind = Vec::new();
+                for (id, _, _) in state.machines()? {
+                    if state.is_revoked(&id)? {
+                        continue;
+                    }
+                    let (ca, _) = state.machine_cert(&id)?;
+                    if ca.as_deref() != Some(active.fingerprint()) {
+                        behind.push(id);
+                    }
+                }
+                if !behind.is_empty() && !force {
+                    return Err(RotateError::NotRenewed(behind));
+                }
+                match std::fs::remove_file(retiring_path(&self.data)) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(anyhow::Error::from(e).into()),
+                }
+                self.cas.write().unwrap_or_else(|p| p.into_inner()).retiring.clear();
+                tracing::warn!(
+                    forced_past = behind.len(),
+                    "CA rotation: the old CA is retired; its certificates are refused"
+                );
+            }
+        }
+        self.reload()?;
+        Ok(self.phase())
+    }
+}
+
+/// Records `cert_pem` (signed by the CA `ca_fingerprint`) as the machine's certificate.
+pub fn record_cert(
+    state: &State,
+    machine: &str,
+    cert_pem: &str,
+    ca_fingerprint: &str,
+) -> anyhow::Result<()> {
+    let der = lifeboat_net::ca::parse_cert_chain(cert_pem, "the agent certificate")?
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no certificate"))?;
+    let (_, not_after) = lifeboat_net::ca::cert_validity(&der).unwrap_or((0, 0));
+    let sha = lifeboat_net::ca::fingerprint_der(&der);
+    state.set_machine_cert(machine, ca_fingerprint, not_after.max(0) as u64 * 1000, &sha)?;
+    Ok(())
+}
+
+/// Whether the certificate `der` a machine presented should be renewed: it is not the
+/// certificate last issued to the machine by the active CA, or less than a third of its
+/// validity is left. `None`: keep it.
+pub fn renew_reason(
+    state: &State,
+    pki: &Pki,
+    machine: &str,
+    der: &[u8],
+) -> Result<Option<String>, StateError> {
+    let (ca, sha) = state.machine_cert(machine)?;
+    let presented = lifeboat_net::ca::fingerprint_der(der);
+    let active = pki.active();
+    if sha.is_none() {
+        // Registered before certificates were recorded: then only one CA existed.
+        let _ = state.set_machine_cert(machine, active.fingerprint(), 0, &presented);
+        return Ok(None);
+    }
+    if sha.as_deref() != Some(presented.as_str()) || ca.as_deref() != Some(active.fingerprint()) {
+        return Ok(Some("the certificate is not from the active CA".into()));
+    }
+    if let Some((from, to)) = lifeboat_net::ca::cert_validity(der) {
+        let now = (crate::state::now_ms() / 1000) as i64;
+        if to - now < (to - from) / 3 {
+            return Ok(Some(format!("the certificate expires in {} days", (to - now) / 86_400)));
+        }
+    }
+    Ok(None)
+}
