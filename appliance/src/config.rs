@@ -36,6 +36,9 @@ pub struct ApplianceConfig {
     pub master_target: MasterTarget,
     /// Plugins: where they are, what they are trusted and granted.
     pub plugins: PluginsConfig,
+    /// Recovery plans: the scripts their actions may run.
+    #[serde(default)]
+    pub plans: PlansConfig,
 }
 
 fn one() -> i64 {
@@ -44,6 +47,17 @@ fn one() -> i64 {
 
 fn default_data_dir() -> PathBuf {
     PathBuf::from("/var/lib/lifeboat")
+}
+
+/// `[plans]`: what recovery plans may run on the appliance.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlansConfig {
+    /// Allow-listed scripts by name: the program (an absolute path) and its arguments.
+    /// A plan's action names one; it runs without a shell, with the plan's context in
+    /// `LIFEBOAT_*` environment variables.
+    #[serde(default)]
+    pub scripts: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// Role switches.

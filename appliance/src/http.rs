@@ -55,6 +55,8 @@ pub struct ConfigServerCtx {
     pub process_server_url: String,
     /// The data directory (the recovery passphrase's derived key lives there).
     pub data_dir: std::path::PathBuf,
+    /// Recovery plans' scripts and manual steps.
+    pub plans: Arc<crate::plan::Plans>,
 }
 
 /// The configuration server's OpenAPI document (`GET /api/v1/openapi.json`).
@@ -95,6 +97,11 @@ pub const CONFIG_SERVER_ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/ca/rotate"),
     ("GET", "/api/v1/recovery-passphrase"),
     ("PUT", "/api/v1/recovery-passphrase"),
+    ("GET", "/api/v1/plans"),
+    ("PUT", "/api/v1/plans/{name}"),
+    ("DELETE", "/api/v1/plans/{name}"),
+    ("POST", "/api/v1/plans/{name}/run"),
+    ("POST", "/api/v1/jobs/{id}/continue"),
     ("GET", "/api/v1/jobs"),
     ("GET", "/api/v1/jobs/{id}"),
     ("GET", "/metrics"),
@@ -204,6 +211,17 @@ fn ca_status(ctx: &ConfigServerCtx) -> Result<api::CaStatus, ApiError> {
         });
     }
     Ok(api::CaStatus { phase: ctx.pki.phase().into(), active, next, retiring, machines })
+}
+
+/// Every recovery plan.
+fn plan_list(state: &State) -> Result<api::PlanList, ApiError> {
+    let mut plans = Vec::new();
+    for (name, json) in state.plans().map_err(|e| ApiError::internal(e.to_string()))? {
+        let plan: api::Plan =
+            serde_json::from_str(&json).map_err(|e| ApiError::internal(e.to_string()))?;
+        plans.push(api::NamedPlan { name, plan });
+    }
+    Ok(api::PlanList { plans })
 }
 
 /// Every policy with the machines that use it; `default` always.
@@ -794,6 +812,88 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
             tokio::spawn(async move { f.cleanup(job, tf).await });
             let j = ctx.state.jobs(Some(job), 1).map_err(internal)?.pop().map(job_info);
             json(StatusCode::ACCEPTED, &j)
+        }
+        (Method::GET, "/api/v1/plans") => {
+            authenticated(&ctx, &req)?;
+            json(StatusCode::OK, &plan_list(&ctx.state)?)
+        }
+        (Method::POST, p) if p.starts_with("/api/v1/plans/") && p.ends_with("/run") => {
+            let (_, admin, _) = authenticated(&ctx, &req)?;
+            let name = p["/api/v1/plans/".len()..p.len() - "/run".len()].to_owned();
+            check_policy_name(&name)?;
+            let r: api::PlanRun = read_json(req.into_body()).await?;
+            if !matches!(r.mode.as_str(), "test-failover" | "failover") {
+                return Err(ApiError::bad_request(
+                    "invalid",
+                    format!("mode: {:?} is not test-failover or failover", r.mode),
+                ));
+            }
+            let plan = plan_list(&ctx.state)?
+                .plans
+                .into_iter()
+                .find(|p| p.name == name)
+                .ok_or_else(|| {
+                    ApiError::not_found("unknown_plan", format!("name: no plan {name:?}"))
+                })?
+                .plan;
+            let f = ctx.failover.clone().ok_or_else(no_master_target)?;
+            // What changed since the plan was saved (a plugin unloaded, a machine removed).
+            ctx.plans
+                .validate(&ctx.state, Some(&f), &plan)
+                .map_err(|e| ApiError::new(StatusCode::CONFLICT, "plan_invalid", e))?;
+            let choice = crate::failover::PointChoice::parse(r.point.as_deref());
+            let job = ctx
+                .state
+                .create_job("plan", None, &format!("plan {name} ({})", r.mode))
+                .map_err(internal)?;
+            tracing::warn!(%admin, plan = %name, mode = %r.mode, job, "recovery plan started");
+            let plans = ctx.plans.clone();
+            tokio::spawn(async move { plans.run(f, job, name, plan, r.mode, choice).await });
+            let j = ctx.state.jobs(Some(job), 1).map_err(internal)?.pop().map(job_info);
+            json(StatusCode::ACCEPTED, &j)
+        }
+        (Method::PUT, p) if p.starts_with("/api/v1/plans/") => {
+            let (_, admin, _) = authenticated(&ctx, &req)?;
+            let name = p["/api/v1/plans/".len()..].to_owned();
+            check_policy_name(&name)?;
+            let plan: api::Plan = read_json(req.into_body()).await?;
+            ctx.plans
+                .validate(&ctx.state, ctx.failover.as_ref(), &plan)
+                .map_err(|e| ApiError::bad_request("invalid", e))?;
+            let text =
+                serde_json::to_string(&plan).map_err(|e| ApiError::internal(e.to_string()))?;
+            ctx.state.set_plan(&name, &text).map_err(internal)?;
+            tracing::info!(%admin, plan = %name, "recovery plan set");
+            json(StatusCode::OK, &plan_list(&ctx.state)?)
+        }
+        (Method::DELETE, p) if p.starts_with("/api/v1/plans/") => {
+            let (_, admin, _) = authenticated(&ctx, &req)?;
+            let name = &p["/api/v1/plans/".len()..];
+            check_policy_name(name)?;
+            if !ctx.state.delete_plan(name).map_err(internal)? {
+                return Err(ApiError::not_found("unknown_plan", format!("name: no plan {name:?}")));
+            }
+            tracing::info!(%admin, plan = %name, "recovery plan deleted");
+            json(StatusCode::OK, &plan_list(&ctx.state)?)
+        }
+        (Method::POST, p) if p.starts_with("/api/v1/jobs/") && p.ends_with("/continue") => {
+            let (_, admin, _) = authenticated(&ctx, &req)?;
+            let raw = &p["/api/v1/jobs/".len()..p.len() - "/continue".len()];
+            let id: u64 = raw.parse().map_err(|_| {
+                ApiError::bad_request("invalid", format!("id: {raw:?} is not a job number"))
+            })?;
+            if ctx.state.jobs(Some(id), 1).map_err(internal)?.is_empty() {
+                return Err(ApiError::not_found("unknown_job", format!("id: no job {id}")));
+            }
+            if !ctx.plans.confirm(id) {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "not_waiting",
+                    format!("job {id} is not waiting for a manual step"),
+                ));
+            }
+            tracing::info!(%admin, job = id, "manual plan step confirmed");
+            json(StatusCode::OK, &serde_json::json!({"continued": true}))
         }
         (Method::GET, "/api/v1/jobs") => {
             authenticated(&ctx, &req)?;

@@ -27,6 +27,7 @@ pub mod keys;
 pub mod logobj;
 pub mod master;
 pub mod pki;
+pub mod plan;
 pub mod policy;
 pub mod process;
 pub mod qemu;

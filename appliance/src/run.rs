@@ -114,6 +114,7 @@ pub async fn run(config: ApplianceConfig) -> anyhow::Result<()> {
             pki: pki.clone(),
             process_server_url: url,
             data_dir: data.clone(),
+            plans: Arc::new(crate::plan::Plans::new(cfg.plans.scripts.clone())),
         });
         let tls = pki.config_tls()?;
         let listener =

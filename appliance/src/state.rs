@@ -177,6 +177,11 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE machines ADD COLUMN cert_ca TEXT;
      ALTER TABLE machines ADD COLUMN cert_not_after_unix_ms INTEGER;
      ALTER TABLE machines ADD COLUMN cert_sha256 TEXT;",
+    // 14: recovery plans.
+    "CREATE TABLE plans (
+        name TEXT PRIMARY KEY,
+        plan TEXT NOT NULL
+     );",
 ];
 
 /// Where reverse replication of a machine stands.
@@ -1356,6 +1361,36 @@ impl State {
             .map_err(|e| self.err(e))?;
         }
         tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Creates or replaces a recovery plan (JSON of `Plan`).
+    pub fn set_plan(&self, name: &str, json: &str) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "INSERT INTO plans (name, plan) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET plan = ?2",
+                params![name, json],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Recovery plans as (name, JSON), by name.
+    pub fn plans(&self) -> Result<Vec<(String, String)>, StateError> {
+        let c = self.conn();
+        let mut s =
+            c.prepare("SELECT name, plan FROM plans ORDER BY name").map_err(|e| self.err(e))?;
+        let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Deletes a recovery plan; false if there was none.
+    pub fn delete_plan(&self, name: &str) -> Result<bool, StateError> {
+        let n = self
+            .conn()
+            .execute("DELETE FROM plans WHERE name = ?1", params![name])
+            .map_err(|e| self.err(e))?;
+        Ok(n > 0)
     }
 
     /// Creates or replaces a policy (JSON of `Policy`).

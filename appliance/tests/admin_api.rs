@@ -34,6 +34,7 @@ async fn start() -> Server {
         pki: pki.clone(),
         process_server_url: "https://127.0.0.1:9443".into(),
         data_dir: dir.path().to_owned(),
+        plans: Arc::new(lifeboat_appliance::plan::Plans::default()),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -796,4 +797,77 @@ async fn policies_and_alerts() {
     assert!(v["machines"][0]["rpo_secs"].as_u64().unwrap() >= 300, "{v}");
     let (st, _) = call(&c, Method::GET, al, al, None, "").await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_plans() {
+    let s = start().await;
+    let c = s.client(None);
+    let (_, v) = call(
+        &c,
+        Method::POST,
+        "/api/v1/setup",
+        "/api/v1/setup",
+        None,
+        r#"{"name":"root","password":"correct horse battery"}"#,
+    )
+    .await;
+    let token = v["token"].as_str().unwrap().to_owned();
+    let t = Some(token.as_str());
+    s.state.add_passphrase("p").unwrap();
+    s.state.register_machine("p", "m-1", "web01").unwrap();
+    let (pl, one, run) = ("/api/v1/plans", "/api/v1/plans/{name}", "/api/v1/plans/{name}/run");
+    let (st, v) = call(&c, Method::GET, pl, pl, t, "").await;
+    assert_eq!((st, v["plans"].as_array().map(Vec::len)), (StatusCode::OK, Some(0)));
+    let (st, _) = call(&c, Method::GET, pl, pl, None, "").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    for (body, field) in [
+        (r#"{"groups":[{"machines":["m-9"]}]}"#, "m-9"),
+        (r#"{"groups":[{"pre":[{"script":"notify"}]}]}"#, "notify"),
+        (r#"{"groups":[{"pre":[{"plugin":"log-action"}]}]}"#, "log-action"),
+        (r#"{"groups":[{"pre":[{}]}]}"#, "exactly one"),
+        (r#"{"groups":[]}"#, "groups"),
+        (r#"{"group":[]}"#, "group"),
+    ] {
+        let (st, v) = call(&c, Method::PUT, "/api/v1/plans/web", one, t, body).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{body}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(field), "{body}: {v}");
+    }
+    let good = r#"{"groups":[{"machines":["m-1"],"pre":[{"manual":"check"}]}]}"#;
+    let (st, _) = call(&c, Method::PUT, "/api/v1/plans/web", one, None, good).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let (st, v) = call(&c, Method::PUT, "/api/v1/plans/web", one, t, good).await;
+    assert_eq!((st, &v["plans"][0]["name"]), (StatusCode::OK, &Value::from("web")), "{v}");
+
+    let (st, _) =
+        call(&c, Method::POST, "/api/v1/plans/nope/run", run, t, r#"{"mode":"failover"}"#).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (st, v) =
+        call(&c, Method::POST, "/api/v1/plans/web/run", run, t, r#"{"mode":"drill"}"#).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    let (st, _) =
+        call(&c, Method::POST, "/api/v1/plans/web/run", run, None, r#"{"mode":"failover"}"#).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let (st, v) =
+        call(&c, Method::POST, "/api/v1/plans/web/run", run, t, r#"{"mode":"test-failover"}"#)
+            .await;
+    assert_eq!((st, v["code"].as_str()), (StatusCode::CONFLICT, Some("no_master_target")), "{v}");
+
+    let cont = "/api/v1/jobs/{id}/continue";
+    let (st, _) = call(&c, Method::POST, "/api/v1/jobs/77/continue", cont, t, "").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (st, _) = call(&c, Method::POST, "/api/v1/jobs/x/continue", cont, t, "").await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    let job = s.state.create_job("plan", None, "not waiting").unwrap();
+    let (st, v) =
+        call(&c, Method::POST, &format!("/api/v1/jobs/{job}/continue"), cont, t, "").await;
+    assert_eq!((st, v["code"].as_str()), (StatusCode::CONFLICT, Some("not_waiting")), "{v}");
+    let (st, _) =
+        call(&c, Method::POST, &format!("/api/v1/jobs/{job}/continue"), cont, None, "").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+
+    let (st, _) = call(&c, Method::DELETE, "/api/v1/plans/nope", one, t, "").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (st, v) = call(&c, Method::DELETE, "/api/v1/plans/web", one, t, "").await;
+    assert_eq!((st, v["plans"].as_array().map(Vec::len)), (StatusCode::OK, Some(0)));
 }

@@ -110,6 +110,11 @@ enum Cmd {
     Failovers,
     /// Alerts that hold now (RPO, silent agents, cache, CPU, memory, plugins).
     Alerts,
+    /// Recovery plans: list, set from a JSON file, delete, run, continue a manual step.
+    Plan {
+        #[command(subcommand)]
+        cmd: PlanCmd,
+    },
     /// Replication policies: list, set, delete, assign to a machine.
     Policy {
         #[command(subcommand)]
@@ -232,6 +237,44 @@ fn parse_secs(s: &str) -> Result<u64, Failure> {
         _ => return Err(bad()),
     };
     n.checked_mul(mul).ok_or_else(bad)
+}
+
+#[derive(Subcommand)]
+enum PlanCmd {
+    /// Every plan.
+    List,
+    /// Creates or replaces a plan from a JSON file (`{"groups": [{"machines": [...],
+    /// "pre": [{"script": "..."}], "post": [{"plugin": "..."}, {"manual": "..."}]}]}`).
+    Set {
+        /// Plan name.
+        name: String,
+        /// The plan as JSON (`-` for standard input).
+        file: PathBuf,
+    },
+    /// Deletes a plan.
+    Delete {
+        /// Plan name.
+        name: String,
+    },
+    /// Runs a plan (a test failover unless --failover) and waits for it.
+    Run {
+        /// Plan name.
+        name: String,
+        /// A real failover instead of a test failover.
+        #[arg(long)]
+        failover: bool,
+        /// The point choice for every machine (default latest).
+        #[arg(long)]
+        point: Option<String>,
+        /// Return once the job started instead of waiting for it.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Confirms the manual step a plan's job waits on.
+    Continue {
+        /// The plan's job number.
+        job: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -787,6 +830,82 @@ fn run(cli: &Cli) -> Result<(serde_json::Value, String), Failure> {
                     })
                     .collect::<Vec<_>>()
                     .join("\n")
+            };
+            (v, t)
+        }
+        Cmd::Plan { cmd } => {
+            let s = load_session(cli)?;
+            let c = client(&s.url, &s.fingerprint)?;
+            let v = match cmd {
+                PlanCmd::List => call(&c, Method::GET, "/api/v1/plans", Some(&s.token), None)?,
+                PlanCmd::Set { name, file } => {
+                    let text = if file.as_os_str() == "-" {
+                        let mut t = String::new();
+                        std::io::Read::read_to_string(&mut std::io::stdin(), &mut t)
+                            .map_err(|e| fail(2, format!("standard input: {e}")))?;
+                        t
+                    } else {
+                        std::fs::read_to_string(file)
+                            .map_err(|e| fail(2, format!("{}: {e}", file.display())))?
+                    };
+                    let body: serde_json::Value = serde_json::from_str(&text)
+                        .map_err(|e| fail(2, format!("{}: not JSON: {e}", file.display())))?;
+                    call(
+                        &c,
+                        Method::PUT,
+                        &format!("/api/v1/plans/{name}"),
+                        Some(&s.token),
+                        Some(body),
+                    )?
+                }
+                PlanCmd::Delete { name } => call(
+                    &c,
+                    Method::DELETE,
+                    &format!("/api/v1/plans/{name}"),
+                    Some(&s.token),
+                    None,
+                )?,
+                PlanCmd::Run { name, failover, point, no_wait } => {
+                    let mut body = serde_json::json!({
+                        "mode": if *failover { "failover" } else { "test-failover" },
+                    });
+                    if let Some(p) = point {
+                        body["point"] = p.as_str().into();
+                    }
+                    let j = call(
+                        &c,
+                        Method::POST,
+                        &format!("/api/v1/plans/{name}/run"),
+                        Some(&s.token),
+                        Some(body),
+                    )?;
+                    if *no_wait { j } else { wait_job(&c, &s.token, j, cli.json)? }
+                }
+                PlanCmd::Continue { job } => call(
+                    &c,
+                    Method::POST,
+                    &format!("/api/v1/jobs/{job}/continue"),
+                    Some(&s.token),
+                    None,
+                )?,
+            };
+            let t = match (v["plans"].as_array(), v["result"]["log"].as_array()) {
+                (Some(plans), _) => plans
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "{}  {} group(s)",
+                            p["name"].as_str().unwrap_or("?"),
+                            p["plan"]["groups"].as_array().map(Vec::len).unwrap_or(0)
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                (_, Some(log)) => {
+                    log.iter().filter_map(|l| l.as_str()).collect::<Vec<_>>().join("\n")
+                }
+                _ if v["continued"] == true => "continued".into(),
+                _ => format!("job {} started", v["id"]),
             };
             (v, t)
         }

@@ -10,6 +10,7 @@
 //! | cipher | [`cipher::Cipher`] | [`export_cipher!`] | seals chunks, through the host's native AEAD |
 //! | target | [`target::Target`] | [`export_target!`] | keeps replica disks, recovery points, logs, VMs |
 //! | quiescer | [`quiescer::Quiescer`] | [`export_quiescer!`] | freezes an application for app-consistent points |
+//! | action | `action::Action` | `export_action!` | a recovery plan's pre or post action |
 //!
 //! Enable the cargo feature named after your world (and only that one: a component
 //! declares and must implement every export of the world compiled into it), implement
@@ -221,5 +222,7 @@ pub mod cipher;
 #[cfg(feature = "target")]
 pub mod target;
 
+#[cfg(feature = "action")]
+pub mod action;
 #[cfg(feature = "quiescer")]
 pub mod quiescer;

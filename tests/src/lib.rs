@@ -222,6 +222,11 @@ impl Site {
 
     /// Writes `appliance-<name>.toml` for `roles` and returns its path.
     pub fn config(&self, name: &str, roles: Roles) -> PathBuf {
+        self.config_with(name, roles, "")
+    }
+
+    /// [`Site::config`] with `extra` TOML appended (more plugin grants, `[plans]`).
+    pub fn config_with(&self, name: &str, roles: Roles, extra: &str) -> PathBuf {
         let root = self.root();
         let mut grants = String::new();
         for n in ["zstd", "aes-gcm", "local"] {
@@ -241,7 +246,7 @@ impl Site {
                  [config_server]\nlisten = \"127.0.0.1:{}\"\n\
                  [process_server]\nlisten = \"127.0.0.1:{}\"\ncache_max_mib = 1024\ncache_high_water_mib = 768\n\
                  [master_target]\npoll_ms = 100\nkeep_points = 100\nkeep_hours = 0\n\
-                 [plugins]\ndir = \"plugins\"\n{grants}",
+                 [plugins]\ndir = \"plugins\"\n{grants}{extra}",
                 roles.config_server,
                 roles.process_server,
                 roles.master_target,

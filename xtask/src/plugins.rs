@@ -14,6 +14,7 @@ pub const PLUGINS: &[(&str, &str)] = &[
     ("examples/dirtarget", "lifeboat-plugin-dirtarget"),
     ("script-quiescer", "lifeboat-plugin-script-quiescer"),
     ("postgres-quiescer", "lifeboat-plugin-postgres-quiescer"),
+    ("examples/log-action", "lifeboat-plugin-log-action"),
     ("fixtures/hostile", "lifeboat-plugin-hostile"),
     ("fixtures/quiesce-probe", "lifeboat-plugin-quiesce-probe"),
 ];

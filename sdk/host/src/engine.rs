@@ -30,6 +30,7 @@ pub(crate) struct Inner {
     pub(crate) cipher_linker: Linker<HostState>,
     pub(crate) target_linker: Linker<HostState>,
     pub(crate) quiescer_linker: Linker<HostState>,
+    pub(crate) action_linker: Linker<HostState>,
     pub(crate) keys: KeyRing,
     _ticker: Ticker,
 }
@@ -90,6 +91,7 @@ impl Host {
                 cipher_linker: worlds::cipher_linker(&engine)?,
                 target_linker: worlds::target_linker(&engine)?,
                 quiescer_linker: worlds::quiescer_linker(&engine)?,
+                action_linker: worlds::action_linker(&engine)?,
                 engine,
                 keys,
                 _ticker: Ticker(stop),

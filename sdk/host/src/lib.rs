@@ -60,6 +60,6 @@ mod worlds;
 pub use engine::{EPOCH_TICK, Host};
 pub use load::{LoadError, LoadedPlugin, Refusal, TrustBasis};
 pub use worlds::{
-    CallError, CipherInstance, CodecInstance, Encoded, FailReason, PluginError, QuiescerInstance,
-    TargetInstance, target,
+    ActionInstance, CallError, CipherInstance, CodecInstance, Encoded, FailReason, PluginError,
+    QuiescerInstance, TargetInstance, action, target,
 };

@@ -40,6 +40,8 @@ pub enum PluginKind {
     Target,
     /// App-consistency.
     Quiescer,
+    /// A recovery plan's pre or post action.
+    Action,
 }
 
 impl PluginKind {
@@ -50,6 +52,7 @@ impl PluginKind {
             PluginKind::Cipher => "cipher",
             PluginKind::Target => "target",
             PluginKind::Quiescer => "quiescer",
+            PluginKind::Action => "action",
         }
     }
 }

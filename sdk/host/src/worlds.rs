@@ -49,7 +49,22 @@ pub(crate) mod gen_quiescer {
     });
 }
 
+#[allow(missing_docs)]
+pub(crate) mod gen_action {
+    wasmtime::component::bindgen!({
+        path: "../wit/lifeboat-plugins@0.1.0",
+        world: "action-plugin",
+        exports: { default: async },
+        with: { "lifeboat:plugins/types": crate::worlds::gen_codec::lifeboat::plugins::types },
+    });
+}
+
 pub(crate) type GenError = gen_codec::lifeboat::plugins::types::PluginError;
+
+/// Types of the action world, as the host sees them.
+pub mod action {
+    pub use super::gen_action::exports::lifeboat::plugins::action::{PlanContext, PlanMachine};
+}
 
 /// Types of the target world, as the host sees them.
 pub mod target {
@@ -192,6 +207,18 @@ pub(crate) fn quiescer_linker(engine: &Engine) -> wasmtime::Result<Linker<HostSt
     Ok(l)
 }
 
+pub(crate) fn action_linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
+    let mut l = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut l)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut l)?;
+    gen_codec::lifeboat::plugins::types::add_to_linker::<HostState, HasSelf<HostState>>(
+        &mut l,
+        |s| s,
+    )?;
+    gen_action::ActionPlugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut l, |s| s)?;
+    Ok(l)
+}
+
 /// A plugin pre-linked against its world's linker. One per loaded plugin, so the size
 /// difference between variants does not matter.
 #[allow(clippy::large_enum_variant)]
@@ -200,6 +227,7 @@ pub(crate) enum Pre {
     Cipher(gen_cipher::CipherPluginPre<HostState>),
     Target(gen_target::TargetPluginPre<HostState>),
     Quiescer(gen_quiescer::QuiescerPluginPre<HostState>),
+    Action(gen_action::ActionPluginPre<HostState>),
 }
 
 impl Pre {
@@ -218,6 +246,9 @@ impl Pre {
             PluginKind::Quiescer => Pre::Quiescer(gen_quiescer::QuiescerPluginPre::new(
                 i.quiescer_linker.instantiate_pre(c)?,
             )?),
+            PluginKind::Action => {
+                Pre::Action(gen_action::ActionPluginPre::new(i.action_linker.instantiate_pre(c)?)?)
+            }
         })
     }
 }
@@ -335,6 +366,7 @@ macro_rules! instance_type {
     (@iface $b:ident, Cipher) => { $b.lifeboat_plugins_cipher() };
     (@iface $b:ident, Target) => { $b.lifeboat_plugins_target() };
     (@iface $b:ident, Quiescer) => { $b.lifeboat_plugins_quiescer() };
+    (@iface $b:ident, Action) => { $b.lifeboat_plugins_action() };
     (@call $self:ident, $what:literal, |$b:ident, $s:ident| $body:expr) => {{
         let ticks = deadline_ticks(&$self.plugin);
         let live = $self.live.as_mut().expect("instance is live");
@@ -398,6 +430,21 @@ instance_type!(
     (),
     "A live quiescer plugin instance."
 );
+
+instance_type!(
+    ActionInstance,
+    gen_action::ActionPlugin,
+    Action,
+    (),
+    "A live action plugin instance."
+);
+
+impl ActionInstance {
+    /// Runs the action with the plan's context; its line for the plan's log.
+    pub async fn run(&mut self, context: &action::PlanContext) -> Result<String, CallError> {
+        call!(self, Action, "run", |i, s| i.call_run(s, context))
+    }
+}
 
 impl CodecInstance {
     /// Compresses `data`; `level` 0 means the plugin's configured level.
