@@ -57,6 +57,8 @@ pub struct ConfigServerCtx {
     pub data_dir: std::path::PathBuf,
     /// Recovery plans' scripts and manual steps.
     pub plans: Arc<crate::plan::Plans>,
+    /// The appliance's plugins (for the plugins list), when it loads any.
+    pub registry: Option<Arc<lifeboat_plugin_host::registry::Registry>>,
 }
 
 /// The configuration server's OpenAPI document (`GET /api/v1/openapi.json`).
@@ -97,6 +99,8 @@ pub const CONFIG_SERVER_ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/ca/rotate"),
     ("GET", "/api/v1/recovery-passphrase"),
     ("PUT", "/api/v1/recovery-passphrase"),
+    ("GET", "/api/v1/plugins"),
+    ("GET", "/api/v1/groups"),
     ("GET", "/api/v1/plans"),
     ("PUT", "/api/v1/plans/{name}"),
     ("DELETE", "/api/v1/plans/{name}"),
@@ -211,6 +215,65 @@ fn ca_status(ctx: &ConfigServerCtx) -> Result<api::CaStatus, ApiError> {
         });
     }
     Ok(api::CaStatus { phase: ctx.pki.phase().into(), active, next, retiring, machines })
+}
+
+/// The loaded and refused plugins.
+fn plugin_list(registry: Option<&lifeboat_plugin_host::registry::Registry>) -> api::PluginList {
+    let mut plugins = Vec::new();
+    if let Some(r) = registry {
+        let set = r.current();
+        for p in set.plugins.values() {
+            use lifeboat_plugin_host::TrustBasis;
+            plugins.push(api::PluginInfo {
+                name: p.name().to_owned(),
+                kind: p.kind().to_string(),
+                version: p.manifest().version.clone(),
+                trust: match p.trust() {
+                    TrustBasis::Pinned => "pinned",
+                    TrustBasis::Signed(_) => "signed",
+                    TrustBasis::Unsigned => "unsigned",
+                }
+                .into(),
+                message: None,
+            });
+        }
+        for e in &set.refused {
+            plugins.push(api::PluginInfo {
+                name: String::new(),
+                kind: String::new(),
+                version: String::new(),
+                trust: "refused".into(),
+                message: Some(e.to_string()),
+            });
+        }
+    }
+    api::PluginList { plugins }
+}
+
+/// Consistency groups with their points.
+fn group_list(state: &State) -> Result<api::GroupList, ApiError> {
+    let internal = |e: crate::state::StateError| ApiError::internal(e.to_string());
+    let mut groups: std::collections::BTreeMap<String, api::GroupInfo> = Default::default();
+    for g in state.group_points(None).map_err(internal)? {
+        let mut ids = Vec::new();
+        for m in &g.members {
+            let p = state.points(m).map_err(internal)?.into_iter().find(|p| p.point == g.point);
+            ids.push(p.map(|p| p.id));
+        }
+        let entry = groups.entry(g.group.clone()).or_insert_with(|| api::GroupInfo {
+            name: g.group.clone(),
+            members: Vec::new(),
+            points: Vec::new(),
+        });
+        entry.members = g.members.clone();
+        entry.points.push(api::GroupPointInfo {
+            point: g.point,
+            complete: ids.iter().all(Option::is_some),
+            point_ids: ids,
+            created_unix_ms: g.created_unix_ms,
+        });
+    }
+    Ok(api::GroupList { groups: groups.into_values().collect() })
 }
 
 /// Every recovery plan.
@@ -420,6 +483,8 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
         }
         (Method::GET, "/api/v1/machines") => {
             authenticated(&ctx, &req)?;
+            let alerts = crate::policy::alerts(&ctx.state).map_err(internal)?;
+            let group_points = ctx.state.group_points(None).map_err(internal)?;
             let mut machines = Vec::new();
             for (id, hostname, registered_unix_ms) in ctx.state.machines().map_err(internal)? {
                 let disks = ctx
@@ -436,6 +501,31 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
                     .map(|p| crate::state::now_ms().saturating_sub(p.created_unix_ms) / 1000);
                 let (policy, last_seen_unix_ms) =
                     ctx.state.machine_policy(&id).map_err(internal)?;
+                let progress = ctx.state.progress(&id).map_err(internal)?;
+                let copying: Vec<_> = progress.iter().filter(|p| p.1 == "initial-copy").collect();
+                let initial_copy = (state == "initial-copy" && !copying.is_empty()).then(|| {
+                    let (done, total) =
+                        copying.iter().fold((0u64, 0u64), |(d, t), p| (d + p.2, t + p.3));
+                    (done as f64 / total.max(1) as f64).min(1.0)
+                });
+                let worst = alerts
+                    .iter()
+                    .filter(|a| a.machine_id.as_deref() == Some(id.as_str()))
+                    .map(|a| a.severity.as_str())
+                    .min();
+                let health = match worst {
+                    Some("critical") => "critical",
+                    Some(_) => "warning",
+                    None => "normal",
+                }
+                .to_owned();
+                let groups: Vec<String> = group_points
+                    .iter()
+                    .filter(|g| g.members.contains(&id))
+                    .map(|g| g.group.clone())
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
                 machines.push(api::MachineSummary {
                     id,
                     hostname,
@@ -446,6 +536,9 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
                     rpo_secs,
                     policy,
                     last_seen_unix_ms,
+                    initial_copy,
+                    health,
+                    groups,
                 });
             }
             json(StatusCode::OK, &api::MachineList { machines })
@@ -812,6 +905,14 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
             tokio::spawn(async move { f.cleanup(job, tf).await });
             let j = ctx.state.jobs(Some(job), 1).map_err(internal)?.pop().map(job_info);
             json(StatusCode::ACCEPTED, &j)
+        }
+        (Method::GET, "/api/v1/plugins") => {
+            authenticated(&ctx, &req)?;
+            json(StatusCode::OK, &plugin_list(ctx.registry.as_deref()))
+        }
+        (Method::GET, "/api/v1/groups") => {
+            authenticated(&ctx, &req)?;
+            json(StatusCode::OK, &group_list(&ctx.state)?)
         }
         (Method::GET, "/api/v1/plans") => {
             authenticated(&ctx, &req)?;

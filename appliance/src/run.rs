@@ -115,6 +115,7 @@ pub async fn run(config: ApplianceConfig) -> anyhow::Result<()> {
             process_server_url: url,
             data_dir: data.clone(),
             plans: Arc::new(crate::plan::Plans::new(cfg.plans.scripts.clone())),
+            registry: Some(core.registry.clone()),
         });
         let tls = pki.config_tls()?;
         let listener =

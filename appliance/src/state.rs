@@ -1545,6 +1545,28 @@ impl State {
     }
 
     /// Stores an agent's progress report.
+    /// A machine's progress per disk as (disk, phase, done, total), by disk.
+    pub fn progress(&self, machine_id: &str) -> Result<Vec<(u32, String, u64, u64)>, StateError> {
+        let c = self.conn();
+        let mut s = c
+            .prepare(
+                "SELECT disk, phase, done_bytes, total_bytes FROM progress
+                 WHERE machine_id = ?1 ORDER BY disk",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = s
+            .query_map(params![machine_id], |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u32,
+                    r.get(1)?,
+                    r.get::<_, i64>(2)? as u64,
+                    r.get::<_, i64>(3)? as u64,
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
     pub fn set_progress(
         &self,
         machine_id: &str,

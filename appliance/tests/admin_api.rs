@@ -35,6 +35,7 @@ async fn start() -> Server {
         process_server_url: "https://127.0.0.1:9443".into(),
         data_dir: dir.path().to_owned(),
         plans: Arc::new(lifeboat_appliance::plan::Plans::default()),
+        registry: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -864,6 +865,40 @@ async fn recovery_plans() {
     assert_eq!((st, v["code"].as_str()), (StatusCode::CONFLICT, Some("not_waiting")), "{v}");
     let (st, _) =
         call(&c, Method::POST, &format!("/api/v1/jobs/{job}/continue"), cont, None, "").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+
+    // Plugins (none on this appliance) and consistency groups.
+    let (st, v) = call(&c, Method::GET, "/api/v1/plugins", "/api/v1/plugins", t, "").await;
+    assert_eq!((st, v["plugins"].as_array().map(Vec::len)), (StatusCode::OK, Some(0)));
+    let (st, _) = call(&c, Method::GET, "/api/v1/plugins", "/api/v1/plugins", None, "").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    s.state.add_passphrase("q").unwrap();
+    s.state.register_machine("q", "m-2", "db01").unwrap();
+    s.state.add_group_point("shop", 3, &["m-1".into(), "m-2".into()]).unwrap();
+    for m in ["m-1", "m-2"] {
+        if m == "m-2" {
+            let (_, v) = call(&c, Method::GET, "/api/v1/groups", "/api/v1/groups", t, "").await;
+            assert_eq!(v["groups"][0]["points"][0]["complete"], false, "{v}");
+        }
+        s.state
+            .add_point(&lifeboat_appliance::state::PointRow {
+                id: format!("{m}-p3"),
+                machine_id: m.into(),
+                point: 3,
+                kind: "crash".into(),
+                created_unix_ms: 1,
+                disks: vec![0],
+            })
+            .unwrap();
+    }
+    let (st, v) = call(&c, Method::GET, "/api/v1/groups", "/api/v1/groups", t, "").await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(v["groups"][0]["name"], "shop");
+    assert_eq!(v["groups"][0]["points"][0]["complete"], true, "{v}");
+    assert_eq!(v["groups"][0]["points"][0]["point_ids"][1], "m-2-p3");
+    let (_, v) = call(&c, Method::GET, "/api/v1/machines", "/api/v1/machines", t, "").await;
+    assert_eq!(v["machines"][0]["groups"][0], "shop", "{v}");
+    let (st, _) = call(&c, Method::GET, "/api/v1/groups", "/api/v1/groups", None, "").await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
 
     let (st, _) = call(&c, Method::DELETE, "/api/v1/plans/nope", one, t, "").await;

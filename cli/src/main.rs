@@ -110,6 +110,10 @@ enum Cmd {
     Failovers,
     /// Alerts that hold now (RPO, silent agents, cache, CPU, memory, plugins).
     Alerts,
+    /// The appliance's plugins, loaded and refused.
+    Plugins,
+    /// Consistency groups and their points.
+    Groups,
     /// Recovery plans: list, set from a JSON file, delete, run, continue a manual step.
     Plan {
         #[command(subcommand)]
@@ -811,6 +815,46 @@ fn run(cli: &Cli) -> Result<(serde_json::Value, String), Failure> {
         Cmd::Passphrase { cmd: PassphraseCmd::Rotate } => {
             let v = authed(Method::POST, "/api/v1/passphrases")?;
             let t = v["passphrase"].as_str().unwrap_or("?").to_owned();
+            (v, t)
+        }
+        Cmd::Plugins => {
+            let v = authed(Method::GET, "/api/v1/plugins")?;
+            let t = v["plugins"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| match p["message"].as_str() {
+                    Some(m) => format!("refused: {m}"),
+                    None => format!(
+                        "{}  {}  {}  {}",
+                        p["name"].as_str().unwrap_or("?"),
+                        p["kind"].as_str().unwrap_or("?"),
+                        p["version"].as_str().unwrap_or("?"),
+                        p["trust"].as_str().unwrap_or("?")
+                    ),
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            (v, t)
+        }
+        Cmd::Groups => {
+            let v = authed(Method::GET, "/api/v1/groups")?;
+            let t = v["groups"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|g| {
+                    let points = g["points"].as_array().cloned().unwrap_or_default();
+                    let complete = points.iter().filter(|p| p["complete"] == true).count();
+                    format!(
+                        "{}  {} member(s)  {} point(s), {complete} complete",
+                        g["name"].as_str().unwrap_or("?"),
+                        g["members"].as_array().map(Vec::len).unwrap_or(0),
+                        points.len()
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
             (v, t)
         }
         Cmd::Alerts => {

@@ -155,6 +155,17 @@ fn the_cli_administers_the_appliance_with_trustworthy_exit_codes() {
     let o = lifeboat(&site, &["alerts"], None);
     assert_eq!(code(&o), 0);
 
+    let o = lifeboat(&site, &["plugins", "--json"], None);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let kinds: Vec<(&str, &str)> = v["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap(), p["kind"].as_str().unwrap()))
+        .collect();
+    assert_eq!(kinds, [("aes-gcm", "cipher"), ("local", "target"), ("zstd", "codec")]);
+    assert_eq!(code(&lifeboat(&site, &["groups"], None)), 0);
+
     let o = lifeboat(&site, &["completions", "bash"], None);
     assert_eq!(code(&o), 0);
     assert!(String::from_utf8_lossy(&o.stdout).contains("lifeboat"));

@@ -402,7 +402,7 @@ pub struct SessionInfo {
 }
 
 /// A protected machine as the administrator API lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MachineSummary {
     /// Machine id.
@@ -428,6 +428,73 @@ pub struct MachineSummary {
     /// When the machine's agent was last heard from.
     #[serde(default)]
     pub last_seen_unix_ms: Option<u64>,
+    /// During the initial copy: how much of the disks was copied, 0 to 1.
+    #[serde(default)]
+    pub initial_copy: Option<f64>,
+    /// `normal`, `warning` or `critical`: the worst alert about the machine.
+    #[serde(default)]
+    pub health: String,
+    /// Consistency groups the machine is recorded in.
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+/// A loaded or refused plugin (`GET /api/v1/plugins`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginInfo {
+    /// Its name.
+    pub name: String,
+    /// `codec`, `cipher`, `target`, `quiescer`, `action`; empty for a refused one.
+    pub kind: String,
+    /// Its version.
+    pub version: String,
+    /// `pinned`, `signed` or `unsigned`; `refused` with the reason in `message`.
+    pub trust: String,
+    /// Why it was refused.
+    pub message: Option<String>,
+}
+
+/// `GET /api/v1/plugins`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginList {
+    /// Loaded ones by name, then refused ones.
+    pub plugins: Vec<PluginInfo>,
+}
+
+/// A consistency group's recorded point (`GET /api/v1/groups`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupPointInfo {
+    /// The point number every member shares.
+    pub point: u64,
+    /// Each member's point id, or none while it is not at the target yet.
+    pub point_ids: Vec<Option<String>>,
+    /// Every member's point is at the target: it can be failed over to.
+    pub complete: bool,
+    /// When the coordinator recorded it.
+    pub created_unix_ms: u64,
+}
+
+/// A consistency group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupInfo {
+    /// Its name.
+    pub name: String,
+    /// Member machine ids (as in its newest recorded point).
+    pub members: Vec<String>,
+    /// Its points, oldest first.
+    pub points: Vec<GroupPointInfo>,
+}
+
+/// `GET /api/v1/groups`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupList {
+    /// By name.
+    pub groups: Vec<GroupInfo>,
 }
 
 /// A disk's index and size.
@@ -441,7 +508,7 @@ pub struct DiskSize {
 }
 
 /// `GET /api/v1/machines`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MachineList {
     /// Machines, by id.
