@@ -110,8 +110,9 @@ pub struct AgentConfig {
     /// Membership of a multi-machine consistency group. Absent: none.
     #[serde(default)]
     pub group: Option<GroupConfig>,
-    /// Seconds between checks of the agent's certificate and trusted CAs with the appliance
-    /// (renewal before expiry, CA rotation). Default 3600, at least 10.
+    /// Seconds between checks with the appliance of the agent's certificate and trusted CAs
+    /// (renewal before expiry, CA rotation) and of the machine's policy (its interval).
+    /// Default 300, at least 10.
     #[serde(default = "default_trust_check")]
     pub trust_check_secs: u64,
     /// How the protected disks boot, `bios` or `uefi`, for the VM a failover makes.
@@ -251,7 +252,7 @@ fn default_true() -> bool {
     true
 }
 fn default_trust_check() -> u64 {
-    3600
+    300
 }
 
 fn default_max_freeze_ms() -> u64 {

@@ -2,7 +2,8 @@
 //! rotation, and its certificate is renewed before it expires or once it is not from the
 //! active CA (`GET /api/v1/trust`, `POST /api/v1/renew`; docs/agent.md, "Certificates").
 //! Checked when the agent starts and every `trust_check_secs`; `lifeboat-agent renew`
-//! forces a renewal.
+//! forces a renewal. The same answer carries the machine's policy's crash-consistent
+//! interval, which the running agent takes over its own `interval_secs`.
 
 use std::path::Path;
 
@@ -19,6 +20,8 @@ pub struct Refreshed {
     pub trust: bool,
     /// The certificate was renewed.
     pub renewed: bool,
+    /// The machine's policy's crash-consistent interval, if it sets one.
+    pub interval_secs: Option<u64>,
 }
 
 impl Refreshed {
@@ -47,7 +50,10 @@ pub async fn refresh(
     if fp != t.active_ca {
         anyhow::bail!("the trust bundle does not start with the active CA it names");
     }
-    let mut out = Refreshed::default();
+    let mut out = Refreshed {
+        interval_secs: t.interval_secs.filter(|i| (1..=86_400).contains(i)),
+        ..Default::default()
+    };
     if t.ca_pem != reg.ca_pem {
         reg.replace_trust(state_dir, t.ca_pem.clone())?;
         tracing::info!(active_ca = %t.active_ca, "trusted CAs updated (CA rotation)");

@@ -19,7 +19,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use lifeboat_wire::MachineId;
@@ -287,6 +287,8 @@ pub fn run(cfg: &AgentConfig, cfg_path: &Path, opts: RunOptions) -> Result<(), R
         };
         slots.push(DiskSlot { index, path: path.clone(), tracker, baseline_path: Some(map) });
     }
+    // The interval between cycles: the configuration's, or the machine's policy's.
+    let interval_secs = Arc::new(AtomicU64::new(cfg.interval_secs));
     // The CAs to trust and the certificate, as the appliance sees them now (a CA rotation,
     // an expiry): checked at start, then every trust_check_secs.
     {
@@ -294,9 +296,19 @@ pub fn run(cfg: &AgentConfig, cfg_path: &Path, opts: RunOptions) -> Result<(), R
             .enable_all()
             .build()
             .map_err(|source| RunError::Runtime { what: "start the async runtime", source })?;
-        if let Err(e) = rt.block_on(crate::renew::refresh(&mut registration, &cfg.state_dir, false))
-        {
-            tracing::warn!(error = %format!("{e:#}"), "cannot check the certificate and trusted CAs with the appliance now; checked again later");
+        match rt.block_on(crate::renew::refresh(&mut registration, &cfg.state_dir, false)) {
+            Ok(r) => {
+                if let Some(i) = r.interval_secs {
+                    tracing::info!(
+                        interval_secs = i,
+                        "the machine's policy sets the interval between points"
+                    );
+                    interval_secs.store(i, Ordering::Relaxed);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot check the certificate and trusted CAs with the appliance now; checked again later");
+            }
         }
     }
     let tls = registration.tls()?;
@@ -410,7 +422,7 @@ pub fn run(cfg: &AgentConfig, cfg_path: &Path, opts: RunOptions) -> Result<(), R
     let bar = progress::spawn_bar(board, bar_stop.clone());
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let (request_tx, request_rx) = std::sync::mpsc::channel::<()>();
-    let interval = Duration::from_secs(cfg.interval_secs);
+    let interval = interval_secs.clone();
     let cycle_thread = {
         let stop = stop.clone();
         std::thread::Builder::new()
@@ -426,10 +438,18 @@ pub fn run(cfg: &AgentConfig, cfg_path: &Path, opts: RunOptions) -> Result<(), R
     let trust_task = runtime.spawn({
         let every = Duration::from_secs(cfg.trust_check_secs);
         let state_dir = cfg.state_dir.clone();
+        let own_interval = cfg.interval_secs;
         async move {
             loop {
                 tokio::time::sleep(every).await;
-                match crate::renew::refresh(&mut registration, &state_dir, false).await {
+                let r = crate::renew::refresh(&mut registration, &state_dir, false).await;
+                if let Ok(r) = &r {
+                    let want = r.interval_secs.unwrap_or(own_interval);
+                    if interval_secs.swap(want, Ordering::Relaxed) != want {
+                        tracing::info!(interval_secs = want, "interval between points changed (machine policy)");
+                    }
+                }
+                match r {
                     Ok(r) if r.changed() => match registration.tls() {
                         Ok(tls) => {
                             let _ = tls_tx.send(tls);
@@ -584,7 +604,7 @@ fn log_group(r: Result<CycleOutcome, CycleError>) {
 
 fn cycle_loop(
     mut cycler: Cycler,
-    interval: Duration,
+    interval: Arc<AtomicU64>,
     once: bool,
     stop: &AtomicBool,
     events: &mpsc::UnboundedSender<CycleEvent>,
@@ -668,6 +688,7 @@ fn cycle_loop(
                 g.run_due(&mut cycler);
             }
             let elapsed = started.elapsed();
+            let interval = Duration::from_secs(interval.load(Ordering::Relaxed));
             if elapsed >= interval {
                 break;
             }

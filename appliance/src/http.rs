@@ -1219,6 +1219,9 @@ pub async fn process_server(
                     ca_pem: pki.bundle_pem(),
                     active_ca: pki.active().fingerprint().to_owned(),
                     renew: reason,
+                    interval_secs: crate::policy::of_machine(&state, &machine)
+                        .map_err(|e| ApiError::internal(e.to_string()))?
+                        .crash_interval_secs,
                 },
             )
         }

@@ -429,6 +429,7 @@ impl ProcessServer {
         tx: tokio::sync::mpsc::Sender<Sealed>,
     ) {
         let mut stage = Stage::default();
+        stage.machine = machine.to_string();
         let mut backoff = Duration::from_millis(100);
         // The first sequence not handed to the putter yet.
         let mut next = 0u64;
@@ -519,8 +520,15 @@ impl ProcessServer {
         };
         let sequence = record.key().sequence;
         let t0 = std::time::Instant::now();
+        // The machine's policy may set its level (looked up at most every 10 s).
+        if stage.level_at.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+            stage.level = crate::policy::of_machine(&self.inner.state, &stage.machine)?
+                .compression_level
+                .unwrap_or(self.inner.cfg.codec_level);
+            stage.level_at = Some(std::time::Instant::now());
+        }
         let codec = stage.codec.as_mut().expect("refreshed");
-        let encoded = codec.compress(self.inner.cfg.codec_level, &payload).await?;
+        let encoded = codec.compress(stage.level, &payload).await?;
         let t1 = std::time::Instant::now();
         let header = LogHeader {
             compressed: !encoded.raw,
@@ -596,6 +604,10 @@ struct Stage {
     codec: Option<CodecInstance>,
     cipher: Option<CipherInstance>,
     target: Option<TargetInstance>,
+    /// The machine this stage encodes for, its codec level, and when that was looked up.
+    machine: String,
+    level: i32,
+    level_at: Option<std::time::Instant>,
 }
 
 impl Stage {

@@ -206,6 +206,12 @@ enum PolicyCmd {
         /// Alert once an agent is silent this long, e.g. 15m.
         #[arg(long)]
         silent: Option<String>,
+        /// Interval between crash-consistent points (the agents' cycle), e.g. 5m.
+        #[arg(long)]
+        crash_interval: Option<String>,
+        /// Compression level for the machine's data (zstd: -7 to 22).
+        #[arg(long, allow_hyphen_values = true)]
+        compression_level: Option<i32>,
         /// Tiered retention, youngest first: EVERY:FOR pairs, e.g. `0:4h,1h:24h,1d:7d`
         /// (every point for 4 h, hourly for 24 h, daily for 7 days).
         #[arg(long)]
@@ -958,16 +964,28 @@ fn run(cli: &Cli) -> Result<(serde_json::Value, String), Failure> {
             let c = client(&s.url, &s.fingerprint)?;
             let v = match cmd {
                 PolicyCmd::List => call(&c, Method::GET, "/api/v1/policies", Some(&s.token), None)?,
-                PolicyCmd::Set { name, rpo_warning, rpo_critical, silent, retention } => {
+                PolicyCmd::Set {
+                    name,
+                    rpo_warning,
+                    rpo_critical,
+                    silent,
+                    crash_interval,
+                    compression_level,
+                    retention,
+                } => {
                     let mut body = serde_json::json!({});
                     for (key, val) in [
                         ("rpo_warning_secs", rpo_warning),
                         ("rpo_critical_secs", rpo_critical),
                         ("silent_secs", silent),
+                        ("crash_interval_secs", crash_interval),
                     ] {
                         if let Some(v) = val {
                             body[key] = parse_secs(v)?.into();
                         }
+                    }
+                    if let Some(l) = compression_level {
+                        body["compression_level"] = (*l).into();
                     }
                     if let Some(r) = retention {
                         let mut tiers = Vec::new();

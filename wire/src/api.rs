@@ -644,6 +644,14 @@ pub struct Policy {
     /// point is always kept. Absent: the appliance's `keep_points`/`keep_hours`.
     #[serde(default)]
     pub retention: Option<Vec<RetentionTier>>,
+    /// Seconds between crash-consistent points (the agent's cycle interval), 1 to 86400.
+    /// Absent: the agent's own `interval_secs`. Agents take it at their next check.
+    #[serde(default)]
+    pub crash_interval_secs: Option<u64>,
+    /// The codec level the process server compresses the machine's data with (zstd: -7
+    /// to 22). Absent: the process server's `codec_level`.
+    #[serde(default)]
+    pub compression_level: Option<i32>,
 }
 
 fn default_rpo_warning() -> u64 {
@@ -663,6 +671,8 @@ impl Default for Policy {
             rpo_critical_secs: default_rpo_critical(),
             silent_secs: default_silent(),
             retention: None,
+            crash_interval_secs: None,
+            compression_level: None,
         }
     }
 }
@@ -695,6 +705,12 @@ impl Policy {
         secs("silent_secs", self.silent_secs)?;
         if self.rpo_critical_secs < self.rpo_warning_secs {
             return Err("rpo_critical_secs: must not be below rpo_warning_secs".into());
+        }
+        if self.crash_interval_secs.is_some_and(|i| !(1..=86_400).contains(&i)) {
+            return Err("crash_interval_secs: expected 1 to 86400".into());
+        }
+        if self.compression_level.is_some_and(|l| !(-7..=22).contains(&l)) {
+            return Err("compression_level: expected -7 to 22 (zstd levels)".into());
         }
         if let Some(tiers) = &self.retention {
             if tiers.is_empty() || tiers.len() > 8 {
@@ -913,6 +929,10 @@ pub struct TrustAnswer {
     pub active_ca: String,
     /// Why the presented certificate should be renewed, if it should.
     pub renew: Option<String>,
+    /// The machine's policy's crash-consistent interval, if it sets one (overrides the
+    /// agent's `interval_secs`).
+    #[serde(default)]
+    pub interval_secs: Option<u64>,
 }
 
 /// `POST /api/v1/renew` (process server, agent certificate).
@@ -1271,6 +1291,8 @@ mod tests {
             (Policy { rpo_warning_secs: 0, ..Policy::default() }, "rpo_warning_secs"),
             (Policy { rpo_critical_secs: 60, ..Policy::default() }, "rpo_critical_secs"),
             (Policy { silent_secs: u64::MAX, ..Policy::default() }, "silent_secs"),
+            (Policy { crash_interval_secs: Some(0), ..Policy::default() }, "crash_interval_secs"),
+            (Policy { compression_level: Some(23), ..Policy::default() }, "compression_level"),
             (Policy { retention: tiers(&[]), ..Policy::default() }, "retention"),
             (Policy { retention: tiers(&[(0, 100); 9]), ..Policy::default() }, "retention"),
             (
