@@ -152,15 +152,29 @@ fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Registration
 /// Stem of a renewed identity while it replaces the current one.
 pub const RENEWED_STEM: &str = "agent-renewed";
 
-/// Completes a renewal a crash interrupted: the renewed key and certificate, both written
-/// before either replaced the old ones, take their place.
+/// Completes or undoes a renewal a crash interrupted. The renewed pair is written key
+/// first, then certificate; only then is the key moved into place, then the certificate.
+/// So a renewed key alone is an incomplete write (deleted: the old pair is intact), and a
+/// renewed certificate alone means the key was moved already (the move is finished).
 fn finish_renewal(state_dir: &Path) -> Result<(), RegistrationError> {
-    for ext in ["key", "crt"] {
-        let from = state_dir.join(format!("{RENEWED_STEM}.{ext}"));
-        if from.exists() {
-            let to = state_dir.join(format!("{IDENTITY_STEM}.{ext}"));
-            fs::rename(&from, &to).map_err(io_err(&from, "rename"))?;
-        }
+    let key = state_dir.join(format!("{RENEWED_STEM}.key"));
+    let crt = state_dir.join(format!("{RENEWED_STEM}.crt"));
+    let (has_key, has_crt) = (key.exists(), crt.exists());
+    if has_key && !has_crt {
+        fs::remove_file(&key).map_err(io_err(&key, "remove"))?;
+        return Ok(());
+    }
+    if has_key {
+        let to = state_dir.join(format!("{IDENTITY_STEM}.key"));
+        fs::rename(&key, &to).map_err(io_err(&key, "rename"))?;
+    }
+    if has_crt {
+        let to = state_dir.join(format!("{IDENTITY_STEM}.crt"));
+        fs::rename(&crt, &to).map_err(io_err(&crt, "rename"))?;
+    }
+    if has_key || has_crt {
+        let dir = fs::File::open(state_dir).map_err(io_err(state_dir, "open"))?;
+        dir.sync_all().map_err(io_err(state_dir, "sync"))?;
     }
     Ok(())
 }
@@ -507,5 +521,48 @@ mod tests {
         let err = register(&o).await.unwrap_err();
         assert!(err.is_usage(), "{err}");
         assert!(!Registration::exists(dir.path()));
+    }
+}
+
+#[cfg(test)]
+mod renewal_tests {
+    use super::*;
+
+    fn files(d: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn an_interrupted_renewal_leaves_one_matching_pair() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        let write = |name: &str, text: &str| fs::write(p.join(name), text).unwrap();
+        let read = |name: &str| fs::read_to_string(p.join(name)).unwrap();
+        // Crash while writing the renewed pair (only its key): the old pair stays.
+        write("agent.key", "old key");
+        write("agent.crt", "old crt");
+        write("agent-renewed.key", "new key");
+        finish_renewal(p).unwrap();
+        assert_eq!((read("agent.key"), read("agent.crt")), ("old key".into(), "old crt".into()));
+        assert_eq!(files(p), ["agent.crt", "agent.key"]);
+        // Crash after the key was moved: the certificate follows.
+        write("agent.key", "new key");
+        write("agent-renewed.crt", "new crt");
+        finish_renewal(p).unwrap();
+        assert_eq!((read("agent.key"), read("agent.crt")), ("new key".into(), "new crt".into()));
+        // Crash before either was moved: both move.
+        write("agent-renewed.key", "newer key");
+        write("agent-renewed.crt", "newer crt");
+        finish_renewal(p).unwrap();
+        assert_eq!(
+            (read("agent.key"), read("agent.crt")),
+            ("newer key".into(), "newer crt".into())
+        );
+        assert_eq!(files(p), ["agent.crt", "agent.key"]);
     }
 }

@@ -779,6 +779,9 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
                 Err(e @ crate::pki::RotateError::NotRenewed(_)) => {
                     Err(ApiError::new(StatusCode::CONFLICT, "not_renewed", e.to_string()))
                 }
+                Err(e @ crate::pki::RotateError::NotIntroduced(_)) => {
+                    Err(ApiError::new(StatusCode::CONFLICT, "not_introduced", e.to_string()))
+                }
                 Err(e) => Err(ApiError::internal(e.to_string())),
             }
         }
@@ -1161,6 +1164,15 @@ pub async fn process_server(
     }
     // A machine failed over at the target is not replicated from its source any more:
     // what the source writes from now on is for reprotect to reconcile.
+    // Only the machine's current certificate (or the previous one until the renewed one
+    // is in use): a replaced or retired certificate is refused even on a connection that
+    // was accepted before.
+    if let Some(der) = req.extensions().get::<PeerInfo>().and_then(|p| p.cert_der.clone())
+        && let Err(why) = crate::pki::check_presented(&state, &pki, &machine, &der)
+            .map_err(|e| ApiError::internal(e.to_string()))?
+    {
+        return Err(ApiError::forbidden("certificate-replaced", why));
+    }
     ps.seen(&machine).map_err(|e| ApiError::internal(e.to_string()))?;
     let reverse_route = path == "/api/v1/reverse"
         || path.starts_with("/api/v1/reverse/")
@@ -1213,10 +1225,14 @@ pub async fn process_server(
                     .map_err(|e| ApiError::internal(e.to_string()))?,
                 None => None,
             };
+            let bundle = pki.bundle_pem();
+            state
+                .set_machine_trust(&machine, &crate::pki::bundle_sha(&bundle))
+                .map_err(|e| ApiError::internal(e.to_string()))?;
             json(
                 StatusCode::OK,
                 &api::TrustAnswer {
-                    ca_pem: pki.bundle_pem(),
+                    ca_pem: bundle,
                     active_ca: pki.active().fingerprint().to_owned(),
                     renew: reason,
                     interval_secs: crate::policy::of_machine(&state, &machine)

@@ -35,8 +35,11 @@ pub const AGENT_CERT_DAYS: u32 = 825;
 #[derive(Debug, thiserror::Error)]
 pub enum RotateError {
     /// Machines still hold certificates of the retiring CA.
-    #[error("{} machine(s) still have a certificate from the retiring CA ({}); wait for their agents to renew, revoke them, or force", .0.len(), .0.join(", "))]
+    #[error("{} machine(s) still use a certificate from the retiring CA ({}); wait for their agents to renew, revoke them, or force", .0.len(), .0.join(", "))]
     NotRenewed(Vec<String>),
+    /// Machines have not fetched the trust bundle with the new CA yet.
+    #[error("{} machine(s) have not fetched the new CA yet ({}); promoting it now would lock them out: wait for their agents' next check (trust_check_secs), revoke them, or force", .0.len(), .0.join(", "))]
+    NotIntroduced(Vec<String>),
     /// Files, certificates.
     #[error(transparent)]
     Other(#[from] anyhow::Error),
@@ -59,6 +62,8 @@ pub struct Pki {
     cas: RwLock<Cas>,
     config_tls: RwLock<Option<TlsSource>>,
     process_tls: RwLock<Option<TlsSource>>,
+    /// One rotation step at a time, from reading the phase to its last file.
+    rotating: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Pki {
@@ -105,6 +110,7 @@ impl Pki {
             cas: RwLock::new(Cas { active, next, retiring }),
             config_tls: RwLock::new(None),
             process_tls: RwLock::new(None),
+            rotating: std::sync::Mutex::new(()),
         })
     }
 
@@ -211,6 +217,7 @@ impl Pki {
     /// The next rotation step; the phase it reached. `force` retires the old CA even
     /// though some machines have not renewed (they are refused from then on).
     pub fn rotate(&self, state: &State, force: bool) -> Result<&'static str, RotateError> {
+        let _one = self.rotating.lock().unwrap_or_else(|p| p.into_inner());
         match self.phase() {
             "steady" => {
                 let next = Ca::load_or_create(&self.data.join("ca-next"), "Lifeboat appliance CA")
@@ -219,6 +226,19 @@ impl Pki {
                 self.cas.write().unwrap_or_else(|p| p.into_inner()).next = Some(Arc::new(next));
             }
             "introducing" => {
+                // Every agent must trust the new CA before the servers present it.
+                let bundle = bundle_sha(&self.bundle_pem());
+                let mut behind = Vec::new();
+                for (id, _, _) in state.machines()? {
+                    if !state.is_revoked(&id)?
+                        && state.machine_trust(&id)?.as_deref() != Some(bundle.as_str())
+                    {
+                        behind.push(id);
+                    }
+                }
+                if !behind.is_empty() && !force {
+                    return Err(RotateError::NotIntroduced(behind));
+                }
                 let old = self.active();
                 let retiring = retiring_path(&self.data);
                 let mut text = std::fs::read_to_string(&retiring).unwrap_or_default();
@@ -246,8 +266,10 @@ impl Pki {
                     if state.is_revoked(&id)? {
                         continue;
                     }
-                    let (ca, _) = state.machine_cert(&id)?;
-                    if ca.as_deref() != Some(active.fingerprint()) {
+                    // On the active CA, and seen using that certificate (the previous
+                    // one is dropped once the new one is presented).
+                    let (ca, _, prev) = state.machine_certs(&id)?;
+                    if ca.as_deref() != Some(active.fingerprint()) || prev.is_some() {
                         behind.push(id);
                     }
                 }
@@ -288,6 +310,46 @@ pub fn record_cert(
     Ok(())
 }
 
+/// The sha256 (hex) of a trust bundle, as recorded per machine.
+pub fn bundle_sha(pem: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(pem.as_bytes()))
+}
+
+/// Whether the certificate `der` a machine presented on this request may be used: its
+/// current certificate, or the previous one until the current one is seen in use. A
+/// machine registered before certificates were recorded has its presented one recorded.
+/// `Err` with the reason otherwise (a replaced or retired certificate).
+pub fn check_presented(
+    state: &State,
+    pki: &Pki,
+    machine: &str,
+    der: &[u8],
+) -> Result<Result<(), String>, StateError> {
+    let presented = lifeboat_net::ca::fingerprint_der(der);
+    let (_, current, prev) = state.machine_certs(machine)?;
+    match current {
+        None => {
+            // Recorded from before this appliance kept certificates: then one CA existed.
+            let (active_fp, _, _) = pki.fingerprints();
+            state.set_machine_cert(machine, &active_fp, 0, &presented)?;
+            state.machine_cert_in_use(machine)?;
+            Ok(Ok(()))
+        }
+        Some(c) if c == presented => {
+            if prev.is_some() {
+                state.machine_cert_in_use(machine)?;
+            }
+            Ok(Ok(()))
+        }
+        _ if prev.as_deref() == Some(presented.as_str()) => Ok(Ok(())),
+        _ => Ok(Err(format!(
+            "this certificate of machine {machine} was replaced by a renewal (or its CA retired); \
+             use the agent's current certificate, or register the machine again"
+        ))),
+    }
+}
+
 /// Whether the certificate `der` a machine presented should be renewed: it is not the
 /// certificate last issued to the machine by the active CA, or less than a third of its
 /// validity is left. `None`: keep it.
@@ -300,13 +362,8 @@ pub fn renew_reason(
     let (ca, sha) = state.machine_cert(machine)?;
     let presented = lifeboat_net::ca::fingerprint_der(der);
     let active = pki.active();
-    if sha.is_none() {
-        // Registered before certificates were recorded: then only one CA existed.
-        let _ = state.set_machine_cert(machine, active.fingerprint(), 0, &presented);
-        return Ok(None);
-    }
     if sha.as_deref() != Some(presented.as_str()) || ca.as_deref() != Some(active.fingerprint()) {
-        return Ok(Some("the certificate is not from the active CA".into()));
+        return Ok(Some("the certificate is not the current one from the active CA".into()));
     }
     if let Some((from, to)) = lifeboat_net::ca::cert_validity(der) {
         let now = (crate::state::now_ms() / 1000) as i64;

@@ -176,7 +176,9 @@ const MIGRATIONS: &[&str] = &[
     // 13: each machine's current certificate: the CA that signed it, its expiry, its hash.
     "ALTER TABLE machines ADD COLUMN cert_ca TEXT;
      ALTER TABLE machines ADD COLUMN cert_not_after_unix_ms INTEGER;
-     ALTER TABLE machines ADD COLUMN cert_sha256 TEXT;",
+     ALTER TABLE machines ADD COLUMN cert_sha256 TEXT;
+     ALTER TABLE machines ADD COLUMN cert_prev_sha256 TEXT;
+     ALTER TABLE machines ADD COLUMN trust_bundle_sha256 TEXT;",
     // 14: recovery plans.
     "CREATE TABLE plans (
         name TEXT PRIMARY KEY,
@@ -1454,7 +1456,8 @@ impl State {
             .map_err(|e| self.err(e))
     }
 
-    /// Records the machine's current certificate.
+    /// Records a certificate just issued to the machine; the one it had stays accepted
+    /// until the new one is seen in use (a lost renewal answer must not lock it out).
     pub fn set_machine_cert(
         &self,
         machine_id: &str,
@@ -1466,6 +1469,7 @@ impl State {
             .execute(
                 "UPDATE machines SET cert_ca = ?2,
                      cert_not_after_unix_ms = CASE WHEN ?3 > 0 THEN ?3 ELSE cert_not_after_unix_ms END,
+                     cert_prev_sha256 = CASE WHEN cert_sha256 = ?4 THEN cert_prev_sha256 ELSE cert_sha256 END,
                      cert_sha256 = ?4 WHERE id = ?1",
                 params![machine_id, ca_fingerprint, not_after_unix_ms as i64, cert_sha256],
             )
@@ -1473,19 +1477,69 @@ impl State {
         Ok(())
     }
 
+    /// The machine presented its current certificate: the previous one is refused now.
+    pub fn machine_cert_in_use(&self, machine_id: &str) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "UPDATE machines SET cert_prev_sha256 = NULL
+                 WHERE id = ?1 AND cert_prev_sha256 IS NOT NULL",
+                params![machine_id],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The machine's certificates as (signing CA of the current one, current sha256,
+    /// previous sha256 still accepted).
+    pub fn machine_certs(
+        &self,
+        machine_id: &str,
+    ) -> Result<(Option<String>, Option<String>, Option<String>), StateError> {
+        self.conn()
+            .query_row(
+                "SELECT cert_ca, cert_sha256, cert_prev_sha256 FROM machines WHERE id = ?1",
+                params![machine_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map(Option::unwrap_or_default)
+            .map_err(|e| self.err(e))
+    }
+
     /// The machine's current certificate as (signing CA fingerprint, sha256), if recorded.
     pub fn machine_cert(
         &self,
         machine_id: &str,
     ) -> Result<(Option<String>, Option<String>), StateError> {
+        let (ca, sha, _) = self.machine_certs(machine_id)?;
+        Ok((ca, sha))
+    }
+
+    /// Records the sha256 of the trust bundle last sent to the machine's agent.
+    pub fn set_machine_trust(
+        &self,
+        machine_id: &str,
+        bundle_sha256: &str,
+    ) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "UPDATE machines SET trust_bundle_sha256 = ?2 WHERE id = ?1",
+                params![machine_id, bundle_sha256],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The sha256 of the trust bundle last sent to the machine's agent.
+    pub fn machine_trust(&self, machine_id: &str) -> Result<Option<String>, StateError> {
         self.conn()
             .query_row(
-                "SELECT cert_ca, cert_sha256 FROM machines WHERE id = ?1",
+                "SELECT trust_bundle_sha256 FROM machines WHERE id = ?1",
                 params![machine_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| r.get(0),
             )
             .optional()
-            .map(Option::unwrap_or_default)
+            .map(Option::flatten)
             .map_err(|e| self.err(e))
     }
 
@@ -1544,7 +1598,6 @@ impl State {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
-    /// Stores an agent's progress report.
     /// A machine's progress per disk as (disk, phase, done, total), by disk.
     pub fn progress(&self, machine_id: &str) -> Result<Vec<(u32, String, u64, u64)>, StateError> {
         let c = self.conn();
@@ -1567,6 +1620,7 @@ impl State {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
+    /// Stores an agent's progress report for one disk.
     pub fn set_progress(
         &self,
         machine_id: &str,

@@ -59,8 +59,13 @@ fn the_ca_rotates_while_the_agent_keeps_replicating() {
     let trusted = std::fs::read_to_string(state.join("ca.crt")).unwrap();
     assert_eq!(trusted.matches("BEGIN CERTIFICATE").count(), 2, "the agent trusts both CAs");
 
-    // 2. Promote: the servers present the new CA's certificates; the agent renews.
-    let v = site.lifeboat_json(&["ca", "rotate"]);
+    // 2. Promote: refused while machine 2 has not fetched the new CA (it would be locked
+    // out); forced. The servers present the new CA's certificates; the agent renews.
+    let o = site.lifeboat(&["ca", "rotate"], None);
+    assert_eq!(o.status.code(), Some(5), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains(&machine2));
+    assert!(!String::from_utf8_lossy(&o.stderr).contains(&machine), "machine 1 has the new CA");
+    let v = site.lifeboat_json(&["ca", "rotate", "--force"]);
     assert_eq!(
         (v["phase"].as_str(), v["active"].as_str()),
         (Some("retiring"), Some(new_ca.as_str())),
