@@ -67,11 +67,17 @@ pub fn pins() -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Adds to `undo` the removal of every pin that is not in `before` (the agents' trackers
-/// a test loaded), to run first.
-pub fn unpin_new(before: &[String], undo: &mut Undo) {
-    for p in pins().into_iter().filter(|p| !before.contains(p)) {
-        undo.0.insert(0, ("rm".into(), vec!["-rf".into(), format!("/sys/fs/bpf/lifeboat/{p}")]));
+/// Adds to `undo` the removal of the trackers pinned by the agents of `machines`
+/// (`v<layout>-agent-<machine id>`), the test's own. Never "every pin that appeared since":
+/// the tests of a binary run at the same time, and the agent keeps no link of its own, so
+/// removing another test's pins detaches its running agents' programs and their tracking
+/// silently stops.
+pub fn unpin_agents(machines: &[&str], undo: &mut Undo) {
+    for p in pins() {
+        if machines.iter().any(|m| p.ends_with(&format!("-agent-{m}"))) {
+            let path = format!("/sys/fs/bpf/lifeboat/{p}");
+            undo.0.insert(0, ("rm".into(), vec!["-rf".into(), path]));
+        }
     }
 }
 

@@ -20,7 +20,6 @@ fn a_live_filesystem_replicates_through_ebpf_across_an_agent_kill() {
     let img = site.root().join("disk.img");
     let mnt = mount_ext4(&dev, site.root(), "mnt", &mut undo);
     let m = mnt.to_str().unwrap().to_string();
-    let before = pins();
 
     let (cfg, _appliance) = site.start_all();
     let state = site.root().join("agent-state");
@@ -30,7 +29,7 @@ fn a_live_filesystem_replicates_through_ebpf_across_an_agent_kill() {
     wait_for(Duration::from_secs(120), "the initial copy's point", || {
         (!site.points(&cfg).is_empty()).then_some(())
     });
-    unpin_new(&before, &mut undo);
+    unpin_agents(&[&Site::machine_id(&state)], &mut undo);
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     for round in 0..6 {

@@ -43,7 +43,6 @@ struct Pair {
     id_b: String,
     a: Proc,
     b: Proc,
-    before: Vec<String>,
 }
 
 fn pair(site: &Site, undo: &mut Undo, b_top: &str) -> Option<Pair> {
@@ -73,10 +72,9 @@ fn pair(site: &Site, undo: &mut Undo, b_top: &str) -> Option<Pair> {
     );
     let b_extra = format!("{b_top}{}", group(port_b, false, &id_a, port_a));
     let cfg_b = site.agent_config_as("agent-b", &state_b, &[dev_b.into()], 30, &b_extra);
-    let before = pins();
     let b = site.start_agent_as("agent-b", &cfg_b);
     let a = site.start_agent_as("agent-a", &cfg_a);
-    Some(Pair { cfg, _appliance: appliance, mnt_a, mnt_b, id_a, id_b, a, b, before })
+    Some(Pair { cfg, _appliance: appliance, mnt_a, mnt_b, id_a, id_b, a, b })
 }
 
 #[test]
@@ -87,13 +85,13 @@ fn a_member_that_cannot_freeze_refuses_group_points() {
     let site = Site::new();
     let mut undo = Undo(Vec::new());
     let Some(p) = pair(&site, &mut undo, "freeze = false\n") else { return };
-    let Pair { cfg, mut a, mut b, before, .. } = p;
+    let Pair { cfg, id_a, id_b, mut a, mut b, .. } = p;
     let log_b = site.root().join("agent-b.log");
     wait_for(Duration::from_secs(120), "B to refuse a round", || {
         let text = std::fs::read_to_string(&log_b).unwrap_or_default();
         text.contains("no filesystem of this member could be frozen").then_some(())
     });
-    unpin_new(&before, &mut undo);
+    unpin_agents(&[&id_a, &id_b], &mut undo);
     assert!(complete_group_points(&site, &cfg).is_empty(), "a group point with an unfrozen member");
     a.stop();
     b.stop();
@@ -109,7 +107,7 @@ fn two_agents_cut_matching_group_points_and_abort_without_a_member() {
     let site = Site::new();
     let mut undo = Undo(Vec::new());
     let Some(p) = pair(&site, &mut undo, "") else { return };
-    let Pair { cfg, _appliance, mnt_a, mnt_b, id_a, id_b, mut a, mut b, before } = p;
+    let Pair { cfg, _appliance, mnt_a, mnt_b, id_a, id_b, mut a, mut b } = p;
 
     // The writer: n on A (fsync), then n on B (fsync).
     let stop = Arc::new(AtomicBool::new(false));
@@ -137,7 +135,7 @@ fn two_agents_cut_matching_group_points_and_abort_without_a_member() {
         let g = complete_group_points(&site, &cfg);
         (g.len() >= 3).then_some(g)
     });
-    unpin_new(&before, &mut undo);
+    unpin_agents(&[&id_a, &id_b], &mut undo);
     let written = {
         stop.store(true, Ordering::Relaxed);
         writer.join().unwrap()

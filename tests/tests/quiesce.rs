@@ -142,7 +142,6 @@ fn postgres_points_are_app_consistent_and_start_as_a_database() {
         plugins.display()
     );
     let agent_cfg = site.agent_config_with(&state, &[fs.dev.clone().into()], 2, &extra);
-    let before = pins();
     let mut agent = site.start_agent(&agent_cfg);
 
     // The database is written all along.
@@ -165,7 +164,7 @@ fn postgres_points_are_app_consistent_and_start_as_a_database() {
         let p = app_points(&site, &cfg);
         (p.len() >= 2).then_some(p)
     });
-    unpin_new(&before, &mut fs.undo);
+    unpin_agents(&[&Site::machine_id(&state)], &mut fs.undo);
     stop.store(true, Ordering::Relaxed);
     writer.join().unwrap();
     assert!(agent.running());
@@ -259,7 +258,6 @@ fn a_failing_quiescer_gives_a_crash_point_and_an_alert_and_is_thawed() {
         thaw.display()
     );
     let agent_cfg = site.agent_config_with(&state, &[fs.dev.clone().into()], 1, &extra);
-    let before = pins();
     let mut agent = site.start_agent(&agent_cfg);
     std::fs::write(fs.mnt.join("data"), vec![7u8; 1 << 20]).unwrap();
 
@@ -269,7 +267,7 @@ fn a_failing_quiescer_gives_a_crash_point_and_an_alert_and_is_thawed() {
         let points = site.points_json(&cfg);
         (log.matches("app-consistent point failed").count() >= 2 && points.len() >= 2).then_some(())
     });
-    unpin_new(&before, &mut fs.undo);
+    unpin_agents(&[&Site::machine_id(&state)], &mut fs.undo);
     assert!(
         site.points_json(&cfg).iter().all(|p| p["kind"] == "crash"),
         "a point was tagged app-consistent although the quiescer failed"
