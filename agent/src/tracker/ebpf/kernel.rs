@@ -202,6 +202,9 @@ pub struct Bpf {
     /// Ranges received from the ring buffer, per slot, not harvested yet.
     queued: Arc<Mutex<Queued>>,
     lock: Mutex<()>,
+    /// The programs' links, held open: tracking goes on while this agent runs even if
+    /// someone removes the pins (the kernel detaches a link once nothing holds it).
+    _links: Vec<libbpf_rs::Link>,
 }
 
 impl std::fmt::Debug for Bpf {
@@ -315,6 +318,13 @@ impl Bpf {
             });
         }
         let bitmap_words = bitmap_map.max_entries() as u64;
+        let mut links = Vec::new();
+        for name in ["link-queue", "link-complete"] {
+            links.push(
+                libbpf_rs::Link::open(dir.join(name))
+                    .map_err(lb(format!("open the pinned {name}")))?,
+            );
+        }
         let slots = Mapping::new(&slots_map, SLOT_STATE_LEN * MAX_SLOTS as usize)?;
         let bitmap = Mapping::new(&bitmap_map, (bitmap_words * 8) as usize)?;
         Ok(Bpf {
@@ -327,6 +337,7 @@ impl Bpf {
             events,
             queued: Arc::default(),
             lock: Mutex::new(()),
+            _links: links,
         })
     }
 
