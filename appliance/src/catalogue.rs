@@ -324,6 +324,39 @@ pub fn import(state: &State, keys_dir: &Path, c: &Catalogue) -> anyhow::Result<(
     if !state.machines()?.is_empty() {
         anyhow::bail!("this appliance already has machines: recover into a fresh data directory");
     }
+    // Everything is checked before anything is written.
+    for m in &c.machines {
+        lifeboat_net::ca::validate_machine_id(&m.id)
+            .map_err(|e| anyhow::anyhow!("the catalogue's machine {:?}: {e}", m.id))?;
+        if let Some(s) = &m.system {
+            let s: lifeboat_wire::api::SystemInfo = serde_json::from_value(s.clone())?;
+            s.check().map_err(anyhow::Error::msg)?;
+        }
+        if let Some(v) = &m.vm_settings {
+            let v: lifeboat_wire::api::VmSpecSettings = serde_json::from_value(v.clone())?;
+            v.check().map_err(anyhow::Error::msg)?;
+        }
+        for p in &m.points {
+            let ok = !p.id.is_empty()
+                && p.id.len() <= 200
+                && p.id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            if !ok || !matches!(p.kind.as_str(), "crash" | "app") {
+                anyhow::bail!("the catalogue's point {:?} of {} is malformed", p.id, m.id);
+            }
+        }
+    }
+    for g in &c.group_points {
+        for m in &g.members {
+            lifeboat_net::ca::validate_machine_id(m)
+                .map_err(|e| anyhow::anyhow!("the catalogue's group {:?}: {e}", g.group))?;
+        }
+    }
+    for (id, key_hex) in &c.data_keys {
+        let ok = !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !ok || hex::decode(key_hex).ok().filter(|k| k.len() == 32).is_none() {
+            anyhow::bail!("the catalogue's data key {id:?} is malformed");
+        }
+    }
     for (id, key_hex) in &c.data_keys {
         let ok = !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
         let key = hex::decode(key_hex).ok().filter(|k| k.len() == 32);
@@ -464,5 +497,13 @@ mod tests {
         let mut bad = sample();
         bad.machines[0].vm_settings = Some(serde_json::json!({"cpus": 0}));
         assert!(import(&state2, &d2.path().join("keys"), &bad).is_err());
+        let mut bad = sample();
+        bad.machines[0].id = "../m".into();
+        assert!(import(&state2, &d2.path().join("keys"), &bad).is_err());
+        let mut bad = sample();
+        bad.machines[0].points[0].kind = "weird".into();
+        assert!(import(&state2, &d2.path().join("keys"), &bad).is_err());
+        assert!(state2.machines().unwrap().is_empty(), "a refused catalogue wrote nothing");
+        assert!(!d2.path().join("keys").exists(), "nor any key");
     }
 }

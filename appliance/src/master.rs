@@ -120,6 +120,11 @@ impl MasterTarget {
         self.catalogue_at = Some(std::time::Instant::now());
         let Some(sealer) = Sealer::load(&dir)? else { return Ok(()) };
         let mut c = build(&self.state, &dir.join("keys"))?;
+        // An appliance with no machines (a fresh one at the target site, before `recover`)
+        // never overwrites the catalogue a lost appliance left there.
+        if c.machines.is_empty() {
+            return Ok(());
+        }
         let mut h = sha2::Sha256::new();
         h.update(serde_json::to_vec(&c)?);
         h.update(sealer.salt.as_bytes());

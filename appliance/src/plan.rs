@@ -234,9 +234,16 @@ impl Plans {
         if let Some(msg) = &a.manual {
             let notify = Arc::new(tokio::sync::Notify::new());
             self.waiting.lock().unwrap_or_else(|p| p.into_inner()).insert(job, notify.clone());
+            let progress = f
+                .state
+                .jobs(Some(job), 1)
+                .ok()
+                .and_then(|mut j| j.pop())
+                .map(|j| j.progress)
+                .unwrap_or(0.0);
             let _ = f.state.job_progress(
                 job,
-                0.0f64.max(group as f64 / 100.0),
+                progress,
                 &format!("waiting for confirmation: {msg} (lifeboat plan continue {job})"),
             );
             tracing::info!(job, %plan, group, "recovery plan waits for a manual step: {msg}");

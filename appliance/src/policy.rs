@@ -26,10 +26,13 @@ pub fn get(state: &State, name: &str) -> Result<Option<Policy>, StateError> {
     Ok((name == "default").then(Policy::default))
 }
 
-/// The policy of `machine`.
+/// The policy of `machine` (the `default` policy if its own is gone).
 pub fn of_machine(state: &State, machine: &str) -> Result<Policy, StateError> {
     let (name, _) = state.machine_policy(machine)?;
-    Ok(get(state, &name)?.unwrap_or_default())
+    match get(state, &name)? {
+        Some(p) => Ok(p),
+        None => Ok(get(state, "default")?.unwrap_or_default()),
+    }
 }
 
 /// Which of `points` (id, created ms), oldest first, a retention of `tiers` deletes at
