@@ -428,8 +428,7 @@ impl ProcessServer {
         q: Arc<DiskQueue>,
         tx: tokio::sync::mpsc::Sender<Sealed>,
     ) {
-        let mut stage = Stage::default();
-        stage.machine = machine.to_string();
+        let mut stage = Stage { machine: machine.to_string(), ..Default::default() };
         let mut backoff = Duration::from_millis(100);
         // The first sequence not handed to the putter yet.
         let mut next = 0u64;

@@ -186,6 +186,10 @@ const MIGRATIONS: &[&str] = &[
      );",
 ];
 
+/// A machine's certificates: (signing CA of the current one, current sha256, previous
+/// sha256 still accepted).
+pub type MachineCerts = (Option<String>, Option<String>, Option<String>);
+
 /// Where reverse replication of a machine stands.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ReverseRow {
@@ -1491,10 +1495,7 @@ impl State {
 
     /// The machine's certificates as (signing CA of the current one, current sha256,
     /// previous sha256 still accepted).
-    pub fn machine_certs(
-        &self,
-        machine_id: &str,
-    ) -> Result<(Option<String>, Option<String>, Option<String>), StateError> {
+    pub fn machine_certs(&self, machine_id: &str) -> Result<MachineCerts, StateError> {
         self.conn()
             .query_row(
                 "SELECT cert_ca, cert_sha256, cert_prev_sha256 FROM machines WHERE id = ?1",
