@@ -487,7 +487,7 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
             let group_points = ctx.state.group_points(None).map_err(internal)?;
             let mut machines = Vec::new();
             for (id, hostname, registered_unix_ms) in ctx.state.machines().map_err(internal)? {
-                let disks = ctx
+                let disks: Vec<api::DiskSize> = ctx
                     .state
                     .disks(&id)
                     .map_err(internal)?
@@ -526,6 +526,21 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
                     .collect::<std::collections::BTreeSet<_>>()
                     .into_iter()
                     .collect();
+                let mut backlog_batches = 0;
+                for d in &disks {
+                    let received = ctx.state.received_next(&id, d.index).map_err(internal)?;
+                    let (applied, _) = ctx.state.applied(&id, d.index).map_err(internal)?;
+                    backlog_batches += received.saturating_sub(applied);
+                }
+                let churn_mb_per_s = ctx
+                    .state
+                    .churn(Some(&id))
+                    .map_err(internal)?
+                    .pop()
+                    .and_then(|(_, _, report)| {
+                        serde_json::from_str::<api::ChurnReport>(&report).ok()
+                    })
+                    .map(|r| r.disks.iter().map(|d| d.mean_mb_per_s).sum());
                 machines.push(api::MachineSummary {
                     id,
                     hostname,
@@ -539,6 +554,8 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
                     initial_copy,
                     health,
                     groups,
+                    backlog_batches,
+                    churn_mb_per_s,
                 });
             }
             json(StatusCode::OK, &api::MachineList { machines })

@@ -794,8 +794,13 @@ async fn policies_and_alerts() {
     assert_eq!(v["alerts"][0]["kind"], "rpo", "{v}");
     assert_eq!(v["alerts"][0]["severity"], "critical", "{v}");
     assert_eq!(v["alerts"][0]["machine_id"], "m-1", "{v}");
+    s.state.upsert_disk("m-1", 0, 1 << 20, "/dev/sda").unwrap();
+    s.state.set_received_next("m-1", 0, 4).unwrap();
+    s.state.set_applied("m-1", 0, 1, None).unwrap();
     let (_, v) = call(&c, Method::GET, "/api/v1/machines", "/api/v1/machines", t, "").await;
     assert!(v["machines"][0]["rpo_secs"].as_u64().unwrap() >= 300, "{v}");
+    assert_eq!(v["machines"][0]["backlog_batches"], 3, "{v}");
+    assert_eq!(v["machines"][0]["health"], "critical", "{v}");
     let (st, _) = call(&c, Method::GET, al, al, None, "").await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
 }

@@ -437,6 +437,12 @@ pub struct MachineSummary {
     /// Consistency groups the machine is recorded in.
     #[serde(default)]
     pub groups: Vec<String>,
+    /// Batches received but not applied to the replica yet, over its disks.
+    #[serde(default)]
+    pub backlog_batches: u64,
+    /// Mean write churn of its disks in MB/s, from its newest churn report, if any.
+    #[serde(default)]
+    pub churn_mb_per_s: Option<f64>,
 }
 
 /// A loaded or refused plugin (`GET /api/v1/plugins`).
