@@ -88,15 +88,20 @@ pub fn group_points(config: ApplianceConfig, group: Option<&str>) -> anyhow::Res
     Ok(())
 }
 
-/// `point-checksum`: sha256 of a disk at a point, read back through the target plugin.
-pub async fn point_checksum(config: ApplianceConfig, point: &str, disk: u32) -> anyhow::Result<()> {
-    let core = crate::run::open_core(config)?;
+/// An instance of the master target's target plugin.
+async fn master_target_instance(core: &crate::run::Core) -> anyhow::Result<TargetInstance> {
     let name = &core.config.master_target.target;
     let plugin = core
         .registry
         .get(name)
         .ok_or_else(|| anyhow::anyhow!("target plugin {name:?} is not loaded"))?;
-    let mut t = TargetInstance::new(plugin).await?;
+    Ok(TargetInstance::new(plugin).await?)
+}
+
+/// `point-checksum`: sha256 of a disk at a point, read back through the target plugin.
+pub async fn point_checksum(config: ApplianceConfig, point: &str, disk: u32) -> anyhow::Result<()> {
+    let core = crate::run::open_core(config)?;
+    let mut t = master_target_instance(&core).await?;
     let (machine, _) = point
         .rsplit_once("-p")
         .and_then(|(m, _)| parse_disk_id(&format!("{m}-d0")))
@@ -153,12 +158,7 @@ pub async fn recover(config: ApplianceConfig, dry_run: bool) -> anyhow::Result<(
     }
     let data_dir = config.data_dir.clone();
     let core = crate::run::open_core(config)?;
-    let name = &core.config.master_target.target;
-    let plugin = core
-        .registry
-        .get(name)
-        .ok_or_else(|| anyhow::anyhow!("target plugin {name:?} is not loaded"))?;
-    let mut t = TargetInstance::new(plugin).await?;
+    let mut t = master_target_instance(&core).await?;
     let sealed = t.get_log(crate::catalogue::OBJECT).await.map_err(|e| {
         anyhow::anyhow!(
             "no catalogue at the target ({e}): was a recovery passphrase set on the lost appliance?"

@@ -170,6 +170,21 @@ fn conforms(method: &Method, template: &str, status: StatusCode, v: &Value) {
     }
 }
 
+/// The first administrator, set up through the API; its session token.
+async fn setup_admin(c: &Client) -> String {
+    let (st, v) = call(
+        c,
+        Method::POST,
+        "/api/v1/setup",
+        "/api/v1/setup",
+        None,
+        r#"{"name":"root","password":"correct horse battery"}"#,
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    v["token"].as_str().unwrap().to_owned()
+}
+
 #[test]
 fn the_openapi_document_lists_exactly_the_routes() {
     let d = doc();
@@ -476,17 +491,7 @@ async fn setup_login_sessions_and_identities() {
 async fn failovers_and_vm_specs() {
     let s = start().await;
     let c = s.client(None);
-    let (st, v) = call(
-        &c,
-        Method::POST,
-        "/api/v1/setup",
-        "/api/v1/setup",
-        None,
-        r#"{"name":"root","password":"correct horse battery"}"#,
-    )
-    .await;
-    assert_eq!(st, StatusCode::CREATED, "{v}");
-    let token = v["token"].as_str().unwrap().to_owned();
+    let token = setup_admin(&c).await;
     let t = Some(token.as_str());
     s.state.add_passphrase("p").unwrap();
     s.state.register_machine("p", "m-1", "web01").unwrap();
@@ -692,16 +697,7 @@ async fn failovers_and_vm_specs() {
 async fn policies_and_alerts() {
     let s = start().await;
     let c = s.client(None);
-    let (_, v) = call(
-        &c,
-        Method::POST,
-        "/api/v1/setup",
-        "/api/v1/setup",
-        None,
-        r#"{"name":"root","password":"correct horse battery"}"#,
-    )
-    .await;
-    let token = v["token"].as_str().unwrap().to_owned();
+    let token = setup_admin(&c).await;
     let t = Some(token.as_str());
     s.state.add_passphrase("p").unwrap();
     s.state.register_machine("p", "m-1", "web01").unwrap();
@@ -809,16 +805,7 @@ async fn policies_and_alerts() {
 async fn recovery_plans() {
     let s = start().await;
     let c = s.client(None);
-    let (_, v) = call(
-        &c,
-        Method::POST,
-        "/api/v1/setup",
-        "/api/v1/setup",
-        None,
-        r#"{"name":"root","password":"correct horse battery"}"#,
-    )
-    .await;
-    let token = v["token"].as_str().unwrap().to_owned();
+    let token = setup_admin(&c).await;
     let t = Some(token.as_str());
     s.state.add_passphrase("p").unwrap();
     s.state.register_machine("p", "m-1", "web01").unwrap();

@@ -123,15 +123,16 @@ fn the_ca_rotates_while_the_agent_keeps_replicating() {
     )
     .unwrap();
     let c = lifeboat_net::Client::new(&format!("https://127.0.0.1:{}", site.ps_port), tls).unwrap();
-    let (st, _, _) = rt
-        .block_on(c.request(
+    let trust = || {
+        rt.block_on(c.request(
             http::Method::GET,
             "/api/v1/trust",
             bytes::Bytes::new(),
             http::HeaderMap::new(),
         ))
-        .unwrap();
-    assert!(st.is_success());
+        .unwrap()
+    };
+    assert!(trust().0.is_success());
     // The same check carries the machine's policy's interval.
     let o = site.lifeboat(
         &["policy", "set", "fast", "--crash-interval", "7", "--compression-level", "3"],
@@ -139,15 +140,7 @@ fn the_ca_rotates_while_the_agent_keeps_replicating() {
     );
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(site.lifeboat(&["policy", "assign", &machine, "fast"], None).status.code(), Some(0));
-    let (_, _, body) = rt
-        .block_on(c.request(
-            http::Method::GET,
-            "/api/v1/trust",
-            bytes::Bytes::new(),
-            http::HeaderMap::new(),
-        ))
-        .unwrap();
-    let t: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let t: serde_json::Value = serde_json::from_slice(&trust().2).unwrap();
     assert_eq!(t["interval_secs"], 7, "{t}");
 
     // A forced renewal works from the command line as well.
