@@ -507,6 +507,23 @@ impl AgentConfig {
 }
 
 impl BandwidthConfig {
+    /// A machine policy's schedule (`lifeboat_wire::api::PolicyBandwidth`) in this shape.
+    pub fn from_policy(p: &lifeboat_wire::api::PolicyBandwidth) -> BandwidthConfig {
+        BandwidthConfig {
+            mbps: p.mbps,
+            schedule: p
+                .schedule
+                .iter()
+                .map(|w| WindowConfig {
+                    days: w.days.clone(),
+                    from: w.from.clone(),
+                    to: w.to.clone(),
+                    mbps: w.mbps,
+                })
+                .collect(),
+        }
+    }
+
     /// Checks the section and turns it into a [`Schedule`].
     pub fn schedule(&self, path: &Path) -> Result<Schedule, ConfigError> {
         let bad = |key: String, reason: String| ConfigError::Value {

@@ -54,7 +54,8 @@ pub struct Quiescers {
     runtime: Handle,
     slots: Vec<Slot>,
     deadline: Duration,
-    interval: Duration,
+    /// Seconds between app-consistent points; shared so the machine's policy can change it.
+    interval: Arc<std::sync::atomic::AtomicU64>,
     last_app: Option<Instant>,
     /// Alerts raised so far (quiesce failures), for tests and the cycle report.
     pub alerts: u64,
@@ -97,12 +98,20 @@ impl Quiescers {
                 .map_err(|e| format!("quiesce.plugins: {name:?}: {e}"))?;
             slots.push(Slot { name: name.clone(), instance: Some(instance), frozen: false });
         }
+        let interval = Arc::new(std::sync::atomic::AtomicU64::new(interval.as_secs()));
         Ok(Quiescers { registry, runtime, slots, deadline, interval, last_app: None, alerts: 0 })
     }
 
     /// Whether an app-consistent point is due now.
     pub fn due(&self) -> bool {
-        !self.slots.is_empty() && self.last_app.is_none_or(|t| t.elapsed() >= self.interval)
+        let interval =
+            Duration::from_secs(self.interval.load(std::sync::atomic::Ordering::Relaxed));
+        !self.slots.is_empty() && self.last_app.is_none_or(|t| t.elapsed() >= interval)
+    }
+
+    /// The seconds between app-consistent points, shared: storing into it changes them.
+    pub fn interval_handle(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.interval.clone()
     }
 
     /// Runs one call on slot `i` with the deadline plus [`GRACE`]; a call that passes it is

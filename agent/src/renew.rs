@@ -14,7 +14,7 @@ use lifeboat_wire::api::{RenewAnswer, RenewRequest, TrustAnswer};
 use crate::registration::Registration;
 
 /// What a check changed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Refreshed {
     /// The trusted CAs changed.
     pub trust: bool,
@@ -22,6 +22,10 @@ pub struct Refreshed {
     pub renewed: bool,
     /// The machine's policy's crash-consistent interval, if it sets one.
     pub interval_secs: Option<u64>,
+    /// The policy's app-consistent interval, if it sets one.
+    pub app_interval_secs: Option<u64>,
+    /// The policy's bandwidth schedule, if it sets one.
+    pub bandwidth: Option<lifeboat_wire::api::PolicyBandwidth>,
 }
 
 impl Refreshed {

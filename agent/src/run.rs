@@ -289,6 +289,8 @@ pub fn run(cfg: &AgentConfig, cfg_path: &Path, opts: RunOptions) -> Result<(), R
     }
     // The interval between cycles: the configuration's, or the machine's policy's.
     let interval_secs = Arc::new(AtomicU64::new(cfg.interval_secs));
+    // What the machine's policy said at start (app interval, bandwidth), if reached.
+    let mut start_policy: Option<crate::renew::Refreshed> = None;
     // The CAs to trust and the certificate, as the appliance sees them now (a CA rotation,
     // an expiry): checked at start, then every trust_check_secs.
     {
@@ -298,6 +300,7 @@ pub fn run(cfg: &AgentConfig, cfg_path: &Path, opts: RunOptions) -> Result<(), R
             .map_err(|source| RunError::Runtime { what: "start the async runtime", source })?;
         match rt.block_on(crate::renew::refresh(&mut registration, &cfg.state_dir, false)) {
             Ok(r) => {
+                start_policy = Some(r.clone());
                 if let Some(i) = r.interval_secs {
                     tracing::info!(
                         interval_secs = i,
@@ -334,6 +337,7 @@ pub fn run(cfg: &AgentConfig, cfg_path: &Path, opts: RunOptions) -> Result<(), R
         .thread_name("lifeboat-agent")
         .build()
         .map_err(|source| RunError::Runtime { what: "start the async runtime", source })?;
+    let mut app_interval: Option<(Arc<AtomicU64>, u64)> = None;
     if let (Some(plugins), Some(q)) = (&cfg.plugins, &cfg.quiesce) {
         let host =
             lifeboat_plugin_host::Host::new(lifeboat_plugin_host::keys::KeyRing::new(Vec::new()))
@@ -354,8 +358,34 @@ pub fn run(cfg: &AgentConfig, cfg_path: &Path, opts: RunOptions) -> Result<(), R
             deadline_ms = q.deadline_ms,
             "app-consistent points through quiescer plugins"
         );
+        let handle = quiescers.interval_handle();
+        if let Some(i) = start_policy.as_ref().and_then(|p| p.app_interval_secs) {
+            tracing::info!(
+                app_interval_secs = i,
+                "the machine's policy sets the interval between app-consistent points"
+            );
+            handle.store(i, Ordering::Relaxed);
+        }
+        app_interval = Some((handle, q.interval_secs));
         cycler.set_quiescers(Some(quiescers));
     }
+    // The machine's policy's bandwidth schedule, over the configuration's.
+    let policy_schedule = |b: &lifeboat_wire::api::PolicyBandwidth| {
+        crate::config::BandwidthConfig::from_policy(b)
+            .schedule(Path::new("the machine's policy (bandwidth)"))
+            .map_err(|e| tracing::warn!(error = %e, "the policy's bandwidth schedule is not usable; the agent's own applies"))
+            .ok()
+    };
+    let mut applied_bandwidth = start_policy.as_ref().and_then(|p| p.bandwidth.clone());
+    let schedule = match applied_bandwidth.as_ref().and_then(policy_schedule) {
+        Some(s) => {
+            tracing::info!("the machine's policy sets the bandwidth schedule");
+            s
+        }
+        None => schedule,
+    };
+    let (schedule_tx, schedule_rx) = watch::channel(schedule.clone());
+    let own_schedule = cfg.schedule(cfg_path)?;
     let sender = Sender::new(
         journal.clone(),
         SenderOptions {
@@ -363,6 +393,7 @@ pub fn run(cfg: &AgentConfig, cfg_path: &Path, opts: RunOptions) -> Result<(), R
             tls,
             disks: descriptors,
             tls_updates: Some(tls_rx),
+            schedule_updates: Some(schedule_rx),
             system: Some(crate::system::detect(cfg.firmware.as_deref())),
             schedule,
             progress: Some(board.clone()),
@@ -447,6 +478,18 @@ pub fn run(cfg: &AgentConfig, cfg_path: &Path, opts: RunOptions) -> Result<(), R
                     let want = r.interval_secs.unwrap_or(own_interval);
                     if interval_secs.swap(want, Ordering::Relaxed) != want {
                         tracing::info!(interval_secs = want, "interval between points changed (machine policy)");
+                    }
+                    if let Some((handle, own)) = &app_interval {
+                        let want = r.app_interval_secs.unwrap_or(*own);
+                        if handle.swap(want, Ordering::Relaxed) != want {
+                            tracing::info!(app_interval_secs = want, "interval between app-consistent points changed (machine policy)");
+                        }
+                    }
+                    if r.bandwidth != applied_bandwidth {
+                        applied_bandwidth = r.bandwidth.clone();
+                        let next = applied_bandwidth.as_ref().and_then(policy_schedule).unwrap_or_else(|| own_schedule.clone());
+                        tracing::info!(from_policy = applied_bandwidth.is_some(), "bandwidth schedule changed");
+                        let _ = schedule_tx.send(next);
                     }
                 }
                 match r {

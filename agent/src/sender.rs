@@ -83,6 +83,8 @@ pub struct SenderOptions {
     pub system: Option<SystemInfo>,
     /// A renewed certificate or changed trusted CAs: the sender reconnects with them.
     pub tls_updates: Option<watch::Receiver<Arc<rustls::ClientConfig>>>,
+    /// A new bandwidth schedule (the machine's policy changed).
+    pub schedule_updates: Option<watch::Receiver<Schedule>>,
     /// The bandwidth schedule.
     pub schedule: Schedule,
     /// Where progress comes from, if it is to be reported.
@@ -188,6 +190,7 @@ pub struct Sender {
     disks: Vec<DiskDescriptor>,
     system: Option<SystemInfo>,
     tls_updates: Option<watch::Receiver<Arc<rustls::ClientConfig>>>,
+    schedule_updates: Option<watch::Receiver<Schedule>>,
     limiter: Limiter,
     progress: Option<Arc<ProgressBoard>>,
     last_progress: Option<Instant>,
@@ -221,6 +224,7 @@ impl Sender {
             disks: opts.disks,
             system: opts.system,
             tls_updates: opts.tls_updates,
+            schedule_updates: opts.schedule_updates,
             limiter: Limiter::new(opts.schedule),
             progress: opts.progress,
             last_progress: None,
@@ -394,6 +398,11 @@ impl Sender {
             }
             if self.tls_updates.as_ref().is_some_and(|r| r.has_changed().unwrap_or(false)) {
                 return End::Retry("the agent's certificate or trusted CAs changed".into());
+            }
+            if let Some(rx) = &mut self.schedule_updates
+                && rx.has_changed().unwrap_or(false)
+            {
+                self.limiter = Limiter::new(rx.borrow_and_update().clone());
             }
             self.report_progress().await;
             changed.borrow_and_update();

@@ -1242,6 +1242,8 @@ pub async fn process_server(
                     .map_err(|e| ApiError::internal(e.to_string()))?,
                 None => None,
             };
+            let policy = crate::policy::of_machine(&state, &machine)
+                .map_err(|e| ApiError::internal(e.to_string()))?;
             let bundle = pki.bundle_pem();
             state
                 .set_machine_trust(&machine, &crate::pki::bundle_sha(&bundle))
@@ -1252,9 +1254,9 @@ pub async fn process_server(
                     ca_pem: bundle,
                     active_ca: pki.active().fingerprint().to_owned(),
                     renew: reason,
-                    interval_secs: crate::policy::of_machine(&state, &machine)
-                        .map_err(|e| ApiError::internal(e.to_string()))?
-                        .crash_interval_secs,
+                    interval_secs: policy.crash_interval_secs,
+                    app_interval_secs: policy.app_interval_secs,
+                    bandwidth: policy.bandwidth,
                 },
             )
         }

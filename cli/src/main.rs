@@ -212,6 +212,13 @@ enum PolicyCmd {
         /// Compression level for the machine's data (zstd: -7 to 22).
         #[arg(long, allow_hyphen_values = true)]
         compression_level: Option<i32>,
+        /// Interval between app-consistent points (agents with quiescers), e.g. 1h; 0 = every cut.
+        #[arg(long)]
+        app_interval: Option<String>,
+        /// Network cap of the machines' agents in megabits per second (windows by time of
+        /// day: PUT /api/v1/policies/{name} with `bandwidth.schedule`).
+        #[arg(long)]
+        bandwidth_mbps: Option<f64>,
         /// Tiered retention, youngest first: EVERY:FOR pairs, e.g. `0:4h,1h:24h,1d:7d`
         /// (every point for 4 h, hourly for 24 h, daily for 7 days).
         #[arg(long)]
@@ -971,6 +978,8 @@ fn run(cli: &Cli) -> Result<(serde_json::Value, String), Failure> {
                     silent,
                     crash_interval,
                     compression_level,
+                    app_interval,
+                    bandwidth_mbps,
                     retention,
                 } => {
                     let mut body = serde_json::json!({});
@@ -979,6 +988,7 @@ fn run(cli: &Cli) -> Result<(serde_json::Value, String), Failure> {
                         ("rpo_critical_secs", rpo_critical),
                         ("silent_secs", silent),
                         ("crash_interval_secs", crash_interval),
+                        ("app_interval_secs", app_interval),
                     ] {
                         if let Some(v) = val {
                             body[key] = parse_secs(v)?.into();
@@ -986,6 +996,9 @@ fn run(cli: &Cli) -> Result<(serde_json::Value, String), Failure> {
                     }
                     if let Some(l) = compression_level {
                         body["compression_level"] = (*l).into();
+                    }
+                    if let Some(m) = bandwidth_mbps {
+                        body["bandwidth"] = serde_json::json!({"mbps": m});
                     }
                     if let Some(r) = retention {
                         let mut tiers = Vec::new();

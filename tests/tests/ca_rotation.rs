@@ -135,13 +135,27 @@ fn the_ca_rotates_while_the_agent_keeps_replicating() {
     assert!(trust().0.is_success());
     // The same check carries the machine's policy's interval.
     let o = site.lifeboat(
-        &["policy", "set", "fast", "--crash-interval", "7", "--compression-level", "3"],
+        &[
+            "policy",
+            "set",
+            "fast",
+            "--crash-interval",
+            "7",
+            "--compression-level",
+            "3",
+            "--app-interval",
+            "1h",
+            "--bandwidth-mbps",
+            "800",
+        ],
         None,
     );
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(site.lifeboat(&["policy", "assign", &machine, "fast"], None).status.code(), Some(0));
     let t: serde_json::Value = serde_json::from_slice(&trust().2).unwrap();
     assert_eq!(t["interval_secs"], 7, "{t}");
+    assert_eq!(t["app_interval_secs"], 3600, "{t}");
+    assert_eq!(t["bandwidth"]["mbps"], 800.0, "{t}");
 
     // A forced renewal works from the command line as well.
     let o = std::process::Command::new(site.bin.join("lifeboat-agent"))

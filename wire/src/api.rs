@@ -632,7 +632,7 @@ impl VmSpecSettings {
 
 /// A replication policy (`PUT /api/v1/policies/{name}`); machines use `default` until
 /// given another (`PUT /api/v1/machines/{id}/policy`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
     /// An alert (warning) once a machine's newest point is older than this. Default 900.
@@ -658,6 +658,83 @@ pub struct Policy {
     /// to 22). Absent: the process server's `codec_level`.
     #[serde(default)]
     pub compression_level: Option<i32>,
+    /// Seconds between app-consistent points (0: every cut). Absent: the agent's own
+    /// `quiesce.interval_secs`. Only for agents with quiescers.
+    #[serde(default)]
+    pub app_interval_secs: Option<u64>,
+    /// The network bandwidth schedule the machine's agent sends under (the shape of the
+    /// agent's `[bandwidth]`). Absent: the agent's own.
+    #[serde(default)]
+    pub bandwidth: Option<PolicyBandwidth>,
+}
+
+/// A bandwidth schedule in a policy: megabits per second outside the windows (absent:
+/// unlimited), and windows of local time with their own limit (0 pauses sending).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyBandwidth {
+    /// Megabits per second outside every window.
+    #[serde(default)]
+    pub mbps: Option<f64>,
+    /// Windows; the first that matches wins.
+    #[serde(default)]
+    pub schedule: Vec<PolicyWindow>,
+}
+
+/// A window of a [`PolicyBandwidth`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyWindow {
+    /// Days it starts on (`mon` … `sun`); absent: every day.
+    #[serde(default)]
+    pub days: Option<Vec<String>>,
+    /// Local start, `HH:MM`.
+    pub from: String,
+    /// Local end, `HH:MM` (before `from`: past midnight).
+    pub to: String,
+    /// Megabits per second; 0 pauses sending.
+    pub mbps: f64,
+}
+
+impl PolicyBandwidth {
+    /// Shape checks, naming the field (the agent checks again when it applies it).
+    pub fn check(&self) -> Result<(), String> {
+        let rate =
+            |v: f64, zero_ok: bool| v.is_finite() && v <= 1e6 && (v > 0.0 || (zero_ok && v == 0.0));
+        if self.mbps.is_some_and(|m| !rate(m, false)) {
+            return Err("bandwidth.mbps: expected more than 0 and at most 1000000".into());
+        }
+        if self.schedule.len() > 32 {
+            return Err("bandwidth.schedule: more than 32 windows".into());
+        }
+        let hhmm = |t: &str| {
+            t.split_once(':').is_some_and(|(h, m)| {
+                h.len() == 2
+                    && m.len() == 2
+                    && h.parse::<u8>().is_ok_and(|h| h < 24)
+                    && m.parse::<u8>().is_ok_and(|m| m < 60)
+            })
+        };
+        for (i, w) in self.schedule.iter().enumerate() {
+            for (field, t) in [("from", &w.from), ("to", &w.to)] {
+                if !hhmm(t) {
+                    return Err(format!("bandwidth.schedule[{i}].{field}: {t:?} is not HH:MM"));
+                }
+            }
+            if !rate(w.mbps, true) {
+                return Err(format!("bandwidth.schedule[{i}].mbps: expected 0 to 1000000"));
+            }
+            if let Some(days) = &w.days {
+                const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+                if days.is_empty() || days.iter().any(|d| !DAYS.contains(&d.as_str())) {
+                    return Err(format!(
+                        "bandwidth.schedule[{i}].days: expected days among mon … sun"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 fn default_rpo_warning() -> u64 {
@@ -679,6 +756,8 @@ impl Default for Policy {
             retention: None,
             crash_interval_secs: None,
             compression_level: None,
+            app_interval_secs: None,
+            bandwidth: None,
         }
     }
 }
@@ -718,6 +797,12 @@ impl Policy {
         if self.compression_level.is_some_and(|l| !(-7..=22).contains(&l)) {
             return Err("compression_level: expected -7 to 22 (zstd levels)".into());
         }
+        if self.app_interval_secs.is_some_and(|i| i > 7 * 86_400) {
+            return Err("app_interval_secs: expected 0 to 604800".into());
+        }
+        if let Some(b) = &self.bandwidth {
+            b.check()?;
+        }
         if let Some(tiers) = &self.retention {
             if tiers.is_empty() || tiers.len() > 8 {
                 return Err("retention: expected 1 to 8 tiers".into());
@@ -748,7 +833,7 @@ impl Policy {
 }
 
 /// A named policy (`GET /api/v1/policies`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NamedPolicy {
     /// Its name.
@@ -760,7 +845,7 @@ pub struct NamedPolicy {
 }
 
 /// `GET /api/v1/policies`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyList {
     /// By name; `default` always exists.
@@ -926,7 +1011,7 @@ pub struct PlanRun {
 
 /// `GET /api/v1/trust` (process server, agent certificate): the CAs to trust, and whether
 /// the certificate the agent presented should be renewed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrustAnswer {
     /// Every CA certificate to trust (PEM), the active one first.
@@ -939,6 +1024,12 @@ pub struct TrustAnswer {
     /// agent's `interval_secs`).
     #[serde(default)]
     pub interval_secs: Option<u64>,
+    /// The policy's app-consistent interval, if it sets one.
+    #[serde(default)]
+    pub app_interval_secs: Option<u64>,
+    /// The policy's bandwidth schedule, if it sets one.
+    #[serde(default)]
+    pub bandwidth: Option<PolicyBandwidth>,
 }
 
 /// `POST /api/v1/renew` (process server, agent certificate).
@@ -1299,6 +1390,47 @@ mod tests {
             (Policy { silent_secs: u64::MAX, ..Policy::default() }, "silent_secs"),
             (Policy { crash_interval_secs: Some(0), ..Policy::default() }, "crash_interval_secs"),
             (Policy { compression_level: Some(23), ..Policy::default() }, "compression_level"),
+            (
+                Policy { app_interval_secs: Some(u64::MAX), ..Policy::default() },
+                "app_interval_secs",
+            ),
+            (
+                Policy {
+                    bandwidth: Some(PolicyBandwidth { mbps: Some(f64::NAN), schedule: vec![] }),
+                    ..Policy::default()
+                },
+                "bandwidth.mbps",
+            ),
+            (
+                Policy {
+                    bandwidth: Some(PolicyBandwidth {
+                        mbps: None,
+                        schedule: vec![PolicyWindow {
+                            days: None,
+                            from: "25:00".into(),
+                            to: "06:00".into(),
+                            mbps: 1.0,
+                        }],
+                    }),
+                    ..Policy::default()
+                },
+                "bandwidth.schedule[0].from",
+            ),
+            (
+                Policy {
+                    bandwidth: Some(PolicyBandwidth {
+                        mbps: None,
+                        schedule: vec![PolicyWindow {
+                            days: Some(vec!["moon".into()]),
+                            from: "22:00".into(),
+                            to: "06:00".into(),
+                            mbps: 0.0,
+                        }],
+                    }),
+                    ..Policy::default()
+                },
+                "bandwidth.schedule[0].days",
+            ),
             (Policy { retention: tiers(&[]), ..Policy::default() }, "retention"),
             (Policy { retention: tiers(&[(0, 100); 9]), ..Policy::default() }, "retention"),
             (

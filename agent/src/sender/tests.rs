@@ -117,6 +117,7 @@ impl Appliance {
         SenderOptions {
             system: None,
             tls_updates: None,
+            schedule_updates: None,
             url: format!("https://{}", self.addr),
             tls: lifeboat_net::tls::client_config(
                 Trust::Ca(self.ca_pem.clone()),
