@@ -1003,18 +1003,27 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
             let id: u64 = raw.parse().map_err(|_| {
                 ApiError::bad_request("invalid", format!("id: {raw:?} is not a job number"))
             })?;
+            let body = read_body(req.into_body()).await?;
+            let step = if body.iter().all(u8::is_ascii_whitespace) {
+                None
+            } else {
+                let c: api::ContinueStep = serde_json::from_slice(&body).map_err(|e| {
+                    ApiError::bad_request(
+                        "bad_json",
+                        format!("the request body is not valid JSON for this endpoint: {e}"),
+                    )
+                })?;
+                c.step
+            };
             if ctx.state.jobs(Some(id), 1).map_err(internal)?.is_empty() {
                 return Err(ApiError::not_found("unknown_job", format!("id: no job {id}")));
             }
-            if !ctx.plans.confirm(id) {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "not_waiting",
-                    format!("job {id} is not waiting for a manual step"),
-                ));
-            }
-            tracing::info!(%admin, job = id, "manual plan step confirmed");
-            json(StatusCode::OK, &serde_json::json!({"continued": true}))
+            let step = ctx
+                .plans
+                .confirm(id, step)
+                .map_err(|why| ApiError::new(StatusCode::CONFLICT, "not_waiting", why))?;
+            tracing::info!(%admin, job = id, step, "manual plan step confirmed");
+            json(StatusCode::OK, &serde_json::json!({"continued": true, "step": step}))
         }
         (Method::GET, "/api/v1/jobs") => {
             authenticated(&ctx, &req)?;

@@ -440,8 +440,28 @@ impl MasterTarget {
         let points = self.state.points(machine_id)?;
         // The machine's policy thins by tiers when it has a retention.
         if let Some(tiers) = crate::policy::of_machine(&self.state, machine_id)?.retention {
-            let aged: Vec<(String, u64)> =
-                points.iter().map(|p| (p.id.clone(), p.created_unix_ms)).collect();
+            // Group points (of complete or not group records with this machine) and
+            // app-consistent points survive thinning first.
+            let grouped: std::collections::BTreeSet<u64> = self
+                .state
+                .group_points(None)?
+                .into_iter()
+                .filter(|g| g.members.iter().any(|m| m == machine_id))
+                .map(|g| g.point)
+                .collect();
+            let aged: Vec<(String, u64, u8)> = points
+                .iter()
+                .map(|p| {
+                    let rank = if grouped.contains(&p.point) {
+                        2
+                    } else if p.kind == "app" {
+                        1
+                    } else {
+                        0
+                    };
+                    (p.id.clone(), p.created_unix_ms, rank)
+                })
+                .collect();
             for id in crate::policy::thin(&aged, now_ms(), &tiers) {
                 self.target.as_mut().expect("refreshed").delete_point(&id).await?;
                 self.state.delete_point(&id)?;

@@ -29,23 +29,45 @@ const SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
 pub struct Plans {
     /// Script name → program and arguments.
     pub scripts: BTreeMap<String, Vec<String>>,
-    waiting: Mutex<HashMap<u64, Arc<tokio::sync::Notify>>>,
+    /// Jobs waiting on a manual step: the step's number in the plan and its wake-up.
+    waiting: Mutex<HashMap<u64, (u32, Arc<tokio::sync::Notify>)>>,
+    /// Manual steps reached so far per running job.
+    manual_steps: Mutex<HashMap<u64, u32>>,
 }
 
 impl Plans {
     /// Plans with these scripts.
     pub fn new(scripts: BTreeMap<String, Vec<String>>) -> Plans {
-        Plans { scripts, waiting: Mutex::new(HashMap::new()) }
+        Plans {
+            scripts,
+            waiting: Mutex::new(HashMap::new()),
+            manual_steps: Mutex::new(HashMap::new()),
+        }
     }
 
-    /// Confirms job `job`'s manual step; false if it is not waiting on one.
-    pub fn confirm(&self, job: u64) -> bool {
-        match self.waiting.lock().unwrap_or_else(|p| p.into_inner()).remove(&job) {
-            Some(n) => {
-                n.notify_one();
-                true
+    /// The number the next manual step of job `job` gets (1 first).
+    fn steps_seen(&self, job: u64) -> u32 {
+        let mut m = self.manual_steps.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(job).or_insert(0);
+        *n += 1;
+        *n
+    }
+
+    /// Confirms job `job`'s manual step — `step`, if given, must be the one it waits on
+    /// (so a late or repeated confirmation never confirms a step nobody has seen). `Err`
+    /// with the reason when nothing was confirmed.
+    pub fn confirm(&self, job: u64, step: Option<u32>) -> Result<u32, String> {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        match waiting.get(&job) {
+            None => Err(format!("job {job} is not waiting for a manual step")),
+            Some((s, _)) if step.is_some_and(|want| want != *s) => {
+                Err(format!("job {job} waits on manual step {s}, not {}", step.unwrap_or_default()))
             }
-            None => false,
+            Some(_) => {
+                let (s, n) = waiting.remove(&job).expect("just seen");
+                n.notify_one();
+                Ok(s)
+            }
         }
     }
 
@@ -108,6 +130,7 @@ impl Plans {
         let mut log: Vec<String> = Vec::new();
         let r = self.steps(&f, job, &name, &plan, &mode, &choice, &mut log).await;
         self.waiting.lock().unwrap_or_else(|p| p.into_inner()).remove(&job);
+        self.manual_steps.lock().unwrap_or_else(|p| p.into_inner()).remove(&job);
         let result = serde_json::json!({"plan": name, "mode": mode, "log": log});
         match r {
             Ok(()) => {
@@ -233,7 +256,12 @@ impl Plans {
         let at = format!("group {group} {stage}");
         if let Some(msg) = &a.manual {
             let notify = Arc::new(tokio::sync::Notify::new());
-            self.waiting.lock().unwrap_or_else(|p| p.into_inner()).insert(job, notify.clone());
+            let step = {
+                let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+                let step = self.steps_seen(job);
+                w.insert(job, (step, notify.clone()));
+                step
+            };
             let progress = f
                 .state
                 .jobs(Some(job), 1)
@@ -244,7 +272,9 @@ impl Plans {
             let _ = f.state.job_progress(
                 job,
                 progress,
-                &format!("waiting for confirmation: {msg} (lifeboat plan continue {job})"),
+                &format!(
+                    "waiting for confirmation of step {step}: {msg} (lifeboat plan continue {job} --step {step})"
+                ),
             );
             tracing::info!(job, %plan, group, "recovery plan waits for a manual step: {msg}");
             notify.notified().await;

@@ -35,16 +35,17 @@ pub fn of_machine(state: &State, machine: &str) -> Result<Policy, StateError> {
     }
 }
 
-/// Which of `points` (id, created ms), oldest first, a retention of `tiers` deletes at
-/// `now`: in each tier, the oldest point of each `every_secs` slot stays; past the last
-/// tier nothing stays; the newest point always stays.
-pub fn thin(points: &[(String, u64)], now: u64, tiers: &[RetentionTier]) -> Vec<String> {
+/// Which of `points` (id, created ms, rank), oldest first, a retention of `tiers` deletes
+/// at `now`. In each tier one point stays per `every_secs` slot: the one of highest rank
+/// (2: part of a consistency-group point, 1: app-consistent, 0: crash-consistent), the
+/// oldest among equals; past the last tier nothing stays; the newest point always stays.
+pub fn thin(points: &[(String, u64, u8)], now: u64, tiers: &[RetentionTier]) -> Vec<String> {
+    use std::collections::BTreeMap;
     let mut delete = Vec::new();
-    let mut kept_slot: Option<(usize, u64)> = None;
-    for (i, (id, created)) in points.iter().enumerate() {
-        if i + 1 == points.len() {
-            break; // the newest point stays
-        }
+    // (tier, slot) → the survivor so far (rank, created, id).
+    let mut slots: BTreeMap<(usize, u64), (u8, u64, String)> = BTreeMap::new();
+    let n = points.len();
+    for (id, created, rank) in points.iter().take(n.saturating_sub(1)) {
         let age = now.saturating_sub(*created) / 1000;
         let Some((tier, t)) = tiers.iter().enumerate().find(|(_, t)| age < t.for_secs) else {
             delete.push(id.clone());
@@ -53,11 +54,17 @@ pub fn thin(points: &[(String, u64)], now: u64, tiers: &[RetentionTier]) -> Vec<
         if t.every_secs == 0 {
             continue;
         }
-        let slot = created / (t.every_secs * 1000);
-        if kept_slot == Some((tier, slot)) {
-            delete.push(id.clone());
-        } else {
-            kept_slot = Some((tier, slot));
+        let key = (tier, created / (t.every_secs * 1000));
+        match slots.get(&key) {
+            None => {
+                slots.insert(key, (*rank, *created, id.clone()));
+            }
+            // Oldest first: a later point replaces the survivor only with a higher rank.
+            Some((r, _, kept)) if *rank > *r => {
+                delete.push(kept.clone());
+                slots.insert(key, (*rank, *created, id.clone()));
+            }
+            Some(_) => delete.push(id.clone()),
         }
     }
     delete
@@ -249,8 +256,8 @@ pub fn alerts(state: &State) -> Result<Vec<Alert>, StateError> {
 mod tests {
     use super::*;
 
-    fn pts(ages_s: &[u64], now: u64) -> Vec<(String, u64)> {
-        ages_s.iter().map(|a| (format!("p{a}"), now - a * 1000)).collect()
+    fn pts(ages_s: &[u64], now: u64) -> Vec<(String, u64, u8)> {
+        ages_s.iter().map(|a| (format!("p{a}"), now - a * 1000, 0)).collect()
     }
 
     #[test]
@@ -268,6 +275,15 @@ mod tests {
         // The newest point stays even past every tier.
         assert!(thin(&pts(&[50_000], now), now, &tiers).is_empty());
         assert!(thin(&[], now, &tiers).is_empty());
+        // In a slot, a group point outranks an app point, which outranks a crash point,
+        // whatever their order.
+        let mut ranked = pts(&[5_900, 5_700, 5_500, 5_300, 10], now);
+        ranked[1].2 = 1; // app
+        ranked[2].2 = 2; // group
+        ranked[3].2 = 1;
+        let mut gone = thin(&ranked, now, &tiers);
+        gone.sort();
+        assert_eq!(gone, vec!["p5300".to_string(), "p5700".into(), "p5900".into()]);
     }
 
     #[test]

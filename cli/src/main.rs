@@ -291,6 +291,10 @@ enum PlanCmd {
     Continue {
         /// The plan's job number.
         job: u64,
+        /// The step's number (the job's message shows it): refused if the job waits on
+        /// another one.
+        #[arg(long)]
+        step: Option<u32>,
     },
 }
 
@@ -938,12 +942,12 @@ fn run(cli: &Cli) -> Result<(serde_json::Value, String), Failure> {
                     )?;
                     if *no_wait { j } else { wait_job(&c, &s.token, j, cli.json)? }
                 }
-                PlanCmd::Continue { job } => call(
+                PlanCmd::Continue { job, step } => call(
                     &c,
                     Method::POST,
                     &format!("/api/v1/jobs/{job}/continue"),
                     Some(&s.token),
-                    None,
+                    step.map(|n| serde_json::json!({"step": n})),
                 )?,
             };
             let t = match (v["plans"].as_array(), v["result"]["log"].as_array()) {

@@ -104,7 +104,17 @@ fn a_plan_runs_its_groups_and_actions_in_order() {
     let v = site.lifeboat_json(&["test-failovers"]);
     assert_eq!(v["test_failovers"].as_array().unwrap().len(), 1, "group 1 waits: {v}");
 
-    assert_eq!(site.lifeboat(&["plan", "continue", &job], None).status.code(), Some(0));
+    let o = site.lifeboat(&["plan", "continue", &job, "--step", "2"], None);
+    assert_eq!(
+        o.status.code(),
+        Some(5),
+        "the job waits on step 1: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        site.lifeboat(&["plan", "continue", &job, "--step", "1"], None).status.code(),
+        Some(0)
+    );
     let j = wait_for(Duration::from_secs(60), "the plan", || {
         let j = site.lifeboat_json(&["jobs", &job]);
         assert_ne!(j["state"], "failed", "{j}");

@@ -644,10 +644,11 @@ pub struct Policy {
     /// An alert once the machine's agent has not been heard from for this long. Default 900.
     #[serde(default = "default_silent")]
     pub silent_secs: u64,
-    /// Tiered thinning of recovery points, youngest tier first: a point younger than a
-    /// tier's `for_secs` (and older than the tier before) is kept if it is the oldest in
-    /// its `every_secs` slot (0: every point). Older than the last tier: deleted. The newest
-    /// point is always kept. Absent: the appliance's `keep_points`/`keep_hours`.
+    /// Tiered thinning of recovery points, youngest tier first: of the points younger than
+    /// a tier's `for_secs` (and older than the tier before), one per `every_secs` slot is
+    /// kept (0: every point) — a consistency-group point first, then an app-consistent one,
+    /// then the oldest. Older than the last tier: deleted. The newest point is always kept.
+    /// Absent: the appliance's `keep_points`/`keep_hours`.
     #[serde(default)]
     pub retention: Option<Vec<RetentionTier>>,
     /// Seconds between crash-consistent points (the agent's cycle interval), 1 to 86400.
@@ -996,6 +997,16 @@ pub struct NamedPlan {
 pub struct PlanList {
     /// By name.
     pub plans: Vec<NamedPlan>,
+}
+
+/// `POST /api/v1/jobs/{id}/continue` (the body may also be empty).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContinueStep {
+    /// The manual step being confirmed, as the job's message numbers it; if given, it must
+    /// be the one the job waits on.
+    #[serde(default)]
+    pub step: Option<u32>,
 }
 
 /// `POST /api/v1/plans/{name}/run`.
