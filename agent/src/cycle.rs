@@ -771,8 +771,11 @@ impl Cycler {
                 refused = Some(format!("consistency group: {e}"));
             }
         }
-        let fired = frozen.fired();
-        let held = if frozen.is_empty() { started.elapsed() } else { frozen.thaw() };
+        let (held, fired) = if frozen.is_empty() {
+            (started.elapsed(), frozen.fired())
+        } else {
+            frozen.thaw_checked()
+        };
         if fired && refused.is_none() {
             refused = Some("the freeze watchdog thawed the filesystems during the capture".into());
         }

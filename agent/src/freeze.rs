@@ -75,19 +75,39 @@ pub struct Frozen {
 
 type Held = Arc<Mutex<Vec<(PathBuf, OwnedFd)>>>;
 
-/// Where the agent notes the mount points it froze, so that an agent killed while they were
-/// frozen thaws them when it starts again ([`recover`]). On tmpfs: never itself frozen.
-pub const RECORD: &str = "/run/lifeboat-agent/frozen";
+/// Where agents note the mount points they froze, one file per agent process
+/// (`frozen.<pid>`), so that an agent killed while they were frozen has them thawed by the
+/// next agent that starts ([`recover`]). On tmpfs: never itself frozen.
+pub const RECORD_DIR: &str = "/run/lifeboat-agent";
 
-fn thaw_list(held: &Held) -> usize {
+/// This process's record.
+fn record_path() -> PathBuf {
+    Path::new(RECORD_DIR).join(format!("frozen.{}", std::process::id()))
+}
+
+/// Whether process `pid` is a running lifeboat-agent (its record is then its own business).
+fn agent_alive(pid: u32) -> bool {
+    pid != std::process::id()
+        && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|c| c.trim_end() == "lifeboat-agent")
+}
+
+/// Thaws what `held` still holds; `fired`, if given, is set first, under the same lock, so
+/// whoever thaws after this sees it (the watchdog's thaw is never missed).
+fn thaw_list(held: &Held, fired: Option<&AtomicBool>) -> usize {
     let mut g = held.lock().unwrap_or_else(|e| e.into_inner());
     let n = g.len();
+    if n > 0
+        && let Some(f) = fired
+    {
+        f.store(true, Ordering::SeqCst);
+    }
     for (path, fd) in g.drain(..).rev() {
         if let Err(e) = ioctl(&fd, false) {
             tracing::error!(mount = %path.display(), "cannot thaw the filesystem: {e}; thaw it by hand with `fsfreeze -u {}`", path.display());
         }
     }
-    let _ = std::fs::remove_file(RECORD);
+    let _ = std::fs::remove_file(record_path());
     n
 }
 
@@ -103,29 +123,49 @@ fn ioctl(fd: &OwnedFd, op: bool) -> rustix::io::Result<()> {
     }
 }
 
-/// Thaws the filesystems a previous agent froze and could not thaw (it was killed), from
-/// [`RECORD`]. Call it at start, before anything is frozen.
+/// Thaws the filesystems agents froze and could not thaw (they were killed), from their
+/// records in [`RECORD_DIR`] — never those of an agent still running (several agents may
+/// share a host, each in the middle of its own cut). Call it at start, before anything is
+/// frozen.
 pub fn recover() {
-    let Ok(text) = std::fs::read_to_string(RECORD) else { return };
-    for line in text.lines().filter(|l| !l.is_empty()) {
-        let Ok(fd) = rustix::fs::open(
-            line,
-            rustix::fs::OFlags::RDONLY
-                | rustix::fs::OFlags::DIRECTORY
-                | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        ) else {
-            continue;
+    let Ok(dir) = std::fs::read_dir(RECORD_DIR) else { return };
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        // `frozen` alone is the record of an agent from before records were per process.
+        let pid = match name.strip_prefix("frozen.") {
+            Some(p) => match p.parse::<u32>() {
+                Ok(p) => Some(p),
+                Err(_) => continue,
+            },
+            None if name == "frozen" => None,
+            None => continue,
         };
-        match ioctl(&fd, false) {
-            Ok(()) => {
-                tracing::warn!(mount = line, "thawed a filesystem a previous agent left frozen")
-            }
-            Err(rustix::io::Errno::INVAL) => {} // not frozen
-            Err(e) => tracing::error!(mount = line, "cannot thaw: {e}; run `fsfreeze -u {line}`"),
+        if pid.is_some_and(agent_alive) {
+            continue;
         }
+        let Ok(text) = std::fs::read_to_string(e.path()) else { continue };
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            let Ok(fd) = rustix::fs::open(
+                line,
+                rustix::fs::OFlags::RDONLY
+                    | rustix::fs::OFlags::DIRECTORY
+                    | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            ) else {
+                continue;
+            };
+            match ioctl(&fd, false) {
+                Ok(()) => {
+                    tracing::warn!(mount = line, "thawed a filesystem a previous agent left frozen")
+                }
+                Err(rustix::io::Errno::INVAL) => {} // not frozen
+                Err(e) => {
+                    tracing::error!(mount = line, "cannot thaw: {e}; run `fsfreeze -u {line}`")
+                }
+            }
+        }
+        let _ = std::fs::remove_file(e.path());
     }
-    let _ = std::fs::remove_file(RECORD);
 }
 
 /// Freezes `mounts` in order; one that cannot be frozen (a filesystem without freeze
@@ -145,11 +185,10 @@ pub fn freeze(mounts: &[Mount], deadline: Duration) -> Result<Frozen, String> {
         // Noted before anything is frozen (the record is on tmpfs).
         let list: String =
             fds.iter().map(|(m, _)| format!("{}\n", m.mount_point.display())).collect();
-        if let Some(dir) = Path::new(RECORD).parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        std::fs::write(RECORD, list)
-            .map_err(|e| format!("cannot write {RECORD} before freezing: {e}"))?;
+        let _ = std::fs::create_dir_all(RECORD_DIR);
+        let record = record_path();
+        std::fs::write(&record, list)
+            .map_err(|e| format!("cannot write {} before freezing: {e}", record.display()))?;
     }
     // Flushed first, while writes still flow: FIFREEZE then has little dirty data left to
     // write while it holds new writes back, so the freeze is shorter.
@@ -187,9 +226,9 @@ pub fn freeze(mounts: &[Mount], deadline: Duration) -> Result<Frozen, String> {
         .map(|(p, _)| format!("{}\n", p.display()))
         .collect();
     if ours.is_empty() {
-        let _ = std::fs::remove_file(RECORD);
+        let _ = std::fs::remove_file(record_path());
     } else {
-        let _ = std::fs::write(RECORD, ours);
+        let _ = std::fs::write(record_path(), ours);
     }
     if frozen.n > 0 {
         let watched = held.clone();
@@ -197,8 +236,7 @@ pub fn freeze(mounts: &[Mount], deadline: Duration) -> Result<Frozen, String> {
             .name("lifeboat-thaw".into())
             .spawn(move || {
                 std::thread::sleep(deadline);
-                if thaw_list(&watched) > 0 {
-                    fired.store(true, Ordering::SeqCst);
+                if thaw_list(&watched, Some(&fired)) > 0 {
                     tracing::error!(?deadline, "filesystems were still frozen at the deadline: thawed them; that cut is abandoned");
                 }
             })
@@ -212,8 +250,16 @@ impl Frozen {
     /// (which flushes dirty data while new writes already wait) to the thaw.
     pub fn thaw(self) -> Duration {
         let d = self.since.elapsed();
-        thaw_list(&self.held);
+        thaw_list(&self.held, None);
         d
+    }
+
+    /// Thaws everything; returns how long writes were held, and whether the watchdog had
+    /// thawed them already (read after the thaw, so a watchdog thaw is never missed).
+    pub fn thaw_checked(self) -> (Duration, bool) {
+        let fired = self.fired.clone();
+        let d = self.thaw();
+        (d, fired.load(Ordering::SeqCst))
     }
 
     /// Whether the watchdog thawed the filesystems (the capture may not be consistent).
@@ -234,6 +280,26 @@ impl Frozen {
 
 impl Drop for Frozen {
     fn drop(&mut self) {
-        thaw_list(&self.held);
+        thaw_list(&self.held, None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_other_running_agents_records_are_left_alone() {
+        // This test process is not a lifeboat-agent, and an agent's own record is never
+        // "someone else's".
+        assert!(!agent_alive(std::process::id()));
+        assert!(
+            !agent_alive(1)
+                || std::fs::read_to_string("/proc/1/comm").unwrap().trim() == "lifeboat-agent"
+        );
+        assert!(!agent_alive(u32::MAX));
+        assert!(
+            record_path().to_string_lossy().ends_with(&format!("frozen.{}", std::process::id()))
+        );
     }
 }
