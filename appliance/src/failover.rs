@@ -352,6 +352,16 @@ impl Failover {
         Ok(locations)
     }
 
+    /// What the master target's target plugin says it can do.
+    pub async fn target_capabilities(
+        &self,
+    ) -> anyhow::Result<lifeboat_plugin_host::target::TargetCapabilities> {
+        let t = self.instance().await?;
+        t.capabilities().cloned().ok_or_else(|| {
+            anyhow::anyhow!("the target plugin {} gave no capabilities", self.target)
+        })
+    }
+
     /// Runs job `job`: a test failover of `machine` at the point `choice` names.
     pub async fn test_failover(&self, job: u64, machine: String, choice: PointChoice) {
         let tf = format!("tf{job}");

@@ -724,6 +724,33 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
             check_policy_name(&name)?;
             let policy: api::Policy = read_json(req.into_body()).await?;
             policy.check().map_err(|e| ApiError::bad_request("invalid", e))?;
+            // What the target cannot do (checked where this appliance runs the master
+            // target, which knows its target).
+            let needs_caps = policy.encryption == Some(false)
+                || policy.crash_interval_secs.is_some_and(|i| i < 60);
+            if let (true, Some(f)) = (needs_caps, &ctx.failover) {
+                let caps = f
+                    .target_capabilities()
+                    .await
+                    .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+                if policy.encryption == Some(false) && caps.requires_encryption {
+                    return Err(ApiError::bad_request(
+                        "invalid",
+                        format!("encryption: the target ({}) requires the data sealed", f.target),
+                    ));
+                }
+                if let Some(i) = policy.crash_interval_secs.filter(|i| *i < 60)
+                    && !caps.instant_points
+                {
+                    return Err(ApiError::bad_request(
+                        "invalid",
+                        format!(
+                            "crash_interval_secs: the target ({}) copies each point (no instant points here); a point every {i} s would not keep up, set 60 or more",
+                            f.target
+                        ),
+                    ));
+                }
+            }
             let text =
                 serde_json::to_string(&policy).map_err(|e| ApiError::internal(e.to_string()))?;
             ctx.state.set_policy(&name, &text).map_err(internal)?;

@@ -5,14 +5,17 @@
 //! offset size  field
 //!  0      8    magic: sha256("Lifeboat log object v1")[..8] — do not modify
 //!  8      2    version = 1 (LE)
-//! 10      1    flags: bit 0 = the sealed payload is codec output (else the raw batch)
+//! 10      1    flags: bit 0 = the payload is codec output (else the raw batch);
+//!                     bit 1 = the payload is not sealed (the machine's policy turned
+//!                     encryption off; else a cipher envelope)
 //! 11      1    reserved, 0
 //! 12      4    length of the encoded batch (LE), at most MAX_BATCH_BYTES
 //! 16     16    machine id
 //! 32      4    disk index (LE)
 //! 36      8    sequence (LE)
 //! 44      4    crc32c of bytes 0..44 (LE)
-//! 48      …    cipher envelope of the payload; its associated data is bytes 0..48
+//! 48      …    cipher envelope of the payload (its associated data is bytes 0..48), or
+//!              the payload itself when bit 1 is set
 //! ```
 //!
 //! The header travels in the clear so a master target can route and order objects
@@ -27,12 +30,15 @@ pub const MAGIC_LOG_V1: [u8; 8] = [0x15, 0x75, 0xcf, 0xba, 0x3b, 0xdf, 0xbb, 0x7
 /// Header length.
 pub const HEADER_LEN: usize = 48;
 const FLAG_COMPRESSED: u8 = 1;
+const FLAG_UNSEALED: u8 = 2;
 
 /// The clear header of a log object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogHeader {
     /// Payload is codec output (else the raw batch).
     pub compressed: bool,
+    /// Payload is a cipher envelope (else in the clear: encryption off by policy).
+    pub sealed: bool,
     /// Length of the encoded batch.
     pub batch_len: u32,
     /// Machine.
@@ -80,7 +86,8 @@ impl LogHeader {
         let mut h = [0u8; HEADER_LEN];
         h[..8].copy_from_slice(&MAGIC_LOG_V1);
         h[8..10].copy_from_slice(&1u16.to_le_bytes());
-        h[10] = if self.compressed { FLAG_COMPRESSED } else { 0 };
+        h[10] = if self.compressed { FLAG_COMPRESSED } else { 0 }
+            | if self.sealed { 0 } else { FLAG_UNSEALED };
         h[12..16].copy_from_slice(&self.batch_len.to_le_bytes());
         h[16..32].copy_from_slice(&self.machine.0);
         h[32..36].copy_from_slice(&self.disk.to_le_bytes());
@@ -107,7 +114,7 @@ impl LogHeader {
         if crc32c::crc32c(&h[..44]) != crc {
             return Err(LogError::Checksum);
         }
-        if h[10] & !FLAG_COMPRESSED != 0 || h[11] != 0 {
+        if h[10] & !(FLAG_COMPRESSED | FLAG_UNSEALED) != 0 || h[11] != 0 {
             return Err(LogError::Flags(h[10] | h[11]));
         }
         let batch_len = u32::from_le_bytes(h[12..16].try_into().expect("4 bytes"));
@@ -119,6 +126,7 @@ impl LogHeader {
         Ok((
             LogHeader {
                 compressed: h[10] & FLAG_COMPRESSED != 0,
+                sealed: h[10] & FLAG_UNSEALED == 0,
                 batch_len,
                 machine: MachineId(machine),
                 disk: u32::from_le_bytes(h[32..36].try_into().expect("4 bytes")),
@@ -187,6 +195,7 @@ mod tests {
 
     fn header() -> LogHeader {
         LogHeader {
+            sealed: true,
             compressed: true,
             batch_len: 4096,
             machine: MachineId([7; 16]),
@@ -210,6 +219,14 @@ mod tests {
         for cut in 0..HEADER_LEN {
             assert_eq!(LogHeader::decode(&obj[..cut]), Err(LogError::Truncated(cut)));
         }
+    }
+
+    #[test]
+    fn unsealed_objects_say_so() {
+        let h = LogHeader { sealed: false, ..header() };
+        let obj = h.encode();
+        assert_eq!(obj[10], 1 | 2);
+        assert_eq!(LogHeader::decode(&obj).unwrap().0, h);
     }
 
     #[test]

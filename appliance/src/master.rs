@@ -341,8 +341,19 @@ impl MasterTarget {
                 let (header, envelope) = LogHeader::decode(&obj)?;
                 header.expect(machine, disk, seq)?;
                 let sealed_header = &obj[..crate::logobj::HEADER_LEN];
-                let body =
-                    self.cipher.as_mut().expect("refreshed").open(sealed_header, envelope).await?;
+                let body = if header.sealed {
+                    self.cipher.as_mut().expect("refreshed").open(sealed_header, envelope).await?
+                } else {
+                    // Only a machine whose policy turned encryption off may have data in the
+                    // clear: anyone able to write to the target could forge the flag.
+                    let policy = crate::policy::of_machine(&self.state, &machine.to_string())?;
+                    if policy.encryption.unwrap_or(true) {
+                        anyhow::bail!(
+                            "log {name} is not sealed, but the policy of machine {machine} requires encryption: refused"
+                        );
+                    }
+                    envelope.to_vec()
+                };
                 let encoded = if header.compressed {
                     self.codec
                         .as_mut()

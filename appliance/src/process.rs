@@ -428,7 +428,7 @@ impl ProcessServer {
         q: Arc<DiskQueue>,
         tx: tokio::sync::mpsc::Sender<Sealed>,
     ) {
-        let mut stage = Stage { machine: machine.to_string(), ..Default::default() };
+        let mut stage = Stage { machine: machine.to_string(), encrypt: true, ..Default::default() };
         let mut backoff = Duration::from_millis(100);
         // The first sequence not handed to the putter yet.
         let mut next = 0u64;
@@ -521,9 +521,9 @@ impl ProcessServer {
         let t0 = std::time::Instant::now();
         // The machine's policy may set its level (looked up at most every 10 s).
         if stage.level_at.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-            stage.level = crate::policy::of_machine(&self.inner.state, &stage.machine)?
-                .compression_level
-                .unwrap_or(self.inner.cfg.codec_level);
+            let policy = crate::policy::of_machine(&self.inner.state, &stage.machine)?;
+            stage.level = policy.compression_level.unwrap_or(self.inner.cfg.codec_level);
+            stage.encrypt = policy.encryption.unwrap_or(true);
             stage.level_at = Some(std::time::Instant::now());
         }
         let codec = stage.codec.as_mut().expect("refreshed");
@@ -531,16 +531,18 @@ impl ProcessServer {
         let t1 = std::time::Instant::now();
         let header = LogHeader {
             compressed: !encoded.raw,
+            sealed: stage.encrypt,
             batch_len: payload.len() as u32,
             machine,
             disk,
             sequence,
         }
         .encode();
-        let envelope = if encoded.raw {
-            stage.cipher.as_mut().expect("refreshed").seal(&header, &payload).await?
+        let body: &[u8] = if encoded.raw { &payload } else { &encoded.data };
+        let envelope = if stage.encrypt {
+            stage.cipher.as_mut().expect("refreshed").seal(&header, body).await?
         } else {
-            stage.cipher.as_mut().expect("refreshed").seal(&header, &encoded.data).await?
+            body.to_vec()
         };
         let mut obj = Vec::with_capacity(header.len() + envelope.len());
         obj.extend_from_slice(&header);
@@ -603,9 +605,11 @@ struct Stage {
     codec: Option<CodecInstance>,
     cipher: Option<CipherInstance>,
     target: Option<TargetInstance>,
-    /// The machine this stage encodes for, its codec level, and when that was looked up.
+    /// The machine this stage encodes for, its codec level, whether its data is sealed,
+    /// and when that was looked up.
     machine: String,
     level: i32,
+    encrypt: bool,
     level_at: Option<std::time::Instant>,
 }
 

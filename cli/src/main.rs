@@ -219,6 +219,9 @@ enum PolicyCmd {
         /// day: PUT /api/v1/policies/{name} with `bandwidth.schedule`).
         #[arg(long)]
         bandwidth_mbps: Option<f64>,
+        /// `on` (the default) or `off`: whether the machines' data is sealed by the cipher.
+        #[arg(long)]
+        encryption: Option<String>,
         /// Tiered retention, youngest first: EVERY:FOR pairs, e.g. `0:4h,1h:24h,1d:7d`
         /// (every point for 4 h, hourly for 24 h, daily for 7 days).
         #[arg(long)]
@@ -984,6 +987,7 @@ fn run(cli: &Cli) -> Result<(serde_json::Value, String), Failure> {
                     compression_level,
                     app_interval,
                     bandwidth_mbps,
+                    encryption,
                     retention,
                 } => {
                     let mut body = serde_json::json!({});
@@ -1003,6 +1007,17 @@ fn run(cli: &Cli) -> Result<(serde_json::Value, String), Failure> {
                     }
                     if let Some(m) = bandwidth_mbps {
                         body["bandwidth"] = serde_json::json!({"mbps": m});
+                    }
+                    match encryption.as_deref() {
+                        None => {}
+                        Some("on") => body["encryption"] = true.into(),
+                        Some("off") => body["encryption"] = false.into(),
+                        Some(other) => {
+                            return Err(fail(
+                                2,
+                                format!("--encryption: {other:?} is not on or off"),
+                            ));
+                        }
                     }
                     if let Some(r) = retention {
                         let mut tiers = Vec::new();

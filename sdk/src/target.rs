@@ -25,7 +25,8 @@ pub use gen_::{
 
 error_conversions!(bindings::lifeboat::plugins::types::PluginError);
 
-/// Byte-addressable (alignment 1), 16 MiB per write, no instant points or materialise.
+/// Byte-addressable (alignment 1), 16 MiB per write, no instant points or materialise,
+/// encryption not required.
 impl Default for TargetCapabilities {
     fn default() -> Self {
         TargetCapabilities {
@@ -33,6 +34,7 @@ impl Default for TargetCapabilities {
             max_write_bytes: 16 << 20,
             instant_points: false,
             instant_materialize: false,
+            requires_encryption: false,
         }
     }
 }

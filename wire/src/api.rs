@@ -667,6 +667,10 @@ pub struct Policy {
     /// agent's `[bandwidth]`). Absent: the agent's own.
     #[serde(default)]
     pub bandwidth: Option<PolicyBandwidth>,
+    /// Whether the machine's data is sealed by the cipher on its way to and at the target.
+    /// Absent: yes. `false` is refused for a target that requires it.
+    #[serde(default)]
+    pub encryption: Option<bool>,
 }
 
 /// A bandwidth schedule in a policy: megabits per second outside the windows (absent:
@@ -759,6 +763,7 @@ impl Default for Policy {
             compression_level: None,
             app_interval_secs: None,
             bandwidth: None,
+            encryption: None,
         }
     }
 }

@@ -461,6 +461,8 @@ impl Target for Azure {
             max_write_bytes: MAX_PUT_PAGE as u32,
             instant_points: true,
             instant_materialize: true,
+            // Data in a cloud account leaves the site: always sealed.
+            requires_encryption: true,
         };
         Ok((me, caps))
     }

@@ -109,12 +109,20 @@ impl Target for Local {
                 ))
             })?;
         }
+        // Points and materialised disks are instant where the directory's filesystem
+        // shares extents (XFS with reflink, btrfs): found out with a probe clone.
+        let (a, b) = (format!("{root}/.probe-a"), format!("{root}/.probe-b"));
+        let instant = write_atomic(&a, &[0x5a; 4096]).is_ok()
+            && host_fs::clone_file(&a, &b).is_ok_and(|m| m == CloneMethod::Reflink);
+        let _ = fs::remove_file(&a);
+        let _ = fs::remove_file(&b);
         let me = Local { host_root: setting(&settings, "host_root").map(str::to_owned), root };
         let caps = TargetCapabilities {
             alignment: 1,
             max_write_bytes: 64 << 20,
-            instant_points: false,
-            instant_materialize: false,
+            instant_points: instant,
+            instant_materialize: instant,
+            requires_encryption: false,
         };
         Ok((me, caps))
     }
