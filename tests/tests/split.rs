@@ -55,4 +55,21 @@ fn a_target_site_appliance_applies_what_the_source_site_shipped_to_azure() {
     }
     // The source site applied nothing itself: it has no master target.
     assert!(site.points(&source).is_empty());
+
+    // A policy turning encryption off at the source (which cannot check it against the
+    // target it does not run) makes the logs travel unsealed; the target-site master
+    // target, which holds no such policy, refuses to open them: nothing unsealed is applied.
+    site.lifeboat_setup(&source);
+    let o = site.lifeboat(&["policy", "set", "default", "--encryption", "off"], None);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    std::thread::sleep(Duration::from_secs(11)); // the process server's policy look-up
+    random_writes(&disk, 50, 100);
+    site.agent_once(&agent_cfg);
+    wait_for(Duration::from_secs(60), "the target site to refuse the unsealed log", || {
+        std::fs::read_to_string(site.root().join("target.log"))
+            .unwrap_or_default()
+            .contains("is not sealed")
+            .then_some(())
+    });
+    assert_eq!(site.points(&target).len(), 2, "nothing unsealed was applied");
 }
