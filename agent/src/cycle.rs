@@ -229,6 +229,8 @@ pub struct Cycler {
     progress: Arc<ProgressBoard>,
     cuts: Option<CutPolicy>,
     quiescers: Option<crate::quiesce::Quiescers>,
+    /// Disks whose next cycle is a full resync (reported as such until one completes).
+    resyncing: std::collections::BTreeSet<u32>,
 }
 
 impl std::fmt::Debug for Cycler {
@@ -383,7 +385,17 @@ impl Cycler {
         stop: Arc<AtomicBool>,
         progress: Arc<ProgressBoard>,
     ) -> Self {
-        Self { machine, disks, journal, limits, stop, progress, cuts: None, quiescers: None }
+        Self {
+            machine,
+            disks,
+            journal,
+            limits,
+            stop,
+            progress,
+            cuts: None,
+            quiescers: None,
+            resyncing: Default::default(),
+        }
     }
 
     /// Runs `quiescers` around the cuts that are due to be app-consistent (only cuts under a
@@ -461,6 +473,7 @@ impl Cycler {
                     source,
                 })?;
                 self.journal.clear_resync(slot.index, token)?;
+                self.resyncing.insert(slot.index);
             }
         }
         if !self.journal.wait_until_settled(&self.stop) {
@@ -525,6 +538,8 @@ impl Cycler {
                 source,
             })?;
         }
+        // The whole disks were compared and committed: a resync is over.
+        self.resyncing.clear();
         Ok(CycleOutcome::Done {
             point,
             disks: reports,
@@ -544,6 +559,7 @@ impl Cycler {
         }
         let phase = match &slot.baseline_path {
             Some(p) if !p.exists() => Phase::InitialCopy,
+            _ if self.resyncing.contains(&slot.index) => Phase::Resync,
             _ => Phase::Delta,
         };
         self.progress.start(slot.index, phase, disk.size());

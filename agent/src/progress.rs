@@ -16,6 +16,8 @@ pub enum Phase {
     InitialCopy,
     /// A delta cycle.
     Delta,
+    /// A cycle comparing the whole disk again (the appliance lost what the journal held).
+    Resync,
 }
 
 impl Phase {
@@ -24,6 +26,7 @@ impl Phase {
         match self {
             Phase::InitialCopy => "initial-copy",
             Phase::Delta => "delta",
+            Phase::Resync => "resync",
         }
     }
 }

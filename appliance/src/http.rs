@@ -353,12 +353,17 @@ fn point_choice(
 
 /// A machine's state for the machines list.
 fn machine_state(state: &State, id: &str, has_point: bool) -> Result<String, ApiError> {
-    let failover = state.failover_state(id).map_err(|e| ApiError::internal(e.to_string()))?;
+    let internal = |e: crate::state::StateError| ApiError::internal(e.to_string());
+    let failover = state.failover_state(id).map_err(internal)?;
     Ok(match failover {
         Some(s) if s == "committing" => "failed-over".into(),
         Some(s) => s,
-        None if has_point => "protected".into(),
-        None => "initial-copy".into(),
+        None if !has_point => "initial-copy".into(),
+        // A disk whose agent compares it whole again (it lost what its journal held).
+        None if state.progress(id).map_err(internal)?.iter().any(|p| p.1 == "resync") => {
+            "resyncing".into()
+        }
+        None => "protected".into(),
     })
 }
 
@@ -1079,8 +1084,24 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
                     format!("id: no machine {id:?}"),
                 ));
             }
-            let points =
-                ctx.state.points(id).map_err(internal)?.into_iter().map(point_summary).collect();
+            // Each point names the consistency groups whose recorded point it is part of.
+            let groups = ctx.state.group_points(None).map_err(internal)?;
+            let points = ctx
+                .state
+                .points(id)
+                .map_err(internal)?
+                .into_iter()
+                .map(|p| {
+                    let number = p.point;
+                    let mut s = point_summary(p);
+                    s.groups = groups
+                        .iter()
+                        .filter(|g| g.point == number && g.members.iter().any(|m| m == id))
+                        .map(|g| g.group.clone())
+                        .collect();
+                    s
+                })
+                .collect();
             json(StatusCode::OK, &api::PointList { points })
         }
         _ => not_found(&path),
@@ -1094,6 +1115,7 @@ fn point_summary(p: crate::state::PointRow) -> api::PointSummary {
         kind: p.kind,
         created_unix_ms: p.created_unix_ms,
         disks: p.disks,
+        groups: Vec::new(),
     }
 }
 

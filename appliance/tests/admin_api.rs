@@ -796,6 +796,17 @@ async fn policies_and_alerts() {
     let (_, v) = call(&c, Method::GET, "/api/v1/machines", "/api/v1/machines", t, "").await;
     assert!(v["machines"][0]["rpo_secs"].as_u64().unwrap() >= 300, "{v}");
     assert_eq!(v["machines"][0]["backlog_batches"], 3, "{v}");
+    assert_eq!(v["machines"][0]["state"], "protected", "{v}");
+    let resync = lifeboat_wire::api::Progress {
+        disk: 0,
+        phase: "resync".into(),
+        done_bytes: 1,
+        total_bytes: 2,
+        sent_bytes: 0,
+    };
+    s.state.set_progress("m-1", &resync).unwrap();
+    let (_, v) = call(&c, Method::GET, "/api/v1/machines", "/api/v1/machines", t, "").await;
+    assert_eq!(v["machines"][0]["state"], "resyncing", "{v}");
     assert_eq!(v["machines"][0]["health"], "critical", "{v}");
     let (st, _) = call(&c, Method::GET, al, al, None, "").await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
@@ -890,6 +901,27 @@ async fn recovery_plans() {
     assert_eq!(v["groups"][0]["points"][0]["point_ids"][1], "m-2-p3");
     let (_, v) = call(&c, Method::GET, "/api/v1/machines", "/api/v1/machines", t, "").await;
     assert_eq!(v["machines"][0]["groups"][0], "shop", "{v}");
+    let (_, v) =
+        call(&c, Method::GET, "/api/v1/machines/m-2/points", "/api/v1/machines/{id}/points", t, "")
+            .await;
+    assert_eq!(v["points"][0]["groups"][0], "shop", "a group point says so: {v}");
+
+    // The CAs: status for administrators only; a rotation body is checked.
+    let (st, v) = call(&c, Method::GET, "/api/v1/ca", "/api/v1/ca", t, "").await;
+    assert_eq!((st, v["phase"].as_str()), (StatusCode::OK, Some("steady")), "{v}");
+    let (st, _) = call(&c, Method::GET, "/api/v1/ca", "/api/v1/ca", None, "").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let rot = "/api/v1/ca/rotate";
+    let (st, _) = call(&c, Method::POST, rot, rot, None, "{}").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let (st, v) = call(&c, Method::POST, rot, rot, t, r#"{"force":"yes"}"#).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("force"), "{v}");
+    let (st, v) = call(&c, Method::POST, rot, rot, t, "{}").await;
+    assert_eq!((st, v["phase"].as_str()), (StatusCode::OK, Some("introducing")), "{v}");
+    // Promotion waits for machines that have not fetched the new CA.
+    let (st, v) = call(&c, Method::POST, rot, rot, t, "{}").await;
+    assert_eq!((st, v["code"].as_str()), (StatusCode::CONFLICT, Some("not_introduced")), "{v}");
     let (st, _) = call(&c, Method::GET, "/api/v1/groups", "/api/v1/groups", None, "").await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
 

@@ -232,7 +232,7 @@ pub struct BatchAck {
 pub struct Progress {
     /// Disk index.
     pub disk: u32,
-    /// What the agent is doing: `initial-copy` or `delta`.
+    /// What the agent is doing: `initial-copy`, `delta` or `resync`.
     pub phase: String,
     /// Bytes of the disk examined so far in this cycle.
     pub done_bytes: u64,
@@ -256,6 +256,10 @@ pub struct PointSummary {
     pub created_unix_ms: u64,
     /// Disk indexes it covers.
     pub disks: Vec<u32>,
+    /// Consistency groups whose recorded point this is part of (a `group` point); empty
+    /// otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
 }
 
 /// `GET …/points`.
@@ -415,8 +419,9 @@ pub struct MachineSummary {
     pub disks: Vec<DiskSize>,
     /// Its newest recovery point, if any.
     pub last_point: Option<PointSummary>,
-    /// `initial-copy` (no point yet), `protected`, `failing-over`, `failed-over`,
-    /// `failover-failed`, `committed`, `reprotecting`, `reprotected` or `failing-back`.
+    /// `initial-copy` (no point yet), `protected`, `resyncing` (an agent compares a disk
+    /// whole again), `failing-over`, `failed-over`, `failover-failed`, `committed`,
+    /// `reprotecting`, `reprotected` or `failing-back`.
     #[serde(default)]
     pub state: String,
     /// The achieved RPO: seconds since the newest point was made, if there is one.
