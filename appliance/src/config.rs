@@ -206,6 +206,11 @@ pub struct MasterTarget {
     /// always kept.
     #[serde(default = "default_keep_hours")]
     pub keep_hours: u64,
+    /// Read every log back from the target even when the process server in this appliance
+    /// could hand it over in memory: what is applied is then exactly what the target holds
+    /// (a check of the target, at the cost of one read per log). Default false.
+    #[serde(default)]
+    pub read_back: bool,
 }
 
 fn default_poll_ms() -> u64 {
@@ -227,6 +232,7 @@ impl Default for MasterTarget {
             poll_ms: default_poll_ms(),
             keep_points: default_keep_points(),
             keep_hours: default_keep_hours(),
+            read_back: false,
         }
     }
 }

@@ -352,6 +352,7 @@ impl MasterTarget {
                             "log {name} is not sealed, but the policy of machine {machine} requires encryption: refused"
                         );
                     }
+                    self.state.count(&[("unsealed_logs", 1)])?;
                     envelope.to_vec()
                 };
                 let encoded = if header.compressed {

@@ -139,7 +139,8 @@ pub async fn run(config: ApplianceConfig) -> anyhow::Result<()> {
     // in memory (see `handoff`); the logs are written to the target all the same.
     let handoff = (cfg.roles.process_server
         && cfg.roles.master_target
-        && cfg.process_server.target == cfg.master_target.target)
+        && cfg.process_server.target == cfg.master_target.target
+        && !cfg.master_target.read_back)
         .then(|| Arc::new(Handoff::new(crate::handoff::DEFAULT_BUDGET)));
     let mut cache_status: Option<ProcessServer> = None;
     if let (true, Some(pki)) = (cfg.roles.process_server, &listeners) {
