@@ -186,6 +186,25 @@ fn test_failover_info(t: crate::state::TestFailoverRow) -> api::TestFailoverInfo
     }
 }
 
+/// `202 Accepted` with the job just started.
+fn accepted(state: &State, job: u64) -> Answer {
+    let j = state
+        .jobs(Some(job), 1)
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .pop()
+        .map(job_info);
+    json(StatusCode::ACCEPTED, &j)
+}
+
+/// `409 failover_state`: machine `id` is `now`, and only `needed` allows what was asked.
+fn failover_conflict(id: &str, now: &str, needed: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "failover_state",
+        format!("machine {id} is {now}: {needed}"),
+    )
+}
+
 fn failover_info(f: crate::state::FailoverRow) -> api::FailoverInfo {
     api::FailoverInfo {
         machine_id: f.machine_id,
@@ -604,8 +623,7 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
                 .map_err(internal)?;
             tracing::info!(%admin, machine = %id, ?choice, job, "test failover started");
             tokio::spawn(async move { f.test_failover(job, id, choice).await });
-            let j = ctx.state.jobs(Some(job), 1).map_err(internal)?.pop().map(job_info);
-            json(StatusCode::ACCEPTED, &j)
+            accepted(&ctx.state, job)
         }
         (Method::POST, p) if machine_in(p, "/failover").is_some() => {
             let (_, admin, _) = authenticated(&ctx, &req)?;
@@ -613,12 +631,10 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
             let r: api::TestFailoverRequest = read_json(req.into_body()).await?;
             known_machine(&ctx.state, &id)?;
             let busy = |now: String| {
-                ApiError::new(
-                    StatusCode::CONFLICT,
-                    "failover_state",
-                    format!(
-                        "machine {id} is {now}: a failover can start only from protected, failed-over (another point) or failover-failed"
-                    ),
+                failover_conflict(
+                    &id,
+                    &now,
+                    "a failover can start only from protected, failed-over (another point) or failover-failed",
                 )
             };
             if let Some(now) = ctx.state.failover_state(&id).map_err(internal)?
@@ -639,19 +655,14 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
             }
             tracing::warn!(%admin, machine = %id, ?choice, job, "failover started: replication from the source stops");
             tokio::spawn(async move { f.failover(job, id, choice).await });
-            let j = ctx.state.jobs(Some(job), 1).map_err(internal)?.pop().map(job_info);
-            json(StatusCode::ACCEPTED, &j)
+            accepted(&ctx.state, job)
         }
         (Method::POST, p) if machine_in(p, "/commit").is_some() => {
             let (_, admin, _) = authenticated(&ctx, &req)?;
             let id = machine_in(p, "/commit").unwrap_or_default().to_owned();
             known_machine(&ctx.state, &id)?;
             let not_failed_over = |now: String| {
-                ApiError::new(
-                    StatusCode::CONFLICT,
-                    "failover_state",
-                    format!("machine {id} is {now}: only a failed-over machine can be committed"),
-                )
+                failover_conflict(&id, &now, "only a failed-over machine can be committed")
             };
             if ctx.state.failover_state(&id).map_err(internal)?.as_deref() != Some("failed-over") {
                 return Err(not_failed_over(machine_state(&ctx.state, &id, true)?));
@@ -666,8 +677,7 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
                 .map_err(internal)?;
             tracing::warn!(%admin, machine = %id, job, "failover commit started: the machine's recovery points will be deleted");
             tokio::spawn(async move { f.commit(job, id).await });
-            let j = ctx.state.jobs(Some(job), 1).map_err(internal)?.pop().map(job_info);
-            json(StatusCode::ACCEPTED, &j)
+            accepted(&ctx.state, job)
         }
         (Method::POST, p) if machine_in(p, "/reprotect").is_some() => {
             let (_, admin, _) = authenticated(&ctx, &req)?;
@@ -676,10 +686,10 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
             let f = ctx.failover.clone().ok_or_else(no_master_target)?;
             if !ctx.state.failover_transition(&id, "committed", "reprotecting").map_err(internal)? {
                 let now = machine_state(&ctx.state, &id, true)?;
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "failover_state",
-                    format!("machine {id} is {now}: only a committed failover can be reprotected"),
+                return Err(failover_conflict(
+                    &id,
+                    &now,
+                    "only a committed failover can be reprotected",
                 ));
             }
             let total: u64 = ctx.state.disks(&id).map_err(internal)?.iter().map(|d| d.1).sum();
@@ -690,8 +700,7 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
                 .map_err(internal)?;
             tracing::warn!(%admin, machine = %id, job, "reprotect started: the original disks will be written from the failed-over ones");
             tokio::spawn(async move { f.reprotect(job, id).await });
-            let j = ctx.state.jobs(Some(job), 1).map_err(internal)?.pop().map(job_info);
-            json(StatusCode::ACCEPTED, &j)
+            accepted(&ctx.state, job)
         }
         (Method::POST, p) if machine_in(p, "/failback").is_some() => {
             let (_, admin, _) = authenticated(&ctx, &req)?;
@@ -704,10 +713,10 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
                 .map_err(internal)?
             {
                 let now = machine_state(&ctx.state, &id, true)?;
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "failover_state",
-                    format!("machine {id} is {now}: only a reprotected machine can fail back"),
+                return Err(failover_conflict(
+                    &id,
+                    &now,
+                    "only a reprotected machine can fail back",
                 ));
             }
             let job = ctx
@@ -716,8 +725,7 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
                 .map_err(internal)?;
             tracing::warn!(%admin, machine = %id, job, "failback started: the failed-over VM is stopped");
             tokio::spawn(async move { f.failback(job, id).await });
-            let j = ctx.state.jobs(Some(job), 1).map_err(internal)?.pop().map(job_info);
-            json(StatusCode::ACCEPTED, &j)
+            accepted(&ctx.state, job)
         }
         (Method::GET, "/api/v1/policies") => {
             authenticated(&ctx, &req)?;
@@ -955,8 +963,7 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
                 .map_err(internal)?;
             tracing::info!(%admin, test_failover = id, job, "test failover cleanup started");
             tokio::spawn(async move { f.cleanup(job, tf).await });
-            let j = ctx.state.jobs(Some(job), 1).map_err(internal)?.pop().map(job_info);
-            json(StatusCode::ACCEPTED, &j)
+            accepted(&ctx.state, job)
         }
         (Method::GET, "/api/v1/plugins") => {
             authenticated(&ctx, &req)?;
@@ -1002,8 +1009,7 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
             tracing::warn!(%admin, plan = %name, mode = %r.mode, job, "recovery plan started");
             let plans = ctx.plans.clone();
             tokio::spawn(async move { plans.run(f, job, name, plan, r.mode, choice).await });
-            let j = ctx.state.jobs(Some(job), 1).map_err(internal)?.pop().map(job_info);
-            json(StatusCode::ACCEPTED, &j)
+            accepted(&ctx.state, job)
         }
         (Method::PUT, p) if p.starts_with("/api/v1/plans/") => {
             let (_, admin, _) = authenticated(&ctx, &req)?;
