@@ -166,4 +166,34 @@ fn a_plan_runs_its_groups_and_actions_in_order() {
     assert_eq!(v["test_failovers"].as_array().unwrap().len(), 2, "{v}");
     let v = site.lifeboat_json(&["plan", "delete", "broken"]);
     assert_eq!(v["plans"].as_array().unwrap().len(), 1);
+
+    // A plan run as a real failover: the machine fails over (its own job), then the post
+    // action sees its VM.
+    let go = format!(
+        r#"{{"groups":[{{"machines":["{}"],"post":[{{"plugin":"log-action"}}]}}]}}"#,
+        machines[1]
+    );
+    std::fs::write(&plan_file, &go).unwrap();
+    site.lifeboat_json(&["plan", "set", "go", plan_file.to_str().unwrap()]);
+    let j = site.lifeboat_json(&["plan", "run", "go", "--failover", "--point", "latest-processed"]);
+    assert_eq!(j["state"], "succeeded", "{j}");
+    let v = site.lifeboat_json(&["failovers"]);
+    let f = &v["failovers"][0];
+    assert_eq!(
+        (f["machine_id"].as_str(), f["state"].as_str()),
+        (Some(machines[1].as_str()), Some("failed-over")),
+        "{v}"
+    );
+    let log = std::fs::read_to_string(log_dir.join("plan.log")).unwrap();
+    assert!(
+        log.lines()
+            .last()
+            .unwrap()
+            .starts_with("plan=go mode=failover group=0 stage=post machines="),
+        "{log}"
+    );
+    assert!(
+        log.lines().last().unwrap().contains(":fo"),
+        "the post action sees the failed-over VM: {log}"
+    );
 }
