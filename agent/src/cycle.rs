@@ -657,6 +657,10 @@ impl Cycler {
         let app = quiesced == crate::quiesce::Quiesced::App;
         if let crate::quiesce::Quiesced::Failed(e) = &quiesced {
             *quiesce_failed = Some(e.clone());
+            self.progress.raise(lifeboat_wire::api::AgentAlert {
+                kind: "quiesce-failed".into(),
+                message: e.chars().take(1000).collect(),
+            });
         }
         let point = match group.as_deref_mut() {
             Some(g) => match g.ready(self.journal.next_point()) {

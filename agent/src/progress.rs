@@ -51,12 +51,24 @@ pub struct DiskProgress {
 #[derive(Debug)]
 pub struct ProgressBoard {
     disks: Mutex<Vec<Option<DiskProgress>>>,
+    /// An alert for the appliance, not sent yet (the newest one wins).
+    alert: Mutex<Option<lifeboat_wire::api::AgentAlert>>,
 }
 
 impl ProgressBoard {
     /// A board for `disks` disks, none started.
     pub fn new(disks: u32) -> Self {
-        Self { disks: Mutex::new(vec![None; disks as usize]) }
+        Self { disks: Mutex::new(vec![None; disks as usize]), alert: Mutex::new(None) }
+    }
+
+    /// Keeps `alert` for the sender to pass on to the appliance.
+    pub fn raise(&self, alert: lifeboat_wire::api::AgentAlert) {
+        *self.alert.lock().unwrap_or_else(|p| p.into_inner()) = Some(alert);
+    }
+
+    /// The alert not sent yet, if any (taken: raise it again if sending fails).
+    pub fn take_alert(&self) -> Option<lifeboat_wire::api::AgentAlert> {
+        self.alert.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut Vec<Option<DiskProgress>>) -> R) -> R {

@@ -559,6 +559,16 @@ impl Sender {
                 Err(e) => tracing::debug!("progress report failed: {e}"),
             }
         }
+        if let Some(alert) = board.take_alert() {
+            match self.small.post_json("/api/v1/agent-alerts", &alert, HeaderMap::new()).await {
+                Ok((StatusCode::OK, _, _)) => {}
+                Ok((status, _, body)) => {
+                    tracing::debug!(%status, "alert refused: {}", error_message(&body));
+                }
+                // Not lost: sent with the next report.
+                Err(_) => board.raise(alert),
+            }
+        }
     }
 }
 

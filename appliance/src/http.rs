@@ -1299,6 +1299,18 @@ pub async fn process_server(
             state.set_progress(&machine, &p).map_err(|e| ApiError::internal(e.to_string()))?;
             json(StatusCode::OK, &serde_json::json!({}))
         }
+        (Method::POST, "/api/v1/agent-alerts") => {
+            let a: api::AgentAlert = read_json(req.into_body()).await?;
+            a.check().map_err(|e| ApiError::bad_request("invalid", e))?;
+            let record = serde_json::json!({
+                "kind": a.kind, "message": a.message, "at": crate::state::now_ms(),
+            });
+            state
+                .set_setting(&format!("agent_alert:{machine}"), &record.to_string())
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            tracing::warn!(%machine, kind = %a.kind, "agent alert: {}", a.message);
+            json(StatusCode::OK, &serde_json::json!({}))
+        }
         (Method::GET, "/api/v1/trust") => {
             let der = req.extensions().get::<PeerInfo>().and_then(|p| p.cert_der.clone());
             let reason = match der {

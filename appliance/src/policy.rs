@@ -172,6 +172,33 @@ pub fn alerts(state: &State) -> Result<Vec<Alert>, StateError> {
                 );
             }
         }
+        // A quiescer that failed on the machine, with no app-consistent point since.
+        if let Some(rec) = state
+            .setting(&format!("agent_alert:{id}"))?
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        {
+            let at = rec["at"].as_u64().unwrap_or(0);
+            let last_app = state
+                .points(&id)?
+                .iter()
+                .rev()
+                .find(|p| p.kind == "app")
+                .map(|p| p.created_unix_ms)
+                .unwrap_or(0);
+            if at > last_app {
+                alert(
+                    "plugin",
+                    false,
+                    Some(&id),
+                    format!(
+                        "{hostname}: a quiescer failed, points are crash-consistent until it works: {}",
+                        rec["message"].as_str().unwrap_or("")
+                    ),
+                    now.saturating_sub(at) as f64 / 1000.0,
+                    0.0,
+                );
+            }
+        }
         let (_, seen) = state.machine_policy(&id)?;
         if let Some(seen) = seen {
             let silent = now.saturating_sub(seen) / 1000;

@@ -276,6 +276,17 @@ fn a_failing_quiescer_gives_a_crash_point_and_an_alert_and_is_thawed() {
     assert!(thaws.lines().count() >= 2, "the thaw script did not run after the failed freezes");
     let log = std::fs::read_to_string(root.join("agent.log")).unwrap();
     assert!(log.contains("was killed (deadline 500 ms"), "{log}");
+    // The appliance alerts on it too.
+    site.lifeboat_setup(&cfg);
+    let quiesce_alert = |site: &Site| {
+        site.lifeboat_json(&["alerts"])["alerts"].as_array().unwrap().iter().any(|a| {
+            a["kind"] == "plugin"
+                && a["message"].as_str().unwrap_or("").contains("a quiescer failed")
+        })
+    };
+    wait_for(Duration::from_secs(30), "the appliance's quiescer alert", || {
+        quiesce_alert(&site).then_some(())
+    });
 
     // The application recovers: the next points are app-consistent and hold the marker
     // the freeze script wrote.
@@ -283,6 +294,7 @@ fn a_failing_quiescer_gives_a_crash_point_and_an_alert_and_is_thawed() {
     let app = wait_for(Duration::from_secs(120), "an app-consistent point", || {
         app_points(&site, &cfg).pop()
     });
+    assert!(!quiesce_alert(&site), "an app-consistent point ends the alert");
     assert!(agent.running());
     agent.stop();
     let image = site.point_image(app["id"].as_str().unwrap());

@@ -9,6 +9,7 @@
 //! | `GET /api/v1/machines/<id>/points` | process server | client certificate (own machine) | → [`PointList`] |
 //! | `POST /api/v1/groups/points` | process server | client certificate (a member) | [`GroupPoint`] → `{}` |
 //! | `POST /api/v1/churn` | process server | client certificate | [`ChurnReport`] → `{}` |
+//! | `POST /api/v1/agent-alerts` | process server | client certificate | [`AgentAlert`] → `{}` |
 //! | `GET /api/v1/trust` | process server | client certificate | → [`TrustAnswer`] |
 //! | `POST /api/v1/renew` | process server | client certificate | [`RenewRequest`] → [`RenewAnswer`] |
 //! | `GET /api/v1/reverse` | process server | client certificate | → [`ReverseStatus`] |
@@ -1030,6 +1031,30 @@ pub struct PlanRun {
     pub point: Option<String>,
 }
 
+/// `POST /api/v1/agent-alerts` (process server, agent certificate): something went wrong on
+/// the machine that the appliance should alert on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentAlert {
+    /// `quiesce-failed`: an app-consistent point failed and a crash-consistent one was cut.
+    pub kind: String,
+    /// What happened, for people (at most 2000 bytes).
+    pub message: String,
+}
+
+impl AgentAlert {
+    /// Shape checks.
+    pub fn check(&self) -> Result<(), String> {
+        if self.kind != "quiesce-failed" {
+            return Err(format!("kind: {:?} is not quiesce-failed", self.kind));
+        }
+        if self.message.len() > 2000 {
+            return Err("message: longer than 2000 bytes".into());
+        }
+        Ok(())
+    }
+}
+
 /// `GET /api/v1/trust` (process server, agent certificate): the CAs to trust, and whether
 /// the certificate the agent presented should be renewed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -1343,6 +1368,15 @@ mod tests {
                 addresses: vec!["192.0.2.10/24".into(), "2001:db8::5/64".into()],
             }],
         }
+    }
+
+    #[test]
+    fn agent_alerts_are_checked() {
+        let a = AgentAlert { kind: "quiesce-failed".into(), message: "timed out".into() };
+        a.check().unwrap();
+        assert!(AgentAlert { kind: "other".into(), ..a.clone() }.check().is_err());
+        assert!(AgentAlert { message: "x".repeat(2001), ..a.clone() }.check().is_err());
+        assert!(serde_json::from_str::<AgentAlert>(r#"{"kind":"quiesce-failed"}"#).is_err());
     }
 
     #[test]
