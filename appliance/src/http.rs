@@ -205,6 +205,22 @@ fn failover_conflict(id: &str, now: &str, needed: &str) -> ApiError {
     )
 }
 
+/// Moves machine `id`'s failover from `from` to `to`, or answers the 409 saying what it is
+/// and that only `needed` allows this.
+fn move_failover(
+    state: &State,
+    id: &str,
+    from: &str,
+    to: &str,
+    needed: &str,
+) -> Result<(), ApiError> {
+    if state.failover_transition(id, from, to).map_err(|e| ApiError::internal(e.to_string()))? {
+        Ok(())
+    } else {
+        Err(failover_conflict(id, &machine_state(state, id, true)?, needed))
+    }
+}
+
 fn failover_info(f: crate::state::FailoverRow) -> api::FailoverInfo {
     api::FailoverInfo {
         machine_id: f.machine_id,
@@ -668,9 +684,13 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
                 return Err(not_failed_over(machine_state(&ctx.state, &id, true)?));
             }
             let f = ctx.failover.clone().ok_or_else(no_master_target)?;
-            if !ctx.state.failover_transition(&id, "failed-over", "committing").map_err(internal)? {
-                return Err(not_failed_over(machine_state(&ctx.state, &id, true)?));
-            }
+            move_failover(
+                &ctx.state,
+                &id,
+                "failed-over",
+                "committing",
+                "only a failed-over machine can be committed",
+            )?;
             let job = ctx
                 .state
                 .create_job("commit", Some(&id), "committing the failover")
@@ -684,14 +704,13 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
             let id = machine_in(p, "/reprotect").unwrap_or_default().to_owned();
             known_machine(&ctx.state, &id)?;
             let f = ctx.failover.clone().ok_or_else(no_master_target)?;
-            if !ctx.state.failover_transition(&id, "committed", "reprotecting").map_err(internal)? {
-                let now = machine_state(&ctx.state, &id, true)?;
-                return Err(failover_conflict(
-                    &id,
-                    &now,
-                    "only a committed failover can be reprotected",
-                ));
-            }
+            move_failover(
+                &ctx.state,
+                &id,
+                "committed",
+                "reprotecting",
+                "only a committed failover can be reprotected",
+            )?;
             let total: u64 = ctx.state.disks(&id).map_err(internal)?.iter().map(|d| d.1).sum();
             ctx.state.start_reverse(&id, total).map_err(internal)?;
             let job = ctx
@@ -707,18 +726,13 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
             let id = machine_in(p, "/failback").unwrap_or_default().to_owned();
             known_machine(&ctx.state, &id)?;
             let f = ctx.failover.clone().ok_or_else(no_master_target)?;
-            if !ctx
-                .state
-                .failover_transition(&id, "reprotected", "failing-back")
-                .map_err(internal)?
-            {
-                let now = machine_state(&ctx.state, &id, true)?;
-                return Err(failover_conflict(
-                    &id,
-                    &now,
-                    "only a reprotected machine can fail back",
-                ));
-            }
+            move_failover(
+                &ctx.state,
+                &id,
+                "reprotected",
+                "failing-back",
+                "only a reprotected machine can fail back",
+            )?;
             let job = ctx
                 .state
                 .create_job("failback", Some(&id), "stopping the failed-over VM")

@@ -173,48 +173,41 @@ pub(crate) fn codec_linker(engine: &Engine) -> wasmtime::Result<Linker<HostState
     Ok(l)
 }
 
-pub(crate) fn cipher_linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
+/// WASI (and `wasi:http` where the world may use it) plus the shared `types` interface:
+/// what every world but the codec's links before its own interfaces.
+fn linker_with_types(engine: &Engine, http: bool) -> wasmtime::Result<Linker<HostState>> {
     let mut l = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut l)?;
+    if http {
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut l)?;
+    }
     gen_codec::lifeboat::plugins::types::add_to_linker::<HostState, HasSelf<HostState>>(
         &mut l,
         |s| s,
     )?;
+    Ok(l)
+}
+
+pub(crate) fn cipher_linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
+    let mut l = linker_with_types(engine, false)?;
     gen_cipher::CipherPlugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut l, |s| s)?;
     Ok(l)
 }
 
 pub(crate) fn target_linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
-    let mut l = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut l)?;
-    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut l)?;
-    gen_codec::lifeboat::plugins::types::add_to_linker::<HostState, HasSelf<HostState>>(
-        &mut l,
-        |s| s,
-    )?;
+    let mut l = linker_with_types(engine, true)?;
     gen_target::TargetPlugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut l, |s| s)?;
     Ok(l)
 }
 
 pub(crate) fn quiescer_linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
-    let mut l = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut l)?;
-    gen_codec::lifeboat::plugins::types::add_to_linker::<HostState, HasSelf<HostState>>(
-        &mut l,
-        |s| s,
-    )?;
+    let mut l = linker_with_types(engine, false)?;
     gen_quiescer::QuiescerPlugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut l, |s| s)?;
     Ok(l)
 }
 
 pub(crate) fn action_linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
-    let mut l = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut l)?;
-    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut l)?;
-    gen_codec::lifeboat::plugins::types::add_to_linker::<HostState, HasSelf<HostState>>(
-        &mut l,
-        |s| s,
-    )?;
+    let mut l = linker_with_types(engine, true)?;
     gen_action::ActionPlugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut l, |s| s)?;
     Ok(l)
 }
