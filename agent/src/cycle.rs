@@ -231,6 +231,10 @@ pub struct Cycler {
     quiescers: Option<crate::quiesce::Quiescers>,
     /// Disks whose next cycle is a full resync (reported as such until one completes).
     resyncing: std::collections::BTreeSet<u32>,
+    /// The disks' sizes as the sender announces them: a disk found at another size is
+    /// published here before any batch for it is journaled, so the sender announces the
+    /// new size (a new hello) before it sends data past the old end.
+    sizes: Option<Arc<tokio::sync::watch::Sender<Vec<lifeboat_wire::api::DiskDescriptor>>>>,
 }
 
 impl std::fmt::Debug for Cycler {
@@ -395,6 +399,30 @@ impl Cycler {
             cuts: None,
             quiescers: None,
             resyncing: Default::default(),
+            sizes: None,
+        }
+    }
+
+    /// Publishes each disk's size when it changes (see the `sizes` field).
+    pub fn set_sizes(
+        &mut self,
+        sizes: Option<Arc<tokio::sync::watch::Sender<Vec<lifeboat_wire::api::DiskDescriptor>>>>,
+    ) {
+        self.sizes = sizes;
+    }
+
+    /// Disk `index` is `size` bytes now: announced before anything past its old end is
+    /// journaled.
+    fn announce_size(&self, index: u32, size: u64) {
+        if let Some(tx) = &self.sizes {
+            tx.send_if_modified(|disks| match disks.iter_mut().find(|d| d.index == index) {
+                Some(d) if d.size != size => {
+                    tracing::warn!(disk = index, from = d.size, to = size, "the disk was resized while protected: announcing its new size to the appliance");
+                    d.size = size;
+                    true
+                }
+                _ => false,
+            });
         }
     }
 
@@ -552,11 +580,15 @@ impl Cycler {
 
     /// Collects disk `i` into batches; returns its report and the held-back last batch.
     fn collect_one(&mut self, i: usize) -> Result<(DiskReport, Pending), CycleError> {
-        let slot = &mut self.disks[i];
-        let disk = Disk::open(&slot.path)?;
+        let disk = Disk::open(&self.disks[i].path)?;
         if !disk.size().is_multiple_of(SECTOR_SIZE) {
-            return Err(CycleError::UnalignedSize { path: slot.path.clone(), size: disk.size() });
+            return Err(CycleError::UnalignedSize {
+                path: self.disks[i].path.clone(),
+                size: disk.size(),
+            });
         }
+        self.announce_size(self.disks[i].index, disk.size());
+        let slot = &mut self.disks[i];
         let phase = match &slot.baseline_path {
             Some(p) if !p.exists() => Phase::InitialCopy,
             _ if self.resyncing.contains(&slot.index) => Phase::Resync,
@@ -698,7 +730,9 @@ impl Cycler {
     ) -> Result<Cut, CycleError> {
         let mut disks = Vec::with_capacity(self.disks.len());
         for slot in &self.disks {
-            disks.push(Disk::open(&slot.path)?);
+            let disk = Disk::open(&slot.path)?;
+            self.announce_size(slot.index, disk.size());
+            disks.push(disk);
         }
         let mut prepared = 0;
         for (i, disk) in disks.iter().enumerate() {

@@ -331,6 +331,9 @@ pub fn run(cfg: &AgentConfig, cfg_path: &Path, opts: RunOptions) -> Result<(), R
         board.clone(),
     );
     cycler.set_cuts(Some(cfg.cut_policy()));
+    // A disk that grows while protected is announced again before data for it is sent.
+    let (sizes_tx, sizes_rx) = watch::channel(descriptors.clone());
+    cycler.set_sizes(Some(Arc::new(sizes_tx)));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -342,8 +345,10 @@ pub fn run(cfg: &AgentConfig, cfg_path: &Path, opts: RunOptions) -> Result<(), R
         let host =
             lifeboat_plugin_host::Host::new(lifeboat_plugin_host::keys::KeyRing::new(Vec::new()))
                 .map_err(|e| RunError::Quiesce(format!("cannot start the plugin runtime: {e}")))?;
-        let registry =
-            Arc::new(lifeboat_plugin_host::registry::Registry::new(host, plugins.clone()));
+        let mut plugins = plugins.clone();
+        // Compiled plugins are native code: cached where only the agent writes.
+        plugins.cache_dir.get_or_insert_with(|| cfg.state_dir.join("plugin-cache"));
+        let registry = Arc::new(lifeboat_plugin_host::registry::Registry::new(host, plugins));
         let quiescers = crate::quiesce::Quiescers::new(
             registry,
             runtime.handle().clone(),
@@ -394,6 +399,7 @@ pub fn run(cfg: &AgentConfig, cfg_path: &Path, opts: RunOptions) -> Result<(), R
             disks: descriptors,
             tls_updates: Some(tls_rx),
             schedule_updates: Some(schedule_rx),
+            disk_updates: Some(sizes_rx),
             system: Some(crate::system::detect(cfg.firmware.as_deref())),
             schedule,
             progress: Some(board.clone()),

@@ -85,6 +85,9 @@ pub struct SenderOptions {
     pub tls_updates: Option<watch::Receiver<Arc<rustls::ClientConfig>>>,
     /// A new bandwidth schedule (the machine's policy changed).
     pub schedule_updates: Option<watch::Receiver<Schedule>>,
+    /// The disks with a new size (a disk grew while protected): announced in a new hello
+    /// before the next batch is sent.
+    pub disk_updates: Option<watch::Receiver<Vec<DiskDescriptor>>>,
     /// The bandwidth schedule.
     pub schedule: Schedule,
     /// Where progress comes from, if it is to be reported.
@@ -122,6 +125,8 @@ pub struct SenderStats {
 /// Why a session ended.
 enum End {
     Shutdown,
+    /// Start a new session at once (a disk's new size is to be announced).
+    Again(String),
     /// Back off, then start a new session.
     Retry(String),
     Fatal(SenderError),
@@ -191,6 +196,7 @@ pub struct Sender {
     system: Option<SystemInfo>,
     tls_updates: Option<watch::Receiver<Arc<rustls::ClientConfig>>>,
     schedule_updates: Option<watch::Receiver<Schedule>>,
+    disk_updates: Option<watch::Receiver<Vec<DiskDescriptor>>>,
     limiter: Limiter,
     progress: Option<Arc<ProgressBoard>>,
     last_progress: Option<Instant>,
@@ -225,6 +231,7 @@ impl Sender {
             system: opts.system,
             tls_updates: opts.tls_updates,
             schedule_updates: opts.schedule_updates,
+            disk_updates: opts.disk_updates,
             limiter: Limiter::new(opts.schedule),
             progress: opts.progress,
             last_progress: None,
@@ -249,6 +256,7 @@ impl Sender {
             match self.session(&mut shutdown).await {
                 End::Shutdown => return Ok(self.stats),
                 End::Fatal(e) => return Err(e),
+                End::Again(reason) => tracing::info!("starting a new session: {reason}"),
                 End::Retry(reason) => {
                     self.stats.failures += 1;
                     let wait = self.backoff.step();
@@ -266,6 +274,9 @@ impl Sender {
     }
 
     async fn hello(&mut self) -> Result<(), End> {
+        if let Some(rx) = &mut self.disk_updates {
+            self.disks = rx.borrow_and_update().clone();
+        }
         let hello = Hello {
             protocol_versions: lifeboat_wire::PROTOCOL_VERSIONS.to_vec(),
             disks: self.disks.clone(),
@@ -437,6 +448,11 @@ impl Sender {
             // Acknowledged or dropped meanwhile.
             return Ok(());
         };
+        // Checked after reading the batch: a size is published before the batches that
+        // need it are journaled, so a batch past the announced end is never sent.
+        if self.disk_updates.as_ref().is_some_and(|r| r.has_changed().unwrap_or(false)) {
+            return Err(End::Again("a disk was resized: announcing its new size".into()));
+        }
         let len = bytes.len() as u64;
         tokio::select! {
             _ = self.limiter.acquire(len) => {}

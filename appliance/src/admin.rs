@@ -9,15 +9,28 @@
 //! - **Sessions.** A login returns a random 256-bit token, valid for [`SESSION_TTL`]. The
 //!   store keeps only its sha256, so a copy of the database holds no usable token. Every
 //!   admin request carries `Authorization: Bearer <token>`.
-//! - **Rate limit.** After [`MAX_FAILURES`] failed logins from one address, or for one
-//!   account name, within [`FAILURE_WINDOW`], further logins from it (or for it) answer 429
-//!   until the window has passed, whether the password is right or not.
+//! - **Rate limit, per source.** After [`MAX_FAILURES`] failed logins from one source
+//!   (an IPv4 address, or an IPv6 /64) within [`FAILURE_WINDOW`], that source is answered
+//!   429 until the window has passed, whether the password is right or not. Checking and
+//!   recording are one step: a login reserves its place among the source's failures
+//!   before the password is hashed, so parallel guesses from one source get no more tries
+//!   than serial ones. There is no per-account lockout: a stranger failing logins for
+//!   `admin` from anywhere never locks the administrator out of their own address.
+//! - **Bounded work.** Every login checks the password with argon2id exactly once, against
+//!   the account's hash or, for a name that does not exist, against a fixed hash with the
+//!   same parameters, so the time does not tell names apart. At most
+//!   [`MAX_CONCURRENT_HASHES`] hashes run at once and [`MAX_WAITING_HASHES`] wait; more
+//!   are answered 429 `busy` at once. Names over 64 characters and passwords over
+//!   [`MAX_PASSWORD`] characters are refused before anything is looked up; the HTTP layer
+//!   reads at most a few KiB of an unauthenticated request's body.
 //! - **Agents.** The configuration server asks for no client certificate. An agent's
 //!   certificate is therefore never an identity here: the admin API needs a session token
 //!   whoever connects.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use argon2::Argon2;
@@ -36,6 +49,13 @@ pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 pub const MAX_FAILURES: u32 = 5;
 /// The rate limit's window.
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(300);
+/// Password hashes (19 MiB of memory each) computed at once.
+pub const MAX_CONCURRENT_HASHES: usize = 2;
+/// Logins waiting for a hash slot; more are refused (429 `busy`) at once.
+pub const MAX_WAITING_HASHES: usize = 16;
+/// Sources remembered by a [`SourceLimiter`]; past it the expired ones are dropped, and
+/// while it is still full new sources are refused.
+pub const MAX_SOURCES: usize = 65_536;
 
 /// Why an admin operation was refused.
 #[derive(Debug, thiserror::Error)]
@@ -55,11 +75,14 @@ pub enum AdminError {
     #[error("wrong name or password")]
     BadCredentials,
     /// Too many failures lately.
-    #[error("too many failed logins; try again in {retry_after_s} s")]
+    #[error("too many failed attempts from this address; try again in {retry_after_s} s")]
     RateLimited {
         /// Seconds until the window has passed.
         retry_after_s: u64,
     },
+    /// Too many logins are being checked right now.
+    #[error("the appliance is busy checking other logins; try again in a few seconds")]
+    Busy,
     /// No session, or an expired or unknown token.
     #[error(
         "log in first: this endpoint needs `Authorization: Bearer <token>` from POST /api/v1/login"
@@ -87,13 +110,131 @@ pub struct Session {
 /// The accounts side of the configuration server.
 pub struct Admins {
     state: State,
-    failures: Mutex<HashMap<String, (Instant, u32)>>,
+    logins: SourceLimiter,
+    registrations: SourceLimiter,
+    hashing: tokio::sync::Semaphore,
+    waiting: AtomicUsize,
+    verifications: AtomicU64,
 }
 
 impl std::fmt::Debug for Admins {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Admins").finish()
     }
+}
+
+/// The key of a source: its IPv4 address, or the /64 of its IPv6 address (one host
+/// usually holds a whole /64).
+pub fn source_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
+
+/// Failed attempts per source within [`FAILURE_WINDOW`], with the attempts in flight
+/// counted as failures until they are decided, so parallel tries get no more than serial
+/// ones. Used for logins and for agent registrations.
+#[derive(Debug, Default)]
+pub struct SourceLimiter {
+    sources: Mutex<HashMap<String, Source>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Source {
+    since: Instant,
+    failures: u32,
+    in_flight: u32,
+}
+
+/// One attempt's place among its source's failures; dropping it without a verdict
+/// gives the place back.
+#[derive(Debug)]
+pub struct Attempt<'a> {
+    limiter: &'a SourceLimiter,
+    key: String,
+    decided: bool,
+}
+
+impl SourceLimiter {
+    /// Reserves a place for one attempt from `key`, or says how long to wait.
+    pub fn begin(&self, key: &str) -> Result<Attempt<'_>, AdminError> {
+        let mut m = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        if m.len() >= MAX_SOURCES {
+            m.retain(|_, s| s.in_flight > 0 || s.since.elapsed() < FAILURE_WINDOW);
+        }
+        if m.len() >= MAX_SOURCES && !m.contains_key(key) {
+            return Err(AdminError::RateLimited { retry_after_s: FAILURE_WINDOW.as_secs() });
+        }
+        let s = m.entry(key.to_owned()).or_insert(Source {
+            since: Instant::now(),
+            failures: 0,
+            in_flight: 0,
+        });
+        if s.in_flight == 0 && s.since.elapsed() >= FAILURE_WINDOW {
+            *s = Source { since: Instant::now(), failures: 0, in_flight: 0 };
+        }
+        if s.failures + s.in_flight >= MAX_FAILURES {
+            let left = FAILURE_WINDOW.saturating_sub(s.since.elapsed()).as_secs().max(1);
+            return Err(AdminError::RateLimited { retry_after_s: left });
+        }
+        s.in_flight += 1;
+        Ok(Attempt { limiter: self, key: key.to_owned(), decided: false })
+    }
+
+    fn end(&self, key: &str, failed: bool) {
+        let mut m = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = m.get_mut(key) {
+            s.in_flight = s.in_flight.saturating_sub(1);
+            if failed {
+                if s.failures == 0 {
+                    s.since = Instant::now();
+                }
+                s.failures += 1;
+            } else if s.in_flight == 0 && s.failures == 0 {
+                m.remove(key);
+            }
+        }
+    }
+}
+
+impl Attempt<'_> {
+    /// The attempt failed: it counts against its source.
+    pub fn failed(mut self) {
+        self.decided = true;
+        self.limiter.end(&self.key, true);
+    }
+
+    /// The attempt succeeded: its place is given back.
+    pub fn succeeded(mut self) {
+        self.decided = true;
+        self.limiter.end(&self.key, false);
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if !self.decided {
+            self.limiter.end(&self.key, false);
+        }
+    }
+}
+
+/// A hash of a random password with the default parameters: what a login for a name
+/// that does not exist is checked against, so it costs what a real check costs.
+fn decoy_hash() -> &'static str {
+    static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DECOY.get_or_init(|| {
+        let mut pw = [0u8; 32];
+        let _ = getrandom::fill(&mut pw);
+        hash_password(&hex::encode(pw)).unwrap_or_default()
+    })
 }
 
 fn token_key(token: &str) -> String {
@@ -128,7 +269,25 @@ fn check_password(password: &str) -> Result<(), AdminError> {
 impl Admins {
     /// The accounts kept in `state`.
     pub fn new(state: State) -> Admins {
-        Admins { state, failures: Mutex::new(HashMap::new()) }
+        Admins {
+            state,
+            logins: SourceLimiter::default(),
+            registrations: SourceLimiter::default(),
+            hashing: tokio::sync::Semaphore::new(MAX_CONCURRENT_HASHES),
+            waiting: AtomicUsize::new(0),
+            verifications: AtomicU64::new(0),
+        }
+    }
+
+    /// Failed agent registrations per source (a wrong, used or expired passphrase), limited
+    /// like logins.
+    pub fn registrations(&self) -> &SourceLimiter {
+        &self.registrations
+    }
+
+    /// Password verifications (argon2id evaluations of a login) so far, for tests.
+    pub fn verifications(&self) -> u64 {
+        self.verifications.load(Ordering::Relaxed)
     }
 
     /// Whether the first-run setup is still to be done.
@@ -151,44 +310,50 @@ impl Admins {
         self.new_session(name)
     }
 
-    fn limited(&self, keys: &[&str]) -> Option<u64> {
-        let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        f.retain(|_, (since, _)| since.elapsed() < FAILURE_WINDOW);
-        keys.iter()
-            .filter_map(|k| f.get(*k))
-            .filter(|(_, n)| *n >= MAX_FAILURES)
-            .map(|(since, _)| FAILURE_WINDOW.saturating_sub(since.elapsed()).as_secs().max(1))
-            .max()
-    }
-
-    fn failed(&self, keys: &[&str]) {
-        let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        for k in keys {
-            let e = f.entry((*k).to_owned()).or_insert((Instant::now(), 0));
-            e.1 += 1;
+    /// Checks a password and opens a session; `from` is the client's address. See the
+    /// module documentation for the limits.
+    pub async fn login(
+        &self,
+        name: &str,
+        password: &str,
+        from: IpAddr,
+    ) -> Result<Session, AdminError> {
+        check_name(name)?;
+        if password.chars().count() > MAX_PASSWORD {
+            return Err(AdminError::Invalid {
+                field: "password",
+                reason: format!("longer than {MAX_PASSWORD} characters"),
+            });
         }
-    }
-
-    /// Checks a password and opens a session; `from` is the client's address.
-    pub fn login(&self, name: &str, password: &str, from: &str) -> Result<Session, AdminError> {
-        let (by_addr, by_name) = (format!("addr:{from}"), format!("name:{name}"));
-        let keys = [by_addr.as_str(), by_name.as_str()];
-        if let Some(retry_after_s) = self.limited(&keys) {
-            return Err(AdminError::RateLimited { retry_after_s });
+        let attempt = self.logins.begin(&source_key(from))?;
+        // A bounded queue in front of the hashing slots.
+        if self.waiting.fetch_add(1, Ordering::SeqCst) >= MAX_WAITING_HASHES {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(AdminError::Busy);
         }
-        let ok = match self.state.admin_hash(name)? {
-            Some(h) if password.len() <= MAX_PASSWORD * 4 => verify_password(password, &h),
-            _ => {
-                // Same work for unknown names, so timing does not tell which names exist.
-                let _ = hash_password(password.get(..MAX_PASSWORD).unwrap_or(password));
-                false
-            }
-        };
+        let permit = self.hashing.acquire().await;
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        let _permit = permit.map_err(|e| AdminError::Hash(e.to_string()))?;
+        let (state, name2, password2) = (self.state.clone(), name.to_owned(), password.to_owned());
+        self.verifications.fetch_add(1, Ordering::Relaxed);
+        let ok = tokio::task::spawn_blocking(move || -> Result<bool, AdminError> {
+            // One verification either way, with the same parameters.
+            Ok(match state.admin_hash(&name2)? {
+                Some(h) => verify_password(&password2, &h),
+                None => {
+                    verify_password(&password2, decoy_hash());
+                    false
+                }
+            })
+        })
+        .await
+        .map_err(|e| AdminError::Hash(e.to_string()))??;
         if !ok {
-            self.failed(&keys);
-            tracing::warn!(admin = name, from, "failed login");
+            attempt.failed();
+            tracing::warn!(admin = name, %from, "failed login");
             return Err(AdminError::BadCredentials);
         }
+        attempt.succeeded();
         self.new_session(name)
     }
 
@@ -259,7 +424,10 @@ mod tests {
         let s = a.setup("root", "correct horse battery").unwrap();
         assert_eq!(a.check(&s.token).unwrap().0, "root");
         assert!(matches!(a.setup("other", "correct horse battery"), Err(AdminError::AlreadySetUp)));
-        let s2 = a.login("root", "correct horse battery", "127.0.0.1").unwrap();
+        let s2 = tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(a.login("root", "correct horse battery", "127.0.0.1".parse().unwrap()))
+            .unwrap();
         assert_ne!(s.token, s2.token);
         a.logout(&s2.token).unwrap();
         assert!(matches!(a.check(&s2.token), Err(AdminError::Unauthenticated)));
@@ -268,28 +436,91 @@ mod tests {
         assert!(matches!(a.check("nope"), Err(AdminError::Unauthenticated)));
     }
 
-    #[test]
-    fn failed_logins_are_rate_limited_per_address_and_name() {
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn failed_logins_are_limited_per_source_never_per_account() {
         let (_d, a) = admins();
         a.setup("root", "correct horse battery").unwrap();
         for _ in 0..MAX_FAILURES {
             assert!(matches!(
-                a.login("root", "wrong password!", "10.0.0.1"),
+                a.login("root", "wrong password!", ip("10.0.0.1")).await,
                 Err(AdminError::BadCredentials)
             ));
         }
         // The right password from that address is refused too, until the window passes.
-        let e = a.login("root", "correct horse battery", "10.0.0.1").unwrap_err();
+        let e = a.login("root", "correct horse battery", ip("10.0.0.1")).await.unwrap_err();
         assert!(matches!(e, AdminError::RateLimited { retry_after_s } if retry_after_s > 0));
-        // And the account is limited from elsewhere.
+        // Issue 11, finding 5: the failures of a stranger do not lock the administrator
+        // out of their own address.
+        a.login("root", "correct horse battery", ip("10.0.0.2")).await.unwrap();
+        // The same /64 of IPv6 is one source.
+        for i in 0..MAX_FAILURES {
+            let from = ip(&format!("2001:db8::{i}"));
+            assert!(a.login("root", "wrong password!", from).await.is_err());
+        }
         assert!(matches!(
-            a.login("root", "correct horse battery", "10.0.0.2"),
+            a.login("root", "correct horse battery", ip("2001:db8::ff")).await,
             Err(AdminError::RateLimited { .. })
         ));
-        // Another account from another address is not.
-        assert!(matches!(
-            a.login("nobody", "whatever it is", "10.0.0.3"),
-            Err(AdminError::BadCredentials)
-        ));
+        a.login("root", "correct horse battery", ip("2001:db8:0:1::1")).await.unwrap();
+    }
+
+    /// Issue 11, finding 5: the check preceded the recording, so parallel guesses all
+    /// passed it. Now at most MAX_FAILURES guesses from one source are ever hashed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn parallel_guesses_get_no_more_tries_than_serial_ones() {
+        let (_d, a) = admins();
+        a.setup("root", "correct horse battery").unwrap();
+        let a = std::sync::Arc::new(a);
+        let before = a.verifications();
+        let mut tasks = Vec::new();
+        for _ in 0..40 {
+            let a = a.clone();
+            tasks.push(tokio::spawn(async move {
+                a.login("root", "wrong password!", ip("10.9.9.9")).await
+            }));
+        }
+        let mut limited = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Err(AdminError::RateLimited { .. }) => limited += 1,
+                Err(AdminError::BadCredentials | AdminError::Busy) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(a.verifications() - before <= u64::from(MAX_FAILURES), "{}", a.verifications());
+        assert!(limited >= 40 - MAX_FAILURES as usize, "{limited}");
+    }
+
+    /// Issue 11, finding 8: a known name and an unknown one took different paths (the
+    /// unknown one hashed, the known one verified, long passwords skipped one). Now each
+    /// login is exactly one verification, and over-long input is refused before any.
+    #[tokio::test]
+    async fn every_login_costs_one_verification_whatever_the_name() {
+        let (_d, a) = admins();
+        a.setup("root", "correct horse battery").unwrap();
+        let long = "x".repeat(MAX_PASSWORD);
+        for (name, pw, from) in [
+            ("root", "wrong password!", "10.1.0.1"),
+            ("nobody", "wrong password!", "10.1.0.2"),
+            ("root", long.as_str(), "10.1.0.3"),
+            ("nobody", long.as_str(), "10.1.0.4"),
+        ] {
+            let before = a.verifications();
+            assert!(matches!(a.login(name, pw, ip(from)).await, Err(AdminError::BadCredentials)));
+            assert_eq!(a.verifications() - before, 1, "{name} with {} characters", pw.len());
+        }
+        let before = a.verifications();
+        let too_long = "x".repeat(MAX_PASSWORD + 1);
+        for name in ["root", "nobody"] {
+            let e = a.login(name, &too_long, ip("10.1.0.5")).await.unwrap_err();
+            assert!(matches!(e, AdminError::Invalid { field: "password", .. }), "{e}");
+        }
+        let e = a.login(&"n".repeat(1 << 20), "wrong password!", ip("10.1.0.6")).await;
+        assert!(matches!(e, Err(AdminError::Invalid { field: "name", .. })));
+        assert_eq!(a.verifications(), before, "refused before any hashing");
     }
 }

@@ -145,6 +145,15 @@ pub struct ProcessServer {
     /// Target plugin name the logs are shipped to.
     #[serde(default = "default_target")]
     pub target: String,
+    /// Largest disk an agent may announce, in GiB (default 65536, 64 TiB). A larger size
+    /// in a hello is refused before the target is asked to create anything; the target
+    /// plugin refuses sizes past its own limits as well.
+    #[serde(default = "default_max_disk_gib")]
+    pub max_disk_gib: u64,
+}
+
+fn default_max_disk_gib() -> u64 {
+    64 * 1024
 }
 
 fn default_ps_listen() -> SocketAddr {
@@ -179,6 +188,7 @@ impl Default for ProcessServer {
             codec_level: default_level(),
             cipher: default_cipher(),
             target: default_target(),
+            max_disk_gib: default_max_disk_gib(),
         }
     }
 }
@@ -249,8 +259,11 @@ impl ApplianceConfig {
         };
         abs(&mut c.data_dir);
         abs(&mut c.plugins.dir);
-        if let Some(d) = c.plugins.cache_dir.as_mut() {
-            abs(d);
+        match c.plugins.cache_dir.as_mut() {
+            Some(d) => abs(d),
+            // Compiled plugins are native code: kept where only the appliance writes,
+            // never in the drop-in plugins directory.
+            None => c.plugins.cache_dir = Some(c.data_dir.join("plugin-cache")),
         }
         for g in c.plugins.grants.values_mut() {
             for d in g.directories.values_mut() {

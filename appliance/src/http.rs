@@ -61,6 +61,89 @@ pub struct ConfigServerCtx {
     pub registry: Option<Arc<lifeboat_plugin_host::registry::Registry>>,
 }
 
+/// Most bytes of a request body read before the caller is known (setup, login).
+pub const UNAUTHENTICATED_BODY: usize = 4 << 10;
+/// Most bytes of a registration (a CSR, a passphrase, a host name).
+pub const REGISTER_BODY: usize = 16 << 10;
+/// Most bytes of an administrator's request body (plans, policies, VM settings).
+pub const ADMIN_BODY: usize = 1 << 20;
+/// The configuration server's connection-level body limit (nothing it serves is larger).
+pub const CONFIG_SERVER_MAX_BODY: usize = ADMIN_BODY;
+/// Most bytes of an agent's JSON request (hello, progress, churn, comparisons).
+pub const AGENT_JSON_BODY: usize = 4 << 20;
+
+/// Whether the request says its body is JSON (`application/json`, parameters allowed).
+fn says_json(req: &Request<RequestBody>) -> bool {
+    req.headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// A request's body, at most `limit` bytes (413 past it, without reading further); a
+/// non-empty body must be declared `application/json` (415 otherwise: a browser form
+/// cannot send one).
+async fn body_bytes(req: Request<RequestBody>, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    let declared = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::body_too_large(limit));
+    }
+    let json = says_json(&req);
+    let bytes = read_body(http_body_util::Limited::new(req.into_body(), limit)).await?;
+    if !bytes.is_empty() && !json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as JSON with `Content-Type: application/json`",
+        ));
+    }
+    Ok(bytes)
+}
+
+/// [`body_bytes`] parsed as `T` (one JSON object).
+async fn body_json<T: serde::de::DeserializeOwned>(
+    req: Request<RequestBody>,
+    limit: usize,
+) -> Result<T, ApiError> {
+    let bytes = body_bytes(req, limit).await?;
+    read_json(http_body_util::Full::new(bytes)).await
+}
+
+/// A browser's request from another origin (its `Origin` is not this server's own
+/// address): refused, whatever it carries. Clients that send no `Origin` (the CLI,
+/// agents, scripts) are not browsers and pass.
+fn check_origin(req: &Request<RequestBody>) -> Result<(), ApiError> {
+    let Some(origin) = req.headers().get(http::header::ORIGIN) else { return Ok(()) };
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned)
+        })
+        .unwrap_or_default();
+    let ours = |o: &str| {
+        o.strip_prefix("https://").is_some_and(|rest| {
+            rest.eq_ignore_ascii_case(&host)
+                || rest.strip_suffix(":443").is_some_and(|r| r.eq_ignore_ascii_case(&host))
+                || host.strip_suffix(":443").is_some_and(|h| h.eq_ignore_ascii_case(rest))
+        })
+    };
+    if !host.is_empty() && origin.to_str().is_ok_and(ours) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(
+            "origin_mismatch",
+            "a page from another origin may not call this API",
+        ))
+    }
+}
+
 /// The configuration server's OpenAPI document (`GET /api/v1/openapi.json`).
 pub const OPENAPI: &str = include_str!("../openapi.json");
 
@@ -359,9 +442,15 @@ fn check_policy_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
+/// The `{id}` of `<prefix>{id}<suffix>`: one non-empty path segment, or `None` (a path
+/// such as `/api/v1/machines/revoke` is no route, never a slice out of bounds).
+fn segment<'a>(path: &'a str, prefix: &str, suffix: &str) -> Option<&'a str> {
+    path.strip_prefix(prefix)?.strip_suffix(suffix).filter(|id| !id.is_empty() && !id.contains('/'))
+}
+
 /// The machine id in `/api/v1/machines/{id}<suffix>`.
 fn machine_in<'a>(path: &'a str, suffix: &str) -> Option<&'a str> {
-    path.strip_prefix("/api/v1/machines/")?.strip_suffix(suffix).filter(|id| !id.contains('/'))
+    segment(path, "/api/v1/machines/", suffix)
 }
 
 /// 404 unless machine `id` is registered.
@@ -421,6 +510,7 @@ fn admin_error(e: crate::admin::AdminError) -> ApiError {
         E::RateLimited { .. } => {
             ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", e.to_string())
         }
+        E::Busy => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "busy", e.to_string()),
         E::Unauthenticated => {
             ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string())
         }
@@ -467,6 +557,7 @@ async fn blocking<T: Send + 'static>(
 
 /// Routes of the configuration server.
 pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>) -> Answer {
+    check_origin(&req)?;
     let path = req.uri().path().to_owned();
     let internal = |e: crate::state::StateError| ApiError::internal(e.to_string());
     match (req.method().clone(), path.as_str()) {
@@ -496,7 +587,7 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
             json(StatusCode::OK, &api::SetupStatus { needed })
         }
         (Method::POST, "/api/v1/setup") => {
-            let c: api::Credentials = read_json(req.into_body()).await?;
+            let c: api::Credentials = body_json(req, UNAUTHENTICATED_BODY).await?;
             let ctx2 = ctx.clone();
             let s = blocking(move || ctx2.admins.setup(&c.name, &c.password)).await?;
             session_answer(StatusCode::CREATED, s)
@@ -505,11 +596,10 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
             let from = req
                 .extensions()
                 .get::<PeerInfo>()
-                .map(|p| p.remote_addr.ip().to_string())
-                .unwrap_or_default();
-            let c: api::Credentials = read_json(req.into_body()).await?;
-            let ctx2 = ctx.clone();
-            let s = blocking(move || ctx2.admins.login(&c.name, &c.password, &from)).await?;
+                .map(|p| p.remote_addr.ip())
+                .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+            let c: api::Credentials = body_json(req, UNAUTHENTICATED_BODY).await?;
+            let s = ctx.admins.login(&c.name, &c.password, from).await.map_err(admin_error)?;
             session_answer(StatusCode::OK, s)
         }
         (Method::POST, "/api/v1/logout") => {
@@ -600,9 +690,9 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
             }
             json(StatusCode::OK, &api::MachineList { machines })
         }
-        (Method::POST, p) if p.starts_with("/api/v1/machines/") && p.ends_with("/revoke") => {
+        (Method::POST, p) if machine_in(p, "/revoke").is_some() => {
             let (_, admin, _) = authenticated(&ctx, &req)?;
-            let id = &p["/api/v1/machines/".len()..p.len() - "/revoke".len()];
+            let id = machine_in(p, "/revoke").unwrap_or_default();
             if !ctx.state.revoke_machine(id).map_err(internal)? {
                 return Err(ApiError::not_found(
                     "unknown_machine",
@@ -629,7 +719,7 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
         (Method::POST, p) if machine_in(p, "/test-failover").is_some() => {
             let (_, admin, _) = authenticated(&ctx, &req)?;
             let id = machine_in(p, "/test-failover").unwrap_or_default().to_owned();
-            let r: api::TestFailoverRequest = read_json(req.into_body()).await?;
+            let r: api::TestFailoverRequest = body_json(req, ADMIN_BODY).await?;
             known_machine(&ctx.state, &id)?;
             let choice = point_choice(&ctx.state, &id, &r)?;
             let f = ctx.failover.clone().ok_or_else(no_master_target)?;
@@ -644,7 +734,7 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
         (Method::POST, p) if machine_in(p, "/failover").is_some() => {
             let (_, admin, _) = authenticated(&ctx, &req)?;
             let id = machine_in(p, "/failover").unwrap_or_default().to_owned();
-            let r: api::TestFailoverRequest = read_json(req.into_body()).await?;
+            let r: api::TestFailoverRequest = body_json(req, ADMIN_BODY).await?;
             known_machine(&ctx.state, &id)?;
             let busy = |now: String| {
                 failover_conflict(
@@ -745,11 +835,11 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
             authenticated(&ctx, &req)?;
             json(StatusCode::OK, &policy_list(&ctx.state)?)
         }
-        (Method::PUT, p) if p.starts_with("/api/v1/policies/") => {
+        (Method::PUT, p) if segment(p, "/api/v1/policies/", "").is_some() => {
             let (_, admin, _) = authenticated(&ctx, &req)?;
-            let name = p["/api/v1/policies/".len()..].to_owned();
+            let name = segment(p, "/api/v1/policies/", "").unwrap_or_default().to_owned();
             check_policy_name(&name)?;
-            let policy: api::Policy = read_json(req.into_body()).await?;
+            let policy: api::Policy = body_json(req, ADMIN_BODY).await?;
             policy.check().map_err(|e| ApiError::bad_request("invalid", e))?;
             // What the target cannot do (checked where this appliance runs the master
             // target, which knows its target).
@@ -784,9 +874,9 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
             tracing::info!(%admin, policy = %name, "policy set");
             json(StatusCode::OK, &policy_list(&ctx.state)?)
         }
-        (Method::DELETE, p) if p.starts_with("/api/v1/policies/") => {
+        (Method::DELETE, p) if segment(p, "/api/v1/policies/", "").is_some() => {
             let (_, admin, _) = authenticated(&ctx, &req)?;
-            let name = &p["/api/v1/policies/".len()..];
+            let name = segment(p, "/api/v1/policies/", "").unwrap_or_default();
             check_policy_name(name)?;
             if name == "default" {
                 return Err(ApiError::new(
@@ -814,7 +904,7 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
         (Method::PUT, p) if machine_in(p, "/policy").is_some() => {
             let (_, admin, _) = authenticated(&ctx, &req)?;
             let id = machine_in(p, "/policy").unwrap_or_default().to_owned();
-            let a: api::PolicyAssignment = read_json(req.into_body()).await?;
+            let a: api::PolicyAssignment = body_json(req, ADMIN_BODY).await?;
             known_machine(&ctx.state, &id)?;
             if crate::policy::get(&ctx.state, &a.policy).map_err(internal)?.is_none() {
                 return Err(ApiError::bad_request(
@@ -837,7 +927,7 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
         }
         (Method::POST, "/api/v1/ca/rotate") => {
             let (_, admin, _) = authenticated(&ctx, &req)?;
-            let r: api::CaRotate = read_json(req.into_body()).await?;
+            let r: api::CaRotate = body_json(req, ADMIN_BODY).await?;
             let (pki, state) = (ctx.pki.clone(), ctx.state.clone());
             let phase = tokio::task::spawn_blocking(move || pki.rotate(&state, r.force))
                 .await
@@ -870,7 +960,7 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
         }
         (Method::PUT, "/api/v1/recovery-passphrase") => {
             let (_, admin, _) = authenticated(&ctx, &req)?;
-            let r: api::RecoveryPassphrase = read_json(req.into_body()).await?;
+            let r: api::RecoveryPassphrase = body_json(req, ADMIN_BODY).await?;
             if r.passphrase.chars().count() < crate::catalogue::MIN_PASSPHRASE
                 || r.passphrase.len() > 1024
             {
@@ -914,7 +1004,7 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
         (Method::PUT, p) if machine_in(p, "/vm-spec").is_some() => {
             let (_, admin, _) = authenticated(&ctx, &req)?;
             let id = machine_in(p, "/vm-spec").unwrap_or_default().to_owned();
-            let settings: api::VmSpecSettings = read_json(req.into_body()).await?;
+            let settings: api::VmSpecSettings = body_json(req, ADMIN_BODY).await?;
             known_machine(&ctx.state, &id)?;
             settings.check().map_err(|e| ApiError::bad_request("invalid", e))?;
             if let Some(b) = settings.boot_disk {
@@ -947,11 +1037,9 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
                 },
             )
         }
-        (Method::POST, p)
-            if p.starts_with("/api/v1/test-failovers/") && p.ends_with("/cleanup") =>
-        {
+        (Method::POST, p) if segment(p, "/api/v1/test-failovers/", "/cleanup").is_some() => {
             let (_, admin, _) = authenticated(&ctx, &req)?;
-            let id = &p["/api/v1/test-failovers/".len()..p.len() - "/cleanup".len()];
+            let id = segment(p, "/api/v1/test-failovers/", "/cleanup").unwrap_or_default();
             let tf =
                 ctx.state.test_failovers(Some(id)).map_err(internal)?.pop().ok_or_else(|| {
                     ApiError::not_found(
@@ -991,11 +1079,11 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
             authenticated(&ctx, &req)?;
             json(StatusCode::OK, &plan_list(&ctx.state)?)
         }
-        (Method::POST, p) if p.starts_with("/api/v1/plans/") && p.ends_with("/run") => {
+        (Method::POST, p) if segment(p, "/api/v1/plans/", "/run").is_some() => {
             let (_, admin, _) = authenticated(&ctx, &req)?;
-            let name = p["/api/v1/plans/".len()..p.len() - "/run".len()].to_owned();
+            let name = segment(p, "/api/v1/plans/", "/run").unwrap_or_default().to_owned();
             check_policy_name(&name)?;
-            let r: api::PlanRun = read_json(req.into_body()).await?;
+            let r: api::PlanRun = body_json(req, ADMIN_BODY).await?;
             if !matches!(r.mode.as_str(), "test-failover" | "failover") {
                 return Err(ApiError::bad_request(
                     "invalid",
@@ -1025,11 +1113,11 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
             tokio::spawn(async move { plans.run(f, job, name, plan, r.mode, choice).await });
             accepted(&ctx.state, job)
         }
-        (Method::PUT, p) if p.starts_with("/api/v1/plans/") => {
+        (Method::PUT, p) if segment(p, "/api/v1/plans/", "").is_some() => {
             let (_, admin, _) = authenticated(&ctx, &req)?;
-            let name = p["/api/v1/plans/".len()..].to_owned();
+            let name = segment(p, "/api/v1/plans/", "").unwrap_or_default().to_owned();
             check_policy_name(&name)?;
-            let plan: api::Plan = read_json(req.into_body()).await?;
+            let plan: api::Plan = body_json(req, ADMIN_BODY).await?;
             ctx.plans
                 .validate(&ctx.state, ctx.failover.as_ref(), &plan)
                 .map_err(|e| ApiError::bad_request("invalid", e))?;
@@ -1039,9 +1127,9 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
             tracing::info!(%admin, plan = %name, "recovery plan set");
             json(StatusCode::OK, &plan_list(&ctx.state)?)
         }
-        (Method::DELETE, p) if p.starts_with("/api/v1/plans/") => {
+        (Method::DELETE, p) if segment(p, "/api/v1/plans/", "").is_some() => {
             let (_, admin, _) = authenticated(&ctx, &req)?;
-            let name = &p["/api/v1/plans/".len()..];
+            let name = segment(p, "/api/v1/plans/", "").unwrap_or_default();
             check_policy_name(name)?;
             if !ctx.state.delete_plan(name).map_err(internal)? {
                 return Err(ApiError::not_found("unknown_plan", format!("name: no plan {name:?}")));
@@ -1049,13 +1137,13 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
             tracing::info!(%admin, plan = %name, "recovery plan deleted");
             json(StatusCode::OK, &plan_list(&ctx.state)?)
         }
-        (Method::POST, p) if p.starts_with("/api/v1/jobs/") && p.ends_with("/continue") => {
+        (Method::POST, p) if segment(p, "/api/v1/jobs/", "/continue").is_some() => {
             let (_, admin, _) = authenticated(&ctx, &req)?;
-            let raw = &p["/api/v1/jobs/".len()..p.len() - "/continue".len()];
+            let raw = segment(p, "/api/v1/jobs/", "/continue").unwrap_or_default();
             let id: u64 = raw.parse().map_err(|_| {
                 ApiError::bad_request("invalid", format!("id: {raw:?} is not a job number"))
             })?;
-            let body = read_body(req.into_body()).await?;
+            let body = body_bytes(req, ADMIN_BODY).await?;
             let step = if body.iter().all(u8::is_ascii_whitespace) {
                 None
             } else {
@@ -1083,9 +1171,9 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
                 ctx.state.jobs(None, 100).map_err(internal)?.into_iter().map(job_info).collect();
             json(StatusCode::OK, &api::JobList { jobs })
         }
-        (Method::GET, p) if p.starts_with("/api/v1/jobs/") => {
+        (Method::GET, p) if segment(p, "/api/v1/jobs/", "").is_some() => {
             authenticated(&ctx, &req)?;
-            let raw = &p["/api/v1/jobs/".len()..];
+            let raw = segment(p, "/api/v1/jobs/", "").unwrap_or_default();
             let id: u64 = raw.parse().map_err(|_| {
                 ApiError::bad_request("invalid", format!("id: {raw:?} is not a job number"))
             })?;
@@ -1095,9 +1183,9 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
                 })?;
             json(StatusCode::OK, &job_info(j))
         }
-        (Method::GET, p) if p.starts_with("/api/v1/machines/") && p.ends_with("/points") => {
+        (Method::GET, p) if machine_in(p, "/points").is_some() => {
             authenticated(&ctx, &req)?;
-            let id = &p["/api/v1/machines/".len()..p.len() - "/points".len()];
+            let id = machine_in(p, "/points").unwrap_or_default();
             if !ctx.state.machine_exists(id).map_err(internal)? {
                 return Err(ApiError::not_found(
                     "unknown_machine",
@@ -1140,7 +1228,15 @@ fn point_summary(p: crate::state::PointRow) -> api::PointSummary {
 }
 
 async fn register(ctx: &ConfigServerCtx, req: Request<RequestBody>) -> Answer {
-    let r: api::RegisterRequest = read_json(req.into_body()).await?;
+    let from = req
+        .extensions()
+        .get::<PeerInfo>()
+        .map(|p| p.remote_addr.ip())
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    // Wrong passphrases are limited per source like failed logins.
+    let attempt =
+        ctx.admins.registrations().begin(&crate::admin::source_key(from)).map_err(admin_error)?;
+    let r: api::RegisterRequest = body_json(req, REGISTER_BODY).await?;
     let version = lifeboat_wire::negotiate(lifeboat_wire::PROTOCOL_VERSIONS, &r.protocol_versions)
         .ok_or_else(|| {
             ApiError::new(
@@ -1169,13 +1265,15 @@ async fn register(ctx: &ConfigServerCtx, req: Request<RequestBody>) -> Answer {
         .register_machine(&r.passphrase, &machine_id, &r.hostname)
         .map_err(|e| ApiError::internal(e.to_string()))?;
     if !ok {
-        tracing::warn!(hostname = %r.hostname, "registration refused: unknown or used passphrase");
+        attempt.failed();
+        tracing::warn!(%from, "registration refused: unknown, used or expired passphrase");
         return Err(ApiError::forbidden(
             "bad_passphrase",
-            "the registration passphrase is wrong or was already used; ask the administrator \
-             for a new one (lifeboat-appliance passphrase)",
+            "the registration passphrase is wrong, was already used or has expired (they last \
+             24 hours); ask the administrator for a new one (lifeboat-appliance passphrase)",
         ));
     }
+    attempt.succeeded();
     crate::pki::record_cert(&ctx.state, &machine_id, &cert_pem, ca.fingerprint())
         .map_err(|e| ApiError::internal(format!("{e:#}")))?;
     tracing::info!(%machine_id, hostname = %r.hostname, "machine registered");
@@ -1287,7 +1385,7 @@ pub async fn process_server(
     }
     match (req.method().clone(), path.as_str()) {
         (Method::POST, "/api/v1/hello") => {
-            let hello: api::Hello = read_json(req.into_body()).await?;
+            let hello: api::Hello = body_json(req, AGENT_JSON_BODY).await?;
             if let Some(system) = &hello.system {
                 system.check().map_err(|e| ApiError::bad_request("invalid-system", e))?;
                 let text =
@@ -1309,12 +1407,12 @@ pub async fn process_server(
             }
         }
         (Method::POST, "/api/v1/progress") => {
-            let p: api::Progress = read_json(req.into_body()).await?;
+            let p: api::Progress = body_json(req, AGENT_JSON_BODY).await?;
             state.set_progress(&machine, &p).map_err(|e| ApiError::internal(e.to_string()))?;
             json(StatusCode::OK, &serde_json::json!({}))
         }
         (Method::POST, "/api/v1/agent-alerts") => {
-            let a: api::AgentAlert = read_json(req.into_body()).await?;
+            let a: api::AgentAlert = body_json(req, AGENT_JSON_BODY).await?;
             a.check().map_err(|e| ApiError::bad_request("invalid", e))?;
             let record = serde_json::json!({
                 "kind": a.kind, "message": a.message, "at": crate::state::now_ms(),
@@ -1351,7 +1449,7 @@ pub async fn process_server(
             )
         }
         (Method::POST, "/api/v1/renew") => {
-            let r: api::RenewRequest = read_json(req.into_body()).await?;
+            let r: api::RenewRequest = body_json(req, AGENT_JSON_BODY).await?;
             let cert_pem = pki.sign_agent(&state, &r.csr_pem, &machine).map_err(|e| {
                 ApiError::bad_request("bad_csr", format!("certificate request refused: {e:#}"))
             })?;
@@ -1363,7 +1461,7 @@ pub async fn process_server(
             Err(f) => Ok(failure(f)),
         },
         (Method::POST, "/api/v1/reverse/diff") => {
-            let d: api::ReverseDiff = read_json(req.into_body()).await?;
+            let d: api::ReverseDiff = body_json(req, AGENT_JSON_BODY).await?;
             match crate::reverse::diff(&ps, &state, &machine, d).await {
                 Ok(batch) => {
                     let mut r = Response::new(lifeboat_net::server::full(batch));
@@ -1377,14 +1475,14 @@ pub async fn process_server(
             }
         }
         (Method::POST, "/api/v1/reverse/done") => {
-            let d: api::ReverseDone = read_json(req.into_body()).await?;
+            let d: api::ReverseDone = body_json(req, AGENT_JSON_BODY).await?;
             match crate::reverse::done(&state, &machine, d) {
                 Ok(()) => json(StatusCode::OK, &serde_json::json!({})),
                 Err(f) => Ok(failure(f)),
             }
         }
         (Method::POST, "/api/v1/churn") => {
-            let r: api::ChurnReport = read_json(req.into_body()).await?;
+            let r: api::ChurnReport = body_json(req, AGENT_JSON_BODY).await?;
             r.check().map_err(|e| ApiError::bad_request("invalid-churn", e))?;
             let text = serde_json::to_string(&r).map_err(|e| ApiError::internal(e.to_string()))?;
             state.add_churn(&machine, &text).map_err(|e| ApiError::internal(e.to_string()))?;
@@ -1392,7 +1490,7 @@ pub async fn process_server(
             json(StatusCode::OK, &serde_json::json!({}))
         }
         (Method::POST, "/api/v1/groups/points") => {
-            let g: api::GroupPoint = read_json(req.into_body()).await?;
+            let g: api::GroupPoint = body_json(req, AGENT_JSON_BODY).await?;
             check_group_point(&state, &machine, &g)?;
             state
                 .add_group_point(&g.group, g.point, &g.members)
@@ -1400,8 +1498,8 @@ pub async fn process_server(
             tracing::info!(group = %g.group, point = g.point, members = g.members.len(), "group point recorded by the coordinator");
             json(StatusCode::OK, &serde_json::json!({}))
         }
-        (Method::GET, p) if p.starts_with("/api/v1/machines/") && p.ends_with("/points") => {
-            let id = &p["/api/v1/machines/".len()..p.len() - "/points".len()];
+        (Method::GET, p) if machine_in(p, "/points").is_some() => {
+            let id = machine_in(p, "/points").unwrap_or_default();
             if id != machine {
                 return Err(ApiError::forbidden(
                     "forbidden",

@@ -59,7 +59,22 @@ pub struct MasterTarget {
     catalogue_hash: Option<[u8; 32]>,
     /// The last pass failed.
     failing: bool,
+    /// Disks whose last apply failed: when to try again and how often it failed.
+    troubled: std::collections::HashMap<(MachineId, u32), Trouble>,
 }
+
+/// A disk (or with `disk == u32::MAX`, a machine's point) that failed: it backs off,
+/// every other disk keeps applying.
+#[derive(Debug, Clone, Copy)]
+struct Trouble {
+    failures: u32,
+    retry_at: std::time::Instant,
+}
+
+/// First wait after a disk failed; doubles per failure up to [`DISK_BACKOFF_MAX`].
+const DISK_BACKOFF_START: Duration = Duration::from_secs(1);
+/// Longest wait between two tries of a failing disk.
+const DISK_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 impl std::fmt::Debug for MasterTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -74,6 +89,8 @@ pub struct PassReport {
     pub applied: u64,
     /// Points created.
     pub points: u64,
+    /// Disks (or points) that failed in this pass and now back off; the others went on.
+    pub failed: u64,
 }
 
 impl MasterTarget {
@@ -99,6 +116,7 @@ impl MasterTarget {
             catalogue_at: None,
             catalogue_hash: None,
             failing: false,
+            troubled: Default::default(),
         }
     }
 
@@ -201,7 +219,52 @@ impl MasterTarget {
         Ok(())
     }
 
-    /// One pass over every replica disk: apply what is ready, cut points.
+    /// Whether `(machine, disk)` is backing off after a failure.
+    fn backing_off(&self, machine: MachineId, disk: u32) -> bool {
+        self.troubled.get(&(machine, disk)).is_some_and(|t| t.retry_at > std::time::Instant::now())
+    }
+
+    /// Records a failure of one disk (or with `u32::MAX`, of a machine's point): it backs
+    /// off and an alert names it until it works again.
+    fn disk_failed(&mut self, machine: MachineId, disk: u32, e: &anyhow::Error) {
+        let t = self
+            .troubled
+            .entry((machine, disk))
+            .or_insert(Trouble { failures: 0, retry_at: std::time::Instant::now() });
+        t.failures += 1;
+        let wait = DISK_BACKOFF_START
+            .saturating_mul(1u32 << t.failures.min(16).saturating_sub(1))
+            .min(DISK_BACKOFF_MAX);
+        t.retry_at = std::time::Instant::now() + wait;
+        let mid = machine.to_string();
+        let (alert_disk, what) = if disk == u32::MAX {
+            (0, "creating its recovery point failed")
+        } else {
+            (disk, "its logs cannot be applied")
+        };
+        let message = format!(
+            "{what}, retried every {} s at most, other disks keep applying: {e:#}",
+            DISK_BACKOFF_MAX.as_secs()
+        );
+        if let Err(err) = self.state.set_disk_alert(&mid, alert_disk, "apply-failed", &message) {
+            tracing::error!(error = %err, "cannot record a disk's alert");
+        }
+        tracing::warn!(%machine, disk = alert_disk, failures = t.failures, retry_in_s = wait.as_secs(), error = %format!("{e:#}"), "{what}; this disk backs off, the others go on");
+    }
+
+    /// Clears a disk's failure after it worked.
+    fn disk_ok(&mut self, machine: MachineId, disk: u32) {
+        if self.troubled.remove(&(machine, disk)).is_some() {
+            let alert_disk = if disk == u32::MAX { 0 } else { disk };
+            let _ = self.state.clear_disk_alert(&machine.to_string(), alert_disk, "apply-failed");
+            tracing::info!(%machine, disk = alert_disk, "applying works again");
+        }
+    }
+
+    /// One pass over every replica disk: apply what is ready, cut points. A failure of
+    /// one disk (a log that cannot be read, opened or applied) or of one machine's point
+    /// stops only that disk or machine, which backs off with an alert naming it; a
+    /// failure that concerns every disk (the plugins, listing the target) fails the pass.
     pub async fn pass(&mut self) -> anyhow::Result<PassReport> {
         self.refresh().await?;
         let mut report = PassReport::default();
@@ -221,7 +284,19 @@ impl MasterTarget {
             }
             let last_point = self.state.points(&mid)?.last().map(|p| p.point).unwrap_or(0);
             for &disk in &disks {
-                report.applied += self.apply_disk(machine, disk, last_point).await?;
+                if self.backing_off(machine, disk) {
+                    continue;
+                }
+                match self.apply_disk(machine, disk, last_point).await {
+                    Ok(n) => {
+                        report.applied += n;
+                        self.disk_ok(machine, disk);
+                    }
+                    Err(e) => {
+                        report.failed += 1;
+                        self.disk_failed(machine, disk, &e);
+                    }
+                }
             }
             // A point exists once every disk reached the same tag past the last point.
             let mut reached = Vec::new();
@@ -231,6 +306,7 @@ impl MasterTarget {
             if let Some(Some(p)) = reached.first().copied()
                 && p > last_point
                 && reached.iter().all(|r| *r == Some(p))
+                && !self.backing_off(machine, u32::MAX)
             {
                 // App-consistent only if every disk's tag says so.
                 let mut kind = "app";
@@ -239,8 +315,16 @@ impl MasterTarget {
                         kind = "crash";
                     }
                 }
-                self.cut_point(machine, &disks, p, kind).await?;
-                report.points += 1;
+                match self.cut_point(machine, &disks, p, kind).await {
+                    Ok(()) => {
+                        report.points += 1;
+                        self.disk_ok(machine, u32::MAX);
+                    }
+                    Err(e) => {
+                        report.failed += 1;
+                        self.disk_failed(machine, u32::MAX, &e);
+                    }
+                }
             }
         }
         Ok(report)

@@ -256,6 +256,20 @@ pub fn alerts(state: &State) -> Result<Vec<Alert>, StateError> {
             );
         }
     }
+    // Problems of one disk: its logs cannot be applied, it shrank, its cursor is stuck.
+    for a in state.disk_alerts()? {
+        if state.is_revoked(&a.machine_id)? {
+            continue;
+        }
+        alert(
+            &a.kind,
+            true,
+            Some(&a.machine_id),
+            format!("disk {} of machine {}: {}", a.disk, a.machine_id, a.message),
+            now.saturating_sub(a.since_unix_ms) as f64 / 1000.0,
+            0.0,
+        );
+    }
     if let Some(refused) = state.setting("plugins_refused")?.filter(|r| !r.is_empty()) {
         alert("plugin", false, None, format!("plugins refused at load: {refused}"), 1.0, 0.0);
     }

@@ -248,18 +248,53 @@ impl ProcessServer {
             })?;
         let mut cursors = Vec::new();
         let known = self.inner.state.disks(machine_id)?;
+        let max = self.inner.cfg.max_disk_gib.saturating_mul(1 << 30);
+        // Every disk is checked before the target is asked for anything.
+        for d in &hello.disks {
+            if d.size == 0 || d.size > max || !d.size.is_multiple_of(lifeboat_wire::SECTOR_SIZE) {
+                return Err(ApiFailure::new(
+                    400,
+                    "bad-disk-size",
+                    format!(
+                        "disk {} is announced with {} bytes: a disk is a non-zero multiple of 512 bytes up to {} GiB (process_server.max_disk_gib)",
+                        d.index, d.size, self.inner.cfg.max_disk_gib
+                    ),
+                ));
+            }
+            if let Some((_, size)) = known.iter().find(|(i, _)| *i == d.index)
+                && d.size < *size
+            {
+                let message = format!(
+                    "disk {} ({}) shrank from {size} to {} bytes while protected; its replica keeps {size} bytes and nothing more is accepted for this machine: grow the disk back to {size} bytes, or revoke the machine and register it again to protect it at its new size",
+                    d.index, d.path, d.size
+                );
+                self.inner.state.set_disk_alert(machine_id, d.index, "disk-shrunk", &message)?;
+                tracing::error!(machine = machine_id, disk = d.index, "{message}");
+                return Err(ApiFailure::new(409, "disk-shrunk", message));
+            }
+        }
         for d in &hello.disks {
             let id = disk_id(machine, d.index);
             let mut target = self.control_target().await?;
             let t = target.as_mut().expect("set above");
             match known.iter().find(|(i, _)| *i == d.index) {
                 Some((_, size)) if *size != d.size => {
+                    // Grown while protected (shrinking was refused above): the replica
+                    // grows before any batch for the new space is accepted.
                     t.resize_disk(&id, d.size).await.map_err(call_failure)?;
+                    tracing::info!(
+                        machine = machine_id,
+                        disk = d.index,
+                        from = size,
+                        to = d.size,
+                        "disk grew: replica resized"
+                    );
                 }
                 _ => t.create_disk(&id, d.size).await.map_err(call_failure)?,
             }
             drop(target);
             self.inner.state.upsert_disk(machine_id, d.index, d.size, &d.path)?;
+            self.inner.state.clear_disk_alert(machine_id, d.index, "disk-shrunk")?;
             cursors.push(DiskCursor {
                 index: d.index,
                 next_sequence: self.inner.state.received_next(machine_id, d.index)?,
@@ -278,6 +313,7 @@ impl ProcessServer {
         let batch = lifeboat_wire::decode(&body)
             .map_err(|e| ApiFailure::new(400, "bad-batch", format!("batch refused: {e}")))?;
         let h = *batch.header();
+        let end = batch.extents().last().map_or(0, |e| e.end());
         drop(batch);
         if h.machine.to_string() != machine_id {
             return Err(ApiFailure::new(
@@ -290,11 +326,22 @@ impl ProcessServer {
             ));
         }
         let known = self.inner.state.disks(machine_id)?;
-        if !known.iter().any(|(i, _)| *i == h.disk_index) {
+        let Some(&(_, size)) = known.iter().find(|(i, _)| *i == h.disk_index) else {
             return Err(ApiFailure::new(
                 409,
                 "unknown-disk",
                 format!("disk {} was not announced: send hello first", h.disk_index),
+            ));
+        };
+        // Extents are sorted and disjoint (the decoder checked): the last one ends last.
+        if end > size {
+            return Err(ApiFailure::new(
+                400,
+                "extent-out-of-range",
+                format!(
+                    "batch {} of disk {} writes up to byte {end}, past the disk's announced size of {size} bytes: announce the new size (hello) before sending data for it",
+                    h.sequence, h.disk_index
+                ),
             ));
         }
         let q = self.queue(h.machine, h.disk_index);
@@ -713,5 +760,46 @@ mod tests {
         assert_eq!(e.code, "bad-batch");
         assert_eq!(state.received_next(&a.to_string(), 0).unwrap(), 1);
         assert_eq!(ps.backlog(), 1, "the stored batch waits to be shipped");
+    }
+
+    /// Issue 11, finding 3: extents past the disk's end were accepted and stalled the
+    /// master target; hello sizes had no bound; a shrink went through silently.
+    #[tokio::test]
+    async fn extents_past_the_end_and_bad_sizes_are_refused_before_anything_is_cached() {
+        let d = tempfile::tempdir().unwrap();
+        let (ps, state) = server(d.path());
+        let a = MachineId([1; 16]);
+        let id = a.to_string();
+        state.add_passphrase("p").unwrap();
+        assert!(state.register_machine("p", &id, "a").unwrap());
+        // The test batch writes 4096 bytes at 4096: it ends at 8192.
+        state.upsert_disk(&id, 0, 8192 - 512, "/dev/a").unwrap();
+        let e = ps.batch(&id, batch(a, 0, 0)).await.unwrap_err();
+        assert_eq!((e.status, e.code), (400, "extent-out-of-range"), "{}", e.message);
+        assert!(e.message.contains("8192"), "{}", e.message);
+        assert_eq!(ps.backlog(), 0, "nothing cached");
+        assert_eq!(state.received_next(&id, 0).unwrap(), 0);
+        state.upsert_disk(&id, 0, 8192, "/dev/a").unwrap();
+        assert!(ps.batch(&id, batch(a, 0, 0)).await.is_ok(), "exactly to the end is fine");
+
+        let hello = |size: u64| Hello {
+            protocol_versions: lifeboat_wire::PROTOCOL_VERSIONS.to_vec(),
+            disks: vec![lifeboat_wire::api::DiskDescriptor {
+                index: 0,
+                size,
+                path: "/dev/a".into(),
+            }],
+            system: None,
+        };
+        for bad in [0, 1000, (64u64 << 40) + 512] {
+            let e = ps.hello(&id, hello(bad)).await.unwrap_err();
+            assert_eq!((e.status, e.code), (400, "bad-disk-size"), "{bad}: {}", e.message);
+        }
+        let e = ps.hello(&id, hello(4096)).await.unwrap_err();
+        assert_eq!((e.status, e.code), (409, "disk-shrunk"), "{}", e.message);
+        assert_eq!(state.disks(&id).unwrap(), vec![(0, 8192)], "the replica's size is kept");
+        let alerts = state.disk_alerts().unwrap();
+        assert_eq!((alerts.len(), alerts[0].kind.as_str()), (1, "disk-shrunk"));
+        assert!(crate::policy::alerts(&state).unwrap().iter().any(|a| a.kind == "disk-shrunk"));
     }
 }

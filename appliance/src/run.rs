@@ -26,11 +26,61 @@ pub struct Core {
     pub registry: Arc<Registry>,
 }
 
+/// Makes what the appliance keeps readable by its own user only.
+///
+/// The data directory holds clear batches (the cache, before compression and encryption),
+/// password hashes (`state.db`), data keys and the CA key; a local target holds replicas.
+/// Everything the process creates is its own (umask 077), and the directories that hold
+/// those files are made 0700 at every start, with a warning when they were open to others
+/// (a directory 0700 closes everything beneath it, whatever the files' own modes).
+pub fn make_private(config: &ApplianceConfig) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    let data = &config.data_dir;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data)
+        .with_context(|| format!("cannot create the data directory {}", data.display()))?;
+    let mut private: Vec<&Path> = vec![data.as_path()];
+    private.extend(config.plugins.cache_dir.as_deref());
+    for g in config.plugins.grants.values() {
+        private.extend(g.directories.values().map(|d| d.as_path()));
+    }
+    for dir in private {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let mode = std::fs::metadata(dir)
+            .with_context(|| format!("cannot read the permissions of {}", dir.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            tracing::warn!(dir = %dir.display(), mode = format!("{:o}", mode & 0o777), "was open to other local users: made 0700");
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o700 | 0o700))
+                .with_context(|| format!("cannot make {} private (chmod 700)", dir.display()))?;
+        }
+    }
+    for f in ["state.db", "state.db-wal", "state.db-shm"] {
+        let path = data.join(f);
+        if let Ok(m) = std::fs::metadata(&path)
+            && m.permissions().mode() & 0o077 != 0
+        {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("cannot make {} private", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Opens the data directory, state, keys and plugins.
 pub fn open_core(config: ApplianceConfig) -> anyhow::Result<Core> {
+    make_private(&config)?;
     let data = &config.data_dir;
-    std::fs::create_dir_all(data)
-        .with_context(|| format!("cannot create the data directory {}", data.display()))?;
     let state = State::open(&data.join("state.db"))?;
     let keys = crate::keys::load_or_create(&data.join("keys"))
         .with_context(|| format!("data keys in {}", data.join("keys").display()))?;
@@ -125,11 +175,18 @@ pub async fn run(config: ApplianceConfig) -> anyhow::Result<()> {
         tracing::info!(url = %format!("https://{}", listener.local_addr()?), ca_fingerprint = %pki.active().fingerprint(), "configuration server listening");
         let sd = shutdown.clone();
         tasks.spawn(async move {
-            lifeboat_net::serve(
+            lifeboat_net::server::serve_with(
                 listener,
                 tls,
                 move |req| http::config_server(ctx.clone(), req),
                 sd.cancelled_owned(),
+                lifeboat_net::server::ServeOptions {
+                    max_body_bytes: http::CONFIG_SERVER_MAX_BODY,
+                    // Bodies here are small: 64 KiB per request and 1 MiB per connection
+                    // are all a client can have buffered before a handler reads them.
+                    h2_windows: (64 << 10, 1 << 20),
+                    ..Default::default()
+                },
             )
             .await;
         });

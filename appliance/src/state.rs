@@ -184,7 +184,35 @@ const MIGRATIONS: &[&str] = &[
         name TEXT PRIMARY KEY,
         plan TEXT NOT NULL
      );",
+    // 15: problems of one disk (its logs cannot be applied, it shrank, its cursor is
+    // stuck behind a gap), each an alert naming the disk until it clears.
+    "CREATE TABLE disk_alerts (
+        machine_id TEXT NOT NULL,
+        disk INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        message TEXT NOT NULL,
+        since_unix_ms INTEGER NOT NULL,
+        PRIMARY KEY (machine_id, disk, kind)
+     );",
 ];
+
+/// How long a registration passphrase may be used after it was made: 24 hours.
+pub const PASSPHRASE_TTL_MS: u64 = 24 * 3600 * 1000;
+
+/// A problem of one disk, see [`State::disk_alerts`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskAlertRow {
+    /// The machine.
+    pub machine_id: String,
+    /// The disk's index.
+    pub disk: u32,
+    /// `apply-failed`, `disk-shrunk` or `cursor-stuck`.
+    pub kind: String,
+    /// What is wrong and what to do.
+    pub message: String,
+    /// Since when (the first time it was seen, kept while it holds).
+    pub since_unix_ms: u64,
+}
 
 /// A machine's certificates: (signing CA of the current one, current sha256, previous
 /// sha256 still accepted).
@@ -405,18 +433,20 @@ impl State {
         Ok(())
     }
 
-    /// Number of passphrases not used yet.
+    /// Number of passphrases neither used nor expired.
     pub fn unused_passphrases(&self) -> Result<u64, StateError> {
         self.conn()
-            .query_row("SELECT COUNT(*) FROM passphrases WHERE used_unix_ms IS NULL", [], |r| {
-                r.get::<_, i64>(0)
-            })
+            .query_row(
+                "SELECT COUNT(*) FROM passphrases WHERE used_unix_ms IS NULL AND created_unix_ms > ?1",
+                params![now_ms().saturating_sub(PASSPHRASE_TTL_MS) as i64],
+                |r| r.get::<_, i64>(0),
+            )
             .map(|n| n as u64)
             .map_err(|e| self.err(e))
     }
 
-    /// Registers a machine if `passphrase` is valid and unused, consuming it. Returns
-    /// false (and changes nothing) otherwise.
+    /// Registers a machine if `passphrase` is valid, unused and younger than
+    /// [`PASSPHRASE_TTL_MS`], consuming it. Returns false (and changes nothing) otherwise.
     pub fn register_machine(
         &self,
         passphrase: &str,
@@ -428,8 +458,13 @@ impl State {
         let n = tx
             .execute(
                 "UPDATE passphrases SET used_unix_ms = ?2, machine_id = ?3
-                 WHERE hash = ?1 AND used_unix_ms IS NULL",
-                params![hash_passphrase(passphrase), now_ms() as i64, machine_id],
+                 WHERE hash = ?1 AND used_unix_ms IS NULL AND created_unix_ms > ?4",
+                params![
+                    hash_passphrase(passphrase),
+                    now_ms() as i64,
+                    machine_id,
+                    now_ms().saturating_sub(PASSPHRASE_TTL_MS) as i64
+                ],
             )
             .map_err(|e| self.err(e))?;
         if n == 0 {
@@ -1580,6 +1615,65 @@ impl State {
         Ok(())
     }
 
+    /// Records (or refreshes the message of) a problem of one disk; `since` stays the
+    /// first time it was seen.
+    pub fn set_disk_alert(
+        &self,
+        machine_id: &str,
+        disk: u32,
+        kind: &str,
+        message: &str,
+    ) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "INSERT INTO disk_alerts (machine_id, disk, kind, message, since_unix_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (machine_id, disk, kind) DO UPDATE SET message = ?4",
+                params![machine_id, disk, kind, message, now_ms() as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Clears a problem of one disk (nothing if there is none).
+    pub fn clear_disk_alert(
+        &self,
+        machine_id: &str,
+        disk: u32,
+        kind: &str,
+    ) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "DELETE FROM disk_alerts WHERE machine_id = ?1 AND disk = ?2 AND kind = ?3",
+                params![machine_id, disk, kind],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Every problem of a disk that holds now.
+    pub fn disk_alerts(&self) -> Result<Vec<DiskAlertRow>, StateError> {
+        let c = self.conn();
+        let mut s = c
+            .prepare(
+                "SELECT machine_id, disk, kind, message, since_unix_ms FROM disk_alerts
+                 ORDER BY machine_id, disk, kind",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = s
+            .query_map([], |r| {
+                Ok(DiskAlertRow {
+                    machine_id: r.get(0)?,
+                    disk: r.get::<_, i64>(1)? as u32,
+                    kind: r.get(2)?,
+                    message: r.get(3)?,
+                    since_unix_ms: r.get::<_, i64>(4)? as u64,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
     /// An appliance-wide value, if set.
     pub fn setting(&self, name: &str) -> Result<Option<String>, StateError> {
         self.conn()
@@ -1681,6 +1775,15 @@ mod tests {
         let s = State::open(&d.path().join("s.db")).unwrap();
         s.add_passphrase("one-time").unwrap();
         assert!(!s.register_machine("wrong", "m1", "h").unwrap());
+        // Issue 11, finding 8: passphrases never expired, unlike docs/security.md.
+        s.add_passphrase("stale").unwrap();
+        s.conn()
+            .execute(
+                "UPDATE passphrases SET created_unix_ms = ?1 WHERE hash = ?2",
+                params![(now_ms() - PASSPHRASE_TTL_MS - 1000) as i64, hash_passphrase("stale")],
+            )
+            .unwrap();
+        assert!(!s.register_machine("stale", "m0", "h").unwrap(), "an expired passphrase");
         assert!(s.register_machine(" one-time ", "m1", "h").unwrap());
         assert!(!s.register_machine("one-time", "m2", "h").unwrap());
         assert!(s.machine_exists("m1").unwrap());

@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 
 /// `passphrase`: a new one-time registration passphrase.
 pub fn passphrase(config: ApplianceConfig) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir)?;
+    crate::run::make_private(&config)?;
     let state = State::open(&config.data_dir.join("state.db"))?;
     println!("{}", crate::run::new_passphrase(&state)?);
     Ok(())
@@ -16,6 +16,7 @@ pub fn passphrase(config: ApplianceConfig) -> anyhow::Result<()> {
 
 /// `fingerprint`: the CA fingerprint agents pin.
 pub fn fingerprint(config: ApplianceConfig) -> anyhow::Result<()> {
+    crate::run::make_private(&config)?;
     let ca =
         lifeboat_net::Ca::load_or_create(&config.data_dir.join("ca"), "Lifeboat appliance CA")?;
     println!("{}", ca.fingerprint());

@@ -84,11 +84,106 @@ async fn call(
             HeaderValue::from_str(&format!("Bearer {t}")).unwrap(),
         );
     }
+    if !body.is_empty() {
+        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
     let (status, _, bytes) =
         c.request(method.clone(), path, Bytes::from(body.to_owned()), headers).await.unwrap();
     let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     conforms(&method, template, status, &v);
     (status, v)
+}
+
+/// Issue 11, findings 5 and 8: what reaches the configuration server before anyone is
+/// authenticated is bounded, paths that are no route are 404 (they used to panic in
+/// string slicing), JSON must say it is JSON, pages of other origins are refused, and
+/// wrong registration passphrases are limited like failed logins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_layer_refuses_what_it_should() {
+    let s = start().await;
+    let c = s.client(None);
+    let token = setup_admin(&c).await;
+    let auth = |extra: &[(&'static str, &str)]| {
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+        );
+        for (k, v) in extra {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    };
+    for (method, path) in [
+        (Method::POST, "/api/v1/machines/revoke"),
+        (Method::GET, "/api/v1/machines/points"),
+        (Method::POST, "/api/v1/test-failovers/cleanup"),
+        (Method::POST, "/api/v1/plans/run"),
+        (Method::POST, "/api/v1/jobs/continue"),
+        (Method::PUT, "/api/v1/plans/"),
+        (Method::GET, "/api/v1/jobs/"),
+    ] {
+        let (st, _, body) = c.request(method.clone(), path, Bytes::new(), auth(&[])).await.unwrap();
+        assert_eq!(st, StatusCode::NOT_FOUND, "{method} {path}: {body:?}");
+    }
+    // A JSON body not declared as such (what an HTML form sends) is refused.
+    let policy = Bytes::from_static(br#"{"rpo_warning_secs":600}"#);
+    let (st, _, body) =
+        c.request(Method::PUT, "/api/v1/policies/p1", policy.clone(), auth(&[])).await.unwrap();
+    assert_eq!(st, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{body:?}");
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+    let (st, _, _) =
+        c.request(Method::PUT, "/api/v1/policies/p1", policy.clone(), auth(&form)).await.unwrap();
+    assert_eq!(st, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    // Another origin is refused; the appliance's own is not.
+    let json = ("content-type", "application/json; charset=utf-8");
+    let evil = [json, ("origin", "https://evil.example")];
+    let (st, _, body) =
+        c.request(Method::PUT, "/api/v1/policies/p1", policy.clone(), auth(&evil)).await.unwrap();
+    assert_eq!(st, StatusCode::FORBIDDEN, "{body:?}");
+    assert!(String::from_utf8_lossy(&body).contains("origin_mismatch"));
+    let own = format!("https://{}", s.addr);
+    let ours = [json, ("origin", own.as_str())];
+    let (st, _, body) =
+        c.request(Method::PUT, "/api/v1/policies/p1", policy, auth(&ours)).await.unwrap();
+    assert_eq!(st, StatusCode::OK, "{body:?}");
+    // Unauthenticated bodies are read only up to a few KiB.
+    let big = format!(r#"{{"name":"{}","password":"correct horse battery"}}"#, "n".repeat(8192));
+    let (st, v) = call(&c, Method::POST, "/api/v1/login", "/api/v1/login", None, &big).await;
+    assert_eq!(st, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+    // Wrong registration passphrases: five, then 429 whatever is sent.
+    let (_, csr) = Identity::generate_csr("agent").unwrap();
+    let register = |p: &str| {
+        serde_json::json!({
+            "passphrase": p, "csr_pem": csr, "hostname": "web01",
+            "protocol_versions": lifeboat_wire::PROTOCOL_VERSIONS,
+        })
+        .to_string()
+    };
+    for i in 0..5 {
+        let (st, v) = call(
+            &c,
+            Method::POST,
+            "/api/v1/register",
+            "/api/v1/register",
+            None,
+            &register(&format!("wrong-{i}")),
+        )
+        .await;
+        assert_eq!(st, StatusCode::FORBIDDEN, "{v}");
+    }
+    s.state.add_passphrase("right-one").unwrap();
+    let (st, v) = call(
+        &c,
+        Method::POST,
+        "/api/v1/register",
+        "/api/v1/register",
+        None,
+        &register("right-one"),
+    )
+    .await;
+    assert_eq!(st, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    assert!(!s.state.register_machine("wrong-0", "m-x", "h").unwrap());
 }
 
 fn doc() -> Value {

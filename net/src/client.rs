@@ -200,6 +200,16 @@ impl Client {
     /// omitted; a bare `host:port` is taken as HTTPS), using `tls` (see
     /// [`tls::client_config`]).
     pub fn new(base_url: &str, tls: Arc<ClientConfig>) -> Result<Client> {
+        Self::with_source(base_url, tls, None)
+    }
+
+    /// [`Client::new`], connecting from the local address `source` (on a machine with
+    /// several addresses, to choose the one the appliance sees).
+    pub fn with_source(
+        base_url: &str,
+        tls: Arc<ClientConfig>,
+        source: Option<std::net::IpAddr>,
+    ) -> Result<Client> {
         let invalid =
             |reason: &str| ClientError::InvalidUrl { url: base_url.into(), reason: reason.into() };
         let text = if base_url.contains("://") {
@@ -222,6 +232,7 @@ impl Client {
         let connector = TlsConnector {
             tls: tokio_rustls::TlsConnector::from(tls),
             failures: tls_failures.clone(),
+            source,
         };
         let inner = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -491,6 +502,7 @@ impl TlsFailures {
 struct TlsConnector {
     tls: tokio_rustls::TlsConnector,
     failures: TlsFailures,
+    source: Option<std::net::IpAddr>,
 }
 
 impl tower_service::Service<Uri> for TlsConnector {
@@ -503,14 +515,30 @@ impl tower_service::Service<Uri> for TlsConnector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let (tls, failures) = (self.tls.clone(), self.failures.clone());
-        Box::pin(async move { connect(tls, failures, uri).await.map_err(BoxError::from) })
+        let (tls, failures, source) = (self.tls.clone(), self.failures.clone(), self.source);
+        Box::pin(async move { connect(tls, failures, source, uri).await.map_err(BoxError::from) })
     }
+}
+
+/// A TCP connection to `addr`, from `source` when one is given.
+async fn tcp_connect(
+    addr: std::net::SocketAddr,
+    source: Option<std::net::IpAddr>,
+) -> io::Result<TcpStream> {
+    let Some(ip) = source else { return TcpStream::connect(addr).await };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(std::net::SocketAddr::new(ip, 0))?;
+    socket.connect(addr).await
 }
 
 async fn connect(
     tls: tokio_rustls::TlsConnector,
     failures: TlsFailures,
+    source: Option<std::net::IpAddr>,
     uri: Uri,
 ) -> std::result::Result<TlsIo, ConnectFailure> {
     let host =
@@ -538,7 +566,7 @@ async fn connect(
         let mut last = io::Error::new(io::ErrorKind::NotFound, "the name resolved to no address");
         let mut tcp = None;
         for a in addrs {
-            match TcpStream::connect(a).await {
+            match tcp_connect(a, source).await {
                 Ok(s) => {
                     tcp = Some(s);
                     break;

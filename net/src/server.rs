@@ -74,6 +74,17 @@ pub struct PeerInfo {
 pub struct ServeOptions {
     /// Largest request body a handler can read.
     pub max_body_bytes: usize,
+    /// Most connections open at once; past it new ones are closed at once.
+    pub max_connections: usize,
+    /// Most connections open at once from one IP address.
+    pub max_connections_per_ip: usize,
+    /// Most HTTP/2 requests in flight on one connection.
+    pub max_streams: u32,
+    /// HTTP/2 flow-control window of one request, and of a whole connection: how much a
+    /// client may send before a handler reads it. Large for batches (the default,
+    /// [`H2_STREAM_WINDOW`]); small where bodies are small, so that a flood of requests
+    /// nobody reads holds little memory.
+    pub h2_windows: (u32, u32),
     /// How long in-flight requests may run after shutdown is asked for.
     pub shutdown_grace: Duration,
     /// How long a client may take to complete the TLS handshake.
@@ -84,6 +95,10 @@ impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_connections: 4096,
+            max_connections_per_ip: 256,
+            max_streams: 64,
+            h2_windows: (H2_STREAM_WINDOW, 2 * H2_STREAM_WINDOW),
             shutdown_grace: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
         }
@@ -308,20 +323,29 @@ pub async fn serve_with<H, Fut, S>(
 {
     let tls: TlsSource = tls.into();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30));
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .max_buf_size(64 << 10);
     builder
         .http2()
         .timer(TokioTimer::new())
+        .max_concurrent_streams(options.max_streams)
+        .max_header_list_size(64 << 10)
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20))
         // Batches are megabytes: windows that hold a whole default batch, and large frames,
         // so an upload is not a series of 1 MiB round trips of 16 KiB frames.
-        .initial_stream_window_size(H2_STREAM_WINDOW)
-        .initial_connection_window_size(2 * H2_STREAM_WINDOW)
+        .initial_stream_window_size(options.h2_windows.0)
+        .initial_connection_window_size(options.h2_windows.1)
         .max_frame_size(H2_MAX_FRAME);
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
+    let per_ip: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>> =
+        Arc::default();
+    let mut refused_logged: Option<std::time::Instant> = None;
     let local = listener.local_addr().ok();
     tokio::pin!(shutdown);
 
@@ -340,6 +364,28 @@ pub async fn serve_with<H, Fut, S>(
                         continue;
                     }
                 };
+                // Bounded connections, in all and per address: past either, the new
+                // connection is closed before any TLS work is done for it.
+                let slot = {
+                    let mut m = per_ip.lock().unwrap_or_else(|p| p.into_inner());
+                    let n = m.get(&remote_addr.ip()).copied().unwrap_or(0);
+                    if connections.len() >= options.max_connections
+                        || n >= options.max_connections_per_ip
+                    {
+                        None
+                    } else {
+                        m.insert(remote_addr.ip(), n + 1);
+                        Some(IpSlot { map: per_ip.clone(), ip: remote_addr.ip() })
+                    }
+                };
+                let Some(slot) = slot else {
+                    if refused_logged.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                        refused_logged = Some(std::time::Instant::now());
+                        tracing::warn!(%remote_addr, open = connections.len(), "too many connections: closing new ones");
+                    }
+                    drop(tcp);
+                    continue;
+                };
                 let _ = tcp.set_nodelay(true);
                 let connection = Connection {
                     acceptor: tokio_rustls::TlsAcceptor::from(tls.current()),
@@ -348,7 +394,11 @@ pub async fn serve_with<H, Fut, S>(
                     options: options.clone(),
                     remote_addr,
                 };
-                connections.spawn(connection.run(tcp, graceful.watcher()));
+                let watcher = graceful.watcher();
+                connections.spawn(async move {
+                    connection.run(tcp, watcher).await;
+                    drop(slot);
+                });
             }
         }
     }
@@ -363,6 +413,24 @@ pub async fn serve_with<H, Fut, S>(
         );
     }
     connections.shutdown().await;
+}
+
+/// One connection counted against its address; uncounted when dropped.
+struct IpSlot {
+    map: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
 }
 
 struct Connection<H> {

@@ -65,7 +65,22 @@ pub mod files {
         })
     }
 
-    /// Creates a sparse file of `size` bytes (idempotent when it exists with that size).
+    /// Makes the entries of directory `dir` durable (new names, renames, removals):
+    /// without it a power cut can lose a file whose data was synced.
+    pub fn sync_dir(dir: &str) -> Result<(), PluginError> {
+        Ok(File::open(dir)?.sync_all()?)
+    }
+
+    /// [`sync_dir`] of the directory holding `path`.
+    fn sync_parent(path: &str) -> Result<(), PluginError> {
+        match std::path::Path::new(path).parent().and_then(|p| p.to_str()) {
+            Some(p) if !p.is_empty() => sync_dir(p),
+            _ => sync_dir("."),
+        }
+    }
+
+    /// Creates a sparse file of `size` bytes (idempotent when it exists with that size);
+    /// the file and its directory entry are durable when it returns.
     pub fn create_sparse(path: &str, size: u64) -> Result<(), PluginError> {
         if let Ok(m) = fs::metadata(path) {
             if m.len() == size {
@@ -75,10 +90,15 @@ pub mod files {
         }
         let f = File::create(path)?;
         f.set_len(size)?;
-        Ok(f.sync_all()?)
+        f.sync_all()?;
+        sync_parent(path)
     }
 
     /// Writes extents and zero ranges into the file at `path`, refusing writes past its end.
+    ///
+    /// A zero range never allocates space: it is read first (holes read as zeros without
+    /// touching the disk) and zeros are written only over the parts that hold something,
+    /// so zeroing a whole sparse disk costs reads, not the disk's size in storage.
     pub fn write_extents(
         path: &str,
         extents: &[super::Extent],
@@ -100,16 +120,22 @@ pub mod files {
             f.write_all(&e.data)?;
         }
         let zero = vec![0u8; 1 << 20];
+        let mut held = vec![0u8; 1 << 20];
         for z in zeros {
             if z.offset.checked_add(z.length).is_none_or(|end| end > size) {
                 return Err(past(z.offset, z.length));
             }
-            f.seek(SeekFrom::Start(z.offset))?;
-            let mut left = z.length;
-            while left > 0 {
-                let n = left.min(zero.len() as u64) as usize;
-                f.write_all(&zero[..n])?;
-                left -= n as u64;
+            let mut off = z.offset;
+            let end = z.offset + z.length;
+            while off < end {
+                let n = (end - off).min(zero.len() as u64) as usize;
+                f.seek(SeekFrom::Start(off))?;
+                f.read_exact(&mut held[..n])?;
+                if held[..n].iter().any(|b| *b != 0) {
+                    f.seek(SeekFrom::Start(off))?;
+                    f.write_all(&zero[..n])?;
+                }
+                off += n as u64;
             }
         }
         Ok(())
@@ -129,14 +155,18 @@ pub mod files {
         Ok(open_rw(path)?.sync_all()?)
     }
 
-    /// Writes `data` to `path` through a temporary file, synced then renamed, so a crash
-    /// leaves the old content or the new, never a mix.
+    /// Writes `data` to `path` through a temporary file, synced then renamed, and the
+    /// directory synced: a crash leaves the old content or the new, never a mix, and once
+    /// it returns the new content survives a power cut (callers delete what it replaces,
+    /// such as a cached batch, on the strength of that).
     pub fn write_atomic(path: &str, data: &[u8]) -> Result<(), PluginError> {
         let tmp = format!("{path}.tmp");
         let mut f = File::create(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
-        Ok(fs::rename(&tmp, path)?)
+        drop(f);
+        fs::rename(&tmp, path)?;
+        sync_parent(path)
     }
 
     /// Names of the entries of `dir` that start with `prefix` (the prefix stripped),
@@ -149,6 +179,33 @@ pub mod files {
             .collect();
         v.sort();
         Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::files;
+    use std::os::unix::fs::MetadataExt;
+
+    /// Issue 11, finding 3: zero ranges were written as literal zeros, so a disk zeroed
+    /// whole filled the target with its size. A hole stays a hole; data is zeroed.
+    #[test]
+    fn zero_ranges_never_allocate_space() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("disk.img");
+        let path = p.to_str().unwrap();
+        let size = 256u64 << 20;
+        files::create_sparse(path, size).unwrap();
+        let data = super::Extent { offset: 1 << 20, data: vec![7u8; 8192] };
+        files::write_extents(path, &[data], &[]).unwrap();
+        let zeros = [super::ZeroRange { offset: 0, length: size }];
+        files::write_extents(path, &[], &zeros).unwrap();
+        files::sync(path).unwrap();
+        let allocated = std::fs::metadata(&p).unwrap().blocks() * 512;
+        assert!(allocated <= 1 << 20, "{allocated} bytes allocated for a zeroed sparse disk");
+        assert_eq!(files::read_at(path, 1 << 20, 8192).unwrap(), vec![0u8; 8192]);
+        let past = [super::ZeroRange { offset: size - 512, length: 1024 }];
+        assert!(files::write_extents(path, &[], &past).is_err());
     }
 }
 

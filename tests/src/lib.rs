@@ -528,6 +528,11 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// kill -9, and wait for it.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -619,7 +624,7 @@ impl Azurite {
     /// The `[plugins.grants.azure]` table for a container of this Azurite.
     pub fn grant(&self, container: &str, lease_id: &str) -> String {
         format!(
-            "clock = true\nhttp_hosts = [\"127.0.0.1:{p}\"]\nsettings = {{ account = \"{AZURITE_ACCOUNT}\", key = \"{AZURITE_KEY}\", endpoint = \"http://127.0.0.1:{p}/{AZURITE_ACCOUNT}\", container = \"{container}\", lease_id = \"{lease_id}\" }}\n",
+            "clock = true\nhttp_hosts = [\"http://127.0.0.1:{p}\"]\nsettings = {{ account = \"{AZURITE_ACCOUNT}\", key = \"{AZURITE_KEY}\", endpoint = \"http://127.0.0.1:{p}/{AZURITE_ACCOUNT}\", container = \"{container}\", lease_id = \"{lease_id}\" }}\n",
             p = self.port
         )
     }

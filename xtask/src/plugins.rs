@@ -17,6 +17,7 @@ pub const PLUGINS: &[(&str, &str)] = &[
     ("examples/log-action", "lifeboat-plugin-log-action"),
     ("fixtures/hostile", "lifeboat-plugin-hostile"),
     ("fixtures/quiesce-probe", "lifeboat-plugin-quiesce-probe"),
+    ("fixtures/hostile-target", "lifeboat-plugin-hostile-target"),
 ];
 
 /// Where built plugins are installed: `<target>/plugins`.

@@ -21,6 +21,8 @@ const BUILD_PACKAGES: &[&str] =
 /// SYSLINUX's boot code (extlinux); it boots the failed-over disk with qemu-system-x86
 /// ([`BACKPORTS_PACKAGES`]).
 pub const TEST_PACKAGES: &[&str] = &[
+    // Syscall traces: the SDK helpers' directory syncs are checked with it.
+    "strace",
     "e2fsprogs",
     "xfsprogs",
     "util-linux",

@@ -118,6 +118,7 @@ impl Appliance {
             system: None,
             tls_updates: None,
             schedule_updates: None,
+            disk_updates: None,
             url: format!("https://{}", self.addr),
             tls: lifeboat_net::tls::client_config(
                 Trust::Ca(self.ca_pem.clone()),

@@ -129,8 +129,9 @@ impl Azurite {
         format!("{}://127.0.0.1:{}/{ACCOUNT}", self.scheme, self.port)
     }
 
+    /// The grant for this Azurite: its scheme, address and port.
     fn authority(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.port)
     }
 
     fn settings(&self, container: &str) -> Vec<(&'static str, String)> {
@@ -357,9 +358,9 @@ async fn writes_are_page_aligned_and_large_writes_are_split_into_put_pages() {
     let a = Azurite::start();
     // Through a proxy that refuses Put Pages over 4 MiB, as Azure does (Azurite doesn't).
     let (proxy, put_pages, _proxy_task) = page_limit_proxy(a.port).await;
-    let via = format!("127.0.0.1:{proxy}");
+    let via = format!("http://127.0.0.1:{proxy}");
     let mut settings = a.settings("align");
-    settings[2].1 = format!("http://{via}/{ACCOUNT}");
+    settings[2].1 = format!("{via}/{ACCOUNT}");
     let s = site(std::slice::from_ref(&via), std::slice::from_ref(&via), settings);
     let mut t = s.instance().await;
     // A size that is not a whole number of pages: the blob is rounded up, the disk is not.
@@ -632,9 +633,9 @@ async fn service_answers_map_to_plugin_errors() {
     assert!(matches!(plugin_err(&e), PluginError::Invalid(m) if m.contains("subscription")), "{e}");
 
     // An endpoint the host was not told about: the host refuses, the plugin says denied.
-    let other = format!("127.0.0.1:{}", free_port());
+    let other = format!("http://127.0.0.1:{}", free_port());
     let mut settings = a.settings("errors");
-    settings[2].1 = format!("http://{other}/{ACCOUNT}");
+    settings[2].1 = format!("{other}/{ACCOUNT}");
     let s = site(&[a.authority()], &[a.authority()], settings.clone());
     let mut t = s.instance().await;
     let e = t.health().await.unwrap_err();
@@ -1173,7 +1174,7 @@ fn web01(isolated: bool) -> VmSpec {
 #[tokio::test(flavor = "multi_thread")]
 async fn vms_are_created_and_deleted_through_arm() {
     let arm = arm_server().await;
-    let h = format!("127.0.0.1:{}", arm.port);
+    let h = format!("http://127.0.0.1:{}", arm.port);
     let s = site(
         std::slice::from_ref(&h),
         std::slice::from_ref(&h),
@@ -1266,7 +1267,7 @@ async fn vms_are_created_and_deleted_through_arm() {
 #[tokio::test(flavor = "multi_thread")]
 async fn arm_tokens_come_from_the_service_principal_flow() {
     let arm = arm_server().await;
-    let h = format!("127.0.0.1:{}", arm.port);
+    let h = format!("http://127.0.0.1:{}", arm.port);
     let sp = |secret: &'static str| {
         arm_settings(
             arm.port,

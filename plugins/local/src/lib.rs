@@ -197,6 +197,7 @@ impl Target for Local {
         }
         let dir = self.point_dir(point)?;
         fs::create_dir_all(&dir)?;
+        files::sync_dir(&format!("{}/points", self.root))?;
         for d in &disks {
             self.flush_disk(d)?;
             host_fs::clone_file(&self.disk_path(d)?, &format!("{dir}/{}.img", check_id(d)?))?;

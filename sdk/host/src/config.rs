@@ -28,7 +28,9 @@ pub const DEFAULT_MAX_DEADLINE_MS: u64 = 60_000;
 pub struct PluginsConfig {
     /// Directory holding `<name>.wasm` with its `<name>.toml` manifest.
     pub dir: PathBuf,
-    /// Where compiled plugins are cached (default: `<dir>/.cache`).
+    /// Where compiled plugins (native code) are cached: a directory only this process's
+    /// user may write, never the plugins directory. The appliance and the agent default it
+    /// to `<data_dir>/plugin-cache`; absent here, plugins are compiled at every load.
     #[serde(default)]
     pub cache_dir: Option<PathBuf>,
     /// Hex ed25519 public keys whose plugin signatures are trusted.

@@ -2,6 +2,7 @@
 //! file cloning for targets, allow-listed commands for quiescers. Each checks the
 //! calling plugin's grants before doing anything.
 
+use crate::beneath::{self, BeneathError};
 use crate::keys::Algorithm;
 use crate::state::HostState;
 use crate::worlds::{GenError, gen_cipher, gen_codec, gen_quiescer, gen_target};
@@ -62,8 +63,12 @@ impl aead::Host for HostState {
     }
 }
 
-/// Maps a plugin path to the host path under one of its granted directories.
-pub(crate) fn resolve(dirs: &[(String, PathBuf)], guest: &str) -> Result<PathBuf, String> {
+/// Maps a plugin path to (granted host directory, path relative to it). Only the text is
+/// checked here; [`crate::beneath`] opens the result without following any link.
+pub(crate) fn resolve<'a>(
+    dirs: &'a [(String, PathBuf)],
+    guest: &str,
+) -> Result<(&'a Path, PathBuf), String> {
     let p = Path::new(guest);
     if p.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)) {
         return Err(format!("path {guest:?} must not contain `.` or `..`"));
@@ -73,62 +78,113 @@ pub(crate) fn resolve(dirs: &[(String, PathBuf)], guest: &str) -> Result<PathBuf
             if rest.as_os_str().is_empty() {
                 return Err(format!("path {guest:?} is a granted directory, not a file in it"));
             }
-            return Ok(host.join(rest));
+            return Ok((host.as_path(), rest.to_owned()));
         }
     }
     Err(format!("path {guest:?} is outside the directories granted to the plugin"))
 }
 
-/// Clones `src` to `dst`: FICLONE, else a sparse copy of the data ranges.
-pub(crate) fn clone_file(src: &Path, dst: &Path) -> std::io::Result<bool> {
-    let input = std::fs::File::open(src)?;
-    let tmp = dst.with_extension("clone-tmp");
-    let output = std::fs::File::create(&tmp)?;
-    let reflinked = rustix::fs::ioctl_ficlone(&output, &input).is_ok();
-    if !reflinked {
-        let len = input.metadata()?.len();
-        output.set_len(len)?;
-        let mut pos = 0u64;
-        let mut buf = vec![0u8; 1 << 20];
-        while pos < len {
-            // Skip holes where the filesystem reports them; fall back to copying all.
-            let start = match rustix::fs::seek(&input, rustix::fs::SeekFrom::Data(pos)) {
-                Ok(s) => s,
-                Err(rustix::io::Errno::NXIO) => break,
-                Err(_) => pos,
-            };
-            let end = match rustix::fs::seek(&input, rustix::fs::SeekFrom::Hole(start)) {
-                Ok(e) => e.min(len),
-                Err(_) => len,
-            };
-            let mut off = start;
-            while off < end {
-                let n = ((end - off) as usize).min(buf.len());
-                input.read_exact_at(&mut buf[..n], off)?;
-                if buf[..n].iter().any(|b| *b != 0) {
-                    output.write_all_at(&buf[..n], off)?;
-                }
-                off += n as u64;
-            }
-            pos = end;
-        }
+/// Why [`clone_file`] failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CloneError {
+    /// A path was refused or not found (see [`BeneathError`]).
+    #[error(transparent)]
+    Path(#[from] BeneathError),
+    /// Reading, writing or syncing failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Clones `src_rel` beneath `src_root` to `dst_rel` beneath `dst_root`: FICLONE, else a
+/// sparse copy of the data ranges, into a new temporary file beside the destination,
+/// synced, renamed over it, and the directory synced. Returns whether it reflinked.
+/// Neither path may go through a symbolic link (see [`crate::beneath`]).
+pub(crate) fn clone_file(
+    src_root: &Path,
+    src_rel: &Path,
+    dst_root: &Path,
+    dst_rel: &Path,
+) -> Result<bool, CloneError> {
+    let input =
+        std::fs::File::from(beneath::open_regular(&beneath::open_root(src_root)?, src_rel)?);
+    let (dir, name) = beneath::open_parent(&beneath::open_root(dst_root)?, dst_rel)?;
+    // A link at the destination would be replaced, not followed; refused all the same,
+    // so a plugin learns at once that links are not for host functions.
+    if let Ok(st) = rustix::fs::statat(&dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+        && rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Symlink
+    {
+        return Err(BeneathError::Escapes(dst_rel.display().to_string()).into());
     }
-    output.sync_all()?;
-    std::fs::rename(&tmp, dst)?;
+    let mut tmp_name = name.to_owned();
+    tmp_name.push(".clone-tmp");
+    let output = std::fs::File::from(beneath::create_new(&dir, &tmp_name)?);
+    let copied = (|| -> std::io::Result<bool> {
+        let reflinked = rustix::fs::ioctl_ficlone(&output, &input).is_ok();
+        if !reflinked {
+            sparse_copy(&input, &output)?;
+        }
+        output.sync_all()?;
+        Ok(reflinked)
+    })();
+    let reflinked = match copied {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = rustix::fs::unlinkat(&dir, &tmp_name, rustix::fs::AtFlags::empty());
+            return Err(e.into());
+        }
+    };
+    rustix::fs::renameat(&dir, &tmp_name, &dir, name).map_err(std::io::Error::from)?;
+    rustix::fs::fsync(&dir).map_err(std::io::Error::from)?;
     Ok(reflinked)
+}
+
+/// Copies `input` to `output` (same length), skipping holes where the filesystem
+/// reports them and blocks of zeros.
+fn sparse_copy(input: &std::fs::File, output: &std::fs::File) -> std::io::Result<()> {
+    let len = input.metadata()?.len();
+    output.set_len(len)?;
+    let mut pos = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    while pos < len {
+        // Skip holes where the filesystem reports them; fall back to copying all.
+        let start = match rustix::fs::seek(input, rustix::fs::SeekFrom::Data(pos)) {
+            Ok(s) => s,
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(_) => pos,
+        };
+        let end = match rustix::fs::seek(input, rustix::fs::SeekFrom::Hole(start)) {
+            Ok(e) => e.min(len),
+            Err(_) => len,
+        };
+        let mut off = start;
+        while off < end {
+            let n = ((end - off) as usize).min(buf.len());
+            input.read_exact_at(&mut buf[..n], off)?;
+            if buf[..n].iter().any(|b| *b != 0) {
+                output.write_all_at(&buf[..n], off)?;
+            }
+            off += n as u64;
+        }
+        pos = end;
+    }
+    Ok(())
 }
 
 use gen_target::lifeboat::plugins::host_fs;
 
 impl host_fs::Host for HostState {
     fn clone_file(&mut self, src: String, dst: String) -> Result<host_fs::CloneMethod, GenError> {
-        let s = resolve(&self.dirs, &src).map_err(GenError::Denied)?;
-        let d = resolve(&self.dirs, &dst).map_err(GenError::Denied)?;
-        match clone_file(&s, &d) {
+        let (sr, s) = resolve(&self.dirs, &src).map_err(GenError::Denied)?;
+        let (dr, d) = resolve(&self.dirs, &dst).map_err(GenError::Denied)?;
+        match clone_file(sr, &s, dr, &d) {
             Ok(true) => Ok(host_fs::CloneMethod::Reflink),
             Ok(false) => Ok(host_fs::CloneMethod::Copy),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Err(GenError::NotFound(format!("{src}: {e}")))
+            Err(CloneError::Path(BeneathError::NotFound(_))) => {
+                Err(GenError::NotFound(format!("cloning {src} to {dst}: no such file")))
+            }
+            Err(CloneError::Path(e @ (BeneathError::Escapes(_) | BeneathError::NotRegular(_)))) => {
+                tracing::warn!(plugin = %self.plugin, %src, %dst, error = %e, "refused a host file operation");
+                Err(GenError::Denied(format!("cloning {src} to {dst}: {e}")))
             }
             Err(e) => Err(GenError::Internal(format!("cloning {src} to {dst}: {e}"))),
         }
@@ -183,7 +239,7 @@ mod tests {
         let dirs = vec![("/target".to_owned(), PathBuf::from("/srv/t"))];
         assert_eq!(
             resolve(&dirs, "/target/disks/a.img").unwrap(),
-            PathBuf::from("/srv/t/disks/a.img")
+            (Path::new("/srv/t"), PathBuf::from("disks/a.img"))
         );
         assert!(resolve(&dirs, "/target/../etc/passwd").is_err());
         assert!(resolve(&dirs, "/etc/passwd").is_err());
@@ -201,7 +257,8 @@ mod tests {
         f.write_all_at(b"tail", (8 << 20) - 4).unwrap();
         drop(f);
         let dst = d.path().join("b.img");
-        clone_file(&src, &dst).unwrap();
+        clone_file(d.path(), Path::new("a.img"), d.path(), Path::new("b.img")).unwrap();
         assert_eq!(std::fs::read(&src).unwrap(), std::fs::read(&dst).unwrap());
+        assert!(!d.path().join("b.img.clone-tmp").exists());
     }
 }

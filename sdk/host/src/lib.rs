@@ -51,6 +51,7 @@ pub mod keys;
 pub mod manifest;
 pub mod registry;
 
+mod beneath;
 mod engine;
 mod hostfns;
 mod load;

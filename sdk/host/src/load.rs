@@ -68,7 +68,7 @@ pub(crate) struct Effective {
     pub(crate) deadline: Duration,
     /// (guest path, host path)
     pub(crate) dirs: Vec<(String, PathBuf)>,
-    pub(crate) http_hosts: Vec<String>,
+    pub(crate) http_hosts: Vec<crate::state::HttpAuthority>,
     pub(crate) commands: Vec<String>,
     pub(crate) sockets: Vec<SocketAddr>,
     pub(crate) clock: bool,
@@ -163,10 +163,10 @@ impl Host {
         let trust = trust(&manifest, &actual, grant, config).map_err(|(r, m)| fail(&name, r, m))?;
         let caps = effective(&manifest, grant).map_err(|m| fail(&name, Refusal::Capability, m))?;
 
-        let cache_dir = config.cache_dir.clone().unwrap_or_else(|| config.dir.join(".cache"));
-        let component = self.compile(&bytes, &actual, &cache_dir).map_err(|e| {
-            fail(&name, Refusal::InvalidWasm, format!("not a valid component: {e:#}"))
-        })?;
+        let component =
+            self.compile(&bytes, &actual, config.cache_dir.as_deref()).map_err(|e| {
+                fail(&name, Refusal::InvalidWasm, format!("not a valid component: {e:#}"))
+            })?;
         let want = format!("lifeboat:plugins/{}@", manifest.kind.interface());
         let exports: Vec<String> = component
             .component_type()
@@ -202,41 +202,147 @@ impl Host {
         }))
     }
 
-    /// Compiles `bytes`, or loads the artifact cached for this engine and sha256.
-    fn compile(&self, bytes: &[u8], sha: &str, cache_dir: &Path) -> wasmtime::Result<Component> {
+    /// Compiles `bytes`, or loads the artifact cached for this engine and sha256 when
+    /// there is a usable cache directory (see [`cache`]).
+    fn compile(
+        &self,
+        bytes: &[u8],
+        sha: &str,
+        cache_dir: Option<&Path>,
+    ) -> wasmtime::Result<Component> {
         let engine = &self.inner.engine;
         let mut h = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
         let key = sha256_hex(format!("{WASMTIME_VERSION}:{:016x}:{sha}", h.finish()).as_bytes());
-        let cached = cache_dir.join(format!("{key}.cwasm"));
-        if cached.exists() {
-            // SAFETY: the artifact was produced by `Component::serialize` of this same
-            // engine configuration and written by this process into the host's private
-            // cache directory (never a plugin-granted directory); its name commits to the
-            // wasmtime version, engine configuration and plugin sha256. Wasmtime checks
-            // the version and configuration again while deserialising.
-            match unsafe { Component::deserialize_file(engine, &cached) } {
-                Ok(c) => return Ok(c),
-                Err(e) => {
-                    tracing::warn!(path = %cached.display(), error = %e, "discarding unusable compiled plugin");
-                    let _ = std::fs::remove_file(&cached);
+        let dir = cache_dir.and_then(|d| match cache::usable_dir(d) {
+            Ok(()) => Some(d),
+            Err(why) => {
+                tracing::warn!(dir = %d.display(), %why, "not using the compiled-plugin cache; plugins are compiled at every load");
+                None
+            }
+        });
+        let Some(dir) = dir else {
+            return Component::new(engine, bytes);
+        };
+        let cached = dir.join(format!("{key}.cwasm"));
+        match cache::read(&cached, &key) {
+            Ok(Some(artifact)) => {
+                // SAFETY: `artifact` is exactly what `Component::serialize` of an engine
+                // with this configuration produced for the `.wasm` whose sha256 is in
+                // `key`: `cache::read` checked the file's digest, which commits to `key`
+                // (wasmtime version, engine compatibility hash, plugin sha256) and to
+                // every byte of the artifact, and the file lives in a directory that
+                // `usable_dir` checked only this user can write. The bytes are in our
+                // memory, so nothing can change them between the check and this call.
+                // Wasmtime checks its version and configuration again while
+                // deserialising.
+                match unsafe { Component::deserialize(engine, &artifact) } {
+                    Ok(c) => return Ok(c),
+                    Err(e) => {
+                        tracing::warn!(path = %cached.display(), error = %e, "discarding unusable compiled plugin");
+                    }
                 }
+            }
+            Ok(None) => {}
+            Err(why) => {
+                tracing::warn!(path = %cached.display(), %why, "refusing a compiled plugin that does not match what this host compiled; compiling again");
             }
         }
         let component = Component::new(engine, bytes)?;
-        if let Err(e) = write_cache(&cached, &component.serialize()?) {
+        if let Err(e) = cache::write(&cached, &key, &component.serialize()?) {
             tracing::warn!(path = %cached.display(), error = %e, "cannot cache compiled plugin; it will be compiled again next time");
         }
         Ok(component)
     }
 }
 
-fn write_cache(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+/// The compiled-plugin cache: native code, so it is trusted only as far as whoever can
+/// write it.
+///
+/// - **Where.** Only in a directory the configuration names (`plugins.cache_dir`; the
+///   appliance and the agent default it to `<data_dir>/plugin-cache`), never in the
+///   drop-in plugins directory: whoever may drop plugins there (exactly whom signatures
+///   are meant to stop) must not be able to swap the native code of a trusted one. The
+///   directory is created 0700 and used only while it is owned by this user and writable
+///   by nobody else; otherwise plugins are compiled at every load, with a warning.
+/// - **What.** `<key>.cwasm`, format 1: the magic `LBCWASM\x01`, the sha256 of `key`
+///   followed by the artifact, then the artifact (`Component::serialize`). `key` is the
+///   sha256 of the wasmtime version, the engine's compatibility hash and the plugin's
+///   sha256, so the digest binds the native code to the checked `.wasm` and to this
+///   engine: an artifact copied from another plugin, a truncated or edited one, or one
+///   without the header is refused and compiled again, never run.
+pub(crate) mod cache {
+    use sha2::{Digest, Sha256};
+    use std::path::Path;
+
+    /// Magic of cache format 1. Frozen: a new format gets a new magic.
+    pub(crate) const MAGIC: &[u8; 8] = b"LBCWASM\x01";
+
+    fn digest(key: &str, artifact: &[u8]) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(key.as_bytes());
+        h.update(artifact);
+        h.finalize().into()
+    }
+
+    /// Creates `dir` (0700) if missing; refuses one that another user owns or that
+    /// group or others may write.
+    pub(crate) fn usable_dir(dir: &Path) -> Result<(), String> {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| format!("cannot create it: {e}"))?;
+        }
+        let m = std::fs::symlink_metadata(dir).map_err(|e| format!("cannot stat it: {e}"))?;
+        if !m.is_dir() {
+            return Err("it is not a directory (a symbolic link is not accepted)".into());
+        }
+        let me = rustix::process::geteuid().as_raw();
+        if m.uid() != me {
+            return Err(format!("it is owned by uid {}, not this process's uid {me}", m.uid()));
+        }
+        if m.mode() & 0o022 != 0 {
+            return Err(format!(
+                "group or others may write it (mode {:o}): chmod 700 it",
+                m.mode() & 0o777
+            ));
+        }
+        Ok(())
+    }
+
+    /// The artifact cached under `key`, if there is one that passes the digest; an
+    /// error says why a file that is there was refused (and removes it).
+    pub(crate) fn read(path: &Path, key: &str) -> Result<Option<Vec<u8>>, String> {
+        let mut bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("cannot read it: {e}")),
+        };
+        let refuse = |why: &str| {
+            let _ = std::fs::remove_file(path);
+            Err(why.to_owned())
+        };
+        if bytes.len() < 40 || &bytes[..8] != MAGIC {
+            return refuse("not a compiled plugin of this host (no format-1 header)");
+        }
+        let artifact = bytes.split_off(40);
+        if bytes[8..40] != digest(key, &artifact) {
+            return refuse("its digest does not match the plugin and engine it is cached for");
+        }
+        Ok(Some(artifact))
+    }
+
+    /// Writes `artifact` under `key` (temporary file 0600, renamed).
+    pub(crate) fn write(path: &Path, key: &str, artifact: &[u8]) -> std::io::Result<()> {
+        let mut data = Vec::with_capacity(40 + artifact.len());
+        data.extend_from_slice(MAGIC);
+        data.extend_from_slice(&digest(key, artifact));
+        data.extend_from_slice(artifact);
+        lifeboat_common::fs::write_atomic(path, &data, Some(0o600))
+    }
 }
 
 fn trust(
@@ -333,15 +439,26 @@ fn effective(m: &Manifest, g: &Grant) -> Result<Effective, String> {
     // `"*"` asks for "the hosts the site grants": targets whose endpoints depend on the
     // site (a storage account, a vCenter) cannot name them in the manifest. Still
     // deny-by-default: nothing granted, nothing reachable.
+    use crate::state::HttpAuthority;
+    let granted = g
+        .http_hosts
+        .iter()
+        .map(|h| HttpAuthority::parse(h))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("plugins.grants.{}.http_hosts: {e}", m.name))?;
     let http_hosts = if r.http_hosts.iter().any(|h| h == "*") {
-        g.http_hosts.clone()
+        granted
     } else {
+        let mut wanted = Vec::new();
         for h in &r.http_hosts {
-            if !g.http_hosts.contains(h) {
-                return Err(denied("HTTP host", h, "http_hosts"));
+            let a =
+                HttpAuthority::parse(h).map_err(|e| format!("the manifest's http_hosts: {e}"))?;
+            if !granted.contains(&a) {
+                return Err(denied("HTTP authority", &a.to_string(), "http_hosts"));
             }
+            wanted.push(a);
         }
-        r.http_hosts.clone()
+        wanted
     };
     // The same `"*"` for quiescers whose commands and database addresses belong to the
     // site (the script quiescer, the PostgreSQL quiescer).
@@ -441,7 +558,14 @@ mod tests {
     fn star_means_what_the_site_grants_and_nothing_by_default() {
         let g = Grant { http_hosts: vec!["acct.blob.example:443".into()], ..Grant::default() };
         let e = effective(&manifest(&["*"]), &g).unwrap();
-        assert_eq!(e.http_hosts, vec!["acct.blob.example:443".to_owned()]);
+        let want = crate::state::HttpAuthority::parse("https://acct.blob.example").unwrap();
+        assert_eq!(e.http_hosts, vec![want.clone()]);
+        // The same authority written another way is the same grant.
+        let e = effective(&manifest(&["https://acct.blob.example:443"]), &g).unwrap();
+        assert_eq!(e.http_hosts, vec![want]);
+        assert!(effective(&manifest(&["http://acct.blob.example:443"]), &g).is_err());
+        let bad = Grant { http_hosts: vec!["ftp://x".into()], ..Grant::default() };
+        assert!(effective(&manifest(&[]), &bad).unwrap_err().contains("http_hosts"));
         let e = effective(&manifest(&["*"]), &Grant::default()).unwrap();
         assert!(e.http_hosts.is_empty());
         assert!(effective(&manifest(&["evil.example:443"]), &g).is_err());

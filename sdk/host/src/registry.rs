@@ -14,7 +14,8 @@ pub struct PluginSet {
     pub generation: u64,
     /// Plugins that loaded, by name.
     pub plugins: BTreeMap<String, Arc<LoadedPlugin>>,
-    /// Plugins that were refused, with the reason.
+    /// Plugins that were refused, with the reason. A refused plugin that had loaded
+    /// before stays in [`PluginSet::plugins`] in that earlier version.
     pub refused: Vec<LoadError>,
 }
 
@@ -62,6 +63,22 @@ impl Registry {
                     tracing::error!(error = %e, "plugin refused");
                     set.refused.push(e);
                 }
+            }
+        }
+        // A plugin whose new files were refused (a manifest copied before its `.wasm`, a
+        // build that is not trusted) keeps working in the version loaded before, until
+        // a version that loads replaces it.
+        let previous = self.current();
+        for e in &set.refused {
+            let kept = previous
+                .plugins
+                .values()
+                .find(|p| p.name() == e.plugin || p.path().display().to_string() == e.path);
+            if let Some(old) = kept
+                && !set.plugins.contains_key(old.name())
+            {
+                tracing::warn!(plugin = %old.name(), version = %old.manifest().version, "keeping the version loaded before until the new files load");
+                set.plugins.insert(old.name().to_owned(), old.clone());
             }
         }
         let set = Arc::new(set);

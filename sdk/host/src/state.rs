@@ -45,24 +45,80 @@ impl wasmtime::ResourceLimiter for Limits {
     }
 }
 
+/// One HTTP authority a plugin may reach: scheme, host and port. Written in grants and
+/// manifests as `[https://|http://]host[:port]`: HTTPS unless `http://` is written, and the
+/// scheme's port (443, 80) unless one is given. A grant of `acct.example` therefore
+/// allows `https://acct.example:443` only, never plain HTTP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HttpAuthority {
+    pub(crate) https: bool,
+    /// Lower case; IPv6 literals in brackets.
+    pub(crate) host: String,
+    pub(crate) port: u16,
+}
+
+impl HttpAuthority {
+    /// Parses a grant or manifest entry.
+    pub(crate) fn parse(text: &str) -> Result<HttpAuthority, String> {
+        let bad = |why: &str| {
+            format!(
+                "{text:?}: {why}; write host:port, https://host:port or http://host:port \
+                 (HTTPS and port 443 when not written)"
+            )
+        };
+        let (https, rest) = match text.split_once("://") {
+            Some(("https", r)) => (true, r),
+            Some(("http", r)) => (false, r),
+            Some((scheme, _)) => {
+                return Err(bad(&format!("scheme {scheme:?} is not http or https")));
+            }
+            None => (true, text),
+        };
+        let a: http::uri::Authority = rest.parse().map_err(|_| bad("not a host[:port]"))?;
+        if a.as_str().contains('@') || a.host().is_empty() {
+            return Err(bad("not a host[:port]"));
+        }
+        Ok(HttpAuthority {
+            https,
+            host: a.host().to_ascii_lowercase(),
+            port: a.port_u16().unwrap_or(if https { 443 } else { 80 }),
+        })
+    }
+
+    /// The authority a request goes to, if its scheme is HTTP or HTTPS.
+    pub(crate) fn of_uri(uri: &http::Uri) -> Option<HttpAuthority> {
+        let https = match uri.scheme_str()? {
+            "https" => true,
+            "http" => false,
+            _ => return None,
+        };
+        let a = uri.authority()?;
+        Some(HttpAuthority {
+            https,
+            host: a.host().to_ascii_lowercase(),
+            port: a.port_u16().unwrap_or(if https { 443 } else { 80 }),
+        })
+    }
+}
+
+impl std::fmt::Display for HttpAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.https { "https" } else { "http" };
+        write!(f, "{scheme}://{}:{}", self.host, self.port)
+    }
+}
+
 /// Checks every outgoing HTTP request against the granted authorities.
 pub(crate) struct HttpHooks {
     plugin: String,
-    allowed: Vec<String>,
+    allowed: Vec<HttpAuthority>,
     /// Set when the grant adds `tls_roots`: HTTPS is then sent by [`send_with_roots`].
     tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl HttpHooks {
-    fn allows(&self, authority: &str, https: bool) -> bool {
-        let with_port = if authority.contains(':') {
-            authority.to_owned()
-        } else {
-            format!("{authority}:{}", if https { 443 } else { 80 })
-        };
-        self.allowed
-            .iter()
-            .any(|a| a.eq_ignore_ascii_case(authority) || a.eq_ignore_ascii_case(&with_port))
+    fn allows(&self, uri: &http::Uri) -> bool {
+        HttpAuthority::of_uri(uri).is_some_and(|a| self.allowed.contains(&a))
     }
 }
 
@@ -82,11 +138,11 @@ impl WasiHttpHooks for HttpHooks {
         options: Option<wasmtime_wasi_http::RequestOptions>,
         _fut: Box<dyn std::future::Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
     ) -> SendFuture {
-        let authority =
-            request.uri().authority().map(|a| a.as_str().to_owned()).unwrap_or_default();
         let https = request.uri().scheme() == Some(&http::uri::Scheme::HTTPS);
-        if !self.allows(&authority, https) {
-            tracing::warn!(plugin = %self.plugin, %authority, "denied HTTP request to a host the plugin was not granted");
+        if !self.allows(request.uri()) {
+            let authority = request.uri().authority().map(|a| a.as_str()).unwrap_or_default();
+            let scheme = request.uri().scheme_str().unwrap_or_default();
+            tracing::warn!(plugin = %self.plugin, %scheme, %authority, "denied HTTP request to an authority the plugin was not granted");
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
         if let (Some(tls), true) = (&self.tls, https) {
@@ -407,17 +463,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn http_allow_list_matches_host_and_default_ports() {
+    fn http_grants_name_the_scheme_https_by_default() {
+        let grants = ["http://127.0.0.1:10000", "acct.blob.example", "https://[::1]:8443"];
         let h = HttpHooks {
             plugin: "azure".into(),
-            allowed: vec!["127.0.0.1:10000".into(), "acct.blob.example:443".into()],
+            allowed: grants.iter().map(|g| HttpAuthority::parse(g).unwrap()).collect(),
             tls: None,
         };
-        assert!(h.allows("127.0.0.1:10000", false));
-        assert!(h.allows("acct.blob.example", true));
-        assert!(!h.allows("acct.blob.example", false));
-        assert!(!h.allows("127.0.0.1:10001", false));
-        assert!(!h.allows("evil.example", true));
+        let allows = |u: &str| h.allows(&u.parse().unwrap());
+        assert!(allows("http://127.0.0.1:10000/x"));
+        assert!(!allows("https://127.0.0.1:10000/x"), "granted for http only");
+        assert!(allows("https://acct.blob.example/c"));
+        assert!(allows("https://ACCT.blob.example:443/c"));
+        // Issue 11, finding 8: a bare host name allowed plain HTTP on port 80 as well.
+        assert!(!allows("http://acct.blob.example/c"));
+        assert!(!allows("http://acct.blob.example:443/c"));
+        assert!(allows("https://[::1]:8443/"));
+        assert!(!allows("http://127.0.0.1:10001/"));
+        assert!(!allows("https://evil.example/"));
+        assert!(!allows("ftp://acct.blob.example/"));
+        for bad in ["ftp://x", "", "user@host:1", "http://", "host:port", "https://a/b"] {
+            assert!(HttpAuthority::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(HttpAuthority::parse("h.example").unwrap().to_string(), "https://h.example:443");
     }
 
     #[test]

@@ -14,6 +14,7 @@ use lifeboat_plugin_host::{
     Refusal, TargetInstance, TrustBasis,
 };
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Where `cargo xtask plugins` installed the built plugins.
 fn built_plugins() -> PathBuf {
@@ -499,6 +500,11 @@ async fn reload_swaps_plugins_while_old_instances_finish() {
     assert!(reg.get("zstd").is_none());
     assert_eq!(set2.refused.len(), 1);
     assert_eq!(set2.refused[0].plugin, "hostile");
+    // The refused new files do not drop the version that worked (issue 11, finding 8):
+    // it keeps serving until new files load.
+    let kept = reg.get("hostile").expect("the working version is kept");
+    assert!(Arc::ptr_eq(&kept, &set.plugins["hostile"]));
+    assert_eq!(CodecInstance::new(kept).await.unwrap().decompress(b"ok", 2).await.unwrap(), b"ok");
     // The instance made before the reload keeps working.
     let data = mixed_data(10_000);
     let enc = old.compress(1, &data).await.unwrap();
@@ -597,4 +603,188 @@ async fn a_quiescer_asking_for_star_gets_exactly_what_the_site_grants() {
         matches!(e.plugin_error(), Some(PluginError::Denied(m)) if m.contains("/bin/echo")),
         "{e}"
     );
+}
+
+/// Finding 1 of the review (issue 11): a target plugin granted one directory planted
+/// links out of it and had `clone-file` read and write any host file. Every way of doing
+/// it is refused with a clear error, nothing outside changes, and the instance (and the
+/// host) keep working.
+#[tokio::test]
+async fn a_target_plugin_cannot_escape_its_directory_through_links() {
+    let s = setup(&["hostile-target"], true);
+    let data = s._tmp.path().join("granted/data");
+    let outside = s._tmp.path().join("outside");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("secret"), b"the CA key").unwrap();
+    std::fs::write(outside.join("victim"), b"untouched").unwrap();
+    let mut cfg = s.config.clone();
+    let g = cfg.grants.get_mut("hostile-target").unwrap();
+    assert_eq!(g.directories["/data"], data);
+    g.settings.insert("outside".into(), "../../outside".into());
+    g.settings.insert("outside_abs".into(), outside.display().to_string());
+    let p = host().load(&s.dir.join("hostile-target.wasm"), &cfg).unwrap();
+    let mut t = TargetInstance::new(p).await.unwrap();
+    let report = |bytes: Vec<u8>| -> Vec<(String, String, String)> {
+        String::from_utf8(bytes)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut f = l.splitn(3, '\t').map(str::to_owned);
+                (f.next().unwrap(), f.next().unwrap(), f.next().unwrap_or_default())
+            })
+            .collect()
+    };
+
+    // The plugin plants its links through WASI; any WASI refuses is planted here
+    // instead (the target storage's other writers can plant links too).
+    let planted = report(t.get_log("links").await.unwrap());
+    for (link, how, msg) in &planted {
+        if how == "refused-by-wasi" {
+            let target = match link.as_str() {
+                "up" | "chain2" => "../../outside".into(),
+                "abs" => outside.display().to_string(),
+                "chain1" => "chain2".into(),
+                "secretlink" => "../../outside/secret".into(),
+                _ => "../../outside/victim".into(),
+            };
+            eprintln!("WASI refused {link} ({msg}); planting it from the host");
+            std::os::unix::fs::symlink(target, data.join(link)).unwrap();
+        }
+    }
+    assert!(
+        planted.iter().any(|(_, how, _)| how == "ok"),
+        "the plugin could plant no link at all: {planted:?}"
+    );
+    for (label, kind, msg) in report(t.get_log("attack").await.unwrap()) {
+        if label == "legit-with-tmp-link" {
+            assert_eq!(kind, "ok", "{label}: {msg}");
+        } else {
+            assert_eq!(kind, "denied", "{label}: {msg}");
+            assert!(msg.contains("symbolic link"), "{label}: {msg}");
+        }
+    }
+    let swapped = report(t.get_log("swap").await.unwrap());
+    assert_eq!(swapped[0].1, "ok", "{swapped:?}");
+    for (label, kind, msg) in &swapped[1..] {
+        assert_eq!(kind, "denied", "{label}: {msg}");
+    }
+    // Nothing outside changed; nothing secret came in.
+    assert_eq!(std::fs::read(outside.join("victim")).unwrap(), b"untouched");
+    assert_eq!(std::fs::read(outside.join("secret")).unwrap(), b"the CA key");
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 2);
+    assert!(!data.join("got").exists());
+    assert_eq!(std::fs::read(data.join("t")).unwrap(), b"the plugin's own data");
+    // The instance keeps serving.
+    assert_eq!(report(t.get_log("swap").await.unwrap()).len(), 3);
+}
+
+/// Finding 2 of the review (issue 11): the host ran whatever `.cwasm` sat in the cache
+/// under a trusted plugin's name. Native code swapped in (another plugin's valid
+/// artifact, a headerless artifact) is refused and compiled again, never run; a cache
+/// directory others may write is not used at all.
+#[tokio::test]
+async fn a_swapped_compiled_plugin_is_never_run() {
+    use std::os::unix::fs::PermissionsExt;
+    let h = host();
+    let s = setup(&["zstd", "hostile"], true);
+    let cache = s.config.cache_dir.clone().unwrap();
+    let cached = |h: &Host, name: &str| -> PathBuf {
+        let before: Vec<PathBuf> =
+            std::fs::read_dir(&cache).map_or(vec![], |d| d.map(|e| e.unwrap().path()).collect());
+        h.load(&s.dir.join(format!("{name}.wasm")), &s.config).unwrap();
+        std::fs::read_dir(&cache)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| !before.contains(p))
+            .expect("a new cache entry")
+    };
+    let zstd_entry = cached(&h, "zstd");
+    let hostile_entry = cached(&h, "hostile");
+    assert_eq!(std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(std::fs::metadata(&zstd_entry).unwrap().permissions().mode() & 0o777, 0o600);
+    let data = mixed_data(1 << 16);
+    let is_zstd = |enc: &lifeboat_plugin_host::Encoded| !enc.raw && enc.data.len() < data.len();
+
+    // Another plugin's artifact (valid for its own key) under zstd's name.
+    let zstd_artifact = std::fs::read(&zstd_entry).unwrap();
+    std::fs::copy(&hostile_entry, &zstd_entry).unwrap();
+    let p = h.load(&s.dir.join("zstd.wasm"), &s.config).unwrap();
+    let enc = CodecInstance::new(p).await.unwrap().compress(1, &data).await.unwrap();
+    assert!(is_zstd(&enc), "the swapped native code ran under zstd's name");
+    assert_eq!(std::fs::read(&zstd_entry).unwrap(), zstd_artifact, "recompiled and rewritten");
+
+    // The bare wasmtime artifact of the other plugin (no header): refused too.
+    std::fs::write(&zstd_entry, &std::fs::read(&hostile_entry).unwrap()[40..]).unwrap();
+    let p = h.load(&s.dir.join("zstd.wasm"), &s.config).unwrap();
+    let enc = CodecInstance::new(p).await.unwrap().compress(1, &data).await.unwrap();
+    assert!(is_zstd(&enc), "a headerless artifact ran");
+
+    // A cache directory others may write is not used: nothing is read from it or
+    // written to it.
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::copy(&hostile_entry, &zstd_entry).unwrap();
+    let p = h.load(&s.dir.join("zstd.wasm"), &s.config).unwrap();
+    let enc = CodecInstance::new(p).await.unwrap().compress(1, &data).await.unwrap();
+    assert!(is_zstd(&enc), "an artifact from a world-writable cache ran");
+    assert_eq!(std::fs::read(&zstd_entry).unwrap(), std::fs::read(&hostile_entry).unwrap());
+}
+
+/// The work [`renames_and_creates_are_followed_by_a_sync_of_their_directory`] traces: the
+/// local target stores a log, creates a disk and makes a point (SDK helpers), and the host
+/// clones a file. Runs only when that test starts it under strace.
+#[tokio::test]
+async fn syscall_probe_workload() {
+    let Some(dir) = std::env::var_os("LIFEBOAT_SYSCALL_PROBE") else { return };
+    let s = setup(&["local"], true);
+    let mut cfg = s.config.clone();
+    cfg.grants.get_mut("local").unwrap().directories.insert("/target".into(), dir.into());
+    let p = host().load(&s.dir.join("local.wasm"), &cfg).unwrap();
+    let mut t = TargetInstance::new(p).await.unwrap();
+    t.put_log("probe-log", b"a log").await.unwrap();
+    t.create_disk("probe-disk", 1 << 20).await.unwrap();
+    t.create_point("probe-point", "crash:1", &["probe-disk".into()]).await.unwrap();
+}
+
+/// Issue 11, finding 4: the SDK's `write_atomic` and `create_sparse` renamed or created
+/// without syncing the directory, so a power cut could lose a log the process server had
+/// already released from its cache. Traced with strace: every rename into place and every
+/// creation of a disk is followed by an fsync of its directory.
+#[test]
+fn renames_and_creates_are_followed_by_a_sync_of_their_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let target = tmp.path().join("target");
+    std::fs::create_dir_all(&target).unwrap();
+    let trace = tmp.path().join("trace");
+    let out = std::process::Command::new("strace")
+        .args(["-f", "-y", "-qq", "-e", "trace=rename,renameat,renameat2,fsync,fdatasync,openat"])
+        .arg("-o")
+        .arg(&trace)
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", "syscall_probe_workload", "--nocapture"])
+        .env("LIFEBOAT_SYSCALL_PROBE", &target)
+        .output()
+        .expect("strace runs (cargo xtask test installs it)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<String> =
+        std::fs::read_to_string(&trace).unwrap().lines().map(str::to_owned).collect();
+    let t = target.canonicalize().unwrap().display().to_string();
+    // The index of the first line at or after `from` containing every needle.
+    let find = |from: usize, needles: &[&str]| {
+        lines[from..].iter().position(|l| needles.iter().all(|n| l.contains(n))).map(|i| i + from)
+    };
+    let synced_after =
+        |from: usize, dir: &str| find(from, &["fsync(", &format!("<{dir}>")]).is_some();
+    // write_atomic: the log renamed into place, then its directory synced.
+    let renamed = find(0, &["rename", "probe-log.tmp"]).expect("the log was renamed into place");
+    assert!(synced_after(renamed, &format!("{t}/logs")), "no fsync of logs/ after the rename");
+    // create_sparse: the disk created, then its directory synced.
+    let created = find(0, &["openat", "probe-disk.img", "O_CREAT"]).expect("the disk was created");
+    assert!(synced_after(created, &format!("{t}/disks")), "no fsync of disks/ after the create");
+    // The point's metadata (write_atomic) and the host's clone-file (renameat of its
+    // temporary file): each followed by a sync of the point's directory.
+    let cloned = find(0, &["rename", "probe-disk.img.clone-tmp"]).expect("the host cloned");
+    assert!(synced_after(cloned, &format!("{t}/points/probe-point")), "clone-file did not sync");
+    let meta = find(0, &["rename", "point.meta.tmp"]).expect("the point's metadata");
+    assert!(synced_after(meta, &format!("{t}/points/probe-point")), "point.meta not synced");
 }
