@@ -235,6 +235,8 @@ pub struct Cycler {
     /// published here before any batch for it is journaled, so the sender announces the
     /// new size (a new hello) before it sends data past the old end.
     sizes: Option<Arc<tokio::sync::watch::Sender<Vec<lifeboat_wire::api::DiskDescriptor>>>>,
+    /// Comparisons of disks with their replicas the appliance asked for.
+    comparisons: Option<crate::compare::Comparisons>,
 }
 
 impl std::fmt::Debug for Cycler {
@@ -400,7 +402,76 @@ impl Cycler {
             quiescers: None,
             resyncing: Default::default(),
             sizes: None,
+            comparisons: None,
         }
+    }
+
+    /// Answers the appliance's requests to compare disks with their replicas (see
+    /// [`crate::compare`]).
+    pub fn set_comparisons(&mut self, c: Option<crate::compare::Comparisons>) {
+        self.comparisons = c;
+    }
+
+    /// Runs the comparisons asked for: each disk's differing blocks are invalidated, so
+    /// this cycle sends them.
+    fn run_comparisons(&mut self) -> Result<(), CycleError> {
+        let Some(c) = &mut self.comparisons else { return Ok(()) };
+        let asked: Vec<_> =
+            std::mem::take(&mut *c.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        for r in asked {
+            let Some(slot) = self.disks.iter_mut().find(|s| s.index == r.disk) else {
+                tracing::warn!(
+                    disk = r.disk,
+                    "the appliance asked to compare a disk this agent does not protect"
+                );
+                continue;
+            };
+            let disk = Disk::open(&slot.path)?;
+            let started = Instant::now();
+            match crate::compare::compare_disk(
+                &disk,
+                slot.index,
+                r.token,
+                slot.tracker.as_mut(),
+                c.client.as_ref(),
+            ) {
+                Ok(differing) => {
+                    tracing::info!(
+                        disk = r.disk,
+                        size = disk.size(),
+                        differing,
+                        ms = started.elapsed().as_millis() as u64,
+                        "compared the disk with its replica: this cycle sends the blocks that differ"
+                    );
+                    c.compared.push(r);
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        disk = r.disk,
+                        "comparing the disk with its replica failed (tried again next cycle): {e}"
+                    );
+                    c.pending.lock().unwrap_or_else(|e| e.into_inner()).push(r);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Tells the appliance the compared disks are whole from `point` on.
+    fn comparisons_done(&mut self, point: u64) {
+        let Some(c) = &mut self.comparisons else { return };
+        let mut left = Vec::new();
+        for r in std::mem::take(&mut c.compared) {
+            let d = lifeboat_wire::api::CompareDone { disk: r.disk, token: r.token, point };
+            if let Err(e) = c.client.done(&d) {
+                tracing::warn!(
+                    disk = r.disk,
+                    "cannot tell the appliance the comparison is done (told again after the next cycle): {e}"
+                );
+                left.push(r);
+            }
+        }
+        c.compared = left;
     }
 
     /// Publishes each disk's size when it changes (see the `sizes` field).
@@ -504,6 +575,7 @@ impl Cycler {
                 self.resyncing.insert(slot.index);
             }
         }
+        self.run_comparisons()?;
         if !self.journal.wait_until_settled(&self.stop) {
             return Err(CycleError::Stopped);
         }
@@ -568,6 +640,7 @@ impl Cycler {
         }
         // The whole disks were compared and committed: a resync is over.
         self.resyncing.clear();
+        self.comparisons_done(point);
         Ok(CycleOutcome::Done {
             point,
             disks: reports,

@@ -35,6 +35,7 @@
 
 pub mod bandwidth;
 pub mod churn;
+pub mod compare;
 pub mod config;
 pub mod cycle;
 pub mod disk;

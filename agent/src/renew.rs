@@ -26,6 +26,8 @@ pub struct Refreshed {
     pub app_interval_secs: Option<u64>,
     /// The policy's bandwidth schedule, if it sets one.
     pub bandwidth: Option<lifeboat_wire::api::PolicyBandwidth>,
+    /// Disks to compare with their replicas (see [`crate::compare`]).
+    pub compare: Vec<lifeboat_wire::api::CompareRequest>,
 }
 
 impl Refreshed {
@@ -56,6 +58,9 @@ pub async fn refresh(
     }
     let mut out = Refreshed {
         interval_secs: t.interval_secs.filter(|i| (1..=86_400).contains(i)),
+        app_interval_secs: t.app_interval_secs.filter(|i| (1..=7 * 86_400).contains(i)),
+        bandwidth: t.bandwidth.clone(),
+        compare: t.compare.clone(),
         ..Default::default()
     };
     if t.ca_pem != reg.ca_pem {

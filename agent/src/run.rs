@@ -334,12 +334,26 @@ pub fn run(cfg: &AgentConfig, cfg_path: &Path, opts: RunOptions) -> Result<(), R
     // A disk that grows while protected is announced again before data for it is sent.
     let (sizes_tx, sizes_rx) = watch::channel(descriptors.clone());
     cycler.set_sizes(Some(Arc::new(sizes_tx)));
+    // Comparisons of disks with their replicas the appliance asks for (logs it lost).
+    let pending_compares = Arc::new(std::sync::Mutex::new(Vec::new()));
+    if let Some(r) = &start_policy {
+        crate::compare::queue(&pending_compares, &r.compare);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .thread_name("lifeboat-agent")
         .build()
         .map_err(|source| RunError::Runtime { what: "start the async runtime", source })?;
+    cycler.set_comparisons(Some(crate::compare::Comparisons {
+        pending: pending_compares.clone(),
+        compared: Vec::new(),
+        client: Box::new(crate::compare::HttpCompareClient {
+            url: registration.record.process_server_url.clone(),
+            tls: tls_rx.clone(),
+            runtime: runtime.handle().clone(),
+        }),
+    }));
     let mut app_interval: Option<(Arc<AtomicU64>, u64)> = None;
     if let (Some(plugins), Some(q)) = (&cfg.plugins, &cfg.quiesce) {
         let host =
@@ -473,6 +487,7 @@ pub fn run(cfg: &AgentConfig, cfg_path: &Path, opts: RunOptions) -> Result<(), R
     // The periodic certificate and trust check; a change reaches the sender, which
     // reconnects with it.
     let trust_task = runtime.spawn({
+        let compares = pending_compares.clone();
         let every = Duration::from_secs(cfg.trust_check_secs);
         let state_dir = cfg.state_dir.clone();
         let own_interval = cfg.interval_secs;
@@ -481,6 +496,7 @@ pub fn run(cfg: &AgentConfig, cfg_path: &Path, opts: RunOptions) -> Result<(), R
                 tokio::time::sleep(every).await;
                 let r = crate::renew::refresh(&mut registration, &state_dir, false).await;
                 if let Ok(r) = &r {
+                    crate::compare::queue(&compares, &r.compare);
                     let want = r.interval_secs.unwrap_or(own_interval);
                     if interval_secs.swap(want, Ordering::Relaxed) != want {
                         tracing::info!(interval_secs = want, "interval between points changed (machine policy)");

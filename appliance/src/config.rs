@@ -221,6 +221,17 @@ pub struct MasterTarget {
     /// (a check of the target, at the cost of one read per log). Default false.
     #[serde(default)]
     pub read_back: bool,
+    /// How long a disk's next log may be missing while later ones are at the target
+    /// before the gap is declared, in seconds (default 30). The process server stores a
+    /// disk's logs in order, so such a gap means logs were lost: the disk then continues at
+    /// the first log there is, raises an alert, and its agent compares the disk with the
+    /// replica by block hashes and sends what differs.
+    #[serde(default = "default_gap_grace")]
+    pub gap_grace_secs: u64,
+}
+
+fn default_gap_grace() -> u64 {
+    30
 }
 
 fn default_poll_ms() -> u64 {
@@ -243,6 +254,7 @@ impl Default for MasterTarget {
             keep_points: default_keep_points(),
             keep_hours: default_keep_hours(),
             read_back: false,
+            gap_grace_secs: default_gap_grace(),
         }
     }
 }

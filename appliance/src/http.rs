@@ -1445,6 +1445,13 @@ pub async fn process_server(
                     interval_secs: policy.crash_interval_secs,
                     app_interval_secs: policy.app_interval_secs,
                     bandwidth: policy.bandwidth,
+                    compare: state
+                        .compares(&machine)
+                        .map_err(|e| ApiError::internal(e.to_string()))?
+                        .into_iter()
+                        .filter(|c| c.2.is_none())
+                        .map(|(disk, token, _)| api::CompareRequest { disk, token })
+                        .collect(),
                 },
             )
         }
@@ -1480,6 +1487,28 @@ pub async fn process_server(
                 Ok(()) => json(StatusCode::OK, &serde_json::json!({})),
                 Err(f) => Ok(failure(f)),
             }
+        }
+        (Method::POST, "/api/v1/compare") => {
+            let c: api::CompareBlocks = body_json(req, AGENT_JSON_BODY).await?;
+            match crate::reverse::compare(&ps, &state, &machine, c).await {
+                Ok(a) => json(StatusCode::OK, &a),
+                Err(f) => Ok(failure(f)),
+            }
+        }
+        (Method::POST, "/api/v1/compare/done") => {
+            let d: api::CompareDone = body_json(req, AGENT_JSON_BODY).await?;
+            if !state
+                .compare_done(&machine, d.disk, d.token, d.point)
+                .map_err(|e| ApiError::internal(e.to_string()))?
+            {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "no-compare",
+                    format!("no comparison {} of disk {} is open", d.token, d.disk),
+                ));
+            }
+            tracing::info!(%machine, disk = d.disk, point = d.point, "the agent compared the disk with its replica: whole again from that point");
+            json(StatusCode::OK, &serde_json::json!({}))
         }
         (Method::POST, "/api/v1/churn") => {
             let r: api::ChurnReport = body_json(req, AGENT_JSON_BODY).await?;

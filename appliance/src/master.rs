@@ -7,8 +7,9 @@
 //! `<machine>-d<index>.<sequence>` are applied strictly in sequence: open (cipher
 //! plugin, with the clear header as associated data), decompress (codec plugin), decode
 //! (every block checksum verified), write the extents and zero ranges. Every few logs
-//! (and at every tag) the disk is flushed, then the disk's new cursor recorded, and only
-//! then are those logs deleted. A crash anywhere re-applies at most the logs since the
+//! (and at every tag) the disk is flushed, then the disk's new cursor recorded and made
+//! durable (it must survive a power cut: see [`crate::state`]), and only then are those
+//! logs deleted. A crash anywhere re-applies at most the logs since the
 //! last flush, and applying a log twice leaves the same bytes
 //! (writes are at absolute offsets and logs are applied in order), so nothing is applied
 //! twice "in a way that changes the result".
@@ -61,6 +62,8 @@ pub struct MasterTarget {
     failing: bool,
     /// Disks whose last apply failed: when to try again and how often it failed.
     troubled: std::collections::HashMap<(MachineId, u32), Trouble>,
+    /// Disks whose next log is missing while later ones exist: the cursor and since when.
+    gaps: std::collections::HashMap<(MachineId, u32), (u64, std::time::Instant)>,
 }
 
 /// A disk (or with `disk == u32::MAX`, a machine's point) that failed: it backs off,
@@ -117,6 +120,7 @@ impl MasterTarget {
             catalogue_hash: None,
             failing: false,
             troubled: Default::default(),
+            gaps: Default::default(),
         }
     }
 
@@ -282,7 +286,7 @@ impl MasterTarget {
             if self.state.failover_state(&mid)?.is_some_and(|s| s != "failing-over") {
                 continue;
             }
-            let last_point = self.state.points(&mid)?.last().map(|p| p.point).unwrap_or(0);
+            let last_point = self.last_point(&mid)?;
             for &disk in &disks {
                 if self.backing_off(machine, disk) {
                     continue;
@@ -308,6 +312,16 @@ impl MasterTarget {
                 && reached.iter().all(|r| *r == Some(p))
                 && !self.backing_off(machine, u32::MAX)
             {
+                // A disk whose logs went missing is not whole again before the point its
+                // agent named when it finished comparing: no point before that.
+                let compares = self.state.compares(&mid)?;
+                if let Some((disk, _, done)) =
+                    compares.iter().find(|(_, _, d)| d.is_none_or(|d| d > p))
+                {
+                    self.state.set_setting(&format!("skipped_point:{mid}"), &p.to_string())?;
+                    tracing::warn!(%machine, point = p, disk, whole_from = ?done, "no recovery point: the disk is being compared with its replica after logs went missing");
+                    continue;
+                }
                 // App-consistent only if every disk's tag says so.
                 let mut kind = "app";
                 for &disk in &disks {
@@ -319,6 +333,10 @@ impl MasterTarget {
                     Ok(()) => {
                         report.points += 1;
                         self.disk_ok(machine, u32::MAX);
+                        for disk in self.state.end_compares(&mid, p)? {
+                            self.state.clear_disk_alert(&mid, disk, "cursor-stuck")?;
+                            tracing::info!(%machine, disk, point = p, "the disk is whole again after its comparison: points resume");
+                        }
                     }
                     Err(e) => {
                         report.failed += 1;
@@ -328,6 +346,56 @@ impl MasterTarget {
             }
         }
         Ok(report)
+    }
+
+    /// The machine's last point: the newest one cut, or one passed without a point while a
+    /// disk was being compared.
+    fn last_point(&self, mid: &str) -> anyhow::Result<u64> {
+        let cut = self.state.points(mid)?.last().map(|p| p.point).unwrap_or(0);
+        let skipped = self
+            .state
+            .setting(&format!("skipped_point:{mid}"))?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        Ok(cut.max(skipped))
+    }
+
+    /// The disk's next log `next` is missing while `first` and later ones are there. Once
+    /// that has lasted `gap_grace_secs` (the process server stores a disk's logs in order,
+    /// so the missing ones are lost, not late), the disk continues at `first`, an alert
+    /// names it, and its agent is asked to compare the disk with the replica. Returns the
+    /// sequence to continue from, if the gap is declared.
+    fn gap(
+        &mut self,
+        machine: MachineId,
+        disk: u32,
+        next: u64,
+        first: u64,
+    ) -> anyhow::Result<Option<u64>> {
+        let since = match self.gaps.get(&(machine, disk)) {
+            Some((n, since)) if *n == next => *since,
+            _ => {
+                self.gaps.insert((machine, disk), (next, std::time::Instant::now()));
+                tracing::warn!(%machine, disk, next, first, "log {next} is missing at the target while later ones are there");
+                return Ok(None);
+            }
+        };
+        if since.elapsed() < Duration::from_secs(self.cfg.gap_grace_secs) {
+            return Ok(None);
+        }
+        self.gaps.remove(&(machine, disk));
+        let mid = machine.to_string();
+        self.state.set_applied(&mid, disk, first, None)?;
+        self.state.make_durable()?;
+        let token = self.state.request_compare(&mid, disk)?;
+        let message = format!(
+            "logs {next} to {} are missing at the target (lost there, or the appliance's cursor went back in a power cut): the disk continued at log {first}; its agent compares the disk with the replica by block hashes and sends what differs, and no point is cut until that is done",
+            first - 1
+        );
+        self.state.set_disk_alert(&mid, disk, "cursor-stuck", &message)?;
+        self.state.count(&[("log_gaps", 1)])?;
+        tracing::error!(%machine, disk, token, "{message}");
+        Ok(Some(first))
     }
 
     /// Applies a disk's ready logs; stops after a tag beyond `last_point`.
@@ -354,6 +422,16 @@ impl MasterTarget {
         let (mut next, reached) = self.state.applied(&mid, disk)?;
         if reached.is_some_and(|p| p > last_point) {
             return Ok(0); // waiting at a tag for the machine's other disks
+        }
+        match logs.iter().map(|l| l.0).find(|s| *s >= next) {
+            Some(first) if first > next => {
+                if let Some(resume) = self.gap(machine, disk, next, first)? {
+                    next = resume;
+                }
+            }
+            _ => {
+                self.gaps.remove(&(machine, disk));
+            }
         }
         for (seq, name) in logs {
             if seq < next {
@@ -402,6 +480,9 @@ impl MasterTarget {
         let mid = machine.to_string();
         self.state.set_applied(&mid, disk, last + 1, tag)?;
         self.state.count(&[("applied_batches", unflushed.len() as u64)])?;
+        // Deleting the logs cannot be undone: the cursor past them must survive a power
+        // cut first, or the disk would wait for them forever.
+        self.state.make_durable()?;
         for (_, name, _) in unflushed.drain(..) {
             target.delete_log(&name).await?;
         }

@@ -118,6 +118,26 @@ struct Inner {
     handoff: Option<Arc<Handoff>>,
     /// When each machine was last recorded as heard from (recorded at most every 10 s).
     seen: Mutex<HashMap<String, std::time::Instant>>,
+    /// The cache's usage and pressure as of its last change, for async code: the cache's
+    /// mutex is held across `fdatasync` by appends and releases (on the blocking pool), so
+    /// async code never takes it.
+    cache_usage: std::sync::atomic::AtomicU64,
+    cache_pressure: std::sync::atomic::AtomicU8,
+    cache_limits: (u64, u64),
+}
+
+impl Inner {
+    /// Records the cache's usage and pressure (called with the cache locked, after a change).
+    fn note_cache(&self, c: &Cache) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.cache_usage.store(c.usage(), Relaxed);
+        let p = match c.pressure() {
+            Pressure::Ok => 0,
+            Pressure::SlowDown => 1,
+            Pressure::Full => 2,
+        };
+        self.cache_pressure.store(p, Relaxed);
+    }
 }
 
 /// The process server role.
@@ -152,6 +172,7 @@ impl ProcessServer {
             ..CacheConfig::with_max_bytes(cfg.cache_max_mib << 20)
         };
         let (cache, pending) = Cache::open(cache_dir, cache_cfg)?;
+        let cache_limits = (cache.config().high_water_bytes, cache.config().max_bytes);
         let me = ProcessServer {
             inner: Arc::new(Inner {
                 state,
@@ -164,8 +185,12 @@ impl ProcessServer {
                 hot_bytes: Default::default(),
                 handoff,
                 seen: Mutex::new(HashMap::new()),
+                cache_usage: Default::default(),
+                cache_pressure: Default::default(),
+                cache_limits,
             }),
         };
+        me.inner.note_cache(&lock(&me.inner.cache));
         let mut replayed = 0usize;
         for p in pending {
             let payload = lock(&me.inner.cache).read(&p.record)?;
@@ -373,24 +398,29 @@ impl ProcessServer {
         let inner = self.inner.clone();
         let len = body.len() as u64;
         let kept = body.clone();
-        let record = tokio::task::spawn_blocking(move || lock(&inner.cache).append(key, &body))
-            .await
-            .map_err(|e| ApiFailure::new(500, "internal", e.to_string()))?
-            .map_err(|e| match e {
-                lifeboat_cache::Error::Full { .. } => {
-                    let mut f = ApiFailure::new(
-                        429,
-                        "cache-full",
-                        format!("the appliance cache is full ({e}); retry later"),
-                    );
-                    f.retry_after = Some(5);
-                    f
-                }
-                other => {
-                    tracing::error!(error = %other, "cache append failed");
-                    ApiFailure::new(503, "cache-error", format!("cache: {other}"))
-                }
-            })?;
+        let record = tokio::task::spawn_blocking(move || {
+            let mut c = lock(&inner.cache);
+            let r = c.append(key, &body);
+            inner.note_cache(&c);
+            r
+        })
+        .await
+        .map_err(|e| ApiFailure::new(500, "internal", e.to_string()))?
+        .map_err(|e| match e {
+            lifeboat_cache::Error::Full { .. } => {
+                let mut f = ApiFailure::new(
+                    429,
+                    "cache-full",
+                    format!("the appliance cache is full ({e}); retry later"),
+                );
+                f.retry_after = Some(5);
+                f
+            }
+            other => {
+                tracing::error!(error = %other, "cache append failed");
+                ApiFailure::new(503, "cache-error", format!("cache: {other}"))
+            }
+        })?;
         self.inner.state.set_received_next(machine_id, h.disk_index, h.sequence + 1)?;
         self.inner.state.count(&[("received_batches", 1), ("received_bytes", len)])?;
         let payload = self.hold(kept);
@@ -417,11 +447,12 @@ impl ProcessServer {
     }
 
     fn ack(&self, disk: u32, sequence: u64, duplicate: bool) -> BatchAck {
-        let slow_down_ms = match lock(&self.inner.cache).pressure() {
-            Pressure::Ok => 0,
-            Pressure::SlowDown => 200,
-            Pressure::Full => 2000,
-        };
+        let slow_down_ms =
+            match self.inner.cache_pressure.load(std::sync::atomic::Ordering::Relaxed) {
+                0 => 0,
+                1 => 200,
+                _ => 2000,
+            };
         BatchAck { disk, sequence, duplicate, slow_down_ms }
     }
 
@@ -439,8 +470,8 @@ impl ProcessServer {
 
     /// The cache's (usage, high-water mark, limit) in bytes.
     pub fn cache_status(&self) -> (u64, u64, u64) {
-        let c = lock(&self.inner.cache);
-        (c.usage(), c.config().high_water_bytes, c.config().max_bytes)
+        let (high, max) = self.inner.cache_limits;
+        (self.inner.cache_usage.load(std::sync::atomic::Ordering::Relaxed), high, max)
     }
 
     /// Batches cached and not yet shipped, over all disks.
@@ -628,7 +659,17 @@ impl ProcessServer {
             h.offer(log_name(machine, disk, sequence), sealed.payload.clone());
         }
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || lock(&inner.cache).release(&record)).await??;
+        tokio::task::spawn_blocking(move || {
+            // The disk's received cursor counts this batch: it must survive a power cut
+            // before the batch leaves the cache, or the cursor could fall back behind
+            // batches that exist nowhere on the appliance any more.
+            inner.state.make_durable()?;
+            let mut c = lock(&inner.cache);
+            let r = c.release(&record);
+            inner.note_cache(&c);
+            Ok::<_, anyhow::Error>(r?)
+        })
+        .await??;
         self.inner
             .state
             .count(&[("shipped_objects", 1), ("shipped_bytes", sealed.obj.len() as u64)])?;
@@ -801,5 +842,36 @@ mod tests {
         let alerts = state.disk_alerts().unwrap();
         assert_eq!((alerts.len(), alerts[0].kind.as_str()), (1, "disk-shrunk"));
         assert!(crate::policy::alerts(&state).unwrap().iter().any(|a| a.kind == "disk-shrunk"));
+    }
+
+    /// Issue 11, finding 8: acknowledgements read the cache's pressure under the cache's
+    /// mutex, which appends and releases hold across `fdatasync`, so async workers waited
+    /// on the disk. With the mutex held (as by a slow fsync), an acknowledgement and the
+    /// cache status are still answered.
+    #[tokio::test]
+    async fn acknowledging_never_waits_for_the_cache_lock() {
+        let d = tempfile::tempdir().unwrap();
+        let (ps, _state) = server(d.path());
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let inner = ps.inner.clone();
+        let holder = std::thread::spawn(move || {
+            let _g = lock(&inner.cache);
+            held_tx.send(()).unwrap();
+            let _ = release_rx.recv_timeout(Duration::from_secs(60));
+        });
+        held_rx.recv().unwrap();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let ps2 = ps.clone();
+        std::thread::spawn(move || {
+            let ack = ps2.ack(0, 1, false);
+            let status = ps2.cache_status();
+            done_tx.send((ack.slow_down_ms, status.2)).unwrap();
+        });
+        let answered = done_rx.recv_timeout(Duration::from_secs(20));
+        release_tx.send(()).unwrap();
+        holder.join().unwrap();
+        let (slow_down, max) = answered.expect("answered while the cache was locked");
+        assert_eq!((slow_down, max), (0, 16 * 1024 << 20));
     }
 }

@@ -22,7 +22,8 @@
 
 use bytes::Bytes;
 use lifeboat_wire::api::{
-    DiskSize, REVERSE_BLOCK, ReverseDiff, ReverseDone, ReverseStatus, reverse_block_hash,
+    CompareAnswer, CompareBlocks, DiskSize, REVERSE_BLOCK, ReverseDiff, ReverseDone, ReverseStatus,
+    reverse_block_hash,
 };
 use lifeboat_wire::{Batch, BatchHeader, MachineId};
 
@@ -120,6 +121,63 @@ pub async fn diff(
     let first = state.disks(machine)?.first().map(|x| x.0) == Some(d.disk) && d.offset == 0;
     state.reverse_progress(machine, first, len, sent)?;
     Ok(Bytes::from(lifeboat_wire::encode(&builder.build())))
+}
+
+/// `POST /api/v1/compare`: which blocks of a range of the machine's replica differ from
+/// the hashes the agent sent, for a comparison the master target asked for (logs of the
+/// disk were lost at the target). The same hashing as reverse replication, in the forward
+/// direction: only hashes cross the network, and then only the blocks that differ.
+pub async fn compare(
+    ps: &ProcessServer,
+    state: &State,
+    machine: &str,
+    c: CompareBlocks,
+) -> Result<CompareAnswer, ApiFailure> {
+    if !state.compares(machine)?.iter().any(|x| x.0 == c.disk && x.1 == c.token && x.2.is_none()) {
+        return Err(ApiFailure::new(
+            409,
+            "no-compare",
+            format!("no comparison {} of disk {} is open", c.token, c.disk),
+        ));
+    }
+    let size = state
+        .disks(machine)?
+        .into_iter()
+        .find(|(i, _)| *i == c.disk)
+        .map(|(_, s)| s)
+        .ok_or_else(|| ApiFailure::new(400, "invalid", format!("disk: no disk {}", c.disk)))?;
+    c.check(size).map_err(|e| ApiFailure::new(400, "invalid", e))?;
+    let mid: MachineId =
+        machine.parse().map_err(|e: String| ApiFailure::new(403, "forbidden", e))?;
+    let replica = crate::logobj::disk_id(mid, c.disk);
+    let b = u64::from(REVERSE_BLOCK);
+    let len = (c.hashes.len() as u64 * b).min(size - c.offset);
+    let data = {
+        let mut t = ps.control_target().await?;
+        let t = t.as_mut().expect("control_target sets it");
+        t.read_extent(&replica, c.offset, len as u32).await.map_err(call_failure)?
+    };
+    if data.len() as u64 != len {
+        return Err(ApiFailure::new(
+            500,
+            "short-read",
+            format!("the target read {} of {len} bytes of {replica}", data.len()),
+        ));
+    }
+    let differ = c
+        .hashes
+        .iter()
+        .enumerate()
+        .filter(|(i, want)| {
+            let start = i * REVERSE_BLOCK as usize;
+            let block = &data[start..(start + REVERSE_BLOCK as usize).min(data.len())];
+            !reverse_block_hash(block).eq_ignore_ascii_case(want)
+        })
+        .map(|(i, _)| i as u32)
+        .collect::<Vec<_>>();
+    state
+        .count(&[("compared_bytes", len), ("compared_differing_bytes", differ.len() as u64 * b)])?;
+    Ok(CompareAnswer { differ })
 }
 
 /// `POST /api/v1/reverse/done`.

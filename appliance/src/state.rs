@@ -6,10 +6,15 @@
 //! sequence, recovery points, progress — as opposed to the static `appliance.toml`.
 //!
 //! Durability: WAL journal with `synchronous = NORMAL`: a committed transaction survives
-//! a process crash; a power loss may roll back the last few, which every writer here
-//! tolerates because the facts are re-derived (the process server reconciles its
-//! cursors with the cache on start; the master target re-applies a log it is unsure
-//! of, and applying is idempotent).
+//! a process crash; a power loss may roll back the last few. That is safe only for facts
+//! that are re-derived or re-done after a rollback (counters, progress, a cursor whose
+//! logs are still there: applying is idempotent). Before any step that cannot be undone
+//! and that a rolled-back fact would contradict, the fact is made durable first with
+//! [`State::make_durable`] (a commit under `synchronous = FULL`, which syncs the WAL and
+//! with it every earlier commit): the master target before it deletes applied logs at the
+//! target, the process server before it releases a shipped batch from its cache. Without
+//! that a power cut left a cursor behind logs that no longer exist, and the disk waited
+//! forever.
 
 use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
@@ -193,6 +198,16 @@ const MIGRATIONS: &[&str] = &[
         message TEXT NOT NULL,
         since_unix_ms INTEGER NOT NULL,
         PRIMARY KEY (machine_id, disk, kind)
+     );",
+    // 16: comparisons of a disk with its replica the master target asked for (logs of the
+    // disk were missing at the target), until the point that makes the replica whole.
+    "CREATE TABLE compares (
+        machine_id TEXT NOT NULL,
+        disk INTEGER NOT NULL,
+        token INTEGER NOT NULL,
+        requested_unix_ms INTEGER NOT NULL,
+        done_point INTEGER,
+        PRIMARY KEY (machine_id, disk)
      );",
 ];
 
@@ -654,6 +669,19 @@ impl State {
             )
             .map_err(|e| self.err(e))?;
         Ok(())
+    }
+
+    /// Makes every commit so far durable (they survive a power cut): one commit under
+    /// `synchronous = FULL`. Call it before an irreversible step that relies on them.
+    pub fn make_durable(&self) -> Result<(), StateError> {
+        let c = self.conn();
+        c.execute_batch(
+            "PRAGMA synchronous = FULL;
+             INSERT INTO counters (name, value) VALUES ('durable_commits', 1)
+               ON CONFLICT (name) DO UPDATE SET value = value + 1;
+             PRAGMA synchronous = NORMAL;",
+        )
+        .map_err(|e| self.err(e))
     }
 
     /// The kind (`crash`, `app`) of the last point tag a disk reached; `crash` for tags
@@ -1672,6 +1700,93 @@ impl State {
             })
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Asks for a comparison of a disk with its replica; returns its token (the open
+    /// request's, if there is one).
+    pub fn request_compare(&self, machine_id: &str, disk: u32) -> Result<u64, StateError> {
+        let c = self.conn();
+        let open: Option<i64> = c
+            .query_row(
+                "SELECT token FROM compares WHERE machine_id = ?1 AND disk = ?2 AND done_point IS NULL",
+                params![machine_id, disk],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        if let Some(t) = open {
+            return Ok(t as u64);
+        }
+        let token = now_ms();
+        c.execute(
+            "INSERT INTO compares (machine_id, disk, token, requested_unix_ms, done_point)
+             VALUES (?1, ?2, ?3, ?3, NULL)
+             ON CONFLICT (machine_id, disk) DO UPDATE
+             SET token = ?3, requested_unix_ms = ?3, done_point = NULL",
+            params![machine_id, disk, token as i64],
+        )
+        .map_err(|e| self.err(e))?;
+        Ok(token)
+    }
+
+    /// A machine's comparisons: (disk, token, point from which the replica is whole once
+    /// the agent said it is done).
+    pub fn compares(&self, machine_id: &str) -> Result<Vec<(u32, u64, Option<u64>)>, StateError> {
+        let c = self.conn();
+        let mut s = c
+            .prepare(
+                "SELECT disk, token, done_point FROM compares WHERE machine_id = ?1 ORDER BY disk",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = s
+            .query_map(params![machine_id], |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u32,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, Option<i64>>(2)?.map(|p| p as u64),
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// The agent compared the whole disk for the request `token`; the replica is whole
+    /// from `point` on. False if no such request is open.
+    pub fn compare_done(
+        &self,
+        machine_id: &str,
+        disk: u32,
+        token: u64,
+        point: u64,
+    ) -> Result<bool, StateError> {
+        let n = self
+            .conn()
+            .execute(
+                "UPDATE compares SET done_point = ?4
+                 WHERE machine_id = ?1 AND disk = ?2 AND token = ?3 AND done_point IS NULL",
+                params![machine_id, disk, token as i64, point as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(n == 1)
+    }
+
+    /// Forgets a machine's comparisons that are done by `point`.
+    pub fn end_compares(&self, machine_id: &str, point: u64) -> Result<Vec<u32>, StateError> {
+        let done: Vec<u32> = self
+            .compares(machine_id)?
+            .into_iter()
+            .filter(|(_, _, d)| d.is_some_and(|d| d <= point))
+            .map(|(disk, _, _)| disk)
+            .collect();
+        for d in &done {
+            self.conn()
+                .execute(
+                    "DELETE FROM compares WHERE machine_id = ?1 AND disk = ?2",
+                    params![machine_id, d],
+                )
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(done)
     }
 
     /// An appliance-wide value, if set.

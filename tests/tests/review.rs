@@ -239,3 +239,105 @@ fn a_login_flood_neither_exhausts_the_appliance_nor_locks_the_administrator_out(
     assert!(!o.status.success(), "the flooding address itself is limited");
     assert!(String::from_utf8_lossy(&o.stderr).contains("try again"), "{o:?}");
 }
+
+/// Finding 4: the state store commits with `synchronous = NORMAL`, and the master target
+/// deleted applied logs right after recording its cursor, so a power cut could take the
+/// cursor back behind logs that no longer exist, and the disk waited for them forever.
+/// Simulated: the appliance's state files are copied while logs are shipped but not yet
+/// applied (the appliance stopped with SIGSTOP), the logs are then applied and deleted,
+/// the appliance is killed and the copy put back. The disk's gap is declared, an alert
+/// names it, the agent compares the disk with its replica by hashes (no full resync),
+/// and the replica equals the source again.
+#[test]
+fn a_cursor_that_went_back_in_a_power_cut_recovers_by_a_hash_compare() {
+    use rustix::process::{Pid, Signal, kill_process};
+    let site = Site::new();
+    let cfg = site.config("all", Roles::ALL);
+    let base = std::fs::read_to_string(&cfg).unwrap();
+    // An idle master target that looks for logs every 30 s leaves shipped logs unapplied
+    // long enough to copy the state in between.
+    std::fs::write(&cfg, base.replace("poll_ms = 100", "poll_ms = 30000\ngap_grace_secs = 2"))
+        .unwrap();
+    let mut appliance = site.start("appliance", &cfg);
+    site.wait_port(site.config_port);
+    site.wait_port(site.ps_port);
+    let disk = site.root().join("disk0.img");
+    make_disk(&disk, 16, 11);
+    let agent_state = site.root().join("agent-state");
+    site.register_agent(&cfg, &agent_state);
+    let agent_cfg = site.agent_config_with(
+        &agent_state,
+        std::slice::from_ref(&disk),
+        1,
+        "trust_check_secs = 10\n",
+    );
+    site.agent_once(&agent_cfg);
+    wait_for(Duration::from_secs(120), "the first point", || {
+        (!site.points(&cfg).is_empty()).then_some(())
+    });
+
+    let state = site.root().join("state");
+    let copy = site.root().join("state-copy");
+    let copy_cfg = site.root().join("appliance-copy.toml");
+    std::fs::write(&copy_cfg, base.replace("data_dir = \"state\"", "data_dir = \"state-copy\""))
+        .unwrap();
+    let files = ["state.db", "state.db-wal", "state.db-shm"];
+    let pid = Pid::from_raw(appliance.pid().unwrap() as i32).unwrap();
+    let mut copied = false;
+    for round in 0..4u64 {
+        let before = site.points(&cfg).len();
+        random_writes(&disk, 200, 40 + round);
+        site.agent_once(&agent_cfg);
+        kill_process(pid, Signal::STOP).unwrap();
+        std::fs::create_dir_all(&copy).unwrap();
+        for f in files {
+            let _ = std::fs::remove_file(copy.join(f));
+            if state.join(f).exists() {
+                std::fs::copy(state.join(f), copy.join(f)).unwrap();
+            }
+        }
+        kill_process(pid, Signal::CONT).unwrap();
+        let want = sha256_file(&disk);
+        let points = wait_for(Duration::from_secs(120), "the cycle's point", || {
+            let p = site.points(&cfg);
+            (p.len() > before).then_some(p)
+        });
+        assert_eq!(site.point_checksum(&cfg, &points.last().unwrap().1, 0), want);
+        // The copy must predate that point (the logs were shipped, not yet applied).
+        if site.cli(&copy_cfg, &["points"]).lines().count() == before {
+            copied = true;
+            break;
+        }
+    }
+    assert!(copied, "never caught the logs shipped but not yet applied");
+
+    // Power cut: the state goes back to the copy; the logs applied since are gone.
+    appliance.kill9();
+    for f in files {
+        let _ = std::fs::remove_file(state.join(f));
+        if copy.join(f).exists() {
+            std::fs::copy(copy.join(f), state.join(f)).unwrap();
+        }
+    }
+    std::fs::write(&cfg, base.replace("poll_ms = 100", "poll_ms = 100\ngap_grace_secs = 2"))
+        .unwrap();
+    let mut appliance = site.start("appliance", &cfg);
+    site.wait_port(site.ps_port);
+    random_writes(&disk, 100, 99);
+    let want = sha256_file(&disk);
+    let mut agent = site.start_agent(&agent_cfg);
+    let seen = std::cell::Cell::new(0usize);
+    wait_for(Duration::from_secs(240), "a point equal to the source", || {
+        let points = site.points(&cfg);
+        let new = &points[seen.get().min(points.len())..];
+        seen.set(points.len());
+        new.iter().any(|(_, id)| site.point_checksum(&cfg, id, 0) == want).then_some(())
+    });
+    agent.stop();
+    let log = std::fs::read_to_string(site.root().join("appliance.log")).unwrap();
+    assert!(log.contains("are missing at the target"), "the gap was not declared");
+    let agent_log = std::fs::read_to_string(site.root().join("agent.log")).unwrap();
+    assert!(agent_log.contains("compared the disk with its replica"), "{agent_log}");
+    assert!(!agent_log.contains("full hash-compare resync"), "a full resync ran: {agent_log}");
+    assert!(appliance.running());
+}

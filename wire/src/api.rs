@@ -1076,6 +1076,67 @@ pub struct TrustAnswer {
     /// The policy's bandwidth schedule, if it sets one.
     #[serde(default)]
     pub bandwidth: Option<PolicyBandwidth>,
+    /// Disks the appliance asks the agent to compare with their replicas by block hashes
+    /// ([`CompareBlocks`]): the master target found logs of theirs missing at the target.
+    /// Absent when there are none (answers without it are what earlier appliances sent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub compare: Vec<CompareRequest>,
+}
+
+/// A comparison of one disk with its replica, asked for by the appliance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompareRequest {
+    /// Disk index.
+    pub disk: u32,
+    /// Names this request; echoed in [`CompareBlocks`] and [`CompareDone`].
+    pub token: u64,
+}
+
+/// `POST /api/v1/compare` (process server, agent certificate): hashes of a range of one
+/// of the agent's disks, as [`ReverseDiff`] carries them ([`reverse_block_hash`] of
+/// [`REVERSE_BLOCK`] blocks, at most [`REVERSE_MAX_BLOCKS`]); the answer
+/// ([`CompareAnswer`]) names the blocks whose replica differs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompareBlocks {
+    /// Disk index.
+    pub disk: u32,
+    /// The request's token.
+    pub token: u64,
+    /// A multiple of [`REVERSE_BLOCK`], inside the disk.
+    pub offset: u64,
+    /// One hash per block from `offset` (the last block of the disk may be shorter).
+    pub hashes: Vec<String>,
+}
+
+impl CompareBlocks {
+    /// Shape checks against a disk of `disk_size` bytes.
+    pub fn check(&self, disk_size: u64) -> Result<(), String> {
+        ReverseDiff { disk: self.disk, offset: self.offset, hashes: self.hashes.clone() }
+            .check(disk_size)
+    }
+}
+
+/// The answer to [`CompareBlocks`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompareAnswer {
+    /// Indexes (into `hashes`) of the blocks whose replica differs, ascending.
+    pub differ: Vec<u32>,
+}
+
+/// `POST /api/v1/compare/done`: the whole disk was compared, and the blocks that differed
+/// are in the cycle that tagged `point`; the replica is whole again from that point on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompareDone {
+    /// Disk index.
+    pub disk: u32,
+    /// The request's token.
+    pub token: u64,
+    /// The point of the cycle that sent the differing blocks.
+    pub point: u64,
 }
 
 /// `POST /api/v1/renew` (process server, agent certificate).

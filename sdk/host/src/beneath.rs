@@ -87,17 +87,28 @@ pub(crate) fn open(
         return Err(BeneathError::Escapes(rel.display().to_string()));
     }
     let flags = flags | OFlags::CLOEXEC | OFlags::NOFOLLOW;
-    match rustix::fs::openat2(
-        root,
-        rel,
-        flags,
-        mode,
-        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-    ) {
+    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+    match rustix::fs::openat2(root, rel, flags, mode, resolve) {
         Err(Errno::NOSYS) | Err(Errno::PERM) if openat2_missing() => {
             open_by_components(root, rel, flags, mode)
         }
+        // A link where a directory is wanted (`O_DIRECTORY | O_NOFOLLOW`) is ENOTDIR:
+        // told apart from a plain file in the way by opening the path itself.
+        Err(Errno::NOTDIR) if is_link(root, rel, resolve) => {
+            Err(BeneathError::Escapes(rel.display().to_string()))
+        }
         r => r.map_err(|e| BeneathError::from_errno(rel, e)),
+    }
+}
+
+/// Whether `rel` (beneath `root`, with no link before its last component) is itself a
+/// symbolic link. For error messages only: nothing is opened through it.
+fn is_link(root: &impl AsFd, rel: &Path, resolve: ResolveFlags) -> bool {
+    let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    match rustix::fs::openat2(root, rel, flags, Mode::empty(), resolve) {
+        Ok(fd) => rustix::fs::fstat(&fd)
+            .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Symlink),
+        Err(e) => matches!(e, Errno::LOOP | Errno::XDEV),
     }
 }
 
@@ -145,7 +156,20 @@ pub(crate) fn open_by_components(
                 OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::empty(),
             )
-            .map_err(|e| BeneathError::from_errno(rel, e))?
+            .map_err(|e| match e {
+                // With O_NOFOLLOW | O_DIRECTORY a link is ENOTDIR.
+                Errno::NOTDIR
+                    if rustix::fs::statat(
+                        at.as_fd(),
+                        part.as_os_str(),
+                        AtFlags::SYMLINK_NOFOLLOW,
+                    )
+                    .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Symlink) =>
+                {
+                    BeneathError::Escapes(rel.display().to_string())
+                }
+                e => BeneathError::from_errno(rel, e),
+            })?
         };
         dir = Some(next);
     }

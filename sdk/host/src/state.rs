@@ -78,6 +78,11 @@ impl HttpAuthority {
         if a.as_str().contains('@') || a.host().is_empty() {
             return Err(bad("not a host[:port]"));
         }
+        let port = &a.as_str()[a.host().len()..];
+        if !port.is_empty() && port.strip_prefix(':').and_then(|p| p.parse::<u16>().ok()).is_none()
+        {
+            return Err(bad("the port is not a number from 0 to 65535"));
+        }
         Ok(HttpAuthority {
             https,
             host: a.host().to_ascii_lowercase(),
@@ -93,6 +98,9 @@ impl HttpAuthority {
             _ => return None,
         };
         let a = uri.authority()?;
+        if a.port().is_some() && a.port_u16().is_none() {
+            return None;
+        }
         Some(HttpAuthority {
             https,
             host: a.host().to_ascii_lowercase(),
