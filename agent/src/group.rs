@@ -5,6 +5,22 @@
 //! its agent certificate, issued by the appliance CA, and accepts only the machines listed
 //! in `group.members` ([`lifeboat_net::tls::peer_client_config`]).
 //!
+//! # Who is in the group: the appliance says
+//!
+//! The administrator defines the group on the appliance (`PUT /api/v1/groups/{name}`:
+//! members and coordinator); each agent learns it with its trust check
+//! ([`lifeboat_wire::api::TrustAnswer::group`], a [`GroupView`] here). The `[group]` table
+//! of the agent's configuration only says where the peers listen. A coordinator starts a
+//! round, and a member takes part in one, only while the appliance's definition agrees:
+//! same name, this coordinator, these members. A peer the appliance revoked is thus
+//! dropped from the definition (revoking removes it from its group) and refused, since
+//! mutual TLS alone cannot tell a revoked certificate from a good one.
+//!
+//! Each member (the coordinator too) reports a point it recorded in a round itself
+//! (`POST /api/v1/groups/member-points`), and the coordinator records the round
+//! (`POST /api/v1/groups/points`); the appliance counts a group point only when both are
+//! in, so no machine can make a point of another one a group point.
+//!
 //! # A round (protocol `group/v1`, JSON over HTTP/2)
 //!
 //! | step | coordinator → each member | the member | answer |
@@ -122,12 +138,46 @@ enum Reply {
     Failed(String),
 }
 
+/// The group as the appliance last defined it for this machine (`None`: in no group).
+pub type GroupView = Arc<std::sync::RwLock<Option<lifeboat_wire::api::GroupAssignment>>>;
+
+/// Reports to the appliance that this member recorded a group's point (group, point).
+pub type PointReporter = Arc<dyn Fn(&str, u64) + Send + Sync>;
+
+/// Whether the appliance's definition `view` agrees with a round of `group` that
+/// `coordinator` runs with `members` (every member, this one included). `Err` says how not.
+pub fn agrees(
+    view: &GroupView,
+    group: &str,
+    coordinator: &str,
+    members: &[String],
+) -> Result<(), String> {
+    let v = view.read().unwrap_or_else(|e| e.into_inner());
+    let Some(a) = v.as_ref() else {
+        return Err(format!(
+            "the appliance defines no consistency group for this machine (define {group} with `lifeboat group set`)"
+        ));
+    };
+    let mut want = members.to_vec();
+    want.sort();
+    want.dedup();
+    if a.name != group || a.coordinator != coordinator || a.members != want {
+        return Err(format!(
+            "the appliance defines group {} with coordinator {} and members {:?}; this round is of {group} by {coordinator} with {want:?}",
+            a.name, a.coordinator, a.members
+        ));
+    }
+    Ok(())
+}
+
 /// A round as a member's cycle thread runs it (handed over by the peer server).
 pub struct MemberRound {
     round: u64,
     deadline: Duration,
     cmds: std_mpsc::Receiver<Cmd>,
     replies: mpsc::UnboundedSender<Reply>,
+    group: String,
+    reporter: Option<PointReporter>,
 }
 
 impl std::fmt::Debug for MemberRound {
@@ -180,7 +230,12 @@ impl GroupCut for MemberRound {
 
     fn done(&mut self, result: Result<u64, String>) {
         match &result {
-            Ok(p) => tracing::info!(round = self.round, point = p, "group round: point recorded"),
+            Ok(p) => {
+                tracing::info!(round = self.round, point = p, "group round: point recorded");
+                if let Some(report) = &self.reporter {
+                    report(&self.group, *p);
+                }
+            }
             Err(e) => {
                 tracing::warn!(round = self.round, "group round abandoned on this member: {e}")
             }
@@ -202,7 +257,10 @@ struct Active {
 /// The member side's shared state.
 struct Member {
     group: String,
+    me: String,
     peers: Vec<String>,
+    view: GroupView,
+    reporter: Option<PointReporter>,
     to_cycle: std_mpsc::Sender<MemberRound>,
     active: Mutex<Option<Active>>,
 }
@@ -255,6 +313,25 @@ async fn handle(
         "/group/v1/prepare" => {
             let p: Prepare = server::read_json(req.into_body()).await?;
             check_group(&p.group)?;
+            // The appliance's definition decides: the caller must be its coordinator, and
+            // this machine one of its members.
+            let members = m.view.read().unwrap_or_else(|e| e.into_inner()).clone();
+            let caller = caller.clone().unwrap_or_default();
+            match members {
+                Some(a)
+                    if a.name == m.group
+                        && a.coordinator == caller
+                        && a.members.contains(&m.me) => {}
+                _ => {
+                    return Err(ApiError::forbidden(
+                        "not-in-group",
+                        format!(
+                            "the appliance does not define group {} with coordinator {caller} and this machine as a member",
+                            m.group
+                        ),
+                    ));
+                }
+            }
             if p.deadline_ms == 0 || p.deadline_ms > 600_000 {
                 return Err(ApiError::bad_request(
                     "invalid-deadline",
@@ -267,7 +344,14 @@ async fn handle(
             let (cmd_tx, cmd_rx) = std_mpsc::channel();
             let (rep_tx, rep_rx) = mpsc::unbounded_channel();
             *active = Some(Active { round: p.round, cmds: cmd_tx, replies: rep_rx });
-            let round = MemberRound { round: p.round, deadline, cmds: cmd_rx, replies: rep_tx };
+            let round = MemberRound {
+                round: p.round,
+                deadline,
+                cmds: cmd_rx,
+                replies: rep_tx,
+                group: m.group.clone(),
+                reporter: m.reporter.clone(),
+            };
             if m.to_cycle.send(round).is_err() {
                 return Err(ApiError::internal("the agent is stopping"));
             }
@@ -345,16 +429,30 @@ async fn handle(
     }
 }
 
+/// What a member's peer server needs besides its listener and identity.
+pub struct MemberSetup {
+    /// The group's name (from the configuration).
+    pub group: String,
+    /// This machine's id.
+    pub me: String,
+    /// The peers allowed to connect (from the configuration).
+    pub peers: Vec<String>,
+    /// The appliance's definition of the group.
+    pub view: GroupView,
+    /// Reports recorded points to the appliance.
+    pub reporter: Option<PointReporter>,
+}
+
 /// Serves the member side on `listener` until `shutdown`; rounds go to `to_cycle`.
 pub async fn serve_member(
     listener: tokio::net::TcpListener,
     identity: Identity,
     ca_pem: String,
-    group: String,
-    peers: Vec<String>,
+    setup: MemberSetup,
     to_cycle: std_mpsc::Sender<MemberRound>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
+    let MemberSetup { group, me, peers, view, reporter } = setup;
     let tls =
         lifeboat_net::tls::server_config(&identity, lifeboat_net::ClientAuth::Required { ca_pem })
             .map_err(|e| {
@@ -363,7 +461,8 @@ pub async fn serve_member(
             })?;
     let listen = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%listen, %group, "consistency group: listening for the group's peers (mutual TLS)");
-    let m = Arc::new(Member { group, peers, to_cycle, active: Mutex::new(None) });
+    let m =
+        Arc::new(Member { group, me, peers, view, reporter, to_cycle, active: Mutex::new(None) });
     let handler = move |req| handle(m.clone(), req);
     server::serve(listener, tls, handler, shutdown).await;
     Ok(())
@@ -584,6 +683,16 @@ impl GroupCut for CoordinatorRound {
         }
         let mut members: Vec<String> = c.peers.iter().map(|p| p.machine.clone()).collect();
         members.push(c.me.clone());
+        // The coordinator is a member too: it reports its own point like the others.
+        let mine = lifeboat_wire::api::MemberPoint { group: c.group.clone(), point };
+        if let Err(e) = c.runtime.block_on(call(
+            &c.appliance,
+            "/api/v1/groups/member-points",
+            &mine,
+            Duration::from_secs(30),
+        )) {
+            tracing::warn!(group = %c.group, point, "cannot report this member's group point: {e}");
+        }
         let body = lifeboat_wire::api::GroupPoint { group: c.group.clone(), point, members };
         // Every member recorded the point: the record is worth a few tries.
         let mut posted = Err(String::new());
@@ -644,12 +753,28 @@ mod tests {
         let url = format!("https://{}", listener.local_addr().unwrap());
         let (round_tx, round_rx) = std_mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let assignment = |coordinator: &str| lifeboat_wire::api::GroupAssignment {
+            name: "erp".into(),
+            coordinator: coordinator.into(),
+            members: vec!["m-a".into(), "m-b".into()],
+        };
+        let view: GroupView = Arc::new(std::sync::RwLock::new(Some(assignment("m-b"))));
+        let reported = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let reporter: PointReporter = {
+            let reported = reported.clone();
+            Arc::new(move |g: &str, p: u64| reported.lock().unwrap().push((g.to_owned(), p)))
+        };
         let server = tokio::spawn(serve_member(
             listener,
             b.clone(),
             ca.cert_pem().to_owned(),
-            "erp".into(),
-            vec!["m-a".into()],
+            MemberSetup {
+                group: "erp".into(),
+                me: "m-b".into(),
+                peers: vec!["m-a".into()],
+                view: view.clone(),
+                reporter: Some(reporter),
+            },
             round_tx,
             async move {
                 let _ = stop_rx.await;
@@ -697,6 +822,18 @@ mod tests {
         }
         assert!(round_rx.try_recv().is_err(), "no round was opened by bad requests");
 
+        // Issue 11, finding 8: rounds from a peer the appliance does not name as the
+        // group's coordinator (a revoked machine is dropped from its group) are refused,
+        // and so is everything while the appliance defines no group.
+        let prepare = r#"{"group":"erp","round":1,"deadline_ms":5000}"#;
+        let (s, v) = post(&from_a, "/group/v1/prepare", prepare).await;
+        assert_eq!((s, v["code"].as_str()), (StatusCode::FORBIDDEN, Some("not-in-group")), "{v}");
+        *view.write().unwrap() = None;
+        let (s, _) = post(&from_a, "/group/v1/prepare", prepare).await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        assert!(round_rx.try_recv().is_err());
+        *view.write().unwrap() = Some(assignment("m-a"));
+
         // A real round: prepared, then aborted; the cycle side sees both.
         let cycle = std::thread::spawn(move || {
             let mut r = round_rx.recv_timeout(Duration::from_secs(10)).unwrap();
@@ -712,6 +849,7 @@ mod tests {
         assert_eq!(s, StatusCode::OK);
         let got = tokio::task::spawn_blocking(move || cycle.join().unwrap()).await.unwrap();
         assert!(got.is_err_and(|e| e.contains("aborted")));
+        assert!(reported.lock().unwrap().is_empty(), "an aborted round is not reported");
 
         let _ = stop_tx.send(());
         server.await.unwrap().unwrap();

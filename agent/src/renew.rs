@@ -28,6 +28,8 @@ pub struct Refreshed {
     pub bandwidth: Option<lifeboat_wire::api::PolicyBandwidth>,
     /// Disks to compare with their replicas (see [`crate::compare`]).
     pub compare: Vec<lifeboat_wire::api::CompareRequest>,
+    /// The consistency group the appliance puts this machine in.
+    pub group: Option<lifeboat_wire::api::GroupAssignment>,
 }
 
 impl Refreshed {
@@ -61,6 +63,7 @@ pub async fn refresh(
         app_interval_secs: t.app_interval_secs.filter(|i| (1..=7 * 86_400).contains(i)),
         bandwidth: t.bandwidth.clone(),
         compare: t.compare.clone(),
+        group: t.group.clone(),
         ..Default::default()
     };
     if t.ca_pem != reg.ca_pem {

@@ -411,7 +411,7 @@ pub fn run(cfg: &AgentConfig, cfg_path: &Path, opts: RunOptions) -> Result<(), R
             url: registration.record.process_server_url.clone(),
             tls,
             disks: descriptors,
-            tls_updates: Some(tls_rx),
+            tls_updates: Some(tls_rx.clone()),
             schedule_updates: Some(schedule_rx),
             disk_updates: Some(sizes_rx),
             system: Some(crate::system::detect(cfg.firmware.as_deref())),
@@ -420,12 +420,51 @@ pub fn run(cfg: &AgentConfig, cfg_path: &Path, opts: RunOptions) -> Result<(), R
         },
     )?;
 
-    // Consistency group: the peer listener (every member) and the coordinator.
+    // Consistency group: the peer listener (every member) and the coordinator. Who is in
+    // the group is the appliance's to say (the trust check keeps `group_view` current).
     let (group_shutdown_tx, group_shutdown_rx) = watch::channel(false);
+    let group_view: crate::group::GroupView =
+        Arc::new(std::sync::RwLock::new(start_policy.as_ref().and_then(|r| r.group.clone())));
     let mut group_loop = None;
     if let Some(g) = &cfg.group {
         let (round_tx, round_rx) = std::sync::mpsc::channel();
         let peers: Vec<String> = g.members.iter().map(|m| m.machine.clone()).collect();
+        let reporter: crate::group::PointReporter = {
+            let url = registration.record.process_server_url.clone();
+            let tls = tls_rx.clone();
+            let handle = runtime.handle().clone();
+            Arc::new(move |group: &str, point: u64| {
+                let body = lifeboat_wire::api::MemberPoint { group: group.to_owned(), point };
+                let client = match lifeboat_net::Client::new(&url, tls.borrow().clone()) {
+                    Ok(c) => c.with_timeout(Duration::from_secs(30)),
+                    Err(e) => {
+                        tracing::warn!("cannot report the group point: {e}");
+                        return;
+                    }
+                };
+                for attempt in 0..3u64 {
+                    if attempt > 0 {
+                        std::thread::sleep(Duration::from_secs(2));
+                    }
+                    let r = handle.block_on(client.post_json(
+                        "/api/v1/groups/member-points",
+                        &body,
+                        http::HeaderMap::new(),
+                    ));
+                    match r {
+                        Ok((st, _, _)) if st.is_success() => return,
+                        Ok((st, _, b)) => tracing::warn!(
+                            point,
+                            "the appliance did not take this member's group point ({st}): {}",
+                            crate::sender::error_message(&b)
+                        ),
+                        Err(e) => {
+                            tracing::warn!(point, "cannot report this member's group point: {e}")
+                        }
+                    }
+                }
+            })
+        };
         let mut shutdown = group_shutdown_rx.clone();
         let bound = runtime
             .block_on(tokio::net::TcpListener::bind(g.listen))
@@ -434,8 +473,13 @@ pub fn run(cfg: &AgentConfig, cfg_path: &Path, opts: RunOptions) -> Result<(), R
             bound,
             registration.identity.clone(),
             registration.ca_pem.clone(),
-            g.name.clone(),
-            peers,
+            crate::group::MemberSetup {
+                group: g.name.clone(),
+                me: machine.to_string(),
+                peers: peers.clone(),
+                view: group_view.clone(),
+                reporter: Some(reporter),
+            },
             round_tx,
             async move {
                 let _ = shutdown.wait_for(|s| *s).await;
@@ -461,7 +505,17 @@ pub fn run(cfg: &AgentConfig, cfg_path: &Path, opts: RunOptions) -> Result<(), R
             )
             .map_err(RunError::Group)?;
             tracing::info!(group = %g.name, members = g.members.len() + 1, interval_secs = g.interval_secs, "consistency group: this agent coordinates the group's points");
-            Some((Arc::new(c), Duration::from_secs(g.interval_secs)))
+            let mut all = peers.clone();
+            all.push(machine.to_string());
+            Some(CoordinatorSide {
+                c: Arc::new(c),
+                every: Duration::from_secs(g.interval_secs),
+                view: group_view.clone(),
+                group: g.name.clone(),
+                me: machine.to_string(),
+                members: all,
+                refused: None,
+            })
         } else {
             tracing::info!(group = %g.name, "consistency group: member; the coordinator starts the group's points");
             None
@@ -488,6 +542,7 @@ pub fn run(cfg: &AgentConfig, cfg_path: &Path, opts: RunOptions) -> Result<(), R
     // reconnects with it.
     let trust_task = runtime.spawn({
         let compares = pending_compares.clone();
+        let view = group_view.clone();
         let every = Duration::from_secs(cfg.trust_check_secs);
         let state_dir = cfg.state_dir.clone();
         let own_interval = cfg.interval_secs;
@@ -497,6 +552,7 @@ pub fn run(cfg: &AgentConfig, cfg_path: &Path, opts: RunOptions) -> Result<(), R
                 let r = crate::renew::refresh(&mut registration, &state_dir, false).await;
                 if let Ok(r) = &r {
                     crate::compare::queue(&compares, &r.compare);
+                    *view.write().unwrap_or_else(|e| e.into_inner()) = r.group.clone();
                     let want = r.interval_secs.unwrap_or(own_interval);
                     if interval_secs.swap(want, Ordering::Relaxed) != want {
                         tracing::info!(interval_secs = want, "interval between points changed (machine policy)");
@@ -632,10 +688,23 @@ async fn supervise(
 struct GroupLoop {
     /// Rounds the coordinator opened on this member.
     rounds: std::sync::mpsc::Receiver<crate::group::MemberRound>,
-    /// On the coordinator: it, and the interval between group points.
-    coordinator: Option<(Arc<crate::group::Coordinator>, Duration)>,
+    /// On the coordinator: it, the interval between group points, and what the appliance
+    /// must agree to.
+    coordinator: Option<CoordinatorSide>,
     /// When the last group round started.
     last: Option<Instant>,
+}
+
+/// The coordinator's side of a [`GroupLoop`].
+struct CoordinatorSide {
+    c: Arc<crate::group::Coordinator>,
+    every: Duration,
+    view: crate::group::GroupView,
+    group: String,
+    me: String,
+    members: Vec<String>,
+    /// Why the last round was not started (logged once per reason).
+    refused: Option<String>,
 }
 
 impl GroupLoop {
@@ -644,11 +713,20 @@ impl GroupLoop {
         while let Ok(mut round) = self.rounds.try_recv() {
             log_group(cycler.run_group_cycle(&mut round));
         }
-        if let Some((c, every)) = &self.coordinator
-            && self.last.is_none_or(|t| t.elapsed() >= *every)
+        if let Some(side) = &mut self.coordinator
+            && self.last.is_none_or(|t| t.elapsed() >= side.every)
         {
             self.last = Some(Instant::now());
-            let mut round = c.round();
+            if let Err(why) = crate::group::agrees(&side.view, &side.group, &side.me, &side.members)
+            {
+                if side.refused.as_deref() != Some(why.as_str()) {
+                    tracing::error!("consistency group: no rounds: {why}");
+                    side.refused = Some(why);
+                }
+                return;
+            }
+            side.refused = None;
+            let mut round = side.c.round();
             log_group(cycler.run_group_cycle(&mut round));
         }
     }

@@ -184,6 +184,8 @@ pub const CONFIG_SERVER_ROUTES: &[(&str, &str)] = &[
     ("PUT", "/api/v1/recovery-passphrase"),
     ("GET", "/api/v1/plugins"),
     ("GET", "/api/v1/groups"),
+    ("PUT", "/api/v1/groups/{name}"),
+    ("DELETE", "/api/v1/groups/{name}"),
     ("GET", "/api/v1/plans"),
     ("PUT", "/api/v1/plans/{name}"),
     ("DELETE", "/api/v1/plans/{name}"),
@@ -372,6 +374,17 @@ fn plugin_list(registry: Option<&lifeboat_plugin_host::registry::Registry>) -> a
 fn group_list(state: &State) -> Result<api::GroupList, ApiError> {
     let internal = |e: crate::state::StateError| ApiError::internal(e.to_string());
     let mut groups: std::collections::BTreeMap<String, api::GroupInfo> = Default::default();
+    for d in state.groups().map_err(internal)? {
+        groups.insert(
+            d.name.clone(),
+            api::GroupInfo {
+                name: d.name,
+                coordinator: Some(d.coordinator),
+                members: d.members,
+                points: Vec::new(),
+            },
+        );
+    }
     for g in state.group_points(None).map_err(internal)? {
         let mut ids = Vec::new();
         for m in &g.members {
@@ -380,10 +393,10 @@ fn group_list(state: &State) -> Result<api::GroupList, ApiError> {
         }
         let entry = groups.entry(g.group.clone()).or_insert_with(|| api::GroupInfo {
             name: g.group.clone(),
-            members: Vec::new(),
+            coordinator: None,
+            members: g.members.clone(),
             points: Vec::new(),
         });
-        entry.members = g.members.clone();
         entry.points.push(api::GroupPointInfo {
             point: g.point,
             complete: ids.iter().all(Option::is_some),
@@ -1075,6 +1088,33 @@ pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>)
             authenticated(&ctx, &req)?;
             json(StatusCode::OK, &group_list(&ctx.state)?)
         }
+        (Method::PUT, p) if segment(p, "/api/v1/groups/", "").is_some() => {
+            let (_, admin, _) = authenticated(&ctx, &req)?;
+            let name = segment(p, "/api/v1/groups/", "").unwrap_or_default().to_owned();
+            let d: api::GroupDefinition = body_json(req, ADMIN_BODY).await?;
+            let def = check_group_definition(&ctx.state, &name, d)?;
+            if !ctx.state.set_group(&def).map_err(internal)? {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "in_another_group",
+                    "members: a machine is in one consistency group at most; remove it from its group first",
+                ));
+            }
+            tracing::info!(%admin, group = %name, coordinator = %def.coordinator, members = ?def.members, "consistency group defined");
+            json(StatusCode::OK, &group_list(&ctx.state)?)
+        }
+        (Method::DELETE, p) if segment(p, "/api/v1/groups/", "").is_some() => {
+            let (_, admin, _) = authenticated(&ctx, &req)?;
+            let name = segment(p, "/api/v1/groups/", "").unwrap_or_default();
+            if !ctx.state.delete_group(name).map_err(internal)? {
+                return Err(ApiError::not_found(
+                    "unknown_group",
+                    format!("name: no group {name:?}"),
+                ));
+            }
+            tracing::info!(%admin, group = %name, "consistency group deleted");
+            json(StatusCode::OK, &group_list(&ctx.state)?)
+        }
         (Method::GET, "/api/v1/plans") => {
             authenticated(&ctx, &req)?;
             json(StatusCode::OK, &plan_list(&ctx.state)?)
@@ -1292,46 +1332,83 @@ async fn register(ctx: &ConfigServerCtx, req: Request<RequestBody>) -> Answer {
 /// Most members of one consistency group.
 pub const MAX_GROUP_MEMBERS: usize = 64;
 
-/// Checks a group point record: a well-formed name, 2 to [`MAX_GROUP_MEMBERS`] distinct
-/// registered members, the caller among them.
-fn check_group_point(state: &State, caller: &str, g: &api::GroupPoint) -> Result<(), ApiError> {
-    if g.group.is_empty()
-        || g.group.len() > 64
-        || !g.group.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+/// Checks a group's definition: a well-formed name, 2 to [`MAX_GROUP_MEMBERS`] distinct
+/// registered members, the coordinator among them.
+fn check_group_definition(
+    state: &State,
+    name: &str,
+    d: api::GroupDefinition,
+) -> Result<crate::state::GroupDef, ApiError> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     {
         return Err(ApiError::bad_request(
-            "invalid-group",
-            format!("group: {:?} must be 1 to 64 ASCII letters, digits, '-' or '_'", g.group),
+            "invalid",
+            format!("name: {name:?} must be 1 to 64 ASCII letters, digits, '-' or '_'"),
         ));
     }
-    if g.members.len() < 2 || g.members.len() > MAX_GROUP_MEMBERS {
+    if d.members.len() < 2 || d.members.len() > MAX_GROUP_MEMBERS {
         return Err(ApiError::bad_request(
-            "invalid-members",
+            "invalid",
             format!(
                 "members: a group has 2 to {MAX_GROUP_MEMBERS} machines, got {}",
-                g.members.len()
+                d.members.len()
             ),
         ));
     }
-    for (i, m) in g.members.iter().enumerate() {
-        if g.members[..i].contains(m) {
+    for (i, m) in d.members.iter().enumerate() {
+        if d.members[..i].contains(m) {
             return Err(ApiError::bad_request(
-                "invalid-members",
+                "invalid",
                 format!("members[{i}]: {m:?} is listed twice"),
             ));
         }
-        let known = state.machine_exists(m).map_err(|e| ApiError::internal(e.to_string()))?;
-        if !known {
+        if !state.machine_exists(m).map_err(|e| ApiError::internal(e.to_string()))? {
             return Err(ApiError::bad_request(
-                "invalid-members",
+                "invalid",
                 format!("members[{i}]: {m:?} is not a registered machine"),
             ));
         }
     }
-    if !g.members.iter().any(|m| m == caller) {
+    if !d.members.contains(&d.coordinator) {
+        return Err(ApiError::bad_request(
+            "invalid",
+            format!("coordinator: {:?} is not one of the members", d.coordinator),
+        ));
+    }
+    let mut members = d.members;
+    members.sort();
+    Ok(crate::state::GroupDef { name: name.to_owned(), coordinator: d.coordinator, members })
+}
+
+/// Checks a group point record an agent sends: the group is defined, the caller is its
+/// coordinator, and the record names exactly its members. Anything else is 403: an agent
+/// cannot record group points naming other machines.
+fn check_group_point(state: &State, caller: &str, g: &api::GroupPoint) -> Result<(), ApiError> {
+    let internal = |e: crate::state::StateError| ApiError::internal(e.to_string());
+    let def =
+        state.groups().map_err(internal)?.into_iter().find(|d| d.name == g.group).ok_or_else(
+            || {
+                ApiError::forbidden(
+                    "unknown-group",
+                    format!("group {:?} is not defined on the appliance", g.group),
+                )
+            },
+        )?;
+    if def.coordinator != caller {
         return Err(ApiError::forbidden(
-            "forbidden",
-            "only a member of the group may record its points",
+            "not-coordinator",
+            format!("only the coordinator of group {} may record its points", g.group),
+        ));
+    }
+    let mut named = g.members.clone();
+    named.sort();
+    named.dedup();
+    if named != def.members || named.len() != g.members.len() {
+        return Err(ApiError::forbidden(
+            "wrong-members",
+            format!("the record does not name exactly the members of group {}", g.group),
         ));
     }
     Ok(())
@@ -1445,6 +1522,14 @@ pub async fn process_server(
                     interval_secs: policy.crash_interval_secs,
                     app_interval_secs: policy.app_interval_secs,
                     bandwidth: policy.bandwidth,
+                    group: state
+                        .group_of(&machine)
+                        .map_err(|e| ApiError::internal(e.to_string()))?
+                        .map(|d| api::GroupAssignment {
+                            name: d.name,
+                            coordinator: d.coordinator,
+                            members: d.members,
+                        }),
                     compare: state
                         .compares(&machine)
                         .map_err(|e| ApiError::internal(e.to_string()))?
@@ -1518,6 +1603,23 @@ pub async fn process_server(
             tracing::info!(%machine, disks = r.disks.len(), seconds = r.seconds, "churn profile received");
             json(StatusCode::OK, &serde_json::json!({}))
         }
+        (Method::POST, "/api/v1/groups/member-points") => {
+            let m: api::MemberPoint = body_json(req, AGENT_JSON_BODY).await?;
+            let def = state
+                .group_of(&machine)
+                .map_err(|e| ApiError::internal(e.to_string()))?
+                .filter(|d| d.name == m.group)
+                .ok_or_else(|| {
+                    ApiError::forbidden(
+                        "not-a-member",
+                        format!("machine {machine} is not a member of group {}", m.group),
+                    )
+                })?;
+            state
+                .add_member_point(&def.name, &machine, m.point)
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            json(StatusCode::OK, &serde_json::json!({}))
+        }
         (Method::POST, "/api/v1/groups/points") => {
             let g: api::GroupPoint = body_json(req, AGENT_JSON_BODY).await?;
             check_group_point(&state, &machine, &g)?;
@@ -1551,41 +1653,110 @@ pub async fn process_server(
 mod tests {
     use super::*;
 
+    /// Issue 11, finding 6: any member could record group points naming other machines
+    /// (any point number, squatting future ones) and so steer their `latest-group`. Now
+    /// only the administrator's group, recorded by its coordinator with exactly its
+    /// members, counts, and only once each member reported the point itself.
     #[test]
-    fn group_point_records_are_checked() {
+    fn only_the_coordinator_records_and_only_reported_points_count() {
         let d = tempfile::tempdir().unwrap();
         let state = State::open(&d.path().join("s.db")).unwrap();
-        for (p, m) in [("p1", "m-a"), ("p2", "m-b")] {
+        for (p, m) in [("p1", "m-a"), ("p2", "m-b"), ("p3", "m-c")] {
             state.add_passphrase(p).unwrap();
             assert!(state.register_machine(p, m, "host").unwrap());
         }
-        let g = |group: &str, members: &[&str]| api::GroupPoint {
-            group: group.into(),
-            point: 7,
+        let def = |coord: &str, members: &[&str]| api::GroupDefinition {
+            coordinator: coord.into(),
             members: members.iter().map(|s| s.to_string()).collect(),
         };
-        assert!(check_group_point(&state, "m-a", &g("erp", &["m-a", "m-b"])).is_ok());
-        let code = |r: Result<(), ApiError>| r.unwrap_err().to_string();
+        let err = |r: Result<crate::state::GroupDef, ApiError>| r.unwrap_err().to_string();
         assert!(
-            code(check_group_point(&state, "m-a", &g("e rp", &["m-a", "m-b"]))).contains("group")
-        );
-        assert!(code(check_group_point(&state, "m-a", &g("", &["m-a", "m-b"]))).contains("group"));
-        assert!(code(check_group_point(&state, "m-a", &g("erp", &["m-a"]))).contains("members"));
-        assert!(
-            code(check_group_point(&state, "m-a", &g("erp", &["m-a", "m-a"]))).contains("twice")
+            err(check_group_definition(&state, "e rp", def("m-a", &["m-a", "m-b"])))
+                .contains("name")
         );
         assert!(
-            code(check_group_point(&state, "m-a", &g("erp", &["m-a", "m-x"])))
+            err(check_group_definition(&state, "erp", def("m-a", &["m-a"]))).contains("members")
+        );
+        assert!(
+            err(check_group_definition(&state, "erp", def("m-a", &["m-a", "m-a"])))
+                .contains("twice")
+        );
+        assert!(
+            err(check_group_definition(&state, "erp", def("m-a", &["m-a", "m-x"])))
                 .contains("not a registered machine")
         );
-        // Only a member may record the group's points.
-        assert!(code(check_group_point(&state, "m-c", &g("erp", &["m-a", "m-b"]))).contains("403"));
-        // Recorded once, listed, idempotent.
-        state.add_group_point("erp", 7, &["m-a".into(), "m-b".into()]).unwrap();
-        state.add_group_point("erp", 7, &["m-a".into(), "m-b".into()]).unwrap();
+        assert!(
+            err(check_group_definition(&state, "erp", def("m-c", &["m-a", "m-b"])))
+                .contains("coordinator")
+        );
+        let g = check_group_definition(&state, "erp", def("m-b", &["m-b", "m-a"])).unwrap();
+        assert_eq!(g.members, ["m-a", "m-b"]);
+        assert!(state.set_group(&g).unwrap());
+        let other = check_group_definition(&state, "crm", def("m-c", &["m-c", "m-a"])).unwrap();
+        assert!(!state.set_group(&other).unwrap(), "a machine is in one group at most");
+
+        let rec = |group: &str, point: u64, members: &[&str]| api::GroupPoint {
+            group: group.into(),
+            point,
+            members: members.iter().map(|s| s.to_string()).collect(),
+        };
+        let code = |r: Result<(), ApiError>| r.unwrap_err().code;
+        // A member that is not the coordinator, naming B: refused.
+        assert_eq!(
+            code(check_group_point(&state, "m-a", &rec("erp", 9, &["m-a", "m-b"]))),
+            "not-coordinator"
+        );
+        // Another machine, a group of its own making: refused.
+        assert_eq!(
+            code(check_group_point(&state, "m-c", &rec("mine", 9, &["m-c", "m-b"]))),
+            "unknown-group"
+        );
+        // The coordinator, with the wrong members: refused.
+        assert_eq!(
+            code(check_group_point(&state, "m-b", &rec("erp", 9, &["m-b", "m-c"]))),
+            "wrong-members"
+        );
+        assert_eq!(
+            code(check_group_point(&state, "m-b", &rec("erp", 9, &["m-b", "m-a", "m-a"]))),
+            "wrong-members"
+        );
+        assert!(check_group_point(&state, "m-b", &rec("erp", 9, &["m-a", "m-b"])).is_ok());
+        // A record counts once every member reported the point: until then B's
+        // latest-group is not steered by it.
+        for m in ["m-a", "m-b"] {
+            state
+                .add_point(&crate::state::PointRow {
+                    id: format!("{m}-p9"),
+                    machine_id: m.into(),
+                    point: 9,
+                    kind: "crash".into(),
+                    created_unix_ms: 1,
+                    disks: vec![0],
+                })
+                .unwrap();
+        }
+        let latest_group = |state: &State| {
+            crate::failover::choose_point(state, "m-b", &crate::failover::PointChoice::LatestGroup)
+                .unwrap()
+                .ok()
+                .map(|p| p.id)
+        };
+        state.add_group_point("erp", 9, &["m-a".into(), "m-b".into()]).unwrap();
+        assert_eq!(latest_group(&state), None);
+        assert!(state.group_points(Some("erp")).unwrap().is_empty(), "a claim alone");
+        state.add_member_point("erp", "m-a", 9).unwrap();
+        assert!(state.group_points(Some("erp")).unwrap().is_empty(), "one member of two");
+        state.add_member_point("erp", "m-b", 9).unwrap();
         let rows = state.group_points(Some("erp")).unwrap();
-        assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].members, ["m-a", "m-b"]);
+        assert_eq!(
+            (rows.len(), rows[0].members.clone()),
+            (1, vec!["m-a".to_owned(), "m-b".into()])
+        );
+        assert_eq!(latest_group(&state).as_deref(), Some("m-b-p9"));
+        // A revoked member leaves its group (its peers then refuse it): here the group is
+        // left with one member, and dissolved.
+        assert!(state.revoke_machine("m-a").unwrap());
+        assert!(state.group_of("m-b").unwrap().is_none());
         assert!(state.group_points(Some("other")).unwrap().is_empty());
     }
 }

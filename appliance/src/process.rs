@@ -872,6 +872,6 @@ mod tests {
         release_tx.send(()).unwrap();
         holder.join().unwrap();
         let (slow_down, max) = answered.expect("answered while the cache was locked");
-        assert_eq!((slow_down, max), (0, 16 * 1024 << 20));
+        assert_eq!((slow_down, max), (0, (16 * 1024) << 20));
     }
 }

@@ -209,7 +209,31 @@ const MIGRATIONS: &[&str] = &[
         done_point INTEGER,
         PRIMARY KEY (machine_id, disk)
      );",
+    // 17: consistency groups as the administrator defines them (the appliance owns
+    // membership), and each member's own report of the group points it recorded.
+    "CREATE TABLE groups (
+        name TEXT PRIMARY KEY,
+        coordinator TEXT NOT NULL,
+        members TEXT NOT NULL
+     );
+     CREATE TABLE group_member_points (
+        group_name TEXT NOT NULL,
+        machine_id TEXT NOT NULL,
+        point INTEGER NOT NULL,
+        PRIMARY KEY (group_name, machine_id, point)
+     );",
 ];
+
+/// A consistency group as the administrator defined it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupDef {
+    /// Its name.
+    pub name: String,
+    /// The member that runs the group's rounds and records its points.
+    pub coordinator: String,
+    /// Every member, the coordinator included, sorted.
+    pub members: Vec<String>,
+}
 
 /// How long a registration passphrase may be used after it was made: 24 hours.
 pub const PASSPHRASE_TTL_MS: u64 = 24 * 3600 * 1000;
@@ -1182,6 +1206,19 @@ impl State {
                 params![id, now_ms() as i64],
             )
             .map_err(|e| self.err(e))?;
+        // A revoked machine leaves its consistency group, so its peers refuse it too (they
+        // check the group's definition, which they learn from the appliance). A group left
+        // without its coordinator or with fewer than two members is dissolved.
+        if n > 0
+            && let Some(mut g) = self.group_of(id)?
+        {
+            g.members.retain(|m| m != id);
+            if g.coordinator == id || g.members.len() < 2 {
+                self.delete_group(&g.name)?;
+            } else {
+                self.set_group(&g)?;
+            }
+        }
         Ok(n > 0)
     }
 
@@ -1336,8 +1373,105 @@ impl State {
         Ok(())
     }
 
-    /// Group points recorded for `group` (every group when `None`), oldest first.
+    /// Defines (or redefines) a consistency group. False when a member is in another group
+    /// already (a machine is in one group at most).
+    pub fn set_group(&self, g: &GroupDef) -> Result<bool, StateError> {
+        for other in self.groups()? {
+            if other.name != g.name && other.members.iter().any(|m| g.members.contains(m)) {
+                return Ok(false);
+            }
+        }
+        self.conn()
+            .execute(
+                "INSERT INTO groups (name, coordinator, members) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO UPDATE SET coordinator = ?2, members = ?3",
+                params![g.name, g.coordinator, g.members.join(",")],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(true)
+    }
+
+    /// Deletes a group's definition (its recorded points stay listed, and count no more).
+    pub fn delete_group(&self, name: &str) -> Result<bool, StateError> {
+        let n = self
+            .conn()
+            .execute("DELETE FROM groups WHERE name = ?1", params![name])
+            .map_err(|e| self.err(e))?;
+        Ok(n == 1)
+    }
+
+    /// Every defined group, by name.
+    pub fn groups(&self) -> Result<Vec<GroupDef>, StateError> {
+        let c = self.conn();
+        let mut s = c
+            .prepare("SELECT name, coordinator, members FROM groups ORDER BY name")
+            .map_err(|e| self.err(e))?;
+        let rows = s
+            .query_map([], |r| {
+                Ok(GroupDef {
+                    name: r.get(0)?,
+                    coordinator: r.get(1)?,
+                    members: r.get::<_, String>(2)?.split(',').map(str::to_owned).collect(),
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// The group `machine_id` is a member of, if any.
+    pub fn group_of(&self, machine_id: &str) -> Result<Option<GroupDef>, StateError> {
+        Ok(self.groups()?.into_iter().find(|g| g.members.iter().any(|m| m == machine_id)))
+    }
+
+    /// A member's own report that it recorded group point `point`.
+    pub fn add_member_point(
+        &self,
+        group: &str,
+        machine_id: &str,
+        point: u64,
+    ) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "INSERT OR IGNORE INTO group_member_points (group_name, machine_id, point)
+                 VALUES (?1, ?2, ?3)",
+                params![group, machine_id, point as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Group points of `group` (every group when `None`), oldest first: those its
+    /// coordinator recorded *and* every member it names reported recording itself. A
+    /// record alone (a coordinator's claim) is not a group point.
     pub fn group_points(&self, group: Option<&str>) -> Result<Vec<GroupPointRow>, StateError> {
+        let rows = self.group_point_records(group)?;
+        let c = self.conn();
+        let mut reported = c
+            .prepare(
+                "SELECT 1 FROM group_member_points
+                 WHERE group_name = ?1 AND machine_id = ?2 AND point = ?3",
+            )
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for r in rows {
+            let mut all = true;
+            for m in &r.members {
+                all &= reported
+                    .exists(params![r.group, m, r.point as i64])
+                    .map_err(|e| self.err(e))?;
+            }
+            if all {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every recorded group point, whether its members reported it or not.
+    pub fn group_point_records(
+        &self,
+        group: Option<&str>,
+    ) -> Result<Vec<GroupPointRow>, StateError> {
         let conn = self.conn();
         let mut stmt = conn
             .prepare(

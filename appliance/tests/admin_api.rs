@@ -1025,3 +1025,52 @@ async fn recovery_plans() {
     let (st, v) = call(&c, Method::DELETE, "/api/v1/plans/web", one, t, "").await;
     assert_eq!((st, v["plans"].as_array().map(Vec::len)), (StatusCode::OK, Some(0)));
 }
+
+/// Issue 11, finding 6: consistency groups are the administrator's to define.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistency_groups_are_defined_by_the_administrator() {
+    let s = start().await;
+    let c = s.client(None);
+    let token = setup_admin(&c).await;
+    for (p, m) in [("p1", "m-a"), ("p2", "m-b"), ("p3", "m-c")] {
+        s.state.add_passphrase(p).unwrap();
+        s.state.register_machine(p, m, "host").unwrap();
+    }
+    let t = "/api/v1/groups/{name}";
+    let put = |body: &'static str| {
+        let c = &c;
+        let token = &token;
+        async move { call(c, Method::PUT, "/api/v1/groups/erp", t, Some(token), body).await }
+    };
+    let (st, v) = put(r#"{"coordinator":"m-a","members":["m-a","m-b"]}"#).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["groups"][0]["coordinator"], "m-a");
+    assert_eq!(v["groups"][0]["members"], serde_json::json!(["m-a", "m-b"]));
+    for bad in [
+        r#"{"coordinator":"m-c","members":["m-a","m-b"]}"#,
+        r#"{"coordinator":"m-a","members":["m-a"]}"#,
+        r#"{"coordinator":"m-a","members":["m-a","m-x"]}"#,
+        r#"{"coordinator":"m-a","members":["m-a","m-b"],"extra":1}"#,
+    ] {
+        let (st, v) = put(bad).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{bad}: {v}");
+    }
+    let (st, v) = call(
+        &c,
+        Method::PUT,
+        "/api/v1/groups/crm",
+        t,
+        Some(&token),
+        r#"{"coordinator":"m-c","members":["m-c","m-b"]}"#,
+    )
+    .await;
+    assert_eq!((st, v["code"].as_str()), (StatusCode::CONFLICT, Some("in_another_group")), "{v}");
+    let (st, _) = call(&c, Method::PUT, "/api/v1/groups/erp", t, None, "{}").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let (st, v) = call(&c, Method::GET, "/api/v1/groups", "/api/v1/groups", Some(&token), "").await;
+    assert_eq!((st, v["groups"].as_array().map(Vec::len)), (StatusCode::OK, Some(1)));
+    let (st, _) = call(&c, Method::DELETE, "/api/v1/groups/erp", t, Some(&token), "").await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, _) = call(&c, Method::DELETE, "/api/v1/groups/erp", t, Some(&token), "").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+}

@@ -114,6 +114,12 @@ enum Cmd {
     Plugins,
     /// Consistency groups and their points.
     Groups,
+    /// Defines or deletes a consistency group (the appliance owns membership: agents take
+    /// part only in the group defined here).
+    Group {
+        #[command(subcommand)]
+        cmd: GroupCmd,
+    },
     /// Recovery plans: list, set from a JSON file, delete, run, continue a manual step.
     Plan {
         #[command(subcommand)]
@@ -187,6 +193,27 @@ enum PassphraseCmd {
     Status,
     /// Makes a new one-time passphrase; the unused ones stop working.
     Rotate,
+}
+
+#[derive(Subcommand)]
+enum GroupCmd {
+    /// Creates or replaces a group: its members cut points together, the coordinator runs
+    /// the rounds (its agent's `[group]` table says `coordinator = true`).
+    Set {
+        /// Group name (the `[group] name` of the members' agents).
+        name: String,
+        /// The coordinating member's machine id.
+        #[arg(long)]
+        coordinator: String,
+        /// A member's machine id (repeat; the coordinator may be listed or not).
+        #[arg(long = "member", required = true)]
+        members: Vec<String>,
+    },
+    /// Deletes a group: its members cut no more group points.
+    Delete {
+        /// Group name.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -566,10 +593,14 @@ fn failover_text(v: &serde_json::Value, what: &str) -> String {
 }
 
 fn run(cli: &Cli) -> Result<(serde_json::Value, String), Failure> {
-    let authed = |method: Method, path: &str| -> Result<serde_json::Value, Failure> {
+    let authed_with = |method: Method,
+                       path: &str,
+                       body: Option<serde_json::Value>|
+     -> Result<serde_json::Value, Failure> {
         let s = load_session(cli)?;
-        call(&client(&s.url, &s.fingerprint)?, method, path, Some(&s.token), None)
+        call(&client(&s.url, &s.fingerprint)?, method, path, Some(&s.token), body)
     };
+    let authed = |method: Method, path: &str| authed_with(method, path, None);
     let job =
         |path: &str, body: serde_json::Value, wait: bool| -> Result<serde_json::Value, Failure> {
             let s = load_session(cli)?;
@@ -857,8 +888,25 @@ fn run(cli: &Cli) -> Result<(serde_json::Value, String), Failure> {
                 .join("\n");
             (v, t)
         }
-        Cmd::Groups => {
-            let v = authed(Method::GET, "/api/v1/groups")?;
+        Cmd::Groups | Cmd::Group { .. } => {
+            let v = match &cli.cmd {
+                Cmd::Group { cmd: GroupCmd::Set { name, coordinator, members } } => {
+                    let mut members = members.clone();
+                    if !members.contains(coordinator) {
+                        members.push(coordinator.clone());
+                    }
+                    let def = lifeboat_wire::api::GroupDefinition {
+                        coordinator: coordinator.clone(),
+                        members,
+                    };
+                    let body = serde_json::to_value(def).expect("plain data serialises");
+                    authed_with(Method::PUT, &format!("/api/v1/groups/{name}"), Some(body))?
+                }
+                Cmd::Group { cmd: GroupCmd::Delete { name } } => {
+                    authed_with(Method::DELETE, &format!("/api/v1/groups/{name}"), None)?
+                }
+                _ => authed(Method::GET, "/api/v1/groups")?,
+            };
             let t = v["groups"]
                 .as_array()
                 .into_iter()
@@ -867,8 +915,9 @@ fn run(cli: &Cli) -> Result<(serde_json::Value, String), Failure> {
                     let points = g["points"].as_array().cloned().unwrap_or_default();
                     let complete = points.iter().filter(|p| p["complete"] == true).count();
                     format!(
-                        "{}  {} member(s)  {} point(s), {complete} complete",
+                        "{}  coordinator {}  {} member(s)  {} point(s), {complete} complete",
                         g["name"].as_str().unwrap_or("?"),
+                        g["coordinator"].as_str().unwrap_or("(not defined)"),
                         g["members"].as_array().map(Vec::len).unwrap_or(0),
                         points.len()
                     )

@@ -55,6 +55,12 @@ fn pair(site: &Site, undo: &mut Undo, b_top: &str) -> Option<Pair> {
     site.register_agent(&cfg, &state_a);
     site.register_agent(&cfg, &state_b);
     let (id_a, id_b) = (Site::machine_id(&state_a), Site::machine_id(&state_b));
+    // The appliance owns membership: the administrator defines the group, the agents learn
+    // it with their trust check at start.
+    site.lifeboat_setup(&cfg);
+    let o =
+        site.lifeboat(&["group", "set", "erp", "--coordinator", &id_a, "--member", &id_b], None);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let (port_a, port_b) = (free_port(), free_port());
     let group = |listen: u16, coordinator: bool, peer: &str, peer_port: u16| {
         format!(

@@ -60,8 +60,13 @@ fn one_machine_whose_log_cannot_be_opened_does_not_stop_the_others() {
         make_disk(&disk, 8, i as u64 + 20);
         let state = site.root().join(format!("state-{name}"));
         site.register_agent(&cfg, &state);
-        let agent_cfg =
-            site.agent_config_as(&format!("agent-{name}"), &state, &[disk.clone()], 1, "");
+        let agent_cfg = site.agent_config_as(
+            &format!("agent-{name}"),
+            &state,
+            std::slice::from_ref(&disk),
+            1,
+            "",
+        );
         site.agent_once(&agent_cfg);
         agents.push((Site::machine_id(&state), agent_cfg, disk));
     }

@@ -489,13 +489,53 @@ pub struct GroupPointInfo {
     pub created_unix_ms: u64,
 }
 
+/// `PUT /api/v1/groups/{name}`: a consistency group as the administrator defines it. The
+/// appliance owns membership: agents learn it ([`TrustAnswer::group`]), only the
+/// coordinator may record the group's points, and a point counts only once every member
+/// reported recording it ([`MemberPoint`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupDefinition {
+    /// The member that runs the rounds (one of `members`).
+    pub coordinator: String,
+    /// 2 to 64 registered machines, each in no other group.
+    pub members: Vec<String>,
+}
+
+/// This machine's group, as the appliance defines it (in [`TrustAnswer`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupAssignment {
+    /// The group's name.
+    pub name: String,
+    /// Its coordinator.
+    pub coordinator: String,
+    /// Every member, sorted.
+    pub members: Vec<String>,
+}
+
+/// `POST /api/v1/groups/member-points` (process server, agent certificate): this member
+/// recorded the group's point `point`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberPoint {
+    /// The group's name.
+    pub group: String,
+    /// The point number.
+    pub point: u64,
+}
+
 /// A consistency group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GroupInfo {
     /// Its name.
     pub name: String,
-    /// Member machine ids (as in its newest recorded point).
+    /// Its coordinator, when the group is defined (groups whose definition was deleted
+    /// keep their recorded points listed, without one).
+    #[serde(default)]
+    pub coordinator: Option<String>,
+    /// Member machine ids (the definition's; else as in its newest recorded point).
     pub members: Vec<String>,
     /// Its points, oldest first.
     pub points: Vec<GroupPointInfo>,
@@ -1081,6 +1121,10 @@ pub struct TrustAnswer {
     /// Absent when there are none (answers without it are what earlier appliances sent).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub compare: Vec<CompareRequest>,
+    /// The consistency group this machine is in, as the administrator defined it (absent:
+    /// none). An agent takes part in rounds only of this group, with these members.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupAssignment>,
 }
 
 /// A comparison of one disk with its replica, asked for by the appliance.
