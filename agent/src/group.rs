@@ -313,6 +313,12 @@ async fn handle(
         "/group/v1/prepare" => {
             let p: Prepare = server::read_json(req.into_body()).await?;
             check_group(&p.group)?;
+            if p.deadline_ms == 0 || p.deadline_ms > 600_000 {
+                return Err(ApiError::bad_request(
+                    "invalid-deadline",
+                    "deadline_ms: expected 1 to 600000 milliseconds",
+                ));
+            }
             // The appliance's definition decides: the caller must be its coordinator, and
             // this machine one of its members.
             let members = m.view.read().unwrap_or_else(|e| e.into_inner()).clone();
@@ -331,12 +337,6 @@ async fn handle(
                         ),
                     ));
                 }
-            }
-            if p.deadline_ms == 0 || p.deadline_ms > 600_000 {
-                return Err(ApiError::bad_request(
-                    "invalid-deadline",
-                    "deadline_ms: expected 1 to 600000 milliseconds",
-                ));
             }
             let deadline = Duration::from_millis(p.deadline_ms);
             let mut active = m.active.lock().await;

@@ -973,6 +973,10 @@ async fn recovery_plans() {
     s.state.add_passphrase("q").unwrap();
     s.state.register_machine("q", "m-2", "db01").unwrap();
     s.state.add_group_point("shop", 3, &["m-1".into(), "m-2".into()]).unwrap();
+    // A group point counts once every member reported it (issue 11, finding 6).
+    for m in ["m-1", "m-2"] {
+        s.state.add_member_point("shop", m, 3).unwrap();
+    }
     for m in ["m-1", "m-2"] {
         if m == "m-2" {
             let (_, v) = call(&c, Method::GET, "/api/v1/groups", "/api/v1/groups", t, "").await;

@@ -34,11 +34,13 @@ fn a_revoked_machine_is_refused_at_once() {
         let c =
             lifeboat_net::Client::new(&format!("https://127.0.0.1:{}", site.config_port), config)
                 .unwrap();
+        let mut json = HeaderMap::new();
+        json.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         let (st, _, body) = c
             .post(
                 "/api/v1/setup",
                 Bytes::from_static(br#"{"name":"admin","password":"correct horse battery"}"#),
-                HeaderMap::new(),
+                json,
             )
             .await
             .unwrap();

@@ -1275,7 +1275,7 @@ async fn arm_tokens_come_from_the_service_principal_flow() {
                 ("tenant_id", "tenant-1"),
                 ("client_id", "app-id"),
                 ("client_secret", secret),
-                ("arm_authority", Box::leak(format!("http://{h}").into_boxed_str())),
+                ("arm_authority", Box::leak(h.clone().into_boxed_str())),
             ],
         )
     };
