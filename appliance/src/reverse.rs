@@ -59,6 +59,31 @@ pub fn status(state: &State, machine: &str) -> Result<ReverseStatus, ApiFailure>
     Ok(ReverseStatus { mode: mode.into(), passes, final_pass, block_size: REVERSE_BLOCK, disks })
 }
 
+/// Reads `blocks` [`REVERSE_BLOCK`] blocks of the target's disk `disk` (of `size` bytes)
+/// from `offset`, the last one shorter at the disk's end; returns them and their length.
+async fn read_blocks(
+    ps: &ProcessServer,
+    disk: &str,
+    offset: u64,
+    blocks: usize,
+    size: u64,
+) -> Result<(Vec<u8>, u64), ApiFailure> {
+    let len = (blocks as u64 * u64::from(REVERSE_BLOCK)).min(size - offset);
+    let data = {
+        let mut t = ps.control_target().await?;
+        let t = t.as_mut().expect("control_target sets it");
+        t.read_extent(disk, offset, len as u32).await.map_err(call_failure)?
+    };
+    if data.len() as u64 != len {
+        return Err(ApiFailure::new(
+            500,
+            "short-read",
+            format!("the target read {} of {len} bytes of {disk}", data.len()),
+        ));
+    }
+    Ok((data, len))
+}
+
 /// `POST /api/v1/reverse/diff`: the encoded batch of the blocks that differ.
 pub async fn diff(
     ps: &ProcessServer,
@@ -84,20 +109,7 @@ pub async fn diff(
     let source = sources.iter().find(|x| x.ends_with(&suffix)).cloned().ok_or_else(|| {
         ApiFailure::new(409, "no-failover-disk", format!("the failover has no disk {}", d.disk))
     })?;
-    let b = u64::from(REVERSE_BLOCK);
-    let len = (d.hashes.len() as u64 * b).min(size - d.offset);
-    let data = {
-        let mut t = ps.control_target().await?;
-        let t = t.as_mut().expect("control_target sets it");
-        t.read_extent(&source, d.offset, len as u32).await.map_err(call_failure)?
-    };
-    if data.len() as u64 != len {
-        return Err(ApiFailure::new(
-            500,
-            "short-read",
-            format!("the target read {} of {len} bytes of {source}", data.len()),
-        ));
-    }
+    let (data, len) = read_blocks(ps, &source, d.offset, d.hashes.len(), size).await?;
     let mid: MachineId =
         machine.parse().map_err(|e: String| ApiFailure::new(403, "forbidden", e))?;
     let mut builder =
@@ -150,20 +162,8 @@ pub async fn compare(
     let mid: MachineId =
         machine.parse().map_err(|e: String| ApiFailure::new(403, "forbidden", e))?;
     let replica = crate::logobj::disk_id(mid, c.disk);
+    let (data, len) = read_blocks(ps, &replica, c.offset, c.hashes.len(), size).await?;
     let b = u64::from(REVERSE_BLOCK);
-    let len = (c.hashes.len() as u64 * b).min(size - c.offset);
-    let data = {
-        let mut t = ps.control_target().await?;
-        let t = t.as_mut().expect("control_target sets it");
-        t.read_extent(&replica, c.offset, len as u32).await.map_err(call_failure)?
-    };
-    if data.len() as u64 != len {
-        return Err(ApiFailure::new(
-            500,
-            "short-read",
-            format!("the target read {} of {len} bytes of {replica}", data.len()),
-        ));
-    }
     let differ = c
         .hashes
         .iter()
