@@ -94,6 +94,8 @@ pub const HOT_BUDGET: usize = 256 << 20;
 struct Queued {
     record: RecordRef,
     payload: Option<bytes::Bytes>,
+    /// [`State::durable_mark`] right after the disk's cursor counted this batch.
+    mark: u64,
 }
 
 /// One disk's shipping queue.
@@ -198,8 +200,9 @@ impl ProcessServer {
             let (machine, disk, seq) =
                 (frame.header.machine, frame.header.disk_index, frame.header.sequence);
             me.inner.state.set_received_next(&machine.to_string(), disk, seq + 1)?;
+            let mark = me.inner.state.durable_mark();
             let q = me.queue(machine, disk);
-            lock(&q.queue).push_back(Queued { record: p.record, payload: None });
+            lock(&q.queue).push_back(Queued { record: p.record, payload: None, mark });
             q.notify.notify_one();
             replayed += 1;
         }
@@ -422,9 +425,10 @@ impl ProcessServer {
             }
         })?;
         self.inner.state.set_received_next(machine_id, h.disk_index, h.sequence + 1)?;
+        let mark = self.inner.state.durable_mark();
         self.inner.state.count(&[("received_batches", 1), ("received_bytes", len)])?;
         let payload = self.hold(kept);
-        lock(&q.queue).push_back(Queued { record, payload });
+        lock(&q.queue).push_back(Queued { record, payload, mark });
         q.notify.notify_one();
         Ok(self.ack(h.disk_index, h.sequence, false))
     }
@@ -646,6 +650,7 @@ impl ProcessServer {
     ) -> anyhow::Result<()> {
         stage.refresh(&self.inner.registry, &self.inner.cfg).await?;
         let record = sealed.queued.record;
+        let mark = sealed.queued.mark;
         let sequence = record.key().sequence;
         let t0 = std::time::Instant::now();
         stage
@@ -662,8 +667,9 @@ impl ProcessServer {
         tokio::task::spawn_blocking(move || {
             // The disk's received cursor counts this batch: it must survive a power cut
             // before the batch leaves the cache, or the cursor could fall back behind
-            // batches that exist nowhere on the appliance any more.
-            inner.state.make_durable()?;
+            // batches that exist nowhere on the appliance any more. One sync covers every
+            // batch counted before it.
+            inner.state.make_durable_since(mark)?;
             let mut c = lock(&inner.cache);
             let r = c.release(&record);
             inner.note_cache(&c);

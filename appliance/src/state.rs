@@ -407,6 +407,8 @@ pub struct PointRow {
 pub struct State {
     conn: Arc<Mutex<Connection>>,
     path: String,
+    /// How many [`State::make_durable`] calls completed (see [`State::durable_mark`]).
+    durable: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for State {
@@ -450,7 +452,7 @@ impl State {
             tx.commit().map_err(db)?;
             tracing::info!(path = %p, version = i + 1, "state database migrated");
         }
-        Ok(State { conn: Arc::new(Mutex::new(conn)), path: p })
+        Ok(State { conn: Arc::new(Mutex::new(conn)), path: p, durable: Default::default() })
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -705,7 +707,26 @@ impl State {
                ON CONFLICT (name) DO UPDATE SET value = value + 1;
              PRAGMA synchronous = NORMAL;",
         )
-        .map_err(|e| self.err(e))
+        .map_err(|e| self.err(e))?;
+        // Counted while the connection is still held: commits are serialised by it.
+        self.durable.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// A mark to take right after a commit: once [`State::make_durable_since`] is called
+    /// with it, that commit is durable. Lets one sync cover many commits.
+    pub fn durable_mark(&self) -> u64 {
+        self.durable.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Makes the commits made before `mark` was taken durable: nothing to do if a
+    /// [`State::make_durable`] completed since (it ran after them, holding the same
+    /// connection, so its sync covered them), else one now.
+    pub fn make_durable_since(&self, mark: u64) -> Result<(), StateError> {
+        if self.durable_mark() > mark {
+            return Ok(());
+        }
+        self.make_durable()
     }
 
     /// The kind (`crash`, `app`) of the last point tag a disk reached; `crash` for tags
@@ -2016,6 +2037,28 @@ mod tests {
         drop(c);
         let e = State::open(&p).unwrap_err();
         assert!(matches!(e, StateError::TooNew { found: 99, .. }), "{e}");
+    }
+
+    #[test]
+    fn one_durable_sync_covers_every_commit_before_it() {
+        let d = tempfile::tempdir().unwrap();
+        let s = State::open(&d.path().join("s.db")).unwrap();
+        let synced = |s: &State| {
+            s.counters().unwrap().into_iter().find(|c| c.0 == "durable_commits").map_or(0, |c| c.1)
+        };
+        s.set_received_next("m", 0, 1).unwrap();
+        let first = s.durable_mark();
+        s.set_received_next("m", 0, 2).unwrap();
+        let second = s.durable_mark();
+        s.make_durable_since(second).unwrap();
+        assert_eq!(synced(&s), 1);
+        // Both commits came before that sync: nothing more to do for either.
+        s.make_durable_since(first).unwrap();
+        s.make_durable_since(second).unwrap();
+        assert_eq!(synced(&s), 1);
+        s.set_received_next("m", 0, 3).unwrap();
+        s.make_durable_since(s.durable_mark()).unwrap();
+        assert_eq!(synced(&s), 2, "a commit after the sync needs another");
     }
 
     #[test]
