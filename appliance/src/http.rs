@@ -1593,6 +1593,12 @@ pub async fn process_server(
                 ));
             }
             tracing::info!(%machine, disk = d.disk, point = d.point, "the agent compared the disk with its replica: whole again from that point");
+            // A master target at another site learns it through the target.
+            let mid: lifeboat_wire::MachineId =
+                machine.parse().map_err(|e: String| ApiError::internal(e))?;
+            if let Err(f) = ps.publish_compare_done(mid, d.disk, d.token, d.point).await {
+                return Ok(failure(f));
+            }
             json(StatusCode::OK, &serde_json::json!({}))
         }
         (Method::POST, "/api/v1/churn") => {

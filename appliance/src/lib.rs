@@ -14,12 +14,14 @@
 //! * [`process`] — receiving, caching, shipping.
 //! * [`master`] — applying, points, retention.
 //! * [`logobj`] — the frozen log-object format between the two.
+//! * [`control`] — sealed control objects between the roles of a split deployment.
 //! * [`http`] — the routes of both listeners.
 //! * [`run`] — starting the roles.
 
 pub mod admin;
 pub mod catalogue;
 pub mod config;
+pub mod control;
 pub mod failover;
 pub mod handoff;
 pub mod http;

@@ -64,6 +64,10 @@ pub struct MasterTarget {
     troubled: std::collections::HashMap<(MachineId, u32), Trouble>,
     /// Disks whose next log is missing while later ones exist: the cursor and since when.
     gaps: std::collections::HashMap<(MachineId, u32), (u64, std::time::Instant)>,
+    /// The data keys, to seal and open control objects (see [`crate::control`]).
+    keys: Option<lifeboat_plugin_host::keys::KeyRing>,
+    /// When the compare-done objects at the target were last read.
+    control_at: Option<std::time::Instant>,
 }
 
 /// A disk (or with `disk == u32::MAX`, a machine's point) that failed: it backs off,
@@ -121,6 +125,8 @@ impl MasterTarget {
             failing: false,
             troubled: Default::default(),
             gaps: Default::default(),
+            keys: None,
+            control_at: None,
         }
     }
 
@@ -129,6 +135,64 @@ impl MasterTarget {
     pub fn with_catalogue(mut self, data_dir: std::path::PathBuf) -> Self {
         self.catalogue_dir = Some(data_dir);
         self
+    }
+
+    /// Gives the master target the data keys: it then asks for comparisons through the
+    /// target as well (for a process server at another site, see [`crate::control`]) and
+    /// reads when they are done.
+    pub fn with_keys(mut self, keys: lifeboat_plugin_host::keys::KeyRing) -> Self {
+        self.keys = Some(keys);
+        self
+    }
+
+    /// Writes a compare request for a disk at the target.
+    async fn publish_compare_request(
+        &mut self,
+        machine: MachineId,
+        disk: u32,
+        token: u64,
+    ) -> anyhow::Result<()> {
+        use crate::control::{COMPARE_REQUEST, CompareRequested, name, seal};
+        let Some(keys) = &self.keys else { return Ok(()) };
+        let n = name(COMPARE_REQUEST, machine, disk);
+        let sealed = seal(keys, &n, &serde_json::to_vec(&CompareRequested { token })?)?;
+        self.target.as_mut().expect("refreshed").put_log(&n, &sealed).await?;
+        Ok(())
+    }
+
+    /// Reads the compare-done objects at the target (every 5 s at most): a comparison an
+    /// agent finished through a process server at another site. Each one read, with its
+    /// request, is deleted; objects this appliance cannot open are left alone.
+    async fn read_compare_done(&mut self) -> anyhow::Result<()> {
+        use crate::control::{
+            COMPARE_DONE, COMPARE_REQUEST, CompareFinished, name, open, parse_name,
+        };
+        if self.control_at.is_some_and(|t| t.elapsed() < Duration::from_secs(5)) {
+            return Ok(());
+        }
+        self.control_at = Some(std::time::Instant::now());
+        let Some(keys) = self.keys.clone() else { return Ok(()) };
+        let target = self.target.as_mut().expect("refreshed");
+        for n in target.list_logs(COMPARE_DONE).await? {
+            let Some((machine, disk)) = parse_name(COMPARE_DONE, &n) else { continue };
+            let bytes = target.get_log(&n).await?;
+            let done = match open(&keys, &n, &bytes).map_err(anyhow::Error::from).and_then(|b| {
+                serde_json::from_slice::<CompareFinished>(&b).map_err(anyhow::Error::from)
+            }) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::debug!(object = %n, error = %e, "ignoring a control object this appliance cannot open");
+                    continue;
+                }
+            };
+            let mid = machine.to_string();
+            if self.state.compare_done(&mid, disk, done.token, done.point)? {
+                tracing::info!(%machine, disk, point = done.point, "the disk's comparison is done (reported through the target)");
+            }
+            target.delete_log(&n).await?;
+            let _ = target.delete_log(&name(COMPARE_REQUEST, machine, disk)).await;
+        }
+        Ok(())
     }
 
     /// Writes the catalogue if it changed and [`crate::catalogue::WRITE_EVERY`] passed.
@@ -271,6 +335,9 @@ impl MasterTarget {
     /// failure that concerns every disk (the plugins, listing the target) fails the pass.
     pub async fn pass(&mut self) -> anyhow::Result<PassReport> {
         self.refresh().await?;
+        if let Err(e) = self.read_compare_done().await {
+            tracing::warn!(error = %format!("{e:#}"), "cannot read the compare-done objects at the target; tried again");
+        }
         let mut report = PassReport::default();
         let disks = self.target.as_mut().expect("refreshed").list_disks().await?;
         let mut machines: BTreeMap<MachineId, Vec<u32>> = BTreeMap::new();
@@ -364,14 +431,14 @@ impl MasterTarget {
     /// that has lasted `gap_grace_secs` (the process server stores a disk's logs in order,
     /// so the missing ones are lost, not late), the disk continues at `first`, an alert
     /// names it, and its agent is asked to compare the disk with the replica. Returns the
-    /// sequence to continue from, if the gap is declared.
+    /// sequence to continue from and the comparison's token, if the gap is declared.
     fn gap(
         &mut self,
         machine: MachineId,
         disk: u32,
         next: u64,
         first: u64,
-    ) -> anyhow::Result<Option<u64>> {
+    ) -> anyhow::Result<Option<(u64, u64)>> {
         let since = match self.gaps.get(&(machine, disk)) {
             Some((n, since)) if *n == next => *since,
             _ => {
@@ -395,7 +462,7 @@ impl MasterTarget {
         self.state.set_disk_alert(&mid, disk, "cursor-stuck", &message)?;
         self.state.count(&[("log_gaps", 1)])?;
         tracing::error!(%machine, disk, token, "{message}");
-        Ok(Some(first))
+        Ok(Some((first, token)))
     }
 
     /// Applies a disk's ready logs; stops after a tag beyond `last_point`.
@@ -425,8 +492,9 @@ impl MasterTarget {
         }
         match logs.iter().map(|l| l.0).find(|s| *s >= next) {
             Some(first) if first > next => {
-                if let Some(resume) = self.gap(machine, disk, next, first)? {
+                if let Some((resume, token)) = self.gap(machine, disk, next, first)? {
                     next = resume;
+                    self.publish_compare_request(machine, disk, token).await?;
                 }
             }
             _ => {

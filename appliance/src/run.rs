@@ -24,6 +24,8 @@ pub struct Core {
     pub state: State,
     /// Loaded plugins.
     pub registry: Arc<Registry>,
+    /// The data keys (the cipher plugin's, and for sealing control objects).
+    pub keys: lifeboat_plugin_host::keys::KeyRing,
 }
 
 /// Makes what the appliance keeps readable by its own user only.
@@ -84,13 +86,13 @@ pub fn open_core(config: ApplianceConfig) -> anyhow::Result<Core> {
     let state = State::open(&data.join("state.db"))?;
     let keys = crate::keys::load_or_create(&data.join("keys"))
         .with_context(|| format!("data keys in {}", data.join("keys").display()))?;
-    let host =
-        Host::new(keys).map_err(|e| anyhow::anyhow!("cannot start the plugin runtime: {e}"))?;
+    let host = Host::new(keys.clone())
+        .map_err(|e| anyhow::anyhow!("cannot start the plugin runtime: {e}"))?;
     let registry = Arc::new(Registry::new(host, config.plugins.clone()));
     for r in &registry.current().refused {
         tracing::error!(error = %r, "plugin refused");
     }
-    Ok(Core { config, state, registry })
+    Ok(Core { config, state, registry, keys })
 }
 
 /// A new one-time registration passphrase: 20 random base-32 characters in groups.
@@ -208,7 +210,8 @@ pub async fn run(config: ApplianceConfig) -> anyhow::Result<()> {
             &data.join("cache"),
             shutdown.clone(),
             handoff.clone(),
-        )?;
+        )?
+        .with_keys(core.keys.clone());
         let tls = pki.process_tls()?;
         let listener =
             tokio::net::TcpListener::bind(cfg.process_server.listen).await.with_context(|| {
@@ -237,7 +240,8 @@ pub async fn run(config: ApplianceConfig) -> anyhow::Result<()> {
             cfg.master_target.clone(),
             handoff.clone(),
         )
-        .with_catalogue(data.clone());
+        .with_catalogue(data.clone())
+        .with_keys(core.keys.clone());
         let sd = shutdown.clone();
         tasks.spawn(async move { mt.run(sd).await });
         tracing::info!(target = %cfg.master_target.target, "master target running");

@@ -1884,6 +1884,29 @@ impl State {
         Ok(token)
     }
 
+    /// Records a comparison asked for elsewhere (a master target at another site), under
+    /// its token; false if it is known already.
+    pub fn record_compare(
+        &self,
+        machine_id: &str,
+        disk: u32,
+        token: u64,
+    ) -> Result<bool, StateError> {
+        if self.compares(machine_id)?.iter().any(|c| c.0 == disk && c.1 == token) {
+            return Ok(false);
+        }
+        self.conn()
+            .execute(
+                "INSERT INTO compares (machine_id, disk, token, requested_unix_ms, done_point)
+                 VALUES (?1, ?2, ?3, ?4, NULL)
+                 ON CONFLICT (machine_id, disk) DO UPDATE
+                 SET token = ?3, requested_unix_ms = ?4, done_point = NULL",
+                params![machine_id, disk, token as i64, now_ms() as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(true)
+    }
+
     /// A machine's comparisons: (disk, token, point from which the replica is whole once
     /// the agent said it is done).
     pub fn compares(&self, machine_id: &str) -> Result<Vec<(u32, u64, Option<u64>)>, StateError> {

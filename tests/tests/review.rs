@@ -351,3 +351,112 @@ fn a_cursor_that_went_back_in_a_power_cut_recovers_by_a_hash_compare() {
     assert!(!agent_log.contains("full hash-compare resync"), "a full resync ran: {agent_log}");
     assert!(appliance.running());
 }
+
+/// Finding 4, split deployment: the master target at a target site has its own state and
+/// the agents talk only to the source site. A gap it finds is still repaired: it asks for
+/// the comparison through the target (a sealed control object), the source's process
+/// server hands it to the agent, and the agent's answer comes back the same way.
+#[test]
+fn in_a_split_deployment_a_lost_log_is_repaired_through_the_target() {
+    use rustix::process::{Pid, Signal, kill_process};
+    let site = Site::new();
+    let source = site.config(
+        "source",
+        Roles { config_server: true, process_server: true, master_target: false },
+    );
+    let target = site.config(
+        "target",
+        Roles { config_server: false, process_server: false, master_target: true },
+    );
+    let base = std::fs::read_to_string(&target)
+        .unwrap()
+        .replace("data_dir = \"state\"", "data_dir = \"state-target\"");
+    std::fs::write(&target, base.replace("poll_ms = 100", "poll_ms = 30000\ngap_grace_secs = 2"))
+        .unwrap();
+    let _src = site.start("source", &source);
+    site.wait_port(site.config_port);
+    site.wait_port(site.ps_port);
+    // The target site opens the logs with the same data key (copied, as in split.rs).
+    let keys = site.root().join("state/keys");
+    let tkeys = site.root().join("state-target/keys");
+    std::fs::create_dir_all(&tkeys).unwrap();
+    for e in std::fs::read_dir(&keys).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), tkeys.join(e.file_name())).unwrap();
+    }
+    let mut tgt = site.start("target", &target);
+    let disk = site.root().join("disk0.img");
+    make_disk(&disk, 16, 12);
+    let agent_state = site.root().join("agent-state");
+    site.register_agent(&source, &agent_state);
+    let agent_cfg = site.agent_config_with(
+        &agent_state,
+        std::slice::from_ref(&disk),
+        1,
+        "trust_check_secs = 10\n",
+    );
+    site.agent_once(&agent_cfg);
+    wait_for(Duration::from_secs(120), "the first point at the target site", || {
+        (!site.points(&target).is_empty()).then_some(())
+    });
+
+    let state = site.root().join("state-target");
+    let copy = site.root().join("state-target-copy");
+    let copy_cfg = site.root().join("appliance-target-copy.toml");
+    std::fs::write(&copy_cfg, base.replace("state-target", "state-target-copy")).unwrap();
+    let files = ["state.db", "state.db-wal", "state.db-shm"];
+    let pid = Pid::from_raw(tgt.pid().unwrap() as i32).unwrap();
+    let mut copied = false;
+    for round in 0..4u64 {
+        let before = site.points(&target).len();
+        random_writes(&disk, 200, 60 + round);
+        site.agent_once(&agent_cfg);
+        kill_process(pid, Signal::STOP).unwrap();
+        std::fs::create_dir_all(&copy).unwrap();
+        for f in files {
+            let _ = std::fs::remove_file(copy.join(f));
+            if state.join(f).exists() {
+                std::fs::copy(state.join(f), copy.join(f)).unwrap();
+            }
+        }
+        kill_process(pid, Signal::CONT).unwrap();
+        wait_for(Duration::from_secs(120), "the cycle's point at the target site", || {
+            (site.points(&target).len() > before).then_some(())
+        });
+        if site.cli(&copy_cfg, &["points"]).lines().count() == before {
+            copied = true;
+            break;
+        }
+    }
+    assert!(copied, "never caught the logs shipped but not yet applied");
+
+    // Power cut at the target site only: its state goes back, the logs it applied are gone.
+    tgt.kill9();
+    for f in files {
+        let _ = std::fs::remove_file(state.join(f));
+        if copy.join(f).exists() {
+            std::fs::copy(copy.join(f), state.join(f)).unwrap();
+        }
+    }
+    std::fs::write(&target, base.replace("poll_ms = 100", "poll_ms = 100\ngap_grace_secs = 2"))
+        .unwrap();
+    let _tgt = site.start("target", &target);
+    random_writes(&disk, 100, 98);
+    let want = sha256_file(&disk);
+    let mut agent = site.start_agent(&agent_cfg);
+    let seen = std::cell::Cell::new(0usize);
+    wait_for(Duration::from_secs(300), "a point at the target site equal to the source", || {
+        let points = site.points(&target);
+        let new = &points[seen.get().min(points.len())..];
+        seen.set(points.len());
+        new.iter().any(|(_, id)| site.point_checksum(&target, id, 0) == want).then_some(())
+    });
+    agent.stop();
+    let log = |name: &str| std::fs::read_to_string(site.root().join(name)).unwrap();
+    assert!(log("target.log").contains("are missing at the target"), "no gap declared");
+    assert!(log("source.log").contains("asks for a comparison"), "the source never heard");
+    assert!(log("target.log").contains("reported through the target"), "no answer came back");
+    let agent_log = log("agent.log");
+    assert!(agent_log.contains("compared the disk with its replica"), "{agent_log}");
+    assert!(!agent_log.contains("full hash-compare resync"), "a full resync ran");
+}
