@@ -2,10 +2,10 @@
 //! target's log area beside the logs (the one place both sites reach).
 //!
 //! The master target at a target site has its own state; the agents talk only to the
-//! source site. When the master target finds a disk's logs missing (`crate::master`), it
+//! source site. When the master target finds a disk's logs missing (`crate::master_target`), it
 //! asks for a comparison of the disk with its replica by writing a *compare request*
 //! object; the source's process server reads it and hands the request to the agent
-//! (`crate::process`); once the agent is done, the process server writes a *compare done*
+//! (`crate::process_server`); once the agent is done, the process server writes a *compare done*
 //! object, which the master target reads. Where one appliance runs both roles the objects
 //! are written and read all the same (the state already agrees, so reading them changes
 //! nothing).

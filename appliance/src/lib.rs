@@ -9,31 +9,29 @@
 //!                                           │ open ▶ decompress ▶ verify ▶ write replica ▶ points
 //! ```
 //!
-//! * [`config`] — `appliance.toml`.
-//! * [`state`] — SQLite state store with migrations.
-//! * [`process`] — receiving, caching, shipping.
-//! * [`master`] — applying, points, retention.
-//! * [`logobj`] — the frozen log-object format between the two.
-//! * [`control`] — sealed control objects between the roles of a split deployment.
-//! * [`http`] — the routes of both listeners.
-//! * [`run`] — starting the roles.
+//! The tree follows the roles:
+//!
+//! * [`config_server`] — the control plane (HTTPS 443): administrators, certificate
+//!   authorities, data keys, policies and alerts, recovery plans.
+//! * [`process_server`] — receiving agents' batches (HTTPS 9443), caching them durably,
+//!   shipping them compressed and sealed to the target.
+//! * [`master_target`] — applying logs to replica disks, points and retention, the
+//!   catalogue at the target, failover, test failover, failback (reverse replication).
+//! * [`store`] — the state database (SQLite, versioned migrations), split by resource.
+//! * [`http`] — the routes of both listeners; the only place errors become status codes.
+//! * Between the roles: [`logobj`] (the frozen log-object format), [`control`] (sealed
+//!   control objects of a split deployment), [`handoff`] (batches handed from the process
+//!   server to a master target in the same process).
+//! * [`config`] — `appliance.toml`; [`run`] — starting the roles.
 
-pub mod admin;
-pub mod catalogue;
 pub mod config;
+pub mod config_server;
 pub mod control;
-pub mod failover;
 pub mod handoff;
 pub mod http;
-pub mod keys;
 pub mod logobj;
-pub mod master;
-pub mod pki;
-pub mod plan;
-pub mod policy;
-pub mod process;
-pub mod qemu;
-pub mod reverse;
+pub mod master_target;
+pub mod process_server;
 pub mod run;
-pub mod state;
+pub mod store;
 pub mod tools;

@@ -151,7 +151,7 @@ fn main() {
             rt.block_on(lifeboat_appliance::tools::recover(load(config), *dry_run))
         }
         Cmd::QemuCommand { spec, accel, user_net, json } => {
-            lifeboat_appliance::qemu::print_command(spec, accel, *user_net, *json)
+            lifeboat_appliance::master_target::qemu::print_command(spec, accel, *user_net, *json)
         }
     };
     if let Err(e) = r {

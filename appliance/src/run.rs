@@ -4,9 +4,9 @@
 use crate::config::ApplianceConfig;
 use crate::handoff::Handoff;
 use crate::http::{self, ConfigServerCtx};
-use crate::master::MasterTarget;
-use crate::process::ProcessServer;
-use crate::state::State;
+use crate::master_target::MasterTarget;
+use crate::process_server::ProcessServer;
+use crate::store::State;
 use anyhow::Context;
 use lifeboat_plugin_host::Host;
 use lifeboat_plugin_host::registry::Registry;
@@ -84,7 +84,7 @@ pub fn open_core(config: ApplianceConfig) -> anyhow::Result<Core> {
     make_private(&config)?;
     let data = &config.data_dir;
     let state = State::open(&data.join("state.db"))?;
-    let keys = crate::keys::load_or_create(&data.join("keys"))
+    let keys = crate::config_server::keys::load_or_create(&data.join("keys"))
         .with_context(|| format!("data keys in {}", data.join("keys").display()))?;
     let host = Host::new(keys.clone())
         .map_err(|e| anyhow::anyhow!("cannot start the plugin runtime: {e}"))?;
@@ -129,7 +129,10 @@ pub async fn run(config: ApplianceConfig) -> anyhow::Result<()> {
     // The CA and server identity only where a listener needs them (a master-target-only
     // appliance at a target site has neither).
     let listeners = if cfg.roles.config_server || cfg.roles.process_server {
-        Some(Arc::new(crate::pki::Pki::load(&data, &cfg.config_server.server_names)?))
+        Some(Arc::new(crate::config_server::pki::Pki::load(
+            &data,
+            &cfg.config_server.server_names,
+        )?))
     } else {
         None
     };
@@ -157,8 +160,8 @@ pub async fn run(config: ApplianceConfig) -> anyhow::Result<()> {
         });
         let ctx = Arc::new(ConfigServerCtx {
             state: core.state.clone(),
-            admins: crate::admin::Admins::new(core.state.clone()),
-            failover: cfg.roles.master_target.then(|| crate::failover::Failover {
+            admins: crate::config_server::admin::Admins::new(core.state.clone()),
+            failover: cfg.roles.master_target.then(|| crate::master_target::failover::Failover {
                 state: core.state.clone(),
                 registry: core.registry.clone(),
                 target: cfg.master_target.target.clone(),
@@ -166,7 +169,7 @@ pub async fn run(config: ApplianceConfig) -> anyhow::Result<()> {
             pki: pki.clone(),
             process_server_url: url,
             data_dir: data.clone(),
-            plans: Arc::new(crate::plan::Plans::new(cfg.plans.scripts.clone())),
+            plans: Arc::new(crate::config_server::plan::Plans::new(cfg.plans.scripts.clone())),
             registry: Some(core.registry.clone()),
         });
         let tls = pki.config_tls()?;
@@ -253,7 +256,7 @@ pub async fn run(config: ApplianceConfig) -> anyhow::Result<()> {
         let registry = core.registry.clone();
         let sd = shutdown.clone();
         tasks.spawn(async move {
-            let mut health = crate::policy::Health::default();
+            let mut health = crate::config_server::policy::Health::default();
             loop {
                 let refused: Vec<String> =
                     registry.current().refused.iter().map(|r| r.to_string()).collect();

@@ -2,7 +2,7 @@
 
 use crate::config::ApplianceConfig;
 use crate::logobj::{disk_id, parse_disk_id};
-use crate::state::State;
+use crate::store::State;
 use lifeboat_plugin_host::TargetInstance;
 use sha2::{Digest, Sha256};
 
@@ -160,13 +160,15 @@ pub async fn recover(config: ApplianceConfig, dry_run: bool) -> anyhow::Result<(
     let data_dir = config.data_dir.clone();
     let core = crate::run::open_core(config)?;
     let mut t = master_target_instance(&core).await?;
-    let sealed = t.get_log(crate::catalogue::OBJECT).await.map_err(|e| {
+    let sealed = t.get_log(crate::master_target::catalogue::OBJECT).await.map_err(|e| {
         anyhow::anyhow!(
             "no catalogue at the target ({e}): was a recovery passphrase set on the lost appliance?"
         )
     })?;
     let pass = passphrase.clone();
-    let c = tokio::task::spawn_blocking(move || crate::catalogue::open(&pass, &sealed)).await??;
+    let c =
+        tokio::task::spawn_blocking(move || crate::master_target::catalogue::open(&pass, &sealed))
+            .await??;
     let summary: Vec<serde_json::Value> = c
         .machines
         .iter()
@@ -178,10 +180,10 @@ pub async fn recover(config: ApplianceConfig, dry_run: bool) -> anyhow::Result<(
         })
         .collect();
     if !dry_run {
-        crate::catalogue::import(&core.state, &data_dir.join("keys"), &c)?;
+        crate::master_target::catalogue::import(&core.state, &data_dir.join("keys"), &c)?;
         // This appliance keeps the catalogue at the target sealed under the same passphrase.
         tokio::task::spawn_blocking(move || {
-            crate::catalogue::Sealer::new(&passphrase)?.store(&data_dir)
+            crate::master_target::catalogue::Sealer::new(&passphrase)?.store(&data_dir)
         })
         .await??;
     }

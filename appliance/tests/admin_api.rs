@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use lifeboat_appliance::http::{CONFIG_SERVER_ROUTES, ConfigServerCtx, OPENAPI, config_server};
-use lifeboat_appliance::state::State;
+use lifeboat_appliance::store::State;
 use lifeboat_net::tls::{self, ClientAuth, Trust};
 use lifeboat_net::{Ca, Client, Identity};
 use serde_json::Value;
@@ -23,18 +23,18 @@ struct Server {
 
 async fn start() -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let pki = Arc::new(lifeboat_appliance::pki::Pki::load(dir.path(), &[]).unwrap());
+    let pki = Arc::new(lifeboat_appliance::config_server::pki::Pki::load(dir.path(), &[]).unwrap());
     let ca = pki.active();
     let state = State::open(&dir.path().join("state.db")).unwrap();
     let id = ca.issue_server(&[]).unwrap();
     let ctx = Arc::new(ConfigServerCtx {
         state: state.clone(),
-        admins: lifeboat_appliance::admin::Admins::new(state.clone()),
+        admins: lifeboat_appliance::config_server::admin::Admins::new(state.clone()),
         failover: None,
         pki: pki.clone(),
         process_server_url: "https://127.0.0.1:9443".into(),
         data_dir: dir.path().to_owned(),
-        plans: Arc::new(lifeboat_appliance::plan::Plans::default()),
+        plans: Arc::new(lifeboat_appliance::config_server::plan::Plans::default()),
         registry: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -452,7 +452,7 @@ async fn setup_login_sessions_and_identities() {
         call(&c, Method::POST, "/api/v1/machines/m-1/test-failover", tfo, Some(&token), "{}").await;
     assert_eq!((st, v["code"].as_str()), (StatusCode::NOT_FOUND, Some("no_point")), "{v}");
     s.state
-        .add_point(&lifeboat_appliance::state::PointRow {
+        .add_point(&lifeboat_appliance::store::PointRow {
             id: "m-1-p1".into(),
             machine_id: "m-1".into(),
             point: 1,
@@ -694,7 +694,7 @@ async fn failovers_and_vm_specs() {
     let (st, _) = call(&c, Method::POST, "/api/v1/machines/m-1/failover", fo, None, "{}").await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
     s.state
-        .add_point(&lifeboat_appliance::state::PointRow {
+        .add_point(&lifeboat_appliance::store::PointRow {
             id: "m-1-p1".into(),
             machine_id: "m-1".into(),
             point: 1,
@@ -872,12 +872,12 @@ async fn policies_and_alerts() {
     let (st, v) = call(&c, Method::GET, al, al, t, "").await;
     assert_eq!((st, v["alerts"].as_array().unwrap().len()), (StatusCode::OK, 0), "{v}");
     s.state
-        .add_point(&lifeboat_appliance::state::PointRow {
+        .add_point(&lifeboat_appliance::store::PointRow {
             id: "m-1-p1".into(),
             machine_id: "m-1".into(),
             point: 1,
             kind: "crash".into(),
-            created_unix_ms: lifeboat_appliance::state::now_ms() - 300_000,
+            created_unix_ms: lifeboat_appliance::store::now_ms() - 300_000,
             disks: vec![0],
         })
         .unwrap();
@@ -983,7 +983,7 @@ async fn recovery_plans() {
             assert_eq!(v["groups"][0]["points"][0]["complete"], false, "{v}");
         }
         s.state
-            .add_point(&lifeboat_appliance::state::PointRow {
+            .add_point(&lifeboat_appliance::store::PointRow {
                 id: format!("{m}-p3"),
                 machine_id: m.into(),
                 point: 3,

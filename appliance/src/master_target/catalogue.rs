@@ -26,7 +26,7 @@ use aes_gcm::{Aes256Gcm, Nonce};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-use crate::state::{PointRow, State};
+use crate::store::{PointRow, State};
 
 /// The catalogue's object name at the target.
 pub const OBJECT: &str = "lifeboat-catalogue";

@@ -37,7 +37,7 @@ use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use sha2::{Digest, Sha256};
 
-use crate::state::{State, StateError, now_ms};
+use crate::store::{State, StateError, now_ms};
 
 /// Shortest password accepted.
 pub const MIN_PASSWORD: usize = 12;

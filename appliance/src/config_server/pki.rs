@@ -26,7 +26,7 @@ use std::sync::{Arc, RwLock};
 
 use lifeboat_net::{Ca, ClientAuth, Identity, TlsSource};
 
-use crate::state::{State, StateError};
+use crate::store::{State, StateError};
 
 /// Days an agent certificate is valid.
 pub const AGENT_CERT_DAYS: u32 = 825;
@@ -245,7 +245,7 @@ impl Pki {
                 text.push_str(old.cert_pem());
                 lifeboat_common::fs::write_atomic(&retiring, text.as_bytes(), Some(0o644))
                     .map_err(anyhow::Error::from)?;
-                let archive = self.data.join(format!("ca-old-{}", crate::state::now_ms()));
+                let archive = self.data.join(format!("ca-old-{}", crate::store::now_ms()));
                 std::fs::rename(self.data.join("ca"), &archive).map_err(anyhow::Error::from)?;
                 // The old key signs nothing from now on: it goes.
                 let _ = std::fs::remove_file(archive.join("ca.key"));
@@ -366,7 +366,7 @@ pub fn renew_reason(
         return Ok(Some("the certificate is not the current one from the active CA".into()));
     }
     if let Some((from, to)) = lifeboat_net::ca::cert_validity(der) {
-        let now = (crate::state::now_ms() / 1000) as i64;
+        let now = (crate::store::now_ms() / 1000) as i64;
         if to - now < (to - from) / 3 {
             return Ok(Some(format!("the certificate expires in {} days", (to - now) / 86_400)));
         }

@@ -18,8 +18,8 @@ use lifeboat_plugin_host::action::{PlanContext, PlanMachine};
 use lifeboat_plugin_host::manifest::PluginKind;
 use lifeboat_wire::api::{Plan, PlanAction};
 
-use crate::failover::{Failover, PointChoice};
-use crate::state::State;
+use crate::master_target::failover::{Failover, PointChoice};
+use crate::store::State;
 
 /// Longest a script may run.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);

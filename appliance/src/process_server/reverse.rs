@@ -27,27 +27,27 @@ use lifeboat_wire::api::{
 };
 use lifeboat_wire::{Batch, BatchHeader, MachineId};
 
-use crate::process::{ApiFailure, ProcessServer, call_failure};
-use crate::state::State;
+use crate::process_server::{Kind, ProcessError, ProcessServer, call_failure};
+use crate::store::State;
 
 /// Failover states in which the machine's disks are written from the target.
 pub const REVERSE_STATES: &[&str] = &["reprotecting", "reprotected", "failing-back"];
 
-fn not_reverse(machine: &str) -> ApiFailure {
-    ApiFailure::new(
-        409,
+fn not_reverse(machine: &str) -> ProcessError {
+    ProcessError::new(
+        Kind::Conflict,
         "not-reprotected",
         format!("machine {machine} is not being reprotected: start `lifeboat reprotect` first"),
     )
 }
 
 /// Whether `machine` is in reverse replication.
-fn in_reverse(state: &State, machine: &str) -> Result<bool, ApiFailure> {
+fn in_reverse(state: &State, machine: &str) -> Result<bool, ProcessError> {
     Ok(state.failover_state(machine)?.is_some_and(|s| REVERSE_STATES.contains(&s.as_str())))
 }
 
 /// `GET /api/v1/reverse`.
-pub fn status(state: &State, machine: &str) -> Result<ReverseStatus, ApiFailure> {
+pub fn status(state: &State, machine: &str) -> Result<ReverseStatus, ProcessError> {
     let disks =
         state.disks(machine)?.into_iter().map(|(index, size)| DiskSize { index, size }).collect();
     let (mode, passes, final_pass) = match state.reverse(machine)? {
@@ -67,7 +67,7 @@ async fn read_blocks(
     offset: u64,
     blocks: usize,
     size: u64,
-) -> Result<(Vec<u8>, u64), ApiFailure> {
+) -> Result<(Vec<u8>, u64), ProcessError> {
     let len = (blocks as u64 * u64::from(REVERSE_BLOCK)).min(size - offset);
     let data = {
         let mut t = ps.control_target().await?;
@@ -75,8 +75,8 @@ async fn read_blocks(
         t.read_extent(disk, offset, len as u32).await.map_err(call_failure)?
     };
     if data.len() as u64 != len {
-        return Err(ApiFailure::new(
-            500,
+        return Err(ProcessError::new(
+            Kind::Internal,
             "short-read",
             format!("the target read {} of {len} bytes of {disk}", data.len()),
         ));
@@ -90,28 +90,30 @@ pub async fn diff(
     state: &State,
     machine: &str,
     d: ReverseDiff,
-) -> Result<Bytes, ApiFailure> {
+) -> Result<Bytes, ProcessError> {
     if !in_reverse(state, machine)? {
         return Err(not_reverse(machine));
     }
-    let size = state
-        .disks(machine)?
-        .into_iter()
-        .find(|(i, _)| *i == d.disk)
-        .map(|(_, s)| s)
-        .ok_or_else(|| ApiFailure::new(400, "invalid", format!("disk: no disk {}", d.disk)))?;
-    d.check(size).map_err(|e| ApiFailure::new(400, "invalid", e))?;
+    let size =
+        state.disks(machine)?.into_iter().find(|(i, _)| *i == d.disk).map(|(_, s)| s).ok_or_else(
+            || ProcessError::new(Kind::Invalid, "invalid", format!("disk: no disk {}", d.disk)),
+        )?;
+    d.check(size).map_err(|e| ProcessError::new(Kind::Invalid, "invalid", e))?;
     let fo = state.failovers(Some(machine))?.pop().ok_or_else(|| not_reverse(machine))?;
     // Failback's final pass reads its frozen copies; other passes the failed-over disks.
     let rev = state.reverse(machine)?.unwrap_or_default();
     let sources = if rev.source_disks.is_empty() { fo.disks } else { rev.source_disks };
     let suffix = format!("-d{}", d.disk);
     let source = sources.iter().find(|x| x.ends_with(&suffix)).cloned().ok_or_else(|| {
-        ApiFailure::new(409, "no-failover-disk", format!("the failover has no disk {}", d.disk))
+        ProcessError::new(
+            Kind::Conflict,
+            "no-failover-disk",
+            format!("the failover has no disk {}", d.disk),
+        )
     })?;
     let (data, len) = read_blocks(ps, &source, d.offset, d.hashes.len(), size).await?;
     let mid: MachineId =
-        machine.parse().map_err(|e: String| ApiFailure::new(403, "forbidden", e))?;
+        machine.parse().map_err(|e: String| ProcessError::new(Kind::Forbidden, "forbidden", e))?;
     let mut builder =
         Batch::builder(BatchHeader { machine: mid, disk_index: d.disk, sequence: 0, tag: None });
     let mut sent = 0u64;
@@ -128,7 +130,9 @@ pub async fn diff(
             sent += block.len() as u64;
             builder.push_data(offset, block)
         };
-        r.map_err(|e| ApiFailure::new(500, "internal", format!("building the answer: {e}")))?;
+        r.map_err(|e| {
+            ProcessError::new(Kind::Internal, "internal", format!("building the answer: {e}"))
+        })?;
     }
     let first = state.disks(machine)?.first().map(|x| x.0) == Some(d.disk) && d.offset == 0;
     state.reverse_progress(machine, first, len, sent)?;
@@ -144,23 +148,21 @@ pub async fn compare(
     state: &State,
     machine: &str,
     c: CompareBlocks,
-) -> Result<CompareAnswer, ApiFailure> {
+) -> Result<CompareAnswer, ProcessError> {
     if !state.compares(machine)?.iter().any(|x| x.0 == c.disk && x.1 == c.token && x.2.is_none()) {
-        return Err(ApiFailure::new(
-            409,
+        return Err(ProcessError::new(
+            Kind::Conflict,
             "no-compare",
             format!("no comparison {} of disk {} is open", c.token, c.disk),
         ));
     }
-    let size = state
-        .disks(machine)?
-        .into_iter()
-        .find(|(i, _)| *i == c.disk)
-        .map(|(_, s)| s)
-        .ok_or_else(|| ApiFailure::new(400, "invalid", format!("disk: no disk {}", c.disk)))?;
-    c.check(size).map_err(|e| ApiFailure::new(400, "invalid", e))?;
+    let size =
+        state.disks(machine)?.into_iter().find(|(i, _)| *i == c.disk).map(|(_, s)| s).ok_or_else(
+            || ProcessError::new(Kind::Invalid, "invalid", format!("disk: no disk {}", c.disk)),
+        )?;
+    c.check(size).map_err(|e| ProcessError::new(Kind::Invalid, "invalid", e))?;
     let mid: MachineId =
-        machine.parse().map_err(|e: String| ApiFailure::new(403, "forbidden", e))?;
+        machine.parse().map_err(|e: String| ProcessError::new(Kind::Forbidden, "forbidden", e))?;
     let replica = crate::logobj::disk_id(mid, c.disk);
     let (data, len) = read_blocks(ps, &replica, c.offset, c.hashes.len(), size).await?;
     let b = u64::from(REVERSE_BLOCK);
@@ -181,23 +183,24 @@ pub async fn compare(
 }
 
 /// `POST /api/v1/reverse/done`.
-pub fn done(state: &State, machine: &str, d: ReverseDone) -> Result<(), ApiFailure> {
+pub fn done(state: &State, machine: &str, d: ReverseDone) -> Result<(), ProcessError> {
     if !in_reverse(state, machine)? {
         return Err(not_reverse(machine));
     }
     let known = state.disks(machine)?;
     for k in &known {
         if !d.next_sequences.iter().any(|c| c.index == k.0) {
-            return Err(ApiFailure::new(
-                400,
+            return Err(ProcessError::new(
+                Kind::Invalid,
                 "invalid",
                 format!("next_sequences: no cursor for disk {}", k.0),
             ));
         }
     }
     for (i, c) in d.next_sequences.iter().enumerate() {
-        let bad =
-            |why: &str| ApiFailure::new(400, "invalid", format!("next_sequences[{i}]: {why}"));
+        let bad = |why: &str| {
+            ProcessError::new(Kind::Invalid, "invalid", format!("next_sequences[{i}]: {why}"))
+        };
         if !known.iter().any(|k| k.0 == c.index) {
             return Err(bad("no such disk"));
         }
@@ -209,7 +212,7 @@ pub fn done(state: &State, machine: &str, d: ReverseDone) -> Result<(), ApiFailu
         }
     }
     let json = serde_json::to_string(&d.next_sequences)
-        .map_err(|e| ApiFailure::new(500, "internal", e.to_string()))?;
+        .map_err(|e| ProcessError::new(Kind::Internal, "internal", e.to_string()))?;
     state.reverse_pass_done(machine, d.final_pass, &json)?;
     tracing::info!(%machine, final_pass = d.final_pass, received_bytes = d.received_bytes, "reverse pass done");
     Ok(())

@@ -49,7 +49,7 @@ use lifeboat_plugin_host::target::{Firmware, NicSpec, VmSpec};
 use lifeboat_wire::MachineId;
 use lifeboat_wire::api::{NicMapping, SystemInfo, VmSpecInfo, VmSpecSettings};
 
-use crate::state::{PointRow, State, StateError, TestFailoverRow, now_ms};
+use crate::store::{PointRow, State, StateError, TestFailoverRow, now_ms};
 
 /// Longest wait for the original machine's agent in reprotect and failback.
 const REVERSE_WAIT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
@@ -465,7 +465,7 @@ impl Failover {
         job: u64,
         machine: &str,
         choice: &PointChoice,
-        old: Option<&crate::state::FailoverRow>,
+        old: Option<&crate::store::FailoverRow>,
         made: &mut Vec<String>,
         vm_made: &mut Option<String>,
     ) -> anyhow::Result<serde_json::Value> {
@@ -578,8 +578,8 @@ impl Failover {
         job: u64,
         machine: &str,
         what: &str,
-        done: impl Fn(&crate::state::ReverseRow) -> bool,
-    ) -> anyhow::Result<crate::state::ReverseRow> {
+        done: impl Fn(&crate::store::ReverseRow) -> bool,
+    ) -> anyhow::Result<crate::store::ReverseRow> {
         let start = std::time::Instant::now();
         loop {
             let r = self

@@ -5,7 +5,7 @@
 //! newest (by name order, ids start with a timestamp) is the active key that seals new
 //! data, older ones only open old data. Once the administrator sets a recovery
 //! passphrase, the keys go into the catalogue at the target, sealed under it
-//! (`crate::catalogue`), so a fresh appliance at the target site recovers them with the
+//! (`crate::master_target::catalogue`), so a fresh appliance at the target site recovers them with the
 //! passphrase (`lifeboat-appliance recover`).
 
 use lifeboat_plugin_host::keys::{Algorithm, Key, KeyRing};
@@ -23,7 +23,7 @@ pub fn load_or_create(dir: &Path) -> std::io::Result<KeyRing> {
     if names.is_empty() {
         let mut material = [0u8; 32];
         getrandom::fill(&mut material).map_err(|e| std::io::Error::other(e.to_string()))?;
-        let id = format!("dk-{}", crate::state::now_ms());
+        let id = format!("dk-{}", crate::store::now_ms());
         let path = dir.join(format!("{id}.key"));
         let tmp = dir.join(format!("{id}.tmp"));
         let mut f =

@@ -14,7 +14,7 @@
 
 use lifeboat_wire::api::{Alert, Policy, RetentionTier};
 
-use crate::state::{State, StateError, now_ms};
+use crate::store::{State, StateError, now_ms};
 
 /// The policy named `name`: stored, or the built-in default for `default`.
 pub fn get(state: &State, name: &str) -> Result<Option<Policy>, StateError> {
@@ -342,7 +342,7 @@ mod tests {
         let s = State::open(&d.path().join("state.db")).unwrap();
         s.add_passphrase("p").unwrap();
         s.register_machine("p", "m-1", "web01").unwrap();
-        s.add_point(&crate::state::PointRow {
+        s.add_point(&crate::store::PointRow {
             id: "m-1-p1".into(),
             machine_id: "m-1".into(),
             point: 1,

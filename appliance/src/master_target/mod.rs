@@ -8,7 +8,7 @@
 //! plugin, with the clear header as associated data), decompress (codec plugin), decode
 //! (every block checksum verified), write the extents and zero ranges. Every few logs
 //! (and at every tag) the disk is flushed, then the disk's new cursor recorded and made
-//! durable (it must survive a power cut: see [`crate::state`]), and only then are those
+//! durable (it must survive a power cut: see [`crate::store`]), and only then are those
 //! logs deleted. A crash anywhere re-applies at most the logs since the
 //! last flush, and applying a log twice leaves the same bytes
 //! (writes are at absolute offsets and logs are applied in order), so nothing is applied
@@ -28,10 +28,14 @@
 //! At most `keep_points` points per machine, and none older than `keep_hours`, except
 //! that the newest point is always kept. Tiered thinning comes with the lifecycle work.
 
+pub mod catalogue;
+pub mod failover;
+pub mod qemu;
+
 use crate::config;
 use crate::handoff::Handoff;
 use crate::logobj::{LogHeader, log_prefix, log_sequence, parse_disk_id, point_id};
-use crate::state::{PointRow, State, now_ms};
+use crate::store::{PointRow, State, now_ms};
 use lifeboat_plugin_host::registry::Registry;
 use lifeboat_plugin_host::target::{Extent, ZeroRange};
 use lifeboat_plugin_host::{CipherInstance, CodecInstance, TargetInstance};
@@ -131,7 +135,7 @@ impl MasterTarget {
     }
 
     /// Writes the catalogue at the target (sealed under the recovery passphrase, once one
-    /// is set in `data_dir`), see [`crate::catalogue`].
+    /// is set in `data_dir`), see [`crate::master_target::catalogue`].
     pub fn with_catalogue(mut self, data_dir: std::path::PathBuf) -> Self {
         self.catalogue_dir = Some(data_dir);
         self
@@ -195,9 +199,9 @@ impl MasterTarget {
         Ok(())
     }
 
-    /// Writes the catalogue if it changed and [`crate::catalogue::WRITE_EVERY`] passed.
+    /// Writes the catalogue if it changed and [`crate::master_target::catalogue::WRITE_EVERY`] passed.
     async fn maybe_write_catalogue(&mut self) -> anyhow::Result<()> {
-        use crate::catalogue::{OBJECT, Sealer, WRITE_EVERY, build};
+        use crate::master_target::catalogue::{OBJECT, Sealer, WRITE_EVERY, build};
         use sha2::Digest as _;
         let Some(dir) = self.catalogue_dir.clone() else { return Ok(()) };
         if self.catalogue_at.is_some_and(|t| t.elapsed() < WRITE_EVERY) {
@@ -579,7 +583,10 @@ impl MasterTarget {
                 } else {
                     // Only a machine whose policy turned encryption off may have data in the
                     // clear: anyone able to write to the target could forge the flag.
-                    let policy = crate::policy::of_machine(&self.state, &machine.to_string())?;
+                    let policy = crate::config_server::policy::of_machine(
+                        &self.state,
+                        &machine.to_string(),
+                    )?;
                     if policy.encryption.unwrap_or(true) {
                         anyhow::bail!(
                             "log {name} is not sealed, but the policy of machine {machine} requires encryption: refused"
@@ -684,7 +691,9 @@ impl MasterTarget {
     async fn prune(&mut self, machine_id: &str) -> anyhow::Result<()> {
         let points = self.state.points(machine_id)?;
         // The machine's policy thins by tiers when it has a retention.
-        if let Some(tiers) = crate::policy::of_machine(&self.state, machine_id)?.retention {
+        if let Some(tiers) =
+            crate::config_server::policy::of_machine(&self.state, machine_id)?.retention
+        {
             // Group points (of complete or not group records with this machine) and
             // app-consistent points survive thinning first.
             let grouped: std::collections::BTreeSet<u64> = self
@@ -707,7 +716,7 @@ impl MasterTarget {
                     (p.id.clone(), p.created_unix_ms, rank)
                 })
                 .collect();
-            for id in crate::policy::thin(&aged, now_ms(), &tiers) {
+            for id in crate::config_server::policy::thin(&aged, now_ms(), &tiers) {
                 self.target.as_mut().expect("refreshed").delete_point(&id).await?;
                 self.state.delete_point(&id)?;
                 tracing::info!(point = %id, "recovery point thinned by the machine's policy");

@@ -1,0 +1,211 @@
+//! The appliance itself: health, the OpenAPI document, metrics, the certificate authorities, the recovery passphrase, plugins.
+
+use super::*;
+
+/// `GET /api/v1/health`
+pub(super) async fn health() -> Answer {
+    json(StatusCode::OK, &serde_json::json!({"ok": true}))
+}
+
+/// `GET /api/v1/openapi.json`
+pub(super) async fn openapi() -> Answer {
+    let mut r = Response::new(lifeboat_net::server::full(OPENAPI));
+    r.headers_mut()
+        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    Ok(r)
+}
+
+/// `GET /metrics`
+pub(super) async fn metrics(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>) -> Answer {
+    // Scrapers authenticate like any administrator client (bearer token).
+    authenticated(&ctx, &req)?;
+    let text = metrics_text(&ctx.state).map_err(internal)?;
+    let mut r = Response::new(lifeboat_net::server::full(text));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    Ok(r)
+}
+
+/// `GET /api/v1/ca`
+pub(super) async fn ca(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>) -> Answer {
+    authenticated(&ctx, &req)?;
+    json(StatusCode::OK, &ca_status(&ctx)?)
+}
+
+/// `POST /api/v1/ca/rotate`
+pub(super) async fn rotate_ca(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>) -> Answer {
+    let (_, admin, _) = authenticated(&ctx, &req)?;
+    let r: api::CaRotate = body_json(req, ADMIN_BODY).await?;
+    let (pki, state) = (ctx.pki.clone(), ctx.state.clone());
+    let phase = tokio::task::spawn_blocking(move || pki.rotate(&state, r.force))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    match phase {
+        Ok(phase) => {
+            tracing::warn!(%admin, phase, "CA rotation step");
+            json(StatusCode::OK, &ca_status(&ctx)?)
+        }
+        Err(e @ crate::config_server::pki::RotateError::NotRenewed(_)) => {
+            Err(ApiError::new(StatusCode::CONFLICT, "not_renewed", e.to_string()))
+        }
+        Err(e @ crate::config_server::pki::RotateError::NotIntroduced(_)) => {
+            Err(ApiError::new(StatusCode::CONFLICT, "not_introduced", e.to_string()))
+        }
+        Err(e) => Err(ApiError::internal(e.to_string())),
+    }
+}
+
+/// `GET /api/v1/recovery-passphrase`
+pub(super) async fn recovery_passphrase_status(
+    ctx: Arc<ConfigServerCtx>,
+    req: Request<RequestBody>,
+) -> Answer {
+    authenticated(&ctx, &req)?;
+    let set = crate::master_target::catalogue::Sealer::load(&ctx.data_dir)
+        .map_err(|e| ApiError::internal(format!("{e:#}")))?
+        .is_some();
+    let written = ctx
+        .state
+        .setting("catalogue_written_unix_ms")
+        .map_err(internal)?
+        .and_then(|v| v.parse().ok());
+    json(StatusCode::OK, &api::RecoveryStatus { set, catalogue_written_unix_ms: written })
+}
+
+/// `PUT /api/v1/recovery-passphrase`
+pub(super) async fn set_recovery_passphrase(
+    ctx: Arc<ConfigServerCtx>,
+    req: Request<RequestBody>,
+) -> Answer {
+    let (_, admin, _) = authenticated(&ctx, &req)?;
+    let r: api::RecoveryPassphrase = body_json(req, ADMIN_BODY).await?;
+    if r.passphrase.chars().count() < crate::master_target::catalogue::MIN_PASSPHRASE
+        || r.passphrase.len() > 1024
+    {
+        return Err(ApiError::bad_request(
+            "invalid",
+            format!(
+                "passphrase: expected {} to 1024 characters",
+                crate::master_target::catalogue::MIN_PASSPHRASE
+            ),
+        ));
+    }
+    let dir = ctx.data_dir.clone();
+    tokio::task::spawn_blocking(move || {
+        crate::master_target::catalogue::Sealer::new(&r.passphrase)?.store(&dir)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+    tracing::warn!(%admin, "recovery passphrase set: the catalogue at the target is sealed under it from now on");
+    json(StatusCode::OK, &api::RecoveryStatus { set: true, catalogue_written_unix_ms: None })
+}
+
+/// `GET /api/v1/plugins`
+pub(super) async fn plugins(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>) -> Answer {
+    authenticated(&ctx, &req)?;
+    json(StatusCode::OK, &plugin_list(ctx.registry.as_deref()))
+}
+
+/// Prometheus text exposition (format 0.0.4) of the appliance's state: its counters, the
+/// machines, and each machine's newest point age (the achieved RPO as of now).
+pub fn metrics_text(state: &State) -> Result<String, crate::store::StateError> {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for (name, value) in state.counters()? {
+        let metric: String = name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
+            .collect();
+        let _ = writeln!(out, "# TYPE lifeboat_{metric}_total counter");
+        let _ = writeln!(out, "lifeboat_{metric}_total {value}");
+    }
+    let machines = state.machines()?;
+    let _ = writeln!(out, "# TYPE lifeboat_machines gauge\nlifeboat_machines {}", machines.len());
+    let now = crate::store::now_ms();
+    let _ = writeln!(out, "# TYPE lifeboat_points gauge");
+    let mut ages = String::from("# TYPE lifeboat_last_point_age_seconds gauge\n");
+    for (id, _, _) in &machines {
+        let points = state.points(id)?;
+        let _ = writeln!(out, "lifeboat_points{{machine=\"{id}\"}} {}", points.len());
+        if let Some(p) = points.last() {
+            let age = now.saturating_sub(p.created_unix_ms) as f64 / 1000.0;
+            let _ = writeln!(ages, "lifeboat_last_point_age_seconds{{machine=\"{id}\"}} {age:.3}");
+        }
+    }
+    out.push_str(&ages);
+    let running = state.jobs(None, 1000)?.iter().filter(|j| j.state == "running").count();
+    let _ = writeln!(out, "# TYPE lifeboat_jobs_running gauge\nlifeboat_jobs_running {running}");
+    // Alerts that hold now, counted by kind and severity (the list: GET /api/v1/alerts).
+    let mut counts: std::collections::BTreeMap<(String, String), u64> = Default::default();
+    for a in crate::config_server::policy::alerts(state)? {
+        *counts.entry((a.kind, a.severity)).or_default() += 1;
+    }
+    let _ = writeln!(out, "# TYPE lifeboat_alerts gauge");
+    for ((kind, severity), n) in counts {
+        let _ = writeln!(out, "lifeboat_alerts{{kind=\"{kind}\",severity=\"{severity}\"}} {n}");
+    }
+    for name in ["cpu_percent", "memory_percent"] {
+        if let Some(v) = state.setting(name)?.and_then(|v| v.parse::<f64>().ok()) {
+            let _ = writeln!(
+                out,
+                "# TYPE lifeboat_appliance_{name} gauge\nlifeboat_appliance_{name} {v}"
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// The CAs and each machine's certificate.
+pub(super) fn ca_status(ctx: &ConfigServerCtx) -> Result<api::CaStatus, ApiError> {
+    let (active, next, retiring) = ctx.pki.fingerprints();
+    let mut machines = Vec::new();
+    for (id, _, _) in ctx.state.machines().map_err(internal)? {
+        let (ca, _) = ctx.state.machine_cert(&id).map_err(internal)?;
+        machines.push(api::MachineCert {
+            on_active_ca: ca.as_deref() == Some(active.as_str()),
+            ca,
+            not_after_unix_ms: ctx.state.machine_cert_expiry(&id).map_err(internal)?,
+            revoked: ctx.state.is_revoked(&id).map_err(internal)?,
+            id,
+        });
+    }
+    Ok(api::CaStatus { phase: ctx.pki.phase().into(), active, next, retiring, machines })
+}
+
+/// The loaded and refused plugins.
+pub(super) fn plugin_list(
+    registry: Option<&lifeboat_plugin_host::registry::Registry>,
+) -> api::PluginList {
+    let mut plugins = Vec::new();
+    if let Some(r) = registry {
+        let set = r.current();
+        for p in set.plugins.values() {
+            use lifeboat_plugin_host::TrustBasis;
+            plugins.push(api::PluginInfo {
+                name: p.name().to_owned(),
+                kind: p.kind().to_string(),
+                version: p.manifest().version.clone(),
+                trust: match p.trust() {
+                    TrustBasis::Pinned => "pinned",
+                    TrustBasis::Signed(_) => "signed",
+                    TrustBasis::Unsigned => "unsigned",
+                }
+                .into(),
+                message: None,
+            });
+        }
+        for e in &set.refused {
+            plugins.push(api::PluginInfo {
+                name: String::new(),
+                kind: String::new(),
+                version: String::new(),
+                trust: "refused".into(),
+                message: Some(e.to_string()),
+            });
+        }
+    }
+    api::PluginList { plugins }
+}

@@ -1,0 +1,261 @@
+//! Failover, test failover and their cleanup, commit, reprotect and failback.
+
+use super::*;
+
+/// `POST /api/v1/machines/{id}/test-failover`
+pub(super) async fn test_failover(
+    ctx: Arc<ConfigServerCtx>,
+    req: Request<RequestBody>,
+    p: &str,
+) -> Answer {
+    let (_, admin, _) = authenticated(&ctx, &req)?;
+    let id = machine_in(p, "/test-failover").unwrap_or_default().to_owned();
+    let r: api::TestFailoverRequest = body_json(req, ADMIN_BODY).await?;
+    known_machine(&ctx.state, &id)?;
+    let choice = point_choice(&ctx.state, &id, &r)?;
+    let f = ctx.failover.clone().ok_or_else(no_master_target)?;
+    let job = ctx
+        .state
+        .create_job("test-failover", Some(&id), &format!("test failover at {choice:?}"))
+        .map_err(internal)?;
+    tracing::info!(%admin, machine = %id, ?choice, job, "test failover started");
+    tokio::spawn(async move { f.test_failover(job, id, choice).await });
+    accepted(&ctx.state, job)
+}
+
+/// `POST /api/v1/machines/{id}/failover`
+pub(super) async fn failover(
+    ctx: Arc<ConfigServerCtx>,
+    req: Request<RequestBody>,
+    p: &str,
+) -> Answer {
+    let (_, admin, _) = authenticated(&ctx, &req)?;
+    let id = machine_in(p, "/failover").unwrap_or_default().to_owned();
+    let r: api::TestFailoverRequest = body_json(req, ADMIN_BODY).await?;
+    known_machine(&ctx.state, &id)?;
+    let busy = |now: String| {
+        failover_conflict(
+            &id,
+            &now,
+            "a failover can start only from protected, failed-over (another point) or failover-failed",
+        )
+    };
+    if let Some(now) = ctx.state.failover_state(&id).map_err(internal)?
+        && !matches!(now.as_str(), "failed-over" | "failover-failed")
+    {
+        return Err(busy(now));
+    }
+    let choice = point_choice(&ctx.state, &id, &r)?;
+    let f = ctx.failover.clone().ok_or_else(no_master_target)?;
+    let job = ctx
+        .state
+        .create_job("failover", Some(&id), &format!("failover at {choice:?}"))
+        .map_err(internal)?;
+    if !ctx.state.start_failover(&id, job).map_err(internal)? {
+        let now = ctx.state.failover_state(&id).map_err(internal)?.unwrap_or_default();
+        let _ = ctx.state.finish_job(job, false, &format!("machine is {now}"), None);
+        return Err(busy(now));
+    }
+    tracing::warn!(%admin, machine = %id, ?choice, job, "failover started: replication from the source stops");
+    tokio::spawn(async move { f.failover(job, id, choice).await });
+    accepted(&ctx.state, job)
+}
+
+/// `POST /api/v1/machines/{id}/commit`
+pub(super) async fn commit(
+    ctx: Arc<ConfigServerCtx>,
+    req: Request<RequestBody>,
+    p: &str,
+) -> Answer {
+    let (_, admin, _) = authenticated(&ctx, &req)?;
+    let id = machine_in(p, "/commit").unwrap_or_default().to_owned();
+    known_machine(&ctx.state, &id)?;
+    let not_failed_over =
+        |now: String| failover_conflict(&id, &now, "only a failed-over machine can be committed");
+    if ctx.state.failover_state(&id).map_err(internal)?.as_deref() != Some("failed-over") {
+        return Err(not_failed_over(machine_state(&ctx.state, &id, true)?));
+    }
+    let f = ctx.failover.clone().ok_or_else(no_master_target)?;
+    move_failover(
+        &ctx.state,
+        &id,
+        "failed-over",
+        "committing",
+        "only a failed-over machine can be committed",
+    )?;
+    let job =
+        ctx.state.create_job("commit", Some(&id), "committing the failover").map_err(internal)?;
+    tracing::warn!(%admin, machine = %id, job, "failover commit started: the machine's recovery points will be deleted");
+    tokio::spawn(async move { f.commit(job, id).await });
+    accepted(&ctx.state, job)
+}
+
+/// `POST /api/v1/machines/{id}/reprotect`
+pub(super) async fn reprotect(
+    ctx: Arc<ConfigServerCtx>,
+    req: Request<RequestBody>,
+    p: &str,
+) -> Answer {
+    let (_, admin, _) = authenticated(&ctx, &req)?;
+    let id = machine_in(p, "/reprotect").unwrap_or_default().to_owned();
+    known_machine(&ctx.state, &id)?;
+    let f = ctx.failover.clone().ok_or_else(no_master_target)?;
+    move_failover(
+        &ctx.state,
+        &id,
+        "committed",
+        "reprotecting",
+        "only a committed failover can be reprotected",
+    )?;
+    let total: u64 = ctx.state.disks(&id).map_err(internal)?.iter().map(|d| d.1).sum();
+    ctx.state.start_reverse(&id, total).map_err(internal)?;
+    let job = ctx
+        .state
+        .create_job("reprotect", Some(&id), "waiting for the original machine's agent")
+        .map_err(internal)?;
+    tracing::warn!(%admin, machine = %id, job, "reprotect started: the original disks will be written from the failed-over ones");
+    tokio::spawn(async move { f.reprotect(job, id).await });
+    accepted(&ctx.state, job)
+}
+
+/// `POST /api/v1/machines/{id}/failback`
+pub(super) async fn failback(
+    ctx: Arc<ConfigServerCtx>,
+    req: Request<RequestBody>,
+    p: &str,
+) -> Answer {
+    let (_, admin, _) = authenticated(&ctx, &req)?;
+    let id = machine_in(p, "/failback").unwrap_or_default().to_owned();
+    known_machine(&ctx.state, &id)?;
+    let f = ctx.failover.clone().ok_or_else(no_master_target)?;
+    move_failover(
+        &ctx.state,
+        &id,
+        "reprotected",
+        "failing-back",
+        "only a reprotected machine can fail back",
+    )?;
+    let job = ctx
+        .state
+        .create_job("failback", Some(&id), "stopping the failed-over VM")
+        .map_err(internal)?;
+    tracing::warn!(%admin, machine = %id, job, "failback started: the failed-over VM is stopped");
+    tokio::spawn(async move { f.failback(job, id).await });
+    accepted(&ctx.state, job)
+}
+
+/// `GET /api/v1/failovers`
+pub(super) async fn list_failovers(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>) -> Answer {
+    authenticated(&ctx, &req)?;
+    let list = ctx.state.failovers(None).map_err(internal)?;
+    json(
+        StatusCode::OK,
+        &api::FailoverList { failovers: list.into_iter().map(failover_info).collect() },
+    )
+}
+
+/// `GET /api/v1/test-failovers`
+pub(super) async fn list_test_failovers(
+    ctx: Arc<ConfigServerCtx>,
+    req: Request<RequestBody>,
+) -> Answer {
+    authenticated(&ctx, &req)?;
+    let list = ctx.state.test_failovers(None).map_err(internal)?;
+    json(
+        StatusCode::OK,
+        &api::TestFailoverList {
+            test_failovers: list.into_iter().map(test_failover_info).collect(),
+        },
+    )
+}
+
+/// `POST /api/v1/test-failovers/{id}/cleanup`
+pub(super) async fn cleanup_test_failover(
+    ctx: Arc<ConfigServerCtx>,
+    req: Request<RequestBody>,
+    p: &str,
+) -> Answer {
+    let (_, admin, _) = authenticated(&ctx, &req)?;
+    let id = segment(p, "/api/v1/test-failovers/", "/cleanup").unwrap_or_default();
+    let tf = ctx.state.test_failovers(Some(id)).map_err(internal)?.pop().ok_or_else(|| {
+        ApiError::not_found("unknown_test_failover", format!("id: no test failover {id:?}"))
+    })?;
+    if tf.cleaned_unix_ms.is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_cleaned",
+            format!("test failover {id} was cleaned up already"),
+        ));
+    }
+    let f = ctx.failover.clone().ok_or_else(no_master_target)?;
+    let job = ctx
+        .state
+        .create_job("test-failover-cleanup", Some(&tf.machine_id), &format!("cleaning up {id}"))
+        .map_err(internal)?;
+    tracing::info!(%admin, test_failover = id, job, "test failover cleanup started");
+    tokio::spawn(async move { f.cleanup(job, tf).await });
+    accepted(&ctx.state, job)
+}
+
+pub(super) fn test_failover_info(t: crate::store::TestFailoverRow) -> api::TestFailoverInfo {
+    api::TestFailoverInfo {
+        id: t.id,
+        machine_id: t.machine_id,
+        point_id: t.point_id,
+        vm: t.vm,
+        disks: t.disks,
+        created_unix_ms: t.created_unix_ms,
+        cleaned_unix_ms: t.cleaned_unix_ms,
+    }
+}
+
+/// `409 failover_state`: machine `id` is `now`, and only `needed` allows what was asked.
+pub(super) fn failover_conflict(id: &str, now: &str, needed: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "failover_state",
+        format!("machine {id} is {now}: {needed}"),
+    )
+}
+
+/// Moves machine `id`'s failover from `from` to `to`, or answers the 409 saying what it is
+/// and that only `needed` allows this.
+pub(super) fn move_failover(
+    state: &State,
+    id: &str,
+    from: &str,
+    to: &str,
+    needed: &str,
+) -> Result<(), ApiError> {
+    if state.failover_transition(id, from, to).map_err(|e| ApiError::internal(e.to_string()))? {
+        Ok(())
+    } else {
+        Err(failover_conflict(id, &machine_state(state, id, true)?, needed))
+    }
+}
+
+pub(super) fn failover_info(f: crate::store::FailoverRow) -> api::FailoverInfo {
+    api::FailoverInfo {
+        machine_id: f.machine_id,
+        state: f.state,
+        point_id: f.point_id,
+        vm: f.vm,
+        disks: f.disks,
+        job: f.job,
+        started_unix_ms: f.started_unix_ms,
+        committed_unix_ms: f.committed_unix_ms,
+    }
+}
+
+/// The point choice of a (test) failover request, checked against the points there are.
+pub(super) fn point_choice(
+    state: &State,
+    machine: &str,
+    r: &api::TestFailoverRequest,
+) -> Result<crate::master_target::failover::PointChoice, ApiError> {
+    let choice = crate::master_target::failover::PointChoice::parse(r.point.as_deref());
+    crate::master_target::failover::choose_point(state, machine, &choice)
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|(code, m)| ApiError::not_found(code, m))?;
+    Ok(choice)
+}

@@ -1,0 +1,169 @@
+//! Consistency groups as the administrator defines them.
+
+use super::*;
+
+/// `GET /api/v1/groups`
+pub(super) async fn list_groups(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>) -> Answer {
+    authenticated(&ctx, &req)?;
+    json(StatusCode::OK, &group_list(&ctx.state)?)
+}
+
+/// `PUT /api/v1/groups/{name}`
+pub(super) async fn put_group(
+    ctx: Arc<ConfigServerCtx>,
+    req: Request<RequestBody>,
+    p: &str,
+) -> Answer {
+    let (_, admin, _) = authenticated(&ctx, &req)?;
+    let name = segment(p, "/api/v1/groups/", "").unwrap_or_default().to_owned();
+    let d: api::GroupDefinition = body_json(req, ADMIN_BODY).await?;
+    let def = check_group_definition(&ctx.state, &name, d)?;
+    if !ctx.state.set_group(&def).map_err(internal)? {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "in_another_group",
+            "members: a machine is in one consistency group at most; remove it from its group first",
+        ));
+    }
+    tracing::info!(%admin, group = %name, coordinator = %def.coordinator, members = ?def.members, "consistency group defined");
+    json(StatusCode::OK, &group_list(&ctx.state)?)
+}
+
+/// `DELETE /api/v1/groups/{name}`
+pub(super) async fn delete_group(
+    ctx: Arc<ConfigServerCtx>,
+    req: Request<RequestBody>,
+    p: &str,
+) -> Answer {
+    let (_, admin, _) = authenticated(&ctx, &req)?;
+    let name = segment(p, "/api/v1/groups/", "").unwrap_or_default();
+    if !ctx.state.delete_group(name).map_err(internal)? {
+        return Err(ApiError::not_found("unknown_group", format!("name: no group {name:?}")));
+    }
+    tracing::info!(%admin, group = %name, "consistency group deleted");
+    json(StatusCode::OK, &group_list(&ctx.state)?)
+}
+
+/// Consistency groups with their points.
+pub(super) fn group_list(state: &State) -> Result<api::GroupList, ApiError> {
+    let mut groups: std::collections::BTreeMap<String, api::GroupInfo> = Default::default();
+    for d in state.groups().map_err(internal)? {
+        groups.insert(
+            d.name.clone(),
+            api::GroupInfo {
+                name: d.name,
+                coordinator: Some(d.coordinator),
+                members: d.members,
+                points: Vec::new(),
+            },
+        );
+    }
+    for g in state.group_points(None).map_err(internal)? {
+        let mut ids = Vec::new();
+        for m in &g.members {
+            let p = state.points(m).map_err(internal)?.into_iter().find(|p| p.point == g.point);
+            ids.push(p.map(|p| p.id));
+        }
+        let entry = groups.entry(g.group.clone()).or_insert_with(|| api::GroupInfo {
+            name: g.group.clone(),
+            coordinator: None,
+            members: g.members.clone(),
+            points: Vec::new(),
+        });
+        entry.points.push(api::GroupPointInfo {
+            point: g.point,
+            complete: ids.iter().all(Option::is_some),
+            point_ids: ids,
+            created_unix_ms: g.created_unix_ms,
+        });
+    }
+    Ok(api::GroupList { groups: groups.into_values().collect() })
+}
+
+/// Most members of one consistency group.
+pub const MAX_GROUP_MEMBERS: usize = 64;
+
+/// Checks a group's definition: a well-formed name, 2 to [`MAX_GROUP_MEMBERS`] distinct
+/// registered members, the coordinator among them.
+pub(super) fn check_group_definition(
+    state: &State,
+    name: &str,
+    d: api::GroupDefinition,
+) -> Result<crate::store::GroupDef, ApiError> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(ApiError::bad_request(
+            "invalid",
+            format!("name: {name:?} must be 1 to 64 ASCII letters, digits, '-' or '_'"),
+        ));
+    }
+    if d.members.len() < 2 || d.members.len() > MAX_GROUP_MEMBERS {
+        return Err(ApiError::bad_request(
+            "invalid",
+            format!(
+                "members: a group has 2 to {MAX_GROUP_MEMBERS} machines, got {}",
+                d.members.len()
+            ),
+        ));
+    }
+    for (i, m) in d.members.iter().enumerate() {
+        if d.members[..i].contains(m) {
+            return Err(ApiError::bad_request(
+                "invalid",
+                format!("members[{i}]: {m:?} is listed twice"),
+            ));
+        }
+        if !state.machine_exists(m).map_err(|e| ApiError::internal(e.to_string()))? {
+            return Err(ApiError::bad_request(
+                "invalid",
+                format!("members[{i}]: {m:?} is not a registered machine"),
+            ));
+        }
+    }
+    if !d.members.contains(&d.coordinator) {
+        return Err(ApiError::bad_request(
+            "invalid",
+            format!("coordinator: {:?} is not one of the members", d.coordinator),
+        ));
+    }
+    let mut members = d.members;
+    members.sort();
+    Ok(crate::store::GroupDef { name: name.to_owned(), coordinator: d.coordinator, members })
+}
+
+/// Checks a group point record an agent sends: the group is defined, the caller is its
+/// coordinator, and the record names exactly its members. Anything else is 403: an agent
+/// cannot record group points naming other machines.
+pub(super) fn check_group_point(
+    state: &State,
+    caller: &str,
+    g: &api::GroupPoint,
+) -> Result<(), ApiError> {
+    let def =
+        state.groups().map_err(internal)?.into_iter().find(|d| d.name == g.group).ok_or_else(
+            || {
+                ApiError::forbidden(
+                    "unknown-group",
+                    format!("group {:?} is not defined on the appliance", g.group),
+                )
+            },
+        )?;
+    if def.coordinator != caller {
+        return Err(ApiError::forbidden(
+            "not-coordinator",
+            format!("only the coordinator of group {} may record its points", g.group),
+        ));
+    }
+    let mut named = g.members.clone();
+    named.sort();
+    named.dedup();
+    if named != def.members || named.len() != g.members.len() {
+        return Err(ApiError::forbidden(
+            "wrong-members",
+            format!("the record does not name exactly the members of group {}", g.group),
+        ));
+    }
+    Ok(())
+}

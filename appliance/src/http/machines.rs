@@ -1,0 +1,290 @@
+//! Machines: agent registration, the machine list, revocation, registration passphrases, VM settings, recovery points.
+
+use super::*;
+
+/// `POST /api/v1/register`
+pub(super) async fn register_route(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>) -> Answer {
+    register(&ctx, req).await
+}
+
+/// `GET /api/v1/machines`
+pub(super) async fn list_machines(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>) -> Answer {
+    authenticated(&ctx, &req)?;
+    let alerts = crate::config_server::policy::alerts(&ctx.state).map_err(internal)?;
+    let group_points = ctx.state.group_points(None).map_err(internal)?;
+    let mut machines = Vec::new();
+    for (id, hostname, registered_unix_ms) in ctx.state.machines().map_err(internal)? {
+        let disks: Vec<api::DiskSize> = ctx
+            .state
+            .disks(&id)
+            .map_err(internal)?
+            .into_iter()
+            .map(|(index, size)| api::DiskSize { index, size })
+            .collect();
+        let last_point = ctx.state.points(&id).map_err(internal)?.pop().map(point_summary);
+        let state = machine_state(&ctx.state, &id, last_point.is_some())?;
+        let rpo_secs = last_point
+            .as_ref()
+            .map(|p| crate::store::now_ms().saturating_sub(p.created_unix_ms) / 1000);
+        let (policy, last_seen_unix_ms) = ctx.state.machine_policy(&id).map_err(internal)?;
+        let progress = ctx.state.progress(&id).map_err(internal)?;
+        let copying: Vec<_> = progress.iter().filter(|p| p.1 == "initial-copy").collect();
+        let initial_copy = (state == "initial-copy" && !copying.is_empty()).then(|| {
+            let (done, total) = copying.iter().fold((0u64, 0u64), |(d, t), p| (d + p.2, t + p.3));
+            (done as f64 / total.max(1) as f64).min(1.0)
+        });
+        let worst = alerts
+            .iter()
+            .filter(|a| a.machine_id.as_deref() == Some(id.as_str()))
+            .map(|a| a.severity.as_str())
+            .min();
+        let health = match worst {
+            Some("critical") => "critical",
+            Some(_) => "warning",
+            None => "normal",
+        }
+        .to_owned();
+        let groups: Vec<String> = group_points
+            .iter()
+            .filter(|g| g.members.contains(&id))
+            .map(|g| g.group.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut backlog_batches = 0;
+        for d in &disks {
+            let received = ctx.state.received_next(&id, d.index).map_err(internal)?;
+            let (applied, _) = ctx.state.applied(&id, d.index).map_err(internal)?;
+            backlog_batches += received.saturating_sub(applied);
+        }
+        let churn_mb_per_s = ctx
+            .state
+            .churn(Some(&id))
+            .map_err(internal)?
+            .pop()
+            .and_then(|(_, _, report)| serde_json::from_str::<api::ChurnReport>(&report).ok())
+            .map(|r| r.disks.iter().map(|d| d.mean_mb_per_s).sum());
+        machines.push(api::MachineSummary {
+            id,
+            hostname,
+            registered_unix_ms,
+            disks,
+            last_point,
+            state,
+            rpo_secs,
+            policy,
+            last_seen_unix_ms,
+            initial_copy,
+            health,
+            groups,
+            backlog_batches,
+            churn_mb_per_s,
+        });
+    }
+    json(StatusCode::OK, &api::MachineList { machines })
+}
+
+/// `POST /api/v1/machines/{id}/revoke`
+pub(super) async fn revoke(
+    ctx: Arc<ConfigServerCtx>,
+    req: Request<RequestBody>,
+    p: &str,
+) -> Answer {
+    let (_, admin, _) = authenticated(&ctx, &req)?;
+    let id = machine_in(p, "/revoke").unwrap_or_default();
+    if !ctx.state.revoke_machine(id).map_err(internal)? {
+        return Err(ApiError::not_found("unknown_machine", format!("id: no machine {id:?}")));
+    }
+    tracing::warn!(machine = id, %admin, "machine revoked: its certificate is refused from now on");
+    json(StatusCode::OK, &serde_json::json!({"revoked": true}))
+}
+
+/// `GET /api/v1/passphrases`
+pub(super) async fn passphrase_status(
+    ctx: Arc<ConfigServerCtx>,
+    req: Request<RequestBody>,
+) -> Answer {
+    authenticated(&ctx, &req)?;
+    let unused = ctx.state.unused_passphrases().map_err(internal)?;
+    json(StatusCode::OK, &serde_json::json!({"unused": unused}))
+}
+
+/// `POST /api/v1/passphrases`
+pub(super) async fn new_passphrase(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>) -> Answer {
+    let (_, admin, _) = authenticated(&ctx, &req)?;
+    // Rotation: the passphrases handed out before stop working.
+    let dropped = ctx.state.drop_unused_passphrases().map_err(internal)?;
+    let p =
+        crate::run::new_passphrase(&ctx.state).map_err(|e| ApiError::internal(e.to_string()))?;
+    tracing::info!(%admin, dropped, "registration passphrase rotated");
+    json(StatusCode::CREATED, &serde_json::json!({"passphrase": p, "dropped": dropped}))
+}
+
+/// `GET /api/v1/machines/{id}/vm-spec`
+pub(super) async fn vm_spec(
+    ctx: Arc<ConfigServerCtx>,
+    req: Request<RequestBody>,
+    p: &str,
+) -> Answer {
+    authenticated(&ctx, &req)?;
+    let id = machine_in(p, "/vm-spec").unwrap_or_default();
+    known_machine(&ctx.state, id)?;
+    let spec = crate::master_target::failover::vm_spec(&ctx.state, id)
+        .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+    json(StatusCode::OK, &spec)
+}
+
+/// `PUT /api/v1/machines/{id}/vm-spec`
+pub(super) async fn set_vm_spec(
+    ctx: Arc<ConfigServerCtx>,
+    req: Request<RequestBody>,
+    p: &str,
+) -> Answer {
+    let (_, admin, _) = authenticated(&ctx, &req)?;
+    let id = machine_in(p, "/vm-spec").unwrap_or_default().to_owned();
+    let settings: api::VmSpecSettings = body_json(req, ADMIN_BODY).await?;
+    known_machine(&ctx.state, &id)?;
+    settings.check().map_err(|e| ApiError::bad_request("invalid", e))?;
+    if let Some(b) = settings.boot_disk {
+        let disks = ctx.state.disks(&id).map_err(internal)?;
+        if !disks.iter().any(|(i, _)| *i == b) {
+            return Err(ApiError::bad_request(
+                "invalid",
+                format!(
+                    "boot_disk: machine {id} has no disk {b} (its disks: {:?})",
+                    disks.iter().map(|d| d.0).collect::<Vec<_>>()
+                ),
+            ));
+        }
+    }
+    let text = serde_json::to_string(&settings).map_err(|e| ApiError::internal(e.to_string()))?;
+    ctx.state.set_vm_settings(&id, &text).map_err(internal)?;
+    tracing::info!(%admin, machine = %id, "VM settings changed");
+    let spec = crate::master_target::failover::vm_spec(&ctx.state, &id)
+        .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+    json(StatusCode::OK, &spec)
+}
+
+/// `GET /api/v1/machines/{id}/points`
+pub(super) async fn points(
+    ctx: Arc<ConfigServerCtx>,
+    req: Request<RequestBody>,
+    p: &str,
+) -> Answer {
+    authenticated(&ctx, &req)?;
+    let id = machine_in(p, "/points").unwrap_or_default();
+    if !ctx.state.machine_exists(id).map_err(internal)? {
+        return Err(ApiError::not_found("unknown_machine", format!("id: no machine {id:?}")));
+    }
+    // Each point names the consistency groups whose recorded point it is part of.
+    let groups = ctx.state.group_points(None).map_err(internal)?;
+    let points = ctx
+        .state
+        .points(id)
+        .map_err(internal)?
+        .into_iter()
+        .map(|p| {
+            let number = p.point;
+            let mut s = point_summary(p);
+            s.groups = groups
+                .iter()
+                .filter(|g| g.point == number && g.members.iter().any(|m| m == id))
+                .map(|g| g.group.clone())
+                .collect();
+            s
+        })
+        .collect();
+    json(StatusCode::OK, &api::PointList { points })
+}
+
+pub(super) fn point_summary(p: crate::store::PointRow) -> api::PointSummary {
+    api::PointSummary {
+        id: p.id,
+        point: p.point,
+        kind: p.kind,
+        created_unix_ms: p.created_unix_ms,
+        disks: p.disks,
+        groups: Vec::new(),
+    }
+}
+
+pub(super) async fn register(ctx: &ConfigServerCtx, req: Request<RequestBody>) -> Answer {
+    let from = req
+        .extensions()
+        .get::<PeerInfo>()
+        .map(|p| p.remote_addr.ip())
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    // Wrong passphrases are limited per source like failed logins.
+    let attempt = ctx
+        .admins
+        .registrations()
+        .begin(&crate::config_server::admin::source_key(from))
+        .map_err(admin_error)?;
+    let r: api::RegisterRequest = body_json(req, REGISTER_BODY).await?;
+    let version = lifeboat_wire::negotiate(lifeboat_wire::PROTOCOL_VERSIONS, &r.protocol_versions)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UPGRADE_REQUIRED,
+                "protocol_version",
+                format!(
+                    "the agent speaks {:?}, this appliance {:?}",
+                    r.protocol_versions,
+                    lifeboat_wire::PROTOCOL_VERSIONS
+                ),
+            )
+        })?;
+    let mut raw = [0u8; 16];
+    getrandom::fill(&mut raw).map_err(|e| ApiError::internal(e.to_string()))?;
+    raw[6] = (raw[6] & 0x0f) | 0x40; // UUID version 4
+    raw[8] = (raw[8] & 0x3f) | 0x80;
+    let machine_id = lifeboat_wire::MachineId(raw).to_string();
+    // Sign first: a malformed CSR must not burn the passphrase.
+    let ca = ctx.pki.active();
+    let cert_pem = ca
+        .sign_client_csr(&r.csr_pem, &machine_id, crate::config_server::pki::AGENT_CERT_DAYS)
+        .map_err(|e| {
+            ApiError::bad_request("bad_csr", format!("certificate request refused: {e}"))
+        })?;
+    let ok = ctx
+        .state
+        .register_machine(&r.passphrase, &machine_id, &r.hostname)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    if !ok {
+        attempt.failed();
+        tracing::warn!(%from, "registration refused: unknown, used or expired passphrase");
+        return Err(ApiError::forbidden(
+            "bad_passphrase",
+            "the registration passphrase is wrong, was already used or has expired (they last \
+             24 hours); ask the administrator for a new one (lifeboat-appliance passphrase)",
+        ));
+    }
+    attempt.succeeded();
+    crate::config_server::pki::record_cert(&ctx.state, &machine_id, &cert_pem, ca.fingerprint())
+        .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+    tracing::info!(%machine_id, hostname = %r.hostname, "machine registered");
+    json(
+        StatusCode::OK,
+        &api::RegisterResponse {
+            machine_id,
+            cert_pem,
+            ca_pem: ctx.pki.bundle_pem(),
+            protocol_version: version,
+            process_server_url: ctx.process_server_url.clone(),
+        },
+    )
+}
+
+/// A machine's state for the machines list.
+pub(super) fn machine_state(state: &State, id: &str, has_point: bool) -> Result<String, ApiError> {
+    let failover = state.failover_state(id).map_err(internal)?;
+    Ok(match failover {
+        Some(s) if s == "committing" => "failed-over".into(),
+        Some(s) => s,
+        None if !has_point => "initial-copy".into(),
+        // A disk whose agent compares it whole again (it lost what its journal held).
+        None if state.progress(id).map_err(internal)?.iter().any(|p| p.1 == "resync") => {
+            "resyncing".into()
+        }
+        None => "protected".into(),
+    })
+}

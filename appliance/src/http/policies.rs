@@ -1,0 +1,143 @@
+//! Replication policies, their assignment to machines, and alerts.
+
+use super::*;
+
+/// `GET /api/v1/policies`
+pub(super) async fn list_policies(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>) -> Answer {
+    authenticated(&ctx, &req)?;
+    json(StatusCode::OK, &policy_list(&ctx.state)?)
+}
+
+/// `PUT /api/v1/policies/{name}`
+pub(super) async fn put_policy(
+    ctx: Arc<ConfigServerCtx>,
+    req: Request<RequestBody>,
+    p: &str,
+) -> Answer {
+    let (_, admin, _) = authenticated(&ctx, &req)?;
+    let name = segment(p, "/api/v1/policies/", "").unwrap_or_default().to_owned();
+    check_policy_name(&name)?;
+    let policy: api::Policy = body_json(req, ADMIN_BODY).await?;
+    policy.check().map_err(|e| ApiError::bad_request("invalid", e))?;
+    // What the target cannot do (checked where this appliance runs the master
+    // target, which knows its target).
+    let needs_caps =
+        policy.encryption == Some(false) || policy.crash_interval_secs.is_some_and(|i| i < 60);
+    if let (true, Some(f)) = (needs_caps, &ctx.failover) {
+        let caps =
+            f.target_capabilities().await.map_err(|e| ApiError::internal(format!("{e:#}")))?;
+        if policy.encryption == Some(false) && caps.requires_encryption {
+            return Err(ApiError::bad_request(
+                "invalid",
+                format!("encryption: the target ({}) requires the data sealed", f.target),
+            ));
+        }
+        if let Some(i) = policy.crash_interval_secs.filter(|i| *i < 60)
+            && !caps.instant_points
+        {
+            return Err(ApiError::bad_request(
+                "invalid",
+                format!(
+                    "crash_interval_secs: the target ({}) copies each point (no instant points here); a point every {i} s would not keep up, set 60 or more",
+                    f.target
+                ),
+            ));
+        }
+    }
+    let text = serde_json::to_string(&policy).map_err(|e| ApiError::internal(e.to_string()))?;
+    ctx.state.set_policy(&name, &text).map_err(internal)?;
+    tracing::info!(%admin, policy = %name, "policy set");
+    json(StatusCode::OK, &policy_list(&ctx.state)?)
+}
+
+/// `DELETE /api/v1/policies/{name}`
+pub(super) async fn delete_policy(
+    ctx: Arc<ConfigServerCtx>,
+    req: Request<RequestBody>,
+    p: &str,
+) -> Answer {
+    let (_, admin, _) = authenticated(&ctx, &req)?;
+    let name = segment(p, "/api/v1/policies/", "").unwrap_or_default();
+    check_policy_name(name)?;
+    if name == "default" {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "policy_in_use",
+            "the default policy cannot be deleted (set it to change it)",
+        ));
+    }
+    if crate::config_server::policy::get(&ctx.state, name).map_err(internal)?.is_none() {
+        return Err(ApiError::not_found("unknown_policy", format!("name: no policy {name:?}")));
+    }
+    if !ctx.state.delete_policy(name).map_err(internal)? {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "policy_in_use",
+            format!("policy {name} is used by machines: give them another first"),
+        ));
+    }
+    tracing::info!(%admin, policy = %name, "policy deleted");
+    json(StatusCode::OK, &policy_list(&ctx.state)?)
+}
+
+/// `PUT /api/v1/machines/{id}/policy`
+pub(super) async fn assign_policy(
+    ctx: Arc<ConfigServerCtx>,
+    req: Request<RequestBody>,
+    p: &str,
+) -> Answer {
+    let (_, admin, _) = authenticated(&ctx, &req)?;
+    let id = machine_in(p, "/policy").unwrap_or_default().to_owned();
+    let a: api::PolicyAssignment = body_json(req, ADMIN_BODY).await?;
+    known_machine(&ctx.state, &id)?;
+    if crate::config_server::policy::get(&ctx.state, &a.policy).map_err(internal)?.is_none() {
+        return Err(ApiError::bad_request("invalid", format!("policy: no policy {:?}", a.policy)));
+    }
+    ctx.state.set_machine_policy(&id, &a.policy).map_err(internal)?;
+    tracing::info!(%admin, machine = %id, policy = %a.policy, "machine policy set");
+    json(StatusCode::OK, &policy_list(&ctx.state)?)
+}
+
+/// `GET /api/v1/alerts`
+pub(super) async fn list_alerts(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>) -> Answer {
+    authenticated(&ctx, &req)?;
+    let alerts = crate::config_server::policy::alerts(&ctx.state).map_err(internal)?;
+    json(StatusCode::OK, &api::AlertList { alerts })
+}
+
+/// Every policy with the machines that use it; `default` always.
+pub(super) fn policy_list(state: &State) -> Result<api::PolicyList, ApiError> {
+    let mut names: Vec<String> =
+        state.policies().map_err(internal)?.into_iter().map(|p| p.0).collect();
+    if !names.iter().any(|n| n == "default") {
+        names.insert(0, "default".into());
+    }
+    let mut users: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (id, _, _) in state.machines().map_err(internal)? {
+        let (p, _) = state.machine_policy(&id).map_err(internal)?;
+        users.entry(p).or_default().push(id);
+    }
+    let mut policies = Vec::new();
+    for name in names {
+        let policy =
+            crate::config_server::policy::get(state, &name).map_err(internal)?.unwrap_or_default();
+        let machines = users.remove(&name).unwrap_or_default();
+        policies.push(api::NamedPolicy { name, policy, machines });
+    }
+    Ok(api::PolicyList { policies })
+}
+
+/// A policy name: 1 to 64 ASCII letters, digits, `.`, `_`, `-`.
+pub(super) fn check_policy_name(name: &str) -> Result<(), ApiError> {
+    if !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "invalid",
+            format!("name: {name:?} is not a policy name (1 to 64 letters, digits, '.', '_', '-')"),
+        ))
+    }
+}

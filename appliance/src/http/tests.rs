@@ -1,0 +1,108 @@
+//! Tests of the HTTP layer.
+
+use super::groups::check_group_definition;
+use super::*;
+
+/// Issue 11, finding 6: any member could record group points naming other machines
+/// (any point number, squatting future ones) and so steer their `latest-group`. Now
+/// only the administrator's group, recorded by its coordinator with exactly its
+/// members, counts, and only once each member reported the point itself.
+#[test]
+fn only_the_coordinator_records_and_only_reported_points_count() {
+    let d = tempfile::tempdir().unwrap();
+    let state = State::open(&d.path().join("s.db")).unwrap();
+    for (p, m) in [("p1", "m-a"), ("p2", "m-b"), ("p3", "m-c")] {
+        state.add_passphrase(p).unwrap();
+        assert!(state.register_machine(p, m, "host").unwrap());
+    }
+    let def = |coord: &str, members: &[&str]| api::GroupDefinition {
+        coordinator: coord.into(),
+        members: members.iter().map(|s| s.to_string()).collect(),
+    };
+    let err = |r: Result<crate::store::GroupDef, ApiError>| r.unwrap_err().to_string();
+    assert!(
+        err(check_group_definition(&state, "e rp", def("m-a", &["m-a", "m-b"]))).contains("name")
+    );
+    assert!(err(check_group_definition(&state, "erp", def("m-a", &["m-a"]))).contains("members"));
+    assert!(
+        err(check_group_definition(&state, "erp", def("m-a", &["m-a", "m-a"]))).contains("twice")
+    );
+    assert!(
+        err(check_group_definition(&state, "erp", def("m-a", &["m-a", "m-x"])))
+            .contains("not a registered machine")
+    );
+    assert!(
+        err(check_group_definition(&state, "erp", def("m-c", &["m-a", "m-b"])))
+            .contains("coordinator")
+    );
+    let g = check_group_definition(&state, "erp", def("m-b", &["m-b", "m-a"])).unwrap();
+    assert_eq!(g.members, ["m-a", "m-b"]);
+    assert!(state.set_group(&g).unwrap());
+    let other = check_group_definition(&state, "crm", def("m-c", &["m-c", "m-a"])).unwrap();
+    assert!(!state.set_group(&other).unwrap(), "a machine is in one group at most");
+
+    let rec = |group: &str, point: u64, members: &[&str]| api::GroupPoint {
+        group: group.into(),
+        point,
+        members: members.iter().map(|s| s.to_string()).collect(),
+    };
+    let code = |r: Result<(), ApiError>| r.unwrap_err().code;
+    // A member that is not the coordinator, naming B: refused.
+    assert_eq!(
+        code(check_group_point(&state, "m-a", &rec("erp", 9, &["m-a", "m-b"]))),
+        "not-coordinator"
+    );
+    // Another machine, a group of its own making: refused.
+    assert_eq!(
+        code(check_group_point(&state, "m-c", &rec("mine", 9, &["m-c", "m-b"]))),
+        "unknown-group"
+    );
+    // The coordinator, with the wrong members: refused.
+    assert_eq!(
+        code(check_group_point(&state, "m-b", &rec("erp", 9, &["m-b", "m-c"]))),
+        "wrong-members"
+    );
+    assert_eq!(
+        code(check_group_point(&state, "m-b", &rec("erp", 9, &["m-b", "m-a", "m-a"]))),
+        "wrong-members"
+    );
+    assert!(check_group_point(&state, "m-b", &rec("erp", 9, &["m-a", "m-b"])).is_ok());
+    // A record counts once every member reported the point: until then B's
+    // latest-group is not steered by it.
+    for m in ["m-a", "m-b"] {
+        state
+            .add_point(&crate::store::PointRow {
+                id: format!("{m}-p9"),
+                machine_id: m.into(),
+                point: 9,
+                kind: "crash".into(),
+                created_unix_ms: 1,
+                disks: vec![0],
+            })
+            .unwrap();
+    }
+    let latest_group = |state: &State| {
+        crate::master_target::failover::choose_point(
+            state,
+            "m-b",
+            &crate::master_target::failover::PointChoice::LatestGroup,
+        )
+        .unwrap()
+        .ok()
+        .map(|p| p.id)
+    };
+    state.add_group_point("erp", 9, &["m-a".into(), "m-b".into()]).unwrap();
+    assert_eq!(latest_group(&state), None);
+    assert!(state.group_points(Some("erp")).unwrap().is_empty(), "a claim alone");
+    state.add_member_point("erp", "m-a", 9).unwrap();
+    assert!(state.group_points(Some("erp")).unwrap().is_empty(), "one member of two");
+    state.add_member_point("erp", "m-b", 9).unwrap();
+    let rows = state.group_points(Some("erp")).unwrap();
+    assert_eq!((rows.len(), rows[0].members.clone()), (1, vec!["m-a".to_owned(), "m-b".into()]));
+    assert_eq!(latest_group(&state).as_deref(), Some("m-b-p9"));
+    // A revoked member leaves its group (its peers then refuse it): here the group is
+    // left with one member, and dissolved.
+    assert!(state.revoke_machine("m-a").unwrap());
+    assert!(state.group_of("m-b").unwrap().is_none());
+    assert!(state.group_points(Some("other")).unwrap().is_empty());
+}

@@ -1,0 +1,82 @@
+//! Administrators and their sessions.
+
+use super::{State, StateError, now_ms};
+use rusqlite::{OptionalExtension, params};
+
+impl State {
+    /// Creates the first administrator; false (nothing written) if one exists already.
+    pub fn create_first_admin(&self, name: &str, password_hash: &str) -> Result<bool, StateError> {
+        let mut c = self.conn();
+        let tx = c.transaction().map_err(|e| self.err(e))?;
+        let n: i64 = tx
+            .query_row("SELECT COUNT(*) FROM admins", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        if n > 0 {
+            return Ok(false);
+        }
+        tx.execute(
+            "INSERT INTO admins (name, password_hash, created_unix_ms) VALUES (?1, ?2, ?3)",
+            params![name, password_hash, now_ms() as i64],
+        )
+        .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(true)
+    }
+
+    /// Whether any administrator exists.
+    pub fn has_admin(&self) -> Result<bool, StateError> {
+        let n: i64 = self
+            .conn()
+            .query_row("SELECT COUNT(*) FROM admins", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        Ok(n > 0)
+    }
+
+    /// An administrator's password hash.
+    pub fn admin_hash(&self, name: &str) -> Result<Option<String>, StateError> {
+        self.conn()
+            .query_row("SELECT password_hash FROM admins WHERE name = ?1", params![name], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Records a session (by the token's sha256) and drops expired ones.
+    pub fn add_session(
+        &self,
+        token_sha256: &str,
+        admin: &str,
+        expires_unix_ms: u64,
+    ) -> Result<(), StateError> {
+        let c = self.conn();
+        c.execute("DELETE FROM sessions WHERE expires_unix_ms <= ?1", params![now_ms() as i64])
+            .map_err(|e| self.err(e))?;
+        c.execute(
+            "INSERT INTO sessions (token_sha256, admin, expires_unix_ms) VALUES (?1, ?2, ?3)",
+            params![token_sha256, admin, expires_unix_ms as i64],
+        )
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The administrator and expiry of a live session.
+    pub fn session(&self, token_sha256: &str) -> Result<Option<(String, u64)>, StateError> {
+        self.conn()
+            .query_row(
+                "SELECT admin, expires_unix_ms FROM sessions WHERE token_sha256 = ?1 AND expires_unix_ms > ?2",
+                params![token_sha256, now_ms() as i64],
+                |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)),
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Ends a session.
+    pub fn delete_session(&self, token_sha256: &str) -> Result<(), StateError> {
+        self.conn()
+            .execute("DELETE FROM sessions WHERE token_sha256 = ?1", params![token_sha256])
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,386 @@
+//! Where each role stands in each disk's sequence, progress, churn reports, disk alerts and hash comparisons.
+
+use super::{State, StateError, now_ms};
+use rusqlite::{OptionalExtension, params};
+
+/// A problem of one disk, see [`State::disk_alerts`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskAlertRow {
+    /// The machine.
+    pub machine_id: String,
+    /// The disk's index.
+    pub disk: u32,
+    /// `apply-failed`, `disk-shrunk` or `cursor-stuck`.
+    pub kind: String,
+    /// What is wrong and what to do.
+    pub message: String,
+    /// Since when (the first time it was seen, kept while it holds).
+    pub since_unix_ms: u64,
+}
+
+impl State {
+    fn get_seq(&self, table: &str, machine_id: &str, disk: u32) -> Result<u64, StateError> {
+        self.conn()
+            .query_row(
+                &format!("SELECT next_sequence FROM {table} WHERE machine_id = ?1 AND disk = ?2"),
+                params![machine_id, disk],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|o| o.unwrap_or(0) as u64)
+            .map_err(|e| self.err(e))
+    }
+
+    /// The process server's cursor: the next sequence it expects for a disk.
+    pub fn received_next(&self, machine_id: &str, disk: u32) -> Result<u64, StateError> {
+        self.get_seq("received", machine_id, disk)
+    }
+
+    /// Advances the process server's cursor (never moves it back).
+    pub fn set_received_next(
+        &self,
+        machine_id: &str,
+        disk: u32,
+        next: u64,
+    ) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "INSERT INTO received (machine_id, disk, next_sequence) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (machine_id, disk) DO UPDATE
+                 SET next_sequence = MAX(next_sequence, ?3)",
+                params![machine_id, disk, next as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The master target's cursor: the next sequence to apply, and the last point tag
+    /// the disk reached.
+    pub fn applied(&self, machine_id: &str, disk: u32) -> Result<(u64, Option<u64>), StateError> {
+        self.conn()
+            .query_row(
+                "SELECT next_sequence, point_reached FROM applied
+                 WHERE machine_id = ?1 AND disk = ?2",
+                params![machine_id, disk],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Option<i64>>(1)?.map(|v| v as u64))),
+            )
+            .optional()
+            .map(|o| o.unwrap_or((0, None)))
+            .map_err(|e| self.err(e))
+    }
+
+    /// Records that a disk's log `next - 1` was applied (and the point tag it carried, with
+    /// the tag's kind: `crash` or `app`).
+    pub fn set_applied(
+        &self,
+        machine_id: &str,
+        disk: u32,
+        next: u64,
+        point_reached: Option<(u64, &str)>,
+    ) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "INSERT INTO applied (machine_id, disk, next_sequence, point_reached, point_kind)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (machine_id, disk) DO UPDATE
+                 SET next_sequence = ?3, point_reached = COALESCE(?4, point_reached),
+                     point_kind = COALESCE(?5, point_kind)",
+                params![
+                    machine_id,
+                    disk,
+                    next as i64,
+                    point_reached.map(|p| p.0 as i64),
+                    point_reached.map(|p| p.1)
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The kind (`crash`, `app`) of the last point tag a disk reached; `crash` for tags
+    /// recorded before the kind was (schema 2).
+    pub fn applied_kind(&self, machine_id: &str, disk: u32) -> Result<String, StateError> {
+        self.conn()
+            .query_row(
+                "SELECT point_kind FROM applied WHERE machine_id = ?1 AND disk = ?2",
+                params![machine_id, disk],
+                |r| r.get::<_, Option<String>>(0),
+            )
+            .optional()
+            .map(|o| o.flatten().unwrap_or_else(|| "crash".into()))
+            .map_err(|e| self.err(e))
+    }
+
+    /// The replica of a disk was made anew (failback): the master target goes on from
+    /// sequence `next` with no point reached, and the process server expects `next`.
+    pub fn rebase_disk(&self, machine_id: &str, disk: u32, next: u64) -> Result<(), StateError> {
+        let mut c = self.conn();
+        let tx = c.transaction().map_err(|e| self.err(e))?;
+        tx.execute(
+            "INSERT INTO applied (machine_id, disk, next_sequence, point_reached, point_kind)
+             VALUES (?1, ?2, ?3, NULL, NULL)
+             ON CONFLICT (machine_id, disk) DO UPDATE
+             SET next_sequence = ?3, point_reached = NULL, point_kind = NULL",
+            params![machine_id, disk, next as i64],
+        )
+        .map_err(|e| self.err(e))?;
+        tx.execute(
+            "INSERT INTO received (machine_id, disk, next_sequence) VALUES (?1, ?2, ?3)
+             ON CONFLICT (machine_id, disk) DO UPDATE
+             SET next_sequence = MAX(next_sequence, ?3)",
+            params![machine_id, disk, next as i64],
+        )
+        .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// A machine's progress per disk as (disk, phase, done, total), by disk.
+    pub fn progress(&self, machine_id: &str) -> Result<Vec<(u32, String, u64, u64)>, StateError> {
+        let c = self.conn();
+        let mut s = c
+            .prepare(
+                "SELECT disk, phase, done_bytes, total_bytes FROM progress
+                 WHERE machine_id = ?1 ORDER BY disk",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = s
+            .query_map(params![machine_id], |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u32,
+                    r.get(1)?,
+                    r.get::<_, i64>(2)? as u64,
+                    r.get::<_, i64>(3)? as u64,
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Stores an agent's progress report for one disk.
+    pub fn set_progress(
+        &self,
+        machine_id: &str,
+        p: &lifeboat_wire::api::Progress,
+    ) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "INSERT INTO progress (machine_id, disk, phase, done_bytes, total_bytes, sent_bytes, updated_unix_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (machine_id, disk) DO UPDATE SET phase = ?3, done_bytes = ?4,
+                 total_bytes = ?5, sent_bytes = ?6, updated_unix_ms = ?7",
+                params![
+                    machine_id,
+                    p.disk,
+                    p.phase,
+                    p.done_bytes as i64,
+                    p.total_bytes as i64,
+                    p.sent_bytes as i64,
+                    now_ms() as i64
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Stores a churn report (JSON, already checked) of `machine_id`.
+    pub fn add_churn(&self, machine_id: &str, report_json: &str) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "INSERT INTO churn (machine_id, reported_unix_ms, report) VALUES (?1, ?2, ?3)",
+                params![machine_id, now_ms() as i64, report_json],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Churn reports as (machine, time, JSON), oldest first, of one machine or all.
+    pub fn churn(
+        &self,
+        machine_id: Option<&str>,
+    ) -> Result<Vec<(String, u64, String)>, StateError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT machine_id, reported_unix_ms, report FROM churn
+                 WHERE ?1 IS NULL OR machine_id = ?1 ORDER BY reported_unix_ms, rowid",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![machine_id], |r| {
+                Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?))
+            })
+            .map_err(|e| self.err(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
+    }
+
+    /// Records (or refreshes the message of) a problem of one disk; `since` stays the
+    /// first time it was seen.
+    pub fn set_disk_alert(
+        &self,
+        machine_id: &str,
+        disk: u32,
+        kind: &str,
+        message: &str,
+    ) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "INSERT INTO disk_alerts (machine_id, disk, kind, message, since_unix_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (machine_id, disk, kind) DO UPDATE SET message = ?4",
+                params![machine_id, disk, kind, message, now_ms() as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Clears a problem of one disk (nothing if there is none).
+    pub fn clear_disk_alert(
+        &self,
+        machine_id: &str,
+        disk: u32,
+        kind: &str,
+    ) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "DELETE FROM disk_alerts WHERE machine_id = ?1 AND disk = ?2 AND kind = ?3",
+                params![machine_id, disk, kind],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Every problem of a disk that holds now.
+    pub fn disk_alerts(&self) -> Result<Vec<DiskAlertRow>, StateError> {
+        let c = self.conn();
+        let mut s = c
+            .prepare(
+                "SELECT machine_id, disk, kind, message, since_unix_ms FROM disk_alerts
+                 ORDER BY machine_id, disk, kind",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = s
+            .query_map([], |r| {
+                Ok(DiskAlertRow {
+                    machine_id: r.get(0)?,
+                    disk: r.get::<_, i64>(1)? as u32,
+                    kind: r.get(2)?,
+                    message: r.get(3)?,
+                    since_unix_ms: r.get::<_, i64>(4)? as u64,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Asks for a comparison of a disk with its replica; returns its token (the open
+    /// request's, if there is one).
+    pub fn request_compare(&self, machine_id: &str, disk: u32) -> Result<u64, StateError> {
+        let c = self.conn();
+        let open: Option<i64> = c
+            .query_row(
+                "SELECT token FROM compares WHERE machine_id = ?1 AND disk = ?2 AND done_point IS NULL",
+                params![machine_id, disk],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        if let Some(t) = open {
+            return Ok(t as u64);
+        }
+        let token = now_ms();
+        c.execute(
+            "INSERT INTO compares (machine_id, disk, token, requested_unix_ms, done_point)
+             VALUES (?1, ?2, ?3, ?3, NULL)
+             ON CONFLICT (machine_id, disk) DO UPDATE
+             SET token = ?3, requested_unix_ms = ?3, done_point = NULL",
+            params![machine_id, disk, token as i64],
+        )
+        .map_err(|e| self.err(e))?;
+        Ok(token)
+    }
+
+    /// Records a comparison asked for elsewhere (a master target at another site), under
+    /// its token; false if it is known already.
+    pub fn record_compare(
+        &self,
+        machine_id: &str,
+        disk: u32,
+        token: u64,
+    ) -> Result<bool, StateError> {
+        if self.compares(machine_id)?.iter().any(|c| c.0 == disk && c.1 == token) {
+            return Ok(false);
+        }
+        self.conn()
+            .execute(
+                "INSERT INTO compares (machine_id, disk, token, requested_unix_ms, done_point)
+                 VALUES (?1, ?2, ?3, ?4, NULL)
+                 ON CONFLICT (machine_id, disk) DO UPDATE
+                 SET token = ?3, requested_unix_ms = ?4, done_point = NULL",
+                params![machine_id, disk, token as i64, now_ms() as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(true)
+    }
+
+    /// A machine's comparisons: (disk, token, point from which the replica is whole once
+    /// the agent said it is done).
+    pub fn compares(&self, machine_id: &str) -> Result<Vec<(u32, u64, Option<u64>)>, StateError> {
+        let c = self.conn();
+        let mut s = c
+            .prepare(
+                "SELECT disk, token, done_point FROM compares WHERE machine_id = ?1 ORDER BY disk",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = s
+            .query_map(params![machine_id], |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u32,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, Option<i64>>(2)?.map(|p| p as u64),
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// The agent compared the whole disk for the request `token`; the replica is whole
+    /// from `point` on. False if no such request is open.
+    pub fn compare_done(
+        &self,
+        machine_id: &str,
+        disk: u32,
+        token: u64,
+        point: u64,
+    ) -> Result<bool, StateError> {
+        let n = self
+            .conn()
+            .execute(
+                "UPDATE compares SET done_point = ?4
+                 WHERE machine_id = ?1 AND disk = ?2 AND token = ?3 AND done_point IS NULL",
+                params![machine_id, disk, token as i64, point as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(n == 1)
+    }
+
+    /// Forgets a machine's comparisons that are done by `point`.
+    pub fn end_compares(&self, machine_id: &str, point: u64) -> Result<Vec<u32>, StateError> {
+        let done: Vec<u32> = self
+            .compares(machine_id)?
+            .into_iter()
+            .filter(|(_, _, d)| d.is_some_and(|d| d <= point))
+            .map(|(disk, _, _)| disk)
+            .collect();
+        for d in &done {
+            self.conn()
+                .execute(
+                    "DELETE FROM compares WHERE machine_id = ?1 AND disk = ?2",
+                    params![machine_id, d],
+                )
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(done)
+    }
+}

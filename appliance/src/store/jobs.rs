@@ -1,0 +1,135 @@
+//! Long-running jobs and their progress.
+
+use super::{State, StateError, now_ms};
+use rusqlite::params;
+
+/// A job as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRow {
+    /// Job number.
+    pub id: u64,
+    /// What it does (`test-failover`, `test-failover-cleanup`).
+    pub kind: String,
+    /// The machine it is about.
+    pub machine_id: Option<String>,
+    /// `running`, `succeeded` or `failed`.
+    pub state: String,
+    /// 0 to 1.
+    pub progress: f64,
+    /// What it is doing, or why it failed.
+    pub message: String,
+    /// When it started.
+    pub created_unix_ms: u64,
+    /// When it ended.
+    pub finished_unix_ms: Option<u64>,
+    /// Its result (JSON), once succeeded.
+    pub result: Option<String>,
+}
+
+impl State {
+    /// Starts a job; returns its number.
+    pub fn create_job(
+        &self,
+        kind: &str,
+        machine_id: Option<&str>,
+        message: &str,
+    ) -> Result<u64, StateError> {
+        let c = self.conn();
+        c.execute(
+            "INSERT INTO jobs (kind, machine_id, state, progress, message, created_unix_ms)
+             VALUES (?1, ?2, 'running', 0, ?3, ?4)",
+            params![kind, machine_id, message, now_ms() as i64],
+        )
+        .map_err(|e| self.err(e))?;
+        Ok(c.last_insert_rowid() as u64)
+    }
+
+    /// Records a running job's progress.
+    pub fn job_progress(&self, id: u64, progress: f64, message: &str) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "UPDATE jobs SET progress = ?2, message = ?3 WHERE id = ?1 AND state = 'running'",
+                params![id as i64, progress, message],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Ends a job: succeeded with `result` (JSON) or failed with `message`.
+    pub fn finish_job(
+        &self,
+        id: u64,
+        ok: bool,
+        message: &str,
+        result: Option<&str>,
+    ) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "UPDATE jobs SET state = ?2, progress = CASE WHEN ?2 = 'succeeded' THEN 1 ELSE progress END,
+                 message = ?3, result = ?4, finished_unix_ms = ?5 WHERE id = ?1",
+                params![id as i64, if ok { "succeeded" } else { "failed" }, message, result, now_ms() as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Jobs a restart interrupted are failed (they are not resumed); returns how many.
+    pub fn fail_interrupted_jobs(&self) -> Result<u64, StateError> {
+        let n = self
+            .conn()
+            .execute(
+                "UPDATE jobs SET state = 'failed', message = 'interrupted by an appliance restart; start it again',
+                 finished_unix_ms = ?1 WHERE state = 'running'",
+                params![now_ms() as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        // A failover cut short may be started again; the next one deletes what this one
+        // recorded it would make.
+        self.conn()
+            .execute(
+                "UPDATE failovers SET state = 'failover-failed' WHERE state = 'failing-over'",
+                [],
+            )
+            .map_err(|e| self.err(e))?;
+        self.conn()
+            .execute("UPDATE failovers SET state = 'failed-over' WHERE state = 'committing'", [])
+            .map_err(|e| self.err(e))?;
+        // Reprotect and failback wait on the agent; started again, they wait again.
+        self.conn()
+            .execute("UPDATE failovers SET state = 'committed' WHERE state = 'reprotecting'", [])
+            .map_err(|e| self.err(e))?;
+        self.conn()
+            .execute("UPDATE failovers SET state = 'reprotected' WHERE state = 'failing-back'", [])
+            .map_err(|e| self.err(e))?;
+        Ok(n as u64)
+    }
+
+    /// Jobs, newest first (at most `limit`), or one.
+    pub fn jobs(&self, id: Option<u64>, limit: u64) -> Result<Vec<JobRow>, StateError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT id, kind, machine_id, state, progress, message, created_unix_ms, finished_unix_ms, result
+                 FROM jobs WHERE ?1 IS NULL OR id = ?1 ORDER BY id DESC LIMIT ?2",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![id.map(|i| i as i64), limit as i64], |r| {
+                Ok(JobRow {
+                    id: r.get::<_, i64>(0)? as u64,
+                    kind: r.get(1)?,
+                    machine_id: r.get(2)?,
+                    state: r.get(3)?,
+                    progress: r.get(4)?,
+                    message: r.get(5)?,
+                    created_unix_ms: r.get::<_, i64>(6)? as u64,
+                    finished_unix_ms: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
+                    result: r.get(8)?,
+                })
+            })
+            .map_err(|e| self.err(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
+    }
+}

@@ -1,0 +1,309 @@
+//! Registered machines: registration passphrases, disks, facts, VM settings, revocation and policy assignment.
+
+use super::{State, StateError, now_ms};
+use rusqlite::{OptionalExtension, params};
+use sha2::{Digest, Sha256};
+
+/// How long a registration passphrase may be used after it was made: 24 hours.
+pub const PASSPHRASE_TTL_MS: u64 = 24 * 3600 * 1000;
+
+pub(super) fn hash_passphrase(p: &str) -> String {
+    hex::encode(Sha256::digest(p.trim().as_bytes()))
+}
+
+impl State {
+    /// Stores a new one-time registration passphrase (only its hash is kept).
+    pub fn add_passphrase(&self, passphrase: &str) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "INSERT OR IGNORE INTO passphrases (hash, created_unix_ms) VALUES (?1, ?2)",
+                params![hash_passphrase(passphrase), now_ms() as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Number of passphrases neither used nor expired.
+    pub fn unused_passphrases(&self) -> Result<u64, StateError> {
+        self.conn()
+            .query_row(
+                "SELECT COUNT(*) FROM passphrases WHERE used_unix_ms IS NULL AND created_unix_ms > ?1",
+                params![now_ms().saturating_sub(PASSPHRASE_TTL_MS) as i64],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Invalidates every unused registration passphrase; returns how many.
+    pub fn drop_unused_passphrases(&self) -> Result<u64, StateError> {
+        let n = self
+            .conn()
+            .execute("DELETE FROM passphrases WHERE used_unix_ms IS NULL", [])
+            .map_err(|e| self.err(e))?;
+        Ok(n as u64)
+    }
+
+    /// Registers a machine if `passphrase` is valid, unused and younger than
+    /// [`PASSPHRASE_TTL_MS`], consuming it. Returns false (and changes nothing) otherwise.
+    pub fn register_machine(
+        &self,
+        passphrase: &str,
+        machine_id: &str,
+        hostname: &str,
+    ) -> Result<bool, StateError> {
+        let mut c = self.conn();
+        let tx = c.transaction().map_err(|e| self.err(e))?;
+        let n = tx
+            .execute(
+                "UPDATE passphrases SET used_unix_ms = ?2, machine_id = ?3
+                 WHERE hash = ?1 AND used_unix_ms IS NULL AND created_unix_ms > ?4",
+                params![
+                    hash_passphrase(passphrase),
+                    now_ms() as i64,
+                    machine_id,
+                    now_ms().saturating_sub(PASSPHRASE_TTL_MS) as i64
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+        if n == 0 {
+            return Ok(false);
+        }
+        tx.execute(
+            "INSERT INTO machines (id, hostname, registered_unix_ms) VALUES (?1, ?2, ?3)",
+            params![machine_id, hostname, now_ms() as i64],
+        )
+        .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(true)
+    }
+
+    /// The appliance-local number of a registered machine (its row id), used as the
+    /// durable cache's compact machine key.
+    pub fn machine_number(&self, machine_id: &str) -> Result<Option<u64>, StateError> {
+        self.conn()
+            .query_row("SELECT rowid FROM machines WHERE id = ?1", params![machine_id], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()
+            .map(|o| o.map(|n| n as u64))
+            .map_err(|e| self.err(e))
+    }
+
+    /// Every machine id this appliance knows: registered here, or with recovery points
+    /// here (a target-site appliance registers no machines but keeps their points).
+    pub fn machine_ids(&self) -> Result<Vec<String>, StateError> {
+        let c = self.conn();
+        let mut s = c
+            .prepare(
+                "SELECT id FROM (SELECT id, registered_unix_ms AS t FROM machines
+                 UNION SELECT machine_id, MIN(created_unix_ms) FROM points GROUP BY machine_id)
+                 GROUP BY id ORDER BY MIN(t)",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = s.query_map([], |r| r.get::<_, String>(0)).map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Whether `machine_id` is registered.
+    pub fn machine_exists(&self, machine_id: &str) -> Result<bool, StateError> {
+        self.conn()
+            .query_row("SELECT 1 FROM machines WHERE id = ?1", params![machine_id], |_| Ok(()))
+            .optional()
+            .map(|o| o.is_some())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Records a disk of a machine (size and path as the agent reports them).
+    pub fn upsert_disk(
+        &self,
+        machine_id: &str,
+        idx: u32,
+        size: u64,
+        path: &str,
+    ) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "INSERT INTO disks (machine_id, idx, size, path) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (machine_id, idx) DO UPDATE SET size = ?3, path = ?4",
+                params![machine_id, idx, size as i64, path],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The disk indexes of a machine with their sizes.
+    pub fn disks(&self, machine_id: &str) -> Result<Vec<(u32, u64)>, StateError> {
+        let c = self.conn();
+        let mut s = c
+            .prepare("SELECT idx, size FROM disks WHERE machine_id = ?1 ORDER BY idx")
+            .map_err(|e| self.err(e))?;
+        let rows = s
+            .query_map(params![machine_id], |r| {
+                Ok((r.get::<_, i64>(0)? as u32, r.get::<_, i64>(1)? as u64))
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// A machine's disks as (index, size, source path), by index.
+    pub fn disk_rows(&self, machine_id: &str) -> Result<Vec<(u32, u64, String)>, StateError> {
+        let c = self.conn();
+        let mut s = c
+            .prepare("SELECT idx, size, path FROM disks WHERE machine_id = ?1 ORDER BY idx")
+            .map_err(|e| self.err(e))?;
+        let rows = s
+            .query_map(params![machine_id], |r| {
+                Ok((r.get::<_, i64>(0)? as u32, r.get::<_, i64>(1)? as u64, r.get(2)?))
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Adds a machine known from a recovered catalogue (no passphrase: it registered with
+    /// the lost appliance).
+    pub fn import_machine(
+        &self,
+        machine_id: &str,
+        hostname: &str,
+        registered_unix_ms: u64,
+    ) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "INSERT OR IGNORE INTO machines (id, hostname, registered_unix_ms) VALUES (?1, ?2, ?3)",
+                params![machine_id, hostname, registered_unix_ms as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Stores what the agent reported of its machine (JSON of `SystemInfo`).
+    pub fn set_machine_facts(&self, machine_id: &str, system_json: &str) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "INSERT INTO machine_facts (machine_id, system, updated_unix_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (machine_id) DO UPDATE SET system = ?2, updated_unix_ms = ?3",
+                params![machine_id, system_json, now_ms() as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// What the agent last reported of its machine (JSON), if anything.
+    pub fn machine_facts(&self, machine_id: &str) -> Result<Option<String>, StateError> {
+        self.conn()
+            .query_row(
+                "SELECT system FROM machine_facts WHERE machine_id = ?1",
+                params![machine_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Stores the administrator's VM settings for a machine (JSON of `VmSpecSettings`).
+    pub fn set_vm_settings(&self, machine_id: &str, json: &str) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "INSERT INTO vm_settings (machine_id, settings) VALUES (?1, ?2)
+                 ON CONFLICT (machine_id) DO UPDATE SET settings = ?2",
+                params![machine_id, json],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The administrator's VM settings for a machine (JSON), if any.
+    pub fn vm_settings(&self, machine_id: &str) -> Result<Option<String>, StateError> {
+        self.conn()
+            .query_row(
+                "SELECT settings FROM vm_settings WHERE machine_id = ?1",
+                params![machine_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Revokes a machine: its certificate is refused from now on. False if unknown.
+    pub fn revoke_machine(&self, id: &str) -> Result<bool, StateError> {
+        let n = self
+            .conn()
+            .execute(
+                "UPDATE machines SET revoked_unix_ms = COALESCE(revoked_unix_ms, ?2) WHERE id = ?1",
+                params![id, now_ms() as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        // A revoked machine leaves its consistency group, so its peers refuse it too (they
+        // check the group's definition, which they learn from the appliance). A group left
+        // without its coordinator or with fewer than two members is dissolved.
+        if n > 0
+            && let Some(mut g) = self.group_of(id)?
+        {
+            g.members.retain(|m| m != id);
+            if g.coordinator == id || g.members.len() < 2 {
+                self.delete_group(&g.name)?;
+            } else {
+                self.set_group(&g)?;
+            }
+        }
+        Ok(n > 0)
+    }
+
+    /// Whether a machine was revoked.
+    pub fn is_revoked(&self, id: &str) -> Result<bool, StateError> {
+        self.conn()
+            .query_row("SELECT revoked_unix_ms FROM machines WHERE id = ?1", params![id], |r| {
+                r.get::<_, Option<i64>>(0)
+            })
+            .optional()
+            .map(|o| o.flatten().is_some())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Registered machines as (id, host name, registration time), by id.
+    pub fn machines(&self) -> Result<Vec<(String, String, u64)>, StateError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT id, hostname, registered_unix_ms FROM machines ORDER BY id")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64)))
+            .map_err(|e| self.err(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
+    }
+
+    /// Gives a machine a policy.
+    pub fn set_machine_policy(&self, machine_id: &str, policy: &str) -> Result<(), StateError> {
+        self.conn()
+            .execute("UPDATE machines SET policy = ?2 WHERE id = ?1", params![machine_id, policy])
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// A machine's policy name and when its agent was last heard from.
+    pub fn machine_policy(&self, machine_id: &str) -> Result<(String, Option<u64>), StateError> {
+        self.conn()
+            .query_row(
+                "SELECT policy, last_seen_unix_ms FROM machines WHERE id = ?1",
+                params![machine_id],
+                |r| Ok((r.get(0)?, r.get::<_, Option<i64>>(1)?.map(|v| v as u64))),
+            )
+            .optional()
+            .map(|o| o.unwrap_or_else(|| ("default".into(), None)))
+            .map_err(|e| self.err(e))
+    }
+
+    /// The machine's agent was heard from now.
+    pub fn machine_seen(&self, machine_id: &str) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "UPDATE machines SET last_seen_unix_ms = ?2 WHERE id = ?1",
+                params![machine_id, now_ms() as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+}
