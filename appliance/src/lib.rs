@@ -22,7 +22,10 @@
 //! * Between the roles: [`logobj`] (the frozen log-object format), [`control`] (sealed
 //!   control objects of a split deployment), [`handoff`] (batches handed from the process
 //!   server to a master target in the same process).
-//! * [`config`] — `appliance.toml`; [`run`] — starting the roles.
+//! * [`config`] — `appliance.toml`.
+//!
+//! The binary (`main.rs`) adds starting the roles (`run.rs`) and the offline subcommands
+//! (`tools.rs`).
 
 pub mod config;
 pub mod config_server;
@@ -32,6 +35,4 @@ pub mod http;
 pub mod logobj;
 pub mod master_target;
 pub mod process_server;
-pub mod run;
 pub mod store;
-pub mod tools;

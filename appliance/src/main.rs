@@ -1,5 +1,8 @@
 //! `lifeboat-appliance`: parses arguments and hands over to the library.
 
+mod run;
+mod tools;
+
 use clap::{Parser, Subcommand};
 use lifeboat_appliance::config::ApplianceConfig;
 use std::path::PathBuf;
@@ -131,27 +134,22 @@ fn main() {
     };
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     let r = match &cli.cmd {
-        Cmd::Run { config } => rt.block_on(lifeboat_appliance::run::run(load(config))),
-        Cmd::Passphrase { config } => lifeboat_appliance::tools::passphrase(load(config)),
-        Cmd::Fingerprint { config } => lifeboat_appliance::tools::fingerprint(load(config)),
-        Cmd::Points { config, machine } => {
-            lifeboat_appliance::tools::points(load(config), machine.as_deref())
-        }
-        Cmd::Stats { config } => lifeboat_appliance::tools::stats(load(config)),
+        Cmd::Run { config } => rt.block_on(run::run(load(config))),
+        Cmd::Passphrase { config } => tools::passphrase(load(config)),
+        Cmd::Fingerprint { config } => tools::fingerprint(load(config)),
+        Cmd::Points { config, machine } => tools::points(load(config), machine.as_deref()),
+        Cmd::Stats { config } => tools::stats(load(config)),
         Cmd::Churn { config, machine, link_mbps } => {
-            lifeboat_appliance::tools::churn(load(config), machine.as_deref(), *link_mbps)
+            tools::churn(load(config), machine.as_deref(), *link_mbps)
         }
-        Cmd::GroupPoints { config, group } => {
-            lifeboat_appliance::tools::group_points(load(config), group.as_deref())
-        }
+        Cmd::GroupPoints { config, group } => tools::group_points(load(config), group.as_deref()),
         Cmd::PointChecksum { config, point, disk } => {
-            rt.block_on(lifeboat_appliance::tools::point_checksum(load(config), point, *disk))
+            rt.block_on(tools::point_checksum(load(config), point, *disk))
         }
-        Cmd::Recover { config, dry_run } => {
-            rt.block_on(lifeboat_appliance::tools::recover(load(config), *dry_run))
-        }
+        Cmd::Recover { config, dry_run } => rt.block_on(tools::recover(load(config), *dry_run)),
         Cmd::QemuCommand { spec, accel, user_net, json } => {
             lifeboat_appliance::master_target::qemu::print_command(spec, accel, *user_net, *json)
+                .map_err(anyhow::Error::from)
         }
     };
     if let Err(e) = r {

@@ -1,13 +1,13 @@
 //! Starting the appliance: data directory, state, keys, CA, plugins, then the roles the
 //! configuration turns on, until SIGINT/SIGTERM. SIGHUP reloads the plugins directory.
 
-use crate::config::ApplianceConfig;
-use crate::handoff::Handoff;
-use crate::http::{self, ConfigServerCtx};
-use crate::master_target::MasterTarget;
-use crate::process_server::ProcessServer;
-use crate::store::State;
 use anyhow::Context;
+use lifeboat_appliance::config::ApplianceConfig;
+use lifeboat_appliance::handoff::Handoff;
+use lifeboat_appliance::http::{self, ConfigServerCtx};
+use lifeboat_appliance::master_target::MasterTarget;
+use lifeboat_appliance::process_server::ProcessServer;
+use lifeboat_appliance::store::State;
 use lifeboat_plugin_host::Host;
 use lifeboat_plugin_host::registry::Registry;
 use std::io::Write;
@@ -84,7 +84,7 @@ pub fn open_core(config: ApplianceConfig) -> anyhow::Result<Core> {
     make_private(&config)?;
     let data = &config.data_dir;
     let state = State::open(&data.join("state.db"))?;
-    let keys = crate::config_server::keys::load_or_create(&data.join("keys"))
+    let keys = lifeboat_appliance::config_server::keys::load_or_create(&data.join("keys"))
         .with_context(|| format!("data keys in {}", data.join("keys").display()))?;
     let host = Host::new(keys.clone())
         .map_err(|e| anyhow::anyhow!("cannot start the plugin runtime: {e}"))?;
@@ -93,18 +93,6 @@ pub fn open_core(config: ApplianceConfig) -> anyhow::Result<Core> {
         tracing::error!(error = %r, "plugin refused");
     }
     Ok(Core { config, state, registry, keys })
-}
-
-/// A new one-time registration passphrase: 20 random base-32 characters in groups.
-pub fn new_passphrase(state: &State) -> anyhow::Result<String> {
-    const ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyz23456789";
-    let mut raw = [0u8; 20];
-    getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no random source: {e}"))?;
-    let chars: Vec<char> =
-        raw.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect();
-    let p = chars.chunks(5).map(|c| c.iter().collect::<String>()).collect::<Vec<_>>().join("-");
-    state.add_passphrase(&p)?;
-    Ok(p)
 }
 
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
@@ -129,7 +117,7 @@ pub async fn run(config: ApplianceConfig) -> anyhow::Result<()> {
     // The CA and server identity only where a listener needs them (a master-target-only
     // appliance at a target site has neither).
     let listeners = if cfg.roles.config_server || cfg.roles.process_server {
-        Some(Arc::new(crate::config_server::pki::Pki::load(
+        Some(Arc::new(lifeboat_appliance::config_server::pki::Pki::load(
             &data,
             &cfg.config_server.server_names,
         )?))
@@ -144,7 +132,7 @@ pub async fn run(config: ApplianceConfig) -> anyhow::Result<()> {
             tracing::warn!(interrupted, "jobs interrupted by the last shutdown are marked failed");
         }
         if core.state.unused_passphrases()? == 0 {
-            let p = new_passphrase(&core.state)?;
+            let p = lifeboat_appliance::config_server::new_passphrase(&core.state)?;
             let file = data.join("registration-passphrase");
             write_private(&file, &format!("{p}\n"))?;
             tracing::info!(file = %file.display(), "created a one-time registration passphrase");
@@ -160,16 +148,20 @@ pub async fn run(config: ApplianceConfig) -> anyhow::Result<()> {
         });
         let ctx = Arc::new(ConfigServerCtx {
             state: core.state.clone(),
-            admins: crate::config_server::admin::Admins::new(core.state.clone()),
-            failover: cfg.roles.master_target.then(|| crate::master_target::failover::Failover {
-                state: core.state.clone(),
-                registry: core.registry.clone(),
-                target: cfg.master_target.target.clone(),
+            admins: lifeboat_appliance::config_server::admin::Admins::new(core.state.clone()),
+            failover: cfg.roles.master_target.then(|| {
+                lifeboat_appliance::master_target::failover::Failover {
+                    state: core.state.clone(),
+                    registry: core.registry.clone(),
+                    target: cfg.master_target.target.clone(),
+                }
             }),
             pki: pki.clone(),
             process_server_url: url,
             data_dir: data.clone(),
-            plans: Arc::new(crate::config_server::plan::Plans::new(cfg.plans.scripts.clone())),
+            plans: Arc::new(lifeboat_appliance::config_server::plan::Plans::new(
+                cfg.plans.scripts.clone(),
+            )),
             registry: Some(core.registry.clone()),
         });
         let tls = pki.config_tls()?;
@@ -203,7 +195,7 @@ pub async fn run(config: ApplianceConfig) -> anyhow::Result<()> {
         && cfg.roles.master_target
         && cfg.process_server.target == cfg.master_target.target
         && !cfg.master_target.read_back)
-        .then(|| Arc::new(Handoff::new(crate::handoff::DEFAULT_BUDGET)));
+        .then(|| Arc::new(Handoff::new(lifeboat_appliance::handoff::DEFAULT_BUDGET)));
     let mut cache_status: Option<ProcessServer> = None;
     if let (true, Some(pki)) = (cfg.roles.process_server, &listeners) {
         let ps = ProcessServer::start(
@@ -256,7 +248,7 @@ pub async fn run(config: ApplianceConfig) -> anyhow::Result<()> {
         let registry = core.registry.clone();
         let sd = shutdown.clone();
         tasks.spawn(async move {
-            let mut health = crate::config_server::policy::Health::default();
+            let mut health = lifeboat_appliance::config_server::policy::Health::default();
             loop {
                 let refused: Vec<String> =
                     registry.current().refused.iter().map(|r| r.to_string()).collect();

@@ -1,8 +1,8 @@
 //! The administrative subcommands besides `run`.
 
-use crate::config::ApplianceConfig;
-use crate::logobj::{disk_id, parse_disk_id};
-use crate::store::State;
+use lifeboat_appliance::config::ApplianceConfig;
+use lifeboat_appliance::logobj::{disk_id, parse_disk_id};
+use lifeboat_appliance::store::State;
 use lifeboat_plugin_host::TargetInstance;
 use sha2::{Digest, Sha256};
 
@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 pub fn passphrase(config: ApplianceConfig) -> anyhow::Result<()> {
     crate::run::make_private(&config)?;
     let state = State::open(&config.data_dir.join("state.db"))?;
-    println!("{}", crate::run::new_passphrase(&state)?);
+    println!("{}", lifeboat_appliance::config_server::new_passphrase(&state)?);
     Ok(())
 }
 
@@ -160,15 +160,16 @@ pub async fn recover(config: ApplianceConfig, dry_run: bool) -> anyhow::Result<(
     let data_dir = config.data_dir.clone();
     let core = crate::run::open_core(config)?;
     let mut t = master_target_instance(&core).await?;
-    let sealed = t.get_log(crate::master_target::catalogue::OBJECT).await.map_err(|e| {
+    let sealed = t.get_log(lifeboat_appliance::master_target::catalogue::OBJECT).await.map_err(|e| {
         anyhow::anyhow!(
             "no catalogue at the target ({e}): was a recovery passphrase set on the lost appliance?"
         )
     })?;
     let pass = passphrase.clone();
-    let c =
-        tokio::task::spawn_blocking(move || crate::master_target::catalogue::open(&pass, &sealed))
-            .await??;
+    let c = tokio::task::spawn_blocking(move || {
+        lifeboat_appliance::master_target::catalogue::open(&pass, &sealed)
+    })
+    .await??;
     let summary: Vec<serde_json::Value> = c
         .machines
         .iter()
@@ -180,10 +181,14 @@ pub async fn recover(config: ApplianceConfig, dry_run: bool) -> anyhow::Result<(
         })
         .collect();
     if !dry_run {
-        crate::master_target::catalogue::import(&core.state, &data_dir.join("keys"), &c)?;
+        lifeboat_appliance::master_target::catalogue::import(
+            &core.state,
+            &data_dir.join("keys"),
+            &c,
+        )?;
         // This appliance keeps the catalogue at the target sealed under the same passphrase.
         tokio::task::spawn_blocking(move || {
-            crate::master_target::catalogue::Sealer::new(&passphrase)?.store(&data_dir)
+            lifeboat_appliance::master_target::catalogue::Sealer::new(&passphrase)?.store(&data_dir)
         })
         .await??;
     }

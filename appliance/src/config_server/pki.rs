@@ -40,12 +40,47 @@ pub enum RotateError {
     /// Machines have not fetched the trust bundle with the new CA yet.
     #[error("{} machine(s) have not fetched the new CA yet ({}); promoting it now would lock them out: wait for their agents' next check (trust_check_secs), revoke them, or force", .0.len(), .0.join(", "))]
     NotIntroduced(Vec<String>),
-    /// Files, certificates.
+    /// Files, certificates, the state store.
     #[error(transparent)]
-    Other(#[from] anyhow::Error),
+    Pki(#[from] PkiError),
+}
+
+impl From<StateError> for RotateError {
+    fn from(e: StateError) -> Self {
+        RotateError::Pki(PkiError::State(e))
+    }
+}
+
+impl From<std::io::Error> for RotateError {
+    fn from(e: std::io::Error) -> Self {
+        RotateError::Pki(PkiError::Io(e))
+    }
+}
+
+impl From<lifeboat_net::CaError> for RotateError {
+    fn from(e: lifeboat_net::CaError) -> Self {
+        RotateError::Pki(PkiError::Ca(e))
+    }
+}
+
+/// A failure of the certificate authorities or of the TLS they feed.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    /// A CA's files could not be read or written.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// A CA refused (a key, a certificate, a CSR).
+    #[error(transparent)]
+    Ca(#[from] lifeboat_net::CaError),
+    /// A TLS configuration could not be built.
+    #[error(transparent)]
+    Tls(#[from] lifeboat_net::TlsError),
     /// The state store.
     #[error(transparent)]
     State(#[from] StateError),
+    /// A certificate that should be there is not.
+    #[error("{0}")]
+    Missing(&'static str),
 }
 
 struct Cas {
@@ -86,7 +121,7 @@ fn split_pem(text: &str) -> Vec<String> {
 
 impl Pki {
     /// Loads (or creates) the CAs under `data`; `server_names` go into server certificates.
-    pub fn load(data: &Path, server_names: &[String]) -> anyhow::Result<Pki> {
+    pub fn load(data: &Path, server_names: &[String]) -> Result<Pki, PkiError> {
         let (active_dir, next_dir) = (data.join("ca"), data.join("ca-next"));
         if !active_dir.join("ca.crt").exists() && next_dir.join("ca.crt").exists() {
             // A promotion stopped between its two renames: finish it.
@@ -162,12 +197,12 @@ impl Pki {
     }
 
     /// A server identity from the active CA.
-    pub fn server_identity(&self) -> anyhow::Result<Identity> {
+    pub fn server_identity(&self) -> Result<Identity, PkiError> {
         Ok(self.active().issue_server(&self.server_names)?)
     }
 
     /// The configuration server's TLS (server authentication only).
-    pub fn config_tls(&self) -> anyhow::Result<TlsSource> {
+    pub fn config_tls(&self) -> Result<TlsSource, PkiError> {
         let t = TlsSource::new(lifeboat_net::server_config(
             &self.server_identity()?,
             ClientAuth::None,
@@ -177,13 +212,13 @@ impl Pki {
     }
 
     /// The process server's TLS (client certificates from any trusted CA).
-    pub fn process_tls(&self) -> anyhow::Result<TlsSource> {
+    pub fn process_tls(&self) -> Result<TlsSource, PkiError> {
         let t = TlsSource::new(self.process_config()?);
         *self.process_tls.write().unwrap_or_else(|p| p.into_inner()) = Some(t.clone());
         Ok(t)
     }
 
-    fn process_config(&self) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    fn process_config(&self) -> Result<Arc<rustls::ServerConfig>, PkiError> {
         Ok(lifeboat_net::server_config(
             &self.server_identity()?,
             ClientAuth::Required { ca_pem: self.bundle_pem() },
@@ -191,7 +226,7 @@ impl Pki {
     }
 
     /// New connections of the running servers use the CAs as they are now.
-    fn reload(&self) -> anyhow::Result<()> {
+    fn reload(&self) -> Result<(), PkiError> {
         if let Some(t) = &*self.config_tls.read().unwrap_or_else(|p| p.into_inner()) {
             t.replace(lifeboat_net::server_config(&self.server_identity()?, ClientAuth::None)?);
         }
@@ -207,7 +242,7 @@ impl Pki {
         state: &State,
         csr_pem: &str,
         machine: &str,
-    ) -> anyhow::Result<String> {
+    ) -> Result<String, PkiError> {
         let ca = self.active();
         let cert = ca.sign_client_csr(csr_pem, machine, AGENT_CERT_DAYS)?;
         record_cert(state, machine, &cert, ca.fingerprint())?;
@@ -220,8 +255,7 @@ impl Pki {
         let _one = self.rotating.lock().unwrap_or_else(|p| p.into_inner());
         match self.phase() {
             "steady" => {
-                let next = Ca::load_or_create(&self.data.join("ca-next"), "Lifeboat appliance CA")
-                    .map_err(anyhow::Error::from)?;
+                let next = Ca::load_or_create(&self.data.join("ca-next"), "Lifeboat appliance CA")?;
                 tracing::warn!(next = %next.fingerprint(), "CA rotation: a new CA is introduced; agents trust it from their next check");
                 self.cas.write().unwrap_or_else(|p| p.into_inner()).next = Some(Arc::new(next));
             }
@@ -243,16 +277,13 @@ impl Pki {
                 let retiring = retiring_path(&self.data);
                 let mut text = std::fs::read_to_string(&retiring).unwrap_or_default();
                 text.push_str(old.cert_pem());
-                lifeboat_common::fs::write_atomic(&retiring, text.as_bytes(), Some(0o644))
-                    .map_err(anyhow::Error::from)?;
+                lifeboat_common::fs::write_atomic(&retiring, text.as_bytes(), Some(0o644))?;
                 let archive = self.data.join(format!("ca-old-{}", crate::store::now_ms()));
-                std::fs::rename(self.data.join("ca"), &archive).map_err(anyhow::Error::from)?;
+                std::fs::rename(self.data.join("ca"), &archive)?;
                 // The old key signs nothing from now on: it goes.
                 let _ = std::fs::remove_file(archive.join("ca.key"));
-                std::fs::rename(self.data.join("ca-next"), self.data.join("ca"))
-                    .map_err(anyhow::Error::from)?;
-                let active = Ca::load_or_create(&self.data.join("ca"), "Lifeboat appliance CA")
-                    .map_err(anyhow::Error::from)?;
+                std::fs::rename(self.data.join("ca-next"), self.data.join("ca"))?;
+                let active = Ca::load_or_create(&self.data.join("ca"), "Lifeboat appliance CA")?;
                 let mut c = self.cas.write().unwrap_or_else(|p| p.into_inner());
                 tracing::warn!(active = %active.fingerprint(), retiring = %old.fingerprint(), "CA rotation: the new CA is active; agents renew their certificates");
                 c.active = Arc::new(active);
@@ -279,7 +310,7 @@ impl Pki {
                 match std::fs::remove_file(retiring_path(&self.data)) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(anyhow::Error::from(e).into()),
+                    Err(e) => return Err(e.into()),
                 }
                 self.cas.write().unwrap_or_else(|p| p.into_inner()).retiring.clear();
                 tracing::warn!(
@@ -299,11 +330,11 @@ pub fn record_cert(
     machine: &str,
     cert_pem: &str,
     ca_fingerprint: &str,
-) -> anyhow::Result<()> {
+) -> Result<(), PkiError> {
     let der = lifeboat_net::ca::parse_cert_chain(cert_pem, "the agent certificate")?
         .into_iter()
         .next()
-        .ok_or_else(|| anyhow::anyhow!("no certificate"))?;
+        .ok_or(PkiError::Missing("no certificate"))?;
     let (_, not_after) = lifeboat_net::ca::cert_validity(&der).unwrap_or((0, 0));
     let sha = lifeboat_net::ca::fingerprint_der(&der);
     state.set_machine_cert(machine, ca_fingerprint, not_after.max(0) as u64 * 1000, &sha)?;

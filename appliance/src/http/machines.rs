@@ -114,8 +114,8 @@ pub(super) async fn new_passphrase(ctx: Arc<ConfigServerCtx>, req: Request<Reque
     let (_, admin, _) = authenticated(&ctx, &req)?;
     // Rotation: the passphrases handed out before stop working.
     let dropped = ctx.state.drop_unused_passphrases().map_err(internal)?;
-    let p =
-        crate::run::new_passphrase(&ctx.state).map_err(|e| ApiError::internal(e.to_string()))?;
+    let p = crate::config_server::new_passphrase(&ctx.state)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     tracing::info!(%admin, dropped, "registration passphrase rotated");
     json(StatusCode::CREATED, &serde_json::json!({"passphrase": p, "dropped": dropped}))
 }

@@ -21,6 +21,7 @@
 //! The key is argon2id(passphrase, salt, m_cost KiB, t_cost, p_cost), 32 bytes. A wrong
 //! passphrase and a changed byte both fail authentication; nothing is imported then.
 
+use crate::master_target::MasterError;
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use serde::{Deserialize, Serialize};
@@ -91,17 +92,20 @@ fn derive(passphrase: &str, salt: &[u8], m: u32, t: u32, p: u32) -> Result<[u8; 
 
 impl Sealer {
     /// A new key from `passphrase` with a fresh salt.
-    pub fn new(passphrase: &str) -> anyhow::Result<Sealer> {
+    pub fn new(passphrase: &str) -> Result<Sealer, MasterError> {
         Self::with_costs(passphrase, M_COST, T_COST, P_COST)
     }
 
-    fn with_costs(passphrase: &str, m: u32, t: u32, p: u32) -> anyhow::Result<Sealer> {
+    fn with_costs(passphrase: &str, m: u32, t: u32, p: u32) -> Result<Sealer, MasterError> {
         if passphrase.chars().count() < MIN_PASSPHRASE {
-            anyhow::bail!("the recovery passphrase must be at least {MIN_PASSPHRASE} characters");
+            return Err(MasterError::msg(format!(
+                "the recovery passphrase must be at least {MIN_PASSPHRASE} characters"
+            )));
         }
         let mut salt = [0u8; 16];
-        getrandom::fill(&mut salt).map_err(|e| anyhow::anyhow!("no random source: {e}"))?;
-        let key = derive(passphrase, &salt, m, t, p).map_err(anyhow::Error::msg)?;
+        getrandom::fill(&mut salt)
+            .map_err(|e| MasterError::msg(format!("no random source: {e}")))?;
+        let key = derive(passphrase, &salt, m, t, p).map_err(MasterError::msg)?;
         Ok(Sealer {
             m_cost: m,
             t_cost: t,
@@ -112,13 +116,14 @@ impl Sealer {
     }
 
     /// Seals `plain` (the catalogue JSON).
-    pub fn seal(&self, plain: &[u8]) -> anyhow::Result<Vec<u8>> {
+    pub fn seal(&self, plain: &[u8]) -> Result<Vec<u8>, MasterError> {
         let key: [u8; 32] =
-            hex::decode(&self.key)?.try_into().map_err(|_| anyhow::anyhow!("bad key"))?;
+            hex::decode(&self.key)?.try_into().map_err(|_| MasterError::msg("bad key"))?;
         let salt: [u8; 16] =
-            hex::decode(&self.salt)?.try_into().map_err(|_| anyhow::anyhow!("bad salt"))?;
+            hex::decode(&self.salt)?.try_into().map_err(|_| MasterError::msg("bad salt"))?;
         let mut nonce = [0u8; 12];
-        getrandom::fill(&mut nonce).map_err(|e| anyhow::anyhow!("no random source: {e}"))?;
+        getrandom::fill(&mut nonce)
+            .map_err(|e| MasterError::msg(format!("no random source: {e}")))?;
         let mut out = Vec::with_capacity(HEADER_LEN + plain.len() + 16);
         out.extend_from_slice(MAGIC);
         for v in [self.m_cost, self.t_cost, self.p_cost] {
@@ -129,7 +134,7 @@ impl Sealer {
         let cipher = Aes256Gcm::new_from_slice(&key).expect("32-byte key");
         let sealed = cipher
             .encrypt(Nonce::from_slice(&nonce), Payload { msg: plain, aad: &out[..HEADER_LEN] })
-            .map_err(|_| anyhow::anyhow!("sealing failed"))?;
+            .map_err(|_| MasterError::msg("sealing failed"))?;
         out.extend_from_slice(&sealed);
         Ok(out)
     }
@@ -140,7 +145,7 @@ impl Sealer {
     }
 
     /// The stored sealer, if a recovery passphrase was set.
-    pub fn load(data_dir: &Path) -> anyhow::Result<Option<Sealer>> {
+    pub fn load(data_dir: &Path) -> Result<Option<Sealer>, MasterError> {
         match std::fs::read_to_string(Self::path(data_dir)) {
             Ok(t) => Ok(Some(serde_json::from_str(&t)?)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -149,7 +154,7 @@ impl Sealer {
     }
 
     /// Stores it (mode 0600, atomically).
-    pub fn store(&self, data_dir: &Path) -> anyhow::Result<()> {
+    pub fn store(&self, data_dir: &Path) -> Result<(), MasterError> {
         let p = Self::path(data_dir);
         if let Some(d) = p.parent() {
             std::fs::create_dir_all(d)?;
@@ -268,7 +273,7 @@ pub struct CatalogueGroupPoint {
 }
 
 /// The catalogue of `state` now, with the data keys in `keys_dir`.
-pub fn build(state: &State, keys_dir: &Path) -> anyhow::Result<Catalogue> {
+pub fn build(state: &State, keys_dir: &Path) -> Result<Catalogue, MasterError> {
     let mut machines = Vec::new();
     for (id, hostname, registered_unix_ms) in state.machines()? {
         let disks = state.disk_rows(&id)?;
@@ -320,48 +325,54 @@ pub fn build(state: &State, keys_dir: &Path) -> anyhow::Result<Catalogue> {
 
 /// Imports `c` into a fresh appliance's `state` and `keys_dir`. Refuses a state that
 /// already knows machines (importing into a live appliance would mix two sites).
-pub fn import(state: &State, keys_dir: &Path, c: &Catalogue) -> anyhow::Result<()> {
+pub fn import(state: &State, keys_dir: &Path, c: &Catalogue) -> Result<(), MasterError> {
     if !state.machines()?.is_empty() {
-        anyhow::bail!("this appliance already has machines: recover into a fresh data directory");
+        return Err(MasterError::msg(
+            "this appliance already has machines: recover into a fresh data directory",
+        ));
     }
     // Everything is checked before anything is written.
     for m in &c.machines {
         lifeboat_net::ca::validate_machine_id(&m.id)
-            .map_err(|e| anyhow::anyhow!("the catalogue's machine {:?}: {e}", m.id))?;
+            .map_err(|e| MasterError::msg(format!("the catalogue's machine {:?}: {e}", m.id)))?;
         if let Some(s) = &m.system {
             let s: lifeboat_wire::api::SystemInfo = serde_json::from_value(s.clone())?;
-            s.check().map_err(anyhow::Error::msg)?;
+            s.check().map_err(MasterError::msg)?;
         }
         if let Some(v) = &m.vm_settings {
             let v: lifeboat_wire::api::VmSpecSettings = serde_json::from_value(v.clone())?;
-            v.check().map_err(anyhow::Error::msg)?;
+            v.check().map_err(MasterError::msg)?;
         }
         for p in &m.points {
             let ok = !p.id.is_empty()
                 && p.id.len() <= 200
                 && p.id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
             if !ok || !matches!(p.kind.as_str(), "crash" | "app") {
-                anyhow::bail!("the catalogue's point {:?} of {} is malformed", p.id, m.id);
+                return Err(MasterError::msg(format!(
+                    "the catalogue's point {:?} of {} is malformed",
+                    p.id, m.id
+                )));
             }
         }
     }
     for g in &c.group_points {
         for m in &g.members {
-            lifeboat_net::ca::validate_machine_id(m)
-                .map_err(|e| anyhow::anyhow!("the catalogue's group {:?}: {e}", g.group))?;
+            lifeboat_net::ca::validate_machine_id(m).map_err(|e| {
+                MasterError::msg(format!("the catalogue's group {:?}: {e}", g.group))
+            })?;
         }
     }
     for (id, key_hex) in &c.data_keys {
         let ok = !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
         if !ok || hex::decode(key_hex).ok().filter(|k| k.len() == 32).is_none() {
-            anyhow::bail!("the catalogue's data key {id:?} is malformed");
+            return Err(MasterError::msg(format!("the catalogue's data key {id:?} is malformed")));
         }
     }
     for (id, key_hex) in &c.data_keys {
         let ok = !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
         let key = hex::decode(key_hex).ok().filter(|k| k.len() == 32);
         let (true, Some(key)) = (ok, key) else {
-            anyhow::bail!("the catalogue's data key {id:?} is malformed");
+            return Err(MasterError::msg(format!("the catalogue's data key {id:?} is malformed")));
         };
         std::fs::create_dir_all(keys_dir)?;
         lifeboat_common::fs::write_atomic(&keys_dir.join(format!("{id}.key")), &key, Some(0o600))?;
@@ -373,12 +384,12 @@ pub fn import(state: &State, keys_dir: &Path, c: &Catalogue) -> anyhow::Result<(
         }
         if let Some(s) = &m.system {
             let s: lifeboat_wire::api::SystemInfo = serde_json::from_value(s.clone())?;
-            s.check().map_err(anyhow::Error::msg)?;
+            s.check().map_err(MasterError::msg)?;
             state.set_machine_facts(&m.id, &serde_json::to_string(&s)?)?;
         }
         if let Some(v) = &m.vm_settings {
             let v: lifeboat_wire::api::VmSpecSettings = serde_json::from_value(v.clone())?;
-            v.check().map_err(anyhow::Error::msg)?;
+            v.check().map_err(MasterError::msg)?;
             state.set_vm_settings(&m.id, &serde_json::to_string(&v)?)?;
         }
         for p in &m.points {

@@ -40,6 +40,7 @@
 //! failed-over VM and disks are what is kept; failback later makes the replica anew) and
 //! records `committed`.
 
+use crate::master_target::MasterError;
 use std::sync::Arc;
 
 use lifeboat_plugin_host::TargetInstance;
@@ -139,7 +140,7 @@ pub fn choose_point(
 /// The VM a failover of `machine` makes: detected facts, the administrator's settings over
 /// them, defaults for what neither gives (BIOS, 2 CPUs, 2048 MiB, one interface on
 /// `default`).
-pub fn vm_spec(state: &State, machine: &str) -> anyhow::Result<VmSpecInfo> {
+pub fn vm_spec(state: &State, machine: &str) -> Result<VmSpecInfo, MasterError> {
     let detected: Option<SystemInfo> = match state.machine_facts(machine)? {
         Some(t) => Some(serde_json::from_str(&t)?),
         None => None,
@@ -241,7 +242,7 @@ impl std::fmt::Debug for Failover {
 }
 
 /// A delete that found nothing to delete (a cleanup repeated after a crash) succeeded.
-fn gone(r: Result<(), lifeboat_plugin_host::CallError>) -> anyhow::Result<()> {
+fn gone(r: Result<(), lifeboat_plugin_host::CallError>) -> Result<(), MasterError> {
     match r {
         Err(e)
             if !matches!(
@@ -256,17 +257,16 @@ fn gone(r: Result<(), lifeboat_plugin_host::CallError>) -> anyhow::Result<()> {
 }
 
 impl Failover {
-    async fn instance(&self) -> anyhow::Result<TargetInstance> {
-        let plugin = self
-            .registry
-            .get(&self.target)
-            .ok_or_else(|| anyhow::anyhow!("target plugin {:?} is not loaded", self.target))?;
+    async fn instance(&self) -> Result<TargetInstance, MasterError> {
+        let plugin = self.registry.get(&self.target).ok_or_else(|| {
+            MasterError::msg(format!("target plugin {:?} is not loaded", self.target))
+        })?;
         Ok(TargetInstance::new(plugin).await?)
     }
 
     /// Waits until the master target applied everything received for `machine` when
     /// this was called, and cut the points that reaches.
-    async fn wait_processed(&self, job: u64, machine: &str) -> anyhow::Result<()> {
+    async fn wait_processed(&self, job: u64, machine: &str) -> Result<(), MasterError> {
         let mut want = Vec::new();
         for (d, _) in self.state.disks(machine)? {
             want.push((d, self.state.received_next(machine, d)?));
@@ -295,11 +295,11 @@ impl Failover {
                 return Ok(());
             }
             if start.elapsed() > PROCESS_WAIT {
-                anyhow::bail!(
+                return Err(MasterError::msg(format!(
                     "the master target did not apply the {left} logs received for {machine} in {} s; \
                      choose latest-processed to use the newest point there is",
                     PROCESS_WAIT.as_secs()
-                );
+                )));
             }
             self.state.job_progress(
                 job,
@@ -316,11 +316,11 @@ impl Failover {
         job: u64,
         machine: &str,
         choice: &PointChoice,
-    ) -> anyhow::Result<PointRow> {
+    ) -> Result<PointRow, MasterError> {
         if *choice == PointChoice::Latest {
             self.wait_processed(job, machine).await?;
         }
-        choose_point(&self.state, machine, choice)?.map_err(|(_, m)| anyhow::anyhow!(m))
+        choose_point(&self.state, machine, choice)?.map_err(|(_, m)| MasterError::msg(m))
     }
 
     /// Materialises every disk of `point` as `<prefix>-<machine>-d<d>`, in the VM's disk
@@ -333,7 +333,7 @@ impl Failover {
         point: &PointRow,
         order: &[u32],
         made: &mut Vec<String>,
-    ) -> anyhow::Result<Vec<serde_json::Value>> {
+    ) -> Result<Vec<serde_json::Value>, MasterError> {
         let mut disks: Vec<u32> =
             order.iter().copied().filter(|d| point.disks.contains(d)).collect();
         disks.extend(point.disks.iter().copied().filter(|d| !order.contains(d)));
@@ -355,10 +355,10 @@ impl Failover {
     /// What the master target's target plugin says it can do.
     pub async fn target_capabilities(
         &self,
-    ) -> anyhow::Result<lifeboat_plugin_host::target::TargetCapabilities> {
+    ) -> Result<lifeboat_plugin_host::target::TargetCapabilities, MasterError> {
         let t = self.instance().await?;
         t.capabilities().cloned().ok_or_else(|| {
-            anyhow::anyhow!("the target plugin {} gave no capabilities", self.target)
+            MasterError::msg(format!("the target plugin {} gave no capabilities", self.target))
         })
     }
 
@@ -397,7 +397,7 @@ impl Failover {
         machine: &str,
         choice: &PointChoice,
         made: &mut Vec<String>,
-    ) -> anyhow::Result<serde_json::Value> {
+    ) -> Result<serde_json::Value, MasterError> {
         let point = self.resolve(job, machine, choice).await?;
         let spec = vm_spec(&self.state, machine)?;
         let mut t = self.instance().await?;
@@ -468,7 +468,7 @@ impl Failover {
         old: Option<&crate::store::FailoverRow>,
         made: &mut Vec<String>,
         vm_made: &mut Option<String>,
-    ) -> anyhow::Result<serde_json::Value> {
+    ) -> Result<serde_json::Value, MasterError> {
         let t0 = std::time::Instant::now();
         let mut t = self.instance().await?;
         let point = self.resolve(job, machine, choice).await?;
@@ -523,7 +523,7 @@ impl Failover {
     /// its recovery points and unapplied logs are deleted, the failed-over VM and disks
     /// (and the replica) stay. A failure goes back to `failed-over`.
     pub async fn commit(&self, job: u64, machine: String) {
-        let r: anyhow::Result<u64> = async {
+        let r: Result<u64, MasterError> = async {
             let mut t = self.instance().await?;
             let points = self.state.points(&machine)?;
             for (i, p) in points.iter().enumerate() {
@@ -535,7 +535,7 @@ impl Failover {
                 gone(t.delete_point(&p.id).await)?;
                 self.state.delete_point(&p.id)?;
             }
-            let mid: MachineId = machine.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+            let mid: MachineId = machine.parse().map_err(|e: String| MasterError::msg(e))?;
             for (d, _) in self.state.disks(&machine)? {
                 for name in t.list_logs(&crate::logobj::log_prefix(mid, d)).await? {
                     gone(t.delete_log(&name).await)?;
@@ -579,21 +579,20 @@ impl Failover {
         machine: &str,
         what: &str,
         done: impl Fn(&crate::store::ReverseRow) -> bool,
-    ) -> anyhow::Result<crate::store::ReverseRow> {
+    ) -> Result<crate::store::ReverseRow, MasterError> {
         let start = std::time::Instant::now();
         loop {
-            let r = self
-                .state
-                .reverse(machine)?
-                .ok_or_else(|| anyhow::anyhow!("reverse replication of {machine} is gone"))?;
+            let r = self.state.reverse(machine)?.ok_or_else(|| {
+                MasterError::msg(format!("reverse replication of {machine} is gone"))
+            })?;
             if done(&r) {
                 return Ok(r);
             }
             if start.elapsed() > REVERSE_WAIT {
-                anyhow::bail!(
+                return Err(MasterError::msg(format!(
                     "no {what} in {} hours: is `lifeboat-agent reprotect` running on the original machine?",
                     REVERSE_WAIT.as_secs() / 3600
-                );
+                )));
             }
             let (progress, message) = if r.done_bytes > 0 {
                 (
@@ -672,12 +671,16 @@ impl Failover {
         }
     }
 
-    async fn failback_steps(&self, job: u64, machine: &str) -> anyhow::Result<serde_json::Value> {
+    async fn failback_steps(
+        &self,
+        job: u64,
+        machine: &str,
+    ) -> Result<serde_json::Value, MasterError> {
         let fo = self
             .state
             .failovers(Some(machine))?
             .pop()
-            .ok_or_else(|| anyhow::anyhow!("machine {machine} has no failover"))?;
+            .ok_or_else(|| MasterError::msg(format!("machine {machine} has no failover")))?;
         let mut t = self.instance().await?;
         if let Some(vm) = &fo.vm {
             self.state.job_progress(job, 0.0, "stopping the failed-over VM")?;
@@ -688,7 +691,11 @@ impl Failover {
                         e.plugin_error(),
                         Some(lifeboat_plugin_host::PluginError::NotFound(_))
                     ) => {}
-                other => anyhow::bail!("the failed-over VM {vm} is still there: {other:?}"),
+                other => {
+                    return Err(MasterError::msg(format!(
+                        "the failed-over VM {vm} is still there: {other:?}"
+                    )));
+                }
             }
             self.state.set_failover(
                 machine,
@@ -700,11 +707,11 @@ impl Failover {
         }
         // Frozen copies of the stopped machine's disks: the final pass reads them, and the
         // replicas are made from the same point.
-        let mid: MachineId = machine.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+        let mid: MachineId = machine.parse().map_err(|e: String| MasterError::msg(e))?;
         let point = format!("fb{job}-{machine}");
         t.create_point(&point, "failback", &fo.disks).await?;
         let mut frozen = Vec::new();
-        let r: anyhow::Result<serde_json::Value> = async {
+        let r: Result<serde_json::Value, MasterError> = async {
             for d in &fo.disks {
                 let copy = format!("fb{job}-{d}");
                 t.materialize(&point, d, &copy).await?;
@@ -719,12 +726,17 @@ impl Failover {
             for (d, _) in self.state.disks(machine)? {
                 let suffix = format!("-d{d}");
                 let Some(source) = fo.disks.iter().find(|x| x.ends_with(&suffix)) else {
-                    anyhow::bail!("the failed-over disks have no disk {d}");
+                    return Err(MasterError::msg(format!(
+                        "the failed-over disks have no disk {d}"
+                    )));
                 };
-                let agent_next =
-                    cursors.iter().find(|c| c.index == d).map(|c| c.next_sequence).ok_or_else(
-                        || anyhow::anyhow!("the final pass gave no sequence for disk {d}"),
-                    )?;
+                let agent_next = cursors
+                    .iter()
+                    .find(|c| c.index == d)
+                    .map(|c| c.next_sequence)
+                    .ok_or_else(|| {
+                        MasterError::msg(format!("the final pass gave no sequence for disk {d}"))
+                    })?;
                 let replica = crate::logobj::disk_id(mid, d);
                 gone(t.delete_disk(&replica).await)?;
                 t.materialize(&point, source, &replica).await?;
@@ -763,7 +775,7 @@ impl Failover {
 
     /// Runs job `job`: the cleanup of test failover `tf`.
     pub async fn cleanup(&self, job: u64, tf: TestFailoverRow) {
-        let r: anyhow::Result<()> = async {
+        let r: Result<(), MasterError> = async {
             let mut t = self.instance().await?;
             self.state.job_progress(job, 0.0, "deleting the VM")?;
             gone(t.delete_vm(&tf.vm).await)?;

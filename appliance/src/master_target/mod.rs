@@ -29,8 +29,11 @@
 //! that the newest point is always kept. Tiered thinning comes with the lifecycle work.
 
 pub mod catalogue;
+mod error;
 pub mod failover;
 pub mod qemu;
+
+pub use error::MasterError;
 
 use crate::config;
 use crate::handoff::Handoff;
@@ -155,7 +158,7 @@ impl MasterTarget {
         machine: MachineId,
         disk: u32,
         token: u64,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), MasterError> {
         use crate::control::{COMPARE_REQUEST, CompareRequested, name, seal};
         let Some(keys) = &self.keys else { return Ok(()) };
         let n = name(COMPARE_REQUEST, machine, disk);
@@ -167,7 +170,7 @@ impl MasterTarget {
     /// Reads the compare-done objects at the target (every 5 s at most): a comparison an
     /// agent finished through a process server at another site. Each one read, with its
     /// request, is deleted; objects this appliance cannot open are left alone.
-    async fn read_compare_done(&mut self) -> anyhow::Result<()> {
+    async fn read_compare_done(&mut self) -> Result<(), MasterError> {
         use crate::control::{
             COMPARE_DONE, COMPARE_REQUEST, CompareFinished, name, open, parse_name,
         };
@@ -180,8 +183,8 @@ impl MasterTarget {
         for n in target.list_logs(COMPARE_DONE).await? {
             let Some((machine, disk)) = parse_name(COMPARE_DONE, &n) else { continue };
             let bytes = target.get_log(&n).await?;
-            let done = match open(&keys, &n, &bytes).map_err(anyhow::Error::from).and_then(|b| {
-                serde_json::from_slice::<CompareFinished>(&b).map_err(anyhow::Error::from)
+            let done = match open(&keys, &n, &bytes).map_err(MasterError::from).and_then(|b| {
+                serde_json::from_slice::<CompareFinished>(&b).map_err(MasterError::from)
             }) {
                 Ok(d) => d,
                 Err(e) => {
@@ -200,7 +203,7 @@ impl MasterTarget {
     }
 
     /// Writes the catalogue if it changed and [`crate::master_target::catalogue::WRITE_EVERY`] passed.
-    async fn maybe_write_catalogue(&mut self) -> anyhow::Result<()> {
+    async fn maybe_write_catalogue(&mut self) -> Result<(), MasterError> {
         use crate::master_target::catalogue::{OBJECT, Sealer, WRITE_EVERY, build};
         use sha2::Digest as _;
         let Some(dir) = self.catalogue_dir.clone() else { return Ok(()) };
@@ -274,14 +277,14 @@ impl MasterTarget {
         }
     }
 
-    async fn refresh(&mut self) -> anyhow::Result<()> {
+    async fn refresh(&mut self) -> Result<(), MasterError> {
         let current = self.registry.current().generation;
         if current == self.generation && self.target.is_some() {
             return Ok(());
         }
         let get = |name: &str| {
             self.registry.get(name).ok_or_else(|| {
-                anyhow::anyhow!("plugin {name:?} is not loaded; see the appliance log")
+                MasterError::msg(format!("plugin {name:?} is not loaded; see the appliance log"))
             })
         };
         self.target = Some(TargetInstance::new(get(&self.cfg.target)?).await?);
@@ -298,7 +301,7 @@ impl MasterTarget {
 
     /// Records a failure of one disk (or with `u32::MAX`, of a machine's point): it backs
     /// off and an alert names it until it works again.
-    fn disk_failed(&mut self, machine: MachineId, disk: u32, e: &anyhow::Error) {
+    fn disk_failed(&mut self, machine: MachineId, disk: u32, e: &MasterError) {
         let t = self
             .troubled
             .entry((machine, disk))
@@ -337,7 +340,7 @@ impl MasterTarget {
     /// one disk (a log that cannot be read, opened or applied) or of one machine's point
     /// stops only that disk or machine, which backs off with an alert naming it; a
     /// failure that concerns every disk (the plugins, listing the target) fails the pass.
-    pub async fn pass(&mut self) -> anyhow::Result<PassReport> {
+    pub async fn pass(&mut self) -> Result<PassReport, MasterError> {
         self.refresh().await?;
         if let Err(e) = self.read_compare_done().await {
             tracing::warn!(error = %format!("{e:#}"), "cannot read the compare-done objects at the target; tried again");
@@ -421,7 +424,7 @@ impl MasterTarget {
 
     /// The machine's last point: the newest one cut, or one passed without a point while a
     /// disk was being compared.
-    fn last_point(&self, mid: &str) -> anyhow::Result<u64> {
+    fn last_point(&self, mid: &str) -> Result<u64, MasterError> {
         let cut = self.state.points(mid)?.last().map(|p| p.point).unwrap_or(0);
         let skipped = self
             .state
@@ -442,7 +445,7 @@ impl MasterTarget {
         disk: u32,
         next: u64,
         first: u64,
-    ) -> anyhow::Result<Option<(u64, u64)>> {
+    ) -> Result<Option<(u64, u64)>, MasterError> {
         let since = match self.gaps.get(&(machine, disk)) {
             Some((n, since)) if *n == next => *since,
             _ => {
@@ -475,7 +478,7 @@ impl MasterTarget {
         machine: MachineId,
         disk: u32,
         last_point: u64,
-    ) -> anyhow::Result<u64> {
+    ) -> Result<u64, MasterError> {
         let mid = machine.to_string();
         let prefix = log_prefix(machine, disk);
         let target = self.target.as_mut().expect("refreshed");
@@ -536,7 +539,7 @@ impl MasterTarget {
         machine: MachineId,
         disk: u32,
         unflushed: &mut Vec<(u64, String, Option<ConsistencyTag>)>,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), MasterError> {
         let Some((last, _, _)) = unflushed.last() else {
             return Ok(());
         };
@@ -567,7 +570,7 @@ impl MasterTarget {
         disk: u32,
         seq: u64,
         name: &str,
-    ) -> anyhow::Result<Option<ConsistencyTag>> {
+    ) -> Result<Option<ConsistencyTag>, MasterError> {
         let t0 = std::time::Instant::now();
         let handed = self.handoff.as_ref().and_then(|h| h.take(name));
         let from_memory = handed.is_some();
@@ -588,9 +591,9 @@ impl MasterTarget {
                         &machine.to_string(),
                     )?;
                     if policy.encryption.unwrap_or(true) {
-                        anyhow::bail!(
+                        return Err(MasterError::msg(format!(
                             "log {name} is not sealed, but the policy of machine {machine} requires encryption: refused"
-                        );
+                        )));
                     }
                     self.state.count(&[("unsealed_logs", 1)])?;
                     envelope.to_vec()
@@ -607,17 +610,16 @@ impl MasterTarget {
                 encoded.into()
             }
         };
-        let batch =
-            lifeboat_wire::decode(&encoded).map_err(|e| anyhow::anyhow!("log {name}: {e}"))?;
+        let batch = lifeboat_wire::decode(&encoded)
+            .map_err(|e| MasterError::msg(format!("log {name}: {e}")))?;
         let t1 = std::time::Instant::now();
         let h = batch.header();
-        anyhow::ensure!(
-            (h.machine, h.disk_index, h.sequence) == (machine, disk, seq),
-            "log {name} holds batch {}/{}/{}",
-            h.machine,
-            h.disk_index,
-            h.sequence
-        );
+        if (h.machine, h.disk_index, h.sequence) != (machine, disk, seq) {
+            return Err(MasterError::msg(format!(
+                "log {name} holds batch {}/{}/{}",
+                h.machine, h.disk_index, h.sequence
+            )));
+        };
         let tag = h.tag;
         let target = self.target.as_mut().expect("refreshed");
         let max =
@@ -667,7 +669,7 @@ impl MasterTarget {
         disks: &[u32],
         point: u64,
         kind: &str,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), MasterError> {
         let id = point_id(machine, point);
         let disk_ids: Vec<String> =
             disks.iter().map(|d| crate::logobj::disk_id(machine, *d)).collect();
@@ -688,7 +690,7 @@ impl MasterTarget {
         self.prune(&mid).await
     }
 
-    async fn prune(&mut self, machine_id: &str) -> anyhow::Result<()> {
+    async fn prune(&mut self, machine_id: &str) -> Result<(), MasterError> {
         let points = self.state.points(machine_id)?;
         // The machine's policy thins by tiers when it has a retention.
         if let Some(tiers) =

@@ -12,6 +12,7 @@
 //!   `allow` it). `--user-net` puts every interface on the user network instead.
 //! - The serial console is the command's standard output (`-nographic`).
 
+use crate::master_target::MasterError;
 use serde::Deserialize;
 
 /// Where Debian's `ovmf` package puts the UEFI firmware.
@@ -52,32 +53,38 @@ pub struct LocalNic {
 }
 
 /// Parses and checks a spec file's text.
-pub fn parse_spec(text: &str) -> anyhow::Result<LocalVmSpec> {
+pub fn parse_spec(text: &str) -> Result<LocalVmSpec, MasterError> {
     let spec: LocalVmSpec = serde_json::from_str(text)?;
-    anyhow::ensure!(
-        spec.format == 1,
-        "VM spec format {} is not known (this build reads 1)",
-        spec.format
-    );
+    if spec.format != 1 {
+        return Err(MasterError::msg(format!(
+            "VM spec format {} is not known (this build reads 1)",
+            spec.format
+        )));
+    };
     lifeboat_wire::api::check_firmware(&spec.firmware)
-        .map_err(|e| anyhow::anyhow!("firmware: {e}"))?;
-    anyhow::ensure!((1..=256).contains(&spec.cpus), "cpus: expected 1 to 256");
-    anyhow::ensure!(
-        (16..=(4 << 20)).contains(&spec.memory_mib),
-        "memory_mib: expected 16 to 4194304"
-    );
-    anyhow::ensure!(!spec.disks.is_empty(), "disks: a VM needs a boot disk");
+        .map_err(|e| MasterError::msg(format!("firmware: {e}")))?;
+    if !(1..=256).contains(&spec.cpus) {
+        return Err(MasterError::msg("cpus: expected 1 to 256"));
+    };
+    if !(16..=(4 << 20)).contains(&spec.memory_mib) {
+        return Err(MasterError::msg("memory_mib: expected 16 to 4194304"));
+    };
+    if spec.disks.is_empty() {
+        return Err(MasterError::msg("disks: a VM needs a boot disk"));
+    };
     for (i, d) in spec.disks.iter().enumerate() {
-        anyhow::ensure!(
-            d.starts_with('/') && !d.contains(','),
-            "disks[{i}]: expected an absolute path without commas"
-        );
+        if !d.starts_with('/') || d.contains(',') {
+            return Err(MasterError::msg(format!(
+                "disks[{i}]: expected an absolute path without commas"
+            )));
+        };
     }
     for (i, n) in spec.nics.iter().enumerate() {
         lifeboat_wire::api::check_network(&n.network)
-            .map_err(|e| anyhow::anyhow!("nics[{i}].network: {e}"))?;
+            .map_err(|e| MasterError::msg(format!("nics[{i}].network: {e}")))?;
         if let Some(m) = &n.mac {
-            lifeboat_wire::api::check_mac(m).map_err(|e| anyhow::anyhow!("nics[{i}].mac: {e}"))?;
+            lifeboat_wire::api::check_mac(m)
+                .map_err(|e| MasterError::msg(format!("nics[{i}].mac: {e}")))?;
         }
     }
     Ok(spec)
@@ -86,17 +93,24 @@ pub fn parse_spec(text: &str) -> anyhow::Result<LocalVmSpec> {
 /// The qemu command line (program first) that boots `spec`, with accelerator `accel`
 /// (`tcg` or `kvm`). `user_net` puts every interface on qemu's user network instead of
 /// its mapped bridge (a host without the target networks, such as a lab or a test).
-pub fn qemu_args(spec: &LocalVmSpec, accel: &str, user_net: bool) -> anyhow::Result<Vec<String>> {
-    anyhow::ensure!(matches!(accel, "tcg" | "kvm"), "accel: expected tcg or kvm, not {accel:?}");
+pub fn qemu_args(
+    spec: &LocalVmSpec,
+    accel: &str,
+    user_net: bool,
+) -> Result<Vec<String>, MasterError> {
+    if !matches!(accel, "tcg" | "kvm") {
+        return Err(MasterError::msg(format!("accel: expected tcg or kvm, not {accel:?}")));
+    };
     let mut a: Vec<String> = vec!["qemu-system-x86_64".into()];
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
     push(&["-name", &spec.name, "-accel", accel, "-nographic", "-no-reboot"]);
     push(&["-smp", &spec.cpus.to_string(), "-m", &spec.memory_mib.to_string()]);
     if spec.firmware == "uefi" {
-        anyhow::ensure!(
-            std::path::Path::new(OVMF_CODE).exists(),
-            "the VM boots with UEFI and {OVMF_CODE} is missing: install Debian's ovmf package"
-        );
+        if !std::path::Path::new(OVMF_CODE).exists() {
+            return Err(MasterError::msg(format!(
+                "the VM boots with UEFI and {OVMF_CODE} is missing: install Debian's ovmf package"
+            )));
+        };
         push(&["-drive", &format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}")]);
     }
     for (i, d) in spec.disks.iter().enumerate() {
@@ -129,10 +143,11 @@ pub fn print_command(
     accel: &str,
     user_net: bool,
     json: bool,
-) -> anyhow::Result<()> {
+) -> Result<(), MasterError> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-    let spec = parse_spec(&text).map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
+        .map_err(|e| MasterError::msg(format!("cannot read {}: {e}", path.display())))?;
+    let spec =
+        parse_spec(&text).map_err(|e| MasterError::msg(format!("{}: {e:#}", path.display())))?;
     let args = qemu_args(&spec, accel, user_net)?;
     if json {
         println!("{}", serde_json::to_string(&args)?);

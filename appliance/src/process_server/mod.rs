@@ -41,6 +41,8 @@ mod control;
 pub mod reverse;
 mod shipping;
 
+pub use shipping::ShipError;
+
 use crate::config;
 use crate::handoff::Handoff;
 use crate::logobj::{LogHeader, disk_id, log_name};
@@ -194,7 +196,7 @@ impl ProcessServer {
         cache_dir: &std::path::Path,
         shutdown: tokio_util::sync::CancellationToken,
         handoff: Option<Arc<Handoff>>,
-    ) -> anyhow::Result<ProcessServer> {
+    ) -> Result<ProcessServer, ShipError> {
         let cache_cfg = CacheConfig {
             max_bytes: cfg.cache_max_mib << 20,
             high_water_bytes: cfg.cache_high_water_mib << 20,

@@ -4,6 +4,30 @@
 
 use super::*;
 
+/// A failure between the cache and the target: replaying the cache at start, or shipping
+/// a batch (which then stays in the cache and is tried again).
+#[derive(Debug, thiserror::Error)]
+pub enum ShipError {
+    /// A plugin call (codec, cipher, target) failed.
+    #[error(transparent)]
+    Plugin(#[from] CallError),
+    /// The cache could not be read.
+    #[error(transparent)]
+    Cache(#[from] lifeboat_cache::Error),
+    /// The state database refused.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// A cached batch does not decode.
+    #[error(transparent)]
+    Wire(#[from] lifeboat_wire::WireError),
+    /// A blocking task panicked or was cancelled.
+    #[error("a blocking task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+    /// Anything else, said in words.
+    #[error("{0}")]
+    Failed(String),
+}
+
 impl ProcessServer {
     /// Ships one disk's queue: an encoder (codec, cipher) and a putter (`put-log`, then the
     /// batch leaves the cache) run concurrently, two sealed logs apart at most, so that
@@ -108,7 +132,7 @@ impl ProcessServer {
         machine: MachineId,
         disk: u32,
         queued: &Queued,
-    ) -> anyhow::Result<Sealed> {
+    ) -> Result<Sealed, ShipError> {
         stage.refresh(&self.inner.registry, &self.inner.cfg).await?;
         let record = &queued.record;
         let payload = match &queued.payload {
@@ -170,7 +194,7 @@ impl ProcessServer {
         machine: MachineId,
         disk: u32,
         sealed: &Sealed,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), ShipError> {
         stage.refresh(&self.inner.registry, &self.inner.cfg).await?;
         let record = sealed.queued.record;
         let mark = sealed.queued.mark;
@@ -196,7 +220,7 @@ impl ProcessServer {
             let mut c = lock(&inner.cache);
             let r = c.release(&record);
             inner.note_cache(&c);
-            Ok::<_, anyhow::Error>(r?)
+            Ok::<_, ShipError>(r?)
         })
         .await??;
         self.inner
@@ -235,7 +259,7 @@ impl Stage {
         &mut self,
         registry: &Registry,
         cfg: &config::ProcessServer,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), ShipError> {
         let current = registry.current().generation;
         if current == self.generation
             && self.codec.is_some()
@@ -246,7 +270,7 @@ impl Stage {
         }
         let get = |name: &str| {
             registry.get(name).ok_or_else(|| {
-                anyhow::anyhow!("plugin {name:?} is not loaded; see the appliance log")
+                ShipError::Failed(format!("plugin {name:?} is not loaded; see the appliance log"))
             })
         };
         self.codec = Some(CodecInstance::new(get(&cfg.codec)?).await?);
