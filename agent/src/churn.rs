@@ -171,12 +171,8 @@ pub fn profile(
 }
 
 /// The report `lifeboat-agent churn --report` sends to the appliance.
-pub fn to_report(
-    disks: &[PathBuf],
-    samples: &[Sample],
-    seconds: f64,
-) -> lifeboat_wire::api::ChurnReport {
-    lifeboat_wire::api::ChurnReport {
+pub fn to_report(disks: &[PathBuf], samples: &[Sample], seconds: f64) -> lifeboat_api::ChurnReport {
+    lifeboat_api::ChurnReport {
         seconds,
         disks: disks
             .iter()
@@ -190,7 +186,7 @@ pub fn to_report(
                         *t += n;
                     }
                 }
-                lifeboat_wire::api::DiskChurn {
+                lifeboat_api::DiskChurn {
                     index: i as u32,
                     path: path.display().to_string(),
                     mean_mb_per_s: sum.mean_mb_per_s,
@@ -207,10 +203,7 @@ pub fn to_report(
 }
 
 /// Sends `report` to the appliance this agent registered with (its state directory).
-pub fn send_report(
-    state_dir: &Path,
-    report: &lifeboat_wire::api::ChurnReport,
-) -> Result<(), String> {
+pub fn send_report(state_dir: &Path, report: &lifeboat_api::ChurnReport) -> Result<(), String> {
     let reg = crate::registration::Registration::load(state_dir).map_err(|e| e.to_string())?;
     let tls = reg.tls().map_err(|e| e.to_string())?;
     let client = lifeboat_net::Client::new(&reg.record.process_server_url, tls)

@@ -17,7 +17,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use lifeboat_wire::api::{
+use lifeboat_api::{
     CompareAnswer, CompareBlocks, CompareDone, CompareRequest, REVERSE_BLOCK, REVERSE_MAX_BLOCKS,
     reverse_block_hash,
 };

@@ -368,7 +368,7 @@ impl AgentConfig {
             ));
         }
         if let Some(f) = &self.firmware {
-            lifeboat_wire::api::check_firmware(f).map_err(|e| bad("firmware", e))?;
+            lifeboat_api::check_firmware(f).map_err(|e| bad("firmware", e))?;
         }
         if !(10..=10_000).contains(&self.max_freeze_ms) {
             return Err(bad(
@@ -507,8 +507,8 @@ impl AgentConfig {
 }
 
 impl BandwidthConfig {
-    /// A machine policy's schedule (`lifeboat_wire::api::PolicyBandwidth`) in this shape.
-    pub fn from_policy(p: &lifeboat_wire::api::PolicyBandwidth) -> BandwidthConfig {
+    /// A machine policy's schedule (`lifeboat_api::PolicyBandwidth`) in this shape.
+    pub fn from_policy(p: &lifeboat_api::PolicyBandwidth) -> BandwidthConfig {
         BandwidthConfig {
             mbps: p.mbps,
             schedule: p

@@ -234,7 +234,7 @@ pub struct Cycler {
     /// The disks' sizes as the sender announces them: a disk found at another size is
     /// published here before any batch for it is journaled, so the sender announces the
     /// new size (a new hello) before it sends data past the old end.
-    sizes: Option<Arc<tokio::sync::watch::Sender<Vec<lifeboat_wire::api::DiskDescriptor>>>>,
+    sizes: Option<Arc<tokio::sync::watch::Sender<Vec<lifeboat_api::DiskDescriptor>>>>,
     /// Comparisons of disks with their replicas the appliance asked for.
     comparisons: Option<crate::compare::Comparisons>,
 }
@@ -462,7 +462,7 @@ impl Cycler {
         let Some(c) = &mut self.comparisons else { return };
         let mut left = Vec::new();
         for r in std::mem::take(&mut c.compared) {
-            let d = lifeboat_wire::api::CompareDone { disk: r.disk, token: r.token, point };
+            let d = lifeboat_api::CompareDone { disk: r.disk, token: r.token, point };
             if let Err(e) = c.client.done(&d) {
                 tracing::warn!(
                     disk = r.disk,
@@ -477,7 +477,7 @@ impl Cycler {
     /// Publishes each disk's size when it changes (see the `sizes` field).
     pub fn set_sizes(
         &mut self,
-        sizes: Option<Arc<tokio::sync::watch::Sender<Vec<lifeboat_wire::api::DiskDescriptor>>>>,
+        sizes: Option<Arc<tokio::sync::watch::Sender<Vec<lifeboat_api::DiskDescriptor>>>>,
     ) {
         self.sizes = sizes;
     }
@@ -762,7 +762,7 @@ impl Cycler {
         let app = quiesced == crate::quiesce::Quiesced::App;
         if let crate::quiesce::Quiesced::Failed(e) = &quiesced {
             *quiesce_failed = Some(e.clone());
-            self.progress.raise(lifeboat_wire::api::AgentAlert {
+            self.progress.raise(lifeboat_api::AgentAlert {
                 kind: "quiesce-failed".into(),
                 message: e.chars().take(1000).collect(),
             });

@@ -9,7 +9,7 @@
 //!
 //! The administrator defines the group on the appliance (`PUT /api/v1/groups/{name}`:
 //! members and coordinator); each agent learns it with its trust check
-//! ([`lifeboat_wire::api::TrustAnswer::group`], a [`GroupView`] here). The `[group]` table
+//! ([`lifeboat_api::TrustAnswer::group`], a [`GroupView`] here). The `[group]` table
 //! of the agent's configuration only says where the peers listen. A coordinator starts a
 //! round, and a member takes part in one, only while the appliance's definition agrees:
 //! same name, this coordinator, these members. A peer the appliance revoked is thus
@@ -139,7 +139,7 @@ enum Reply {
 }
 
 /// The group as the appliance last defined it for this machine (`None`: in no group).
-pub type GroupView = Arc<std::sync::RwLock<Option<lifeboat_wire::api::GroupAssignment>>>;
+pub type GroupView = Arc<std::sync::RwLock<Option<lifeboat_api::GroupAssignment>>>;
 
 /// Reports to the appliance that this member recorded a group's point (group, point).
 pub type PointReporter = Arc<dyn Fn(&str, u64) + Send + Sync>;
@@ -684,7 +684,7 @@ impl GroupCut for CoordinatorRound {
         let mut members: Vec<String> = c.peers.iter().map(|p| p.machine.clone()).collect();
         members.push(c.me.clone());
         // The coordinator is a member too: it reports its own point like the others.
-        let mine = lifeboat_wire::api::MemberPoint { group: c.group.clone(), point };
+        let mine = lifeboat_api::MemberPoint { group: c.group.clone(), point };
         if let Err(e) = c.runtime.block_on(call(
             &c.appliance,
             "/api/v1/groups/member-points",
@@ -693,7 +693,7 @@ impl GroupCut for CoordinatorRound {
         )) {
             tracing::warn!(group = %c.group, point, "cannot report this member's group point: {e}");
         }
-        let body = lifeboat_wire::api::GroupPoint { group: c.group.clone(), point, members };
+        let body = lifeboat_api::GroupPoint { group: c.group.clone(), point, members };
         // Every member recorded the point: the record is worth a few tries.
         let mut posted = Err(String::new());
         for attempt in 0..3u32 {
@@ -753,7 +753,7 @@ mod tests {
         let url = format!("https://{}", listener.local_addr().unwrap());
         let (round_tx, round_rx) = std_mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let assignment = |coordinator: &str| lifeboat_wire::api::GroupAssignment {
+        let assignment = |coordinator: &str| lifeboat_api::GroupAssignment {
             name: "erp".into(),
             coordinator: coordinator.into(),
             members: vec!["m-a".into(), "m-b".into()],

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use lifeboat_wire::api::Progress;
+use lifeboat_api::Progress;
 
 /// What a disk's cycle is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +52,7 @@ pub struct DiskProgress {
 pub struct ProgressBoard {
     disks: Mutex<Vec<Option<DiskProgress>>>,
     /// An alert for the appliance, not sent yet (the newest one wins).
-    alert: Mutex<Option<lifeboat_wire::api::AgentAlert>>,
+    alert: Mutex<Option<lifeboat_api::AgentAlert>>,
 }
 
 impl ProgressBoard {
@@ -62,12 +62,12 @@ impl ProgressBoard {
     }
 
     /// Keeps `alert` for the sender to pass on to the appliance.
-    pub fn raise(&self, alert: lifeboat_wire::api::AgentAlert) {
+    pub fn raise(&self, alert: lifeboat_api::AgentAlert) {
         *self.alert.lock().unwrap_or_else(|p| p.into_inner()) = Some(alert);
     }
 
     /// The alert not sent yet, if any (taken: raise it again if sending fails).
-    pub fn take_alert(&self) -> Option<lifeboat_wire::api::AgentAlert> {
+    pub fn take_alert(&self) -> Option<lifeboat_api::AgentAlert> {
         self.alert.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 

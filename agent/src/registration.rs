@@ -29,10 +29,10 @@ use std::str::FromStr as _;
 use std::sync::Arc;
 
 use http::{HeaderMap, StatusCode};
+use lifeboat_api::{RegisterRequest, RegisterResponse};
 use lifeboat_net::tls::{Trust, client_config};
 use lifeboat_net::{Client, ClientError, Identity, TlsError};
 use lifeboat_wire::MachineId;
-use lifeboat_wire::api::{RegisterRequest, RegisterResponse};
 use serde::{Deserialize, Serialize};
 
 /// File name of the registration record in the state directory.

@@ -8,8 +8,8 @@
 use std::path::Path;
 
 use http::{HeaderMap, Method};
+use lifeboat_api::{RenewAnswer, RenewRequest, TrustAnswer};
 use lifeboat_net::Identity;
-use lifeboat_wire::api::{RenewAnswer, RenewRequest, TrustAnswer};
 
 use crate::registration::Registration;
 
@@ -25,11 +25,11 @@ pub struct Refreshed {
     /// The policy's app-consistent interval, if it sets one.
     pub app_interval_secs: Option<u64>,
     /// The policy's bandwidth schedule, if it sets one.
-    pub bandwidth: Option<lifeboat_wire::api::PolicyBandwidth>,
+    pub bandwidth: Option<lifeboat_api::PolicyBandwidth>,
     /// Disks to compare with their replicas (see [`crate::compare`]).
-    pub compare: Vec<lifeboat_wire::api::CompareRequest>,
+    pub compare: Vec<lifeboat_api::CompareRequest>,
     /// The consistency group the appliance puts this machine in.
-    pub group: Option<lifeboat_wire::api::GroupAssignment>,
+    pub group: Option<lifeboat_api::GroupAssignment>,
 }
 
 impl Refreshed {

@@ -18,11 +18,11 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use http::{HeaderMap, Method};
-use lifeboat_wire::Extent;
-use lifeboat_wire::api::{
+use lifeboat_api::{
     DiskCursor, REVERSE_BLOCK, REVERSE_MAX_BLOCKS, ReverseDiff, ReverseDone, ReverseStatus,
     reverse_block_hash,
 };
+use lifeboat_wire::Extent;
 
 use crate::config::AgentConfig;
 use crate::journal::Journal;

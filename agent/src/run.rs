@@ -22,8 +22,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use lifeboat_api::DiskDescriptor;
 use lifeboat_wire::MachineId;
-use lifeboat_wire::api::DiskDescriptor;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{AgentConfig, ConfigError, TrackerChoice};
@@ -389,7 +389,7 @@ pub fn run(cfg: &AgentConfig, cfg_path: &Path, opts: RunOptions) -> Result<(), R
         cycler.set_quiescers(Some(quiescers));
     }
     // The machine's policy's bandwidth schedule, over the configuration's.
-    let policy_schedule = |b: &lifeboat_wire::api::PolicyBandwidth| {
+    let policy_schedule = |b: &lifeboat_api::PolicyBandwidth| {
         crate::config::BandwidthConfig::from_policy(b)
             .schedule(Path::new("the machine's policy (bandwidth)"))
             .map_err(|e| tracing::warn!(error = %e, "the policy's bandwidth schedule is not usable; the agent's own applies"))
@@ -434,7 +434,7 @@ pub fn run(cfg: &AgentConfig, cfg_path: &Path, opts: RunOptions) -> Result<(), R
             let tls = tls_rx.clone();
             let handle = runtime.handle().clone();
             Arc::new(move |group: &str, point: u64| {
-                let body = lifeboat_wire::api::MemberPoint { group: group.to_owned(), point };
+                let body = lifeboat_api::MemberPoint { group: group.to_owned(), point };
                 let client = match lifeboat_net::Client::new(&url, tls.borrow().clone()) {
                     Ok(c) => c.with_timeout(Duration::from_secs(30)),
                     Err(e) => {

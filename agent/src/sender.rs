@@ -1,7 +1,7 @@
 //! The sender: ships the journal's batches to the process server, in order per disk, and
 //! deletes each one only when the appliance says it is durable.
 //!
-//! # Protocol (see `lifeboat_wire::api`)
+//! # Protocol (see `lifeboat_api`)
 //!
 //! A session starts with `POST /api/v1/hello` (disks and protocol versions). The answer's
 //! `next_sequence` per disk is what the appliance expects next, everything before it being
@@ -39,8 +39,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use lifeboat_api::{BatchAck, DiskDescriptor, Hello, HelloResponse, Progress, SystemInfo};
 use lifeboat_net::{Client, ClientError};
-use lifeboat_wire::api::{BatchAck, DiskDescriptor, Hello, HelloResponse, Progress, SystemInfo};
 use rand::Rng as _;
 use tokio::sync::watch;
 

@@ -1,13 +1,13 @@
 //! What a failover needs to know about the source machine to rebuild it as a VM: how it
 //! boots (BIOS or UEFI), its CPUs and memory, and its network interfaces with their MAC
-//! addresses and IP addresses. Sent in every hello (`lifeboat_wire::api::SystemInfo`);
+//! addresses and IP addresses. Sent in every hello (`lifeboat_api::SystemInfo`);
 //! the appliance keeps the last one and the administrator maps the interfaces to target
 //! networks (`lifeboat vm-spec`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use lifeboat_wire::api::{MAX_NICS, NicInfo, SystemInfo};
+use lifeboat_api::{MAX_NICS, NicInfo, SystemInfo};
 
 /// Detects the machine's firmware, CPUs, memory and interfaces. `firmware` overrides the
 /// detection (`bios` or `uefi`), for a machine whose disks boot differently from how the

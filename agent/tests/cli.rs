@@ -1,5 +1,5 @@
 //! The real `lifeboat-agent` binary against a small appliance on 127.0.0.1 (configuration
-//! server for registration, process server with mutual TLS), speaking `lifeboat_wire::api`:
+//! server for registration, process server with mutual TLS), speaking `lifeboat_api`:
 //! register, `run --once` twice, and the exit codes of the common mistakes.
 
 use std::fs::{File, OpenOptions};
@@ -9,13 +9,11 @@ use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 
 use http::{Request, Response, StatusCode};
+use lifeboat_api::{BatchAck, DiskCursor, Hello, HelloResponse, RegisterRequest, RegisterResponse};
 use lifeboat_net::server::{self, ApiError, PeerInfo, RequestBody, ResponseBody};
 use lifeboat_net::tls::ClientAuth;
 use lifeboat_net::{Ca, Identity};
 use lifeboat_wire::Extent;
-use lifeboat_wire::api::{
-    BatchAck, DiskCursor, Hello, HelloResponse, RegisterRequest, RegisterResponse,
-};
 
 const DISK_SIZE: usize = 1 << 20;
 

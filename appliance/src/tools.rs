@@ -54,7 +54,7 @@ pub fn churn(
 ) -> anyhow::Result<()> {
     let state = State::open(&config.data_dir.join("state.db"))?;
     for (m, at, text) in state.churn(machine)? {
-        let r: lifeboat_wire::api::ChurnReport = serde_json::from_str(&text)?;
+        let r: lifeboat_api::ChurnReport = serde_json::from_str(&text)?;
         let mean: f64 = r.disks.iter().map(|d| d.mean_mb_per_s).sum::<f64>() * 8.0;
         let peak: f64 = r.disks.iter().map(|d| d.peak_mb_per_s).sum::<f64>() * 8.0;
         let daily_gb = r.disks.iter().map(|d| d.mean_mb_per_s).sum::<f64>() * 86_400.0 / 1000.0;

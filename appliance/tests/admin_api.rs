@@ -892,7 +892,7 @@ async fn policies_and_alerts() {
     assert!(v["machines"][0]["rpo_secs"].as_u64().unwrap() >= 300, "{v}");
     assert_eq!(v["machines"][0]["backlog_batches"], 3, "{v}");
     assert_eq!(v["machines"][0]["state"], "protected", "{v}");
-    let resync = lifeboat_wire::api::Progress {
+    let resync = lifeboat_api::Progress {
         disk: 0,
         phase: "resync".into(),
         done_bytes: 1,

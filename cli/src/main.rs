@@ -895,10 +895,8 @@ fn run(cli: &Cli) -> Result<(serde_json::Value, String), Failure> {
                     if !members.contains(coordinator) {
                         members.push(coordinator.clone());
                     }
-                    let def = lifeboat_wire::api::GroupDefinition {
-                        coordinator: coordinator.clone(),
-                        members,
-                    };
+                    let def =
+                        lifeboat_api::GroupDefinition { coordinator: coordinator.clone(), members };
                     let body = serde_json::to_value(def).expect("plain data serialises");
                     authed_with(Method::PUT, &format!("/api/v1/groups/{name}"), Some(body))?
                 }

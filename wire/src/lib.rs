@@ -63,7 +63,6 @@
 
 #![deny(missing_docs)]
 
-pub mod api;
 mod batch;
 mod decode;
 mod encode;

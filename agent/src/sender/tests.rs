@@ -1,5 +1,5 @@
 //! The sender against a real HTTPS process server on 127.0.0.1 (lifeboat-net's server, mutual
-//! TLS), speaking `lifeboat_wire::api`: it applies the batches to in-memory replicas, so the
+//! TLS), speaking `lifeboat_api`: it applies the batches to in-memory replicas, so the
 //! tests check that what the appliance ends up with equals the disks.
 
 use std::fs::{File, OpenOptions};
@@ -11,10 +11,10 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use http::{Request, Response};
+use lifeboat_api::{DiskCursor, HelloResponse};
 use lifeboat_net::server::{self, ApiError, PeerInfo, RequestBody, ResponseBody, ServeOptions};
 use lifeboat_net::tls::{ClientAuth, Trust};
 use lifeboat_net::{Ca, Identity};
-use lifeboat_wire::api::{DiskCursor, HelloResponse};
 use lifeboat_wire::{ConsistencyTag, Extent, MachineId};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

@@ -13,10 +13,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use lifeboat_api::{Plan, PlanAction};
 use lifeboat_plugin_host::ActionInstance;
 use lifeboat_plugin_host::action::{PlanContext, PlanMachine};
 use lifeboat_plugin_host::manifest::PluginKind;
-use lifeboat_wire::api::{Plan, PlanAction};
 
 use crate::master_target::failover::{Failover, PointChoice};
 use crate::store::State;

@@ -1,6 +1,6 @@
 //! Replication policies and alerts.
 //!
-//! A policy (`lifeboat_wire::api::Policy`) sets a machine's RPO thresholds, how long its
+//! A policy (`lifeboat_api::Policy`) sets a machine's RPO thresholds, how long its
 //! agent may stay silent, and the tiered thinning of its recovery points. Machines use
 //! `default` (the built-in values until an administrator stores another `default`) until
 //! given another. The master target thins points by the machine's policy when it has a
@@ -12,7 +12,7 @@
 //! and plugin failures (a refused plugin, a failing master target pass). The appliance's
 //! own figures come from [`Health`], sampled every few seconds into the state store.
 
-use lifeboat_wire::api::{Alert, Policy, RetentionTier};
+use lifeboat_api::{Alert, Policy, RetentionTier};
 
 use crate::store::{State, StateError, now_ms};
 

@@ -1,13 +1,13 @@
 //! HTTP routes of the configuration server (443) and the process server (9443).
 //! One function per listener; each request is one small function. Bodies and answers are
-//! the types of `lifeboat_wire::api`.
+//! the types of `lifeboat_api`.
 
 use crate::process_server::{Kind, ProcessError, ProcessServer};
 use crate::store::State;
 use http::{Method, Request, Response, StatusCode};
+use lifeboat_api as api;
 use lifeboat_net::server::{json, read_body, read_json};
 use lifeboat_net::{ApiError, PeerInfo, RequestBody, ResponseBody};
-use lifeboat_wire::api;
 use std::sync::Arc;
 
 mod account;

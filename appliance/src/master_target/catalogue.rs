@@ -336,11 +336,11 @@ pub fn import(state: &State, keys_dir: &Path, c: &Catalogue) -> Result<(), Maste
         lifeboat_net::ca::validate_machine_id(&m.id)
             .map_err(|e| MasterError::msg(format!("the catalogue's machine {:?}: {e}", m.id)))?;
         if let Some(s) = &m.system {
-            let s: lifeboat_wire::api::SystemInfo = serde_json::from_value(s.clone())?;
+            let s: lifeboat_api::SystemInfo = serde_json::from_value(s.clone())?;
             s.check().map_err(MasterError::msg)?;
         }
         if let Some(v) = &m.vm_settings {
-            let v: lifeboat_wire::api::VmSpecSettings = serde_json::from_value(v.clone())?;
+            let v: lifeboat_api::VmSpecSettings = serde_json::from_value(v.clone())?;
             v.check().map_err(MasterError::msg)?;
         }
         for p in &m.points {
@@ -383,12 +383,12 @@ pub fn import(state: &State, keys_dir: &Path, c: &Catalogue) -> Result<(), Maste
             state.upsert_disk(&m.id, *index, *size, path)?;
         }
         if let Some(s) = &m.system {
-            let s: lifeboat_wire::api::SystemInfo = serde_json::from_value(s.clone())?;
+            let s: lifeboat_api::SystemInfo = serde_json::from_value(s.clone())?;
             s.check().map_err(MasterError::msg)?;
             state.set_machine_facts(&m.id, &serde_json::to_string(&s)?)?;
         }
         if let Some(v) = &m.vm_settings {
-            let v: lifeboat_wire::api::VmSpecSettings = serde_json::from_value(v.clone())?;
+            let v: lifeboat_api::VmSpecSettings = serde_json::from_value(v.clone())?;
             v.check().map_err(MasterError::msg)?;
             state.set_vm_settings(&m.id, &serde_json::to_string(&v)?)?;
         }
@@ -426,7 +426,7 @@ mod tests {
                 disks: vec![(0, 1 << 30, "/dev/sda".into())],
                 system: None,
                 vm_settings: Some(
-                    serde_json::to_value(lifeboat_wire::api::VmSpecSettings {
+                    serde_json::to_value(lifeboat_api::VmSpecSettings {
                         cpus: Some(2),
                         ..Default::default()
                     })

@@ -47,8 +47,8 @@ use lifeboat_plugin_host::TargetInstance;
 use lifeboat_plugin_host::registry::Registry;
 use lifeboat_plugin_host::target::{Firmware, NicSpec, VmSpec};
 
+use lifeboat_api::{NicMapping, SystemInfo, VmSpecInfo, VmSpecSettings};
 use lifeboat_wire::MachineId;
-use lifeboat_wire::api::{NicMapping, SystemInfo, VmSpecInfo, VmSpecSettings};
 
 use crate::store::{PointRow, State, StateError, TestFailoverRow, now_ms};
 
@@ -720,7 +720,7 @@ impl Failover {
             self.state.request_final_pass(machine, Some(&frozen))?;
             let r =
                 self.wait_reverse(job, machine, "the final reverse pass", |r| r.final_done).await?;
-            let cursors: Vec<lifeboat_wire::api::DiskCursor> =
+            let cursors: Vec<lifeboat_api::DiskCursor> =
                 serde_json::from_str(r.next_sequences.as_deref().unwrap_or("[]"))?;
             self.state.job_progress(job, 0.99, "making the replicas from the failed-over disks")?;
             for (d, _) in self.state.disks(machine)? {

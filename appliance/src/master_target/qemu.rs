@@ -61,7 +61,7 @@ pub fn parse_spec(text: &str) -> Result<LocalVmSpec, MasterError> {
             spec.format
         )));
     };
-    lifeboat_wire::api::check_firmware(&spec.firmware)
+    lifeboat_api::check_firmware(&spec.firmware)
         .map_err(|e| MasterError::msg(format!("firmware: {e}")))?;
     if !(1..=256).contains(&spec.cpus) {
         return Err(MasterError::msg("cpus: expected 1 to 256"));
@@ -80,10 +80,10 @@ pub fn parse_spec(text: &str) -> Result<LocalVmSpec, MasterError> {
         };
     }
     for (i, n) in spec.nics.iter().enumerate() {
-        lifeboat_wire::api::check_network(&n.network)
+        lifeboat_api::check_network(&n.network)
             .map_err(|e| MasterError::msg(format!("nics[{i}].network: {e}")))?;
         if let Some(m) = &n.mac {
-            lifeboat_wire::api::check_mac(m)
+            lifeboat_api::check_mac(m)
                 .map_err(|e| MasterError::msg(format!("nics[{i}].mac: {e}")))?;
         }
     }

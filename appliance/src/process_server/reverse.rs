@@ -21,7 +21,7 @@
 //! numbering (`failover.rs`).
 
 use bytes::Bytes;
-use lifeboat_wire::api::{
+use lifeboat_api::{
     CompareAnswer, CompareBlocks, DiskSize, REVERSE_BLOCK, ReverseDiff, ReverseDone, ReverseStatus,
     reverse_block_hash,
 };

@@ -90,7 +90,7 @@ async fn extents_past_the_end_and_bad_sizes_are_refused_before_anything_is_cache
 
     let hello = |size: u64| Hello {
         protocol_versions: lifeboat_wire::PROTOCOL_VERSIONS.to_vec(),
-        disks: vec![lifeboat_wire::api::DiskDescriptor { index: 0, size, path: "/dev/a".into() }],
+        disks: vec![lifeboat_api::DiskDescriptor { index: 0, size, path: "/dev/a".into() }],
         system: None,
     };
     for bad in [0, 1000, (64u64 << 40) + 512] {

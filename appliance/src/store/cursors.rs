@@ -160,7 +160,7 @@ impl State {
     pub fn set_progress(
         &self,
         machine_id: &str,
-        p: &lifeboat_wire::api::Progress,
+        p: &lifeboat_api::Progress,
     ) -> Result<(), StateError> {
         self.conn()
             .execute(

@@ -1,0 +1,203 @@
+//! The administrator API: setup, sessions, machines, plugins, consistency groups.
+
+use crate::PointSummary;
+use serde::{Deserialize, Serialize};
+
+/// `GET /api/v1/setup`: whether the first-run setup is still to be done.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetupStatus {
+    /// No administrator exists yet.
+    pub needed: bool,
+}
+
+/// `POST /api/v1/setup` and `POST /api/v1/login`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    /// Account name: 1 to 64 ASCII letters, digits, `.`, `_`, `-`.
+    pub name: String,
+    /// Password, at least 12 characters.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+/// A session: answered by setup and login (with its token) and by `GET /api/v1/session`
+/// (without).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionInfo {
+    /// The bearer token for `Authorization: Bearer <token>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// The administrator.
+    pub name: String,
+    /// When the session ends, milliseconds since the Unix epoch.
+    pub expires_unix_ms: u64,
+}
+
+/// A protected machine as the administrator API lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineSummary {
+    /// Machine id.
+    pub id: String,
+    /// Host name the agent gave at registration.
+    pub hostname: String,
+    /// When it registered.
+    pub registered_unix_ms: u64,
+    /// Its disks as (index, size in bytes).
+    pub disks: Vec<DiskSize>,
+    /// Its newest recovery point, if any.
+    pub last_point: Option<PointSummary>,
+    /// `initial-copy` (no point yet), `protected`, `resyncing` (an agent compares a disk
+    /// whole again), `failing-over`, `failed-over`, `failover-failed`, `committed`,
+    /// `reprotecting`, `reprotected` or `failing-back`.
+    #[serde(default)]
+    pub state: String,
+    /// The achieved RPO: seconds since the newest point was made, if there is one.
+    #[serde(default)]
+    pub rpo_secs: Option<u64>,
+    /// The machine's policy.
+    #[serde(default)]
+    pub policy: String,
+    /// When the machine's agent was last heard from.
+    #[serde(default)]
+    pub last_seen_unix_ms: Option<u64>,
+    /// During the initial copy: how much of the disks was copied, 0 to 1.
+    #[serde(default)]
+    pub initial_copy: Option<f64>,
+    /// `normal`, `warning` or `critical`: the worst alert about the machine.
+    #[serde(default)]
+    pub health: String,
+    /// Consistency groups the machine is recorded in.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Batches received but not applied to the replica yet, over its disks.
+    #[serde(default)]
+    pub backlog_batches: u64,
+    /// Mean write churn of its disks in MB/s, from its newest churn report, if any.
+    #[serde(default)]
+    pub churn_mb_per_s: Option<f64>,
+}
+
+/// A loaded or refused plugin (`GET /api/v1/plugins`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginInfo {
+    /// Its name.
+    pub name: String,
+    /// `codec`, `cipher`, `target`, `quiescer`, `action`; empty for a refused one.
+    pub kind: String,
+    /// Its version.
+    pub version: String,
+    /// `pinned`, `signed` or `unsigned`; `refused` with the reason in `message`.
+    pub trust: String,
+    /// Why it was refused.
+    pub message: Option<String>,
+}
+
+/// `GET /api/v1/plugins`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginList {
+    /// Loaded ones by name, then refused ones.
+    pub plugins: Vec<PluginInfo>,
+}
+
+/// A consistency group's recorded point (`GET /api/v1/groups`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupPointInfo {
+    /// The point number every member shares.
+    pub point: u64,
+    /// Each member's point id, or none while it is not at the target yet.
+    pub point_ids: Vec<Option<String>>,
+    /// Every member's point is at the target: it can be failed over to.
+    pub complete: bool,
+    /// When the coordinator recorded it.
+    pub created_unix_ms: u64,
+}
+
+/// `PUT /api/v1/groups/{name}`: a consistency group as the administrator defines it. The
+/// appliance owns membership: agents learn it ([`TrustAnswer::group`]), only the
+/// coordinator may record the group's points, and a point counts only once every member
+/// reported recording it ([`MemberPoint`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupDefinition {
+    /// The member that runs the rounds (one of `members`).
+    pub coordinator: String,
+    /// 2 to 64 registered machines, each in no other group.
+    pub members: Vec<String>,
+}
+
+/// This machine's group, as the appliance defines it (in [`TrustAnswer`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupAssignment {
+    /// The group's name.
+    pub name: String,
+    /// Its coordinator.
+    pub coordinator: String,
+    /// Every member, sorted.
+    pub members: Vec<String>,
+}
+
+/// `POST /api/v1/groups/member-points` (process server, agent certificate): this member
+/// recorded the group's point `point`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberPoint {
+    /// The group's name.
+    pub group: String,
+    /// The point number.
+    pub point: u64,
+}
+
+/// A consistency group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupInfo {
+    /// Its name.
+    pub name: String,
+    /// Its coordinator, when the group is defined (groups whose definition was deleted
+    /// keep their recorded points listed, without one).
+    #[serde(default)]
+    pub coordinator: Option<String>,
+    /// Member machine ids (the definition's; else as in its newest recorded point).
+    pub members: Vec<String>,
+    /// Its points, oldest first.
+    pub points: Vec<GroupPointInfo>,
+}
+
+/// `GET /api/v1/groups`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupList {
+    /// By name.
+    pub groups: Vec<GroupInfo>,
+}
+
+/// A disk's index and size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSize {
+    /// Disk index.
+    pub index: u32,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// `GET /api/v1/machines`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineList {
+    /// Machines, by id.
+    pub machines: Vec<MachineSummary>,
+}

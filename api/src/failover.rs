@@ -1,0 +1,205 @@
+//! Failover, test failover, the VM settings of a failed-over machine, and jobs.
+
+use crate::{MAX_NICS, SystemInfo, check_cidr, check_firmware, check_mac, check_network};
+use serde::{Deserialize, Serialize};
+
+/// `POST /api/v1/machines/{id}/test-failover` and `POST /api/v1/machines/{id}/failover`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestFailoverRequest {
+    /// Which point: `latest` (the default: first process everything already received,
+    /// then the newest point), `latest-processed` (the newest point at the target now),
+    /// `latest-app` (the newest app-consistent point), `latest-group` (the newest point
+    /// of a complete consistency-group point) or a point id from the points list.
+    #[serde(default)]
+    pub point: Option<String>,
+}
+
+/// The VM a failover of a machine makes (`GET`/`PUT /api/v1/machines/{id}/vm-spec`):
+/// what the agent detected, with the administrator's settings over it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmSpecInfo {
+    /// `bios` or `uefi`.
+    pub firmware: String,
+    /// Virtual CPUs.
+    pub cpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+    /// Disk indexes in the VM's order, boot disk first.
+    pub disks: Vec<u32>,
+    /// Network interfaces with their target networks.
+    pub nics: Vec<NicMapping>,
+    /// What the agent reported, if it did.
+    pub detected: Option<SystemInfo>,
+}
+
+/// A source interface mapped to a target network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NicMapping {
+    /// The source interface's name (as detected), or a name for a new interface.
+    pub source: String,
+    /// The target network it attaches to.
+    pub network: String,
+    /// MAC address at the target; absent: the source's (or one the target picks).
+    #[serde(default)]
+    pub mac: Option<String>,
+    /// Re-addressing: the static address (CIDR) the guest gets at the target.
+    #[serde(default)]
+    pub ip: Option<String>,
+}
+
+/// `PUT /api/v1/machines/{id}/vm-spec`: settings over what the agent detected. Every
+/// field is optional; a field left out keeps the detected value (or the default).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmSpecSettings {
+    /// `bios` or `uefi`.
+    #[serde(default)]
+    pub firmware: Option<String>,
+    /// 1 to 256.
+    #[serde(default)]
+    pub cpus: Option<u32>,
+    /// 128 MiB to 4 TiB.
+    #[serde(default)]
+    pub memory_mib: Option<u64>,
+    /// The disk index the VM boots from.
+    #[serde(default)]
+    pub boot_disk: Option<u32>,
+    /// The whole network mapping (replaces the default: every detected interface on
+    /// network `default` with its own MAC).
+    #[serde(default)]
+    pub nics: Option<Vec<NicMapping>>,
+}
+
+impl VmSpecSettings {
+    /// Range and format checks, naming the field.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(f) = &self.firmware {
+            check_firmware(f).map_err(|e| format!("firmware: {e}"))?;
+        }
+        if self.cpus.is_some_and(|c| !(1..=256).contains(&c)) {
+            return Err("cpus: expected 1 to 256".into());
+        }
+        if self.memory_mib.is_some_and(|m| !(128..=(4 << 20)).contains(&m)) {
+            return Err("memory_mib: expected 128 to 4194304 (4 TiB)".into());
+        }
+        if let Some(nics) = &self.nics {
+            if nics.len() > MAX_NICS {
+                return Err(format!("nics: more than {MAX_NICS}"));
+            }
+            for (i, n) in nics.iter().enumerate() {
+                if n.source.is_empty()
+                    || n.source.len() > 64
+                    || n.source.chars().any(char::is_control)
+                {
+                    return Err(format!("nics[{i}].source: expected 1 to 64 printable characters"));
+                }
+                check_network(&n.network).map_err(|e| format!("nics[{i}].network: {e}"))?;
+                if let Some(m) = &n.mac {
+                    check_mac(m).map_err(|e| format!("nics[{i}].mac: {e}"))?;
+                }
+                if let Some(a) = &n.ip {
+                    check_cidr(a).map_err(|e| format!("nics[{i}].ip: {e}"))?;
+                }
+                if nics[..i].iter().any(|o| o.source == n.source) {
+                    return Err(format!("nics[{i}].source: {:?} is mapped twice", n.source));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A failover of a machine (`GET /api/v1/failovers`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverInfo {
+    /// The machine.
+    pub machine_id: String,
+    /// `failing-over`, `failed-over` (the point may still be changed), `failover-failed`,
+    /// `committing`, `committed`, `reprotecting`, `reprotected` (the original disks are
+    /// written from the failed-over ones) or `failing-back`. Failback ends the failover.
+    pub state: String,
+    /// The point the VM was made from.
+    pub point_id: Option<String>,
+    /// The VM at the target.
+    pub vm: Option<String>,
+    /// Its disks at the target, boot disk first.
+    pub disks: Vec<String>,
+    /// The job that made it.
+    pub job: u64,
+    /// When it was asked for.
+    pub started_unix_ms: u64,
+    /// When it was committed.
+    pub committed_unix_ms: Option<u64>,
+}
+
+/// `GET /api/v1/failovers`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverList {
+    /// By machine id.
+    pub failovers: Vec<FailoverInfo>,
+}
+
+/// An asynchronous job (`GET /api/v1/jobs/{id}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobInfo {
+    /// Job number.
+    pub id: u64,
+    /// What it does: `test-failover`, `test-failover-cleanup`.
+    pub kind: String,
+    /// The machine it is about.
+    pub machine_id: Option<String>,
+    /// `running`, `succeeded` or `failed`.
+    pub state: String,
+    /// 0 to 1.
+    pub progress: f64,
+    /// What it is doing, or why it failed.
+    pub message: String,
+    /// When it started, ms since the Unix epoch.
+    pub created_unix_ms: u64,
+    /// When it ended.
+    pub finished_unix_ms: Option<u64>,
+    /// What it made, once it succeeded.
+    pub result: Option<serde_json::Value>,
+}
+
+/// `GET /api/v1/jobs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobList {
+    /// Newest first.
+    pub jobs: Vec<JobInfo>,
+}
+
+/// A test failover (`GET /api/v1/test-failovers`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestFailoverInfo {
+    /// Its id.
+    pub id: String,
+    /// The machine.
+    pub machine_id: String,
+    /// The point it was made from.
+    pub point_id: String,
+    /// The isolated VM at the target.
+    pub vm: String,
+    /// Its disks at the target.
+    pub disks: Vec<String>,
+    /// When it was made.
+    pub created_unix_ms: u64,
+    /// When it was cleaned up; absent while it exists.
+    pub cleaned_unix_ms: Option<u64>,
+}
+
+/// `GET /api/v1/test-failovers`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestFailoverList {
+    /// Oldest first.
+    pub test_failovers: Vec<TestFailoverInfo>,
+}
