@@ -4,15 +4,56 @@ use crate::PointSummary;
 use serde::{Deserialize, Serialize};
 
 /// `GET /api/v1/setup`: whether the first-run setup is still to be done.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetupStatus {
     /// No administrator exists yet.
     pub needed: bool,
 }
 
+/// `GET /api/v1/health`: the configuration server answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Health {
+    /// Always true.
+    pub ok: bool,
+}
+
+/// An answer with nothing to say (`{}`), or a request without parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Empty {}
+
+/// `POST /api/v1/machines/{id}/revoke`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Revoked {
+    /// The machine is revoked (its certificate is refused from now on).
+    pub revoked: bool,
+}
+
+/// `GET /api/v1/passphrases`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PassphraseStatus {
+    /// Registration passphrases made and not used yet (nor expired).
+    pub unused: u64,
+}
+
+/// `POST /api/v1/passphrases`: a new one-time registration passphrase.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NewPassphrase {
+    /// The passphrase, shown once.
+    pub passphrase: String,
+    /// Unused passphrases made before, which stop working now.
+    pub dropped: u64,
+}
+
+impl std::fmt::Debug for NewPassphrase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewPassphrase").field("dropped", &self.dropped).finish_non_exhaustive()
+    }
+}
+
 /// `POST /api/v1/setup` and `POST /api/v1/login`.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Credentials {
     /// Account name: 1 to 64 ASCII letters, digits, `.`, `_`, `-`.
@@ -29,7 +70,7 @@ impl std::fmt::Debug for Credentials {
 
 /// A session: answered by setup and login (with its token) and by `GET /api/v1/session`
 /// (without).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SessionInfo {
     /// The bearer token for `Authorization: Bearer <token>`.
@@ -42,7 +83,7 @@ pub struct SessionInfo {
 }
 
 /// A protected machine as the administrator API lists it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MachineSummary {
     /// Machine id.
@@ -87,7 +128,7 @@ pub struct MachineSummary {
 }
 
 /// A loaded or refused plugin (`GET /api/v1/plugins`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PluginInfo {
     /// Its name.
@@ -103,7 +144,7 @@ pub struct PluginInfo {
 }
 
 /// `GET /api/v1/plugins`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PluginList {
     /// Loaded ones by name, then refused ones.
@@ -111,7 +152,7 @@ pub struct PluginList {
 }
 
 /// A consistency group's recorded point (`GET /api/v1/groups`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GroupPointInfo {
     /// The point number every member shares.
@@ -128,7 +169,7 @@ pub struct GroupPointInfo {
 /// appliance owns membership: agents learn it ([`TrustAnswer::group`]), only the
 /// coordinator may record the group's points, and a point counts only once every member
 /// reported recording it ([`MemberPoint`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GroupDefinition {
     /// The member that runs the rounds (one of `members`).
@@ -138,7 +179,7 @@ pub struct GroupDefinition {
 }
 
 /// This machine's group, as the appliance defines it (in [`TrustAnswer`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GroupAssignment {
     /// The group's name.
@@ -151,7 +192,7 @@ pub struct GroupAssignment {
 
 /// `POST /api/v1/groups/member-points` (process server, agent certificate): this member
 /// recorded the group's point `point`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MemberPoint {
     /// The group's name.
@@ -161,7 +202,7 @@ pub struct MemberPoint {
 }
 
 /// A consistency group.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GroupInfo {
     /// Its name.
@@ -177,7 +218,7 @@ pub struct GroupInfo {
 }
 
 /// `GET /api/v1/groups`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GroupList {
     /// By name.
@@ -185,7 +226,7 @@ pub struct GroupList {
 }
 
 /// A disk's index and size.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DiskSize {
     /// Disk index.
@@ -195,7 +236,7 @@ pub struct DiskSize {
 }
 
 /// `GET /api/v1/machines`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MachineList {
     /// Machines, by id.

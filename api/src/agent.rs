@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// An agent's first contact: it proves it may join with the passphrase and sends a CSR
 /// for the key it generated (the key never leaves the agent).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     /// The one-time registration passphrase the administrator gave the agent.
@@ -18,7 +18,7 @@ pub struct RegisterRequest {
 }
 
 /// What a registered agent needs from then on.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterResponse {
     /// The identity the appliance assigned (UUID).
@@ -34,7 +34,7 @@ pub struct RegisterResponse {
 }
 
 /// One protected disk as the agent describes it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DiskDescriptor {
     /// Position of the disk in the machine (0 = boot disk).
@@ -46,7 +46,7 @@ pub struct DiskDescriptor {
 }
 
 /// Sent at every (re)connection to the process server.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Hello {
     /// Protocol versions the agent speaks.
@@ -63,7 +63,7 @@ pub struct Hello {
 pub const MAX_NICS: usize = 64;
 
 /// The source machine as a failover needs to rebuild it as a VM.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SystemInfo {
     /// `bios` or `uefi`: how the machine booted (`/sys/firmware/efi` on Linux).
@@ -77,7 +77,7 @@ pub struct SystemInfo {
 }
 
 /// A network interface of the source machine.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NicInfo {
     /// Interface name (`eth0`).
@@ -166,7 +166,7 @@ impl SystemInfo {
 }
 
 /// Where the appliance stands for one disk.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DiskCursor {
     /// Disk index.
@@ -177,7 +177,7 @@ pub struct DiskCursor {
 }
 
 /// The answer to [`Hello`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HelloResponse {
     /// The protocol version chosen.
@@ -187,7 +187,7 @@ pub struct HelloResponse {
 }
 
 /// The answer to a batch: it is durable on the appliance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchAck {
     /// Disk index.
@@ -202,7 +202,7 @@ pub struct BatchAck {
 }
 
 /// Initial-copy and cycle progress of one disk, for the dashboard.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Progress {
     /// Disk index.
@@ -218,7 +218,7 @@ pub struct Progress {
 }
 
 /// A recovery point as the appliance lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PointSummary {
     /// Point id at the target.
@@ -238,7 +238,7 @@ pub struct PointSummary {
 }
 
 /// `GET …/points`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PointList {
     /// Points, oldest first.
@@ -248,7 +248,7 @@ pub struct PointList {
 /// Sent by a consistency group's coordinator once every member recorded point `point`
 /// (the same number on every member): the appliance lists it as a group point when every
 /// member's point `point` is at the target.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GroupPoint {
     /// The group's name: 1 to 64 ASCII letters, digits, `-`, `_`.
@@ -267,7 +267,7 @@ pub const MAX_CHURN_SAMPLES: usize = 10_000;
 
 /// A write-churn profile measured by `lifeboat-agent churn --report`, before or during
 /// protection, so the appliance can tell whether a link and process server keep up.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChurnReport {
     /// Seconds measured.
@@ -277,7 +277,7 @@ pub struct ChurnReport {
 }
 
 /// One disk's churn.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DiskChurn {
     /// Disk index.

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// `POST /api/v1/ca/rotate`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CaRotate {
     /// Retire the old CA even though some machines have not renewed (they are refused).
@@ -12,7 +12,7 @@ pub struct CaRotate {
 }
 
 /// `GET /api/v1/ca`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CaStatus {
     /// `steady`, `introducing` or `retiring`.
@@ -28,7 +28,7 @@ pub struct CaStatus {
 }
 
 /// A machine's certificate in [`CaStatus`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MachineCert {
     /// Machine id.
@@ -46,7 +46,7 @@ pub struct MachineCert {
 /// `PUT /api/v1/recovery-passphrase`: the passphrase the catalogue at the target is sealed
 /// under (at least 16 characters). Keep it apart from the appliance: with it, a fresh
 /// appliance at the target site fails machines over when this one is lost.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecoveryPassphrase {
     /// The passphrase.
@@ -60,7 +60,7 @@ impl std::fmt::Debug for RecoveryPassphrase {
 }
 
 /// `GET /api/v1/recovery-passphrase`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecoveryStatus {
     /// A recovery passphrase is set.

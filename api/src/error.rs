@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// An error answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiError {
     /// What went wrong and what to do, for people.

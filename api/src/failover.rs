@@ -4,7 +4,7 @@ use crate::{MAX_NICS, SystemInfo, check_cidr, check_firmware, check_mac, check_n
 use serde::{Deserialize, Serialize};
 
 /// `POST /api/v1/machines/{id}/test-failover` and `POST /api/v1/machines/{id}/failover`.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TestFailoverRequest {
     /// Which point: `latest` (the default: first process everything already received,
@@ -17,7 +17,7 @@ pub struct TestFailoverRequest {
 
 /// The VM a failover of a machine makes (`GET`/`PUT /api/v1/machines/{id}/vm-spec`):
 /// what the agent detected, with the administrator's settings over it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VmSpecInfo {
     /// `bios` or `uefi`.
@@ -35,7 +35,7 @@ pub struct VmSpecInfo {
 }
 
 /// A source interface mapped to a target network.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NicMapping {
     /// The source interface's name (as detected), or a name for a new interface.
@@ -52,7 +52,7 @@ pub struct NicMapping {
 
 /// `PUT /api/v1/machines/{id}/vm-spec`: settings over what the agent detected. Every
 /// field is optional; a field left out keeps the detected value (or the default).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VmSpecSettings {
     /// `bios` or `uefi`.
@@ -113,7 +113,7 @@ impl VmSpecSettings {
 }
 
 /// A failover of a machine (`GET /api/v1/failovers`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FailoverInfo {
     /// The machine.
@@ -137,7 +137,7 @@ pub struct FailoverInfo {
 }
 
 /// `GET /api/v1/failovers`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FailoverList {
     /// By machine id.
@@ -145,7 +145,7 @@ pub struct FailoverList {
 }
 
 /// An asynchronous job (`GET /api/v1/jobs/{id}`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobInfo {
     /// Job number.
@@ -169,7 +169,7 @@ pub struct JobInfo {
 }
 
 /// `GET /api/v1/jobs`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobList {
     /// Newest first.
@@ -177,7 +177,7 @@ pub struct JobList {
 }
 
 /// A test failover (`GET /api/v1/test-failovers`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TestFailoverInfo {
     /// Its id.
@@ -197,7 +197,7 @@ pub struct TestFailoverInfo {
 }
 
 /// `GET /api/v1/test-failovers`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TestFailoverList {
     /// Oldest first.

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// A recovery plan (`PUT /api/v1/plans/{name}`): groups of machines failed over in order,
 /// the machines of a group in parallel, with pre and post actions per group.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Plan {
     /// 1 to 32 groups, in order.
@@ -12,7 +12,7 @@ pub struct Plan {
 }
 
 /// A group of a recovery plan.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlanGroup {
     /// Machine ids (at most 64), failed over in parallel; each in one group of the plan.
@@ -27,7 +27,7 @@ pub struct PlanGroup {
 }
 
 /// One pre or post action: exactly one of the three.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlanAction {
     /// An allow-listed script of the appliance (`[plans.scripts]` in `appliance.toml`).
@@ -97,7 +97,7 @@ impl Plan {
 }
 
 /// A named plan (`GET /api/v1/plans`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NamedPlan {
     /// Its name.
@@ -107,7 +107,7 @@ pub struct NamedPlan {
 }
 
 /// `GET /api/v1/plans`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlanList {
     /// By name.
@@ -115,7 +115,7 @@ pub struct PlanList {
 }
 
 /// `POST /api/v1/jobs/{id}/continue` (the body may also be empty).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ContinueStep {
     /// The manual step being confirmed, as the job's message numbers it; if given, it must
@@ -124,8 +124,17 @@ pub struct ContinueStep {
     pub step: Option<u32>,
 }
 
+/// The answer of `POST /api/v1/jobs/{id}/continue`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Continued {
+    /// The job goes on.
+    pub continued: bool,
+    /// The manual step confirmed.
+    pub step: u32,
+}
+
 /// `POST /api/v1/plans/{name}/run`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlanRun {
     /// `test-failover` or `failover`.

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// A replication policy (`PUT /api/v1/policies/{name}`); machines use `default` until
 /// given another (`PUT /api/v1/machines/{id}/policy`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
     /// An alert (warning) once a machine's newest point is older than this. Default 900.
@@ -47,7 +47,7 @@ pub struct Policy {
 
 /// A bandwidth schedule in a policy: megabits per second outside the windows (absent:
 /// unlimited), and windows of local time with their own limit (0 pauses sending).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyBandwidth {
     /// Megabits per second outside every window.
@@ -59,7 +59,7 @@ pub struct PolicyBandwidth {
 }
 
 /// A window of a [`PolicyBandwidth`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyWindow {
     /// Days it starts on (`mon` … `sun`); absent: every day.
@@ -143,7 +143,7 @@ impl Default for Policy {
 }
 
 /// One tier of a retention policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetentionTier {
     /// Keep one point per this many seconds (0: every point).
@@ -213,7 +213,7 @@ impl Policy {
 }
 
 /// A named policy (`GET /api/v1/policies`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NamedPolicy {
     /// Its name.
@@ -225,7 +225,7 @@ pub struct NamedPolicy {
 }
 
 /// `GET /api/v1/policies`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyList {
     /// By name; `default` always exists.
@@ -233,7 +233,7 @@ pub struct PolicyList {
 }
 
 /// `PUT /api/v1/machines/{id}/policy`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyAssignment {
     /// The policy's name.
@@ -241,7 +241,7 @@ pub struct PolicyAssignment {
 }
 
 /// An alert (`GET /api/v1/alerts`): a condition that holds now.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Alert {
     /// `rpo`, `agent-silent`, `cache`, `cpu`, `memory`, `plugin`.
@@ -259,7 +259,7 @@ pub struct Alert {
 }
 
 /// `GET /api/v1/alerts`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AlertList {
     /// Critical first.

@@ -4,7 +4,7 @@ use crate::{DiskCursor, DiskSize};
 use serde::{Deserialize, Serialize};
 
 /// A comparison of one disk with its replica, asked for by the appliance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompareRequest {
     /// Disk index.
@@ -17,7 +17,7 @@ pub struct CompareRequest {
 /// of the agent's disks, as [`ReverseDiff`] carries them ([`reverse_block_hash`] of
 /// [`REVERSE_BLOCK`] blocks, at most [`REVERSE_MAX_BLOCKS`]); the answer
 /// ([`CompareAnswer`]) names the blocks whose replica differs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompareBlocks {
     /// Disk index.
@@ -39,7 +39,7 @@ impl CompareBlocks {
 }
 
 /// The answer to [`CompareBlocks`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompareAnswer {
     /// Indexes (into `hashes`) of the blocks whose replica differs, ascending.
@@ -48,7 +48,7 @@ pub struct CompareAnswer {
 
 /// `POST /api/v1/compare/done`: the whole disk was compared, and the blocks that differed
 /// are in the cycle that tagged `point`; the replica is whole again from that point on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompareDone {
     /// Disk index.
@@ -74,7 +74,7 @@ pub fn reverse_block_hash(data: &[u8]) -> String {
 
 /// `GET /api/v1/reverse`: whether the machine's disks are to be written from the target
 /// (after a failover, from reprotect until failback) and how.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReverseStatus {
     /// `reverse` (pull the failed-over disks' differing blocks into this machine's disks)
@@ -94,7 +94,7 @@ pub struct ReverseStatus {
 /// `POST /api/v1/reverse/diff`: the hashes of consecutive blocks of one of the machine's
 /// disks from `offset`; the answer is a batch with the target's content of every block
 /// whose hash differs (zero extents where it reads as zeros).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReverseDiff {
     /// Disk index.
@@ -133,7 +133,7 @@ impl ReverseDiff {
 
 /// `POST /api/v1/reverse/done`: a reverse pass over every disk is complete and durable
 /// (the disks were flushed).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReverseDone {
     /// The pass was started as the final one ([`ReverseStatus::final_pass`]).

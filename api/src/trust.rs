@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// `POST /api/v1/agent-alerts` (process server, agent certificate): something went wrong on
 /// the machine that the appliance should alert on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AgentAlert {
     /// `quiesce-failed`: an app-consistent point failed and a crash-consistent one was cut.
@@ -29,7 +29,7 @@ impl AgentAlert {
 
 /// `GET /api/v1/trust` (process server, agent certificate): the CAs to trust, and whether
 /// the certificate the agent presented should be renewed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TrustAnswer {
     /// Every CA certificate to trust (PEM), the active one first.
@@ -60,7 +60,7 @@ pub struct TrustAnswer {
 }
 
 /// `POST /api/v1/renew` (process server, agent certificate).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RenewRequest {
     /// A CSR for the agent's new key.
@@ -68,7 +68,7 @@ pub struct RenewRequest {
 }
 
 /// The answer to [`RenewRequest`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RenewAnswer {
     /// The new client certificate, from the active CA.

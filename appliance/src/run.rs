@@ -171,11 +171,15 @@ pub async fn run(config: ApplianceConfig) -> anyhow::Result<()> {
             })?;
         tracing::info!(url = %format!("https://{}", listener.local_addr()?), ca_fingerprint = %pki.active().fingerprint(), "configuration server listening");
         let sd = shutdown.clone();
+        let server = Arc::new(http::ConfigServer::new(ctx));
         tasks.spawn(async move {
             lifeboat_net::server::serve_with(
                 listener,
                 tls,
-                move |req| http::config_server(ctx.clone(), req),
+                move |req| {
+                    let server = server.clone();
+                    async move { server.serve(req).await }
+                },
                 sd.cancelled_owned(),
                 lifeboat_net::server::ServeOptions {
                     max_body_bytes: http::CONFIG_SERVER_MAX_BODY,
@@ -216,12 +220,15 @@ pub async fn run(config: ApplianceConfig) -> anyhow::Result<()> {
         let sd = shutdown.clone();
         let state = core.state.clone();
         cache_status = Some(ps.clone());
-        let pki = pki.clone();
+        let server = Arc::new(http::AgentServer::new(ps.clone(), state, pki.clone()));
         tasks.spawn(async move {
             lifeboat_net::serve(
                 listener,
                 tls,
-                move |req| http::process_server(ps.clone(), state.clone(), pki.clone(), req),
+                move |req| {
+                    let server = server.clone();
+                    async move { server.serve(req).await }
+                },
                 sd.cancelled_owned(),
             )
             .await;

@@ -201,16 +201,28 @@ where
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) => {
             let e: BoxError = e.into();
-            match e.downcast_ref::<LengthLimitError>() {
-                Some(_) => Err(ApiError::new(
+            // The limit may be reached by an inner body that another layer wrapped (a
+            // router's body type): look through the whole chain of sources.
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
+            let mut over_limit = false;
+            while let Some(c) = cause {
+                if c.is::<LengthLimitError>() {
+                    over_limit = true;
+                    break;
+                }
+                cause = c.source();
+            }
+            if over_limit {
+                Err(ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "body_too_large",
                     "the request body is larger than this endpoint accepts",
-                )),
-                None => Err(ApiError::bad_request(
+                ))
+            } else {
+                Err(ApiError::bad_request(
                     "bad_body",
                     format!("could not read the request body: {e}"),
-                )),
+                ))
             }
         }
     }

@@ -4,11 +4,12 @@ use super::*;
 
 /// `POST /api/v1/hello`
 pub(super) async fn hello(
-    ps: ProcessServer,
-    state: State,
-    machine: String,
-    req: Request<RequestBody>,
+    extract::State(ctx): extract::State<Arc<AgentCtx>>,
+    Extension(AgentMachine(machine)): Extension<AgentMachine>,
+    req: Req,
 ) -> Answer {
+    let ps = ctx.ps.clone();
+    let state = ctx.state.clone();
     let hello: api::Hello = body_json(req, AGENT_JSON_BODY).await?;
     if let Some(system) = &hello.system {
         system.check().map_err(|e| ApiError::bad_request("invalid-system", e))?;
@@ -22,7 +23,12 @@ pub(super) async fn hello(
 }
 
 /// `PUT /api/v1/batches`
-pub(super) async fn batch(ps: ProcessServer, machine: String, req: Request<RequestBody>) -> Answer {
+pub(super) async fn batch(
+    extract::State(ctx): extract::State<Arc<AgentCtx>>,
+    Extension(AgentMachine(machine)): Extension<AgentMachine>,
+    req: Req,
+) -> Answer {
+    let ps = ctx.ps.clone();
     let body = read_body(req.into_body()).await?;
     match ps.batch(&machine, body).await {
         Ok(ack) => json(StatusCode::OK, &ack),
@@ -31,7 +37,12 @@ pub(super) async fn batch(ps: ProcessServer, machine: String, req: Request<Reque
 }
 
 /// `POST /api/v1/progress`
-pub(super) async fn progress(state: State, machine: String, req: Request<RequestBody>) -> Answer {
+pub(super) async fn progress(
+    extract::State(ctx): extract::State<Arc<AgentCtx>>,
+    Extension(AgentMachine(machine)): Extension<AgentMachine>,
+    req: Req,
+) -> Answer {
+    let state = ctx.state.clone();
     let p: api::Progress = body_json(req, AGENT_JSON_BODY).await?;
     state.set_progress(&machine, &p).map_err(|e| ApiError::internal(e.to_string()))?;
     json(StatusCode::OK, &serde_json::json!({}))
@@ -39,10 +50,11 @@ pub(super) async fn progress(state: State, machine: String, req: Request<Request
 
 /// `POST /api/v1/agent-alerts`
 pub(super) async fn agent_alerts(
-    state: State,
-    machine: String,
-    req: Request<RequestBody>,
+    extract::State(ctx): extract::State<Arc<AgentCtx>>,
+    Extension(AgentMachine(machine)): Extension<AgentMachine>,
+    req: Req,
 ) -> Answer {
+    let state = ctx.state.clone();
     let a: api::AgentAlert = body_json(req, AGENT_JSON_BODY).await?;
     a.check().map_err(|e| ApiError::bad_request("invalid", e))?;
     let record = serde_json::json!({
@@ -57,11 +69,12 @@ pub(super) async fn agent_alerts(
 
 /// `GET /api/v1/trust`
 pub(super) async fn trust(
-    state: State,
-    pki: Arc<crate::config_server::pki::Pki>,
-    machine: String,
-    req: Request<RequestBody>,
+    extract::State(ctx): extract::State<Arc<AgentCtx>>,
+    Extension(AgentMachine(machine)): Extension<AgentMachine>,
+    req: Req,
 ) -> Answer {
+    let state = ctx.state.clone();
+    let pki = ctx.pki.clone();
     let der = req.extensions().get::<PeerInfo>().and_then(|p| p.cert_der.clone());
     let reason = match der {
         Some(d) => crate::config_server::pki::renew_reason(&state, &pki, &machine, &d)
@@ -103,11 +116,12 @@ pub(super) async fn trust(
 
 /// `POST /api/v1/renew`
 pub(super) async fn renew(
-    state: State,
-    pki: Arc<crate::config_server::pki::Pki>,
-    machine: String,
-    req: Request<RequestBody>,
+    extract::State(ctx): extract::State<Arc<AgentCtx>>,
+    Extension(AgentMachine(machine)): Extension<AgentMachine>,
+    req: Req,
 ) -> Answer {
+    let state = ctx.state.clone();
+    let pki = ctx.pki.clone();
     let r: api::RenewRequest = body_json(req, AGENT_JSON_BODY).await?;
     let cert_pem = pki.sign_agent(&state, &r.csr_pem, &machine).map_err(|e| {
         ApiError::bad_request("bad_csr", format!("certificate request refused: {e:#}"))
@@ -117,7 +131,11 @@ pub(super) async fn renew(
 }
 
 /// `GET /api/v1/reverse`
-pub(super) async fn reverse_status(state: State, machine: String) -> Answer {
+pub(super) async fn reverse_status(
+    extract::State(ctx): extract::State<Arc<AgentCtx>>,
+    Extension(AgentMachine(machine)): Extension<AgentMachine>,
+) -> Answer {
+    let state = ctx.state.clone();
     match crate::process_server::reverse::status(&state, &machine) {
         Ok(st) => json(StatusCode::OK, &st),
         Err(f) => Ok(failure(f)),
@@ -126,11 +144,12 @@ pub(super) async fn reverse_status(state: State, machine: String) -> Answer {
 
 /// `POST /api/v1/reverse/diff`
 pub(super) async fn reverse_diff(
-    ps: ProcessServer,
-    state: State,
-    machine: String,
-    req: Request<RequestBody>,
+    extract::State(ctx): extract::State<Arc<AgentCtx>>,
+    Extension(AgentMachine(machine)): Extension<AgentMachine>,
+    req: Req,
 ) -> Answer {
+    let ps = ctx.ps.clone();
+    let state = ctx.state.clone();
     let d: api::ReverseDiff = body_json(req, AGENT_JSON_BODY).await?;
     match crate::process_server::reverse::diff(&ps, &state, &machine, d).await {
         Ok(batch) => {
@@ -147,10 +166,11 @@ pub(super) async fn reverse_diff(
 
 /// `POST /api/v1/reverse/done`
 pub(super) async fn reverse_done(
-    state: State,
-    machine: String,
-    req: Request<RequestBody>,
+    extract::State(ctx): extract::State<Arc<AgentCtx>>,
+    Extension(AgentMachine(machine)): Extension<AgentMachine>,
+    req: Req,
 ) -> Answer {
+    let state = ctx.state.clone();
     let d: api::ReverseDone = body_json(req, AGENT_JSON_BODY).await?;
     match crate::process_server::reverse::done(&state, &machine, d) {
         Ok(()) => json(StatusCode::OK, &serde_json::json!({})),
@@ -160,11 +180,12 @@ pub(super) async fn reverse_done(
 
 /// `POST /api/v1/compare`
 pub(super) async fn compare(
-    ps: ProcessServer,
-    state: State,
-    machine: String,
-    req: Request<RequestBody>,
+    extract::State(ctx): extract::State<Arc<AgentCtx>>,
+    Extension(AgentMachine(machine)): Extension<AgentMachine>,
+    req: Req,
 ) -> Answer {
+    let ps = ctx.ps.clone();
+    let state = ctx.state.clone();
     let c: api::CompareBlocks = body_json(req, AGENT_JSON_BODY).await?;
     match crate::process_server::reverse::compare(&ps, &state, &machine, c).await {
         Ok(a) => json(StatusCode::OK, &a),
@@ -174,11 +195,12 @@ pub(super) async fn compare(
 
 /// `POST /api/v1/compare/done`
 pub(super) async fn compare_done(
-    ps: ProcessServer,
-    state: State,
-    machine: String,
-    req: Request<RequestBody>,
+    extract::State(ctx): extract::State<Arc<AgentCtx>>,
+    Extension(AgentMachine(machine)): Extension<AgentMachine>,
+    req: Req,
 ) -> Answer {
+    let ps = ctx.ps.clone();
+    let state = ctx.state.clone();
     let d: api::CompareDone = body_json(req, AGENT_JSON_BODY).await?;
     if !state
         .compare_done(&machine, d.disk, d.token, d.point)
@@ -201,7 +223,12 @@ pub(super) async fn compare_done(
 }
 
 /// `POST /api/v1/churn`
-pub(super) async fn churn(state: State, machine: String, req: Request<RequestBody>) -> Answer {
+pub(super) async fn churn(
+    extract::State(ctx): extract::State<Arc<AgentCtx>>,
+    Extension(AgentMachine(machine)): Extension<AgentMachine>,
+    req: Req,
+) -> Answer {
+    let state = ctx.state.clone();
     let r: api::ChurnReport = body_json(req, AGENT_JSON_BODY).await?;
     r.check().map_err(|e| ApiError::bad_request("invalid-churn", e))?;
     let text = serde_json::to_string(&r).map_err(|e| ApiError::internal(e.to_string()))?;
@@ -212,10 +239,11 @@ pub(super) async fn churn(state: State, machine: String, req: Request<RequestBod
 
 /// `POST /api/v1/groups/member-points`
 pub(super) async fn member_points(
-    state: State,
-    machine: String,
-    req: Request<RequestBody>,
+    extract::State(ctx): extract::State<Arc<AgentCtx>>,
+    Extension(AgentMachine(machine)): Extension<AgentMachine>,
+    req: Req,
 ) -> Answer {
+    let state = ctx.state.clone();
     let m: api::MemberPoint = body_json(req, AGENT_JSON_BODY).await?;
     let def = state
         .group_of(&machine)
@@ -235,10 +263,11 @@ pub(super) async fn member_points(
 
 /// `POST /api/v1/groups/points`
 pub(super) async fn group_points(
-    state: State,
-    machine: String,
-    req: Request<RequestBody>,
+    extract::State(ctx): extract::State<Arc<AgentCtx>>,
+    Extension(AgentMachine(machine)): Extension<AgentMachine>,
+    req: Req,
 ) -> Answer {
+    let state = ctx.state.clone();
     let g: api::GroupPoint = body_json(req, AGENT_JSON_BODY).await?;
     check_group_point(&state, &machine, &g)?;
     state
@@ -249,8 +278,13 @@ pub(super) async fn group_points(
 }
 
 /// `GET /api/v1/machines/{id}/points`
-pub(super) async fn agent_points(state: State, machine: String, p: &str) -> Answer {
-    let id = machine_in(p, "/points").unwrap_or_default();
+pub(super) async fn agent_points(
+    extract::State(ctx): extract::State<Arc<AgentCtx>>,
+    Extension(AgentMachine(machine)): Extension<AgentMachine>,
+    Path(id): Path<String>,
+) -> Answer {
+    let state = ctx.state.clone();
+    let id = id.as_str();
     if id != machine {
         return Err(ApiError::forbidden(
             "forbidden",

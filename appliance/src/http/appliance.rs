@@ -3,20 +3,55 @@
 use super::*;
 
 /// `GET /api/v1/health`
+#[utoipa::path(
+    get,
+    path = "/api/v1/health",
+    tag = "appliance",
+    summary = "Liveness.",
+    responses(
+        (status = 200, description = "{\"ok\": true}"),
+        (status = 403, description = "error", body = api::ApiError)
+    ),
+)]
 pub(super) async fn health() -> Answer {
-    json(StatusCode::OK, &serde_json::json!({"ok": true}))
+    json(StatusCode::OK, &api::Health { ok: true })
 }
 
 /// `GET /api/v1/openapi.json`
-pub(super) async fn openapi() -> Answer {
-    let mut r = Response::new(lifeboat_net::server::full(OPENAPI));
+#[utoipa::path(
+    get,
+    path = "/api/v1/openapi.json",
+    tag = "appliance",
+    summary = "This document.",
+    responses(
+        (status = 200, description = "OpenAPI 3.0 document"),
+        (status = 403, description = "error", body = api::ApiError)
+    ),
+)]
+pub(super) async fn openapi(Extension(doc): Extension<Arc<OpenApiJson>>) -> Answer {
+    let mut r = Response::new(lifeboat_net::server::full(doc.0.clone()));
     r.headers_mut()
         .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     Ok(r)
 }
 
 /// `GET /metrics`
-pub(super) async fn metrics(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>) -> Answer {
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "appliance",
+    summary = "Prometheus metrics (text format 0.0.4): the appliance's counters, machines, points per machine, each machine's newest point age in seconds, running jobs.",
+    responses(
+        (status = 200, description = "metrics", body = String, content_type = "text/plain"),
+        (status = 401, description = "error", body = api::ApiError),
+        (status = 403, description = "error", body = api::ApiError)
+    ),
+    security(("session" = [])),
+)]
+pub(super) async fn metrics(
+    extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
+    req: Req,
+) -> Answer {
     // Scrapers authenticate like any administrator client (bearer token).
     authenticated(&ctx, &req)?;
     let text = metrics_text(&ctx.state).map_err(internal)?;
@@ -29,13 +64,48 @@ pub(super) async fn metrics(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>
 }
 
 /// `GET /api/v1/ca`
-pub(super) async fn ca(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>) -> Answer {
+#[utoipa::path(
+    get,
+    path = "/api/v1/ca",
+    tag = "appliance",
+    summary = "The appliance's CAs (active, being introduced, retiring), the rotation phase, and which CA signed each machine's certificate.",
+    responses(
+        (status = 200, description = "The CAs, the rotation phase and each machine's certificate.", body = api::CaStatus),
+        (status = 401, description = "error", body = api::ApiError),
+        (status = 403, description = "error", body = api::ApiError)
+    ),
+    security(("session" = [])),
+)]
+pub(super) async fn ca(
+    extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
+    req: Req,
+) -> Answer {
     authenticated(&ctx, &req)?;
     json(StatusCode::OK, &ca_status(&ctx)?)
 }
 
 /// `POST /api/v1/ca/rotate`
-pub(super) async fn rotate_ca(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>) -> Answer {
+#[utoipa::path(
+    post,
+    path = "/api/v1/ca/rotate",
+    tag = "appliance",
+    summary = "The next CA rotation step: steady → introducing (a new CA is trusted alongside), introducing → retiring (the new CA signs; agents renew), retiring → steady (the old CA is dropped; 409 while machines that are not revoked still have its certificates, unless `force`). Agents are never registered again.",
+    request_body = api::CaRotate,
+    responses(
+        (status = 200, description = "The CAs, the rotation phase and each machine's certificate.", body = api::CaStatus),
+        (status = 400, description = "error", body = api::ApiError),
+        (status = 401, description = "error", body = api::ApiError),
+        (status = 403, description = "error", body = api::ApiError),
+        (status = 409, description = "error", body = api::ApiError),
+        (status = 413, description = "error", body = api::ApiError),
+        (status = 415, description = "error", body = api::ApiError)
+    ),
+    security(("session" = [])),
+)]
+pub(super) async fn rotate_ca(
+    extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
+    req: Req,
+) -> Answer {
     let (_, admin, _) = authenticated(&ctx, &req)?;
     let r: api::CaRotate = body_json(req, ADMIN_BODY).await?;
     let (pki, state) = (ctx.pki.clone(), ctx.state.clone());
@@ -58,9 +128,21 @@ pub(super) async fn rotate_ca(ctx: Arc<ConfigServerCtx>, req: Request<RequestBod
 }
 
 /// `GET /api/v1/recovery-passphrase`
+#[utoipa::path(
+    get,
+    path = "/api/v1/recovery-passphrase",
+    tag = "appliance",
+    summary = "Whether the catalogue at the target is sealed under a recovery passphrase, and when it was last written.",
+    responses(
+        (status = 200, description = "Whether a recovery passphrase is set, and when the catalogue was last written at the target.", body = api::RecoveryStatus),
+        (status = 401, description = "error", body = api::ApiError),
+        (status = 403, description = "error", body = api::ApiError)
+    ),
+    security(("session" = [])),
+)]
 pub(super) async fn recovery_passphrase_status(
-    ctx: Arc<ConfigServerCtx>,
-    req: Request<RequestBody>,
+    extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
+    req: Req,
 ) -> Answer {
     authenticated(&ctx, &req)?;
     let set = crate::master_target::catalogue::Sealer::load(&ctx.data_dir)
@@ -75,9 +157,25 @@ pub(super) async fn recovery_passphrase_status(
 }
 
 /// `PUT /api/v1/recovery-passphrase`
+#[utoipa::path(
+    put,
+    path = "/api/v1/recovery-passphrase",
+    tag = "appliance",
+    summary = "Sets the recovery passphrase (16 to 1024 characters): the catalogue at the target (machines, disks, points, VM settings, data keys) is sealed under it from now on, so a fresh appliance at the target site can fail over without this one (`lifeboat-appliance recover`). Only a key derived from it (argon2id) is kept.",
+    request_body = api::RecoveryPassphrase,
+    responses(
+        (status = 200, description = "Whether a recovery passphrase is set, and when the catalogue was last written at the target.", body = api::RecoveryStatus),
+        (status = 400, description = "error", body = api::ApiError),
+        (status = 401, description = "error", body = api::ApiError),
+        (status = 403, description = "error", body = api::ApiError),
+        (status = 413, description = "error", body = api::ApiError),
+        (status = 415, description = "error", body = api::ApiError)
+    ),
+    security(("session" = [])),
+)]
 pub(super) async fn set_recovery_passphrase(
-    ctx: Arc<ConfigServerCtx>,
-    req: Request<RequestBody>,
+    extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
+    req: Req,
 ) -> Answer {
     let (_, admin, _) = authenticated(&ctx, &req)?;
     let r: api::RecoveryPassphrase = body_json(req, ADMIN_BODY).await?;
@@ -104,7 +202,22 @@ pub(super) async fn set_recovery_passphrase(
 }
 
 /// `GET /api/v1/plugins`
-pub(super) async fn plugins(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>) -> Answer {
+#[utoipa::path(
+    get,
+    path = "/api/v1/plugins",
+    tag = "appliance",
+    summary = "The appliance's plugins: loaded (kind, version, how they are trusted) and refused (why).",
+    responses(
+        (status = 200, description = "The plugins.", body = api::PluginList),
+        (status = 401, description = "error", body = api::ApiError),
+        (status = 403, description = "error", body = api::ApiError)
+    ),
+    security(("session" = [])),
+)]
+pub(super) async fn plugins(
+    extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
+    req: Req,
+) -> Answer {
     authenticated(&ctx, &req)?;
     json(StatusCode::OK, &plugin_list(ctx.registry.as_deref()))
 }

@@ -3,13 +3,31 @@
 use super::*;
 
 /// `POST /api/v1/machines/{id}/test-failover`
+#[utoipa::path(
+    post,
+    path = "/api/v1/machines/{id}/test-failover",
+    tag = "failovers",
+    summary = "Starts a test failover: the chosen point (`latest` (default: first process everything already received, then the newest point), `latest-processed` (the newest point now), `latest-app`, `latest-group` (newest point of a complete consistency-group point) or a point id) materialised into isolated disks and a VM on the test network, while replication goes on.",
+    params(("id" = String, Path, description = "id")),
+    request_body = api::TestFailoverRequest,
+    responses(
+        (status = 202, description = "the job", body = api::JobInfo),
+        (status = 400, description = "error", body = api::ApiError),
+        (status = 401, description = "error", body = api::ApiError),
+        (status = 403, description = "error", body = api::ApiError),
+        (status = 404, description = "error", body = api::ApiError),
+        (status = 409, description = "error", body = api::ApiError),
+        (status = 413, description = "error", body = api::ApiError),
+        (status = 415, description = "error", body = api::ApiError)
+    ),
+    security(("session" = [])),
+)]
 pub(super) async fn test_failover(
-    ctx: Arc<ConfigServerCtx>,
-    req: Request<RequestBody>,
-    p: &str,
+    extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
+    Path(id): Path<String>,
+    req: Req,
 ) -> Answer {
     let (_, admin, _) = authenticated(&ctx, &req)?;
-    let id = machine_in(p, "/test-failover").unwrap_or_default().to_owned();
     let r: api::TestFailoverRequest = body_json(req, ADMIN_BODY).await?;
     known_machine(&ctx.state, &id)?;
     let choice = point_choice(&ctx.state, &id, &r)?;
@@ -24,13 +42,31 @@ pub(super) async fn test_failover(
 }
 
 /// `POST /api/v1/machines/{id}/failover`
+#[utoipa::path(
+    post,
+    path = "/api/v1/machines/{id}/failover",
+    tag = "failovers",
+    summary = "Starts a failover (the source is taken to be lost: its data is refused from now on): the chosen point (`latest` (default: first process everything already received, then the newest point), `latest-processed` (the newest point now), `latest-app`, `latest-group` (newest point of a complete consistency-group point) or a point id) materialised into disks and the VM on its mapped networks. Again while failed-over and not committed: another point. 409 while failing over or once committed.",
+    params(("id" = String, Path, description = "id")),
+    request_body = api::TestFailoverRequest,
+    responses(
+        (status = 202, description = "the job", body = api::JobInfo),
+        (status = 400, description = "error", body = api::ApiError),
+        (status = 401, description = "error", body = api::ApiError),
+        (status = 403, description = "error", body = api::ApiError),
+        (status = 404, description = "error", body = api::ApiError),
+        (status = 409, description = "error", body = api::ApiError),
+        (status = 413, description = "error", body = api::ApiError),
+        (status = 415, description = "error", body = api::ApiError)
+    ),
+    security(("session" = [])),
+)]
 pub(super) async fn failover(
-    ctx: Arc<ConfigServerCtx>,
-    req: Request<RequestBody>,
-    p: &str,
+    extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
+    Path(id): Path<String>,
+    req: Req,
 ) -> Answer {
     let (_, admin, _) = authenticated(&ctx, &req)?;
-    let id = machine_in(p, "/failover").unwrap_or_default().to_owned();
     let r: api::TestFailoverRequest = body_json(req, ADMIN_BODY).await?;
     known_machine(&ctx.state, &id)?;
     let busy = |now: String| {
@@ -62,13 +98,29 @@ pub(super) async fn failover(
 }
 
 /// `POST /api/v1/machines/{id}/commit`
+#[utoipa::path(
+    post,
+    path = "/api/v1/machines/{id}/commit",
+    tag = "failovers",
+    summary = "Commits a failed-over machine: its recovery points and unapplied logs are deleted; the failed-over VM and disks stay. No body. 409 unless failed-over.",
+    params(("id" = String, Path, description = "id")),
+    responses(
+        (status = 202, description = "the job", body = api::JobInfo),
+        (status = 401, description = "error", body = api::ApiError),
+        (status = 403, description = "error", body = api::ApiError),
+        (status = 404, description = "error", body = api::ApiError),
+        (status = 409, description = "error", body = api::ApiError),
+        (status = 413, description = "error", body = api::ApiError),
+        (status = 415, description = "error", body = api::ApiError)
+    ),
+    security(("session" = [])),
+)]
 pub(super) async fn commit(
-    ctx: Arc<ConfigServerCtx>,
-    req: Request<RequestBody>,
-    p: &str,
+    extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
+    Path(id): Path<String>,
+    req: Req,
 ) -> Answer {
     let (_, admin, _) = authenticated(&ctx, &req)?;
-    let id = machine_in(p, "/commit").unwrap_or_default().to_owned();
     known_machine(&ctx.state, &id)?;
     let not_failed_over =
         |now: String| failover_conflict(&id, &now, "only a failed-over machine can be committed");
@@ -91,13 +143,29 @@ pub(super) async fn commit(
 }
 
 /// `POST /api/v1/machines/{id}/reprotect`
+#[utoipa::path(
+    post,
+    path = "/api/v1/machines/{id}/reprotect",
+    tag = "failovers",
+    summary = "Reprotects a committed failover: the original machine's agent (`lifeboat-agent reprotect`) pulls the blocks that differ between its disks and the failed-over ones, so only changed blocks cross the network. The job ends after its first complete pass (state `reprotected`). No body. 409 unless committed.",
+    params(("id" = String, Path, description = "id")),
+    responses(
+        (status = 202, description = "the job", body = api::JobInfo),
+        (status = 401, description = "error", body = api::ApiError),
+        (status = 403, description = "error", body = api::ApiError),
+        (status = 404, description = "error", body = api::ApiError),
+        (status = 409, description = "error", body = api::ApiError),
+        (status = 413, description = "error", body = api::ApiError),
+        (status = 415, description = "error", body = api::ApiError)
+    ),
+    security(("session" = [])),
+)]
 pub(super) async fn reprotect(
-    ctx: Arc<ConfigServerCtx>,
-    req: Request<RequestBody>,
-    p: &str,
+    extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
+    Path(id): Path<String>,
+    req: Req,
 ) -> Answer {
     let (_, admin, _) = authenticated(&ctx, &req)?;
-    let id = machine_in(p, "/reprotect").unwrap_or_default().to_owned();
     known_machine(&ctx.state, &id)?;
     let f = ctx.failover.clone().ok_or_else(no_master_target)?;
     move_failover(
@@ -119,13 +187,29 @@ pub(super) async fn reprotect(
 }
 
 /// `POST /api/v1/machines/{id}/failback`
+#[utoipa::path(
+    post,
+    path = "/api/v1/machines/{id}/failback",
+    tag = "failovers",
+    summary = "Fails a reprotected machine back: the failed-over VM is stopped, the agent's final reverse pass is awaited, the replicas are made anew from the failed-over disks and replication goes forward again (state `protected`). No body. 409 unless reprotected.",
+    params(("id" = String, Path, description = "id")),
+    responses(
+        (status = 202, description = "the job", body = api::JobInfo),
+        (status = 401, description = "error", body = api::ApiError),
+        (status = 403, description = "error", body = api::ApiError),
+        (status = 404, description = "error", body = api::ApiError),
+        (status = 409, description = "error", body = api::ApiError),
+        (status = 413, description = "error", body = api::ApiError),
+        (status = 415, description = "error", body = api::ApiError)
+    ),
+    security(("session" = [])),
+)]
 pub(super) async fn failback(
-    ctx: Arc<ConfigServerCtx>,
-    req: Request<RequestBody>,
-    p: &str,
+    extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
+    Path(id): Path<String>,
+    req: Req,
 ) -> Answer {
     let (_, admin, _) = authenticated(&ctx, &req)?;
-    let id = machine_in(p, "/failback").unwrap_or_default().to_owned();
     known_machine(&ctx.state, &id)?;
     let f = ctx.failover.clone().ok_or_else(no_master_target)?;
     move_failover(
@@ -145,7 +229,22 @@ pub(super) async fn failback(
 }
 
 /// `GET /api/v1/failovers`
-pub(super) async fn list_failovers(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>) -> Answer {
+#[utoipa::path(
+    get,
+    path = "/api/v1/failovers",
+    tag = "failovers",
+    summary = "Failovers: one per machine that was failed over, with its state.",
+    responses(
+        (status = 200, description = "The failovers.", body = api::FailoverList),
+        (status = 401, description = "error", body = api::ApiError),
+        (status = 403, description = "error", body = api::ApiError)
+    ),
+    security(("session" = [])),
+)]
+pub(super) async fn list_failovers(
+    extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
+    req: Req,
+) -> Answer {
     authenticated(&ctx, &req)?;
     let list = ctx.state.failovers(None).map_err(internal)?;
     json(
@@ -155,9 +254,21 @@ pub(super) async fn list_failovers(ctx: Arc<ConfigServerCtx>, req: Request<Reque
 }
 
 /// `GET /api/v1/test-failovers`
+#[utoipa::path(
+    get,
+    path = "/api/v1/test-failovers",
+    tag = "failovers",
+    summary = "Test failovers, cleaned up or not.",
+    responses(
+        (status = 200, description = "list", body = api::TestFailoverList),
+        (status = 401, description = "error", body = api::ApiError),
+        (status = 403, description = "error", body = api::ApiError)
+    ),
+    security(("session" = [])),
+)]
 pub(super) async fn list_test_failovers(
-    ctx: Arc<ConfigServerCtx>,
-    req: Request<RequestBody>,
+    extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
+    req: Req,
 ) -> Answer {
     authenticated(&ctx, &req)?;
     let list = ctx.state.test_failovers(None).map_err(internal)?;
@@ -170,13 +281,30 @@ pub(super) async fn list_test_failovers(
 }
 
 /// `POST /api/v1/test-failovers/{id}/cleanup`
+#[utoipa::path(
+    post,
+    path = "/api/v1/test-failovers/{id}/cleanup",
+    tag = "failovers",
+    summary = "Deletes a test failover's VM and disks (a job).",
+    params(("id" = String, Path, description = "id")),
+    responses(
+        (status = 202, description = "the job", body = api::JobInfo),
+        (status = 401, description = "error", body = api::ApiError),
+        (status = 403, description = "error", body = api::ApiError),
+        (status = 404, description = "error", body = api::ApiError),
+        (status = 409, description = "error", body = api::ApiError),
+        (status = 413, description = "error", body = api::ApiError),
+        (status = 415, description = "error", body = api::ApiError)
+    ),
+    security(("session" = [])),
+)]
 pub(super) async fn cleanup_test_failover(
-    ctx: Arc<ConfigServerCtx>,
-    req: Request<RequestBody>,
-    p: &str,
+    extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
+    Path(id): Path<String>,
+    req: Req,
 ) -> Answer {
     let (_, admin, _) = authenticated(&ctx, &req)?;
-    let id = segment(p, "/api/v1/test-failovers/", "/cleanup").unwrap_or_default();
+    let id = id.as_str();
     let tf = ctx.state.test_failovers(Some(id)).map_err(internal)?.pop().ok_or_else(|| {
         ApiError::not_found("unknown_test_failover", format!("id: no test failover {id:?}"))
     })?;

@@ -3,19 +3,51 @@
 use super::*;
 
 /// `GET /api/v1/groups`
-pub(super) async fn list_groups(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>) -> Answer {
+#[utoipa::path(
+    get,
+    path = "/api/v1/groups",
+    tag = "groups",
+    summary = "Consistency groups as defined (members, coordinator) with their points: a group point is listed once its coordinator recorded it and every member reported recording it; it is `complete` once every member's point with that number is at the target (`latest-group` fails over to the newest complete one).",
+    responses(
+        (status = 200, description = "The groups.", body = api::GroupList),
+        (status = 401, description = "error", body = api::ApiError),
+        (status = 403, description = "error", body = api::ApiError)
+    ),
+    security(("session" = [])),
+)]
+pub(super) async fn list_groups(
+    extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
+    req: Req,
+) -> Answer {
     authenticated(&ctx, &req)?;
     json(StatusCode::OK, &group_list(&ctx.state)?)
 }
 
 /// `PUT /api/v1/groups/{name}`
+#[utoipa::path(
+    put,
+    path = "/api/v1/groups/{name}",
+    tag = "groups",
+    summary = "Defines or redefines a consistency group. The appliance owns membership: agents learn it with their trust check and take part only in the group defined here; only its coordinator may record its points. A machine is in one group at most (409 otherwise); revoking a machine takes it out of its group.",
+    params(("name" = String, Path, description = "name")),
+    request_body = api::GroupDefinition,
+    responses(
+        (status = 200, description = "Every group.", body = api::GroupList),
+        (status = 400, description = "error", body = api::ApiError),
+        (status = 401, description = "error", body = api::ApiError),
+        (status = 403, description = "error", body = api::ApiError),
+        (status = 409, description = "error", body = api::ApiError),
+        (status = 413, description = "error", body = api::ApiError),
+        (status = 415, description = "error", body = api::ApiError)
+    ),
+    security(("session" = [])),
+)]
 pub(super) async fn put_group(
-    ctx: Arc<ConfigServerCtx>,
-    req: Request<RequestBody>,
-    p: &str,
+    extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
+    Path(name): Path<String>,
+    req: Req,
 ) -> Answer {
     let (_, admin, _) = authenticated(&ctx, &req)?;
-    let name = segment(p, "/api/v1/groups/", "").unwrap_or_default().to_owned();
     let d: api::GroupDefinition = body_json(req, ADMIN_BODY).await?;
     let def = check_group_definition(&ctx.state, &name, d)?;
     if !ctx.state.set_group(&def).map_err(internal)? {
@@ -30,13 +62,27 @@ pub(super) async fn put_group(
 }
 
 /// `DELETE /api/v1/groups/{name}`
+#[utoipa::path(
+    delete,
+    path = "/api/v1/groups/{name}",
+    tag = "groups",
+    summary = "Deletes a group's definition: its members cut no more group points (those recorded stay listed).",
+    params(("name" = String, Path, description = "name")),
+    responses(
+        (status = 200, description = "Every group.", body = api::GroupList),
+        (status = 401, description = "error", body = api::ApiError),
+        (status = 403, description = "error", body = api::ApiError),
+        (status = 404, description = "error", body = api::ApiError)
+    ),
+    security(("session" = [])),
+)]
 pub(super) async fn delete_group(
-    ctx: Arc<ConfigServerCtx>,
-    req: Request<RequestBody>,
-    p: &str,
+    extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
+    Path(name): Path<String>,
+    req: Req,
 ) -> Answer {
     let (_, admin, _) = authenticated(&ctx, &req)?;
-    let name = segment(p, "/api/v1/groups/", "").unwrap_or_default();
+    let name = name.as_str();
     if !ctx.state.delete_group(name).map_err(internal)? {
         return Err(ApiError::not_found("unknown_group", format!("name: no group {name:?}")));
     }

@@ -3,12 +3,44 @@
 use super::*;
 
 /// `POST /api/v1/register`
-pub(super) async fn register_route(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>) -> Answer {
+#[utoipa::path(
+    post,
+    path = "/api/v1/register",
+    tag = "machines",
+    summary = "An agent registers with a one-time passphrase and a CSR (see lifeboat_api::RegisterRequest).",
+    responses(
+        (status = 200, description = "registered"),
+        (status = 400, description = "error", body = api::ApiError),
+        (status = 403, description = "error", body = api::ApiError),
+        (status = 413, description = "error", body = api::ApiError),
+        (status = 415, description = "error", body = api::ApiError),
+        (status = 429, description = "error", body = api::ApiError)
+    ),
+)]
+pub(super) async fn register_route(
+    extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
+    req: Req,
+) -> Answer {
     register(&ctx, req).await
 }
 
 /// `GET /api/v1/machines`
-pub(super) async fn list_machines(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>) -> Answer {
+#[utoipa::path(
+    get,
+    path = "/api/v1/machines",
+    tag = "machines",
+    summary = "Registered machines with their disks and newest recovery point.",
+    responses(
+        (status = 200, description = "machines", body = api::MachineList),
+        (status = 401, description = "error", body = api::ApiError),
+        (status = 403, description = "error", body = api::ApiError)
+    ),
+    security(("session" = [])),
+)]
+pub(super) async fn list_machines(
+    extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
+    req: Req,
+) -> Answer {
     authenticated(&ctx, &req)?;
     let alerts = crate::config_server::policy::alerts(&ctx.state).map_err(internal)?;
     let group_points = ctx.state.group_points(None).map_err(internal)?;
@@ -85,13 +117,29 @@ pub(super) async fn list_machines(ctx: Arc<ConfigServerCtx>, req: Request<Reques
 }
 
 /// `POST /api/v1/machines/{id}/revoke`
+#[utoipa::path(
+    post,
+    path = "/api/v1/machines/{id}/revoke",
+    tag = "machines",
+    summary = "Revokes a machine: the process server refuses its certificate from then on.",
+    params(("id" = String, Path, description = "id")),
+    responses(
+        (status = 200, description = "revoked", body = api::Revoked),
+        (status = 401, description = "error", body = api::ApiError),
+        (status = 403, description = "error", body = api::ApiError),
+        (status = 404, description = "error", body = api::ApiError),
+        (status = 413, description = "error", body = api::ApiError),
+        (status = 415, description = "error", body = api::ApiError)
+    ),
+    security(("session" = [])),
+)]
 pub(super) async fn revoke(
-    ctx: Arc<ConfigServerCtx>,
-    req: Request<RequestBody>,
-    p: &str,
+    extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
+    Path(id): Path<String>,
+    req: Req,
 ) -> Answer {
     let (_, admin, _) = authenticated(&ctx, &req)?;
-    let id = machine_in(p, "/revoke").unwrap_or_default();
+    let id = id.as_str();
     if !ctx.state.revoke_machine(id).map_err(internal)? {
         return Err(ApiError::not_found("unknown_machine", format!("id: no machine {id:?}")));
     }
@@ -100,9 +148,21 @@ pub(super) async fn revoke(
 }
 
 /// `GET /api/v1/passphrases`
+#[utoipa::path(
+    get,
+    path = "/api/v1/passphrases",
+    tag = "machines",
+    summary = "How many one-time registration passphrases are unused.",
+    responses(
+        (status = 200, description = "count", body = api::PassphraseStatus),
+        (status = 401, description = "error", body = api::ApiError),
+        (status = 403, description = "error", body = api::ApiError)
+    ),
+    security(("session" = [])),
+)]
 pub(super) async fn passphrase_status(
-    ctx: Arc<ConfigServerCtx>,
-    req: Request<RequestBody>,
+    extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
+    req: Req,
 ) -> Answer {
     authenticated(&ctx, &req)?;
     let unused = ctx.state.unused_passphrases().map_err(internal)?;
@@ -110,7 +170,24 @@ pub(super) async fn passphrase_status(
 }
 
 /// `POST /api/v1/passphrases`
-pub(super) async fn new_passphrase(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>) -> Answer {
+#[utoipa::path(
+    post,
+    path = "/api/v1/passphrases",
+    tag = "machines",
+    summary = "Rotates the registration passphrase: unused ones stop working and a new one-time passphrase is returned (shown once).",
+    responses(
+        (status = 201, description = "created", body = api::NewPassphrase),
+        (status = 401, description = "error", body = api::ApiError),
+        (status = 403, description = "error", body = api::ApiError),
+        (status = 413, description = "error", body = api::ApiError),
+        (status = 415, description = "error", body = api::ApiError)
+    ),
+    security(("session" = [])),
+)]
+pub(super) async fn new_passphrase(
+    extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
+    req: Req,
+) -> Answer {
     let (_, admin, _) = authenticated(&ctx, &req)?;
     // Rotation: the passphrases handed out before stop working.
     let dropped = ctx.state.drop_unused_passphrases().map_err(internal)?;
@@ -121,13 +198,27 @@ pub(super) async fn new_passphrase(ctx: Arc<ConfigServerCtx>, req: Request<Reque
 }
 
 /// `GET /api/v1/machines/{id}/vm-spec`
+#[utoipa::path(
+    get,
+    path = "/api/v1/machines/{id}/vm-spec",
+    tag = "machines",
+    summary = "The VM a failover of the machine makes.",
+    params(("id" = String, Path, description = "id")),
+    responses(
+        (status = 200, description = "The VM a failover makes: detected facts with the settings over them.", body = api::VmSpecInfo),
+        (status = 401, description = "error", body = api::ApiError),
+        (status = 403, description = "error", body = api::ApiError),
+        (status = 404, description = "error", body = api::ApiError)
+    ),
+    security(("session" = [])),
+)]
 pub(super) async fn vm_spec(
-    ctx: Arc<ConfigServerCtx>,
-    req: Request<RequestBody>,
-    p: &str,
+    extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
+    Path(id): Path<String>,
+    req: Req,
 ) -> Answer {
     authenticated(&ctx, &req)?;
-    let id = machine_in(p, "/vm-spec").unwrap_or_default();
+    let id = id.as_str();
     known_machine(&ctx.state, id)?;
     let spec = crate::master_target::failover::vm_spec(&ctx.state, id)
         .map_err(|e| ApiError::internal(format!("{e:#}")))?;
@@ -135,13 +226,30 @@ pub(super) async fn vm_spec(
 }
 
 /// `PUT /api/v1/machines/{id}/vm-spec`
+#[utoipa::path(
+    put,
+    path = "/api/v1/machines/{id}/vm-spec",
+    tag = "machines",
+    summary = "Sets the administrator's VM settings (firmware, CPUs, memory, boot disk, network mapping with optional re-addressing); fields left out keep the detected values. Replaces earlier settings.",
+    params(("id" = String, Path, description = "id")),
+    request_body = api::VmSpecSettings,
+    responses(
+        (status = 200, description = "The VM a failover makes: detected facts with the settings over them.", body = api::VmSpecInfo),
+        (status = 400, description = "error", body = api::ApiError),
+        (status = 401, description = "error", body = api::ApiError),
+        (status = 403, description = "error", body = api::ApiError),
+        (status = 404, description = "error", body = api::ApiError),
+        (status = 413, description = "error", body = api::ApiError),
+        (status = 415, description = "error", body = api::ApiError)
+    ),
+    security(("session" = [])),
+)]
 pub(super) async fn set_vm_spec(
-    ctx: Arc<ConfigServerCtx>,
-    req: Request<RequestBody>,
-    p: &str,
+    extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
+    Path(id): Path<String>,
+    req: Req,
 ) -> Answer {
     let (_, admin, _) = authenticated(&ctx, &req)?;
-    let id = machine_in(p, "/vm-spec").unwrap_or_default().to_owned();
     let settings: api::VmSpecSettings = body_json(req, ADMIN_BODY).await?;
     known_machine(&ctx.state, &id)?;
     settings.check().map_err(|e| ApiError::bad_request("invalid", e))?;
@@ -166,13 +274,27 @@ pub(super) async fn set_vm_spec(
 }
 
 /// `GET /api/v1/machines/{id}/points`
+#[utoipa::path(
+    get,
+    path = "/api/v1/machines/{id}/points",
+    tag = "machines",
+    summary = "A machine's recovery points, oldest first.",
+    params(("id" = String, Path, description = "id")),
+    responses(
+        (status = 200, description = "points", body = api::PointList),
+        (status = 401, description = "error", body = api::ApiError),
+        (status = 403, description = "error", body = api::ApiError),
+        (status = 404, description = "error", body = api::ApiError)
+    ),
+    security(("session" = [])),
+)]
 pub(super) async fn points(
-    ctx: Arc<ConfigServerCtx>,
-    req: Request<RequestBody>,
-    p: &str,
+    extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
+    Path(id): Path<String>,
+    req: Req,
 ) -> Answer {
     authenticated(&ctx, &req)?;
-    let id = machine_in(p, "/points").unwrap_or_default();
+    let id = id.as_str();
     if !ctx.state.machine_exists(id).map_err(internal)? {
         return Err(ApiError::not_found("unknown_machine", format!("id: no machine {id:?}")));
     }
@@ -208,7 +330,7 @@ pub(super) fn point_summary(p: crate::store::PointRow) -> api::PointSummary {
     }
 }
 
-pub(super) async fn register(ctx: &ConfigServerCtx, req: Request<RequestBody>) -> Answer {
+pub(super) async fn register(ctx: &ConfigServerCtx, req: Req) -> Answer {
     let from = req
         .extensions()
         .get::<PeerInfo>()

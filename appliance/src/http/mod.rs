@@ -1,14 +1,27 @@
 //! HTTP routes of the configuration server (443) and the process server (9443).
-//! One function per listener; each request is one small function. Bodies and answers are
-//! the types of `lifeboat_api`.
+//!
+//! Each listener has an axum router ([`ConfigServer`], [`AgentServer`]) over the project's
+//! own HTTPS server (`lifeboat_net::server`), which keeps the connection limits, client
+//! certificates and per-request peer identity. A route is one function in the file of its
+//! resource; on the configuration server each carries its OpenAPI description
+//! (`#[utoipa::path]`), and the router and the OpenAPI document it serves
+//! (`GET /api/v1/openapi.json`) are built from the same list of handlers, so they cannot
+//! disagree. Bodies and answers are the types of `lifeboat_api`. Errors of the roles
+//! become HTTP status codes here and nowhere else.
 
 use crate::process_server::{Kind, ProcessError, ProcessServer};
 use crate::store::State;
-use http::{Method, Request, Response, StatusCode};
+use axum::Extension;
+use axum::extract::{self, Path};
+use http::{Request, Response, StatusCode};
 use lifeboat_api as api;
-use lifeboat_net::server::{json, read_body, read_json};
-use lifeboat_net::{ApiError, PeerInfo, RequestBody, ResponseBody};
+use lifeboat_net::server::{read_body, read_json};
+use lifeboat_net::{PeerInfo, RequestBody, ResponseBody};
 use std::sync::Arc;
+use tower::ServiceExt;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 mod account;
 mod agents;
@@ -28,6 +41,67 @@ use plans::job_info;
 use policies::check_policy_name;
 
 type Answer = Result<Response<ResponseBody>, ApiError>;
+
+/// `value` as the JSON answer with `status`.
+fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Answer {
+    Ok(lifeboat_net::server::json(status, value)?)
+}
+
+/// What a listener answers the HTTPS server.
+type Served = Result<Response<ResponseBody>, lifeboat_net::ApiError>;
+
+/// A request as the routes see it.
+type Req = extract::Request;
+
+/// An error answered as `{"error": message, "code": code}` with its status: the
+/// `lifeboat_net` error, made an axum response.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct ApiError(lifeboat_net::ApiError);
+
+impl From<lifeboat_net::ApiError> for ApiError {
+    fn from(e: lifeboat_net::ApiError) -> Self {
+        ApiError(e)
+    }
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError(lifeboat_net::ApiError::new(status, code, message))
+    }
+
+    fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError(lifeboat_net::ApiError::bad_request(code, message))
+    }
+
+    fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError(lifeboat_net::ApiError::forbidden(code, message))
+    }
+
+    fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError(lifeboat_net::ApiError::not_found(code, message))
+    }
+
+    fn body_too_large(limit: usize) -> Self {
+        ApiError(lifeboat_net::ApiError::body_too_large(limit))
+    }
+
+    fn internal(message: impl Into<String>) -> Self {
+        ApiError(lifeboat_net::ApiError::internal(message))
+    }
+}
+
+impl axum::response::IntoResponse for ApiError {
+    fn into_response(self) -> axum::response::Response {
+        self.0.into_response().map(axum::body::Body::new)
+    }
+}
+
+/// An axum response as the HTTPS server sends it.
+fn to_server(r: axum::response::Response) -> Response<ResponseBody> {
+    use http_body_util::BodyExt;
+    r.map(|b| b.map_err(Into::<Box<dyn std::error::Error + Send + Sync>>::into).boxed_unsync())
+}
 
 /// A state-store failure as an answer (500).
 fn internal(e: crate::store::StateError) -> ApiError {
@@ -49,7 +123,7 @@ fn failure(f: ProcessError) -> Response<ResponseBody> {
         Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    let mut r = json(status, &body).unwrap_or_else(|e| e.into_response());
+    let mut r = json(status, &body).unwrap_or_else(|e| e.0.into_response());
     if let Some(s) = f.retry_after
         && let Ok(v) = http::HeaderValue::from_str(&s.to_string())
     {
@@ -58,8 +132,9 @@ fn failure(f: ProcessError) -> Response<ResponseBody> {
     r
 }
 
-fn not_found(path: &str) -> Answer {
-    Err(ApiError::not_found("not_found", format!("no such endpoint: {path}")))
+/// What a path that no route serves (or a method a route does not take) answers.
+async fn not_found(uri: http::Uri) -> ApiError {
+    ApiError::not_found("not_found", format!("no such endpoint: {}", uri.path()))
 }
 
 fn peer_machine(req: &Request<RequestBody>) -> Result<String, ApiError> {
@@ -103,7 +178,7 @@ pub const CONFIG_SERVER_MAX_BODY: usize = ADMIN_BODY;
 pub const AGENT_JSON_BODY: usize = 4 << 20;
 
 /// Whether the request says its body is JSON (`application/json`, parameters allowed).
-fn says_json(req: &Request<RequestBody>) -> bool {
+fn says_json(req: &Req) -> bool {
     req.headers()
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -114,7 +189,7 @@ fn says_json(req: &Request<RequestBody>) -> bool {
 /// A request's body, at most `limit` bytes (413 past it, without reading further); a
 /// non-empty body must be declared `application/json` (415 otherwise: a browser form
 /// cannot send one).
-async fn body_bytes(req: Request<RequestBody>, limit: usize) -> Result<bytes::Bytes, ApiError> {
+async fn body_bytes(req: Req, limit: usize) -> Result<bytes::Bytes, ApiError> {
     let declared = req
         .headers()
         .get(http::header::CONTENT_LENGTH)
@@ -136,12 +211,9 @@ async fn body_bytes(req: Request<RequestBody>, limit: usize) -> Result<bytes::By
 }
 
 /// [`body_bytes`] parsed as `T` (one JSON object).
-async fn body_json<T: serde::de::DeserializeOwned>(
-    req: Request<RequestBody>,
-    limit: usize,
-) -> Result<T, ApiError> {
+async fn body_json<T: serde::de::DeserializeOwned>(req: Req, limit: usize) -> Result<T, ApiError> {
     let bytes = body_bytes(req, limit).await?;
-    read_json(http_body_util::Full::new(bytes)).await
+    Ok(read_json(http_body_util::Full::new(bytes)).await?)
 }
 
 /// A browser's request from another origin (its `Origin` is not this server's own
@@ -174,58 +246,6 @@ fn check_origin(req: &Request<RequestBody>) -> Result<(), ApiError> {
     }
 }
 
-/// The configuration server's OpenAPI document (`GET /api/v1/openapi.json`).
-pub const OPENAPI: &str = include_str!("../../openapi.json");
-
-/// Every route of the configuration server, as (method, OpenAPI path); a test checks the
-/// OpenAPI document lists exactly these.
-pub const CONFIG_SERVER_ROUTES: &[(&str, &str)] = &[
-    ("POST", "/api/v1/register"),
-    ("GET", "/api/v1/health"),
-    ("GET", "/api/v1/openapi.json"),
-    ("GET", "/api/v1/setup"),
-    ("POST", "/api/v1/setup"),
-    ("POST", "/api/v1/login"),
-    ("POST", "/api/v1/logout"),
-    ("GET", "/api/v1/session"),
-    ("GET", "/api/v1/machines"),
-    ("GET", "/api/v1/machines/{id}/points"),
-    ("POST", "/api/v1/machines/{id}/revoke"),
-    ("GET", "/api/v1/passphrases"),
-    ("POST", "/api/v1/passphrases"),
-    ("POST", "/api/v1/machines/{id}/test-failover"),
-    ("GET", "/api/v1/test-failovers"),
-    ("POST", "/api/v1/test-failovers/{id}/cleanup"),
-    ("POST", "/api/v1/machines/{id}/failover"),
-    ("POST", "/api/v1/machines/{id}/commit"),
-    ("POST", "/api/v1/machines/{id}/reprotect"),
-    ("POST", "/api/v1/machines/{id}/failback"),
-    ("GET", "/api/v1/failovers"),
-    ("GET", "/api/v1/machines/{id}/vm-spec"),
-    ("PUT", "/api/v1/machines/{id}/vm-spec"),
-    ("GET", "/api/v1/policies"),
-    ("PUT", "/api/v1/policies/{name}"),
-    ("DELETE", "/api/v1/policies/{name}"),
-    ("PUT", "/api/v1/machines/{id}/policy"),
-    ("GET", "/api/v1/alerts"),
-    ("GET", "/api/v1/ca"),
-    ("POST", "/api/v1/ca/rotate"),
-    ("GET", "/api/v1/recovery-passphrase"),
-    ("PUT", "/api/v1/recovery-passphrase"),
-    ("GET", "/api/v1/plugins"),
-    ("GET", "/api/v1/groups"),
-    ("PUT", "/api/v1/groups/{name}"),
-    ("DELETE", "/api/v1/groups/{name}"),
-    ("GET", "/api/v1/plans"),
-    ("PUT", "/api/v1/plans/{name}"),
-    ("DELETE", "/api/v1/plans/{name}"),
-    ("POST", "/api/v1/plans/{name}/run"),
-    ("POST", "/api/v1/jobs/{id}/continue"),
-    ("GET", "/api/v1/jobs"),
-    ("GET", "/api/v1/jobs/{id}"),
-    ("GET", "/metrics"),
-];
-
 /// `202 Accepted` with the job just started.
 fn accepted(state: &State, job: u64) -> Answer {
     let j = state
@@ -236,18 +256,6 @@ fn accepted(state: &State, job: u64) -> Answer {
     json(StatusCode::ACCEPTED, &j)
 }
 
-/// The `{id}` of `<prefix>{id}<suffix>`: one non-empty path segment, or `None` (a path
-/// such as `/api/v1/machines/revoke` is no route, never a slice out of bounds).
-fn segment<'a>(path: &'a str, prefix: &str, suffix: &str) -> Option<&'a str> {
-    path.strip_prefix(prefix)?.strip_suffix(suffix).filter(|id| !id.is_empty() && !id.contains('/'))
-}
-
-/// The machine id in `/api/v1/machines/{id}<suffix>`.
-fn machine_in<'a>(path: &'a str, suffix: &str) -> Option<&'a str> {
-    segment(path, "/api/v1/machines/", suffix)
-}
-
-/// 404 unless machine `id` is registered.
 fn known_machine(state: &State, id: &str) -> Result<(), ApiError> {
     if state.machine_exists(id).map_err(|e| ApiError::internal(e.to_string()))? {
         Ok(())
@@ -283,174 +291,211 @@ fn admin_error(e: crate::config_server::admin::AdminError) -> ApiError {
     }
 }
 
-/// Routes of the configuration server.
-pub async fn config_server(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>) -> Answer {
-    check_origin(&req)?;
-    let path = req.uri().path().to_owned();
-    match (req.method().clone(), path.as_str()) {
-        (Method::POST, "/api/v1/register") => machines::register_route(ctx, req).await,
-        (Method::GET, "/api/v1/health") => appliance::health().await,
-        (Method::GET, "/api/v1/openapi.json") => appliance::openapi().await,
-        (Method::GET, "/metrics") => appliance::metrics(ctx, req).await,
-        (Method::GET, "/api/v1/setup") => account::setup_status(ctx).await,
-        (Method::POST, "/api/v1/setup") => account::setup(ctx, req).await,
-        (Method::POST, "/api/v1/login") => account::login(ctx, req).await,
-        (Method::POST, "/api/v1/logout") => account::logout(ctx, req).await,
-        (Method::GET, "/api/v1/session") => account::session(ctx, req).await,
-        (Method::GET, "/api/v1/machines") => machines::list_machines(ctx, req).await,
-        (Method::POST, p) if machine_in(p, "/revoke").is_some() => {
-            machines::revoke(ctx, req, p).await
-        }
-        (Method::GET, "/api/v1/passphrases") => machines::passphrase_status(ctx, req).await,
-        (Method::POST, "/api/v1/passphrases") => machines::new_passphrase(ctx, req).await,
-        (Method::POST, p) if machine_in(p, "/test-failover").is_some() => {
-            failovers::test_failover(ctx, req, p).await
-        }
-        (Method::POST, p) if machine_in(p, "/failover").is_some() => {
-            failovers::failover(ctx, req, p).await
-        }
-        (Method::POST, p) if machine_in(p, "/commit").is_some() => {
-            failovers::commit(ctx, req, p).await
-        }
-        (Method::POST, p) if machine_in(p, "/reprotect").is_some() => {
-            failovers::reprotect(ctx, req, p).await
-        }
-        (Method::POST, p) if machine_in(p, "/failback").is_some() => {
-            failovers::failback(ctx, req, p).await
-        }
-        (Method::GET, "/api/v1/policies") => policies::list_policies(ctx, req).await,
-        (Method::PUT, p) if segment(p, "/api/v1/policies/", "").is_some() => {
-            policies::put_policy(ctx, req, p).await
-        }
-        (Method::DELETE, p) if segment(p, "/api/v1/policies/", "").is_some() => {
-            policies::delete_policy(ctx, req, p).await
-        }
-        (Method::PUT, p) if machine_in(p, "/policy").is_some() => {
-            policies::assign_policy(ctx, req, p).await
-        }
-        (Method::GET, "/api/v1/alerts") => policies::list_alerts(ctx, req).await,
-        (Method::GET, "/api/v1/ca") => appliance::ca(ctx, req).await,
-        (Method::POST, "/api/v1/ca/rotate") => appliance::rotate_ca(ctx, req).await,
-        (Method::GET, "/api/v1/recovery-passphrase") => {
-            appliance::recovery_passphrase_status(ctx, req).await
-        }
-        (Method::PUT, "/api/v1/recovery-passphrase") => {
-            appliance::set_recovery_passphrase(ctx, req).await
-        }
-        (Method::GET, "/api/v1/failovers") => failovers::list_failovers(ctx, req).await,
-        (Method::GET, p) if machine_in(p, "/vm-spec").is_some() => {
-            machines::vm_spec(ctx, req, p).await
-        }
-        (Method::PUT, p) if machine_in(p, "/vm-spec").is_some() => {
-            machines::set_vm_spec(ctx, req, p).await
-        }
-        (Method::GET, "/api/v1/test-failovers") => failovers::list_test_failovers(ctx, req).await,
-        (Method::POST, p) if segment(p, "/api/v1/test-failovers/", "/cleanup").is_some() => {
-            failovers::cleanup_test_failover(ctx, req, p).await
-        }
-        (Method::GET, "/api/v1/plugins") => appliance::plugins(ctx, req).await,
-        (Method::GET, "/api/v1/groups") => groups::list_groups(ctx, req).await,
-        (Method::PUT, p) if segment(p, "/api/v1/groups/", "").is_some() => {
-            groups::put_group(ctx, req, p).await
-        }
-        (Method::DELETE, p) if segment(p, "/api/v1/groups/", "").is_some() => {
-            groups::delete_group(ctx, req, p).await
-        }
-        (Method::GET, "/api/v1/plans") => plans::list_plans(ctx, req).await,
-        (Method::POST, p) if segment(p, "/api/v1/plans/", "/run").is_some() => {
-            plans::run_plan(ctx, req, p).await
-        }
-        (Method::PUT, p) if segment(p, "/api/v1/plans/", "").is_some() => {
-            plans::put_plan(ctx, req, p).await
-        }
-        (Method::DELETE, p) if segment(p, "/api/v1/plans/", "").is_some() => {
-            plans::delete_plan(ctx, req, p).await
-        }
-        (Method::POST, p) if segment(p, "/api/v1/jobs/", "/continue").is_some() => {
-            plans::continue_job(ctx, req, p).await
-        }
-        (Method::GET, "/api/v1/jobs") => plans::list_jobs(ctx, req).await,
-        (Method::GET, p) if segment(p, "/api/v1/jobs/", "").is_some() => {
-            plans::job(ctx, req, p).await
-        }
-        (Method::GET, p) if machine_in(p, "/points").is_some() => {
-            machines::points(ctx, req, p).await
-        }
-        _ => not_found(&path),
+/// The OpenAPI document's frame: what the routes' own descriptions do not say.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Lifeboat configuration server",
+        version = "1",
+        description = "The administrator API (bearer session tokens from POST /api/v1/login) and agent registration. Errors are {\"error\": message, \"code\": code} with an HTTP status; 400 names the field and what is expected. A request body must be declared `Content-Type: application/json` (415 otherwise) and is at most 1 MiB (4 KiB before authentication, 16 KiB for a registration; 413 past it). A request whose `Origin` is not the appliance's own address is refused (403 origin_mismatch)."
+    ),
+    modifiers(&SessionScheme)
+)]
+struct Frame;
+
+/// The `session` security scheme: a bearer token from `POST /api/v1/login`.
+struct SessionScheme;
+
+impl utoipa::Modify for SessionScheme {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        doc.components.get_or_insert_with(Default::default).add_security_scheme(
+            "session",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
     }
 }
 
-/// Routes of the process server (mutual TLS: every request carries a machine id).
-pub async fn process_server(
+/// Every route of the configuration server, with its OpenAPI description.
+fn config_routes() -> OpenApiRouter<Arc<ConfigServerCtx>> {
+    OpenApiRouter::with_openapi(Frame::openapi())
+        .routes(routes!(machines::register_route))
+        .routes(routes!(appliance::health))
+        .routes(routes!(appliance::openapi))
+        .routes(routes!(appliance::metrics))
+        .routes(routes!(account::setup_status, account::setup))
+        .routes(routes!(account::login))
+        .routes(routes!(account::logout))
+        .routes(routes!(account::session))
+        .routes(routes!(machines::list_machines))
+        .routes(routes!(machines::revoke))
+        .routes(routes!(machines::passphrase_status, machines::new_passphrase))
+        .routes(routes!(machines::vm_spec, machines::set_vm_spec))
+        .routes(routes!(machines::points))
+        .routes(routes!(failovers::test_failover))
+        .routes(routes!(failovers::failover))
+        .routes(routes!(failovers::commit))
+        .routes(routes!(failovers::reprotect))
+        .routes(routes!(failovers::failback))
+        .routes(routes!(failovers::list_failovers))
+        .routes(routes!(failovers::list_test_failovers))
+        .routes(routes!(failovers::cleanup_test_failover))
+        .routes(routes!(policies::list_policies))
+        .routes(routes!(policies::put_policy, policies::delete_policy))
+        .routes(routes!(policies::assign_policy))
+        .routes(routes!(policies::list_alerts))
+        .routes(routes!(appliance::ca))
+        .routes(routes!(appliance::rotate_ca))
+        .routes(routes!(appliance::recovery_passphrase_status, appliance::set_recovery_passphrase))
+        .routes(routes!(appliance::plugins))
+        .routes(routes!(groups::list_groups))
+        .routes(routes!(groups::put_group, groups::delete_group))
+        .routes(routes!(plans::list_plans))
+        .routes(routes!(plans::run_plan))
+        .routes(routes!(plans::put_plan, plans::delete_plan))
+        .routes(routes!(plans::continue_job))
+        .routes(routes!(plans::list_jobs))
+        .routes(routes!(plans::job))
+}
+
+/// The configuration server's generated OpenAPI document.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    config_routes().split_for_parts().1
+}
+
+/// The configuration server: its router, and the OpenAPI document it serves.
+pub struct ConfigServer {
+    router: axum::Router,
+}
+
+impl ConfigServer {
+    /// The router over `ctx`.
+    pub fn new(ctx: Arc<ConfigServerCtx>) -> ConfigServer {
+        let (router, doc) = config_routes().split_for_parts();
+        let doc = Arc::new(OpenApiJson(doc.to_pretty_json().unwrap_or_default()));
+        let router = router
+            .fallback(not_found)
+            .method_not_allowed_fallback(not_found)
+            .layer(Extension(doc))
+            .with_state(ctx);
+        ConfigServer { router }
+    }
+
+    /// Answers one request.
+    pub async fn serve(&self, req: Request<RequestBody>) -> Served {
+        check_origin(&req).map_err(|e| e.0)?;
+        let r = self.router.clone().oneshot(req.map(axum::body::Body::new)).await;
+        Ok(to_server(r.unwrap_or_else(|never| match never {})))
+    }
+}
+
+/// The generated document, as served.
+#[derive(Debug)]
+struct OpenApiJson(String);
+
+/// What the process server's routes need.
+struct AgentCtx {
     ps: ProcessServer,
     state: State,
     pki: Arc<crate::config_server::pki::Pki>,
-    req: Request<RequestBody>,
-) -> Answer {
-    let path = req.uri().path().to_owned();
-    let machine = peer_machine(&req)?;
-    // A revoked machine is refused at once, whatever it asks.
-    if state.is_revoked(&machine).map_err(|e| ApiError::internal(e.to_string()))? {
-        return Err(ApiError::forbidden(
-            "revoked",
-            format!(
-                "machine {machine} was revoked by an administrator; register it again to protect it"
-            ),
-        ));
+}
+
+/// The machine of the client certificate a request came with.
+#[derive(Debug, Clone)]
+struct AgentMachine(String);
+
+/// The process server's listener (mutual TLS: every request carries a machine id).
+pub struct AgentServer {
+    ctx: Arc<AgentCtx>,
+    router: axum::Router,
+}
+
+impl AgentServer {
+    /// The router of the process server's routes.
+    pub fn new(
+        ps: ProcessServer,
+        state: State,
+        pki: Arc<crate::config_server::pki::Pki>,
+    ) -> AgentServer {
+        use axum::routing::{get, post, put};
+        let ctx = Arc::new(AgentCtx { ps, state, pki });
+        let router = axum::Router::new()
+            .route("/api/v1/hello", post(agents::hello))
+            .route("/api/v1/batches", put(agents::batch))
+            .route("/api/v1/progress", post(agents::progress))
+            .route("/api/v1/agent-alerts", post(agents::agent_alerts))
+            .route("/api/v1/trust", get(agents::trust))
+            .route("/api/v1/renew", post(agents::renew))
+            .route("/api/v1/reverse", get(agents::reverse_status))
+            .route("/api/v1/reverse/diff", post(agents::reverse_diff))
+            .route("/api/v1/reverse/done", post(agents::reverse_done))
+            .route("/api/v1/compare", post(agents::compare))
+            .route("/api/v1/compare/done", post(agents::compare_done))
+            .route("/api/v1/churn", post(agents::churn))
+            .route("/api/v1/groups/member-points", post(agents::member_points))
+            .route("/api/v1/groups/points", post(agents::group_points))
+            .route("/api/v1/machines/{id}/points", get(agents::agent_points))
+            .fallback(not_found)
+            .method_not_allowed_fallback(not_found)
+            .with_state(ctx.clone());
+        AgentServer { ctx, router }
     }
-    // A machine failed over at the target is not replicated from its source any more:
-    // what the source writes from now on is for reprotect to reconcile.
-    // Only the machine's current certificate (or the previous one until the renewed one
-    // is in use): a replaced or retired certificate is refused even on a connection that
-    // was accepted before.
-    if let Some(der) = req.extensions().get::<PeerInfo>().and_then(|p| p.cert_der.clone())
-        && let Err(why) = crate::config_server::pki::check_presented(&state, &pki, &machine, &der)
-            .map_err(|e| ApiError::internal(e.to_string()))?
-    {
-        return Err(ApiError::forbidden("certificate-replaced", why));
+
+    /// Answers one request: the machine must be known, not revoked, on its current
+    /// certificate, and (but for reverse replication and trust) not failed over.
+    pub async fn serve(&self, req: Request<RequestBody>) -> Served {
+        self.check(&req).map_err(|e| e.0)?;
+        let machine = peer_machine(&req).map_err(|e| e.0)?;
+        let mut req = req.map(axum::body::Body::new);
+        req.extensions_mut().insert(AgentMachine(machine));
+        let r = self.router.clone().oneshot(req).await;
+        Ok(to_server(r.unwrap_or_else(|never| match never {})))
     }
-    ps.seen(&machine).map_err(|e| ApiError::internal(e.to_string()))?;
-    let reverse_route = path == "/api/v1/reverse"
-        || path.starts_with("/api/v1/reverse/")
-        || path == "/api/v1/trust"
-        || path == "/api/v1/renew";
-    if !reverse_route
-        && let Some(s) =
-            state.failover_state(&machine).map_err(|e| ApiError::internal(e.to_string()))?
-    {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "failed-over",
-            format!(
-                "machine {machine} is {s} at the target; replication from it resumes with reprotect"
-            ),
-        ));
-    }
-    match (req.method().clone(), path.as_str()) {
-        (Method::POST, "/api/v1/hello") => agents::hello(ps, state, machine, req).await,
-        (Method::PUT, "/api/v1/batches") => agents::batch(ps, machine, req).await,
-        (Method::POST, "/api/v1/progress") => agents::progress(state, machine, req).await,
-        (Method::POST, "/api/v1/agent-alerts") => agents::agent_alerts(state, machine, req).await,
-        (Method::GET, "/api/v1/trust") => agents::trust(state, pki, machine, req).await,
-        (Method::POST, "/api/v1/renew") => agents::renew(state, pki, machine, req).await,
-        (Method::GET, "/api/v1/reverse") => agents::reverse_status(state, machine).await,
-        (Method::POST, "/api/v1/reverse/diff") => {
-            agents::reverse_diff(ps, state, machine, req).await
+
+    /// Refuses a request from a machine that may not call now.
+    fn check(&self, req: &Request<RequestBody>) -> Result<(), ApiError> {
+        let AgentCtx { ps, state, pki } = &*self.ctx;
+        let path = req.uri().path().to_owned();
+        let machine = peer_machine(req)?;
+        // A revoked machine is refused at once, whatever it asks.
+        if state.is_revoked(&machine).map_err(|e| ApiError::internal(e.to_string()))? {
+            return Err(ApiError::forbidden(
+                "revoked",
+                format!(
+                    "machine {machine} was revoked by an administrator; register it again to protect it"
+                ),
+            ));
         }
-        (Method::POST, "/api/v1/reverse/done") => agents::reverse_done(state, machine, req).await,
-        (Method::POST, "/api/v1/compare") => agents::compare(ps, state, machine, req).await,
-        (Method::POST, "/api/v1/compare/done") => {
-            agents::compare_done(ps, state, machine, req).await
+        // A machine failed over at the target is not replicated from its source any more:
+        // what the source writes from now on is for reprotect to reconcile.
+        // Only the machine's current certificate (or the previous one until the renewed one
+        // is in use): a replaced or retired certificate is refused even on a connection that
+        // was accepted before.
+        if let Some(der) = req.extensions().get::<PeerInfo>().and_then(|p| p.cert_der.clone())
+            && let Err(why) =
+                crate::config_server::pki::check_presented(state, pki, &machine, &der)
+                    .map_err(|e| ApiError::internal(e.to_string()))?
+        {
+            return Err(ApiError::forbidden("certificate-replaced", why));
         }
-        (Method::POST, "/api/v1/churn") => agents::churn(state, machine, req).await,
-        (Method::POST, "/api/v1/groups/member-points") => {
-            agents::member_points(state, machine, req).await
+        ps.seen(&machine).map_err(|e| ApiError::internal(e.to_string()))?;
+        let reverse_route = path == "/api/v1/reverse"
+            || path.starts_with("/api/v1/reverse/")
+            || path == "/api/v1/trust"
+            || path == "/api/v1/renew";
+        if !reverse_route
+            && let Some(s) =
+                state.failover_state(&machine).map_err(|e| ApiError::internal(e.to_string()))?
+        {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "failed-over",
+                format!(
+                    "machine {machine} is {s} at the target; replication from it resumes with reprotect"
+                ),
+            ));
         }
-        (Method::POST, "/api/v1/groups/points") => agents::group_points(state, machine, req).await,
-        (Method::GET, p) if machine_in(p, "/points").is_some() => {
-            agents::agent_points(state, machine, p).await
-        }
-        _ => not_found(&path),
+        Ok(())
     }
 }
 

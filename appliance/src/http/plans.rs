@@ -3,19 +3,52 @@
 use super::*;
 
 /// `GET /api/v1/plans`
-pub(super) async fn list_plans(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>) -> Answer {
+#[utoipa::path(
+    get,
+    path = "/api/v1/plans",
+    tag = "plans",
+    summary = "Recovery plans.",
+    responses(
+        (status = 200, description = "Every recovery plan.", body = api::PlanList),
+        (status = 401, description = "error", body = api::ApiError),
+        (status = 403, description = "error", body = api::ApiError)
+    ),
+    security(("session" = [])),
+)]
+pub(super) async fn list_plans(
+    extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
+    req: Req,
+) -> Answer {
     authenticated(&ctx, &req)?;
     json(StatusCode::OK, &plan_list(&ctx.state)?)
 }
 
 /// `POST /api/v1/plans/{name}/run`
+#[utoipa::path(
+    post,
+    path = "/api/v1/plans/{name}/run",
+    tag = "plans",
+    summary = "Runs a plan as a test failover or a failover (a job; each machine's own (test) failover is a job too). Stops at the first failure. 409 if the plan no longer fits the appliance (a plugin unloaded) or there is no master target here.",
+    params(("name" = String, Path, description = "name")),
+    request_body = api::PlanRun,
+    responses(
+        (status = 202, description = "the job", body = api::JobInfo),
+        (status = 400, description = "error", body = api::ApiError),
+        (status = 401, description = "error", body = api::ApiError),
+        (status = 403, description = "error", body = api::ApiError),
+        (status = 404, description = "error", body = api::ApiError),
+        (status = 409, description = "error", body = api::ApiError),
+        (status = 413, description = "error", body = api::ApiError),
+        (status = 415, description = "error", body = api::ApiError)
+    ),
+    security(("session" = [])),
+)]
 pub(super) async fn run_plan(
-    ctx: Arc<ConfigServerCtx>,
-    req: Request<RequestBody>,
-    p: &str,
+    extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
+    Path(name): Path<String>,
+    req: Req,
 ) -> Answer {
     let (_, admin, _) = authenticated(&ctx, &req)?;
-    let name = segment(p, "/api/v1/plans/", "/run").unwrap_or_default().to_owned();
     check_policy_name(&name)?;
     let r: api::PlanRun = body_json(req, ADMIN_BODY).await?;
     if !matches!(r.mode.as_str(), "test-failover" | "failover") {
@@ -47,13 +80,29 @@ pub(super) async fn run_plan(
 }
 
 /// `PUT /api/v1/plans/{name}`
+#[utoipa::path(
+    put,
+    path = "/api/v1/plans/{name}",
+    tag = "plans",
+    summary = "Creates or replaces a recovery plan: groups of machines failed over in order (a group's machines in parallel), each with pre and post actions — an allow-listed script (`[plans.scripts]`), an action plugin, or a manual step. Machines, scripts and plugins must exist.",
+    params(("name" = String, Path, description = "name")),
+    request_body = api::Plan,
+    responses(
+        (status = 200, description = "Every recovery plan.", body = api::PlanList),
+        (status = 400, description = "error", body = api::ApiError),
+        (status = 401, description = "error", body = api::ApiError),
+        (status = 403, description = "error", body = api::ApiError),
+        (status = 413, description = "error", body = api::ApiError),
+        (status = 415, description = "error", body = api::ApiError)
+    ),
+    security(("session" = [])),
+)]
 pub(super) async fn put_plan(
-    ctx: Arc<ConfigServerCtx>,
-    req: Request<RequestBody>,
-    p: &str,
+    extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
+    Path(name): Path<String>,
+    req: Req,
 ) -> Answer {
     let (_, admin, _) = authenticated(&ctx, &req)?;
-    let name = segment(p, "/api/v1/plans/", "").unwrap_or_default().to_owned();
     check_policy_name(&name)?;
     let plan: api::Plan = body_json(req, ADMIN_BODY).await?;
     ctx.plans
@@ -66,13 +115,28 @@ pub(super) async fn put_plan(
 }
 
 /// `DELETE /api/v1/plans/{name}`
+#[utoipa::path(
+    delete,
+    path = "/api/v1/plans/{name}",
+    tag = "plans",
+    summary = "Deletes a recovery plan.",
+    params(("name" = String, Path, description = "name")),
+    responses(
+        (status = 200, description = "Every recovery plan.", body = api::PlanList),
+        (status = 400, description = "error", body = api::ApiError),
+        (status = 401, description = "error", body = api::ApiError),
+        (status = 403, description = "error", body = api::ApiError),
+        (status = 404, description = "error", body = api::ApiError)
+    ),
+    security(("session" = [])),
+)]
 pub(super) async fn delete_plan(
-    ctx: Arc<ConfigServerCtx>,
-    req: Request<RequestBody>,
-    p: &str,
+    extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
+    Path(name): Path<String>,
+    req: Req,
 ) -> Answer {
     let (_, admin, _) = authenticated(&ctx, &req)?;
-    let name = segment(p, "/api/v1/plans/", "").unwrap_or_default();
+    let name = name.as_str();
     check_policy_name(name)?;
     if !ctx.state.delete_plan(name).map_err(internal)? {
         return Err(ApiError::not_found("unknown_plan", format!("name: no plan {name:?}")));
@@ -82,13 +146,32 @@ pub(super) async fn delete_plan(
 }
 
 /// `POST /api/v1/jobs/{id}/continue`
+#[utoipa::path(
+    post,
+    path = "/api/v1/jobs/{id}/continue",
+    tag = "plans",
+    summary = "Confirms the manual step a plan's job waits on; with `{\"step\": n}`, only if that is the step it waits on (the job's message numbers it). 409 if it waits on none, or on another.",
+    params(("id" = String, Path, description = "id")),
+    request_body = api::ContinueStep,
+    responses(
+        (status = 200, description = "Continued.", body = api::Continued),
+        (status = 400, description = "error", body = api::ApiError),
+        (status = 401, description = "error", body = api::ApiError),
+        (status = 403, description = "error", body = api::ApiError),
+        (status = 404, description = "error", body = api::ApiError),
+        (status = 409, description = "error", body = api::ApiError),
+        (status = 413, description = "error", body = api::ApiError),
+        (status = 415, description = "error", body = api::ApiError)
+    ),
+    security(("session" = [])),
+)]
 pub(super) async fn continue_job(
-    ctx: Arc<ConfigServerCtx>,
-    req: Request<RequestBody>,
-    p: &str,
+    extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
+    Path(id): Path<String>,
+    req: Req,
 ) -> Answer {
     let (_, admin, _) = authenticated(&ctx, &req)?;
-    let raw = segment(p, "/api/v1/jobs/", "/continue").unwrap_or_default();
+    let raw = id.as_str();
     let id: u64 = raw.parse().map_err(|_| {
         ApiError::bad_request("invalid", format!("id: {raw:?} is not a job number"))
     })?;
@@ -116,16 +199,50 @@ pub(super) async fn continue_job(
 }
 
 /// `GET /api/v1/jobs`
-pub(super) async fn list_jobs(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>) -> Answer {
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs",
+    tag = "plans",
+    summary = "The newest 100 jobs, newest first.",
+    responses(
+        (status = 200, description = "list", body = api::JobList),
+        (status = 401, description = "error", body = api::ApiError),
+        (status = 403, description = "error", body = api::ApiError)
+    ),
+    security(("session" = [])),
+)]
+pub(super) async fn list_jobs(
+    extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
+    req: Req,
+) -> Answer {
     authenticated(&ctx, &req)?;
     let jobs = ctx.state.jobs(None, 100).map_err(internal)?.into_iter().map(job_info).collect();
     json(StatusCode::OK, &api::JobList { jobs })
 }
 
 /// `GET /api/v1/jobs/{id}`
-pub(super) async fn job(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>, p: &str) -> Answer {
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs/{id}",
+    tag = "plans",
+    summary = "One job with its progress and, once done, its result or why it failed.",
+    params(("id" = String, Path, description = "id")),
+    responses(
+        (status = 200, description = "the job", body = api::JobInfo),
+        (status = 400, description = "error", body = api::ApiError),
+        (status = 401, description = "error", body = api::ApiError),
+        (status = 403, description = "error", body = api::ApiError),
+        (status = 404, description = "error", body = api::ApiError)
+    ),
+    security(("session" = [])),
+)]
+pub(super) async fn job(
+    extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
+    Path(id): Path<String>,
+    req: Req,
+) -> Answer {
     authenticated(&ctx, &req)?;
-    let raw = segment(p, "/api/v1/jobs/", "").unwrap_or_default();
+    let raw = id.as_str();
     let id: u64 = raw.parse().map_err(|_| {
         ApiError::bad_request("invalid", format!("id: {raw:?} is not a job number"))
     })?;

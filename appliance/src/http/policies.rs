@@ -3,19 +3,50 @@
 use super::*;
 
 /// `GET /api/v1/policies`
-pub(super) async fn list_policies(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>) -> Answer {
+#[utoipa::path(
+    get,
+    path = "/api/v1/policies",
+    tag = "policies",
+    summary = "Replication policies: RPO thresholds, agent silence, tiered retention.",
+    responses(
+        (status = 200, description = "Every policy (default always) with the machines that use it.", body = api::PolicyList),
+        (status = 401, description = "error", body = api::ApiError),
+        (status = 403, description = "error", body = api::ApiError)
+    ),
+    security(("session" = [])),
+)]
+pub(super) async fn list_policies(
+    extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
+    req: Req,
+) -> Answer {
     authenticated(&ctx, &req)?;
     json(StatusCode::OK, &policy_list(&ctx.state)?)
 }
 
 /// `PUT /api/v1/policies/{name}`
+#[utoipa::path(
+    put,
+    path = "/api/v1/policies/{name}",
+    tag = "policies",
+    summary = "Creates or replaces a policy; fields left out take their defaults. `default` is what machines use until given another.",
+    params(("name" = String, Path, description = "name")),
+    request_body = api::Policy,
+    responses(
+        (status = 200, description = "Every policy (default always) with the machines that use it.", body = api::PolicyList),
+        (status = 400, description = "error", body = api::ApiError),
+        (status = 401, description = "error", body = api::ApiError),
+        (status = 403, description = "error", body = api::ApiError),
+        (status = 413, description = "error", body = api::ApiError),
+        (status = 415, description = "error", body = api::ApiError)
+    ),
+    security(("session" = [])),
+)]
 pub(super) async fn put_policy(
-    ctx: Arc<ConfigServerCtx>,
-    req: Request<RequestBody>,
-    p: &str,
+    extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
+    Path(name): Path<String>,
+    req: Req,
 ) -> Answer {
     let (_, admin, _) = authenticated(&ctx, &req)?;
-    let name = segment(p, "/api/v1/policies/", "").unwrap_or_default().to_owned();
     check_policy_name(&name)?;
     let policy: api::Policy = body_json(req, ADMIN_BODY).await?;
     policy.check().map_err(|e| ApiError::bad_request("invalid", e))?;
@@ -51,13 +82,29 @@ pub(super) async fn put_policy(
 }
 
 /// `DELETE /api/v1/policies/{name}`
+#[utoipa::path(
+    delete,
+    path = "/api/v1/policies/{name}",
+    tag = "policies",
+    summary = "Deletes a policy no machine uses (409 if one does, or for `default`).",
+    params(("name" = String, Path, description = "name")),
+    responses(
+        (status = 200, description = "Every policy (default always) with the machines that use it.", body = api::PolicyList),
+        (status = 400, description = "error", body = api::ApiError),
+        (status = 401, description = "error", body = api::ApiError),
+        (status = 403, description = "error", body = api::ApiError),
+        (status = 404, description = "error", body = api::ApiError),
+        (status = 409, description = "error", body = api::ApiError)
+    ),
+    security(("session" = [])),
+)]
 pub(super) async fn delete_policy(
-    ctx: Arc<ConfigServerCtx>,
-    req: Request<RequestBody>,
-    p: &str,
+    extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
+    Path(name): Path<String>,
+    req: Req,
 ) -> Answer {
     let (_, admin, _) = authenticated(&ctx, &req)?;
-    let name = segment(p, "/api/v1/policies/", "").unwrap_or_default();
+    let name = name.as_str();
     check_policy_name(name)?;
     if name == "default" {
         return Err(ApiError::new(
@@ -81,13 +128,30 @@ pub(super) async fn delete_policy(
 }
 
 /// `PUT /api/v1/machines/{id}/policy`
+#[utoipa::path(
+    put,
+    path = "/api/v1/machines/{id}/policy",
+    tag = "policies",
+    summary = "Gives a machine a policy.",
+    params(("id" = String, Path, description = "id")),
+    request_body = api::PolicyAssignment,
+    responses(
+        (status = 200, description = "Every policy (default always) with the machines that use it.", body = api::PolicyList),
+        (status = 400, description = "error", body = api::ApiError),
+        (status = 401, description = "error", body = api::ApiError),
+        (status = 403, description = "error", body = api::ApiError),
+        (status = 404, description = "error", body = api::ApiError),
+        (status = 413, description = "error", body = api::ApiError),
+        (status = 415, description = "error", body = api::ApiError)
+    ),
+    security(("session" = [])),
+)]
 pub(super) async fn assign_policy(
-    ctx: Arc<ConfigServerCtx>,
-    req: Request<RequestBody>,
-    p: &str,
+    extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
+    Path(id): Path<String>,
+    req: Req,
 ) -> Answer {
     let (_, admin, _) = authenticated(&ctx, &req)?;
-    let id = machine_in(p, "/policy").unwrap_or_default().to_owned();
     let a: api::PolicyAssignment = body_json(req, ADMIN_BODY).await?;
     known_machine(&ctx.state, &id)?;
     if crate::config_server::policy::get(&ctx.state, &a.policy).map_err(internal)?.is_none() {
@@ -99,7 +163,22 @@ pub(super) async fn assign_policy(
 }
 
 /// `GET /api/v1/alerts`
-pub(super) async fn list_alerts(ctx: Arc<ConfigServerCtx>, req: Request<RequestBody>) -> Answer {
+#[utoipa::path(
+    get,
+    path = "/api/v1/alerts",
+    tag = "policies",
+    summary = "Alerts that hold now, critical first: RPO over the machine's policy thresholds, an agent silent too long, the process server's cache over its high-water mark or full, the appliance's CPU or memory over 80 % / 95 %, plugin failures.",
+    responses(
+        (status = 200, description = "The alerts.", body = api::AlertList),
+        (status = 401, description = "error", body = api::ApiError),
+        (status = 403, description = "error", body = api::ApiError)
+    ),
+    security(("session" = [])),
+)]
+pub(super) async fn list_alerts(
+    extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
+    req: Req,
+) -> Answer {
     authenticated(&ctx, &req)?;
     let alerts = crate::config_server::policy::alerts(&ctx.state).map_err(internal)?;
     json(StatusCode::OK, &api::AlertList { alerts })

@@ -46,7 +46,7 @@ fn only_the_coordinator_records_and_only_reported_points_count() {
         point,
         members: members.iter().map(|s| s.to_string()).collect(),
     };
-    let code = |r: Result<(), ApiError>| r.unwrap_err().code;
+    let code = |r: Result<(), ApiError>| r.unwrap_err().0.code;
     // A member that is not the coordinator, naming B: refused.
     assert_eq!(
         code(check_group_point(&state, "m-a", &rec("erp", 9, &["m-a", "m-b"]))),
