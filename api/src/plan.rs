@@ -142,8 +142,7 @@ pub struct Continued {
     /// The manual step was confirmed: the plan goes on.
     pub continued: bool,
     /// The step that was confirmed.
-    #[serde(default)]
-    pub step: Option<u32>,
+    pub step: u32,
 }
 
 /// The [`crate::JobInfo::result`] of a `plan` job, once it ended (succeeded or failed).
