@@ -242,3 +242,42 @@ pub struct MachineList {
     /// Machines, by id.
     pub machines: Vec<MachineSummary>,
 }
+
+/// An empty JSON object, `{}`: the answer of `POST /api/v1/logout`, and the body of a
+/// request that carries nothing (`POST /api/v1/test-failovers/{id}/cleanup`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Empty {}
+
+/// The answer of `POST /api/v1/machines/{id}/revoke`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Revoked {
+    /// The machine is revoked: its agent is refused from its next request on.
+    pub revoked: bool,
+}
+
+/// `GET /api/v1/passphrases`: how many registration passphrases are unused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassphraseStatus {
+    /// Unused one-time registration passphrases that have not expired.
+    pub unused: u64,
+}
+
+/// The answer of `POST /api/v1/passphrases`: a new one-time registration passphrase,
+/// shown once.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewPassphrase {
+    /// The passphrase an agent registers with.
+    pub passphrase: String,
+    /// How many unused passphrases stopped working.
+    pub dropped: u64,
+}
+
+impl std::fmt::Debug for NewPassphrase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewPassphrase").field("dropped", &self.dropped).finish_non_exhaustive()
+    }
+}

@@ -203,3 +203,57 @@ pub struct TestFailoverList {
     /// Oldest first.
     pub test_failovers: Vec<TestFailoverInfo>,
 }
+
+/// A disk a test failover or a failover made at the target, in its job's result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverDisk {
+    /// The source disk's index.
+    pub disk: u32,
+    /// The new disk's id at the target.
+    pub id: String,
+    /// Where a VM finds it: a file path, a blob URL, a datastore path.
+    pub location: String,
+    /// It was made without copying the data.
+    pub instant: bool,
+}
+
+/// The [`JobInfo::result`] of a succeeded `test-failover` job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestFailoverResult {
+    /// The test failover's id (for `POST /api/v1/test-failovers/{id}/cleanup`).
+    pub test_failover: String,
+    /// The isolated VM at the target.
+    pub vm: String,
+    /// The point it was made from.
+    pub point: String,
+    /// Its disks, in the VM's order.
+    pub disks: Vec<FailoverDisk>,
+}
+
+/// The [`JobInfo::result`] of a succeeded `failover` job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverResult {
+    /// The machine.
+    pub machine: String,
+    /// The VM at the target.
+    pub vm: String,
+    /// The point it was made from.
+    pub point: String,
+    /// Its disks, in the VM's order.
+    pub disks: Vec<FailoverDisk>,
+    /// How long the failover took, in seconds.
+    pub seconds: f64,
+}
+
+/// The [`JobInfo::result`] of a succeeded `commit` job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommitResult {
+    /// The machine.
+    pub machine: String,
+    /// How many recovery points were deleted.
+    pub points_deleted: u64,
+}

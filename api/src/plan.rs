@@ -143,3 +143,25 @@ pub struct PlanRun {
     #[serde(default)]
     pub point: Option<String>,
 }
+
+/// The answer of `POST /api/v1/jobs/{id}/continue`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Continued {
+    /// The manual step was confirmed: the plan goes on.
+    pub continued: bool,
+    /// The step that was confirmed.
+    pub step: u32,
+}
+
+/// The [`crate::JobInfo::result`] of a `plan` job, once it ended (succeeded or failed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanResult {
+    /// The plan's name.
+    pub plan: String,
+    /// `test-failover` or `failover`.
+    pub mode: String,
+    /// What each step did, in order.
+    pub log: Vec<String>,
+}

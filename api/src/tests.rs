@@ -253,3 +253,37 @@ fn churn_reports_are_range_checked() {
     v["disks"][0]["sizes"] = serde_json::json!([1, 2]);
     assert!(serde_json::from_value::<ChurnReport>(v).is_err());
 }
+
+/// The answers the appliance still writes as literal JSON, and its jobs' results, decode
+/// into their types (what `lifeboat` reads them as) and encode back the same.
+#[test]
+fn literal_answers_and_job_results_decode() {
+    fn same<T: serde::Serialize + serde::de::DeserializeOwned>(text: &str) -> T {
+        let t: T = serde_json::from_str(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        let want: serde_json::Value = serde_json::from_str(text).unwrap();
+        assert_eq!(serde_json::to_value(&t).unwrap(), want, "{text}");
+        t
+    }
+    same::<Empty>("{}");
+    assert!(same::<Revoked>(r#"{"revoked":true}"#).revoked);
+    assert_eq!(same::<PassphraseStatus>(r#"{"unused":1}"#).unused, 1);
+    let p = same::<NewPassphrase>(r#"{"passphrase":"horse-battery","dropped":2}"#);
+    assert!(!format!("{p:?}").contains("horse"), "the passphrase stays out of logs");
+    assert!(same::<Continued>(r#"{"continued":true,"step":1}"#).continued);
+    let disk = r#"{"disk":0,"id":"tf3-m-d0","location":"/t/tf3-m-d0","instant":false}"#;
+    let r = same::<TestFailoverResult>(&format!(
+        r#"{{"test_failover":"tf3","vm":"tf3-m","point":"p1","disks":[{disk}]}}"#
+    ));
+    assert_eq!((r.test_failover.as_str(), r.disks[0].location.as_str()), ("tf3", "/t/tf3-m-d0"));
+    let r = same::<FailoverResult>(&format!(
+        r#"{{"machine":"m","vm":"fo-m","point":"p2","disks":[{disk}],"seconds":1.5}}"#
+    ));
+    assert_eq!(r.point, "p2");
+    assert_eq!(same::<CommitResult>(r#"{"machine":"m","points_deleted":3}"#).points_deleted, 3);
+    let r = same::<PlanResult>(r#"{"plan":"web","mode":"test-failover","log":["a","b"]}"#);
+    assert_eq!(r.log, ["a", "b"]);
+    assert!(
+        serde_json::from_str::<CommitResult>(r#"{"machine":"m","points_deleted":3,"x":1}"#)
+            .is_err()
+    );
+}

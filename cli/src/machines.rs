@@ -1,0 +1,188 @@
+//! Protected machines: the list, their points, revocation, the VM a failover makes;
+//! registration passphrases and the appliance's plugins.
+
+use http::Method;
+use lifeboat_api as api;
+
+use crate::client::{Failure, Output, Session, fail};
+use crate::{Cli, PassphraseCmd};
+
+/// `lifeboat machines`.
+pub fn machines(cli: &Cli) -> Result<Output, Failure> {
+    let v: api::MachineList = Session::load(cli)?.get("/api/v1/machines")?;
+    let mut t = String::new();
+    for m in &v.machines {
+        let disks: Vec<String> =
+            m.disks.iter().map(|d| format!("{}:{} B", d.index, d.size)).collect();
+        let last = match &m.last_point {
+            Some(p) => format!(
+                "point {} ({}), RPO {} s",
+                p.point,
+                p.kind,
+                m.rpo_secs.map_or_else(|| "?".into(), |s| s.to_string())
+            ),
+            None => "no point yet".into(),
+        };
+        t.push_str(&format!(
+            "{}  {}  {}  disks {}  {last}\n",
+            m.id,
+            m.hostname,
+            m.state,
+            disks.join(", ")
+        ));
+    }
+    Ok(Output::new(&v, t.trim_end()))
+}
+
+/// `lifeboat points MACHINE`.
+pub fn points(cli: &Cli, machine: &str) -> Result<Output, Failure> {
+    let v: api::PointList =
+        Session::load(cli)?.get(&format!("/api/v1/machines/{machine}/points"))?;
+    let t = v
+        .points
+        .iter()
+        .map(|p| format!("{}  {}  {}", p.point, p.kind, p.id))
+        .collect::<Vec<_>>()
+        .join("\n");
+    Ok(Output::new(&v, t))
+}
+
+/// `lifeboat revoke MACHINE`.
+pub fn revoke(cli: &Cli, machine: &str) -> Result<Output, Failure> {
+    let v: api::Revoked =
+        Session::load(cli)?.ask(Method::POST, &format!("/api/v1/machines/{machine}/revoke"))?;
+    Ok(Output::new(&v, format!("machine {machine} revoked")))
+}
+
+/// The options of `lifeboat vm-spec`.
+pub struct VmSpecArgs<'a> {
+    pub machine: &'a str,
+    pub firmware: &'a Option<String>,
+    pub cpus: &'a Option<u32>,
+    pub memory_mib: &'a Option<u64>,
+    pub boot_disk: &'a Option<u32>,
+    pub nics: &'a [String],
+}
+
+/// `lifeboat vm-spec MACHINE [options]`: shows the VM a failover makes; with options, sets
+/// it (they replace the earlier settings as a whole: PUT).
+pub fn vm_spec(cli: &Cli, a: VmSpecArgs<'_>) -> Result<Output, Failure> {
+    let path = format!("/api/v1/machines/{}/vm-spec", a.machine);
+    let change = a.firmware.is_some()
+        || a.cpus.is_some()
+        || a.memory_mib.is_some()
+        || a.boot_disk.is_some()
+        || !a.nics.is_empty();
+    let s = Session::load(cli)?;
+    let v: api::VmSpecInfo = if change {
+        let nics = if a.nics.is_empty() {
+            None
+        } else {
+            Some(a.nics.iter().map(|n| parse_nic(n)).collect::<Result<Vec<_>, _>>()?)
+        };
+        let body = api::VmSpecSettings {
+            firmware: a.firmware.clone(),
+            cpus: *a.cpus,
+            memory_mib: *a.memory_mib,
+            boot_disk: *a.boot_disk,
+            nics,
+        };
+        s.send(Method::PUT, &path, &body)?
+    } else {
+        s.get(&path)?
+    };
+    let nics = v
+        .nics
+        .iter()
+        .map(|n| {
+            format!(
+                "  {} -> {}  mac {}  ip {}",
+                n.source,
+                n.network,
+                n.mac.as_deref().unwrap_or("(target's)"),
+                n.ip.as_deref().unwrap_or("(as on the source)")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let t = format!(
+        "{}, {} CPUs, {} MiB, disks {} (boot first)\n{nics}",
+        v.firmware,
+        v.cpus,
+        v.memory_mib,
+        serde_json::to_string(&v.disks).expect("numbers serialise")
+    );
+    Ok(Output::new(&v, t))
+}
+
+/// `SOURCE=NETWORK[,ip=CIDR][,mac=MAC]` as a network mapping.
+fn parse_nic(s: &str) -> Result<api::NicMapping, Failure> {
+    let bad = |why: &str| {
+        fail(2, format!("--nic {s:?}: {why}; expected SOURCE=NETWORK[,ip=CIDR][,mac=MAC]"))
+    };
+    let mut parts = s.split(',');
+    let (source, network) =
+        parts.next().and_then(|p| p.split_once('=')).ok_or_else(|| bad("no SOURCE=NETWORK"))?;
+    let mut nic = api::NicMapping {
+        source: source.to_owned(),
+        network: network.to_owned(),
+        mac: None,
+        ip: None,
+    };
+    for p in parts {
+        match p.split_once('=') {
+            Some(("ip", ip)) => nic.ip = Some(ip.to_owned()),
+            Some(("mac", mac)) => nic.mac = Some(mac.to_owned()),
+            _ => return Err(bad(&format!("{p:?} is not ip=… or mac=…"))),
+        }
+    }
+    Ok(nic)
+}
+
+/// `lifeboat passphrase status|rotate`.
+pub fn passphrase(cli: &Cli, cmd: &PassphraseCmd) -> Result<Output, Failure> {
+    let s = Session::load(cli)?;
+    Ok(match cmd {
+        PassphraseCmd::Status => {
+            let v: api::PassphraseStatus = s.get("/api/v1/passphrases")?;
+            Output::new(&v, format!("{} unused registration passphrase(s)", v.unused))
+        }
+        PassphraseCmd::Rotate => {
+            let v: api::NewPassphrase = s.ask(Method::POST, "/api/v1/passphrases")?;
+            Output::new(&v, v.passphrase.clone())
+        }
+    })
+}
+
+/// `lifeboat plugins`.
+pub fn plugins(cli: &Cli) -> Result<Output, Failure> {
+    let v: api::PluginList = Session::load(cli)?.get("/api/v1/plugins")?;
+    let t = v
+        .plugins
+        .iter()
+        .map(|p| match &p.message {
+            Some(m) => format!("refused: {m}"),
+            None => format!("{}  {}  {}  {}", p.name, p.kind, p.version, p.trust),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    Ok(Output::new(&v, t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nic_mappings_parse() {
+        let v = parse_nic("eth0=dr-lan,ip=192.0.2.7/24,mac=52:54:00:00:00:01").unwrap();
+        assert_eq!(v.source, "eth0");
+        assert_eq!(v.network, "dr-lan");
+        assert_eq!(v.ip.as_deref(), Some("192.0.2.7/24"));
+        assert_eq!(v.mac.as_deref(), Some("52:54:00:00:00:01"));
+        let v = parse_nic("eth1=dr").unwrap();
+        assert_eq!((v.ip, v.mac), (None, None));
+        assert!(parse_nic("eth0").is_err());
+        assert!(parse_nic("eth0=dr,gw=1").is_err());
+    }
+}
