@@ -18,40 +18,6 @@ pub struct Health {
     pub ok: bool,
 }
 
-/// An answer with nothing to say (`{}`), or a request without parameters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Empty {}
-
-/// `POST /api/v1/machines/{id}/revoke`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Revoked {
-    /// The machine is revoked (its certificate is refused from now on).
-    pub revoked: bool,
-}
-
-/// `GET /api/v1/passphrases`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct PassphraseStatus {
-    /// Registration passphrases made and not used yet (nor expired).
-    pub unused: u64,
-}
-
-/// `POST /api/v1/passphrases`: a new one-time registration passphrase.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct NewPassphrase {
-    /// The passphrase, shown once.
-    pub passphrase: String,
-    /// Unused passphrases made before, which stop working now.
-    pub dropped: u64,
-}
-
-impl std::fmt::Debug for NewPassphrase {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NewPassphrase").field("dropped", &self.dropped).finish_non_exhaustive()
-    }
-}
-
 /// `POST /api/v1/setup` and `POST /api/v1/login`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -245,12 +211,12 @@ pub struct MachineList {
 
 /// An empty JSON object, `{}`: the answer of `POST /api/v1/logout`, and the body of a
 /// request that carries nothing (`POST /api/v1/test-failovers/{id}/cleanup`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Empty {}
 
 /// The answer of `POST /api/v1/machines/{id}/revoke`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Revoked {
     /// The machine is revoked: its agent is refused from its next request on.
@@ -258,7 +224,7 @@ pub struct Revoked {
 }
 
 /// `GET /api/v1/passphrases`: how many registration passphrases are unused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PassphraseStatus {
     /// Unused one-time registration passphrases that have not expired.
@@ -267,7 +233,7 @@ pub struct PassphraseStatus {
 
 /// The answer of `POST /api/v1/passphrases`: a new one-time registration passphrase,
 /// shown once.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewPassphrase {
     /// The passphrase an agent registers with.

@@ -205,7 +205,7 @@ pub struct TestFailoverList {
 }
 
 /// A disk a test failover or a failover made at the target, in its job's result.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FailoverDisk {
     /// The source disk's index.
@@ -219,7 +219,7 @@ pub struct FailoverDisk {
 }
 
 /// The [`JobInfo::result`] of a succeeded `test-failover` job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TestFailoverResult {
     /// The test failover's id (for `POST /api/v1/test-failovers/{id}/cleanup`).
@@ -233,7 +233,7 @@ pub struct TestFailoverResult {
 }
 
 /// The [`JobInfo::result`] of a succeeded `failover` job.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FailoverResult {
     /// The machine.
@@ -249,7 +249,7 @@ pub struct FailoverResult {
 }
 
 /// The [`JobInfo::result`] of a succeeded `commit` job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CommitResult {
     /// The machine.

@@ -124,15 +124,6 @@ pub struct ContinueStep {
     pub step: Option<u32>,
 }
 
-/// The answer of `POST /api/v1/jobs/{id}/continue`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Continued {
-    /// The job goes on.
-    pub continued: bool,
-    /// The manual step confirmed.
-    pub step: u32,
-}
-
 /// `POST /api/v1/plans/{name}/run`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -145,7 +136,7 @@ pub struct PlanRun {
 }
 
 /// The answer of `POST /api/v1/jobs/{id}/continue`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Continued {
     /// The manual step was confirmed: the plan goes on.
@@ -155,7 +146,7 @@ pub struct Continued {
 }
 
 /// The [`crate::JobInfo::result`] of a `plan` job, once it ended (succeeded or failed).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlanResult {
     /// The plan's name.

@@ -131,15 +131,20 @@ impl Plans {
         let r = self.steps(&f, job, &name, &plan, &mode, &choice, &mut log).await;
         self.waiting.lock().unwrap_or_else(|p| p.into_inner()).remove(&job);
         self.manual_steps.lock().unwrap_or_else(|p| p.into_inner()).remove(&job);
-        let result = serde_json::json!({"plan": name, "mode": mode, "log": log});
+        let result = serde_json::to_string(&lifeboat_api::PlanResult {
+            plan: name.clone(),
+            mode: mode.clone(),
+            log,
+        })
+        .ok();
         match r {
             Ok(()) => {
                 tracing::info!(job, plan = %name, %mode, "recovery plan done");
-                let _ = f.state.finish_job(job, true, "plan done", Some(&result.to_string()));
+                let _ = f.state.finish_job(job, true, "plan done", result.as_deref());
             }
             Err(e) => {
                 tracing::warn!(job, plan = %name, %mode, "recovery plan stopped: {e}");
-                let _ = f.state.finish_job(job, false, &e, Some(&result.to_string()));
+                let _ = f.state.finish_job(job, false, &e, result.as_deref());
             }
         }
     }

@@ -98,7 +98,7 @@ pub(super) async fn logout(
 ) -> Answer {
     let (token, _, _) = authenticated(&ctx, &req)?;
     ctx.admins.logout(&token).map_err(admin_error)?;
-    json(StatusCode::OK, &serde_json::json!({}))
+    json(StatusCode::OK, &api::Empty {})
 }
 
 /// `GET /api/v1/session`

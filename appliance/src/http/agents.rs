@@ -45,7 +45,7 @@ pub(super) async fn progress(
     let state = ctx.state.clone();
     let p: api::Progress = body_json(req, AGENT_JSON_BODY).await?;
     state.set_progress(&machine, &p).map_err(|e| ApiError::internal(e.to_string()))?;
-    json(StatusCode::OK, &serde_json::json!({}))
+    json(StatusCode::OK, &api::Empty {})
 }
 
 /// `POST /api/v1/agent-alerts`
@@ -64,7 +64,7 @@ pub(super) async fn agent_alerts(
         .set_setting(&format!("agent_alert:{machine}"), &record.to_string())
         .map_err(|e| ApiError::internal(e.to_string()))?;
     tracing::warn!(%machine, kind = %a.kind, "agent alert: {}", a.message);
-    json(StatusCode::OK, &serde_json::json!({}))
+    json(StatusCode::OK, &api::Empty {})
 }
 
 /// `GET /api/v1/trust`
@@ -173,7 +173,7 @@ pub(super) async fn reverse_done(
     let state = ctx.state.clone();
     let d: api::ReverseDone = body_json(req, AGENT_JSON_BODY).await?;
     match crate::process_server::reverse::done(&state, &machine, d) {
-        Ok(()) => json(StatusCode::OK, &serde_json::json!({})),
+        Ok(()) => json(StatusCode::OK, &api::Empty {}),
         Err(f) => Ok(failure(f)),
     }
 }
@@ -219,7 +219,7 @@ pub(super) async fn compare_done(
     if let Err(f) = ps.publish_compare_done(mid, d.disk, d.token, d.point).await {
         return Ok(failure(f));
     }
-    json(StatusCode::OK, &serde_json::json!({}))
+    json(StatusCode::OK, &api::Empty {})
 }
 
 /// `POST /api/v1/churn`
@@ -234,7 +234,7 @@ pub(super) async fn churn(
     let text = serde_json::to_string(&r).map_err(|e| ApiError::internal(e.to_string()))?;
     state.add_churn(&machine, &text).map_err(|e| ApiError::internal(e.to_string()))?;
     tracing::info!(%machine, disks = r.disks.len(), seconds = r.seconds, "churn profile received");
-    json(StatusCode::OK, &serde_json::json!({}))
+    json(StatusCode::OK, &api::Empty {})
 }
 
 /// `POST /api/v1/groups/member-points`
@@ -258,7 +258,7 @@ pub(super) async fn member_points(
     state
         .add_member_point(&def.name, &machine, m.point)
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    json(StatusCode::OK, &serde_json::json!({}))
+    json(StatusCode::OK, &api::Empty {})
 }
 
 /// `POST /api/v1/groups/points`
@@ -274,7 +274,7 @@ pub(super) async fn group_points(
         .add_group_point(&g.group, g.point, &g.members)
         .map_err(|e| ApiError::internal(e.to_string()))?;
     tracing::info!(group = %g.group, point = g.point, members = g.members.len(), "group point recorded by the coordinator");
-    json(StatusCode::OK, &serde_json::json!({}))
+    json(StatusCode::OK, &api::Empty {})
 }
 
 /// `GET /api/v1/machines/{id}/points`

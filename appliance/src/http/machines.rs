@@ -144,7 +144,7 @@ pub(super) async fn revoke(
         return Err(ApiError::not_found("unknown_machine", format!("id: no machine {id:?}")));
     }
     tracing::warn!(machine = id, %admin, "machine revoked: its certificate is refused from now on");
-    json(StatusCode::OK, &serde_json::json!({"revoked": true}))
+    json(StatusCode::OK, &api::Revoked { revoked: true })
 }
 
 /// `GET /api/v1/passphrases`
@@ -166,7 +166,7 @@ pub(super) async fn passphrase_status(
 ) -> Answer {
     authenticated(&ctx, &req)?;
     let unused = ctx.state.unused_passphrases().map_err(internal)?;
-    json(StatusCode::OK, &serde_json::json!({"unused": unused}))
+    json(StatusCode::OK, &api::PassphraseStatus { unused })
 }
 
 /// `POST /api/v1/passphrases`
@@ -194,7 +194,7 @@ pub(super) async fn new_passphrase(
     let p = crate::config_server::new_passphrase(&ctx.state)
         .map_err(|e| ApiError::internal(e.to_string()))?;
     tracing::info!(%admin, dropped, "registration passphrase rotated");
-    json(StatusCode::CREATED, &serde_json::json!({"passphrase": p, "dropped": dropped}))
+    json(StatusCode::CREATED, &api::NewPassphrase { passphrase: p, dropped })
 }
 
 /// `GET /api/v1/machines/{id}/vm-spec`

@@ -472,9 +472,8 @@ impl AgentServer {
         // is in use): a replaced or retired certificate is refused even on a connection that
         // was accepted before.
         if let Some(der) = req.extensions().get::<PeerInfo>().and_then(|p| p.cert_der.clone())
-            && let Err(why) =
-                crate::config_server::pki::check_presented(state, pki, &machine, &der)
-                    .map_err(|e| ApiError::internal(e.to_string()))?
+            && let Err(why) = crate::config_server::pki::check_presented(state, pki, &machine, &der)
+                .map_err(|e| ApiError::internal(e.to_string()))?
         {
             return Err(ApiError::forbidden("certificate-replaced", why));
         }

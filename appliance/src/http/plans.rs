@@ -195,7 +195,7 @@ pub(super) async fn continue_job(
         .confirm(id, step)
         .map_err(|why| ApiError::new(StatusCode::CONFLICT, "not_waiting", why))?;
     tracing::info!(%admin, job = id, step, "manual plan step confirmed");
-    json(StatusCode::OK, &serde_json::json!({"continued": true, "step": step}))
+    json(StatusCode::OK, &api::Continued { continued: true, step })
 }
 
 /// `GET /api/v1/jobs`

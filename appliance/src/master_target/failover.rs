@@ -333,7 +333,7 @@ impl Failover {
         point: &PointRow,
         order: &[u32],
         made: &mut Vec<String>,
-    ) -> Result<Vec<serde_json::Value>, MasterError> {
+    ) -> Result<Vec<lifeboat_api::FailoverDisk>, MasterError> {
         let mut disks: Vec<u32> =
             order.iter().copied().filter(|d| point.disks.contains(d)).collect();
         disks.extend(point.disks.iter().copied().filter(|d| !order.contains(d)));
@@ -346,7 +346,12 @@ impl Failover {
             self.state.job_progress(job, i as f64 / steps, &format!("materialising disk {d}"))?;
             let m = t.materialize(&point.id, &source, &new).await?;
             made.push(new.clone());
-            locations.push(serde_json::json!({"disk": d, "id": new, "location": m.location, "instant": m.instant}));
+            locations.push(lifeboat_api::FailoverDisk {
+                disk: *d,
+                id: new,
+                location: m.location,
+                instant: m.instant,
+            });
         }
         self.state.job_progress(job, (steps - 1.0) / steps, "creating the VM")?;
         Ok(locations)
@@ -373,7 +378,7 @@ impl Failover {
                     job,
                     true,
                     "test failover ready",
-                    Some(&result.to_string()),
+                    serde_json::to_string(&result).ok().as_deref(),
                 );
             }
             Err(e) => {
@@ -397,7 +402,7 @@ impl Failover {
         machine: &str,
         choice: &PointChoice,
         made: &mut Vec<String>,
-    ) -> Result<serde_json::Value, MasterError> {
+    ) -> Result<lifeboat_api::TestFailoverResult, MasterError> {
         let point = self.resolve(job, machine, choice).await?;
         let spec = vm_spec(&self.state, machine)?;
         let mut t = self.instance().await?;
@@ -414,9 +419,12 @@ impl Failover {
             cleaned_unix_ms: None,
         })?;
         tracing::info!(job, %machine, point = %point.id, test_failover = tf, %vm, "test failover ready");
-        Ok(
-            serde_json::json!({"test_failover": tf, "vm": vm, "point": point.id, "disks": locations}),
-        )
+        Ok(lifeboat_api::TestFailoverResult {
+            test_failover: tf.to_owned(),
+            vm,
+            point: point.id,
+            disks: locations,
+        })
     }
 
     /// Runs job `job`: a failover of `machine` at the point `choice` names. The failover
@@ -432,7 +440,12 @@ impl Failover {
             .await
         {
             Ok(result) => {
-                let _ = self.state.finish_job(job, true, "failed over", Some(&result.to_string()));
+                let _ = self.state.finish_job(
+                    job,
+                    true,
+                    "failed over",
+                    serde_json::to_string(&result).ok().as_deref(),
+                );
             }
             Err(e) => {
                 if let Ok(mut t) = self.instance().await {
@@ -468,7 +481,7 @@ impl Failover {
         old: Option<&crate::store::FailoverRow>,
         made: &mut Vec<String>,
         vm_made: &mut Option<String>,
-    ) -> Result<serde_json::Value, MasterError> {
+    ) -> Result<lifeboat_api::FailoverResult, MasterError> {
         let t0 = std::time::Instant::now();
         let mut t = self.instance().await?;
         let point = self.resolve(job, machine, choice).await?;
@@ -513,10 +526,13 @@ impl Failover {
         }
         let seconds = t0.elapsed().as_secs_f64();
         tracing::info!(job, %machine, point = %point.id, %vm, seconds, "failed over");
-        Ok(serde_json::json!({
-            "machine": machine, "vm": vm, "point": point.id, "disks": locations,
-            "seconds": seconds,
-        }))
+        Ok(lifeboat_api::FailoverResult {
+            machine: machine.to_owned(),
+            vm,
+            point: point.id,
+            disks: locations,
+            seconds,
+        })
     }
 
     /// Runs job `job`: commits `machine`'s failover (moved to `committing` by the caller):
@@ -560,7 +576,12 @@ impl Failover {
                     job,
                     true,
                     "committed",
-                    Some(&serde_json::json!({"machine": machine, "points_deleted": n}).to_string()),
+                    serde_json::to_string(&lifeboat_api::CommitResult {
+                        machine: machine.clone(),
+                        points_deleted: n as u64,
+                    })
+                    .ok()
+                    .as_deref(),
                 );
             }
             Err(e) => {
