@@ -68,12 +68,12 @@ pub struct HashScanConfig {
     pub disk_id: [u8; 16],
     /// Bytes read per request: a multiple of 64 KiB, at most 256 MiB. Default 4 MiB.
     pub chunk_size: u64,
-    /// The largest [`Change::Data`] reported: a multiple of 4 KiB, at most `chunk_size`.
+    /// The largest [`Change::Data`](super::Change::Data) reported: a multiple of 4 KiB, at most `chunk_size`.
     /// Default 1 MiB.
     pub max_change: u64,
     /// With no map at all, assume the target's replica is blank (reads as zeros): the initial
     /// copy then skips zeros and holes. When false, a missing map is treated like a corrupt
-    /// one (everything is sent, zeros as [`Change::Zero`]). Default true.
+    /// one (everything is sent, zeros as [`Change::Zero`](super::Change::Zero)). Default true.
     pub blank_target_without_map: bool,
     /// Drop what the scan read from the page cache, so a full-disk scan does not evict the
     /// server's working set. Default true.
