@@ -286,6 +286,57 @@ pub enum ConfigError {
     },
 }
 
+impl GroupConfig {
+    /// The `[group]` part of [`AgentConfig::validate`]; `bad` makes the error naming the key.
+    fn validate(&self, bad: &impl Fn(&str, String) -> ConfigError) -> Result<(), ConfigError> {
+        if self.name.is_empty()
+            || self.name.len() > 64
+            || !self.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(bad(
+                "group.name",
+                format!("{:?}: use 1 to 64 ASCII letters, digits, '-' or '_'", self.name),
+            ));
+        }
+        if self.members.is_empty() {
+            return Err(bad(
+                "group.members",
+                "is empty: list the other members, e.self. members = [{ machine = \"<id>\", address = \"10.0.0.2:20004\" }]".into(),
+            ));
+        }
+        for (i, m) in self.members.iter().enumerate() {
+            if lifeboat_net::ca::validate_machine_id(&m.machine).is_err() {
+                return Err(bad(
+                    &format!("group.members[{i}].machine"),
+                    format!(
+                        "{:?} is not a machine id (as `lifeboat-agent register` printed it)",
+                        m.machine
+                    ),
+                ));
+            }
+            if self.members[..i].iter().any(|o| o.machine == m.machine) {
+                return Err(bad(
+                    &format!("group.members[{i}].machine"),
+                    format!("{} is listed twice", m.machine),
+                ));
+            }
+        }
+        if self.interval_secs == 0 {
+            return Err(bad("group.interval_secs", "must be at least 1".into()));
+        }
+        if !(100..=600_000).contains(&self.deadline_ms) {
+            return Err(bad(
+                "group.deadline_ms",
+                format!(
+                    "{} is outside 100..=600000 milliseconds; the default is 10000",
+                    self.deadline_ms
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl AgentConfig {
     /// Reads, parses and checks `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -308,26 +359,7 @@ impl AgentConfig {
             key: key.to_string(),
             reason,
         };
-        if self.disks.is_empty() {
-            return Err(bad(
-                "disks",
-                "no disk to protect: list at least one, e.g. disks = [\"/dev/sda\"]".into(),
-            ));
-        }
-        for (i, d) in self.disks.iter().enumerate() {
-            if !d.is_absolute() {
-                return Err(bad(
-                    &format!("disks[{i}]"),
-                    format!("{} is not an absolute path; write e.g. \"/dev/sda\"", d.display()),
-                ));
-            }
-            if self.disks[..i].contains(d) {
-                return Err(bad(
-                    &format!("disks[{i}]"),
-                    format!("{} is listed twice; each disk once", d.display()),
-                ));
-            }
-        }
+        self.validate_disks(&bad)?;
         if !self.state_dir.is_absolute() {
             return Err(bad(
                 "state_dir",
@@ -412,73 +444,68 @@ impl AgentConfig {
             ));
         }
         if let Some(g) = &self.group {
-            if g.name.is_empty()
-                || g.name.len() > 64
-                || !g.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            {
+            g.validate(&bad)?;
+        }
+        if let Some(q) = &self.quiesce {
+            self.validate_quiesce(q, &bad)?;
+        }
+        Ok(())
+    }
+
+    /// The disks' part of [`AgentConfig::validate`]: at least one, absolute paths, each once.
+    fn validate_disks(
+        &self,
+        bad: &impl Fn(&str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        if self.disks.is_empty() {
+            return Err(bad(
+                "disks",
+                "no disk to protect: list at least one, e.g. disks = [\"/dev/sda\"]".into(),
+            ));
+        }
+        for (i, d) in self.disks.iter().enumerate() {
+            if !d.is_absolute() {
                 return Err(bad(
-                    "group.name",
-                    format!("{:?}: use 1 to 64 ASCII letters, digits, '-' or '_'", g.name),
+                    &format!("disks[{i}]"),
+                    format!("{} is not an absolute path; write e.g. \"/dev/sda\"", d.display()),
                 ));
             }
-            if g.members.is_empty() {
+            if self.disks[..i].contains(d) {
                 return Err(bad(
-                    "group.members",
-                    "is empty: list the other members, e.g. members = [{ machine = \"<id>\", address = \"10.0.0.2:20004\" }]".into(),
-                ));
-            }
-            for (i, m) in g.members.iter().enumerate() {
-                if lifeboat_net::ca::validate_machine_id(&m.machine).is_err() {
-                    return Err(bad(
-                        &format!("group.members[{i}].machine"),
-                        format!(
-                            "{:?} is not a machine id (as `lifeboat-agent register` printed it)",
-                            m.machine
-                        ),
-                    ));
-                }
-                if g.members[..i].iter().any(|o| o.machine == m.machine) {
-                    return Err(bad(
-                        &format!("group.members[{i}].machine"),
-                        format!("{} is listed twice", m.machine),
-                    ));
-                }
-            }
-            if g.interval_secs == 0 {
-                return Err(bad("group.interval_secs", "must be at least 1".into()));
-            }
-            if !(100..=600_000).contains(&g.deadline_ms) {
-                return Err(bad(
-                    "group.deadline_ms",
-                    format!(
-                        "{} is outside 100..=600000 milliseconds; the default is 10000",
-                        g.deadline_ms
-                    ),
+                    &format!("disks[{i}]"),
+                    format!("{} is listed twice; each disk once", d.display()),
                 ));
             }
         }
-        if let Some(q) = &self.quiesce {
-            if q.plugins.is_empty() {
-                return Err(bad(
-                    "quiesce.plugins",
-                    "is empty: name at least one quiescer plugin, e.g. plugins = [\"postgres-quiescer\"], or remove [quiesce]".into(),
-                ));
-            }
-            if self.plugins.is_none() {
-                return Err(bad(
-                    "quiesce.plugins",
-                    "needs a [plugins] table (dir, grants) to load the quiescers from".into(),
-                ));
-            }
-            if !(100..=600_000).contains(&q.deadline_ms) {
-                return Err(bad(
-                    "quiesce.deadline_ms",
-                    format!(
-                        "{} is outside 100..=600000 milliseconds; the default is 10000",
-                        q.deadline_ms
-                    ),
-                ));
-            }
+        Ok(())
+    }
+
+    /// The `[quiesce]` part of [`AgentConfig::validate`]; it needs a `[plugins]` table.
+    fn validate_quiesce(
+        &self,
+        q: &QuiesceConfig,
+        bad: &impl Fn(&str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        if q.plugins.is_empty() {
+            return Err(bad(
+                "quiesce.plugins",
+                "is empty: name at least one quiescer plugin, e.g. plugins = [\"postgres-quiescer\"], or remove [quiesce]".into(),
+            ));
+        }
+        if self.plugins.is_none() {
+            return Err(bad(
+                "quiesce.plugins",
+                "needs a [plugins] table (dir, grants) to load the quiescers from".into(),
+            ));
+        }
+        if !(100..=600_000).contains(&q.deadline_ms) {
+            return Err(bad(
+                "quiesce.deadline_ms",
+                format!(
+                    "{} is outside 100..=600000 milliseconds; the default is 10000",
+                    q.deadline_ms
+                ),
+            ));
         }
         Ok(())
     }

@@ -29,6 +29,7 @@
 //! - [`journal`], [`cycle`], [`sender`]: see above.
 //! - [`bandwidth`]: the network cap and its weekly schedule.
 //! - [`progress`]: what the agent is doing, for the dashboard and the terminal.
+//! - [`layout`]: where the journal and the trackers' state live in the state directory.
 //! - [`run`]: `lifeboat-agent run`, tying it together.
 
 #![deny(missing_docs)]
@@ -43,6 +44,7 @@ pub mod freespace;
 pub mod freeze;
 pub mod group;
 pub mod journal;
+pub mod layout;
 pub mod progress;
 pub mod quiesce;
 pub mod registration;

@@ -357,7 +357,7 @@ pub async fn register(opts: &RegisterOptions) -> Result<RegisterOutcome, Registr
     }
     client_config(Trust::Ca(answer.ca_pem.clone()), Some(&identity))?;
     if opts.force {
-        crate::run::forget_replication_state(&opts.state_dir)
+        crate::layout::forget_replication_state(&opts.state_dir)
             .map_err(|(path, source)| RegistrationError::Io { path, action: "remove", source })?;
     }
     let registration = Registration {

@@ -46,7 +46,7 @@ pub struct ReverseReport {
 pub fn reprotect(cfg: &AgentConfig, watch: bool, every: Duration) -> anyhow::Result<ReverseReport> {
     let reg = crate::registration::Registration::load(&cfg.state_dir)?;
     let journal = Journal::open(
-        &cfg.state_dir.join(crate::run::JOURNAL_DIR),
+        &cfg.state_dir.join(crate::layout::JOURNAL_DIR),
         cfg.disks.len() as u32,
         reg.machine,
     )

@@ -1,10 +1,14 @@
+use std::borrow::Cow;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 
+use lifeboat_wire::Extent;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use super::collect::Pending;
 use super::*;
 use crate::tracker::{HashScan, HashScanConfig};
 

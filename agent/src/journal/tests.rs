@@ -1,6 +1,7 @@
 use super::*;
 use lifeboat_wire::{Batch, BatchHeader, ConsistencyTag, PointKind};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 const M: MachineId = MachineId([7; 16]);
 

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::*;
+use crate::format::{RELEASE_ENTRY_LEN, RELEASE_HEADER_LEN, SEGMENT_HEADER_LEN};
 
 fn key(machine: u64, disk: u32, sequence: u64) -> RecordKey {
     RecordKey { machine, disk, sequence }

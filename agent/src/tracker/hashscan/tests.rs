@@ -1,5 +1,6 @@
 use std::collections::BTreeSet;
 use std::io::Write as _;
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -7,8 +8,10 @@ use std::sync::{Arc, Mutex};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use super::map::{Entry, Hasher, Header, ZEROS, is_zero};
+use super::scan::{changed_mask, valid_mask};
 use super::*;
-use crate::tracker::{SinkError, Tracker};
+use crate::tracker::{Change, SinkError, Tracker};
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * 1024;
