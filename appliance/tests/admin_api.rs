@@ -1054,3 +1054,21 @@ async fn consistency_groups_are_defined_by_the_administrator() {
     let (st, _) = call(&c, Method::DELETE, "/api/v1/groups/erp", t, Some(&token), "").await;
     assert_eq!(st, StatusCode::NOT_FOUND);
 }
+
+/// `appliance/openapi.json` is the generated document, committed so that changes of the
+/// API show in review (and the web UI and other clients can be built from it). Run with
+/// `LIFEBOAT_BLESS=1` to write it after changing a route or an API type.
+#[test]
+fn the_committed_document_is_the_generated_one() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi.json");
+    let generated = openapi_document().to_pretty_json().unwrap() + "\n";
+    if std::env::var_os("LIFEBOAT_BLESS").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "{} is not the generated OpenAPI document: run this test with LIFEBOAT_BLESS=1 and commit it",
+        path.display()
+    );
+}

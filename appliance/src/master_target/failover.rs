@@ -578,7 +578,7 @@ impl Failover {
                     "committed",
                     serde_json::to_string(&lifeboat_api::CommitResult {
                         machine: machine.clone(),
-                        points_deleted: n as u64,
+                        points_deleted: n,
                     })
                     .ok()
                     .as_deref(),
