@@ -112,87 +112,21 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 pub async fn run(config: ApplianceConfig) -> anyhow::Result<()> {
     let core = open_core(config)?;
     let cfg = core.config.clone();
-    let data = cfg.data_dir.clone();
     let shutdown = CancellationToken::new();
     // The CA and server identity only where a listener needs them (a master-target-only
     // appliance at a target site has neither).
     let listeners = if cfg.roles.config_server || cfg.roles.process_server {
         Some(Arc::new(lifeboat_appliance::config_server::pki::Pki::load(
-            &data,
+            &cfg.data_dir,
             &cfg.config_server.server_names,
         )?))
     } else {
         None
     };
     let mut tasks = tokio::task::JoinSet::new();
-
     if let (true, Some(pki)) = (cfg.roles.config_server, &listeners) {
-        let interrupted = core.state.fail_interrupted_jobs()?;
-        if interrupted > 0 {
-            tracing::warn!(interrupted, "jobs interrupted by the last shutdown are marked failed");
-        }
-        if core.state.unused_passphrases()? == 0 {
-            let p = lifeboat_appliance::config_server::new_passphrase(&core.state)?;
-            let file = data.join("registration-passphrase");
-            write_private(&file, &format!("{p}\n"))?;
-            tracing::info!(file = %file.display(), "created a one-time registration passphrase");
-        }
-        let url = cfg.config_server.process_server_url.clone().unwrap_or_else(|| {
-            let host = cfg
-                .config_server
-                .server_names
-                .first()
-                .cloned()
-                .unwrap_or_else(|| "127.0.0.1".into());
-            format!("https://{host}:{}", cfg.process_server.listen.port())
-        });
-        let ctx = Arc::new(ConfigServerCtx {
-            state: core.state.clone(),
-            admins: lifeboat_appliance::config_server::admin::Admins::new(core.state.clone()),
-            failover: cfg.roles.master_target.then(|| {
-                lifeboat_appliance::master_target::failover::Failover {
-                    state: core.state.clone(),
-                    registry: core.registry.clone(),
-                    target: cfg.master_target.target.clone(),
-                }
-            }),
-            pki: pki.clone(),
-            process_server_url: url,
-            data_dir: data.clone(),
-            plans: Arc::new(lifeboat_appliance::config_server::plan::Plans::new(
-                cfg.plans.scripts.clone(),
-            )),
-            registry: Some(core.registry.clone()),
-        });
-        let tls = pki.config_tls()?;
-        let listener =
-            tokio::net::TcpListener::bind(cfg.config_server.listen).await.with_context(|| {
-                format!("configuration server cannot listen on {}", cfg.config_server.listen)
-            })?;
-        tracing::info!(url = %format!("https://{}", listener.local_addr()?), ca_fingerprint = %pki.active().fingerprint(), "configuration server listening");
-        let sd = shutdown.clone();
-        let server = Arc::new(http::ConfigServer::new(ctx));
-        tasks.spawn(async move {
-            lifeboat_net::server::serve_with(
-                listener,
-                tls,
-                move |req| {
-                    let server = server.clone();
-                    async move { server.serve(req).await }
-                },
-                sd.cancelled_owned(),
-                lifeboat_net::server::ServeOptions {
-                    max_body_bytes: http::CONFIG_SERVER_MAX_BODY,
-                    // Bodies here are small: 64 KiB per request and 1 MiB per connection
-                    // are all a client can have buffered before a handler reads them.
-                    h2_windows: (64 << 10, 1 << 20),
-                    ..Default::default()
-                },
-            )
-            .await;
-        });
+        start_config_server(&core, pki, &shutdown, &mut tasks).await?;
     }
-
     // Both roles on one target in this process: shipped batches go to the master target
     // in memory (see `handoff`); the logs are written to the target all the same.
     let handoff = (cfg.roles.process_server
@@ -202,39 +136,9 @@ pub async fn run(config: ApplianceConfig) -> anyhow::Result<()> {
         .then(|| Arc::new(Handoff::new(lifeboat_appliance::handoff::DEFAULT_BUDGET)));
     let mut cache_status: Option<ProcessServer> = None;
     if let (true, Some(pki)) = (cfg.roles.process_server, &listeners) {
-        let ps = ProcessServer::start(
-            core.state.clone(),
-            core.registry.clone(),
-            cfg.process_server.clone(),
-            &data.join("cache"),
-            shutdown.clone(),
-            handoff.clone(),
-        )?
-        .with_keys(core.keys.clone());
-        let tls = pki.process_tls()?;
-        let listener =
-            tokio::net::TcpListener::bind(cfg.process_server.listen).await.with_context(|| {
-                format!("process server cannot listen on {}", cfg.process_server.listen)
-            })?;
-        tracing::info!(url = %format!("https://{}", listener.local_addr()?), "process server listening (mutual TLS)");
-        let sd = shutdown.clone();
-        let state = core.state.clone();
-        cache_status = Some(ps.clone());
-        let server = Arc::new(http::AgentServer::new(ps.clone(), state, pki.clone()));
-        tasks.spawn(async move {
-            lifeboat_net::serve(
-                listener,
-                tls,
-                move |req| {
-                    let server = server.clone();
-                    async move { server.serve(req).await }
-                },
-                sd.cancelled_owned(),
-            )
-            .await;
-        });
+        cache_status =
+            Some(start_process_server(&core, pki, handoff.clone(), &shutdown, &mut tasks).await?);
     }
-
     if cfg.roles.master_target {
         let mt = MasterTarget::new(
             core.state.clone(),
@@ -242,44 +146,178 @@ pub async fn run(config: ApplianceConfig) -> anyhow::Result<()> {
             cfg.master_target.clone(),
             handoff.clone(),
         )
-        .with_catalogue(data.clone())
+        .with_catalogue(cfg.data_dir.clone())
         .with_keys(core.keys.clone());
         let sd = shutdown.clone();
         tasks.spawn(async move { mt.run(sd).await });
         tracing::info!(target = %cfg.master_target.target, "master target running");
     }
+    start_health(&core, cache_status, &shutdown, &mut tasks);
+    let mut tasks = wait_for_signals(&core, tasks).await?;
+    tracing::info!("shutting down: finishing requests in flight");
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
 
-    // Health figures for alerts and /metrics: CPU, memory, the cache, refused plugins.
-    {
-        let state = core.state.clone();
-        let registry = core.registry.clone();
-        let sd = shutdown.clone();
-        tasks.spawn(async move {
-            let mut health = lifeboat_appliance::config_server::policy::Health::default();
-            loop {
-                let refused: Vec<String> =
-                    registry.current().refused.iter().map(|r| r.to_string()).collect();
-                let r = health.sample(&state).and_then(|()| {
-                    state.set_setting("plugins_refused", &refused.join("; "))?;
-                    if let Some(ps) = &cache_status {
-                        let (used, high, max) = ps.cache_status();
-                        state.set_setting("cache_usage_bytes", &used.to_string())?;
-                        state.set_setting("cache_high_water_bytes", &high.to_string())?;
-                        state.set_setting("cache_max_bytes", &max.to_string())?;
-                    }
-                    Ok(())
-                });
-                if let Err(e) = r {
-                    tracing::warn!(error = %e, "health figures not recorded");
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
-                    _ = sd.cancelled() => return,
-                }
-            }
-        });
+/// Starts the configuration server (443): its jobs, the first registration passphrase,
+/// its listener.
+async fn start_config_server(
+    core: &Core,
+    pki: &Arc<lifeboat_appliance::config_server::pki::Pki>,
+    shutdown: &CancellationToken,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> anyhow::Result<()> {
+    let cfg = &core.config;
+    let data = &cfg.data_dir;
+    let interrupted = core.state.fail_interrupted_jobs()?;
+    if interrupted > 0 {
+        tracing::warn!(interrupted, "jobs interrupted by the last shutdown are marked failed");
     }
+    if core.state.unused_passphrases()? == 0 {
+        let p = lifeboat_appliance::config_server::new_passphrase(&core.state)?;
+        let file = data.join("registration-passphrase");
+        write_private(&file, &format!("{p}\n"))?;
+        tracing::info!(file = %file.display(), "created a one-time registration passphrase");
+    }
+    let url = cfg.config_server.process_server_url.clone().unwrap_or_else(|| {
+        let host =
+            cfg.config_server.server_names.first().cloned().unwrap_or_else(|| "127.0.0.1".into());
+        format!("https://{host}:{}", cfg.process_server.listen.port())
+    });
+    let ctx = Arc::new(ConfigServerCtx {
+        state: core.state.clone(),
+        admins: lifeboat_appliance::config_server::admin::Admins::new(core.state.clone()),
+        failover: cfg.roles.master_target.then(|| {
+            lifeboat_appliance::master_target::failover::Failover {
+                state: core.state.clone(),
+                registry: core.registry.clone(),
+                target: cfg.master_target.target.clone(),
+            }
+        }),
+        pki: pki.clone(),
+        process_server_url: url,
+        data_dir: data.clone(),
+        plans: Arc::new(lifeboat_appliance::config_server::plan::Plans::new(
+            cfg.plans.scripts.clone(),
+        )),
+        registry: Some(core.registry.clone()),
+    });
+    let tls = pki.config_tls()?;
+    let listener =
+        tokio::net::TcpListener::bind(cfg.config_server.listen).await.with_context(|| {
+            format!("configuration server cannot listen on {}", cfg.config_server.listen)
+        })?;
+    tracing::info!(url = %format!("https://{}", listener.local_addr()?), ca_fingerprint = %pki.active().fingerprint(), "configuration server listening");
+    let sd = shutdown.clone();
+    let server = Arc::new(http::ConfigServer::new(ctx));
+    tasks.spawn(async move {
+        lifeboat_net::server::serve_with(
+            listener,
+            tls,
+            move |req| {
+                let server = server.clone();
+                async move { server.serve(req).await }
+            },
+            sd.cancelled_owned(),
+            lifeboat_net::server::ServeOptions {
+                max_body_bytes: http::CONFIG_SERVER_MAX_BODY,
+                // Bodies here are small: 64 KiB per request and 1 MiB per connection
+                // are all a client can have buffered before a handler reads them.
+                h2_windows: (64 << 10, 1 << 20),
+                ..Default::default()
+            },
+        )
+        .await;
+    });
+    Ok(())
+}
 
+/// Starts the process server (9443) and its shipping; the server, for the health figures
+/// of its cache.
+async fn start_process_server(
+    core: &Core,
+    pki: &Arc<lifeboat_appliance::config_server::pki::Pki>,
+    handoff: Option<Arc<Handoff>>,
+    shutdown: &CancellationToken,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> anyhow::Result<ProcessServer> {
+    let cfg = &core.config;
+    let ps = ProcessServer::start(
+        core.state.clone(),
+        core.registry.clone(),
+        cfg.process_server.clone(),
+        &cfg.data_dir.join("cache"),
+        shutdown.clone(),
+        handoff,
+    )?
+    .with_keys(core.keys.clone());
+    let tls = pki.process_tls()?;
+    let listener =
+        tokio::net::TcpListener::bind(cfg.process_server.listen).await.with_context(|| {
+            format!("process server cannot listen on {}", cfg.process_server.listen)
+        })?;
+    tracing::info!(url = %format!("https://{}", listener.local_addr()?), "process server listening (mutual TLS)");
+    let sd = shutdown.clone();
+    let server = Arc::new(http::AgentServer::new(ps.clone(), core.state.clone(), pki.clone()));
+    tasks.spawn(async move {
+        lifeboat_net::serve(
+            listener,
+            tls,
+            move |req| {
+                let server = server.clone();
+                async move { server.serve(req).await }
+            },
+            sd.cancelled_owned(),
+        )
+        .await;
+    });
+    Ok(ps)
+}
+
+/// Records the health figures for alerts and /metrics every 5 s: CPU, memory, the cache,
+/// refused plugins.
+fn start_health(
+    core: &Core,
+    cache_status: Option<ProcessServer>,
+    shutdown: &CancellationToken,
+    tasks: &mut tokio::task::JoinSet<()>,
+) {
+    let state = core.state.clone();
+    let registry = core.registry.clone();
+    let sd = shutdown.clone();
+    tasks.spawn(async move {
+        let mut health = lifeboat_appliance::config_server::policy::Health::default();
+        loop {
+            let refused: Vec<String> =
+                registry.current().refused.iter().map(|r| r.to_string()).collect();
+            let r = health.sample(&state).and_then(|()| {
+                state.set_setting("plugins_refused", &refused.join("; "))?;
+                if let Some(ps) = &cache_status {
+                    let (used, high, max) = ps.cache_status();
+                    state.set_setting("cache_usage_bytes", &used.to_string())?;
+                    state.set_setting("cache_high_water_bytes", &high.to_string())?;
+                    state.set_setting("cache_max_bytes", &max.to_string())?;
+                }
+                Ok(())
+            });
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "health figures not recorded");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+                _ = sd.cancelled() => return,
+            }
+        }
+    });
+}
+
+/// Serves until SIGTERM or Ctrl-C (SIGHUP reloads the plugins); a role that stops on its
+/// own is an error.
+async fn wait_for_signals(
+    core: &Core,
+    mut tasks: tokio::task::JoinSet<()>,
+) -> anyhow::Result<tokio::task::JoinSet<()>> {
     let registry = core.registry.clone();
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -298,8 +336,5 @@ pub async fn run(config: ApplianceConfig) -> anyhow::Result<()> {
             }
         }
     }
-    tracing::info!("shutting down: finishing requests in flight");
-    shutdown.cancel();
-    while tasks.join_next().await.is_some() {}
-    Ok(())
+    Ok(tasks)
 }

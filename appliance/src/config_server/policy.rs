@@ -128,17 +128,32 @@ fn setting_f64(state: &State, name: &str) -> Result<Option<f64>, StateError> {
 /// Figures older than this are not alerted on (the sampler stopped).
 const STALE_MS: u64 = 60_000;
 
-/// Every alert that holds now, critical first.
-pub fn alerts(state: &State) -> Result<Vec<Alert>, StateError> {
-    let now = now_ms();
-    let mut out = Vec::new();
-    let mut alert = |kind: &str,
-                     critical: bool,
-                     machine: Option<&str>,
-                     message: String,
-                     value: f64,
-                     threshold: f64| {
-        out.push(Alert {
+/// The last alert an agent reported (a quiescer failed), as stored in the settings under
+/// `agent_alert:<machine>`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct AgentAlertRecord {
+    /// What failed (the agent's alert kind).
+    pub kind: String,
+    /// The agent's words.
+    pub message: String,
+    /// When the appliance received it.
+    pub at: u64,
+}
+
+/// The alerts found so far.
+struct Found(Vec<Alert>);
+
+impl Found {
+    fn add(
+        &mut self,
+        kind: &str,
+        critical: bool,
+        machine: Option<&str>,
+        message: String,
+        value: f64,
+        threshold: f64,
+    ) {
+        self.0.push(Alert {
             kind: kind.into(),
             severity: if critical { "critical" } else { "warning" }.into(),
             machine_id: machine.map(str::to_owned),
@@ -146,122 +161,154 @@ pub fn alerts(state: &State) -> Result<Vec<Alert>, StateError> {
             value,
             threshold,
         });
-    };
+    }
+}
+
+/// Every alert that holds now, critical first.
+pub fn alerts(state: &State) -> Result<Vec<Alert>, StateError> {
+    let now = now_ms();
+    let mut found = Found(Vec::new());
     for (id, hostname, _) in state.machines()? {
         if state.is_revoked(&id)? || state.failover_state(&id)?.is_some() {
             continue; // not replicating: no RPO to keep
         }
-        let policy = of_machine(state, &id)?;
-        if let Some(p) = state.points(&id)?.last() {
-            let rpo = now.saturating_sub(p.created_unix_ms) / 1000;
-            let (critical, limit) = if rpo > policy.rpo_critical_secs {
-                (true, policy.rpo_critical_secs)
-            } else {
-                (false, policy.rpo_warning_secs)
-            };
-            if rpo > policy.rpo_warning_secs {
-                alert(
-                    "rpo",
-                    critical,
-                    Some(&id),
-                    format!(
-                        "{hostname}: the newest recovery point is {rpo} s old (threshold {limit} s)"
-                    ),
-                    rpo as f64,
-                    limit as f64,
-                );
-            }
-        }
-        // A quiescer that failed on the machine, with no app-consistent point since.
-        if let Some(rec) = state
-            .setting(&format!("agent_alert:{id}"))?
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        {
-            let at = rec["at"].as_u64().unwrap_or(0);
-            let last_app = state
-                .points(&id)?
-                .iter()
-                .rev()
-                .find(|p| p.kind == "app")
-                .map(|p| p.created_unix_ms)
-                .unwrap_or(0);
-            if at > last_app {
-                alert(
-                    "plugin",
-                    false,
-                    Some(&id),
-                    format!(
-                        "{hostname}: a quiescer failed, points are crash-consistent until it works: {}",
-                        rec["message"].as_str().unwrap_or("")
-                    ),
-                    now.saturating_sub(at) as f64 / 1000.0,
-                    0.0,
-                );
-            }
-        }
-        let (_, seen) = state.machine_policy(&id)?;
-        if let Some(seen) = seen {
-            let silent = now.saturating_sub(seen) / 1000;
-            if silent > policy.silent_secs {
-                alert(
-                    "agent-silent",
-                    false,
-                    Some(&id),
-                    format!("{hostname}: its agent has not been heard from for {silent} s"),
-                    silent as f64,
-                    policy.silent_secs as f64,
-                );
-            }
+        machine_alerts(state, now, &id, &hostname, &mut found)?;
+    }
+    appliance_alerts(state, now, &mut found)?;
+    disk_and_role_alerts(state, now, &mut found)?;
+    let mut out = found.0;
+    out.sort_by_key(|a| a.severity != "critical");
+    Ok(out)
+}
+
+/// A replicating machine's alerts: its RPO, a failed quiescer, a silent agent.
+fn machine_alerts(
+    state: &State,
+    now: u64,
+    id: &str,
+    hostname: &str,
+    found: &mut Found,
+) -> Result<(), StateError> {
+    let policy = of_machine(state, id)?;
+    if let Some(p) = state.points(id)?.last() {
+        let rpo = now.saturating_sub(p.created_unix_ms) / 1000;
+        let (critical, limit) = if rpo > policy.rpo_critical_secs {
+            (true, policy.rpo_critical_secs)
+        } else {
+            (false, policy.rpo_warning_secs)
+        };
+        if rpo > policy.rpo_warning_secs {
+            found.add(
+                "rpo",
+                critical,
+                Some(id),
+                format!(
+                    "{hostname}: the newest recovery point is {rpo} s old (threshold {limit} s)"
+                ),
+                rpo as f64,
+                limit as f64,
+            );
         }
     }
+    // A quiescer that failed on the machine, with no app-consistent point since.
+    if let Some(rec) = state
+        .setting(&format!("agent_alert:{id}"))?
+        .and_then(|t| serde_json::from_str::<AgentAlertRecord>(&t).ok())
+    {
+        let last_app = state
+            .points(id)?
+            .iter()
+            .rev()
+            .find(|p| p.kind == "app")
+            .map(|p| p.created_unix_ms)
+            .unwrap_or(0);
+        if rec.at > last_app {
+            found.add(
+                "plugin",
+                false,
+                Some(id),
+                format!(
+                    "{hostname}: a quiescer failed, points are crash-consistent until it works: {}",
+                    rec.message
+                ),
+                now.saturating_sub(rec.at) as f64 / 1000.0,
+                0.0,
+            );
+        }
+    }
+    let (_, seen) = state.machine_policy(id)?;
+    if let Some(seen) = seen {
+        let silent = now.saturating_sub(seen) / 1000;
+        if silent > policy.silent_secs {
+            found.add(
+                "agent-silent",
+                false,
+                Some(id),
+                format!("{hostname}: its agent has not been heard from for {silent} s"),
+                silent as f64,
+                policy.silent_secs as f64,
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The appliance's own alerts (CPU, memory, the cache), while its figures are fresh.
+fn appliance_alerts(state: &State, now: u64, found: &mut Found) -> Result<(), StateError> {
     let fresh = state
         .setting("health_unix_ms")?
         .and_then(|v| v.parse::<u64>().ok())
         .is_some_and(|t| now.saturating_sub(t) < STALE_MS);
-    if fresh {
-        for (kind, what) in [("cpu", "CPU"), ("memory", "memory")] {
-            if let Some(pct) = setting_f64(state, &format!("{kind}_percent"))?
-                && pct >= 80.0
-            {
-                let critical = pct >= 95.0;
-                alert(
-                    kind,
-                    critical,
-                    None,
-                    format!("the appliance's {what} use is {pct:.0} %"),
-                    pct,
-                    if critical { 95.0 } else { 80.0 },
-                );
-            }
-        }
-        if let (Some(used), Some(high), Some(max)) = (
-            setting_f64(state, "cache_usage_bytes")?,
-            setting_f64(state, "cache_high_water_bytes")?,
-            setting_f64(state, "cache_max_bytes")?,
-        ) && used >= high
+    if !fresh {
+        return Ok(());
+    }
+    for (kind, what) in [("cpu", "CPU"), ("memory", "memory")] {
+        if let Some(pct) = setting_f64(state, &format!("{kind}_percent"))?
+            && pct >= 80.0
         {
-            let critical = used >= max;
-            alert(
-                "cache",
+            let critical = pct >= 95.0;
+            found.add(
+                kind,
                 critical,
                 None,
-                format!(
-                    "the process server's cache holds {} MiB ({}): agents are slowed down{}",
-                    used as u64 >> 20,
-                    if critical { "full" } else { "over its high-water mark" },
-                    if critical { " and refused" } else { "" }
-                ),
-                used,
-                if critical { max } else { high },
+                format!("the appliance's {what} use is {pct:.0} %"),
+                pct,
+                if critical { 95.0 } else { 80.0 },
             );
         }
     }
-    // Problems of one disk: its logs cannot be applied, it shrank, its cursor is stuck.
+    if let (Some(used), Some(high), Some(max)) = (
+        setting_f64(state, "cache_usage_bytes")?,
+        setting_f64(state, "cache_high_water_bytes")?,
+        setting_f64(state, "cache_max_bytes")?,
+    ) && used >= high
+    {
+        let critical = used >= max;
+        found.add(
+            "cache",
+            critical,
+            None,
+            format!(
+                "the process server's cache holds {} MiB ({}): agents are slowed down{}",
+                used as u64 >> 20,
+                if critical { "full" } else { "over its high-water mark" },
+                if critical { " and refused" } else { "" }
+            ),
+            used,
+            if critical { max } else { high },
+        );
+    }
+    Ok(())
+}
+
+/// Problems of one disk (its logs cannot be applied, it shrank, its cursor is stuck),
+/// refused plugins, and a master target whose passes fail.
+fn disk_and_role_alerts(state: &State, now: u64, found: &mut Found) -> Result<(), StateError> {
     for a in state.disk_alerts()? {
         if state.is_revoked(&a.machine_id)? {
             continue;
         }
-        alert(
+        found.add(
             &a.kind,
             true,
             Some(&a.machine_id),
@@ -271,7 +318,7 @@ pub fn alerts(state: &State) -> Result<Vec<Alert>, StateError> {
         );
     }
     if let Some(refused) = state.setting("plugins_refused")?.filter(|r| !r.is_empty()) {
-        alert("plugin", false, None, format!("plugins refused at load: {refused}"), 1.0, 0.0);
+        found.add("plugin", false, None, format!("plugins refused at load: {refused}"), 1.0, 0.0);
     }
     if let Some(err) = state.setting("master_last_error")? {
         let at: u64 =
@@ -279,7 +326,7 @@ pub fn alerts(state: &State) -> Result<Vec<Alert>, StateError> {
         let ok: u64 =
             state.setting("master_last_ok_unix_ms")?.and_then(|v| v.parse().ok()).unwrap_or(0);
         if at > ok {
-            alert(
+            found.add(
                 "plugin",
                 true,
                 None,
@@ -289,8 +336,7 @@ pub fn alerts(state: &State) -> Result<Vec<Alert>, StateError> {
             );
         }
     }
-    out.sort_by_key(|a| a.severity != "critical");
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -57,11 +57,14 @@ pub(super) async fn agent_alerts(
     let state = ctx.state.clone();
     let a: api::AgentAlert = body_json(req, AGENT_JSON_BODY).await?;
     a.check().map_err(|e| ApiError::bad_request("invalid", e))?;
-    let record = serde_json::json!({
-        "kind": a.kind, "message": a.message, "at": crate::store::now_ms(),
-    });
+    let record = crate::config_server::policy::AgentAlertRecord {
+        kind: a.kind.clone(),
+        message: a.message.clone(),
+        at: crate::store::now_ms(),
+    };
+    let record = serde_json::to_string(&record).map_err(|e| ApiError::internal(e.to_string()))?;
     state
-        .set_setting(&format!("agent_alert:{machine}"), &record.to_string())
+        .set_setting(&format!("agent_alert:{machine}"), &record)
         .map_err(|e| ApiError::internal(e.to_string()))?;
     tracing::warn!(%machine, kind = %a.kind, "agent alert: {}", a.message);
     json(StatusCode::OK, &api::Empty {})
