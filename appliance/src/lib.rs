@@ -27,6 +27,8 @@
 //! The binary (`main.rs`) adds starting the roles (`run.rs`) and the offline subcommands
 //! (`tools.rs`).
 
+#![deny(missing_docs)]
+
 pub mod config;
 pub mod config_server;
 pub mod control;
