@@ -302,67 +302,78 @@ async fn setup_login_sessions_and_identities() {
     let (st, _) = call(&c, Method::POST, "/api/v1/setup", "/api/v1/setup", None, good).await;
     assert_eq!(st, StatusCode::CONFLICT);
 
+    session_and_machines(&s, &c, &token).await;
+    passphrases_and_revocation(&s, &c, &token).await;
+    jobs_and_test_failovers(&s, &c, &token).await;
+    wrong_identities(&s, &c).await;
+    login_logout_and_lockout(&s, &c, &token, good).await;
+    metrics_and_document(&s, &c, &token).await;
+}
+
+/// [`setup_login_sessions_and_identities`]: the session and the machines list.
+async fn session_and_machines(s: &Server, c: &Client, token: &str) {
     // The session works; the machines list is served.
-    let (st, v) =
-        call(&c, Method::GET, "/api/v1/session", "/api/v1/session", Some(&token), "").await;
+    let (st, v) = call(c, Method::GET, "/api/v1/session", "/api/v1/session", Some(token), "").await;
     assert_eq!((st, v["name"].as_str()), (StatusCode::OK, Some("root")));
     assert!(v.get("token").is_none(), "the session endpoint does not repeat the token");
     s.state.add_passphrase("p").unwrap();
     s.state.register_machine("p", "m-1", "web01").unwrap();
     s.state.upsert_disk("m-1", 0, 1 << 30, "/dev/sda").unwrap();
     let (st, v) =
-        call(&c, Method::GET, "/api/v1/machines", "/api/v1/machines", Some(&token), "").await;
+        call(c, Method::GET, "/api/v1/machines", "/api/v1/machines", Some(token), "").await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(v["machines"][0]["hostname"], "web01");
     assert_eq!(v["machines"][0]["disks"][0]["size"], 1u64 << 30);
     let (st, v) = call(
-        &c,
+        c,
         Method::GET,
         "/api/v1/machines/m-1/points",
         "/api/v1/machines/{id}/points",
-        Some(&token),
+        Some(token),
         "",
     )
     .await;
     assert_eq!((st, v["points"].as_array().map(Vec::len)), (StatusCode::OK, Some(0)));
     let (st, _) = call(
-        &c,
+        c,
         Method::GET,
         "/api/v1/machines/m-9/points",
         "/api/v1/machines/{id}/points",
-        Some(&token),
+        Some(token),
         "",
     )
     .await;
     assert_eq!(st, StatusCode::NOT_FOUND);
+}
 
+/// [`setup_login_sessions_and_identities`]: registration passphrases and the revocation of machines.
+async fn passphrases_and_revocation(s: &Server, c: &Client, token: &str) {
     // Passphrases: counted, rotated (the old one stops working), revocation of machines.
     let (st, v) =
-        call(&c, Method::GET, "/api/v1/passphrases", "/api/v1/passphrases", Some(&token), "").await;
+        call(c, Method::GET, "/api/v1/passphrases", "/api/v1/passphrases", Some(token), "").await;
     assert_eq!((st, v["unused"].as_u64()), (StatusCode::OK, Some(0)));
     s.state.add_passphrase("old-one").unwrap();
     let (st, v) =
-        call(&c, Method::POST, "/api/v1/passphrases", "/api/v1/passphrases", Some(&token), "")
-            .await;
+        call(c, Method::POST, "/api/v1/passphrases", "/api/v1/passphrases", Some(token), "").await;
     assert_eq!((st, v["dropped"].as_u64()), (StatusCode::CREATED, Some(1)), "{v}");
     let fresh = v["passphrase"].as_str().unwrap().to_owned();
     assert!(!s.state.register_machine("old-one", "m-2", "x").unwrap(), "rotated away");
     assert!(s.state.register_machine(&fresh, "m-2", "db01").unwrap());
     let (st, _) =
-        call(&c, Method::POST, "/api/v1/passphrases", "/api/v1/passphrases", None, "").await;
+        call(c, Method::POST, "/api/v1/passphrases", "/api/v1/passphrases", None, "").await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
     let (st, _) = call(
-        &c,
+        c,
         Method::POST,
         "/api/v1/machines/m-9/revoke",
         "/api/v1/machines/{id}/revoke",
-        Some(&token),
+        Some(token),
         "",
     )
     .await;
     assert_eq!(st, StatusCode::NOT_FOUND);
     let (st, _) = call(
-        &c,
+        c,
         Method::POST,
         "/api/v1/machines/m-2/revoke",
         "/api/v1/machines/{id}/revoke",
@@ -373,57 +384,60 @@ async fn setup_login_sessions_and_identities() {
     assert_eq!(st, StatusCode::UNAUTHORIZED);
     assert!(!s.state.is_revoked("m-2").unwrap());
     let (st, v) = call(
-        &c,
+        c,
         Method::POST,
         "/api/v1/machines/m-2/revoke",
         "/api/v1/machines/{id}/revoke",
-        Some(&token),
+        Some(token),
         "",
     )
     .await;
     assert_eq!((st, &v["revoked"]), (StatusCode::OK, &Value::Bool(true)));
     assert!(s.state.is_revoked("m-2").unwrap());
+}
 
+/// [`setup_login_sessions_and_identities`]: jobs and test failovers.
+async fn jobs_and_test_failovers(s: &Server, c: &Client, token: &str) {
     // Jobs and test failovers: listed (none yet), bad input and unknown ids refused; without
     // a master target on this appliance a test failover is a conflict.
-    let (st, v) = call(&c, Method::GET, "/api/v1/jobs", "/api/v1/jobs", Some(&token), "").await;
+    let (st, v) = call(c, Method::GET, "/api/v1/jobs", "/api/v1/jobs", Some(token), "").await;
     assert_eq!((st, v["jobs"].as_array().map(Vec::len)), (StatusCode::OK, Some(0)));
     let (st, _) =
-        call(&c, Method::GET, "/api/v1/jobs/x", "/api/v1/jobs/{id}", Some(&token), "").await;
+        call(c, Method::GET, "/api/v1/jobs/x", "/api/v1/jobs/{id}", Some(token), "").await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
     let (st, _) =
-        call(&c, Method::GET, "/api/v1/jobs/99", "/api/v1/jobs/{id}", Some(&token), "").await;
+        call(c, Method::GET, "/api/v1/jobs/99", "/api/v1/jobs/{id}", Some(token), "").await;
     assert_eq!(st, StatusCode::NOT_FOUND);
     let (st, v) =
-        call(&c, Method::GET, "/api/v1/test-failovers", "/api/v1/test-failovers", Some(&token), "")
+        call(c, Method::GET, "/api/v1/test-failovers", "/api/v1/test-failovers", Some(token), "")
             .await;
     assert_eq!((st, v["test_failovers"].as_array().map(Vec::len)), (StatusCode::OK, Some(0)));
     let (st, _) = call(
-        &c,
+        c,
         Method::POST,
         "/api/v1/test-failovers/tf1/cleanup",
         "/api/v1/test-failovers/{id}/cleanup",
-        Some(&token),
+        Some(token),
         "",
     )
     .await;
     assert_eq!(st, StatusCode::NOT_FOUND);
     let tfo = "/api/v1/machines/{id}/test-failover";
     let (st, v) = call(
-        &c,
+        c,
         Method::POST,
         "/api/v1/machines/m-1/test-failover",
         tfo,
-        Some(&token),
+        Some(token),
         r#"{"pointt":"x"}"#,
     )
     .await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
     let (st, _) =
-        call(&c, Method::POST, "/api/v1/machines/m-9/test-failover", tfo, Some(&token), "{}").await;
+        call(c, Method::POST, "/api/v1/machines/m-9/test-failover", tfo, Some(token), "{}").await;
     assert_eq!(st, StatusCode::NOT_FOUND);
     let (st, v) =
-        call(&c, Method::POST, "/api/v1/machines/m-1/test-failover", tfo, Some(&token), "{}").await;
+        call(c, Method::POST, "/api/v1/machines/m-1/test-failover", tfo, Some(token), "{}").await;
     assert_eq!((st, v["code"].as_str()), (StatusCode::NOT_FOUND, Some("no_point")), "{v}");
     s.state
         .add_point(&lifeboat_appliance::store::PointRow {
@@ -436,21 +450,21 @@ async fn setup_login_sessions_and_identities() {
         })
         .unwrap();
     let (st, _) = call(
-        &c,
+        c,
         Method::POST,
         "/api/v1/machines/m-1/test-failover",
         tfo,
-        Some(&token),
+        Some(token),
         r#"{"point":"m-1-p7"}"#,
     )
     .await;
     assert_eq!(st, StatusCode::NOT_FOUND);
     let (st, v) = call(
-        &c,
+        c,
         Method::POST,
         "/api/v1/machines/m-1/test-failover",
         tfo,
-        Some(&token),
+        Some(token),
         r#"{"point":"latest-app"}"#,
     )
     .await;
@@ -460,15 +474,18 @@ async fn setup_login_sessions_and_identities() {
         "only a crash point: {v}"
     );
     let (st, v) =
-        call(&c, Method::POST, "/api/v1/machines/m-1/test-failover", tfo, Some(&token), "{}").await;
+        call(c, Method::POST, "/api/v1/machines/m-1/test-failover", tfo, Some(token), "{}").await;
     assert_eq!((st, v["code"].as_str()), (StatusCode::CONFLICT, Some("no_master_target")), "{v}");
     let (st, _) =
-        call(&c, Method::POST, "/api/v1/machines/m-1/test-failover", tfo, None, "{}").await;
+        call(c, Method::POST, "/api/v1/machines/m-1/test-failover", tfo, None, "{}").await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
+}
 
+/// [`setup_login_sessions_and_identities`]: what is not an administrator's identity.
+async fn wrong_identities(s: &Server, c: &Client) {
     // Wrong identities: no token, a made-up one, an agent's client certificate.
     for t in [None, Some("0000"), Some("not a token at all")] {
-        let (st, _) = call(&c, Method::GET, "/api/v1/machines", "/api/v1/machines", t, "").await;
+        let (st, _) = call(c, Method::GET, "/api/v1/machines", "/api/v1/machines", t, "").await;
         assert_eq!(st, StatusCode::UNAUTHORIZED, "{t:?}");
     }
     let (key_pem, csr) = Identity::generate_csr("agent").unwrap();
@@ -477,10 +494,14 @@ async fn setup_login_sessions_and_identities() {
     let (st, _) =
         call(&as_agent, Method::GET, "/api/v1/machines", "/api/v1/machines", None, "").await;
     assert_eq!(st, StatusCode::UNAUTHORIZED, "an agent certificate is not an admin identity");
+}
 
+/// [`setup_login_sessions_and_identities`]: login, logout, expired sessions and the limit on
+/// failed logins; `good` is the administrator's right credentials.
+async fn login_logout_and_lockout(s: &Server, c: &Client, token: &str, good: &str) {
     // Login and logout.
     let (st, _) = call(
-        &c,
+        c,
         Method::POST,
         "/api/v1/login",
         "/api/v1/login",
@@ -489,16 +510,16 @@ async fn setup_login_sessions_and_identities() {
     )
     .await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
-    let (st, v) = call(&c, Method::POST, "/api/v1/login", "/api/v1/login", None, good).await;
+    let (st, v) = call(c, Method::POST, "/api/v1/login", "/api/v1/login", None, good).await;
     assert_eq!(st, StatusCode::OK);
     let second = v["token"].as_str().unwrap().to_owned();
     let (st, _) =
-        call(&c, Method::POST, "/api/v1/logout", "/api/v1/logout", Some(&second), "").await;
+        call(c, Method::POST, "/api/v1/logout", "/api/v1/logout", Some(&second), "").await;
     assert_eq!(st, StatusCode::OK);
     let (st, _) =
-        call(&c, Method::GET, "/api/v1/session", "/api/v1/session", Some(&second), "").await;
+        call(c, Method::GET, "/api/v1/session", "/api/v1/session", Some(&second), "").await;
     assert_eq!(st, StatusCode::UNAUTHORIZED, "a logged-out token is dead");
-    let (st, _) = call(&c, Method::POST, "/api/v1/logout", "/api/v1/logout", None, "").await;
+    let (st, _) = call(c, Method::POST, "/api/v1/logout", "/api/v1/logout", None, "").await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
 
     // An expired session is dead too.
@@ -507,13 +528,13 @@ async fn setup_login_sessions_and_identities() {
     let key = hex::encode(sha2::Sha256::digest(expired.as_bytes()));
     s.state.add_session(&key, "root", 1).unwrap();
     let (st, _) =
-        call(&c, Method::GET, "/api/v1/session", "/api/v1/session", Some(&expired), "").await;
+        call(c, Method::GET, "/api/v1/session", "/api/v1/session", Some(&expired), "").await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
 
     // Five failures, then 429 even with the right password.
     for _ in 0..5 {
         call(
-            &c,
+            c,
             Method::POST,
             "/api/v1/login",
             "/api/v1/login",
@@ -522,13 +543,15 @@ async fn setup_login_sessions_and_identities() {
         )
         .await;
     }
-    let (st, v) = call(&c, Method::POST, "/api/v1/login", "/api/v1/login", None, good).await;
+    let (st, v) = call(c, Method::POST, "/api/v1/login", "/api/v1/login", None, good).await;
     assert_eq!(st, StatusCode::TOO_MANY_REQUESTS, "{v}");
     // The first session is still valid.
-    let (st, _) =
-        call(&c, Method::GET, "/api/v1/session", "/api/v1/session", Some(&token), "").await;
+    let (st, _) = call(c, Method::GET, "/api/v1/session", "/api/v1/session", Some(token), "").await;
     assert_eq!(st, StatusCode::OK);
+}
 
+/// [`setup_login_sessions_and_identities`]: the Prometheus metrics and the served document.
+async fn metrics_and_document(s: &Server, c: &Client, token: &str) {
     // Prometheus metrics, for an authenticated scraper only.
     s.state.count(&[("received_batches", 3)]).unwrap();
     let mut h = HeaderMap::new();
@@ -547,7 +570,7 @@ async fn setup_login_sessions_and_identities() {
         let (name, value) = line.rsplit_once(' ').unwrap();
         assert!(value.parse::<f64>().is_ok() && !name.is_empty(), "not a sample: {line}");
     }
-    let (st, _) = call(&c, Method::GET, "/metrics", "/metrics", None, "").await;
+    let (st, _) = call(c, Method::GET, "/metrics", "/metrics", None, "").await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
 
     // The document itself is served.
@@ -569,16 +592,26 @@ async fn failovers_and_vm_specs() {
     s.state.upsert_disk("m-1", 0, 1 << 30, "/dev/sda").unwrap();
     s.state.upsert_disk("m-1", 1, 1 << 30, "/dev/sdb").unwrap();
     let spec = "/api/v1/machines/{id}/vm-spec";
+    let cm = "/api/v1/machines/{id}/commit";
 
+    vm_spec_defaults_and_detected(&s, &c, t, spec).await;
+    vm_spec_settings(&s, &c, t, spec).await;
+    failover_and_commit_checks(&s, &c, t, cm).await;
+    failover_under_way_reprotect_failback(&s, &c, t, cm).await;
+    recovery_passphrase(&s, &c, t).await;
+}
+
+/// [`failovers_and_vm_specs`]: the VM specification before and after the agent's detection.
+async fn vm_spec_defaults_and_detected(s: &Server, c: &Client, t: Option<&str>, spec: &str) {
     // Nothing detected yet: defaults.
-    let (st, v) = call(&c, Method::GET, "/api/v1/machines/m-1/vm-spec", spec, t, "").await;
+    let (st, v) = call(c, Method::GET, "/api/v1/machines/m-1/vm-spec", spec, t, "").await;
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_eq!((v["firmware"].as_str(), v["cpus"].as_u64()), (Some("bios"), Some(2)));
     assert_eq!(v["disks"], serde_json::json!([0, 1]));
     assert!(v["detected"].is_null());
-    let (st, _) = call(&c, Method::GET, "/api/v1/machines/m-9/vm-spec", spec, t, "").await;
+    let (st, _) = call(c, Method::GET, "/api/v1/machines/m-9/vm-spec", spec, t, "").await;
     assert_eq!(st, StatusCode::NOT_FOUND);
-    let (st, _) = call(&c, Method::GET, "/api/v1/machines/m-1/vm-spec", spec, None, "").await;
+    let (st, _) = call(c, Method::GET, "/api/v1/machines/m-1/vm-spec", spec, None, "").await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
 
     // What the agent detected.
@@ -588,12 +621,15 @@ async fn failovers_and_vm_specs() {
             r#"{"firmware":"uefi","cpus":8,"memory_mib":16384,"nics":[{"name":"eth0","mac":"52:54:00:aa:bb:cc","addresses":["10.1.2.3/24"]}]}"#,
         )
         .unwrap();
-    let (_, v) = call(&c, Method::GET, "/api/v1/machines/m-1/vm-spec", spec, t, "").await;
+    let (_, v) = call(c, Method::GET, "/api/v1/machines/m-1/vm-spec", spec, t, "").await;
     assert_eq!((v["firmware"].as_str(), v["cpus"].as_u64()), (Some("uefi"), Some(8)), "{v}");
     assert_eq!(v["nics"][0]["network"], "default");
     assert_eq!(v["nics"][0]["mac"], "52:54:00:aa:bb:cc");
     assert_eq!(v["detected"]["nics"][0]["addresses"][0], "10.1.2.3/24");
+}
 
+/// [`failovers_and_vm_specs`]: the administrator's VM settings, bad and good.
+async fn vm_spec_settings(s: &Server, c: &Client, t: Option<&str>, spec: &str) {
     // Bad settings are refused, naming the field, and change nothing.
     for (body, field) in [
         (r#"{"firmware":"coreboot"}"#, "firmware"),
@@ -614,20 +650,20 @@ async fn failovers_and_vm_specs() {
         (r#"{"cores":4}"#, "cores"),
         ("[]", ""),
     ] {
-        let (st, v) = call(&c, Method::PUT, "/api/v1/machines/m-1/vm-spec", spec, t, body).await;
+        let (st, v) = call(c, Method::PUT, "/api/v1/machines/m-1/vm-spec", spec, t, body).await;
         assert_eq!(st, StatusCode::BAD_REQUEST, "{body}: {v}");
         assert!(v["error"].as_str().unwrap().contains(field), "{body}: {v}");
     }
     assert!(s.state.vm_settings("m-1").unwrap().is_none());
-    let (st, _) = call(&c, Method::PUT, "/api/v1/machines/m-1/vm-spec", spec, None, "{}").await;
+    let (st, _) = call(c, Method::PUT, "/api/v1/machines/m-1/vm-spec", spec, None, "{}").await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
-    let (st, _) = call(&c, Method::PUT, "/api/v1/machines/m-9/vm-spec", spec, t, "{}").await;
+    let (st, _) = call(c, Method::PUT, "/api/v1/machines/m-9/vm-spec", spec, t, "{}").await;
     assert_eq!(st, StatusCode::NOT_FOUND);
 
     // Good settings: over the detected values; the boot disk goes first; an interface keeps
     // its detected MAC unless one is given.
     let (st, v) = call(
-        &c,
+        c,
         Method::PUT,
         "/api/v1/machines/m-1/vm-spec",
         spec,
@@ -644,30 +680,32 @@ async fn failovers_and_vm_specs() {
     assert_eq!(v["nics"][0]["mac"], "52:54:00:aa:bb:cc");
     assert_eq!(v["nics"][0]["ip"], "192.0.2.7/24");
     assert_eq!(v["nics"][1]["network"], "dr-backup");
+}
 
+/// [`failovers_and_vm_specs`]: failover and commit refused without a master target.
+async fn failover_and_commit_checks(s: &Server, c: &Client, t: Option<&str>, cm: &str) {
     // Failover and commit: state checks; this appliance has no master target.
     let fo = "/api/v1/machines/{id}/failover";
-    let cm = "/api/v1/machines/{id}/commit";
-    let (st, v) = call(&c, Method::GET, "/api/v1/failovers", "/api/v1/failovers", t, "").await;
+    let (st, v) = call(c, Method::GET, "/api/v1/failovers", "/api/v1/failovers", t, "").await;
     assert_eq!((st, v["failovers"].as_array().map(Vec::len)), (StatusCode::OK, Some(0)));
-    let (st, _) = call(&c, Method::GET, "/api/v1/failovers", "/api/v1/failovers", None, "").await;
+    let (st, _) = call(c, Method::GET, "/api/v1/failovers", "/api/v1/failovers", None, "").await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
-    let (st, v) = call(&c, Method::POST, "/api/v1/machines/m-1/failover", fo, t, "{}").await;
+    let (st, v) = call(c, Method::POST, "/api/v1/machines/m-1/failover", fo, t, "{}").await;
     assert_eq!((st, v["code"].as_str()), (StatusCode::NOT_FOUND, Some("no_point")), "{v}");
     for (body, code) in [
         (r#"{"point":"latest-processed"}"#, "no_point"),
         (r#"{"point":"latest-group"}"#, "no_point"),
         (r#"{"point":"m-1-p9"}"#, "unknown_point"),
     ] {
-        let (st, v) = call(&c, Method::POST, "/api/v1/machines/m-1/failover", fo, t, body).await;
+        let (st, v) = call(c, Method::POST, "/api/v1/machines/m-1/failover", fo, t, body).await;
         assert_eq!((st, v["code"].as_str()), (StatusCode::NOT_FOUND, Some(code)), "{body}: {v}");
     }
     let (st, _) =
-        call(&c, Method::POST, "/api/v1/machines/m-1/failover", fo, t, r#"{"point":1}"#).await;
+        call(c, Method::POST, "/api/v1/machines/m-1/failover", fo, t, r#"{"point":1}"#).await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
-    let (st, _) = call(&c, Method::POST, "/api/v1/machines/m-9/failover", fo, t, "{}").await;
+    let (st, _) = call(c, Method::POST, "/api/v1/machines/m-9/failover", fo, t, "{}").await;
     assert_eq!(st, StatusCode::NOT_FOUND);
-    let (st, _) = call(&c, Method::POST, "/api/v1/machines/m-1/failover", fo, None, "{}").await;
+    let (st, _) = call(c, Method::POST, "/api/v1/machines/m-1/failover", fo, None, "{}").await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
     s.state
         .add_point(&lifeboat_appliance::store::PointRow {
@@ -679,33 +717,36 @@ async fn failovers_and_vm_specs() {
             disks: vec![0, 1],
         })
         .unwrap();
-    let (st, v) = call(&c, Method::POST, "/api/v1/machines/m-1/failover", fo, t, "{}").await;
+    let (st, v) = call(c, Method::POST, "/api/v1/machines/m-1/failover", fo, t, "{}").await;
     assert_eq!((st, v["code"].as_str()), (StatusCode::CONFLICT, Some("no_master_target")), "{v}");
-    let (st, v) = call(&c, Method::POST, "/api/v1/machines/m-1/commit", cm, t, "").await;
+    let (st, v) = call(c, Method::POST, "/api/v1/machines/m-1/commit", cm, t, "").await;
     assert_eq!((st, v["code"].as_str()), (StatusCode::CONFLICT, Some("failover_state")), "{v}");
     assert!(v["error"].as_str().unwrap().contains("protected"), "{v}");
-    let (st, _) = call(&c, Method::POST, "/api/v1/machines/m-9/commit", cm, t, "").await;
+    let (st, _) = call(c, Method::POST, "/api/v1/machines/m-9/commit", cm, t, "").await;
     assert_eq!(st, StatusCode::NOT_FOUND);
-    let (st, _) = call(&c, Method::POST, "/api/v1/machines/m-1/commit", cm, None, "").await;
+    let (st, _) = call(c, Method::POST, "/api/v1/machines/m-1/commit", cm, None, "").await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
+}
 
+/// [`failovers_and_vm_specs`]: a recorded failover, then reprotect and failback.
+async fn failover_under_way_reprotect_failback(s: &Server, c: &Client, t: Option<&str>, cm: &str) {
     // A failover under way (as a master target's appliance records it) is listed, shows in
     // the machine's state, and blocks a second one and a commit.
     assert!(s.state.start_failover("m-1", 42).unwrap());
     assert!(!s.state.start_failover("m-1", 43).unwrap(), "one failover at a time");
-    let (_, v) = call(&c, Method::GET, "/api/v1/machines", "/api/v1/machines", t, "").await;
+    let (_, v) = call(c, Method::GET, "/api/v1/machines", "/api/v1/machines", t, "").await;
     assert_eq!(v["machines"][0]["state"], "failing-over", "{v}");
-    let (st, v) = call(&c, Method::POST, "/api/v1/machines/m-1/commit", cm, t, "").await;
+    let (st, v) = call(c, Method::POST, "/api/v1/machines/m-1/commit", cm, t, "").await;
     assert_eq!((st, v["code"].as_str()), (StatusCode::CONFLICT, Some("failover_state")), "{v}");
     s.state
         .set_failover("m-1", "failed-over", Some("m-1-p1"), Some("fo-m-1"), &["fo42-m-1-d1".into()])
         .unwrap();
-    let (st, v) = call(&c, Method::GET, "/api/v1/failovers", "/api/v1/failovers", t, "").await;
+    let (st, v) = call(c, Method::GET, "/api/v1/failovers", "/api/v1/failovers", t, "").await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(v["failovers"][0]["state"], "failed-over", "{v}");
     assert_eq!(v["failovers"][0]["job"], 42);
     assert_eq!(v["failovers"][0]["disks"][0], "fo42-m-1-d1");
-    let (st, v) = call(&c, Method::POST, "/api/v1/machines/m-1/commit", cm, t, "").await;
+    let (st, v) = call(c, Method::POST, "/api/v1/machines/m-1/commit", cm, t, "").await;
     assert_eq!((st, v["code"].as_str()), (StatusCode::CONFLICT, Some("no_master_target")), "{v}");
     // Reprotect and failback: identity, unknown machines, and (with no master target here)
     // nothing started.
@@ -714,28 +755,31 @@ async fn failovers_and_vm_specs() {
     for (path, template) in
         [("/api/v1/machines/m-1/reprotect", rp), ("/api/v1/machines/m-1/failback", fb)]
     {
-        let (st, _) = call(&c, Method::POST, path, template, None, "").await;
+        let (st, _) = call(c, Method::POST, path, template, None, "").await;
         assert_eq!(st, StatusCode::UNAUTHORIZED);
-        let (st, v) = call(&c, Method::POST, path, template, t, "").await;
+        let (st, v) = call(c, Method::POST, path, template, t, "").await;
         assert_eq!(
             (st, v["code"].as_str()),
             (StatusCode::CONFLICT, Some("no_master_target")),
             "{v}"
         );
         let bad = path.replace("m-1", "m-9");
-        let (st, _) = call(&c, Method::POST, &bad, template, t, "").await;
+        let (st, _) = call(c, Method::POST, &bad, template, t, "").await;
         assert_eq!(st, StatusCode::NOT_FOUND);
     }
     assert_eq!(s.state.failover_state("m-1").unwrap().as_deref(), Some("failed-over"));
     s.state.set_failover("m-1", "committed", Some("m-1-p1"), Some("fo-m-1"), &[]).unwrap();
     assert!(!s.state.start_failover("m-1", 44).unwrap(), "a committed failover stays");
-    let (_, v) = call(&c, Method::GET, "/api/v1/failovers", "/api/v1/failovers", t, "").await;
+    let (_, v) = call(c, Method::GET, "/api/v1/failovers", "/api/v1/failovers", t, "").await;
     assert!(v["failovers"][0]["committed_unix_ms"].as_u64().is_some(), "{v}");
+}
 
+/// [`failovers_and_vm_specs`]: the recovery passphrase.
+async fn recovery_passphrase(s: &Server, c: &Client, t: Option<&str>) {
     // The recovery passphrase: unset, refused when short or malformed, set (only a derived
     // key is kept, private), and never for an anonymous caller.
     let rp = "/api/v1/recovery-passphrase";
-    let (st, v) = call(&c, Method::GET, rp, rp, t, "").await;
+    let (st, v) = call(c, Method::GET, rp, rp, t, "").await;
     assert_eq!((st, &v["set"]), (StatusCode::OK, &Value::Bool(false)), "{v}");
     for (body, field) in [
         (r#"{"passphrase":"too short"}"#, "passphrase"),
@@ -743,18 +787,18 @@ async fn failovers_and_vm_specs() {
         (r#"{"pass":"long enough recovery passphrase"}"#, "pass"),
         ("", ""),
     ] {
-        let (st, v) = call(&c, Method::PUT, rp, rp, t, body).await;
+        let (st, v) = call(c, Method::PUT, rp, rp, t, body).await;
         assert_eq!(st, StatusCode::BAD_REQUEST, "{body}: {v}");
         assert!(v["error"].as_str().unwrap().contains(field), "{body}: {v}");
     }
     let good = r#"{"passphrase":"long enough recovery passphrase"}"#;
-    let (st, _) = call(&c, Method::PUT, rp, rp, None, good).await;
+    let (st, _) = call(c, Method::PUT, rp, rp, None, good).await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
-    let (st, _) = call(&c, Method::GET, rp, rp, None, "").await;
+    let (st, _) = call(c, Method::GET, rp, rp, None, "").await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
-    let (st, v) = call(&c, Method::PUT, rp, rp, t, good).await;
+    let (st, v) = call(c, Method::PUT, rp, rp, t, good).await;
     assert_eq!((st, &v["set"]), (StatusCode::OK, &Value::Bool(true)), "{v}");
-    let (_, v) = call(&c, Method::GET, rp, rp, t, "").await;
+    let (_, v) = call(c, Method::GET, rp, rp, t, "").await;
     assert_eq!(v["set"], true);
     let stored = std::fs::read_to_string(s.dir.path().join("keys/recovery.seal")).unwrap();
     assert!(!stored.contains("long enough"), "the passphrase itself is not kept");

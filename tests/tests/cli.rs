@@ -3,6 +3,7 @@
 
 use lifeboat_e2e::*;
 use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 
 fn lifeboat(site: &Site, args: &[&str], password: Option<&str>) -> Output {
@@ -11,6 +12,16 @@ fn lifeboat(site: &Site, args: &[&str], password: Option<&str>) -> Output {
 
 fn code(o: &Output) -> i32 {
     o.status.code().unwrap_or(-1)
+}
+
+/// What the phases of the CLI test share: the site and its appliance's configuration, the
+/// machine's disk and agent state, and the machine.
+struct Env<'a> {
+    site: &'a Site,
+    cfg: &'a Path,
+    disk: &'a PathBuf,
+    state: &'a Path,
+    machine: &'a str,
 }
 
 #[test]
@@ -31,53 +42,77 @@ fn the_cli_administers_the_appliance_with_trustworthy_exit_codes() {
     let fp = site.cli(&cfg, &["fingerprint"]).trim().to_owned();
     let connect = ["--url", url.as_str(), "--fingerprint", fp.as_str(), "--name", "admin"];
     let pw = Some("correct horse battery");
+    let env = &Env { site: &site, cfg: &cfg, disk: &disk, state: &state, machine: &machine };
 
+    phase_setup(env, &connect, pw);
+    phase_machines_points_passphrase(env);
+    phase_login_logout(env, &connect, pw);
+    phase_test_failover(env);
+    phase_policies(env);
+    phase_plugins_groups_completions(env);
+}
+
+/// Setup through the command line, with `connect`'s arguments and the password `pw`.
+fn phase_setup(env: &Env, connect: &[&str], pw: Option<&str>) {
+    let Env { site, .. } = *env;
     // Not logged in yet.
-    let o = lifeboat(&site, &["machines"], None);
+    let o = lifeboat(site, &["machines"], None);
     assert_eq!(code(&o), 3, "{}", String::from_utf8_lossy(&o.stderr));
     // A short password is bad input.
-    let o = lifeboat(&site, &[&["setup"][..], &connect].concat(), Some("short"));
+    let o = lifeboat(site, &[&["setup"][..], connect].concat(), Some("short"));
     assert_eq!(code(&o), 2, "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains("password"));
-    let o = lifeboat(&site, &[&["setup"][..], &connect].concat(), pw);
+    let o = lifeboat(site, &[&["setup"][..], connect].concat(), pw);
     assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
     let mode = std::fs::metadata(site.root().join("session.json")).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "the session file is private");
-    let o = lifeboat(&site, &[&["setup"][..], &connect].concat(), pw);
+    let o = lifeboat(site, &[&["setup"][..], connect].concat(), pw);
     assert_eq!(code(&o), 5, "a second setup is a conflict");
+}
 
-    let o = lifeboat(&site, &["machines", "--json"], None);
+/// The machines, their points, and a passphrase rotation.
+fn phase_machines_points_passphrase(env: &Env) {
+    let Env { site, machine, .. } = *env;
+    let o = lifeboat(site, &["machines", "--json"], None);
     assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["machines"][0]["id"], machine.as_str());
-    let o = lifeboat(&site, &["machines"], None);
-    assert!(String::from_utf8_lossy(&o.stdout).contains(&machine));
-    let o = lifeboat(&site, &["points", &machine, "--json"], None);
+    assert_eq!(v["machines"][0]["id"], machine);
+    let o = lifeboat(site, &["machines"], None);
+    assert!(String::from_utf8_lossy(&o.stdout).contains(machine));
+    let o = lifeboat(site, &["points", machine, "--json"], None);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(!v["points"].as_array().unwrap().is_empty(), "{v}");
-    assert_eq!(code(&lifeboat(&site, &["points", "no-such-machine"], None)), 4);
+    assert_eq!(code(&lifeboat(site, &["points", "no-such-machine"], None)), 4);
 
-    let o = lifeboat(&site, &["passphrase", "rotate"], None);
+    let o = lifeboat(site, &["passphrase", "rotate"], None);
     assert_eq!(code(&o), 0);
     assert!(String::from_utf8_lossy(&o.stdout).trim().len() >= 20);
-    let o = lifeboat(&site, &["passphrase", "status", "--json"], None);
+    let o = lifeboat(site, &["passphrase", "status", "--json"], None);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["unused"], 1);
+}
 
+/// Login and logout, with `connect`'s arguments and the password `pw`.
+fn phase_login_logout(env: &Env, connect: &[&str], pw: Option<&str>) {
+    let Env { site, .. } = *env;
     // Wrong password: 3; logout ends the session.
     assert_eq!(
-        code(&lifeboat(&site, &[&["login"][..], &connect].concat(), Some("wrong password!!"))),
+        code(&lifeboat(site, &[&["login"][..], connect].concat(), Some("wrong password!!"))),
         3
     );
-    assert_eq!(code(&lifeboat(&site, &["logout"], None)), 0);
-    assert_eq!(code(&lifeboat(&site, &["machines"], None)), 3);
-    assert_eq!(code(&lifeboat(&site, &[&["login"][..], &connect].concat(), pw)), 0);
-    assert_eq!(code(&lifeboat(&site, &["whoami"], None)), 0);
+    assert_eq!(code(&lifeboat(site, &["logout"], None)), 0);
+    assert_eq!(code(&lifeboat(site, &["machines"], None)), 3);
+    assert_eq!(code(&lifeboat(site, &[&["login"][..], connect].concat(), pw)), 0);
+    assert_eq!(code(&lifeboat(site, &["whoami"], None)), 0);
+}
 
+/// A test failover, and its cleanup.
+fn phase_test_failover(env: &Env) {
+    let Env { site, disk, state, machine, .. } = *env;
     // Test failover at the latest point: the isolated disk holds exactly the source disk,
     // the VM is on the test network only; cleanup removes both.
-    let want = sha256_file(&disk);
-    let o = lifeboat(&site, &["test-failover", &machine, "--json"], None);
+    let want = sha256_file(disk);
+    let o = lifeboat(site, &["test-failover", machine, "--json"], None);
     assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["state"], "succeeded", "{v}");
@@ -91,27 +126,31 @@ fn the_cli_administers_the_appliance_with_trustworthy_exit_codes() {
         serde_json::from_str(&std::fs::read_to_string(&vm_file).unwrap()).unwrap();
     assert_eq!(vm["isolated"], true);
     // Replication goes on meanwhile, and the replica is untouched by the test failover.
-    random_writes(&disk, 20, 9);
-    site.agent_once(&site.agent_config(&state, std::slice::from_ref(&disk), 1));
+    random_writes(disk, 20, 9);
+    site.agent_once(&site.agent_config(state, std::slice::from_ref(disk), 1));
     assert_eq!(sha256_file(&copy), want, "later replication does not change the test failover");
-    let o = lifeboat(&site, &["test-failovers"], None);
+    let o = lifeboat(site, &["test-failovers"], None);
     assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("{tf}  {machine}")));
-    assert_eq!(code(&lifeboat(&site, &["test-failover", "no-such-machine"], None)), 4);
-    assert_eq!(code(&lifeboat(&site, &["test-failover", &machine, "--point", "nope"], None)), 4);
-    let o = lifeboat(&site, &["cleanup", &tf], None);
+    assert_eq!(code(&lifeboat(site, &["test-failover", "no-such-machine"], None)), 4);
+    assert_eq!(code(&lifeboat(site, &["test-failover", machine, "--point", "nope"], None)), 4);
+    let o = lifeboat(site, &["cleanup", &tf], None);
     assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
     assert!(!copy.exists() && !vm_file.exists(), "cleanup leaves nothing behind");
-    assert_eq!(code(&lifeboat(&site, &["cleanup", &tf], None)), 5, "cleaned twice");
-    let o = lifeboat(&site, &["jobs", "--json"], None);
+    assert_eq!(code(&lifeboat(site, &["cleanup", &tf], None)), 5, "cleaned twice");
+    let o = lifeboat(site, &["jobs", "--json"], None);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let kinds: Vec<&str> =
         v["jobs"].as_array().unwrap().iter().map(|j| j["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["test-failover-cleanup", "test-failover"]);
+}
 
+/// Policies: alerts and retention.
+fn phase_policies(env: &Env) {
+    let Env { site, cfg, disk, state, machine } = *env;
     // Policies: a strict RPO threshold raises a critical alert; a retention that keeps
     // only the newest point thins the points at the next cut.
     let o = lifeboat(
-        &site,
+        site,
         &[
             "policy",
             "set",
@@ -128,34 +167,38 @@ fn the_cli_administers_the_appliance_with_trustworthy_exit_codes() {
     assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(
         code(&lifeboat(
-            &site,
+            site,
             &["policy", "set", "bad", "--rpo-warning", "9", "--rpo-critical", "2"],
             None
         )),
         2
     );
-    assert_eq!(code(&lifeboat(&site, &["policy", "set", "bad", "--retention", "1h"], None)), 2);
-    assert_eq!(code(&lifeboat(&site, &["policy", "assign", &machine, "strict"], None)), 0);
-    assert_eq!(code(&lifeboat(&site, &["policy", "delete", "strict"], None)), 5, "in use");
+    assert_eq!(code(&lifeboat(site, &["policy", "set", "bad", "--retention", "1h"], None)), 2);
+    assert_eq!(code(&lifeboat(site, &["policy", "assign", machine, "strict"], None)), 0);
+    assert_eq!(code(&lifeboat(site, &["policy", "delete", "strict"], None)), 5, "in use");
     std::thread::sleep(std::time::Duration::from_secs(3));
-    let o = lifeboat(&site, &["alerts", "--json"], None);
+    let o = lifeboat(site, &["alerts", "--json"], None);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(
         v["alerts"].as_array().unwrap().iter().any(|a| a["kind"] == "rpo"
             && a["severity"] == "critical"
-            && a["machine_id"] == machine.as_str()),
+            && a["machine_id"] == machine),
         "{v}"
     );
-    let before = site.points(&cfg).len();
+    let before = site.points(cfg).len();
     assert!(before >= 2, "several points to thin");
-    site.agent_once(&site.agent_config(&state, std::slice::from_ref(&disk), 1));
+    site.agent_once(&site.agent_config(state, std::slice::from_ref(disk), 1));
     wait_for(std::time::Duration::from_secs(30), "the policy's thinning", || {
-        (site.points(&cfg).len() == 1).then_some(())
+        (site.points(cfg).len() == 1).then_some(())
     });
-    let o = lifeboat(&site, &["alerts"], None);
+    let o = lifeboat(site, &["alerts"], None);
     assert_eq!(code(&o), 0);
+}
 
-    let o = lifeboat(&site, &["plugins", "--json"], None);
+/// The plugins, the groups, and the shell completions.
+fn phase_plugins_groups_completions(env: &Env) {
+    let Env { site, .. } = *env;
+    let o = lifeboat(site, &["plugins", "--json"], None);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let kinds: Vec<(&str, &str)> = v["plugins"]
         .as_array()
@@ -164,9 +207,9 @@ fn the_cli_administers_the_appliance_with_trustworthy_exit_codes() {
         .map(|p| (p["name"].as_str().unwrap(), p["kind"].as_str().unwrap()))
         .collect();
     assert_eq!(kinds, [("aes-gcm", "cipher"), ("local", "target"), ("zstd", "codec")]);
-    assert_eq!(code(&lifeboat(&site, &["groups"], None)), 0);
+    assert_eq!(code(&lifeboat(site, &["groups"], None)), 0);
 
-    let o = lifeboat(&site, &["completions", "bash"], None);
+    let o = lifeboat(site, &["completions", "bash"], None);
     assert_eq!(code(&o), 0);
     assert!(String::from_utf8_lossy(&o.stdout).contains("lifeboat"));
 }

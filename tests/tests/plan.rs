@@ -5,7 +5,18 @@
 
 use lifeboat_e2e::*;
 use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
 use std::time::Duration;
+
+/// What the phases of the plan test share: the site, the log action's directory, the
+/// script's marker file, the file plans are written to, and the two machines.
+struct Env<'a> {
+    site: &'a Site,
+    log_dir: &'a Path,
+    marker: &'a Path,
+    plan_file: &'a Path,
+    machines: &'a [String],
+}
 
 #[test]
 fn a_plan_runs_its_groups_and_actions_in_order() {
@@ -50,8 +61,26 @@ fn a_plan_runs_its_groups_and_actions_in_order() {
     });
     site.lifeboat_setup(&cfg);
 
-    // Bad plans are refused, naming what is wrong.
     let plan_file = root.join("plan.json");
+    let env = &Env {
+        site: &site,
+        log_dir: &log_dir,
+        marker: &marker,
+        plan_file: &plan_file,
+        machines: &machines,
+    };
+
+    phase_set_plans(env);
+    let job = phase_test_run_waits(env);
+    phase_confirm_and_finish(env, &job);
+    phase_failing_script(env);
+    phase_real_failover(env);
+}
+
+/// Bad plans are refused; the plan `web` is set.
+fn phase_set_plans(env: &Env) {
+    let Env { site, plan_file, machines, .. } = *env;
+    // Bad plans are refused, naming what is wrong.
     for (plan, what) in [
         (
             format!(
@@ -68,7 +97,7 @@ fn a_plan_runs_its_groups_and_actions_in_order() {
         ),
         (r#"{"groups":[]}"#.to_owned(), "groups"),
     ] {
-        std::fs::write(&plan_file, &plan).unwrap();
+        std::fs::write(plan_file, &plan).unwrap();
         let o = site.lifeboat(&["plan", "set", "web", plan_file.to_str().unwrap()], None);
         assert_eq!(o.status.code(), Some(2), "{plan}: {}", String::from_utf8_lossy(&o.stderr));
         assert!(
@@ -85,10 +114,14 @@ fn a_plan_runs_its_groups_and_actions_in_order() {
               "post":[{{"plugin":"log-action"}},{{"script":"mark"}}]}}]}}"#,
         machines[0], machines[1]
     );
-    std::fs::write(&plan_file, &plan).unwrap();
+    std::fs::write(plan_file, &plan).unwrap();
     let v = site.lifeboat_json(&["plan", "set", "web", plan_file.to_str().unwrap()]);
     assert_eq!(v["plans"][0]["name"], "web");
+}
 
+/// The plan `web` run as a test failover, up to its manual step; the job's id.
+fn phase_test_run_waits(env: &Env) -> String {
+    let Env { site, log_dir, .. } = *env;
     // Run as a test failover: the first group goes, then the plan waits for a person.
     let v = site.lifeboat_json(&["plan", "run", "web", "--no-wait"]);
     let job = v["id"].as_u64().unwrap().to_string();
@@ -103,8 +136,14 @@ fn a_plan_runs_its_groups_and_actions_in_order() {
     assert!(log.contains(":tf"), "the post action sees the group's VM: {log}");
     let v = site.lifeboat_json(&["test-failovers"]);
     assert_eq!(v["test_failovers"].as_array().unwrap().len(), 1, "group 1 waits: {v}");
+    job
+}
 
-    let o = site.lifeboat(&["plan", "continue", &job, "--step", "2"], None);
+/// The manual step confirmed (only the one the job waits on), the rest of the plan runs in
+/// order with the plan's context.
+fn phase_confirm_and_finish(env: &Env, job: &str) {
+    let Env { site, log_dir, marker, machines, .. } = *env;
+    let o = site.lifeboat(&["plan", "continue", job, "--step", "2"], None);
     assert_eq!(
         o.status.code(),
         Some(5),
@@ -112,11 +151,11 @@ fn a_plan_runs_its_groups_and_actions_in_order() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert_eq!(
-        site.lifeboat(&["plan", "continue", &job, "--step", "1"], None).status.code(),
+        site.lifeboat(&["plan", "continue", job, "--step", "1"], None).status.code(),
         Some(0)
     );
     let j = wait_for(Duration::from_secs(60), "the plan", || {
-        let j = site.lifeboat_json(&["jobs", &job]);
+        let j = site.lifeboat_json(&["jobs", job]);
         assert_ne!(j["state"], "failed", "{j}");
         (j["state"] == "succeeded").then_some(j)
     });
@@ -131,7 +170,7 @@ fn a_plan_runs_its_groups_and_actions_in_order() {
         log.lines().nth(1).unwrap().starts_with("plan=web mode=test-failover group=1 stage=post"),
         "{log}"
     );
-    let marks = std::fs::read_to_string(&marker).unwrap();
+    let marks = std::fs::read_to_string(marker).unwrap();
     let marks: Vec<&str> = marks.lines().collect();
     assert_eq!(marks.len(), 2, "{marks:?}");
     assert_eq!(marks[0], format!("web test-failover group=0 pre machines={} vms=", machines[0]));
@@ -145,15 +184,19 @@ fn a_plan_runs_its_groups_and_actions_in_order() {
     let v = site.lifeboat_json(&["test-failovers"]);
     assert_eq!(v["test_failovers"].as_array().unwrap().len(), 2, "{v}");
     assert_eq!(
-        site.lifeboat(&["plan", "continue", &job], None).status.code(),
+        site.lifeboat(&["plan", "continue", job], None).status.code(),
         Some(5),
         "nothing to confirm"
     );
+}
 
+/// A plan whose script fails.
+fn phase_failing_script(env: &Env) {
+    let Env { site, plan_file, machines, .. } = *env;
     // A plan whose script fails stops there: nothing of it is failed over.
     let broken =
         format!(r#"{{"groups":[{{"machines":["{}"],"pre":[{{"script":"fail"}}]}}]}}"#, machines[0]);
-    std::fs::write(&plan_file, &broken).unwrap();
+    std::fs::write(plan_file, &broken).unwrap();
     site.lifeboat_json(&["plan", "set", "broken", plan_file.to_str().unwrap()]);
     let o = site.lifeboat(&["plan", "run", "broken"], None);
     assert_eq!(o.status.code(), Some(1));
@@ -166,14 +209,18 @@ fn a_plan_runs_its_groups_and_actions_in_order() {
     assert_eq!(v["test_failovers"].as_array().unwrap().len(), 2, "{v}");
     let v = site.lifeboat_json(&["plan", "delete", "broken"]);
     assert_eq!(v["plans"].as_array().unwrap().len(), 1);
+}
 
+/// A plan run as a real failover.
+fn phase_real_failover(env: &Env) {
+    let Env { site, log_dir, plan_file, machines, .. } = *env;
     // A plan run as a real failover: the machine fails over (its own job), then the post
     // action sees its VM.
     let go = format!(
         r#"{{"groups":[{{"machines":["{}"],"post":[{{"plugin":"log-action"}}]}}]}}"#,
         machines[1]
     );
-    std::fs::write(&plan_file, &go).unwrap();
+    std::fs::write(plan_file, &go).unwrap();
     site.lifeboat_json(&["plan", "set", "go", plan_file.to_str().unwrap()]);
     let j = site.lifeboat_json(&["plan", "run", "go", "--failover", "--point", "latest-processed"]);
     assert_eq!(j["state"], "succeeded", "{j}");

@@ -204,6 +204,41 @@ pub fn capture() -> Result<()> {
         &format!("interval_secs = {INTERVAL_SECS}\n"),
     )?;
     lb.spawn_agent()?;
+    let iops_after = initial_copy_then_iops(&lb, &work, &mnt)?;
+    let (p0, shipped0) = window_start(&lb)?;
+
+    let (markers, workload_points, churn_bps) = run_workload(&lb, &mnt)?;
+
+    let (points, shipped) = freeze_and_list_points(&lb, &mnt, &p0, shipped0)?;
+
+    let (mut rpo, unplaced) = marker_rpo(&lb, &work, &points, &markers)?;
+    let (missed, changed_zstd) = missed_and_changed(&lb, &img, &points)?;
+    let (cuts, freeze_p99) = workload_freezes(&work, workload_points);
+    let rpo_p50 = percentile(&mut rpo.clone(), 0.5);
+    let rpo_p99 = percentile(&mut rpo, 0.99);
+    let overhead = (1.0 - iops_after / iops_before.max(1.0)) * 100.0;
+    drop(device);
+
+    report(&Measured {
+        churn_bps,
+        missed,
+        rpo_p50,
+        rpo_p99,
+        freeze_p99,
+        overhead,
+        shipped,
+        changed_zstd,
+        cuts,
+        points: &points,
+        markers: &markers,
+        unplaced,
+        iops_before,
+        iops_after,
+    })
+}
+
+/// Waits for the initial copy's point, then measures the IOPS with the tracker.
+fn initial_copy_then_iops(lb: &Lifeboat, work: &Path, mnt: &Path) -> Result<f64> {
     let started = Instant::now();
     while lb.point_list()?.is_empty() {
         if started.elapsed() > Duration::from_secs(300) {
@@ -216,19 +251,30 @@ pub fn capture() -> Result<()> {
     }
     eprintln!("bench: initial copy done; fio again with the tracker");
     let iops_after = median_iops(&mnt.join("fio-iops"))?;
+    Ok(iops_after)
+}
+
+/// Waits for the start of the measured window; its first point and the bytes shipped so far.
+fn window_start(lb: &Lifeboat) -> Result<(Point, u64)> {
     // The window starts once the agent has caught up with the writes (a cycle that read
     // almost nothing) and the appliance has everything the agent cut so far.
-    let since = agent_last_point(&lb);
+    let since = agent_last_point(lb);
     let deadline = Instant::now() + Duration::from_secs(600);
-    while !agent_quiet_after(&lb, since) {
+    while !agent_quiet_after(lb, since) {
         if Instant::now() > deadline {
             bail!("the agent did not catch up with the IOPS runs in 10 minutes");
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let p0 = wait_caught_up(&lb)?;
+    let p0 = wait_caught_up(lb)?;
     let shipped0 = lb.shipped_bytes()?;
+    Ok((p0, shipped0))
+}
 
+/// The rate-capped random-write workload with markers written alongside; the markers
+/// (sequence, fsync time), the first and last points the agent cut during the workload, and
+/// the churn in bytes per second.
+fn run_workload(lb: &Lifeboat, mnt: &Path) -> Result<(Vec<Marker>, (u64, u64), f64)> {
     eprintln!(
         "bench: {WORKLOAD_SECS} s of random writes capped at {CHURN_RATE}B/s, markers every 100 ms"
     );
@@ -249,43 +295,67 @@ pub fn capture() -> Result<()> {
             Ok(out)
         })
     };
-    let first_cut = agent_last_point(&lb);
+    let first_cut = agent_last_point(lb);
     let (_, churn_bps) = fio(&mnt.join("fio-churn"), WORKLOAD_SECS, Some(CHURN_RATE))?;
-    let workload_points = (first_cut, agent_last_point(&lb));
+    let workload_points = (first_cut, agent_last_point(lb));
     stop.store(true, Ordering::Relaxed);
     let markers = marker.join().map_err(|_| anyhow::anyhow!("marker thread panicked"))??;
+    Ok((markers, workload_points, churn_bps))
+}
 
+/// Freezes the filesystem and waits for the appliance to hold a point cut after that; the
+/// points of the window and the bytes shipped during it.
+fn freeze_and_list_points(
+    lb: &Lifeboat,
+    mnt: &Path,
+    p0: &Point,
+    shipped0: u64,
+) -> Result<(Vec<Point>, u64)> {
     // Writes stop: hold the filesystem still, let the agent cut a point after that, and wait
     // until the appliance has it.
     sh("sync", &[])?;
     sh("fsfreeze", &["-f", &mnt.to_string_lossy()])?;
     std::thread::sleep(Duration::from_secs(2 * INTERVAL_SECS + 1));
-    let last = wait_caught_up(&lb)?;
+    let last = wait_caught_up(lb)?;
     let shipped = lb.shipped_bytes()? - shipped0;
     let points: Vec<_> =
         lb.point_list()?.into_iter().filter(|p| p.0 >= p0.0 && p.0 <= last.0).collect();
     eprintln!("bench: {} points to examine", points.len());
+    Ok((points, shipped))
+}
 
+/// The RPO of each marker held by a point, and how many markers no point holds.
+fn marker_rpo(
+    lb: &Lifeboat,
+    work: &Path,
+    points: &[Point],
+    markers: &[Marker],
+) -> Result<(Vec<f64>, usize)> {
     // RPO: the first point holding each marker.
     let pm = work.join("pm");
     let mut held = Vec::new();
-    for (_, id, created) in &points {
-        held.push((markers_in(&point_image(&lb, id)?, &pm)?, *created));
+    for (_, id, created) in points {
+        held.push((markers_in(&point_image(lb, id)?, &pm)?, *created));
     }
     let mut rpo: Vec<f64> = Vec::new();
-    for (seq, t) in &markers {
+    for (seq, t) in markers {
         if let Some((_, created)) = held.iter().find(|(m, _)| m.is_some_and(|m| m >= *seq)) {
             rpo.push((*created as f64 - *t as f64) / 1000.0);
         }
     }
     let unplaced = markers.len() - rpo.len();
+    Ok((rpo, unplaced))
+}
 
+/// The blocks where the last point differs from the device, and the zstd-1 size of the
+/// blocks changed between consecutive points.
+fn missed_and_changed(lb: &Lifeboat, img: &Path, points: &[Point]) -> Result<(usize, u64)> {
     // Missed blocks, and the changed blocks between consecutive points.
-    let device_now = std::fs::read(&img)?;
-    let mut prev = std::fs::read(point_image(&lb, &points[0].1)?)?;
+    let device_now = std::fs::read(img)?;
+    let mut prev = std::fs::read(point_image(lb, &points[0].1)?)?;
     let mut changed_zstd = 0u64;
     for (_, id, _) in &points[1..] {
-        let cur = std::fs::read(point_image(&lb, id)?)?;
+        let cur = std::fs::read(point_image(lb, id)?)?;
         let mut stream = Vec::new();
         for (a, b) in prev.chunks(4096).zip(cur.chunks(4096)) {
             if a != b {
@@ -296,7 +366,12 @@ pub fn capture() -> Result<()> {
         prev = cur;
     }
     let missed = prev.chunks(4096).zip(device_now.chunks(4096)).filter(|(a, b)| a != b).count();
+    Ok((missed, changed_zstd))
+}
 
+/// From the agent's log: how many points were cut during the workload, and the p99 of
+/// their freezes in milliseconds.
+fn workload_freezes(work: &Path, workload_points: (u64, u64)) -> (usize, f64) {
     let log = std::fs::read_to_string(work.join("lifeboat/agent.log")).unwrap_or_default();
     let log = strip_ansi(&log);
     // Freezes of the points cut while the workload ran.
@@ -311,11 +386,50 @@ pub fn capture() -> Result<()> {
         .collect();
     let cuts = freezes.len();
     let freeze_p99 = percentile(&mut freezes, 0.99);
-    let rpo_p50 = percentile(&mut rpo.clone(), 0.5);
-    let rpo_p99 = percentile(&mut rpo, 0.99);
-    let overhead = (1.0 - iops_after / iops_before.max(1.0)) * 100.0;
-    drop(device);
+    (cuts, freeze_p99)
+}
 
+/// A point at the target: (number, id, creation time in Unix ms).
+type Point = (u64, String, u64);
+/// A marker line: (sequence number, Unix ms of its fsync).
+type Marker = (u64, u64);
+
+/// What the capture benchmark measured, for its report.
+struct Measured<'a> {
+    churn_bps: f64,
+    missed: usize,
+    rpo_p50: f64,
+    rpo_p99: f64,
+    freeze_p99: f64,
+    overhead: f64,
+    shipped: u64,
+    changed_zstd: u64,
+    cuts: usize,
+    points: &'a [Point],
+    markers: &'a [Marker],
+    unplaced: usize,
+    iops_before: f64,
+    iops_after: f64,
+}
+
+/// Prints the table and writes `capture.json`.
+fn report(m: &Measured) -> Result<()> {
+    let Measured {
+        churn_bps,
+        missed,
+        rpo_p50,
+        rpo_p99,
+        freeze_p99,
+        overhead,
+        shipped,
+        changed_zstd,
+        cuts,
+        points,
+        markers,
+        unplaced,
+        iops_before,
+        iops_after,
+    } = *m;
     let result = serde_json::json!({
         "tracker": "ebpf",
         "churn_mbps": (churn_bps / 1e6 * 100.0).round() / 100.0,

@@ -9,7 +9,7 @@
 use crate::{root, run, target_dir};
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -75,6 +75,58 @@ pub fn quickstart(once: bool) -> Result<()> {
     }
     std::fs::create_dir_all(data.join("plugins"))?;
 
+    let disk = make_demo_disk(&data)?;
+
+    // The appliance: every role, the local target under lifeboat-data/target.
+    let (config_port, ps_port) = (free_port()?, free_port()?);
+    let config = write_appliance_config(&data, &plugins, config_port, ps_port)?;
+    let mut procs = Procs(Vec::new());
+    let demo = &Demo { bin: &bin, data: &data, disk: &disk, config: &config, config_port, ps_port };
+    let (passphrase, fingerprint) = start_appliance(demo, &mut procs)?;
+    let copy_started = start_agent(demo, &mut procs, &passphrase, &fingerprint)?;
+
+    let source_size = std::fs::metadata(&disk)?.len();
+    let (p1, initial_secs) = first_point(demo, copy_started)?;
+
+    // Change files inside the filesystem, then wait for a point cut after the change.
+    write_changes(demo)?;
+    let (p2_id, rpo) = point_after_changes(demo, p1)?;
+    print_summary(demo, started, source_size, initial_secs, rpo, &p2_id)?;
+    if once {
+        procs.stop();
+        for port in [config_port, ps_port] {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                bail!("port {port} is still open after stopping");
+            }
+        }
+        say("done: every process stopped");
+        return Ok(());
+    }
+    say("replication keeps running; press Ctrl-C to stop");
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        for (name, child) in procs.0.iter_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                bail!("{name} exited ({status}); see {}", data.join("appliance.log").display());
+            }
+        }
+    }
+}
+
+/// What the quickstart's steps share: the binaries, the demo's directory, its disk, and the
+/// appliance's configuration file and ports.
+#[derive(Clone, Copy)]
+struct Demo<'a> {
+    bin: &'a Path,
+    data: &'a Path,
+    disk: &'a Path,
+    config: &'a Path,
+    config_port: u16,
+    ps_port: u16,
+}
+
+/// Makes the demo disk in `data`; its path.
+fn make_demo_disk(data: &Path) -> Result<PathBuf> {
     // The demo disk: a sparse 256 MiB image with an ext4 filesystem holding real files.
     let disk = data.join("demo-disk.img");
     say(format!("creating the demo disk {} (ext4 with /usr/share/doc)", disk.display()));
@@ -82,9 +134,17 @@ pub fn quickstart(once: bool) -> Result<()> {
     run(Command::new("mkfs.ext4")
         .args(["-q", "-F", "-d", "/usr/share/doc", "-L", "demo"])
         .arg(&disk))?;
+    Ok(disk)
+}
 
-    // The appliance: every role, the local target under lifeboat-data/target.
-    let (config_port, ps_port) = (free_port()?, free_port()?);
+/// Copies the plugins to `data` and writes the appliance's configuration, granting them
+/// what they need; its path.
+fn write_appliance_config(
+    data: &Path,
+    plugins: &Path,
+    config_port: u16,
+    ps_port: u16,
+) -> Result<PathBuf> {
     let mut grants = String::new();
     for name in ["zstd", "aes-gcm", "local"] {
         for ext in ["wasm", "toml"] {
@@ -115,7 +175,13 @@ pub fn quickstart(once: bool) -> Result<()> {
              [plugins]\ndir = \"plugins\"\n{grants}"
         ),
     )?;
-    let mut procs = Procs(Vec::new());
+    Ok(config)
+}
+
+/// Starts the appliance and waits for it; the registration passphrase and the CA
+/// fingerprint.
+fn start_appliance(demo: &Demo, procs: &mut Procs) -> Result<(String, String)> {
+    let Demo { bin, data, config, config_port, ps_port, .. } = *demo;
     say(format!(
         "starting the appliance (configuration server :{config_port}, process server :{ps_port})"
     ));
@@ -124,7 +190,7 @@ pub fn quickstart(once: bool) -> Result<()> {
         "appliance".into(),
         Command::new(bin.join("lifeboat-appliance"))
             .args(["run", "--config"])
-            .arg(&config)
+            .arg(config)
             .stdout(appliance_log.try_clone()?)
             .stderr(appliance_log)
             .spawn()
@@ -136,14 +202,24 @@ pub fn quickstart(once: bool) -> Result<()> {
     })?;
     let passphrase = std::fs::read_to_string(&passphrase_file)?.trim().to_owned();
     let fingerprint = output(
-        Command::new(bin.join("lifeboat-appliance")).args(["fingerprint", "--config"]).arg(&config),
+        Command::new(bin.join("lifeboat-appliance")).args(["fingerprint", "--config"]).arg(config),
     )?;
+    Ok((passphrase, fingerprint))
+}
 
+/// Registers and starts the agent on the demo disk; when it started.
+fn start_agent(
+    demo: &Demo,
+    procs: &mut Procs,
+    passphrase: &str,
+    fingerprint: &str,
+) -> Result<Instant> {
+    let Demo { bin, data, disk, config_port, .. } = *demo;
     // The agent: registered with the one-time passphrase, pinned to the CA fingerprint.
     let agent_state = data.join("agent");
     run(Command::new(bin.join("lifeboat-agent"))
         .args(["register", "--appliance", &format!("https://127.0.0.1:{config_port}")])
-        .args(["--fingerprint", fingerprint.trim(), "--passphrase", &passphrase, "--state-dir"])
+        .args(["--fingerprint", fingerprint.trim(), "--passphrase", passphrase, "--state-dir"])
         .arg(&agent_state))?;
     let agent_config = data.join("agent.toml");
     std::fs::write(
@@ -165,37 +241,49 @@ pub fn quickstart(once: bool) -> Result<()> {
             .spawn()
             .context("starting lifeboat-agent")?,
     ));
+    Ok(copy_started)
+}
 
-    let points = |min: u64| -> Result<Option<(u64, String, u64)>> {
-        let out = output(
-            Command::new(bin.join("lifeboat-appliance")).args(["points", "--config"]).arg(&config),
-        )?;
-        let mut best = None;
-        for line in out.lines() {
-            let v: serde_json::Value = serde_json::from_str(line)?;
-            let n = v["point"].as_u64().unwrap_or(0);
-            if n >= min {
-                best = Some((
-                    n,
-                    v["id"].as_str().unwrap_or_default().to_owned(),
-                    v["created_unix_ms"].as_u64().unwrap_or(0),
-                ));
-            }
+/// The newest recovery point numbered `min` or more: (number, id, creation time).
+fn points(demo: &Demo, min: u64) -> Result<Option<(u64, String, u64)>> {
+    let Demo { bin, config, .. } = *demo;
+    let out = output(
+        Command::new(bin.join("lifeboat-appliance")).args(["points", "--config"]).arg(config),
+    )?;
+    let mut best = None;
+    for line in out.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        let n = v["point"].as_u64().unwrap_or(0);
+        if n >= min {
+            best = Some((
+                n,
+                v["id"].as_str().unwrap_or_default().to_owned(),
+                v["created_unix_ms"].as_u64().unwrap_or(0),
+            ));
         }
-        Ok(best)
-    };
-    let source_size = std::fs::metadata(&disk)?.len();
+    }
+    Ok(best)
+}
+
+/// Waits for the first recovery point and verifies it; its number and the initial copy's
+/// duration in seconds.
+fn first_point(demo: &Demo, copy_started: Instant) -> Result<(u64, f64)> {
+    let Demo { bin, disk, config, .. } = *demo;
     let mut first = None;
     wait_for(Duration::from_secs(600), "the first recovery point", || {
-        first = points(1)?;
+        first = points(demo, 1)?;
         Ok(first.is_some())
     })?;
     let initial_secs = copy_started.elapsed().as_secs_f64();
     let (p1, p1_id, _) = first.expect("waited for it");
-    verify(&bin, &config, &p1_id, &disk)?;
+    verify(bin, config, &p1_id, disk)?;
     say(format!("point {p1} verified: the replica equals the source disk"));
+    Ok((p1, initial_secs))
+}
 
-    // Change files inside the filesystem, then wait for a point cut after the change.
+/// Writes new files into the demo disk's filesystem.
+fn write_changes(demo: &Demo) -> Result<()> {
+    let Demo { data, disk, .. } = *demo;
     say("writing changes into the demo disk (new and replaced files)");
     let changes = data.join("changes");
     std::fs::create_dir_all(&changes)?;
@@ -213,23 +301,30 @@ pub fn quickstart(once: bool) -> Result<()> {
     run(Command::new("debugfs")
         .args(["-w", "-f"])
         .arg(&script_file)
-        .arg(&disk)
+        .arg(disk)
         .stdout(Stdio::null()))?;
+    Ok(())
+}
+
+/// Waits for a point after the changes that equals the changed source; its id, and the
+/// seconds from the change to it.
+fn point_after_changes(demo: &Demo, p1: u64) -> Result<(String, f64)> {
+    let Demo { bin, disk, config, .. } = *demo;
     let changed_at = Instant::now();
     // A hash-scan point is consistent only if the disk was quiet while it was cut, and a
     // cycle may have been running during the write: check the points that follow, in
     // order, until one equals the changed source; one cut two cycles later must.
-    let after = points(0)?.map(|p| p.0).unwrap_or(p1);
-    let want = sha256_file(&disk)?;
+    let after = points(demo, 0)?.map(|p| p.0).unwrap_or(p1);
+    let want = sha256_file(disk)?;
     let mut next = after + 1;
     let (p2, p2_id) = loop {
         let mut found = None;
         wait_for(Duration::from_secs(300), "a recovery point with the changes", || {
-            found = points(next)?;
+            found = points(demo, next)?;
             Ok(found.is_some())
         })?;
         let (n, id, _) = found.expect("waited for it");
-        if checksum(&bin, &config, &id)? == want {
+        if checksum(bin, config, &id)? == want {
             break (n, id);
         }
         if n >= after + 3 {
@@ -239,7 +334,20 @@ pub fn quickstart(once: bool) -> Result<()> {
     };
     let rpo = changed_at.elapsed().as_secs_f64();
     say(format!("point {p2} verified: the replica equals the changed source disk"));
-    let total = points(0)?.map(|p| p.0).unwrap_or(0);
+    Ok((p2_id, rpo))
+}
+
+/// Prints the summary of the run.
+fn print_summary(
+    demo: &Demo,
+    started: Instant,
+    source_size: u64,
+    initial_secs: f64,
+    rpo: f64,
+    p2_id: &str,
+) -> Result<()> {
+    let Demo { data, disk, config_port, ps_port, .. } = *demo;
+    let total = points(demo, 0)?.map(|p| p.0).unwrap_or(0);
 
     println!();
     println!("Lifeboat quickstart summary");
@@ -255,25 +363,7 @@ pub fn quickstart(once: bool) -> Result<()> {
         "  API                 https://127.0.0.1:{config_port} (configuration), https://127.0.0.1:{ps_port} (process server, mTLS)"
     );
     println!("  took                {:.0} s", started.elapsed().as_secs_f64());
-    if once {
-        procs.stop();
-        for port in [config_port, ps_port] {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                bail!("port {port} is still open after stopping");
-            }
-        }
-        say("done: every process stopped");
-        return Ok(());
-    }
-    say("replication keeps running; press Ctrl-C to stop");
-    loop {
-        std::thread::sleep(Duration::from_secs(1));
-        for (name, child) in procs.0.iter_mut() {
-            if let Ok(Some(status)) = child.try_wait() {
-                bail!("{name} exited ({status}); see {}", data.join("appliance.log").display());
-            }
-        }
-    }
+    Ok(())
 }
 
 fn checksum(bin: &Path, config: &Path, point: &str) -> Result<String> {
