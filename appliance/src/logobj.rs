@@ -184,7 +184,9 @@ pub fn parse_disk_id(id: &str) -> Option<(MachineId, u32)> {
 
 /// The `N` bytes of the header `h` from `at` (`h` is [`HEADER_LEN`] bytes long).
 fn bytes<const N: usize>(h: &[u8], at: usize) -> [u8; N] {
-    std::array::from_fn(|i| h[at + i])
+    let mut out = [0u8; N];
+    out.copy_from_slice(&h[at..at + N]);
+    out
 }
 
 #[cfg(test)]
