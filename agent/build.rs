@@ -4,9 +4,9 @@
 
 use std::path::PathBuf;
 
-fn main() {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let src = "src/bpf/tracker.bpf.c";
-    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").ok_or("OUT_DIR is not set: run by cargo")?);
     let arch_include = format!(
         "-I/usr/include/{}-linux-gnu",
         std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_else(|_| "x86_64".into())
@@ -20,4 +20,5 @@ fn main() {
         });
     println!("cargo:rerun-if-changed={src}");
     println!("cargo:rerun-if-changed=src/bpf/vmlinux_min.h");
+    Ok(())
 }

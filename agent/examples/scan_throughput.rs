@@ -12,6 +12,8 @@
 //! (docs/tracker.md): a byte compare for zeros, sixteen seeded xxh3-64 over the 4 KiB
 //! sub-blocks, and one xxh3-64 over those sixteen hashes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::time::Instant;

@@ -173,14 +173,14 @@ impl Limiter {
     /// Waits until `bytes` may be sent under the limit in force.
     pub async fn acquire(&mut self, bytes: u64) {
         loop {
-            match self.current() {
+            // No limit; a limit of 0 (paused); a rate.
+            match self.current().map(NonZeroU64::new) {
                 None => return,
-                Some(0) => {
+                Some(None) => {
                     tokio::time::sleep(PAUSED_SLEEP).await;
                     self.checked = None;
                 }
-                Some(rate) => {
-                    let rate = NonZeroU64::new(rate).expect("not zero");
+                Some(Some(rate)) => {
                     let bucket = match &mut self.bucket {
                         Some(b) => {
                             if b.rate() != rate.get() {

@@ -343,7 +343,7 @@ async fn handle(
             // A new round replaces an old one: dropping its sender ends it.
             let (cmd_tx, cmd_rx) = std_mpsc::channel();
             let (rep_tx, rep_rx) = mpsc::unbounded_channel();
-            *active = Some(Active { round: p.round, cmds: cmd_tx, replies: rep_rx });
+            let a = active.insert(Active { round: p.round, cmds: cmd_tx, replies: rep_rx });
             let round = MemberRound {
                 round: p.round,
                 deadline,
@@ -355,7 +355,6 @@ async fn handle(
             if m.to_cycle.send(round).is_err() {
                 return Err(ApiError::internal("the agent is stopping"));
             }
-            let a = active.as_mut().expect("set above");
             let r = match next_reply(a, deadline).await {
                 Ok(Reply::Prepared(n)) => {
                     return server::json(StatusCode::OK, &Prepared { next_point: n });

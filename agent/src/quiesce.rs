@@ -128,20 +128,21 @@ impl Quiescers {
         let deadline_ms = self.deadline.as_millis() as u32;
         let limit = self.deadline + GRACE;
         let name = self.slots[i].name.clone();
-        if self.slots[i].instance.is_none() {
-            let set = self.registry.current();
-            let plugin = set
-                .plugins
-                .get(&name)
-                .ok_or_else(|| format!("quiescer {name} is no longer loaded"))?
-                .clone();
-            let inst = self
-                .runtime
-                .block_on(QuiescerInstance::new(plugin))
-                .map_err(|e| format!("quiescer {name}: {e}"))?;
-            self.slots[i].instance = Some(inst);
-        }
-        let inst = self.slots[i].instance.as_mut().expect("set above");
+        let inst = match self.slots[i].instance.take() {
+            Some(inst) => inst,
+            None => {
+                let set = self.registry.current();
+                let plugin = set
+                    .plugins
+                    .get(&name)
+                    .ok_or_else(|| format!("quiescer {name} is no longer loaded"))?
+                    .clone();
+                self.runtime
+                    .block_on(QuiescerInstance::new(plugin))
+                    .map_err(|e| format!("quiescer {name}: {e}"))?
+            }
+        };
+        let inst = self.slots[i].instance.insert(inst);
         let started = Instant::now();
         let r = self
             .runtime

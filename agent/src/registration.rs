@@ -125,6 +125,9 @@ pub enum RegistrationError {
     /// The appliance's answer is not what the protocol says.
     #[error("the appliance's answer to the registration is not usable: {0}")]
     BadAnswer(String),
+    /// The registration record could not be written as JSON.
+    #[error("cannot write the registration record as JSON: {0}")]
+    Record(#[source] serde_json::Error),
 }
 
 impl RegistrationError {
@@ -243,7 +246,7 @@ impl Registration {
             .map_err(io_err(state_dir, "create"))?;
         self.identity.store(state_dir, IDENTITY_STEM).map_err(RegistrationError::Identity)?;
         write_atomic(&state_dir.join(CA_FILE), self.ca_pem.as_bytes(), 0o644)?;
-        let json = serde_json::to_vec_pretty(&self.record).expect("a plain struct serialises");
+        let json = serde_json::to_vec_pretty(&self.record).map_err(RegistrationError::Record)?;
         write_atomic(&state_dir.join(REGISTRATION_FILE), &json, 0o644)
     }
 

@@ -2,6 +2,8 @@
 //! server for registration, process server with mutual TLS), speaking `lifeboat_api`:
 //! register, `run --once` twice, and the exit codes of the common mistakes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};

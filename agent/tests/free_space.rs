@@ -12,6 +12,8 @@
 //! device afterwards is exact and the replica is a clean filesystem that `e2fsck -fn` /
 //! `xfs_repair -n` accept and that mounts read-only with the right files.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;

@@ -110,14 +110,14 @@ impl LogHeader {
         if version != 1 {
             return Err(LogError::Version(version));
         }
-        let crc = u32::from_le_bytes(h[44..48].try_into().expect("4 bytes"));
+        let crc = u32::from_le_bytes(bytes(h, 44));
         if crc32c::crc32c(&h[..44]) != crc {
             return Err(LogError::Checksum);
         }
         if h[10] & !(FLAG_COMPRESSED | FLAG_UNSEALED) != 0 || h[11] != 0 {
             return Err(LogError::Flags(h[10] | h[11]));
         }
-        let batch_len = u32::from_le_bytes(h[12..16].try_into().expect("4 bytes"));
+        let batch_len = u32::from_le_bytes(bytes(h, 12));
         if batch_len as usize > MAX_BATCH_BYTES {
             return Err(LogError::TooLarge(batch_len));
         }
@@ -129,8 +129,8 @@ impl LogHeader {
                 sealed: h[10] & FLAG_UNSEALED == 0,
                 batch_len,
                 machine: MachineId(machine),
-                disk: u32::from_le_bytes(h[32..36].try_into().expect("4 bytes")),
-                sequence: u64::from_le_bytes(h[36..44].try_into().expect("8 bytes")),
+                disk: u32::from_le_bytes(bytes(h, 32)),
+                sequence: u64::from_le_bytes(bytes(h, 36)),
             },
             &obj[HEADER_LEN..],
         ))
@@ -180,6 +180,13 @@ pub fn point_id(machine: MachineId, point: u64) -> String {
 pub fn parse_disk_id(id: &str) -> Option<(MachineId, u32)> {
     let (m, d) = id.rsplit_once("-d")?;
     Some((m.parse().ok()?, d.parse().ok()?))
+}
+
+/// The `N` bytes of the header `h` from `at` (`h` is [`HEADER_LEN`] bytes long).
+fn bytes<const N: usize>(h: &[u8], at: usize) -> [u8; N] {
+    let mut out = [0u8; N];
+    out.copy_from_slice(&h[at..at + N]);
+    out
 }
 
 #[cfg(test)]

@@ -132,7 +132,10 @@ fn main() {
             std::process::exit(2)
         })
     };
-    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| {
+        eprintln!("lifeboat-appliance: cannot start the async runtime: {e}");
+        std::process::exit(1)
+    });
     let r = match &cli.cmd {
         Cmd::Run { config } => rt.block_on(run::run(load(config))),
         Cmd::Passphrase { config } => tools::passphrase(load(config)),

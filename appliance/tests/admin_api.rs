@@ -2,6 +2,8 @@
 //! with valid and invalid input and with the wrong identity (none, an expired or logged-out
 //! token, an agent's client certificate), every answer checked against the OpenAPI document.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 

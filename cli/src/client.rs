@@ -44,6 +44,11 @@ pub struct Output {
 
 impl Output {
     /// The typed answer `answer`, shown as `text` without `--json`.
+    #[expect(
+        clippy::expect_used,
+        reason = "answers are lifeboat_api types: structs of strings, numbers, vectors and \
+                  string-keyed maps with derived Serialize, which serde_json always writes"
+    )]
     pub fn new<T: Serialize>(answer: &T, text: impl Into<String>) -> Output {
         let json = serde_json::to_string(answer).expect("the API's types serialise");
         Output { json, text: text.into() }
@@ -77,7 +82,8 @@ pub fn save_session(cli: &Cli, s: &SessionFile) -> Result<(), Failure> {
     if let Some(dir) = p.parent() {
         std::fs::create_dir_all(dir).map_err(|e| fail(1, format!("{}: {e}", dir.display())))?;
     }
-    let json = serde_json::to_vec_pretty(s).expect("a plain struct serialises");
+    let json = serde_json::to_vec_pretty(s)
+        .map_err(|e| fail(1, format!("cannot write the session as JSON: {e}")))?;
     lifeboat_common::fs::write_atomic(&p, &json, Some(0o600))
         .map_err(|e| fail(1, format!("{}: {e}", p.display())))
 }
@@ -138,7 +144,8 @@ pub fn call<Req: Serialize, Ans: DeserializeOwned>(
     let what = format!("{method} {path}");
     let answer = match body {
         Some(b) => {
-            let bytes = serde_json::to_vec(b).expect("the API's types serialise");
+            let bytes = serde_json::to_vec(b)
+                .map_err(|e| fail(1, format!("{what}: cannot write the request as JSON: {e}")))?;
             headers
                 .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             rt.block_on(c.request(method, path, Bytes::from(bytes), headers))
@@ -233,18 +240,18 @@ impl Session {
     pub fn wait_job(&self, mut job: api::JobInfo, quiet: bool) -> Result<api::JobInfo, Failure> {
         use std::io::IsTerminal as _;
         let id = job.id;
-        let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
+        let bar = if !quiet && std::io::stderr().is_terminal() {
+            let style = indicatif::ProgressStyle::with_template(
+                "job {prefix} [{bar:30}] {percent:>3}% {msg}",
+            )
+            .map_err(|e| fail(1, format!("progress bar: {e}")))?;
             let b = indicatif::ProgressBar::new(1000);
-            b.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "job {prefix} [{bar:30}] {percent:>3}% {msg}",
-                )
-                .expect("a valid template")
-                .progress_chars("=> "),
-            );
+            b.set_style(style.progress_chars("=> "));
             b.set_prefix(id.to_string());
-            b
-        });
+            Some(b)
+        } else {
+            None
+        };
         let mut last = String::new();
         loop {
             let progress = job.progress.clamp(0.0, 1.0);

@@ -105,12 +105,11 @@ pub fn vm_spec(cli: &Cli, a: VmSpecArgs<'_>) -> Result<Output, Failure> {
         })
         .collect::<Vec<_>>()
         .join("\n");
+    let disks = serde_json::to_string(&v.disks)
+        .map_err(|e| fail(1, format!("cannot write the disks as JSON: {e}")))?;
     let t = format!(
-        "{}, {} CPUs, {} MiB, disks {} (boot first)\n{nics}",
-        v.firmware,
-        v.cpus,
-        v.memory_mib,
-        serde_json::to_string(&v.disks).expect("numbers serialise")
+        "{}, {} CPUs, {} MiB, disks {disks} (boot first)\n{nics}",
+        v.firmware, v.cpus, v.memory_mib,
     );
     Ok(Output::new(&v, t))
 }

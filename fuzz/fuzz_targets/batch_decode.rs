@@ -4,6 +4,7 @@
 //! Run with `cargo +nightly fuzz run batch_decode` from the repository root; seed the corpus
 //! with a few encoded batches to get past the checksums faster.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -5,6 +5,7 @@
 //! and the per-block checksums, where a slip would be an out-of-bounds slice or an overflow.
 //! Block checksums are left alone: those are what the decoder must catch by itself here.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

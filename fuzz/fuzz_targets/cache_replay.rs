@@ -1,6 +1,8 @@
 //! The process server's cache replays whatever segment files it finds after a crash:
 //! arbitrary bytes as the last segment must give an error or a (possibly truncated)
 //! replay, never a panic, and every record it replays must read back.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

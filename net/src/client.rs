@@ -170,6 +170,15 @@ pub enum ClientError {
         /// The error chain, flattened.
         detail: String,
     },
+    /// A request body could not be written as JSON (a map with keys that are not strings,
+    /// a `Serialize` implementation that fails).
+    #[error("the body of POST {path} cannot be written as JSON: {source}")]
+    Body {
+        /// The request path.
+        path: String,
+        /// What serde_json said.
+        source: serde_json::Error,
+    },
 }
 
 /// Result of this module's functions.
@@ -284,15 +293,15 @@ impl Client {
     }
 
     /// `POST path` with `body` as JSON (`content-type: application/json` added to
-    /// `headers`). The bodies of this project's APIs are plain structs and JSON values, which
-    /// always serialise.
+    /// `headers`). A body that does not serialise (not plain data) is [`ClientError::Body`].
     pub async fn post_json<T: serde::Serialize + ?Sized>(
         &self,
         path: &str,
         body: &T,
         mut headers: HeaderMap,
     ) -> Result<(StatusCode, HeaderMap, Bytes)> {
-        let bytes = serde_json::to_vec(body).expect("API bodies are plain data that serialise");
+        let bytes = serde_json::to_vec(body)
+            .map_err(|source| ClientError::Body { path: path.to_owned(), source })?;
         headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         self.request(Method::POST, path, Bytes::from(bytes), headers).await
     }

@@ -1,5 +1,7 @@
 //! The certificate authority on disk, server certificates and CSR signing.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 
 use lifeboat_net::ca::{self, Ca, CaError, Identity, MACHINE_URI_PREFIX};

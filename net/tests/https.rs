@@ -1,6 +1,8 @@
 //! Real servers and clients on 127.0.0.1: mTLS, fingerprint pinning, body limits,
 //! errors, shutdown.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -2,6 +2,8 @@
 //! binaries (built by `cargo xtask test` into `<target>/release`) with the real plugins
 //! (`<target>/plugins`) on 127.0.0.1, in a temporary directory per test.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};

@@ -4,6 +4,8 @@
 //! refused while a machine that is not revoked still holds an old certificate; afterwards
 //! the old certificate is refused.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use lifeboat_e2e::*;
 use std::path::Path;
 use std::time::Duration;

@@ -2,6 +2,8 @@
 //! a writer really wrote and the appliance lists it with the bandwidth it needs. Root only;
 //! skipped (and said so) elsewhere.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use lifeboat_e2e::*;
 use std::process::Command;
 

@@ -1,6 +1,8 @@
 //! The `lifeboat` command line against a real appliance: setup, login, the machines and
 //! their points, passphrase rotation, logout, and exit codes that scripts can trust.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use lifeboat_e2e::*;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};

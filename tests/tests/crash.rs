@@ -2,6 +2,8 @@
 //! while data flows: nothing acknowledged is lost, there is no full resync, and what is
 //! re-sent stays within the in-flight window.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use lifeboat_e2e::*;
 use rand::{Rng, SeedableRng};
 use std::time::Duration;

@@ -4,6 +4,8 @@
 //! after the restart), and a point cut after the writes stop equals the device. Root only;
 //! skipped (and said so) elsewhere.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use lifeboat_e2e::*;
 use rand::{Rng, SeedableRng};
 use std::path::Path;

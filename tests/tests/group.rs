@@ -7,6 +7,8 @@
 //! coordinator's rounds abort, no new group point appears, and A is not left frozen. Root
 //! only; skipped (and said so) elsewhere.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use lifeboat_e2e::*;
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -9,6 +9,8 @@
 //! blocks that differ move), failback (a last change, the final pass, the replicas made
 //! anew) and forward replication again, checked against the original disks.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use lifeboat_e2e::*;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

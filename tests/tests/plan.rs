@@ -3,6 +3,8 @@
 //! that holds the plan until it is confirmed. The steps run in order with the plan's
 //! context; a plan whose script fails stops there and fails over nothing more.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use lifeboat_e2e::*;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;

@@ -3,6 +3,8 @@
 //! once a working codec is configured and the appliance restarted, they are shipped and
 //! applied with nothing lost.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use lifeboat_e2e::*;
 use std::time::Duration;
 

@@ -4,6 +4,8 @@
 //! point and an alert, the application thawed) then succeeding. Root only; skipped (and
 //! said so) elsewhere.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use lifeboat_e2e::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -4,6 +4,8 @@
 //! (`lifeboat-appliance recover`) lists the machines and points and fails over, with the
 //! disk exactly as the source was at the newest point; a wrong passphrase imports nothing.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use lifeboat_e2e::*;
 use std::process::Command;
 use std::time::Duration;

@@ -1,5 +1,7 @@
 //! Replication end to end: real agent, real appliance, real plugins, loopback only.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use lifeboat_e2e::*;
 use std::time::Duration;
 

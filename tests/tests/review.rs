@@ -1,6 +1,8 @@
 //! Regression tests of the review in issue 11 that need the real binaries: each failed on
 //! the code before its fix.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use lifeboat_e2e::*;
 use std::os::unix::fs::FileExt;
 use std::time::Duration;

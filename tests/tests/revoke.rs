@@ -1,6 +1,8 @@
 //! An administrator revokes a protected machine through the API: the process server refuses
 //! its agent at once, and nothing it sends afterwards is accepted.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
 use lifeboat_e2e::*;

@@ -3,6 +3,8 @@
 //! from the same binary, with its own state, runs only the master target and applies
 //! them to page-blob replicas, cutting points as blob snapshots.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use lifeboat_e2e::*;
 use std::time::Duration;
 

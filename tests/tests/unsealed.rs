@@ -3,6 +3,8 @@
 //! target (`read_back`), opens them because the machine's policy says so; the points equal
 //! the source. (The refusal of unsealed logs a policy does not allow is in split.rs.)
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use lifeboat_e2e::*;
 use std::time::Duration;
 

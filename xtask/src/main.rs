@@ -2,6 +2,9 @@
 //! Lifeboat. Every command installs what it needs (the wasm32-wasip2 Rust target, Debian
 //! packages) idempotently and says what it installs.
 
+// A developer tool, not shipped: failing loudly on a broken setup is what it should do.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod bench;
 mod bench_capture;
 mod bench_failover;

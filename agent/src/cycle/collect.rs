@@ -42,6 +42,11 @@ pub(super) struct Batcher<'j> {
 }
 
 impl Batcher<'_> {
+    #[expect(
+        clippy::expect_used,
+        reason = "every extent of a `Pending` was checked when the batcher took it (aligned, \
+                  in order, under MAX_EXTENTS and batch_max_bytes), so the wire builder accepts it"
+    )]
     pub(super) fn encode(
         machine: MachineId,
         disk: u32,
@@ -59,7 +64,6 @@ impl Batcher<'_> {
                     Extent::Zero { offset: *offset, length: *length }
                 }
             };
-            // Checked when pushed into `Pending`: sorted, aligned, within the limits.
             b.push(e).expect("extent checked by the batcher");
         }
         lifeboat_wire::encode(&b.build())

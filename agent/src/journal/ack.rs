@@ -91,17 +91,15 @@ impl Journal {
     pub fn ack(&self, disk: u32, seq: u64) -> Result<(), JournalError> {
         let mut inner = self.lock();
         let q = Self::queue(&mut inner, disk)?;
-        let mut doomed = Vec::new();
-        while q.entries.front().is_some_and(|e| e.seq <= seq) {
-            doomed.push(q.entries.pop_front().expect("checked"));
-        }
-        if doomed.is_empty() {
+        let n = q.entries.iter().take_while(|e| e.seq <= seq).count();
+        let doomed: Vec<_> = q.entries.drain(..n).collect();
+        let Some(last) = doomed.last() else {
             return Ok(());
-        }
+        };
         // The files say the next sequence; before they go, the counter must. Only up to
         // what is acknowledged: later numbers may belong to batches in memory, which a
         // crash loses (see `advance_to`).
-        let acked_next = doomed.last().expect("not empty").seq + 1;
+        let acked_next = last.seq + 1;
         if doomed.iter().any(|e| e.mem.is_none()) && q.persisted_next < acked_next {
             write_counter(&q.dir.join(NEXT_SEQUENCE), acked_next)?;
             q.persisted_next = acked_next;

@@ -300,3 +300,12 @@ pub enum Capture {
     /// Not captured, and why; the cut is abandoned.
     Refused(String),
 }
+
+/// The `N` bytes of `record` from `at`, to read a field of a fixed binary layout (the
+/// tracker's map and intent log, the records shared with the BPF program). `at + N` must
+/// lie within `record`, as a slice `record[at..at + N]` would.
+pub(crate) fn field<const N: usize>(record: &[u8], at: usize) -> [u8; N] {
+    let mut out = [0u8; N];
+    out.copy_from_slice(&record[at..at + N]);
+    out
+}

@@ -9,6 +9,8 @@
 //! DIR defaults to a temporary directory under $TMPDIR; put it on the disk you
 //! want to measure.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Instant;
 
 use lifeboat_cache::{Cache, CacheConfig, RecordKey};

@@ -33,6 +33,12 @@ impl Cache {
             New { key: RecordKey, crc: u32 },
             SameAs(usize),
         }
+        /// A plan once its records are written.
+        enum Placed {
+            Existing(RecordRef),
+            Written(RecordRef),
+            SameAs(usize),
+        }
         let mut plans = Vec::with_capacity(batches.len());
         let mut in_batch: HashMap<RecordKey, usize> = HashMap::new();
         let mut needed = 0u64;
@@ -75,17 +81,36 @@ impl Cache {
         }
 
         // Write. Records land in the active segment, rolling as needed.
-        let mut written: Vec<Option<RecordRef>> = vec![None; batches.len()];
+        let mut placed = Vec::with_capacity(batches.len());
         let mut rolled = false;
-        for (i, plan) in plans.iter().enumerate() {
-            let Plan::New { key, crc } = *plan else {
-                continue;
+        for (i, plan) in plans.into_iter().enumerate() {
+            let (key, crc) = match plan {
+                Plan::Existing(r) => {
+                    placed.push(Placed::Existing(r));
+                    continue;
+                }
+                Plan::SameAs(j) => {
+                    placed.push(Placed::SameAs(j));
+                    continue;
+                }
+                Plan::New { key, crc } => (key, crc),
             };
             let payload = batches[i].1;
             let stored = RECORD_HEADER_LEN + payload.len() as u64;
-            rolled |= self.make_room_in_active(stored)?;
-            let active =
-                self.active.as_mut().expect("make_room_in_active leaves an active segment");
+            // An active segment that can take `stored` more bytes: a new one when there is
+            // none, or when it has records and would grow past `segment_bytes`.
+            let full = self.active.as_ref().is_some_and(|a| {
+                a.len > SEGMENT_HEADER_LEN && a.len + stored > self.config.segment_bytes
+            });
+            let active = match self.active.as_mut() {
+                Some(a) if !full => a,
+                _ => {
+                    // The previous highest segment may now be deletable.
+                    rolled = true;
+                    let next = self.roll()?;
+                    self.active.insert(next)
+                }
+            };
             let header = RecordHeader {
                 key,
                 payload_len: payload.len() as u64,
@@ -102,13 +127,13 @@ impl Cache {
                 self.poisoned = true;
                 return Err(io("write record to", path)(e));
             }
-            written[i] = Some(RecordRef {
+            placed.push(Placed::Written(RecordRef {
                 key,
                 segment: active.number,
                 offset: active.len,
                 payload_len: header.payload_len,
                 payload_crc: crc,
-            });
+            }));
             active.len += stored;
             self.usage += stored;
             if let Some(seg) = self.segments.get_mut(&active.number) {
@@ -118,13 +143,13 @@ impl Cache {
         self.sync_active()?;
 
         // Durable: now make the records visible.
-        let mut out = Vec::with_capacity(batches.len());
-        for (i, plan) in plans.iter().enumerate() {
-            let r = match *plan {
-                Plan::Existing(r) => r,
-                Plan::SameAs(j) => written[j].expect("first copy was written"),
-                Plan::New { .. } => {
-                    let r = written[i].expect("record was written");
+        let mut out: Vec<RecordRef> = Vec::with_capacity(batches.len());
+        for plan in placed {
+            let r = match plan {
+                Placed::Existing(r) => r,
+                // `j` is an earlier batch of this append, already in `out`.
+                Placed::SameAs(j) => out[j],
+                Placed::Written(r) => {
                     self.index.insert(r.key, Entry { record: r, shadows: Vec::new() });
                     if let Some(seg) = self.segments.get_mut(&r.segment) {
                         seg.live += 1;
@@ -157,31 +182,13 @@ impl Cache {
         if let Some(bytes) = reclaimable
             && fits(self.usage - bytes)
         {
-            self.roll()?;
+            self.active = Some(self.roll()?);
             if self.delete_released_segments()? {
                 sync_dir(&self.dir)?;
             }
             return Ok(());
         }
         Err(Error::Full { usage: self.usage, needed, max_bytes: self.config.max_bytes })
-    }
-
-    /// Makes sure an active segment exists and can take `stored` more bytes
-    /// (rolling if it has records and would grow past `segment_bytes`). Returns
-    /// whether a new segment was started.
-    fn make_room_in_active(&mut self, stored: u64) -> Result<bool> {
-        match &self.active {
-            None => {
-                self.roll()?;
-                // The previous highest segment may now be deletable.
-                Ok(true)
-            }
-            Some(a) if a.len > SEGMENT_HEADER_LEN && a.len + stored > self.config.segment_bytes => {
-                self.roll()?;
-                Ok(true)
-            }
-            Some(_) => Ok(false),
-        }
     }
 
     /// Fsyncs whatever the active segment has that is not yet durable.
@@ -200,8 +207,9 @@ impl Cache {
         Ok(())
     }
 
-    /// Seals the active segment (after fsyncing it) and starts the next one.
-    fn roll(&mut self) -> Result<()> {
+    /// Seals the active segment (after fsyncing it) and starts the next one, which it
+    /// returns for the caller to make active (`self.active`).
+    fn roll(&mut self) -> Result<Active> {
         self.sync_active()?;
         let n = self.next_segment;
         let name = segment_name(n);
@@ -213,11 +221,9 @@ impl Cache {
             }
         };
         self.next_segment += 1;
-        self.active =
-            Some(Active { number: n, file, len: SEGMENT_HEADER_LEN, synced: SEGMENT_HEADER_LEN });
         self.segments.insert(n, Segment { len: SEGMENT_HEADER_LEN, release_len: 0, live: 0 });
         self.usage += SEGMENT_HEADER_LEN;
         tracing::debug!(segment = n, "started a new cache segment");
-        Ok(())
+        Ok(Active { number: n, file, len: SEGMENT_HEADER_LEN, synced: SEGMENT_HEADER_LEN })
     }
 }

@@ -9,6 +9,7 @@
 //! that fails, a machine that does not fail over), saying which; what was done before
 //! stays (test failovers to clean up, failovers to commit or fail over again).
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -58,13 +59,15 @@ impl Plans {
     /// with the reason when nothing was confirmed.
     pub fn confirm(&self, job: u64, step: Option<u32>) -> Result<u32, String> {
         let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        match waiting.get(&job) {
-            None => Err(format!("job {job} is not waiting for a manual step")),
-            Some((s, _)) if step.is_some_and(|want| want != *s) => {
-                Err(format!("job {job} waits on manual step {s}, not {}", step.unwrap_or_default()))
-            }
-            Some(_) => {
-                let (s, n) = waiting.remove(&job).expect("just seen");
+        match waiting.entry(job) {
+            Entry::Vacant(_) => Err(format!("job {job} is not waiting for a manual step")),
+            Entry::Occupied(e) if step.is_some_and(|want| want != e.get().0) => Err(format!(
+                "job {job} waits on manual step {}, not {}",
+                e.get().0,
+                step.unwrap_or_default()
+            )),
+            Entry::Occupied(e) => {
+                let (s, n) = e.remove();
                 n.notify_one();
                 Ok(s)
             }

@@ -131,7 +131,7 @@ impl Sealer {
         }
         out.extend_from_slice(&salt);
         out.extend_from_slice(&nonce);
-        let cipher = Aes256Gcm::new_from_slice(&key).expect("32-byte key");
+        let cipher = Aes256Gcm::new(&key.into());
         let sealed = cipher
             .encrypt(Nonce::from_slice(&nonce), Payload { msg: plain, aad: &out[..HEADER_LEN] })
             .map_err(|_| MasterError::msg("sealing failed"))?;
@@ -179,8 +179,7 @@ pub fn open(passphrase: &str, sealed: &[u8]) -> Result<Catalogue, CatalogueError
     if &sealed[..8] != MAGIC {
         return Err(CatalogueError::Format("bad magic or version".into()));
     }
-    let u =
-        |i: usize| u32::from_le_bytes(sealed[8 + 4 * i..12 + 4 * i].try_into().expect("4 bytes"));
+    let u = |i: usize| u32::from_le_bytes(std::array::from_fn(|j| sealed[8 + 4 * i + j]));
     let (m, t, p) = (u(0), u(1), u(2));
     // Costs come from the file: bounded, so a forged header cannot ask for a huge derivation.
     if !(8..=(1 << 21)).contains(&m) || !(1..=16).contains(&t) || !(1..=16).contains(&p) {
@@ -191,7 +190,7 @@ pub fn open(passphrase: &str, sealed: &[u8]) -> Result<Catalogue, CatalogueError
     let salt = &sealed[20..36];
     let nonce = &sealed[36..48];
     let key = derive(passphrase, salt, m, t, p).map_err(CatalogueError::Format)?;
-    let cipher = Aes256Gcm::new_from_slice(&key).expect("32-byte key");
+    let cipher = Aes256Gcm::new(&key.into());
     let plain = cipher
         .decrypt(
             Nonce::from_slice(nonce),

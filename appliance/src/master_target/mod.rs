@@ -77,6 +77,14 @@ pub struct MasterTarget {
     control_at: Option<std::time::Instant>,
 }
 
+/// The plugin instance in `slot`, which [`MasterTarget::refresh`] fills before any use; a
+/// use before it is an error naming the plugin, not a panic.
+fn loaded<'a, T>(slot: &'a mut Option<T>, what: &str) -> Result<&'a mut T, MasterError> {
+    slot.as_mut().ok_or_else(|| {
+        MasterError::msg(format!("the {what} plugin is not loaded (no refresh before its use)"))
+    })
+}
+
 /// A disk (or with `disk == u32::MAX`, a machine's point) that failed: it backs off,
 /// every other disk keeps applying.
 #[derive(Debug, Clone, Copy)]
@@ -163,7 +171,7 @@ impl MasterTarget {
         let Some(keys) = &self.keys else { return Ok(()) };
         let n = name(COMPARE_REQUEST, machine, disk);
         let sealed = seal(keys, &n, &serde_json::to_vec(&CompareRequested { token })?)?;
-        self.target.as_mut().expect("refreshed").put_log(&n, &sealed).await?;
+        loaded(&mut self.target, "target")?.put_log(&n, &sealed).await?;
         Ok(())
     }
 
@@ -179,7 +187,7 @@ impl MasterTarget {
         }
         self.control_at = Some(std::time::Instant::now());
         let Some(keys) = self.keys.clone() else { return Ok(()) };
-        let target = self.target.as_mut().expect("refreshed");
+        let target = loaded(&mut self.target, "target")?;
         for n in target.list_logs(COMPARE_DONE).await? {
             let Some((machine, disk)) = parse_name(COMPARE_DONE, &n) else { continue };
             let bytes = target.get_log(&n).await?;
@@ -228,7 +236,7 @@ impl MasterTarget {
         c.written_unix_ms = now_ms();
         let sealed = sealer.seal(&serde_json::to_vec(&c)?)?;
         self.refresh().await?;
-        self.target.as_mut().expect("refreshed").put_log(OBJECT, &sealed).await?;
+        loaded(&mut self.target, "target")?.put_log(OBJECT, &sealed).await?;
         self.catalogue_hash = Some(hash);
         self.state.set_setting("catalogue_written_unix_ms", &c.written_unix_ms.to_string())?;
         tracing::info!(
@@ -346,7 +354,7 @@ impl MasterTarget {
             tracing::warn!(error = %format!("{e:#}"), "cannot read the compare-done objects at the target; tried again");
         }
         let mut report = PassReport::default();
-        let disks = self.target.as_mut().expect("refreshed").list_disks().await?;
+        let disks = loaded(&mut self.target, "target")?.list_disks().await?;
         let mut machines: BTreeMap<MachineId, Vec<u32>> = BTreeMap::new();
         for d in disks {
             if let Some((m, i)) = parse_disk_id(&d.id) {
@@ -481,7 +489,7 @@ impl MasterTarget {
     ) -> Result<u64, MasterError> {
         let mid = machine.to_string();
         let prefix = log_prefix(machine, disk);
-        let target = self.target.as_mut().expect("refreshed");
+        let target = loaded(&mut self.target, "target")?;
         let mut logs: Vec<(u64, String)> = target
             .list_logs(&prefix)
             .await?
@@ -511,7 +519,7 @@ impl MasterTarget {
         for (seq, name) in logs {
             if seq < next {
                 // Applied before a crash that happened before the delete.
-                self.target.as_mut().expect("refreshed").delete_log(&name).await?;
+                loaded(&mut self.target, "target")?.delete_log(&name).await?;
                 continue;
             }
             if seq > next {
@@ -543,7 +551,7 @@ impl MasterTarget {
         let Some((last, _, _)) = unflushed.last() else {
             return Ok(());
         };
-        let target = self.target.as_mut().expect("refreshed");
+        let target = loaded(&mut self.target, "target")?;
         target.flush_disk(&crate::logobj::disk_id(machine, disk)).await?;
         let tag = unflushed.iter().filter_map(|u| u.2).max_by_key(|t| t.point_id).map(|t| {
             let kind = match t.kind {
@@ -577,12 +585,12 @@ impl MasterTarget {
         let encoded: bytes::Bytes = match handed {
             Some(b) => b,
             None => {
-                let obj = self.target.as_mut().expect("refreshed").get_log(name).await?;
+                let obj = loaded(&mut self.target, "target")?.get_log(name).await?;
                 let (header, envelope) = LogHeader::decode(&obj)?;
                 header.expect(machine, disk, seq)?;
                 let sealed_header = &obj[..crate::logobj::HEADER_LEN];
                 let body = if header.sealed {
-                    self.cipher.as_mut().expect("refreshed").open(sealed_header, envelope).await?
+                    loaded(&mut self.cipher, "cipher")?.open(sealed_header, envelope).await?
                 } else {
                     // Only a machine whose policy turned encryption off may have data in the
                     // clear: anyone able to write to the target could forge the flag.
@@ -599,11 +607,7 @@ impl MasterTarget {
                     envelope.to_vec()
                 };
                 let encoded = if header.compressed {
-                    self.codec
-                        .as_mut()
-                        .expect("refreshed")
-                        .decompress(&body, header.batch_len)
-                        .await?
+                    loaded(&mut self.codec, "codec")?.decompress(&body, header.batch_len).await?
                 } else {
                     body
                 };
@@ -621,7 +625,7 @@ impl MasterTarget {
             )));
         };
         let tag = h.tag;
-        let target = self.target.as_mut().expect("refreshed");
+        let target = loaded(&mut self.target, "target")?;
         let max =
             target.capabilities().map(|c| c.max_write_bytes as usize).unwrap_or(4 << 20).max(4096);
         let disk_id = crate::logobj::disk_id(machine, disk);
@@ -673,7 +677,7 @@ impl MasterTarget {
         let id = point_id(machine, point);
         let disk_ids: Vec<String> =
             disks.iter().map(|d| crate::logobj::disk_id(machine, *d)).collect();
-        let target = self.target.as_mut().expect("refreshed");
+        let target = loaded(&mut self.target, "target")?;
         let t0 = std::time::Instant::now();
         let info = target.create_point(&id, &format!("{kind}:{point}"), &disk_ids).await?;
         tracing::debug!(point, create_ms = t0.elapsed().as_millis() as u64, "create-point");
@@ -719,7 +723,7 @@ impl MasterTarget {
                 })
                 .collect();
             for id in crate::config_server::policy::thin(&aged, now_ms(), &tiers) {
-                self.target.as_mut().expect("refreshed").delete_point(&id).await?;
+                loaded(&mut self.target, "target")?.delete_point(&id).await?;
                 self.state.delete_point(&id)?;
                 tracing::info!(point = %id, "recovery point thinned by the machine's policy");
             }
@@ -734,7 +738,7 @@ impl MasterTarget {
             let too_many = n - i > keep;
             let too_old = cutoff.is_some_and(|c| p.created_unix_ms < c);
             if !newest && (too_many || too_old) {
-                self.target.as_mut().expect("refreshed").delete_point(&p.id).await?;
+                loaded(&mut self.target, "target")?.delete_point(&p.id).await?;
                 self.state.delete_point(&p.id)?;
                 tracing::info!(point = %p.id, "recovery point pruned by retention");
             }

@@ -32,8 +32,7 @@ impl ProcessServer {
     async fn read_compare_requests(&self) -> Result<(), ProcessError> {
         use crate::control::{COMPARE_REQUEST, CompareRequested, open, parse_name};
         let Some(keys) = self.inner.keys.get() else { return Ok(()) };
-        let mut target = self.control_target().await?;
-        let t = target.as_mut().expect("set by control_target");
+        let mut t = self.control_target().await?;
         for name in t.list_logs(COMPARE_REQUEST).await.map_err(call_failure)? {
             let Some((machine, disk)) = parse_name(COMPARE_REQUEST, &name) else { continue };
             let mid = machine.to_string();
@@ -73,14 +72,13 @@ impl ProcessServer {
             .map_err(|e| ProcessError::new(Kind::Internal, "internal", e.to_string()))?;
         let sealed = seal(keys, &n, &body)
             .map_err(|e| ProcessError::new(Kind::Internal, "internal", e.to_string()))?;
-        let mut target = self.control_target().await?;
-        let t = target.as_mut().expect("set by control_target");
+        let mut t = self.control_target().await?;
         t.put_log(&n, &sealed).await.map_err(call_failure)
     }
 
     pub(crate) async fn control_target(
         &self,
-    ) -> Result<tokio::sync::MutexGuard<'_, Option<TargetInstance>>, ProcessError> {
+    ) -> Result<tokio::sync::MappedMutexGuard<'_, TargetInstance>, ProcessError> {
         let mut g = self.inner.control.lock().await;
         let name = &self.inner.cfg.target;
         let stale = g.as_ref().is_none_or(|t| {
@@ -96,6 +94,8 @@ impl ProcessServer {
             })?;
             *g = Some(TargetInstance::new(plugin).await.map_err(call_failure)?);
         }
-        Ok(g)
+        tokio::sync::MutexGuard::try_map(g, Option::as_mut).map_err(|_| {
+            ProcessError::new(Kind::Internal, "internal", "the control target was not loaded")
+        })
     }
 }

@@ -316,8 +316,7 @@ impl ProcessServer {
         }
         for d in &hello.disks {
             let id = disk_id(machine, d.index);
-            let mut target = self.control_target().await?;
-            let t = target.as_mut().expect("set above");
+            let mut t = self.control_target().await?;
             match known.iter().find(|(i, _)| *i == d.index) {
                 Some((_, size)) if *size != d.size => {
                     // Grown while protected (shrinking was refused above): the replica
@@ -333,7 +332,7 @@ impl ProcessServer {
                 }
                 _ => t.create_disk(&id, d.size).await.map_err(call_failure)?,
             }
-            drop(target);
+            drop(t);
             self.inner.state.upsert_disk(machine_id, d.index, d.size, &d.path)?;
             self.inner.state.clear_disk_alert(machine_id, d.index, "disk-shrunk")?;
             cursors.push(DiskCursor {

@@ -71,7 +71,6 @@ async fn read_blocks(
     let len = (blocks as u64 * u64::from(REVERSE_BLOCK)).min(size - offset);
     let data = {
         let mut t = ps.control_target().await?;
-        let t = t.as_mut().expect("control_target sets it");
         t.read_extent(disk, offset, len as u32).await.map_err(call_failure)?
     };
     if data.len() as u64 != len {

@@ -155,7 +155,7 @@ impl ProcessServer {
             stage.encrypt = policy.encryption.unwrap_or(true);
             stage.level_at = Some(std::time::Instant::now());
         }
-        let codec = stage.codec.as_mut().expect("refreshed");
+        let codec = loaded(&mut stage.codec, "codec")?;
         let encoded = codec.compress(stage.level, &payload).await?;
         let t1 = std::time::Instant::now();
         let header = LogHeader {
@@ -169,7 +169,7 @@ impl ProcessServer {
         .encode();
         let body: &[u8] = if encoded.raw { &payload } else { &encoded.data };
         let envelope = if stage.encrypt {
-            stage.cipher.as_mut().expect("refreshed").seal(&header, body).await?
+            loaded(&mut stage.cipher, "cipher")?.seal(&header, body).await?
         } else {
             body.to_vec()
         };
@@ -200,10 +200,7 @@ impl ProcessServer {
         let mark = sealed.queued.mark;
         let sequence = record.key().sequence;
         let t0 = std::time::Instant::now();
-        stage
-            .target
-            .as_mut()
-            .expect("refreshed")
+        loaded(&mut stage.target, "target")?
             .put_log(&log_name(machine, disk, sequence), &sealed.obj)
             .await?;
         let put_us = t0.elapsed().as_micros() as u64;
@@ -252,6 +249,14 @@ struct Stage {
     level: i32,
     encrypt: bool,
     level_at: Option<std::time::Instant>,
+}
+
+/// The plugin instance in `slot`, which [`Stage::refresh`] fills before any use; a use
+/// before it is an error naming the plugin, not a panic.
+fn loaded<'a, T>(slot: &'a mut Option<T>, what: &str) -> Result<&'a mut T, ShipError> {
+    slot.as_mut().ok_or_else(|| {
+        ShipError::Failed(format!("the {what} plugin is not loaded (no refresh before its use)"))
+    })
 }
 
 impl Stage {

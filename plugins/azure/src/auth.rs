@@ -85,11 +85,11 @@ pub fn string_to_sign(
     s
 }
 
-/// A storage account's name and decoded key.
+/// A storage account's name and decoded key (kept as the HMAC keyed with it).
 #[derive(Clone)]
 pub struct SharedKey {
     pub account: String,
-    key: Vec<u8>,
+    mac: Hmac<Sha256>,
 }
 
 impl std::fmt::Debug for SharedKey {
@@ -107,13 +107,14 @@ impl SharedKey {
         if key.is_empty() {
             return Err("setting `key` is empty".into());
         }
-        Ok(SharedKey { account: account.to_owned(), key })
+        let mac = <Hmac<Sha256> as Mac>::new_from_slice(&key)
+            .map_err(|e| format!("setting `key` is not usable as an HMAC-SHA256 key ({e})"))?;
+        Ok(SharedKey { account: account.to_owned(), mac })
     }
 
     /// Base64 HMAC-SHA256 of `s` under the account key.
     pub fn signature(&self, s: &str) -> String {
-        let mut mac =
-            <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        let mut mac = self.mac.clone();
         mac.update(s.as_bytes());
         B64.encode(mac.finalize().into_bytes())
     }

@@ -2,6 +2,8 @@
 //! (the Azure Storage emulator, installed by scripts/azurite.sh) and against a small ARM
 //! test server written here. Needs `cargo xtask plugins` first (it builds the .wasm).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use lifeboat_plugin_azure::auth::SharedKey;
 use lifeboat_plugin_host::config::PluginsConfig;
 use lifeboat_plugin_host::manifest::Manifest;

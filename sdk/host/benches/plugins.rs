@@ -3,6 +3,8 @@
 //! image (about 40 % zeros, 30 % text-like, 30 % random), in 1 MiB and 64 KiB chunks.
 //! MB/s = 10^6 bytes of input per second. Writes `target/bench/plugins.json`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use aes_gcm::aead::{AeadInPlace, KeyInit};
 use lifeboat_plugin_host::config::PluginsConfig;
 use lifeboat_plugin_host::keys::{Algorithm, Key, KeyRing};

@@ -142,7 +142,9 @@ pub(crate) fn open_by_components(
         return Err(BeneathError::Escapes(rel.display().to_string()));
     }
     let parts: Vec<_> = rel.components().collect();
-    let (last, dirs) = parts.split_last().expect("plain paths are not empty");
+    let Some((last, dirs)) = parts.split_last() else {
+        return Err(BeneathError::Escapes(rel.display().to_string()));
+    };
     let mut dir: Option<OwnedFd> = None;
     for part in dirs {
         let next = {
@@ -197,10 +199,9 @@ pub(crate) fn open_parent<'a>(
     root: &impl AsFd,
     rel: &'a Path,
 ) -> Result<(OwnedFd, &'a std::ffi::OsStr), BeneathError> {
-    if !plain(rel) {
+    let Some(name) = rel.file_name().filter(|_| plain(rel)) else {
         return Err(BeneathError::Escapes(rel.display().to_string()));
-    }
-    let name = rel.file_name().expect("plain paths end in a name");
+    };
     let parent = rel.parent().filter(|p| !p.as_os_str().is_empty());
     let dir = match parent {
         Some(p) => open(root, p, OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty())?,

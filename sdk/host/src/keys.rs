@@ -37,6 +37,10 @@ impl std::fmt::Debug for Key {
 
 impl Key {
     /// Builds a key from 32 bytes of material.
+    #[expect(
+        clippy::expect_used,
+        reason = "AES-256-GCM and ChaCha20-Poly1305 both take a 32-byte key, and `material` is [u8; 32]"
+    )]
     pub fn new(
         id: impl Into<String>,
         algorithm: Algorithm,

@@ -2,6 +2,8 @@
 //! `cargo xtask test`): the four worlds' happy paths, trust, grants, limits, hostile
 //! plugins, the compiled-artifact cache and reloading.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use ed25519_dalek::Signer;
 use lifeboat_plugin_host::config::{Grant, PluginsConfig};
 use lifeboat_plugin_host::keys::{Algorithm, Key, KeyRing};

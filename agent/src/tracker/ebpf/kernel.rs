@@ -20,6 +20,8 @@ use libbpf_rs::{MapCore as _, MapFlags, MapHandle, RingBufferBuilder};
     missing_docs,
     unsafe_op_in_unsafe_fn,
     clippy::undocumented_unsafe_blocks,
+    clippy::unwrap_used,
+    clippy::expect_used,
     unused_qualifications
 )]
 mod skel {
@@ -116,7 +118,10 @@ impl Mapping {
             )
         }
         .map_err(|e| BpfError::Os { what: "map the tracker's memory".into(), source: e.into() })?;
-        Ok(Mapping { ptr: NonNull::new(ptr.cast()).expect("mmap never returns null"), len })
+        let ptr = NonNull::new(ptr.cast()).ok_or_else(|| {
+            os("map the tracker's memory")(std::io::Error::other("mmap returned a null pointer"))
+        })?;
+        Ok(Mapping { ptr, len })
     }
 
     fn u64_at(&self, off: usize) -> &AtomicU64 {
@@ -369,11 +374,18 @@ impl Bpf {
             else {
                 continue;
             };
-            let dev = u32::from_ne_bytes(key[..4].try_into().expect("4-byte key"));
-            let slot = u32::from_ne_bytes(v[0..4].try_into().expect("32-byte value"));
-            let base = u64::from_ne_bytes(v[8..16].try_into().expect("32-byte value"));
-            let words = u64::from_ne_bytes(v[16..24].try_into().expect("32-byte value"));
-            let blocks = u64::from_ne_bytes(v[24..32].try_into().expect("32-byte value"));
+            let (Some(dev), Some(v)) = (key.first_chunk::<4>(), v.first_chunk::<32>()) else {
+                return Err(os("read the disks map")(std::io::Error::other(format!(
+                    "an entry has a {}-byte key and a {}-byte value, not 4 and 32",
+                    key.len(),
+                    v.len()
+                ))));
+            };
+            let dev = u32::from_ne_bytes(*dev);
+            let slot = u32::from_ne_bytes(crate::tracker::field(v, 0));
+            let base = u64::from_ne_bytes(crate::tracker::field(v, 8));
+            let words = u64::from_ne_bytes(crate::tracker::field(v, 16));
+            let blocks = u64::from_ne_bytes(crate::tracker::field(v, 24));
             let token = self.slot_u64(slot, OFF_TOKEN).load(Ordering::SeqCst);
             out.push((dev, SlotInfo { slot, words, base, blocks, token }));
         }
@@ -494,10 +506,10 @@ impl Bpf {
         let queued = self.queued.clone();
         let mut b = RingBufferBuilder::new();
         b.add(&self.events, move |data: &[u8]| {
-            if data.len() >= 24 {
-                let slot = u32::from_ne_bytes(data[0..4].try_into().expect("checked"));
-                let first = u64::from_ne_bytes(data[8..16].try_into().expect("checked"));
-                let end = u64::from_ne_bytes(data[16..24].try_into().expect("checked"));
+            if let Some(data) = data.first_chunk::<24>() {
+                let slot = u32::from_ne_bytes(crate::tracker::field(data, 0));
+                let first = u64::from_ne_bytes(crate::tracker::field(data, 8));
+                let end = u64::from_ne_bytes(crate::tracker::field(data, 16));
                 queued
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())

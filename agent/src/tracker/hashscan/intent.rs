@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::{BLOCK_SIZE, FULL, MAX_CHUNK, parent_dir, state, sync_dir};
-use crate::tracker::TrackerError;
+use crate::tracker::{TrackerError, field};
 
 const INTENT_MAGIC: [u8; 8] = *b"LBHSINT\0";
 const INTENT_VERSION: u32 = 1;
@@ -166,17 +166,17 @@ impl IntentLog {
     pub(super) fn append(&mut self, rec: &[u8]) -> Result<(), TrackerError> {
         let path = self.path.clone();
         let io = |e| state(&path, "append to the intent log")(e);
-        if self.file.is_none() {
-            let f = OpenOptions::new()
+        let file = match self.file.take() {
+            Some(f) => f,
+            None => OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create(true)
                 .truncate(false)
                 .open(&self.path)
-                .map_err(io)?;
-            self.file = Some(f);
-        }
-        let file = self.file.as_ref().expect("opened above");
+                .map_err(io)?,
+        };
+        let file = &*self.file.insert(file);
         if self.len < INTENT_HEADER_LEN {
             file.write_all_at(&intent_header(), 0).map_err(io)?;
             self.len = INTENT_HEADER_LEN;
@@ -201,11 +201,12 @@ fn torn_tail(file: &File, at: u64, file_len: u64) -> io::Result<bool> {
     }
     let mut tail = vec![0u8; left as usize];
     file.read_exact_at(&mut tail, at)?;
-    if tail.iter().all(|&b| b == 0) || tail.len() < 16 {
-        return Ok(true);
-    }
-    let kind = u32::from_le_bytes(tail[0..4].try_into().expect("4 bytes"));
-    let count = u32::from_le_bytes(tail[4..8].try_into().expect("4 bytes"));
+    let head = match tail.first_chunk::<16>() {
+        Some(head) if !tail.iter().all(|&b| b == 0) => head,
+        _ => return Ok(true),
+    };
+    let kind = u32::from_le_bytes(field(head, 0));
+    let count = u32::from_le_bytes(field(head, 4));
     Ok(match record_payload_len(kind, count) {
         Some(payload) => (16 + payload + 8) as u64 > left,
         None => false,
@@ -235,39 +236,39 @@ fn read_record(r: &mut impl Read) -> io::Result<Option<(u64, Record)>> {
     if !read_full(r, &mut head)? {
         return Ok(None);
     }
-    let kind = u32::from_le_bytes(head[0..4].try_into().expect("4 bytes"));
-    let count = u32::from_le_bytes(head[4..8].try_into().expect("4 bytes"));
-    let first = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
+    let kind = u32::from_le_bytes(field(&head, 0));
+    let count = u32::from_le_bytes(field(&head, 4));
+    let first = u64::from_le_bytes(field(&head, 8));
     let Some(payload_len) = record_payload_len(kind, count) else {
         return Ok(None);
     };
-    let mut rest = vec![0u8; payload_len + 8];
-    if !read_full(r, &mut rest)? {
+    let mut payload = vec![0u8; payload_len];
+    let mut stored = [0u8; 8];
+    if !read_full(r, &mut payload)? || !read_full(r, &mut stored)? {
         return Ok(None);
     }
     let mut whole = head.to_vec();
-    whole.extend_from_slice(&rest[..payload_len]);
-    let stored = u64::from_le_bytes(rest[payload_len..].try_into().expect("8 bytes"));
-    if xxh3_64(&whole) != stored {
+    whole.extend_from_slice(&payload);
+    if xxh3_64(&whole) != u64::from_le_bytes(stored) {
         return Ok(None);
     }
     let len = (16 + payload_len + 8) as u64;
-    let payload = &rest[..payload_len];
-    Ok(Some((
-        len,
-        if kind == INTENT_MASKS {
-            Record::Masks {
-                first,
-                masks: payload
-                    .chunks_exact(2)
-                    .take(count as usize)
-                    .map(|c| u16::from_le_bytes([c[0], c[1]]))
-                    .collect(),
-            }
-        } else {
-            Record::Range { first, end: u64::from_le_bytes(payload.try_into().expect("8 bytes")) }
+    let record = match (kind, payload.as_slice()) {
+        (INTENT_MASKS, _) => Record::Masks {
+            first,
+            masks: payload
+                .chunks_exact(2)
+                .take(count as usize)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect(),
         },
-    )))
+        (_, &[a, b, c, d, e, f, g, h]) => {
+            Record::Range { first, end: u64::from_le_bytes([a, b, c, d, e, f, g, h]) }
+        }
+        // A range record's payload is 8 bytes (`record_payload_len`): anything else is damaged.
+        _ => return Ok(None),
+    };
+    Ok(Some((len, record)))
 }
 
 /// Fills `buf`; false at a clean or partial end of input.

@@ -13,7 +13,7 @@ use super::{
     MAP_VERSION, SUB_BLOCK_SIZE, SUBS_PER_BLOCK, state,
 };
 use crate::disk::Disk;
-use crate::tracker::TrackerError;
+use crate::tracker::{TrackerError, field};
 
 /// Mixed into the seed of the block-level hash so it differs from a sub-block hash.
 const BLOCK_HASH_TAG: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -138,12 +138,9 @@ impl Entry {
     }
 
     pub(super) fn decode(b: &[u8]) -> Self {
-        let mut e = Entry {
-            hash: u64::from_le_bytes(b[..8].try_into().expect("8 bytes")),
-            ..Entry::default()
-        };
+        let mut e = Entry { hash: u64::from_le_bytes(field(b, 0)), ..Entry::default() };
         for (i, s) in e.sub.iter_mut().enumerate() {
-            *s = u32::from_le_bytes(b[8 + 4 * i..12 + 4 * i].try_into().expect("4 bytes"));
+            *s = u32::from_le_bytes(field(b, 8 + 4 * i));
         }
         e
     }
@@ -242,8 +239,8 @@ impl Header {
     pub(super) fn read(file: &File) -> Result<Self, MapDefect> {
         let mut h = [0u8; MAP_HEADER_LEN as usize];
         file.read_exact_at(&mut h, 0)?;
-        let u32_at = |i: usize| u32::from_le_bytes(h[i..i + 4].try_into().expect("4 bytes"));
-        let u64_at = |i: usize| u64::from_le_bytes(h[i..i + 8].try_into().expect("8 bytes"));
+        let u32_at = |i: usize| u32::from_le_bytes(field(&h, i));
+        let u64_at = |i: usize| u64::from_le_bytes(field(&h, i));
         if h[0..8] != MAP_MAGIC {
             return Err(MapDefect::Magic);
         }
@@ -266,7 +263,7 @@ impl Header {
             disk_size: u64_at(32),
             block_count: u64_at(40),
             seed: u64_at(48),
-            disk_id: h[56..72].try_into().expect("16 bytes"),
+            disk_id: field(&h, 56),
         };
         if header.segment_blocks == 0 || header.segment_blocks > 1 << 20 {
             return Err(MapDefect::Inconsistent("segment size"));
@@ -354,7 +351,7 @@ impl MapReader {
         let problem = match self.file.read_exact_at(&mut self.buf, at) {
             Err(e) => Some(format!("cannot read it: {e}")),
             Ok(()) => {
-                let stored = u64::from_le_bytes(self.buf[len..].try_into().expect("8 bytes"));
+                let stored = u64::from_le_bytes(field(&self.buf, len));
                 (segment_checksum(&self.buf[..len], self.seed, seg) != stored)
                     .then(|| "checksum mismatch".to_string())
             }

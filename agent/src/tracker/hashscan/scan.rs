@@ -134,7 +134,10 @@ impl HashScan {
                 &mut baseline,
                 &mut free_cursor,
             );
-            self.read_runs(disk, &states, span.as_ref(), off..end, &mut stats)?;
+            // `plan_chunk` reads only blocks that overlap the span: without one, none.
+            if let Some(span) = &span {
+                self.read_runs(disk, &states, span, off..end, &mut stats)?;
+            }
 
             // Hash and compare every block of the chunk; write the new map entries.
             let buf = &self.buf[..(end - off) as usize];
@@ -205,7 +208,7 @@ impl HashScan {
         &mut self,
         disk: &Disk,
         states: &[BlockState],
-        span: Option<&Range<u64>>,
+        span: &Range<u64>,
         chunk: Range<u64>,
         stats: &mut CycleStats,
     ) -> Result<(), TrackerError> {
@@ -220,9 +223,8 @@ impl HashScan {
             while states.get(j).is_some_and(|st| st.source == Source::Read) {
                 j += 1;
             }
-            let s = span.expect("a block to read overlaps the data span");
             let (run_start, run_end) = (states[i].off, states[j - 1].end);
-            let (r_start, r_end) = (run_start.max(s.start), run_end.min(s.end));
+            let (r_start, r_end) = (run_start.max(span.start), run_end.min(span.end));
             let buf = &mut self.buf[..(end - off) as usize];
             buf[(run_start - off) as usize..(r_start - off) as usize].fill(0);
             buf[(r_end - off) as usize..(run_end - off) as usize].fill(0);
@@ -267,7 +269,10 @@ fn plan_chunk(
         let source = if free_cursor.covers(b_off, b_end) {
             // The target keeps what the baseline says it holds; where the baseline
             // is not trusted, the block is made zeros there (no read, no payload).
-            if uncertain == 0 && old.is_some() { Source::FreeKept } else { Source::FreeZero }
+            match old {
+                Some(old) if uncertain == 0 => Source::FreeKept(old),
+                _ => Source::FreeZero,
+            }
         } else if span.is_some_and(|s| s.start < b_end && s.end > b_off) {
             Source::Read
         } else {
@@ -306,12 +311,12 @@ fn hash_chunk(
         let block = st.off / BLOCK_SIZE;
         let (cur, zero) = match st.source {
             Source::Read => hasher.block(&buf[(st.off - off) as usize..][..len]),
-            Source::FreeKept => (st.old.expect("a kept free block has a baseline"), 0),
+            Source::FreeKept(old) => (old, 0),
             Source::Hole | Source::FreeZero if len == BLOCK_SIZE as usize => (zero_full, valid),
             Source::Hole | Source::FreeZero => (hasher.zero_entry(len), valid),
         };
         let send = match (st.source, st.old) {
-            (Source::FreeKept, _) => 0,
+            (Source::FreeKept(_), _) => 0,
             (_, None) => {
                 stats.unknown_bytes += len as u64;
                 valid
@@ -340,7 +345,7 @@ fn count_skipped(states: &[BlockState], stats: &mut CycleStats) {
                 stats.zero_bytes_skipped += mask_bytes(st.zero & !st.send, st.off, st.end)
             }
             Source::Hole => stats.hole_bytes_skipped += st.end - st.off,
-            Source::FreeKept | Source::FreeZero => stats.free_bytes_skipped += st.end - st.off,
+            Source::FreeKept(_) | Source::FreeZero => stats.free_bytes_skipped += st.end - st.off,
         }
     }
 }
@@ -404,8 +409,8 @@ enum Source {
     /// Not read: a hole of a sparse image, zeros.
     Hole,
     /// Not read: free in the mounted filesystem, and the baseline is trusted there. Nothing is
-    /// sent and its map entry stays what the target holds.
-    FreeKept,
+    /// sent and its map entry stays what the target holds: the baseline's entry.
+    FreeKept(Entry),
     /// Not read: free in the mounted filesystem, but the baseline is unknown or uncertain
     /// there. Treated as zeros, like a hole: what the target may hold is replaced by zeros.
     FreeZero,
