@@ -56,11 +56,8 @@ pub(super) async fn setup(
     responses(
         (status = 200, description = "logged in", body = api::SessionInfo),
         (status = 400, description = "error", body = api::ApiError),
-        (status = 401, description = "error", body = api::ApiError),
-        (status = 403, description = "error", body = api::ApiError),
-        (status = 413, description = "error", body = api::ApiError),
-        (status = 415, description = "error", body = api::ApiError),
-        (status = 429, description = "error", body = api::ApiError)
+        (status = 429, description = "error", body = api::ApiError),
+        AdminErrors
     ),
 )]
 pub(super) async fn login(
@@ -85,10 +82,7 @@ pub(super) async fn login(
     summary = "Ends the session.",
     responses(
         (status = 200, description = "{}"),
-        (status = 401, description = "error", body = api::ApiError),
-        (status = 403, description = "error", body = api::ApiError),
-        (status = 413, description = "error", body = api::ApiError),
-        (status = 415, description = "error", body = api::ApiError)
+        AdminErrors
     ),
     security(("session" = [])),
 )]
@@ -109,8 +103,7 @@ pub(super) async fn logout(
     summary = "Who the session belongs to and when it ends.",
     responses(
         (status = 200, description = "the session (no token)", body = api::SessionInfo),
-        (status = 401, description = "error", body = api::ApiError),
-        (status = 403, description = "error", body = api::ApiError)
+        SessionErrors
     ),
     security(("session" = [])),
 )]

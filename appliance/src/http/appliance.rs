@@ -43,8 +43,7 @@ pub(super) async fn openapi(Extension(doc): Extension<Arc<OpenApiJson>>) -> Answ
     summary = "Prometheus metrics (text format 0.0.4): the appliance's counters, machines, points per machine, each machine's newest point age in seconds, running jobs.",
     responses(
         (status = 200, description = "metrics", body = String, content_type = "text/plain"),
-        (status = 401, description = "error", body = api::ApiError),
-        (status = 403, description = "error", body = api::ApiError)
+        SessionErrors
     ),
     security(("session" = [])),
 )]
@@ -71,8 +70,7 @@ pub(super) async fn metrics(
     summary = "The appliance's CAs (active, being introduced, retiring), the rotation phase, and which CA signed each machine's certificate.",
     responses(
         (status = 200, description = "The CAs, the rotation phase and each machine's certificate.", body = api::CaStatus),
-        (status = 401, description = "error", body = api::ApiError),
-        (status = 403, description = "error", body = api::ApiError)
+        SessionErrors
     ),
     security(("session" = [])),
 )]
@@ -94,11 +92,8 @@ pub(super) async fn ca(
     responses(
         (status = 200, description = "The CAs, the rotation phase and each machine's certificate.", body = api::CaStatus),
         (status = 400, description = "error", body = api::ApiError),
-        (status = 401, description = "error", body = api::ApiError),
-        (status = 403, description = "error", body = api::ApiError),
         (status = 409, description = "error", body = api::ApiError),
-        (status = 413, description = "error", body = api::ApiError),
-        (status = 415, description = "error", body = api::ApiError)
+        AdminErrors
     ),
     security(("session" = [])),
 )]
@@ -135,8 +130,7 @@ pub(super) async fn rotate_ca(
     summary = "Whether the catalogue at the target is sealed under a recovery passphrase, and when it was last written.",
     responses(
         (status = 200, description = "Whether a recovery passphrase is set, and when the catalogue was last written at the target.", body = api::RecoveryStatus),
-        (status = 401, description = "error", body = api::ApiError),
-        (status = 403, description = "error", body = api::ApiError)
+        SessionErrors
     ),
     security(("session" = [])),
 )]
@@ -166,10 +160,7 @@ pub(super) async fn recovery_passphrase_status(
     responses(
         (status = 200, description = "Whether a recovery passphrase is set, and when the catalogue was last written at the target.", body = api::RecoveryStatus),
         (status = 400, description = "error", body = api::ApiError),
-        (status = 401, description = "error", body = api::ApiError),
-        (status = 403, description = "error", body = api::ApiError),
-        (status = 413, description = "error", body = api::ApiError),
-        (status = 415, description = "error", body = api::ApiError)
+        AdminErrors
     ),
     security(("session" = [])),
 )]
@@ -209,8 +200,7 @@ pub(super) async fn set_recovery_passphrase(
     summary = "The appliance's plugins: loaded (kind, version, how they are trusted) and refused (why).",
     responses(
         (status = 200, description = "The plugins.", body = api::PluginList),
-        (status = 401, description = "error", body = api::ApiError),
-        (status = 403, description = "error", body = api::ApiError)
+        SessionErrors
     ),
     security(("session" = [])),
 )]

@@ -13,12 +13,9 @@ use super::*;
     responses(
         (status = 202, description = "the job", body = api::JobInfo),
         (status = 400, description = "error", body = api::ApiError),
-        (status = 401, description = "error", body = api::ApiError),
-        (status = 403, description = "error", body = api::ApiError),
         (status = 404, description = "error", body = api::ApiError),
         (status = 409, description = "error", body = api::ApiError),
-        (status = 413, description = "error", body = api::ApiError),
-        (status = 415, description = "error", body = api::ApiError)
+        AdminErrors
     ),
     security(("session" = [])),
 )]
@@ -52,12 +49,9 @@ pub(super) async fn test_failover(
     responses(
         (status = 202, description = "the job", body = api::JobInfo),
         (status = 400, description = "error", body = api::ApiError),
-        (status = 401, description = "error", body = api::ApiError),
-        (status = 403, description = "error", body = api::ApiError),
         (status = 404, description = "error", body = api::ApiError),
         (status = 409, description = "error", body = api::ApiError),
-        (status = 413, description = "error", body = api::ApiError),
-        (status = 415, description = "error", body = api::ApiError)
+        AdminErrors
     ),
     security(("session" = [])),
 )]
@@ -106,12 +100,9 @@ pub(super) async fn failover(
     params(("id" = String, Path, description = "id")),
     responses(
         (status = 202, description = "the job", body = api::JobInfo),
-        (status = 401, description = "error", body = api::ApiError),
-        (status = 403, description = "error", body = api::ApiError),
         (status = 404, description = "error", body = api::ApiError),
         (status = 409, description = "error", body = api::ApiError),
-        (status = 413, description = "error", body = api::ApiError),
-        (status = 415, description = "error", body = api::ApiError)
+        AdminErrors
     ),
     security(("session" = [])),
 )]
@@ -151,12 +142,9 @@ pub(super) async fn commit(
     params(("id" = String, Path, description = "id")),
     responses(
         (status = 202, description = "the job", body = api::JobInfo),
-        (status = 401, description = "error", body = api::ApiError),
-        (status = 403, description = "error", body = api::ApiError),
         (status = 404, description = "error", body = api::ApiError),
         (status = 409, description = "error", body = api::ApiError),
-        (status = 413, description = "error", body = api::ApiError),
-        (status = 415, description = "error", body = api::ApiError)
+        AdminErrors
     ),
     security(("session" = [])),
 )]
@@ -195,12 +183,9 @@ pub(super) async fn reprotect(
     params(("id" = String, Path, description = "id")),
     responses(
         (status = 202, description = "the job", body = api::JobInfo),
-        (status = 401, description = "error", body = api::ApiError),
-        (status = 403, description = "error", body = api::ApiError),
         (status = 404, description = "error", body = api::ApiError),
         (status = 409, description = "error", body = api::ApiError),
-        (status = 413, description = "error", body = api::ApiError),
-        (status = 415, description = "error", body = api::ApiError)
+        AdminErrors
     ),
     security(("session" = [])),
 )]
@@ -236,8 +221,7 @@ pub(super) async fn failback(
     summary = "Failovers: one per machine that was failed over, with its state.",
     responses(
         (status = 200, description = "The failovers.", body = api::FailoverList),
-        (status = 401, description = "error", body = api::ApiError),
-        (status = 403, description = "error", body = api::ApiError)
+        SessionErrors
     ),
     security(("session" = [])),
 )]
@@ -261,8 +245,7 @@ pub(super) async fn list_failovers(
     summary = "Test failovers, cleaned up or not.",
     responses(
         (status = 200, description = "list", body = api::TestFailoverList),
-        (status = 401, description = "error", body = api::ApiError),
-        (status = 403, description = "error", body = api::ApiError)
+        SessionErrors
     ),
     security(("session" = [])),
 )]
@@ -289,12 +272,9 @@ pub(super) async fn list_test_failovers(
     params(("id" = String, Path, description = "id")),
     responses(
         (status = 202, description = "the job", body = api::JobInfo),
-        (status = 401, description = "error", body = api::ApiError),
-        (status = 403, description = "error", body = api::ApiError),
         (status = 404, description = "error", body = api::ApiError),
         (status = 409, description = "error", body = api::ApiError),
-        (status = 413, description = "error", body = api::ApiError),
-        (status = 415, description = "error", body = api::ApiError)
+        AdminErrors
     ),
     security(("session" = [])),
 )]

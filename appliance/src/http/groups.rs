@@ -10,8 +10,7 @@ use super::*;
     summary = "Consistency groups as defined (members, coordinator) with their points: a group point is listed once its coordinator recorded it and every member reported recording it; it is `complete` once every member's point with that number is at the target (`latest-group` fails over to the newest complete one).",
     responses(
         (status = 200, description = "The groups.", body = api::GroupList),
-        (status = 401, description = "error", body = api::ApiError),
-        (status = 403, description = "error", body = api::ApiError)
+        SessionErrors
     ),
     security(("session" = [])),
 )]
@@ -34,11 +33,8 @@ pub(super) async fn list_groups(
     responses(
         (status = 200, description = "Every group.", body = api::GroupList),
         (status = 400, description = "error", body = api::ApiError),
-        (status = 401, description = "error", body = api::ApiError),
-        (status = 403, description = "error", body = api::ApiError),
         (status = 409, description = "error", body = api::ApiError),
-        (status = 413, description = "error", body = api::ApiError),
-        (status = 415, description = "error", body = api::ApiError)
+        AdminErrors
     ),
     security(("session" = [])),
 )]
@@ -70,9 +66,8 @@ pub(super) async fn put_group(
     params(("name" = String, Path, description = "name")),
     responses(
         (status = 200, description = "Every group.", body = api::GroupList),
-        (status = 401, description = "error", body = api::ApiError),
-        (status = 403, description = "error", body = api::ApiError),
-        (status = 404, description = "error", body = api::ApiError)
+        (status = 404, description = "error", body = api::ApiError),
+        SessionErrors
     ),
     security(("session" = [])),
 )]

@@ -32,8 +32,7 @@ pub(super) async fn register_route(
     summary = "Registered machines with their disks and newest recovery point.",
     responses(
         (status = 200, description = "machines", body = api::MachineList),
-        (status = 401, description = "error", body = api::ApiError),
-        (status = 403, description = "error", body = api::ApiError)
+        SessionErrors
     ),
     security(("session" = [])),
 )]
@@ -125,11 +124,8 @@ pub(super) async fn list_machines(
     params(("id" = String, Path, description = "id")),
     responses(
         (status = 200, description = "revoked", body = api::Revoked),
-        (status = 401, description = "error", body = api::ApiError),
-        (status = 403, description = "error", body = api::ApiError),
         (status = 404, description = "error", body = api::ApiError),
-        (status = 413, description = "error", body = api::ApiError),
-        (status = 415, description = "error", body = api::ApiError)
+        AdminErrors
     ),
     security(("session" = [])),
 )]
@@ -155,8 +151,7 @@ pub(super) async fn revoke(
     summary = "How many one-time registration passphrases are unused.",
     responses(
         (status = 200, description = "count", body = api::PassphraseStatus),
-        (status = 401, description = "error", body = api::ApiError),
-        (status = 403, description = "error", body = api::ApiError)
+        SessionErrors
     ),
     security(("session" = [])),
 )]
@@ -177,10 +172,7 @@ pub(super) async fn passphrase_status(
     summary = "Rotates the registration passphrase: unused ones stop working and a new one-time passphrase is returned (shown once).",
     responses(
         (status = 201, description = "created", body = api::NewPassphrase),
-        (status = 401, description = "error", body = api::ApiError),
-        (status = 403, description = "error", body = api::ApiError),
-        (status = 413, description = "error", body = api::ApiError),
-        (status = 415, description = "error", body = api::ApiError)
+        AdminErrors
     ),
     security(("session" = [])),
 )]
@@ -206,9 +198,8 @@ pub(super) async fn new_passphrase(
     params(("id" = String, Path, description = "id")),
     responses(
         (status = 200, description = "The VM a failover makes: detected facts with the settings over them.", body = api::VmSpecInfo),
-        (status = 401, description = "error", body = api::ApiError),
-        (status = 403, description = "error", body = api::ApiError),
-        (status = 404, description = "error", body = api::ApiError)
+        (status = 404, description = "error", body = api::ApiError),
+        SessionErrors
     ),
     security(("session" = [])),
 )]
@@ -236,11 +227,8 @@ pub(super) async fn vm_spec(
     responses(
         (status = 200, description = "The VM a failover makes: detected facts with the settings over them.", body = api::VmSpecInfo),
         (status = 400, description = "error", body = api::ApiError),
-        (status = 401, description = "error", body = api::ApiError),
-        (status = 403, description = "error", body = api::ApiError),
         (status = 404, description = "error", body = api::ApiError),
-        (status = 413, description = "error", body = api::ApiError),
-        (status = 415, description = "error", body = api::ApiError)
+        AdminErrors
     ),
     security(("session" = [])),
 )]
@@ -282,9 +270,8 @@ pub(super) async fn set_vm_spec(
     params(("id" = String, Path, description = "id")),
     responses(
         (status = 200, description = "points", body = api::PointList),
-        (status = 401, description = "error", body = api::ApiError),
-        (status = 403, description = "error", body = api::ApiError),
-        (status = 404, description = "error", body = api::ApiError)
+        (status = 404, description = "error", body = api::ApiError),
+        SessionErrors
     ),
     security(("session" = [])),
 )]

@@ -316,6 +316,32 @@ impl utoipa::Modify for SessionScheme {
     }
 }
 
+/// The errors every authenticated route with a body may answer: no or an expired session
+/// (401), a page of another origin (403), a body too large (413) or not JSON (415).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum AdminErrors {
+    #[response(status = 401, description = "error")]
+    Unauthorized(api::ApiError),
+    #[response(status = 403, description = "error")]
+    Forbidden(api::ApiError),
+    #[response(status = 413, description = "error")]
+    TooLarge(api::ApiError),
+    #[response(status = 415, description = "error")]
+    NotJson(api::ApiError),
+}
+
+/// The errors every authenticated route may answer: no or an expired session (401), a
+/// page of another origin (403).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum SessionErrors {
+    #[response(status = 401, description = "error")]
+    Unauthorized(api::ApiError),
+    #[response(status = 403, description = "error")]
+    Forbidden(api::ApiError),
+}
+
 /// Every route of the configuration server, with its OpenAPI description.
 fn config_routes() -> OpenApiRouter<Arc<ConfigServerCtx>> {
     OpenApiRouter::with_openapi(Frame::openapi())

@@ -10,8 +10,7 @@ use super::*;
     summary = "Recovery plans.",
     responses(
         (status = 200, description = "Every recovery plan.", body = api::PlanList),
-        (status = 401, description = "error", body = api::ApiError),
-        (status = 403, description = "error", body = api::ApiError)
+        SessionErrors
     ),
     security(("session" = [])),
 )]
@@ -34,12 +33,9 @@ pub(super) async fn list_plans(
     responses(
         (status = 202, description = "the job", body = api::JobInfo),
         (status = 400, description = "error", body = api::ApiError),
-        (status = 401, description = "error", body = api::ApiError),
-        (status = 403, description = "error", body = api::ApiError),
         (status = 404, description = "error", body = api::ApiError),
         (status = 409, description = "error", body = api::ApiError),
-        (status = 413, description = "error", body = api::ApiError),
-        (status = 415, description = "error", body = api::ApiError)
+        AdminErrors
     ),
     security(("session" = [])),
 )]
@@ -90,10 +86,7 @@ pub(super) async fn run_plan(
     responses(
         (status = 200, description = "Every recovery plan.", body = api::PlanList),
         (status = 400, description = "error", body = api::ApiError),
-        (status = 401, description = "error", body = api::ApiError),
-        (status = 403, description = "error", body = api::ApiError),
-        (status = 413, description = "error", body = api::ApiError),
-        (status = 415, description = "error", body = api::ApiError)
+        AdminErrors
     ),
     security(("session" = [])),
 )]
@@ -124,9 +117,8 @@ pub(super) async fn put_plan(
     responses(
         (status = 200, description = "Every recovery plan.", body = api::PlanList),
         (status = 400, description = "error", body = api::ApiError),
-        (status = 401, description = "error", body = api::ApiError),
-        (status = 403, description = "error", body = api::ApiError),
-        (status = 404, description = "error", body = api::ApiError)
+        (status = 404, description = "error", body = api::ApiError),
+        SessionErrors
     ),
     security(("session" = [])),
 )]
@@ -156,12 +148,9 @@ pub(super) async fn delete_plan(
     responses(
         (status = 200, description = "Continued.", body = api::Continued),
         (status = 400, description = "error", body = api::ApiError),
-        (status = 401, description = "error", body = api::ApiError),
-        (status = 403, description = "error", body = api::ApiError),
         (status = 404, description = "error", body = api::ApiError),
         (status = 409, description = "error", body = api::ApiError),
-        (status = 413, description = "error", body = api::ApiError),
-        (status = 415, description = "error", body = api::ApiError)
+        AdminErrors
     ),
     security(("session" = [])),
 )]
@@ -206,8 +195,7 @@ pub(super) async fn continue_job(
     summary = "The newest 100 jobs, newest first.",
     responses(
         (status = 200, description = "list", body = api::JobList),
-        (status = 401, description = "error", body = api::ApiError),
-        (status = 403, description = "error", body = api::ApiError)
+        SessionErrors
     ),
     security(("session" = [])),
 )]
@@ -230,9 +218,8 @@ pub(super) async fn list_jobs(
     responses(
         (status = 200, description = "the job", body = api::JobInfo),
         (status = 400, description = "error", body = api::ApiError),
-        (status = 401, description = "error", body = api::ApiError),
-        (status = 403, description = "error", body = api::ApiError),
-        (status = 404, description = "error", body = api::ApiError)
+        (status = 404, description = "error", body = api::ApiError),
+        SessionErrors
     ),
     security(("session" = [])),
 )]

@@ -10,8 +10,7 @@ use super::*;
     summary = "Replication policies: RPO thresholds, agent silence, tiered retention.",
     responses(
         (status = 200, description = "Every policy (default always) with the machines that use it.", body = api::PolicyList),
-        (status = 401, description = "error", body = api::ApiError),
-        (status = 403, description = "error", body = api::ApiError)
+        SessionErrors
     ),
     security(("session" = [])),
 )]
@@ -34,10 +33,7 @@ pub(super) async fn list_policies(
     responses(
         (status = 200, description = "Every policy (default always) with the machines that use it.", body = api::PolicyList),
         (status = 400, description = "error", body = api::ApiError),
-        (status = 401, description = "error", body = api::ApiError),
-        (status = 403, description = "error", body = api::ApiError),
-        (status = 413, description = "error", body = api::ApiError),
-        (status = 415, description = "error", body = api::ApiError)
+        AdminErrors
     ),
     security(("session" = [])),
 )]
@@ -91,10 +87,9 @@ pub(super) async fn put_policy(
     responses(
         (status = 200, description = "Every policy (default always) with the machines that use it.", body = api::PolicyList),
         (status = 400, description = "error", body = api::ApiError),
-        (status = 401, description = "error", body = api::ApiError),
-        (status = 403, description = "error", body = api::ApiError),
         (status = 404, description = "error", body = api::ApiError),
-        (status = 409, description = "error", body = api::ApiError)
+        (status = 409, description = "error", body = api::ApiError),
+        SessionErrors
     ),
     security(("session" = [])),
 )]
@@ -138,11 +133,8 @@ pub(super) async fn delete_policy(
     responses(
         (status = 200, description = "Every policy (default always) with the machines that use it.", body = api::PolicyList),
         (status = 400, description = "error", body = api::ApiError),
-        (status = 401, description = "error", body = api::ApiError),
-        (status = 403, description = "error", body = api::ApiError),
         (status = 404, description = "error", body = api::ApiError),
-        (status = 413, description = "error", body = api::ApiError),
-        (status = 415, description = "error", body = api::ApiError)
+        AdminErrors
     ),
     security(("session" = [])),
 )]
@@ -170,8 +162,7 @@ pub(super) async fn assign_policy(
     summary = "Alerts that hold now, critical first: RPO over the machine's policy thresholds, an agent silent too long, the process server's cache over its high-water mark or full, the appliance's CPU or memory over 80 % / 95 %, plugin failures.",
     responses(
         (status = 200, description = "The alerts.", body = api::AlertList),
-        (status = 401, description = "error", body = api::ApiError),
-        (status = 403, description = "error", body = api::ApiError)
+        SessionErrors
     ),
     security(("session" = [])),
 )]
