@@ -593,7 +593,10 @@ fn server_san(name: &str) -> Result<SanType> {
 /// A random, positive, 16-byte serial number (RFC 5280 wants unique serials per issuer).
 fn random_serial() -> Result<SerialNumber> {
     let mut bytes = [0u8; 16];
-    crate::tls::provider().secure_random.fill(&mut bytes).map_err(|_| CaError::Random)?;
+    rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(&mut bytes)
+        .map_err(|_| CaError::Random)?;
     // Positive and minimally encoded: top bit clear, second bit set.
     bytes[0] = (bytes[0] & 0x7f) | 0x40;
     Ok(SerialNumber::from_slice(&bytes))
