@@ -8,8 +8,8 @@ pub(super) async fn hello(
     Extension(AgentMachine(machine)): Extension<AgentMachine>,
     req: Req,
 ) -> Answer {
-    let ps = ctx.ps.clone();
-    let state = ctx.state.clone();
+    let ps = &ctx.ps;
+    let state = &ctx.state;
     let hello: api::Hello = body_json(req, AGENT_JSON_BODY).await?;
     if let Some(system) = &hello.system {
         system.check().map_err(|e| ApiError::bad_request("invalid-system", e))?;
@@ -28,7 +28,7 @@ pub(super) async fn batch(
     Extension(AgentMachine(machine)): Extension<AgentMachine>,
     req: Req,
 ) -> Answer {
-    let ps = ctx.ps.clone();
+    let ps = &ctx.ps;
     let body = read_body(req.into_body()).await?;
     match ps.batch(&machine, body).await {
         Ok(ack) => json(StatusCode::OK, &ack),
@@ -42,7 +42,7 @@ pub(super) async fn progress(
     Extension(AgentMachine(machine)): Extension<AgentMachine>,
     req: Req,
 ) -> Answer {
-    let state = ctx.state.clone();
+    let state = &ctx.state;
     let p: api::Progress = body_json(req, AGENT_JSON_BODY).await?;
     state.set_progress(&machine, &p).map_err(|e| ApiError::internal(e.to_string()))?;
     json(StatusCode::OK, &api::Empty {})
@@ -54,7 +54,7 @@ pub(super) async fn agent_alerts(
     Extension(AgentMachine(machine)): Extension<AgentMachine>,
     req: Req,
 ) -> Answer {
-    let state = ctx.state.clone();
+    let state = &ctx.state;
     let a: api::AgentAlert = body_json(req, AGENT_JSON_BODY).await?;
     a.check().map_err(|e| ApiError::bad_request("invalid", e))?;
     let record = crate::config_server::policy::AgentAlertRecord {
@@ -76,15 +76,15 @@ pub(super) async fn trust(
     Extension(AgentMachine(machine)): Extension<AgentMachine>,
     req: Req,
 ) -> Answer {
-    let state = ctx.state.clone();
-    let pki = ctx.pki.clone();
+    let state = &ctx.state;
+    let pki = &ctx.pki;
     let der = req.extensions().get::<PeerInfo>().and_then(|p| p.cert_der.clone());
     let reason = match der {
-        Some(d) => crate::config_server::pki::renew_reason(&state, &pki, &machine, &d)
+        Some(d) => crate::config_server::pki::renew_reason(state, pki, &machine, &d)
             .map_err(|e| ApiError::internal(e.to_string()))?,
         None => None,
     };
-    let policy = crate::config_server::policy::of_machine(&state, &machine)
+    let policy = crate::config_server::policy::of_machine(state, &machine)
         .map_err(|e| ApiError::internal(e.to_string()))?;
     let bundle = pki.bundle_pem();
     state
@@ -123,10 +123,10 @@ pub(super) async fn renew(
     Extension(AgentMachine(machine)): Extension<AgentMachine>,
     req: Req,
 ) -> Answer {
-    let state = ctx.state.clone();
-    let pki = ctx.pki.clone();
+    let state = &ctx.state;
+    let pki = &ctx.pki;
     let r: api::RenewRequest = body_json(req, AGENT_JSON_BODY).await?;
-    let cert_pem = pki.sign_agent(&state, &r.csr_pem, &machine).map_err(|e| {
+    let cert_pem = pki.sign_agent(state, &r.csr_pem, &machine).map_err(|e| {
         ApiError::bad_request("bad_csr", format!("certificate request refused: {e:#}"))
     })?;
     tracing::info!(%machine, ca = %pki.active().fingerprint(), "agent certificate renewed");
@@ -138,8 +138,8 @@ pub(super) async fn reverse_status(
     extract::State(ctx): extract::State<Arc<AgentCtx>>,
     Extension(AgentMachine(machine)): Extension<AgentMachine>,
 ) -> Answer {
-    let state = ctx.state.clone();
-    match crate::process_server::reverse::status(&state, &machine) {
+    let state = &ctx.state;
+    match crate::process_server::reverse::status(state, &machine) {
         Ok(st) => json(StatusCode::OK, &st),
         Err(f) => Ok(failure(f)),
     }
@@ -151,10 +151,10 @@ pub(super) async fn reverse_diff(
     Extension(AgentMachine(machine)): Extension<AgentMachine>,
     req: Req,
 ) -> Answer {
-    let ps = ctx.ps.clone();
-    let state = ctx.state.clone();
+    let ps = &ctx.ps;
+    let state = &ctx.state;
     let d: api::ReverseDiff = body_json(req, AGENT_JSON_BODY).await?;
-    match crate::process_server::reverse::diff(&ps, &state, &machine, d).await {
+    match crate::process_server::reverse::diff(ps, state, &machine, d).await {
         Ok(batch) => {
             let mut r = Response::new(lifeboat_net::server::full(batch));
             r.headers_mut().insert(
@@ -173,9 +173,9 @@ pub(super) async fn reverse_done(
     Extension(AgentMachine(machine)): Extension<AgentMachine>,
     req: Req,
 ) -> Answer {
-    let state = ctx.state.clone();
+    let state = &ctx.state;
     let d: api::ReverseDone = body_json(req, AGENT_JSON_BODY).await?;
-    match crate::process_server::reverse::done(&state, &machine, d) {
+    match crate::process_server::reverse::done(state, &machine, d) {
         Ok(()) => json(StatusCode::OK, &api::Empty {}),
         Err(f) => Ok(failure(f)),
     }
@@ -187,10 +187,10 @@ pub(super) async fn compare(
     Extension(AgentMachine(machine)): Extension<AgentMachine>,
     req: Req,
 ) -> Answer {
-    let ps = ctx.ps.clone();
-    let state = ctx.state.clone();
+    let ps = &ctx.ps;
+    let state = &ctx.state;
     let c: api::CompareBlocks = body_json(req, AGENT_JSON_BODY).await?;
-    match crate::process_server::reverse::compare(&ps, &state, &machine, c).await {
+    match crate::process_server::reverse::compare(ps, state, &machine, c).await {
         Ok(a) => json(StatusCode::OK, &a),
         Err(f) => Ok(failure(f)),
     }
@@ -202,8 +202,8 @@ pub(super) async fn compare_done(
     Extension(AgentMachine(machine)): Extension<AgentMachine>,
     req: Req,
 ) -> Answer {
-    let ps = ctx.ps.clone();
-    let state = ctx.state.clone();
+    let ps = &ctx.ps;
+    let state = &ctx.state;
     let d: api::CompareDone = body_json(req, AGENT_JSON_BODY).await?;
     if !state
         .compare_done(&machine, d.disk, d.token, d.point)
@@ -231,7 +231,7 @@ pub(super) async fn churn(
     Extension(AgentMachine(machine)): Extension<AgentMachine>,
     req: Req,
 ) -> Answer {
-    let state = ctx.state.clone();
+    let state = &ctx.state;
     let r: api::ChurnReport = body_json(req, AGENT_JSON_BODY).await?;
     r.check().map_err(|e| ApiError::bad_request("invalid-churn", e))?;
     let text = serde_json::to_string(&r).map_err(|e| ApiError::internal(e.to_string()))?;
@@ -246,7 +246,7 @@ pub(super) async fn member_points(
     Extension(AgentMachine(machine)): Extension<AgentMachine>,
     req: Req,
 ) -> Answer {
-    let state = ctx.state.clone();
+    let state = &ctx.state;
     let m: api::MemberPoint = body_json(req, AGENT_JSON_BODY).await?;
     let def = state
         .group_of(&machine)
@@ -270,9 +270,9 @@ pub(super) async fn group_points(
     Extension(AgentMachine(machine)): Extension<AgentMachine>,
     req: Req,
 ) -> Answer {
-    let state = ctx.state.clone();
+    let state = &ctx.state;
     let g: api::GroupPoint = body_json(req, AGENT_JSON_BODY).await?;
-    check_group_point(&state, &machine, &g)?;
+    check_group_point(state, &machine, &g)?;
     state
         .add_group_point(&g.group, g.point, &g.members)
         .map_err(|e| ApiError::internal(e.to_string()))?;
@@ -286,7 +286,7 @@ pub(super) async fn agent_points(
     Extension(AgentMachine(machine)): Extension<AgentMachine>,
     Path(id): Path<String>,
 ) -> Answer {
-    let state = ctx.state.clone();
+    let state = &ctx.state;
     let id = id.as_str();
     if id != machine {
         return Err(ApiError::forbidden(

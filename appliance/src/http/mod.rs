@@ -470,16 +470,15 @@ impl AgentServer {
     /// Answers one request: the machine must be known, not revoked, on its current
     /// certificate, and (but for reverse replication and trust) not failed over.
     pub async fn serve(&self, req: Request<RequestBody>) -> Served {
-        self.check(&req).map_err(|e| e.0)?;
-        let machine = peer_machine(&req).map_err(|e| e.0)?;
+        let machine = self.check(&req).map_err(|e| e.0)?;
         let mut req = req.map(axum::body::Body::new);
         req.extensions_mut().insert(AgentMachine(machine));
         let r = self.router.clone().oneshot(req).await;
         Ok(to_server(r.unwrap_or_else(|never| match never {})))
     }
 
-    /// Refuses a request from a machine that may not call now.
-    fn check(&self, req: &Request<RequestBody>) -> Result<(), ApiError> {
+    /// The machine of the request's client certificate, or why it may not call now.
+    fn check(&self, req: &Request<RequestBody>) -> Result<String, ApiError> {
         let AgentCtx { ps, state, pki } = &*self.ctx;
         let path = req.uri().path().to_owned();
         let machine = peer_machine(req)?;
@@ -520,7 +519,7 @@ impl AgentServer {
                 ),
             ));
         }
-        Ok(())
+        Ok(machine)
     }
 }
 
