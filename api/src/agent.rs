@@ -225,8 +225,8 @@ pub struct PointSummary {
     pub id: String,
     /// The agent's point number (the consistency tag's point id).
     pub point: u64,
-    /// `crash` or `app`.
-    pub kind: String,
+    /// How consistent it is.
+    pub kind: crate::PointKind,
     /// Creation time, milliseconds since the Unix epoch.
     pub created_unix_ms: u64,
     /// Disk indexes it covers.

@@ -118,10 +118,8 @@ impl VmSpecSettings {
 pub struct FailoverInfo {
     /// The machine.
     pub machine_id: String,
-    /// `failing-over`, `failed-over` (the point may still be changed), `failover-failed`,
-    /// `committing`, `committed`, `reprotecting`, `reprotected` (the original disks are
-    /// written from the failed-over ones) or `failing-back`. Failback ends the failover.
-    pub state: String,
+    /// Where it stands. Failback ends the failover.
+    pub state: crate::FailoverState,
     /// The point the VM was made from.
     pub point_id: Option<String>,
     /// The VM at the target.
@@ -150,12 +148,12 @@ pub struct FailoverList {
 pub struct JobInfo {
     /// Job number.
     pub id: u64,
-    /// What it does: `test-failover`, `test-failover-cleanup`.
-    pub kind: String,
+    /// What it does.
+    pub kind: crate::JobKind,
     /// The machine it is about.
     pub machine_id: Option<String>,
-    /// `running`, `succeeded` or `failed`.
-    pub state: String,
+    /// Where it stands.
+    pub state: crate::JobState,
     /// 0 to 1.
     pub progress: f64,
     /// What it is doing, or why it failed.

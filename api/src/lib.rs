@@ -37,6 +37,7 @@ mod failover;
 mod plan;
 mod policy;
 mod reverse;
+mod states;
 mod trust;
 
 pub use admin::*;
@@ -47,6 +48,7 @@ pub use failover::*;
 pub use plan::*;
 pub use policy::*;
 pub use reverse::*;
+pub use states::*;
 pub use trust::*;
 
 #[cfg(test)]

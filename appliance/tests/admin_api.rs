@@ -446,7 +446,7 @@ async fn jobs_and_test_failovers(s: &Server, c: &Client, token: &str) {
             id: "m-1-p1".into(),
             machine_id: "m-1".into(),
             point: 1,
-            kind: "crash".into(),
+            kind: lifeboat_api::PointKind::Crash,
             created_unix_ms: 1,
             disks: vec![0],
         })
@@ -714,7 +714,7 @@ async fn failover_and_commit_checks(s: &Server, c: &Client, t: Option<&str>, cm:
             id: "m-1-p1".into(),
             machine_id: "m-1".into(),
             point: 1,
-            kind: "app".into(),
+            kind: lifeboat_api::PointKind::App,
             created_unix_ms: 1,
             disks: vec![0, 1],
         })
@@ -741,7 +741,13 @@ async fn failover_under_way_reprotect_failback(s: &Server, c: &Client, t: Option
     let (st, v) = call(c, Method::POST, "/api/v1/machines/m-1/commit", cm, t, "").await;
     assert_eq!((st, v["code"].as_str()), (StatusCode::CONFLICT, Some("failover_state")), "{v}");
     s.state
-        .set_failover("m-1", "failed-over", Some("m-1-p1"), Some("fo-m-1"), &["fo42-m-1-d1".into()])
+        .set_failover(
+            "m-1",
+            lifeboat_api::FailoverState::FailedOver,
+            Some("m-1-p1"),
+            Some("fo-m-1"),
+            &["fo42-m-1-d1".into()],
+        )
         .unwrap();
     let (st, v) = call(c, Method::GET, "/api/v1/failovers", "/api/v1/failovers", t, "").await;
     assert_eq!(st, StatusCode::OK);
@@ -769,8 +775,19 @@ async fn failover_under_way_reprotect_failback(s: &Server, c: &Client, t: Option
         let (st, _) = call(c, Method::POST, &bad, template, t, "").await;
         assert_eq!(st, StatusCode::NOT_FOUND);
     }
-    assert_eq!(s.state.failover_state("m-1").unwrap().as_deref(), Some("failed-over"));
-    s.state.set_failover("m-1", "committed", Some("m-1-p1"), Some("fo-m-1"), &[]).unwrap();
+    assert_eq!(
+        s.state.failover_state("m-1").unwrap(),
+        Some(lifeboat_api::FailoverState::FailedOver)
+    );
+    s.state
+        .set_failover(
+            "m-1",
+            lifeboat_api::FailoverState::Committed,
+            Some("m-1-p1"),
+            Some("fo-m-1"),
+            &[],
+        )
+        .unwrap();
     assert!(!s.state.start_failover("m-1", 44).unwrap(), "a committed failover stays");
     let (_, v) = call(c, Method::GET, "/api/v1/failovers", "/api/v1/failovers", t, "").await;
     assert!(v["failovers"][0]["committed_unix_ms"].as_u64().is_some(), "{v}");
@@ -898,7 +915,7 @@ async fn policies_and_alerts() {
             id: "m-1-p1".into(),
             machine_id: "m-1".into(),
             point: 1,
-            kind: "crash".into(),
+            kind: lifeboat_api::PointKind::Crash,
             created_unix_ms: lifeboat_appliance::store::now_ms() - 300_000,
             disks: vec![0],
         })
@@ -979,7 +996,7 @@ async fn recovery_plans() {
     assert_eq!(st, StatusCode::NOT_FOUND);
     let (st, _) = call(&c, Method::POST, "/api/v1/jobs/x/continue", cont, t, "").await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
-    let job = s.state.create_job("plan", None, "not waiting").unwrap();
+    let job = s.state.create_job(lifeboat_api::JobKind::Plan, None, "not waiting").unwrap();
     let (st, v) =
         call(&c, Method::POST, &format!("/api/v1/jobs/{job}/continue"), cont, t, "").await;
     assert_eq!((st, v["code"].as_str()), (StatusCode::CONFLICT, Some("not_waiting")), "{v}");
@@ -1009,7 +1026,7 @@ async fn recovery_plans() {
                 id: format!("{m}-p3"),
                 machine_id: m.into(),
                 point: 3,
-                kind: "crash".into(),
+                kind: lifeboat_api::PointKind::Crash,
                 created_unix_ms: 1,
                 disks: vec![0],
             })

@@ -163,6 +163,7 @@ impl Plans {
         choice: &PointChoice,
         log: &mut Vec<String>,
     ) -> Result<(), String> {
+        let kind: lifeboat_api::JobKind = mode.parse().map_err(|e| format!("{e}"))?;
         let n = plan.groups.len();
         for (gi, g) in plan.groups.iter().enumerate() {
             let progress = |part: f64| (gi as f64 + part) / n as f64;
@@ -193,7 +194,7 @@ impl Plans {
             for m in &g.machines {
                 let child = f
                     .state
-                    .create_job(mode, Some(m), &format!("{mode} by plan {name} (job {job})"))
+                    .create_job(kind, Some(m), &format!("{mode} by plan {name} (job {job})"))
                     .map_err(|e| e.to_string())?;
                 if mode == "failover"
                     && !f.state.start_failover(m, child).map_err(|e| e.to_string())?
@@ -224,7 +225,7 @@ impl Plans {
             for (m, child, task) in children {
                 let _ = task.await;
                 let j = f.state.jobs(Some(child), 1).map_err(|e| e.to_string())?.pop();
-                let Some(j) = j.filter(|j| j.state == "succeeded") else {
+                let Some(j) = j.filter(|j| j.state == lifeboat_api::JobState::Succeeded) else {
                     return Err(format!("group {gi}: {mode} of machine {m} failed (job {child})"));
                 };
                 let vm = j

@@ -219,7 +219,7 @@ fn machine_alerts(
             .points(id)?
             .iter()
             .rev()
-            .find(|p| p.kind == "app")
+            .find(|p| p.kind == lifeboat_api::PointKind::App)
             .map(|p| p.created_unix_ms)
             .unwrap_or(0);
         if rec.at > last_app {
@@ -309,7 +309,7 @@ fn disk_and_role_alerts(state: &State, now: u64, found: &mut Found) -> Result<()
             continue;
         }
         found.add(
-            &a.kind,
+            a.kind.as_str(),
             true,
             Some(&a.machine_id),
             format!("disk {} of machine {}: {}", a.disk, a.machine_id, a.message),
@@ -392,7 +392,7 @@ mod tests {
             id: "m-1-p1".into(),
             machine_id: "m-1".into(),
             point: 1,
-            kind: "crash".into(),
+            kind: lifeboat_api::PointKind::Crash,
             created_unix_ms: now_ms() - 1_000_000,
             disks: vec![0],
         })

@@ -239,7 +239,11 @@ pub fn metrics_text(state: &State) -> Result<String, crate::store::StateError> {
         }
     }
     out.push_str(&ages);
-    let running = state.jobs(None, 1000)?.iter().filter(|j| j.state == "running").count();
+    let running = state
+        .jobs(None, 1000)?
+        .iter()
+        .filter(|j| j.state == lifeboat_api::JobState::Running)
+        .count();
     let _ = writeln!(out, "# TYPE lifeboat_jobs_running gauge\nlifeboat_jobs_running {running}");
     // Alerts that hold now, counted by kind and severity (the list: GET /api/v1/alerts).
     let mut counts: std::collections::BTreeMap<(String, String), u64> = Default::default();

@@ -31,7 +31,11 @@ pub(super) async fn test_failover(
     let f = ctx.failover.clone().ok_or_else(no_master_target)?;
     let job = ctx
         .state
-        .create_job("test-failover", Some(&id), &format!("test failover at {choice:?}"))
+        .create_job(
+            lifeboat_api::JobKind::TestFailover,
+            Some(&id),
+            &format!("test failover at {choice:?}"),
+        )
         .map_err(internal)?;
     tracing::info!(%admin, machine = %id, ?choice, job, "test failover started");
     tokio::spawn(async move { f.test_failover(job, id, choice).await });
@@ -63,15 +67,15 @@ pub(super) async fn failover(
     let (_, admin, _) = authenticated(&ctx, &req)?;
     let r: api::TestFailoverRequest = body_json(req, ADMIN_BODY).await?;
     known_machine(&ctx.state, &id)?;
-    let busy = |now: String| {
+    let busy = |now: lifeboat_api::FailoverState| {
         failover_conflict(
             &id,
-            &now,
+            now.as_str(),
             "a failover can start only from protected, failed-over (another point) or failover-failed",
         )
     };
     if let Some(now) = ctx.state.failover_state(&id).map_err(internal)?
-        && !matches!(now.as_str(), "failed-over" | "failover-failed")
+        && !now.may_fail_over_again()
     {
         return Err(busy(now));
     }
@@ -79,12 +83,16 @@ pub(super) async fn failover(
     let f = ctx.failover.clone().ok_or_else(no_master_target)?;
     let job = ctx
         .state
-        .create_job("failover", Some(&id), &format!("failover at {choice:?}"))
+        .create_job(lifeboat_api::JobKind::Failover, Some(&id), &format!("failover at {choice:?}"))
         .map_err(internal)?;
     if !ctx.state.start_failover(&id, job).map_err(internal)? {
-        let now = ctx.state.failover_state(&id).map_err(internal)?.unwrap_or_default();
+        let now = machine_state(&ctx.state, &id, true)?;
         let _ = ctx.state.finish_job(job, false, &format!("machine is {now}"), None);
-        return Err(busy(now));
+        return Err(failover_conflict(
+            &id,
+            &now,
+            "a failover can start only from protected, failed-over (another point) or failover-failed",
+        ));
     }
     tracing::warn!(%admin, machine = %id, ?choice, job, "failover started: replication from the source stops");
     tokio::spawn(async move { f.failover(job, id, choice).await });
@@ -115,19 +123,23 @@ pub(super) async fn commit(
     known_machine(&ctx.state, &id)?;
     let not_failed_over =
         |now: String| failover_conflict(&id, &now, "only a failed-over machine can be committed");
-    if ctx.state.failover_state(&id).map_err(internal)?.as_deref() != Some("failed-over") {
+    if ctx.state.failover_state(&id).map_err(internal)?
+        != Some(lifeboat_api::FailoverState::FailedOver)
+    {
         return Err(not_failed_over(machine_state(&ctx.state, &id, true)?));
     }
     let f = ctx.failover.clone().ok_or_else(no_master_target)?;
     move_failover(
         &ctx.state,
         &id,
-        "failed-over",
-        "committing",
+        lifeboat_api::FailoverState::FailedOver,
+        lifeboat_api::FailoverState::Committing,
         "only a failed-over machine can be committed",
     )?;
-    let job =
-        ctx.state.create_job("commit", Some(&id), "committing the failover").map_err(internal)?;
+    let job = ctx
+        .state
+        .create_job(lifeboat_api::JobKind::Commit, Some(&id), "committing the failover")
+        .map_err(internal)?;
     tracing::warn!(%admin, machine = %id, job, "failover commit started: the machine's recovery points will be deleted");
     tokio::spawn(async move { f.commit(job, id).await });
     accepted(&ctx.state, job)
@@ -159,15 +171,19 @@ pub(super) async fn reprotect(
     move_failover(
         &ctx.state,
         &id,
-        "committed",
-        "reprotecting",
+        lifeboat_api::FailoverState::Committed,
+        lifeboat_api::FailoverState::Reprotecting,
         "only a committed failover can be reprotected",
     )?;
     let total: u64 = ctx.state.disks(&id).map_err(internal)?.iter().map(|d| d.1).sum();
     ctx.state.start_reverse(&id, total).map_err(internal)?;
     let job = ctx
         .state
-        .create_job("reprotect", Some(&id), "waiting for the original machine's agent")
+        .create_job(
+            lifeboat_api::JobKind::Reprotect,
+            Some(&id),
+            "waiting for the original machine's agent",
+        )
         .map_err(internal)?;
     tracing::warn!(%admin, machine = %id, job, "reprotect started: the original disks will be written from the failed-over ones");
     tokio::spawn(async move { f.reprotect(job, id).await });
@@ -200,13 +216,13 @@ pub(super) async fn failback(
     move_failover(
         &ctx.state,
         &id,
-        "reprotected",
-        "failing-back",
+        lifeboat_api::FailoverState::Reprotected,
+        lifeboat_api::FailoverState::FailingBack,
         "only a reprotected machine can fail back",
     )?;
     let job = ctx
         .state
-        .create_job("failback", Some(&id), "stopping the failed-over VM")
+        .create_job(lifeboat_api::JobKind::Failback, Some(&id), "stopping the failed-over VM")
         .map_err(internal)?;
     tracing::warn!(%admin, machine = %id, job, "failback started: the failed-over VM is stopped");
     tokio::spawn(async move { f.failback(job, id).await });
@@ -298,7 +314,11 @@ pub(super) async fn cleanup_test_failover(
     let f = ctx.failover.clone().ok_or_else(no_master_target)?;
     let job = ctx
         .state
-        .create_job("test-failover-cleanup", Some(&tf.machine_id), &format!("cleaning up {id}"))
+        .create_job(
+            lifeboat_api::JobKind::TestFailoverCleanup,
+            Some(&tf.machine_id),
+            &format!("cleaning up {id}"),
+        )
         .map_err(internal)?;
     tracing::info!(%admin, test_failover = id, job, "test failover cleanup started");
     tokio::spawn(async move { f.cleanup(job, tf).await });
@@ -331,8 +351,8 @@ pub(super) fn failover_conflict(id: &str, now: &str, needed: &str) -> ApiError {
 pub(super) fn move_failover(
     state: &State,
     id: &str,
-    from: &str,
-    to: &str,
+    from: lifeboat_api::FailoverState,
+    to: lifeboat_api::FailoverState,
     needed: &str,
 ) -> Result<(), ApiError> {
     if state.failover_transition(id, from, to).map_err(|e| ApiError::internal(e.to_string()))? {

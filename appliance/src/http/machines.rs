@@ -387,8 +387,8 @@ pub(super) async fn register(ctx: &ConfigServerCtx, req: Req) -> Answer {
 pub(super) fn machine_state(state: &State, id: &str, has_point: bool) -> Result<String, ApiError> {
     let failover = state.failover_state(id).map_err(internal)?;
     Ok(match failover {
-        Some(s) if s == "committing" => "failed-over".into(),
-        Some(s) => s,
+        Some(lifeboat_api::FailoverState::Committing) => "failed-over".into(),
+        Some(s) => s.to_string(),
         None if !has_point => "initial-copy".into(),
         // A disk whose agent compares it whole again (it lost what its journal held).
         None if state.progress(id).map_err(internal)?.iter().any(|p| p.1 == "resync") => {

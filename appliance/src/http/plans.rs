@@ -67,7 +67,7 @@ pub(super) async fn run_plan(
     let choice = crate::master_target::failover::PointChoice::parse(r.point.as_deref());
     let job = ctx
         .state
-        .create_job("plan", None, &format!("plan {name} ({})", r.mode))
+        .create_job(lifeboat_api::JobKind::Plan, None, &format!("plan {name} ({})", r.mode))
         .map_err(internal)?;
     tracing::warn!(%admin, plan = %name, mode = %r.mode, job, "recovery plan started");
     let plans = ctx.plans.clone();

@@ -75,7 +75,7 @@ fn only_the_coordinator_records_and_only_reported_points_count() {
                 id: format!("{m}-p9"),
                 machine_id: m.into(),
                 point: 9,
-                kind: "crash".into(),
+                kind: lifeboat_api::PointKind::Crash,
                 created_unix_ms: 1,
                 disks: vec![0],
             })

@@ -284,7 +284,7 @@ pub fn build(state: &State, keys_dir: &Path) -> Result<Catalogue, MasterError> {
             .map(|p| CataloguePoint {
                 id: p.id,
                 point: p.point,
-                kind: p.kind,
+                kind: p.kind.to_string(),
                 created_unix_ms: p.created_unix_ms,
                 disks: p.disks,
             })
@@ -346,7 +346,7 @@ pub fn import(state: &State, keys_dir: &Path, c: &Catalogue) -> Result<(), Maste
             let ok = !p.id.is_empty()
                 && p.id.len() <= 200
                 && p.id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-            if !ok || !matches!(p.kind.as_str(), "crash" | "app") {
+            if !ok || p.kind.parse::<lifeboat_api::PointKind>().is_err() {
                 return Err(MasterError::msg(format!(
                     "the catalogue's point {:?} of {} is malformed",
                     p.id, m.id
@@ -396,7 +396,7 @@ pub fn import(state: &State, keys_dir: &Path, c: &Catalogue) -> Result<(), Maste
                 id: p.id.clone(),
                 machine_id: m.id.clone(),
                 point: p.point,
-                kind: p.kind.clone(),
+                kind: p.kind.parse().map_err(|e| MasterError::msg(format!("{e}")))?,
                 created_unix_ms: p.created_unix_ms,
                 disks: p.disks.clone(),
             })?;
@@ -490,7 +490,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let state = State::open(&d.path().join("state.db")).unwrap();
         import(&state, &d.path().join("keys"), &sample()).unwrap();
-        assert_eq!(state.points("m-1").unwrap()[0].kind, "app");
+        assert_eq!(state.points("m-1").unwrap()[0].kind, lifeboat_api::PointKind::App);
         assert_eq!(state.disk_rows("m-1").unwrap(), vec![(0, 1 << 30, "/dev/sda".to_owned())]);
         assert_eq!(std::fs::read(d.path().join("keys/dk-1.key")).unwrap(), vec![0xab; 32]);
         let again = build(&state, &d.path().join("keys")).unwrap();

@@ -107,7 +107,7 @@ pub fn choose_point(
         PointChoice::LatestApp => points
             .iter()
             .rev()
-            .find(|p| p.kind == "app")
+            .find(|p| p.kind == lifeboat_api::PointKind::App)
             .cloned()
             .ok_or_else(|| none("app-consistent point")),
         PointChoice::LatestGroup => {
@@ -463,12 +463,18 @@ impl Failover {
                 let _ = match old.filter(|o| o.vm.is_some() && o.point_id.is_some()) {
                     Some(o) => self.state.set_failover(
                         &machine,
-                        "failed-over",
+                        lifeboat_api::FailoverState::FailedOver,
                         o.point_id.as_deref(),
                         o.vm.as_deref(),
                         &o.disks,
                     ),
-                    None => self.state.set_failover(&machine, "failover-failed", None, None, &[]),
+                    None => self.state.set_failover(
+                        &machine,
+                        lifeboat_api::FailoverState::FailoverFailed,
+                        None,
+                        None,
+                        &[],
+                    ),
                 };
                 let _ = self.state.finish_job(job, false, &format!("{e:#}"), None);
             }
@@ -505,13 +511,25 @@ impl Failover {
                     gone(t.delete_disk(d).await)?;
                 }
             }
-            self.state.set_failover(machine, "failing-over", None, Some(&vm_name), &planned)?;
+            self.state.set_failover(
+                machine,
+                lifeboat_api::FailoverState::FailingOver,
+                None,
+                Some(&vm_name),
+                &planned,
+            )?;
         }
         let locations =
             self.materialize_all(&mut t, job, &prefix, &point, &spec.disks, made).await?;
         let vm = t.create_vm(&plugin_spec(vm_name, &spec, made.clone(), false)).await?;
         *vm_made = Some(vm.clone());
-        self.state.set_failover(machine, "failed-over", Some(&point.id), Some(&vm), made)?;
+        self.state.set_failover(
+            machine,
+            lifeboat_api::FailoverState::FailedOver,
+            Some(&point.id),
+            Some(&vm),
+            made,
+        )?;
         // The new failover is in place: what the earlier one made goes (a failure here
         // leaves garbage, not a broken failover).
         if let Some(o) = old.filter(|_| in_place) {
@@ -563,7 +581,7 @@ impl Failover {
             let (point, vm, disks) = fo.map(|f| (f.point_id, f.vm, f.disks)).unwrap_or_default();
             self.state.set_failover(
                 &machine,
-                "committed",
+                lifeboat_api::FailoverState::Committed,
                 point.as_deref(),
                 vm.as_deref(),
                 &disks,
@@ -587,7 +605,11 @@ impl Failover {
                 );
             }
             Err(e) => {
-                let _ = self.state.failover_transition(&machine, "committing", "failed-over");
+                let _ = self.state.failover_transition(
+                    &machine,
+                    lifeboat_api::FailoverState::Committing,
+                    lifeboat_api::FailoverState::FailedOver,
+                );
                 tracing::warn!(job, %machine, "commit failed: {e:#}");
                 let _ = self.state.finish_job(job, false, &format!("{e:#}"), None);
             }

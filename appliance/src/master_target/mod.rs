@@ -329,7 +329,12 @@ impl MasterTarget {
             "{what}, retried every {} s at most, other disks keep applying: {e:#}",
             DISK_BACKOFF_MAX.as_secs()
         );
-        if let Err(err) = self.state.set_disk_alert(&mid, alert_disk, "apply-failed", &message) {
+        if let Err(err) = self.state.set_disk_alert(
+            &mid,
+            alert_disk,
+            lifeboat_api::DiskAlertKind::ApplyFailed,
+            &message,
+        ) {
             tracing::error!(error = %err, "cannot record a disk's alert");
         }
         tracing::warn!(%machine, disk = alert_disk, failures = t.failures, retry_in_s = wait.as_secs(), error = %format!("{e:#}"), "{what}; this disk backs off, the others go on");
@@ -339,7 +344,11 @@ impl MasterTarget {
     fn disk_ok(&mut self, machine: MachineId, disk: u32) {
         if self.troubled.remove(&(machine, disk)).is_some() {
             let alert_disk = if disk == u32::MAX { 0 } else { disk };
-            let _ = self.state.clear_disk_alert(&machine.to_string(), alert_disk, "apply-failed");
+            let _ = self.state.clear_disk_alert(
+                &machine.to_string(),
+                alert_disk,
+                lifeboat_api::DiskAlertKind::ApplyFailed,
+            );
             tracing::info!(%machine, disk = alert_disk, "applying works again");
         }
     }
@@ -365,7 +374,11 @@ impl MasterTarget {
             let mid = machine.to_string();
             // A failed-over machine's replica and points stay as the failover left them;
             // while it is failing over, what was received is still applied (`latest`).
-            if self.state.failover_state(&mid)?.is_some_and(|s| s != "failing-over") {
+            if self
+                .state
+                .failover_state(&mid)?
+                .is_some_and(|s| s != lifeboat_api::FailoverState::FailingOver)
+            {
                 continue;
             }
             let last_point = self.last_point(&mid)?;
@@ -405,10 +418,10 @@ impl MasterTarget {
                     continue;
                 }
                 // App-consistent only if every disk's tag says so.
-                let mut kind = "app";
+                let mut kind = lifeboat_api::PointKind::App;
                 for &disk in &disks {
-                    if self.state.applied_kind(&mid, disk)? != "app" {
-                        kind = "crash";
+                    if self.state.applied_kind(&mid, disk)? != lifeboat_api::PointKind::App {
+                        kind = lifeboat_api::PointKind::Crash;
                     }
                 }
                 match self.cut_point(machine, &disks, p, kind).await {
@@ -416,7 +429,11 @@ impl MasterTarget {
                         report.points += 1;
                         self.disk_ok(machine, u32::MAX);
                         for disk in self.state.end_compares(&mid, p)? {
-                            self.state.clear_disk_alert(&mid, disk, "cursor-stuck")?;
+                            self.state.clear_disk_alert(
+                                &mid,
+                                disk,
+                                lifeboat_api::DiskAlertKind::CursorStuck,
+                            )?;
                             tracing::info!(%machine, disk, point = p, "the disk is whole again after its comparison: points resume");
                         }
                     }
@@ -474,7 +491,12 @@ impl MasterTarget {
             "logs {next} to {} are missing at the target (lost there, or the appliance's cursor went back in a power cut): the disk continued at log {first}; its agent compares the disk with the replica by block hashes and sends what differs, and no point is cut until that is done",
             first - 1
         );
-        self.state.set_disk_alert(&mid, disk, "cursor-stuck", &message)?;
+        self.state.set_disk_alert(
+            &mid,
+            disk,
+            lifeboat_api::DiskAlertKind::CursorStuck,
+            &message,
+        )?;
         self.state.count(&[("log_gaps", 1)])?;
         tracing::error!(%machine, disk, token, "{message}");
         Ok(Some((first, token)))
@@ -555,8 +577,8 @@ impl MasterTarget {
         target.flush_disk(&crate::logobj::disk_id(machine, disk)).await?;
         let tag = unflushed.iter().filter_map(|u| u.2).max_by_key(|t| t.point_id).map(|t| {
             let kind = match t.kind {
-                PointKind::App => "app",
-                PointKind::Crash => "crash",
+                PointKind::App => lifeboat_api::PointKind::App,
+                PointKind::Crash => lifeboat_api::PointKind::Crash,
             };
             (t.point_id, kind)
         });
@@ -672,7 +694,7 @@ impl MasterTarget {
         machine: MachineId,
         disks: &[u32],
         point: u64,
-        kind: &str,
+        kind: lifeboat_api::PointKind,
     ) -> Result<(), MasterError> {
         let id = point_id(machine, point);
         let disk_ids: Vec<String> =
@@ -686,11 +708,11 @@ impl MasterTarget {
             id: id.clone(),
             machine_id: mid.clone(),
             point,
-            kind: kind.into(),
+            kind,
             created_unix_ms: if info.created_unix_ms > 0 { info.created_unix_ms } else { now_ms() },
             disks: disks.to_vec(),
         })?;
-        tracing::info!(%machine, point, kind, id = %id, "recovery point created");
+        tracing::info!(%machine, point, %kind, id = %id, "recovery point created");
         self.prune(&mid).await
     }
 
@@ -714,7 +736,7 @@ impl MasterTarget {
                 .map(|p| {
                     let rank = if grouped.contains(&p.point) {
                         2
-                    } else if p.kind == "app" {
+                    } else if p.kind == lifeboat_api::PointKind::App {
                         1
                     } else {
                         0

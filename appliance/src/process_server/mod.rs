@@ -309,7 +309,12 @@ impl ProcessServer {
                     "disk {} ({}) shrank from {size} to {} bytes while protected; its replica keeps {size} bytes and nothing more is accepted for this machine: grow the disk back to {size} bytes, or revoke the machine and register it again to protect it at its new size",
                     d.index, d.path, d.size
                 );
-                self.inner.state.set_disk_alert(machine_id, d.index, "disk-shrunk", &message)?;
+                self.inner.state.set_disk_alert(
+                    machine_id,
+                    d.index,
+                    lifeboat_api::DiskAlertKind::DiskShrunk,
+                    &message,
+                )?;
                 tracing::error!(machine = machine_id, disk = d.index, "{message}");
                 return Err(ProcessError::new(Kind::Conflict, "disk-shrunk", message));
             }
@@ -334,7 +339,11 @@ impl ProcessServer {
             }
             drop(t);
             self.inner.state.upsert_disk(machine_id, d.index, d.size, &d.path)?;
-            self.inner.state.clear_disk_alert(machine_id, d.index, "disk-shrunk")?;
+            self.inner.state.clear_disk_alert(
+                machine_id,
+                d.index,
+                lifeboat_api::DiskAlertKind::DiskShrunk,
+            )?;
             cursors.push(DiskCursor {
                 index: d.index,
                 next_sequence: self.inner.state.received_next(machine_id, d.index)?,

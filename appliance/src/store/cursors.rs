@@ -1,6 +1,7 @@
 //! Where each role stands in each disk's sequence, progress, churn reports, disk alerts and hash comparisons.
 
 use super::{State, StateError, now_ms};
+use lifeboat_api::{DiskAlertKind, PointKind};
 use rusqlite::{OptionalExtension, params};
 
 /// A problem of one disk, see [`State::disk_alerts`].
@@ -10,8 +11,8 @@ pub struct DiskAlertRow {
     pub machine_id: String,
     /// The disk's index.
     pub disk: u32,
-    /// `apply-failed`, `disk-shrunk` or `cursor-stuck`.
-    pub kind: String,
+    /// What is wrong.
+    pub kind: DiskAlertKind,
     /// What is wrong and what to do.
     pub message: String,
     /// Since when (the first time it was seen, kept while it holds).
@@ -76,7 +77,7 @@ impl State {
         machine_id: &str,
         disk: u32,
         next: u64,
-        point_reached: Option<(u64, &str)>,
+        point_reached: Option<(u64, PointKind)>,
     ) -> Result<(), StateError> {
         self.conn()
             .execute(
@@ -99,15 +100,15 @@ impl State {
 
     /// The kind (`crash`, `app`) of the last point tag a disk reached; `crash` for tags
     /// recorded before the kind was (schema 2).
-    pub fn applied_kind(&self, machine_id: &str, disk: u32) -> Result<String, StateError> {
+    pub fn applied_kind(&self, machine_id: &str, disk: u32) -> Result<PointKind, StateError> {
         self.conn()
             .query_row(
                 "SELECT point_kind FROM applied WHERE machine_id = ?1 AND disk = ?2",
                 params![machine_id, disk],
-                |r| r.get::<_, Option<String>>(0),
+                |r| r.get::<_, Option<PointKind>>(0),
             )
             .optional()
-            .map(|o| o.flatten().unwrap_or_else(|| "crash".into()))
+            .map(|o| o.flatten().unwrap_or(PointKind::Crash))
             .map_err(|e| self.err(e))
     }
 
@@ -221,7 +222,7 @@ impl State {
         &self,
         machine_id: &str,
         disk: u32,
-        kind: &str,
+        kind: DiskAlertKind,
         message: &str,
     ) -> Result<(), StateError> {
         self.conn()
@@ -240,7 +241,7 @@ impl State {
         &self,
         machine_id: &str,
         disk: u32,
-        kind: &str,
+        kind: DiskAlertKind,
     ) -> Result<(), StateError> {
         self.conn()
             .execute(

@@ -1,6 +1,7 @@
 //! Failovers, test failovers and reverse replication.
 
 use super::{State, StateError, now_ms};
+use lifeboat_api::FailoverState;
 use rusqlite::{OptionalExtension, params};
 
 /// A machine's failover as stored.
@@ -8,9 +9,8 @@ use rusqlite::{OptionalExtension, params};
 pub struct FailoverRow {
     /// The machine.
     pub machine_id: String,
-    /// `failing-over`, `failed-over`, `failover-failed`, `committing`, `committed`,
-    /// `reprotecting`, `reprotected` or `failing-back`.
-    pub state: String,
+    /// Where it stands.
+    pub state: FailoverState,
     /// The point the VM was made from.
     pub point_id: Option<String>,
     /// The VM at the target.
@@ -153,7 +153,7 @@ impl State {
     pub fn set_failover(
         &self,
         machine_id: &str,
-        state: &str,
+        state: FailoverState,
         point_id: Option<&str>,
         vm: Option<&str>,
         disks: &[String],
@@ -208,8 +208,8 @@ impl State {
     pub fn failover_transition(
         &self,
         machine_id: &str,
-        from: &str,
-        to: &str,
+        from: FailoverState,
+        to: FailoverState,
     ) -> Result<bool, StateError> {
         let n = self
             .conn()
@@ -348,7 +348,7 @@ impl State {
     }
 
     /// A machine's failover state, if it has one (`failing-over`, `failed-over`, …).
-    pub fn failover_state(&self, machine_id: &str) -> Result<Option<String>, StateError> {
+    pub fn failover_state(&self, machine_id: &str) -> Result<Option<FailoverState>, StateError> {
         self.conn()
             .query_row(
                 "SELECT state FROM failovers WHERE machine_id = ?1",

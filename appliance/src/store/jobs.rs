@@ -1,6 +1,7 @@
 //! Long-running jobs and their progress.
 
 use super::{State, StateError, now_ms};
+use lifeboat_api::{JobKind, JobState};
 use rusqlite::params;
 
 /// A job as stored.
@@ -8,12 +9,12 @@ use rusqlite::params;
 pub struct JobRow {
     /// Job number.
     pub id: u64,
-    /// What it does (`test-failover`, `test-failover-cleanup`).
-    pub kind: String,
+    /// What it does.
+    pub kind: JobKind,
     /// The machine it is about.
     pub machine_id: Option<String>,
-    /// `running`, `succeeded` or `failed`.
-    pub state: String,
+    /// Where it stands.
+    pub state: JobState,
     /// 0 to 1.
     pub progress: f64,
     /// What it is doing, or why it failed.
@@ -30,7 +31,7 @@ impl State {
     /// Starts a job; returns its number.
     pub fn create_job(
         &self,
-        kind: &str,
+        kind: JobKind,
         machine_id: Option<&str>,
         message: &str,
     ) -> Result<u64, StateError> {
@@ -67,7 +68,7 @@ impl State {
             .execute(
                 "UPDATE jobs SET state = ?2, progress = CASE WHEN ?2 = 'succeeded' THEN 1 ELSE progress END,
                  message = ?3, result = ?4, finished_unix_ms = ?5 WHERE id = ?1",
-                params![id as i64, if ok { "succeeded" } else { "failed" }, message, result, now_ms() as i64],
+                params![id as i64, if ok { JobState::Succeeded } else { JobState::Failed }, message, result, now_ms() as i64],
             )
             .map_err(|e| self.err(e))?;
         Ok(())

@@ -1,6 +1,7 @@
 //! Recovery points and consistency groups with their points.
 
 use super::{State, StateError, now_ms};
+use lifeboat_api::PointKind;
 use rusqlite::params;
 
 /// A recovery point row.
@@ -12,8 +13,8 @@ pub struct PointRow {
     pub machine_id: String,
     /// Agent's point number.
     pub point: u64,
-    /// `crash` or `app`.
-    pub kind: String,
+    /// How consistent it is.
+    pub kind: PointKind,
     /// Creation time.
     pub created_unix_ms: u64,
     /// Disk indexes.

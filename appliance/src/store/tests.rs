@@ -2,6 +2,7 @@
 
 use super::machines::hash_passphrase;
 use super::*;
+use lifeboat_api::PointKind;
 use rusqlite::params;
 
 #[test]
@@ -78,13 +79,13 @@ fn cursors_points_and_disks() {
     s.set_received_next("m", 0, 5).unwrap();
     s.set_received_next("m", 0, 3).unwrap();
     assert_eq!(s.received_next("m", 0).unwrap(), 5, "never moves back");
-    assert_eq!(s.applied_kind("m", 0).unwrap(), "crash");
-    s.set_applied("m", 0, 2, Some((7, "app"))).unwrap();
+    assert_eq!(s.applied_kind("m", 0).unwrap(), PointKind::Crash);
+    s.set_applied("m", 0, 2, Some((7, PointKind::App))).unwrap();
     s.set_applied("m", 0, 3, None).unwrap();
     assert_eq!(s.applied("m", 0).unwrap(), (3, Some(7)));
-    assert_eq!(s.applied_kind("m", 0).unwrap(), "app", "kept across untagged logs");
-    s.set_applied("m", 0, 4, Some((8, "crash"))).unwrap();
-    assert_eq!(s.applied_kind("m", 0).unwrap(), "crash");
+    assert_eq!(s.applied_kind("m", 0).unwrap(), PointKind::App, "kept across untagged logs");
+    s.set_applied("m", 0, 4, Some((8, PointKind::Crash))).unwrap();
+    assert_eq!(s.applied_kind("m", 0).unwrap(), PointKind::Crash);
     s.upsert_disk("m", 1, 100, "/dev/b").unwrap();
     s.upsert_disk("m", 0, 50, "/dev/a").unwrap();
     s.upsert_disk("m", 0, 60, "/dev/a").unwrap();
@@ -93,7 +94,7 @@ fn cursors_points_and_disks() {
         id: "m-p1".into(),
         machine_id: "m".into(),
         point: 1,
-        kind: "crash".into(),
+        kind: PointKind::Crash,
         created_unix_ms: 5,
         disks: vec![0, 1],
     };

@@ -57,7 +57,11 @@ impl Failover {
         let r = self.wait_reverse(job, &machine, "a reverse pass", |r| r.passes >= 1).await;
         match r {
             Ok(r) => {
-                let _ = self.state.failover_transition(&machine, "reprotecting", "reprotected");
+                let _ = self.state.failover_transition(
+                    &machine,
+                    lifeboat_api::FailoverState::Reprotecting,
+                    lifeboat_api::FailoverState::Reprotected,
+                );
                 tracing::info!(job, %machine, received_bytes = r.last_received_bytes, "reprotected");
                 let _ = self.state.finish_job(
                     job,
@@ -73,7 +77,11 @@ impl Failover {
                 );
             }
             Err(e) => {
-                let _ = self.state.failover_transition(&machine, "reprotecting", "committed");
+                let _ = self.state.failover_transition(
+                    &machine,
+                    lifeboat_api::FailoverState::Reprotecting,
+                    lifeboat_api::FailoverState::Committed,
+                );
                 let _ = self.state.finish_job(job, false, &format!("{e:#}"), None);
             }
         }
@@ -97,7 +105,11 @@ impl Failover {
                 );
             }
             Err(e) => {
-                let _ = self.state.failover_transition(&machine, "failing-back", "reprotected");
+                let _ = self.state.failover_transition(
+                    &machine,
+                    lifeboat_api::FailoverState::FailingBack,
+                    lifeboat_api::FailoverState::Reprotected,
+                );
                 tracing::warn!(job, %machine, "failback failed: {e:#}");
                 let _ = self.state.finish_job(job, false, &format!("{e:#}"), None);
             }
@@ -132,7 +144,7 @@ impl Failover {
             }
             self.state.set_failover(
                 machine,
-                "failing-back",
+                lifeboat_api::FailoverState::FailingBack,
                 fo.point_id.as_deref(),
                 None,
                 &fo.disks,
