@@ -5,13 +5,15 @@
 use serde::{Deserialize, Serialize};
 
 /// Defines a string enum: serde, Display, FromStr, its names, and (feature `rusqlite`)
-/// SQL conversion.
+/// SQL conversion. Each name must be its variant's in kebab case (serde and the OpenAPI
+/// schema derive it so; the test below checks they agree).
 macro_rules! string_enum {
     ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $variant:ident = $text:literal,)* }) => {
         $(#[$m])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+        #[serde(rename_all = "kebab-case")]
         pub enum $name {
-            $($(#[$vm])* #[serde(rename = $text)] $variant,)*
+            $($(#[$vm])* $variant,)*
         }
 
         impl $name {
@@ -166,13 +168,26 @@ mod tests {
 
     #[test]
     fn every_name_parses_back_and_unknown_names_are_refused() {
-        for s in FailoverState::ALL {
-            assert_eq!(s.as_str().parse::<FailoverState>().unwrap(), *s);
-            assert_eq!(serde_json::to_string(s).unwrap(), format!("\"{s}\""));
+        fn check<T>(all: &[T])
+        where
+            T: Copy
+                + std::fmt::Display
+                + std::str::FromStr
+                + Serialize
+                + PartialEq
+                + std::fmt::Debug,
+            <T as std::str::FromStr>::Err: std::fmt::Debug,
+        {
+            for v in all {
+                assert_eq!(v.to_string().parse::<T>().unwrap(), *v);
+                assert_eq!(serde_json::to_string(v).unwrap(), format!("\"{v}\""));
+            }
         }
-        for k in JobKind::ALL {
-            assert_eq!(k.as_str().parse::<JobKind>().unwrap(), *k);
-        }
+        check(FailoverState::ALL);
+        check(JobKind::ALL);
+        check(JobState::ALL);
+        check(PointKind::ALL);
+        check(DiskAlertKind::ALL);
         let e = "failed over".parse::<FailoverState>().unwrap_err();
         assert_eq!(e.to_string(), "unknown FailoverState \"failed over\"");
         assert!(serde_json::from_str::<JobState>("\"done\"").is_err());

@@ -153,10 +153,14 @@ pub async fn run(config: ApplianceConfig) -> anyhow::Result<()> {
         tracing::info!(target = %cfg.master_target.target, "master target running");
     }
     start_health(&core, cache_status, &shutdown, &mut tasks);
+    // Cursors and counters of the per-batch path are written behind (see `store::behind`).
+    let (state, sd) = (core.state.clone(), shutdown.clone());
+    tasks.spawn(async move { state.flush_every(std::time::Duration::from_secs(1), sd).await });
     let mut tasks = wait_for_signals(&core, tasks).await?;
     tracing::info!("shutting down: finishing requests in flight");
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
+    core.state.flush()?;
     Ok(())
 }
 

@@ -555,7 +555,7 @@ async fn login_logout_and_lockout(s: &Server, c: &Client, token: &str, good: &st
 /// [`setup_login_sessions_and_identities`]: the Prometheus metrics and the served document.
 async fn metrics_and_document(s: &Server, c: &Client, token: &str) {
     // Prometheus metrics, for an authenticated scraper only.
-    s.state.count(&[("received_batches", 3)]).unwrap();
+    s.state.count(&[(lifeboat_appliance::store::Counter::ReceivedBatches, 3)]).unwrap();
     let mut h = HeaderMap::new();
     h.insert(
         http::header::AUTHORIZATION,

@@ -9,13 +9,7 @@ use rand::{Rng, SeedableRng};
 use std::time::Duration;
 
 fn counter(site: &Site, cfg: &std::path::Path, name: &str) -> u64 {
-    let out = std::process::Command::new(site.bin.join("lifeboat-appliance"))
-        .args(["stats", "--config"])
-        .arg(cfg)
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v[name].as_u64().unwrap_or(0)
+    site.stats(cfg)[name].as_u64().unwrap_or(0)
 }
 
 #[test]

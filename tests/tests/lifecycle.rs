@@ -378,6 +378,5 @@ fn wait_job(site: &Site, id: &str) -> serde_json::Value {
 
 /// An appliance counter (`lifeboat-appliance stats`).
 fn stat(site: &Site, cfg: &Path, name: &str) -> u64 {
-    let v: serde_json::Value = serde_json::from_str(&site.cli(cfg, &["stats"])).unwrap();
-    v[name].as_u64().unwrap_or(0)
+    site.stats(cfg)[name].as_u64().unwrap_or(0)
 }

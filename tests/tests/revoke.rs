@@ -10,8 +10,7 @@ use lifeboat_net::tls::{self, Trust};
 use std::time::Duration;
 
 fn received_batches(site: &Site, cfg: &std::path::Path) -> u64 {
-    let v: serde_json::Value = serde_json::from_str(site.cli(cfg, &["stats"]).trim()).unwrap();
-    v["received_batches"].as_u64().unwrap_or(0)
+    site.stats(cfg)["received_batches"].as_u64().unwrap_or(0)
 }
 
 #[test]

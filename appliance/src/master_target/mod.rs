@@ -497,7 +497,7 @@ impl MasterTarget {
             lifeboat_api::DiskAlertKind::CursorStuck,
             &message,
         )?;
-        self.state.count(&[("log_gaps", 1)])?;
+        self.state.count(&[(crate::store::Counter::LogGaps, 1)])?;
         tracing::error!(%machine, disk, token, "{message}");
         Ok(Some((first, token)))
     }
@@ -584,7 +584,7 @@ impl MasterTarget {
         });
         let mid = machine.to_string();
         self.state.set_applied(&mid, disk, last + 1, tag)?;
-        self.state.count(&[("applied_batches", unflushed.len() as u64)])?;
+        self.state.count(&[(crate::store::Counter::AppliedBatches, unflushed.len() as u64)])?;
         // Deleting the logs cannot be undone: the cursor past them must survive a power
         // cut first, or the disk would wait for them forever.
         self.state.make_durable()?;
@@ -625,7 +625,7 @@ impl MasterTarget {
                             "log {name} is not sealed, but the policy of machine {machine} requires encryption: refused"
                         )));
                     }
-                    self.state.count(&[("unsealed_logs", 1)])?;
+                    self.state.count(&[(crate::store::Counter::UnsealedLogs, 1)])?;
                     envelope.to_vec()
                 };
                 let encoded = if header.compressed {

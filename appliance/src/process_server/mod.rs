@@ -131,6 +131,11 @@ struct DiskQueue {
     order: tokio::sync::Mutex<()>,
     queue: Mutex<VecDeque<Queued>>,
     notify: Notify,
+    /// The disk's size as its agent last announced it (0: not read yet), so that a batch
+    /// is checked against it without a database read.
+    size: std::sync::atomic::AtomicU64,
+    /// The machine's number in cache records, once read.
+    number: std::sync::OnceLock<u64>,
 }
 
 struct Inner {
@@ -252,6 +257,8 @@ impl ProcessServer {
             order: tokio::sync::Mutex::new(()),
             queue: Mutex::new(VecDeque::new()),
             notify: Notify::new(),
+            size: Default::default(),
+            number: std::sync::OnceLock::new(),
         });
         disks.insert((machine, disk), q.clone());
         let me = self.clone();
@@ -348,7 +355,7 @@ impl ProcessServer {
                 index: d.index,
                 next_sequence: self.inner.state.received_next(machine_id, d.index)?,
             });
-            self.queue(machine, d.index);
+            self.queue(machine, d.index).size.store(d.size, std::sync::atomic::Ordering::SeqCst);
         }
         Ok(HelloResponse { protocol_version: version, disks: cursors })
     }
@@ -375,14 +382,22 @@ impl ProcessServer {
                 ),
             ));
         }
-        let known = self.inner.state.disks(machine_id)?;
-        let Some(&(_, size)) = known.iter().find(|(i, _)| *i == h.disk_index) else {
-            return Err(ProcessError::new(
-                Kind::Conflict,
-                "unknown-disk",
-                format!("disk {} was not announced: send hello first", h.disk_index),
-            ));
-        };
+        let q = self.queue(h.machine, h.disk_index);
+        // The size as last read; read again when it does not cover the batch (the disk
+        // may have grown since).
+        let mut size = q.size.load(std::sync::atomic::Ordering::SeqCst);
+        if end > size || size == 0 {
+            let known = self.inner.state.disks(machine_id)?;
+            let Some(&(_, now)) = known.iter().find(|(i, _)| *i == h.disk_index) else {
+                return Err(ProcessError::new(
+                    Kind::Conflict,
+                    "unknown-disk",
+                    format!("disk {} was not announced: send hello first", h.disk_index),
+                ));
+            };
+            q.size.store(now, std::sync::atomic::Ordering::SeqCst);
+            size = now;
+        }
         // Extents are sorted and disjoint (the decoder checked): the last one ends last.
         if end > size {
             return Err(ProcessError::new(
@@ -394,13 +409,13 @@ impl ProcessServer {
                 ),
             ));
         }
-        let q = self.queue(h.machine, h.disk_index);
         let _order = q.order.lock().await;
         let expected = self.inner.state.received_next(machine_id, h.disk_index)?;
         if h.sequence < expected {
-            self.inner
-                .state
-                .count(&[("duplicate_batches", 1), ("duplicate_bytes", body.len() as u64)])?;
+            self.inner.state.count(&[
+                (crate::store::Counter::DuplicateBatches, 1),
+                (crate::store::Counter::DuplicateBytes, body.len() as u64),
+            ])?;
             return Ok(self.ack(h.disk_index, h.sequence, true));
         }
         if h.sequence > expected {
@@ -415,9 +430,19 @@ impl ProcessServer {
             f.expected_sequence = Some(expected);
             return Err(f);
         }
-        let number = self.inner.state.machine_number(machine_id)?.ok_or_else(|| {
-            ProcessError::new(Kind::Forbidden, "unknown-machine", "machine is not registered")
-        })?;
+        let number = match q.number.get() {
+            Some(&n) => n,
+            None => {
+                let n = self.inner.state.machine_number(machine_id)?.ok_or_else(|| {
+                    ProcessError::new(
+                        Kind::Forbidden,
+                        "unknown-machine",
+                        "machine is not registered",
+                    )
+                })?;
+                *q.number.get_or_init(|| n)
+            }
+        };
         let key = RecordKey { machine: number, disk: h.disk_index, sequence: h.sequence };
         let inner = self.inner.clone();
         let len = body.len() as u64;
@@ -446,8 +471,13 @@ impl ProcessServer {
             }
         })?;
         self.inner.state.set_received_next(machine_id, h.disk_index, h.sequence + 1)?;
+        self.inner.state.count(&[
+            (crate::store::Counter::ReceivedBatches, 1),
+            (crate::store::Counter::ReceivedBytes, len),
+        ])?;
+        // Taken after the cursor (and counts) moved: the sync before this batch leaves the
+        // cache covers them.
         let mark = self.inner.state.durable_mark();
-        self.inner.state.count(&[("received_batches", 1), ("received_bytes", len)])?;
         let payload = self.hold(kept);
         lock(&q.queue).push_back(Queued { record, payload, mark });
         q.notify.notify_one();

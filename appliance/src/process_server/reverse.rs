@@ -30,9 +30,6 @@ use lifeboat_wire::{Batch, BatchHeader, MachineId};
 use crate::process_server::{Kind, ProcessError, ProcessServer, call_failure};
 use crate::store::State;
 
-/// Failover states in which the machine's disks are written from the target.
-pub const REVERSE_STATES: &[&str] = &["reprotecting", "reprotected", "failing-back"];
-
 fn not_reverse(machine: &str) -> ProcessError {
     ProcessError::new(
         Kind::Conflict,
@@ -43,7 +40,9 @@ fn not_reverse(machine: &str) -> ProcessError {
 
 /// Whether `machine` is in reverse replication.
 fn in_reverse(state: &State, machine: &str) -> Result<bool, ProcessError> {
-    Ok(state.failover_state(machine)?.is_some_and(|s| REVERSE_STATES.contains(&s.as_str())))
+    Ok(state
+        .failover_state(machine)?
+        .is_some_and(|s| lifeboat_api::FailoverState::REVERSE.contains(&s)))
 }
 
 /// `GET /api/v1/reverse`.
@@ -176,8 +175,10 @@ pub async fn compare(
         })
         .map(|(i, _)| i as u32)
         .collect::<Vec<_>>();
-    state
-        .count(&[("compared_bytes", len), ("compared_differing_bytes", differ.len() as u64 * b)])?;
+    state.count(&[
+        (crate::store::Counter::ComparedBytes, len),
+        (crate::store::Counter::ComparedDifferingBytes, differ.len() as u64 * b),
+    ])?;
     Ok(CompareAnswer { differ })
 }
 

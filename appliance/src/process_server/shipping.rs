@@ -220,9 +220,10 @@ impl ProcessServer {
             Ok::<_, ShipError>(r?)
         })
         .await??;
-        self.inner
-            .state
-            .count(&[("shipped_objects", 1), ("shipped_bytes", sealed.obj.len() as u64)])?;
+        self.inner.state.count(&[
+            (crate::store::Counter::ShippedObjects, 1),
+            (crate::store::Counter::ShippedBytes, sealed.obj.len() as u64),
+        ])?;
         tracing::debug!(%machine, disk, sequence, bytes = sealed.obj.len(), put_us, "shipped");
         Ok(())
     }

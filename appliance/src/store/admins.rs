@@ -1,11 +1,38 @@
 //! Administrators and their sessions.
 
-use super::{State, StateError, now_ms};
+use super::{Sqlite, State, StateError, now_ms};
 use rusqlite::{OptionalExtension, params};
 
-impl State {
-    /// Creates the first administrator; false (nothing written) if one exists already.
-    pub fn create_first_admin(&self, name: &str, password_hash: &str) -> Result<bool, StateError> {
+super::backend_trait! {
+    /// Administrators and their sessions.
+    AdminStore {
+        /// Creates the first administrator; false (nothing written) if one exists already.
+        fn create_first_admin(&self, name: &str, password_hash: &str) -> Result<bool, StateError>;
+
+        /// Whether any administrator exists.
+        fn has_admin(&self) -> Result<bool, StateError>;
+
+        /// An administrator's password hash.
+        fn admin_hash(&self, name: &str) -> Result<Option<String>, StateError>;
+
+        /// Records a session (by the token's sha256) and drops expired ones.
+        fn add_session(
+            &self,
+            token_sha256: &str,
+            admin: &str,
+            expires_unix_ms: u64,
+        ) -> Result<(), StateError>;
+
+        /// The administrator and expiry of a live session.
+        fn session(&self, token_sha256: &str) -> Result<Option<(String, u64)>, StateError>;
+
+        /// Ends a session.
+        fn delete_session(&self, token_sha256: &str) -> Result<(), StateError>;
+    }
+}
+
+impl AdminStore for Sqlite {
+    fn create_first_admin(&self, name: &str, password_hash: &str) -> Result<bool, StateError> {
         let mut c = self.conn();
         let tx = c.transaction().map_err(|e| self.err(e))?;
         let n: i64 = tx
@@ -23,8 +50,7 @@ impl State {
         Ok(true)
     }
 
-    /// Whether any administrator exists.
-    pub fn has_admin(&self) -> Result<bool, StateError> {
+    fn has_admin(&self) -> Result<bool, StateError> {
         let n: i64 = self
             .conn()
             .query_row("SELECT COUNT(*) FROM admins", [], |r| r.get(0))
@@ -32,9 +58,8 @@ impl State {
         Ok(n > 0)
     }
 
-    /// An administrator's password hash.
-    pub fn admin_hash(&self, name: &str) -> Result<Option<String>, StateError> {
-        self.conn()
+    fn admin_hash(&self, name: &str) -> Result<Option<String>, StateError> {
+        self.read()
             .query_row("SELECT password_hash FROM admins WHERE name = ?1", params![name], |r| {
                 r.get(0)
             })
@@ -42,8 +67,7 @@ impl State {
             .map_err(|e| self.err(e))
     }
 
-    /// Records a session (by the token's sha256) and drops expired ones.
-    pub fn add_session(
+    fn add_session(
         &self,
         token_sha256: &str,
         admin: &str,
@@ -60,9 +84,8 @@ impl State {
         Ok(())
     }
 
-    /// The administrator and expiry of a live session.
-    pub fn session(&self, token_sha256: &str) -> Result<Option<(String, u64)>, StateError> {
-        self.conn()
+    fn session(&self, token_sha256: &str) -> Result<Option<(String, u64)>, StateError> {
+        self.read()
             .query_row(
                 "SELECT admin, expires_unix_ms FROM sessions WHERE token_sha256 = ?1 AND expires_unix_ms > ?2",
                 params![token_sha256, now_ms() as i64],
@@ -72,8 +95,7 @@ impl State {
             .map_err(|e| self.err(e))
     }
 
-    /// Ends a session.
-    pub fn delete_session(&self, token_sha256: &str) -> Result<(), StateError> {
+    fn delete_session(&self, token_sha256: &str) -> Result<(), StateError> {
         self.conn()
             .execute("DELETE FROM sessions WHERE token_sha256 = ?1", params![token_sha256])
             .map_err(|e| self.err(e))?;

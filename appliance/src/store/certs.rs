@@ -1,16 +1,55 @@
 //! The certificates issued to each machine and the trust answer last given to it.
 
-use super::{State, StateError};
+use super::{Sqlite, State, StateError};
 use rusqlite::{OptionalExtension, params};
 
 /// A machine's certificates: (signing CA of the current one, current sha256, previous
 /// sha256 still accepted).
 pub type MachineCerts = (Option<String>, Option<String>, Option<String>);
 
-impl State {
-    /// Records a certificate just issued to the machine; the one it had stays accepted
-    /// until the new one is seen in use (a lost renewal answer must not lock it out).
-    pub fn set_machine_cert(
+super::backend_trait! {
+    /// Machine certificates and trust.
+    CertStore {
+        /// Records a certificate just issued to the machine; the one it had stays accepted
+        /// until the new one is seen in use (a lost renewal answer must not lock it out).
+        fn set_machine_cert(
+            &self,
+            machine_id: &str,
+            ca_fingerprint: &str,
+            not_after_unix_ms: u64,
+            cert_sha256: &str,
+        ) -> Result<(), StateError>;
+
+        /// The machine presented its current certificate: the previous one is refused now.
+        fn machine_cert_in_use(&self, machine_id: &str) -> Result<(), StateError>;
+
+        /// The machine's certificates as (signing CA of the current one, current sha256,
+        /// previous sha256 still accepted).
+        fn machine_certs(&self, machine_id: &str) -> Result<MachineCerts, StateError>;
+
+        /// The machine's current certificate as (signing CA fingerprint, sha256), if recorded.
+        fn machine_cert(
+            &self,
+            machine_id: &str,
+        ) -> Result<(Option<String>, Option<String>), StateError>;
+
+        /// Records the sha256 of the trust bundle last sent to the machine's agent.
+        fn set_machine_trust(
+            &self,
+            machine_id: &str,
+            bundle_sha256: &str,
+        ) -> Result<(), StateError>;
+
+        /// The sha256 of the trust bundle last sent to the machine's agent.
+        fn machine_trust(&self, machine_id: &str) -> Result<Option<String>, StateError>;
+
+        /// The machine's certificate expiry, if recorded.
+        fn machine_cert_expiry(&self, machine_id: &str) -> Result<Option<u64>, StateError>;
+    }
+}
+
+impl CertStore for Sqlite {
+    fn set_machine_cert(
         &self,
         machine_id: &str,
         ca_fingerprint: &str,
@@ -29,8 +68,7 @@ impl State {
         Ok(())
     }
 
-    /// The machine presented its current certificate: the previous one is refused now.
-    pub fn machine_cert_in_use(&self, machine_id: &str) -> Result<(), StateError> {
+    fn machine_cert_in_use(&self, machine_id: &str) -> Result<(), StateError> {
         self.conn()
             .execute(
                 "UPDATE machines SET cert_prev_sha256 = NULL
@@ -41,10 +79,8 @@ impl State {
         Ok(())
     }
 
-    /// The machine's certificates as (signing CA of the current one, current sha256,
-    /// previous sha256 still accepted).
-    pub fn machine_certs(&self, machine_id: &str) -> Result<MachineCerts, StateError> {
-        self.conn()
+    fn machine_certs(&self, machine_id: &str) -> Result<MachineCerts, StateError> {
+        self.read()
             .query_row(
                 "SELECT cert_ca, cert_sha256, cert_prev_sha256 FROM machines WHERE id = ?1",
                 params![machine_id],
@@ -55,8 +91,7 @@ impl State {
             .map_err(|e| self.err(e))
     }
 
-    /// The machine's current certificate as (signing CA fingerprint, sha256), if recorded.
-    pub fn machine_cert(
+    fn machine_cert(
         &self,
         machine_id: &str,
     ) -> Result<(Option<String>, Option<String>), StateError> {
@@ -64,12 +99,7 @@ impl State {
         Ok((ca, sha))
     }
 
-    /// Records the sha256 of the trust bundle last sent to the machine's agent.
-    pub fn set_machine_trust(
-        &self,
-        machine_id: &str,
-        bundle_sha256: &str,
-    ) -> Result<(), StateError> {
+    fn set_machine_trust(&self, machine_id: &str, bundle_sha256: &str) -> Result<(), StateError> {
         self.conn()
             .execute(
                 "UPDATE machines SET trust_bundle_sha256 = ?2 WHERE id = ?1",
@@ -79,9 +109,8 @@ impl State {
         Ok(())
     }
 
-    /// The sha256 of the trust bundle last sent to the machine's agent.
-    pub fn machine_trust(&self, machine_id: &str) -> Result<Option<String>, StateError> {
-        self.conn()
+    fn machine_trust(&self, machine_id: &str) -> Result<Option<String>, StateError> {
+        self.read()
             .query_row(
                 "SELECT trust_bundle_sha256 FROM machines WHERE id = ?1",
                 params![machine_id],
@@ -92,9 +121,8 @@ impl State {
             .map_err(|e| self.err(e))
     }
 
-    /// The machine's certificate expiry, if recorded.
-    pub fn machine_cert_expiry(&self, machine_id: &str) -> Result<Option<u64>, StateError> {
-        self.conn()
+    fn machine_cert_expiry(&self, machine_id: &str) -> Result<Option<u64>, StateError> {
+        self.read()
             .query_row(
                 "SELECT cert_not_after_unix_ms FROM machines WHERE id = ?1",
                 params![machine_id],

@@ -1,6 +1,6 @@
 //! Where each role stands in each disk's sequence, progress, churn reports, disk alerts and hash comparisons.
 
-use super::{State, StateError, now_ms};
+use super::{Sqlite, State, StateError, now_ms};
 use lifeboat_api::{DiskAlertKind, PointKind};
 use rusqlite::{OptionalExtension, params};
 
@@ -19,46 +19,103 @@ pub struct DiskAlertRow {
     pub since_unix_ms: u64,
 }
 
-impl State {
-    fn get_seq(&self, table: &str, machine_id: &str, disk: u32) -> Result<u64, StateError> {
-        self.conn()
-            .query_row(
-                &format!("SELECT next_sequence FROM {table} WHERE machine_id = ?1 AND disk = ?2"),
-                params![machine_id, disk],
-                |r| r.get::<_, i64>(0),
-            )
-            .optional()
-            .map(|o| o.unwrap_or(0) as u64)
-            .map_err(|e| self.err(e))
-    }
+super::backend_trait! {
+    /// Where each role stands in each disk's sequence, progress, churn, disk alerts and hash comparisons.
+    CursorStore {
 
-    /// The process server's cursor: the next sequence it expects for a disk.
-    pub fn received_next(&self, machine_id: &str, disk: u32) -> Result<u64, StateError> {
-        self.get_seq("received", machine_id, disk)
-    }
+        /// The master target's cursor: the next sequence to apply, and the last point tag
+        /// the disk reached.
+        fn applied(&self, machine_id: &str, disk: u32) -> Result<(u64, Option<u64>), StateError>;
 
-    /// Advances the process server's cursor (never moves it back).
-    pub fn set_received_next(
-        &self,
-        machine_id: &str,
-        disk: u32,
-        next: u64,
-    ) -> Result<(), StateError> {
-        self.conn()
-            .execute(
-                "INSERT INTO received (machine_id, disk, next_sequence) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (machine_id, disk) DO UPDATE
-                 SET next_sequence = MAX(next_sequence, ?3)",
-                params![machine_id, disk, next as i64],
-            )
-            .map_err(|e| self.err(e))?;
-        Ok(())
-    }
+        /// Records that a disk's log `next - 1` was applied (and the point tag it carried, with
+        /// the tag's kind: `crash` or `app`).
+        fn set_applied(
+            &self,
+            machine_id: &str,
+            disk: u32,
+            next: u64,
+            point_reached: Option<(u64, PointKind)>,
+        ) -> Result<(), StateError>;
 
-    /// The master target's cursor: the next sequence to apply, and the last point tag
-    /// the disk reached.
-    pub fn applied(&self, machine_id: &str, disk: u32) -> Result<(u64, Option<u64>), StateError> {
-        self.conn()
+        /// The kind (`crash`, `app`) of the last point tag a disk reached; `crash` for tags
+        /// recorded before the kind was (schema 2).
+        fn applied_kind(&self, machine_id: &str, disk: u32) -> Result<PointKind, StateError>;
+
+        /// A machine's progress per disk as (disk, phase, done, total), by disk.
+        fn progress(&self, machine_id: &str) -> Result<Vec<(u32, String, u64, u64)>, StateError>;
+
+        /// Stores an agent's progress report for one disk.
+        fn set_progress(
+            &self,
+            machine_id: &str,
+            p: &lifeboat_api::Progress,
+        ) -> Result<(), StateError>;
+
+        /// Stores a churn report (JSON, already checked) of `machine_id`.
+        fn add_churn(&self, machine_id: &str, report_json: &str) -> Result<(), StateError>;
+
+        /// Churn reports as (machine, time, JSON), oldest first, of one machine or all.
+        fn churn(
+            &self,
+            machine_id: Option<&str>,
+        ) -> Result<Vec<(String, u64, String)>, StateError>;
+
+        /// Records (or refreshes the message of) a problem of one disk; `since` stays the
+        /// first time it was seen.
+        fn set_disk_alert(
+            &self,
+            machine_id: &str,
+            disk: u32,
+            kind: DiskAlertKind,
+            message: &str,
+        ) -> Result<(), StateError>;
+
+        /// Clears a problem of one disk (nothing if there is none).
+        fn clear_disk_alert(
+            &self,
+            machine_id: &str,
+            disk: u32,
+            kind: DiskAlertKind,
+        ) -> Result<(), StateError>;
+
+        /// Every problem of a disk that holds now.
+        fn disk_alerts(&self) -> Result<Vec<DiskAlertRow>, StateError>;
+
+        /// Asks for a comparison of a disk with its replica; returns its token (the open
+        /// request's, if there is one).
+        fn request_compare(&self, machine_id: &str, disk: u32) -> Result<u64, StateError>;
+
+        /// Records a comparison asked for elsewhere (a master target at another site), under
+        /// its token; false if it is known already.
+        fn record_compare(
+            &self,
+            machine_id: &str,
+            disk: u32,
+            token: u64,
+        ) -> Result<bool, StateError>;
+
+        /// A machine's comparisons: (disk, token, point from which the replica is whole once
+        /// the agent said it is done).
+        fn compares(&self, machine_id: &str) -> Result<Vec<(u32, u64, Option<u64>)>, StateError>;
+
+        /// The agent compared the whole disk for the request `token`; the replica is whole
+        /// from `point` on. False if no such request is open.
+        fn compare_done(
+            &self,
+            machine_id: &str,
+            disk: u32,
+            token: u64,
+            point: u64,
+        ) -> Result<bool, StateError>;
+
+        /// Forgets a machine's comparisons that are done by `point`.
+        fn end_compares(&self, machine_id: &str, point: u64) -> Result<Vec<u32>, StateError>;
+    }
+}
+
+impl CursorStore for Sqlite {
+    fn applied(&self, machine_id: &str, disk: u32) -> Result<(u64, Option<u64>), StateError> {
+        self.read()
             .query_row(
                 "SELECT next_sequence, point_reached FROM applied
                  WHERE machine_id = ?1 AND disk = ?2",
@@ -70,9 +127,7 @@ impl State {
             .map_err(|e| self.err(e))
     }
 
-    /// Records that a disk's log `next - 1` was applied (and the point tag it carried, with
-    /// the tag's kind: `crash` or `app`).
-    pub fn set_applied(
+    fn set_applied(
         &self,
         machine_id: &str,
         disk: u32,
@@ -98,10 +153,8 @@ impl State {
         Ok(())
     }
 
-    /// The kind (`crash`, `app`) of the last point tag a disk reached; `crash` for tags
-    /// recorded before the kind was (schema 2).
-    pub fn applied_kind(&self, machine_id: &str, disk: u32) -> Result<PointKind, StateError> {
-        self.conn()
+    fn applied_kind(&self, machine_id: &str, disk: u32) -> Result<PointKind, StateError> {
+        self.read()
             .query_row(
                 "SELECT point_kind FROM applied WHERE machine_id = ?1 AND disk = ?2",
                 params![machine_id, disk],
@@ -112,32 +165,8 @@ impl State {
             .map_err(|e| self.err(e))
     }
 
-    /// The replica of a disk was made anew (failback): the master target goes on from
-    /// sequence `next` with no point reached, and the process server expects `next`.
-    pub fn rebase_disk(&self, machine_id: &str, disk: u32, next: u64) -> Result<(), StateError> {
-        let mut c = self.conn();
-        let tx = c.transaction().map_err(|e| self.err(e))?;
-        tx.execute(
-            "INSERT INTO applied (machine_id, disk, next_sequence, point_reached, point_kind)
-             VALUES (?1, ?2, ?3, NULL, NULL)
-             ON CONFLICT (machine_id, disk) DO UPDATE
-             SET next_sequence = ?3, point_reached = NULL, point_kind = NULL",
-            params![machine_id, disk, next as i64],
-        )
-        .map_err(|e| self.err(e))?;
-        tx.execute(
-            "INSERT INTO received (machine_id, disk, next_sequence) VALUES (?1, ?2, ?3)
-             ON CONFLICT (machine_id, disk) DO UPDATE
-             SET next_sequence = MAX(next_sequence, ?3)",
-            params![machine_id, disk, next as i64],
-        )
-        .map_err(|e| self.err(e))?;
-        tx.commit().map_err(|e| self.err(e))
-    }
-
-    /// A machine's progress per disk as (disk, phase, done, total), by disk.
-    pub fn progress(&self, machine_id: &str) -> Result<Vec<(u32, String, u64, u64)>, StateError> {
-        let c = self.conn();
+    fn progress(&self, machine_id: &str) -> Result<Vec<(u32, String, u64, u64)>, StateError> {
+        let c = self.read();
         let mut s = c
             .prepare(
                 "SELECT disk, phase, done_bytes, total_bytes FROM progress
@@ -157,12 +186,7 @@ impl State {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
-    /// Stores an agent's progress report for one disk.
-    pub fn set_progress(
-        &self,
-        machine_id: &str,
-        p: &lifeboat_api::Progress,
-    ) -> Result<(), StateError> {
+    fn set_progress(&self, machine_id: &str, p: &lifeboat_api::Progress) -> Result<(), StateError> {
         self.conn()
             .execute(
                 "INSERT INTO progress (machine_id, disk, phase, done_bytes, total_bytes, sent_bytes, updated_unix_ms)
@@ -183,8 +207,7 @@ impl State {
         Ok(())
     }
 
-    /// Stores a churn report (JSON, already checked) of `machine_id`.
-    pub fn add_churn(&self, machine_id: &str, report_json: &str) -> Result<(), StateError> {
+    fn add_churn(&self, machine_id: &str, report_json: &str) -> Result<(), StateError> {
         self.conn()
             .execute(
                 "INSERT INTO churn (machine_id, reported_unix_ms, report) VALUES (?1, ?2, ?3)",
@@ -194,12 +217,8 @@ impl State {
         Ok(())
     }
 
-    /// Churn reports as (machine, time, JSON), oldest first, of one machine or all.
-    pub fn churn(
-        &self,
-        machine_id: Option<&str>,
-    ) -> Result<Vec<(String, u64, String)>, StateError> {
-        let conn = self.conn();
+    fn churn(&self, machine_id: Option<&str>) -> Result<Vec<(String, u64, String)>, StateError> {
+        let conn = self.read();
         let mut stmt = conn
             .prepare(
                 "SELECT machine_id, reported_unix_ms, report FROM churn
@@ -216,9 +235,7 @@ impl State {
         Ok(rows)
     }
 
-    /// Records (or refreshes the message of) a problem of one disk; `since` stays the
-    /// first time it was seen.
-    pub fn set_disk_alert(
+    fn set_disk_alert(
         &self,
         machine_id: &str,
         disk: u32,
@@ -236,8 +253,7 @@ impl State {
         Ok(())
     }
 
-    /// Clears a problem of one disk (nothing if there is none).
-    pub fn clear_disk_alert(
+    fn clear_disk_alert(
         &self,
         machine_id: &str,
         disk: u32,
@@ -252,9 +268,8 @@ impl State {
         Ok(())
     }
 
-    /// Every problem of a disk that holds now.
-    pub fn disk_alerts(&self) -> Result<Vec<DiskAlertRow>, StateError> {
-        let c = self.conn();
+    fn disk_alerts(&self) -> Result<Vec<DiskAlertRow>, StateError> {
+        let c = self.read();
         let mut s = c
             .prepare(
                 "SELECT machine_id, disk, kind, message, since_unix_ms FROM disk_alerts
@@ -275,9 +290,7 @@ impl State {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
-    /// Asks for a comparison of a disk with its replica; returns its token (the open
-    /// request's, if there is one).
-    pub fn request_compare(&self, machine_id: &str, disk: u32) -> Result<u64, StateError> {
+    fn request_compare(&self, machine_id: &str, disk: u32) -> Result<u64, StateError> {
         let c = self.conn();
         let open: Option<i64> = c
             .query_row(
@@ -302,14 +315,7 @@ impl State {
         Ok(token)
     }
 
-    /// Records a comparison asked for elsewhere (a master target at another site), under
-    /// its token; false if it is known already.
-    pub fn record_compare(
-        &self,
-        machine_id: &str,
-        disk: u32,
-        token: u64,
-    ) -> Result<bool, StateError> {
+    fn record_compare(&self, machine_id: &str, disk: u32, token: u64) -> Result<bool, StateError> {
         if self.compares(machine_id)?.iter().any(|c| c.0 == disk && c.1 == token) {
             return Ok(false);
         }
@@ -325,10 +331,8 @@ impl State {
         Ok(true)
     }
 
-    /// A machine's comparisons: (disk, token, point from which the replica is whole once
-    /// the agent said it is done).
-    pub fn compares(&self, machine_id: &str) -> Result<Vec<(u32, u64, Option<u64>)>, StateError> {
-        let c = self.conn();
+    fn compares(&self, machine_id: &str) -> Result<Vec<(u32, u64, Option<u64>)>, StateError> {
+        let c = self.read();
         let mut s = c
             .prepare(
                 "SELECT disk, token, done_point FROM compares WHERE machine_id = ?1 ORDER BY disk",
@@ -346,9 +350,7 @@ impl State {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
-    /// The agent compared the whole disk for the request `token`; the replica is whole
-    /// from `point` on. False if no such request is open.
-    pub fn compare_done(
+    fn compare_done(
         &self,
         machine_id: &str,
         disk: u32,
@@ -366,8 +368,7 @@ impl State {
         Ok(n == 1)
     }
 
-    /// Forgets a machine's comparisons that are done by `point`.
-    pub fn end_compares(&self, machine_id: &str, point: u64) -> Result<Vec<u32>, StateError> {
+    fn end_compares(&self, machine_id: &str, point: u64) -> Result<Vec<u32>, StateError> {
         let done: Vec<u32> = self
             .compares(machine_id)?
             .into_iter()

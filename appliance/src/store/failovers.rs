@@ -1,6 +1,6 @@
 //! Failovers, test failovers and reverse replication.
 
-use super::{State, StateError, now_ms};
+use super::{Sqlite, State, StateError, now_ms};
 use lifeboat_api::FailoverState;
 use rusqlite::{OptionalExtension, params};
 
@@ -69,9 +69,90 @@ pub struct ReverseRow {
     pub source_disks: Vec<String>,
 }
 
-impl State {
-    /// Records a test failover.
-    pub fn add_test_failover(&self, t: &TestFailoverRow) -> Result<(), StateError> {
+super::backend_trait! {
+    /// Failovers, test failovers and reverse replication.
+    FailoverStore {
+        /// Records a test failover.
+        fn add_test_failover(&self, t: &TestFailoverRow) -> Result<(), StateError>;
+
+        /// Test failovers, oldest first, or one.
+        fn test_failovers(&self, id: Option<&str>) -> Result<Vec<TestFailoverRow>, StateError>;
+
+        /// Marks a test failover cleaned up.
+        fn test_failover_cleaned(&self, id: &str) -> Result<(), StateError>;
+
+        /// Starts a failover of a machine as job `job`: replication of the machine stops
+        /// being accepted. False (nothing written) if it is failing over already, or failed
+        /// over and committed.
+        fn start_failover(&self, machine_id: &str, job: u64) -> Result<bool, StateError>;
+
+        /// Records where a failover stands: its state and, once made, the VM and disks.
+        fn set_failover(
+            &self,
+            machine_id: &str,
+            state: FailoverState,
+            point_id: Option<&str>,
+            vm: Option<&str>,
+            disks: &[String],
+        ) -> Result<(), StateError>;
+
+        /// Failovers, by machine id, or one machine's.
+        fn failovers(&self, machine_id: Option<&str>) -> Result<Vec<FailoverRow>, StateError>;
+
+        /// Moves a machine's failover from state `from` to `to`; false (nothing written) if it
+        /// was not in `from`.
+        fn failover_transition(
+            &self,
+            machine_id: &str,
+            from: FailoverState,
+            to: FailoverState,
+        ) -> Result<bool, StateError>;
+
+        /// Starts reverse replication of a machine whose disks hold `total_bytes`.
+        fn start_reverse(&self, machine_id: &str, total_bytes: u64) -> Result<(), StateError>;
+
+        /// Where reverse replication of a machine stands, if it was started.
+        fn reverse(&self, machine_id: &str) -> Result<Option<ReverseRow>, StateError>;
+
+        /// Counts a served reverse diff: `hashed` bytes compared, `sent` bytes sent. A diff at
+        /// the start of the first disk starts a new pass's counts.
+        fn reverse_progress(
+            &self,
+            machine_id: &str,
+            restart: bool,
+            hashed: u64,
+            sent: u64,
+        ) -> Result<(), StateError>;
+
+        /// Records a completed reverse pass; a final one — started after failback asked for it
+        /// (a diff at the start of the first disk came after the request) and covering every
+        /// byte — with the agent's next sequences.
+        fn reverse_pass_done(
+            &self,
+            machine_id: &str,
+            final_pass: bool,
+            next_sequences_json: &str,
+        ) -> Result<(), StateError>;
+
+        /// Failback asks the agent for a final pass (the failed-over VM is stopped) over
+        /// `source_disks`, frozen copies of the failed-over disks; with `None`, the request is
+        /// withdrawn (a failback that failed).
+        fn request_final_pass(
+            &self,
+            machine_id: &str,
+            source_disks: Option<&[String]>,
+        ) -> Result<(), StateError>;
+
+        /// Forward replication again: the failover and its reverse replication are forgotten.
+        fn end_failover(&self, machine_id: &str) -> Result<(), StateError>;
+
+        /// A machine's failover state, if it has one (`failing-over`, `failed-over`, …).
+        fn failover_state(&self, machine_id: &str) -> Result<Option<FailoverState>, StateError>;
+    }
+}
+
+impl FailoverStore for Sqlite {
+    fn add_test_failover(&self, t: &TestFailoverRow) -> Result<(), StateError> {
         self.conn()
             .execute(
                 "INSERT INTO test_failovers (id, machine_id, point_id, vm, disks, created_unix_ms)
@@ -89,9 +170,8 @@ impl State {
         Ok(())
     }
 
-    /// Test failovers, oldest first, or one.
-    pub fn test_failovers(&self, id: Option<&str>) -> Result<Vec<TestFailoverRow>, StateError> {
-        let conn = self.conn();
+    fn test_failovers(&self, id: Option<&str>) -> Result<Vec<TestFailoverRow>, StateError> {
+        let conn = self.read();
         let mut stmt = conn
             .prepare(
                 "SELECT id, machine_id, point_id, vm, disks, created_unix_ms, cleaned_unix_ms
@@ -121,8 +201,7 @@ impl State {
         Ok(rows)
     }
 
-    /// Marks a test failover cleaned up.
-    pub fn test_failover_cleaned(&self, id: &str) -> Result<(), StateError> {
+    fn test_failover_cleaned(&self, id: &str) -> Result<(), StateError> {
         self.conn()
             .execute(
                 "UPDATE test_failovers SET cleaned_unix_ms = ?2 WHERE id = ?1",
@@ -132,10 +211,7 @@ impl State {
         Ok(())
     }
 
-    /// Starts a failover of a machine as job `job`: replication of the machine stops
-    /// being accepted. False (nothing written) if it is failing over already, or failed
-    /// over and committed.
-    pub fn start_failover(&self, machine_id: &str, job: u64) -> Result<bool, StateError> {
+    fn start_failover(&self, machine_id: &str, job: u64) -> Result<bool, StateError> {
         let n = self
             .conn()
             .execute(
@@ -149,8 +225,7 @@ impl State {
         Ok(n > 0)
     }
 
-    /// Records where a failover stands: its state and, once made, the VM and disks.
-    pub fn set_failover(
+    fn set_failover(
         &self,
         machine_id: &str,
         state: FailoverState,
@@ -169,9 +244,8 @@ impl State {
         Ok(())
     }
 
-    /// Failovers, by machine id, or one machine's.
-    pub fn failovers(&self, machine_id: Option<&str>) -> Result<Vec<FailoverRow>, StateError> {
-        let conn = self.conn();
+    fn failovers(&self, machine_id: Option<&str>) -> Result<Vec<FailoverRow>, StateError> {
+        let conn = self.read();
         let mut stmt = conn
             .prepare(
                 "SELECT machine_id, state, point_id, vm, disks, job, started_unix_ms,
@@ -203,9 +277,7 @@ impl State {
         Ok(rows)
     }
 
-    /// Moves a machine's failover from state `from` to `to`; false (nothing written) if it
-    /// was not in `from`.
-    pub fn failover_transition(
+    fn failover_transition(
         &self,
         machine_id: &str,
         from: FailoverState,
@@ -221,8 +293,7 @@ impl State {
         Ok(n > 0)
     }
 
-    /// Starts reverse replication of a machine whose disks hold `total_bytes`.
-    pub fn start_reverse(&self, machine_id: &str, total_bytes: u64) -> Result<(), StateError> {
+    fn start_reverse(&self, machine_id: &str, total_bytes: u64) -> Result<(), StateError> {
         self.conn()
             .execute(
                 "INSERT INTO reverse_sync (machine_id, passes, final_requested, final_done, done_bytes,
@@ -237,9 +308,8 @@ impl State {
         Ok(())
     }
 
-    /// Where reverse replication of a machine stands, if it was started.
-    pub fn reverse(&self, machine_id: &str) -> Result<Option<ReverseRow>, StateError> {
-        self.conn()
+    fn reverse(&self, machine_id: &str) -> Result<Option<ReverseRow>, StateError> {
+        self.read()
             .query_row(
                 "SELECT passes, final_requested, final_done, done_bytes, total_bytes,
                         received_bytes, last_received_bytes, next_sequences, final_started,
@@ -271,9 +341,7 @@ impl State {
             .map_err(|e| self.err(e))
     }
 
-    /// Counts a served reverse diff: `hashed` bytes compared, `sent` bytes sent. A diff at
-    /// the start of the first disk starts a new pass's counts.
-    pub fn reverse_progress(
+    fn reverse_progress(
         &self,
         machine_id: &str,
         restart: bool,
@@ -294,10 +362,7 @@ impl State {
         Ok(())
     }
 
-    /// Records a completed reverse pass; a final one — started after failback asked for it
-    /// (a diff at the start of the first disk came after the request) and covering every
-    /// byte — with the agent's next sequences.
-    pub fn reverse_pass_done(
+    fn reverse_pass_done(
         &self,
         machine_id: &str,
         final_pass: bool,
@@ -318,10 +383,7 @@ impl State {
         Ok(())
     }
 
-    /// Failback asks the agent for a final pass (the failed-over VM is stopped) over
-    /// `source_disks`, frozen copies of the failed-over disks; with `None`, the request is
-    /// withdrawn (a failback that failed).
-    pub fn request_final_pass(
+    fn request_final_pass(
         &self,
         machine_id: &str,
         source_disks: Option<&[String]>,
@@ -336,8 +398,7 @@ impl State {
         Ok(())
     }
 
-    /// Forward replication again: the failover and its reverse replication are forgotten.
-    pub fn end_failover(&self, machine_id: &str) -> Result<(), StateError> {
+    fn end_failover(&self, machine_id: &str) -> Result<(), StateError> {
         let mut c = self.conn();
         let tx = c.transaction().map_err(|e| self.err(e))?;
         tx.execute("DELETE FROM reverse_sync WHERE machine_id = ?1", params![machine_id])
@@ -347,9 +408,8 @@ impl State {
         tx.commit().map_err(|e| self.err(e))
     }
 
-    /// A machine's failover state, if it has one (`failing-over`, `failed-over`, …).
-    pub fn failover_state(&self, machine_id: &str) -> Result<Option<FailoverState>, StateError> {
-        self.conn()
+    fn failover_state(&self, machine_id: &str) -> Result<Option<FailoverState>, StateError> {
+        self.read()
             .query_row(
                 "SELECT state FROM failovers WHERE machine_id = ?1",
                 params![machine_id],

@@ -1,6 +1,6 @@
 //! Long-running jobs and their progress.
 
-use super::{State, StateError, now_ms};
+use super::{Sqlite, State, StateError, now_ms};
 use lifeboat_api::{JobKind, JobState};
 use rusqlite::params;
 
@@ -27,9 +27,39 @@ pub struct JobRow {
     pub result: Option<String>,
 }
 
-impl State {
-    /// Starts a job; returns its number.
-    pub fn create_job(
+super::backend_trait! {
+    /// Long-running jobs.
+    JobStore {
+        /// Starts a job; returns its number.
+        fn create_job(
+            &self,
+            kind: JobKind,
+            machine_id: Option<&str>,
+            message: &str,
+        ) -> Result<u64, StateError>;
+
+        /// Records a running job's progress.
+        fn job_progress(&self, id: u64, progress: f64, message: &str) -> Result<(), StateError>;
+
+        /// Ends a job: succeeded with `result` (JSON) or failed with `message`.
+        fn finish_job(
+            &self,
+            id: u64,
+            ok: bool,
+            message: &str,
+            result: Option<&str>,
+        ) -> Result<(), StateError>;
+
+        /// Jobs a restart interrupted are failed (they are not resumed); returns how many.
+        fn fail_interrupted_jobs(&self) -> Result<u64, StateError>;
+
+        /// Jobs, newest first (at most `limit`), or one.
+        fn jobs(&self, id: Option<u64>, limit: u64) -> Result<Vec<JobRow>, StateError>;
+    }
+}
+
+impl JobStore for Sqlite {
+    fn create_job(
         &self,
         kind: JobKind,
         machine_id: Option<&str>,
@@ -45,8 +75,7 @@ impl State {
         Ok(c.last_insert_rowid() as u64)
     }
 
-    /// Records a running job's progress.
-    pub fn job_progress(&self, id: u64, progress: f64, message: &str) -> Result<(), StateError> {
+    fn job_progress(&self, id: u64, progress: f64, message: &str) -> Result<(), StateError> {
         self.conn()
             .execute(
                 "UPDATE jobs SET progress = ?2, message = ?3 WHERE id = ?1 AND state = 'running'",
@@ -56,8 +85,7 @@ impl State {
         Ok(())
     }
 
-    /// Ends a job: succeeded with `result` (JSON) or failed with `message`.
-    pub fn finish_job(
+    fn finish_job(
         &self,
         id: u64,
         ok: bool,
@@ -74,8 +102,7 @@ impl State {
         Ok(())
     }
 
-    /// Jobs a restart interrupted are failed (they are not resumed); returns how many.
-    pub fn fail_interrupted_jobs(&self) -> Result<u64, StateError> {
+    fn fail_interrupted_jobs(&self) -> Result<u64, StateError> {
         let n = self
             .conn()
             .execute(
@@ -105,9 +132,8 @@ impl State {
         Ok(n as u64)
     }
 
-    /// Jobs, newest first (at most `limit`), or one.
-    pub fn jobs(&self, id: Option<u64>, limit: u64) -> Result<Vec<JobRow>, StateError> {
-        let conn = self.conn();
+    fn jobs(&self, id: Option<u64>, limit: u64) -> Result<Vec<JobRow>, StateError> {
+        let conn = self.read();
         let mut stmt = conn
             .prepare(
                 "SELECT id, kind, machine_id, state, progress, message, created_unix_ms, finished_unix_ms, result

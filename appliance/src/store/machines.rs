@@ -1,6 +1,6 @@
 //! Registered machines: registration passphrases, disks, facts, VM settings, revocation and policy assignment.
 
-use super::{State, StateError, now_ms};
+use super::{PointStore, Sqlite, State, StateError, now_ms};
 use rusqlite::{OptionalExtension, params};
 use sha2::{Digest, Sha256};
 
@@ -11,9 +11,96 @@ pub(super) fn hash_passphrase(p: &str) -> String {
     hex::encode(Sha256::digest(p.trim().as_bytes()))
 }
 
-impl State {
-    /// Stores a new one-time registration passphrase (only its hash is kept).
-    pub fn add_passphrase(&self, passphrase: &str) -> Result<(), StateError> {
+super::backend_trait! {
+    /// Registration passphrases, machines, their disks, facts and policies.
+    MachineStore {
+        /// Stores a new one-time registration passphrase (only its hash is kept).
+        fn add_passphrase(&self, passphrase: &str) -> Result<(), StateError>;
+
+        /// Number of passphrases neither used nor expired.
+        fn unused_passphrases(&self) -> Result<u64, StateError>;
+
+        /// Invalidates every unused registration passphrase; returns how many.
+        fn drop_unused_passphrases(&self) -> Result<u64, StateError>;
+
+        /// Registers a machine if `passphrase` is valid, unused and younger than
+        /// [`PASSPHRASE_TTL_MS`], consuming it. Returns false (and changes nothing) otherwise.
+        fn register_machine(
+            &self,
+            passphrase: &str,
+            machine_id: &str,
+            hostname: &str,
+        ) -> Result<bool, StateError>;
+
+        /// The appliance-local number of a registered machine (its row id), used as the
+        /// durable cache's compact machine key.
+        fn machine_number(&self, machine_id: &str) -> Result<Option<u64>, StateError>;
+
+        /// Every machine id this appliance knows: registered here, or with recovery points
+        /// here (a target-site appliance registers no machines but keeps their points).
+        fn machine_ids(&self) -> Result<Vec<String>, StateError>;
+
+        /// Whether `machine_id` is registered.
+        fn machine_exists(&self, machine_id: &str) -> Result<bool, StateError>;
+
+        /// Records a disk of a machine (size and path as the agent reports them).
+        fn upsert_disk(
+            &self,
+            machine_id: &str,
+            idx: u32,
+            size: u64,
+            path: &str,
+        ) -> Result<(), StateError>;
+
+        /// The disk indexes of a machine with their sizes.
+        fn disks(&self, machine_id: &str) -> Result<Vec<(u32, u64)>, StateError>;
+
+        /// A machine's disks as (index, size, source path), by index.
+        fn disk_rows(&self, machine_id: &str) -> Result<Vec<(u32, u64, String)>, StateError>;
+
+        /// Adds a machine known from a recovered catalogue (no passphrase: it registered with
+        /// the lost appliance).
+        fn import_machine(
+            &self,
+            machine_id: &str,
+            hostname: &str,
+            registered_unix_ms: u64,
+        ) -> Result<(), StateError>;
+
+        /// Stores what the agent reported of its machine (JSON of `SystemInfo`).
+        fn set_machine_facts(&self, machine_id: &str, system_json: &str) -> Result<(), StateError>;
+
+        /// What the agent last reported of its machine (JSON), if anything.
+        fn machine_facts(&self, machine_id: &str) -> Result<Option<String>, StateError>;
+
+        /// Stores the administrator's VM settings for a machine (JSON of `VmSpecSettings`).
+        fn set_vm_settings(&self, machine_id: &str, json: &str) -> Result<(), StateError>;
+
+        /// The administrator's VM settings for a machine (JSON), if any.
+        fn vm_settings(&self, machine_id: &str) -> Result<Option<String>, StateError>;
+
+        /// Revokes a machine: its certificate is refused from now on. False if unknown.
+        fn revoke_machine(&self, id: &str) -> Result<bool, StateError>;
+
+        /// Whether a machine was revoked.
+        fn is_revoked(&self, id: &str) -> Result<bool, StateError>;
+
+        /// Registered machines as (id, host name, registration time), by id.
+        fn machines(&self) -> Result<Vec<(String, String, u64)>, StateError>;
+
+        /// Gives a machine a policy.
+        fn set_machine_policy(&self, machine_id: &str, policy: &str) -> Result<(), StateError>;
+
+        /// A machine's policy name and when its agent was last heard from.
+        fn machine_policy(&self, machine_id: &str) -> Result<(String, Option<u64>), StateError>;
+
+        /// The machine's agent was heard from now.
+        fn machine_seen(&self, machine_id: &str) -> Result<(), StateError>;
+    }
+}
+
+impl MachineStore for Sqlite {
+    fn add_passphrase(&self, passphrase: &str) -> Result<(), StateError> {
         self.conn()
             .execute(
                 "INSERT OR IGNORE INTO passphrases (hash, created_unix_ms) VALUES (?1, ?2)",
@@ -23,9 +110,8 @@ impl State {
         Ok(())
     }
 
-    /// Number of passphrases neither used nor expired.
-    pub fn unused_passphrases(&self) -> Result<u64, StateError> {
-        self.conn()
+    fn unused_passphrases(&self) -> Result<u64, StateError> {
+        self.read()
             .query_row(
                 "SELECT COUNT(*) FROM passphrases WHERE used_unix_ms IS NULL AND created_unix_ms > ?1",
                 params![now_ms().saturating_sub(PASSPHRASE_TTL_MS) as i64],
@@ -35,8 +121,7 @@ impl State {
             .map_err(|e| self.err(e))
     }
 
-    /// Invalidates every unused registration passphrase; returns how many.
-    pub fn drop_unused_passphrases(&self) -> Result<u64, StateError> {
+    fn drop_unused_passphrases(&self) -> Result<u64, StateError> {
         let n = self
             .conn()
             .execute("DELETE FROM passphrases WHERE used_unix_ms IS NULL", [])
@@ -44,9 +129,7 @@ impl State {
         Ok(n as u64)
     }
 
-    /// Registers a machine if `passphrase` is valid, unused and younger than
-    /// [`PASSPHRASE_TTL_MS`], consuming it. Returns false (and changes nothing) otherwise.
-    pub fn register_machine(
+    fn register_machine(
         &self,
         passphrase: &str,
         machine_id: &str,
@@ -78,10 +161,8 @@ impl State {
         Ok(true)
     }
 
-    /// The appliance-local number of a registered machine (its row id), used as the
-    /// durable cache's compact machine key.
-    pub fn machine_number(&self, machine_id: &str) -> Result<Option<u64>, StateError> {
-        self.conn()
+    fn machine_number(&self, machine_id: &str) -> Result<Option<u64>, StateError> {
+        self.read()
             .query_row("SELECT rowid FROM machines WHERE id = ?1", params![machine_id], |r| {
                 r.get::<_, i64>(0)
             })
@@ -90,10 +171,8 @@ impl State {
             .map_err(|e| self.err(e))
     }
 
-    /// Every machine id this appliance knows: registered here, or with recovery points
-    /// here (a target-site appliance registers no machines but keeps their points).
-    pub fn machine_ids(&self) -> Result<Vec<String>, StateError> {
-        let c = self.conn();
+    fn machine_ids(&self) -> Result<Vec<String>, StateError> {
+        let c = self.read();
         let mut s = c
             .prepare(
                 "SELECT id FROM (SELECT id, registered_unix_ms AS t FROM machines
@@ -105,17 +184,15 @@ impl State {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
-    /// Whether `machine_id` is registered.
-    pub fn machine_exists(&self, machine_id: &str) -> Result<bool, StateError> {
-        self.conn()
+    fn machine_exists(&self, machine_id: &str) -> Result<bool, StateError> {
+        self.read()
             .query_row("SELECT 1 FROM machines WHERE id = ?1", params![machine_id], |_| Ok(()))
             .optional()
             .map(|o| o.is_some())
             .map_err(|e| self.err(e))
     }
 
-    /// Records a disk of a machine (size and path as the agent reports them).
-    pub fn upsert_disk(
+    fn upsert_disk(
         &self,
         machine_id: &str,
         idx: u32,
@@ -132,9 +209,8 @@ impl State {
         Ok(())
     }
 
-    /// The disk indexes of a machine with their sizes.
-    pub fn disks(&self, machine_id: &str) -> Result<Vec<(u32, u64)>, StateError> {
-        let c = self.conn();
+    fn disks(&self, machine_id: &str) -> Result<Vec<(u32, u64)>, StateError> {
+        let c = self.read();
         let mut s = c
             .prepare("SELECT idx, size FROM disks WHERE machine_id = ?1 ORDER BY idx")
             .map_err(|e| self.err(e))?;
@@ -146,9 +222,8 @@ impl State {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
-    /// A machine's disks as (index, size, source path), by index.
-    pub fn disk_rows(&self, machine_id: &str) -> Result<Vec<(u32, u64, String)>, StateError> {
-        let c = self.conn();
+    fn disk_rows(&self, machine_id: &str) -> Result<Vec<(u32, u64, String)>, StateError> {
+        let c = self.read();
         let mut s = c
             .prepare("SELECT idx, size, path FROM disks WHERE machine_id = ?1 ORDER BY idx")
             .map_err(|e| self.err(e))?;
@@ -160,9 +235,7 @@ impl State {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
-    /// Adds a machine known from a recovered catalogue (no passphrase: it registered with
-    /// the lost appliance).
-    pub fn import_machine(
+    fn import_machine(
         &self,
         machine_id: &str,
         hostname: &str,
@@ -177,8 +250,7 @@ impl State {
         Ok(())
     }
 
-    /// Stores what the agent reported of its machine (JSON of `SystemInfo`).
-    pub fn set_machine_facts(&self, machine_id: &str, system_json: &str) -> Result<(), StateError> {
+    fn set_machine_facts(&self, machine_id: &str, system_json: &str) -> Result<(), StateError> {
         self.conn()
             .execute(
                 "INSERT INTO machine_facts (machine_id, system, updated_unix_ms) VALUES (?1, ?2, ?3)
@@ -189,9 +261,8 @@ impl State {
         Ok(())
     }
 
-    /// What the agent last reported of its machine (JSON), if anything.
-    pub fn machine_facts(&self, machine_id: &str) -> Result<Option<String>, StateError> {
-        self.conn()
+    fn machine_facts(&self, machine_id: &str) -> Result<Option<String>, StateError> {
+        self.read()
             .query_row(
                 "SELECT system FROM machine_facts WHERE machine_id = ?1",
                 params![machine_id],
@@ -201,8 +272,7 @@ impl State {
             .map_err(|e| self.err(e))
     }
 
-    /// Stores the administrator's VM settings for a machine (JSON of `VmSpecSettings`).
-    pub fn set_vm_settings(&self, machine_id: &str, json: &str) -> Result<(), StateError> {
+    fn set_vm_settings(&self, machine_id: &str, json: &str) -> Result<(), StateError> {
         self.conn()
             .execute(
                 "INSERT INTO vm_settings (machine_id, settings) VALUES (?1, ?2)
@@ -213,9 +283,8 @@ impl State {
         Ok(())
     }
 
-    /// The administrator's VM settings for a machine (JSON), if any.
-    pub fn vm_settings(&self, machine_id: &str) -> Result<Option<String>, StateError> {
-        self.conn()
+    fn vm_settings(&self, machine_id: &str) -> Result<Option<String>, StateError> {
+        self.read()
             .query_row(
                 "SELECT settings FROM vm_settings WHERE machine_id = ?1",
                 params![machine_id],
@@ -225,8 +294,7 @@ impl State {
             .map_err(|e| self.err(e))
     }
 
-    /// Revokes a machine: its certificate is refused from now on. False if unknown.
-    pub fn revoke_machine(&self, id: &str) -> Result<bool, StateError> {
+    fn revoke_machine(&self, id: &str) -> Result<bool, StateError> {
         let n = self
             .conn()
             .execute(
@@ -250,9 +318,8 @@ impl State {
         Ok(n > 0)
     }
 
-    /// Whether a machine was revoked.
-    pub fn is_revoked(&self, id: &str) -> Result<bool, StateError> {
-        self.conn()
+    fn is_revoked(&self, id: &str) -> Result<bool, StateError> {
+        self.read()
             .query_row("SELECT revoked_unix_ms FROM machines WHERE id = ?1", params![id], |r| {
                 r.get::<_, Option<i64>>(0)
             })
@@ -261,9 +328,8 @@ impl State {
             .map_err(|e| self.err(e))
     }
 
-    /// Registered machines as (id, host name, registration time), by id.
-    pub fn machines(&self) -> Result<Vec<(String, String, u64)>, StateError> {
-        let conn = self.conn();
+    fn machines(&self) -> Result<Vec<(String, String, u64)>, StateError> {
+        let conn = self.read();
         let mut stmt = conn
             .prepare("SELECT id, hostname, registered_unix_ms FROM machines ORDER BY id")
             .map_err(|e| self.err(e))?;
@@ -275,17 +341,15 @@ impl State {
         Ok(rows)
     }
 
-    /// Gives a machine a policy.
-    pub fn set_machine_policy(&self, machine_id: &str, policy: &str) -> Result<(), StateError> {
+    fn set_machine_policy(&self, machine_id: &str, policy: &str) -> Result<(), StateError> {
         self.conn()
             .execute("UPDATE machines SET policy = ?2 WHERE id = ?1", params![machine_id, policy])
             .map_err(|e| self.err(e))?;
         Ok(())
     }
 
-    /// A machine's policy name and when its agent was last heard from.
-    pub fn machine_policy(&self, machine_id: &str) -> Result<(String, Option<u64>), StateError> {
-        self.conn()
+    fn machine_policy(&self, machine_id: &str) -> Result<(String, Option<u64>), StateError> {
+        self.read()
             .query_row(
                 "SELECT policy, last_seen_unix_ms FROM machines WHERE id = ?1",
                 params![machine_id],
@@ -296,8 +360,7 @@ impl State {
             .map_err(|e| self.err(e))
     }
 
-    /// The machine's agent was heard from now.
-    pub fn machine_seen(&self, machine_id: &str) -> Result<(), StateError> {
+    fn machine_seen(&self, machine_id: &str) -> Result<(), StateError> {
         self.conn()
             .execute(
                 "UPDATE machines SET last_seen_unix_ms = ?2 WHERE id = ?1",

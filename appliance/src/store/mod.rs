@@ -1,9 +1,15 @@
-//! The appliance's runtime state: an embedded SQLite database with versioned
-//! migrations (`<data_dir>/state.db`).
+//! The appliance's runtime state, behind a backend interface: an embedded SQLite
+//! database with versioned migrations (`<data_dir>/state.db`) is the backend there is.
 //!
 //! What lives here is what the appliance learns while running — registered machines,
 //! registration passphrases (hashed), disks, where each role stands in each disk's
 //! sequence, recovery points, progress — as opposed to the static `appliance.toml`.
+//!
+//! The interface: each resource's file declares a trait ([`MachineStore`],
+//! [`CursorStore`], …) with `backend_trait!`, which also gives [`State`] the same
+//! methods, run on the backend off the async workers (`off_worker`). [`Backend`] is all
+//! of them; [`Sqlite`] implements it. The per-batch path's cursors and counters are kept
+//! in memory and written behind (see `behind.rs`).
 //!
 //! Durability: WAL journal with `synchronous = NORMAL`: a committed transaction survives
 //! a process crash; a power loss may roll back the last few. That is safe only for facts
@@ -21,6 +27,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 mod admins;
+mod behind;
 mod certs;
 mod cursors;
 mod failovers;
@@ -30,13 +37,16 @@ mod migrations;
 mod points;
 mod settings;
 
-pub use certs::MachineCerts;
-pub use cursors::DiskAlertRow;
-pub use failovers::{FailoverRow, ReverseRow, TestFailoverRow};
-pub use jobs::JobRow;
-pub use machines::PASSPHRASE_TTL_MS;
+pub use admins::AdminStore;
+pub use behind::{BehindStore, Counter};
+pub use certs::{CertStore, MachineCerts};
+pub use cursors::{CursorStore, DiskAlertRow};
+pub use failovers::{FailoverRow, FailoverStore, ReverseRow, TestFailoverRow};
+pub use jobs::{JobRow, JobStore};
+pub use machines::{MachineStore, PASSPHRASE_TTL_MS};
 use migrations::MIGRATIONS;
-pub use points::{GroupDef, GroupPointRow, PointRow};
+pub use points::{GroupDef, GroupPointRow, PointRow, PointStore};
+pub use settings::SettingStore;
 
 /// A state-store failure.
 #[derive(Debug, thiserror::Error)]
@@ -64,20 +74,84 @@ pub enum StateError {
     },
 }
 
-/// The state store; cheap to clone, safe to share between tasks.
+/// Declares one resource's part of the backend interface: the trait a backend
+/// implements, and the same methods on [`State`], which run them off the async workers.
+macro_rules! backend_trait {
+    ($(#[$tm:meta])* $trait:ident {
+        $($(#[$m:meta])* fn $name:ident(&self $(, $arg:ident: $ty:ty)* $(,)?) -> $ret:ty;)*
+    }) => {
+        $(#[$tm])*
+        pub trait $trait {
+            $($(#[$m])* fn $name(&self $(, $arg: $ty)*) -> $ret;)*
+        }
+
+        impl State {
+            $($(#[$m])* pub fn $name(&self $(, $arg: $ty)*) -> $ret {
+                super::off_worker(|| self.backend.$name($($arg),*))
+            })*
+        }
+    };
+}
+pub(crate) use backend_trait;
+
+/// Runs a database call so that it never holds up an async worker: on the appliance's
+/// multi-threaded runtime the worker hands its other tasks to another thread for the
+/// call's duration ([`tokio::task::block_in_place`]); on a blocking thread, or outside
+/// a runtime, it simply runs. (A current-thread runtime, as in unit tests, runs it in
+/// place: it has no other worker to hand its tasks to.)
+pub(crate) fn off_worker<R>(f: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+/// A state backend: every resource's store, plus durability. SQLite ([`Sqlite`]) is the
+/// one there is; a backend over a database server implements the same traits.
+pub trait Backend:
+    AdminStore
+    + BehindStore
+    + CertStore
+    + CursorStore
+    + FailoverStore
+    + JobStore
+    + MachineStore
+    + PointStore
+    + SettingStore
+    + Send
+    + Sync
+{
+}
+
+impl Backend for Sqlite {}
+
+/// The state store; cheap to clone, safe to share between tasks. Its methods (from the
+/// per-resource traits) run on the backend off the async workers (`off_worker`).
 #[derive(Clone)]
 pub struct State {
-    conn: Arc<Mutex<Connection>>,
-    path: String,
-    /// How many [`State::make_durable`] calls completed (see [`State::durable_mark`]).
-    durable: Arc<std::sync::atomic::AtomicU64>,
+    backend: Arc<dyn Backend>,
+    behind: Arc<behind::Behind>,
 }
 
 impl std::fmt::Debug for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("State").field("path", &self.path).finish()
+        f.debug_struct("State").finish_non_exhaustive()
     }
 }
+
+/// The embedded SQLite backend: WAL journal, one connection that writes and a few that
+/// only read. Readers see every commit made before their query starts and are never held
+/// up by a writer (nor by a durable sync, which holds the writer for a disk flush).
+pub struct Sqlite {
+    conn: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+    next_reader: std::sync::atomic::AtomicUsize,
+    path: String,
+}
+
+/// How many read-only connections the SQLite backend keeps.
+const READERS: usize = 4;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -88,8 +162,15 @@ pub fn now_ms() -> u64 {
 }
 
 impl State {
-    /// Opens (creating and migrating) the database at `path`.
+    /// Opens (creating and migrating) the SQLite database at `path`.
     pub fn open(path: &Path) -> Result<State, StateError> {
+        Ok(State { backend: Arc::new(Sqlite::open(path)?), behind: Default::default() })
+    }
+}
+
+impl Sqlite {
+    /// Opens (creating and migrating) the database at `path`.
+    pub fn open(path: &Path) -> Result<Sqlite, StateError> {
         let p = path.display().to_string();
         let db = |source| StateError::Db { path: p.clone(), source };
         let mut conn = Connection::open(path).map_err(db)?;
@@ -110,47 +191,42 @@ impl State {
             tx.commit().map_err(db)?;
             tracing::info!(path = %p, version = i + 1, "state database migrated");
         }
-        Ok(State { conn: Arc::new(Mutex::new(conn)), path: p, durable: Default::default() })
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let r = Connection::open_with_flags(
+                path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(db)?;
+            r.busy_timeout(std::time::Duration::from_secs(10)).map_err(db)?;
+            readers.push(Mutex::new(r));
+        }
+        Ok(Sqlite { conn: Mutex::new(conn), readers, next_reader: Default::default(), path: p })
     }
 
+    /// The connection that writes (and reads inside its transactions).
     fn conn(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A connection for a query that only reads: a free one if there is, else the next
+    /// in turn.
+    fn read(&self) -> MutexGuard<'_, Connection> {
+        use std::sync::TryLockError;
+        let start = self.next_reader.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for i in 0..self.readers.len() {
+            match self.readers[(start + i) % self.readers.len()].try_lock() {
+                Ok(g) => return g,
+                Err(TryLockError::Poisoned(e)) => return e.into_inner(),
+                Err(TryLockError::WouldBlock) => {}
+            }
+        }
+        self.readers[start % self.readers.len()].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn err(&self, source: rusqlite::Error) -> StateError {
         StateError::Db { path: self.path.clone(), source }
-    }
-
-    /// Makes every commit so far durable (they survive a power cut): one commit under
-    /// `synchronous = FULL`. Call it before an irreversible step that relies on them.
-    pub fn make_durable(&self) -> Result<(), StateError> {
-        let c = self.conn();
-        c.execute_batch(
-            "PRAGMA synchronous = FULL;
-             INSERT INTO counters (name, value) VALUES ('durable_commits', 1)
-               ON CONFLICT (name) DO UPDATE SET value = value + 1;
-             PRAGMA synchronous = NORMAL;",
-        )
-        .map_err(|e| self.err(e))?;
-        // Counted while the connection is still held: commits are serialised by it.
-        self.durable.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Ok(())
-    }
-
-    /// A mark to take right after a commit: once [`State::make_durable_since`] is called
-    /// with it, that commit is durable. Lets one sync cover many commits.
-    pub fn durable_mark(&self) -> u64 {
-        self.durable.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    /// Makes the commits made before `mark` was taken durable: nothing to do if a
-    /// [`State::make_durable`] completed since (it ran after them, holding the same
-    /// connection, so its sync covered them), else one now.
-    pub fn make_durable_since(&self, mark: u64) -> Result<(), StateError> {
-        if self.durable_mark() > mark {
-            return Ok(());
-        }
-        self.make_durable()
     }
 }
 

@@ -1,6 +1,6 @@
 //! Recovery points and consistency groups with their points.
 
-use super::{State, StateError, now_ms};
+use super::{Sqlite, State, StateError, now_ms};
 use lifeboat_api::PointKind;
 use rusqlite::params;
 
@@ -45,9 +45,62 @@ pub struct GroupPointRow {
     pub created_unix_ms: u64,
 }
 
-impl State {
-    /// Records a recovery point.
-    pub fn add_point(&self, p: &PointRow) -> Result<(), StateError> {
+super::backend_trait! {
+    /// Recovery points and consistency groups.
+    PointStore {
+        /// Records a recovery point.
+        fn add_point(&self, p: &PointRow) -> Result<(), StateError>;
+
+        /// Forgets a recovery point.
+        fn delete_point(&self, id: &str) -> Result<(), StateError>;
+
+        /// A machine's points, oldest first.
+        fn points(&self, machine_id: &str) -> Result<Vec<PointRow>, StateError>;
+
+        /// Records a group point (idempotent).
+        fn add_group_point(
+            &self,
+            group: &str,
+            point: u64,
+            members: &[String],
+        ) -> Result<(), StateError>;
+
+        /// Defines (or redefines) a consistency group. False when a member is in another group
+        /// already (a machine is in one group at most).
+        fn set_group(&self, g: &GroupDef) -> Result<bool, StateError>;
+
+        /// Deletes a group's definition (its recorded points stay listed, and count no more).
+        fn delete_group(&self, name: &str) -> Result<bool, StateError>;
+
+        /// Every defined group, by name.
+        fn groups(&self) -> Result<Vec<GroupDef>, StateError>;
+
+        /// The group `machine_id` is a member of, if any.
+        fn group_of(&self, machine_id: &str) -> Result<Option<GroupDef>, StateError>;
+
+        /// A member's own report that it recorded group point `point`.
+        fn add_member_point(
+            &self,
+            group: &str,
+            machine_id: &str,
+            point: u64,
+        ) -> Result<(), StateError>;
+
+        /// Group points of `group` (every group when `None`), oldest first: those its
+        /// coordinator recorded *and* every member it names reported recording itself. A
+        /// record alone (a coordinator's claim) is not a group point.
+        fn group_points(&self, group: Option<&str>) -> Result<Vec<GroupPointRow>, StateError>;
+
+        /// Every recorded group point, whether its members reported it or not.
+        fn group_point_records(
+            &self,
+            group: Option<&str>,
+        ) -> Result<Vec<GroupPointRow>, StateError>;
+    }
+}
+
+impl PointStore for Sqlite {
+    fn add_point(&self, p: &PointRow) -> Result<(), StateError> {
         let disks = p.disks.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(",");
         self.conn()
             .execute(
@@ -66,17 +119,15 @@ impl State {
         Ok(())
     }
 
-    /// Forgets a recovery point.
-    pub fn delete_point(&self, id: &str) -> Result<(), StateError> {
+    fn delete_point(&self, id: &str) -> Result<(), StateError> {
         self.conn()
             .execute("DELETE FROM points WHERE id = ?1", params![id])
             .map_err(|e| self.err(e))?;
         Ok(())
     }
 
-    /// A machine's points, oldest first.
-    pub fn points(&self, machine_id: &str) -> Result<Vec<PointRow>, StateError> {
-        let c = self.conn();
+    fn points(&self, machine_id: &str) -> Result<Vec<PointRow>, StateError> {
+        let c = self.read();
         let mut s = c
             .prepare(
                 "SELECT id, machine_id, point, kind, created_unix_ms, disks FROM points
@@ -103,8 +154,7 @@ impl State {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
-    /// Records a group point (idempotent).
-    pub fn add_group_point(
+    fn add_group_point(
         &self,
         group: &str,
         point: u64,
@@ -120,9 +170,7 @@ impl State {
         Ok(())
     }
 
-    /// Defines (or redefines) a consistency group. False when a member is in another group
-    /// already (a machine is in one group at most).
-    pub fn set_group(&self, g: &GroupDef) -> Result<bool, StateError> {
+    fn set_group(&self, g: &GroupDef) -> Result<bool, StateError> {
         for other in self.groups()? {
             if other.name != g.name && other.members.iter().any(|m| g.members.contains(m)) {
                 return Ok(false);
@@ -138,8 +186,7 @@ impl State {
         Ok(true)
     }
 
-    /// Deletes a group's definition (its recorded points stay listed, and count no more).
-    pub fn delete_group(&self, name: &str) -> Result<bool, StateError> {
+    fn delete_group(&self, name: &str) -> Result<bool, StateError> {
         let n = self
             .conn()
             .execute("DELETE FROM groups WHERE name = ?1", params![name])
@@ -147,9 +194,8 @@ impl State {
         Ok(n == 1)
     }
 
-    /// Every defined group, by name.
-    pub fn groups(&self) -> Result<Vec<GroupDef>, StateError> {
-        let c = self.conn();
+    fn groups(&self) -> Result<Vec<GroupDef>, StateError> {
+        let c = self.read();
         let mut s = c
             .prepare("SELECT name, coordinator, members FROM groups ORDER BY name")
             .map_err(|e| self.err(e))?;
@@ -165,13 +211,11 @@ impl State {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
-    /// The group `machine_id` is a member of, if any.
-    pub fn group_of(&self, machine_id: &str) -> Result<Option<GroupDef>, StateError> {
+    fn group_of(&self, machine_id: &str) -> Result<Option<GroupDef>, StateError> {
         Ok(self.groups()?.into_iter().find(|g| g.members.iter().any(|m| m == machine_id)))
     }
 
-    /// A member's own report that it recorded group point `point`.
-    pub fn add_member_point(
+    fn add_member_point(
         &self,
         group: &str,
         machine_id: &str,
@@ -187,12 +231,9 @@ impl State {
         Ok(())
     }
 
-    /// Group points of `group` (every group when `None`), oldest first: those its
-    /// coordinator recorded *and* every member it names reported recording itself. A
-    /// record alone (a coordinator's claim) is not a group point.
-    pub fn group_points(&self, group: Option<&str>) -> Result<Vec<GroupPointRow>, StateError> {
+    fn group_points(&self, group: Option<&str>) -> Result<Vec<GroupPointRow>, StateError> {
         let rows = self.group_point_records(group)?;
-        let c = self.conn();
+        let c = self.read();
         let mut reported = c
             .prepare(
                 "SELECT 1 FROM group_member_points
@@ -214,12 +255,8 @@ impl State {
         Ok(out)
     }
 
-    /// Every recorded group point, whether its members reported it or not.
-    pub fn group_point_records(
-        &self,
-        group: Option<&str>,
-    ) -> Result<Vec<GroupPointRow>, StateError> {
-        let conn = self.conn();
+    fn group_point_records(&self, group: Option<&str>) -> Result<Vec<GroupPointRow>, StateError> {
+        let conn = self.read();
         let mut stmt = conn
             .prepare(
                 "SELECT group_name, point, members, created_unix_ms FROM group_points

@@ -50,6 +50,96 @@ fn one_durable_sync_covers_every_commit_before_it() {
     assert_eq!(synced(&s), 2, "a commit after the sync needs another");
 }
 
+/// What `lifeboat-appliance stats` (another process) would read: the database alone.
+fn stored(path: &std::path::Path) -> (u64, u64) {
+    let c = rusqlite::Connection::open(path).unwrap();
+    let cursor = c
+        .query_row(
+            "SELECT next_sequence FROM received WHERE machine_id = 'm' AND disk = 0",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap_or(0) as u64;
+    let count = c
+        .query_row("SELECT value FROM counters WHERE name = 'received_batches'", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .unwrap_or(0) as u64;
+    (cursor, count)
+}
+
+#[test]
+fn cursors_and_counters_are_written_behind_once_each() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("s.db");
+    let s = State::open(&p).unwrap();
+    s.set_received_next("m", 0, 5).unwrap();
+    s.count(&[(Counter::ReceivedBatches, 2)]).unwrap();
+    s.count(&[(Counter::ReceivedBatches, 3)]).unwrap();
+    // Every reader in the process sees them at once; the database does not yet.
+    assert_eq!(s.received_next("m", 0).unwrap(), 5);
+    assert!(s.counters().unwrap().contains(&("received_batches".into(), 5)));
+    assert_eq!(stored(&p), (0, 0));
+    s.flush().unwrap();
+    assert_eq!(stored(&p), (5, 5));
+    // Flushed once: neither added again nor moved back.
+    s.flush().unwrap();
+    s.set_received_next("m", 0, 4).unwrap();
+    s.flush().unwrap();
+    assert_eq!(stored(&p), (5, 5));
+    assert!(s.counters().unwrap().contains(&("received_batches".into(), 5)));
+    // A durable sync writes them first.
+    s.set_received_next("m", 0, 9).unwrap();
+    s.count(&[(Counter::ReceivedBatches, 1)]).unwrap();
+    s.make_durable_since(s.durable_mark()).unwrap();
+    assert_eq!(stored(&p), (9, 6));
+    // A new process reads them back.
+    drop(s);
+    let s = State::open(&p).unwrap();
+    assert_eq!(s.received_next("m", 0).unwrap(), 9);
+    // Rebasing a disk moves the stored cursor and the one in memory together.
+    s.rebase_disk("m", 0, 20).unwrap();
+    assert_eq!((s.received_next("m", 0).unwrap(), stored(&p).0), (20, 20));
+}
+
+/// The store is called from async code: on the appliance's multi-threaded runtime a call
+/// hands the worker's other tasks to another thread while it runs, so they go on even on
+/// a runtime with a single worker; a current-thread runtime runs the call in place.
+#[test]
+fn store_calls_from_async_code_leave_the_worker_free() {
+    let d = tempfile::tempdir().unwrap();
+    let s = State::open(&d.path().join("s.db")).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_time()
+        .build()
+        .unwrap();
+    let ticks = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let t = ticks.clone();
+    rt.spawn(async move {
+        loop {
+            t.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    });
+    let s2 = s.clone();
+    let during = rt
+        .block_on(rt.spawn(async move {
+            // No await in this loop: without the hand-off the only worker would be busy
+            // with it, and the ticker could not run until it ends.
+            let before = ticks.load(std::sync::atomic::Ordering::SeqCst);
+            for i in 0..50 {
+                s2.set_received_next("m", 0, i).unwrap();
+                s2.make_durable().unwrap();
+            }
+            ticks.load(std::sync::atomic::Ordering::SeqCst) - before
+        }))
+        .unwrap();
+    assert!(during > 0, "the other task was held up while the store was called");
+    let on_current = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    on_current.block_on(async move { s.machines().unwrap() });
+}
+
 #[test]
 fn passphrases_are_one_time() {
     let d = tempfile::tempdir().unwrap();
@@ -58,7 +148,8 @@ fn passphrases_are_one_time() {
     assert!(!s.register_machine("wrong", "m1", "h").unwrap());
     // Issue 11, finding 8: passphrases never expired, unlike docs/security.md.
     s.add_passphrase("stale").unwrap();
-    s.conn()
+    rusqlite::Connection::open(d.path().join("s.db"))
+        .unwrap()
         .execute(
             "UPDATE passphrases SET created_unix_ms = ?1 WHERE hash = ?2",
             params![(now_ms() - PASSPHRASE_TTL_MS - 1000) as i64, hash_passphrase("stale")],
