@@ -127,7 +127,7 @@ pub struct FailoverInfo {
     /// Its disks at the target, boot disk first.
     pub disks: Vec<String>,
     /// The job that made it.
-    pub job: u64,
+    pub job: crate::JobId,
     /// When it was asked for.
     pub started_unix_ms: u64,
     /// When it was committed.
@@ -147,7 +147,7 @@ pub struct FailoverList {
 #[serde(deny_unknown_fields)]
 pub struct JobInfo {
     /// Job number.
-    pub id: u64,
+    pub id: crate::JobId,
     /// What it does.
     pub kind: crate::JobKind,
     /// The machine it is about.

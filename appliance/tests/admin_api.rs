@@ -734,8 +734,11 @@ async fn failover_and_commit_checks(s: &Server, c: &Client, t: Option<&str>, cm:
 async fn failover_under_way_reprotect_failback(s: &Server, c: &Client, t: Option<&str>, cm: &str) {
     // A failover under way (as a master target's appliance records it) is listed, shows in
     // the machine's state, and blocks a second one and a commit.
-    assert!(s.state.start_failover("m-1", 42).unwrap());
-    assert!(!s.state.start_failover("m-1", 43).unwrap(), "one failover at a time");
+    assert!(s.state.start_failover("m-1", lifeboat_api::JobId(42)).unwrap());
+    assert!(
+        !s.state.start_failover("m-1", lifeboat_api::JobId(43)).unwrap(),
+        "one failover at a time"
+    );
     let (_, v) = call(c, Method::GET, "/api/v1/machines", "/api/v1/machines", t, "").await;
     assert_eq!(v["machines"][0]["state"], "failing-over", "{v}");
     let (st, v) = call(c, Method::POST, "/api/v1/machines/m-1/commit", cm, t, "").await;
@@ -788,7 +791,10 @@ async fn failover_under_way_reprotect_failback(s: &Server, c: &Client, t: Option
             &[],
         )
         .unwrap();
-    assert!(!s.state.start_failover("m-1", 44).unwrap(), "a committed failover stays");
+    assert!(
+        !s.state.start_failover("m-1", lifeboat_api::JobId(44)).unwrap(),
+        "a committed failover stays"
+    );
     let (_, v) = call(c, Method::GET, "/api/v1/failovers", "/api/v1/failovers", t, "").await;
     assert!(v["failovers"][0]["committed_unix_ms"].as_u64().is_some(), "{v}");
 }

@@ -31,9 +31,9 @@ pub struct Plans {
     /// Script name → program and arguments.
     pub scripts: BTreeMap<String, Vec<String>>,
     /// Jobs waiting on a manual step: the step's number in the plan and its wake-up.
-    waiting: Mutex<HashMap<u64, (u32, Arc<tokio::sync::Notify>)>>,
+    waiting: Mutex<HashMap<lifeboat_api::JobId, (u32, Arc<tokio::sync::Notify>)>>,
     /// Manual steps reached so far per running job.
-    manual_steps: Mutex<HashMap<u64, u32>>,
+    manual_steps: Mutex<HashMap<lifeboat_api::JobId, u32>>,
 }
 
 impl Plans {
@@ -47,7 +47,7 @@ impl Plans {
     }
 
     /// The number the next manual step of job `job` gets (1 first).
-    fn steps_seen(&self, job: u64) -> u32 {
+    fn steps_seen(&self, job: lifeboat_api::JobId) -> u32 {
         let mut m = self.manual_steps.lock().unwrap_or_else(|p| p.into_inner());
         let n = m.entry(job).or_insert(0);
         *n += 1;
@@ -57,7 +57,7 @@ impl Plans {
     /// Confirms job `job`'s manual step — `step`, if given, must be the one it waits on
     /// (so a late or repeated confirmation never confirms a step nobody has seen). `Err`
     /// with the reason when nothing was confirmed.
-    pub fn confirm(&self, job: u64, step: Option<u32>) -> Result<u32, String> {
+    pub fn confirm(&self, job: lifeboat_api::JobId, step: Option<u32>) -> Result<u32, String> {
         let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
         match waiting.entry(job) {
             Entry::Vacant(_) => Err(format!("job {job} is not waiting for a manual step")),
@@ -124,7 +124,7 @@ impl Plans {
     pub async fn run(
         self: Arc<Self>,
         f: Failover,
-        job: u64,
+        job: lifeboat_api::JobId,
         name: String,
         plan: Plan,
         mode: String,
@@ -142,11 +142,11 @@ impl Plans {
         .ok();
         match r {
             Ok(()) => {
-                tracing::info!(job, plan = %name, %mode, "recovery plan done");
+                tracing::info!(%job, plan = %name, %mode, "recovery plan done");
                 let _ = f.state.finish_job(job, true, "plan done", result.as_deref());
             }
             Err(e) => {
-                tracing::warn!(job, plan = %name, %mode, "recovery plan stopped: {e}");
+                tracing::warn!(%job, plan = %name, %mode, "recovery plan stopped: {e}");
                 let _ = f.state.finish_job(job, false, &e, result.as_deref());
             }
         }
@@ -156,7 +156,7 @@ impl Plans {
     async fn steps(
         &self,
         f: &Failover,
-        job: u64,
+        job: lifeboat_api::JobId,
         name: &str,
         plan: &Plan,
         mode: &str,
@@ -254,7 +254,7 @@ impl Plans {
     async fn action(
         &self,
         f: &Failover,
-        job: u64,
+        job: lifeboat_api::JobId,
         plan: &str,
         mode: &str,
         group: usize,
@@ -285,7 +285,7 @@ impl Plans {
                     "waiting for confirmation of step {step}: {msg} (lifeboat plan continue {job} --step {step})"
                 ),
             );
-            tracing::info!(job, %plan, group, "recovery plan waits for a manual step: {msg}");
+            tracing::info!(%job, %plan, group, "recovery plan waits for a manual step: {msg}");
             notify.notified().await;
             return Ok(format!("manual step confirmed: {msg}"));
         }

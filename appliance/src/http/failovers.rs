@@ -37,7 +37,7 @@ pub(super) async fn test_failover(
             &format!("test failover at {choice:?}"),
         )
         .map_err(internal)?;
-    tracing::info!(%admin, machine = %id, ?choice, job, "test failover started");
+    tracing::info!(%admin, machine = %id, ?choice, %job, "test failover started");
     tokio::spawn(async move { f.test_failover(job, id, choice).await });
     accepted(&ctx.state, job)
 }
@@ -94,7 +94,7 @@ pub(super) async fn failover(
             "a failover can start only from protected, failed-over (another point) or failover-failed",
         ));
     }
-    tracing::warn!(%admin, machine = %id, ?choice, job, "failover started: replication from the source stops");
+    tracing::warn!(%admin, machine = %id, ?choice, %job, "failover started: replication from the source stops");
     tokio::spawn(async move { f.failover(job, id, choice).await });
     accepted(&ctx.state, job)
 }
@@ -140,7 +140,7 @@ pub(super) async fn commit(
         .state
         .create_job(lifeboat_api::JobKind::Commit, Some(&id), "committing the failover")
         .map_err(internal)?;
-    tracing::warn!(%admin, machine = %id, job, "failover commit started: the machine's recovery points will be deleted");
+    tracing::warn!(%admin, machine = %id, %job, "failover commit started: the machine's recovery points will be deleted");
     tokio::spawn(async move { f.commit(job, id).await });
     accepted(&ctx.state, job)
 }
@@ -185,7 +185,7 @@ pub(super) async fn reprotect(
             "waiting for the original machine's agent",
         )
         .map_err(internal)?;
-    tracing::warn!(%admin, machine = %id, job, "reprotect started: the original disks will be written from the failed-over ones");
+    tracing::warn!(%admin, machine = %id, %job, "reprotect started: the original disks will be written from the failed-over ones");
     tokio::spawn(async move { f.reprotect(job, id).await });
     accepted(&ctx.state, job)
 }
@@ -224,7 +224,7 @@ pub(super) async fn failback(
         .state
         .create_job(lifeboat_api::JobKind::Failback, Some(&id), "stopping the failed-over VM")
         .map_err(internal)?;
-    tracing::warn!(%admin, machine = %id, job, "failback started: the failed-over VM is stopped");
+    tracing::warn!(%admin, machine = %id, %job, "failback started: the failed-over VM is stopped");
     tokio::spawn(async move { f.failback(job, id).await });
     accepted(&ctx.state, job)
 }
@@ -320,7 +320,7 @@ pub(super) async fn cleanup_test_failover(
             &format!("cleaning up {id}"),
         )
         .map_err(internal)?;
-    tracing::info!(%admin, test_failover = id, job, "test failover cleanup started");
+    tracing::info!(%admin, test_failover = id, %job, "test failover cleanup started");
     tokio::spawn(async move { f.cleanup(job, tf).await });
     accepted(&ctx.state, job)
 }

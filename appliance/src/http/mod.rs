@@ -247,7 +247,7 @@ fn check_origin(req: &Request<RequestBody>) -> Result<(), ApiError> {
 }
 
 /// `202 Accepted` with the job just started.
-fn accepted(state: &State, job: u64) -> Answer {
+fn accepted(state: &State, job: lifeboat_api::JobId) -> Answer {
     let j = state
         .jobs(Some(job), 1)
         .map_err(|e| ApiError::internal(e.to_string()))?

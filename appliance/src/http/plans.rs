@@ -69,7 +69,7 @@ pub(super) async fn run_plan(
         .state
         .create_job(lifeboat_api::JobKind::Plan, None, &format!("plan {name} ({})", r.mode))
         .map_err(internal)?;
-    tracing::warn!(%admin, plan = %name, mode = %r.mode, job, "recovery plan started");
+    tracing::warn!(%admin, plan = %name, mode = %r.mode, %job, "recovery plan started");
     let plans = ctx.plans.clone();
     tokio::spawn(async move { plans.run(f, job, name, plan, r.mode, choice).await });
     accepted(&ctx.state, job)
@@ -161,7 +161,7 @@ pub(super) async fn continue_job(
 ) -> Answer {
     let (_, admin, _) = authenticated(&ctx, &req)?;
     let raw = id.as_str();
-    let id: u64 = raw.parse().map_err(|_| {
+    let id: api::JobId = raw.parse().map_err(|_| {
         ApiError::bad_request("invalid", format!("id: {raw:?} is not a job number"))
     })?;
     let body = body_bytes(req, ADMIN_BODY).await?;
@@ -183,7 +183,7 @@ pub(super) async fn continue_job(
         .plans
         .confirm(id, step)
         .map_err(|why| ApiError::new(StatusCode::CONFLICT, "not_waiting", why))?;
-    tracing::info!(%admin, job = id, step, "manual plan step confirmed");
+    tracing::info!(%admin, job = %id, step, "manual plan step confirmed");
     json(StatusCode::OK, &api::Continued { continued: true, step })
 }
 
@@ -230,7 +230,7 @@ pub(super) async fn job(
 ) -> Answer {
     authenticated(&ctx, &req)?;
     let raw = id.as_str();
-    let id: u64 = raw.parse().map_err(|_| {
+    let id: api::JobId = raw.parse().map_err(|_| {
         ApiError::bad_request("invalid", format!("id: {raw:?} is not a job number"))
     })?;
     let j = ctx

@@ -268,7 +268,11 @@ impl Failover {
 
     /// Waits until the master target applied everything received for `machine` when
     /// this was called, and cut the points that reaches.
-    async fn wait_processed(&self, job: u64, machine: &str) -> Result<(), MasterError> {
+    async fn wait_processed(
+        &self,
+        job: lifeboat_api::JobId,
+        machine: &str,
+    ) -> Result<(), MasterError> {
         let mut want = Vec::new();
         for (d, _) in self.state.disks(machine)? {
             want.push((d, self.state.received_next(machine, d)?));
@@ -315,7 +319,7 @@ impl Failover {
     /// The point `choice` names, after processing what was received for `Latest`.
     async fn resolve(
         &self,
-        job: u64,
+        job: lifeboat_api::JobId,
         machine: &str,
         choice: &PointChoice,
     ) -> Result<PointRow, MasterError> {
@@ -330,7 +334,7 @@ impl Failover {
     async fn materialize_all(
         &self,
         t: &mut TargetInstance,
-        job: u64,
+        job: lifeboat_api::JobId,
         prefix: &str,
         point: &PointRow,
         order: &[u32],
@@ -370,7 +374,12 @@ impl Failover {
     }
 
     /// Runs job `job`: a test failover of `machine` at the point `choice` names.
-    pub async fn test_failover(&self, job: u64, machine: String, choice: PointChoice) {
+    pub async fn test_failover(
+        &self,
+        job: lifeboat_api::JobId,
+        machine: String,
+        choice: PointChoice,
+    ) {
         let tf = format!("tf{job}");
         let mut made: Vec<String> = Vec::new();
         let r = self.test_failover_steps(job, &tf, &machine, &choice, &mut made).await;
@@ -391,7 +400,7 @@ impl Failover {
                         let _ = t.delete_disk(d).await;
                     }
                 }
-                tracing::warn!(job, %machine, "test failover failed: {e:#}");
+                tracing::warn!(%job, %machine, "test failover failed: {e:#}");
                 let _ = self.state.finish_job(job, false, &format!("{e:#}"), None);
             }
         }
@@ -399,7 +408,7 @@ impl Failover {
 
     async fn test_failover_steps(
         &self,
-        job: u64,
+        job: lifeboat_api::JobId,
         tf: &str,
         machine: &str,
         choice: &PointChoice,
@@ -420,7 +429,7 @@ impl Failover {
             created_unix_ms: now_ms(),
             cleaned_unix_ms: None,
         })?;
-        tracing::info!(job, %machine, point = %point.id, test_failover = tf, %vm, "test failover ready");
+        tracing::info!(%job, %machine, point = %point.id, test_failover = tf, %vm, "test failover ready");
         Ok(lifeboat_api::TestFailoverResult {
             test_failover: tf.to_owned(),
             vm,
@@ -433,7 +442,7 @@ impl Failover {
     /// was recorded `failing-over` by the caller ([`State::start_failover`]); what an
     /// earlier failover of the machine made (another point before commit) is replaced only
     /// once the new VM exists.
-    pub async fn failover(&self, job: u64, machine: String, choice: PointChoice) {
+    pub async fn failover(&self, job: lifeboat_api::JobId, machine: String, choice: PointChoice) {
         let old = self.state.failovers(Some(&machine)).ok().and_then(|mut v| v.pop());
         let mut made: Vec<String> = Vec::new();
         let mut vm_made = None;
@@ -458,7 +467,7 @@ impl Failover {
                         let _ = t.delete_disk(d).await;
                     }
                 }
-                tracing::warn!(job, %machine, "failover failed: {e:#}");
+                tracing::warn!(%job, %machine, "failover failed: {e:#}");
                 // An earlier failover that is still in place stays the machine's failover.
                 let _ = match old.filter(|o| o.vm.is_some() && o.point_id.is_some()) {
                     Some(o) => self.state.set_failover(
@@ -483,7 +492,7 @@ impl Failover {
 
     async fn failover_steps(
         &self,
-        job: u64,
+        job: lifeboat_api::JobId,
         machine: &str,
         choice: &PointChoice,
         old: Option<&crate::store::FailoverRow>,
@@ -536,16 +545,16 @@ impl Failover {
             if let Some(old_vm) = &o.vm
                 && let Err(e) = gone(t.delete_vm(old_vm).await)
             {
-                tracing::warn!(job, %machine, vm = %old_vm, "the earlier failover's VM was not deleted: {e:#}");
+                tracing::warn!(%job, %machine, vm = %old_vm, "the earlier failover's VM was not deleted: {e:#}");
             }
             for d in &o.disks {
                 if let Err(e) = gone(t.delete_disk(d).await) {
-                    tracing::warn!(job, %machine, disk = %d, "the earlier failover's disk was not deleted: {e:#}");
+                    tracing::warn!(%job, %machine, disk = %d, "the earlier failover's disk was not deleted: {e:#}");
                 }
             }
         }
         let seconds = t0.elapsed().as_secs_f64();
-        tracing::info!(job, %machine, point = %point.id, %vm, seconds, "failed over");
+        tracing::info!(%job, %machine, point = %point.id, %vm, seconds, "failed over");
         Ok(lifeboat_api::FailoverResult {
             machine: machine.to_owned(),
             vm,
@@ -558,7 +567,7 @@ impl Failover {
     /// Runs job `job`: commits `machine`'s failover (moved to `committing` by the caller):
     /// its recovery points and unapplied logs are deleted, the failed-over VM and disks
     /// (and the replica) stay. A failure goes back to `failed-over`.
-    pub async fn commit(&self, job: u64, machine: String) {
+    pub async fn commit(&self, job: lifeboat_api::JobId, machine: String) {
         let r: Result<u64, MasterError> = async {
             let mut t = self.instance().await?;
             let points = self.state.points(&machine)?;
@@ -591,7 +600,7 @@ impl Failover {
         .await;
         match r {
             Ok(n) => {
-                tracing::info!(job, %machine, points_deleted = n, "failover committed");
+                tracing::info!(%job, %machine, points_deleted = n, "failover committed");
                 let _ = self.state.finish_job(
                     job,
                     true,
@@ -610,14 +619,14 @@ impl Failover {
                     lifeboat_api::FailoverState::Committing,
                     lifeboat_api::FailoverState::FailedOver,
                 );
-                tracing::warn!(job, %machine, "commit failed: {e:#}");
+                tracing::warn!(%job, %machine, "commit failed: {e:#}");
                 let _ = self.state.finish_job(job, false, &format!("{e:#}"), None);
             }
         }
     }
 
     /// Runs job `job`: the cleanup of test failover `tf`.
-    pub async fn cleanup(&self, job: u64, tf: TestFailoverRow) {
+    pub async fn cleanup(&self, job: lifeboat_api::JobId, tf: TestFailoverRow) {
         let r: Result<(), MasterError> = async {
             let mut t = self.instance().await?;
             self.state.job_progress(job, 0.0, "deleting the VM")?;
@@ -636,7 +645,7 @@ impl Failover {
         .await;
         match r {
             Ok(()) => {
-                tracing::info!(job, test_failover = %tf.id, "test failover cleaned up");
+                tracing::info!(%job, test_failover = %tf.id, "test failover cleaned up");
                 let _ = self.state.finish_job(
                     job,
                     true,

@@ -1,8 +1,8 @@
 //! What the per-batch path records — the process server's cursor of each disk and the
 //! counters — kept in memory and written behind, and durability marks.
 //!
-//! A batch costs no database call: its cursor advance and its counts are atomic updates
-//! in memory. They reach the database together, in one transaction, at every
+//! Accepting a batch writes nothing to the database: its cursor advance and its counts
+//! are atomic updates in memory. They reach the database together, in one transaction, at every
 //! [`State::make_durable`] (the process server's, before a shipped batch leaves its cache)
 //! and at least every second from [`State::flush_every`]. The memory is what every reader
 //! in the process sees, so nothing reads a cursor behind what was acknowledged.

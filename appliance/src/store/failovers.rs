@@ -1,7 +1,7 @@
 //! Failovers, test failovers and reverse replication.
 
 use super::{Sqlite, State, StateError, now_ms};
-use lifeboat_api::FailoverState;
+use lifeboat_api::{FailoverState, JobId};
 use rusqlite::{OptionalExtension, params};
 
 /// A machine's failover as stored.
@@ -18,7 +18,7 @@ pub struct FailoverRow {
     /// The VM's disks at the target, boot disk first.
     pub disks: Vec<String>,
     /// The job that made it.
-    pub job: u64,
+    pub job: JobId,
     /// When it was asked for.
     pub started_unix_ms: u64,
     /// When it was committed.
@@ -84,7 +84,7 @@ super::backend_trait! {
         /// Starts a failover of a machine as job `job`: replication of the machine stops
         /// being accepted. False (nothing written) if it is failing over already, or failed
         /// over and committed.
-        fn start_failover(&self, machine_id: &str, job: u64) -> Result<bool, StateError>;
+        fn start_failover(&self, machine_id: &str, job: JobId) -> Result<bool, StateError>;
 
         /// Records where a failover stands: its state and, once made, the VM and disks.
         fn set_failover(
@@ -211,7 +211,7 @@ impl FailoverStore for Sqlite {
         Ok(())
     }
 
-    fn start_failover(&self, machine_id: &str, job: u64) -> Result<bool, StateError> {
+    fn start_failover(&self, machine_id: &str, job: JobId) -> Result<bool, StateError> {
         let n = self
             .conn()
             .execute(
@@ -219,7 +219,7 @@ impl FailoverStore for Sqlite {
                  VALUES (?1, 'failing-over', '', ?2, ?3)
                  ON CONFLICT (machine_id) DO UPDATE SET state = 'failing-over', job = ?2
                  WHERE failovers.state IN ('failed-over', 'failover-failed')",
-                params![machine_id, job as i64, now_ms() as i64],
+                params![machine_id, job, now_ms() as i64],
             )
             .map_err(|e| self.err(e))?;
         Ok(n > 0)
@@ -266,7 +266,7 @@ impl FailoverStore for Sqlite {
                         .filter(|s| !s.is_empty())
                         .map(str::to_owned)
                         .collect(),
-                    job: r.get::<_, i64>(5)? as u64,
+                    job: r.get(5)?,
                     started_unix_ms: r.get::<_, i64>(6)? as u64,
                     committed_unix_ms: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
                 })

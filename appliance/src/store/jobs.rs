@@ -1,14 +1,14 @@
 //! Long-running jobs and their progress.
 
 use super::{Sqlite, State, StateError, now_ms};
-use lifeboat_api::{JobKind, JobState};
+use lifeboat_api::{JobId, JobKind, JobState};
 use rusqlite::params;
 
 /// A job as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobRow {
     /// Job number.
-    pub id: u64,
+    pub id: JobId,
     /// What it does.
     pub kind: JobKind,
     /// The machine it is about.
@@ -36,15 +36,15 @@ super::backend_trait! {
             kind: JobKind,
             machine_id: Option<&str>,
             message: &str,
-        ) -> Result<u64, StateError>;
+        ) -> Result<JobId, StateError>;
 
         /// Records a running job's progress.
-        fn job_progress(&self, id: u64, progress: f64, message: &str) -> Result<(), StateError>;
+        fn job_progress(&self, id: JobId, progress: f64, message: &str) -> Result<(), StateError>;
 
         /// Ends a job: succeeded with `result` (JSON) or failed with `message`.
         fn finish_job(
             &self,
-            id: u64,
+            id: JobId,
             ok: bool,
             message: &str,
             result: Option<&str>,
@@ -54,7 +54,7 @@ super::backend_trait! {
         fn fail_interrupted_jobs(&self) -> Result<u64, StateError>;
 
         /// Jobs, newest first (at most `limit`), or one.
-        fn jobs(&self, id: Option<u64>, limit: u64) -> Result<Vec<JobRow>, StateError>;
+        fn jobs(&self, id: Option<JobId>, limit: u64) -> Result<Vec<JobRow>, StateError>;
     }
 }
 
@@ -64,7 +64,7 @@ impl JobStore for Sqlite {
         kind: JobKind,
         machine_id: Option<&str>,
         message: &str,
-    ) -> Result<u64, StateError> {
+    ) -> Result<JobId, StateError> {
         let c = self.conn();
         c.execute(
             "INSERT INTO jobs (kind, machine_id, state, progress, message, created_unix_ms)
@@ -72,14 +72,14 @@ impl JobStore for Sqlite {
             params![kind, machine_id, message, now_ms() as i64],
         )
         .map_err(|e| self.err(e))?;
-        Ok(c.last_insert_rowid() as u64)
+        Ok(JobId(c.last_insert_rowid() as u64))
     }
 
-    fn job_progress(&self, id: u64, progress: f64, message: &str) -> Result<(), StateError> {
+    fn job_progress(&self, id: JobId, progress: f64, message: &str) -> Result<(), StateError> {
         self.conn()
             .execute(
                 "UPDATE jobs SET progress = ?2, message = ?3 WHERE id = ?1 AND state = 'running'",
-                params![id as i64, progress, message],
+                params![id, progress, message],
             )
             .map_err(|e| self.err(e))?;
         Ok(())
@@ -87,7 +87,7 @@ impl JobStore for Sqlite {
 
     fn finish_job(
         &self,
-        id: u64,
+        id: JobId,
         ok: bool,
         message: &str,
         result: Option<&str>,
@@ -96,7 +96,7 @@ impl JobStore for Sqlite {
             .execute(
                 "UPDATE jobs SET state = ?2, progress = CASE WHEN ?2 = 'succeeded' THEN 1 ELSE progress END,
                  message = ?3, result = ?4, finished_unix_ms = ?5 WHERE id = ?1",
-                params![id as i64, if ok { JobState::Succeeded } else { JobState::Failed }, message, result, now_ms() as i64],
+                params![id, if ok { JobState::Succeeded } else { JobState::Failed }, message, result, now_ms() as i64],
             )
             .map_err(|e| self.err(e))?;
         Ok(())
@@ -132,7 +132,7 @@ impl JobStore for Sqlite {
         Ok(n as u64)
     }
 
-    fn jobs(&self, id: Option<u64>, limit: u64) -> Result<Vec<JobRow>, StateError> {
+    fn jobs(&self, id: Option<JobId>, limit: u64) -> Result<Vec<JobRow>, StateError> {
         let conn = self.read();
         let mut stmt = conn
             .prepare(
@@ -141,9 +141,9 @@ impl JobStore for Sqlite {
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map(params![id.map(|i| i as i64), limit as i64], |r| {
+            .query_map(params![id, limit as i64], |r| {
                 Ok(JobRow {
-                    id: r.get::<_, i64>(0)? as u64,
+                    id: r.get(0)?,
                     kind: r.get(1)?,
                     machine_id: r.get(2)?,
                     state: r.get(3)?,

@@ -8,7 +8,7 @@ impl Failover {
     /// progress; `what` names what is awaited.
     async fn wait_reverse(
         &self,
-        job: u64,
+        job: lifeboat_api::JobId,
         machine: &str,
         what: &str,
         done: impl Fn(&crate::store::ReverseRow) -> bool,
@@ -53,7 +53,7 @@ impl Failover {
     /// Runs job `job`: reprotect of `machine` (moved to `reprotecting`, its reverse
     /// replication started, by the caller): done once the original machine's agent
     /// completed a reverse pass; `reprotected` then.
-    pub async fn reprotect(&self, job: u64, machine: String) {
+    pub async fn reprotect(&self, job: lifeboat_api::JobId, machine: String) {
         let r = self.wait_reverse(job, &machine, "a reverse pass", |r| r.passes >= 1).await;
         match r {
             Ok(r) => {
@@ -62,7 +62,7 @@ impl Failover {
                     lifeboat_api::FailoverState::Reprotecting,
                     lifeboat_api::FailoverState::Reprotected,
                 );
-                tracing::info!(job, %machine, received_bytes = r.last_received_bytes, "reprotected");
+                tracing::info!(%job, %machine, received_bytes = r.last_received_bytes, "reprotected");
                 let _ = self.state.finish_job(
                     job,
                     true,
@@ -93,10 +93,10 @@ impl Failover {
     /// over those is awaited, the replicas are made anew from the same point (clones at
     /// the target, no data over the network) and replication goes forward again from the
     /// agent's numbering; then the failed-over disks and the copies are deleted.
-    pub async fn failback(&self, job: u64, machine: String) {
+    pub async fn failback(&self, job: lifeboat_api::JobId, machine: String) {
         match self.failback_steps(job, &machine).await {
             Ok(result) => {
-                tracing::info!(job, %machine, "failed back: replication goes forward again");
+                tracing::info!(%job, %machine, "failed back: replication goes forward again");
                 let _ = self.state.finish_job(
                     job,
                     true,
@@ -110,7 +110,7 @@ impl Failover {
                     lifeboat_api::FailoverState::FailingBack,
                     lifeboat_api::FailoverState::Reprotected,
                 );
-                tracing::warn!(job, %machine, "failback failed: {e:#}");
+                tracing::warn!(%job, %machine, "failback failed: {e:#}");
                 let _ = self.state.finish_job(job, false, &format!("{e:#}"), None);
             }
         }
@@ -118,7 +118,7 @@ impl Failover {
 
     async fn failback_steps(
         &self,
-        job: u64,
+        job: lifeboat_api::JobId,
         machine: &str,
     ) -> Result<serde_json::Value, MasterError> {
         let fo = self
@@ -208,11 +208,11 @@ impl Failover {
             garbage.extend(&fo.disks);
         }
         if let Err(e) = gone(t.delete_point(&point).await) {
-            tracing::warn!(job, %machine, %point, "failback's point was not deleted: {e:#}");
+            tracing::warn!(%job, %machine, %point, "failback's point was not deleted: {e:#}");
         }
         for d in garbage {
             if let Err(e) = gone(t.delete_disk(d).await) {
-                tracing::warn!(job, %machine, disk = %d, "a disk failback no longer needs was not deleted: {e:#}");
+                tracing::warn!(%job, %machine, disk = %d, "a disk failback no longer needs was not deleted: {e:#}");
             }
         }
         r
