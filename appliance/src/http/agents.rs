@@ -84,8 +84,7 @@ pub(super) async fn trust(
             .map_err(|e| ApiError::internal(e.to_string()))?,
         None => None,
     };
-    let policy = crate::config_server::policy::of_machine(state, &machine)
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let policy = state.policy_of(&machine).map_err(|e| ApiError::internal(e.to_string()))?;
     let bundle = pki.bundle_pem();
     state
         .set_machine_trust(&machine, &crate::config_server::pki::bundle_sha(&bundle))

@@ -108,7 +108,7 @@ pub(super) async fn delete_policy(
             "the default policy cannot be deleted (set it to change it)",
         ));
     }
-    if crate::config_server::policy::get(&ctx.state, name).map_err(internal)?.is_none() {
+    if ctx.state.policy(name).map_err(internal)?.is_none() {
         return Err(ApiError::not_found("unknown_policy", format!("name: no policy {name:?}")));
     }
     if !ctx.state.delete_policy(name).map_err(internal)? {
@@ -146,7 +146,7 @@ pub(super) async fn assign_policy(
     let (_, admin, _) = authenticated(&ctx, &req)?;
     let a: api::PolicyAssignment = body_json(req, ADMIN_BODY).await?;
     known_machine(&ctx.state, &id)?;
-    if crate::config_server::policy::get(&ctx.state, &a.policy).map_err(internal)?.is_none() {
+    if ctx.state.policy(&a.policy).map_err(internal)?.is_none() {
         return Err(ApiError::bad_request("invalid", format!("policy: no policy {:?}", a.policy)));
     }
     ctx.state.set_machine_policy(&id, &a.policy).map_err(internal)?;
@@ -189,8 +189,7 @@ pub(super) fn policy_list(state: &State) -> Result<api::PolicyList, ApiError> {
     }
     let mut policies = Vec::new();
     for name in names {
-        let policy =
-            crate::config_server::policy::get(state, &name).map_err(internal)?.unwrap_or_default();
+        let policy = state.policy(&name).map_err(internal)?.unwrap_or_default();
         let machines = users.remove(&name).unwrap_or_default();
         policies.push(api::NamedPolicy { name, policy, machines });
     }

@@ -32,6 +32,7 @@ pub mod catalogue;
 mod error;
 pub mod failover;
 pub mod qemu;
+pub mod retention;
 
 pub use error::MasterError;
 
@@ -616,10 +617,7 @@ impl MasterTarget {
                 } else {
                     // Only a machine whose policy turned encryption off may have data in the
                     // clear: anyone able to write to the target could forge the flag.
-                    let policy = crate::config_server::policy::of_machine(
-                        &self.state,
-                        &machine.to_string(),
-                    )?;
+                    let policy = self.state.policy_of(&machine.to_string())?;
                     if policy.encryption.unwrap_or(true) {
                         return Err(MasterError::msg(format!(
                             "log {name} is not sealed, but the policy of machine {machine} requires encryption: refused"
@@ -719,9 +717,7 @@ impl MasterTarget {
     async fn prune(&mut self, machine_id: &str) -> Result<(), MasterError> {
         let points = self.state.points(machine_id)?;
         // The machine's policy thins by tiers when it has a retention.
-        if let Some(tiers) =
-            crate::config_server::policy::of_machine(&self.state, machine_id)?.retention
-        {
+        if let Some(tiers) = self.state.policy_of(machine_id)?.retention {
             // Group points (of complete or not group records with this machine) and
             // app-consistent points survive thinning first.
             let grouped: std::collections::BTreeSet<u64> = self
@@ -744,7 +740,7 @@ impl MasterTarget {
                     (p.id.clone(), p.created_unix_ms, rank)
                 })
                 .collect();
-            for id in crate::config_server::policy::thin(&aged, now_ms(), &tiers) {
+            for id in retention::thin(&aged, now_ms(), &tiers) {
                 loaded(&mut self.target, "target")?.delete_point(&id).await?;
                 self.state.delete_point(&id)?;
                 tracing::info!(point = %id, "recovery point thinned by the machine's policy");

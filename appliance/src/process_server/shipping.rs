@@ -149,8 +149,7 @@ impl ProcessServer {
         let t0 = std::time::Instant::now();
         // The machine's policy may set its level (looked up at most every 10 s).
         if stage.level_at.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-            let policy =
-                crate::config_server::policy::of_machine(&self.inner.state, &stage.machine)?;
+            let policy = self.inner.state.policy_of(&stage.machine)?;
             stage.level = policy.compression_level.unwrap_or(self.inner.cfg.codec_level);
             stage.encrypt = policy.encryption.unwrap_or(true);
             stage.level_at = Some(std::time::Instant::now());

@@ -1,6 +1,7 @@
 //! Recovery plans, protection policies, appliance settings and counters.
 
 use super::{Sqlite, State, StateError};
+use lifeboat_api::Policy;
 use rusqlite::{OptionalExtension, params};
 
 super::backend_trait! {
@@ -113,5 +114,26 @@ impl SettingStore for Sqlite {
             .query_row("SELECT value FROM settings WHERE name = ?1", params![name], |r| r.get(0))
             .optional()
             .map_err(|e| self.err(e))
+    }
+}
+
+impl State {
+    /// The policy named `name`: stored, or the built-in default for `default`.
+    pub fn policy(&self, name: &str) -> Result<Option<Policy>, StateError> {
+        for (n, json) in self.policies()? {
+            if n == name {
+                return Ok(serde_json::from_str(&json).ok());
+            }
+        }
+        Ok((name == "default").then(Policy::default))
+    }
+
+    /// The policy of `machine` (the `default` policy if its own is gone).
+    pub fn policy_of(&self, machine: &str) -> Result<Policy, StateError> {
+        let (name, _) = self.machine_policy(machine)?;
+        match self.policy(&name)? {
+            Some(p) => Ok(p),
+            None => Ok(self.policy("default")?.unwrap_or_default()),
+        }
     }
 }

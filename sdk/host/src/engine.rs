@@ -1,11 +1,13 @@
 //! The wasmtime engine, its linkers and the epoch ticker.
 
 use crate::keys::KeyRing;
+use crate::manifest::PluginKind;
 use crate::state::HostState;
 use crate::worlds;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use wasmtime::component::Component;
 use wasmtime::component::Linker;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
@@ -102,5 +104,39 @@ impl Host {
     /// The engine (for tests and benchmarks).
     pub fn engine(&self) -> &Engine {
         &self.inner.engine
+    }
+}
+
+/// A plugin pre-linked against its world's linker. One per loaded plugin, so the size
+/// difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Pre {
+    Codec(worlds::gen_codec::CodecPluginPre<HostState>),
+    Cipher(worlds::gen_cipher::CipherPluginPre<HostState>),
+    Target(worlds::gen_target::TargetPluginPre<HostState>),
+    Quiescer(worlds::gen_quiescer::QuiescerPluginPre<HostState>),
+    Action(worlds::gen_action::ActionPluginPre<HostState>),
+}
+
+impl Pre {
+    pub(crate) fn new(host: &Host, kind: PluginKind, c: &Component) -> wasmtime::Result<Pre> {
+        let i = &host.inner;
+        Ok(match kind {
+            PluginKind::Codec => Pre::Codec(worlds::gen_codec::CodecPluginPre::new(
+                i.codec_linker.instantiate_pre(c)?,
+            )?),
+            PluginKind::Cipher => Pre::Cipher(worlds::gen_cipher::CipherPluginPre::new(
+                i.cipher_linker.instantiate_pre(c)?,
+            )?),
+            PluginKind::Target => Pre::Target(worlds::gen_target::TargetPluginPre::new(
+                i.target_linker.instantiate_pre(c)?,
+            )?),
+            PluginKind::Quiescer => Pre::Quiescer(worlds::gen_quiescer::QuiescerPluginPre::new(
+                i.quiescer_linker.instantiate_pre(c)?,
+            )?),
+            PluginKind::Action => Pre::Action(worlds::gen_action::ActionPluginPre::new(
+                i.action_linker.instantiate_pre(c)?,
+            )?),
+        })
     }
 }

@@ -52,15 +52,17 @@ pub mod manifest;
 pub mod registry;
 
 mod beneath;
+mod caps;
 mod engine;
 mod hostfns;
+mod instance;
 mod load;
 mod state;
 mod worlds;
 
 pub use engine::{EPOCH_TICK, Host};
-pub use load::{LoadError, LoadedPlugin, Refusal, TrustBasis};
-pub use worlds::{
-    ActionInstance, CallError, CipherInstance, CodecInstance, Encoded, FailReason, PluginError,
-    QuiescerInstance, TargetInstance, action, target,
+pub use instance::{
+    ActionInstance, CipherInstance, CodecInstance, QuiescerInstance, TargetInstance,
 };
+pub use load::{LoadError, LoadedPlugin, Refusal, TrustBasis};
+pub use worlds::{CallError, Encoded, FailReason, PluginError, action, target};

@@ -1,12 +1,12 @@
 //! Loading a plugin: verify, trust, grant, compile (cached), pre-link.
 
+use crate::caps::Effective;
 use crate::config::{DEFAULT_MAX_DEADLINE_MS, DEFAULT_MAX_MEMORY_MIB, Grant, PluginsConfig};
 use crate::engine::Host;
+use crate::engine::Pre;
 use crate::manifest::{Manifest, PluginKind};
-use crate::worlds::Pre;
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,24 +59,6 @@ pub struct LoadError {
     pub refusal: Refusal,
     /// What is wrong and what to do about it.
     pub message: String,
-}
-
-/// Capabilities in force for one plugin: what it requested and was granted.
-#[derive(Debug, Clone)]
-pub(crate) struct Effective {
-    pub(crate) memory_bytes: usize,
-    pub(crate) deadline: Duration,
-    /// (guest path, host path)
-    pub(crate) dirs: Vec<(String, PathBuf)>,
-    pub(crate) http_hosts: Vec<crate::state::HttpAuthority>,
-    pub(crate) commands: Vec<String>,
-    pub(crate) sockets: Vec<SocketAddr>,
-    pub(crate) clock: bool,
-    pub(crate) settings: Vec<(String, String)>,
-    /// TLS client configuration trusting the public roots plus the granted `tls_roots`;
-    /// `None` when nothing extra is granted (the default sender is used then). Built once
-    /// per load and shared by every instance's HTTP hooks.
-    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// A verified, compiled, pre-linked plugin, ready to instantiate.
@@ -439,7 +421,7 @@ fn effective(m: &Manifest, g: &Grant) -> Result<Effective, String> {
     // `"*"` asks for "the hosts the site grants": targets whose endpoints depend on the
     // site (a storage account, a vCenter) cannot name them in the manifest. Still
     // deny-by-default: nothing granted, nothing reachable.
-    use crate::state::HttpAuthority;
+    use crate::caps::HttpAuthority;
     let granted = g
         .http_hosts
         .iter()
@@ -558,7 +540,7 @@ mod tests {
     fn star_means_what_the_site_grants_and_nothing_by_default() {
         let g = Grant { http_hosts: vec!["acct.blob.example:443".into()], ..Grant::default() };
         let e = effective(&manifest(&["*"]), &g).unwrap();
-        let want = crate::state::HttpAuthority::parse("https://acct.blob.example").unwrap();
+        let want = crate::caps::HttpAuthority::parse("https://acct.blob.example").unwrap();
         assert_eq!(e.http_hosts, vec![want.clone()]);
         // The same authority written another way is the same grant.
         let e = effective(&manifest(&["https://acct.blob.example:443"]), &g).unwrap();

@@ -1,8 +1,8 @@
 //! The per-instance store data: WASI context built from the plugin's effective
 //! capabilities, the HTTP allow-list, the memory limiter and the host keys.
 
+use crate::caps::{Effective, HttpAuthority};
 use crate::keys::KeyRing;
-use crate::load::Effective;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,70 +42,6 @@ impl wasmtime::ResourceLimiter for Limits {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         Ok(desired <= 1_000_000)
-    }
-}
-
-/// One HTTP authority a plugin may reach: scheme, host and port. Written in grants and
-/// manifests as `[https://|http://]host[:port]`: HTTPS unless `http://` is written, and the
-/// scheme's port (443, 80) unless one is given. A grant of `acct.example` therefore
-/// allows `https://acct.example:443` only, never plain HTTP.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct HttpAuthority {
-    pub(crate) https: bool,
-    /// Lower case; IPv6 literals in brackets.
-    pub(crate) host: String,
-    pub(crate) port: u16,
-}
-
-impl HttpAuthority {
-    /// Parses a grant or manifest entry.
-    pub(crate) fn parse(text: &str) -> Result<HttpAuthority, String> {
-        let bad = |why: &str| {
-            format!(
-                "{text:?}: {why}; write host:port, https://host:port or http://host:port \
-                 (HTTPS and port 443 when not written)"
-            )
-        };
-        let (https, rest) = match text.split_once("://") {
-            Some(("https", r)) => (true, r),
-            Some(("http", r)) => (false, r),
-            Some((scheme, _)) => {
-                return Err(bad(&format!("scheme {scheme:?} is not http or https")));
-            }
-            None => (true, text),
-        };
-        let a: http::uri::Authority = rest.parse().map_err(|_| bad("not a host[:port]"))?;
-        if a.as_str().contains('@') || a.host().is_empty() {
-            return Err(bad("not a host[:port]"));
-        }
-        let port = &a.as_str()[a.host().len()..];
-        if !port.is_empty() && port.strip_prefix(':').and_then(|p| p.parse::<u16>().ok()).is_none()
-        {
-            return Err(bad("the port is not a number from 0 to 65535"));
-        }
-        Ok(HttpAuthority {
-            https,
-            host: a.host().to_ascii_lowercase(),
-            port: a.port_u16().unwrap_or(if https { 443 } else { 80 }),
-        })
-    }
-
-    /// The authority a request goes to, if its scheme is HTTP or HTTPS.
-    pub(crate) fn of_uri(uri: &http::Uri) -> Option<HttpAuthority> {
-        let https = match uri.scheme_str()? {
-            "https" => true,
-            "http" => false,
-            _ => return None,
-        };
-        let a = uri.authority()?;
-        if a.port().is_some() && a.port_u16().is_none() {
-            return None;
-        }
-        Some(HttpAuthority {
-            https,
-            host: a.host().to_ascii_lowercase(),
-            port: a.port_u16().unwrap_or(if https { 443 } else { 80 }),
-        })
     }
 }
 
