@@ -38,19 +38,15 @@ pub fn fail(code: u8, message: impl Into<String>) -> Failure {
 
 /// What a command prints: the API's answer as JSON (`--json`), or else its text.
 pub struct Output {
-    pub json: String,
+    /// The answer as JSON, or why it could not be written.
+    pub json: Result<String, String>,
     pub text: String,
 }
 
 impl Output {
     /// The typed answer `answer`, shown as `text` without `--json`.
-    #[expect(
-        clippy::expect_used,
-        reason = "answers are lifeboat_api types: structs of strings, numbers, vectors and \
-                  string-keyed maps with derived Serialize, which serde_json always writes"
-    )]
     pub fn new<T: Serialize>(answer: &T, text: impl Into<String>) -> Output {
-        let json = serde_json::to_string(answer).expect("the API's types serialise");
+        let json = serde_json::to_string(answer).map_err(|e| format!("the answer as JSON: {e}"));
         Output { json, text: text.into() }
     }
 }

@@ -404,7 +404,13 @@ fn main() -> ExitCode {
     match run(&cli) {
         Ok(out) => {
             if cli.json {
-                println!("{}", out.json);
+                match out.json {
+                    Ok(json) => println!("{json}"),
+                    Err(e) => {
+                        eprintln!("lifeboat: {e}");
+                        return ExitCode::from(1);
+                    }
+                }
             } else if !out.text.is_empty() {
                 println!("{}", out.text);
             }

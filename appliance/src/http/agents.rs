@@ -16,10 +16,7 @@ pub(super) async fn hello(
         let text = serde_json::to_string(system).map_err(|e| ApiError::internal(e.to_string()))?;
         state.set_machine_facts(&machine, &text).map_err(|e| ApiError::internal(e.to_string()))?;
     }
-    match ps.hello(&machine, hello).await {
-        Ok(r) => json(StatusCode::OK, &r),
-        Err(f) => Ok(failure(f)),
-    }
+    json(StatusCode::OK, &ps.hello(&machine, hello).await?)
 }
 
 /// `PUT /api/v1/batches`
@@ -30,10 +27,7 @@ pub(super) async fn batch(
 ) -> Answer {
     let ps = &ctx.ps;
     let body = read_body(req.into_body()).await?;
-    match ps.batch(&machine, body).await {
-        Ok(ack) => json(StatusCode::OK, &ack),
-        Err(f) => Ok(failure(f)),
-    }
+    json(StatusCode::OK, &ps.batch(&machine, body).await?)
 }
 
 /// `POST /api/v1/progress`
@@ -138,10 +132,7 @@ pub(super) async fn reverse_status(
     Extension(AgentMachine(machine)): Extension<AgentMachine>,
 ) -> Answer {
     let state = &ctx.state;
-    match crate::process_server::reverse::status(state, &machine) {
-        Ok(st) => json(StatusCode::OK, &st),
-        Err(f) => Ok(failure(f)),
-    }
+    json(StatusCode::OK, &crate::process_server::reverse::status(state, &machine)?)
 }
 
 /// `POST /api/v1/reverse/diff`
@@ -153,17 +144,13 @@ pub(super) async fn reverse_diff(
     let ps = &ctx.ps;
     let state = &ctx.state;
     let d: api::ReverseDiff = body_json(req, AGENT_JSON_BODY).await?;
-    match crate::process_server::reverse::diff(ps, state, &machine, d).await {
-        Ok(batch) => {
-            let mut r = Response::new(lifeboat_net::server::full(batch));
-            r.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("application/octet-stream"),
-            );
-            Ok(r)
-        }
-        Err(f) => Ok(failure(f)),
-    }
+    let batch = crate::process_server::reverse::diff(ps, state, &machine, d).await?;
+    let mut r = Response::new(lifeboat_net::server::full(batch));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/octet-stream"),
+    );
+    Ok(r)
 }
 
 /// `POST /api/v1/reverse/done`
@@ -174,10 +161,8 @@ pub(super) async fn reverse_done(
 ) -> Answer {
     let state = &ctx.state;
     let d: api::ReverseDone = body_json(req, AGENT_JSON_BODY).await?;
-    match crate::process_server::reverse::done(state, &machine, d) {
-        Ok(()) => json(StatusCode::OK, &api::Empty {}),
-        Err(f) => Ok(failure(f)),
-    }
+    crate::process_server::reverse::done(state, &machine, d)?;
+    json(StatusCode::OK, &api::Empty {})
 }
 
 /// `POST /api/v1/compare`
@@ -189,10 +174,7 @@ pub(super) async fn compare(
     let ps = &ctx.ps;
     let state = &ctx.state;
     let c: api::CompareBlocks = body_json(req, AGENT_JSON_BODY).await?;
-    match crate::process_server::reverse::compare(ps, state, &machine, c).await {
-        Ok(a) => json(StatusCode::OK, &a),
-        Err(f) => Ok(failure(f)),
-    }
+    json(StatusCode::OK, &crate::process_server::reverse::compare(ps, state, &machine, c).await?)
 }
 
 /// `POST /api/v1/compare/done`
@@ -218,9 +200,7 @@ pub(super) async fn compare_done(
     // A master target at another site learns it through the target.
     let mid: lifeboat_wire::MachineId =
         machine.parse().map_err(|e: String| ApiError::internal(e))?;
-    if let Err(f) = ps.publish_compare_done(mid, d.disk, d.token, d.point).await {
-        return Ok(failure(f));
-    }
+    ps.publish_compare_done(mid, d.disk, d.token, d.point).await?;
     json(StatusCode::OK, &api::Empty {})
 }
 

@@ -53,47 +53,91 @@ type Served = Result<Response<ResponseBody>, lifeboat_net::ApiError>;
 /// A request as the routes see it.
 type Req = extract::Request;
 
-/// An error answered as `{"error": message, "code": code}` with its status: the
-/// `lifeboat_net` error, made an axum response.
+/// An error answered as `{"error": message, "code": code}` with its status (the
+/// `lifeboat_net` error, made an axum response), plus what a role's error may add: the
+/// sequence a disk expects (`sequence-gap`) and `Retry-After`.
 #[derive(Debug, thiserror::Error)]
-#[error(transparent)]
-pub struct ApiError(lifeboat_net::ApiError);
+#[error("{error}")]
+pub struct ApiError {
+    error: lifeboat_net::ApiError,
+    expected_sequence: Option<u64>,
+    retry_after: Option<u64>,
+}
 
 impl From<lifeboat_net::ApiError> for ApiError {
-    fn from(e: lifeboat_net::ApiError) -> Self {
-        ApiError(e)
+    fn from(error: lifeboat_net::ApiError) -> Self {
+        ApiError { error, expected_sequence: None, retry_after: None }
+    }
+}
+
+/// The process server's errors: this is where their kinds become statuses.
+impl From<ProcessError> for ApiError {
+    fn from(f: ProcessError) -> Self {
+        let status = match f.kind {
+            Kind::Forbidden => StatusCode::FORBIDDEN,
+            Kind::Invalid => StatusCode::BAD_REQUEST,
+            Kind::Conflict => StatusCode::CONFLICT,
+            Kind::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
+            Kind::TooBusy => StatusCode::TOO_MANY_REQUESTS,
+            Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError {
+            error: lifeboat_net::ApiError::new(status, f.code, f.message),
+            expected_sequence: f.expected_sequence,
+            retry_after: f.retry_after,
+        }
     }
 }
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError(lifeboat_net::ApiError::new(status, code, message))
+        lifeboat_net::ApiError::new(status, code, message).into()
     }
 
     fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        ApiError(lifeboat_net::ApiError::bad_request(code, message))
+        lifeboat_net::ApiError::bad_request(code, message).into()
     }
 
     fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
-        ApiError(lifeboat_net::ApiError::forbidden(code, message))
+        lifeboat_net::ApiError::forbidden(code, message).into()
     }
 
     fn not_found(code: &'static str, message: impl Into<String>) -> Self {
-        ApiError(lifeboat_net::ApiError::not_found(code, message))
+        lifeboat_net::ApiError::not_found(code, message).into()
     }
 
     fn body_too_large(limit: usize) -> Self {
-        ApiError(lifeboat_net::ApiError::body_too_large(limit))
+        lifeboat_net::ApiError::body_too_large(limit).into()
     }
 
     fn internal(message: impl Into<String>) -> Self {
-        ApiError(lifeboat_net::ApiError::internal(message))
+        lifeboat_net::ApiError::internal(message).into()
     }
 }
 
 impl axum::response::IntoResponse for ApiError {
     fn into_response(self) -> axum::response::Response {
-        self.0.into_response().map(axum::body::Body::new)
+        let mut r = match self.expected_sequence {
+            None => self.error.into_response().map(axum::body::Body::new),
+            Some(expected) => {
+                let body = api::ApiError {
+                    error: self.error.message,
+                    code: self.error.code.to_owned(),
+                    expected_sequence: Some(expected),
+                };
+                match json(self.error.status, &body) {
+                    Ok(r) => axum::response::IntoResponse::into_response(r),
+                    Err(e) => e.error.into_response().map(axum::body::Body::new),
+                }
+            }
+        };
+        if let Some(s) = self.retry_after
+            && let Ok(v) = http::HeaderValue::from_str(&s.to_string())
+        {
+            r.headers_mut().insert(http::header::RETRY_AFTER, v);
+        }
+        r
     }
 }
 
@@ -106,30 +150,6 @@ fn to_server(r: axum::response::Response) -> Response<ResponseBody> {
 /// A state-store failure as an answer (500).
 fn internal(e: crate::store::StateError) -> ApiError {
     ApiError::internal(e.to_string())
-}
-
-fn failure(f: ProcessError) -> Response<ResponseBody> {
-    let body = api::ApiError {
-        error: f.message,
-        code: f.code.to_owned(),
-        expected_sequence: f.expected_sequence,
-    };
-    let status = match f.kind {
-        Kind::Forbidden => StatusCode::FORBIDDEN,
-        Kind::Invalid => StatusCode::BAD_REQUEST,
-        Kind::Conflict => StatusCode::CONFLICT,
-        Kind::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
-        Kind::TooBusy => StatusCode::TOO_MANY_REQUESTS,
-        Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-        Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    let mut r = json(status, &body).unwrap_or_else(|e| e.0.into_response());
-    if let Some(s) = f.retry_after
-        && let Ok(v) = http::HeaderValue::from_str(&s.to_string())
-    {
-        r.headers_mut().insert(http::header::RETRY_AFTER, v);
-    }
-    r
 }
 
 /// What a path that no route serves (or a method a route does not take) answers.
@@ -409,7 +429,7 @@ impl ConfigServer {
 
     /// Answers one request.
     pub async fn serve(&self, req: Request<RequestBody>) -> Served {
-        check_origin(&req).map_err(|e| e.0)?;
+        check_origin(&req).map_err(|e| e.error)?;
         let r = self.router.clone().oneshot(req.map(axum::body::Body::new)).await;
         Ok(to_server(r.unwrap_or_else(|never| match never {})))
     }
@@ -470,7 +490,7 @@ impl AgentServer {
     /// Answers one request: the machine must be known, not revoked, on its current
     /// certificate, and (but for reverse replication and trust) not failed over.
     pub async fn serve(&self, req: Request<RequestBody>) -> Served {
-        let machine = self.check(&req).map_err(|e| e.0)?;
+        let machine = self.check(&req).map_err(|e| e.error)?;
         let mut req = req.map(axum::body::Body::new);
         req.extensions_mut().insert(AgentMachine(machine));
         let r = self.router.clone().oneshot(req).await;

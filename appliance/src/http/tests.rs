@@ -46,7 +46,7 @@ fn only_the_coordinator_records_and_only_reported_points_count() {
         point,
         members: members.iter().map(|s| s.to_string()).collect(),
     };
-    let code = |r: Result<(), ApiError>| r.unwrap_err().0.code;
+    let code = |r: Result<(), ApiError>| r.unwrap_err().error.code;
     // A member that is not the coordinator, naming B: refused.
     assert_eq!(
         code(check_group_point(&state, "m-a", &rec("erp", 9, &["m-a", "m-b"]))),
@@ -105,4 +105,27 @@ fn only_the_coordinator_records_and_only_reported_points_count() {
     assert!(state.revoke_machine("m-a").unwrap());
     assert!(state.group_of("m-b").unwrap().is_none());
     assert!(state.group_points(Some("other")).unwrap().is_empty());
+}
+
+/// The process server's errors become answers here: a sequence gap carries the sequence
+/// the disk expects, a full cache `Retry-After`.
+#[tokio::test]
+async fn process_errors_keep_the_expected_sequence_and_retry_after() {
+    use axum::response::IntoResponse as _;
+    use http_body_util::BodyExt as _;
+    let mut gap = ProcessError::new(Kind::Conflict, "sequence-gap", "resend from 7");
+    gap.expected_sequence = Some(7);
+    let r = ApiError::from(gap).into_response();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let body = r.into_body().collect().await.unwrap().to_bytes();
+    let e: api::ApiError = serde_json::from_slice(&body).unwrap();
+    assert_eq!((e.code.as_str(), e.expected_sequence), ("sequence-gap", Some(7)));
+    let mut full = ProcessError::new(Kind::TooBusy, "cache-full", "retry later");
+    full.retry_after = Some(5);
+    let r = ApiError::from(full).into_response();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.headers()[http::header::RETRY_AFTER], "5");
+    let body = r.into_body().collect().await.unwrap().to_bytes();
+    let e: api::ApiError = serde_json::from_slice(&body).unwrap();
+    assert_eq!((e.code.as_str(), e.expected_sequence), ("cache-full", None));
 }
