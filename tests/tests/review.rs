@@ -260,9 +260,53 @@ fn a_login_flood_neither_exhausts_the_appliance_nor_locks_the_administrator_out(
 /// the appliance is killed and the copy put back. The disk's gap is declared, an alert
 /// names it, the agent compares the disk with its replica by hashes (no full resync),
 /// and the replica equals the source again.
+/// Copies an appliance's state database (its files as they are) from `from` to `to`.
+fn copy_state(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for f in ["state.db", "state.db-wal", "state.db-shm"] {
+        let _ = std::fs::remove_file(to.join(f));
+        if from.join(f).exists() {
+            std::fs::copy(from.join(f), to.join(f)).unwrap();
+        }
+    }
+}
+
+/// Writes to `disk`, runs an agent cycle and copies the state of the appliance `pid`
+/// (stopped meanwhile) from `state` to `copy`, until the copy predates the cycle's point
+/// (as listed through `cfg`; the copy is read through `copy_cfg`): the logs were shipped
+/// but not applied yet. Each cycle's point must equal the source.
+fn catch_logs_shipped_not_applied(
+    site: &Site,
+    pid: u32,
+    (cfg, copy_cfg): (&std::path::Path, &std::path::Path),
+    (state, copy): (&std::path::Path, &std::path::Path),
+    (disk, agent_cfg): (&std::path::Path, &std::path::Path),
+    seed: u64,
+) {
+    use rustix::process::{Pid, Signal, kill_process};
+    let pid = Pid::from_raw(pid as i32).unwrap();
+    for round in 0..4u64 {
+        let before = site.points(cfg).len();
+        random_writes(disk, 200, seed + round);
+        site.agent_once(agent_cfg);
+        kill_process(pid, Signal::STOP).unwrap();
+        copy_state(state, copy);
+        kill_process(pid, Signal::CONT).unwrap();
+        let want = sha256_file(disk);
+        let points = wait_for(Duration::from_secs(120), "the cycle's point", || {
+            let p = site.points(cfg);
+            (p.len() > before).then_some(p)
+        });
+        assert_eq!(site.point_checksum(cfg, &points.last().unwrap().1, 0), want);
+        if site.cli(copy_cfg, &["points"]).lines().count() == before {
+            return;
+        }
+    }
+    panic!("never caught the logs shipped but not yet applied");
+}
+
 #[test]
 fn a_cursor_that_went_back_in_a_power_cut_recovers_by_a_hash_compare() {
-    use rustix::process::{Pid, Signal, kill_process};
     let site = Site::new();
     let cfg = site.config("all", Roles::ALL);
     let base = std::fs::read_to_string(&cfg).unwrap();
@@ -293,44 +337,18 @@ fn a_cursor_that_went_back_in_a_power_cut_recovers_by_a_hash_compare() {
     let copy_cfg = site.root().join("appliance-copy.toml");
     std::fs::write(&copy_cfg, base.replace("data_dir = \"state\"", "data_dir = \"state-copy\""))
         .unwrap();
-    let files = ["state.db", "state.db-wal", "state.db-shm"];
-    let pid = Pid::from_raw(appliance.pid().unwrap() as i32).unwrap();
-    let mut copied = false;
-    for round in 0..4u64 {
-        let before = site.points(&cfg).len();
-        random_writes(&disk, 200, 40 + round);
-        site.agent_once(&agent_cfg);
-        kill_process(pid, Signal::STOP).unwrap();
-        std::fs::create_dir_all(&copy).unwrap();
-        for f in files {
-            let _ = std::fs::remove_file(copy.join(f));
-            if state.join(f).exists() {
-                std::fs::copy(state.join(f), copy.join(f)).unwrap();
-            }
-        }
-        kill_process(pid, Signal::CONT).unwrap();
-        let want = sha256_file(&disk);
-        let points = wait_for(Duration::from_secs(120), "the cycle's point", || {
-            let p = site.points(&cfg);
-            (p.len() > before).then_some(p)
-        });
-        assert_eq!(site.point_checksum(&cfg, &points.last().unwrap().1, 0), want);
-        // The copy must predate that point (the logs were shipped, not yet applied).
-        if site.cli(&copy_cfg, &["points"]).lines().count() == before {
-            copied = true;
-            break;
-        }
-    }
-    assert!(copied, "never caught the logs shipped but not yet applied");
+    catch_logs_shipped_not_applied(
+        &site,
+        appliance.pid().unwrap(),
+        (&cfg, &copy_cfg),
+        (&state, &copy),
+        (&disk, &agent_cfg),
+        40,
+    );
 
     // Power cut: the state goes back to the copy; the logs applied since are gone.
     appliance.kill9();
-    for f in files {
-        let _ = std::fs::remove_file(state.join(f));
-        if copy.join(f).exists() {
-            std::fs::copy(copy.join(f), state.join(f)).unwrap();
-        }
-    }
+    copy_state(&copy, &state);
     std::fs::write(&cfg, base.replace("poll_ms = 100", "poll_ms = 100\ngap_grace_secs = 2"))
         .unwrap();
     let mut appliance = site.start("appliance", &cfg);
@@ -360,7 +378,6 @@ fn a_cursor_that_went_back_in_a_power_cut_recovers_by_a_hash_compare() {
 /// server hands it to the agent, and the agent's answer comes back the same way.
 #[test]
 fn in_a_split_deployment_a_lost_log_is_repaired_through_the_target() {
-    use rustix::process::{Pid, Signal, kill_process};
     let site = Site::new();
     let source = site.config(
         "source",
@@ -406,40 +423,18 @@ fn in_a_split_deployment_a_lost_log_is_repaired_through_the_target() {
     let copy = site.root().join("state-target-copy");
     let copy_cfg = site.root().join("appliance-target-copy.toml");
     std::fs::write(&copy_cfg, base.replace("state-target", "state-target-copy")).unwrap();
-    let files = ["state.db", "state.db-wal", "state.db-shm"];
-    let pid = Pid::from_raw(tgt.pid().unwrap() as i32).unwrap();
-    let mut copied = false;
-    for round in 0..4u64 {
-        let before = site.points(&target).len();
-        random_writes(&disk, 200, 60 + round);
-        site.agent_once(&agent_cfg);
-        kill_process(pid, Signal::STOP).unwrap();
-        std::fs::create_dir_all(&copy).unwrap();
-        for f in files {
-            let _ = std::fs::remove_file(copy.join(f));
-            if state.join(f).exists() {
-                std::fs::copy(state.join(f), copy.join(f)).unwrap();
-            }
-        }
-        kill_process(pid, Signal::CONT).unwrap();
-        wait_for(Duration::from_secs(120), "the cycle's point at the target site", || {
-            (site.points(&target).len() > before).then_some(())
-        });
-        if site.cli(&copy_cfg, &["points"]).lines().count() == before {
-            copied = true;
-            break;
-        }
-    }
-    assert!(copied, "never caught the logs shipped but not yet applied");
+    catch_logs_shipped_not_applied(
+        &site,
+        tgt.pid().unwrap(),
+        (&target, &copy_cfg),
+        (&state, &copy),
+        (&disk, &agent_cfg),
+        60,
+    );
 
     // Power cut at the target site only: its state goes back, the logs it applied are gone.
     tgt.kill9();
-    for f in files {
-        let _ = std::fs::remove_file(state.join(f));
-        if copy.join(f).exists() {
-            std::fs::copy(copy.join(f), state.join(f)).unwrap();
-        }
-    }
+    copy_state(&copy, &state);
     std::fs::write(&target, base.replace("poll_ms = 100", "poll_ms = 100\ngap_grace_secs = 2"))
         .unwrap();
     let _tgt = site.start("target", &target);
