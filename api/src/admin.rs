@@ -18,7 +18,26 @@ pub struct Health {
     pub ok: bool,
 }
 
-/// `POST /api/v1/setup` and `POST /api/v1/login`.
+/// `POST /api/v1/setup`: the first administrator, and the appliance's one-time setup token
+/// (shown on its console and by `lifeboat-appliance setup-token`).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetupRequest {
+    /// The setup token; case, spaces and dashes do not matter.
+    pub setup_token: String,
+    /// Account name: 1 to 64 ASCII letters, digits, `.`, `_`, `-`.
+    pub name: String,
+    /// Password, at least 12 characters.
+    pub password: String,
+}
+
+impl std::fmt::Debug for SetupRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SetupRequest").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+/// `POST /api/v1/login`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Credentials {

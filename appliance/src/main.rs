@@ -73,6 +73,13 @@ enum Cmd {
         #[arg(long)]
         link_mbps: Option<f64>,
     },
+    /// Prints the one-time setup token that `POST /api/v1/setup` (the web wizard's first
+    /// step, `lifeboat setup`) needs, while no administrator exists; fails after setup.
+    SetupToken {
+        /// The appliance configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Prints the appliance's counters (bytes received, shipped, applied …) as JSON.
     Stats {
         /// The appliance configuration file.
@@ -142,6 +149,7 @@ fn main() {
         Cmd::Fingerprint { config } => tools::fingerprint(load(config)),
         Cmd::Points { config, machine } => tools::points(load(config), machine.as_deref()),
         Cmd::Stats { config } => tools::stats(load(config)),
+        Cmd::SetupToken { config } => tools::setup_token(load(config)),
         Cmd::Churn { config, machine, link_mbps } => {
             tools::churn(load(config), machine.as_deref(), *link_mbps)
         }

@@ -184,6 +184,14 @@ async fn start_config_server(
         write_private(&file, &format!("{p}\n"))?;
         tracing::info!(file = %file.display(), "created a one-time registration passphrase");
     }
+    if let Some(token) = lifeboat_appliance::config_server::admin::setup_token(&core.state)? {
+        // The console of a fresh appliance: whoever sees it may claim it.
+        eprintln!(
+            "lifeboat-appliance: first-run setup: the first administrator is created with \
+             `lifeboat setup --setup-token {token} …` (the token is also shown by \
+             `lifeboat-appliance setup-token`)"
+        );
+    }
     let url = cfg.config_server.process_server_url.clone().unwrap_or_else(|| {
         let host =
             cfg.config_server.server_names.first().cloned().unwrap_or_else(|| "127.0.0.1".into());

@@ -14,6 +14,19 @@ pub fn passphrase(config: ApplianceConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `setup-token`: the one-time token of the first-run setup.
+pub fn setup_token(config: ApplianceConfig) -> anyhow::Result<()> {
+    crate::run::make_private(&config)?;
+    let state = State::open(&config.data_dir.join("state.db"))?;
+    match lifeboat_appliance::config_server::admin::setup_token(&state)? {
+        Some(t) => {
+            println!("{t}");
+            Ok(())
+        }
+        None => anyhow::bail!("setup is done: this appliance has an administrator; log in"),
+    }
+}
+
 /// `fingerprint`: the CA fingerprint agents pin.
 pub fn fingerprint(config: ApplianceConfig) -> anyhow::Result<()> {
     crate::run::make_private(&config)?;

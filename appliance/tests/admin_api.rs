@@ -108,7 +108,7 @@ async fn call(
 async fn the_http_layer_refuses_what_it_should() {
     let s = start().await;
     let c = s.client(None);
-    let token = setup_admin(&c).await;
+    let token = setup_admin(&c, &s.state).await;
     let auth = |extra: &[(&'static str, &str)]| {
         let mut h = HeaderMap::new();
         h.insert(
@@ -219,17 +219,18 @@ fn conforms(method: &Method, template: &str, status: StatusCode, v: &Value) {
     }
 }
 
+/// The appliance's setup token, as `lifeboat-appliance setup-token` shows it.
+fn setup_token(state: &State) -> String {
+    lifeboat_appliance::config_server::admin::setup_token(state).unwrap().unwrap()
+}
+
 /// The first administrator, set up through the API; its session token.
-async fn setup_admin(c: &Client) -> String {
-    let (st, v) = call(
-        c,
-        Method::POST,
-        "/api/v1/setup",
-        "/api/v1/setup",
-        None,
-        r#"{"name":"root","password":"correct horse battery"}"#,
-    )
-    .await;
+async fn setup_admin(c: &Client, state: &State) -> String {
+    let body = format!(
+        r#"{{"setup_token":"{}","name":"root","password":"correct horse battery"}}"#,
+        setup_token(state)
+    );
+    let (st, v) = call(c, Method::POST, "/api/v1/setup", "/api/v1/setup", None, &body).await;
     assert_eq!(st, StatusCode::CREATED, "{v}");
     v["token"].as_str().unwrap().to_owned()
 }
@@ -282,22 +283,39 @@ async fn setup_login_sessions_and_identities() {
     // Nothing is served to anyone before setup, and bad setups write nothing.
     let (st, _) = call(&c, Method::GET, "/api/v1/machines", "/api/v1/machines", None, "").await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let t = setup_token(&s.state);
     for (body, field) in [
-        (r#"{"name":"root","password":"short"}"#, "password"),
-        (r#"{"name":"bad name","password":"long enough password"}"#, "name"),
-        (r#"{"name":"root"}"#, "password"),
-        (r#"{"name":"root","password":"long enough password","admin":true}"#, "admin"),
-        (r#"{"name":1,"password":"long enough password"}"#, "name"),
+        (r#"{"setup_token":"T","name":"root","password":"short"}"#, "password"),
+        (r#"{"setup_token":"T","name":"bad name","password":"long enough password"}"#, "name"),
+        (r#"{"setup_token":"T","name":"root"}"#, "password"),
+        (r#"{"name":"root","password":"long enough password"}"#, "setup_token"),
+        (r#"{"setup_token":"T","name":"root","password":"long enough pw","admin":1}"#, "admin"),
+        (r#"{"setup_token":"T","name":1,"password":"long enough password"}"#, "name"),
         ("{", ""),
     ] {
-        let (st, v) = call(&c, Method::POST, "/api/v1/setup", "/api/v1/setup", None, body).await;
+        let body = body.replace(r#""T""#, &format!("{t:?}"));
+        let (st, v) = call(&c, Method::POST, "/api/v1/setup", "/api/v1/setup", None, &body).await;
         assert_eq!(st, StatusCode::BAD_REQUEST, "{body}: {v}");
         assert!(v["error"].as_str().unwrap().contains(field), "{body}: {v}");
+    }
+    // Whoever reaches 443 first cannot claim the appliance without its token.
+    for wrong in ["", "AAAAA-AAAAA-AAAAA-AAAAA"] {
+        let body = format!(
+            r#"{{"setup_token":"{wrong}","name":"root","password":"correct horse battery"}}"#
+        );
+        let (st, v) = call(&c, Method::POST, "/api/v1/setup", "/api/v1/setup", None, &body).await;
+        assert_eq!(
+            (st, v["code"].as_str()),
+            (StatusCode::FORBIDDEN, Some("bad_setup_token")),
+            "{v}"
+        );
     }
     let (_, v) = call(&c, Method::GET, "/api/v1/setup", "/api/v1/setup", None, "").await;
     assert_eq!(v["needed"], true, "a refused setup left nothing behind");
 
-    let good = r#"{"name":"root","password":"correct horse battery"}"#;
+    let good =
+        format!(r#"{{"setup_token":"{t}","name":"root","password":"correct horse battery"}}"#);
+    let good = good.as_str();
     let (st, v) = call(&c, Method::POST, "/api/v1/setup", "/api/v1/setup", None, good).await;
     assert_eq!(st, StatusCode::CREATED, "{v}");
     let token = v["token"].as_str().unwrap().to_owned();
@@ -308,7 +326,13 @@ async fn setup_login_sessions_and_identities() {
     passphrases_and_revocation(&s, &c, &token).await;
     jobs_and_test_failovers(&s, &c, &token).await;
     wrong_identities(&s, &c).await;
-    login_logout_and_lockout(&s, &c, &token, good).await;
+    login_logout_and_lockout(
+        &s,
+        &c,
+        &token,
+        r#"{"name":"root","password":"correct horse battery"}"#,
+    )
+    .await;
     metrics_and_document(&s, &c, &token).await;
 }
 
@@ -587,7 +611,7 @@ async fn metrics_and_document(s: &Server, c: &Client, token: &str) {
 async fn failovers_and_vm_specs() {
     let s = start().await;
     let c = s.client(None);
-    let token = setup_admin(&c).await;
+    let token = setup_admin(&c, &s.state).await;
     let t = Some(token.as_str());
     s.state.add_passphrase("p").unwrap();
     s.state.register_machine("p", "m-1", "web01").unwrap();
@@ -837,7 +861,7 @@ async fn recovery_passphrase(s: &Server, c: &Client, t: Option<&str>) {
 async fn policies_and_alerts() {
     let s = start().await;
     let c = s.client(None);
-    let token = setup_admin(&c).await;
+    let token = setup_admin(&c, &s.state).await;
     let t = Some(token.as_str());
     s.state.add_passphrase("p").unwrap();
     s.state.register_machine("p", "m-1", "web01").unwrap();
@@ -956,7 +980,7 @@ async fn policies_and_alerts() {
 async fn recovery_plans() {
     let s = start().await;
     let c = s.client(None);
-    let token = setup_admin(&c).await;
+    let token = setup_admin(&c, &s.state).await;
     let t = Some(token.as_str());
     s.state.add_passphrase("p").unwrap();
     s.state.register_machine("p", "m-1", "web01").unwrap();
@@ -1080,7 +1104,7 @@ async fn recovery_plans() {
 async fn consistency_groups_are_defined_by_the_administrator() {
     let s = start().await;
     let c = s.client(None);
-    let token = setup_admin(&c).await;
+    let token = setup_admin(&c, &s.state).await;
     for (p, m) in [("p1", "m-a"), ("p2", "m-b"), ("p3", "m-c")] {
         s.state.add_passphrase(p).unwrap();
         s.state.register_machine(p, m, "host").unwrap();

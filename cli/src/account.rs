@@ -7,23 +7,33 @@ use crate::client::{Failure, Output, Session, SessionFile, call, client, passwor
 use crate::{Cli, Connect};
 
 /// `lifeboat setup`: creates the first administrator and logs in.
-pub fn setup(cli: &Cli, c: &Connect) -> Result<Output, Failure> {
-    let shown = open_session(cli, c, "/api/v1/setup")?;
+pub fn setup(cli: &Cli, c: &Connect, setup_token: &str) -> Result<Output, Failure> {
+    let request = api::SetupRequest {
+        setup_token: setup_token.to_owned(),
+        name: c.name.clone(),
+        password: password()?,
+    };
+    let shown = open_session(cli, c, "/api/v1/setup", &request)?;
     Ok(Output::new(&shown, format!("administrator {} created and logged in", c.name)))
 }
 
 /// `lifeboat login`.
 pub fn login(cli: &Cli, c: &Connect) -> Result<Output, Failure> {
-    let shown = open_session(cli, c, "/api/v1/login")?;
+    let credentials = api::Credentials { name: c.name.clone(), password: password()? };
+    let shown = open_session(cli, c, "/api/v1/login", &credentials)?;
     Ok(Output::new(&shown, format!("logged in as {}", c.name)))
 }
 
-/// Opens a session through `path` (setup or login) and keeps it; the answer without its
-/// token.
-fn open_session(cli: &Cli, c: &Connect, path: &str) -> Result<api::SessionInfo, Failure> {
+/// Opens a session through `path` (setup or login) with `body` and keeps it; the answer
+/// without its token.
+fn open_session<B: serde::Serialize>(
+    cli: &Cli,
+    c: &Connect,
+    path: &str,
+    body: &B,
+) -> Result<api::SessionInfo, Failure> {
     let client = client(&c.url, &c.fingerprint)?;
-    let credentials = api::Credentials { name: c.name.clone(), password: password()? };
-    let mut v: api::SessionInfo = call(&client, Method::POST, path, None, Some(&credentials))?;
+    let mut v: api::SessionInfo = call(&client, Method::POST, path, None, Some(body))?;
     let s = SessionFile {
         url: c.url.clone(),
         fingerprint: c.fingerprint.clone(),

@@ -46,7 +46,14 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// First-run setup: creates the first administrator and logs in.
-    Setup(Connect),
+    Setup {
+        #[command(flatten)]
+        connect: Connect,
+        /// The appliance's one-time setup token (shown on its console and by
+        /// `lifeboat-appliance setup-token`), or LIFEBOAT_SETUP_TOKEN.
+        #[arg(long, env = "LIFEBOAT_SETUP_TOKEN")]
+        setup_token: String,
+    },
     /// Logs in and keeps the session.
     Login(Connect),
     /// Ends the session.
@@ -356,7 +363,7 @@ struct Connect {
 /// Runs the command (all but `completions`).
 fn run(cli: &Cli) -> Result<Output, Failure> {
     match &cli.cmd {
-        Cmd::Setup(c) => account::setup(cli, c),
+        Cmd::Setup { connect, setup_token } => account::setup(cli, connect, setup_token),
         Cmd::Login(c) => account::login(cli, c),
         Cmd::Logout => account::logout(cli),
         Cmd::Whoami => account::whoami(cli),

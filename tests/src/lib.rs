@@ -461,8 +461,19 @@ impl Site {
     pub fn lifeboat_setup(&self, config: &Path) {
         let url = format!("https://127.0.0.1:{}", self.config_port);
         let fp = self.cli(config, &["fingerprint"]).trim().to_owned();
+        let token = self.cli(config, &["setup-token"]).trim().to_owned();
         let o = self.lifeboat(
-            &["setup", "--url", &url, "--fingerprint", &fp, "--name", "admin"],
+            &[
+                "setup",
+                "--url",
+                &url,
+                "--fingerprint",
+                &fp,
+                "--name",
+                "admin",
+                "--setup-token",
+                &token,
+            ],
             Some("correct horse battery"),
         );
         assert!(o.status.success(), "lifeboat setup: {}", String::from_utf8_lossy(&o.stderr));

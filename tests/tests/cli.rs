@@ -60,16 +60,33 @@ fn phase_setup(env: &Env, connect: &[&str], pw: Option<&str>) {
     // Not logged in yet.
     let o = lifeboat(site, &["machines"], None);
     assert_eq!(code(&o), 3, "{}", String::from_utf8_lossy(&o.stderr));
+    let token = site.cli(env.cfg, &["setup-token"]).trim().to_owned();
+    let setup = |token: &str| -> Vec<String> {
+        ["setup", "--setup-token", token].iter().chain(connect).map(|a| a.to_string()).collect()
+    };
+    // A wrong setup token is refused and claims nothing.
+    fn args(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    let o = lifeboat(site, &args(&setup("AAAAA-AAAAA-AAAAA-AAAAA")), pw);
+    assert_ne!(code(&o), 0);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("setup token"), "{o:?}");
     // A short password is bad input.
-    let o = lifeboat(site, &[&["setup"][..], connect].concat(), Some("short"));
+    let o = lifeboat(site, &args(&setup(&token)), Some("short"));
     assert_eq!(code(&o), 2, "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains("password"));
-    let o = lifeboat(site, &[&["setup"][..], connect].concat(), pw);
+    let o = lifeboat(site, &args(&setup(&token)), pw);
     assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
     let mode = std::fs::metadata(site.root().join("session.json")).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "the session file is private");
-    let o = lifeboat(site, &[&["setup"][..], connect].concat(), pw);
+    let o = lifeboat(site, &args(&setup(&token)), pw);
     assert_eq!(code(&o), 5, "a second setup is a conflict");
+    let o = std::process::Command::new(site.bin.join("lifeboat-appliance"))
+        .args(["setup-token", "--config"])
+        .arg(env.cfg)
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "no setup token after setup");
 }
 
 /// The machines, their points, and a passphrase rotation.

@@ -29,6 +29,10 @@ fn a_revoked_machine_is_refused_at_once() {
 
     // The administrator sets up the appliance and revokes the machine.
     let fingerprint = site.cli(&cfg, &["fingerprint"]).trim().to_owned();
+    let setup = format!(
+        r#"{{"setup_token":"{}","name":"admin","password":"correct horse battery"}}"#,
+        site.cli(&cfg, &["setup-token"]).trim()
+    );
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let config = tls::client_config(Trust::Fingerprint(fingerprint), None).unwrap();
@@ -37,14 +41,7 @@ fn a_revoked_machine_is_refused_at_once() {
                 .unwrap();
         let mut json = HeaderMap::new();
         json.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        let (st, _, body) = c
-            .post(
-                "/api/v1/setup",
-                Bytes::from_static(br#"{"name":"admin","password":"correct horse battery"}"#),
-                json,
-            )
-            .await
-            .unwrap();
+        let (st, _, body) = c.post("/api/v1/setup", Bytes::from(setup), json).await.unwrap();
         assert_eq!(st, 201, "{body:?}");
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         let mut h = HeaderMap::new();

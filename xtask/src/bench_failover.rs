@@ -103,9 +103,22 @@ fn one_size(work: &Path, gib: u64) -> Result<serde_json::Value> {
     let fingerprint = out(Command::new(lb.bin.join("lifeboat-appliance"))
         .args(["fingerprint", "--config"])
         .arg(&lb.config))?;
+    let token = out(Command::new(lb.bin.join("lifeboat-appliance"))
+        .args(["setup-token", "--config"])
+        .arg(&lb.config))?;
     lifeboat(
         &lb,
-        &["setup", "--url", &lb.config_url, "--fingerprint", fingerprint.trim(), "--name", "bench"],
+        &[
+            "setup",
+            "--url",
+            &lb.config_url,
+            "--fingerprint",
+            fingerprint.trim(),
+            "--name",
+            "bench",
+            "--setup-token",
+            token.trim(),
+        ],
     )?;
     let machines = lifeboat(&lb, &["machines"])?;
     let machine = machines["machines"][0]["id"].as_str().context("no machine")?.to_owned();

@@ -2,8 +2,12 @@
 //! hashes, session tokens with an expiry, logout, and a login rate limit.
 //!
 //! - **Setup.** While no administrator exists, `POST /api/v1/setup` creates the first one
-//!   (the web wizard's first page). Afterwards it answers 409; nothing else can create an
-//!   account without a session.
+//!   (the web wizard's first page), given the appliance's one-time setup token: made on
+//!   the appliance itself at first start (about 100 random bits, kept in the state store),
+//!   shown on its console and by `lifeboat-appliance setup-token`, so that whoever reaches
+//!   443 first cannot claim a fresh appliance. A wrong token answers 403
+//!   `bad_setup_token`; setup consumes it. Afterwards setup answers 409; nothing else can
+//!   create an account without a session.
 //! - **Passwords** are hashed with argon2id (the crate's defaults: 19 MiB, 2 passes), stored
 //!   as PHC strings. At least [`MIN_PASSWORD`] characters.
 //! - **Sessions.** A login returns a random 256-bit token, valid for [`SESSION_TTL`]. The
@@ -57,6 +61,41 @@ pub const MAX_WAITING_HASHES: usize = 16;
 /// while it is still full new sources are refused.
 pub const MAX_SOURCES: usize = 65_536;
 
+/// The setting that holds the setup token until setup consumes it.
+const SETUP_TOKEN: &str = "setup_token";
+
+/// The setup token of the appliance whose state is `state`, while setup is still to be
+/// done: made the first time it is asked for (20 characters of Crockford base32, about
+/// 100 bits, in groups of five); `None` once an administrator exists.
+pub fn setup_token(state: &State) -> Result<Option<String>, AdminError> {
+    if state.has_admin()? {
+        return Ok(None);
+    }
+    if let Some(t) = state.setting(SETUP_TOKEN)?.filter(|t| !t.is_empty()) {
+        return Ok(Some(t));
+    }
+    const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    let mut raw = [0u8; 20];
+    getrandom::fill(&mut raw).map_err(|e| AdminError::Hash(e.to_string()))?;
+    let chars: Vec<char> = raw.iter().map(|b| char::from(ALPHABET[usize::from(b & 31)])).collect();
+    let token = chars.chunks(5).map(|c| c.iter().collect::<String>()).collect::<Vec<_>>().join("-");
+    state.set_setting(SETUP_TOKEN, &token)?;
+    Ok(Some(token))
+}
+
+/// A token as typed: case, spaces and dashes do not matter, and the letters Crockford
+/// base32 leaves out are read as the digits they look like.
+fn normalise_token(t: &str) -> String {
+    t.chars()
+        .filter(|c| !c.is_whitespace() && *c != '-')
+        .map(|c| match c.to_ascii_uppercase() {
+            'O' => '0',
+            'I' | 'L' => '1',
+            c => c,
+        })
+        .collect()
+}
+
 /// Why an admin operation was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -71,6 +110,12 @@ pub enum AdminError {
     /// Setup was already done.
     #[error("the appliance already has an administrator; log in instead")]
     AlreadySetUp,
+    /// The setup token is missing or wrong.
+    #[error(
+        "wrong setup token: give the token shown on the appliance's console (or by \
+         `lifeboat-appliance setup-token` on the appliance)"
+    )]
+    BadSetupToken,
     /// Wrong name or password (which one is not said).
     #[error("wrong name or password")]
     BadCredentials,
@@ -296,16 +341,23 @@ impl Admins {
     }
 
     /// Creates the first administrator and logs it in.
-    pub fn setup(&self, name: &str, password: &str) -> Result<Session, AdminError> {
+    pub fn setup(&self, token: &str, name: &str, password: &str) -> Result<Session, AdminError> {
         check_name(name)?;
         check_password(password)?;
         if !self.setup_needed()? {
             return Err(AdminError::AlreadySetUp);
         }
+        let want = self.state.setting(SETUP_TOKEN)?.unwrap_or_default();
+        // Compared as digests, so the time taken says nothing about the token.
+        let digest = |t: &str| Sha256::digest(normalise_token(t).as_bytes());
+        if want.is_empty() || digest(token) != digest(&want) {
+            return Err(AdminError::BadSetupToken);
+        }
         let hash = hash_password(password)?;
         if !self.state.create_first_admin(name, &hash)? {
             return Err(AdminError::AlreadySetUp);
         }
+        self.state.set_setting(SETUP_TOKEN, "")?;
         tracing::info!(admin = name, "first administrator created");
         self.new_session(name)
     }
@@ -355,6 +407,12 @@ impl Admins {
         }
         attempt.succeeded();
         self.new_session(name)
+    }
+
+    /// The setup token while setup is still to be done (made the first time it is asked
+    /// for); `None` once an administrator exists.
+    pub fn setup_token(&self) -> Result<Option<String>, AdminError> {
+        setup_token(&self.state)
     }
 
     fn new_session(&self, name: &str) -> Result<Session, AdminError> {
@@ -412,18 +470,36 @@ mod tests {
     fn setup_once_then_login_logout() {
         let (_d, a) = admins();
         assert!(a.setup_needed().unwrap());
+        let token = a.setup_token().unwrap().unwrap();
+        assert_eq!(a.setup_token().unwrap().unwrap(), token, "one token until setup");
+        assert_eq!(token.len(), 23, "{token}");
+        for wrong in ["", "AAAAA-AAAAA-AAAAA-AAAAA", &token[..22]] {
+            assert!(
+                matches!(
+                    a.setup(wrong, "root", "correct horse battery"),
+                    Err(AdminError::BadSetupToken)
+                ),
+                "{wrong:?}"
+            );
+        }
         assert!(matches!(
-            a.setup("bad name", "long enough pw!"),
+            a.setup(&token, "bad name", "long enough pw!"),
             Err(AdminError::Invalid { field: "name", .. })
         ));
         assert!(matches!(
-            a.setup("root", "short"),
+            a.setup(&token, "root", "short"),
             Err(AdminError::Invalid { field: "password", .. })
         ));
         assert!(a.setup_needed().unwrap(), "nothing half-written by refused setups");
-        let s = a.setup("root", "correct horse battery").unwrap();
+        // As typed by a person: lower case, without dashes, an O for a 0.
+        let typed = token.replace('-', " ").to_lowercase().replace('0', "o");
+        let s = a.setup(&typed, "root", "correct horse battery").unwrap();
         assert_eq!(a.check(&s.token).unwrap().0, "root");
-        assert!(matches!(a.setup("other", "correct horse battery"), Err(AdminError::AlreadySetUp)));
+        assert!(matches!(
+            a.setup(&token, "other", "correct horse battery"),
+            Err(AdminError::AlreadySetUp)
+        ));
+        assert_eq!(a.setup_token().unwrap(), None, "the token was consumed");
         let s2 = tokio::runtime::Runtime::new()
             .unwrap()
             .block_on(a.login("root", "correct horse battery", "127.0.0.1".parse().unwrap()))
@@ -443,7 +519,7 @@ mod tests {
     #[tokio::test]
     async fn failed_logins_are_limited_per_source_never_per_account() {
         let (_d, a) = admins();
-        a.setup("root", "correct horse battery").unwrap();
+        a.setup(&a.setup_token().unwrap().unwrap(), "root", "correct horse battery").unwrap();
         for _ in 0..MAX_FAILURES {
             assert!(matches!(
                 a.login("root", "wrong password!", ip("10.0.0.1")).await,
@@ -473,7 +549,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn parallel_guesses_get_no_more_tries_than_serial_ones() {
         let (_d, a) = admins();
-        a.setup("root", "correct horse battery").unwrap();
+        a.setup(&a.setup_token().unwrap().unwrap(), "root", "correct horse battery").unwrap();
         let a = std::sync::Arc::new(a);
         let before = a.verifications();
         let mut tasks = Vec::new();
@@ -501,7 +577,7 @@ mod tests {
     #[tokio::test]
     async fn every_login_costs_one_verification_whatever_the_name() {
         let (_d, a) = admins();
-        a.setup("root", "correct horse battery").unwrap();
+        a.setup(&a.setup_token().unwrap().unwrap(), "root", "correct horse battery").unwrap();
         let long = "x".repeat(MAX_PASSWORD);
         for (name, pw, from) in [
             ("root", "wrong password!", "10.1.0.1"),

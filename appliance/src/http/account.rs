@@ -25,8 +25,8 @@ pub(super) async fn setup_status(
     post,
     path = "/api/v1/setup",
     tag = "account",
-    summary = "Creates the first administrator (only while none exists) and logs it in.",
-    request_body = api::Credentials,
+    summary = "Creates the first administrator (only while none exists) and logs it in. Needs the appliance's one-time setup token, shown on its console and by `lifeboat-appliance setup-token`: 403 `bad_setup_token` without it.",
+    request_body = api::SetupRequest,
     responses(
         (status = 201, description = "created", body = api::SessionInfo),
         (status = 400, description = "error", body = api::ApiError),
@@ -40,9 +40,9 @@ pub(super) async fn setup(
     extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
     req: Req,
 ) -> Answer {
-    let c: api::Credentials = body_json(req, UNAUTHENTICATED_BODY).await?;
+    let c: api::SetupRequest = body_json(req, UNAUTHENTICATED_BODY).await?;
     let ctx2 = ctx.clone();
-    let s = blocking(move || ctx2.admins.setup(&c.name, &c.password)).await?;
+    let s = blocking(move || ctx2.admins.setup(&c.setup_token, &c.name, &c.password)).await?;
     session_answer(StatusCode::CREATED, s)
 }
 

@@ -297,6 +297,7 @@ fn admin_error(e: crate::config_server::admin::AdminError) -> ApiError {
     match e {
         E::Invalid { .. } => ApiError::bad_request("invalid", e.to_string()),
         E::AlreadySetUp => ApiError::new(StatusCode::CONFLICT, "already_set_up", e.to_string()),
+        E::BadSetupToken => ApiError::forbidden("bad_setup_token", e.to_string()),
         E::BadCredentials => {
             ApiError::new(StatusCode::UNAUTHORIZED, "bad_credentials", e.to_string())
         }
