@@ -12,7 +12,7 @@
 //! (docs/tracker.md): a byte compare for zeros, sixteen seeded xxh3-64 over the 4 KiB
 //! sub-blocks, and one xxh3-64 over those sixteen hashes.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::cast_possible_truncation)]
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;

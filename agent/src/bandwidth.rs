@@ -118,6 +118,10 @@ impl Schedule {
     }
 
     /// The limit now, in local time.
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "chrono's hour() is below 24 and minute() below 60: the minute of the day is below 1440"
+    )]
     pub fn rate_now(&self) -> Option<u64> {
         if self.windows.is_empty() {
             return self.default;

@@ -177,7 +177,8 @@ pub fn to_report(disks: &[PathBuf], samples: &[Sample], seconds: f64) -> lifeboa
         disks: disks
             .iter()
             .enumerate()
-            .map(|(i, path)| {
+            .zip(0u32..)
+            .map(|((i, path), index)| {
                 let sum = summarize(i, samples);
                 let mine: Vec<&Sample> = samples.iter().filter(|s| s.disk == i).collect();
                 let mut sizes = [0u64; 5];
@@ -187,7 +188,7 @@ pub fn to_report(disks: &[PathBuf], samples: &[Sample], seconds: f64) -> lifeboa
                     }
                 }
                 lifeboat_api::DiskChurn {
-                    index: i as u32,
+                    index,
                     path: path.display().to_string(),
                     mean_mb_per_s: sum.mean_mb_per_s,
                     peak_mb_per_s: sum.peak_mb_per_s,

@@ -74,15 +74,16 @@ pub fn compare_disk(
     client: &dyn CompareClient,
 ) -> Result<u64, String> {
     let b = u64::from(REVERSE_BLOCK);
-    let range = b * REVERSE_MAX_BLOCKS as u64;
+    let block_len = REVERSE_BLOCK as usize;
+    let range_len = block_len * REVERSE_MAX_BLOCKS;
     let size = disk.size();
-    let mut buf = vec![0u8; range as usize];
+    let mut buf = vec![0u8; range_len];
     let mut differing = 0;
     let mut offset = 0;
     while offset < size {
-        let len = range.min(size - offset) as usize;
+        let len = usize::try_from(size - offset).map_or(range_len, |left| left.min(range_len));
         disk.read_at(offset, &mut buf[..len]).map_err(|e| e.to_string())?;
-        let hashes = buf[..len].chunks(b as usize).map(reverse_block_hash).collect::<Vec<_>>();
+        let hashes = buf[..len].chunks(block_len).map(reverse_block_hash).collect::<Vec<_>>();
         let n = hashes.len();
         let c = CompareBlocks { disk: index, token, offset, hashes };
         for i in client.differ(&c)? {

@@ -521,7 +521,7 @@ impl AgentConfig {
 
     /// The disk-read cap in bytes per second, if any.
     pub fn read_rate(&self) -> Option<NonZeroU64> {
-        self.read_rate_mbps.and_then(|m| NonZeroU64::new((m * BYTES_PER_MBIT) as u64))
+        self.read_rate_mbps.and_then(|m| NonZeroU64::new(mbps_to_bytes(m)))
     }
 
     /// The bandwidth schedule (unlimited when there is no `[bandwidth]`).
@@ -599,6 +599,10 @@ impl BandwidthConfig {
     }
 }
 
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "float to int saturates; the fraction is dropped on purpose (check_rate refuses negative and non-finite rates)"
+)]
 fn mbps_to_bytes(mbps: f64) -> u64 {
     (mbps * BYTES_PER_MBIT) as u64
 }

@@ -295,7 +295,7 @@ impl Cycler {
                         disk = r.disk,
                         size = disk.size(),
                         differing,
-                        ms = started.elapsed().as_millis() as u64,
+                        ms = crate::millis(started.elapsed()),
                         "compared the disk with its replica: this cycle sends the blocks that differ"
                     );
                     c.compared.push(r);

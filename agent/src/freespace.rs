@@ -456,7 +456,8 @@ fn getfsmap_free(
         head: FsmapHead::default(),
         recs: [Fsmap::default(); FSMAP_RECORDS],
     });
-    q.head.fmh_count = batch as u32;
+    q.head.fmh_count = u32::try_from(batch)
+        .map_err(|_| format!("{batch} records per call are over the 32-bit count"))?;
     q.head.fmh_keys[1] = Fsmap {
         fmr_device: u32::MAX,
         fmr_flags: u32::MAX,

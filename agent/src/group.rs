@@ -537,7 +537,7 @@ impl Coordinator {
     pub fn round(self: &Arc<Self>) -> CoordinatorRound {
         let round = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
+            .map(crate::millis)
             .unwrap_or(0);
         CoordinatorRound {
             c: self.clone(),
@@ -605,7 +605,7 @@ impl GroupCut for CoordinatorRound {
         let body = Prepare {
             group: c.group.clone(),
             round: self.round,
-            deadline_ms: c.deadline.as_millis() as u64,
+            deadline_ms: crate::millis(c.deadline),
         };
         let answers = c.join(c.spawn_all("/group/v1/prepare", &body, c.deadline));
         let mut point = next_point;
@@ -714,7 +714,7 @@ impl GroupCut for CoordinatorRound {
                 group = %c.group,
                 point,
                 members = c.peers.len() + 1,
-                ms = self.started.elapsed().as_millis() as u64,
+                ms = crate::millis(self.started.elapsed()),
                 "group point {point} recorded by every member"
             ),
             Err(e) => tracing::warn!(

@@ -313,8 +313,17 @@ impl Journal {
         self.changed.send_replace(inner.version);
     }
 
+    /// Number of disks.
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "Journal::open makes one queue per disk of a u32 count, and none is added later"
+    )]
+    fn count(inner: &Inner) -> u32 {
+        inner.disks.len() as u32
+    }
+
     fn queue(inner: &mut Inner, disk: u32) -> Result<&mut DiskQueue, JournalError> {
-        let disks = inner.disks.len() as u32;
+        let disks = Self::count(inner);
         inner.disks.get_mut(disk as usize).ok_or(JournalError::NoSuchDisk { disk, disks })
     }
 
@@ -330,7 +339,7 @@ impl Journal {
 
     /// Number of disks.
     pub fn disk_count(&self) -> u32 {
-        self.lock().disks.len() as u32
+        Self::count(&self.lock())
     }
 
     /// The token of `disk`'s resync mark, when the whole disk must be compared again.

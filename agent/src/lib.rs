@@ -57,3 +57,9 @@ pub mod tracker;
 
 #[cfg(test)]
 mod testutil;
+
+/// `d` in whole milliseconds, for logs and messages; saturates at `u64::MAX` (585 million
+/// years) instead of wrapping.
+pub(crate) fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

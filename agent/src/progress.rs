@@ -119,12 +119,11 @@ impl ProgressBoard {
 
     /// The progress as the API's [`Progress`] bodies, for the disks that started.
     pub fn reports(&self) -> Vec<Progress> {
-        self.snapshot()
-            .into_iter()
-            .enumerate()
+        (0u32..)
+            .zip(self.snapshot())
             .filter_map(|(i, p)| {
                 p.map(|p| Progress {
-                    disk: i as u32,
+                    disk: i,
                     phase: p.phase.as_str().to_string(),
                     done_bytes: p.done_bytes,
                     total_bytes: p.total_bytes,

@@ -125,7 +125,7 @@ impl Quiescers {
             Box<dyn std::future::Future<Output = Result<(), CallError>> + Send + 'a>,
         >,
     {
-        let deadline_ms = self.deadline.as_millis() as u32;
+        let deadline_ms = u32::try_from(self.deadline.as_millis()).unwrap_or(u32::MAX);
         let limit = self.deadline + GRACE;
         let name = self.slots[i].name.clone();
         let inst = match self.slots[i].instance.take() {
@@ -147,7 +147,7 @@ impl Quiescers {
         let r = self
             .runtime
             .block_on(async { tokio::time::timeout(limit, f(inst, deadline_ms)).await });
-        tracing::debug!(quiescer = %name, call = what, ms = started.elapsed().as_millis() as u64, "quiescer call");
+        tracing::debug!(quiescer = %name, call = what, ms = crate::millis(started.elapsed()), "quiescer call");
         match r {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(format!("quiescer {name}: {what}: {e}")),

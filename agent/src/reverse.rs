@@ -45,12 +45,11 @@ pub struct ReverseReport {
 /// `every` until the appliance no longer asks for them.
 pub fn reprotect(cfg: &AgentConfig, watch: bool, every: Duration) -> anyhow::Result<ReverseReport> {
     let reg = crate::registration::Registration::load(&cfg.state_dir)?;
-    let journal = Journal::open(
-        &cfg.state_dir.join(crate::layout::JOURNAL_DIR),
-        cfg.disks.len() as u32,
-        reg.machine,
-    )
-    .context("the journal (is `lifeboat-agent run` still running? stop it first)")?;
+    let disk_count = u32::try_from(cfg.disks.len())
+        .context("more disks in the configuration than a 32-bit disk index can number")?;
+    let journal =
+        Journal::open(&cfg.state_dir.join(crate::layout::JOURNAL_DIR), disk_count, reg.machine)
+            .context("the journal (is `lifeboat-agent run` still running? stop it first)")?;
     let client = lifeboat_net::Client::new(&reg.record.process_server_url, reg.tls()?)?
         .with_timeout(Duration::from_secs(120));
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -82,8 +81,7 @@ pub fn reprotect(cfg: &AgentConfig, watch: bool, every: Duration) -> anyhow::Res
         tracing::info!(pass = st.passes + 1, final_pass, "reverse pass starting");
         let mut received = 0;
         let mut files = Vec::new();
-        for (i, path) in cfg.disks.iter().enumerate() {
-            let index = i as u32;
+        for (index, path) in (0u32..).zip(&cfg.disks) {
             let size = crate::disk::Disk::open(path)?.size();
             match st.disks.iter().find(|d| d.index == index) {
                 Some(d) if d.size == size => {}
@@ -106,7 +104,7 @@ pub fn reprotect(cfg: &AgentConfig, watch: bool, every: Duration) -> anyhow::Res
             f.sync_all().with_context(|| format!("flush {}", path.display()))?;
         }
         let mut next_sequences = Vec::new();
-        for i in 0..cfg.disks.len() as u32 {
+        for i in 0..disk_count {
             next_sequences.push(DiskCursor { index: i, next_sequence: journal.next_sequence(i)? });
         }
         let done = ReverseDone { final_pass, received_bytes: received, next_sequences };
@@ -144,16 +142,16 @@ fn pass_disk(
     size: u64,
     path: &Path,
 ) -> anyhow::Result<u64> {
-    let b = u64::from(REVERSE_BLOCK);
-    let range = b * REVERSE_MAX_BLOCKS as u64;
-    let mut buf = vec![0u8; range as usize];
+    let block_len = REVERSE_BLOCK as usize;
+    let range_len = block_len * REVERSE_MAX_BLOCKS;
+    let mut buf = vec![0u8; range_len];
     let mut received = 0;
     let mut offset = 0;
     while offset < size {
-        let len = range.min(size - offset) as usize;
+        let len = usize::try_from(size - offset).map_or(range_len, |left| left.min(range_len));
         f.read_exact_at(&mut buf[..len], offset)
             .with_context(|| format!("read {} at {offset}", path.display()))?;
-        let hashes = buf[..len].chunks(b as usize).map(reverse_block_hash).collect();
+        let hashes = buf[..len].chunks(block_len).map(reverse_block_hash).collect();
         let diff = ReverseDiff { disk: index, offset, hashes };
         let (status, _, body) =
             rt.block_on(client.post_json("/api/v1/reverse/diff", &diff, HeaderMap::new()))?;
@@ -181,7 +179,9 @@ fn pass_disk(
             match e {
                 Extent::Data { offset: at, data } => f.write_all_at(data, *at)?,
                 Extent::Zero { offset: at, length } => {
-                    let zeros = vec![0u8; *length as usize];
+                    // Within the range asked for (checked above), so it fits.
+                    let len = usize::try_from(*length).context("a zero extent too long")?;
+                    let zeros = vec![0u8; len];
                     f.write_all_at(&zeros, *at)?;
                 }
             }

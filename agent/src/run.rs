@@ -149,8 +149,12 @@ pub fn run(cfg: &AgentConfig, cfg_path: &Path, opts: RunOptions) -> Result<(), R
     );
 
     let descriptors = describe_disks(cfg)?;
-    let journal =
-        Arc::new(Journal::open(&cfg.state_dir.join(JOURNAL_DIR), cfg.disks.len() as u32, machine)?);
+    let disk_count = u32::try_from(cfg.disks.len()).map_err(|_| ConfigError::Value {
+        path: cfg_path.to_path_buf(),
+        key: "disks".into(),
+        reason: format!("{} disks are more than a 32-bit disk index can number", cfg.disks.len()),
+    })?;
+    let journal = Arc::new(Journal::open(&cfg.state_dir.join(JOURNAL_DIR), disk_count, machine)?);
     journal.set_memory_budget(cfg.journal_memory_bytes)?;
     let bpf = load_bpf(cfg, machine, &descriptors)?;
     let slots = open_slots(cfg, machine, &bpf)?;
@@ -164,7 +168,7 @@ pub fn run(cfg: &AgentConfig, cfg_path: &Path, opts: RunOptions) -> Result<(), R
     let (tls_tx, tls_rx) = watch::channel(tls.clone());
 
     let stop = Arc::new(AtomicBool::new(false));
-    let board = Arc::new(ProgressBoard::new(cfg.disks.len() as u32));
+    let board = Arc::new(ProgressBoard::new(disk_count));
     let mut cycler = new_cycler(cfg, machine, slots, journal.clone(), stop.clone(), board.clone());
     // A disk that grows while protected is announced again before data for it is sent.
     let (sizes_tx, sizes_rx) = watch::channel(descriptors.clone());
@@ -303,13 +307,13 @@ fn new_cycler(
 /// for the appliance.
 fn describe_disks(cfg: &AgentConfig) -> Result<Vec<DiskDescriptor>, RunError> {
     let mut descriptors = Vec::with_capacity(cfg.disks.len());
-    for (i, path) in cfg.disks.iter().enumerate() {
+    for (index, path) in (0u32..).zip(&cfg.disks) {
         let disk = Disk::open(path)?;
         if !disk.size().is_multiple_of(lifeboat_wire::SECTOR_SIZE) {
             return Err(CycleError::UnalignedSize { path: path.clone(), size: disk.size() }.into());
         }
         descriptors.push(DiskDescriptor {
-            index: i as u32,
+            index,
             size: disk.size(),
             path: path.display().to_string(),
         });

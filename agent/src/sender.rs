@@ -262,7 +262,7 @@ impl Sender {
                     let wait = self.backoff.step();
                     tracing::warn!(
                         url = %self.url,
-                        retry_in_ms = wait.as_millis() as u64,
+                        retry_in_ms = crate::millis(wait),
                         "cannot ship batches to the process server: {reason}; retrying (the journal keeps everything meanwhile)"
                     );
                     if sleep_or_shutdown(wait, &mut shutdown).await {
@@ -489,7 +489,7 @@ impl Sender {
                 if ack.slow_down_ms > 0 {
                     let wait = Duration::from_millis(ack.slow_down_ms).min(MAX_ASKED_WAIT);
                     tracing::debug!(
-                        wait_ms = wait.as_millis() as u64,
+                        wait_ms = crate::millis(wait),
                         "the appliance asks to slow down"
                     );
                     if sleep_or_shutdown(wait, shutdown).await {

@@ -15,7 +15,9 @@ use lifeboat_api::{MAX_NICS, NicInfo, SystemInfo};
 pub fn detect(firmware: Option<&str>) -> SystemInfo {
     let firmware =
         firmware.map(str::to_owned).unwrap_or_else(|| detect_firmware(Path::new("/sys")));
-    let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
+        .unwrap_or(1);
     let memory_mib = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|t| mem_total_mib(&t))

@@ -2,7 +2,7 @@
 //! server for registration, process server with mutual TLS), speaking `lifeboat_api`:
 //! register, `run --once` twice, and the exit codes of the common mistakes.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::cast_possible_truncation)]
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;

@@ -12,7 +12,7 @@
 //! device afterwards is exact and the replica is a clean filesystem that `e2fsck -fn` /
 //! `xfs_repair -n` accept and that mounts read-only with the right files.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::cast_possible_truncation)]
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};

@@ -38,3 +38,14 @@ pub mod logobj;
 pub mod master_target;
 pub mod process_server;
 pub mod store;
+
+/// `d` in whole milliseconds, for logs, timestamps and messages; saturates at `u64::MAX`
+/// (585 million years) instead of wrapping.
+pub(crate) fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `d` in whole microseconds, for logs; saturates at `u64::MAX` instead of wrapping.
+pub(crate) fn micros(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}

@@ -190,6 +190,7 @@ fn bytes<const N: usize>(h: &[u8], at: usize) -> [u8; N] {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
     use sha2::{Digest, Sha256};

@@ -253,7 +253,7 @@ impl Session {
             let progress = job.progress.clamp(0.0, 1.0);
             let message = job.message.clone();
             if let Some(b) = &bar {
-                b.set_position((progress * 1000.0) as u64);
+                b.set_position(permille(progress));
                 b.set_message(message.clone());
             } else {
                 let line = format!("job {id}: {:>3.0} % {message}", progress * 100.0);
@@ -281,6 +281,15 @@ impl Session {
             job = self.get(&format!("/api/v1/jobs/{id}"))?;
         }
     }
+}
+
+/// A job's progress (0 to 1) in thousandths, the progress bar's unit.
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "float to int saturates; the fraction is dropped on purpose"
+)]
+fn permille(progress: f64) -> u64 {
+    (progress * 1000.0) as u64
 }
 
 /// Job `job`'s result as `T`: none while it has none, or if it is not a `T`.

@@ -128,7 +128,7 @@ pub mod files {
             let mut off = z.offset;
             let end = z.offset + z.length;
             while off < end {
-                let n = (end - off).min(zero.len() as u64) as usize;
+                let n = usize::try_from(end - off).map_or(zero.len(), |left| left.min(zero.len()));
                 f.seek(SeekFrom::Start(off))?;
                 f.read_exact(&mut held[..n])?;
                 if held[..n].iter().any(|b| *b != 0) {

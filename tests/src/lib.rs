@@ -2,7 +2,7 @@
 //! binaries (built by `cargo xtask test` into `<target>/release`) with the real plugins
 //! (`<target>/plugins`) on 127.0.0.1, in a temporary directory per test.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::cast_possible_truncation)]
 
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};

@@ -9,7 +9,7 @@
 //! blocks that differ move), failback (a last change, the final pass, the replicas made
 //! anew) and forward replication again, checked against the original disks.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::cast_possible_truncation)]
 
 use lifeboat_e2e::*;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,6 @@
 //! Replication end to end: real agent, real appliance, real plugins, loopback only.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::cast_possible_truncation)]
 
 use lifeboat_e2e::*;
 use std::time::Duration;

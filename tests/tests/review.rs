@@ -1,7 +1,7 @@
 //! Regression tests of the review in issue 11 that need the real binaries: each failed on
 //! the code before its fix.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::cast_possible_truncation)]
 
 use lifeboat_e2e::*;
 use std::os::unix::fs::FileExt;

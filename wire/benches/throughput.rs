@@ -1,7 +1,7 @@
 //! Encode and decode throughput on full-size batches, printed as GB/s so runs on different
 //! machines compare. `cargo bench -p lifeboat-wire` (release profile).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::cast_possible_truncation)]
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};

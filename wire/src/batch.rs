@@ -10,7 +10,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use crate::layout::{CHECKSUM_LEN, EXTENT_ENTRY_LEN, FIXED_LEN};
+use crate::layout::{CHECKSUM_LEN, EXTENT_ENTRY_LEN, HEADER_LEN, TRAILER_LEN};
 use crate::{BLOCK_SIZE, MAX_BATCH_BYTES, MAX_EXTENTS, SECTOR_SIZE, WireError, block_checksum};
 
 /// Identity of a protected machine: a 16-byte UUID, assigned by the configuration server at
@@ -54,7 +54,7 @@ impl std::str::FromStr for MachineId {
         let mut out = [0u8; 16];
         for (i, pair) in hex.chunks(2).enumerate() {
             let digit = |c: u8| (c as char).to_digit(16).ok_or_else(bad);
-            out[i] = (digit(pair[0])? * 16 + digit(pair[1])?) as u8;
+            out[i] = u8::try_from(digit(pair[0])? * 16 + digit(pair[1])?).map_err(|_| bad())?;
         }
         Ok(MachineId(out))
     }
@@ -165,9 +165,11 @@ impl<'a> Extent<'a> {
         match self {
             Self::Data { data, .. } => {
                 let len = data.len() as u64;
-                EXTENT_ENTRY_LEN + len + len.div_ceil(BLOCK_SIZE as u64) * CHECKSUM_LEN
+                EXTENT_ENTRY_LEN as u64
+                    + len
+                    + len.div_ceil(BLOCK_SIZE as u64) * CHECKSUM_LEN as u64
             }
-            Self::Zero { .. } => EXTENT_ENTRY_LEN,
+            Self::Zero { .. } => EXTENT_ENTRY_LEN as u64,
         }
     }
 }
@@ -260,7 +262,7 @@ impl<'a> Batch<'a> {
     /// [`BLOCK_SIZE`] blocks (the last one shorter when the length is not a multiple of it).
     /// Already verified for a decoded batch; useful to keep beside the replica for scrubbing.
     pub fn block_checksums(&self) -> impl ExactSizeIterator<Item = u64> + '_ {
-        self.checksums.chunks_exact(CHECKSUM_LEN as usize).map(|c| {
+        self.checksums.chunks_exact(CHECKSUM_LEN).map(|c| {
             let mut b = [0u8; 8];
             b.copy_from_slice(c);
             u64::from_le_bytes(b)
@@ -299,7 +301,8 @@ pub struct BatchBuilder<'a> {
     header: BatchHeader,
     extents: Vec<Extent<'a>>,
     checksums: Vec<u8>,
-    encoded_len: u64,
+    /// At most [`MAX_BATCH_BYTES`]: [`Self::push`] refuses an extent that would pass it.
+    encoded_len: usize,
 }
 
 impl fmt::Debug for BatchBuilder<'_> {
@@ -315,7 +318,12 @@ impl fmt::Debug for BatchBuilder<'_> {
 impl<'a> BatchBuilder<'a> {
     /// An empty batch with the given header fields.
     pub fn new(header: BatchHeader) -> Self {
-        Self { header, extents: Vec::new(), checksums: Vec::new(), encoded_len: FIXED_LEN }
+        Self {
+            header,
+            extents: Vec::new(),
+            checksums: Vec::new(),
+            encoded_len: HEADER_LEN + TRAILER_LEN,
+        }
     }
 
     /// Appends an extent after checking it (see [`WireError`] for the rules).
@@ -326,10 +334,11 @@ impl<'a> BatchBuilder<'a> {
         if index >= MAX_EXTENTS {
             return Err(WireError::TooManyExtents { count: index as u64 + 1 });
         }
-        let len = self.encoded_len.saturating_add(extent.encoded_cost());
-        if len > MAX_BATCH_BYTES as u64 {
-            return Err(WireError::TooLarge { len });
-        }
+        let len = (self.encoded_len as u64).saturating_add(extent.encoded_cost());
+        let len = match usize::try_from(len) {
+            Ok(len) if len <= MAX_BATCH_BYTES => len,
+            _ => return Err(WireError::TooLarge { len }),
+        };
         if let Extent::Data { data, .. } = &extent {
             self.checksums.reserve(data.len().div_ceil(BLOCK_SIZE) * 8);
             for block in data.chunks(BLOCK_SIZE) {
@@ -359,7 +368,8 @@ impl<'a> BatchBuilder<'a> {
     /// be refused for breaking an ordering or alignment rule.
     pub fn has_room_for(&self, extent: &Extent<'_>) -> bool {
         self.extents.len() < MAX_EXTENTS
-            && self.encoded_len.saturating_add(extent.encoded_cost()) <= MAX_BATCH_BYTES as u64
+            && (self.encoded_len as u64).saturating_add(extent.encoded_cost())
+                <= MAX_BATCH_BYTES as u64
     }
 
     /// Number of extents pushed so far.
@@ -369,7 +379,7 @@ impl<'a> BatchBuilder<'a> {
 
     /// Size the batch would encode to now.
     pub fn encoded_len(&self) -> usize {
-        self.encoded_len as usize
+        self.encoded_len
     }
 
     /// The finished batch.
@@ -378,7 +388,7 @@ impl<'a> BatchBuilder<'a> {
             header: self.header,
             extents: self.extents,
             checksums: Cow::Owned(self.checksums),
-            encoded_len: self.encoded_len as usize,
+            encoded_len: self.encoded_len,
         }
     }
 }

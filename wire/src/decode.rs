@@ -100,16 +100,17 @@ pub fn read_header(bytes: &[u8]) -> Result<FrameHeader, WireError> {
     }
 
     let total = le_u64(h, TOTAL_LEN);
-    if total > MAX_BATCH_BYTES as u64 {
-        return Err(WireError::TooLarge { len: total });
-    }
+    let encoded_len = match usize::try_from(total) {
+        Ok(len) if len <= MAX_BATCH_BYTES => len,
+        _ => return Err(WireError::TooLarge { len: total }),
+    };
     let count = le_u32(h, EXTENT_COUNT);
     if count as usize > MAX_EXTENTS {
         return Err(WireError::TooManyExtents { count: count.into() });
     }
     // Both factors are bounded above, so this cannot overflow; comparing here keeps the
     // extent Vec the decoder allocates smaller than the input it came from.
-    let needed = FIXED_LEN + u64::from(count) * EXTENT_ENTRY_LEN;
+    let needed = FIXED_LEN + u64::from(count) * EXTENT_ENTRY_LEN as u64;
     if needed > total {
         return Err(WireError::LayoutMismatch { declared: total, needed });
     }
@@ -137,7 +138,7 @@ pub fn read_header(bytes: &[u8]) -> Result<FrameHeader, WireError> {
             tag,
         },
         format_version,
-        encoded_len: total as usize,
+        encoded_len,
         extent_count: count as usize,
     })
 }
@@ -159,7 +160,7 @@ pub fn decode(bytes: &[u8]) -> Result<Batch<'_>, WireError> {
     let (body, trailer) = bytes.split_at(body_len);
     let stored_body = le_u64(trailer, (0, TRAILER_LEN));
     // read_header checked that the table fits in `total`.
-    let table_end = HEADER_LEN + frame.extent_count * EXTENT_ENTRY_LEN as usize;
+    let table_end = HEADER_LEN + frame.extent_count * EXTENT_ENTRY_LEN;
     let table = &body[HEADER_LEN..table_end];
 
     let payload_len = match check_table(table, total as u64) {
@@ -178,18 +179,22 @@ pub fn decode(bytes: &[u8]) -> Result<Batch<'_>, WireError> {
     let mut extents = Vec::with_capacity(frame.extent_count);
     let mut hasher = Xxh3::new();
     hasher.update(&body[..table_end]);
-    let mut stored_sums = checksums.chunks_exact(CHECKSUM_LEN as usize);
+    let mut stored_sums = checksums.chunks_exact(CHECKSUM_LEN);
     let mut first_bad_block = None;
     let mut pos = table_end;
-    for (index, entry) in table.chunks_exact(EXTENT_ENTRY_LEN as usize).enumerate() {
+    for (index, entry) in table.chunks_exact(EXTENT_ENTRY_LEN).enumerate() {
         let offset = le_u64(entry, E_OFFSET);
         let length = le_u64(entry, E_LENGTH);
         if entry[E_KIND] == KIND_ZERO {
             extents.push(Extent::Zero { offset, length });
             continue;
         }
-        let data = &body[pos..pos + length as usize];
-        pos += length as usize;
+        // check_table bounded every data length by `total`, so this always fits.
+        let Ok(length) = usize::try_from(length) else {
+            return Err(WireError::TooLarge { len: length });
+        };
+        let data = &body[pos..pos + length];
+        pos += length;
         for (block, bytes) in data.chunks(BLOCK_SIZE).enumerate() {
             hasher.update(bytes);
             // check_table made the checksum region exactly one entry per block.
@@ -235,7 +240,7 @@ fn check_table(table: &[u8], total: u64) -> Result<usize, WireError> {
     let mut payload = 0u64;
     let mut blocks = 0u64;
     let mut prev = None;
-    for (index, entry) in table.chunks_exact(EXTENT_ENTRY_LEN as usize).enumerate() {
+    for (index, entry) in table.chunks_exact(EXTENT_ENTRY_LEN).enumerate() {
         let offset = le_u64(entry, E_OFFSET);
         let length = le_u64(entry, E_LENGTH);
         let kind = entry[E_KIND];
@@ -256,16 +261,18 @@ fn check_table(table: &[u8], total: u64) -> Result<usize, WireError> {
             // overflow: `length` alone may be huge, hence the saturating adds.
             payload = payload.saturating_add(length);
             blocks = blocks.saturating_add(length.div_ceil(BLOCK_SIZE as u64));
-            let needed =
-                fixed.saturating_add(payload).saturating_add(blocks.saturating_mul(CHECKSUM_LEN));
+            let needed = fixed
+                .saturating_add(payload)
+                .saturating_add(blocks.saturating_mul(CHECKSUM_LEN as u64));
             if needed > total {
                 return Err(WireError::LayoutMismatch { declared: total, needed });
             }
         }
     }
-    let needed = fixed + payload + blocks * CHECKSUM_LEN;
+    let needed = fixed + payload + blocks * CHECKSUM_LEN as u64;
     if needed != total {
         return Err(WireError::LayoutMismatch { declared: total, needed });
     }
-    Ok(payload as usize)
+    // `payload` is part of `total`, which read_header bounded by MAX_BATCH_BYTES.
+    usize::try_from(payload).map_err(|_| WireError::TooLarge { len: payload })
 }

@@ -26,7 +26,7 @@ pub fn encode_into(batch: &Batch<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(&header_bytes(batch));
 
     for extent in &batch.extents {
-        let mut entry = [0u8; EXTENT_ENTRY_LEN as usize];
+        let mut entry = [0u8; EXTENT_ENTRY_LEN];
         let (offset, length, kind) = match extent {
             Extent::Data { offset, data } => (*offset, data.len() as u64, KIND_DATA),
             Extent::Zero { offset, length } => (*offset, *length, KIND_ZERO),
@@ -52,6 +52,10 @@ pub fn encode_into(batch: &Batch<'_>, out: &mut Vec<u8>) {
     debug_assert_eq!(out.len() - start, batch.encoded_len());
 }
 
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "a Batch has at most MAX_EXTENTS (65,536) extents: BatchBuilder::push and decode refuse more"
+)]
 fn header_bytes(batch: &Batch<'_>) -> [u8; HEADER_LEN] {
     let h = &batch.header;
     let mut b = [0u8; HEADER_LEN];

@@ -4,9 +4,9 @@
 /// Header size; the header's crc32c is its last 4 bytes.
 pub(crate) const HEADER_LEN: usize = 64;
 /// One extent-table entry.
-pub(crate) const EXTENT_ENTRY_LEN: u64 = 24;
+pub(crate) const EXTENT_ENTRY_LEN: usize = 24;
 /// One per-block checksum.
-pub(crate) const CHECKSUM_LEN: u64 = 8;
+pub(crate) const CHECKSUM_LEN: usize = 8;
 /// The trailer: xxh3-64 of everything before it.
 pub(crate) const TRAILER_LEN: usize = 8;
 /// Bytes every batch has whatever its extents: header plus trailer.

@@ -1,6 +1,7 @@
 //! Round trips and malformed input. Malformed batches are mostly made by editing a valid
 //! encoding and then `reseal`ing it (fixing both checksums), so each test reaches the rule it
 //! is about instead of stopping at a checksum.
+#![allow(clippy::cast_possible_truncation)]
 
 use std::borrow::Cow;
 

@@ -3,7 +3,7 @@
 //! packages) idempotently and says what it installs.
 
 // A developer tool, not shipped: failing loudly on a broken setup is what it should do.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::cast_possible_truncation)]
 
 mod bench;
 mod bench_capture;

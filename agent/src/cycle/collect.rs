@@ -136,7 +136,11 @@ impl Batcher<'_> {
                         // Larger than a whole batch: split at a 4 KiB boundary.
                         max - max % SPLIT
                     };
-                    let (head, tail) = rest.split_at(n as usize);
+                    // At most `rest.len()`, so it fits.
+                    let at = usize::try_from(n).map_err(|_| {
+                        SinkError::from(format!("a piece of {n} bytes does not fit in memory"))
+                    })?;
+                    let (head, tail) = rest.split_at(at);
                     self.cur
                         .extents
                         .push(Extent::Data { offset: off, data: Cow::Owned(head.to_vec()) });

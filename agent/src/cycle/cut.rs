@@ -228,7 +228,7 @@ impl Cycler {
         }
         tracing::debug!(
             filesystems = mounts.len(),
-            held_ms = held.as_millis() as u64,
+            held_ms = crate::millis(held),
             "captured every disk under a freeze"
         );
         Ok(Cut::Frozen { held, app, point })

@@ -1,5 +1,6 @@
 // Lists of one range are what these tests mean; an empty reversed range is a test input.
 #![allow(clippy::single_range_in_vec_init, clippy::reversed_empty_ranges)]
+#![allow(clippy::cast_possible_truncation)]
 
 use super::*;
 

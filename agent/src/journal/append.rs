@@ -94,17 +94,15 @@ impl Journal {
             let held = |q: &DiskQueue| {
                 q.entries.iter().filter(|e| e.mem.is_some()).map(|e| e.len).sum::<u64>()
             };
-            let Some((disk, _)) = inner
-                .disks
-                .iter()
-                .enumerate()
+            let Some((disk, _)) = (0u32..)
+                .zip(&inner.disks)
                 .map(|(i, q)| (i, held(q)))
                 .filter(|(_, h)| *h > 0)
                 .max_by_key(|(_, h)| *h)
             else {
                 break;
             };
-            left = left.saturating_sub(Self::spill(inner, disk as u32, left)?);
+            left = left.saturating_sub(Self::spill(inner, disk, left)?);
         }
         Ok(())
     }

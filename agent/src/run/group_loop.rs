@@ -193,7 +193,7 @@ fn log_group(r: Result<CycleOutcome, CycleError>) {
         Ok(CycleOutcome::Done { point, kind, freeze, .. }) => tracing::info!(
             point,
             kind = ?kind,
-            freeze_ms = freeze.map(|f| f.as_millis() as u64),
+            freeze_ms = freeze.map(crate::millis),
             "group round: point {point} cut with the group"
         ),
         Ok(_) => {}

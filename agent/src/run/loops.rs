@@ -149,8 +149,8 @@ pub(super) fn cycle_loop(
                     changed_bytes = changed,
                     read_bytes = read,
                     batches,
-                    duration_ms = duration.as_millis() as u64,
-                    freeze_ms = freeze.map(|f| f.as_millis() as u64),
+                    duration_ms = crate::millis(duration),
+                    freeze_ms = freeze.map(crate::millis),
                     kind = ?kind,
                     journal_bytes = cycler.journal().bytes(),
                     "cycle done: point {point} journaled on every disk ({how})"

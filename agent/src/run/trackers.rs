@@ -58,8 +58,7 @@ pub(super) fn open_slots(
     bpf: &Result<Arc<Bpf>, String>,
 ) -> Result<Vec<DiskSlot>, RunError> {
     let mut slots = Vec::with_capacity(cfg.disks.len());
-    for (i, path) in cfg.disks.iter().enumerate() {
-        let index = i as u32;
+    for (index, path) in (0u32..).zip(&cfg.disks) {
         let map = map_path(&cfg.state_dir, index);
         let tracker = tracker_for(cfg, machine, bpf, index, path, &map)?;
         slots.push(DiskSlot { index, path: path.clone(), tracker, baseline_path: Some(map) });

@@ -1,6 +1,7 @@
 //! The sender against a real HTTPS process server on 127.0.0.1 (lifeboat-net's server, mutual
 //! TLS), speaking `lifeboat_api`: it applies the batches to in-memory replicas, so the
 //! tests check that what the appliance ends up with equals the disks.
+#![allow(clippy::cast_possible_truncation)]
 
 use std::fs::{File, OpenOptions};
 use std::net::SocketAddr;

@@ -47,7 +47,9 @@ use super::{Capture, Change, CycleStats, HashScan, Sink, Tracker, TrackerError};
 use crate::disk::Disk;
 
 /// Bytes per tracked block.
-pub const BLOCK: u64 = 4096;
+pub const BLOCK: u64 = BLOCK_USIZE as u64;
+/// [`BLOCK`] as a buffer length.
+const BLOCK_USIZE: usize = 4096;
 /// Bytes per bit of the shipped map (the hash-scan block).
 const SHIPPED_BLOCK: u64 = super::hashscan::BLOCK_SIZE;
 /// Bytes read at once.
@@ -106,7 +108,7 @@ impl std::fmt::Debug for Ebpf {
 }
 
 fn aligned(buf: &mut [u8]) -> &mut [u8] {
-    let off = buf.as_ptr().align_offset(BLOCK as usize);
+    let off = buf.as_ptr().align_offset(BLOCK_USIZE);
     &mut buf[off..off + CHUNK]
 }
 
@@ -143,7 +145,7 @@ impl Ebpf {
             info,
             map_path,
             last: None,
-            buf: vec![0u8; CHUNK + BLOCK as usize],
+            buf: vec![0u8; CHUNK + BLOCK_USIZE],
             cut: None,
             captured: None,
         })
@@ -401,7 +403,7 @@ impl Ebpf {
             let mut off = first * BLOCK;
             let end = (end * BLOCK).min(size);
             while off < end {
-                let len = ((end - off) as usize).min(CHUNK);
+                let len = usize::try_from(end - off).map_or(CHUNK, |left| left.min(CHUNK));
                 let buf = aligned(&mut self.buf);
                 file.read_exact_at(&mut buf[..len], off).map_err(|source| {
                     TrackerError::Disk(crate::disk::DiskError::Read {
@@ -458,11 +460,11 @@ fn emit(
 ) -> Result<(), TrackerError> {
     let mut i = 0;
     while i < buf.len() {
-        let piece = |j: usize| &buf[j..(j + BLOCK as usize).min(buf.len())];
+        let piece = |j: usize| &buf[j..(j + BLOCK_USIZE).min(buf.len())];
         let zero = piece(i).iter().all(|&b| b == 0);
         let mut j = i;
         while j < buf.len() && piece(j).iter().all(|&b| b == 0) == zero {
-            j = (j + BLOCK as usize).min(buf.len());
+            j = (j + BLOCK_USIZE).min(buf.len());
         }
         let at = off + i as u64;
         let change = if zero {
@@ -535,7 +537,7 @@ fn decode_pending(bytes: &[u8]) -> Option<(Vec<(u64, u64)>, bool)> {
     if count > MAX_PENDING_RANGES || body.len() as u64 != 24 + count * 16 {
         return None;
     }
-    let mut out = Vec::with_capacity(count as usize);
+    let mut out = Vec::with_capacity(usize::try_from(count).ok()?);
     for c in body[24..].chunks_exact(16) {
         let a = u64::from_le_bytes(c[..8].try_into().ok()?);
         let b = u64::from_le_bytes(c[8..].try_into().ok()?);
@@ -606,11 +608,16 @@ fn load_shipped(path: &Path) -> Shipped {
 fn mark_shipped(path: &Path, ranges: &[(u64, u64)], blocks: u64) -> Result<(), TrackerError> {
     let per = SHIPPED_BLOCK / BLOCK;
     let bits = blocks.div_ceil(per);
+    let len = usize::try_from(bits.div_ceil(8)).map_err(|_| {
+        state(path, "hold the shipped map in memory")(io::Error::other(format!(
+            "{bits} bits do not fit in memory"
+        )))
+    })?;
     let (mut map, fresh) = match load_shipped(path) {
-        Shipped::Bits(m) if m.len() as u64 == bits.div_ceil(8) => (m, false),
-        Shipped::Missing => (vec![0u8; bits.div_ceil(8) as usize], true),
+        Shipped::Bits(m) if m.len() == len => (m, false),
+        Shipped::Missing => (vec![0u8; len], true),
         // Damaged or for another size: every block is uncertain.
-        _ => (vec![0xff; bits.div_ceil(8) as usize], true),
+        _ => (vec![0xff; len], true),
     };
     for &(a, b) in ranges {
         for bit in a / per..b.div_ceil(per).min(bits) {
@@ -662,7 +669,7 @@ impl Tracker for Ebpf {
                 read = s.bytes_read,
                 data = s.data_bytes,
                 zero = s.zero_bytes,
-                ms = s.duration.as_millis() as u64,
+                ms = crate::millis(s.duration),
                 "eBPF collect done"
             );
         }

@@ -36,20 +36,33 @@ use super::{CycleStats, ReadThrottle, Sink, Tracker, TrackerError};
 use crate::disk::Disk;
 use crate::freespace::MAX_FREE_EXTENTS;
 
+// The sizes the map header records are defined as u32, their type there, and widened.
+const BLOCK_SIZE_U32: u32 = 64 * 1024;
+const SUB_BLOCK_SIZE_U32: u32 = 4096;
+const MAP_HEADER_LEN_U32: u32 = 96;
+
 /// Bytes per block: the unit of the 64-bit hash.
-pub const BLOCK_SIZE: u64 = 64 * 1024;
+pub const BLOCK_SIZE: u64 = BLOCK_SIZE_U32 as u64;
+/// [`BLOCK_SIZE`] as a buffer length.
+const BLOCK_SIZE_USIZE: usize = BLOCK_SIZE_U32 as usize;
 /// Bytes per sub-block: the unit of the 32-bit hashes and of what is sent.
-pub const SUB_BLOCK_SIZE: u64 = 4096;
+pub const SUB_BLOCK_SIZE: u64 = SUB_BLOCK_SIZE_U32 as u64;
+/// [`SUB_BLOCK_SIZE`] as a buffer length.
+const SUB_BLOCK_SIZE_USIZE: usize = SUB_BLOCK_SIZE_U32 as usize;
 /// Sub-blocks per block.
-pub const SUBS_PER_BLOCK: usize = (BLOCK_SIZE / SUB_BLOCK_SIZE) as usize;
+pub const SUBS_PER_BLOCK: usize = BLOCK_SIZE_USIZE / SUB_BLOCK_SIZE_USIZE;
+/// [`MAP_ENTRY_LEN`] as a buffer length.
+const MAP_ENTRY_LEN_USIZE: usize = 8 + 4 * SUBS_PER_BLOCK;
 /// Bytes of map per block: an 8-byte block hash and sixteen 4-byte sub-block hashes.
-pub const MAP_ENTRY_LEN: u64 = 8 + 4 * SUBS_PER_BLOCK as u64;
+pub const MAP_ENTRY_LEN: u64 = MAP_ENTRY_LEN_USIZE as u64;
 /// The map file's first eight bytes. Frozen: never changes, whatever the version.
 pub const MAP_MAGIC: [u8; 8] = *b"LBHSMAP\0";
 /// The map format version this code writes and reads.
 pub const MAP_VERSION: u32 = 1;
 /// Bytes of map header before the first entry.
-pub const MAP_HEADER_LEN: u64 = 96;
+pub const MAP_HEADER_LEN: u64 = MAP_HEADER_LEN_U32 as u64;
+/// [`MAP_HEADER_LEN`] as a buffer length.
+const MAP_HEADER_LEN_USIZE: usize = MAP_HEADER_LEN_U32 as usize;
 /// Blocks per checksummed map segment (256 MiB of disk, 288 KiB of map).
 pub const MAP_SEGMENT_BLOCKS: u64 = 4096;
 
@@ -246,7 +259,13 @@ impl HashScan {
             let tmp = sibling(map, ".intent.tmp");
             let keep = (|| -> io::Result<()> {
                 let src = File::open(&intent_path)?;
-                let mut tail = vec![0u8; (len - keep_from) as usize];
+                let tail_len = usize::try_from(len - keep_from).map_err(|_| {
+                    io::Error::other(format!(
+                        "{} bytes of intent records to keep do not fit in memory",
+                        len - keep_from
+                    ))
+                })?;
+                let mut tail = vec![0u8; tail_len];
                 src.read_exact_at(&mut tail, keep_from)?;
                 let mut out = File::create(&tmp)?;
                 out.write_all(&intent_header())?;
@@ -315,7 +334,7 @@ impl Tracker for HashScan {
                 zero = s.zero_bytes,
                 free_skipped = s.free_bytes_skipped,
                 extents = s.extents,
-                ms = s.duration.as_millis() as u64,
+                ms = crate::millis(s.duration),
                 "hash-scan collect done"
             ),
             Err(e) => {

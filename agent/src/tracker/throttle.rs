@@ -75,7 +75,7 @@ impl<C: Clock> ReadThrottle<C> {
 
     /// The burst in bytes.
     pub fn burst(&self) -> u64 {
-        (self.capacity / NANOS_PER_SEC) as u64
+        u64::try_from(self.capacity / NANOS_PER_SEC).unwrap_or(u64::MAX)
     }
 
     /// Changes the rate from now on; credit earned so far is kept.

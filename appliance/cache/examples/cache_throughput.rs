@@ -9,7 +9,7 @@
 //! DIR defaults to a temporary directory under $TMPDIR; put it on the disk you
 //! want to measure.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::cast_possible_truncation)]
 
 use std::time::Instant;
 

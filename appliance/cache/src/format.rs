@@ -34,14 +34,28 @@ pub(crate) const RECORD_VERSION: u16 = 1;
 /// Version of the release log this code writes and reads.
 pub(crate) const RELEASE_VERSION: u16 = 1;
 
+// Each size is defined once, in the type of the 2-byte header field that records it (or as a
+// buffer length), and widened for file offsets and buffers.
+const SEGMENT_HEADER_LEN_U16: u16 = 32;
+const RECORD_HEADER_LEN_U16: u16 = 64;
+const RELEASE_ENTRY_LEN_U16: u16 = 32;
+
 /// Size of the segment file header.
-pub(crate) const SEGMENT_HEADER_LEN: u64 = 32;
+pub(crate) const SEGMENT_HEADER_LEN: u64 = SEGMENT_HEADER_LEN_U16 as u64;
+/// [`SEGMENT_HEADER_LEN`] as a buffer length.
+pub(crate) const SEGMENT_HEADER_LEN_USIZE: usize = SEGMENT_HEADER_LEN_U16 as usize;
 /// Size of a record header (the payload follows it directly).
-pub(crate) const RECORD_HEADER_LEN: u64 = 64;
+pub(crate) const RECORD_HEADER_LEN: u64 = RECORD_HEADER_LEN_U16 as u64;
+/// [`RECORD_HEADER_LEN`] as a buffer length.
+pub(crate) const RECORD_HEADER_LEN_USIZE: usize = RECORD_HEADER_LEN_U16 as usize;
+/// Size of the release-log file header, as a buffer length.
+pub(crate) const RELEASE_HEADER_LEN_USIZE: usize = 32;
 /// Size of the release-log file header.
-pub(crate) const RELEASE_HEADER_LEN: u64 = 32;
+pub(crate) const RELEASE_HEADER_LEN: u64 = RELEASE_HEADER_LEN_USIZE as u64;
 /// Size of one release-log entry.
-pub(crate) const RELEASE_ENTRY_LEN: u64 = 32;
+pub(crate) const RELEASE_ENTRY_LEN: u64 = RELEASE_ENTRY_LEN_U16 as u64;
+/// [`RELEASE_ENTRY_LEN`] as a buffer length.
+pub(crate) const RELEASE_ENTRY_LEN_USIZE: usize = RELEASE_ENTRY_LEN_U16 as usize;
 
 fn u16_at(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])
@@ -70,11 +84,11 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 /// | 16 | 8 | segment number (equals the number in the file name) |
 /// | 24 | 4 | reserved, zero |
 /// | 28 | 4 | crc32c of bytes 0..28 |
-pub(crate) fn encode_segment_header(segment: u64) -> [u8; SEGMENT_HEADER_LEN as usize] {
-    let mut b = [0u8; SEGMENT_HEADER_LEN as usize];
+pub(crate) fn encode_segment_header(segment: u64) -> [u8; SEGMENT_HEADER_LEN_USIZE] {
+    let mut b = [0u8; SEGMENT_HEADER_LEN_USIZE];
     b[0..8].copy_from_slice(&SEGMENT_MAGIC);
     b[8..10].copy_from_slice(&SEGMENT_VERSION.to_le_bytes());
-    b[10..12].copy_from_slice(&(SEGMENT_HEADER_LEN as u16).to_le_bytes());
+    b[10..12].copy_from_slice(&SEGMENT_HEADER_LEN_U16.to_le_bytes());
     b[16..24].copy_from_slice(&segment.to_le_bytes());
     let crc = crc32c::crc32c(&b[0..28]);
     b[28..32].copy_from_slice(&crc.to_le_bytes());
@@ -83,7 +97,7 @@ pub(crate) fn encode_segment_header(segment: u64) -> [u8; SEGMENT_HEADER_LEN as 
 
 /// Checks a segment header; returns the segment number it names, or a reason.
 pub(crate) fn decode_segment_header(b: &[u8]) -> Result<u64, String> {
-    if b.len() < SEGMENT_HEADER_LEN as usize {
+    if b.len() < SEGMENT_HEADER_LEN_USIZE {
         return Err(format!(
             "file is {} bytes, shorter than the {SEGMENT_HEADER_LEN}-byte segment header",
             b.len()
@@ -139,11 +153,11 @@ pub(crate) struct RecordHeader {
 /// | 48 | 8 | sync floor |
 /// | 56 | 4 | crc32c of the payload |
 /// | 60 | 4 | crc32c of bytes 0..60 |
-pub(crate) fn encode_record_header(h: &RecordHeader) -> [u8; RECORD_HEADER_LEN as usize] {
-    let mut b = [0u8; RECORD_HEADER_LEN as usize];
+pub(crate) fn encode_record_header(h: &RecordHeader) -> [u8; RECORD_HEADER_LEN_USIZE] {
+    let mut b = [0u8; RECORD_HEADER_LEN_USIZE];
     b[0..8].copy_from_slice(&RECORD_MAGIC);
     b[8..10].copy_from_slice(&RECORD_VERSION.to_le_bytes());
-    b[10..12].copy_from_slice(&(RECORD_HEADER_LEN as u16).to_le_bytes());
+    b[10..12].copy_from_slice(&RECORD_HEADER_LEN_U16.to_le_bytes());
     b[12..16].copy_from_slice(&h.key.disk.to_le_bytes());
     b[16..24].copy_from_slice(&h.key.machine.to_le_bytes());
     b[24..32].copy_from_slice(&h.key.sequence.to_le_bytes());
@@ -169,7 +183,7 @@ pub(crate) enum HeaderProblem {
 
 /// Checks and decodes a record header (exactly [`RECORD_HEADER_LEN`] bytes).
 pub(crate) fn decode_record_header(b: &[u8]) -> Result<RecordHeader, HeaderProblem> {
-    debug_assert_eq!(b.len(), RECORD_HEADER_LEN as usize);
+    debug_assert_eq!(b.len(), RECORD_HEADER_LEN_USIZE);
     if b[0..8] != RECORD_MAGIC {
         return Err(HeaderProblem::Damaged("wrong record magic".into()));
     }
@@ -212,11 +226,11 @@ pub(crate) fn decode_record_header(b: &[u8]) -> Result<RecordHeader, HeaderProbl
 /// | 16 | 8 | segment number this log belongs to |
 /// | 24 | 4 | reserved, zero |
 /// | 28 | 4 | crc32c of bytes 0..28 |
-pub(crate) fn encode_release_header(segment: u64) -> [u8; RELEASE_HEADER_LEN as usize] {
-    let mut b = [0u8; RELEASE_HEADER_LEN as usize];
+pub(crate) fn encode_release_header(segment: u64) -> [u8; RELEASE_HEADER_LEN_USIZE] {
+    let mut b = [0u8; RELEASE_HEADER_LEN_USIZE];
     b[0..8].copy_from_slice(&RELEASE_MAGIC);
     b[8..10].copy_from_slice(&RELEASE_VERSION.to_le_bytes());
-    b[10..12].copy_from_slice(&(RELEASE_ENTRY_LEN as u16).to_le_bytes());
+    b[10..12].copy_from_slice(&RELEASE_ENTRY_LEN_U16.to_le_bytes());
     b[16..24].copy_from_slice(&segment.to_le_bytes());
     let crc = crc32c::crc32c(&b[0..28]);
     b[28..32].copy_from_slice(&crc.to_le_bytes());
@@ -225,7 +239,7 @@ pub(crate) fn encode_release_header(segment: u64) -> [u8; RELEASE_HEADER_LEN as 
 
 /// Checks a release-log header; returns the segment number it names.
 pub(crate) fn decode_release_header(b: &[u8]) -> Result<u64, String> {
-    if b.len() < RELEASE_HEADER_LEN as usize {
+    if b.len() < RELEASE_HEADER_LEN_USIZE {
         return Err(format!(
             "file is {} bytes, shorter than the {RELEASE_HEADER_LEN}-byte release log header",
             b.len()
@@ -264,11 +278,8 @@ pub(crate) fn decode_release_header(b: &[u8]) -> Result<u64, String> {
 /// | 16 | 8 | sequence |
 /// | 24 | 4 | disk index |
 /// | 28 | 4 | crc32c of bytes 0..28 |
-pub(crate) fn encode_release_entry(
-    offset: u64,
-    key: RecordKey,
-) -> [u8; RELEASE_ENTRY_LEN as usize] {
-    let mut b = [0u8; RELEASE_ENTRY_LEN as usize];
+pub(crate) fn encode_release_entry(offset: u64, key: RecordKey) -> [u8; RELEASE_ENTRY_LEN_USIZE] {
+    let mut b = [0u8; RELEASE_ENTRY_LEN_USIZE];
     b[0..8].copy_from_slice(&offset.to_le_bytes());
     b[8..16].copy_from_slice(&key.machine.to_le_bytes());
     b[16..24].copy_from_slice(&key.sequence.to_le_bytes());
@@ -280,7 +291,7 @@ pub(crate) fn encode_release_entry(
 
 /// Decodes a release-log entry; `None` if its checksum is wrong.
 pub(crate) fn decode_release_entry(b: &[u8]) -> Option<(u64, RecordKey)> {
-    debug_assert_eq!(b.len(), RELEASE_ENTRY_LEN as usize);
+    debug_assert_eq!(b.len(), RELEASE_ENTRY_LEN_USIZE);
     if u32_at(b, 28) != crc32c::crc32c(&b[0..28]) {
         return None;
     }

@@ -163,7 +163,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::io;
 pub use crate::error::{Error, Result};
-use crate::format::RECORD_HEADER_LEN;
+use crate::format::{RECORD_HEADER_LEN, RECORD_HEADER_LEN_USIZE};
 
 /// Largest payload (one agent batch) the cache accepts.
 pub const MAX_PAYLOAD_BYTES: u64 = 64 << 20;
@@ -454,7 +454,7 @@ impl Cache {
             reason,
         };
         let file = File::open(&path).map_err(io("open segment", &path))?;
-        let mut raw = [0u8; RECORD_HEADER_LEN as usize];
+        let mut raw = [0u8; RECORD_HEADER_LEN_USIZE];
         file.read_exact_at(&mut raw, record.offset)
             .map_err(io("read record header from", &path))?;
         let h = format::decode_record_header(&raw).map_err(|p| match p {
@@ -467,7 +467,10 @@ impl Cache {
                 h.key, h.payload_len, h.segment, record.key, record.payload_len
             )));
         }
-        let mut payload = vec![0u8; h.payload_len as usize];
+        let len = usize::try_from(h.payload_len).map_err(|_| {
+            corrupt(format!("payload of {} bytes does not fit in memory", h.payload_len))
+        })?;
+        let mut payload = vec![0u8; len];
         file.read_exact_at(&mut payload, record.offset + RECORD_HEADER_LEN)
             .map_err(io("read record payload from", &path))?;
         let crc = crc32c::crc32c(&payload);

@@ -10,8 +10,9 @@ use std::path::Path;
 use crate::RecordKey;
 use crate::error::{Error, Result, io};
 use crate::format::{
-    self, HeaderProblem, RECORD_HEADER_LEN, RECORD_MAGIC, RELEASE_ENTRY_LEN, RELEASE_HEADER_LEN,
-    RecordHeader, SEGMENT_HEADER_LEN,
+    self, HeaderProblem, RECORD_HEADER_LEN, RECORD_HEADER_LEN_USIZE, RECORD_MAGIC,
+    RELEASE_ENTRY_LEN_USIZE, RELEASE_HEADER_LEN, RELEASE_HEADER_LEN_USIZE, RecordHeader,
+    SEGMENT_HEADER_LEN, SEGMENT_HEADER_LEN_USIZE,
 };
 
 /// A record found intact by a segment scan.
@@ -72,7 +73,7 @@ fn check_record(
             "only {left} bytes left in the file, less than a {RECORD_HEADER_LEN}-byte record header"
         ))));
     }
-    let mut raw = [0u8; RECORD_HEADER_LEN as usize];
+    let mut raw = [0u8; RECORD_HEADER_LEN_USIZE];
     reader.read_exact(&mut raw)?;
     let header = match format::decode_record_header(&raw) {
         Ok(h) => h,
@@ -107,7 +108,7 @@ fn check_record(
     let mut crc = 0u32;
     let mut left = header.payload_len;
     while left > 0 {
-        let n = left.min(buf.len() as u64) as usize;
+        let n = usize::try_from(left).map_or(buf.len(), |left| left.min(buf.len()));
         reader.read_exact(&mut buf[..n])?;
         crc = crc32c::crc32c_append(crc, &buf[..n]);
         left -= n as u64;
@@ -131,20 +132,20 @@ fn find_commit_proof(
     len: u64,
 ) -> std::io::Result<Option<u64>> {
     const CHUNK: usize = 8 << 20;
-    let overlap = RECORD_HEADER_LEN as usize - 1;
+    let overlap = RECORD_HEADER_LEN_USIZE - 1;
     let mut start = damaged_at + 1;
     let mut buf = vec![0u8; CHUNK + overlap];
     while start < len {
-        let want = ((len - start) as usize).min(buf.len());
+        let want = usize::try_from(len - start).map_or(buf.len(), |rest| rest.min(buf.len()));
         let got = read_up_to(file, &mut buf[..want], start)?;
         let last = start + got as u64 >= len;
         // Positions owned by this chunk; the overlap is rescanned by the next one.
         let owned = if last { got } else { got - overlap };
         for p in 0..owned {
-            if buf[p] != RECORD_MAGIC[0] || p + RECORD_HEADER_LEN as usize > got {
+            if buf[p] != RECORD_MAGIC[0] || p + RECORD_HEADER_LEN_USIZE > got {
                 continue;
             }
-            let raw = &buf[p..p + RECORD_HEADER_LEN as usize];
+            let raw = &buf[p..p + RECORD_HEADER_LEN_USIZE];
             if let Ok(h) = format::decode_record_header(raw) {
                 let at = start + p as u64;
                 if h.segment == segment && h.sync_floor <= at && h.sync_floor > damaged_at {
@@ -175,7 +176,7 @@ pub(crate) fn scan_segment(
 ) -> Result<SegmentScan> {
     let file = File::open(path).map_err(io("open segment", path))?;
     let len = file.metadata().map_err(io("stat segment", path))?.len();
-    let mut raw = [0u8; SEGMENT_HEADER_LEN as usize];
+    let mut raw = [0u8; SEGMENT_HEADER_LEN_USIZE];
     let n = read_up_to(&file, &mut raw, 0).map_err(io("read segment header", path))?;
     let named = format::decode_segment_header(&raw[..n])
         .map_err(|reason| Error::BadSegmentHeader { path: path.to_owned(), reason })?;
@@ -284,8 +285,8 @@ pub(crate) fn load_release_log(path: &Path, segment: u64) -> Result<ReleaseLog> 
             reason: format!("header names segment {named}, but the file name says {segment}"),
         });
     }
-    let body = &bytes[RELEASE_HEADER_LEN as usize..];
-    let entry_len = RELEASE_ENTRY_LEN as usize;
+    let body = &bytes[RELEASE_HEADER_LEN_USIZE..];
+    let entry_len = RELEASE_ENTRY_LEN_USIZE;
     let decoded: Vec<_> = body.chunks_exact(entry_len).map(format::decode_release_entry).collect();
     let good_prefix = decoded.iter().rposition(Option::is_some).map_or(0, |i| i + 1);
     let mut entries = HashMap::new();

@@ -1,4 +1,5 @@
 //! Unit tests: replay, crash repair, corruption, rolling, pressure, duplicates.
+#![allow(clippy::cast_possible_truncation)]
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -419,7 +419,7 @@ impl Admins {
         let mut raw = [0u8; 32];
         getrandom::fill(&mut raw).map_err(|e| AdminError::Hash(e.to_string()))?;
         let token = hex::encode(raw);
-        let expires_unix_ms = now_ms() + SESSION_TTL.as_millis() as u64;
+        let expires_unix_ms = now_ms() + crate::millis(SESSION_TTL);
         self.state.add_session(&token_key(&token), name, expires_unix_ms)?;
         Ok(Session { token, name: name.to_owned(), expires_unix_ms })
     }

@@ -332,10 +332,13 @@ impl Plans {
             .ok_or_else(|| format!("{at}: action plugin {name:?} is not loaded"))?;
         let mut inst =
             ActionInstance::new(plugin).await.map_err(|e| format!("{at}: plugin {name}: {e}"))?;
+        let group = u32::try_from(group).map_err(|_| {
+            format!("{at}: group {group} is past the plugin interface's 32-bit index")
+        })?;
         let ctx = PlanContext {
             plan: plan.to_owned(),
             mode: mode.to_owned(),
-            group: group as u32,
+            group,
             stage: stage.to_owned(),
             machines: machines.to_vec(),
         };

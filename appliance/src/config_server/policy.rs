@@ -201,6 +201,15 @@ fn machine_alerts(
     Ok(())
 }
 
+/// Whole MiB in `bytes`, for a message.
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "float to int saturates; the fraction is dropped on purpose"
+)]
+fn whole_mib(bytes: f64) -> u64 {
+    bytes as u64 >> 20
+}
+
 /// The appliance's own alerts (CPU, memory, the cache), while its figures are fresh.
 fn appliance_alerts(state: &State, now: u64, found: &mut Found) -> Result<(), StateError> {
     let fresh = state
@@ -238,7 +247,7 @@ fn appliance_alerts(state: &State, now: u64, found: &mut Found) -> Result<(), St
             None,
             format!(
                 "the process server's cache holds {} MiB ({}): agents are slowed down{}",
-                used as u64 >> 20,
+                whole_mib(used),
                 if critical { "full" } else { "over its high-water mark" },
                 if critical { " and refused" } else { "" }
             ),

@@ -270,7 +270,7 @@ impl MasterTarget {
                     let _ = self.state.set_setting("master_last_error", &format!("{e:#}"));
                     let _ =
                         self.state.set_setting("master_last_error_unix_ms", &now_ms().to_string());
-                    tracing::warn!(error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "master target pass failed; logs stay at the target");
+                    tracing::warn!(error = %format!("{e:#}"), retry_in_ms = crate::millis(backoff), "master target pass failed; logs stay at the target");
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                     true
                 }
@@ -680,8 +680,8 @@ impl MasterTarget {
         tracing::debug!(
             log = name,
             from_memory,
-            read_us = (t1 - t0).as_micros() as u64,
-            write_us = t1.elapsed().as_micros() as u64,
+            read_us = crate::micros(t1 - t0),
+            write_us = crate::micros(t1.elapsed()),
             "applied"
         );
         Ok(tag)
@@ -700,7 +700,7 @@ impl MasterTarget {
         let target = loaded(&mut self.target, "target")?;
         let t0 = std::time::Instant::now();
         let info = target.create_point(&id, &format!("{kind}:{point}"), &disk_ids).await?;
-        tracing::debug!(point, create_ms = t0.elapsed().as_millis() as u64, "create-point");
+        tracing::debug!(point, create_ms = crate::millis(t0.elapsed()), "create-point");
         let mid = machine.to_string();
         self.state.add_point(&PointRow {
             id: id.clone(),

@@ -68,9 +68,17 @@ async fn read_blocks(
     size: u64,
 ) -> Result<(Vec<u8>, u64), ProcessError> {
     let len = (blocks as u64 * u64::from(REVERSE_BLOCK)).min(size - offset);
+    // The request's check allows at most REVERSE_MAX_BLOCKS blocks, so this fits.
+    let len32 = u32::try_from(len).map_err(|_| {
+        ProcessError::new(
+            Kind::Invalid,
+            "invalid",
+            format!("hashes: {blocks} blocks are more than one read of the target returns"),
+        )
+    })?;
     let data = {
         let mut t = ps.control_target().await?;
-        t.read_extent(disk, offset, len as u32).await.map_err(call_failure)?
+        t.read_extent(disk, offset, len32).await.map_err(call_failure)?
     };
     if data.len() as u64 != len {
         return Err(ProcessError::new(
@@ -164,16 +172,14 @@ pub async fn compare(
     let replica = crate::logobj::disk_id(mid, c.disk);
     let (data, len) = read_blocks(ps, &replica, c.offset, c.hashes.len(), size).await?;
     let b = u64::from(REVERSE_BLOCK);
-    let differ = c
-        .hashes
-        .iter()
-        .enumerate()
+    let differ = (0u32..)
+        .zip(&c.hashes)
         .filter(|(i, want)| {
-            let start = i * REVERSE_BLOCK as usize;
+            let start = *i as usize * REVERSE_BLOCK as usize;
             let block = &data[start..(start + REVERSE_BLOCK as usize).min(data.len())];
             !reverse_block_hash(block).eq_ignore_ascii_case(want)
         })
-        .map(|(i, _)| i as u32)
+        .map(|(i, _)| i)
         .collect::<Vec<_>>();
     state.count(&[
         (crate::store::Counter::ComparedBytes, len),

@@ -79,7 +79,7 @@ impl ProcessServer {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(%machine, disk, sequence, error = %e, retry_in_ms = backoff.as_millis() as u64, "compressing or encrypting failed; the batch stays in the cache");
+                    tracing::warn!(%machine, disk, sequence, error = %e, retry_in_ms = crate::millis(backoff), "compressing or encrypting failed; the batch stays in the cache");
                     if !self.backoff(&mut backoff).await {
                         return;
                     }
@@ -107,7 +107,7 @@ impl ProcessServer {
                 match self.put(&mut stage, machine, disk, &sealed).await {
                     Ok(()) => break,
                     Err(e) => {
-                        tracing::warn!(%machine, disk, sequence, error = %e, retry_in_ms = backoff.as_millis() as u64, "storing the log at the target failed; the batch stays in the cache");
+                        tracing::warn!(%machine, disk, sequence, error = %e, retry_in_ms = crate::millis(backoff), "storing the log at the target failed; the batch stays in the cache");
                         if !self.backoff(&mut backoff).await {
                             return;
                         }
@@ -157,10 +157,17 @@ impl ProcessServer {
         let codec = loaded(&mut stage.codec, "codec")?;
         let encoded = codec.compress(stage.level, &payload).await?;
         let t1 = std::time::Instant::now();
+        // The cache holds batches of at most MAX_BATCH_BYTES, so this fits.
+        let batch_len = u32::try_from(payload.len()).map_err(|_| {
+            ShipError::Failed(format!(
+                "a cached batch of {} bytes is over the log object's 32-bit length",
+                payload.len()
+            ))
+        })?;
         let header = LogHeader {
             compressed: !encoded.raw,
             sealed: stage.encrypt,
-            batch_len: payload.len() as u32,
+            batch_len,
             machine,
             disk,
             sequence,
@@ -179,8 +186,8 @@ impl ProcessServer {
             %machine,
             disk,
             sequence,
-            compress_us = (t1 - t0).as_micros() as u64,
-            seal_us = t1.elapsed().as_micros() as u64,
+            compress_us = crate::micros(t1 - t0),
+            seal_us = crate::micros(t1.elapsed()),
             "sealed"
         );
         Ok(Sealed { queued: queued.clone(), payload, obj })
@@ -202,7 +209,7 @@ impl ProcessServer {
         loaded(&mut stage.target, "target")?
             .put_log(&log_name(machine, disk, sequence), &sealed.obj)
             .await?;
-        let put_us = t0.elapsed().as_micros() as u64;
+        let put_us = crate::micros(t0.elapsed());
         if let Some(h) = &self.inner.handoff {
             h.offer(log_name(machine, disk, sequence), sealed.payload.clone());
         }

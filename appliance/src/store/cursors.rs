@@ -176,7 +176,7 @@ impl CursorStore for Sqlite {
         let rows = s
             .query_map(params![machine_id], |r| {
                 Ok((
-                    r.get::<_, i64>(0)? as u32,
+                    r.get::<_, u32>(0)?,
                     r.get(1)?,
                     r.get::<_, i64>(2)? as u64,
                     r.get::<_, i64>(3)? as u64,
@@ -280,7 +280,7 @@ impl CursorStore for Sqlite {
             .query_map([], |r| {
                 Ok(DiskAlertRow {
                     machine_id: r.get(0)?,
-                    disk: r.get::<_, i64>(1)? as u32,
+                    disk: r.get::<_, u32>(1)?,
                     kind: r.get(2)?,
                     message: r.get(3)?,
                     since_unix_ms: r.get::<_, i64>(4)? as u64,
@@ -341,7 +341,7 @@ impl CursorStore for Sqlite {
         let rows = s
             .query_map(params![machine_id], |r| {
                 Ok((
-                    r.get::<_, i64>(0)? as u32,
+                    r.get::<_, u32>(0)?,
                     r.get::<_, i64>(1)? as u64,
                     r.get::<_, Option<i64>>(2)?.map(|p| p as u64),
                 ))

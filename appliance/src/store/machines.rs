@@ -216,7 +216,7 @@ impl MachineStore for Sqlite {
             .map_err(|e| self.err(e))?;
         let rows = s
             .query_map(params![machine_id], |r| {
-                Ok((r.get::<_, i64>(0)? as u32, r.get::<_, i64>(1)? as u64))
+                Ok((r.get::<_, u32>(0)?, r.get::<_, i64>(1)? as u64))
             })
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
@@ -229,7 +229,7 @@ impl MachineStore for Sqlite {
             .map_err(|e| self.err(e))?;
         let rows = s
             .query_map(params![machine_id], |r| {
-                Ok((r.get::<_, i64>(0)? as u32, r.get::<_, i64>(1)? as u64, r.get(2)?))
+                Ok((r.get::<_, u32>(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?))
             })
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))

@@ -157,7 +157,7 @@ const READERS: usize = 4;
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
+        .map(crate::millis)
         .unwrap_or(0)
 }
 
@@ -179,8 +179,9 @@ impl Sqlite {
         )
         .map_err(db)?;
         conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(db)?;
+        // A negative version is out of range: an error, like any corrupt value.
         let version: usize =
-            conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)).map_err(db)? as usize;
+            conn.query_row("PRAGMA user_version", [], |r| r.get::<_, usize>(0)).map_err(db)?;
         if version > MIGRATIONS.len() {
             return Err(StateError::TooNew { path: p, found: version, known: MIGRATIONS.len() });
         }

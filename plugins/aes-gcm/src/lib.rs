@@ -97,14 +97,15 @@ impl Cipher for AesGcm {
         let key = aead::keys().into_iter().find(|k| k.active).ok_or_else(|| {
             PluginError::Invalid("the host holds no active key for this plugin".into())
         })?;
-        if key.id.is_empty() || key.id.len() > 255 {
-            return Err(PluginError::Invalid("key id must be 1..=255 bytes".into()));
-        }
+        let id_len = match u8::try_from(key.id.len()) {
+            Ok(n) if n > 0 => n,
+            _ => return Err(PluginError::Invalid("key id must be 1..=255 bytes".into())),
+        };
         let nonce = self.next_nonce()?;
         let mut header = Vec::with_capacity(6 + key.id.len() + NONCE_LEN);
         header.extend_from_slice(&MAGIC_V1);
         header.push(alg_code(key.algorithm));
-        header.push(key.id.len() as u8);
+        header.push(id_len);
         header.extend_from_slice(key.id.as_bytes());
         header.extend_from_slice(&nonce);
         let full_aad = [aad, &header].concat();

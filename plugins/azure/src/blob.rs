@@ -53,6 +53,10 @@ pub fn rfc1123(secs: u64) -> String {
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "doy is in 0..=365 and mp in 0..=11 by the algorithm, so the day is in 1..=31 and the month in 1..=12"
+)]
 pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);

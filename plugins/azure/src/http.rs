@@ -148,7 +148,7 @@ pub fn send(req: &Request, timeout_ms: u64) -> Result<Response, TransportError> 
                         out.subscribe().block();
                         continue;
                     }
-                    Ok(n) => (n as usize).min(rest.len()),
+                    Ok(n) => usize::try_from(n).map_or(rest.len(), |n| n.min(rest.len())),
                     Err(_) => break, // the host gave up; the response says why
                 };
                 if out.write(&rest[..n]).is_err() {

@@ -32,9 +32,13 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// Page blobs are written in 512-byte pages.
-pub const PAGE: u64 = 512;
+pub const PAGE: u64 = PAGE_U32 as u64;
+/// [`PAGE`] as the host interface's u32.
+pub const PAGE_U32: u32 = 512;
 /// Most bytes one Put Page may carry.
-pub const MAX_PUT_PAGE: u64 = 4 << 20;
+pub const MAX_PUT_PAGE: u64 = MAX_PUT_PAGE_U32 as u64;
+/// [`MAX_PUT_PAGE`] as the host interface's u32.
+pub const MAX_PUT_PAGE_U32: u32 = 4 << 20;
 
 fn invalid(m: String) -> PluginError {
     PluginError::Invalid(m)
@@ -68,7 +72,7 @@ fn round_up(n: u64, to: u64) -> u64 {
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
 

@@ -5,16 +5,16 @@ use lifeboat_sdk::{PluginError, Settings};
 
 use crate::blob::{self, Props, error_of};
 use crate::{
-    Azure, MAX_PUT_PAGE, PAGE, PointMeta, check_id, disk_blob, invalid, log_blob, now_ms,
-    parse_settings, point_blob, round_up, uuid4, vhd,
+    Azure, MAX_PUT_PAGE, MAX_PUT_PAGE_U32, PAGE, PAGE_U32, PointMeta, check_id, disk_blob, invalid,
+    log_blob, now_ms, parse_settings, point_blob, round_up, uuid4, vhd,
 };
 
 impl Target for Azure {
     fn init(settings: Settings) -> Result<(Self, TargetCapabilities), PluginError> {
         let me = parse_settings(&settings)?;
         let caps = TargetCapabilities {
-            alignment: PAGE as u32,
-            max_write_bytes: MAX_PUT_PAGE as u32,
+            alignment: PAGE_U32,
+            max_write_bytes: MAX_PUT_PAGE_U32,
             instant_points: true,
             instant_materialize: true,
             // Data in a cloud account leaves the site: always sealed.
@@ -156,7 +156,7 @@ impl Target for Azure {
             }
         }
         for e in &extents {
-            for (i, chunk) in e.data.chunks(MAX_PUT_PAGE as usize).enumerate() {
+            for (i, chunk) in e.data.chunks(MAX_PUT_PAGE_U32 as usize).enumerate() {
                 let off = e.offset + i as u64 * MAX_PUT_PAGE;
                 // All-zero data is cleared instead: nothing sent, and the pages stay sparse.
                 let data = if chunk.iter().all(|b| *b == 0) { None } else { Some(chunk) };

@@ -13,6 +13,10 @@ pub fn virtual_size(size: u64) -> u64 {
 }
 
 /// CHS geometry as the VHD specification computes it.
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "the specification's algorithm bounds them: total is capped at 65535 * 16 * 255 sectors, so cylinders <= 65535, heads <= 16 and sectors per track <= 255"
+)]
 pub fn geometry(size: u64) -> (u16, u8, u8) {
     let mut total = size / 512;
     if total > 65535 * 16 * 255 {
@@ -51,7 +55,9 @@ pub fn footer(size: u64, now_unix: u64, id: &str) -> [u8; 512] {
     f[8..12].copy_from_slice(&2u32.to_be_bytes()); // features: reserved bit
     f[12..16].copy_from_slice(&0x0001_0000u32.to_be_bytes()); // format version 1.0
     f[16..24].copy_from_slice(&u64::MAX.to_be_bytes()); // data offset: none (fixed)
-    f[24..28].copy_from_slice(&(now_unix.saturating_sub(VHD_EPOCH) as u32).to_be_bytes());
+    // Seconds since 2000 in 32 bits: saturates in 2136.
+    let stamp = u32::try_from(now_unix.saturating_sub(VHD_EPOCH)).unwrap_or(u32::MAX);
+    f[24..28].copy_from_slice(&stamp.to_be_bytes());
     f[28..32].copy_from_slice(b"lbt ");
     f[32..36].copy_from_slice(&0x0001_0000u32.to_be_bytes());
     f[36..40].copy_from_slice(b"Wi2k");

@@ -2,7 +2,7 @@
 //! (the Azure Storage emulator, installed by scripts/azurite.sh) and against a small ARM
 //! test server written here. Needs `cargo xtask plugins` first (it builds the .wasm).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::cast_possible_truncation)]
 
 use lifeboat_plugin_azure::auth::SharedKey;
 use lifeboat_plugin_host::config::PluginsConfig;

@@ -3,7 +3,7 @@
 //! image (about 40 % zeros, 30 % text-like, 30 % random), in 1 MiB and 64 KiB chunks.
 //! MB/s = 10^6 bytes of input per second. Writes `target/bench/plugins.json`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::cast_possible_truncation)]
 
 use aes_gcm::aead::{AeadInPlace, KeyInit};
 use lifeboat_plugin_host::config::PluginsConfig;

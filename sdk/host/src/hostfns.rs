@@ -158,7 +158,7 @@ fn sparse_copy(input: &std::fs::File, output: &std::fs::File) -> std::io::Result
         };
         let mut off = start;
         while off < end {
-            let n = ((end - off) as usize).min(buf.len());
+            let n = usize::try_from(end - off).map_or(buf.len(), |left| left.min(buf.len()));
             input.read_exact_at(&mut buf[..n], off)?;
             if buf[..n].iter().any(|b| *b != 0) {
                 output.write_all_at(&buf[..n], off)?;

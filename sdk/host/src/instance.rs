@@ -28,7 +28,8 @@ fn new_store(plugin: &LoadedPlugin) -> Result<Store<HostState>, wasmtime::Error>
 }
 
 fn deadline_ticks(plugin: &LoadedPlugin) -> u64 {
-    (plugin.caps.deadline.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64 + 1
+    let ticks = (plugin.caps.deadline.as_micros() / EPOCH_TICK.as_micros()).max(1);
+    u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1)
 }
 
 /// Turns a wasmtime error from a call into the reason the plugin was stopped.
@@ -41,7 +42,9 @@ fn classify(
         return FailReason::Memory((plugin.caps.memory_bytes >> 20) as u64);
     }
     match e.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => FailReason::Deadline(plugin.caps.deadline.as_millis() as u64),
+        Some(Trap::Interrupt) => FailReason::Deadline(
+            u64::try_from(plugin.caps.deadline.as_millis()).unwrap_or(u64::MAX),
+        ),
         Some(t) => FailReason::Trap(format!("{t}: {e:#}")),
         None => FailReason::Host(format!("{e:#}")),
     }

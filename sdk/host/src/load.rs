@@ -397,6 +397,10 @@ fn effective(m: &Manifest, g: &Grant) -> Result<Effective, String> {
             m.name
         ));
     }
+    let memory_bytes =
+        usize::try_from(memory_mib).ok().and_then(|mib| mib.checked_mul(1 << 20)).ok_or_else(
+            || format!("it asks for {memory_mib} MiB of memory, more than this host can address"),
+        )?;
     let deadline_ms = r.deadline_ms.unwrap_or(DEFAULT_DEADLINE_MS);
     let max_deadline = g.max_deadline_ms.unwrap_or(DEFAULT_MAX_DEADLINE_MS);
     if deadline_ms > max_deadline {
@@ -481,7 +485,7 @@ fn effective(m: &Manifest, g: &Grant) -> Result<Effective, String> {
         })?)
     };
     Ok(Effective {
-        memory_bytes: (memory_mib as usize) << 20,
+        memory_bytes,
         deadline: Duration::from_millis(deadline_ms),
         dirs,
         http_hosts,

@@ -2,7 +2,7 @@
 //! `cargo xtask test`): the four worlds' happy paths, trust, grants, limits, hostile
 //! plugins, the compiled-artifact cache and reloading.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::cast_possible_truncation)]
 
 use ed25519_dalek::Signer;
 use lifeboat_plugin_host::config::{Grant, PluginsConfig};

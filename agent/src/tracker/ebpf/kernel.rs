@@ -131,6 +131,14 @@ impl Mapping {
         unsafe { &*(self.ptr.as_ptr().add(off) as *const AtomicU64) }
     }
 
+    /// The `w`th 8-byte word.
+    fn word(&self, w: u64) -> &AtomicU64 {
+        match usize::try_from(w).ok().and_then(|w| w.checked_mul(8)) {
+            Some(off) => self.u64_at(off),
+            None => panic!("word {w} outside the mapping"),
+        }
+    }
+
     fn u32_at(&self, off: usize) -> &AtomicU32 {
         assert!(off.is_multiple_of(4) && off + 4 <= self.len, "offset {off} outside the mapping");
         // SAFETY: as in `u64_at`.
@@ -331,7 +339,12 @@ impl Bpf {
             );
         }
         let slots = Mapping::new(&slots_map, SLOT_STATE_LEN * MAX_SLOTS as usize)?;
-        let bitmap = Mapping::new(&bitmap_map, (bitmap_words * 8) as usize)?;
+        let bitmap_len = usize::try_from(bitmap_words * 8).map_err(|_| {
+            os("map the tracker's memory")(std::io::Error::other(
+                "the bitmap does not fit in memory",
+            ))
+        })?;
+        let bitmap = Mapping::new(&bitmap_map, bitmap_len)?;
         Ok(Bpf {
             dir: dir.to_path_buf(),
             disks,
@@ -438,7 +451,7 @@ impl Bpf {
         // program touches its slot or region while they are reset.
         self.disks.delete(&dev.to_ne_bytes()).ok();
         for w in base..base + 2 * words {
-            self.bitmap.u64_at((w * 8) as usize).store(0, Ordering::SeqCst);
+            self.bitmap.word(w).store(0, Ordering::SeqCst);
         }
         let mut token = [0u8; 8];
         rustix::rand::getrandom(&mut token, rustix::rand::GetRandomFlags::empty())
@@ -498,7 +511,7 @@ impl Bpf {
             let hi = if w == lw { (end - 1) % 64 } else { 63 };
             let mask =
                 (if hi == 63 { u64::MAX } else { (1u64 << (hi + 1)) - 1 }) & !((1u64 << lo) - 1);
-            self.bitmap.u64_at(((base + w) * 8) as usize).fetch_or(mask, Ordering::SeqCst);
+            self.bitmap.word(base + w).fetch_or(mask, Ordering::SeqCst);
         }
     }
 
@@ -548,7 +561,7 @@ impl Bpf {
         let base = info.base + if old == 1 { info.words } else { 0 };
         let mut ranges: Vec<(u64, u64)> = Vec::new();
         for w in 0..info.words {
-            let bits = self.bitmap.u64_at(((base + w) * 8) as usize).load(Ordering::SeqCst);
+            let bits = self.bitmap.word(base + w).load(Ordering::SeqCst);
             if bits == 0 {
                 continue;
             }
@@ -592,7 +605,7 @@ impl Bpf {
         let _g = self.guard();
         let base = info.base + if harvest.epoch == 1 { info.words } else { 0 };
         for w in 0..info.words {
-            self.bitmap.u64_at(((base + w) * 8) as usize).store(0, Ordering::SeqCst);
+            self.bitmap.word(base + w).store(0, Ordering::SeqCst);
         }
         self.slot_u64(info.slot, OFF_OVERFLOW).fetch_sub(harvest.overflow, Ordering::SeqCst);
     }

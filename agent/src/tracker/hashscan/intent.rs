@@ -15,7 +15,9 @@ use crate::tracker::{TrackerError, field};
 const INTENT_MAGIC: [u8; 8] = *b"LBHSINT\0";
 const INTENT_VERSION: u32 = 1;
 /// Bytes of intent log header before the first record.
-pub(super) const INTENT_HEADER_LEN: u64 = 24;
+pub(super) const INTENT_HEADER_LEN: u64 = INTENT_HEADER_LEN_USIZE as u64;
+/// [`INTENT_HEADER_LEN`] as a buffer length.
+const INTENT_HEADER_LEN_USIZE: usize = 24;
 const INTENT_MASKS: u32 = 1;
 const INTENT_RANGE: u32 = 2;
 /// The largest intent record: a masks record for a maximal chunk.
@@ -39,7 +41,8 @@ impl Flux {
         if self.all {
             return FULL;
         }
-        let mut m = self.masks.get(block as usize).copied().unwrap_or(0);
+        let mut m =
+            usize::try_from(block).ok().and_then(|b| self.masks.get(b)).copied().unwrap_or(0);
         while self.ranges.get(self.next_range).is_some_and(|r| r.end <= block) {
             self.next_range += 1;
         }
@@ -58,8 +61,8 @@ pub(super) struct IntentLog {
     pub(super) len: u64,
 }
 
-pub(super) fn intent_header() -> [u8; INTENT_HEADER_LEN as usize] {
-    let mut h = [0u8; INTENT_HEADER_LEN as usize];
+pub(super) fn intent_header() -> [u8; INTENT_HEADER_LEN_USIZE] {
+    let mut h = [0u8; INTENT_HEADER_LEN_USIZE];
     h[0..8].copy_from_slice(&INTENT_MAGIC);
     h[8..12].copy_from_slice(&INTENT_VERSION.to_le_bytes());
     let sum = xxh3_64(&h[..16]);
@@ -73,6 +76,10 @@ fn finish_record(mut rec: Vec<u8>) -> Vec<u8> {
     rec
 }
 
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "masks has one entry per block of one chunk: at most MAX_CHUNK / BLOCK_SIZE (4096), which HashScan::new enforces"
+)]
 pub(super) fn masks_record(first_block: u64, masks: &[u16]) -> Vec<u8> {
     let mut rec = Vec::with_capacity(24 + 2 * masks.len() + 8);
     rec.extend_from_slice(&INTENT_MASKS.to_le_bytes());
@@ -111,7 +118,7 @@ impl IntentLog {
         let mut reader = BufReader::with_capacity(1 << 16, &file);
         let mut valid = 0u64;
         let mut corrupt = false;
-        let mut header = [0u8; INTENT_HEADER_LEN as usize];
+        let mut header = [0u8; INTENT_HEADER_LEN_USIZE];
         match reader.read_exact(&mut header) {
             Ok(()) if header == intent_header() => valid = INTENT_HEADER_LEN,
             Ok(()) => corrupt = true,
@@ -195,11 +202,11 @@ impl IntentLog {
 /// one append leaves: a record cut short, or zeros (a size extended before its data). Anything
 /// else, a complete record with a wrong checksum included, is corruption.
 fn torn_tail(file: &File, at: u64, file_len: u64) -> io::Result<bool> {
-    let left = file_len - at;
-    if left > INTENT_MAX_RECORD {
-        return Ok(false);
-    }
-    let mut tail = vec![0u8; left as usize];
+    let left = match usize::try_from(file_len - at) {
+        Ok(left) if left as u64 <= INTENT_MAX_RECORD => left,
+        _ => return Ok(false),
+    };
+    let mut tail = vec![0u8; left];
     file.read_exact_at(&mut tail, at)?;
     let head = match tail.first_chunk::<16>() {
         Some(head) if !tail.iter().all(|&b| b == 0) => head,
@@ -208,7 +215,7 @@ fn torn_tail(file: &File, at: u64, file_len: u64) -> io::Result<bool> {
     let kind = u32::from_le_bytes(field(head, 0));
     let count = u32::from_le_bytes(field(head, 4));
     Ok(match record_payload_len(kind, count) {
-        Some(payload) => (16 + payload + 8) as u64 > left,
+        Some(payload) => 16 + payload + 8 > left,
         None => false,
     })
 }
@@ -283,15 +290,22 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
 fn flux_add(flux: &mut Flux, rec: Record, blocks: u64) {
     match rec {
         Record::Masks { first, masks } => {
+            // One mask per block of the disk; masks for a disk too large to index them could
+            // not be kept, so then everything is uncertain.
+            let Ok(len) = usize::try_from(blocks) else {
+                flux.all = true;
+                return;
+            };
             for (i, m) in masks.into_iter().enumerate() {
-                let block = first.saturating_add(i as u64);
-                if m == 0 || block >= blocks {
+                // Past the disk (or past u64) when it does not convert: ignored.
+                let block = first.checked_add(i as u64).and_then(|b| usize::try_from(b).ok());
+                let Some(block) = block.filter(|&b| m != 0 && b < len) else {
                     continue;
-                }
+                };
                 if flux.masks.is_empty() {
-                    flux.masks = vec![0; blocks as usize];
+                    flux.masks = vec![0; len];
                 }
-                flux.masks[block as usize] |= m;
+                flux.masks[block] |= m;
             }
         }
         Record::Range { first, end } => {

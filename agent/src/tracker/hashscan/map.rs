@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 use super::{
-    BLOCK_SIZE, HashScan, MAP_ENTRY_LEN, MAP_HEADER_LEN, MAP_MAGIC, MAP_SEGMENT_BLOCKS,
-    MAP_VERSION, SUB_BLOCK_SIZE, SUBS_PER_BLOCK, state,
+    BLOCK_SIZE, BLOCK_SIZE_U32, BLOCK_SIZE_USIZE, HashScan, MAP_ENTRY_LEN, MAP_ENTRY_LEN_USIZE,
+    MAP_HEADER_LEN, MAP_HEADER_LEN_U32, MAP_HEADER_LEN_USIZE, MAP_MAGIC, MAP_SEGMENT_BLOCKS,
+    MAP_VERSION, SUB_BLOCK_SIZE, SUB_BLOCK_SIZE_U32, SUB_BLOCK_SIZE_USIZE, SUBS_PER_BLOCK, state,
 };
 use crate::disk::Disk;
 use crate::tracker::{TrackerError, field};
@@ -21,7 +22,7 @@ const BLOCK_HASH_TAG: u64 = 0x9e37_79b9_7f4a_7c15;
 const SEGMENT_WARNINGS: u64 = 3;
 
 /// A block of zeros.
-pub(super) static ZEROS: [u8; BLOCK_SIZE as usize] = [0; BLOCK_SIZE as usize];
+pub(super) static ZEROS: [u8; BLOCK_SIZE_USIZE] = [0; BLOCK_SIZE_USIZE];
 
 /// Size in bytes of the baseline map for a disk of `disk_size` bytes.
 pub fn map_file_size(disk_size: u64) -> u64 {
@@ -156,7 +157,7 @@ pub(super) struct Hasher {
 
 impl Hasher {
     pub(super) fn new(seed: u64) -> Self {
-        Self { seed, zero_sub: xxh3_64_with_seed(&ZEROS[..SUB_BLOCK_SIZE as usize], seed) }
+        Self { seed, zero_sub: xxh3_64_with_seed(&ZEROS[..SUB_BLOCK_SIZE_USIZE], seed) }
     }
 
     /// Hashes one block (64 KiB, or less at the end of the disk). Returns its map entry and
@@ -170,10 +171,10 @@ impl Hasher {
         let mut zero = 0u16;
         let mut subs = [0u8; 8 * SUBS_PER_BLOCK];
         let mut n = 0;
-        for (i, s) in data.chunks(SUB_BLOCK_SIZE as usize).enumerate() {
+        for (i, s) in data.chunks(SUB_BLOCK_SIZE_USIZE).enumerate() {
             let h = if is_zero(s) {
                 zero |= 1 << i;
-                if s.len() == SUB_BLOCK_SIZE as usize {
+                if s.len() == SUB_BLOCK_SIZE_USIZE {
                     self.zero_sub
                 } else {
                     xxh3_64_with_seed(s, self.seed)
@@ -181,7 +182,8 @@ impl Hasher {
             } else {
                 xxh3_64_with_seed(s, self.seed)
             };
-            entry.sub[i] = h as u32;
+            // The map keeps the low 32 bits of each sub-block hash.
+            entry.sub[i] = (h & 0xffff_ffff) as u32;
             subs[8 * i..8 * i + 8].copy_from_slice(&h.to_le_bytes());
             n = i + 1;
         }
@@ -217,14 +219,20 @@ pub(super) struct Header {
 }
 
 impl Header {
-    fn encode(&self) -> [u8; MAP_HEADER_LEN as usize] {
-        let mut h = [0u8; MAP_HEADER_LEN as usize];
+    fn encode(&self) -> io::Result<[u8; MAP_HEADER_LEN_USIZE]> {
+        let segment_blocks = u32::try_from(self.segment_blocks).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("map segment of {} blocks is over the header's limit", self.segment_blocks),
+            )
+        })?;
+        let mut h = [0u8; MAP_HEADER_LEN_USIZE];
         h[0..8].copy_from_slice(&MAP_MAGIC);
         h[8..12].copy_from_slice(&MAP_VERSION.to_le_bytes());
-        h[12..16].copy_from_slice(&(MAP_HEADER_LEN as u32).to_le_bytes());
-        h[16..20].copy_from_slice(&(BLOCK_SIZE as u32).to_le_bytes());
-        h[20..24].copy_from_slice(&(SUB_BLOCK_SIZE as u32).to_le_bytes());
-        h[24..28].copy_from_slice(&(self.segment_blocks as u32).to_le_bytes());
+        h[12..16].copy_from_slice(&MAP_HEADER_LEN_U32.to_le_bytes());
+        h[16..20].copy_from_slice(&BLOCK_SIZE_U32.to_le_bytes());
+        h[20..24].copy_from_slice(&SUB_BLOCK_SIZE_U32.to_le_bytes());
+        h[24..28].copy_from_slice(&segment_blocks.to_le_bytes());
         // 28..32: flags, zero.
         h[32..40].copy_from_slice(&self.disk_size.to_le_bytes());
         h[40..48].copy_from_slice(&self.block_count.to_le_bytes());
@@ -233,11 +241,11 @@ impl Header {
         // 72..88: reserved, zero.
         let sum = xxh3_64(&h[..88]);
         h[88..96].copy_from_slice(&sum.to_le_bytes());
-        h
+        Ok(h)
     }
 
     pub(super) fn read(file: &File) -> Result<Self, MapDefect> {
-        let mut h = [0u8; MAP_HEADER_LEN as usize];
+        let mut h = [0u8; MAP_HEADER_LEN_USIZE];
         file.read_exact_at(&mut h, 0)?;
         let u32_at = |i: usize| u32::from_le_bytes(field(&h, i));
         let u64_at = |i: usize| u64::from_le_bytes(field(&h, i));
@@ -289,7 +297,7 @@ impl Baseline {
     fn blank(hasher: &Hasher, size: u64) -> Self {
         let blocks = size.div_ceil(BLOCK_SIZE);
         let tail = size % BLOCK_SIZE;
-        let full = hasher.zero_entry(BLOCK_SIZE as usize);
+        let full = hasher.zero_entry(BLOCK_SIZE_USIZE);
         Baseline::Blank {
             full,
             last: if tail == 0 { full } else { hasher.zero_entry(tail as usize) },
@@ -337,23 +345,28 @@ impl MapReader {
         if !self.segment_ok {
             return None;
         }
-        let i = ((block - seg * self.segment_blocks) * MAP_ENTRY_LEN) as usize;
-        Some(Entry::decode(&self.buf[i..i + MAP_ENTRY_LEN as usize]))
+        // Within the loaded segment, so it fits (a segment that does not was never loaded).
+        let i = usize::try_from((block - seg * self.segment_blocks) * MAP_ENTRY_LEN).ok()?;
+        Some(Entry::decode(&self.buf[i..i + MAP_ENTRY_LEN_USIZE]))
     }
 
     fn load(&mut self, seg: u64) {
         self.segment = Some(seg);
         let first = seg * self.segment_blocks;
         let n = self.segment_blocks.min(self.map_blocks - first);
-        let len = (n * MAP_ENTRY_LEN) as usize;
         let at = MAP_HEADER_LEN + seg * (self.segment_blocks * MAP_ENTRY_LEN + 8);
-        self.buf.resize(len + 8, 0);
-        let problem = match self.file.read_exact_at(&mut self.buf, at) {
-            Err(e) => Some(format!("cannot read it: {e}")),
-            Ok(()) => {
-                let stored = u64::from_le_bytes(field(&self.buf, len));
-                (segment_checksum(&self.buf[..len], self.seed, seg) != stored)
-                    .then(|| "checksum mismatch".to_string())
+        let problem = match usize::try_from(n * MAP_ENTRY_LEN) {
+            Err(_) => Some("it does not fit in memory".to_string()),
+            Ok(len) => {
+                self.buf.resize(len + 8, 0);
+                match self.file.read_exact_at(&mut self.buf, at) {
+                    Err(e) => Some(format!("cannot read it: {e}")),
+                    Ok(()) => {
+                        let stored = u64::from_le_bytes(field(&self.buf, len));
+                        (segment_checksum(&self.buf[..len], self.seed, seg) != stored)
+                            .then(|| "checksum mismatch".to_string())
+                    }
+                }
             }
         };
         self.segment_ok = problem.is_none();
@@ -387,13 +400,16 @@ pub(super) struct MapWriter {
 impl MapWriter {
     pub(super) fn create(path: &Path, header: &Header) -> io::Result<Self> {
         let mut out = BufWriter::with_capacity(1 << 20, File::create(path)?);
-        out.write_all(&header.encode())?;
+        out.write_all(&header.encode()?)?;
         Ok(Self {
             out,
             seed: header.seed,
             segment_blocks: header.segment_blocks,
             segment: 0,
-            buf: Vec::with_capacity((header.segment_blocks * MAP_ENTRY_LEN) as usize),
+            // Only a capacity hint.
+            buf: Vec::with_capacity(
+                usize::try_from(header.segment_blocks * MAP_ENTRY_LEN).unwrap_or(0),
+            ),
         })
     }
 
@@ -432,7 +448,7 @@ fn fresh_seed() -> u64 {
         _ => {
             let t = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
+                .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
                 .unwrap_or(0);
             xxh3_64(&[t.to_le_bytes(), u64::from(std::process::id()).to_le_bytes()].concat())
         }

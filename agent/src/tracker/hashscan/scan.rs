@@ -9,13 +9,26 @@ use std::time::Instant;
 
 use super::intent::{Flux, IntentLog, masks_record, range_record};
 use super::map::{Baseline, Entry, Hasher, Header, MapWriter};
-use super::{BLOCK_SIZE, FULL, HashScan, Pending, SUB_BLOCK_SIZE, SUBS_PER_BLOCK, state};
+use super::{
+    BLOCK_SIZE, BLOCK_SIZE_USIZE, FULL, HashScan, MAX_CHUNK, Pending, SUB_BLOCK_SIZE,
+    SUB_BLOCK_SIZE_USIZE, SUBS_PER_BLOCK, state,
+};
 use crate::disk::{DataRanges, Disk, DiskKind};
 use crate::freespace::{self, FreeCursor, FreeExtents};
 use crate::tracker::{Change, CycleStats, Sink, TrackerError};
 
 /// Blocks covered by one intent window record (64 MiB of disk).
 const INTENT_WINDOW_BLOCKS: u64 = (64 << 20) / BLOCK_SIZE;
+
+/// A length or an offset within one chunk, as a buffer length or index.
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "within one chunk, so at most MAX_CHUNK (256 MiB), which HashScan::new enforces on chunk_size"
+)]
+fn in_chunk(n: u64) -> usize {
+    debug_assert!(n <= MAX_CHUNK);
+    n as usize
+}
 
 impl HashScan {
     /// The ranges of `disk` that its mounted filesystem says are free now, aligned to whole
@@ -107,13 +120,13 @@ impl HashScan {
             .map_err(state(&next_path, "write the new baseline map"))?;
 
         let chunk = self.cfg.chunk_size;
-        self.buf.resize(chunk as usize, 0);
+        self.buf.resize(in_chunk(chunk), 0);
         let mut stats = CycleStats { disk_size: size, initial, ..CycleStats::default() };
         let mut ranges = DataCursor::new(disk.data_ranges())?;
         let free = self.free_space(disk);
         let mut free_cursor = free.cursor();
         let mut batch = Batch::default();
-        let zero_full = hasher.zero_entry(BLOCK_SIZE as usize);
+        let zero_full = hasher.zero_entry(BLOCK_SIZE_USIZE);
         let mut states: Vec<BlockState> = Vec::with_capacity((chunk / BLOCK_SIZE) as usize);
         let mut masks: Vec<u16> = Vec::with_capacity((chunk / BLOCK_SIZE) as usize);
 
@@ -140,7 +153,7 @@ impl HashScan {
             }
 
             // Hash and compare every block of the chunk; write the new map entries.
-            let buf = &self.buf[..(end - off) as usize];
+            let buf = &self.buf[..in_chunk(end - off)];
             let (last_send, send_bytes) =
                 hash_chunk(buf, off, &mut states, &hasher, zero_full, &mut writer, &mut stats)
                     .map_err(state(&next_path, "write the new baseline map"))?;
@@ -167,7 +180,7 @@ impl HashScan {
                 }
                 batch.flush(&mut intent, sink, &mut stats, disk.path())?;
                 chunk_pieces(&states, max_change, |p| {
-                    let at = (p.off - off) as usize;
+                    let at = in_chunk(p.off - off);
                     emit(p, &buf[at..], sink, &mut stats, disk.path())
                 })?;
             } else {
@@ -225,9 +238,9 @@ impl HashScan {
             }
             let (run_start, run_end) = (states[i].off, states[j - 1].end);
             let (r_start, r_end) = (run_start.max(span.start), run_end.min(span.end));
-            let buf = &mut self.buf[..(end - off) as usize];
-            buf[(run_start - off) as usize..(r_start - off) as usize].fill(0);
-            buf[(r_end - off) as usize..(run_end - off) as usize].fill(0);
+            let buf = &mut self.buf[..in_chunk(end - off)];
+            buf[in_chunk(run_start - off)..in_chunk(r_start - off)].fill(0);
+            buf[in_chunk(r_end - off)..in_chunk(run_end - off)].fill(0);
             if let Some(t) = &mut self.throttle {
                 stats.throttled += t.acquire(r_end - r_start);
             }
@@ -237,7 +250,7 @@ impl HashScan {
                 // space that was free then) may be stale: drop them, read the device.
                 disk.drop_cache(r_start, r_end - r_start);
             }
-            disk.read_at(r_start, &mut buf[(r_start - off) as usize..(r_end - off) as usize])?;
+            disk.read_at(r_start, &mut buf[in_chunk(r_start - off)..in_chunk(r_end - off)])?;
             stats.bytes_read += r_end - r_start;
             if self.cfg.drop_cache {
                 disk.drop_cache(r_start, r_end - r_start);
@@ -263,7 +276,7 @@ fn plan_chunk(
     let mut b_off = chunk.start;
     while b_off < chunk.end {
         let b_end = (b_off + BLOCK_SIZE).min(chunk.end);
-        let valid = valid_mask((b_end - b_off) as usize);
+        let valid = valid_mask(in_chunk(b_end - b_off));
         let uncertain = flux.get(b_off / BLOCK_SIZE) & valid;
         let old = baseline.entry(b_off / BLOCK_SIZE);
         let source = if free_cursor.covers(b_off, b_end) {
@@ -306,13 +319,13 @@ fn hash_chunk(
     let mut last_send: Option<u64> = None;
     let mut send_bytes = 0u64;
     for st in states.iter_mut() {
-        let len = (st.end - st.off) as usize;
+        let len = in_chunk(st.end - st.off);
         let valid = valid_mask(len);
         let block = st.off / BLOCK_SIZE;
         let (cur, zero) = match st.source {
-            Source::Read => hasher.block(&buf[(st.off - off) as usize..][..len]),
+            Source::Read => hasher.block(&buf[in_chunk(st.off - off)..][..len]),
             Source::FreeKept(old) => (old, 0),
-            Source::Hole | Source::FreeZero if len == BLOCK_SIZE as usize => (zero_full, valid),
+            Source::Hole | Source::FreeZero if len == BLOCK_SIZE_USIZE => (zero_full, valid),
             Source::Hole | Source::FreeZero => (hasher.zero_entry(len), valid),
         };
         let send = match (st.source, st.old) {
@@ -352,7 +365,7 @@ fn count_skipped(states: &[BlockState], stats: &mut CycleStats) {
 
 /// Mask of the sub-blocks that exist in a block of `len` bytes.
 pub(super) fn valid_mask(len: usize) -> u16 {
-    let n = len.div_ceil(SUB_BLOCK_SIZE as usize);
+    let n = len.div_ceil(SUB_BLOCK_SIZE_USIZE);
     if n >= SUBS_PER_BLOCK { FULL } else { (1u16 << n) - 1 }
 }
 
@@ -519,7 +532,7 @@ fn emit(
         Change::Zero { offset: p.off, len: p.len }
     } else {
         stats.data_bytes += p.len;
-        Change::Data { offset: p.off, data: &data[..p.len as usize] }
+        Change::Data { offset: p.off, data: &data[..in_chunk(p.len)] }
     };
     stats.extents += 1;
     sink(change).map_err(|source| TrackerError::Sink {
@@ -551,12 +564,12 @@ impl Batch {
     /// Adds a piece whose data is in `buf` (the chunk starting at `buf_off`).
     fn push(&mut self, p: Piece, buf: &[u8], buf_off: u64, max_change: u64) {
         if !p.zero {
-            let at = (p.off - buf_off) as usize;
-            self.data.extend_from_slice(&buf[at..at + p.len as usize]);
+            let at = in_chunk(p.off - buf_off);
+            self.data.extend_from_slice(&buf[at..at + in_chunk(p.len)]);
         }
         // Data pieces are merged only with the last piece, whose bytes end `data`.
         if !self.pieces.last_mut().is_some_and(|(last, _)| last.merge(p, max_change)) {
-            let at = self.data.len() - if p.zero { 0 } else { p.len as usize };
+            let at = self.data.len() - if p.zero { 0 } else { in_chunk(p.len) };
             self.pieces.push((p, at));
         }
     }

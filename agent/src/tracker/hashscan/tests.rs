@@ -1,3 +1,5 @@
+#![allow(clippy::cast_possible_truncation)]
+
 use std::collections::BTreeSet;
 use std::io::Write as _;
 use std::ops::Range;
