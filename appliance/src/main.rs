@@ -48,7 +48,7 @@ enum Cmd {
         config: PathBuf,
         /// Machine id.
         #[arg(long)]
-        machine: Option<String>,
+        machine: Option<lifeboat_wire::MachineId>,
     },
     /// Lists consistency-group points (JSON): each with its members and whether every
     /// member's point is at the target (`complete`).
@@ -68,7 +68,7 @@ enum Cmd {
         config: PathBuf,
         /// Machine id.
         #[arg(long)]
-        machine: Option<String>,
+        machine: Option<lifeboat_wire::MachineId>,
         /// The link's bandwidth in megabits per second: says whether the peak fits.
         #[arg(long)]
         link_mbps: Option<f64>,
@@ -147,11 +147,11 @@ fn main() {
         Cmd::Run { config } => rt.block_on(run::run(load(config))),
         Cmd::Passphrase { config } => tools::passphrase(load(config)),
         Cmd::Fingerprint { config } => tools::fingerprint(load(config)),
-        Cmd::Points { config, machine } => tools::points(load(config), machine.as_deref()),
+        Cmd::Points { config, machine } => tools::points(load(config), *machine),
         Cmd::Stats { config } => tools::stats(load(config)),
         Cmd::SetupToken { config } => tools::setup_token(load(config)),
         Cmd::Churn { config, machine, link_mbps } => {
-            tools::churn(load(config), machine.as_deref(), *link_mbps)
+            tools::churn(load(config), *machine, *link_mbps)
         }
         Cmd::GroupPoints { config, group } => tools::group_points(load(config), group.as_deref()),
         Cmd::PointChecksum { config, point, disk } => {

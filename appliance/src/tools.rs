@@ -4,6 +4,7 @@ use lifeboat_appliance::config::ApplianceConfig;
 use lifeboat_appliance::logobj::{disk_id, parse_disk_id};
 use lifeboat_appliance::store::State;
 use lifeboat_plugin_host::TargetInstance;
+use lifeboat_wire::MachineId;
 use sha2::{Digest, Sha256};
 
 /// `passphrase`: a new one-time registration passphrase.
@@ -37,17 +38,17 @@ pub fn fingerprint(config: ApplianceConfig) -> anyhow::Result<()> {
 }
 
 /// `points`: recovery points as JSON lines.
-pub fn points(config: ApplianceConfig, machine: Option<&str>) -> anyhow::Result<()> {
+pub fn points(config: ApplianceConfig, machine: Option<MachineId>) -> anyhow::Result<()> {
     let state = State::open(&config.data_dir.join("state.db"))?;
     let machines = match machine {
-        Some(m) => vec![m.to_owned()],
+        Some(m) => vec![m],
         None => state.machine_ids()?,
     };
     for m in machines {
-        for p in state.points(&m)? {
+        for p in state.points(m)? {
             println!(
                 "{}",
-                serde_json::json!({"machine": m, "id": p.id, "point": p.point, "kind": p.kind,
+                serde_json::json!({"machine": m.to_string(), "id": p.id, "point": p.point, "kind": p.kind,
                     "created_unix_ms": p.created_unix_ms, "disks": p.disks})
             );
         }
@@ -62,7 +63,7 @@ pub fn points(config: ApplianceConfig, machine: Option<&str>) -> anyhow::Result<
 /// measured a wire ratio of 0.20 on mixed data), so the uncompressed figure is the safe one.
 pub fn churn(
     config: ApplianceConfig,
-    machine: Option<&str>,
+    machine: Option<MachineId>,
     link_mbps: Option<f64>,
 ) -> anyhow::Result<()> {
     let state = State::open(&config.data_dir.join("state.db"))?;
@@ -74,7 +75,7 @@ pub fn churn(
         let fits = link_mbps.map(|l| peak <= l);
         println!(
             "{}",
-            serde_json::json!({"machine": m, "reported_unix_ms": at, "seconds": r.seconds,
+            serde_json::json!({"machine": m.to_string(), "reported_unix_ms": at, "seconds": r.seconds,
                 "needs_mbit_per_s_mean": mean, "needs_mbit_per_s_peak": peak,
                 "churn_gb_per_day": daily_gb, "fits_link": fits, "disks": r.disks})
         );
@@ -90,12 +91,12 @@ pub fn group_points(config: ApplianceConfig, group: Option<&str>) -> anyhow::Res
     for g in state.group_points(group)? {
         let mut ids = Vec::new();
         for m in &g.members {
-            ids.push(state.points(m)?.into_iter().find(|p| p.point == g.point).map(|p| p.id));
+            ids.push(state.points(*m)?.into_iter().find(|p| p.point == g.point).map(|p| p.id));
         }
         let complete = ids.iter().all(Option::is_some);
         println!(
             "{}",
-            serde_json::json!({"group": g.group, "point": g.point, "members": g.members,
+            serde_json::json!({"group": g.group, "point": g.point, "members": g.members.iter().map(MachineId::to_string).collect::<Vec<_>>(),
                 "point_ids": ids, "complete": complete, "created_unix_ms": g.created_unix_ms})
         );
     }

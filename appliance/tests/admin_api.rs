@@ -13,7 +13,17 @@ use lifeboat_appliance::http::{ConfigServer, ConfigServerCtx, openapi_document};
 use lifeboat_appliance::store::State;
 use lifeboat_net::tls::{self, ClientAuth, Trust};
 use lifeboat_net::{Ca, Client, Identity};
+use lifeboat_wire::MachineId;
 use serde_json::Value;
+
+// Machines of the tests; their text form is in the paths and bodies below
+// (`11111111-1111-1111-1111-111111111111` is M1); `99999999-…` is never registered.
+const M1: MachineId = MachineId([0x11; 16]);
+const M2: MachineId = MachineId([0x22; 16]);
+const MA: MachineId = MachineId([0xaa; 16]);
+const MB: MachineId = MachineId([0xbb; 16]);
+const MC: MachineId = MachineId([0xcc; 16]);
+const MX: MachineId = MachineId([0xee; 16]);
 
 struct Server {
     dir: tempfile::TempDir,
@@ -189,7 +199,7 @@ async fn the_http_layer_refuses_what_it_should() {
     )
     .await;
     assert_eq!(st, StatusCode::TOO_MANY_REQUESTS, "{v}");
-    assert!(!s.state.register_machine("wrong-0", "m-x", "h").unwrap());
+    assert!(!s.state.register_machine("wrong-0", MX, "h").unwrap());
 }
 
 /// The generated OpenAPI document, as JSON.
@@ -343,8 +353,8 @@ async fn session_and_machines(s: &Server, c: &Client, token: &str) {
     assert_eq!((st, v["name"].as_str()), (StatusCode::OK, Some("root")));
     assert!(v.get("token").is_none(), "the session endpoint does not repeat the token");
     s.state.add_passphrase("p").unwrap();
-    s.state.register_machine("p", "m-1", "web01").unwrap();
-    s.state.upsert_disk("m-1", 0, 1 << 30, "/dev/sda").unwrap();
+    s.state.register_machine("p", M1, "web01").unwrap();
+    s.state.upsert_disk(M1, 0, 1 << 30, "/dev/sda").unwrap();
     let (st, v) =
         call(c, Method::GET, "/api/v1/machines", "/api/v1/machines", Some(token), "").await;
     assert_eq!(st, StatusCode::OK);
@@ -353,7 +363,7 @@ async fn session_and_machines(s: &Server, c: &Client, token: &str) {
     let (st, v) = call(
         c,
         Method::GET,
-        "/api/v1/machines/m-1/points",
+        "/api/v1/machines/11111111-1111-1111-1111-111111111111/points",
         "/api/v1/machines/{id}/points",
         Some(token),
         "",
@@ -363,7 +373,7 @@ async fn session_and_machines(s: &Server, c: &Client, token: &str) {
     let (st, _) = call(
         c,
         Method::GET,
-        "/api/v1/machines/m-9/points",
+        "/api/v1/machines/99999999-9999-9999-9999-999999999999/points",
         "/api/v1/machines/{id}/points",
         Some(token),
         "",
@@ -383,15 +393,15 @@ async fn passphrases_and_revocation(s: &Server, c: &Client, token: &str) {
         call(c, Method::POST, "/api/v1/passphrases", "/api/v1/passphrases", Some(token), "").await;
     assert_eq!((st, v["dropped"].as_u64()), (StatusCode::CREATED, Some(1)), "{v}");
     let fresh = v["passphrase"].as_str().unwrap().to_owned();
-    assert!(!s.state.register_machine("old-one", "m-2", "x").unwrap(), "rotated away");
-    assert!(s.state.register_machine(&fresh, "m-2", "db01").unwrap());
+    assert!(!s.state.register_machine("old-one", M2, "x").unwrap(), "rotated away");
+    assert!(s.state.register_machine(&fresh, M2, "db01").unwrap());
     let (st, _) =
         call(c, Method::POST, "/api/v1/passphrases", "/api/v1/passphrases", None, "").await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
     let (st, _) = call(
         c,
         Method::POST,
-        "/api/v1/machines/m-9/revoke",
+        "/api/v1/machines/99999999-9999-9999-9999-999999999999/revoke",
         "/api/v1/machines/{id}/revoke",
         Some(token),
         "",
@@ -401,25 +411,25 @@ async fn passphrases_and_revocation(s: &Server, c: &Client, token: &str) {
     let (st, _) = call(
         c,
         Method::POST,
-        "/api/v1/machines/m-2/revoke",
+        "/api/v1/machines/22222222-2222-2222-2222-222222222222/revoke",
         "/api/v1/machines/{id}/revoke",
         None,
         "",
     )
     .await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
-    assert!(!s.state.is_revoked("m-2").unwrap());
+    assert!(!s.state.is_revoked(M2).unwrap());
     let (st, v) = call(
         c,
         Method::POST,
-        "/api/v1/machines/m-2/revoke",
+        "/api/v1/machines/22222222-2222-2222-2222-222222222222/revoke",
         "/api/v1/machines/{id}/revoke",
         Some(token),
         "",
     )
     .await;
     assert_eq!((st, &v["revoked"]), (StatusCode::OK, &Value::Bool(true)));
-    assert!(s.state.is_revoked("m-2").unwrap());
+    assert!(s.state.is_revoked(M2).unwrap());
 }
 
 /// [`setup_login_sessions_and_identities`]: jobs and test failovers.
@@ -452,23 +462,37 @@ async fn jobs_and_test_failovers(s: &Server, c: &Client, token: &str) {
     let (st, v) = call(
         c,
         Method::POST,
-        "/api/v1/machines/m-1/test-failover",
+        "/api/v1/machines/11111111-1111-1111-1111-111111111111/test-failover",
         tfo,
         Some(token),
         r#"{"pointt":"x"}"#,
     )
     .await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
-    let (st, _) =
-        call(c, Method::POST, "/api/v1/machines/m-9/test-failover", tfo, Some(token), "{}").await;
+    let (st, _) = call(
+        c,
+        Method::POST,
+        "/api/v1/machines/99999999-9999-9999-9999-999999999999/test-failover",
+        tfo,
+        Some(token),
+        "{}",
+    )
+    .await;
     assert_eq!(st, StatusCode::NOT_FOUND);
-    let (st, v) =
-        call(c, Method::POST, "/api/v1/machines/m-1/test-failover", tfo, Some(token), "{}").await;
+    let (st, v) = call(
+        c,
+        Method::POST,
+        "/api/v1/machines/11111111-1111-1111-1111-111111111111/test-failover",
+        tfo,
+        Some(token),
+        "{}",
+    )
+    .await;
     assert_eq!((st, v["code"].as_str()), (StatusCode::NOT_FOUND, Some("no_point")), "{v}");
     s.state
         .add_point(&lifeboat_appliance::store::PointRow {
-            id: "m-1-p1".into(),
-            machine_id: "m-1".into(),
+            id: "11111111-1111-1111-1111-111111111111-p1".into(),
+            machine_id: M1,
             point: 1,
             kind: lifeboat_api::PointKind::Crash,
             created_unix_ms: 1,
@@ -478,17 +502,17 @@ async fn jobs_and_test_failovers(s: &Server, c: &Client, token: &str) {
     let (st, _) = call(
         c,
         Method::POST,
-        "/api/v1/machines/m-1/test-failover",
+        "/api/v1/machines/11111111-1111-1111-1111-111111111111/test-failover",
         tfo,
         Some(token),
-        r#"{"point":"m-1-p7"}"#,
+        r#"{"point":"11111111-1111-1111-1111-111111111111-p7"}"#,
     )
     .await;
     assert_eq!(st, StatusCode::NOT_FOUND);
     let (st, v) = call(
         c,
         Method::POST,
-        "/api/v1/machines/m-1/test-failover",
+        "/api/v1/machines/11111111-1111-1111-1111-111111111111/test-failover",
         tfo,
         Some(token),
         r#"{"point":"latest-app"}"#,
@@ -499,11 +523,25 @@ async fn jobs_and_test_failovers(s: &Server, c: &Client, token: &str) {
         (StatusCode::NOT_FOUND, Some("no_point")),
         "only a crash point: {v}"
     );
-    let (st, v) =
-        call(c, Method::POST, "/api/v1/machines/m-1/test-failover", tfo, Some(token), "{}").await;
+    let (st, v) = call(
+        c,
+        Method::POST,
+        "/api/v1/machines/11111111-1111-1111-1111-111111111111/test-failover",
+        tfo,
+        Some(token),
+        "{}",
+    )
+    .await;
     assert_eq!((st, v["code"].as_str()), (StatusCode::CONFLICT, Some("no_master_target")), "{v}");
-    let (st, _) =
-        call(c, Method::POST, "/api/v1/machines/m-1/test-failover", tfo, None, "{}").await;
+    let (st, _) = call(
+        c,
+        Method::POST,
+        "/api/v1/machines/11111111-1111-1111-1111-111111111111/test-failover",
+        tfo,
+        None,
+        "{}",
+    )
+    .await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
 }
 
@@ -515,7 +553,10 @@ async fn wrong_identities(s: &Server, c: &Client) {
         assert_eq!(st, StatusCode::UNAUTHORIZED, "{t:?}");
     }
     let (key_pem, csr) = Identity::generate_csr("agent").unwrap();
-    let agent = Identity { cert_pem: s.ca.sign_client_csr(&csr, "m-1", 30).unwrap(), key_pem };
+    let agent = Identity {
+        cert_pem: s.ca.sign_client_csr(&csr, "11111111-1111-1111-1111-111111111111", 30).unwrap(),
+        key_pem,
+    };
     let as_agent = s.client(Some(&agent));
     let (st, _) =
         call(&as_agent, Method::GET, "/api/v1/machines", "/api/v1/machines", None, "").await;
@@ -590,8 +631,16 @@ async fn metrics_and_document(s: &Server, c: &Client, token: &str) {
     let text = String::from_utf8(body.to_vec()).unwrap();
     assert!(text.contains("lifeboat_received_batches_total 3"), "{text}");
     assert!(text.contains("lifeboat_machines 2"), "{text}");
-    assert!(text.contains("lifeboat_points{machine=\"m-1\"} 1"), "{text}");
-    assert!(text.contains("lifeboat_last_point_age_seconds{machine=\"m-1\"}"), "{text}");
+    assert!(
+        text.contains("lifeboat_points{machine=\"11111111-1111-1111-1111-111111111111\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "lifeboat_last_point_age_seconds{machine=\"11111111-1111-1111-1111-111111111111\"}"
+        ),
+        "{text}"
+    );
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let (name, value) = line.rsplit_once(' ').unwrap();
         assert!(value.parse::<f64>().is_ok() && !name.is_empty(), "not a sample: {line}");
@@ -614,9 +663,9 @@ async fn failovers_and_vm_specs() {
     let token = setup_admin(&c, &s.state).await;
     let t = Some(token.as_str());
     s.state.add_passphrase("p").unwrap();
-    s.state.register_machine("p", "m-1", "web01").unwrap();
-    s.state.upsert_disk("m-1", 0, 1 << 30, "/dev/sda").unwrap();
-    s.state.upsert_disk("m-1", 1, 1 << 30, "/dev/sdb").unwrap();
+    s.state.register_machine("p", M1, "web01").unwrap();
+    s.state.upsert_disk(M1, 0, 1 << 30, "/dev/sda").unwrap();
+    s.state.upsert_disk(M1, 1, 1 << 30, "/dev/sdb").unwrap();
     let spec = "/api/v1/machines/{id}/vm-spec";
     let cm = "/api/v1/machines/{id}/commit";
 
@@ -630,24 +679,71 @@ async fn failovers_and_vm_specs() {
 /// [`failovers_and_vm_specs`]: the VM specification before and after the agent's detection.
 async fn vm_spec_defaults_and_detected(s: &Server, c: &Client, t: Option<&str>, spec: &str) {
     // Nothing detected yet: defaults.
-    let (st, v) = call(c, Method::GET, "/api/v1/machines/m-1/vm-spec", spec, t, "").await;
+    let (st, v) = call(
+        c,
+        Method::GET,
+        "/api/v1/machines/11111111-1111-1111-1111-111111111111/vm-spec",
+        spec,
+        t,
+        "",
+    )
+    .await;
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_eq!((v["firmware"].as_str(), v["cpus"].as_u64()), (Some("bios"), Some(2)));
     assert_eq!(v["disks"], serde_json::json!([0, 1]));
     assert!(v["detected"].is_null());
-    let (st, _) = call(c, Method::GET, "/api/v1/machines/m-9/vm-spec", spec, t, "").await;
+    let (st, _) = call(
+        c,
+        Method::GET,
+        "/api/v1/machines/99999999-9999-9999-9999-999999999999/vm-spec",
+        spec,
+        t,
+        "",
+    )
+    .await;
     assert_eq!(st, StatusCode::NOT_FOUND);
-    let (st, _) = call(c, Method::GET, "/api/v1/machines/m-1/vm-spec", spec, None, "").await;
+    // A path id that is not a machine id at all names no machine either.
+    for bad in [
+        "m-1",
+        "11111111-1111-1111-1111-11111111111",
+        "..%2F..",
+        "zz111111-1111-1111-1111-111111111111",
+    ] {
+        let (st, v) =
+            call(c, Method::GET, &format!("/api/v1/machines/{bad}/vm-spec"), spec, t, "").await;
+        assert_eq!(
+            (st, v["code"].as_str()),
+            (StatusCode::NOT_FOUND, Some("unknown_machine")),
+            "{bad}: {v}"
+        );
+    }
+    let (st, _) = call(
+        c,
+        Method::GET,
+        "/api/v1/machines/11111111-1111-1111-1111-111111111111/vm-spec",
+        spec,
+        None,
+        "",
+    )
+    .await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
 
     // What the agent detected.
     s.state
         .set_machine_facts(
-            "m-1",
+            M1,
             r#"{"firmware":"uefi","cpus":8,"memory_mib":16384,"nics":[{"name":"eth0","mac":"52:54:00:aa:bb:cc","addresses":["10.1.2.3/24"]}]}"#,
         )
         .unwrap();
-    let (_, v) = call(c, Method::GET, "/api/v1/machines/m-1/vm-spec", spec, t, "").await;
+    let (_, v) = call(
+        c,
+        Method::GET,
+        "/api/v1/machines/11111111-1111-1111-1111-111111111111/vm-spec",
+        spec,
+        t,
+        "",
+    )
+    .await;
     assert_eq!((v["firmware"].as_str(), v["cpus"].as_u64()), (Some("uefi"), Some(8)), "{v}");
     assert_eq!(v["nics"][0]["network"], "default");
     assert_eq!(v["nics"][0]["mac"], "52:54:00:aa:bb:cc");
@@ -676,14 +772,38 @@ async fn vm_spec_settings(s: &Server, c: &Client, t: Option<&str>, spec: &str) {
         (r#"{"cores":4}"#, "cores"),
         ("[]", ""),
     ] {
-        let (st, v) = call(c, Method::PUT, "/api/v1/machines/m-1/vm-spec", spec, t, body).await;
+        let (st, v) = call(
+            c,
+            Method::PUT,
+            "/api/v1/machines/11111111-1111-1111-1111-111111111111/vm-spec",
+            spec,
+            t,
+            body,
+        )
+        .await;
         assert_eq!(st, StatusCode::BAD_REQUEST, "{body}: {v}");
         assert!(v["error"].as_str().unwrap().contains(field), "{body}: {v}");
     }
-    assert!(s.state.vm_settings("m-1").unwrap().is_none());
-    let (st, _) = call(c, Method::PUT, "/api/v1/machines/m-1/vm-spec", spec, None, "{}").await;
+    assert!(s.state.vm_settings(M1).unwrap().is_none());
+    let (st, _) = call(
+        c,
+        Method::PUT,
+        "/api/v1/machines/11111111-1111-1111-1111-111111111111/vm-spec",
+        spec,
+        None,
+        "{}",
+    )
+    .await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
-    let (st, _) = call(c, Method::PUT, "/api/v1/machines/m-9/vm-spec", spec, t, "{}").await;
+    let (st, _) = call(
+        c,
+        Method::PUT,
+        "/api/v1/machines/99999999-9999-9999-9999-999999999999/vm-spec",
+        spec,
+        t,
+        "{}",
+    )
+    .await;
     assert_eq!(st, StatusCode::NOT_FOUND);
 
     // Good settings: over the detected values; the boot disk goes first; an interface keeps
@@ -691,7 +811,7 @@ async fn vm_spec_settings(s: &Server, c: &Client, t: Option<&str>, spec: &str) {
     let (st, v) = call(
         c,
         Method::PUT,
-        "/api/v1/machines/m-1/vm-spec",
+        "/api/v1/machines/11111111-1111-1111-1111-111111111111/vm-spec",
         spec,
         t,
         r#"{"firmware":"bios","memory_mib":4096,"boot_disk":1,
@@ -716,41 +836,112 @@ async fn failover_and_commit_checks(s: &Server, c: &Client, t: Option<&str>, cm:
     assert_eq!((st, v["failovers"].as_array().map(Vec::len)), (StatusCode::OK, Some(0)));
     let (st, _) = call(c, Method::GET, "/api/v1/failovers", "/api/v1/failovers", None, "").await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
-    let (st, v) = call(c, Method::POST, "/api/v1/machines/m-1/failover", fo, t, "{}").await;
+    let (st, v) = call(
+        c,
+        Method::POST,
+        "/api/v1/machines/11111111-1111-1111-1111-111111111111/failover",
+        fo,
+        t,
+        "{}",
+    )
+    .await;
     assert_eq!((st, v["code"].as_str()), (StatusCode::NOT_FOUND, Some("no_point")), "{v}");
     for (body, code) in [
         (r#"{"point":"latest-processed"}"#, "no_point"),
         (r#"{"point":"latest-group"}"#, "no_point"),
-        (r#"{"point":"m-1-p9"}"#, "unknown_point"),
+        (r#"{"point":"11111111-1111-1111-1111-111111111111-p9"}"#, "unknown_point"),
     ] {
-        let (st, v) = call(c, Method::POST, "/api/v1/machines/m-1/failover", fo, t, body).await;
+        let (st, v) = call(
+            c,
+            Method::POST,
+            "/api/v1/machines/11111111-1111-1111-1111-111111111111/failover",
+            fo,
+            t,
+            body,
+        )
+        .await;
         assert_eq!((st, v["code"].as_str()), (StatusCode::NOT_FOUND, Some(code)), "{body}: {v}");
     }
-    let (st, _) =
-        call(c, Method::POST, "/api/v1/machines/m-1/failover", fo, t, r#"{"point":1}"#).await;
+    let (st, _) = call(
+        c,
+        Method::POST,
+        "/api/v1/machines/11111111-1111-1111-1111-111111111111/failover",
+        fo,
+        t,
+        r#"{"point":1}"#,
+    )
+    .await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
-    let (st, _) = call(c, Method::POST, "/api/v1/machines/m-9/failover", fo, t, "{}").await;
+    let (st, _) = call(
+        c,
+        Method::POST,
+        "/api/v1/machines/99999999-9999-9999-9999-999999999999/failover",
+        fo,
+        t,
+        "{}",
+    )
+    .await;
     assert_eq!(st, StatusCode::NOT_FOUND);
-    let (st, _) = call(c, Method::POST, "/api/v1/machines/m-1/failover", fo, None, "{}").await;
+    let (st, _) = call(
+        c,
+        Method::POST,
+        "/api/v1/machines/11111111-1111-1111-1111-111111111111/failover",
+        fo,
+        None,
+        "{}",
+    )
+    .await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
     s.state
         .add_point(&lifeboat_appliance::store::PointRow {
-            id: "m-1-p1".into(),
-            machine_id: "m-1".into(),
+            id: "11111111-1111-1111-1111-111111111111-p1".into(),
+            machine_id: M1,
             point: 1,
             kind: lifeboat_api::PointKind::App,
             created_unix_ms: 1,
             disks: vec![0, 1],
         })
         .unwrap();
-    let (st, v) = call(c, Method::POST, "/api/v1/machines/m-1/failover", fo, t, "{}").await;
+    let (st, v) = call(
+        c,
+        Method::POST,
+        "/api/v1/machines/11111111-1111-1111-1111-111111111111/failover",
+        fo,
+        t,
+        "{}",
+    )
+    .await;
     assert_eq!((st, v["code"].as_str()), (StatusCode::CONFLICT, Some("no_master_target")), "{v}");
-    let (st, v) = call(c, Method::POST, "/api/v1/machines/m-1/commit", cm, t, "").await;
+    let (st, v) = call(
+        c,
+        Method::POST,
+        "/api/v1/machines/11111111-1111-1111-1111-111111111111/commit",
+        cm,
+        t,
+        "",
+    )
+    .await;
     assert_eq!((st, v["code"].as_str()), (StatusCode::CONFLICT, Some("failover_state")), "{v}");
     assert!(v["error"].as_str().unwrap().contains("protected"), "{v}");
-    let (st, _) = call(c, Method::POST, "/api/v1/machines/m-9/commit", cm, t, "").await;
+    let (st, _) = call(
+        c,
+        Method::POST,
+        "/api/v1/machines/99999999-9999-9999-9999-999999999999/commit",
+        cm,
+        t,
+        "",
+    )
+    .await;
     assert_eq!(st, StatusCode::NOT_FOUND);
-    let (st, _) = call(c, Method::POST, "/api/v1/machines/m-1/commit", cm, None, "").await;
+    let (st, _) = call(
+        c,
+        Method::POST,
+        "/api/v1/machines/11111111-1111-1111-1111-111111111111/commit",
+        cm,
+        None,
+        "",
+    )
+    .await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
 }
 
@@ -758,38 +949,55 @@ async fn failover_and_commit_checks(s: &Server, c: &Client, t: Option<&str>, cm:
 async fn failover_under_way_reprotect_failback(s: &Server, c: &Client, t: Option<&str>, cm: &str) {
     // A failover under way (as a master target's appliance records it) is listed, shows in
     // the machine's state, and blocks a second one and a commit.
-    assert!(s.state.start_failover("m-1", lifeboat_api::JobId(42)).unwrap());
+    assert!(s.state.start_failover(M1, lifeboat_api::JobId(42)).unwrap());
     assert!(
-        !s.state.start_failover("m-1", lifeboat_api::JobId(43)).unwrap(),
+        !s.state.start_failover(M1, lifeboat_api::JobId(43)).unwrap(),
         "one failover at a time"
     );
     let (_, v) = call(c, Method::GET, "/api/v1/machines", "/api/v1/machines", t, "").await;
     assert_eq!(v["machines"][0]["state"], "failing-over", "{v}");
-    let (st, v) = call(c, Method::POST, "/api/v1/machines/m-1/commit", cm, t, "").await;
+    let (st, v) = call(
+        c,
+        Method::POST,
+        "/api/v1/machines/11111111-1111-1111-1111-111111111111/commit",
+        cm,
+        t,
+        "",
+    )
+    .await;
     assert_eq!((st, v["code"].as_str()), (StatusCode::CONFLICT, Some("failover_state")), "{v}");
     s.state
         .set_failover(
-            "m-1",
+            M1,
             lifeboat_api::FailoverState::FailedOver,
-            Some("m-1-p1"),
-            Some("fo-m-1"),
-            &["fo42-m-1-d1".into()],
+            Some("11111111-1111-1111-1111-111111111111-p1"),
+            Some("fo-11111111-1111-1111-1111-111111111111"),
+            &["fo42-11111111-1111-1111-1111-111111111111-d1".into()],
         )
         .unwrap();
     let (st, v) = call(c, Method::GET, "/api/v1/failovers", "/api/v1/failovers", t, "").await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(v["failovers"][0]["state"], "failed-over", "{v}");
     assert_eq!(v["failovers"][0]["job"], 42);
-    assert_eq!(v["failovers"][0]["disks"][0], "fo42-m-1-d1");
-    let (st, v) = call(c, Method::POST, "/api/v1/machines/m-1/commit", cm, t, "").await;
+    assert_eq!(v["failovers"][0]["disks"][0], "fo42-11111111-1111-1111-1111-111111111111-d1");
+    let (st, v) = call(
+        c,
+        Method::POST,
+        "/api/v1/machines/11111111-1111-1111-1111-111111111111/commit",
+        cm,
+        t,
+        "",
+    )
+    .await;
     assert_eq!((st, v["code"].as_str()), (StatusCode::CONFLICT, Some("no_master_target")), "{v}");
     // Reprotect and failback: identity, unknown machines, and (with no master target here)
     // nothing started.
     let rp = "/api/v1/machines/{id}/reprotect";
     let fb = "/api/v1/machines/{id}/failback";
-    for (path, template) in
-        [("/api/v1/machines/m-1/reprotect", rp), ("/api/v1/machines/m-1/failback", fb)]
-    {
+    for (path, template) in [
+        ("/api/v1/machines/11111111-1111-1111-1111-111111111111/reprotect", rp),
+        ("/api/v1/machines/11111111-1111-1111-1111-111111111111/failback", fb),
+    ] {
         let (st, _) = call(c, Method::POST, path, template, None, "").await;
         assert_eq!(st, StatusCode::UNAUTHORIZED);
         let (st, v) = call(c, Method::POST, path, template, t, "").await;
@@ -798,25 +1006,25 @@ async fn failover_under_way_reprotect_failback(s: &Server, c: &Client, t: Option
             (StatusCode::CONFLICT, Some("no_master_target")),
             "{v}"
         );
-        let bad = path.replace("m-1", "m-9");
+        let bad = path.replace(
+            "11111111-1111-1111-1111-111111111111",
+            "99999999-9999-9999-9999-999999999999",
+        );
         let (st, _) = call(c, Method::POST, &bad, template, t, "").await;
         assert_eq!(st, StatusCode::NOT_FOUND);
     }
-    assert_eq!(
-        s.state.failover_state("m-1").unwrap(),
-        Some(lifeboat_api::FailoverState::FailedOver)
-    );
+    assert_eq!(s.state.failover_state(M1).unwrap(), Some(lifeboat_api::FailoverState::FailedOver));
     s.state
         .set_failover(
-            "m-1",
+            M1,
             lifeboat_api::FailoverState::Committed,
-            Some("m-1-p1"),
-            Some("fo-m-1"),
+            Some("11111111-1111-1111-1111-111111111111-p1"),
+            Some("fo-11111111-1111-1111-1111-111111111111"),
             &[],
         )
         .unwrap();
     assert!(
-        !s.state.start_failover("m-1", lifeboat_api::JobId(44)).unwrap(),
+        !s.state.start_failover(M1, lifeboat_api::JobId(44)).unwrap(),
         "a committed failover stays"
     );
     let (_, v) = call(c, Method::GET, "/api/v1/failovers", "/api/v1/failovers", t, "").await;
@@ -864,7 +1072,7 @@ async fn policies_and_alerts() {
     let token = setup_admin(&c, &s.state).await;
     let t = Some(token.as_str());
     s.state.add_passphrase("p").unwrap();
-    s.state.register_machine("p", "m-1", "web01").unwrap();
+    s.state.register_machine("p", M1, "web01").unwrap();
     let pl = "/api/v1/policies";
     let one = "/api/v1/policies/{name}";
     let mp = "/api/v1/machines/{id}/policy";
@@ -873,7 +1081,7 @@ async fn policies_and_alerts() {
     assert_eq!(st, StatusCode::OK);
     assert_eq!(v["policies"][0]["name"], "default");
     assert_eq!(v["policies"][0]["policy"]["rpo_warning_secs"], 900);
-    assert_eq!(v["policies"][0]["machines"][0], "m-1");
+    assert_eq!(v["policies"][0]["machines"][0], "11111111-1111-1111-1111-111111111111");
     let (st, _) = call(&c, Method::GET, pl, pl, None, "").await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
 
@@ -909,18 +1117,45 @@ async fn policies_and_alerts() {
     assert_eq!(v["policies"][1]["policy"]["silent_secs"], 900, "defaults fill what is left out");
 
     // Assigning: unknown policy or machine refused; then the machine shows it.
-    let (st, v) =
-        call(&c, Method::PUT, "/api/v1/machines/m-1/policy", mp, t, r#"{"policy":"silver"}"#).await;
+    let (st, v) = call(
+        &c,
+        Method::PUT,
+        "/api/v1/machines/11111111-1111-1111-1111-111111111111/policy",
+        mp,
+        t,
+        r#"{"policy":"silver"}"#,
+    )
+    .await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
-    let (st, _) =
-        call(&c, Method::PUT, "/api/v1/machines/m-9/policy", mp, t, r#"{"policy":"gold"}"#).await;
+    let (st, _) = call(
+        &c,
+        Method::PUT,
+        "/api/v1/machines/99999999-9999-9999-9999-999999999999/policy",
+        mp,
+        t,
+        r#"{"policy":"gold"}"#,
+    )
+    .await;
     assert_eq!(st, StatusCode::NOT_FOUND);
-    let (st, _) =
-        call(&c, Method::PUT, "/api/v1/machines/m-1/policy", mp, None, r#"{"policy":"gold"}"#)
-            .await;
+    let (st, _) = call(
+        &c,
+        Method::PUT,
+        "/api/v1/machines/11111111-1111-1111-1111-111111111111/policy",
+        mp,
+        None,
+        r#"{"policy":"gold"}"#,
+    )
+    .await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
-    let (st, v) =
-        call(&c, Method::PUT, "/api/v1/machines/m-1/policy", mp, t, r#"{"policy":"gold"}"#).await;
+    let (st, v) = call(
+        &c,
+        Method::PUT,
+        "/api/v1/machines/11111111-1111-1111-1111-111111111111/policy",
+        mp,
+        t,
+        r#"{"policy":"gold"}"#,
+    )
+    .await;
     assert_eq!(st, StatusCode::OK, "{v}");
     let (_, v) = call(&c, Method::GET, "/api/v1/machines", "/api/v1/machines", t, "").await;
     assert_eq!(v["machines"][0]["policy"], "gold");
@@ -942,8 +1177,8 @@ async fn policies_and_alerts() {
     assert_eq!((st, v["alerts"].as_array().unwrap().len()), (StatusCode::OK, 0), "{v}");
     s.state
         .add_point(&lifeboat_appliance::store::PointRow {
-            id: "m-1-p1".into(),
-            machine_id: "m-1".into(),
+            id: "11111111-1111-1111-1111-111111111111-p1".into(),
+            machine_id: M1,
             point: 1,
             kind: lifeboat_api::PointKind::Crash,
             created_unix_ms: lifeboat_appliance::store::now_ms() - 300_000,
@@ -953,10 +1188,10 @@ async fn policies_and_alerts() {
     let (_, v) = call(&c, Method::GET, al, al, t, "").await;
     assert_eq!(v["alerts"][0]["kind"], "rpo", "{v}");
     assert_eq!(v["alerts"][0]["severity"], "critical", "{v}");
-    assert_eq!(v["alerts"][0]["machine_id"], "m-1", "{v}");
-    s.state.upsert_disk("m-1", 0, 1 << 20, "/dev/sda").unwrap();
-    s.state.set_received_next("m-1", 0, 4).unwrap();
-    s.state.set_applied("m-1", 0, 1, None).unwrap();
+    assert_eq!(v["alerts"][0]["machine_id"], "11111111-1111-1111-1111-111111111111", "{v}");
+    s.state.upsert_disk(M1, 0, 1 << 20, "/dev/sda").unwrap();
+    s.state.set_received_next(M1, 0, 4).unwrap();
+    s.state.set_applied(M1, 0, 1, None).unwrap();
     let (_, v) = call(&c, Method::GET, "/api/v1/machines", "/api/v1/machines", t, "").await;
     assert!(v["machines"][0]["rpo_secs"].as_u64().unwrap() >= 300, "{v}");
     assert_eq!(v["machines"][0]["backlog_batches"], 3, "{v}");
@@ -968,7 +1203,7 @@ async fn policies_and_alerts() {
         total_bytes: 2,
         sent_bytes: 0,
     };
-    s.state.set_progress("m-1", &resync).unwrap();
+    s.state.set_progress(M1, &resync).unwrap();
     let (_, v) = call(&c, Method::GET, "/api/v1/machines", "/api/v1/machines", t, "").await;
     assert_eq!(v["machines"][0]["state"], "resyncing", "{v}");
     assert_eq!(v["machines"][0]["health"], "critical", "{v}");
@@ -983,14 +1218,17 @@ async fn recovery_plans() {
     let token = setup_admin(&c, &s.state).await;
     let t = Some(token.as_str());
     s.state.add_passphrase("p").unwrap();
-    s.state.register_machine("p", "m-1", "web01").unwrap();
+    s.state.register_machine("p", M1, "web01").unwrap();
     let (pl, one, run) = ("/api/v1/plans", "/api/v1/plans/{name}", "/api/v1/plans/{name}/run");
     let (st, v) = call(&c, Method::GET, pl, pl, t, "").await;
     assert_eq!((st, v["plans"].as_array().map(Vec::len)), (StatusCode::OK, Some(0)));
     let (st, _) = call(&c, Method::GET, pl, pl, None, "").await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
     for (body, field) in [
-        (r#"{"groups":[{"machines":["m-9"]}]}"#, "m-9"),
+        (
+            r#"{"groups":[{"machines":["99999999-9999-9999-9999-999999999999"]}]}"#,
+            "99999999-9999-9999-9999-999999999999",
+        ),
         (r#"{"groups":[{"pre":[{"script":"notify"}]}]}"#, "notify"),
         (r#"{"groups":[{"pre":[{"plugin":"log-action"}]}]}"#, "log-action"),
         (r#"{"groups":[{"pre":[{}]}]}"#, "exactly one"),
@@ -1001,7 +1239,7 @@ async fn recovery_plans() {
         assert_eq!(st, StatusCode::BAD_REQUEST, "{body}: {v}");
         assert!(v["error"].as_str().unwrap().contains(field), "{body}: {v}");
     }
-    let good = r#"{"groups":[{"machines":["m-1"],"pre":[{"manual":"check"}]}]}"#;
+    let good = r#"{"groups":[{"machines":["11111111-1111-1111-1111-111111111111"],"pre":[{"manual":"check"}]}]}"#;
     let (st, _) = call(&c, Method::PUT, "/api/v1/plans/web", one, None, good).await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
     let (st, v) = call(&c, Method::PUT, "/api/v1/plans/web", one, t, good).await;
@@ -1040,21 +1278,21 @@ async fn recovery_plans() {
     let (st, _) = call(&c, Method::GET, "/api/v1/plugins", "/api/v1/plugins", None, "").await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
     s.state.add_passphrase("q").unwrap();
-    s.state.register_machine("q", "m-2", "db01").unwrap();
-    s.state.add_group_point("shop", 3, &["m-1".into(), "m-2".into()]).unwrap();
+    s.state.register_machine("q", M2, "db01").unwrap();
+    s.state.add_group_point("shop", 3, &[M1, M2]).unwrap();
     // A group point counts once every member reported it (issue 11, finding 6).
-    for m in ["m-1", "m-2"] {
+    for m in [M1, M2] {
         s.state.add_member_point("shop", m, 3).unwrap();
     }
-    for m in ["m-1", "m-2"] {
-        if m == "m-2" {
+    for m in [M1, M2] {
+        if m == M2 {
             let (_, v) = call(&c, Method::GET, "/api/v1/groups", "/api/v1/groups", t, "").await;
             assert_eq!(v["groups"][0]["points"][0]["complete"], false, "{v}");
         }
         s.state
             .add_point(&lifeboat_appliance::store::PointRow {
                 id: format!("{m}-p3"),
-                machine_id: m.into(),
+                machine_id: m,
                 point: 3,
                 kind: lifeboat_api::PointKind::Crash,
                 created_unix_ms: 1,
@@ -1066,12 +1304,21 @@ async fn recovery_plans() {
     assert_eq!(st, StatusCode::OK);
     assert_eq!(v["groups"][0]["name"], "shop");
     assert_eq!(v["groups"][0]["points"][0]["complete"], true, "{v}");
-    assert_eq!(v["groups"][0]["points"][0]["point_ids"][1], "m-2-p3");
+    assert_eq!(
+        v["groups"][0]["points"][0]["point_ids"][1],
+        "22222222-2222-2222-2222-222222222222-p3"
+    );
     let (_, v) = call(&c, Method::GET, "/api/v1/machines", "/api/v1/machines", t, "").await;
     assert_eq!(v["machines"][0]["groups"][0], "shop", "{v}");
-    let (_, v) =
-        call(&c, Method::GET, "/api/v1/machines/m-2/points", "/api/v1/machines/{id}/points", t, "")
-            .await;
+    let (_, v) = call(
+        &c,
+        Method::GET,
+        "/api/v1/machines/22222222-2222-2222-2222-222222222222/points",
+        "/api/v1/machines/{id}/points",
+        t,
+        "",
+    )
+    .await;
     assert_eq!(v["points"][0]["groups"][0], "shop", "a group point says so: {v}");
 
     // The CAs: status for administrators only; a rotation body is checked.
@@ -1105,7 +1352,7 @@ async fn consistency_groups_are_defined_by_the_administrator() {
     let s = start().await;
     let c = s.client(None);
     let token = setup_admin(&c, &s.state).await;
-    for (p, m) in [("p1", "m-a"), ("p2", "m-b"), ("p3", "m-c")] {
+    for (p, m) in [("p1", MA), ("p2", MB), ("p3", MC)] {
         s.state.add_passphrase(p).unwrap();
         s.state.register_machine(p, m, "host").unwrap();
     }
@@ -1115,15 +1362,21 @@ async fn consistency_groups_are_defined_by_the_administrator() {
         let token = &token;
         async move { call(c, Method::PUT, "/api/v1/groups/erp", t, Some(token), body).await }
     };
-    let (st, v) = put(r#"{"coordinator":"m-a","members":["m-a","m-b"]}"#).await;
+    let (st, v) = put(r#"{"coordinator":"aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa","members":["aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa","bbbbbbbb-bbbb-bbbb-bbbb-bbbbbbbbbbbb"]}"#).await;
     assert_eq!(st, StatusCode::OK, "{v}");
-    assert_eq!(v["groups"][0]["coordinator"], "m-a");
-    assert_eq!(v["groups"][0]["members"], serde_json::json!(["m-a", "m-b"]));
+    assert_eq!(v["groups"][0]["coordinator"], "aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa");
+    assert_eq!(
+        v["groups"][0]["members"],
+        serde_json::json!([
+            "aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa",
+            "bbbbbbbb-bbbb-bbbb-bbbb-bbbbbbbbbbbb"
+        ])
+    );
     for bad in [
-        r#"{"coordinator":"m-c","members":["m-a","m-b"]}"#,
-        r#"{"coordinator":"m-a","members":["m-a"]}"#,
-        r#"{"coordinator":"m-a","members":["m-a","m-x"]}"#,
-        r#"{"coordinator":"m-a","members":["m-a","m-b"],"extra":1}"#,
+        r#"{"coordinator":"cccccccc-cccc-cccc-cccc-cccccccccccc","members":["aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa","bbbbbbbb-bbbb-bbbb-bbbb-bbbbbbbbbbbb"]}"#,
+        r#"{"coordinator":"aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa","members":["aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa"]}"#,
+        r#"{"coordinator":"aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa","members":["aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa","eeeeeeee-eeee-eeee-eeee-eeeeeeeeeeee"]}"#,
+        r#"{"coordinator":"aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa","members":["aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa","bbbbbbbb-bbbb-bbbb-bbbb-bbbbbbbbbbbb"],"extra":1}"#,
     ] {
         let (st, v) = put(bad).await;
         assert_eq!(st, StatusCode::BAD_REQUEST, "{bad}: {v}");
@@ -1134,7 +1387,7 @@ async fn consistency_groups_are_defined_by_the_administrator() {
         "/api/v1/groups/crm",
         t,
         Some(&token),
-        r#"{"coordinator":"m-c","members":["m-c","m-b"]}"#,
+        r#"{"coordinator":"cccccccc-cccc-cccc-cccc-cccccccccccc","members":["cccccccc-cccc-cccc-cccc-cccccccccccc","bbbbbbbb-bbbb-bbbb-bbbb-bbbbbbbbbbbb"]}"#,
     )
     .await;
     assert_eq!((st, v["code"].as_str()), (StatusCode::CONFLICT, Some("in_another_group")), "{v}");

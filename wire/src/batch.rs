@@ -60,6 +60,21 @@ impl std::str::FromStr for MachineId {
     }
 }
 
+/// Stored as the hyphenated text that `Display` prints, so the database stays readable.
+#[cfg(feature = "rusqlite")]
+impl rusqlite::types::ToSql for MachineId {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(self.to_string().into())
+    }
+}
+
+#[cfg(feature = "rusqlite")]
+impl rusqlite::types::FromSql for MachineId {
+    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        v.as_str()?.parse().map_err(|e: String| rusqlite::types::FromSqlError::Other(e.into()))
+    }
+}
+
 impl From<[u8; 16]> for MachineId {
     fn from(bytes: [u8; 16]) -> Self {
         Self(bytes)

@@ -21,12 +21,18 @@
 //! directory is renamed away before `ca-next` takes its place; a missing `ca` with a
 //! `ca-next` present is that moment).
 
+use lifeboat_wire::MachineId;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use lifeboat_net::{Ca, ClientAuth, Identity, TlsSource};
 
 use crate::store::{State, StateError};
+
+/// Machine ids for a message, comma-separated.
+fn list(ids: &[MachineId]) -> String {
+    ids.iter().map(MachineId::to_string).collect::<Vec<_>>().join(", ")
+}
 
 /// Days an agent certificate is valid.
 pub const AGENT_CERT_DAYS: u32 = 825;
@@ -35,11 +41,11 @@ pub const AGENT_CERT_DAYS: u32 = 825;
 #[derive(Debug, thiserror::Error)]
 pub enum RotateError {
     /// Machines still hold certificates of the retiring CA.
-    #[error("{} machine(s) still use a certificate from the retiring CA ({}); wait for their agents to renew, revoke them, or force", .0.len(), .0.join(", "))]
-    NotRenewed(Vec<String>),
+    #[error("{} machine(s) still use a certificate from the retiring CA ({}); wait for their agents to renew, revoke them, or force", .0.len(), list(.0))]
+    NotRenewed(Vec<MachineId>),
     /// Machines have not fetched the trust bundle with the new CA yet.
-    #[error("{} machine(s) have not fetched the new CA yet ({}); promoting it now would lock them out: wait for their agents' next check (trust_check_secs), revoke them, or force", .0.len(), .0.join(", "))]
-    NotIntroduced(Vec<String>),
+    #[error("{} machine(s) have not fetched the new CA yet ({}); promoting it now would lock them out: wait for their agents' next check (trust_check_secs), revoke them, or force", .0.len(), list(.0))]
+    NotIntroduced(Vec<MachineId>),
     /// Files, certificates, the state store.
     #[error(transparent)]
     Pki(#[from] PkiError),
@@ -241,10 +247,10 @@ impl Pki {
         &self,
         state: &State,
         csr_pem: &str,
-        machine: &str,
+        machine: MachineId,
     ) -> Result<String, PkiError> {
         let ca = self.active();
-        let cert = ca.sign_client_csr(csr_pem, machine, AGENT_CERT_DAYS)?;
+        let cert = ca.sign_client_csr(csr_pem, &machine.to_string(), AGENT_CERT_DAYS)?;
         record_cert(state, machine, &cert, ca.fingerprint())?;
         Ok(cert)
     }
@@ -264,8 +270,8 @@ impl Pki {
                 let bundle = bundle_sha(&self.bundle_pem());
                 let mut behind = Vec::new();
                 for (id, _, _) in state.machines()? {
-                    if !state.is_revoked(&id)?
-                        && state.machine_trust(&id)?.as_deref() != Some(bundle.as_str())
+                    if !state.is_revoked(id)?
+                        && state.machine_trust(id)?.as_deref() != Some(bundle.as_str())
                     {
                         behind.push(id);
                     }
@@ -294,12 +300,12 @@ impl Pki {
                 let active = self.active();
                 let mut behind = Vec::new();
                 for (id, _, _) in state.machines()? {
-                    if state.is_revoked(&id)? {
+                    if state.is_revoked(id)? {
                         continue;
                     }
                     // On the active CA, and seen using that certificate (the previous
                     // one is dropped once the new one is presented).
-                    let (ca, _, prev) = state.machine_certs(&id)?;
+                    let (ca, _, prev) = state.machine_certs(id)?;
                     if ca.as_deref() != Some(active.fingerprint()) || prev.is_some() {
                         behind.push(id);
                     }
@@ -327,7 +333,7 @@ impl Pki {
 /// Records `cert_pem` (signed by the CA `ca_fingerprint`) as the machine's certificate.
 pub fn record_cert(
     state: &State,
-    machine: &str,
+    machine: MachineId,
     cert_pem: &str,
     ca_fingerprint: &str,
 ) -> Result<(), PkiError> {
@@ -354,7 +360,7 @@ pub fn bundle_sha(pem: &str) -> String {
 pub fn check_presented(
     state: &State,
     pki: &Pki,
-    machine: &str,
+    machine: MachineId,
     der: &[u8],
 ) -> Result<Result<(), String>, StateError> {
     let presented = lifeboat_net::ca::fingerprint_der(der);
@@ -387,7 +393,7 @@ pub fn check_presented(
 pub fn renew_reason(
     state: &State,
     pki: &Pki,
-    machine: &str,
+    machine: MachineId,
     der: &[u8],
 ) -> Result<Option<String>, StateError> {
     let (ca, sha) = state.machine_cert(machine)?;

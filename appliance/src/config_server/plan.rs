@@ -9,6 +9,7 @@
 //! that fails, a machine that does not fail over), saying which; what was done before
 //! stays (test failovers to clean up, failovers to commit or fail over again).
 
+use lifeboat_wire::MachineId;
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -84,7 +85,10 @@ impl Plans {
         plan.check()?;
         for (i, g) in plan.groups.iter().enumerate() {
             for (j, m) in g.machines.iter().enumerate() {
-                if !state.machine_exists(m).map_err(|e| e.to_string())? {
+                let Ok(id) = m.parse::<MachineId>() else {
+                    return Err(format!("groups[{i}].machines[{j}]: {m:?} is not a machine id"));
+                };
+                if !state.machine_exists(id).map_err(|e| e.to_string())? {
                     return Err(format!("groups[{i}].machines[{j}]: no machine {m:?}"));
                 }
             }
@@ -167,17 +171,18 @@ impl Plans {
         let n = plan.groups.len();
         for (gi, g) in plan.groups.iter().enumerate() {
             let progress = |part: f64| (gi as f64 + part) / n as f64;
-            let hostname = |m: &str| -> String {
+            let ids =
+                g.machines.iter().map(|m| m.parse::<MachineId>()).collect::<Result<Vec<_>, _>>()?;
+            let hostname = |m: MachineId| -> String {
                 f.state
                     .machines()
                     .ok()
                     .and_then(|all| all.into_iter().find(|x| x.0 == m).map(|x| x.1))
                     .unwrap_or_default()
             };
-            let mut machines: Vec<PlanMachine> = g
-                .machines
+            let mut machines: Vec<PlanMachine> = ids
                 .iter()
-                .map(|m| PlanMachine { id: m.clone(), hostname: hostname(m), vm: None })
+                .map(|&m| PlanMachine { id: m.to_string(), hostname: hostname(m), vm: None })
                 .collect();
             for a in &g.pre {
                 let _ =
@@ -191,7 +196,7 @@ impl Plans {
                 &format!("group {gi}: {} machine(s)", g.machines.len()),
             );
             let mut children = Vec::new();
-            for m in &g.machines {
+            for &m in &ids {
                 let child = f
                     .state
                     .create_job(kind, Some(m), &format!("{mode} by plan {name} (job {job})"))
@@ -209,9 +214,9 @@ impl Plans {
                         "group {gi}: machine {m} cannot fail over now (failing over already, or committed)"
                     ));
                 }
-                let (f2, m2, c2, mode2) = (f.clone(), m.clone(), choice.clone(), mode.to_owned());
+                let (f2, m2, c2, mode2) = (f.clone(), m, choice.clone(), mode.to_owned());
                 children.push((
-                    m.clone(),
+                    m,
                     child,
                     tokio::spawn(async move {
                         if mode2 == "failover" {
@@ -236,7 +241,7 @@ impl Plans {
                     "group {gi}: {m} ready, VM {} (job {child})",
                     vm.as_deref().unwrap_or("?")
                 ));
-                if let Some(pm) = machines.iter_mut().find(|x| x.id == m) {
+                if let Some(pm) = machines.iter_mut().find(|x| x.id == m.to_string()) {
                     pm.vm = vm;
                 }
             }

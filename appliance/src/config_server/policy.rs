@@ -15,6 +15,7 @@
 use lifeboat_api::Alert;
 #[cfg(test)]
 use lifeboat_api::Policy;
+use lifeboat_wire::MachineId;
 
 use crate::store::{State, StateError, now_ms};
 
@@ -96,7 +97,7 @@ impl Found {
         &mut self,
         kind: &str,
         critical: bool,
-        machine: Option<&str>,
+        machine: Option<MachineId>,
         message: String,
         value: f64,
         threshold: f64,
@@ -104,7 +105,7 @@ impl Found {
         self.0.push(Alert {
             kind: kind.into(),
             severity: if critical { "critical" } else { "warning" }.into(),
-            machine_id: machine.map(str::to_owned),
+            machine_id: machine.map(|m| m.to_string()),
             message,
             value,
             threshold,
@@ -117,10 +118,10 @@ pub fn alerts(state: &State) -> Result<Vec<Alert>, StateError> {
     let now = now_ms();
     let mut found = Found(Vec::new());
     for (id, hostname, _) in state.machines()? {
-        if state.is_revoked(&id)? || state.failover_state(&id)?.is_some() {
+        if state.is_revoked(id)? || state.failover_state(id)?.is_some() {
             continue; // not replicating: no RPO to keep
         }
-        machine_alerts(state, now, &id, &hostname, &mut found)?;
+        machine_alerts(state, now, id, &hostname, &mut found)?;
     }
     appliance_alerts(state, now, &mut found)?;
     disk_and_role_alerts(state, now, &mut found)?;
@@ -133,7 +134,7 @@ pub fn alerts(state: &State) -> Result<Vec<Alert>, StateError> {
 fn machine_alerts(
     state: &State,
     now: u64,
-    id: &str,
+    id: MachineId,
     hostname: &str,
     found: &mut Found,
 ) -> Result<(), StateError> {
@@ -262,13 +263,13 @@ fn appliance_alerts(state: &State, now: u64, found: &mut Found) -> Result<(), St
 /// refused plugins, and a master target whose passes fail.
 fn disk_and_role_alerts(state: &State, now: u64, found: &mut Found) -> Result<(), StateError> {
     for a in state.disk_alerts()? {
-        if state.is_revoked(&a.machine_id)? {
+        if state.is_revoked(a.machine_id)? {
             continue;
         }
         found.add(
             a.kind.as_str(),
             true,
-            Some(&a.machine_id),
+            Some(a.machine_id),
             format!("disk {} of machine {}: {}", a.disk, a.machine_id, a.message),
             now.saturating_sub(a.since_unix_ms) as f64 / 1000.0,
             0.0,
@@ -300,6 +301,8 @@ fn disk_and_role_alerts(state: &State, now: u64, found: &mut Found) -> Result<()
 mod tests {
     use super::*;
 
+    const M1: MachineId = MachineId([1; 16]);
+
     #[test]
     fn cpu_and_memory_are_parsed() {
         assert_eq!(cpu_times("cpu  10 0 10 70 10 0 0 0 0 0\ncpu0 1 2\n"), Some((20, 100)));
@@ -314,10 +317,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let s = State::open(&d.path().join("state.db")).unwrap();
         s.add_passphrase("p").unwrap();
-        s.register_machine("p", "m-1", "web01").unwrap();
+        s.register_machine("p", M1, "web01").unwrap();
         s.add_point(&crate::store::PointRow {
             id: "m-1-p1".into(),
-            machine_id: "m-1".into(),
+            machine_id: M1,
             point: 1,
             kind: lifeboat_api::PointKind::Crash,
             created_unix_ms: now_ms() - 1_000_000,
@@ -328,7 +331,7 @@ mod tests {
         assert_eq!((a[0].kind.as_str(), a[0].severity.as_str()), ("rpo", "warning"), "{a:?}");
         let strict = Policy { rpo_warning_secs: 60, rpo_critical_secs: 600, ..Policy::default() };
         s.set_policy("strict", &serde_json::to_string(&strict).unwrap()).unwrap();
-        s.set_machine_policy("m-1", "strict").unwrap();
+        s.set_machine_policy(M1, "strict").unwrap();
         let a = alerts(&s).unwrap();
         assert_eq!((a[0].severity.as_str(), a[0].threshold), ("critical", 600.0), "{a:?}");
         let lax = Policy { rpo_warning_secs: 5000, rpo_critical_secs: 6000, ..Policy::default() };

@@ -1,5 +1,6 @@
 //! The process server's routes (9443, mutual TLS): what registered agents call.
 
+use super::MachinePath;
 use super::*;
 
 /// `POST /api/v1/hello`
@@ -14,9 +15,9 @@ pub(super) async fn hello(
     if let Some(system) = &hello.system {
         system.check().map_err(|e| ApiError::bad_request("invalid-system", e))?;
         let text = serde_json::to_string(system).map_err(|e| ApiError::internal(e.to_string()))?;
-        state.set_machine_facts(&machine, &text).map_err(|e| ApiError::internal(e.to_string()))?;
+        state.set_machine_facts(machine, &text).map_err(|e| ApiError::internal(e.to_string()))?;
     }
-    json(StatusCode::OK, &ps.hello(&machine, hello).await?)
+    json(StatusCode::OK, &ps.hello(machine, hello).await?)
 }
 
 /// `PUT /api/v1/batches`
@@ -27,7 +28,7 @@ pub(super) async fn batch(
 ) -> Answer {
     let ps = &ctx.ps;
     let body = read_body(req.into_body()).await?;
-    json(StatusCode::OK, &ps.batch(&machine, body).await?)
+    json(StatusCode::OK, &ps.batch(machine, body).await?)
 }
 
 /// `POST /api/v1/progress`
@@ -38,7 +39,7 @@ pub(super) async fn progress(
 ) -> Answer {
     let state = &ctx.state;
     let p: api::Progress = body_json(req, AGENT_JSON_BODY).await?;
-    state.set_progress(&machine, &p).map_err(|e| ApiError::internal(e.to_string()))?;
+    state.set_progress(machine, &p).map_err(|e| ApiError::internal(e.to_string()))?;
     json(StatusCode::OK, &api::Empty {})
 }
 
@@ -74,14 +75,14 @@ pub(super) async fn trust(
     let pki = &ctx.pki;
     let der = req.extensions().get::<PeerInfo>().and_then(|p| p.cert_der.clone());
     let reason = match der {
-        Some(d) => crate::config_server::pki::renew_reason(state, pki, &machine, &d)
+        Some(d) => crate::config_server::pki::renew_reason(state, pki, machine, &d)
             .map_err(|e| ApiError::internal(e.to_string()))?,
         None => None,
     };
-    let policy = state.policy_of(&machine).map_err(|e| ApiError::internal(e.to_string()))?;
+    let policy = state.policy_of(machine).map_err(|e| ApiError::internal(e.to_string()))?;
     let bundle = pki.bundle_pem();
     state
-        .set_machine_trust(&machine, &crate::config_server::pki::bundle_sha(&bundle))
+        .set_machine_trust(machine, &crate::config_server::pki::bundle_sha(&bundle))
         .map_err(|e| ApiError::internal(e.to_string()))?;
     json(
         StatusCode::OK,
@@ -92,15 +93,15 @@ pub(super) async fn trust(
             interval_secs: policy.crash_interval_secs,
             app_interval_secs: policy.app_interval_secs,
             bandwidth: policy.bandwidth,
-            group: state.group_of(&machine).map_err(|e| ApiError::internal(e.to_string()))?.map(
+            group: state.group_of(machine).map_err(|e| ApiError::internal(e.to_string()))?.map(
                 |d| api::GroupAssignment {
                     name: d.name,
-                    coordinator: d.coordinator,
-                    members: d.members,
+                    coordinator: d.coordinator.to_string(),
+                    members: super::groups::strings(&d.members),
                 },
             ),
             compare: state
-                .compares(&machine)
+                .compares(machine)
                 .map_err(|e| ApiError::internal(e.to_string()))?
                 .into_iter()
                 .filter(|c| c.2.is_none())
@@ -119,7 +120,7 @@ pub(super) async fn renew(
     let state = &ctx.state;
     let pki = &ctx.pki;
     let r: api::RenewRequest = body_json(req, AGENT_JSON_BODY).await?;
-    let cert_pem = pki.sign_agent(state, &r.csr_pem, &machine).map_err(|e| {
+    let cert_pem = pki.sign_agent(state, &r.csr_pem, machine).map_err(|e| {
         ApiError::bad_request("bad_csr", format!("certificate request refused: {e:#}"))
     })?;
     tracing::info!(%machine, ca = %pki.active().fingerprint(), "agent certificate renewed");
@@ -132,7 +133,7 @@ pub(super) async fn reverse_status(
     Extension(AgentMachine(machine)): Extension<AgentMachine>,
 ) -> Answer {
     let state = &ctx.state;
-    json(StatusCode::OK, &crate::process_server::reverse::status(state, &machine)?)
+    json(StatusCode::OK, &crate::process_server::reverse::status(state, machine)?)
 }
 
 /// `POST /api/v1/reverse/diff`
@@ -144,7 +145,7 @@ pub(super) async fn reverse_diff(
     let ps = &ctx.ps;
     let state = &ctx.state;
     let d: api::ReverseDiff = body_json(req, AGENT_JSON_BODY).await?;
-    let batch = crate::process_server::reverse::diff(ps, state, &machine, d).await?;
+    let batch = crate::process_server::reverse::diff(ps, state, machine, d).await?;
     let mut r = Response::new(lifeboat_net::server::full(batch));
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -161,7 +162,7 @@ pub(super) async fn reverse_done(
 ) -> Answer {
     let state = &ctx.state;
     let d: api::ReverseDone = body_json(req, AGENT_JSON_BODY).await?;
-    crate::process_server::reverse::done(state, &machine, d)?;
+    crate::process_server::reverse::done(state, machine, d)?;
     json(StatusCode::OK, &api::Empty {})
 }
 
@@ -174,7 +175,7 @@ pub(super) async fn compare(
     let ps = &ctx.ps;
     let state = &ctx.state;
     let c: api::CompareBlocks = body_json(req, AGENT_JSON_BODY).await?;
-    json(StatusCode::OK, &crate::process_server::reverse::compare(ps, state, &machine, c).await?)
+    json(StatusCode::OK, &crate::process_server::reverse::compare(ps, state, machine, c).await?)
 }
 
 /// `POST /api/v1/compare/done`
@@ -187,7 +188,7 @@ pub(super) async fn compare_done(
     let state = &ctx.state;
     let d: api::CompareDone = body_json(req, AGENT_JSON_BODY).await?;
     if !state
-        .compare_done(&machine, d.disk, d.token, d.point)
+        .compare_done(machine, d.disk, d.token, d.point)
         .map_err(|e| ApiError::internal(e.to_string()))?
     {
         return Err(ApiError::new(
@@ -198,9 +199,7 @@ pub(super) async fn compare_done(
     }
     tracing::info!(%machine, disk = d.disk, point = d.point, "the agent compared the disk with its replica: whole again from that point");
     // A master target at another site learns it through the target.
-    let mid: lifeboat_wire::MachineId =
-        machine.parse().map_err(|e: String| ApiError::internal(e))?;
-    ps.publish_compare_done(mid, d.disk, d.token, d.point).await?;
+    ps.publish_compare_done(machine, d.disk, d.token, d.point).await?;
     json(StatusCode::OK, &api::Empty {})
 }
 
@@ -214,7 +213,7 @@ pub(super) async fn churn(
     let r: api::ChurnReport = body_json(req, AGENT_JSON_BODY).await?;
     r.check().map_err(|e| ApiError::bad_request("invalid-churn", e))?;
     let text = serde_json::to_string(&r).map_err(|e| ApiError::internal(e.to_string()))?;
-    state.add_churn(&machine, &text).map_err(|e| ApiError::internal(e.to_string()))?;
+    state.add_churn(machine, &text).map_err(|e| ApiError::internal(e.to_string()))?;
     tracing::info!(%machine, disks = r.disks.len(), seconds = r.seconds, "churn profile received");
     json(StatusCode::OK, &api::Empty {})
 }
@@ -228,7 +227,7 @@ pub(super) async fn member_points(
     let state = &ctx.state;
     let m: api::MemberPoint = body_json(req, AGENT_JSON_BODY).await?;
     let def = state
-        .group_of(&machine)
+        .group_of(machine)
         .map_err(|e| ApiError::internal(e.to_string()))?
         .filter(|d| d.name == m.group)
         .ok_or_else(|| {
@@ -238,7 +237,7 @@ pub(super) async fn member_points(
             )
         })?;
     state
-        .add_member_point(&def.name, &machine, m.point)
+        .add_member_point(&def.name, machine, m.point)
         .map_err(|e| ApiError::internal(e.to_string()))?;
     json(StatusCode::OK, &api::Empty {})
 }
@@ -251,9 +250,9 @@ pub(super) async fn group_points(
 ) -> Answer {
     let state = &ctx.state;
     let g: api::GroupPoint = body_json(req, AGENT_JSON_BODY).await?;
-    check_group_point(state, &machine, &g)?;
+    let members = check_group_point(state, machine, &g)?;
     state
-        .add_group_point(&g.group, g.point, &g.members)
+        .add_group_point(&g.group, g.point, &members)
         .map_err(|e| ApiError::internal(e.to_string()))?;
     tracing::info!(group = %g.group, point = g.point, members = g.members.len(), "group point recorded by the coordinator");
     json(StatusCode::OK, &api::Empty {})
@@ -263,10 +262,9 @@ pub(super) async fn group_points(
 pub(super) async fn agent_points(
     extract::State(ctx): extract::State<Arc<AgentCtx>>,
     Extension(AgentMachine(machine)): Extension<AgentMachine>,
-    Path(id): Path<String>,
+    MachinePath(id): MachinePath,
 ) -> Answer {
     let state = &ctx.state;
-    let id = id.as_str();
     if id != machine {
         return Err(ApiError::forbidden(
             "forbidden",

@@ -231,7 +231,7 @@ pub fn metrics_text(state: &State) -> Result<String, crate::store::StateError> {
     let _ = writeln!(out, "# TYPE lifeboat_points gauge");
     let mut ages = String::from("# TYPE lifeboat_last_point_age_seconds gauge\n");
     for (id, _, _) in &machines {
-        let points = state.points(id)?;
+        let points = state.points(*id)?;
         let _ = writeln!(out, "lifeboat_points{{machine=\"{id}\"}} {}", points.len());
         if let Some(p) = points.last() {
             let age = now.saturating_sub(p.created_unix_ms) as f64 / 1000.0;
@@ -270,13 +270,13 @@ pub(super) fn ca_status(ctx: &ConfigServerCtx) -> Result<api::CaStatus, ApiError
     let (active, next, retiring) = ctx.pki.fingerprints();
     let mut machines = Vec::new();
     for (id, _, _) in ctx.state.machines().map_err(internal)? {
-        let (ca, _) = ctx.state.machine_cert(&id).map_err(internal)?;
+        let (ca, _) = ctx.state.machine_cert(id).map_err(internal)?;
         machines.push(api::MachineCert {
             on_active_ca: ca.as_deref() == Some(active.as_str()),
             ca,
-            not_after_unix_ms: ctx.state.machine_cert_expiry(&id).map_err(internal)?,
-            revoked: ctx.state.is_revoked(&id).map_err(internal)?,
-            id,
+            not_after_unix_ms: ctx.state.machine_cert_expiry(id).map_err(internal)?,
+            revoked: ctx.state.is_revoked(id).map_err(internal)?,
+            id: id.to_string(),
         });
     }
     Ok(api::CaStatus { phase: ctx.pki.phase().into(), active, next, retiring, machines })

@@ -1,6 +1,8 @@
 //! Failover, test failover and their cleanup, commit, reprotect and failback.
 
+use super::MachinePath;
 use super::*;
+use lifeboat_wire::MachineId;
 
 /// `POST /api/v1/machines/{id}/test-failover`
 #[utoipa::path(
@@ -21,19 +23,19 @@ use super::*;
 )]
 pub(super) async fn test_failover(
     extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
-    Path(id): Path<String>,
+    MachinePath(id): MachinePath,
     req: Req,
 ) -> Answer {
     let (_, admin, _) = authenticated(&ctx, &req)?;
     let r: api::TestFailoverRequest = body_json(req, ADMIN_BODY).await?;
-    known_machine(&ctx.state, &id)?;
-    let choice = point_choice(&ctx.state, &id, &r)?;
+    known_machine(&ctx.state, id)?;
+    let choice = point_choice(&ctx.state, id, &r)?;
     let f = ctx.failover.clone().ok_or_else(no_master_target)?;
     let job = ctx
         .state
         .create_job(
             lifeboat_api::JobKind::TestFailover,
-            Some(&id),
+            Some(id),
             &format!("test failover at {choice:?}"),
         )
         .map_err(internal)?;
@@ -61,35 +63,35 @@ pub(super) async fn test_failover(
 )]
 pub(super) async fn failover(
     extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
-    Path(id): Path<String>,
+    MachinePath(id): MachinePath,
     req: Req,
 ) -> Answer {
     let (_, admin, _) = authenticated(&ctx, &req)?;
     let r: api::TestFailoverRequest = body_json(req, ADMIN_BODY).await?;
-    known_machine(&ctx.state, &id)?;
+    known_machine(&ctx.state, id)?;
     let busy = |now: lifeboat_api::FailoverState| {
         failover_conflict(
-            &id,
+            id,
             now.as_str(),
             "a failover can start only from protected, failed-over (another point) or failover-failed",
         )
     };
-    if let Some(now) = ctx.state.failover_state(&id).map_err(internal)?
+    if let Some(now) = ctx.state.failover_state(id).map_err(internal)?
         && !now.may_fail_over_again()
     {
         return Err(busy(now));
     }
-    let choice = point_choice(&ctx.state, &id, &r)?;
+    let choice = point_choice(&ctx.state, id, &r)?;
     let f = ctx.failover.clone().ok_or_else(no_master_target)?;
     let job = ctx
         .state
-        .create_job(lifeboat_api::JobKind::Failover, Some(&id), &format!("failover at {choice:?}"))
+        .create_job(lifeboat_api::JobKind::Failover, Some(id), &format!("failover at {choice:?}"))
         .map_err(internal)?;
-    if !ctx.state.start_failover(&id, job).map_err(internal)? {
-        let now = machine_state(&ctx.state, &id, true)?;
+    if !ctx.state.start_failover(id, job).map_err(internal)? {
+        let now = machine_state(&ctx.state, id, true)?;
         let _ = ctx.state.finish_job(job, false, &format!("machine is {now}"), None);
         return Err(failover_conflict(
-            &id,
+            id,
             &now,
             "a failover can start only from protected, failed-over (another point) or failover-failed",
         ));
@@ -116,29 +118,29 @@ pub(super) async fn failover(
 )]
 pub(super) async fn commit(
     extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
-    Path(id): Path<String>,
+    MachinePath(id): MachinePath,
     req: Req,
 ) -> Answer {
     let (_, admin, _) = authenticated(&ctx, &req)?;
-    known_machine(&ctx.state, &id)?;
+    known_machine(&ctx.state, id)?;
     let not_failed_over =
-        |now: String| failover_conflict(&id, &now, "only a failed-over machine can be committed");
-    if ctx.state.failover_state(&id).map_err(internal)?
+        |now: String| failover_conflict(id, &now, "only a failed-over machine can be committed");
+    if ctx.state.failover_state(id).map_err(internal)?
         != Some(lifeboat_api::FailoverState::FailedOver)
     {
-        return Err(not_failed_over(machine_state(&ctx.state, &id, true)?));
+        return Err(not_failed_over(machine_state(&ctx.state, id, true)?));
     }
     let f = ctx.failover.clone().ok_or_else(no_master_target)?;
     move_failover(
         &ctx.state,
-        &id,
+        id,
         lifeboat_api::FailoverState::FailedOver,
         lifeboat_api::FailoverState::Committing,
         "only a failed-over machine can be committed",
     )?;
     let job = ctx
         .state
-        .create_job(lifeboat_api::JobKind::Commit, Some(&id), "committing the failover")
+        .create_job(lifeboat_api::JobKind::Commit, Some(id), "committing the failover")
         .map_err(internal)?;
     tracing::warn!(%admin, machine = %id, %job, "failover commit started: the machine's recovery points will be deleted");
     tokio::spawn(async move { f.commit(job, id).await });
@@ -162,26 +164,26 @@ pub(super) async fn commit(
 )]
 pub(super) async fn reprotect(
     extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
-    Path(id): Path<String>,
+    MachinePath(id): MachinePath,
     req: Req,
 ) -> Answer {
     let (_, admin, _) = authenticated(&ctx, &req)?;
-    known_machine(&ctx.state, &id)?;
+    known_machine(&ctx.state, id)?;
     let f = ctx.failover.clone().ok_or_else(no_master_target)?;
     move_failover(
         &ctx.state,
-        &id,
+        id,
         lifeboat_api::FailoverState::Committed,
         lifeboat_api::FailoverState::Reprotecting,
         "only a committed failover can be reprotected",
     )?;
-    let total: u64 = ctx.state.disks(&id).map_err(internal)?.iter().map(|d| d.1).sum();
-    ctx.state.start_reverse(&id, total).map_err(internal)?;
+    let total: u64 = ctx.state.disks(id).map_err(internal)?.iter().map(|d| d.1).sum();
+    ctx.state.start_reverse(id, total).map_err(internal)?;
     let job = ctx
         .state
         .create_job(
             lifeboat_api::JobKind::Reprotect,
-            Some(&id),
+            Some(id),
             "waiting for the original machine's agent",
         )
         .map_err(internal)?;
@@ -207,22 +209,22 @@ pub(super) async fn reprotect(
 )]
 pub(super) async fn failback(
     extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
-    Path(id): Path<String>,
+    MachinePath(id): MachinePath,
     req: Req,
 ) -> Answer {
     let (_, admin, _) = authenticated(&ctx, &req)?;
-    known_machine(&ctx.state, &id)?;
+    known_machine(&ctx.state, id)?;
     let f = ctx.failover.clone().ok_or_else(no_master_target)?;
     move_failover(
         &ctx.state,
-        &id,
+        id,
         lifeboat_api::FailoverState::Reprotected,
         lifeboat_api::FailoverState::FailingBack,
         "only a reprotected machine can fail back",
     )?;
     let job = ctx
         .state
-        .create_job(lifeboat_api::JobKind::Failback, Some(&id), "stopping the failed-over VM")
+        .create_job(lifeboat_api::JobKind::Failback, Some(id), "stopping the failed-over VM")
         .map_err(internal)?;
     tracing::warn!(%admin, machine = %id, %job, "failback started: the failed-over VM is stopped");
     tokio::spawn(async move { f.failback(job, id).await });
@@ -316,7 +318,7 @@ pub(super) async fn cleanup_test_failover(
         .state
         .create_job(
             lifeboat_api::JobKind::TestFailoverCleanup,
-            Some(&tf.machine_id),
+            Some(tf.machine_id),
             &format!("cleaning up {id}"),
         )
         .map_err(internal)?;
@@ -328,7 +330,7 @@ pub(super) async fn cleanup_test_failover(
 pub(super) fn test_failover_info(t: crate::store::TestFailoverRow) -> api::TestFailoverInfo {
     api::TestFailoverInfo {
         id: t.id,
-        machine_id: t.machine_id,
+        machine_id: t.machine_id.to_string(),
         point_id: t.point_id,
         vm: t.vm,
         disks: t.disks,
@@ -338,7 +340,7 @@ pub(super) fn test_failover_info(t: crate::store::TestFailoverRow) -> api::TestF
 }
 
 /// `409 failover_state`: machine `id` is `now`, and only `needed` allows what was asked.
-pub(super) fn failover_conflict(id: &str, now: &str, needed: &str) -> ApiError {
+pub(super) fn failover_conflict(id: MachineId, now: &str, needed: &str) -> ApiError {
     ApiError::new(
         StatusCode::CONFLICT,
         "failover_state",
@@ -350,7 +352,7 @@ pub(super) fn failover_conflict(id: &str, now: &str, needed: &str) -> ApiError {
 /// and that only `needed` allows this.
 pub(super) fn move_failover(
     state: &State,
-    id: &str,
+    id: MachineId,
     from: lifeboat_api::FailoverState,
     to: lifeboat_api::FailoverState,
     needed: &str,
@@ -364,7 +366,7 @@ pub(super) fn move_failover(
 
 pub(super) fn failover_info(f: crate::store::FailoverRow) -> api::FailoverInfo {
     api::FailoverInfo {
-        machine_id: f.machine_id,
+        machine_id: f.machine_id.to_string(),
         state: f.state,
         point_id: f.point_id,
         vm: f.vm,
@@ -378,7 +380,7 @@ pub(super) fn failover_info(f: crate::store::FailoverRow) -> api::FailoverInfo {
 /// The point choice of a (test) failover request, checked against the points there are.
 pub(super) fn point_choice(
     state: &State,
-    machine: &str,
+    machine: MachineId,
     r: &api::TestFailoverRequest,
 ) -> Result<crate::master_target::failover::PointChoice, ApiError> {
     let choice = crate::master_target::failover::PointChoice::parse(r.point.as_deref());

@@ -93,8 +93,8 @@ pub(super) fn group_list(state: &State) -> Result<api::GroupList, ApiError> {
             d.name.clone(),
             api::GroupInfo {
                 name: d.name,
-                coordinator: Some(d.coordinator),
-                members: d.members,
+                coordinator: Some(d.coordinator.to_string()),
+                members: strings(&d.members),
                 points: Vec::new(),
             },
         );
@@ -102,13 +102,13 @@ pub(super) fn group_list(state: &State) -> Result<api::GroupList, ApiError> {
     for g in state.group_points(None).map_err(internal)? {
         let mut ids = Vec::new();
         for m in &g.members {
-            let p = state.points(m).map_err(internal)?.into_iter().find(|p| p.point == g.point);
+            let p = state.points(*m).map_err(internal)?.into_iter().find(|p| p.point == g.point);
             ids.push(p.map(|p| p.id));
         }
         let entry = groups.entry(g.group.clone()).or_insert_with(|| api::GroupInfo {
             name: g.group.clone(),
             coordinator: None,
-            members: g.members.clone(),
+            members: strings(&g.members),
             points: Vec::new(),
         });
         entry.points.push(api::GroupPointInfo {
@@ -149,6 +149,7 @@ pub(super) fn check_group_definition(
             ),
         ));
     }
+    let mut members = Vec::with_capacity(d.members.len());
     for (i, m) in d.members.iter().enumerate() {
         if d.members[..i].contains(m) {
             return Err(ApiError::bad_request(
@@ -156,32 +157,39 @@ pub(super) fn check_group_definition(
                 format!("members[{i}]: {m:?} is listed twice"),
             ));
         }
-        if !state.machine_exists(m).map_err(|e| ApiError::internal(e.to_string()))? {
-            return Err(ApiError::bad_request(
+        let not_registered = || {
+            ApiError::bad_request(
                 "invalid",
                 format!("members[{i}]: {m:?} is not a registered machine"),
-            ));
+            )
+        };
+        let id: MachineId = m.parse().map_err(|_| not_registered())?;
+        if !state.machine_exists(id).map_err(|e| ApiError::internal(e.to_string()))? {
+            return Err(not_registered());
         }
+        members.push(id);
     }
-    if !d.members.contains(&d.coordinator) {
-        return Err(ApiError::bad_request(
-            "invalid",
-            format!("coordinator: {:?} is not one of the members", d.coordinator),
-        ));
-    }
-    let mut members = d.members;
+    let coordinator =
+        d.members.iter().position(|m| *m == d.coordinator).map(|i| members[i]).ok_or_else(
+            || {
+                ApiError::bad_request(
+                    "invalid",
+                    format!("coordinator: {:?} is not one of the members", d.coordinator),
+                )
+            },
+        )?;
     members.sort();
-    Ok(crate::store::GroupDef { name: name.to_owned(), coordinator: d.coordinator, members })
+    Ok(crate::store::GroupDef { name: name.to_owned(), coordinator, members })
 }
 
 /// Checks a group point record an agent sends: the group is defined, the caller is its
-/// coordinator, and the record names exactly its members. Anything else is 403: an agent
-/// cannot record group points naming other machines.
+/// coordinator, and the record names exactly its members (returned, sorted). Anything else is
+/// 403: an agent cannot record group points naming other machines.
 pub(super) fn check_group_point(
     state: &State,
-    caller: &str,
+    caller: MachineId,
     g: &api::GroupPoint,
-) -> Result<(), ApiError> {
+) -> Result<Vec<MachineId>, ApiError> {
     let def =
         state.groups().map_err(internal)?.into_iter().find(|d| d.name == g.group).ok_or_else(
             || {
@@ -197,14 +205,27 @@ pub(super) fn check_group_point(
             format!("only the coordinator of group {} may record its points", g.group),
         ));
     }
-    let mut named = g.members.clone();
+    let wrong = || {
+        ApiError::forbidden(
+            "wrong-members",
+            format!("the record does not name exactly the members of group {}", g.group),
+        )
+    };
+    let mut named = parse_ids(&g.members).ok_or_else(wrong)?;
     named.sort();
     named.dedup();
     if named != def.members || named.len() != g.members.len() {
-        return Err(ApiError::forbidden(
-            "wrong-members",
-            format!("the record does not name exactly the members of group {}", g.group),
-        ));
+        return Err(wrong());
     }
-    Ok(())
+    Ok(named)
+}
+
+/// Machine ids as the API shows them.
+pub(super) fn strings(ids: &[MachineId]) -> Vec<String> {
+    ids.iter().map(MachineId::to_string).collect()
+}
+
+/// Machine ids from the API; `None` if one is malformed.
+fn parse_ids(ids: &[String]) -> Option<Vec<MachineId>> {
+    ids.iter().map(|m| m.parse().ok()).collect()
 }

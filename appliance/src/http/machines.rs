@@ -1,6 +1,8 @@
 //! Machines: agent registration, the machine list, revocation, registration passphrases, VM settings, recovery points.
 
+use super::MachinePath;
 use super::*;
+use lifeboat_wire::MachineId;
 
 /// `POST /api/v1/register`
 #[utoipa::path(
@@ -47,18 +49,18 @@ pub(super) async fn list_machines(
     for (id, hostname, registered_unix_ms) in ctx.state.machines().map_err(internal)? {
         let disks: Vec<api::DiskSize> = ctx
             .state
-            .disks(&id)
+            .disks(id)
             .map_err(internal)?
             .into_iter()
             .map(|(index, size)| api::DiskSize { index, size })
             .collect();
-        let last_point = ctx.state.points(&id).map_err(internal)?.pop().map(point_summary);
-        let state = machine_state(&ctx.state, &id, last_point.is_some())?;
+        let last_point = ctx.state.points(id).map_err(internal)?.pop().map(point_summary);
+        let state = machine_state(&ctx.state, id, last_point.is_some())?;
         let rpo_secs = last_point
             .as_ref()
             .map(|p| crate::store::now_ms().saturating_sub(p.created_unix_ms) / 1000);
-        let (policy, last_seen_unix_ms) = ctx.state.machine_policy(&id).map_err(internal)?;
-        let progress = ctx.state.progress(&id).map_err(internal)?;
+        let (policy, last_seen_unix_ms) = ctx.state.machine_policy(id).map_err(internal)?;
+        let progress = ctx.state.progress(id).map_err(internal)?;
         let copying: Vec<_> = progress.iter().filter(|p| p.1 == "initial-copy").collect();
         let initial_copy = (state == "initial-copy" && !copying.is_empty()).then(|| {
             let (done, total) = copying.iter().fold((0u64, 0u64), |(d, t), p| (d + p.2, t + p.3));
@@ -66,7 +68,7 @@ pub(super) async fn list_machines(
         });
         let worst = alerts
             .iter()
-            .filter(|a| a.machine_id.as_deref() == Some(id.as_str()))
+            .filter(|a| a.machine_id.as_deref() == Some(id.to_string().as_str()))
             .map(|a| a.severity.as_str())
             .min();
         let health = match worst {
@@ -84,19 +86,19 @@ pub(super) async fn list_machines(
             .collect();
         let mut backlog_batches = 0;
         for d in &disks {
-            let received = ctx.state.received_next(&id, d.index).map_err(internal)?;
-            let (applied, _) = ctx.state.applied(&id, d.index).map_err(internal)?;
+            let received = ctx.state.received_next(id, d.index).map_err(internal)?;
+            let (applied, _) = ctx.state.applied(id, d.index).map_err(internal)?;
             backlog_batches += received.saturating_sub(applied);
         }
         let churn_mb_per_s = ctx
             .state
-            .churn(Some(&id))
+            .churn(Some(id))
             .map_err(internal)?
             .pop()
             .and_then(|(_, _, report)| serde_json::from_str::<api::ChurnReport>(&report).ok())
             .map(|r| r.disks.iter().map(|d| d.mean_mb_per_s).sum());
         machines.push(api::MachineSummary {
-            id,
+            id: id.to_string(),
             hostname,
             registered_unix_ms,
             disks,
@@ -131,15 +133,14 @@ pub(super) async fn list_machines(
 )]
 pub(super) async fn revoke(
     extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
-    Path(id): Path<String>,
+    MachinePath(id): MachinePath,
     req: Req,
 ) -> Answer {
     let (_, admin, _) = authenticated(&ctx, &req)?;
-    let id = id.as_str();
     if !ctx.state.revoke_machine(id).map_err(internal)? {
         return Err(ApiError::not_found("unknown_machine", format!("id: no machine {id:?}")));
     }
-    tracing::warn!(machine = id, %admin, "machine revoked: its certificate is refused from now on");
+    tracing::warn!(machine = %id, %admin, "machine revoked: its certificate is refused from now on");
     json(StatusCode::OK, &api::Revoked { revoked: true })
 }
 
@@ -205,11 +206,10 @@ pub(super) async fn new_passphrase(
 )]
 pub(super) async fn vm_spec(
     extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
-    Path(id): Path<String>,
+    MachinePath(id): MachinePath,
     req: Req,
 ) -> Answer {
     authenticated(&ctx, &req)?;
-    let id = id.as_str();
     known_machine(&ctx.state, id)?;
     let spec = crate::master_target::failover::vm_spec(&ctx.state, id)
         .map_err(|e| ApiError::internal(format!("{e:#}")))?;
@@ -234,15 +234,15 @@ pub(super) async fn vm_spec(
 )]
 pub(super) async fn set_vm_spec(
     extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
-    Path(id): Path<String>,
+    MachinePath(id): MachinePath,
     req: Req,
 ) -> Answer {
     let (_, admin, _) = authenticated(&ctx, &req)?;
     let settings: api::VmSpecSettings = body_json(req, ADMIN_BODY).await?;
-    known_machine(&ctx.state, &id)?;
+    known_machine(&ctx.state, id)?;
     settings.check().map_err(|e| ApiError::bad_request("invalid", e))?;
     if let Some(b) = settings.boot_disk {
-        let disks = ctx.state.disks(&id).map_err(internal)?;
+        let disks = ctx.state.disks(id).map_err(internal)?;
         if !disks.iter().any(|(i, _)| *i == b) {
             return Err(ApiError::bad_request(
                 "invalid",
@@ -254,9 +254,9 @@ pub(super) async fn set_vm_spec(
         }
     }
     let text = serde_json::to_string(&settings).map_err(|e| ApiError::internal(e.to_string()))?;
-    ctx.state.set_vm_settings(&id, &text).map_err(internal)?;
+    ctx.state.set_vm_settings(id, &text).map_err(internal)?;
     tracing::info!(%admin, machine = %id, "VM settings changed");
-    let spec = crate::master_target::failover::vm_spec(&ctx.state, &id)
+    let spec = crate::master_target::failover::vm_spec(&ctx.state, id)
         .map_err(|e| ApiError::internal(format!("{e:#}")))?;
     json(StatusCode::OK, &spec)
 }
@@ -277,11 +277,10 @@ pub(super) async fn set_vm_spec(
 )]
 pub(super) async fn points(
     extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
-    Path(id): Path<String>,
+    MachinePath(id): MachinePath,
     req: Req,
 ) -> Answer {
     authenticated(&ctx, &req)?;
-    let id = id.as_str();
     if !ctx.state.machine_exists(id).map_err(internal)? {
         return Err(ApiError::not_found("unknown_machine", format!("id: no machine {id:?}")));
     }
@@ -297,7 +296,7 @@ pub(super) async fn points(
             let mut s = point_summary(p);
             s.groups = groups
                 .iter()
-                .filter(|g| g.point == number && g.members.iter().any(|m| m == id))
+                .filter(|g| g.point == number && g.members.contains(&id))
                 .map(|g| g.group.clone())
                 .collect();
             s
@@ -346,17 +345,21 @@ pub(super) async fn register(ctx: &ConfigServerCtx, req: Req) -> Answer {
     getrandom::fill(&mut raw).map_err(|e| ApiError::internal(e.to_string()))?;
     raw[6] = (raw[6] & 0x0f) | 0x40; // UUID version 4
     raw[8] = (raw[8] & 0x3f) | 0x80;
-    let machine_id = lifeboat_wire::MachineId(raw).to_string();
+    let machine_id = MachineId(raw);
     // Sign first: a malformed CSR must not burn the passphrase.
     let ca = ctx.pki.active();
     let cert_pem = ca
-        .sign_client_csr(&r.csr_pem, &machine_id, crate::config_server::pki::AGENT_CERT_DAYS)
+        .sign_client_csr(
+            &r.csr_pem,
+            &machine_id.to_string(),
+            crate::config_server::pki::AGENT_CERT_DAYS,
+        )
         .map_err(|e| {
             ApiError::bad_request("bad_csr", format!("certificate request refused: {e}"))
         })?;
     let ok = ctx
         .state
-        .register_machine(&r.passphrase, &machine_id, &r.hostname)
+        .register_machine(&r.passphrase, machine_id, &r.hostname)
         .map_err(|e| ApiError::internal(e.to_string()))?;
     if !ok {
         attempt.failed();
@@ -368,13 +371,13 @@ pub(super) async fn register(ctx: &ConfigServerCtx, req: Req) -> Answer {
         ));
     }
     attempt.succeeded();
-    crate::config_server::pki::record_cert(&ctx.state, &machine_id, &cert_pem, ca.fingerprint())
+    crate::config_server::pki::record_cert(&ctx.state, machine_id, &cert_pem, ca.fingerprint())
         .map_err(|e| ApiError::internal(format!("{e:#}")))?;
     tracing::info!(%machine_id, hostname = %r.hostname, "machine registered");
     json(
         StatusCode::OK,
         &api::RegisterResponse {
-            machine_id,
+            machine_id: machine_id.to_string(),
             cert_pem,
             ca_pem: ctx.pki.bundle_pem(),
             protocol_version: version,
@@ -384,7 +387,11 @@ pub(super) async fn register(ctx: &ConfigServerCtx, req: Req) -> Answer {
 }
 
 /// A machine's state for the machines list.
-pub(super) fn machine_state(state: &State, id: &str, has_point: bool) -> Result<String, ApiError> {
+pub(super) fn machine_state(
+    state: &State,
+    id: MachineId,
+    has_point: bool,
+) -> Result<String, ApiError> {
     let failover = state.failover_state(id).map_err(internal)?;
     Ok(match failover {
         Some(lifeboat_api::FailoverState::Committing) => "failed-over".into(),

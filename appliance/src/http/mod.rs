@@ -17,6 +17,7 @@ use http::{Request, Response, StatusCode};
 use lifeboat_api as api;
 use lifeboat_net::server::{read_body, read_json};
 use lifeboat_net::{PeerInfo, RequestBody, ResponseBody};
+use lifeboat_wire::MachineId;
 use std::sync::Arc;
 use tower::ServiceExt;
 use utoipa::OpenApi;
@@ -157,13 +158,17 @@ async fn not_found(uri: http::Uri) -> ApiError {
     ApiError::not_found("not_found", format!("no such endpoint: {}", uri.path()))
 }
 
-fn peer_machine(req: &Request<RequestBody>) -> Result<String, ApiError> {
-    req.extensions().get::<PeerInfo>().and_then(|p| p.machine_id.clone()).ok_or_else(|| {
-        ApiError::forbidden(
-            "no_client_certificate",
-            "this endpoint needs the agent's client certificate",
-        )
-    })
+fn peer_machine(req: &Request<RequestBody>) -> Result<MachineId, ApiError> {
+    let id =
+        req.extensions().get::<PeerInfo>().and_then(|p| p.machine_id.clone()).ok_or_else(|| {
+            ApiError::forbidden(
+                "no_client_certificate",
+                "this endpoint needs the agent's client certificate",
+            )
+        })?;
+    // The appliance's CA signs only certificates whose name is a machine id; anything else
+    // is a certificate it did not issue for an agent.
+    id.parse().map_err(|e: String| ApiError::forbidden("bad_client_certificate", e))
 }
 
 /// What the configuration server needs.
@@ -276,7 +281,28 @@ fn accepted(state: &State, job: lifeboat_api::JobId) -> Answer {
     json(StatusCode::ACCEPTED, &j)
 }
 
-fn known_machine(state: &State, id: &str) -> Result<(), ApiError> {
+/// A machine id in a route's path (`{id}`). A malformed one names no machine: 404, as for an
+/// unknown one.
+#[derive(Debug, Clone, Copy)]
+struct MachinePath(MachineId);
+
+impl<S: Send + Sync> extract::FromRequestParts<S> for MachinePath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let Path(id) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::bad_request("invalid", e.body_text()))?;
+        id.parse()
+            .map(MachinePath)
+            .map_err(|_| ApiError::not_found("unknown_machine", format!("id: no machine {id:?}")))
+    }
+}
+
+fn known_machine(state: &State, id: MachineId) -> Result<(), ApiError> {
     if state.machine_exists(id).map_err(|e| ApiError::internal(e.to_string()))? {
         Ok(())
     } else {
@@ -449,7 +475,7 @@ struct AgentCtx {
 
 /// The machine of the client certificate a request came with.
 #[derive(Debug, Clone)]
-struct AgentMachine(String);
+struct AgentMachine(MachineId);
 
 /// The process server's listener (mutual TLS: every request carries a machine id).
 pub struct AgentServer {
@@ -499,12 +525,12 @@ impl AgentServer {
     }
 
     /// The machine of the request's client certificate, or why it may not call now.
-    fn check(&self, req: &Request<RequestBody>) -> Result<String, ApiError> {
+    fn check(&self, req: &Request<RequestBody>) -> Result<MachineId, ApiError> {
         let AgentCtx { ps, state, pki } = &*self.ctx;
         let path = req.uri().path().to_owned();
         let machine = peer_machine(req)?;
         // A revoked machine is refused at once, whatever it asks.
-        if state.is_revoked(&machine).map_err(|e| ApiError::internal(e.to_string()))? {
+        if state.is_revoked(machine).map_err(|e| ApiError::internal(e.to_string()))? {
             return Err(ApiError::forbidden(
                 "revoked",
                 format!(
@@ -518,19 +544,19 @@ impl AgentServer {
         // is in use): a replaced or retired certificate is refused even on a connection that
         // was accepted before.
         if let Some(der) = req.extensions().get::<PeerInfo>().and_then(|p| p.cert_der.clone())
-            && let Err(why) = crate::config_server::pki::check_presented(state, pki, &machine, &der)
+            && let Err(why) = crate::config_server::pki::check_presented(state, pki, machine, &der)
                 .map_err(|e| ApiError::internal(e.to_string()))?
         {
             return Err(ApiError::forbidden("certificate-replaced", why));
         }
-        ps.seen(&machine).map_err(|e| ApiError::internal(e.to_string()))?;
+        ps.seen(machine).map_err(|e| ApiError::internal(e.to_string()))?;
         let reverse_route = path == "/api/v1/reverse"
             || path.starts_with("/api/v1/reverse/")
             || path == "/api/v1/trust"
             || path == "/api/v1/renew";
         if !reverse_route
             && let Some(s) =
-                state.failover_state(&machine).map_err(|e| ApiError::internal(e.to_string()))?
+                state.failover_state(machine).map_err(|e| ApiError::internal(e.to_string()))?
         {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,

@@ -1,5 +1,6 @@
 //! Replication policies, their assignment to machines, and alerts.
 
+use super::MachinePath;
 use super::*;
 
 /// `GET /api/v1/policies`
@@ -140,16 +141,16 @@ pub(super) async fn delete_policy(
 )]
 pub(super) async fn assign_policy(
     extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
-    Path(id): Path<String>,
+    MachinePath(id): MachinePath,
     req: Req,
 ) -> Answer {
     let (_, admin, _) = authenticated(&ctx, &req)?;
     let a: api::PolicyAssignment = body_json(req, ADMIN_BODY).await?;
-    known_machine(&ctx.state, &id)?;
+    known_machine(&ctx.state, id)?;
     if ctx.state.policy(&a.policy).map_err(internal)?.is_none() {
         return Err(ApiError::bad_request("invalid", format!("policy: no policy {:?}", a.policy)));
     }
-    ctx.state.set_machine_policy(&id, &a.policy).map_err(internal)?;
+    ctx.state.set_machine_policy(id, &a.policy).map_err(internal)?;
     tracing::info!(%admin, machine = %id, policy = %a.policy, "machine policy set");
     json(StatusCode::OK, &policy_list(&ctx.state)?)
 }
@@ -184,8 +185,8 @@ pub(super) fn policy_list(state: &State) -> Result<api::PolicyList, ApiError> {
     }
     let mut users: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     for (id, _, _) in state.machines().map_err(internal)? {
-        let (p, _) = state.machine_policy(&id).map_err(internal)?;
-        users.entry(p).or_default().push(id);
+        let (p, _) = state.machine_policy(id).map_err(internal)?;
+        users.entry(p).or_default().push(id.to_string());
     }
     let mut policies = Vec::new();
     for name in names {

@@ -2,6 +2,7 @@
 
 use super::groups::check_group_definition;
 use super::*;
+use lifeboat_wire::MachineId;
 
 /// Issue 11, finding 6: any member could record group points naming other machines
 /// (any point number, squatting future ones) and so steer their `latest-group`. Now
@@ -11,69 +12,52 @@ use super::*;
 fn only_the_coordinator_records_and_only_reported_points_count() {
     let d = tempfile::tempdir().unwrap();
     let state = State::open(&d.path().join("s.db")).unwrap();
-    for (p, m) in [("p1", "m-a"), ("p2", "m-b"), ("p3", "m-c")] {
+    let (a, b, c, x) =
+        (MachineId([1; 16]), MachineId([2; 16]), MachineId([3; 16]), MachineId([9; 16]));
+    for (p, m) in [("p1", a), ("p2", b), ("p3", c)] {
         state.add_passphrase(p).unwrap();
         assert!(state.register_machine(p, m, "host").unwrap());
     }
-    let def = |coord: &str, members: &[&str]| api::GroupDefinition {
-        coordinator: coord.into(),
+    let def = |coord: MachineId, members: &[MachineId]| api::GroupDefinition {
+        coordinator: coord.to_string(),
         members: members.iter().map(|s| s.to_string()).collect(),
     };
     let err = |r: Result<crate::store::GroupDef, ApiError>| r.unwrap_err().to_string();
+    assert!(err(check_group_definition(&state, "e rp", def(a, &[a, b]))).contains("name"));
+    assert!(err(check_group_definition(&state, "erp", def(a, &[a]))).contains("members"));
+    assert!(err(check_group_definition(&state, "erp", def(a, &[a, a]))).contains("twice"));
     assert!(
-        err(check_group_definition(&state, "e rp", def("m-a", &["m-a", "m-b"]))).contains("name")
-    );
-    assert!(err(check_group_definition(&state, "erp", def("m-a", &["m-a"]))).contains("members"));
-    assert!(
-        err(check_group_definition(&state, "erp", def("m-a", &["m-a", "m-a"]))).contains("twice")
-    );
-    assert!(
-        err(check_group_definition(&state, "erp", def("m-a", &["m-a", "m-x"])))
+        err(check_group_definition(&state, "erp", def(a, &[a, x])))
             .contains("not a registered machine")
     );
-    assert!(
-        err(check_group_definition(&state, "erp", def("m-c", &["m-a", "m-b"])))
-            .contains("coordinator")
-    );
-    let g = check_group_definition(&state, "erp", def("m-b", &["m-b", "m-a"])).unwrap();
-    assert_eq!(g.members, ["m-a", "m-b"]);
+    assert!(err(check_group_definition(&state, "erp", def(c, &[a, b]))).contains("coordinator"));
+    let g = check_group_definition(&state, "erp", def(b, &[b, a])).unwrap();
+    assert_eq!(g.members, [a, b]);
     assert!(state.set_group(&g).unwrap());
-    let other = check_group_definition(&state, "crm", def("m-c", &["m-c", "m-a"])).unwrap();
+    let other = check_group_definition(&state, "crm", def(c, &[c, a])).unwrap();
     assert!(!state.set_group(&other).unwrap(), "a machine is in one group at most");
 
-    let rec = |group: &str, point: u64, members: &[&str]| api::GroupPoint {
+    let rec = |group: &str, point: u64, members: &[MachineId]| api::GroupPoint {
         group: group.into(),
         point,
         members: members.iter().map(|s| s.to_string()).collect(),
     };
-    let code = |r: Result<(), ApiError>| r.unwrap_err().error.code;
+    let code = |r: Result<Vec<MachineId>, ApiError>| r.unwrap_err().error.code;
     // A member that is not the coordinator, naming B: refused.
-    assert_eq!(
-        code(check_group_point(&state, "m-a", &rec("erp", 9, &["m-a", "m-b"]))),
-        "not-coordinator"
-    );
+    assert_eq!(code(check_group_point(&state, a, &rec("erp", 9, &[a, b]))), "not-coordinator");
     // Another machine, a group of its own making: refused.
-    assert_eq!(
-        code(check_group_point(&state, "m-c", &rec("mine", 9, &["m-c", "m-b"]))),
-        "unknown-group"
-    );
+    assert_eq!(code(check_group_point(&state, c, &rec("mine", 9, &[c, b]))), "unknown-group");
     // The coordinator, with the wrong members: refused.
-    assert_eq!(
-        code(check_group_point(&state, "m-b", &rec("erp", 9, &["m-b", "m-c"]))),
-        "wrong-members"
-    );
-    assert_eq!(
-        code(check_group_point(&state, "m-b", &rec("erp", 9, &["m-b", "m-a", "m-a"]))),
-        "wrong-members"
-    );
-    assert!(check_group_point(&state, "m-b", &rec("erp", 9, &["m-a", "m-b"])).is_ok());
+    assert_eq!(code(check_group_point(&state, b, &rec("erp", 9, &[b, c]))), "wrong-members");
+    assert_eq!(code(check_group_point(&state, b, &rec("erp", 9, &[b, a, a]))), "wrong-members");
+    assert!(check_group_point(&state, b, &rec("erp", 9, &[a, b])).is_ok());
     // A record counts once every member reported the point: until then B's
     // latest-group is not steered by it.
-    for m in ["m-a", "m-b"] {
+    for m in [a, b] {
         state
             .add_point(&crate::store::PointRow {
                 id: format!("{m}-p9"),
-                machine_id: m.into(),
+                machine_id: m,
                 point: 9,
                 kind: lifeboat_api::PointKind::Crash,
                 created_unix_ms: 1,
@@ -84,26 +68,26 @@ fn only_the_coordinator_records_and_only_reported_points_count() {
     let latest_group = |state: &State| {
         crate::master_target::failover::choose_point(
             state,
-            "m-b",
+            b,
             &crate::master_target::failover::PointChoice::LatestGroup,
         )
         .unwrap()
         .ok()
         .map(|p| p.id)
     };
-    state.add_group_point("erp", 9, &["m-a".into(), "m-b".into()]).unwrap();
+    state.add_group_point("erp", 9, &[a, b]).unwrap();
     assert_eq!(latest_group(&state), None);
     assert!(state.group_points(Some("erp")).unwrap().is_empty(), "a claim alone");
-    state.add_member_point("erp", "m-a", 9).unwrap();
+    state.add_member_point("erp", a, 9).unwrap();
     assert!(state.group_points(Some("erp")).unwrap().is_empty(), "one member of two");
-    state.add_member_point("erp", "m-b", 9).unwrap();
+    state.add_member_point("erp", b, 9).unwrap();
     let rows = state.group_points(Some("erp")).unwrap();
-    assert_eq!((rows.len(), rows[0].members.clone()), (1, vec!["m-a".to_owned(), "m-b".into()]));
-    assert_eq!(latest_group(&state).as_deref(), Some("m-b-p9"));
+    assert_eq!((rows.len(), rows[0].members.clone()), (1, vec![a, b]));
+    assert_eq!(latest_group(&state).as_deref(), Some(format!("{b}-p9").as_str()));
     // A revoked member leaves its group (its peers then refuse it): here the group is
     // left with one member, and dissolved.
-    assert!(state.revoke_machine("m-a").unwrap());
-    assert!(state.group_of("m-b").unwrap().is_none());
+    assert!(state.revoke_machine(a).unwrap());
+    assert!(state.group_of(b).unwrap().is_none());
     assert!(state.group_points(Some("other")).unwrap().is_empty());
 }
 

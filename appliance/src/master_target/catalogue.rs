@@ -24,6 +24,7 @@
 use crate::master_target::MasterError;
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
+use lifeboat_wire::MachineId;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -271,15 +272,20 @@ pub struct CatalogueGroupPoint {
     pub created_unix_ms: u64,
 }
 
+/// A machine id of the catalogue.
+fn parse_id(id: &str) -> Result<MachineId, MasterError> {
+    id.parse().map_err(|e: String| MasterError::msg(format!("the catalogue is malformed: {e}")))
+}
+
 /// The catalogue of `state` now, with the data keys in `keys_dir`.
 pub fn build(state: &State, keys_dir: &Path) -> Result<Catalogue, MasterError> {
     let mut machines = Vec::new();
     for (id, hostname, registered_unix_ms) in state.machines()? {
-        let disks = state.disk_rows(&id)?;
-        let system = state.machine_facts(&id)?.map(|t| serde_json::from_str(&t)).transpose()?;
-        let vm_settings = state.vm_settings(&id)?.map(|t| serde_json::from_str(&t)).transpose()?;
+        let disks = state.disk_rows(id)?;
+        let system = state.machine_facts(id)?.map(|t| serde_json::from_str(&t)).transpose()?;
+        let vm_settings = state.vm_settings(id)?.map(|t| serde_json::from_str(&t)).transpose()?;
         let points = state
-            .points(&id)?
+            .points(id)?
             .into_iter()
             .map(|p| CataloguePoint {
                 id: p.id,
@@ -290,7 +296,7 @@ pub fn build(state: &State, keys_dir: &Path) -> Result<Catalogue, MasterError> {
             })
             .collect();
         machines.push(CatalogueMachine {
-            id,
+            id: id.to_string(),
             hostname,
             registered_unix_ms,
             disks,
@@ -305,7 +311,7 @@ pub fn build(state: &State, keys_dir: &Path) -> Result<Catalogue, MasterError> {
         .map(|g| CatalogueGroupPoint {
             group: g.group,
             point: g.point,
-            members: g.members,
+            members: g.members.iter().map(MachineId::to_string).collect(),
             created_unix_ms: g.created_unix_ms,
         })
         .collect();
@@ -377,24 +383,25 @@ pub fn import(state: &State, keys_dir: &Path, c: &Catalogue) -> Result<(), Maste
         lifeboat_common::fs::write_atomic(&keys_dir.join(format!("{id}.key")), &key, Some(0o600))?;
     }
     for m in &c.machines {
-        state.import_machine(&m.id, &m.hostname, m.registered_unix_ms)?;
+        let id = parse_id(&m.id)?;
+        state.import_machine(id, &m.hostname, m.registered_unix_ms)?;
         for (index, size, path) in &m.disks {
-            state.upsert_disk(&m.id, *index, *size, path)?;
+            state.upsert_disk(id, *index, *size, path)?;
         }
         if let Some(s) = &m.system {
             let s: lifeboat_api::SystemInfo = serde_json::from_value(s.clone())?;
             s.check().map_err(MasterError::msg)?;
-            state.set_machine_facts(&m.id, &serde_json::to_string(&s)?)?;
+            state.set_machine_facts(id, &serde_json::to_string(&s)?)?;
         }
         if let Some(v) = &m.vm_settings {
             let v: lifeboat_api::VmSpecSettings = serde_json::from_value(v.clone())?;
             v.check().map_err(MasterError::msg)?;
-            state.set_vm_settings(&m.id, &serde_json::to_string(&v)?)?;
+            state.set_vm_settings(id, &serde_json::to_string(&v)?)?;
         }
         for p in &m.points {
             state.add_point(&PointRow {
                 id: p.id.clone(),
-                machine_id: m.id.clone(),
+                machine_id: id,
                 point: p.point,
                 kind: p.kind.parse().map_err(|e| MasterError::msg(format!("{e}")))?,
                 created_unix_ms: p.created_unix_ms,
@@ -403,7 +410,8 @@ pub fn import(state: &State, keys_dir: &Path, c: &Catalogue) -> Result<(), Maste
         }
     }
     for g in &c.group_points {
-        state.add_group_point(&g.group, g.point, &g.members)?;
+        let members = g.members.iter().map(|m| parse_id(m)).collect::<Result<Vec<_>, _>>()?;
+        state.add_group_point(&g.group, g.point, &members)?;
     }
     Ok(())
 }
@@ -412,6 +420,7 @@ pub fn import(state: &State, keys_dir: &Path, c: &Catalogue) -> Result<(), Maste
 mod tests {
     use super::*;
 
+    const M1: MachineId = MachineId([1; 16]);
     const PASS: &str = "a recovery passphrase";
 
     fn sample() -> Catalogue {
@@ -419,7 +428,7 @@ mod tests {
             format: 1,
             written_unix_ms: 5,
             machines: vec![CatalogueMachine {
-                id: "m-1".into(),
+                id: M1.to_string(),
                 hostname: "web01".into(),
                 registered_unix_ms: 1,
                 disks: vec![(0, 1 << 30, "/dev/sda".into())],
@@ -490,8 +499,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let state = State::open(&d.path().join("state.db")).unwrap();
         import(&state, &d.path().join("keys"), &sample()).unwrap();
-        assert_eq!(state.points("m-1").unwrap()[0].kind, lifeboat_api::PointKind::App);
-        assert_eq!(state.disk_rows("m-1").unwrap(), vec![(0, 1 << 30, "/dev/sda".to_owned())]);
+        assert_eq!(state.points(M1).unwrap()[0].kind, lifeboat_api::PointKind::App);
+        assert_eq!(state.disk_rows(M1).unwrap(), vec![(0, 1 << 30, "/dev/sda".to_owned())]);
         assert_eq!(std::fs::read(d.path().join("keys/dk-1.key")).unwrap(), vec![0xab; 32]);
         let again = build(&state, &d.path().join("keys")).unwrap();
         assert_eq!(again.machines, sample().machines);

@@ -95,7 +95,7 @@ pub type NoPoint = (&'static str, String);
 /// `LatestProcessed`: waiting for the master target is the job's part).
 pub fn choose_point(
     state: &State,
-    machine: &str,
+    machine: MachineId,
     choice: &PointChoice,
 ) -> Result<Result<PointRow, NoPoint>, StateError> {
     let points = state.points(machine)?;
@@ -115,7 +115,7 @@ pub fn choose_point(
             // that number is at the target.
             let mut best: Option<PointRow> = None;
             for g in state.group_points(None)? {
-                if !g.members.iter().any(|m| m == machine) {
+                if !g.members.contains(&machine) {
                     continue;
                 }
                 let Some(mine) = points.iter().find(|p| p.point == g.point) else {
@@ -123,7 +123,7 @@ pub fn choose_point(
                 };
                 let mut complete = true;
                 for m in &g.members {
-                    if m != machine && !state.points(m)?.iter().any(|p| p.point == g.point) {
+                    if *m != machine && !state.points(*m)?.iter().any(|p| p.point == g.point) {
                         complete = false;
                     }
                 }
@@ -142,7 +142,7 @@ pub fn choose_point(
 /// The VM a failover of `machine` makes: detected facts, the administrator's settings over
 /// them, defaults for what neither gives (BIOS, 2 CPUs, 2048 MiB, one interface on
 /// `default`).
-pub fn vm_spec(state: &State, machine: &str) -> Result<VmSpecInfo, MasterError> {
+pub fn vm_spec(state: &State, machine: MachineId) -> Result<VmSpecInfo, MasterError> {
     let detected: Option<SystemInfo> = match state.machine_facts(machine)? {
         Some(t) => Some(serde_json::from_str(&t)?),
         None => None,
@@ -271,7 +271,7 @@ impl Failover {
     async fn wait_processed(
         &self,
         job: lifeboat_api::JobId,
-        machine: &str,
+        machine: MachineId,
     ) -> Result<(), MasterError> {
         let mut want = Vec::new();
         for (d, _) in self.state.disks(machine)? {
@@ -320,7 +320,7 @@ impl Failover {
     async fn resolve(
         &self,
         job: lifeboat_api::JobId,
-        machine: &str,
+        machine: MachineId,
         choice: &PointChoice,
     ) -> Result<PointRow, MasterError> {
         if *choice == PointChoice::Latest {
@@ -377,12 +377,12 @@ impl Failover {
     pub async fn test_failover(
         &self,
         job: lifeboat_api::JobId,
-        machine: String,
+        machine: MachineId,
         choice: PointChoice,
     ) {
         let tf = format!("tf{job}");
         let mut made: Vec<String> = Vec::new();
-        let r = self.test_failover_steps(job, &tf, &machine, &choice, &mut made).await;
+        let r = self.test_failover_steps(job, &tf, machine, &choice, &mut made).await;
         match r {
             Ok(result) => {
                 let _ = self.state.finish_job(
@@ -410,7 +410,7 @@ impl Failover {
         &self,
         job: lifeboat_api::JobId,
         tf: &str,
-        machine: &str,
+        machine: MachineId,
         choice: &PointChoice,
         made: &mut Vec<String>,
     ) -> Result<lifeboat_api::TestFailoverResult, MasterError> {
@@ -442,12 +442,17 @@ impl Failover {
     /// was recorded `failing-over` by the caller ([`State::start_failover`]); what an
     /// earlier failover of the machine made (another point before commit) is replaced only
     /// once the new VM exists.
-    pub async fn failover(&self, job: lifeboat_api::JobId, machine: String, choice: PointChoice) {
-        let old = self.state.failovers(Some(&machine)).ok().and_then(|mut v| v.pop());
+    pub async fn failover(
+        &self,
+        job: lifeboat_api::JobId,
+        machine: MachineId,
+        choice: PointChoice,
+    ) {
+        let old = self.state.failovers(Some(machine)).ok().and_then(|mut v| v.pop());
         let mut made: Vec<String> = Vec::new();
         let mut vm_made = None;
         match self
-            .failover_steps(job, &machine, &choice, old.as_ref(), &mut made, &mut vm_made)
+            .failover_steps(job, machine, &choice, old.as_ref(), &mut made, &mut vm_made)
             .await
         {
             Ok(result) => {
@@ -471,14 +476,14 @@ impl Failover {
                 // An earlier failover that is still in place stays the machine's failover.
                 let _ = match old.filter(|o| o.vm.is_some() && o.point_id.is_some()) {
                     Some(o) => self.state.set_failover(
-                        &machine,
+                        machine,
                         lifeboat_api::FailoverState::FailedOver,
                         o.point_id.as_deref(),
                         o.vm.as_deref(),
                         &o.disks,
                     ),
                     None => self.state.set_failover(
-                        &machine,
+                        machine,
                         lifeboat_api::FailoverState::FailoverFailed,
                         None,
                         None,
@@ -493,7 +498,7 @@ impl Failover {
     async fn failover_steps(
         &self,
         job: lifeboat_api::JobId,
-        machine: &str,
+        machine: MachineId,
         choice: &PointChoice,
         old: Option<&crate::store::FailoverRow>,
         made: &mut Vec<String>,
@@ -556,7 +561,7 @@ impl Failover {
         let seconds = t0.elapsed().as_secs_f64();
         tracing::info!(%job, %machine, point = %point.id, %vm, seconds, "failed over");
         Ok(lifeboat_api::FailoverResult {
-            machine: machine.to_owned(),
+            machine: machine.to_string(),
             vm,
             point: point.id,
             disks: locations,
@@ -567,10 +572,10 @@ impl Failover {
     /// Runs job `job`: commits `machine`'s failover (moved to `committing` by the caller):
     /// its recovery points and unapplied logs are deleted, the failed-over VM and disks
     /// (and the replica) stay. A failure goes back to `failed-over`.
-    pub async fn commit(&self, job: lifeboat_api::JobId, machine: String) {
+    pub async fn commit(&self, job: lifeboat_api::JobId, machine: MachineId) {
         let r: Result<u64, MasterError> = async {
             let mut t = self.instance().await?;
-            let points = self.state.points(&machine)?;
+            let points = self.state.points(machine)?;
             for (i, p) in points.iter().enumerate() {
                 self.state.job_progress(
                     job,
@@ -580,16 +585,16 @@ impl Failover {
                 gone(t.delete_point(&p.id).await)?;
                 self.state.delete_point(&p.id)?;
             }
-            let mid: MachineId = machine.parse().map_err(|e: String| MasterError::msg(e))?;
-            for (d, _) in self.state.disks(&machine)? {
+            let mid = machine;
+            for (d, _) in self.state.disks(machine)? {
                 for name in t.list_logs(&crate::logobj::log_prefix(mid, d)).await? {
                     gone(t.delete_log(&name).await)?;
                 }
             }
-            let fo = self.state.failovers(Some(&machine))?.pop();
+            let fo = self.state.failovers(Some(machine))?.pop();
             let (point, vm, disks) = fo.map(|f| (f.point_id, f.vm, f.disks)).unwrap_or_default();
             self.state.set_failover(
-                &machine,
+                machine,
                 lifeboat_api::FailoverState::Committed,
                 point.as_deref(),
                 vm.as_deref(),
@@ -606,7 +611,7 @@ impl Failover {
                     true,
                     "committed",
                     serde_json::to_string(&lifeboat_api::CommitResult {
-                        machine: machine.clone(),
+                        machine: machine.to_string(),
                         points_deleted: n,
                     })
                     .ok()
@@ -615,7 +620,7 @@ impl Failover {
             }
             Err(e) => {
                 let _ = self.state.failover_transition(
-                    &machine,
+                    machine,
                     lifeboat_api::FailoverState::Committing,
                     lifeboat_api::FailoverState::FailedOver,
                 );

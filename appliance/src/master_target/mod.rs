@@ -201,8 +201,8 @@ impl MasterTarget {
                     continue;
                 }
             };
-            let mid = machine.to_string();
-            if self.state.compare_done(&mid, disk, done.token, done.point)? {
+            let mid = machine;
+            if self.state.compare_done(mid, disk, done.token, done.point)? {
                 tracing::info!(%machine, disk, point = done.point, "the disk's comparison is done (reported through the target)");
             }
             target.delete_log(&n).await?;
@@ -320,7 +320,7 @@ impl MasterTarget {
             .saturating_mul(1u32 << t.failures.min(16).saturating_sub(1))
             .min(DISK_BACKOFF_MAX);
         t.retry_at = std::time::Instant::now() + wait;
-        let mid = machine.to_string();
+        let mid = machine;
         let (alert_disk, what) = if disk == u32::MAX {
             (0, "creating its recovery point failed")
         } else {
@@ -331,7 +331,7 @@ impl MasterTarget {
             DISK_BACKOFF_MAX.as_secs()
         );
         if let Err(err) = self.state.set_disk_alert(
-            &mid,
+            mid,
             alert_disk,
             lifeboat_api::DiskAlertKind::ApplyFailed,
             &message,
@@ -346,7 +346,7 @@ impl MasterTarget {
         if self.troubled.remove(&(machine, disk)).is_some() {
             let alert_disk = if disk == u32::MAX { 0 } else { disk };
             let _ = self.state.clear_disk_alert(
-                &machine.to_string(),
+                machine,
                 alert_disk,
                 lifeboat_api::DiskAlertKind::ApplyFailed,
             );
@@ -372,17 +372,17 @@ impl MasterTarget {
             }
         }
         for (machine, disks) in machines {
-            let mid = machine.to_string();
+            let mid = machine;
             // A failed-over machine's replica and points stay as the failover left them;
             // while it is failing over, what was received is still applied (`latest`).
             if self
                 .state
-                .failover_state(&mid)?
+                .failover_state(mid)?
                 .is_some_and(|s| s != lifeboat_api::FailoverState::FailingOver)
             {
                 continue;
             }
-            let last_point = self.last_point(&mid)?;
+            let last_point = self.last_point(mid)?;
             for &disk in &disks {
                 if self.backing_off(machine, disk) {
                     continue;
@@ -401,7 +401,7 @@ impl MasterTarget {
             // A point exists once every disk reached the same tag past the last point.
             let mut reached = Vec::new();
             for &disk in &disks {
-                reached.push(self.state.applied(&mid, disk)?.1);
+                reached.push(self.state.applied(mid, disk)?.1);
             }
             if let Some(Some(p)) = reached.first().copied()
                 && p > last_point
@@ -410,7 +410,7 @@ impl MasterTarget {
             {
                 // A disk whose logs went missing is not whole again before the point its
                 // agent named when it finished comparing: no point before that.
-                let compares = self.state.compares(&mid)?;
+                let compares = self.state.compares(mid)?;
                 if let Some((disk, _, done)) =
                     compares.iter().find(|(_, _, d)| d.is_none_or(|d| d > p))
                 {
@@ -421,7 +421,7 @@ impl MasterTarget {
                 // App-consistent only if every disk's tag says so.
                 let mut kind = lifeboat_api::PointKind::App;
                 for &disk in &disks {
-                    if self.state.applied_kind(&mid, disk)? != lifeboat_api::PointKind::App {
+                    if self.state.applied_kind(mid, disk)? != lifeboat_api::PointKind::App {
                         kind = lifeboat_api::PointKind::Crash;
                     }
                 }
@@ -429,9 +429,9 @@ impl MasterTarget {
                     Ok(()) => {
                         report.points += 1;
                         self.disk_ok(machine, u32::MAX);
-                        for disk in self.state.end_compares(&mid, p)? {
+                        for disk in self.state.end_compares(mid, p)? {
                             self.state.clear_disk_alert(
-                                &mid,
+                                mid,
                                 disk,
                                 lifeboat_api::DiskAlertKind::CursorStuck,
                             )?;
@@ -450,7 +450,7 @@ impl MasterTarget {
 
     /// The machine's last point: the newest one cut, or one passed without a point while a
     /// disk was being compared.
-    fn last_point(&self, mid: &str) -> Result<u64, MasterError> {
+    fn last_point(&self, mid: MachineId) -> Result<u64, MasterError> {
         let cut = self.state.points(mid)?.last().map(|p| p.point).unwrap_or(0);
         let skipped = self
             .state
@@ -484,20 +484,15 @@ impl MasterTarget {
             return Ok(None);
         }
         self.gaps.remove(&(machine, disk));
-        let mid = machine.to_string();
-        self.state.set_applied(&mid, disk, first, None)?;
+        let mid = machine;
+        self.state.set_applied(mid, disk, first, None)?;
         self.state.make_durable()?;
-        let token = self.state.request_compare(&mid, disk)?;
+        let token = self.state.request_compare(mid, disk)?;
         let message = format!(
             "logs {next} to {} are missing at the target (lost there, or the appliance's cursor went back in a power cut): the disk continued at log {first}; its agent compares the disk with the replica by block hashes and sends what differs, and no point is cut until that is done",
             first - 1
         );
-        self.state.set_disk_alert(
-            &mid,
-            disk,
-            lifeboat_api::DiskAlertKind::CursorStuck,
-            &message,
-        )?;
+        self.state.set_disk_alert(mid, disk, lifeboat_api::DiskAlertKind::CursorStuck, &message)?;
         self.state.count(&[(crate::store::Counter::LogGaps, 1)])?;
         tracing::error!(%machine, disk, token, "{message}");
         Ok(Some((first, token)))
@@ -510,7 +505,7 @@ impl MasterTarget {
         disk: u32,
         last_point: u64,
     ) -> Result<u64, MasterError> {
-        let mid = machine.to_string();
+        let mid = machine;
         let prefix = log_prefix(machine, disk);
         let target = loaded(&mut self.target, "target")?;
         let mut logs: Vec<(u64, String)> = target
@@ -524,7 +519,7 @@ impl MasterTarget {
         // replica per group, not per log), then recorded, then deleted.
         let mut unflushed: Vec<(u64, String, Option<ConsistencyTag>)> = Vec::new();
         let mut applied = 0;
-        let (mut next, reached) = self.state.applied(&mid, disk)?;
+        let (mut next, reached) = self.state.applied(mid, disk)?;
         if reached.is_some_and(|p| p > last_point) {
             return Ok(0); // waiting at a tag for the machine's other disks
         }
@@ -583,8 +578,8 @@ impl MasterTarget {
             };
             (t.point_id, kind)
         });
-        let mid = machine.to_string();
-        self.state.set_applied(&mid, disk, last + 1, tag)?;
+        let mid = machine;
+        self.state.set_applied(mid, disk, last + 1, tag)?;
         self.state.count(&[(crate::store::Counter::AppliedBatches, unflushed.len() as u64)])?;
         // Deleting the logs cannot be undone: the cursor past them must survive a power
         // cut first, or the disk would wait for them forever.
@@ -617,7 +612,7 @@ impl MasterTarget {
                 } else {
                     // Only a machine whose policy turned encryption off may have data in the
                     // clear: anyone able to write to the target could forge the flag.
-                    let policy = self.state.policy_of(&machine.to_string())?;
+                    let policy = self.state.policy_of(machine)?;
                     if policy.encryption.unwrap_or(true) {
                         return Err(MasterError::msg(format!(
                             "log {name} is not sealed, but the policy of machine {machine} requires encryption: refused"
@@ -701,20 +696,20 @@ impl MasterTarget {
         let t0 = std::time::Instant::now();
         let info = target.create_point(&id, &format!("{kind}:{point}"), &disk_ids).await?;
         tracing::debug!(point, create_ms = crate::millis(t0.elapsed()), "create-point");
-        let mid = machine.to_string();
+        let mid = machine;
         self.state.add_point(&PointRow {
             id: id.clone(),
-            machine_id: mid.clone(),
+            machine_id: mid,
             point,
             kind,
             created_unix_ms: if info.created_unix_ms > 0 { info.created_unix_ms } else { now_ms() },
             disks: disks.to_vec(),
         })?;
         tracing::info!(%machine, point, %kind, id = %id, "recovery point created");
-        self.prune(&mid).await
+        self.prune(mid).await
     }
 
-    async fn prune(&mut self, machine_id: &str) -> Result<(), MasterError> {
+    async fn prune(&mut self, machine_id: MachineId) -> Result<(), MasterError> {
         let points = self.state.points(machine_id)?;
         // The machine's policy thins by tiers when it has a retention.
         if let Some(tiers) = self.state.policy_of(machine_id)?.retention {
@@ -724,7 +719,7 @@ impl MasterTarget {
                 .state
                 .group_points(None)?
                 .into_iter()
-                .filter(|g| g.members.iter().any(|m| m == machine_id))
+                .filter(|g| g.members.contains(&machine_id))
                 .map(|g| g.point)
                 .collect();
             let aged: Vec<(String, u64, u8)> = points

@@ -35,8 +35,8 @@ impl ProcessServer {
         let mut t = self.control_target().await?;
         for name in t.list_logs(COMPARE_REQUEST).await.map_err(call_failure)? {
             let Some((machine, disk)) = parse_name(COMPARE_REQUEST, &name) else { continue };
-            let mid = machine.to_string();
-            if !self.inner.state.machine_exists(&mid)? {
+            let mid = machine;
+            if !self.inner.state.machine_exists(mid)? {
                 continue;
             }
             let bytes = t.get_log(&name).await.map_err(call_failure)?;
@@ -45,7 +45,7 @@ impl ProcessServer {
             });
             match request {
                 Ok(r) => {
-                    if self.inner.state.record_compare(&mid, disk, r.token)? {
+                    if self.inner.state.record_compare(mid, disk, r.token)? {
                         tracing::warn!(machine = %mid, disk, token = r.token, "the master target asks for a comparison of this disk with its replica (its logs went missing at the target)");
                     }
                 }

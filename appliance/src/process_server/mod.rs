@@ -151,7 +151,7 @@ struct Inner {
     /// A master target in this process, if any.
     handoff: Option<Arc<Handoff>>,
     /// When each machine was last recorded as heard from (recorded at most every 10 s).
-    seen: Mutex<HashMap<String, std::time::Instant>>,
+    seen: Mutex<HashMap<MachineId, std::time::Instant>>,
     /// The cache's usage and pressure as of its last change, for async code: the cache's
     /// mutex is held across `fdatasync` by appends and releases (on the blocking pool), so
     /// async code never takes it.
@@ -234,7 +234,7 @@ impl ProcessServer {
             let frame = lifeboat_wire::read_header(&payload)?;
             let (machine, disk, seq) =
                 (frame.header.machine, frame.header.disk_index, frame.header.sequence);
-            me.inner.state.set_received_next(&machine.to_string(), disk, seq + 1)?;
+            me.inner.state.set_received_next(machine, disk, seq + 1)?;
             let mark = me.inner.state.durable_mark();
             let q = me.queue(machine, disk);
             lock(&q.queue).push_back(Queued { record: p.record, payload: None, mark });
@@ -270,12 +270,10 @@ impl ProcessServer {
     /// `POST /api/v1/hello`: version negotiation, disks, cursors.
     pub async fn hello(
         &self,
-        machine_id: &str,
+        machine_id: MachineId,
         hello: Hello,
     ) -> Result<HelloResponse, ProcessError> {
-        let machine: MachineId = machine_id
-            .parse()
-            .map_err(|e: String| ProcessError::new(Kind::Forbidden, "forbidden", e))?;
+        let machine = machine_id;
         if !self.inner.state.machine_exists(machine_id)? {
             return Err(ProcessError::new(
                 Kind::Forbidden,
@@ -322,7 +320,7 @@ impl ProcessServer {
                     lifeboat_api::DiskAlertKind::DiskShrunk,
                     &message,
                 )?;
-                tracing::error!(machine = machine_id, disk = d.index, "{message}");
+                tracing::error!(machine = %machine_id, disk = d.index, "{message}");
                 return Err(ProcessError::new(Kind::Conflict, "disk-shrunk", message));
             }
         }
@@ -335,7 +333,7 @@ impl ProcessServer {
                     // grows before any batch for the new space is accepted.
                     t.resize_disk(&id, d.size).await.map_err(call_failure)?;
                     tracing::info!(
-                        machine = machine_id,
+                        machine = %machine_id,
                         disk = d.index,
                         from = size,
                         to = d.size,
@@ -363,7 +361,7 @@ impl ProcessServer {
     /// `PUT /api/v1/batches`: verify, order, cache durably, acknowledge.
     pub async fn batch(
         &self,
-        machine_id: &str,
+        machine_id: MachineId,
         body: bytes::Bytes,
     ) -> Result<BatchAck, ProcessError> {
         let batch = lifeboat_wire::decode(&body).map_err(|e| {
@@ -372,7 +370,7 @@ impl ProcessServer {
         let h = *batch.header();
         let end = batch.extents().last().map_or(0, |e| e.end());
         drop(batch);
-        if h.machine.to_string() != machine_id {
+        if h.machine != machine_id {
             return Err(ProcessError::new(
                 Kind::Forbidden,
                 "forbidden",
@@ -512,11 +510,11 @@ impl ProcessServer {
     }
 
     /// The machine's agent was heard from: recorded in the state store, at most every 10 s.
-    pub fn seen(&self, machine: &str) -> Result<(), StateError> {
+    pub fn seen(&self, machine: MachineId) -> Result<(), StateError> {
         let mut seen = lock(&self.inner.seen);
-        let due = seen.get(machine).is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
+        let due = seen.get(&machine).is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
         if due {
-            seen.insert(machine.to_owned(), std::time::Instant::now());
+            seen.insert(machine, std::time::Instant::now());
             drop(seen);
             self.inner.state.machine_seen(machine)?;
         }

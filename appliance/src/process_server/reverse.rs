@@ -30,7 +30,7 @@ use lifeboat_wire::{Batch, BatchHeader, MachineId};
 use crate::process_server::{Kind, ProcessError, ProcessServer, call_failure};
 use crate::store::State;
 
-fn not_reverse(machine: &str) -> ProcessError {
+fn not_reverse(machine: MachineId) -> ProcessError {
     ProcessError::new(
         Kind::Conflict,
         "not-reprotected",
@@ -39,14 +39,14 @@ fn not_reverse(machine: &str) -> ProcessError {
 }
 
 /// Whether `machine` is in reverse replication.
-fn in_reverse(state: &State, machine: &str) -> Result<bool, ProcessError> {
+fn in_reverse(state: &State, machine: MachineId) -> Result<bool, ProcessError> {
     Ok(state
         .failover_state(machine)?
         .is_some_and(|s| lifeboat_api::FailoverState::REVERSE.contains(&s)))
 }
 
 /// `GET /api/v1/reverse`.
-pub fn status(state: &State, machine: &str) -> Result<ReverseStatus, ProcessError> {
+pub fn status(state: &State, machine: MachineId) -> Result<ReverseStatus, ProcessError> {
     let disks =
         state.disks(machine)?.into_iter().map(|(index, size)| DiskSize { index, size }).collect();
     let (mode, passes, final_pass) = match state.reverse(machine)? {
@@ -94,7 +94,7 @@ async fn read_blocks(
 pub async fn diff(
     ps: &ProcessServer,
     state: &State,
-    machine: &str,
+    machine: MachineId,
     d: ReverseDiff,
 ) -> Result<Bytes, ProcessError> {
     if !in_reverse(state, machine)? {
@@ -118,8 +118,7 @@ pub async fn diff(
         )
     })?;
     let (data, len) = read_blocks(ps, &source, d.offset, d.hashes.len(), size).await?;
-    let mid: MachineId =
-        machine.parse().map_err(|e: String| ProcessError::new(Kind::Forbidden, "forbidden", e))?;
+    let mid = machine;
     let mut builder =
         Batch::builder(BatchHeader { machine: mid, disk_index: d.disk, sequence: 0, tag: None });
     let mut sent = 0u64;
@@ -152,7 +151,7 @@ pub async fn diff(
 pub async fn compare(
     ps: &ProcessServer,
     state: &State,
-    machine: &str,
+    machine: MachineId,
     c: CompareBlocks,
 ) -> Result<CompareAnswer, ProcessError> {
     if !state.compares(machine)?.iter().any(|x| x.0 == c.disk && x.1 == c.token && x.2.is_none()) {
@@ -167,8 +166,7 @@ pub async fn compare(
             || ProcessError::new(Kind::Invalid, "invalid", format!("disk: no disk {}", c.disk)),
         )?;
     c.check(size).map_err(|e| ProcessError::new(Kind::Invalid, "invalid", e))?;
-    let mid: MachineId =
-        machine.parse().map_err(|e: String| ProcessError::new(Kind::Forbidden, "forbidden", e))?;
+    let mid = machine;
     let replica = crate::logobj::disk_id(mid, c.disk);
     let (data, len) = read_blocks(ps, &replica, c.offset, c.hashes.len(), size).await?;
     let b = u64::from(REVERSE_BLOCK);
@@ -189,7 +187,7 @@ pub async fn compare(
 }
 
 /// `POST /api/v1/reverse/done`.
-pub fn done(state: &State, machine: &str, d: ReverseDone) -> Result<(), ProcessError> {
+pub fn done(state: &State, machine: MachineId, d: ReverseDone) -> Result<(), ProcessError> {
     if !in_reverse(state, machine)? {
         return Err(not_reverse(machine));
     }

@@ -56,7 +56,7 @@ impl ProcessServer {
         q: Arc<DiskQueue>,
         tx: tokio::sync::mpsc::Sender<Sealed>,
     ) {
-        let mut stage = Stage { machine: machine.to_string(), encrypt: true, ..Default::default() };
+        let mut stage = Stage { machine, encrypt: true, ..Default::default() };
         let mut backoff = Duration::from_millis(100);
         // The first sequence not handed to the putter yet.
         let mut next = 0u64;
@@ -149,7 +149,7 @@ impl ProcessServer {
         let t0 = std::time::Instant::now();
         // The machine's policy may set its level (looked up at most every 10 s).
         if stage.level_at.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-            let policy = self.inner.state.policy_of(&stage.machine)?;
+            let policy = self.inner.state.policy_of(stage.machine)?;
             stage.level = policy.compression_level.unwrap_or(self.inner.cfg.codec_level);
             stage.encrypt = policy.encryption.unwrap_or(true);
             stage.level_at = Some(std::time::Instant::now());
@@ -252,7 +252,7 @@ struct Stage {
     target: Option<TargetInstance>,
     /// The machine this stage encodes for, its codec level, whether its data is sealed,
     /// and when that was looked up.
-    machine: String,
+    machine: MachineId,
     level: i32,
     encrypt: bool,
     level_at: Option<std::time::Instant>,

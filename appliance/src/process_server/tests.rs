@@ -42,29 +42,29 @@ async fn an_agent_writes_only_its_own_disks_in_sequence() {
     let a = MachineId([1; 16]);
     let b = MachineId([2; 16]);
     state.add_passphrase("p").unwrap();
-    assert!(state.register_machine("p", &a.to_string(), "a").unwrap());
-    state.upsert_disk(&a.to_string(), 0, 1 << 20, "/dev/a").unwrap();
+    assert!(state.register_machine("p", a, "a").unwrap());
+    state.upsert_disk(a, 0, 1 << 20, "/dev/a").unwrap();
 
     // Machine a presenting a batch of machine b's disk: refused.
-    let e = ps.batch(&a.to_string(), batch(b, 0, 0)).await.unwrap_err();
+    let e = ps.batch(a, batch(b, 0, 0)).await.unwrap_err();
     assert_eq!((e.kind, e.code), (Kind::Forbidden, "forbidden"), "{}", e.message);
     // A disk never announced: refused.
-    let e = ps.batch(&a.to_string(), batch(a, 1, 0)).await.unwrap_err();
+    let e = ps.batch(a, batch(a, 1, 0)).await.unwrap_err();
     assert_eq!(e.code, "unknown-disk");
     // In order: stored; again: a duplicate; ahead: a gap naming the expected one.
-    let ack = ps.batch(&a.to_string(), batch(a, 0, 0)).await.unwrap();
+    let ack = ps.batch(a, batch(a, 0, 0)).await.unwrap();
     assert!(!ack.duplicate);
-    let ack = ps.batch(&a.to_string(), batch(a, 0, 0)).await.unwrap();
+    let ack = ps.batch(a, batch(a, 0, 0)).await.unwrap();
     assert!(ack.duplicate);
-    let e = ps.batch(&a.to_string(), batch(a, 0, 5)).await.unwrap_err();
+    let e = ps.batch(a, batch(a, 0, 5)).await.unwrap_err();
     assert_eq!((e.kind, e.expected_sequence), (Kind::Conflict, Some(1)));
     // A corrupt batch never reaches the cache.
     let mut bad = batch(a, 0, 1).to_vec();
     let n = bad.len();
     bad[n / 2] ^= 1;
-    let e = ps.batch(&a.to_string(), bad.into()).await.unwrap_err();
+    let e = ps.batch(a, bad.into()).await.unwrap_err();
     assert_eq!(e.code, "bad-batch");
-    assert_eq!(state.received_next(&a.to_string(), 0).unwrap(), 1);
+    assert_eq!(state.received_next(a, 0).unwrap(), 1);
     assert_eq!(ps.backlog(), 1, "the stored batch waits to be shipped");
 }
 
@@ -75,18 +75,18 @@ async fn extents_past_the_end_and_bad_sizes_are_refused_before_anything_is_cache
     let d = tempfile::tempdir().unwrap();
     let (ps, state) = server(d.path());
     let a = MachineId([1; 16]);
-    let id = a.to_string();
+    let id = a;
     state.add_passphrase("p").unwrap();
-    assert!(state.register_machine("p", &id, "a").unwrap());
+    assert!(state.register_machine("p", id, "a").unwrap());
     // The test batch writes 4096 bytes at 4096: it ends at 8192.
-    state.upsert_disk(&id, 0, 8192 - 512, "/dev/a").unwrap();
-    let e = ps.batch(&id, batch(a, 0, 0)).await.unwrap_err();
+    state.upsert_disk(id, 0, 8192 - 512, "/dev/a").unwrap();
+    let e = ps.batch(id, batch(a, 0, 0)).await.unwrap_err();
     assert_eq!((e.kind, e.code), (Kind::Invalid, "extent-out-of-range"), "{}", e.message);
     assert!(e.message.contains("8192"), "{}", e.message);
     assert_eq!(ps.backlog(), 0, "nothing cached");
-    assert_eq!(state.received_next(&id, 0).unwrap(), 0);
-    state.upsert_disk(&id, 0, 8192, "/dev/a").unwrap();
-    assert!(ps.batch(&id, batch(a, 0, 0)).await.is_ok(), "exactly to the end is fine");
+    assert_eq!(state.received_next(id, 0).unwrap(), 0);
+    state.upsert_disk(id, 0, 8192, "/dev/a").unwrap();
+    assert!(ps.batch(id, batch(a, 0, 0)).await.is_ok(), "exactly to the end is fine");
 
     let hello = |size: u64| Hello {
         protocol_versions: lifeboat_wire::PROTOCOL_VERSIONS.to_vec(),
@@ -94,12 +94,12 @@ async fn extents_past_the_end_and_bad_sizes_are_refused_before_anything_is_cache
         system: None,
     };
     for bad in [0, 1000, (64u64 << 40) + 512] {
-        let e = ps.hello(&id, hello(bad)).await.unwrap_err();
+        let e = ps.hello(id, hello(bad)).await.unwrap_err();
         assert_eq!((e.kind, e.code), (Kind::Invalid, "bad-disk-size"), "{bad}: {}", e.message);
     }
-    let e = ps.hello(&id, hello(4096)).await.unwrap_err();
+    let e = ps.hello(id, hello(4096)).await.unwrap_err();
     assert_eq!((e.kind, e.code), (Kind::Conflict, "disk-shrunk"), "{}", e.message);
-    assert_eq!(state.disks(&id).unwrap(), vec![(0, 8192)], "the replica's size is kept");
+    assert_eq!(state.disks(id).unwrap(), vec![(0, 8192)], "the replica's size is kept");
     let alerts = state.disk_alerts().unwrap();
     assert_eq!((alerts.len(), alerts[0].kind.as_str()), (1, "disk-shrunk"));
     assert!(

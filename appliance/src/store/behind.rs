@@ -13,6 +13,7 @@
 //! second of counts is lost (they are statistics).
 
 use super::{Sqlite, State, StateError};
+use lifeboat_wire::MachineId;
 use rusqlite::{OptionalExtension, params};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
@@ -82,13 +83,13 @@ impl Counter {
 /// The backend side: where written-behind values are stored.
 pub trait BehindStore {
     /// The process server's cursor of a disk as stored: the next sequence it expects.
-    fn stored_received_next(&self, machine_id: &str, disk: u32) -> Result<u64, StateError>;
+    fn stored_received_next(&self, machine_id: MachineId, disk: u32) -> Result<u64, StateError>;
 
     /// Writes cursors (each only advanced, never moved back) and adds to counters, in one
     /// transaction.
     fn write_behind(
         &self,
-        cursors: &[(&str, u32, u64)],
+        cursors: &[(MachineId, u32, u64)],
         counts: &[(&str, u64)],
     ) -> Result<(), StateError>;
 
@@ -97,7 +98,7 @@ pub trait BehindStore {
 
     /// The replica of a disk was made anew (failback): the master target goes on from
     /// sequence `next` with no point reached, and the process server expects `next`.
-    fn rebase_disk(&self, machine_id: &str, disk: u32, next: u64) -> Result<(), StateError>;
+    fn rebase_disk(&self, machine_id: MachineId, disk: u32, next: u64) -> Result<(), StateError>;
 
     /// Makes every commit so far durable (they survive a power cut).
     fn make_durable(&self) -> Result<(), StateError>;
@@ -113,7 +114,7 @@ struct Cursor {
 /// The in-memory side, shared by every clone of a [`State`].
 #[derive(Debug, Default)]
 pub(super) struct Behind {
-    cursors: RwLock<HashMap<(String, u32), Arc<Cursor>>>,
+    cursors: RwLock<HashMap<(MachineId, u32), Arc<Cursor>>>,
     counts: [AtomicU64; Counter::ALL.len()],
     /// Durable syncs started, and the newest one completed (see [`State::durable_mark`]).
     syncs_started: AtomicU64,
@@ -121,8 +122,8 @@ pub(super) struct Behind {
 }
 
 impl State {
-    fn cursor(&self, machine_id: &str, disk: u32) -> Result<Arc<Cursor>, StateError> {
-        let key = (machine_id.to_owned(), disk);
+    fn cursor(&self, machine_id: MachineId, disk: u32) -> Result<Arc<Cursor>, StateError> {
+        let key = (machine_id, disk);
         if let Some(c) = self.behind.cursors.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
             return Ok(c.clone());
         }
@@ -135,14 +136,14 @@ impl State {
     }
 
     /// The process server's cursor: the next sequence it expects for a disk.
-    pub fn received_next(&self, machine_id: &str, disk: u32) -> Result<u64, StateError> {
+    pub fn received_next(&self, machine_id: MachineId, disk: u32) -> Result<u64, StateError> {
         Ok(self.cursor(machine_id, disk)?.next.load(SeqCst))
     }
 
     /// Advances the process server's cursor (never moves it back); written behind.
     pub fn set_received_next(
         &self,
-        machine_id: &str,
+        machine_id: MachineId,
         disk: u32,
         next: u64,
     ) -> Result<(), StateError> {
@@ -152,7 +153,12 @@ impl State {
 
     /// The replica of a disk was made anew (failback): the master target goes on from
     /// sequence `next` with no point reached, and the process server expects `next`.
-    pub fn rebase_disk(&self, machine_id: &str, disk: u32, next: u64) -> Result<(), StateError> {
+    pub fn rebase_disk(
+        &self,
+        machine_id: MachineId,
+        disk: u32,
+        next: u64,
+    ) -> Result<(), StateError> {
         let c = self.cursor(machine_id, disk)?;
         super::off_worker(|| self.backend.rebase_disk(machine_id, disk, next))?;
         c.next.fetch_max(next, SeqCst);
@@ -183,7 +189,7 @@ impl State {
 
     /// Writes what is kept in memory to the backend.
     pub fn flush(&self) -> Result<(), StateError> {
-        let dirty: Vec<((String, u32), Arc<Cursor>, u64)> = self
+        let dirty: Vec<((MachineId, u32), Arc<Cursor>, u64)> = self
             .behind
             .cursors
             .read()
@@ -191,7 +197,7 @@ impl State {
             .iter()
             .filter_map(|(k, c)| {
                 let next = c.next.load(SeqCst);
-                (next > c.stored.load(SeqCst)).then(|| (k.clone(), c.clone(), next))
+                (next > c.stored.load(SeqCst)).then(|| (*k, c.clone(), next))
             })
             .collect();
         let counts: Vec<(Counter, u64)> = Counter::ALL
@@ -202,8 +208,8 @@ impl State {
         if dirty.is_empty() && counts.is_empty() {
             return Ok(());
         }
-        let cursors: Vec<(&str, u32, u64)> =
-            dirty.iter().map(|((m, d), _, next)| (m.as_str(), *d, *next)).collect();
+        let cursors: Vec<(MachineId, u32, u64)> =
+            dirty.iter().map(|((m, d), _, next)| (*m, *d, *next)).collect();
         let named: Vec<(&str, u64)> = counts.iter().map(|&(c, n)| (c.name(), n)).collect();
         match super::off_worker(|| self.backend.write_behind(&cursors, &named)) {
             Ok(()) => {
@@ -270,7 +276,7 @@ impl State {
 }
 
 impl BehindStore for Sqlite {
-    fn stored_received_next(&self, machine_id: &str, disk: u32) -> Result<u64, StateError> {
+    fn stored_received_next(&self, machine_id: MachineId, disk: u32) -> Result<u64, StateError> {
         self.read()
             .query_row(
                 "SELECT next_sequence FROM received WHERE machine_id = ?1 AND disk = ?2",
@@ -284,7 +290,7 @@ impl BehindStore for Sqlite {
 
     fn write_behind(
         &self,
-        cursors: &[(&str, u32, u64)],
+        cursors: &[(MachineId, u32, u64)],
         counts: &[(&str, u64)],
     ) -> Result<(), StateError> {
         let mut c = self.conn();
@@ -319,7 +325,7 @@ impl BehindStore for Sqlite {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
-    fn rebase_disk(&self, machine_id: &str, disk: u32, next: u64) -> Result<(), StateError> {
+    fn rebase_disk(&self, machine_id: MachineId, disk: u32, next: u64) -> Result<(), StateError> {
         let mut c = self.conn();
         let tx = c.transaction().map_err(|e| self.err(e))?;
         tx.execute(

@@ -1,6 +1,7 @@
 //! The certificates issued to each machine and the trust answer last given to it.
 
 use super::{Sqlite, State, StateError};
+use lifeboat_wire::MachineId;
 use rusqlite::{OptionalExtension, params};
 
 /// A machine's certificates: (signing CA of the current one, current sha256, previous
@@ -14,44 +15,44 @@ super::backend_trait! {
         /// until the new one is seen in use (a lost renewal answer must not lock it out).
         fn set_machine_cert(
             &self,
-            machine_id: &str,
+            machine_id: MachineId,
             ca_fingerprint: &str,
             not_after_unix_ms: u64,
             cert_sha256: &str,
         ) -> Result<(), StateError>;
 
         /// The machine presented its current certificate: the previous one is refused now.
-        fn machine_cert_in_use(&self, machine_id: &str) -> Result<(), StateError>;
+        fn machine_cert_in_use(&self, machine_id: MachineId) -> Result<(), StateError>;
 
         /// The machine's certificates as (signing CA of the current one, current sha256,
         /// previous sha256 still accepted).
-        fn machine_certs(&self, machine_id: &str) -> Result<MachineCerts, StateError>;
+        fn machine_certs(&self, machine_id: MachineId) -> Result<MachineCerts, StateError>;
 
         /// The machine's current certificate as (signing CA fingerprint, sha256), if recorded.
         fn machine_cert(
             &self,
-            machine_id: &str,
+            machine_id: MachineId,
         ) -> Result<(Option<String>, Option<String>), StateError>;
 
         /// Records the sha256 of the trust bundle last sent to the machine's agent.
         fn set_machine_trust(
             &self,
-            machine_id: &str,
+            machine_id: MachineId,
             bundle_sha256: &str,
         ) -> Result<(), StateError>;
 
         /// The sha256 of the trust bundle last sent to the machine's agent.
-        fn machine_trust(&self, machine_id: &str) -> Result<Option<String>, StateError>;
+        fn machine_trust(&self, machine_id: MachineId) -> Result<Option<String>, StateError>;
 
         /// The machine's certificate expiry, if recorded.
-        fn machine_cert_expiry(&self, machine_id: &str) -> Result<Option<u64>, StateError>;
+        fn machine_cert_expiry(&self, machine_id: MachineId) -> Result<Option<u64>, StateError>;
     }
 }
 
 impl CertStore for Sqlite {
     fn set_machine_cert(
         &self,
-        machine_id: &str,
+        machine_id: MachineId,
         ca_fingerprint: &str,
         not_after_unix_ms: u64,
         cert_sha256: &str,
@@ -68,7 +69,7 @@ impl CertStore for Sqlite {
         Ok(())
     }
 
-    fn machine_cert_in_use(&self, machine_id: &str) -> Result<(), StateError> {
+    fn machine_cert_in_use(&self, machine_id: MachineId) -> Result<(), StateError> {
         self.conn()
             .execute(
                 "UPDATE machines SET cert_prev_sha256 = NULL
@@ -79,7 +80,7 @@ impl CertStore for Sqlite {
         Ok(())
     }
 
-    fn machine_certs(&self, machine_id: &str) -> Result<MachineCerts, StateError> {
+    fn machine_certs(&self, machine_id: MachineId) -> Result<MachineCerts, StateError> {
         self.read()
             .query_row(
                 "SELECT cert_ca, cert_sha256, cert_prev_sha256 FROM machines WHERE id = ?1",
@@ -93,13 +94,17 @@ impl CertStore for Sqlite {
 
     fn machine_cert(
         &self,
-        machine_id: &str,
+        machine_id: MachineId,
     ) -> Result<(Option<String>, Option<String>), StateError> {
         let (ca, sha, _) = self.machine_certs(machine_id)?;
         Ok((ca, sha))
     }
 
-    fn set_machine_trust(&self, machine_id: &str, bundle_sha256: &str) -> Result<(), StateError> {
+    fn set_machine_trust(
+        &self,
+        machine_id: MachineId,
+        bundle_sha256: &str,
+    ) -> Result<(), StateError> {
         self.conn()
             .execute(
                 "UPDATE machines SET trust_bundle_sha256 = ?2 WHERE id = ?1",
@@ -109,7 +114,7 @@ impl CertStore for Sqlite {
         Ok(())
     }
 
-    fn machine_trust(&self, machine_id: &str) -> Result<Option<String>, StateError> {
+    fn machine_trust(&self, machine_id: MachineId) -> Result<Option<String>, StateError> {
         self.read()
             .query_row(
                 "SELECT trust_bundle_sha256 FROM machines WHERE id = ?1",
@@ -121,7 +126,7 @@ impl CertStore for Sqlite {
             .map_err(|e| self.err(e))
     }
 
-    fn machine_cert_expiry(&self, machine_id: &str) -> Result<Option<u64>, StateError> {
+    fn machine_cert_expiry(&self, machine_id: MachineId) -> Result<Option<u64>, StateError> {
         self.read()
             .query_row(
                 "SELECT cert_not_after_unix_ms FROM machines WHERE id = ?1",

@@ -2,13 +2,14 @@
 
 use super::{Sqlite, State, StateError, now_ms};
 use lifeboat_api::{DiskAlertKind, PointKind};
+use lifeboat_wire::MachineId;
 use rusqlite::{OptionalExtension, params};
 
 /// A problem of one disk, see [`State::disk_alerts`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskAlertRow {
     /// The machine.
-    pub machine_id: String,
+    pub machine_id: MachineId,
     /// The disk's index.
     pub disk: u32,
     /// What is wrong.
@@ -25,13 +26,13 @@ super::backend_trait! {
 
         /// The master target's cursor: the next sequence to apply, and the last point tag
         /// the disk reached.
-        fn applied(&self, machine_id: &str, disk: u32) -> Result<(u64, Option<u64>), StateError>;
+        fn applied(&self, machine_id: MachineId, disk: u32) -> Result<(u64, Option<u64>), StateError>;
 
         /// Records that a disk's log `next - 1` was applied (and the point tag it carried, with
         /// the tag's kind: `crash` or `app`).
         fn set_applied(
             &self,
-            machine_id: &str,
+            machine_id: MachineId,
             disk: u32,
             next: u64,
             point_reached: Option<(u64, PointKind)>,
@@ -39,32 +40,32 @@ super::backend_trait! {
 
         /// The kind (`crash`, `app`) of the last point tag a disk reached; `crash` for tags
         /// recorded before the kind was (schema 2).
-        fn applied_kind(&self, machine_id: &str, disk: u32) -> Result<PointKind, StateError>;
+        fn applied_kind(&self, machine_id: MachineId, disk: u32) -> Result<PointKind, StateError>;
 
         /// A machine's progress per disk as (disk, phase, done, total), by disk.
-        fn progress(&self, machine_id: &str) -> Result<Vec<(u32, String, u64, u64)>, StateError>;
+        fn progress(&self, machine_id: MachineId) -> Result<Vec<(u32, String, u64, u64)>, StateError>;
 
         /// Stores an agent's progress report for one disk.
         fn set_progress(
             &self,
-            machine_id: &str,
+            machine_id: MachineId,
             p: &lifeboat_api::Progress,
         ) -> Result<(), StateError>;
 
         /// Stores a churn report (JSON, already checked) of `machine_id`.
-        fn add_churn(&self, machine_id: &str, report_json: &str) -> Result<(), StateError>;
+        fn add_churn(&self, machine_id: MachineId, report_json: &str) -> Result<(), StateError>;
 
         /// Churn reports as (machine, time, JSON), oldest first, of one machine or all.
         fn churn(
             &self,
-            machine_id: Option<&str>,
-        ) -> Result<Vec<(String, u64, String)>, StateError>;
+            machine_id: Option<MachineId>,
+        ) -> Result<Vec<(MachineId, u64, String)>, StateError>;
 
         /// Records (or refreshes the message of) a problem of one disk; `since` stays the
         /// first time it was seen.
         fn set_disk_alert(
             &self,
-            machine_id: &str,
+            machine_id: MachineId,
             disk: u32,
             kind: DiskAlertKind,
             message: &str,
@@ -73,7 +74,7 @@ super::backend_trait! {
         /// Clears a problem of one disk (nothing if there is none).
         fn clear_disk_alert(
             &self,
-            machine_id: &str,
+            machine_id: MachineId,
             disk: u32,
             kind: DiskAlertKind,
         ) -> Result<(), StateError>;
@@ -83,38 +84,38 @@ super::backend_trait! {
 
         /// Asks for a comparison of a disk with its replica; returns its token (the open
         /// request's, if there is one).
-        fn request_compare(&self, machine_id: &str, disk: u32) -> Result<u64, StateError>;
+        fn request_compare(&self, machine_id: MachineId, disk: u32) -> Result<u64, StateError>;
 
         /// Records a comparison asked for elsewhere (a master target at another site), under
         /// its token; false if it is known already.
         fn record_compare(
             &self,
-            machine_id: &str,
+            machine_id: MachineId,
             disk: u32,
             token: u64,
         ) -> Result<bool, StateError>;
 
         /// A machine's comparisons: (disk, token, point from which the replica is whole once
         /// the agent said it is done).
-        fn compares(&self, machine_id: &str) -> Result<Vec<(u32, u64, Option<u64>)>, StateError>;
+        fn compares(&self, machine_id: MachineId) -> Result<Vec<(u32, u64, Option<u64>)>, StateError>;
 
         /// The agent compared the whole disk for the request `token`; the replica is whole
         /// from `point` on. False if no such request is open.
         fn compare_done(
             &self,
-            machine_id: &str,
+            machine_id: MachineId,
             disk: u32,
             token: u64,
             point: u64,
         ) -> Result<bool, StateError>;
 
         /// Forgets a machine's comparisons that are done by `point`.
-        fn end_compares(&self, machine_id: &str, point: u64) -> Result<Vec<u32>, StateError>;
+        fn end_compares(&self, machine_id: MachineId, point: u64) -> Result<Vec<u32>, StateError>;
     }
 }
 
 impl CursorStore for Sqlite {
-    fn applied(&self, machine_id: &str, disk: u32) -> Result<(u64, Option<u64>), StateError> {
+    fn applied(&self, machine_id: MachineId, disk: u32) -> Result<(u64, Option<u64>), StateError> {
         self.read()
             .query_row(
                 "SELECT next_sequence, point_reached FROM applied
@@ -129,7 +130,7 @@ impl CursorStore for Sqlite {
 
     fn set_applied(
         &self,
-        machine_id: &str,
+        machine_id: MachineId,
         disk: u32,
         next: u64,
         point_reached: Option<(u64, PointKind)>,
@@ -153,7 +154,7 @@ impl CursorStore for Sqlite {
         Ok(())
     }
 
-    fn applied_kind(&self, machine_id: &str, disk: u32) -> Result<PointKind, StateError> {
+    fn applied_kind(&self, machine_id: MachineId, disk: u32) -> Result<PointKind, StateError> {
         self.read()
             .query_row(
                 "SELECT point_kind FROM applied WHERE machine_id = ?1 AND disk = ?2",
@@ -165,7 +166,7 @@ impl CursorStore for Sqlite {
             .map_err(|e| self.err(e))
     }
 
-    fn progress(&self, machine_id: &str) -> Result<Vec<(u32, String, u64, u64)>, StateError> {
+    fn progress(&self, machine_id: MachineId) -> Result<Vec<(u32, String, u64, u64)>, StateError> {
         let c = self.read();
         let mut s = c
             .prepare(
@@ -186,7 +187,11 @@ impl CursorStore for Sqlite {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
-    fn set_progress(&self, machine_id: &str, p: &lifeboat_api::Progress) -> Result<(), StateError> {
+    fn set_progress(
+        &self,
+        machine_id: MachineId,
+        p: &lifeboat_api::Progress,
+    ) -> Result<(), StateError> {
         self.conn()
             .execute(
                 "INSERT INTO progress (machine_id, disk, phase, done_bytes, total_bytes, sent_bytes, updated_unix_ms)
@@ -207,7 +212,7 @@ impl CursorStore for Sqlite {
         Ok(())
     }
 
-    fn add_churn(&self, machine_id: &str, report_json: &str) -> Result<(), StateError> {
+    fn add_churn(&self, machine_id: MachineId, report_json: &str) -> Result<(), StateError> {
         self.conn()
             .execute(
                 "INSERT INTO churn (machine_id, reported_unix_ms, report) VALUES (?1, ?2, ?3)",
@@ -217,7 +222,10 @@ impl CursorStore for Sqlite {
         Ok(())
     }
 
-    fn churn(&self, machine_id: Option<&str>) -> Result<Vec<(String, u64, String)>, StateError> {
+    fn churn(
+        &self,
+        machine_id: Option<MachineId>,
+    ) -> Result<Vec<(MachineId, u64, String)>, StateError> {
         let conn = self.read();
         let mut stmt = conn
             .prepare(
@@ -237,7 +245,7 @@ impl CursorStore for Sqlite {
 
     fn set_disk_alert(
         &self,
-        machine_id: &str,
+        machine_id: MachineId,
         disk: u32,
         kind: DiskAlertKind,
         message: &str,
@@ -255,7 +263,7 @@ impl CursorStore for Sqlite {
 
     fn clear_disk_alert(
         &self,
-        machine_id: &str,
+        machine_id: MachineId,
         disk: u32,
         kind: DiskAlertKind,
     ) -> Result<(), StateError> {
@@ -290,7 +298,7 @@ impl CursorStore for Sqlite {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
-    fn request_compare(&self, machine_id: &str, disk: u32) -> Result<u64, StateError> {
+    fn request_compare(&self, machine_id: MachineId, disk: u32) -> Result<u64, StateError> {
         let c = self.conn();
         let open: Option<i64> = c
             .query_row(
@@ -315,7 +323,12 @@ impl CursorStore for Sqlite {
         Ok(token)
     }
 
-    fn record_compare(&self, machine_id: &str, disk: u32, token: u64) -> Result<bool, StateError> {
+    fn record_compare(
+        &self,
+        machine_id: MachineId,
+        disk: u32,
+        token: u64,
+    ) -> Result<bool, StateError> {
         if self.compares(machine_id)?.iter().any(|c| c.0 == disk && c.1 == token) {
             return Ok(false);
         }
@@ -331,7 +344,7 @@ impl CursorStore for Sqlite {
         Ok(true)
     }
 
-    fn compares(&self, machine_id: &str) -> Result<Vec<(u32, u64, Option<u64>)>, StateError> {
+    fn compares(&self, machine_id: MachineId) -> Result<Vec<(u32, u64, Option<u64>)>, StateError> {
         let c = self.read();
         let mut s = c
             .prepare(
@@ -352,7 +365,7 @@ impl CursorStore for Sqlite {
 
     fn compare_done(
         &self,
-        machine_id: &str,
+        machine_id: MachineId,
         disk: u32,
         token: u64,
         point: u64,
@@ -368,7 +381,7 @@ impl CursorStore for Sqlite {
         Ok(n == 1)
     }
 
-    fn end_compares(&self, machine_id: &str, point: u64) -> Result<Vec<u32>, StateError> {
+    fn end_compares(&self, machine_id: MachineId, point: u64) -> Result<Vec<u32>, StateError> {
         let done: Vec<u32> = self
             .compares(machine_id)?
             .into_iter()

@@ -2,13 +2,14 @@
 
 use super::{Sqlite, State, StateError, now_ms};
 use lifeboat_api::{FailoverState, JobId};
+use lifeboat_wire::MachineId;
 use rusqlite::{OptionalExtension, params};
 
 /// A machine's failover as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FailoverRow {
     /// The machine.
-    pub machine_id: String,
+    pub machine_id: MachineId,
     /// Where it stands.
     pub state: FailoverState,
     /// The point the VM was made from.
@@ -31,7 +32,7 @@ pub struct TestFailoverRow {
     /// Its id (`tf<job>`).
     pub id: String,
     /// The machine.
-    pub machine_id: String,
+    pub machine_id: MachineId,
     /// The point it was made from.
     pub point_id: String,
     /// The VM at the target.
@@ -84,12 +85,12 @@ super::backend_trait! {
         /// Starts a failover of a machine as job `job`: replication of the machine stops
         /// being accepted. False (nothing written) if it is failing over already, or failed
         /// over and committed.
-        fn start_failover(&self, machine_id: &str, job: JobId) -> Result<bool, StateError>;
+        fn start_failover(&self, machine_id: MachineId, job: JobId) -> Result<bool, StateError>;
 
         /// Records where a failover stands: its state and, once made, the VM and disks.
         fn set_failover(
             &self,
-            machine_id: &str,
+            machine_id: MachineId,
             state: FailoverState,
             point_id: Option<&str>,
             vm: Option<&str>,
@@ -97,28 +98,28 @@ super::backend_trait! {
         ) -> Result<(), StateError>;
 
         /// Failovers, by machine id, or one machine's.
-        fn failovers(&self, machine_id: Option<&str>) -> Result<Vec<FailoverRow>, StateError>;
+        fn failovers(&self, machine_id: Option<MachineId>) -> Result<Vec<FailoverRow>, StateError>;
 
         /// Moves a machine's failover from state `from` to `to`; false (nothing written) if it
         /// was not in `from`.
         fn failover_transition(
             &self,
-            machine_id: &str,
+            machine_id: MachineId,
             from: FailoverState,
             to: FailoverState,
         ) -> Result<bool, StateError>;
 
         /// Starts reverse replication of a machine whose disks hold `total_bytes`.
-        fn start_reverse(&self, machine_id: &str, total_bytes: u64) -> Result<(), StateError>;
+        fn start_reverse(&self, machine_id: MachineId, total_bytes: u64) -> Result<(), StateError>;
 
         /// Where reverse replication of a machine stands, if it was started.
-        fn reverse(&self, machine_id: &str) -> Result<Option<ReverseRow>, StateError>;
+        fn reverse(&self, machine_id: MachineId) -> Result<Option<ReverseRow>, StateError>;
 
         /// Counts a served reverse diff: `hashed` bytes compared, `sent` bytes sent. A diff at
         /// the start of the first disk starts a new pass's counts.
         fn reverse_progress(
             &self,
-            machine_id: &str,
+            machine_id: MachineId,
             restart: bool,
             hashed: u64,
             sent: u64,
@@ -129,7 +130,7 @@ super::backend_trait! {
         /// byte — with the agent's next sequences.
         fn reverse_pass_done(
             &self,
-            machine_id: &str,
+            machine_id: MachineId,
             final_pass: bool,
             next_sequences_json: &str,
         ) -> Result<(), StateError>;
@@ -139,15 +140,15 @@ super::backend_trait! {
         /// withdrawn (a failback that failed).
         fn request_final_pass(
             &self,
-            machine_id: &str,
+            machine_id: MachineId,
             source_disks: Option<&[String]>,
         ) -> Result<(), StateError>;
 
         /// Forward replication again: the failover and its reverse replication are forgotten.
-        fn end_failover(&self, machine_id: &str) -> Result<(), StateError>;
+        fn end_failover(&self, machine_id: MachineId) -> Result<(), StateError>;
 
         /// A machine's failover state, if it has one (`failing-over`, `failed-over`, …).
-        fn failover_state(&self, machine_id: &str) -> Result<Option<FailoverState>, StateError>;
+        fn failover_state(&self, machine_id: MachineId) -> Result<Option<FailoverState>, StateError>;
     }
 }
 
@@ -211,7 +212,7 @@ impl FailoverStore for Sqlite {
         Ok(())
     }
 
-    fn start_failover(&self, machine_id: &str, job: JobId) -> Result<bool, StateError> {
+    fn start_failover(&self, machine_id: MachineId, job: JobId) -> Result<bool, StateError> {
         let n = self
             .conn()
             .execute(
@@ -227,7 +228,7 @@ impl FailoverStore for Sqlite {
 
     fn set_failover(
         &self,
-        machine_id: &str,
+        machine_id: MachineId,
         state: FailoverState,
         point_id: Option<&str>,
         vm: Option<&str>,
@@ -244,7 +245,7 @@ impl FailoverStore for Sqlite {
         Ok(())
     }
 
-    fn failovers(&self, machine_id: Option<&str>) -> Result<Vec<FailoverRow>, StateError> {
+    fn failovers(&self, machine_id: Option<MachineId>) -> Result<Vec<FailoverRow>, StateError> {
         let conn = self.read();
         let mut stmt = conn
             .prepare(
@@ -279,7 +280,7 @@ impl FailoverStore for Sqlite {
 
     fn failover_transition(
         &self,
-        machine_id: &str,
+        machine_id: MachineId,
         from: FailoverState,
         to: FailoverState,
     ) -> Result<bool, StateError> {
@@ -293,7 +294,7 @@ impl FailoverStore for Sqlite {
         Ok(n > 0)
     }
 
-    fn start_reverse(&self, machine_id: &str, total_bytes: u64) -> Result<(), StateError> {
+    fn start_reverse(&self, machine_id: MachineId, total_bytes: u64) -> Result<(), StateError> {
         self.conn()
             .execute(
                 "INSERT INTO reverse_sync (machine_id, passes, final_requested, final_done, done_bytes,
@@ -308,7 +309,7 @@ impl FailoverStore for Sqlite {
         Ok(())
     }
 
-    fn reverse(&self, machine_id: &str) -> Result<Option<ReverseRow>, StateError> {
+    fn reverse(&self, machine_id: MachineId) -> Result<Option<ReverseRow>, StateError> {
         self.read()
             .query_row(
                 "SELECT passes, final_requested, final_done, done_bytes, total_bytes,
@@ -343,7 +344,7 @@ impl FailoverStore for Sqlite {
 
     fn reverse_progress(
         &self,
-        machine_id: &str,
+        machine_id: MachineId,
         restart: bool,
         hashed: u64,
         sent: u64,
@@ -364,7 +365,7 @@ impl FailoverStore for Sqlite {
 
     fn reverse_pass_done(
         &self,
-        machine_id: &str,
+        machine_id: MachineId,
         final_pass: bool,
         next_sequences_json: &str,
     ) -> Result<(), StateError> {
@@ -385,7 +386,7 @@ impl FailoverStore for Sqlite {
 
     fn request_final_pass(
         &self,
-        machine_id: &str,
+        machine_id: MachineId,
         source_disks: Option<&[String]>,
     ) -> Result<(), StateError> {
         self.conn()
@@ -398,7 +399,7 @@ impl FailoverStore for Sqlite {
         Ok(())
     }
 
-    fn end_failover(&self, machine_id: &str) -> Result<(), StateError> {
+    fn end_failover(&self, machine_id: MachineId) -> Result<(), StateError> {
         let mut c = self.conn();
         let tx = c.transaction().map_err(|e| self.err(e))?;
         tx.execute("DELETE FROM reverse_sync WHERE machine_id = ?1", params![machine_id])
@@ -408,7 +409,7 @@ impl FailoverStore for Sqlite {
         tx.commit().map_err(|e| self.err(e))
     }
 
-    fn failover_state(&self, machine_id: &str) -> Result<Option<FailoverState>, StateError> {
+    fn failover_state(&self, machine_id: MachineId) -> Result<Option<FailoverState>, StateError> {
         self.read()
             .query_row(
                 "SELECT state FROM failovers WHERE machine_id = ?1",

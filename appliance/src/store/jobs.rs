@@ -2,6 +2,7 @@
 
 use super::{Sqlite, State, StateError, now_ms};
 use lifeboat_api::{JobId, JobKind, JobState};
+use lifeboat_wire::MachineId;
 use rusqlite::params;
 
 /// A job as stored.
@@ -34,7 +35,7 @@ super::backend_trait! {
         fn create_job(
             &self,
             kind: JobKind,
-            machine_id: Option<&str>,
+            machine_id: Option<MachineId>,
             message: &str,
         ) -> Result<JobId, StateError>;
 
@@ -62,7 +63,7 @@ impl JobStore for Sqlite {
     fn create_job(
         &self,
         kind: JobKind,
-        machine_id: Option<&str>,
+        machine_id: Option<MachineId>,
         message: &str,
     ) -> Result<JobId, StateError> {
         let c = self.conn();

@@ -1,6 +1,7 @@
 //! Registered machines: registration passphrases, disks, facts, VM settings, revocation and policy assignment.
 
 use super::{PointStore, Sqlite, State, StateError, now_ms};
+use lifeboat_wire::MachineId;
 use rusqlite::{OptionalExtension, params};
 use sha2::{Digest, Sha256};
 
@@ -28,74 +29,74 @@ super::backend_trait! {
         fn register_machine(
             &self,
             passphrase: &str,
-            machine_id: &str,
+            machine_id: MachineId,
             hostname: &str,
         ) -> Result<bool, StateError>;
 
         /// The appliance-local number of a registered machine (its row id), used as the
         /// durable cache's compact machine key.
-        fn machine_number(&self, machine_id: &str) -> Result<Option<u64>, StateError>;
+        fn machine_number(&self, machine_id: MachineId) -> Result<Option<u64>, StateError>;
 
         /// Every machine id this appliance knows: registered here, or with recovery points
         /// here (a target-site appliance registers no machines but keeps their points).
-        fn machine_ids(&self) -> Result<Vec<String>, StateError>;
+        fn machine_ids(&self) -> Result<Vec<MachineId>, StateError>;
 
         /// Whether `machine_id` is registered.
-        fn machine_exists(&self, machine_id: &str) -> Result<bool, StateError>;
+        fn machine_exists(&self, machine_id: MachineId) -> Result<bool, StateError>;
 
         /// Records a disk of a machine (size and path as the agent reports them).
         fn upsert_disk(
             &self,
-            machine_id: &str,
+            machine_id: MachineId,
             idx: u32,
             size: u64,
             path: &str,
         ) -> Result<(), StateError>;
 
         /// The disk indexes of a machine with their sizes.
-        fn disks(&self, machine_id: &str) -> Result<Vec<(u32, u64)>, StateError>;
+        fn disks(&self, machine_id: MachineId) -> Result<Vec<(u32, u64)>, StateError>;
 
         /// A machine's disks as (index, size, source path), by index.
-        fn disk_rows(&self, machine_id: &str) -> Result<Vec<(u32, u64, String)>, StateError>;
+        fn disk_rows(&self, machine_id: MachineId) -> Result<Vec<(u32, u64, String)>, StateError>;
 
         /// Adds a machine known from a recovered catalogue (no passphrase: it registered with
         /// the lost appliance).
         fn import_machine(
             &self,
-            machine_id: &str,
+            machine_id: MachineId,
             hostname: &str,
             registered_unix_ms: u64,
         ) -> Result<(), StateError>;
 
         /// Stores what the agent reported of its machine (JSON of `SystemInfo`).
-        fn set_machine_facts(&self, machine_id: &str, system_json: &str) -> Result<(), StateError>;
+        fn set_machine_facts(&self, machine_id: MachineId, system_json: &str) -> Result<(), StateError>;
 
         /// What the agent last reported of its machine (JSON), if anything.
-        fn machine_facts(&self, machine_id: &str) -> Result<Option<String>, StateError>;
+        fn machine_facts(&self, machine_id: MachineId) -> Result<Option<String>, StateError>;
 
         /// Stores the administrator's VM settings for a machine (JSON of `VmSpecSettings`).
-        fn set_vm_settings(&self, machine_id: &str, json: &str) -> Result<(), StateError>;
+        fn set_vm_settings(&self, machine_id: MachineId, json: &str) -> Result<(), StateError>;
 
         /// The administrator's VM settings for a machine (JSON), if any.
-        fn vm_settings(&self, machine_id: &str) -> Result<Option<String>, StateError>;
+        fn vm_settings(&self, machine_id: MachineId) -> Result<Option<String>, StateError>;
 
         /// Revokes a machine: its certificate is refused from now on. False if unknown.
-        fn revoke_machine(&self, id: &str) -> Result<bool, StateError>;
+        fn revoke_machine(&self, id: MachineId) -> Result<bool, StateError>;
 
         /// Whether a machine was revoked.
-        fn is_revoked(&self, id: &str) -> Result<bool, StateError>;
+        fn is_revoked(&self, id: MachineId) -> Result<bool, StateError>;
 
         /// Registered machines as (id, host name, registration time), by id.
-        fn machines(&self) -> Result<Vec<(String, String, u64)>, StateError>;
+        fn machines(&self) -> Result<Vec<(MachineId, String, u64)>, StateError>;
 
         /// Gives a machine a policy.
-        fn set_machine_policy(&self, machine_id: &str, policy: &str) -> Result<(), StateError>;
+        fn set_machine_policy(&self, machine_id: MachineId, policy: &str) -> Result<(), StateError>;
 
         /// A machine's policy name and when its agent was last heard from.
-        fn machine_policy(&self, machine_id: &str) -> Result<(String, Option<u64>), StateError>;
+        fn machine_policy(&self, machine_id: MachineId) -> Result<(String, Option<u64>), StateError>;
 
         /// The machine's agent was heard from now.
-        fn machine_seen(&self, machine_id: &str) -> Result<(), StateError>;
+        fn machine_seen(&self, machine_id: MachineId) -> Result<(), StateError>;
     }
 }
 
@@ -132,7 +133,7 @@ impl MachineStore for Sqlite {
     fn register_machine(
         &self,
         passphrase: &str,
-        machine_id: &str,
+        machine_id: MachineId,
         hostname: &str,
     ) -> Result<bool, StateError> {
         let mut c = self.conn();
@@ -161,7 +162,7 @@ impl MachineStore for Sqlite {
         Ok(true)
     }
 
-    fn machine_number(&self, machine_id: &str) -> Result<Option<u64>, StateError> {
+    fn machine_number(&self, machine_id: MachineId) -> Result<Option<u64>, StateError> {
         self.read()
             .query_row("SELECT rowid FROM machines WHERE id = ?1", params![machine_id], |r| {
                 r.get::<_, i64>(0)
@@ -171,7 +172,7 @@ impl MachineStore for Sqlite {
             .map_err(|e| self.err(e))
     }
 
-    fn machine_ids(&self) -> Result<Vec<String>, StateError> {
+    fn machine_ids(&self) -> Result<Vec<MachineId>, StateError> {
         let c = self.read();
         let mut s = c
             .prepare(
@@ -180,11 +181,11 @@ impl MachineStore for Sqlite {
                  GROUP BY id ORDER BY MIN(t)",
             )
             .map_err(|e| self.err(e))?;
-        let rows = s.query_map([], |r| r.get::<_, String>(0)).map_err(|e| self.err(e))?;
+        let rows = s.query_map([], |r| r.get::<_, MachineId>(0)).map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
-    fn machine_exists(&self, machine_id: &str) -> Result<bool, StateError> {
+    fn machine_exists(&self, machine_id: MachineId) -> Result<bool, StateError> {
         self.read()
             .query_row("SELECT 1 FROM machines WHERE id = ?1", params![machine_id], |_| Ok(()))
             .optional()
@@ -194,7 +195,7 @@ impl MachineStore for Sqlite {
 
     fn upsert_disk(
         &self,
-        machine_id: &str,
+        machine_id: MachineId,
         idx: u32,
         size: u64,
         path: &str,
@@ -209,7 +210,7 @@ impl MachineStore for Sqlite {
         Ok(())
     }
 
-    fn disks(&self, machine_id: &str) -> Result<Vec<(u32, u64)>, StateError> {
+    fn disks(&self, machine_id: MachineId) -> Result<Vec<(u32, u64)>, StateError> {
         let c = self.read();
         let mut s = c
             .prepare("SELECT idx, size FROM disks WHERE machine_id = ?1 ORDER BY idx")
@@ -222,7 +223,7 @@ impl MachineStore for Sqlite {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
-    fn disk_rows(&self, machine_id: &str) -> Result<Vec<(u32, u64, String)>, StateError> {
+    fn disk_rows(&self, machine_id: MachineId) -> Result<Vec<(u32, u64, String)>, StateError> {
         let c = self.read();
         let mut s = c
             .prepare("SELECT idx, size, path FROM disks WHERE machine_id = ?1 ORDER BY idx")
@@ -237,7 +238,7 @@ impl MachineStore for Sqlite {
 
     fn import_machine(
         &self,
-        machine_id: &str,
+        machine_id: MachineId,
         hostname: &str,
         registered_unix_ms: u64,
     ) -> Result<(), StateError> {
@@ -250,7 +251,11 @@ impl MachineStore for Sqlite {
         Ok(())
     }
 
-    fn set_machine_facts(&self, machine_id: &str, system_json: &str) -> Result<(), StateError> {
+    fn set_machine_facts(
+        &self,
+        machine_id: MachineId,
+        system_json: &str,
+    ) -> Result<(), StateError> {
         self.conn()
             .execute(
                 "INSERT INTO machine_facts (machine_id, system, updated_unix_ms) VALUES (?1, ?2, ?3)
@@ -261,7 +266,7 @@ impl MachineStore for Sqlite {
         Ok(())
     }
 
-    fn machine_facts(&self, machine_id: &str) -> Result<Option<String>, StateError> {
+    fn machine_facts(&self, machine_id: MachineId) -> Result<Option<String>, StateError> {
         self.read()
             .query_row(
                 "SELECT system FROM machine_facts WHERE machine_id = ?1",
@@ -272,7 +277,7 @@ impl MachineStore for Sqlite {
             .map_err(|e| self.err(e))
     }
 
-    fn set_vm_settings(&self, machine_id: &str, json: &str) -> Result<(), StateError> {
+    fn set_vm_settings(&self, machine_id: MachineId, json: &str) -> Result<(), StateError> {
         self.conn()
             .execute(
                 "INSERT INTO vm_settings (machine_id, settings) VALUES (?1, ?2)
@@ -283,7 +288,7 @@ impl MachineStore for Sqlite {
         Ok(())
     }
 
-    fn vm_settings(&self, machine_id: &str) -> Result<Option<String>, StateError> {
+    fn vm_settings(&self, machine_id: MachineId) -> Result<Option<String>, StateError> {
         self.read()
             .query_row(
                 "SELECT settings FROM vm_settings WHERE machine_id = ?1",
@@ -294,7 +299,7 @@ impl MachineStore for Sqlite {
             .map_err(|e| self.err(e))
     }
 
-    fn revoke_machine(&self, id: &str) -> Result<bool, StateError> {
+    fn revoke_machine(&self, id: MachineId) -> Result<bool, StateError> {
         let n = self
             .conn()
             .execute(
@@ -308,7 +313,7 @@ impl MachineStore for Sqlite {
         if n > 0
             && let Some(mut g) = self.group_of(id)?
         {
-            g.members.retain(|m| m != id);
+            g.members.retain(|m| *m != id);
             if g.coordinator == id || g.members.len() < 2 {
                 self.delete_group(&g.name)?;
             } else {
@@ -318,7 +323,7 @@ impl MachineStore for Sqlite {
         Ok(n > 0)
     }
 
-    fn is_revoked(&self, id: &str) -> Result<bool, StateError> {
+    fn is_revoked(&self, id: MachineId) -> Result<bool, StateError> {
         self.read()
             .query_row("SELECT revoked_unix_ms FROM machines WHERE id = ?1", params![id], |r| {
                 r.get::<_, Option<i64>>(0)
@@ -328,7 +333,7 @@ impl MachineStore for Sqlite {
             .map_err(|e| self.err(e))
     }
 
-    fn machines(&self) -> Result<Vec<(String, String, u64)>, StateError> {
+    fn machines(&self) -> Result<Vec<(MachineId, String, u64)>, StateError> {
         let conn = self.read();
         let mut stmt = conn
             .prepare("SELECT id, hostname, registered_unix_ms FROM machines ORDER BY id")
@@ -341,14 +346,14 @@ impl MachineStore for Sqlite {
         Ok(rows)
     }
 
-    fn set_machine_policy(&self, machine_id: &str, policy: &str) -> Result<(), StateError> {
+    fn set_machine_policy(&self, machine_id: MachineId, policy: &str) -> Result<(), StateError> {
         self.conn()
             .execute("UPDATE machines SET policy = ?2 WHERE id = ?1", params![machine_id, policy])
             .map_err(|e| self.err(e))?;
         Ok(())
     }
 
-    fn machine_policy(&self, machine_id: &str) -> Result<(String, Option<u64>), StateError> {
+    fn machine_policy(&self, machine_id: MachineId) -> Result<(String, Option<u64>), StateError> {
         self.read()
             .query_row(
                 "SELECT policy, last_seen_unix_ms FROM machines WHERE id = ?1",
@@ -360,7 +365,7 @@ impl MachineStore for Sqlite {
             .map_err(|e| self.err(e))
     }
 
-    fn machine_seen(&self, machine_id: &str) -> Result<(), StateError> {
+    fn machine_seen(&self, machine_id: MachineId) -> Result<(), StateError> {
         self.conn()
             .execute(
                 "UPDATE machines SET last_seen_unix_ms = ?2 WHERE id = ?1",

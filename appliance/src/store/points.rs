@@ -2,6 +2,7 @@
 
 use super::{Sqlite, State, StateError, now_ms};
 use lifeboat_api::PointKind;
+use lifeboat_wire::MachineId;
 use rusqlite::params;
 
 /// A recovery point row.
@@ -10,7 +11,7 @@ pub struct PointRow {
     /// Point id at the target.
     pub id: String,
     /// Machine.
-    pub machine_id: String,
+    pub machine_id: MachineId,
     /// Agent's point number.
     pub point: u64,
     /// How consistent it is.
@@ -27,9 +28,9 @@ pub struct GroupDef {
     /// Its name.
     pub name: String,
     /// The member that runs the group's rounds and records its points.
-    pub coordinator: String,
+    pub coordinator: MachineId,
     /// Every member, the coordinator included, sorted.
-    pub members: Vec<String>,
+    pub members: Vec<MachineId>,
 }
 
 /// A consistency-group point as recorded by the coordinator.
@@ -40,7 +41,7 @@ pub struct GroupPointRow {
     /// Point number on every member.
     pub point: u64,
     /// Member machine ids.
-    pub members: Vec<String>,
+    pub members: Vec<MachineId>,
     /// When it was recorded.
     pub created_unix_ms: u64,
 }
@@ -55,14 +56,14 @@ super::backend_trait! {
         fn delete_point(&self, id: &str) -> Result<(), StateError>;
 
         /// A machine's points, oldest first.
-        fn points(&self, machine_id: &str) -> Result<Vec<PointRow>, StateError>;
+        fn points(&self, machine_id: MachineId) -> Result<Vec<PointRow>, StateError>;
 
         /// Records a group point (idempotent).
         fn add_group_point(
             &self,
             group: &str,
             point: u64,
-            members: &[String],
+            members: &[MachineId],
         ) -> Result<(), StateError>;
 
         /// Defines (or redefines) a consistency group. False when a member is in another group
@@ -76,13 +77,13 @@ super::backend_trait! {
         fn groups(&self) -> Result<Vec<GroupDef>, StateError>;
 
         /// The group `machine_id` is a member of, if any.
-        fn group_of(&self, machine_id: &str) -> Result<Option<GroupDef>, StateError>;
+        fn group_of(&self, machine_id: MachineId) -> Result<Option<GroupDef>, StateError>;
 
         /// A member's own report that it recorded group point `point`.
         fn add_member_point(
             &self,
             group: &str,
-            machine_id: &str,
+            machine_id: MachineId,
             point: u64,
         ) -> Result<(), StateError>;
 
@@ -126,7 +127,7 @@ impl PointStore for Sqlite {
         Ok(())
     }
 
-    fn points(&self, machine_id: &str) -> Result<Vec<PointRow>, StateError> {
+    fn points(&self, machine_id: MachineId) -> Result<Vec<PointRow>, StateError> {
         let c = self.read();
         let mut s = c
             .prepare(
@@ -158,13 +159,13 @@ impl PointStore for Sqlite {
         &self,
         group: &str,
         point: u64,
-        members: &[String],
+        members: &[MachineId],
     ) -> Result<(), StateError> {
         self.conn()
             .execute(
                 "INSERT OR IGNORE INTO group_points (group_name, point, members, created_unix_ms)
                  VALUES (?1, ?2, ?3, ?4)",
-                params![group, point as i64, members.join(","), now_ms() as i64],
+                params![group, point as i64, join_ids(members), now_ms() as i64],
             )
             .map_err(|e| self.err(e))?;
         Ok(())
@@ -180,7 +181,7 @@ impl PointStore for Sqlite {
             .execute(
                 "INSERT INTO groups (name, coordinator, members) VALUES (?1, ?2, ?3)
                  ON CONFLICT (name) DO UPDATE SET coordinator = ?2, members = ?3",
-                params![g.name, g.coordinator, g.members.join(",")],
+                params![g.name, g.coordinator, join_ids(&g.members)],
             )
             .map_err(|e| self.err(e))?;
         Ok(true)
@@ -204,21 +205,21 @@ impl PointStore for Sqlite {
                 Ok(GroupDef {
                     name: r.get(0)?,
                     coordinator: r.get(1)?,
-                    members: r.get::<_, String>(2)?.split(',').map(str::to_owned).collect(),
+                    members: split_ids(&r.get::<_, String>(2)?)?,
                 })
             })
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
-    fn group_of(&self, machine_id: &str) -> Result<Option<GroupDef>, StateError> {
-        Ok(self.groups()?.into_iter().find(|g| g.members.iter().any(|m| m == machine_id)))
+    fn group_of(&self, machine_id: MachineId) -> Result<Option<GroupDef>, StateError> {
+        Ok(self.groups()?.into_iter().find(|g| g.members.contains(&machine_id)))
     }
 
     fn add_member_point(
         &self,
         group: &str,
-        machine_id: &str,
+        machine_id: MachineId,
         point: u64,
     ) -> Result<(), StateError> {
         self.conn()
@@ -268,7 +269,7 @@ impl PointStore for Sqlite {
                 Ok(GroupPointRow {
                     group: r.get(0)?,
                     point: r.get::<_, i64>(1)? as u64,
-                    members: r.get::<_, String>(2)?.split(',').map(str::to_owned).collect(),
+                    members: split_ids(&r.get::<_, String>(2)?)?,
                     created_unix_ms: r.get::<_, i64>(3)? as u64,
                 })
             })
@@ -277,4 +278,20 @@ impl PointStore for Sqlite {
             .map_err(|e| self.err(e))?;
         Ok(rows)
     }
+}
+
+/// Member lists are stored as comma-separated machine ids.
+fn join_ids(ids: &[MachineId]) -> String {
+    ids.iter().map(MachineId::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// The inverse of [`join_ids`]; a malformed id is a conversion error of column 2.
+fn split_ids(text: &str) -> rusqlite::Result<Vec<MachineId>> {
+    text.split(',')
+        .map(|m| {
+            m.parse().map_err(|e: String| {
+                rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, e.into())
+            })
+        })
+        .collect()
 }

@@ -2,6 +2,7 @@
 
 use super::{Sqlite, State, StateError};
 use lifeboat_api::Policy;
+use lifeboat_wire::MachineId;
 use rusqlite::{OptionalExtension, params};
 
 super::backend_trait! {
@@ -129,7 +130,7 @@ impl State {
     }
 
     /// The policy of `machine` (the `default` policy if its own is gone).
-    pub fn policy_of(&self, machine: &str) -> Result<Policy, StateError> {
+    pub fn policy_of(&self, machine: MachineId) -> Result<Policy, StateError> {
         let (name, _) = self.machine_policy(machine)?;
         match self.policy(&name)? {
             Some(p) => Ok(p),

@@ -3,7 +3,13 @@
 use super::machines::hash_passphrase;
 use super::*;
 use lifeboat_api::PointKind;
+use lifeboat_wire::MachineId;
 use rusqlite::params;
+
+/// Machines of the tests.
+const M: MachineId = MachineId([1; 16]);
+const M1: MachineId = MachineId([2; 16]);
+const M2: MachineId = MachineId([3; 16]);
 
 #[test]
 fn migrates_once_and_reopens() {
@@ -35,9 +41,9 @@ fn one_durable_sync_covers_every_commit_before_it() {
     let synced = |s: &State| {
         s.counters().unwrap().into_iter().find(|c| c.0 == "durable_commits").map_or(0, |c| c.1)
     };
-    s.set_received_next("m", 0, 1).unwrap();
+    s.set_received_next(M, 0, 1).unwrap();
     let first = s.durable_mark();
-    s.set_received_next("m", 0, 2).unwrap();
+    s.set_received_next(M, 0, 2).unwrap();
     let second = s.durable_mark();
     s.make_durable_since(second).unwrap();
     assert_eq!(synced(&s), 1);
@@ -45,7 +51,7 @@ fn one_durable_sync_covers_every_commit_before_it() {
     s.make_durable_since(first).unwrap();
     s.make_durable_since(second).unwrap();
     assert_eq!(synced(&s), 1);
-    s.set_received_next("m", 0, 3).unwrap();
+    s.set_received_next(M, 0, 3).unwrap();
     s.make_durable_since(s.durable_mark()).unwrap();
     assert_eq!(synced(&s), 2, "a commit after the sync needs another");
 }
@@ -55,8 +61,8 @@ fn stored(path: &std::path::Path) -> (u64, u64) {
     let c = rusqlite::Connection::open(path).unwrap();
     let cursor = c
         .query_row(
-            "SELECT next_sequence FROM received WHERE machine_id = 'm' AND disk = 0",
-            [],
+            "SELECT next_sequence FROM received WHERE machine_id = ?1 AND disk = 0",
+            params![M],
             |r| r.get::<_, i64>(0),
         )
         .unwrap_or(0) as u64;
@@ -73,33 +79,33 @@ fn cursors_and_counters_are_written_behind_once_each() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("s.db");
     let s = State::open(&p).unwrap();
-    s.set_received_next("m", 0, 5).unwrap();
+    s.set_received_next(M, 0, 5).unwrap();
     s.count(&[(Counter::ReceivedBatches, 2)]).unwrap();
     s.count(&[(Counter::ReceivedBatches, 3)]).unwrap();
     // Every reader in the process sees them at once; the database does not yet.
-    assert_eq!(s.received_next("m", 0).unwrap(), 5);
+    assert_eq!(s.received_next(M, 0).unwrap(), 5);
     assert!(s.counters().unwrap().contains(&("received_batches".into(), 5)));
     assert_eq!(stored(&p), (0, 0));
     s.flush().unwrap();
     assert_eq!(stored(&p), (5, 5));
     // Flushed once: neither added again nor moved back.
     s.flush().unwrap();
-    s.set_received_next("m", 0, 4).unwrap();
+    s.set_received_next(M, 0, 4).unwrap();
     s.flush().unwrap();
     assert_eq!(stored(&p), (5, 5));
     assert!(s.counters().unwrap().contains(&("received_batches".into(), 5)));
     // A durable sync writes them first.
-    s.set_received_next("m", 0, 9).unwrap();
+    s.set_received_next(M, 0, 9).unwrap();
     s.count(&[(Counter::ReceivedBatches, 1)]).unwrap();
     s.make_durable_since(s.durable_mark()).unwrap();
     assert_eq!(stored(&p), (9, 6));
     // A new process reads them back.
     drop(s);
     let s = State::open(&p).unwrap();
-    assert_eq!(s.received_next("m", 0).unwrap(), 9);
+    assert_eq!(s.received_next(M, 0).unwrap(), 9);
     // Rebasing a disk moves the stored cursor and the one in memory together.
-    s.rebase_disk("m", 0, 20).unwrap();
-    assert_eq!((s.received_next("m", 0).unwrap(), stored(&p).0), (20, 20));
+    s.rebase_disk(M, 0, 20).unwrap();
+    assert_eq!((s.received_next(M, 0).unwrap(), stored(&p).0), (20, 20));
 }
 
 /// The store is called from async code: on the appliance's multi-threaded runtime a call
@@ -129,7 +135,7 @@ fn store_calls_from_async_code_leave_the_worker_free() {
             // with it, and the ticker could not run until it ends.
             let before = ticks.load(std::sync::atomic::Ordering::SeqCst);
             for i in 0..50 {
-                s2.set_received_next("m", 0, i).unwrap();
+                s2.set_received_next(M, 0, i).unwrap();
                 s2.make_durable().unwrap();
             }
             ticks.load(std::sync::atomic::Ordering::SeqCst) - before
@@ -145,7 +151,7 @@ fn passphrases_are_one_time() {
     let d = tempfile::tempdir().unwrap();
     let s = State::open(&d.path().join("s.db")).unwrap();
     s.add_passphrase("one-time").unwrap();
-    assert!(!s.register_machine("wrong", "m1", "h").unwrap());
+    assert!(!s.register_machine("wrong", M1, "h").unwrap());
     // Issue 11, finding 8: passphrases never expired, unlike docs/security.md.
     s.add_passphrase("stale").unwrap();
     rusqlite::Connection::open(d.path().join("s.db"))
@@ -155,35 +161,38 @@ fn passphrases_are_one_time() {
             params![(now_ms() - PASSPHRASE_TTL_MS - 1000) as i64, hash_passphrase("stale")],
         )
         .unwrap();
-    assert!(!s.register_machine("stale", "m0", "h").unwrap(), "an expired passphrase");
-    assert!(s.register_machine(" one-time ", "m1", "h").unwrap());
-    assert!(!s.register_machine("one-time", "m2", "h").unwrap());
-    assert!(s.machine_exists("m1").unwrap());
-    assert!(!s.machine_exists("m2").unwrap());
+    assert!(
+        !s.register_machine("stale", MachineId([4; 16]), "h").unwrap(),
+        "an expired passphrase"
+    );
+    assert!(s.register_machine(" one-time ", M1, "h").unwrap());
+    assert!(!s.register_machine("one-time", M2, "h").unwrap());
+    assert!(s.machine_exists(M1).unwrap());
+    assert!(!s.machine_exists(M2).unwrap());
 }
 
 #[test]
 fn cursors_points_and_disks() {
     let d = tempfile::tempdir().unwrap();
     let s = State::open(&d.path().join("s.db")).unwrap();
-    assert_eq!(s.received_next("m", 0).unwrap(), 0);
-    s.set_received_next("m", 0, 5).unwrap();
-    s.set_received_next("m", 0, 3).unwrap();
-    assert_eq!(s.received_next("m", 0).unwrap(), 5, "never moves back");
-    assert_eq!(s.applied_kind("m", 0).unwrap(), PointKind::Crash);
-    s.set_applied("m", 0, 2, Some((7, PointKind::App))).unwrap();
-    s.set_applied("m", 0, 3, None).unwrap();
-    assert_eq!(s.applied("m", 0).unwrap(), (3, Some(7)));
-    assert_eq!(s.applied_kind("m", 0).unwrap(), PointKind::App, "kept across untagged logs");
-    s.set_applied("m", 0, 4, Some((8, PointKind::Crash))).unwrap();
-    assert_eq!(s.applied_kind("m", 0).unwrap(), PointKind::Crash);
-    s.upsert_disk("m", 1, 100, "/dev/b").unwrap();
-    s.upsert_disk("m", 0, 50, "/dev/a").unwrap();
-    s.upsert_disk("m", 0, 60, "/dev/a").unwrap();
-    assert_eq!(s.disks("m").unwrap(), vec![(0, 60), (1, 100)]);
+    assert_eq!(s.received_next(M, 0).unwrap(), 0);
+    s.set_received_next(M, 0, 5).unwrap();
+    s.set_received_next(M, 0, 3).unwrap();
+    assert_eq!(s.received_next(M, 0).unwrap(), 5, "never moves back");
+    assert_eq!(s.applied_kind(M, 0).unwrap(), PointKind::Crash);
+    s.set_applied(M, 0, 2, Some((7, PointKind::App))).unwrap();
+    s.set_applied(M, 0, 3, None).unwrap();
+    assert_eq!(s.applied(M, 0).unwrap(), (3, Some(7)));
+    assert_eq!(s.applied_kind(M, 0).unwrap(), PointKind::App, "kept across untagged logs");
+    s.set_applied(M, 0, 4, Some((8, PointKind::Crash))).unwrap();
+    assert_eq!(s.applied_kind(M, 0).unwrap(), PointKind::Crash);
+    s.upsert_disk(M, 1, 100, "/dev/b").unwrap();
+    s.upsert_disk(M, 0, 50, "/dev/a").unwrap();
+    s.upsert_disk(M, 0, 60, "/dev/a").unwrap();
+    assert_eq!(s.disks(M).unwrap(), vec![(0, 60), (1, 100)]);
     let p = PointRow {
         id: "m-p1".into(),
-        machine_id: "m".into(),
+        machine_id: M,
         point: 1,
         kind: PointKind::Crash,
         created_unix_ms: 5,
@@ -191,7 +200,7 @@ fn cursors_points_and_disks() {
     };
     s.add_point(&p).unwrap();
     s.add_point(&p).unwrap();
-    assert_eq!(s.points("m").unwrap(), vec![p]);
+    assert_eq!(s.points(M).unwrap(), vec![p]);
     s.delete_point("m-p1").unwrap();
-    assert!(s.points("m").unwrap().is_empty());
+    assert!(s.points(M).unwrap().is_empty());
 }

@@ -2,6 +2,7 @@
 //! source, then the final pass and the switch back.
 
 use super::*;
+use lifeboat_wire::MachineId;
 
 impl Failover {
     /// Waits until reverse replication of `machine` satisfies `done`, showing the pass's
@@ -9,7 +10,7 @@ impl Failover {
     async fn wait_reverse(
         &self,
         job: lifeboat_api::JobId,
-        machine: &str,
+        machine: MachineId,
         what: &str,
         done: impl Fn(&crate::store::ReverseRow) -> bool,
     ) -> Result<crate::store::ReverseRow, MasterError> {
@@ -53,12 +54,12 @@ impl Failover {
     /// Runs job `job`: reprotect of `machine` (moved to `reprotecting`, its reverse
     /// replication started, by the caller): done once the original machine's agent
     /// completed a reverse pass; `reprotected` then.
-    pub async fn reprotect(&self, job: lifeboat_api::JobId, machine: String) {
-        let r = self.wait_reverse(job, &machine, "a reverse pass", |r| r.passes >= 1).await;
+    pub async fn reprotect(&self, job: lifeboat_api::JobId, machine: MachineId) {
+        let r = self.wait_reverse(job, machine, "a reverse pass", |r| r.passes >= 1).await;
         match r {
             Ok(r) => {
                 let _ = self.state.failover_transition(
-                    &machine,
+                    machine,
                     lifeboat_api::FailoverState::Reprotecting,
                     lifeboat_api::FailoverState::Reprotected,
                 );
@@ -69,7 +70,7 @@ impl Failover {
                     "reprotected: the original disks hold the failed-over machine's data",
                     Some(
                         &serde_json::json!({
-                            "machine": machine, "passes": r.passes,
+                            "machine": machine.to_string(), "passes": r.passes,
                             "received_bytes": r.last_received_bytes, "disk_bytes": r.total_bytes,
                         })
                         .to_string(),
@@ -78,7 +79,7 @@ impl Failover {
             }
             Err(e) => {
                 let _ = self.state.failover_transition(
-                    &machine,
+                    machine,
                     lifeboat_api::FailoverState::Reprotecting,
                     lifeboat_api::FailoverState::Committed,
                 );
@@ -93,8 +94,8 @@ impl Failover {
     /// over those is awaited, the replicas are made anew from the same point (clones at
     /// the target, no data over the network) and replication goes forward again from the
     /// agent's numbering; then the failed-over disks and the copies are deleted.
-    pub async fn failback(&self, job: lifeboat_api::JobId, machine: String) {
-        match self.failback_steps(job, &machine).await {
+    pub async fn failback(&self, job: lifeboat_api::JobId, machine: MachineId) {
+        match self.failback_steps(job, machine).await {
             Ok(result) => {
                 tracing::info!(%job, %machine, "failed back: replication goes forward again");
                 let _ = self.state.finish_job(
@@ -106,7 +107,7 @@ impl Failover {
             }
             Err(e) => {
                 let _ = self.state.failover_transition(
-                    &machine,
+                    machine,
                     lifeboat_api::FailoverState::FailingBack,
                     lifeboat_api::FailoverState::Reprotected,
                 );
@@ -119,7 +120,7 @@ impl Failover {
     async fn failback_steps(
         &self,
         job: lifeboat_api::JobId,
-        machine: &str,
+        machine: MachineId,
     ) -> Result<serde_json::Value, MasterError> {
         let fo = self
             .state
@@ -152,7 +153,7 @@ impl Failover {
         }
         // Frozen copies of the stopped machine's disks: the final pass reads them, and the
         // replicas are made from the same point.
-        let mid: MachineId = machine.parse().map_err(|e: String| MasterError::msg(e))?;
+        let mid = machine;
         let point = format!("fb{job}-{machine}");
         t.create_point(&point, "failback", &fo.disks).await?;
         let mut frozen = Vec::new();
@@ -189,7 +190,7 @@ impl Failover {
                 self.state.rebase_disk(machine, d, next)?;
             }
             Ok(serde_json::json!({
-                "machine": machine,
+                "machine": machine.to_string(),
                 "final_pass_received_bytes": r.last_received_bytes,
                 "disk_bytes": r.total_bytes,
             }))
