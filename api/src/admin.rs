@@ -266,3 +266,90 @@ impl std::fmt::Debug for NewPassphrase {
         f.debug_struct("NewPassphrase").field("dropped", &self.dropped).finish_non_exhaustive()
     }
 }
+
+/// `GET /api/v1/appliance`: the appliance's identity as agents and administrators see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApplianceInfo {
+    /// The appliance's name, as the UI shows it (`lifeboat` until set).
+    pub name: String,
+    /// The process server's address handed to agents at registration.
+    pub agent_url: String,
+    /// The appliance's clock, milliseconds since the Unix epoch (certificates fail when
+    /// clocks disagree: the wizard compares it with the browser's).
+    pub server_unix_ms: u64,
+    /// The sha256 fingerprint of the active CA, which agents pin at registration.
+    pub ca_fingerprint: String,
+    /// The setup wizard's next step.
+    pub wizard_step: crate::WizardStep,
+}
+
+/// `PUT /api/v1/appliance`: the appliance's name and the address agents send to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApplianceIdentity {
+    /// 1 to 64 characters, no control characters.
+    pub name: String,
+    /// `https://host:port` (no path, query or user): where agents reach the process
+    /// server. Agents registered before keep the address they were given.
+    pub agent_url: String,
+}
+
+impl ApplianceIdentity {
+    /// Checks both fields; the error names the field and what is expected.
+    pub fn check(&self) -> Result<(), String> {
+        let name = self.name.trim();
+        if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
+            return Err("name: 1 to 64 characters, no control characters".into());
+        }
+        check_https_url(&self.agent_url).map_err(|e| format!("agent_url: {e}"))
+    }
+}
+
+/// Checks an `https://host[:port]` address with nothing after the authority.
+pub fn check_https_url(url: &str) -> Result<(), String> {
+    let rest =
+        url.strip_prefix("https://").ok_or_else(|| format!("{url:?} must start with https://"))?;
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.is_empty() {
+        return Err(format!("{url:?} names no host"));
+    }
+    if authority.contains(['/', '?', '#', '@', ' ']) || authority.chars().any(char::is_control) {
+        return Err(format!("{url:?} must be https://host or https://host:port, nothing after"));
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        // An IPv6 address without a port: `[::1]`.
+        Some((h, p)) if !p.ends_with(']') => (h, Some(p)),
+        _ => (authority, None),
+    };
+    if let Some(p) = port
+        && !p.parse::<u16>().is_ok_and(|n| n > 0)
+    {
+        return Err(format!("{url:?}: the port must be 1 to 65535"));
+    }
+    let ok_host = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        v6.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        !host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+            })
+    };
+    if !ok_host {
+        return Err(format!("{url:?}: {host:?} is not a host name or IP address"));
+    }
+    Ok(())
+}
+
+/// `PUT /api/v1/wizard`: the setup wizard reached a step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WizardProgress {
+    /// The step to resume at.
+    pub step: crate::WizardStep,
+}

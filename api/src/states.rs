@@ -109,6 +109,23 @@ impl FailoverState {
 }
 
 string_enum! {
+    /// Where the web UI's first-boot setup wizard stands: the step to show next. A wizard
+    /// left half way resumes there.
+    WizardStep {
+        /// The first administrator, with the setup token (no administrator exists).
+        Claim = "claim",
+        /// The appliance's name and the address agents send to.
+        Identity = "identity",
+        /// The default protection policy and the recovery passphrase.
+        Protection = "protection",
+        /// How to register agents.
+        Machines = "machines",
+        /// Setup is finished: the dashboard.
+        Done = "done",
+    }
+}
+
+string_enum! {
     /// What a job does.
     JobKind {
         /// A test failover: a VM from a point, replication untouched.
@@ -236,6 +253,7 @@ mod tests {
         check(JobState::ALL);
         check(PointKind::ALL);
         check(DiskAlertKind::ALL);
+        check(WizardStep::ALL);
         let e = "failed over".parse::<FailoverState>().unwrap_err();
         assert_eq!(e.to_string(), "unknown FailoverState \"failed over\"");
         assert!(serde_json::from_str::<JobState>("\"done\"").is_err());

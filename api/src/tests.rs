@@ -287,3 +287,38 @@ fn literal_answers_and_job_results_decode() {
             .is_err()
     );
 }
+
+#[test]
+fn appliance_identity_is_checked() {
+    let id = |name: &str, url: &str| ApplianceIdentity { name: name.into(), agent_url: url.into() };
+    for url in [
+        "https://dr.example.com:9443",
+        "https://dr.example.com",
+        "https://192.0.2.7:9443/",
+        "https://[2001:db8::7]:9443",
+        "https://[::1]",
+    ] {
+        assert_eq!(id("dr-site-a", url).check(), Ok(()), "{url}");
+    }
+    for (name, url, field) in [
+        ("", "https://a:9443", "name"),
+        ("   ", "https://a:9443", "name"),
+        ("a\u{7}b", "https://a:9443", "name"),
+        (&"x".repeat(65), "https://a:9443", "name"),
+        ("ok", "http://a:9443", "agent_url"),
+        ("ok", "https://", "agent_url"),
+        ("ok", "https://a:0", "agent_url"),
+        ("ok", "https://a:65536", "agent_url"),
+        ("ok", "https://a:x", "agent_url"),
+        ("ok", "https://a:9443/path", "agent_url"),
+        ("ok", "https://user@a:9443", "agent_url"),
+        ("ok", "https://a b:9443", "agent_url"),
+        ("ok", "https://-a:9443", "agent_url"),
+        ("ok", "https://a..b:9443", "agent_url"),
+        ("ok", "https://[not-v6]:9443", "agent_url"),
+        ("ok", "https://a:9443?x=1", "agent_url"),
+    ] {
+        let e = id(name, url).check().unwrap_err();
+        assert!(e.starts_with(field), "{name:?} {url:?}: {e}");
+    }
+}

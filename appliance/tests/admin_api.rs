@@ -265,7 +265,7 @@ async fn the_router_serves_exactly_the_documented_operations() {
             operations += 1;
         }
     }
-    assert_eq!(operations, 44, "the document lists every operation of the configuration server");
+    assert_eq!(operations, 47, "the document lists every operation of the configuration server");
     for (m, path) in [
         (Method::GET, "/api/v1/nothing"),
         (Method::DELETE, "/api/v1/machines"),
@@ -1417,4 +1417,166 @@ fn the_committed_document_is_the_generated_one() {
         "{} is not the generated OpenAPI document: run this test with LIFEBOAT_BLESS=1 and commit it",
         path.display()
     );
+}
+
+/// Issue 13: the browser's session is an `HttpOnly; Secure; SameSite=Strict` cookie the
+/// page never sees; a change made with it needs the `X-Lifeboat-Csrf` header; every answer
+/// carries the browser security headers; the UI's page and assets are served (gzip when
+/// taken); the wizard's identity step refuses bad input and changes nothing then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_sessions_pages_and_the_identity_step() {
+    let s = start().await;
+    let c = s.client(None);
+    let headers = |pairs: &[(&'static str, &str)]| {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    };
+    // The page, before anything is set up.
+    let (st, h, page) = c.request(Method::GET, "/", Bytes::new(), HeaderMap::new()).await.unwrap();
+    assert_eq!(st, StatusCode::OK);
+    let csp = h["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"), "{csp}");
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert!(h["strict-transport-security"].to_str().unwrap().starts_with("max-age="));
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert_eq!(h["cache-control"], "no-cache");
+    assert!(h["content-type"].to_str().unwrap().starts_with("text/html"));
+    let page = String::from_utf8(page.to_vec()).unwrap();
+    // With the UI built, its page names a hashed script; it is served, gzip when taken.
+    if let Some(at) = page.find("/assets/") {
+        let name: String = page[at..].chars().take_while(|c| *c != '"').collect();
+        let (st, h, plain) =
+            c.request(Method::GET, &name, Bytes::new(), HeaderMap::new()).await.unwrap();
+        assert_eq!(st, StatusCode::OK, "{name}");
+        assert!(h["cache-control"].to_str().unwrap().contains("immutable"));
+        assert!(h.get("content-encoding").is_none());
+        let gz = headers(&[("accept-encoding", "br, gzip;q=0.9")]);
+        let (st, h, packed) = c.request(Method::GET, &name, Bytes::new(), gz).await.unwrap();
+        assert_eq!(
+            (st, &h["content-encoding"]),
+            (StatusCode::OK, &HeaderValue::from_static("gzip"))
+        );
+        assert!(packed.len() < plain.len() && packed.starts_with(&[0x1f, 0x8b]));
+    } else {
+        assert!(page.contains("cargo xtask ui"), "the page without a built UI says how: {page}");
+    }
+    for bad in ["/assets/..%2Fstate.db", "/assets/nothing.js", "/index.php"] {
+        let (st, h, _) = c.request(Method::GET, bad, Bytes::new(), HeaderMap::new()).await.unwrap();
+        assert_eq!(st, StatusCode::NOT_FOUND, "{bad}");
+        assert!(h.contains_key("content-security-policy"), "{bad}: headers on errors too");
+    }
+
+    // Setup asking for a cookie: the body has no token, the cookie is locked down.
+    let body = format!(
+        r#"{{"setup_token":"{}","name":"root","password":"correct horse battery"}}"#,
+        setup_token(&s.state)
+    );
+    let json = [("content-type", "application/json"), ("x-lifeboat-session", "cookie")];
+    let (st, h, b) =
+        c.request(Method::POST, "/api/v1/setup", Bytes::from(body), headers(&json)).await.unwrap();
+    assert_eq!(st, StatusCode::CREATED);
+    let v: Value = serde_json::from_slice(&b).unwrap();
+    assert!(v.get("token").is_none(), "{v}");
+    let set = h["set-cookie"].to_str().unwrap().to_owned();
+    for part in ["lifeboat_session=", "HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
+        assert!(set.contains(part), "{set}");
+    }
+    let cookie = set.split(';').next().unwrap().to_owned();
+
+    // Reading with the cookie works; a change needs the header; another origin is refused.
+    let (st, _, b) = c
+        .request(Method::GET, "/api/v1/appliance", Bytes::new(), headers(&[("cookie", &cookie)]))
+        .await
+        .unwrap();
+    assert_eq!(st, StatusCode::OK);
+    let a: Value = serde_json::from_slice(&b).unwrap();
+    assert_eq!(
+        (a["wizard_step"].as_str(), a["name"].as_str()),
+        (Some("identity"), Some("lifeboat"))
+    );
+    assert!(a["ca_fingerprint"].as_str().unwrap().starts_with("sha256:"));
+    let identity = r#"{"name":"dr-site-a","agent_url":"https://dr.example.com:9443"}"#;
+    let put = |extra: &[(&'static str, &str)]| {
+        let mut h = headers(&[("cookie", &cookie), ("content-type", "application/json")]);
+        for (k, v) in extra {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    };
+    let (st, _, b) =
+        c.request(Method::PUT, "/api/v1/appliance", Bytes::from(identity), put(&[])).await.unwrap();
+    let v: Value = serde_json::from_slice(&b).unwrap();
+    assert_eq!((st, v["code"].as_str()), (StatusCode::FORBIDDEN, Some("csrf")), "{v}");
+    let foreign = [("x-lifeboat-csrf", "1"), ("origin", "https://evil.example")];
+    let (st, _, _) = c
+        .request(Method::PUT, "/api/v1/appliance", Bytes::from(identity), put(&foreign))
+        .await
+        .unwrap();
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    // Bad input: 400 naming the field, nothing changed.
+    for (bad, field) in [
+        (r#"{"name":"","agent_url":"https://a:9443"}"#, "name"),
+        (r#"{"name":"x","agent_url":"http://a:9443"}"#, "agent_url"),
+        (r#"{"name":"x","agent_url":"https://a:9443/x"}"#, "agent_url"),
+        (r#"{"name":"x"}"#, "agent_url"),
+    ] {
+        let (st, _, b) = c
+            .request(
+                Method::PUT,
+                "/api/v1/appliance",
+                Bytes::from(bad),
+                put(&[("x-lifeboat-csrf", "1")]),
+            )
+            .await
+            .unwrap();
+        let v: Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{bad}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(field), "{bad}: {v}");
+    }
+    assert_eq!(s.state.setting("agent_url").unwrap(), None, "nothing changed");
+    let (st, _, b) = c
+        .request(
+            Method::PUT,
+            "/api/v1/appliance",
+            Bytes::from(identity),
+            put(&[("x-lifeboat-csrf", "1")]),
+        )
+        .await
+        .unwrap();
+    let v: Value = serde_json::from_slice(&b).unwrap();
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["agent_url"], "https://dr.example.com:9443");
+    // The wizard's step is kept; `claim` is not a step to go back to.
+    let csrf = [("x-lifeboat-csrf", "1")];
+    for (step, want) in [
+        ("machines", StatusCode::OK),
+        ("claim", StatusCode::BAD_REQUEST),
+        ("nope", StatusCode::BAD_REQUEST),
+    ] {
+        let body = format!(r#"{{"step":"{step}"}}"#);
+        let (st, _, _) =
+            c.request(Method::PUT, "/api/v1/wizard", Bytes::from(body), put(&csrf)).await.unwrap();
+        assert_eq!(st, want, "{step}");
+    }
+    assert_eq!(s.state.setting("wizard_step").unwrap().as_deref(), Some("machines"));
+    // Logging out clears the cookie and ends the session.
+    let (st, h, _) = c
+        .request(
+            Method::POST,
+            "/api/v1/logout",
+            Bytes::new(),
+            headers(&[("cookie", &cookie), ("x-lifeboat-csrf", "1")]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(st, StatusCode::OK);
+    assert!(h["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
+    let (st, _, _) = c
+        .request(Method::GET, "/api/v1/session", Bytes::new(), headers(&[("cookie", &cookie)]))
+        .await
+        .unwrap();
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
 }

@@ -12,6 +12,7 @@ mod bench_replication;
 mod plugins;
 mod quickstart;
 mod setup;
+mod ui;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -38,6 +39,8 @@ enum Cmd {
     },
     /// Runs every test: formatting, clippy, unit, integration and end-to-end tests.
     Test,
+    /// Builds the appliance's web UI into appliance/ui/dist (the appliance embeds it).
+    Ui,
     /// Runs a benchmark and prints its figures (not part of the tests).
     Bench {
         /// Which benchmark: `plugins`, `replication`, `capture` or `failover`.
@@ -50,6 +53,7 @@ fn main() {
     let r = match cli.cmd {
         Cmd::Plugins => plugins::build().map(|_| ()),
         Cmd::Test => test(),
+        Cmd::Ui => ui::build(),
         Cmd::Quickstart { once } => quickstart::quickstart(once),
         Cmd::Bench { name } => bench::run(&name),
     };
@@ -60,7 +64,24 @@ fn main() {
 }
 
 /// The workspace root (the parent of this crate's folder).
+/// The workspace's root. Found at run time (`cargo run` sets CARGO_MANIFEST_DIR, else the
+/// current directory and its parents): a binary reused from a shared target directory may
+/// have been built in another clone, whose path it would otherwise carry.
 pub fn root() -> PathBuf {
+    let is_root = |p: &Path| {
+        std::fs::read_to_string(p.join("Cargo.toml")).is_ok_and(|t| t.contains("[workspace]"))
+    };
+    if let Some(dir) = std::env::var_os("CARGO_MANIFEST_DIR")
+        && let Some(parent) = Path::new(&dir).parent()
+        && is_root(parent)
+    {
+        return parent.to_owned();
+    }
+    if let Ok(cwd) = std::env::current_dir()
+        && let Some(found) = cwd.ancestors().find(|p| is_root(p))
+    {
+        return found.to_owned();
+    }
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned()
 }
 
@@ -107,7 +128,9 @@ pub fn write_bench_json(name: &str, result: &serde_json::Value) -> Result<()> {
     Ok(())
 }
 
+/// The release binaries, with the web UI built first (the appliance embeds it).
 pub fn build_binaries() -> Result<()> {
+    ui::build()?;
     run(cargo().args([
         "build",
         "--release",
@@ -129,6 +152,8 @@ fn test() -> Result<()> {
     setup::toolchain()?;
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     plugins::build()?;
+    // Before clippy, which builds the appliance: its build script embeds the UI.
+    ui::build()?;
     // One profile (release) for clippy and tests, so build scripts and dependencies
     // are shared with the quickstart and the end-to-end binaries.
     run(cargo().args([
@@ -144,10 +169,8 @@ fn test() -> Result<()> {
     setup::apt_backports(setup::BACKPORTS_PACKAGES)?;
     // The end-to-end tests run the real binaries; `cargo test` alone does not build them.
     build_binaries()?;
-    // Azurite (Azure Storage emulator) for the Azure plugin's tests, from npm.
-    if Command::new("npm").arg("--version").output().is_err() {
-        setup::apt(&["nodejs", "npm"])?;
-    }
+    // Azurite (Azure Storage emulator) for the Azure plugin's tests, from npm (installed
+    // with the UI's build above).
     run(Command::new("bash")
         .arg(root().join("scripts/azurite.sh"))
         .stdout(std::process::Stdio::null()))?;

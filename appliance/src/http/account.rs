@@ -40,10 +40,11 @@ pub(super) async fn setup(
     extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
     req: Req,
 ) -> Answer {
+    let cookie = wants_cookie(&req);
     let c: api::SetupRequest = body_json(req, UNAUTHENTICATED_BODY).await?;
     let ctx2 = ctx.clone();
     let s = blocking(move || ctx2.admins.setup(&c.setup_token, &c.name, &c.password)).await?;
-    session_answer(StatusCode::CREATED, s)
+    session_answer(StatusCode::CREATED, s, cookie)
 }
 
 /// `POST /api/v1/login`
@@ -69,9 +70,10 @@ pub(super) async fn login(
         .get::<PeerInfo>()
         .map(|p| p.remote_addr.ip())
         .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    let cookie = wants_cookie(&req);
     let c: api::Credentials = body_json(req, UNAUTHENTICATED_BODY).await?;
     let s = ctx.admins.login(&c.name, &c.password, from).await.map_err(admin_error)?;
-    session_answer(StatusCode::OK, s)
+    session_answer(StatusCode::OK, s, cookie)
 }
 
 /// `POST /api/v1/logout`
@@ -92,7 +94,11 @@ pub(super) async fn logout(
 ) -> Answer {
     let (token, _, _) = authenticated(&ctx, &req)?;
     ctx.admins.logout(&token).map_err(admin_error)?;
-    json(StatusCode::OK, &api::Empty {})
+    let mut r = json(StatusCode::OK, &api::Empty {})?;
+    if cookie_token(&req).is_some() {
+        set_cookie(&mut r, "", 0);
+    }
+    Ok(r)
 }
 
 /// `GET /api/v1/session`
@@ -120,29 +126,89 @@ pub(super) fn bearer(req: &Req) -> Option<String> {
     v.strip_prefix("Bearer ").map(|t| t.trim().to_owned())
 }
 
-/// The administrator of the request's session, or 401.
+/// The browser session cookie: the same session token, out of the page's reach
+/// (`HttpOnly`), sent only over HTTPS (`Secure`) and only by pages of this origin
+/// (`SameSite=Strict`).
+pub const SESSION_COOKIE: &str = "lifeboat_session";
+/// Setup and login answer with the session as a cookie (and no token in the body) when
+/// the request carries this header with the value `cookie`: the web UI does.
+pub const SESSION_MODE_HEADER: &str = "x-lifeboat-session";
+/// A request authenticated by the cookie that is not a GET must carry this header (any
+/// value). A page of another origin cannot send a custom header without a CORS preflight,
+/// which this server never grants; the `Origin` check refuses it too.
+pub const CSRF_HEADER: &str = "x-lifeboat-csrf";
+
+/// Whether setup or login should answer with a cookie.
+fn wants_cookie(req: &Req) -> bool {
+    req.headers().get(SESSION_MODE_HEADER).is_some_and(|v| v.as_bytes() == b"cookie")
+}
+
+/// The session token of the request's cookie.
+pub(super) fn cookie_token(req: &Req) -> Option<String> {
+    req.headers()
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| c.trim().strip_prefix(SESSION_COOKIE)?.strip_prefix('='))
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+}
+
+/// Sets (or, with `max_age_secs` 0, clears) the session cookie on an answer.
+fn set_cookie(r: &mut Response<ResponseBody>, token: &str, max_age_secs: u64) {
+    let v = format!(
+        "{SESSION_COOKIE}={token}; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age={max_age_secs}"
+    );
+    if let Ok(v) = http::HeaderValue::from_str(&v) {
+        r.headers_mut().append(http::header::SET_COOKIE, v);
+    }
+}
+
+/// The administrator of the request's session (a bearer token, or the browser's cookie),
+/// or 401; 403 `csrf` for a cookie-authenticated change without [`CSRF_HEADER`].
 pub(super) fn authenticated(
     ctx: &ConfigServerCtx,
     req: &Req,
 ) -> Result<(String, String, u64), ApiError> {
-    let token = bearer(req)
-        .ok_or_else(|| admin_error(crate::config_server::admin::AdminError::Unauthenticated))?;
+    let token = match bearer(req) {
+        Some(t) => t,
+        None => {
+            let t = cookie_token(req).ok_or_else(|| {
+                admin_error(crate::config_server::admin::AdminError::Unauthenticated)
+            })?;
+            let safe = matches!(*req.method(), http::Method::GET | http::Method::HEAD);
+            if !safe && req.headers().get(CSRF_HEADER).is_none() {
+                return Err(ApiError::forbidden(
+                    "csrf",
+                    "a change made with the session cookie must carry the X-Lifeboat-Csrf header",
+                ));
+            }
+            t
+        }
+    };
     let (name, expires) = ctx.admins.check(&token).map_err(admin_error)?;
     Ok((token, name, expires))
 }
 
+/// The session just opened: its token in the body, or (`cookie`) in the session cookie
+/// only.
 pub(super) fn session_answer(
     status: StatusCode,
     s: crate::config_server::admin::Session,
+    cookie: bool,
 ) -> Answer {
-    json(
-        status,
-        &api::SessionInfo {
-            token: Some(s.token),
-            name: s.name,
-            expires_unix_ms: s.expires_unix_ms,
-        },
-    )
+    let info = api::SessionInfo {
+        token: (!cookie).then(|| s.token.clone()),
+        name: s.name,
+        expires_unix_ms: s.expires_unix_ms,
+    };
+    let mut r = json(status, &info)?;
+    if cookie {
+        let left = s.expires_unix_ms.saturating_sub(crate::store::now_ms()) / 1000;
+        set_cookie(&mut r, &s.token, left);
+    }
+    Ok(r)
 }
 
 /// Runs blocking work (argon2, SQLite) off the async threads.

@@ -1,4 +1,5 @@
-//! The appliance itself: health, the OpenAPI document, metrics, the certificate authorities, the recovery passphrase, plugins.
+//! The appliance itself: health, the OpenAPI document, metrics, its identity and the setup
+//! wizard's progress, the certificate authorities, the recovery passphrase, plugins.
 
 use super::*;
 
@@ -315,4 +316,109 @@ pub(super) fn plugin_list(
         }
     }
     api::PluginList { plugins }
+}
+
+/// The address handed to agents at registration: the administrator's (`PUT
+/// /api/v1/appliance`), else the configuration file's.
+pub(super) fn agent_url(ctx: &ConfigServerCtx) -> Result<String, ApiError> {
+    Ok(ctx
+        .state
+        .setting("agent_url")
+        .map_err(internal)?
+        .unwrap_or_else(|| ctx.process_server_url.clone()))
+}
+
+fn appliance_info(ctx: &ConfigServerCtx) -> Answer {
+    let step = match ctx.state.setting("wizard_step").map_err(internal)? {
+        Some(s) => s.parse().map_err(|e| ApiError::internal(format!("{e}")))?,
+        None => api::WizardStep::Identity,
+    };
+    json(
+        StatusCode::OK,
+        &api::ApplianceInfo {
+            name: ctx
+                .state
+                .setting("appliance_name")
+                .map_err(internal)?
+                .unwrap_or_else(|| "lifeboat".into()),
+            agent_url: agent_url(ctx)?,
+            server_unix_ms: crate::store::now_ms(),
+            ca_fingerprint: ctx.pki.active().fingerprint().to_owned(),
+            wizard_step: step,
+        },
+    )
+}
+
+/// `GET /api/v1/appliance`
+#[utoipa::path(
+    get,
+    path = "/api/v1/appliance",
+    tag = "appliance",
+    summary = "The appliance's name, the address agents send to, its clock, the CA fingerprint agents pin, and where the setup wizard stands.",
+    responses(
+        (status = 200, description = "the appliance", body = api::ApplianceInfo),
+        SessionErrors
+    ),
+    security(("session" = [])),
+)]
+pub(super) async fn appliance(
+    extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
+    req: Req,
+) -> Answer {
+    authenticated(&ctx, &req)?;
+    appliance_info(&ctx)
+}
+
+/// `PUT /api/v1/appliance`
+#[utoipa::path(
+    put,
+    path = "/api/v1/appliance",
+    tag = "appliance",
+    summary = "Sets the appliance's name and the address agents are given at registration (`https://host:port`). 400 names the field; nothing is changed then.",
+    request_body = api::ApplianceIdentity,
+    responses(
+        (status = 200, description = "the appliance", body = api::ApplianceInfo),
+        (status = 400, description = "error", body = api::ApiError),
+        AdminErrors
+    ),
+    security(("session" = [])),
+)]
+pub(super) async fn set_appliance(
+    extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
+    req: Req,
+) -> Answer {
+    let (_, admin, _) = authenticated(&ctx, &req)?;
+    let r: api::ApplianceIdentity = body_json(req, ADMIN_BODY).await?;
+    r.check().map_err(|e| ApiError::bad_request("invalid", e))?;
+    ctx.state.set_setting("appliance_name", r.name.trim()).map_err(internal)?;
+    ctx.state.set_setting("agent_url", r.agent_url.trim_end_matches('/')).map_err(internal)?;
+    tracing::info!(%admin, name = %r.name.trim(), agent_url = %r.agent_url, "appliance identity set");
+    appliance_info(&ctx)
+}
+
+/// `PUT /api/v1/wizard`
+#[utoipa::path(
+    put,
+    path = "/api/v1/wizard",
+    tag = "appliance",
+    summary = "Records the setup wizard's step, where it resumes. `claim` is not a step to go back to once an administrator exists (400).",
+    request_body = api::WizardProgress,
+    responses(
+        (status = 200, description = "the appliance", body = api::ApplianceInfo),
+        (status = 400, description = "error", body = api::ApiError),
+        AdminErrors
+    ),
+    security(("session" = [])),
+)]
+pub(super) async fn set_wizard(
+    extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
+    req: Req,
+) -> Answer {
+    authenticated(&ctx, &req)?;
+    let r: api::WizardProgress = body_json(req, ADMIN_BODY).await?;
+    if r.step == api::WizardStep::Claim {
+        return Err(ApiError::bad_request("invalid", "step: the appliance is claimed already"));
+    }
+    ctx.state.set_setting("wizard_step", r.step.as_str()).map_err(internal)?;
+    appliance_info(&ctx)
 }

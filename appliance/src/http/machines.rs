@@ -381,7 +381,7 @@ pub(super) async fn register(ctx: &ConfigServerCtx, req: Req) -> Answer {
             cert_pem,
             ca_pem: ctx.pki.bundle_pem(),
             protocol_version: version,
-            process_server_url: ctx.process_server_url.clone(),
+            process_server_url: super::appliance::agent_url(ctx)?,
         },
     )
 }

@@ -32,6 +32,7 @@ mod groups;
 mod machines;
 mod plans;
 mod policies;
+pub mod ui;
 
 use account::authenticated;
 pub use appliance::metrics_text;
@@ -344,7 +345,7 @@ fn admin_error(e: crate::config_server::admin::AdminError) -> ApiError {
     info(
         title = "Lifeboat configuration server",
         version = "1",
-        description = "The administrator API (bearer session tokens from POST /api/v1/login) and agent registration. Errors are {\"error\": message, \"code\": code} with an HTTP status; 400 names the field and what is expected. A request body must be declared `Content-Type: application/json` (415 otherwise) and is at most 1 MiB (4 KiB before authentication, 16 KiB for a registration; 413 past it). A request whose `Origin` is not the appliance's own address is refused (403 origin_mismatch)."
+        description = "The administrator API (bearer session tokens from POST /api/v1/login) and agent registration. Browsers (the web UI served at /) hold the session in the `lifeboat_session` cookie instead (HttpOnly, Secure, SameSite=Strict; setup and login set it when asked with `X-Lifeboat-Session: cookie`, and then answer without the token); a request authenticated by the cookie that is not a GET must carry the `X-Lifeboat-Csrf` header (403 csrf otherwise). Errors are {\"error\": message, \"code\": code} with an HTTP status; 400 names the field and what is expected. A request body must be declared `Content-Type: application/json` (415 otherwise) and is at most 1 MiB (4 KiB before authentication, 16 KiB for a registration; 413 past it). A request whose `Origin` is not the appliance's own address is refused (403 origin_mismatch)."
     ),
     modifiers(&SessionScheme)
 )]
@@ -417,6 +418,8 @@ fn config_routes() -> OpenApiRouter<Arc<ConfigServerCtx>> {
         .routes(routes!(policies::put_policy, policies::delete_policy))
         .routes(routes!(policies::assign_policy))
         .routes(routes!(policies::list_alerts))
+        .routes(routes!(appliance::appliance, appliance::set_appliance))
+        .routes(routes!(appliance::set_wizard))
         .routes(routes!(appliance::ca))
         .routes(routes!(appliance::rotate_ca))
         .routes(routes!(appliance::recovery_passphrase_status, appliance::set_recovery_passphrase))
@@ -447,6 +450,8 @@ impl ConfigServer {
         let (router, doc) = config_routes().split_for_parts();
         let doc = Arc::new(OpenApiJson(doc.to_pretty_json().unwrap_or_default()));
         let router = router
+            .route("/", axum::routing::get(ui::index))
+            .route("/assets/{file}", axum::routing::get(ui::asset))
             .fallback(not_found)
             .method_not_allowed_fallback(not_found)
             .layer(Extension(doc))
@@ -456,9 +461,15 @@ impl ConfigServer {
 
     /// Answers one request.
     pub async fn serve(&self, req: Request<RequestBody>) -> Served {
-        check_origin(&req).map_err(|e| e.error)?;
+        if let Err(e) = check_origin(&req) {
+            let mut r = to_server(axum::response::IntoResponse::into_response(e));
+            ui::secure_headers(r.headers_mut());
+            return Ok(r);
+        }
         let r = self.router.clone().oneshot(req.map(axum::body::Body::new)).await;
-        Ok(to_server(r.unwrap_or_else(|never| match never {})))
+        let mut r = to_server(r.unwrap_or_else(|never| match never {}));
+        ui::secure_headers(r.headers_mut());
+        Ok(r)
     }
 }
 

@@ -1,0 +1,152 @@
+// The dashboard: machines (sortable, filterable, refreshed every 2 s), alerts and jobs.
+import { useState } from "preact/hooks";
+import { get } from "./api.js";
+import { usePoll, ago, duration } from "./ui.jsx";
+
+const REFRESH_MS = 2000;
+
+const COLUMNS = [
+  ["hostname", "Machine", (m) => m.hostname],
+  ["state", "State", (m) => m.state],
+  ["rpo", "RPO", (m) => m.rpo_secs ?? Infinity],
+  ["health", "Health", (m) => ({ critical: 0, warning: 1, normal: 2 })[m.health] ?? 3],
+  ["seen", "Last contact", (m) => -(m.last_seen_unix_ms || 0)],
+  ["backlog", "Backlog", (m) => m.backlog_batches],
+  ["churn", "Churn", (m) => m.churn_mb_per_s ?? -1],
+  ["policy", "Policy", (m) => m.policy],
+];
+
+function stateText(m) {
+  if (m.state === "initial-copy" && m.initial_copy != null) return `initial copy ${Math.floor(m.initial_copy * 100)} %`;
+  return m.state;
+}
+
+export function Machines() {
+  const [data, error] = usePoll(() => get("/api/v1/machines"), REFRESH_MS);
+  const [filter, setFilter] = useState("");
+  const [sort, setSort] = useState({ key: "hostname", up: true });
+  const machines = data?.machines || [];
+  const needle = filter.trim().toLowerCase();
+  const shown = machines
+    .filter((m) => !needle || [m.hostname, m.id, m.state, m.health, m.policy, ...m.groups].some((t) => t.toLowerCase().includes(needle)))
+    .sort((a, b) => {
+      const f = COLUMNS.find((c) => c[0] === sort.key)[2];
+      const x = f(a);
+      const y = f(b);
+      const r = x < y ? -1 : x > y ? 1 : 0;
+      return sort.up ? r : -r;
+    });
+  const by = (key) => setSort({ key, up: sort.key === key ? !sort.up : true });
+  return (
+    <section aria-labelledby="machines-h">
+      <div class="bar">
+        <h2 id="machines-h">Machines</h2>
+        <label class="filter">
+          <span>Filter</span>
+          <input type="search" value={filter} onInput={(e) => setFilter(e.currentTarget.value)} placeholder="name, state, policy, group" />
+        </label>
+      </div>
+      {error && <p class="error" role="alert">{error.message}</p>}
+      {data && machines.length === 0 && (
+        <p>No machine is registered yet. Settings → Add machines shows how to register one.</p>
+      )}
+      {machines.length > 0 && (
+        <table class="machines">
+          <caption class="sr-only">
+            {shown.length} of {machines.length} machines, sorted by {sort.key}
+          </caption>
+          <thead>
+            <tr>
+              {COLUMNS.map(([key, label]) => (
+                <th scope="col" aria-sort={sort.key === key ? (sort.up ? "ascending" : "descending") : "none"}>
+                  <button type="button" class="sort" onClick={() => by(key)}>
+                    {label}
+                    {sort.key === key ? (sort.up ? " ▲" : " ▼") : ""}
+                  </button>
+                </th>
+              ))}
+            </tr>
+          </thead>
+          <tbody>
+            {shown.map((m) => (
+              <tr data-machine={m.id}>
+                <th scope="row">
+                  {m.hostname}
+                  <div class="id">{m.id}</div>
+                </th>
+                <td>{stateText(m)}</td>
+                <td>{duration(m.rpo_secs)}</td>
+                <td>
+                  <span class={`health ${m.health}`}>{m.health}</span>
+                </td>
+                <td>{ago(m.last_seen_unix_ms)}</td>
+                <td>{m.backlog_batches}</td>
+                <td>{m.churn_mb_per_s == null ? "–" : `${m.churn_mb_per_s.toFixed(1)} MB/s`}</td>
+                <td>{m.policy}</td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      )}
+    </section>
+  );
+}
+
+export function Alerts() {
+  const [data, error] = usePoll(() => get("/api/v1/alerts"), REFRESH_MS);
+  const alerts = data?.alerts || [];
+  return (
+    <section aria-labelledby="alerts-h">
+      <h2 id="alerts-h">Alerts</h2>
+      {error && <p class="error" role="alert">{error.message}</p>}
+      {data && alerts.length === 0 && <p class="ok">No alert holds now.</p>}
+      <ul class="alerts">
+        {alerts.map((a) => (
+          <li class={a.severity}>
+            <strong>{a.severity}</strong> <span class="kind">{a.kind}</span> {a.message}
+          </li>
+        ))}
+      </ul>
+    </section>
+  );
+}
+
+export function Jobs() {
+  const [data, error] = usePoll(() => get("/api/v1/jobs"), REFRESH_MS);
+  const jobs = data?.jobs || [];
+  return (
+    <section aria-labelledby="jobs-h">
+      <h2 id="jobs-h">Jobs</h2>
+      {error && <p class="error" role="alert">{error.message}</p>}
+      {data && jobs.length === 0 && <p>No job has run yet.</p>}
+      {jobs.length > 0 && (
+        <table>
+          <thead>
+            <tr>
+              <th scope="col">Job</th>
+              <th scope="col">Kind</th>
+              <th scope="col">Machine</th>
+              <th scope="col">State</th>
+              <th scope="col">Progress</th>
+              <th scope="col">Started</th>
+            </tr>
+          </thead>
+          <tbody>
+            {jobs.map((j) => (
+              <tr>
+                <th scope="row">{j.id}</th>
+                <td>{j.kind}</td>
+                <td>{j.machine_id || "–"}</td>
+                <td>{j.state}</td>
+                <td>
+                  <progress max="1" value={j.progress} aria-label={`job ${j.id} progress`} /> {j.message}
+                </td>
+                <td>{ago(j.created_unix_ms)}</td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      )}
+    </section>
+  );
+}
