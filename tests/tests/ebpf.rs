@@ -86,9 +86,17 @@ fn a_live_filesystem_replicates_through_ebpf_across_an_agent_kill() {
         log.contains("cut under a filesystem freeze"),
         "points on a mounted filesystem are cut under a freeze"
     );
+    // A kill that lands while the agent takes changes from the kernel (the harvest) loses
+    // what it had taken: that, and only that, is answered by a hash compare on restart
+    // (seen in CI on a loaded machine). A restart otherwise reuses the pinned maps.
+    let compares: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("comparing the whole disk"))
+        .filter(|l| !l.contains("the agent stopped while it was taking changes from the kernel"))
+        .collect();
     assert_eq!(
-        log.matches("comparing the whole disk").count(),
+        compares.len(),
         1,
-        "only the initial copy compares the whole disk; the restart must not"
+        "only the initial copy compares the whole disk; the restart must not: {compares:#?}"
     );
 }

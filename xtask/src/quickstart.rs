@@ -363,6 +363,22 @@ fn print_summary(
         "  API                 https://127.0.0.1:{config_port} (configuration), https://127.0.0.1:{ps_port} (process server, mTLS)"
     );
     println!("  took                {:.0} s", started.elapsed().as_secs_f64());
+    // The web UI: the appliance is not claimed yet; its setup wizard takes the setup token.
+    let token = output(
+        Command::new(demo.bin.join("lifeboat-appliance"))
+            .args(["setup-token", "--config"])
+            .arg(demo.config),
+    )?;
+    println!();
+    println!("Web UI: open https://127.0.0.1:{config_port}/ in a browser on this machine.");
+    println!(
+        "  Its certificate is issued by the appliance's own CA ({}): accept the browser's warning, or trust that file.",
+        data.join("state/ca/ca.crt").display()
+    );
+    println!(
+        "  The setup wizard asks for the setup token {} to create the first administrator, then shows the demo machine.",
+        token.trim()
+    );
     Ok(())
 }
 

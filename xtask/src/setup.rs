@@ -35,6 +35,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     "gzip",
     "extlinux",
     "syslinux-common",
+    // The web UI's browser test drives Debian's Chromium (headless, with playwright-core).
+    "chromium",
 ];
 
 /// Packages taken from bookworm-backports, so they match the backports qemu-utils the

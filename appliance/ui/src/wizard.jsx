@@ -27,13 +27,14 @@ function Steps({ current }) {
   );
 }
 
-// Errors by field: a server error names its field; anything else is the form's.
-function useErrors() {
+// Errors by field: a server error that names one of the form's `fields` is shown beside
+// it; anything else is the form's.
+function useErrors(fields = []) {
   const [errors, setErrors] = useState({});
   const fail = (e, fieldOf = {}) => {
     if (e instanceof ApiError) {
       const f = fieldOf[e.code] || e.field;
-      setErrors(f ? { [f]: e.message } : { form: e.message });
+      setErrors(f && fields.includes(f) ? { [f]: e.message } : { form: e.message });
     } else setErrors({ form: String(e) });
   };
   return [errors, setErrors, fail];
@@ -66,7 +67,7 @@ function Claim({ onNext }) {
   const [name, setName] = useState("admin");
   const [password, setPassword] = useState("");
   const [again, setAgain] = useState("");
-  const [errors, setErrors, fail] = useErrors();
+  const [errors, setErrors, fail] = useErrors(["setup_token", "name", "password"]);
   const [busy, setBusy] = useState(false);
   const submit = async (e) => {
     e.preventDefault();
@@ -107,7 +108,7 @@ function Identity({ onNext }) {
   const [info, setInfo] = useState(null);
   const [name, setName] = useState("");
   const [url, setUrl] = useState("");
-  const [errors, , fail] = useErrors();
+  const [errors, , fail] = useErrors(["name", "agent_url"]);
   const [skew, setSkew] = useState(null);
   useEffect(() => {
     const t0 = Date.now();
@@ -170,13 +171,15 @@ function newPassphrase() {
   return chars.join("").match(/.{4}/g).join("-");
 }
 
+const POLICY_FIELDS = ["crash_interval_secs", "app_interval_secs", "rpo_warning_secs", "rpo_critical_secs", "compression_level", "encryption", "typed"];
+
 function Protection({ onBack, onNext }) {
   const [policy, setPolicy] = useState(null);
   const [form, setForm] = useState({ crash: "", app: "", warn: "", crit: "", level: "", encryption: true });
   const [passphrase] = useState(newPassphrase);
   const [typed, setTyped] = useState("");
   const [already, setAlready] = useState(false);
-  const [errors, setErrors, fail] = useErrors();
+  const [errors, setErrors, fail] = useErrors(POLICY_FIELDS);
   useEffect(() => {
     Promise.all([get("/api/v1/policies"), get("/api/v1/recovery-passphrase")])
       .then(([list, rec]) => {
@@ -195,22 +198,21 @@ function Protection({ onBack, onNext }) {
       .catch((e) => fail(e));
   }, []);
   const set = (k) => (v) => setForm({ ...form, [k]: v });
-  const num = (v) => (/^-?\d+$/.test(v.trim()) ? Number(v) : v);
   const submit = async (e) => {
     e.preventDefault();
-    if (!already && typed.trim() !== passphrase) {
-      setErrors({ typed: "type the recovery passphrase exactly as shown above" });
+    // Whole numbers first (the server checks the ranges and names the field).
+    const numbers = {};
+    const bad = {};
+    for (const [key, field] of [["crash", "crash_interval_secs"], ["app", "app_interval_secs"], ["warn", "rpo_warning_secs"], ["crit", "rpo_critical_secs"], ["level", "compression_level"]]) {
+      if (/^-?\d+$/.test(form[key].trim())) numbers[field] = Number(form[key]);
+      else bad[field] = "a whole number";
+    }
+    if (!already && typed.trim() !== passphrase) bad.typed = "type the recovery passphrase exactly as shown above";
+    if (Object.keys(bad).length) {
+      setErrors(bad);
       return;
     }
-    const body = {
-      ...policy,
-      crash_interval_secs: num(form.crash),
-      app_interval_secs: num(form.app),
-      rpo_warning_secs: num(form.warn),
-      rpo_critical_secs: num(form.crit),
-      compression_level: num(form.level),
-      encryption: form.encryption,
-    };
+    const body = { ...policy, ...numbers, encryption: form.encryption };
     try {
       await put("/api/v1/policies/default", body);
     } catch (err) {
@@ -246,8 +248,8 @@ function Protection({ onBack, onNext }) {
               appliance is lost, a new one at the target site opens the catalogue with it and fails your machines over.{" "}
               <strong>It is shown only now: write it down and keep it away from this appliance.</strong>
             </p>
-            <p class="secret" aria-label="Recovery passphrase">
-              <code>{passphrase}</code>
+            <p class="secret">
+              Recovery passphrase: <code data-testid="recovery-passphrase">{passphrase}</code>
             </p>
             <Field label="Type the recovery passphrase again" name="typed" value={typed} onInput={setTyped} error={errors.typed} autocomplete="off" />
           </>
@@ -265,7 +267,7 @@ function Protection({ onBack, onNext }) {
 function Machines({ onBack, onNext }) {
   const [info, setInfo] = useState(null);
   const [pass, setPass] = useState(null);
-  const [errors, , fail] = useErrors();
+  const [errors, , fail] = useErrors([]);
   useEffect(() => {
     get("/api/v1/appliance").then(setInfo).catch((e) => fail(e));
   }, []);

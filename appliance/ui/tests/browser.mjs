@@ -1,0 +1,181 @@
+// The web UI in a real browser (Debian's Chromium, headless, driven by playwright-core),
+// against a real appliance. Run by tests/tests/ui.rs, which starts the appliance and an
+// agent; the two talk over this process's stdin and stdout, one JSON object per line.
+//
+// Environment: LIFEBOAT_URL (the configuration server), LIFEBOAT_SETUP_TOKEN,
+// LIFEBOAT_SHOTS (the folder for screenshots), CHROMIUM (default /usr/bin/chromium).
+//
+// What it checks: the wizard refuses a wrong setup token and mismatched passwords beside
+// their fields, claims the appliance, refuses a bad agent address and a mistyped recovery
+// passphrase, shows the registration command (which the Rust side then runs); the
+// dashboard shows the registered machine protected without a reload; a wizard left half
+// way resumes at its step; a session that ended returns to the login; axe-core finds no
+// serious or critical violation on any screen; every screen is saved as a screenshot.
+import { chromium } from "playwright-core";
+import { readFileSync, mkdirSync } from "node:fs";
+import { createRequire } from "node:module";
+import { createInterface } from "node:readline";
+
+const require = createRequire(import.meta.url);
+const axeSource = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
+const url = process.env.LIFEBOAT_URL;
+const token = process.env.LIFEBOAT_SETUP_TOKEN;
+const shots = process.env.LIFEBOAT_SHOTS;
+mkdirSync(shots, { recursive: true });
+const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+const say = (o) => process.stdout.write(JSON.stringify(o) + "\n");
+const log = (m) => process.stderr.write(`browser: ${m}\n`);
+const screens = [];
+
+function check(ok, what) {
+  if (!ok) throw new Error(`check failed: ${what}`);
+}
+
+// axe-core on the page as it is, then a screenshot.
+async function screen(page, name) {
+  await page.evaluate(axeSource);
+  const r = await page.evaluate(() => axe.run(document, { resultTypes: ["violations"] }));
+  const bad = r.violations.filter((v) => v.impact === "serious" || v.impact === "critical");
+  for (const v of bad) log(`${name}: ${v.impact} ${v.id}: ${v.help} (${v.nodes.map((n) => n.target.join(" ")).join(", ")})`);
+  check(bad.length === 0, `${name}: ${bad.length} serious or critical accessibility violation(s)`);
+  await page.screenshot({ path: `${shots}/${name}.png`, fullPage: true });
+  screens.push(name);
+  log(`screen ${name}: axe ok, screenshot saved`);
+}
+
+const fieldError = (page, label) =>
+  page.getByLabel(label, { exact: true }).evaluate((el) => {
+    const ids = (el.getAttribute("aria-describedby") || "").split(" ");
+    return ids.map((id) => document.getElementById(id)).filter((e) => e && e.classList.contains("error")).map((e) => e.textContent).join(" ");
+  });
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--headless", "--no-sandbox", "--disable-background-networking"],
+});
+try {
+  // The appliance's certificate is issued by its own CA, which this browser does not know.
+  const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1280, height: 800 } });
+  const page = await context.newPage();
+  const cspViolations = [];
+  page.on("console", (m) => {
+    if (/Content Security Policy/i.test(m.text())) cspViolations.push(m.text());
+  });
+  await page.goto(url);
+
+  // 1. Claim.
+  await page.getByRole("heading", { name: "Claim the appliance" }).waitFor();
+  await screen(page, "01-claim");
+  await page.getByLabel("Setup token", { exact: true }).fill("AAAAA-BBBBB-CCCCC-DDDDD");
+  await page.getByLabel("Password", { exact: true }).fill("correct horse battery");
+  await page.getByLabel("Password again", { exact: true }).fill("correct horse battery!");
+  await page.getByRole("button", { name: "Claim" }).click();
+  await page.getByText("the two passwords differ").waitFor();
+  check((await fieldError(page, "Password again")).includes("differ"), "the mismatch is shown beside the second password");
+  await page.getByLabel("Password again", { exact: true }).fill("correct horse battery");
+  await page.getByRole("button", { name: "Claim" }).click();
+  await page.locator(".field.bad").first().waitFor();
+  const tokenError = await fieldError(page, "Setup token");
+  check(/setup token/i.test(tokenError), `a wrong setup token is refused beside its field (${tokenError})`);
+  await screen(page, "02-claim-refused");
+  await page.getByLabel("Setup token", { exact: true }).fill(token.toLowerCase());
+  await page.getByRole("button", { name: "Claim" }).click();
+
+  // 2. Identity.
+  await page.getByRole("heading", { name: "Identity" }).waitFor();
+  // The form is filled from the appliance once it answered (the CA fingerprint shows it).
+  await page.locator("code.fp").waitFor();
+  const agentUrl = await page.getByLabel("Address agents send to").inputValue();
+  check(agentUrl.startsWith("https://"), `the agent address is prefilled (${agentUrl})`);
+  await page.getByText(/clocks? .*agree|clock is/).waitFor();
+  await screen(page, "03-identity");
+  await page.getByLabel("Appliance name").fill("dr-site-a");
+  await page.getByLabel("Address agents send to").fill("http://nowhere");
+  await page.getByRole("button", { name: "Next" }).click();
+  await page.locator(".field.bad").waitFor();
+  check((await fieldError(page, "Address agents send to")).includes("https://"), "a bad agent address is refused beside its field");
+  await page.getByLabel("Address agents send to").fill(agentUrl);
+  await page.getByRole("button", { name: "Next" }).click();
+
+  // 3. Protection: a wizard left here resumes here.
+  await page.getByRole("heading", { name: "Protection defaults" }).waitFor();
+  await page.reload();
+  await page.getByRole("heading", { name: "Protection defaults" }).waitFor();
+  await screen(page, "04-protection");
+  const shown = await page.getByTestId("recovery-passphrase").textContent();
+  check(/^[A-Z0-9]{4}(-[A-Z0-9]{4}){5}$/.test(shown.trim()), `a recovery passphrase is shown (${shown})`);
+  await page.getByLabel("RPO warning after (s)").fill("soon");
+  await page.getByLabel("Type the recovery passphrase again").fill(shown.trim());
+  await page.getByRole("button", { name: "Next" }).click();
+  await page.locator(".field.bad").first().waitFor();
+  check((await fieldError(page, "RPO warning after (s)")).includes("whole number"), "a bad number is refused beside its field");
+  // The server's own check: a critical threshold below the warning one.
+  await page.getByLabel("RPO warning after (s)").fill("120");
+  await page.getByLabel("RPO critical after (s)").fill("60");
+  await page.getByRole("button", { name: "Next" }).click();
+  await page.locator(".field.bad, .form-error").first().waitFor();
+  await screen(page, "05-protection-refused");
+  await page.getByLabel("RPO critical after (s)").fill("600");
+  await page.getByLabel("Type the recovery passphrase again").fill("WRONG-" + shown.trim());
+  await page.getByRole("button", { name: "Next" }).click();
+  await page.getByText("type the recovery passphrase exactly as shown above").waitFor();
+  await page.getByLabel("Type the recovery passphrase again").fill(shown.trim());
+  await page.getByRole("button", { name: "Next" }).click();
+
+  // 4. Add machines: the registration command, run by the Rust side.
+  await page.getByRole("heading", { name: "Add machines" }).waitFor();
+  await page.getByRole("button", { name: "Make a registration passphrase" }).click();
+  const command = await page.getByTestId("register-command").textContent();
+  await screen(page, "06-add-machines");
+  say({ command });
+  const reply = JSON.parse((await lines.next()).value);
+  check(reply.registered, "the Rust side registered the agent");
+  await page.getByRole("button", { name: "Finish" }).click();
+
+  // 5. The dashboard: the machine appears protected without a reload.
+  await page.getByRole("heading", { name: "Machines" }).waitFor();
+  const row = page.locator(`tr[data-machine="${reply.machine}"]`);
+  await row.getByText("protected").waitFor({ timeout: 60000 });
+  check((await row.textContent()).includes(reply.hostname), "the row names the machine's host");
+  await screen(page, "07-dashboard");
+  await page.getByLabel("Filter").fill("no-such-machine");
+  check((await row.count()) === 0, "the filter hides rows that do not match");
+  await page.getByLabel("Filter").fill("");
+  await page.getByRole("link", { name: "Alerts" }).click();
+  await page.getByRole("heading", { name: "Alerts" }).waitFor();
+  await page.locator("ul.alerts, p.ok").first().waitFor();
+  await screen(page, "08-alerts");
+  await page.getByRole("link", { name: "Jobs" }).click();
+  await page.getByRole("heading", { name: "Jobs" }).waitFor();
+  await screen(page, "09-jobs");
+
+  // 6. A session that ends (here: ended from elsewhere, its cookie kept) returns to the
+  // login with a word on why; logging in again comes back to the dashboard.
+  const cookies = await context.cookies();
+  const session = cookies.find((c) => c.name === "lifeboat_session");
+  check(session && session.httpOnly && session.secure && session.sameSite === "Strict", "the session cookie is HttpOnly, Secure, SameSite=Strict");
+  check(!(await page.evaluate(() => document.cookie)).includes("lifeboat_session"), "the page cannot read the session cookie");
+  await page.evaluate(() => fetch("/api/v1/logout", { method: "POST", headers: { "X-Lifeboat-Csrf": "1" } }));
+  await context.addCookies([session]);
+  await page.getByRole("link", { name: "Machines" }).click();
+  await page.getByText("Your session ended; log in again.").waitFor({ timeout: 10000 });
+  await screen(page, "10-login");
+  await page.getByLabel("Administrator name").fill("admin");
+  await page.getByLabel("Password", { exact: true }).fill("wrong password");
+  await page.getByRole("button", { name: "Log in" }).click();
+  await page.getByText("wrong name or password").waitFor();
+  await page.getByLabel("Password", { exact: true }).fill("correct horse battery");
+  await page.getByRole("button", { name: "Log in" }).click();
+  await page.locator(`tr[data-machine="${reply.machine}"]`).waitFor();
+
+  // 7. A narrow window still shows the machine.
+  await page.setViewportSize({ width: 420, height: 800 });
+  await screen(page, "11-dashboard-narrow");
+
+  check(cspViolations.length === 0, `no Content-Security-Policy violation (${cspViolations.join("; ")})`);
+  say({ done: true, screens });
+} finally {
+  await browser.close();
+  // Stop reading stdin, or node waits for the test to close it.
+  process.stdin.destroy();
+}

@@ -1,0 +1,83 @@
+//! The web UI in a real browser against a real appliance and agent: the setup wizard
+//! claims the appliance with its setup token, the agent registers with the command the
+//! wizard shows, and the dashboard shows the machine protected. The browser side is
+//! `appliance/ui/tests/browser.mjs` (headless Chromium driven by playwright-core, with
+//! axe-core); screenshots of every screen land in `target/ui/`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use lifeboat_e2e::*;
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+#[test]
+fn the_wizard_claims_the_appliance_and_the_dashboard_shows_the_registered_machine() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned();
+    let ui = root.join("appliance/ui");
+    assert!(
+        ui.join("node_modules/playwright-core").is_dir() && Path::new("/usr/bin/chromium").exists(),
+        "the browser test needs playwright-core (npm ci in appliance/ui) and Debian's chromium: \
+         `cargo xtask test` installs both"
+    );
+    let site = Site::new();
+    let (cfg, _appliance) = site.start_all();
+    let token = site.cli(&cfg, &["setup-token"]).trim().to_owned();
+    let shots = root.join("target/ui");
+    let mut browser = Command::new("node")
+        .arg(ui.join("tests/browser.mjs"))
+        .env("LIFEBOAT_URL", format!("https://127.0.0.1:{}", site.config_port))
+        .env("LIFEBOAT_SETUP_TOKEN", &token)
+        .env("LIFEBOAT_SHOTS", &shots)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut to_browser = browser.stdin.take().unwrap();
+    let mut from_browser = BufReader::new(browser.stdout.take().unwrap()).lines();
+    let mut next = || -> serde_json::Value {
+        let line = from_browser.next().expect("the browser script ended early").unwrap();
+        serde_json::from_str(&line).unwrap()
+    };
+
+    // The wizard showed the registration command: run it as shown, with this test's
+    // agent binary and state folder.
+    let shown = next();
+    let command = shown["command"].as_str().unwrap();
+    let first: String = command
+        .lines()
+        .scan(true, |more, l| {
+            let keep = *more;
+            *more = l.trim_end().ends_with('\\');
+            keep.then(|| l.trim_end().trim_end_matches('\\').to_owned())
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    let words: Vec<&str> = first.split_whitespace().collect();
+    assert_eq!(words[..2], ["lifeboat-agent", "register"], "{command}");
+    let state = site.root().join("agent-state");
+    let status = Command::new(site.bin.join("lifeboat-agent"))
+        .args(&words[1..])
+        .arg("--state-dir")
+        .arg(&state)
+        .status()
+        .unwrap();
+    assert!(status.success(), "the command the wizard shows registers the agent: {command}");
+    let disk = site.root().join("disk.img");
+    make_disk(&disk, 8, 5);
+    site.agent_once(&site.agent_config(&state, std::slice::from_ref(&disk), 1));
+    let machine = Site::machine_id(&state);
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_owned();
+    let reply = serde_json::json!({"registered": true, "machine": machine, "hostname": hostname});
+    writeln!(to_browser, "{reply}").unwrap();
+    drop(to_browser);
+
+    let done = next();
+    assert_eq!(done["done"], true, "{done}");
+    let screens = done["screens"].as_array().unwrap();
+    assert!(screens.len() >= 10, "{done}");
+    for s in screens {
+        assert!(shots.join(format!("{}.png", s.as_str().unwrap())).is_file(), "{s}");
+    }
+    assert!(browser.wait().unwrap().success(), "the browser script failed");
+}
