@@ -306,32 +306,30 @@ impl ApplianceIdentity {
     }
 }
 
-/// Checks an `https://host[:port]` address with nothing after the authority.
+/// Checks an `https://host[:port]` address with nothing after the authority, parsed as the
+/// agent's HTTP client parses it (`http::Uri`), with host names held to DNS label rules.
 pub fn check_https_url(url: &str) -> Result<(), String> {
-    let rest =
-        url.strip_prefix("https://").ok_or_else(|| format!("{url:?} must start with https://"))?;
-    let authority = rest.strip_suffix('/').unwrap_or(rest);
-    if authority.is_empty() {
-        return Err(format!("{url:?} names no host"));
+    let uri: http::Uri = url.parse().map_err(|e| format!("{url:?} is not a URL ({e})"))?;
+    if uri.scheme_str() != Some("https") {
+        return Err(format!("{url:?} must start with https://"));
     }
-    if authority.contains(['/', '?', '#', '@', ' ']) || authority.chars().any(char::is_control) {
+    let authority = uri.authority().filter(|a| !a.host().is_empty());
+    let Some(authority) = authority else { return Err(format!("{url:?} names no host")) };
+    if authority.as_str().contains('@') || !matches!(uri.path(), "" | "/") || uri.query().is_some()
+    {
         return Err(format!("{url:?} must be https://host or https://host:port, nothing after"));
     }
-    let (host, port) = match authority.rsplit_once(':') {
-        // An IPv6 address without a port: `[::1]`.
-        Some((h, p)) if !p.ends_with(']') => (h, Some(p)),
-        _ => (authority, None),
-    };
-    if let Some(p) = port
-        && !p.parse::<u16>().is_ok_and(|n| n > 0)
+    // `port_u16` is `None` both for no port and for one past 65535: read the text.
+    if let Some((_, port)) = authority.as_str().rsplit_once(':').filter(|(_, p)| !p.ends_with(']'))
+        && !port.parse::<u16>().is_ok_and(|n| n > 0)
     {
         return Err(format!("{url:?}: the port must be 1 to 65535"));
     }
+    let host = authority.host();
     let ok_host = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
         v6.parse::<std::net::Ipv6Addr>().is_ok()
     } else {
-        !host.is_empty()
-            && host.len() <= 253
+        host.len() <= 253
             && host.split('.').all(|l| {
                 !l.is_empty()
                     && l.len() <= 63

@@ -47,6 +47,7 @@ pub(super) async fn list_machines(
     let group_points = ctx.state.group_points(None).map_err(internal)?;
     let mut machines = Vec::new();
     for (id, hostname, registered_unix_ms) in ctx.state.machines().map_err(internal)? {
+        let id_text = id.to_string();
         let disks: Vec<api::DiskSize> = ctx
             .state
             .disks(id)
@@ -68,7 +69,7 @@ pub(super) async fn list_machines(
         });
         let worst = alerts
             .iter()
-            .filter(|a| a.machine_id.as_deref() == Some(id.to_string().as_str()))
+            .filter(|a| a.machine_id.as_deref() == Some(id_text.as_str()))
             .map(|a| a.severity.as_str())
             .min();
         let health = match worst {
@@ -98,7 +99,7 @@ pub(super) async fn list_machines(
             .and_then(|(_, _, report)| serde_json::from_str::<api::ChurnReport>(&report).ok())
             .map(|r| r.disks.iter().map(|d| d.mean_mb_per_s).sum());
         machines.push(api::MachineSummary {
-            id: id.to_string(),
+            id: id_text,
             hostname,
             registered_unix_ms,
             disks,
