@@ -74,15 +74,15 @@ export function Machines() {
                   {m.hostname}
                   <div class="id">{m.id}</div>
                 </th>
-                <td>{stateText(m)}</td>
-                <td>{duration(m.rpo_secs)}</td>
-                <td>
+                <td data-label="State">{stateText(m)}</td>
+                <td data-label="RPO">{duration(m.rpo_secs)}</td>
+                <td data-label="Health">
                   <span class={`health ${m.health}`}>{m.health}</span>
                 </td>
-                <td>{ago(m.last_seen_unix_ms)}</td>
-                <td>{m.backlog_batches}</td>
-                <td>{m.churn_mb_per_s == null ? "–" : `${m.churn_mb_per_s.toFixed(1)} MB/s`}</td>
-                <td>{m.policy}</td>
+                <td data-label="Last contact">{ago(m.last_seen_unix_ms)}</td>
+                <td data-label="Backlog">{m.backlog_batches}</td>
+                <td data-label="Churn">{m.churn_mb_per_s == null ? "–" : `${m.churn_mb_per_s.toFixed(1)} MB/s`}</td>
+                <td data-label="Policy">{m.policy}</td>
               </tr>
             ))}
           </tbody>
