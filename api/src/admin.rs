@@ -351,3 +351,32 @@ pub struct WizardProgress {
     /// The step to resume at.
     pub step: crate::WizardStep,
 }
+
+/// One sample of a machine's history (`GET /api/v1/machines/{id}/history`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HistorySample {
+    /// When it was taken, milliseconds since the Unix epoch (the end of its span).
+    pub unix_ms: u64,
+    /// The seconds it covers: the sampling interval, or 3600 for samples older than 7
+    /// days (merged per hour).
+    pub span_secs: u64,
+    /// The age of the newest recovery point then (the achieved RPO; for a merged sample
+    /// the worst of its hour); absent before the first point.
+    pub rpo_secs: Option<u64>,
+    /// Bytes the process server received from the machine during the span (what changed
+    /// on its disks, as sent).
+    pub received_bytes: u64,
+    /// Batches received and not yet applied at the target (merged: the worst).
+    pub backlog_batches: u64,
+}
+
+/// `GET /api/v1/machines/{id}/history`: the samples of the last `hours`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MachineHistory {
+    /// How often the appliance samples, in seconds.
+    pub sample_secs: u64,
+    /// Oldest first.
+    pub samples: Vec<HistorySample>,
+}

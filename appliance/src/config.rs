@@ -100,6 +100,14 @@ pub struct ConfigServer {
     /// first server name and the process server's port).
     #[serde(default)]
     pub process_server_url: Option<String>,
+    /// How often each machine's history (RPO, bytes received, backlog) is sampled for the
+    /// UI's plots, in seconds (1 to 3600).
+    #[serde(default = "default_sample_secs")]
+    pub sample_secs: u64,
+}
+
+fn default_sample_secs() -> u64 {
+    60
 }
 
 fn default_config_listen() -> SocketAddr {
@@ -116,6 +124,7 @@ impl Default for ConfigServer {
             listen: default_config_listen(),
             server_names: default_names(),
             process_server_url: None,
+            sample_secs: default_sample_secs(),
         }
     }
 }
@@ -260,9 +269,24 @@ impl Default for MasterTarget {
 }
 
 impl ApplianceConfig {
+    /// Range checks the types do not make.
+    fn check(&self) -> Result<(), String> {
+        if !(1..=3600).contains(&self.config_server.sample_secs) {
+            return Err(format!(
+                "config_server.sample_secs = {}: expected 1 to 3600",
+                self.config_server.sample_secs
+            ));
+        }
+        Ok(())
+    }
+
     /// Reads `path`; relative paths inside it are taken relative to the file's folder.
     pub fn load(path: &Path) -> Result<ApplianceConfig, lifeboat_common::config::ConfigError> {
         let mut c: ApplianceConfig = lifeboat_common::config::load(path, CONFIG_VERSIONS)?;
+        c.check().map_err(|message| lifeboat_common::config::ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         let abs = |p: &mut PathBuf| {
             if p.is_relative() {
@@ -315,6 +339,18 @@ mod tests {
         assert!(e.contains("proces_server"), "{e}");
         let e = parse("").unwrap_err().to_string();
         assert!(e.contains("plugins"), "{e}");
+    }
+
+    #[test]
+    fn the_sample_interval_is_checked() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("appliance.toml");
+        std::fs::write(&p, "[plugins]\ndir = \"p\"\n[config_server]\nsample_secs = 0\n").unwrap();
+        let e = ApplianceConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("sample_secs = 0") && e.contains("appliance.toml"), "{e}");
+        std::fs::write(&p, "[plugins]\ndir = \"p\"\n[config_server]\nsample_secs = 5\n").unwrap();
+        assert_eq!(ApplianceConfig::load(&p).unwrap().config_server.sample_secs, 5);
+        assert_eq!(parse("[plugins]\ndir = \"p\"\n").unwrap().config_server.sample_secs, 60);
     }
 
     #[test]

@@ -214,7 +214,13 @@ async fn start_config_server(
             cfg.plans.scripts.clone(),
         )),
         registry: Some(core.registry.clone()),
+        sample_secs: cfg.config_server.sample_secs,
     });
+    tasks.spawn(lifeboat_appliance::config_server::history::run(
+        core.state.clone(),
+        std::time::Duration::from_secs(cfg.config_server.sample_secs),
+        shutdown.clone(),
+    ));
     let tls = pki.config_tls()?;
     let listener =
         tokio::net::TcpListener::bind(cfg.config_server.listen).await.with_context(|| {

@@ -48,6 +48,7 @@ async fn start() -> Server {
         data_dir: dir.path().to_owned(),
         plans: Arc::new(lifeboat_appliance::config_server::plan::Plans::default()),
         registry: None,
+        sample_secs: 60,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -265,7 +266,7 @@ async fn the_router_serves_exactly_the_documented_operations() {
             operations += 1;
         }
     }
-    assert_eq!(operations, 47, "the document lists every operation of the configuration server");
+    assert_eq!(operations, 48, "the document lists every operation of the configuration server");
     for (m, path) in [
         (Method::GET, "/api/v1/nothing"),
         (Method::DELETE, "/api/v1/machines"),
@@ -380,6 +381,43 @@ async fn session_and_machines(s: &Server, c: &Client, token: &str) {
     )
     .await;
     assert_eq!(st, StatusCode::NOT_FOUND);
+
+    // The machine's history: what the sampler stored, of the hours asked for.
+    let now = lifeboat_appliance::store::now_ms();
+    let sample = |unix_ms, rpo_secs| lifeboat_appliance::store::SampleRow {
+        machine_id: M1,
+        unix_ms,
+        span_secs: 60,
+        rpo_secs,
+        received_bytes: 6_000_000,
+        backlog_batches: 2,
+    };
+    s.state
+        .add_samples(&[
+            sample(now - 30 * 3600 * 1000, Some(9)),
+            sample(now - 60_000, None),
+            sample(now, Some(4)),
+        ])
+        .unwrap();
+    let h = "/api/v1/machines/{id}/history";
+    let m1 = "/api/v1/machines/11111111-1111-1111-1111-111111111111/history";
+    let (st, v) = call(c, Method::GET, m1, h, Some(token), "").await;
+    assert_eq!((st, v["sample_secs"].as_u64()), (StatusCode::OK, Some(60)), "{v}");
+    let got: Vec<_> =
+        v["samples"].as_array().unwrap().iter().map(|x| x["rpo_secs"].clone()).collect();
+    assert_eq!(got, vec![Value::Null, serde_json::json!(4)], "24 hours by default: {v}");
+    assert_eq!(v["samples"][1]["received_bytes"], 6_000_000);
+    let (st, v) = call(c, Method::GET, &format!("{m1}?hours=48"), h, Some(token), "").await;
+    assert_eq!((st, v["samples"].as_array().map(Vec::len)), (StatusCode::OK, Some(3)));
+    for bad in ["hours=0", "hours=9999", "hours=x", "since=1"] {
+        let (st, v) = call(c, Method::GET, &format!("{m1}?{bad}"), h, Some(token), "").await;
+        assert_eq!((st, v["code"].as_str()), (StatusCode::BAD_REQUEST, Some("bad_query")), "{bad}");
+    }
+    let other = "/api/v1/machines/99999999-9999-9999-9999-999999999999/history";
+    let (st, _) = call(c, Method::GET, other, h, Some(token), "").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (st, _) = call(c, Method::GET, m1, h, None, "").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
 }
 
 /// [`setup_login_sessions_and_identities`]: registration passphrases and the revocation of machines.

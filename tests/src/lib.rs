@@ -251,7 +251,7 @@ impl Site {
             format!(
                 "config_version = 1\ndata_dir = \"state\"\n\
                  [roles]\nconfig_server = {}\nprocess_server = {}\nmaster_target = {}\n\
-                 [config_server]\nlisten = \"127.0.0.1:{}\"\n\
+                 [config_server]\nlisten = \"127.0.0.1:{}\"\nsample_secs = 1\n\
                  [process_server]\nlisten = \"127.0.0.1:{}\"\ncache_max_mib = 1024\ncache_high_water_mib = 768\n\
                  [master_target]\npoll_ms = 100\nkeep_points = 100\nkeep_hours = 0\n\
                  [plugins]\ndir = \"plugins\"\n{grants}{extra}",

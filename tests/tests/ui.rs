@@ -1,6 +1,7 @@
 //! The web UI in a real browser against a real appliance and agent: the setup wizard
 //! claims the appliance with its setup token, the agent registers with the command the
-//! wizard shows, and the dashboard shows the machine protected. The browser side is
+//! wizard shows, the dashboard shows the machine protected, and its page draws the RPO plot
+//! from stored samples and runs a test failover and its cleanup. The browser side is
 //! `appliance/ui/tests/browser.mjs` (headless Chromium driven by playwright-core, with
 //! axe-core); screenshots of every screen land in `target/ui/`.
 
@@ -71,6 +72,21 @@ fn the_wizard_claims_the_appliance_and_the_dashboard_shows_the_registered_machin
     let reply = serde_json::json!({"registered": true, "machine": machine, "hostname": hostname});
     writeln!(to_browser, "{reply}").unwrap();
     drop(to_browser);
+
+    // The test failover the page started made a VM at the local target, with the VM
+    // settings the page saved; its cleanup removed the VM.
+    let made = next();
+    let vm = made["test_failover"]["vm"].as_str().unwrap();
+    assert!(made["test_failover"]["cleaned_unix_ms"].as_u64().is_some(), "{made}");
+    assert!(
+        !site.root().join("target/vms").join(format!("{vm}.json")).exists(),
+        "cleanup removed {vm}"
+    );
+    let log = std::fs::read_to_string(site.root().join("appliance.log")).unwrap();
+    assert!(
+        log.contains("test failover ready") && log.contains("test failover cleaned up"),
+        "the appliance logged both jobs"
+    );
 
     let done = next();
     assert_eq!(done["done"], true, "{done}");

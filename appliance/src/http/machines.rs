@@ -306,6 +306,73 @@ pub(super) async fn points(
     json(StatusCode::OK, &api::PointList { points })
 }
 
+/// Most hours of history one request asks for (the 90 days samples are kept).
+const MAX_HISTORY_HOURS: u64 = 90 * 24;
+
+/// `GET /api/v1/machines/{id}/history`
+#[utoipa::path(
+    get,
+    path = "/api/v1/machines/{id}/history",
+    tag = "machines",
+    summary = "A machine's sampled RPO, bytes received and backlog over the last `hours` (24 unless given; at most 2160).",
+    params(
+        ("id" = String, Path, description = "id"),
+        ("hours" = Option<u64>, Query, description = "how far back, 1 to 2160")
+    ),
+    responses(
+        (status = 200, description = "history", body = api::MachineHistory),
+        (status = 400, description = "error", body = api::ApiError),
+        (status = 404, description = "error", body = api::ApiError),
+        SessionErrors
+    ),
+    security(("session" = [])),
+)]
+pub(super) async fn history(
+    extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
+    MachinePath(id): MachinePath,
+    req: Req,
+) -> Answer {
+    authenticated(&ctx, &req)?;
+    let hours =
+        history_hours(req.uri().query()).map_err(|e| ApiError::bad_request("bad_query", e))?;
+    if !ctx.state.machine_exists(id).map_err(internal)? {
+        return Err(ApiError::not_found("unknown_machine", format!("id: no machine {id:?}")));
+    }
+    let since = crate::store::now_ms().saturating_sub(hours * 3600 * 1000);
+    let samples = ctx
+        .state
+        .samples(id, since)
+        .map_err(internal)?
+        .into_iter()
+        .map(|s| api::HistorySample {
+            unix_ms: s.unix_ms,
+            span_secs: s.span_secs,
+            rpo_secs: s.rpo_secs,
+            received_bytes: s.received_bytes,
+            backlog_batches: s.backlog_batches,
+        })
+        .collect();
+    json(StatusCode::OK, &api::MachineHistory { sample_secs: ctx.sample_secs, samples })
+}
+
+/// The `hours` of a history request's query (24 without one); anything else is an error.
+fn history_hours(query: Option<&str>) -> Result<u64, String> {
+    let mut hours = 24;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("hours", v)) => {
+                hours = v
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|h| (1..=MAX_HISTORY_HOURS).contains(h))
+                    .ok_or_else(|| format!("hours: expected 1 to {MAX_HISTORY_HOURS}"))?;
+            }
+            _ => return Err(format!("unknown query parameter {pair:?}: only hours is taken")),
+        }
+    }
+    Ok(hours)
+}
+
 pub(super) fn point_summary(p: crate::store::PointRow) -> api::PointSummary {
     api::PointSummary {
         id: p.id,
@@ -404,4 +471,28 @@ pub(super) fn machine_state(
         }
         None => "protected".into(),
     })
+}
+
+#[cfg(test)]
+mod history_query_tests {
+    #[test]
+    fn hours_are_checked() {
+        use super::history_hours as h;
+        assert_eq!(h(None), Ok(24));
+        assert_eq!(h(Some("")), Ok(24));
+        assert_eq!(h(Some("hours=168")), Ok(168));
+        assert_eq!(h(Some("hours=2160")), Ok(2160));
+        for bad in [
+            "hours=0",
+            "hours=2161",
+            "hours=-1",
+            "hours=",
+            "hours=1e3",
+            "hours",
+            "days=2",
+            "hours=2&x=1",
+        ] {
+            assert!(h(Some(bad)).is_err(), "{bad}");
+        }
+    }
 }

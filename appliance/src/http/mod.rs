@@ -190,6 +190,8 @@ pub struct ConfigServerCtx {
     pub plans: Arc<crate::config_server::plan::Plans>,
     /// The appliance's plugins (for the plugins list), when it loads any.
     pub registry: Option<Arc<lifeboat_plugin_host::registry::Registry>>,
+    /// How often the machines' history is sampled (`config_server.sample_secs`).
+    pub sample_secs: u64,
 }
 
 /// Most bytes of a request body read before the caller is known (setup, login).
@@ -406,6 +408,7 @@ fn config_routes() -> OpenApiRouter<Arc<ConfigServerCtx>> {
         .routes(routes!(machines::passphrase_status, machines::new_passphrase))
         .routes(routes!(machines::vm_spec, machines::set_vm_spec))
         .routes(routes!(machines::points))
+        .routes(routes!(machines::history))
         .routes(routes!(failovers::test_failover))
         .routes(routes!(failovers::failover))
         .routes(routes!(failovers::commit))

@@ -469,6 +469,7 @@ impl ProcessServer {
             }
         })?;
         self.inner.state.set_received_next(machine_id, h.disk_index, h.sequence + 1)?;
+        self.inner.state.add_received_bytes(machine_id, h.disk_index, len)?;
         self.inner.state.count(&[
             (crate::store::Counter::ReceivedBatches, 1),
             (crate::store::Counter::ReceivedBytes, len),

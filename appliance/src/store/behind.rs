@@ -109,6 +109,9 @@ pub trait BehindStore {
 struct Cursor {
     next: AtomicU64,
     stored: AtomicU64,
+    /// Bytes received for the disk since the process started (for the history samples;
+    /// never stored).
+    received_bytes: AtomicU64,
 }
 
 /// The in-memory side, shared by every clone of a [`State`].
@@ -130,7 +133,11 @@ impl State {
         let stored = super::off_worker(|| self.backend.stored_received_next(machine_id, disk))?;
         let mut all = self.behind.cursors.write().unwrap_or_else(|e| e.into_inner());
         let c = all.entry(key).or_insert_with(|| {
-            Arc::new(Cursor { next: AtomicU64::new(stored), stored: AtomicU64::new(stored) })
+            Arc::new(Cursor {
+                next: AtomicU64::new(stored),
+                stored: AtomicU64::new(stored),
+                received_bytes: AtomicU64::new(0),
+            })
         });
         Ok(c.clone())
     }
@@ -149,6 +156,22 @@ impl State {
     ) -> Result<(), StateError> {
         self.cursor(machine_id, disk)?.next.fetch_max(next, SeqCst);
         Ok(())
+    }
+
+    /// Counts bytes received for a disk (in memory only: see [`State::received_bytes`]).
+    pub fn add_received_bytes(
+        &self,
+        machine_id: MachineId,
+        disk: u32,
+        bytes: u64,
+    ) -> Result<(), StateError> {
+        self.cursor(machine_id, disk)?.received_bytes.fetch_add(bytes, SeqCst);
+        Ok(())
+    }
+
+    /// Bytes received for a disk since this process started.
+    pub fn received_bytes(&self, machine_id: MachineId, disk: u32) -> Result<u64, StateError> {
+        Ok(self.cursor(machine_id, disk)?.received_bytes.load(SeqCst))
     }
 
     /// The replica of a disk was made anew (failback): the master target goes on from

@@ -201,4 +201,15 @@ pub(super) const MIGRATIONS: &[&str] = &[
         point INTEGER NOT NULL,
         PRIMARY KEY (group_name, machine_id, point)
      );",
+    // 18: each machine's history for the UI's plots: a sample every `sample_secs` (RPO, bytes
+    // received, backlog), thinned to one per hour after 7 days and dropped after 90.
+    "CREATE TABLE samples (
+        machine_id TEXT NOT NULL,
+        unix_ms INTEGER NOT NULL,
+        span_secs INTEGER NOT NULL,
+        rpo_secs INTEGER,
+        received_bytes INTEGER NOT NULL,
+        backlog_batches INTEGER NOT NULL,
+        PRIMARY KEY (machine_id, unix_ms)
+     ) WITHOUT ROWID;",
 ];

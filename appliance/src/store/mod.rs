@@ -31,6 +31,7 @@ mod behind;
 mod certs;
 mod cursors;
 mod failovers;
+mod history;
 mod jobs;
 mod machines;
 mod migrations;
@@ -42,6 +43,7 @@ pub use behind::{BehindStore, Counter};
 pub use certs::{CertStore, MachineCerts};
 pub use cursors::{CursorStore, DiskAlertRow};
 pub use failovers::{FailoverRow, FailoverStore, ReverseRow, TestFailoverRow};
+pub use history::{HistoryStore, SampleRow};
 pub use jobs::{JobRow, JobStore};
 pub use machines::{MachineStore, PASSPHRASE_TTL_MS};
 use migrations::MIGRATIONS;
@@ -115,6 +117,7 @@ pub trait Backend:
     + CertStore
     + CursorStore
     + FailoverStore
+    + HistoryStore
     + JobStore
     + MachineStore
     + PointStore

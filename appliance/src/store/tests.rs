@@ -204,3 +204,62 @@ fn cursors_points_and_disks() {
     s.delete_point("m-p1").unwrap();
     assert!(s.points(M).unwrap().is_empty());
 }
+
+#[test]
+fn history_is_thinned_per_hour_after_seven_days_and_dropped_after_ninety() {
+    use super::history::{FULL_RESOLUTION_MS, KEEP_MS};
+    let d = tempfile::tempdir().unwrap();
+    let s = State::open(&d.path().join("state.db")).unwrap();
+    const H: u64 = 3600 * 1000;
+    let now = 200 * 24 * H + 17 * 60 * 1000; // not on an hour
+    let sample = |machine_id, unix_ms, rpo, bytes, backlog| SampleRow {
+        machine_id,
+        unix_ms,
+        span_secs: 60,
+        rpo_secs: rpo,
+        received_bytes: bytes,
+        backlog_batches: backlog,
+    };
+    // One sample a minute for the 9 days before now, for two machines (the second one
+    // with no point yet); and one sample older than 90 days.
+    let mut rows = Vec::new();
+    let first = now - 9 * 24 * H;
+    let mut t = first;
+    while t <= now {
+        let minute = (t - first) / 60_000;
+        rows.push(sample(M, t, Some(minute % 97), 1000 + minute % 7, minute % 5));
+        rows.push(sample(M1, t, None, 1, 0));
+        t += 60_000;
+    }
+    rows.push(sample(M, now - KEEP_MS - 1, Some(1), 1, 1));
+    s.add_samples(&rows).unwrap();
+    let before = s.samples(M, 0).unwrap();
+    let total_bytes: u64 = before.iter().map(|r| r.received_bytes).sum();
+
+    let (merged, dropped) = s.thin_samples(now).unwrap();
+    assert_eq!(dropped, 1, "the sample older than 90 days");
+    let after = s.samples(M, 0).unwrap();
+    let cutoff = (now - FULL_RESOLUTION_MS) / H * H;
+    // Everything after the cutoff is untouched, minute by minute.
+    let recent: Vec<_> = before.iter().filter(|r| r.unix_ms > cutoff).cloned().collect();
+    assert_eq!(after.iter().filter(|r| r.unix_ms > cutoff).cloned().collect::<Vec<_>>(), recent);
+    // Before it: one sample per hour, stamped at the hour's end, covering 3600 s.
+    let old: Vec<_> = after.iter().filter(|r| r.unix_ms <= cutoff).collect();
+    assert!(old.iter().all(|r| r.span_secs == 3600 && r.unix_ms % H == 0), "{:?}", &old[..2]);
+    assert_eq!(old.len() as u64, (cutoff - (first / H * H)) / H);
+    // Bytes are kept, the worst RPO and backlog of each hour too.
+    assert_eq!(after.iter().map(|r| r.received_bytes).sum::<u64>(), total_bytes - 1);
+    for r in &old {
+        let hour: Vec<_> =
+            before.iter().filter(|b| b.unix_ms > r.unix_ms - H && b.unix_ms <= r.unix_ms).collect();
+        assert_eq!(r.rpo_secs, hour.iter().filter_map(|b| b.rpo_secs).max());
+        assert_eq!(r.backlog_batches, hour.iter().map(|b| b.backlog_batches).max().unwrap());
+    }
+    assert_eq!(s.samples(M1, 0).unwrap().iter().filter(|r| r.unix_ms <= cutoff).count(), old.len());
+    assert!(s.samples(M1, 0).unwrap().iter().all(|r| r.rpo_secs.is_none()), "no point: no RPO");
+    assert_eq!(usize::try_from(merged).unwrap(), 2 * (before.len() - 1 - recent.len() - old.len()));
+    // Thinning again changes nothing; `since` selects.
+    assert_eq!(s.thin_samples(now).unwrap(), (0, 0));
+    assert_eq!(s.samples(M, 0).unwrap(), after);
+    assert_eq!(s.samples(M, now - 60_000).unwrap().len(), 2);
+}

@@ -71,7 +71,7 @@ export function Machines() {
             {shown.map((m) => (
               <tr data-machine={m.id}>
                 <th scope="row">
-                  {m.hostname}
+                  <a href={`#/machines/${m.id}`}>{m.hostname}</a>
                   <div class="id">{m.id}</div>
                 </th>
                 <td data-label="State">{stateText(m)}</td>

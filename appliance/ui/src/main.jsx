@@ -6,6 +6,7 @@ import { get, post, openSession, whenLoggedOut } from "./api.js";
 import { Field, FormError } from "./ui.jsx";
 import { Wizard } from "./wizard.jsx";
 import { Machines, Alerts, Jobs } from "./dashboard.jsx";
+import { MachinePage } from "./machine.jsx";
 import "./app.css";
 
 function useHash() {
@@ -57,7 +58,8 @@ const PAGES = [
 function Dashboard({ appliance, onLogout }) {
   const hash = useHash();
   const page = PAGES.find(([h]) => hash.startsWith(h)) || PAGES[0];
-  const Page = page[2];
+  const one = /^#\/machines\/([0-9a-f-]{36})$/.exec(hash);
+  const Page = one ? () => <MachinePage id={one[1]} /> : page[2];
   return (
     <>
       <header class="top">

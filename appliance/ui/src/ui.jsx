@@ -1,5 +1,6 @@
 // Small building blocks shared by the screens.
 import { useState, useEffect, useRef } from "preact/hooks";
+import { ApiError } from "./api.js";
 
 let nextId = 0;
 const uid = (p) => `${p}-${++nextId}`;
@@ -82,4 +83,99 @@ export function duration(s) {
   if (s < 5400) return `${Math.round(s / 60)} min`;
   if (s < 172800) return `${Math.round(s / 3600)} h`;
   return `${Math.round(s / 86400)} d`;
+}
+
+// Errors by field: a server error that names one of the form's `fields` is shown beside
+// it; anything else is the form's.
+export function useErrors(fields = []) {
+  const [errors, setErrors] = useState({});
+  const fail = (e, fieldOf = {}) => {
+    if (e instanceof ApiError) {
+      const f = fieldOf[e.code] || e.field;
+      setErrors(f && fields.includes(f) ? { [f]: e.message } : { form: e.message });
+    } else setErrors({ form: String(e) });
+  };
+  return [errors, setErrors, fail];
+}
+
+
+// A labelled select with its error beside it. `options` are [value, label] pairs.
+export function Select({ label, help, error, value, onInput, options, name }) {
+  const id = useRef(uid(name || "s")).current;
+  const errId = `${id}-err`;
+  const helpId = `${id}-help`;
+  const described = [help ? helpId : null, error ? errId : null].filter(Boolean).join(" ") || undefined;
+  return (
+    <div class={error ? "field bad" : "field"}>
+      <label for={id}>{label}</label>
+      <select id={id} name={name} value={value} aria-invalid={error ? "true" : undefined} aria-describedby={described} onChange={(e) => onInput(e.currentTarget.value)}>
+        {options.map(([v, l]) => (
+          <option value={v}>{l}</option>
+        ))}
+      </select>
+      {help && <p class="help" id={helpId}>{help}</p>}
+      {error && <p class="error" id={errId} role="alert">{error}</p>}
+    </div>
+  );
+}
+
+// A modal confirmation: says what will happen; `children` may hold choices. The native
+// <dialog> keeps focus inside and closes on Escape.
+export function Confirm({ title, children, action, onConfirm, onCancel, danger }) {
+  const ref = useRef(null);
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState(null);
+  useEffect(() => {
+    const d = ref.current;
+    if (d && !d.open) d.showModal();
+    const cancel = (e) => {
+      e.preventDefault();
+      onCancel();
+    };
+    d.addEventListener("cancel", cancel);
+    return () => d.removeEventListener("cancel", cancel);
+  }, []);
+  const go = async (e) => {
+    e.preventDefault();
+    setBusy(true);
+    setError(null);
+    try {
+      await onConfirm();
+    } catch (err) {
+      setError(err.message);
+      setBusy(false);
+    }
+  };
+  return (
+    <dialog ref={ref} class="confirm" aria-labelledby="confirm-h">
+      <form onSubmit={go}>
+        <h2 id="confirm-h">{title}</h2>
+        {children}
+        <FormError error={error} />
+        <div class="buttons">
+          <button type="submit" class={danger ? "danger" : ""} disabled={busy}>
+            {action}
+          </button>
+          <button type="button" class="secondary" onClick={onCancel}>
+            Cancel
+          </button>
+        </div>
+      </form>
+    </dialog>
+  );
+}
+
+export function bytes(n) {
+  if (n == null) return "–";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) {
+    n /= 1024;
+    i++;
+  }
+  return `${i === 0 ? n : n.toFixed(1)} ${units[i]}`;
+}
+
+export function when(unixMs) {
+  return unixMs ? new Date(unixMs).toLocaleString() : "–";
 }

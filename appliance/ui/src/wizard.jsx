@@ -3,8 +3,8 @@
 // records the step reached, so a wizard left half way resumes there; "Back" goes to the
 // previous step until the end.
 import { useState, useEffect } from "preact/hooks";
-import { get, put, post, openSession, ApiError } from "./api.js";
-import { Field, FormError } from "./ui.jsx";
+import { get, put, post, openSession } from "./api.js";
+import { Field, FormError, useErrors } from "./ui.jsx";
 
 const STEPS = [
   ["claim", "Claim"],
@@ -25,19 +25,6 @@ function Steps({ current }) {
       ))}
     </ol>
   );
-}
-
-// Errors by field: a server error that names one of the form's `fields` is shown beside
-// it; anything else is the form's.
-function useErrors(fields = []) {
-  const [errors, setErrors] = useState({});
-  const fail = (e, fieldOf = {}) => {
-    if (e instanceof ApiError) {
-      const f = fieldOf[e.code] || e.field;
-      setErrors(f && fields.includes(f) ? { [f]: e.message } : { form: e.message });
-    } else setErrors({ form: String(e) });
-  };
-  return [errors, setErrors, fail];
 }
 
 export function Wizard({ step, onStep, onDone }) {

@@ -9,7 +9,9 @@
 // their fields, claims the appliance, refuses a bad agent address and a mistyped recovery
 // passphrase, shows the registration command (which the Rust side then runs); the
 // dashboard shows the registered machine protected without a reload; a wizard left half
-// way resumes at its step; a session that ended returns to the login; axe-core finds no
+// way resumes at its step; a session that ended returns to the login; the machine's page
+// draws its plots from stored samples, refuses a bad VM setting beside its field, and runs
+// a test failover and its cleanup as jobs followed live; axe-core finds no
 // serious or critical violation on any screen; every screen is saved as a screenshot.
 import { chromium } from "playwright-core";
 import { readFileSync, mkdirSync } from "node:fs";
@@ -168,7 +170,47 @@ try {
   await page.getByRole("button", { name: "Log in" }).click();
   await page.locator(`tr[data-machine="${reply.machine}"]`).waitFor();
 
-  // 7. A narrow window still shows the machine.
+  // 7. The machine's page: plots drawn from the stored samples, the points timeline, the
+  // VM settings (a bad value refused beside its field, a good one saved), and a test
+  // failover started from the page, followed live to its end, then cleaned up.
+  await page.locator(`tr[data-machine="${reply.machine}"]`).getByRole("link", { name: reply.hostname }).click();
+  await page.getByRole("heading", { name: reply.hostname }).waitFor();
+  await page.locator("figure.plot canvas").first().waitFor({ timeout: 20000 });
+  const rpoSummary = await page.locator("figure.plot .help").first().textContent();
+  check(/^\d+ samples; now /.test(rpoSummary), `the RPO plot is drawn from stored samples (${rpoSummary})`);
+  check((await page.locator(".timeline .mark").count()) >= 1, "the points timeline shows the point");
+  await page.getByLabel("CPUs").fill("0");
+  await page.getByRole("button", { name: "Save the VM settings" }).click();
+  await page.locator(".field.bad").first().waitFor();
+  check((await fieldError(page, "CPUs")).includes("1 to 256"), "the server's refusal of 0 CPUs is shown beside the field");
+  await screen(page, "12-machine");
+  await page.getByLabel("CPUs").fill("2");
+  await page.getByLabel("Memory (MiB)").fill("1024");
+  await page.getByLabel("Target network").first().fill("dr-test-lan");
+  await page.getByRole("button", { name: "Save the VM settings" }).click();
+  await page.getByText("Saved: the next failover makes this VM.").waitFor();
+  const spec = await page.evaluate(async (id) => (await fetch(`/api/v1/machines/${id}/vm-spec`)).json(), reply.machine);
+  check(spec.cpus === 2 && spec.memory_mib === 1024 && spec.nics[0]?.network === "dr-test-lan", `the VM settings were saved (${JSON.stringify(spec)})`);
+  await page.getByRole("button", { name: "Test failover…" }).click();
+  const dialog = page.getByRole("dialog");
+  await dialog.getByLabel("Recovery point").selectOption("latest-processed");
+  await screen(page, "13-test-failover-confirm");
+  await dialog.getByRole("button", { name: "Test failover", exact: true }).click();
+  await page.locator('.job[data-state="succeeded"]').waitFor({ timeout: 60000 });
+  const cleanup = page.getByRole("button", { name: /^Clean up test failover / });
+  await cleanup.waitFor();
+  await screen(page, "14-test-failover-done");
+  await cleanup.click();
+  await page.getByRole("dialog").getByRole("button", { name: "Clean up the test failover" }).click();
+  await page.locator('.job[data-state="succeeded"]').nth(1).waitFor({ timeout: 60000 });
+  await cleanup.waitFor({ state: "detached" });
+  const tfs = await page.evaluate(async () => (await fetch("/api/v1/test-failovers")).json());
+  check(tfs.test_failovers.length === 1 && tfs.test_failovers[0].cleaned_unix_ms, `the test failover was made and cleaned up (${JSON.stringify(tfs)})`);
+  say({ test_failover: tfs.test_failovers[0] });
+
+  // 8. A narrow window still shows the machine.
+  await page.getByRole("link", { name: "Machines", exact: true }).click();
+  await page.locator(`tr[data-machine="${reply.machine}"]`).waitFor();
   await page.setViewportSize({ width: 420, height: 800 });
   await screen(page, "11-dashboard-narrow");
 
