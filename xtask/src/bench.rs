@@ -17,8 +17,11 @@ pub fn run(name: &str) -> Result<()> {
         "replication" => crate::bench_replication::replication(),
         "capture" => crate::bench_capture::capture(),
         "failover" => crate::bench_failover::failover(),
+        "ui" => crate::bench_ui::ui(),
         other => {
-            bail!("unknown benchmark {other:?}; available: plugins, replication, capture, failover")
+            bail!(
+                "unknown benchmark {other:?}; available: plugins, replication, capture, failover, ui"
+            )
         }
     }
 }

@@ -174,6 +174,17 @@ impl Lifeboat {
 
     /// With `agent_extra` appended to the agent's configuration.
     pub(crate) fn start_with(dir: &Path, disk: &Path, agent_extra: &str) -> Result<Lifeboat> {
+        Self::start_polling(dir, disk, agent_extra, 20)
+    }
+
+    /// [`Lifeboat::start_with`], the master target looking for new logs every `poll_ms`
+    /// (the replication benchmarks use 20 ms; the appliance's default is 500).
+    pub(crate) fn start_polling(
+        dir: &Path,
+        disk: &Path,
+        agent_extra: &str,
+        poll_ms: u64,
+    ) -> Result<Lifeboat> {
         let bin = target_dir().join("release");
         let plugins = crate::plugins::dir();
         std::fs::create_dir_all(dir.join("plugins"))?;
@@ -198,7 +209,7 @@ impl Lifeboat {
             &config,
             format!(
                 "data_dir = \"state\"\n[config_server]\nlisten = \"127.0.0.1:{cp}\"\n[process_server]\nlisten = \"127.0.0.1:{pp}\"\n\
-                 codec_level = 1\n[master_target]\npoll_ms = 20\nkeep_points = 100000\n[plugins]\ndir = \"plugins\"\n{grants}"
+                 codec_level = 1\n[master_target]\npoll_ms = {poll_ms}\nkeep_points = 100000\n[plugins]\ndir = \"plugins\"\n{grants}"
             ),
         )?;
         let log = std::fs::File::create(dir.join("appliance.log"))?;

@@ -9,6 +9,7 @@ mod bench;
 mod bench_capture;
 mod bench_failover;
 mod bench_replication;
+mod bench_ui;
 mod plugins;
 mod quickstart;
 mod setup;

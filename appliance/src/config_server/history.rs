@@ -37,8 +37,7 @@ impl Sampler {
         let mut rows = Vec::new();
         for (id, _, _) in state.machines()? {
             let rpo_secs = state
-                .points(id)?
-                .last()
+                .newest_point(id)?
                 .map(|p| now_unix_ms.saturating_sub(p.created_unix_ms) / 1000);
             let mut received_bytes = 0u64;
             let mut backlog_batches = 0u64;

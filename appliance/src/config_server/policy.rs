@@ -139,7 +139,7 @@ fn machine_alerts(
     found: &mut Found,
 ) -> Result<(), StateError> {
     let policy = state.policy_of(id)?;
-    if let Some(p) = state.points(id)?.last() {
+    if let Some(p) = state.newest_point(id)? {
         let rpo = now.saturating_sub(p.created_unix_ms) / 1000;
         let (critical, limit) = if rpo > policy.rpo_critical_secs {
             (true, policy.rpo_critical_secs)

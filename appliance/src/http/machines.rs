@@ -55,7 +55,7 @@ pub(super) async fn list_machines(
             .into_iter()
             .map(|(index, size)| api::DiskSize { index, size })
             .collect();
-        let last_point = ctx.state.points(id).map_err(internal)?.pop().map(point_summary);
+        let last_point = ctx.state.newest_point(id).map_err(internal)?.map(point_summary);
         let state = machine_state(&ctx.state, id, last_point.is_some())?;
         let rpo_secs = last_point
             .as_ref()
@@ -93,10 +93,9 @@ pub(super) async fn list_machines(
         }
         let churn_mb_per_s = ctx
             .state
-            .churn(Some(id))
+            .newest_churn(id)
             .map_err(internal)?
-            .pop()
-            .and_then(|(_, _, report)| serde_json::from_str::<api::ChurnReport>(&report).ok())
+            .and_then(|report| serde_json::from_str::<api::ChurnReport>(&report).ok())
             .map(|r| r.disks.iter().map(|d| d.mean_mb_per_s).sum());
         machines.push(api::MachineSummary {
             id: id_text,

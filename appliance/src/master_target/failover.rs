@@ -279,7 +279,7 @@ impl Failover {
         }
         let start = std::time::Instant::now();
         loop {
-            let newest = self.state.points(machine)?.last().map(|p| p.point).unwrap_or(0);
+            let newest = self.state.newest_point(machine)?.map(|p| p.point).unwrap_or(0);
             // Done when no disk can move on: each has applied what was received, or waits
             // at a tag beyond the newest point for a disk whose logs up to that tag never
             // came (the source was lost mid-point). If every disk waits at one tag, the

@@ -1,6 +1,6 @@
 //! Administrators and their sessions.
 
-use super::{Sqlite, State, StateError, now_ms};
+use super::{CachedRow, Sqlite, State, StateError, now_ms};
 use rusqlite::{OptionalExtension, params};
 
 super::backend_trait! {
@@ -36,7 +36,7 @@ impl AdminStore for Sqlite {
         let mut c = self.conn();
         let tx = c.transaction().map_err(|e| self.err(e))?;
         let n: i64 = tx
-            .query_row("SELECT COUNT(*) FROM admins", [], |r| r.get(0))
+            .row_cached("SELECT COUNT(*) FROM admins", [], |r| r.get(0))
             .map_err(|e| self.err(e))?;
         if n > 0 {
             return Ok(false);
@@ -53,14 +53,14 @@ impl AdminStore for Sqlite {
     fn has_admin(&self) -> Result<bool, StateError> {
         let n: i64 = self
             .conn()
-            .query_row("SELECT COUNT(*) FROM admins", [], |r| r.get(0))
+            .row_cached("SELECT COUNT(*) FROM admins", [], |r| r.get(0))
             .map_err(|e| self.err(e))?;
         Ok(n > 0)
     }
 
     fn admin_hash(&self, name: &str) -> Result<Option<String>, StateError> {
         self.read()
-            .query_row("SELECT password_hash FROM admins WHERE name = ?1", params![name], |r| {
+            .row_cached("SELECT password_hash FROM admins WHERE name = ?1", params![name], |r| {
                 r.get(0)
             })
             .optional()
@@ -86,7 +86,7 @@ impl AdminStore for Sqlite {
 
     fn session(&self, token_sha256: &str) -> Result<Option<(String, u64)>, StateError> {
         self.read()
-            .query_row(
+            .row_cached(
                 "SELECT admin, expires_unix_ms FROM sessions WHERE token_sha256 = ?1 AND expires_unix_ms > ?2",
                 params![token_sha256, now_ms() as i64],
                 |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)),

@@ -12,7 +12,7 @@
 //! batch leaves the cache only after a durable sync covered its cursor), and up to a
 //! second of counts is lost (they are statistics).
 
-use super::{Sqlite, State, StateError};
+use super::{CachedRow, Sqlite, State, StateError};
 use lifeboat_wire::MachineId;
 use rusqlite::{OptionalExtension, params};
 use std::collections::HashMap;
@@ -301,7 +301,7 @@ impl State {
 impl BehindStore for Sqlite {
     fn stored_received_next(&self, machine_id: MachineId, disk: u32) -> Result<u64, StateError> {
         self.read()
-            .query_row(
+            .row_cached(
                 "SELECT next_sequence FROM received WHERE machine_id = ?1 AND disk = ?2",
                 params![machine_id, disk],
                 |r| r.get::<_, i64>(0),
@@ -340,8 +340,9 @@ impl BehindStore for Sqlite {
 
     fn stored_counters(&self) -> Result<Vec<(String, u64)>, StateError> {
         let c = self.read();
-        let mut s =
-            c.prepare("SELECT name, value FROM counters ORDER BY name").map_err(|e| self.err(e))?;
+        let mut s = c
+            .prepare_cached("SELECT name, value FROM counters ORDER BY name")
+            .map_err(|e| self.err(e))?;
         let rows = s
             .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))
             .map_err(|e| self.err(e))?;

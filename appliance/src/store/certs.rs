@@ -1,6 +1,6 @@
 //! The certificates issued to each machine and the trust answer last given to it.
 
-use super::{Sqlite, State, StateError};
+use super::{CachedRow, Sqlite, State, StateError};
 use lifeboat_wire::MachineId;
 use rusqlite::{OptionalExtension, params};
 
@@ -82,7 +82,7 @@ impl CertStore for Sqlite {
 
     fn machine_certs(&self, machine_id: MachineId) -> Result<MachineCerts, StateError> {
         self.read()
-            .query_row(
+            .row_cached(
                 "SELECT cert_ca, cert_sha256, cert_prev_sha256 FROM machines WHERE id = ?1",
                 params![machine_id],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
@@ -116,7 +116,7 @@ impl CertStore for Sqlite {
 
     fn machine_trust(&self, machine_id: MachineId) -> Result<Option<String>, StateError> {
         self.read()
-            .query_row(
+            .row_cached(
                 "SELECT trust_bundle_sha256 FROM machines WHERE id = ?1",
                 params![machine_id],
                 |r| r.get(0),
@@ -128,7 +128,7 @@ impl CertStore for Sqlite {
 
     fn machine_cert_expiry(&self, machine_id: MachineId) -> Result<Option<u64>, StateError> {
         self.read()
-            .query_row(
+            .row_cached(
                 "SELECT cert_not_after_unix_ms FROM machines WHERE id = ?1",
                 params![machine_id],
                 |r| r.get::<_, Option<i64>>(0),

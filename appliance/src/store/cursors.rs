@@ -1,6 +1,6 @@
 //! Where each role stands in each disk's sequence, progress, churn reports, disk alerts and hash comparisons.
 
-use super::{Sqlite, State, StateError, now_ms};
+use super::{CachedRow, Sqlite, State, StateError, now_ms};
 use lifeboat_api::{DiskAlertKind, PointKind};
 use lifeboat_wire::MachineId;
 use rusqlite::{OptionalExtension, params};
@@ -54,6 +54,9 @@ super::backend_trait! {
 
         /// Stores a churn report (JSON, already checked) of `machine_id`.
         fn add_churn(&self, machine_id: MachineId, report_json: &str) -> Result<(), StateError>;
+
+        /// A machine's newest churn report (JSON), if it sent one.
+        fn newest_churn(&self, machine_id: MachineId) -> Result<Option<String>, StateError>;
 
         /// Churn reports as (machine, time, JSON), oldest first, of one machine or all.
         fn churn(
@@ -117,7 +120,7 @@ super::backend_trait! {
 impl CursorStore for Sqlite {
     fn applied(&self, machine_id: MachineId, disk: u32) -> Result<(u64, Option<u64>), StateError> {
         self.read()
-            .query_row(
+            .row_cached(
                 "SELECT next_sequence, point_reached FROM applied
                  WHERE machine_id = ?1 AND disk = ?2",
                 params![machine_id, disk],
@@ -156,7 +159,7 @@ impl CursorStore for Sqlite {
 
     fn applied_kind(&self, machine_id: MachineId, disk: u32) -> Result<PointKind, StateError> {
         self.read()
-            .query_row(
+            .row_cached(
                 "SELECT point_kind FROM applied WHERE machine_id = ?1 AND disk = ?2",
                 params![machine_id, disk],
                 |r| r.get::<_, Option<PointKind>>(0),
@@ -169,7 +172,7 @@ impl CursorStore for Sqlite {
     fn progress(&self, machine_id: MachineId) -> Result<Vec<(u32, String, u64, u64)>, StateError> {
         let c = self.read();
         let mut s = c
-            .prepare(
+            .prepare_cached(
                 "SELECT disk, phase, done_bytes, total_bytes FROM progress
                  WHERE machine_id = ?1 ORDER BY disk",
             )
@@ -222,13 +225,25 @@ impl CursorStore for Sqlite {
         Ok(())
     }
 
+    fn newest_churn(&self, machine_id: MachineId) -> Result<Option<String>, StateError> {
+        self.read()
+            .row_cached(
+                "SELECT report FROM churn WHERE machine_id = ?1
+                 ORDER BY reported_unix_ms DESC, rowid DESC LIMIT 1",
+                params![machine_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
     fn churn(
         &self,
         machine_id: Option<MachineId>,
     ) -> Result<Vec<(MachineId, u64, String)>, StateError> {
         let conn = self.read();
         let mut stmt = conn
-            .prepare(
+            .prepare_cached(
                 "SELECT machine_id, reported_unix_ms, report FROM churn
                  WHERE ?1 IS NULL OR machine_id = ?1 ORDER BY reported_unix_ms, rowid",
             )
@@ -279,7 +294,7 @@ impl CursorStore for Sqlite {
     fn disk_alerts(&self) -> Result<Vec<DiskAlertRow>, StateError> {
         let c = self.read();
         let mut s = c
-            .prepare(
+            .prepare_cached(
                 "SELECT machine_id, disk, kind, message, since_unix_ms FROM disk_alerts
                  ORDER BY machine_id, disk, kind",
             )
@@ -301,7 +316,7 @@ impl CursorStore for Sqlite {
     fn request_compare(&self, machine_id: MachineId, disk: u32) -> Result<u64, StateError> {
         let c = self.conn();
         let open: Option<i64> = c
-            .query_row(
+            .row_cached(
                 "SELECT token FROM compares WHERE machine_id = ?1 AND disk = ?2 AND done_point IS NULL",
                 params![machine_id, disk],
                 |r| r.get(0),
@@ -347,7 +362,7 @@ impl CursorStore for Sqlite {
     fn compares(&self, machine_id: MachineId) -> Result<Vec<(u32, u64, Option<u64>)>, StateError> {
         let c = self.read();
         let mut s = c
-            .prepare(
+            .prepare_cached(
                 "SELECT disk, token, done_point FROM compares WHERE machine_id = ?1 ORDER BY disk",
             )
             .map_err(|e| self.err(e))?;

@@ -1,6 +1,6 @@
 //! Failovers, test failovers and reverse replication.
 
-use super::{Sqlite, State, StateError, now_ms};
+use super::{CachedRow, Sqlite, State, StateError, now_ms};
 use lifeboat_api::{FailoverState, JobId};
 use lifeboat_wire::MachineId;
 use rusqlite::{OptionalExtension, params};
@@ -174,7 +174,7 @@ impl FailoverStore for Sqlite {
     fn test_failovers(&self, id: Option<&str>) -> Result<Vec<TestFailoverRow>, StateError> {
         let conn = self.read();
         let mut stmt = conn
-            .prepare(
+            .prepare_cached(
                 "SELECT id, machine_id, point_id, vm, disks, created_unix_ms, cleaned_unix_ms
                  FROM test_failovers WHERE ?1 IS NULL OR id = ?1 ORDER BY created_unix_ms, id",
             )
@@ -248,7 +248,7 @@ impl FailoverStore for Sqlite {
     fn failovers(&self, machine_id: Option<MachineId>) -> Result<Vec<FailoverRow>, StateError> {
         let conn = self.read();
         let mut stmt = conn
-            .prepare(
+            .prepare_cached(
                 "SELECT machine_id, state, point_id, vm, disks, job, started_unix_ms,
                         committed_unix_ms
                  FROM failovers WHERE ?1 IS NULL OR machine_id = ?1 ORDER BY machine_id",
@@ -311,7 +311,7 @@ impl FailoverStore for Sqlite {
 
     fn reverse(&self, machine_id: MachineId) -> Result<Option<ReverseRow>, StateError> {
         self.read()
-            .query_row(
+            .row_cached(
                 "SELECT passes, final_requested, final_done, done_bytes, total_bytes,
                         received_bytes, last_received_bytes, next_sequences, final_started,
                         source_disks
@@ -411,7 +411,7 @@ impl FailoverStore for Sqlite {
 
     fn failover_state(&self, machine_id: MachineId) -> Result<Option<FailoverState>, StateError> {
         self.read()
-            .query_row(
+            .row_cached(
                 "SELECT state FROM failovers WHERE machine_id = ?1",
                 params![machine_id],
                 |r| r.get(0),

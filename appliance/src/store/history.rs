@@ -62,7 +62,7 @@ impl HistoryStore for Sqlite {
         let tx = c.transaction().map_err(|e| self.err(e))?;
         {
             let mut s = tx
-                .prepare(
+                .prepare_cached(
                     "INSERT OR REPLACE INTO samples
                      (machine_id, unix_ms, span_secs, rpo_secs, received_bytes, backlog_batches)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -90,7 +90,7 @@ impl HistoryStore for Sqlite {
     ) -> Result<Vec<SampleRow>, StateError> {
         let c = self.read();
         let mut s = c
-            .prepare(
+            .prepare_cached(
                 "SELECT machine_id, unix_ms, span_secs, rpo_secs, received_bytes, backlog_batches
                  FROM samples WHERE machine_id = ?1 AND unix_ms >= ?2 ORDER BY unix_ms",
             )
@@ -113,7 +113,7 @@ impl HistoryStore for Sqlite {
             .map_err(|e| self.err(e))? as u64;
         let merged: Vec<SampleRow> = {
             let mut s = tx
-                .prepare(
+                .prepare_cached(
                     "SELECT machine_id, ((unix_ms - 1) / ?2 + 1) * ?2 AS hour_end, 3600,
                             MAX(rpo_secs), SUM(received_bytes), MAX(backlog_batches)
                      FROM samples WHERE unix_ms <= ?1 AND span_secs < 3600
@@ -131,7 +131,7 @@ impl HistoryStore for Sqlite {
             .map_err(|e| self.err(e))? as u64;
         {
             let mut s = tx
-                .prepare(
+                .prepare_cached(
                     "INSERT INTO samples
                      (machine_id, unix_ms, span_secs, rpo_secs, received_bytes, backlog_batches)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",

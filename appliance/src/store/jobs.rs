@@ -136,7 +136,7 @@ impl JobStore for Sqlite {
     fn jobs(&self, id: Option<JobId>, limit: u64) -> Result<Vec<JobRow>, StateError> {
         let conn = self.read();
         let mut stmt = conn
-            .prepare(
+            .prepare_cached(
                 "SELECT id, kind, machine_id, state, progress, message, created_unix_ms, finished_unix_ms, result
                  FROM jobs WHERE ?1 IS NULL OR id = ?1 ORDER BY id DESC LIMIT ?2",
             )

@@ -1,6 +1,6 @@
 //! Registered machines: registration passphrases, disks, facts, VM settings, revocation and policy assignment.
 
-use super::{PointStore, Sqlite, State, StateError, now_ms};
+use super::{CachedRow, PointStore, Sqlite, State, StateError, now_ms};
 use lifeboat_wire::MachineId;
 use rusqlite::{OptionalExtension, params};
 use sha2::{Digest, Sha256};
@@ -113,7 +113,7 @@ impl MachineStore for Sqlite {
 
     fn unused_passphrases(&self) -> Result<u64, StateError> {
         self.read()
-            .query_row(
+            .row_cached(
                 "SELECT COUNT(*) FROM passphrases WHERE used_unix_ms IS NULL AND created_unix_ms > ?1",
                 params![now_ms().saturating_sub(PASSPHRASE_TTL_MS) as i64],
                 |r| r.get::<_, i64>(0),
@@ -164,7 +164,7 @@ impl MachineStore for Sqlite {
 
     fn machine_number(&self, machine_id: MachineId) -> Result<Option<u64>, StateError> {
         self.read()
-            .query_row("SELECT rowid FROM machines WHERE id = ?1", params![machine_id], |r| {
+            .row_cached("SELECT rowid FROM machines WHERE id = ?1", params![machine_id], |r| {
                 r.get::<_, i64>(0)
             })
             .optional()
@@ -175,7 +175,7 @@ impl MachineStore for Sqlite {
     fn machine_ids(&self) -> Result<Vec<MachineId>, StateError> {
         let c = self.read();
         let mut s = c
-            .prepare(
+            .prepare_cached(
                 "SELECT id FROM (SELECT id, registered_unix_ms AS t FROM machines
                  UNION SELECT machine_id, MIN(created_unix_ms) FROM points GROUP BY machine_id)
                  GROUP BY id ORDER BY MIN(t)",
@@ -187,7 +187,7 @@ impl MachineStore for Sqlite {
 
     fn machine_exists(&self, machine_id: MachineId) -> Result<bool, StateError> {
         self.read()
-            .query_row("SELECT 1 FROM machines WHERE id = ?1", params![machine_id], |_| Ok(()))
+            .row_cached("SELECT 1 FROM machines WHERE id = ?1", params![machine_id], |_| Ok(()))
             .optional()
             .map(|o| o.is_some())
             .map_err(|e| self.err(e))
@@ -213,7 +213,7 @@ impl MachineStore for Sqlite {
     fn disks(&self, machine_id: MachineId) -> Result<Vec<(u32, u64)>, StateError> {
         let c = self.read();
         let mut s = c
-            .prepare("SELECT idx, size FROM disks WHERE machine_id = ?1 ORDER BY idx")
+            .prepare_cached("SELECT idx, size FROM disks WHERE machine_id = ?1 ORDER BY idx")
             .map_err(|e| self.err(e))?;
         let rows = s
             .query_map(params![machine_id], |r| {
@@ -226,7 +226,7 @@ impl MachineStore for Sqlite {
     fn disk_rows(&self, machine_id: MachineId) -> Result<Vec<(u32, u64, String)>, StateError> {
         let c = self.read();
         let mut s = c
-            .prepare("SELECT idx, size, path FROM disks WHERE machine_id = ?1 ORDER BY idx")
+            .prepare_cached("SELECT idx, size, path FROM disks WHERE machine_id = ?1 ORDER BY idx")
             .map_err(|e| self.err(e))?;
         let rows = s
             .query_map(params![machine_id], |r| {
@@ -268,7 +268,7 @@ impl MachineStore for Sqlite {
 
     fn machine_facts(&self, machine_id: MachineId) -> Result<Option<String>, StateError> {
         self.read()
-            .query_row(
+            .row_cached(
                 "SELECT system FROM machine_facts WHERE machine_id = ?1",
                 params![machine_id],
                 |r| r.get(0),
@@ -290,7 +290,7 @@ impl MachineStore for Sqlite {
 
     fn vm_settings(&self, machine_id: MachineId) -> Result<Option<String>, StateError> {
         self.read()
-            .query_row(
+            .row_cached(
                 "SELECT settings FROM vm_settings WHERE machine_id = ?1",
                 params![machine_id],
                 |r| r.get(0),
@@ -325,7 +325,7 @@ impl MachineStore for Sqlite {
 
     fn is_revoked(&self, id: MachineId) -> Result<bool, StateError> {
         self.read()
-            .query_row("SELECT revoked_unix_ms FROM machines WHERE id = ?1", params![id], |r| {
+            .row_cached("SELECT revoked_unix_ms FROM machines WHERE id = ?1", params![id], |r| {
                 r.get::<_, Option<i64>>(0)
             })
             .optional()
@@ -336,7 +336,7 @@ impl MachineStore for Sqlite {
     fn machines(&self) -> Result<Vec<(MachineId, String, u64)>, StateError> {
         let conn = self.read();
         let mut stmt = conn
-            .prepare("SELECT id, hostname, registered_unix_ms FROM machines ORDER BY id")
+            .prepare_cached("SELECT id, hostname, registered_unix_ms FROM machines ORDER BY id")
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64)))
@@ -355,7 +355,7 @@ impl MachineStore for Sqlite {
 
     fn machine_policy(&self, machine_id: MachineId) -> Result<(String, Option<u64>), StateError> {
         self.read()
-            .query_row(
+            .row_cached(
                 "SELECT policy, last_seen_unix_ms FROM machines WHERE id = ?1",
                 params![machine_id],
                 |r| Ok((r.get(0)?, r.get::<_, Option<i64>>(1)?.map(|v| v as u64))),

@@ -212,4 +212,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
         backlog_batches INTEGER NOT NULL,
         PRIMARY KEY (machine_id, unix_ms)
      ) WITHOUT ROWID;",
+    // 19: a machine's points and churn reports are found without reading every row (the
+    // machines list and the alerts ask for each machine's newest).
+    "CREATE INDEX points_by_machine ON points (machine_id, point);
+     CREATE INDEX churn_by_machine ON churn (machine_id, reported_unix_ms);",
 ];

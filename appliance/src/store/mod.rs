@@ -143,6 +143,32 @@ impl std::fmt::Debug for State {
     }
 }
 
+/// `query_row` through the connection's statement cache: the machines list, the alerts
+/// and the history sampler run the same few queries for every machine.
+pub(crate) trait CachedRow {
+    /// [`Connection::query_row`], its statement prepared once per connection.
+    fn row_cached<T, P: rusqlite::Params, F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>>(
+        &self,
+        sql: &str,
+        params: P,
+        f: F,
+    ) -> rusqlite::Result<T>;
+}
+
+impl CachedRow for Connection {
+    fn row_cached<T, P: rusqlite::Params, F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>>(
+        &self,
+        sql: &str,
+        params: P,
+        f: F,
+    ) -> rusqlite::Result<T> {
+        self.prepare_cached(sql)?.query_row(params, f)
+    }
+}
+
+/// Statements each connection keeps prepared.
+const STATEMENT_CACHE: usize = 128;
+
 /// The embedded SQLite backend: WAL journal, one connection that writes and a few that
 /// only read. Readers see every commit made before their query starts and are never held
 /// up by a writer (nor by a durable sync, which holds the writer for a disk flush).
@@ -182,6 +208,7 @@ impl Sqlite {
         )
         .map_err(db)?;
         conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(db)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         // A negative version is out of range: an error, like any corrupt value.
         let version: usize =
             conn.query_row("PRAGMA user_version", [], |r| r.get::<_, usize>(0)).map_err(db)?;
@@ -204,6 +231,7 @@ impl Sqlite {
             )
             .map_err(db)?;
             r.busy_timeout(std::time::Duration::from_secs(10)).map_err(db)?;
+            r.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
             readers.push(Mutex::new(r));
         }
         Ok(Sqlite { conn: Mutex::new(conn), readers, next_reader: Default::default(), path: p })

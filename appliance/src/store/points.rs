@@ -1,6 +1,6 @@
 //! Recovery points and consistency groups with their points.
 
-use super::{Sqlite, State, StateError, now_ms};
+use super::{CachedRow, Sqlite, State, StateError, now_ms};
 use lifeboat_api::PointKind;
 use lifeboat_wire::MachineId;
 use rusqlite::params;
@@ -58,6 +58,9 @@ super::backend_trait! {
         /// A machine's points, oldest first.
         fn points(&self, machine_id: MachineId) -> Result<Vec<PointRow>, StateError>;
 
+        /// A machine's newest point (the last of [`PointStore::points`]).
+        fn newest_point(&self, machine_id: MachineId) -> Result<Option<PointRow>, StateError>;
+
         /// Records a group point (idempotent).
         fn add_group_point(
             &self,
@@ -100,6 +103,18 @@ super::backend_trait! {
     }
 }
 
+fn point_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PointRow> {
+    let disks: String = r.get(5)?;
+    Ok(PointRow {
+        id: r.get(0)?,
+        machine_id: r.get(1)?,
+        point: r.get::<_, i64>(2)? as u64,
+        kind: r.get(3)?,
+        created_unix_ms: r.get::<_, i64>(4)? as u64,
+        disks: disks.split(',').filter(|s| !s.is_empty()).filter_map(|s| s.parse().ok()).collect(),
+    })
+}
+
 impl PointStore for Sqlite {
     fn add_point(&self, p: &PointRow) -> Result<(), StateError> {
         let disks = p.disks.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(",");
@@ -130,29 +145,26 @@ impl PointStore for Sqlite {
     fn points(&self, machine_id: MachineId) -> Result<Vec<PointRow>, StateError> {
         let c = self.read();
         let mut s = c
-            .prepare(
+            .prepare_cached(
                 "SELECT id, machine_id, point, kind, created_unix_ms, disks FROM points
                  WHERE machine_id = ?1 ORDER BY point",
             )
             .map_err(|e| self.err(e))?;
-        let rows = s
-            .query_map(params![machine_id], |r| {
-                let disks: String = r.get(5)?;
-                Ok(PointRow {
-                    id: r.get(0)?,
-                    machine_id: r.get(1)?,
-                    point: r.get::<_, i64>(2)? as u64,
-                    kind: r.get(3)?,
-                    created_unix_ms: r.get::<_, i64>(4)? as u64,
-                    disks: disks
-                        .split(',')
-                        .filter(|s| !s.is_empty())
-                        .filter_map(|s| s.parse().ok())
-                        .collect(),
-                })
-            })
-            .map_err(|e| self.err(e))?;
+        let rows = s.query_map(params![machine_id], point_row).map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    fn newest_point(&self, machine_id: MachineId) -> Result<Option<PointRow>, StateError> {
+        use rusqlite::OptionalExtension;
+        self.read()
+            .row_cached(
+                "SELECT id, machine_id, point, kind, created_unix_ms, disks FROM points
+                 WHERE machine_id = ?1 ORDER BY point DESC LIMIT 1",
+                params![machine_id],
+                point_row,
+            )
+            .optional()
+            .map_err(|e| self.err(e))
     }
 
     fn add_group_point(
@@ -198,7 +210,7 @@ impl PointStore for Sqlite {
     fn groups(&self) -> Result<Vec<GroupDef>, StateError> {
         let c = self.read();
         let mut s = c
-            .prepare("SELECT name, coordinator, members FROM groups ORDER BY name")
+            .prepare_cached("SELECT name, coordinator, members FROM groups ORDER BY name")
             .map_err(|e| self.err(e))?;
         let rows = s
             .query_map([], |r| {
@@ -236,7 +248,7 @@ impl PointStore for Sqlite {
         let rows = self.group_point_records(group)?;
         let c = self.read();
         let mut reported = c
-            .prepare(
+            .prepare_cached(
                 "SELECT 1 FROM group_member_points
                  WHERE group_name = ?1 AND machine_id = ?2 AND point = ?3",
             )
@@ -259,7 +271,7 @@ impl PointStore for Sqlite {
     fn group_point_records(&self, group: Option<&str>) -> Result<Vec<GroupPointRow>, StateError> {
         let conn = self.read();
         let mut stmt = conn
-            .prepare(
+            .prepare_cached(
                 "SELECT group_name, point, members, created_unix_ms FROM group_points
                  WHERE ?1 IS NULL OR group_name = ?1 ORDER BY group_name, point",
             )

@@ -1,6 +1,6 @@
 //! Recovery plans, protection policies, appliance settings and counters.
 
-use super::{Sqlite, State, StateError};
+use super::{CachedRow, Sqlite, State, StateError};
 use lifeboat_api::Policy;
 use lifeboat_wire::MachineId;
 use rusqlite::{OptionalExtension, params};
@@ -48,8 +48,9 @@ impl SettingStore for Sqlite {
 
     fn plans(&self) -> Result<Vec<(String, String)>, StateError> {
         let c = self.read();
-        let mut s =
-            c.prepare("SELECT name, plan FROM plans ORDER BY name").map_err(|e| self.err(e))?;
+        let mut s = c
+            .prepare_cached("SELECT name, plan FROM plans ORDER BY name")
+            .map_err(|e| self.err(e))?;
         let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
@@ -76,7 +77,7 @@ impl SettingStore for Sqlite {
     fn policies(&self) -> Result<Vec<(String, String)>, StateError> {
         let c = self.read();
         let mut s = c
-            .prepare("SELECT name, policy FROM policies ORDER BY name")
+            .prepare_cached("SELECT name, policy FROM policies ORDER BY name")
             .map_err(|e| self.err(e))?;
         let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
@@ -86,7 +87,7 @@ impl SettingStore for Sqlite {
         let mut c = self.conn();
         let tx = c.transaction().map_err(|e| self.err(e))?;
         let used: i64 = tx
-            .query_row("SELECT COUNT(*) FROM machines WHERE policy = ?1", params![name], |r| {
+            .row_cached("SELECT COUNT(*) FROM machines WHERE policy = ?1", params![name], |r| {
                 r.get(0)
             })
             .map_err(|e| self.err(e))?;
@@ -112,7 +113,7 @@ impl SettingStore for Sqlite {
 
     fn setting(&self, name: &str) -> Result<Option<String>, StateError> {
         self.read()
-            .query_row("SELECT value FROM settings WHERE name = ?1", params![name], |r| r.get(0))
+            .row_cached("SELECT value FROM settings WHERE name = ?1", params![name], |r| r.get(0))
             .optional()
             .map_err(|e| self.err(e))
     }

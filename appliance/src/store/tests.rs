@@ -263,3 +263,33 @@ fn history_is_thinned_per_hour_after_seven_days_and_dropped_after_ninety() {
     assert_eq!(s.samples(M, 0).unwrap(), after);
     assert_eq!(s.samples(M, now - 60_000).unwrap().len(), 2);
 }
+
+#[test]
+fn newest_point_and_churn_are_the_last_of_their_lists() {
+    let d = tempfile::tempdir().unwrap();
+    let s = State::open(&d.path().join("state.db")).unwrap();
+    assert_eq!(s.newest_point(M).unwrap(), None);
+    assert_eq!(s.newest_churn(M).unwrap(), None);
+    for (n, at) in [(2u64, 20u64), (10, 30), (3, 40)] {
+        for m in [M, M1] {
+            s.add_point(&PointRow {
+                id: format!("{m}-p{n}"),
+                machine_id: m,
+                point: n,
+                kind: PointKind::Crash,
+                created_unix_ms: at,
+                disks: vec![0],
+            })
+            .unwrap();
+        }
+    }
+    // The highest point number (points are numbered in order by the agent).
+    assert_eq!(s.newest_point(M).unwrap().as_ref(), s.points(M).unwrap().last());
+    assert_eq!(s.newest_point(M).unwrap().unwrap().point, 10);
+    assert_eq!(s.newest_point(M2).unwrap(), None);
+    s.add_churn(M, "{\"a\":1}").unwrap();
+    s.add_churn(M1, "{\"b\":1}").unwrap();
+    s.add_churn(M, "{\"a\":2}").unwrap();
+    assert_eq!(s.newest_churn(M).unwrap().as_deref(), Some("{\"a\":2}"));
+    assert_eq!(s.newest_churn(M1).unwrap().as_deref(), Some("{\"b\":1}"));
+}

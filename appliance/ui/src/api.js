@@ -19,7 +19,7 @@ export function whenLoggedOut(f) {
   onUnauthenticated = f;
 }
 
-export async function call(method, path, body, extraHeaders = {}) {
+export async function call(method, path, body, extraHeaders = {}, quiet = false) {
   const headers = { "X-Lifeboat-Csrf": "1", ...extraHeaders };
   const init = { method, headers, credentials: "same-origin" };
   if (body !== undefined) {
@@ -41,13 +41,30 @@ export async function call(method, path, body, extraHeaders = {}) {
   }
   if (!r.ok) {
     const e = new ApiError(r.status, v?.code || "error", v?.error || `HTTP ${r.status}`);
-    if (r.status === 401 && !path.endsWith("/login") && !path.endsWith("/setup")) onUnauthenticated(e);
+    if (r.status === 401 && !quiet && !path.endsWith("/login") && !path.endsWith("/setup")) onUnauthenticated(e);
     throw e;
   }
   return v;
 }
 
-export const get = (path) => call("GET", path);
+// A GET started before the page knows it will need it (the dashboard's machines, while
+// the session is being checked); `get` takes its answer if it is fresh, else asks again.
+const early = new Map();
+export function prefetch(path) {
+  early.set(path, { at: Date.now(), answer: call("GET", path, undefined, {}, true).catch((e) => e) });
+}
+
+export async function get(path) {
+  const e = early.get(path);
+  if (e) {
+    early.delete(path);
+    if (Date.now() - e.at < 3000) {
+      const v = await e.answer;
+      if (!(v instanceof Error)) return v;
+    }
+  }
+  return call("GET", path);
+}
 export const put = (path, body) => call("PUT", path, body);
 export const post = (path, body) => call("POST", path, body);
 // Setup and login ask for the session as a cookie.

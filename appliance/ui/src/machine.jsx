@@ -5,7 +5,6 @@
 // confirmed first, then followed live as a job.
 import { useState, useEffect, useRef } from "preact/hooks";
 import uPlot from "uplot";
-import "uplot/dist/uPlot.min.css";
 import { get, post, put } from "./api.js";
 import { usePoll, ago, duration, bytes, when, Field, Select, FormError, Confirm, useErrors } from "./ui.jsx";
 

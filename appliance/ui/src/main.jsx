@@ -2,11 +2,10 @@
 // to the same administrator API as the CLI, with the session in an HttpOnly cookie.
 import { render } from "preact";
 import { useState, useEffect } from "preact/hooks";
-import { get, post, openSession, whenLoggedOut } from "./api.js";
+import { get, post, openSession, whenLoggedOut, prefetch } from "./api.js";
 import { Field, FormError } from "./ui.jsx";
 import { Wizard } from "./wizard.jsx";
 import { Machines, Alerts, Jobs } from "./dashboard.jsx";
-import { MachinePage } from "./machine.jsx";
 import "./app.css";
 
 function useHash() {
@@ -49,6 +48,17 @@ function Login({ onIn, expired }) {
   );
 }
 
+// A machine's page (and uPlot) is loaded the first time one is shown.
+function LazyMachine({ id }) {
+  const [mod, setMod] = useState(null);
+  const [error, setError] = useState(null);
+  useEffect(() => {
+    import("./machine.jsx").then(setMod, (e) => setError(e.message));
+  }, []);
+  if (error) return <p class="error" role="alert">The page did not load: {error}</p>;
+  return mod ? <mod.MachinePage id={id} /> : <p aria-busy="true">Loading…</p>;
+}
+
 const PAGES = [
   ["#/machines", "Machines", Machines],
   ["#/alerts", "Alerts", Alerts],
@@ -59,7 +69,7 @@ function Dashboard({ appliance, onLogout }) {
   const hash = useHash();
   const page = PAGES.find(([h]) => hash.startsWith(h)) || PAGES[0];
   const one = /^#\/machines\/([0-9a-f-]{36})$/.exec(hash);
-  const Page = one ? () => <MachinePage id={one[1]} /> : page[2];
+  const Page = page[2];
   return (
     <>
       <header class="top">
@@ -74,7 +84,7 @@ function Dashboard({ appliance, onLogout }) {
         <button type="button" class="secondary" onClick={onLogout}>Log out</button>
       </header>
       <main>
-        <Page />
+        {one ? <LazyMachine id={one[1]} /> : <Page />}
       </main>
     </>
   );
@@ -129,4 +139,7 @@ function App() {
   }
 }
 
+// The dashboard's first screen is the machines list: ask for it while the session is
+// checked (with no session it is refused, quietly, and asked again after the login).
+if (!location.hash || location.hash === "#/machines") prefetch("/api/v1/machines");
 render(<App />, document.getElementById("app"));

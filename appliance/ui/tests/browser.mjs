@@ -174,7 +174,7 @@ try {
   // VM settings (a bad value refused beside its field, a good one saved), and a test
   // failover started from the page, followed live to its end, then cleaned up.
   await page.locator(`tr[data-machine="${reply.machine}"]`).getByRole("link", { name: reply.hostname }).click();
-  await page.getByRole("heading", { name: reply.hostname }).waitFor();
+  await page.getByRole("heading", { name: reply.hostname, exact: true }).waitFor();
   await page.locator("figure.plot canvas").first().waitFor({ timeout: 20000 });
   const rpoSummary = await page.locator("figure.plot .help").first().textContent();
   check(/^\d+ samples; now /.test(rpoSummary), `the RPO plot is drawn from stored samples (${rpoSummary})`);
