@@ -1,7 +1,8 @@
 //! The web UI in a real browser against a real appliance and agent: the setup wizard
 //! claims the appliance with its setup token, the agent registers with the command the
 //! wizard shows, the dashboard shows the machine protected, and its page draws the RPO plot
-//! from stored samples and runs a test failover and its cleanup. The browser side is
+//! from stored samples and runs a test failover and its cleanup; then Firefox logs in and
+//! sees the dashboard and the machine's plots. The browser side is
 //! `appliance/ui/tests/browser.mjs` (headless Chromium driven by playwright-core, with
 //! axe-core); screenshots of every screen land in `target/ui/`.
 
@@ -102,4 +103,26 @@ fn the_wizard_claims_the_appliance_and_the_dashboard_shows_the_registered_machin
     )
     .unwrap();
     assert!(browser.wait().unwrap().success(), "the browser script failed");
+
+    // The same appliance in Firefox: login, the dashboard, the machine's plots.
+    assert!(
+        Path::new("/usr/bin/firefox-esr").exists()
+            && ui.join("node_modules/puppeteer-core").is_dir(),
+        "the Firefox check needs Debian's firefox-esr and puppeteer-core: `cargo xtask test` installs both"
+    );
+    let firefox = Command::new("node")
+        .arg(ui.join("tests/firefox.mjs"))
+        .env("LIFEBOAT_URL", format!("https://127.0.0.1:{}", site.config_port))
+        .env("LIFEBOAT_USER", "admin")
+        .env("LIFEBOAT_PASSWORD", "correct horse battery")
+        .env("LIFEBOAT_MACHINE", &machine)
+        .env("LIFEBOAT_SHOTS", &shots)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&firefox.stdout);
+    assert!(
+        firefox.status.success() && said.contains("\"ok\":true"),
+        "the Firefox check failed: {said}"
+    );
 }

@@ -37,6 +37,9 @@ pub const TEST_PACKAGES: &[&str] = &[
     "syslinux-common",
     // The web UI's browser test drives Debian's Chromium (headless, with playwright-core).
     "chromium",
+    // ... and checks the login, the dashboard and a machine's plots in Firefox (headless,
+    // WebDriver BiDi, with puppeteer-core).
+    "firefox-esr",
 ];
 
 /// Packages taken from bookworm-backports, so they match the backports qemu-utils the
