@@ -6,6 +6,7 @@ import { get, post, openSession, whenLoggedOut, prefetch } from "./api.js";
 import { Field, FormError } from "./ui.jsx";
 import { Wizard } from "./wizard.jsx";
 import { Machines, Alerts, Jobs } from "./dashboard.jsx";
+import { Plans } from "./plans.jsx";
 import "./app.css";
 
 function useHash() {
@@ -61,6 +62,7 @@ function LazyMachine({ id }) {
 
 const PAGES = [
   ["#/machines", "Machines", Machines],
+  ["#/plans", "Plans", Plans],
   ["#/alerts", "Alerts", Alerts],
   ["#/jobs", "Jobs", Jobs],
 ];

@@ -208,7 +208,37 @@ try {
   check(tfs.test_failovers.length === 1 && tfs.test_failovers[0].cleaned_unix_ms, `the test failover was made and cleaned up (${JSON.stringify(tfs)})`);
   say({ test_failover: tfs.test_failovers[0] });
 
-  // 8. A narrow window still shows the machine.
+  // 8. Recovery plans: one made in the editor (a refused plan first), run as a test
+  // failover, its manual step confirmed from the page, followed to its end.
+  await page.getByRole("link", { name: "Plans", exact: true }).click();
+  await page.getByRole("heading", { name: "Recovery plans" }).waitFor();
+  await page.getByRole("button", { name: "New plan…" }).click();
+  await page.getByLabel("Plan name").fill("web-tier");
+  await page.getByLabel("Plan (JSON)").fill(JSON.stringify({ groups: [{ machines: ["11111111-2222-3333-4444-555555555555"] }] }));
+  await page.getByRole("button", { name: "Save the plan" }).click();
+  await page.locator(".form-error").waitFor();
+  const planError = await page.locator(".form-error").textContent();
+  check(/groups\[0\]\.machines\[0\]: no machine/.test(planError), `a plan naming an unknown machine is refused (${planError})`);
+  await page
+    .getByLabel("Plan (JSON)")
+    .fill(JSON.stringify({ groups: [{ machines: [reply.machine], pre: [{ manual: "Tell the web team the test starts" }] }] }, null, 2));
+  await page.getByRole("button", { name: "Save the plan" }).click();
+  await page.locator('article[data-plan="web-tier"]').waitFor();
+  check((await page.locator('article[data-plan="web-tier"]').textContent()).includes(reply.hostname), "the plan names its machine by host name");
+  await page.getByRole("button", { name: "Run web-tier…" }).click();
+  await page.getByRole("dialog").getByRole("button", { name: "Run web-tier" }).click();
+  const confirmStep = page.getByRole("button", { name: /^Confirm step 1: Tell the web team/ });
+  await confirmStep.waitFor({ timeout: 30000 });
+  await screen(page, "15-plan-waiting");
+  await confirmStep.click();
+  await page.locator('.job[data-state="succeeded"] ol.plan-log').waitFor({ timeout: 60000 });
+  await screen(page, "16-plan-done");
+  // Clean the plan's test failover up (the page of the machine offers it; the API here).
+  const live = await page.evaluate(async () => (await (await fetch("/api/v1/test-failovers")).json()).test_failovers.filter((t) => !t.cleaned_unix_ms));
+  check(live.length === 1, `the plan made one test failover (${JSON.stringify(live)})`);
+  await page.evaluate(async (id) => fetch(`/api/v1/test-failovers/${id}/cleanup`, { method: "POST", headers: { "X-Lifeboat-Csrf": "1" } }), live[0].id);
+
+  // 9. A narrow window still shows the machine.
   await page.getByRole("link", { name: "Machines", exact: true }).click();
   await page.locator(`tr[data-machine="${reply.machine}"]`).waitFor();
   await page.setViewportSize({ width: 420, height: 800 });

@@ -44,7 +44,7 @@ try {
   await page.waitForSelector("figure.plot canvas", { timeout: 30000 });
   const summary = await page.$eval("figure.plot .help", (p) => p.textContent);
   check(/^\d+ samples; now /.test(summary), `the RPO plot is drawn (${summary})`);
-  await page.screenshot({ path: `${shots}/15-firefox-machine.png`, fullPage: true });
+  await page.screenshot({ path: `${shots}/90-firefox-machine.png`, fullPage: true });
   log("the machine's page draws its plots; screenshot saved");
   check(problems.length === 0, `no CSP violation or page error (${problems.join("; ")})`);
   console.log(JSON.stringify({ firefox: (await browser.version()) || "firefox", ok: true }));
