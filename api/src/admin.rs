@@ -126,6 +126,35 @@ pub struct PluginInfo {
     pub trust: String,
     /// Why it was refused.
     pub message: Option<String>,
+    /// The settings its `init` takes, as its manifest declares them (manifest_version 2);
+    /// empty when it declares none.
+    #[serde(default)]
+    pub settings: Vec<PluginSetting>,
+}
+
+/// A setting a plugin declares, with what it is set to now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PluginSetting {
+    /// The key `init` gets.
+    pub name: String,
+    /// `string`, `integer`, `boolean` or `url`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// What a form calls it.
+    pub label: String,
+    /// A sentence on what it is for.
+    pub help: Option<String>,
+    /// The value used when none is set, as text.
+    pub default: Option<String>,
+    /// A secret: its value is never shown.
+    pub secret: bool,
+    /// The plugin cannot work without it.
+    pub required: bool,
+    /// Whether it has a value now (set, or its default).
+    pub configured: bool,
+    /// Its value now, for a setting that is not a secret.
+    pub value: Option<String>,
 }
 
 /// `GET /api/v1/plugins`.

@@ -161,7 +161,18 @@ pub fn plugins(cli: &Cli) -> Result<Output, Failure> {
         .iter()
         .map(|p| match &p.message {
             Some(m) => format!("refused: {m}"),
-            None => format!("{}  {}  {}  {}", p.name, p.kind, p.version, p.trust),
+            None => {
+                let mut line = format!("{}  {}  {}  {}", p.name, p.kind, p.version, p.trust);
+                for s in &p.settings {
+                    let value = match (&s.value, s.secret, s.configured) {
+                        (Some(v), _, _) => v.clone(),
+                        (None, true, true) => "(secret, set)".into(),
+                        _ => "(not set)".into(),
+                    };
+                    line.push_str(&format!("\n    {} = {value}", s.name));
+                }
+                line
+            }
         })
         .collect::<Vec<_>>()
         .join("\n");

@@ -226,6 +226,20 @@ fn phase_plugins_groups_completions(env: &Env) {
         .map(|p| (p["name"].as_str().unwrap(), p["kind"].as_str().unwrap()))
         .collect();
     assert_eq!(kinds, [("aes-gcm", "cipher"), ("local", "target"), ("zstd", "codec")]);
+    // The local target declares its settings (manifest_version 2): what init gets now,
+    // the grant's values (a secret's would never be shown).
+    let local = v["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "local").unwrap();
+    let settings: Vec<(&str, &str, bool)> = local["settings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (s["name"].as_str().unwrap(), s["type"].as_str().unwrap(), s["configured"] == true)
+        })
+        .collect();
+    assert_eq!(settings, [("root", "string", true), ("host_root", "string", true)], "{local}");
+    assert_eq!(local["settings"][0]["value"], "/target");
+    assert_eq!(local["settings"][0]["default"], "/target");
     assert_eq!(code(&lifeboat(site, &["groups"], None)), 0);
 
     let o = lifeboat(site, &["completions", "bash"], None);

@@ -303,6 +303,29 @@ pub(super) fn plugin_list(
                 }
                 .into(),
                 message: None,
+                settings: p
+                    .manifest()
+                    .settings
+                    .iter()
+                    .map(|spec| {
+                        let now = p.settings().iter().find(|(k, _)| *k == spec.name);
+                        api::PluginSetting {
+                            name: spec.name.clone(),
+                            kind: serde_json::to_value(spec.kind)
+                                .ok()
+                                .and_then(|v| v.as_str().map(str::to_owned))
+                                .unwrap_or_default(),
+                            label: spec.label.clone(),
+                            help: spec.help.clone(),
+                            default: spec.default_text(),
+                            secret: spec.secret,
+                            required: spec.required,
+                            configured: now.is_some(),
+                            // A secret's value never leaves the appliance.
+                            value: if spec.secret { None } else { now.map(|(_, v)| v.clone()) },
+                        }
+                    })
+                    .collect(),
             });
         }
         for e in &set.refused {
@@ -312,6 +335,7 @@ pub(super) fn plugin_list(
                 version: String::new(),
                 trust: "refused".into(),
                 message: Some(e.to_string()),
+                settings: Vec::new(),
             });
         }
     }

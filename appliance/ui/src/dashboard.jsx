@@ -156,3 +156,61 @@ export function Jobs() {
     </section>
   );
 }
+
+// The plugins the appliance loaded, with why each is trusted, and the settings each
+// declares (a secret's value is never shown); the ones it refused, with the reason.
+export function Plugins() {
+  const [data, error] = usePoll(() => get("/api/v1/plugins"), 10000);
+  const plugins = data?.plugins || [];
+  const loaded = plugins.filter((p) => p.trust !== "refused");
+  const refused = plugins.filter((p) => p.trust === "refused");
+  const TRUST = { pinned: "pinned (its sha256 is in the grant)", signed: "signed by a trusted key", unsigned: "unsigned (allowed by allow_unsigned)" };
+  return (
+    <section aria-labelledby="plugins-h">
+      <h2 id="plugins-h">Plugins</h2>
+      {error && <p class="error" role="alert">{error.message}</p>}
+      {data && loaded.length === 0 && <p>No plugin is loaded.</p>}
+      {loaded.map((p) => (
+        <article class="panel plugin" data-plugin={p.name}>
+          <h3>
+            {p.name} <span class="kind">{p.kind} {p.version}</span>
+          </h3>
+          <p>Trust: {TRUST[p.trust] || p.trust}</p>
+          {p.settings.length > 0 && (
+            <table class="settings">
+              <caption class="sr-only">Settings of {p.name}</caption>
+              <thead>
+                <tr>
+                  <th scope="col">Setting</th>
+                  <th scope="col">Value</th>
+                </tr>
+              </thead>
+              <tbody>
+                {p.settings.map((s) => (
+                  <tr data-setting={s.name}>
+                    <th scope="row">
+                      {s.label} <code>{s.name}</code>
+                      {s.help && <div class="help">{s.help}</div>}
+                    </th>
+                    <td>{s.value ?? (s.secret ? (s.configured ? "secret, set" : "secret, not set") : s.required ? "not set (required)" : "not set")}</td>
+                  </tr>
+                ))}
+              </tbody>
+            </table>
+          )}
+        </article>
+      ))}
+      {refused.length > 0 && (
+        <>
+          <h3>Refused</h3>
+          <ul class="alerts">
+            {refused.map((p) => (
+              <li class="critical">{p.message}</li>
+            ))}
+          </ul>
+        </>
+      )}
+      <p class="help">Plugins are installed in the appliance's plugins directory and granted in its configuration (see docs/plugins.md); the appliance loads them again on SIGHUP.</p>
+    </section>
+  );
+}

@@ -5,7 +5,7 @@ import { useState, useEffect } from "preact/hooks";
 import { get, post, openSession, whenLoggedOut, prefetch } from "./api.js";
 import { Field, FormError } from "./ui.jsx";
 import { Wizard } from "./wizard.jsx";
-import { Machines, Alerts, Jobs } from "./dashboard.jsx";
+import { Machines, Alerts, Jobs, Plugins } from "./dashboard.jsx";
 import { Plans } from "./plans.jsx";
 import "./app.css";
 
@@ -65,6 +65,7 @@ const PAGES = [
   ["#/plans", "Plans", Plans],
   ["#/alerts", "Alerts", Alerts],
   ["#/jobs", "Jobs", Jobs],
+  ["#/plugins", "Plugins", Plugins],
 ];
 
 function Dashboard({ appliance, onLogout }) {

@@ -238,7 +238,15 @@ try {
   check(live.length === 1, `the plan made one test failover (${JSON.stringify(live)})`);
   await page.evaluate(async (id) => fetch(`/api/v1/test-failovers/${id}/cleanup`, { method: "POST", headers: { "X-Lifeboat-Csrf": "1" } }), live[0].id);
 
-  // 9. A narrow window still shows the machine.
+  // 9. The plugins: the local target pinned, with the settings it declares.
+  await page.getByRole("link", { name: "Plugins", exact: true }).click();
+  const local = page.locator('article[data-plugin="local"]');
+  await local.waitFor();
+  check((await local.textContent()).includes("pinned"), "the local target is shown pinned");
+  check((await local.locator('tr[data-setting="root"] td').textContent()) === "/target", "its root setting is shown");
+  await screen(page, "17-plugins");
+
+  // 10. A narrow window still shows the machine.
   await page.getByRole("link", { name: "Machines", exact: true }).click();
   await page.locator(`tr[data-machine="${reply.machine}"]`).waitFor();
   await page.setViewportSize({ width: 420, height: 800 });

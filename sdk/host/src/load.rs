@@ -102,6 +102,10 @@ impl LoadedPlugin {
     pub fn path(&self) -> &Path {
         &self.path
     }
+    /// The settings `init` gets, by name (with declared defaults filled in).
+    pub fn settings(&self) -> &[(String, String)] {
+        &self.caps.settings
+    }
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -492,9 +496,40 @@ fn effective(m: &Manifest, g: &Grant) -> Result<Effective, String> {
         commands,
         sockets,
         clock: r.clock,
-        settings: g.settings.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        settings: resolve_settings(m, g)?,
         tls,
     })
+}
+
+/// What `init` gets: the grant's settings, checked against the settings the manifest
+/// declares when it declares any (manifest_version 2): every key declared, every value of
+/// its type, the required ones present, the defaults of the others filled in. A manifest
+/// that declares none gets the grant's settings as they are.
+fn resolve_settings(m: &Manifest, g: &Grant) -> Result<Vec<(String, String)>, String> {
+    if m.settings.is_empty() {
+        return Ok(g.settings.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
+    }
+    let at = |k: &str| format!("plugins.grants.{}.settings.{k}", m.name);
+    for (k, v) in &g.settings {
+        let spec = m.settings.iter().find(|s| &s.name == k).ok_or_else(|| {
+            format!("{}: the plugin declares no such setting (it takes: {})", at(k), {
+                let names: Vec<&str> = m.settings.iter().map(|s| s.name.as_str()).collect();
+                names.join(", ")
+            })
+        })?;
+        spec.check_value(v).map_err(|e| format!("{}: {e}", at(k)))?;
+    }
+    let mut out = Vec::new();
+    for spec in &m.settings {
+        match g.settings.get(&spec.name).cloned().or_else(|| spec.default_text()) {
+            Some(v) => out.push((spec.name.clone(), v)),
+            None if spec.required => {
+                return Err(format!("{}: required by the plugin ({})", at(&spec.name), spec.label));
+            }
+            None => {}
+        }
+    }
+    Ok(out)
 }
 
 /// Reads the root certificates of one `tls_roots` file, refusing a file that is missing,
@@ -537,7 +572,55 @@ mod tests {
                 http_hosts: http.iter().map(|s| s.to_string()).collect(),
                 ..Requested::default()
             },
+            settings: Vec::new(),
         }
+    }
+
+    #[test]
+    fn declared_settings_are_checked_and_defaults_filled_in() {
+        use crate::manifest::{SettingSpec, SettingType};
+        let spec = |name: &str, kind, default: Option<toml::Value>, required| SettingSpec {
+            name: name.into(),
+            kind,
+            label: name.into(),
+            help: None,
+            default,
+            secret: false,
+            required,
+        };
+        let mut m = manifest(&[]);
+        m.manifest_version = 2;
+        m.settings = vec![
+            spec("root", SettingType::String, Some(toml::Value::String("/target".into())), false),
+            spec("endpoint", SettingType::Url, None, true),
+            spec("parallel", SettingType::Integer, None, false),
+        ];
+        let grant = |pairs: &[(&str, &str)]| Grant {
+            settings: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ..Grant::default()
+        };
+        assert_eq!(
+            resolve_settings(&m, &grant(&[("endpoint", "https://a.example")])).unwrap(),
+            vec![
+                ("root".to_string(), "/target".to_string()),
+                ("endpoint".into(), "https://a.example".into())
+            ]
+        );
+        for (pairs, want) in [
+            (&[][..], "settings.endpoint: required"),
+            (
+                &[("endpoint", "https://a.example"), ("colour", "red")][..],
+                "settings.colour: the plugin declares no such setting",
+            ),
+            (&[("endpoint", "nowhere")][..], "settings.endpoint: \"nowhere\""),
+            (&[("endpoint", "https://a.example"), ("parallel", "many")][..], "settings.parallel"),
+        ] {
+            let e = resolve_settings(&m, &grant(pairs)).unwrap_err();
+            assert!(e.contains(want) && e.contains("plugins.grants.azure"), "want {want:?}: {e}");
+        }
+        // Without declarations, the grant's settings pass as they are.
+        m.settings.clear();
+        assert_eq!(resolve_settings(&m, &grant(&[("anything", "x")])).unwrap().len(), 1);
     }
 
     #[test]

@@ -16,14 +16,168 @@
 //! http_hosts = ["127.0.0.1:10000"]
 //! commands = []             # quiescers: programs it runs
 //! sockets = []              # quiescers: loopback/unix addresses it connects to
+//!
+//! # manifest_version 2 and later: the settings `init` takes, so that the appliance
+//! # can show a form for them (the web UI's target step).
+//! [[settings]]
+//! name = "account_url"      # the key handed to init
+//! type = "url"              # string, integer, boolean or url
+//! label = "Storage account URL"
+//! help = "https://<account>.blob.core.windows.net"
+//! required = true
+//! [[settings]]
+//! name = "account_key"
+//! type = "string"
+//! label = "Account key"
+//! secret = true             # stored sealed, never shown again; no default
 //! ```
 
 use serde::Deserialize;
 use std::fmt;
 use std::path::Path;
 
-/// Manifest versions this build reads.
-pub const MANIFEST_VERSIONS: &[i64] = &[1];
+/// Manifest versions this build reads: 2 adds `[[settings]]`.
+pub const MANIFEST_VERSIONS: &[i64] = &[1, 2];
+
+/// The first manifest version that may declare `[[settings]]`.
+pub const SETTINGS_SINCE: i64 = 2;
+
+/// Most settings a manifest declares.
+pub const MAX_SETTINGS: usize = 32;
+
+/// The type of a declared setting (what the form asks for; `init` gets its text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SettingType {
+    /// Any text (one line).
+    String,
+    /// A whole number (i64).
+    Integer,
+    /// `true` or `false`.
+    Boolean,
+    /// An `http://` or `https://` URL.
+    Url,
+}
+
+/// One setting a plugin's `init` takes, as its manifest declares it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingSpec {
+    /// The key handed to `init`: a lowercase letter, then letters, digits or `_` (at most 64).
+    pub name: String,
+    /// What kind of value it takes.
+    #[serde(rename = "type")]
+    pub kind: SettingType,
+    /// What the form calls it (1 to 80 characters).
+    pub label: String,
+    /// A sentence on what it is for (at most 500 characters).
+    #[serde(default)]
+    pub help: Option<String>,
+    /// The value used when none is given (of the setting's type; never for a secret).
+    #[serde(default)]
+    pub default: Option<toml::Value>,
+    /// A secret (a key, a password): stored sealed, never shown again (strings and URLs only).
+    #[serde(default)]
+    pub secret: bool,
+    /// The plugin cannot work without it.
+    #[serde(default)]
+    pub required: bool,
+}
+
+fn printable(text: &str, max: usize) -> bool {
+    text.chars().count() <= max && !text.chars().any(char::is_control)
+}
+
+impl SettingSpec {
+    fn validate(&self, at: &str) -> Result<(), String> {
+        let name_ok = self.name.len() <= 64
+            && self.name.starts_with(|c: char| c.is_ascii_lowercase())
+            && self.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !name_ok {
+            return Err(format!(
+                "{at}.name {:?}: a lowercase letter, then lowercase letters, digits or `_` (at most 64)",
+                self.name
+            ));
+        }
+        if self.label.trim().is_empty() || !printable(&self.label, 80) {
+            return Err(format!("{at}.label: expected 1 to 80 characters, no control characters"));
+        }
+        if let Some(h) = &self.help
+            && !printable(h, 500)
+        {
+            return Err(format!(
+                "{at}.help: expected at most 500 characters, no control characters"
+            ));
+        }
+        if self.secret && !matches!(self.kind, SettingType::String | SettingType::Url) {
+            return Err(format!("{at}.secret: only a string or url setting can be a secret"));
+        }
+        if let Some(d) = &self.default {
+            if self.secret {
+                return Err(format!("{at}.default: a secret has no default"));
+            }
+            let text = match d {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                _ => {
+                    return Err(format!(
+                        "{at}.default: expected a string, an integer or a boolean"
+                    ));
+                }
+            };
+            let matches = match self.kind {
+                SettingType::String | SettingType::Url => matches!(d, toml::Value::String(_)),
+                SettingType::Integer => matches!(d, toml::Value::Integer(_)),
+                SettingType::Boolean => matches!(d, toml::Value::Boolean(_)),
+            };
+            if !matches {
+                return Err(format!("{at}.default: {text:?} is not of type {:?}", self.kind));
+            }
+            self.check_value(&text).map_err(|e| format!("{at}.default: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Checks a value given for this setting (as text, the form `init` gets it in).
+    pub fn check_value(&self, value: &str) -> Result<(), String> {
+        if !printable(value, 4096) {
+            return Err("expected at most 4096 characters, no control characters".into());
+        }
+        match self.kind {
+            SettingType::String => Ok(()),
+            SettingType::Integer => value
+                .parse::<i64>()
+                .map(|_| ())
+                .map_err(|_| format!("{value:?} is not a whole number")),
+            SettingType::Boolean => match value {
+                "true" | "false" => Ok(()),
+                _ => Err(format!("{value:?} is not true or false")),
+            },
+            SettingType::Url => {
+                let rest = value
+                    .strip_prefix("https://")
+                    .or_else(|| value.strip_prefix("http://"))
+                    .ok_or_else(|| format!("{value:?}: expected an http:// or https:// URL"))?;
+                let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+                if host.is_empty() || host.contains(char::is_whitespace) || host.contains('@') {
+                    return Err(format!(
+                        "{value:?}: expected a host after the scheme (and no user)"
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The default as the text `init` gets, if there is one.
+    pub fn default_text(&self) -> Option<String> {
+        self.default.as_ref().map(|d| match d {
+            toml::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+    }
+}
 
 /// WIT package versions this host implements. A plugin built against any of them loads.
 pub const WIT_VERSIONS: &[&str] = &["lifeboat:plugins@0.1.0"];
@@ -85,6 +239,9 @@ pub struct Manifest {
     /// What the plugin asks to be granted.
     #[serde(default)]
     pub capabilities: Requested,
+    /// The settings its `init` takes (manifest_version 2 and later).
+    #[serde(default)]
+    pub settings: Vec<SettingSpec>,
 }
 
 /// Capabilities a plugin asks for. Nothing is granted unless the configuration grants it.
@@ -164,6 +321,22 @@ impl Manifest {
         if self.sha256.len() != 64 || !self.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err("sha256: expected 64 hex digits".into());
         }
+        if !self.settings.is_empty() && self.manifest_version < SETTINGS_SINCE {
+            return Err(format!(
+                "settings: declared by a manifest_version {} manifest; settings need \
+                 manifest_version = {SETTINGS_SINCE}",
+                self.manifest_version
+            ));
+        }
+        if self.settings.len() > MAX_SETTINGS {
+            return Err(format!("settings: more than {MAX_SETTINGS}"));
+        }
+        for (i, s) in self.settings.iter().enumerate() {
+            s.validate(&format!("settings[{i}]"))?;
+            if self.settings[..i].iter().any(|o| o.name == s.name) {
+                return Err(format!("settings[{i}].name {:?}: declared twice", s.name));
+            }
+        }
         for d in &self.capabilities.directories {
             if !d.starts_with('/') || d.split('/').any(|c| c == "..") {
                 return Err(format!(
@@ -240,10 +413,119 @@ memory_mib = 64
             GOOD.replace("\"zstd\"", "\"../zstd\""),
             GOOD.replace("0000000000", "zz"),
             format!("{GOOD}directories = [\"../etc\"]\n"),
-            GOOD.replace("manifest_version = 1", "manifest_version = 2"),
+            GOOD.replace("manifest_version = 1", "manifest_version = 3"),
         ] {
             let (_d, p) = write(&bad);
             assert!(Manifest::load(&p).is_err(), "accepted: {bad}");
+        }
+    }
+
+    const SETTINGS: &str = r#"
+[[settings]]
+name = "account_url"
+type = "url"
+label = "Storage account URL"
+help = "https://<account>.blob.core.windows.net"
+required = true
+[[settings]]
+name = "account_key"
+type = "string"
+label = "Account key"
+secret = true
+[[settings]]
+name = "parallel"
+type = "integer"
+label = "Parallel requests"
+default = 8
+[[settings]]
+name = "verify"
+type = "boolean"
+label = "Read back after writing"
+default = false
+"#;
+
+    #[test]
+    fn version_2_declares_settings() {
+        let v2 = GOOD.replace("manifest_version = 1", "manifest_version = 2");
+        let (_d, p) = write(&format!("{v2}{SETTINGS}"));
+        let m = Manifest::load(&p).unwrap();
+        let names: Vec<_> = m.settings.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["account_url", "account_key", "parallel", "verify"]);
+        assert_eq!((m.settings[0].kind, m.settings[0].required), (SettingType::Url, true));
+        assert!(m.settings[1].secret && m.settings[1].default.is_none());
+        assert_eq!(m.settings[2].default_text().as_deref(), Some("8"));
+        assert_eq!(m.settings[3].default_text().as_deref(), Some("false"));
+        // Values are checked against their type.
+        assert!(m.settings[0].check_value("https://acct.blob.core.windows.net").is_ok());
+        for bad in ["ftp://x", "https://", "https://user@host", "acct.blob", "https://a b"] {
+            assert!(m.settings[0].check_value(bad).is_err(), "{bad}");
+        }
+        assert!(
+            m.settings[2].check_value("12").is_ok() && m.settings[2].check_value("1.5").is_err()
+        );
+        assert!(
+            m.settings[3].check_value("true").is_ok() && m.settings[3].check_value("yes").is_err()
+        );
+        assert!(m.settings[1].check_value("line\nbreak").is_err());
+        // A version 1 manifest has none.
+        assert!(Manifest::load(&write(GOOD).1).unwrap().settings.is_empty());
+    }
+
+    #[test]
+    fn malformed_settings_are_refused_naming_the_field() {
+        let v2 = GOOD.replace("manifest_version = 1", "manifest_version = 2");
+        let one = |body: &str| format!("{v2}[[settings]]\n{body}\n");
+        let cases = [
+            // Settings in a version 1 manifest.
+            (format!("{GOOD}{SETTINGS}"), "manifest_version = 2"),
+            (one("name = \"Key\"\ntype = \"string\"\nlabel = \"k\""), "settings[0].name"),
+            (one("name = \"1k\"\ntype = \"string\"\nlabel = \"k\""), "settings[0].name"),
+            (one("name = \"k\"\ntype = \"float\"\nlabel = \"k\""), "float"),
+            (one("name = \"k\"\ntype = \"string\"\nlabel = \"\""), "settings[0].label"),
+            (one("name = \"k\"\ntype = \"string\"\nlabel = \"a\\u0007\""), "settings[0].label"),
+            (one("name = \"k\"\ntype = \"string\""), "label"),
+            (
+                one(
+                    "name = \"k\"\ntype = \"string\"\nlabel = \"k\"\nsecret = true\ndefault = \"x\"",
+                ),
+                "a secret has no default",
+            ),
+            (
+                one("name = \"k\"\ntype = \"integer\"\nlabel = \"k\"\nsecret = true"),
+                "settings[0].secret",
+            ),
+            (
+                one("name = \"k\"\ntype = \"integer\"\nlabel = \"k\"\ndefault = \"8\""),
+                "settings[0].default",
+            ),
+            (
+                one("name = \"k\"\ntype = \"url\"\nlabel = \"k\"\ndefault = \"nowhere\""),
+                "settings[0].default",
+            ),
+            (
+                one("name = \"k\"\ntype = \"string\"\nlabel = \"k\"\ndefault = [1]"),
+                "settings[0].default",
+            ),
+            (one("name = \"k\"\ntype = \"string\"\nlabel = \"k\"\ncolour = \"red\""), "colour"),
+            (
+                format!(
+                    "{}[[settings]]\nname = \"k\"\ntype = \"string\"\nlabel = \"again\"\n",
+                    one("name = \"k\"\ntype = \"string\"\nlabel = \"k\"")
+                ),
+                "declared twice",
+            ),
+            (
+                format!(
+                    "{v2}{}",
+                    "[[settings]]\nname = \"k\"\ntype = \"string\"\nlabel = \"k\"\n".repeat(33)
+                ),
+                "more than 32",
+            ),
+        ];
+        for (text, want) in cases {
+            let (_d, p) = write(&text);
+            let e = Manifest::load(&p).unwrap_err().to_string();
+            assert!(e.contains(want) && e.contains("p.toml"), "want {want:?} in: {e}");
         }
     }
 
