@@ -409,3 +409,17 @@ pub struct MachineHistory {
     /// Oldest first.
     pub samples: Vec<HistorySample>,
 }
+
+/// `POST /api/v1/plugins/{name}/health`: what a target plugin said when tested.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PluginHealth {
+    /// The plugin.
+    pub plugin: String,
+    /// `init` and `health` both succeeded.
+    pub ok: bool,
+    /// The plugin's own words: what `health` reported, or which call failed and its error.
+    pub message: String,
+    /// How long the test took.
+    pub seconds: f64,
+}

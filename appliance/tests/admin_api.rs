@@ -266,7 +266,7 @@ async fn the_router_serves_exactly_the_documented_operations() {
             operations += 1;
         }
     }
-    assert_eq!(operations, 48, "the document lists every operation of the configuration server");
+    assert_eq!(operations, 49, "the document lists every operation of the configuration server");
     for (m, path) in [
         (Method::GET, "/api/v1/nothing"),
         (Method::DELETE, "/api/v1/machines"),
@@ -417,6 +417,13 @@ async fn session_and_machines(s: &Server, c: &Client, token: &str) {
     let (st, _) = call(c, Method::GET, other, h, Some(token), "").await;
     assert_eq!(st, StatusCode::NOT_FOUND);
     let (st, _) = call(c, Method::GET, m1, h, None, "").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+
+    // Testing a plugin this appliance has not loaded (it loads none here).
+    let t = "/api/v1/plugins/{name}/health";
+    let (st, v) = call(c, Method::POST, "/api/v1/plugins/local/health", t, Some(token), "").await;
+    assert_eq!((st, v["code"].as_str()), (StatusCode::NOT_FOUND, Some("unknown_plugin")), "{v}");
+    let (st, _) = call(c, Method::POST, "/api/v1/plugins/local/health", t, None, "").await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
 }
 

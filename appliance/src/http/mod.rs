@@ -427,6 +427,7 @@ fn config_routes() -> OpenApiRouter<Arc<ConfigServerCtx>> {
         .routes(routes!(appliance::rotate_ca))
         .routes(routes!(appliance::recovery_passphrase_status, appliance::set_recovery_passphrase))
         .routes(routes!(appliance::plugins))
+        .routes(routes!(appliance::plugin_health))
         .routes(routes!(groups::list_groups))
         .routes(routes!(groups::put_group, groups::delete_group))
         .routes(routes!(plans::list_plans))

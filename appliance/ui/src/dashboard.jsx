@@ -1,6 +1,6 @@
 // The dashboard: machines (sortable, filterable, refreshed every 2 s), alerts and jobs.
 import { useState, useEffect } from "preact/hooks";
-import { get } from "./api.js";
+import { get, post } from "./api.js";
 import { usePoll, ago, duration } from "./ui.jsx";
 
 const REFRESH_MS = 2000;
@@ -157,6 +157,38 @@ export function Jobs() {
   );
 }
 
+// "Test connection": a new instance of the target runs init and its health probe; what
+// the plugin said is shown as it said it.
+function TestTarget({ name }) {
+  const [busy, setBusy] = useState(false);
+  const [result, setResult] = useState(null);
+  const test = async () => {
+    setBusy(true);
+    setResult(null);
+    try {
+      setResult(await post(`/api/v1/plugins/${encodeURIComponent(name)}/health`));
+    } catch (e) {
+      setResult({ ok: false, message: e.message });
+    } finally {
+      setBusy(false);
+    }
+  };
+  return (
+    <div class="test-target">
+      <button type="button" class="secondary" onClick={test} disabled={busy}>
+        Test connection of {name}
+      </button>
+      {result && (
+        <p class={result.ok ? "ok" : "error"} role="status" data-ok={String(result.ok)}>
+          {result.ok ? "Working: " : "Not working: "}
+          {result.message}
+          {result.seconds != null && ` (${result.seconds.toFixed(2)} s)`}
+        </p>
+      )}
+    </div>
+  );
+}
+
 // The plugins the appliance loaded, with why each is trusted, and the settings each
 // declares (a secret's value is never shown); the ones it refused, with the reason.
 export function Plugins() {
@@ -176,6 +208,7 @@ export function Plugins() {
             {p.name} <span class="kind">{p.kind} {p.version}</span>
           </h3>
           <p>Trust: {TRUST[p.trust] || p.trust}</p>
+          {p.kind === "target" && <TestTarget name={p.name} />}
           {p.settings.length > 0 && (
             <table class="settings">
               <caption class="sr-only">Settings of {p.name}</caption>

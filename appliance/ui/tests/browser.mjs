@@ -238,12 +238,17 @@ try {
   check(live.length === 1, `the plan made one test failover (${JSON.stringify(live)})`);
   await page.evaluate(async (id) => fetch(`/api/v1/test-failovers/${id}/cleanup`, { method: "POST", headers: { "X-Lifeboat-Csrf": "1" } }), live[0].id);
 
-  // 9. The plugins: the local target pinned, with the settings it declares.
+  // 9. The plugins: the local target pinned, with the settings it declares; tested.
   await page.getByRole("link", { name: "Plugins", exact: true }).click();
   const local = page.locator('article[data-plugin="local"]');
   await local.waitFor();
   check((await local.textContent()).includes("pinned"), "the local target is shown pinned");
   check((await local.locator('tr[data-setting="root"] td').textContent()) === "/target", "its root setting is shown");
+  await local.getByRole("button", { name: "Test connection of local" }).click();
+  const health = local.locator("p[data-ok]");
+  await health.waitFor({ timeout: 30000 });
+  const said = await health.textContent();
+  check((await health.getAttribute("data-ok")) === "true" && /writable/.test(said), `the local target's own health message is shown (${said})`);
   await screen(page, "17-plugins");
 
   // 10. A narrow window still shows the machine.
