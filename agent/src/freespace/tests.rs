@@ -365,7 +365,21 @@ fn getfsmap_in_small_batches_matches_one_call() {
             let free = getfsmap_free(&fd, major, minor, size, batch, |r| v.push(r)).unwrap();
             (free, v)
         };
-        let (free, one_call) = all(FSMAP_RECORDS);
+        // XFS frees a deleted file's blocks in the background (inodegc), so the map may
+        // still change after the sync (CI once saw it grow between two scans). A freeze
+        // finishes that work; then scan until two scans agree.
+        let _ = sh("fsfreeze", &["--freeze", &mnt_s]);
+        let _ = sh("fsfreeze", &["--unfreeze", &mnt_s]);
+        let mut settled = all(FSMAP_RECORDS);
+        for _ in 0..50 {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let again = all(FSMAP_RECORDS);
+            if again == settled {
+                break;
+            }
+            settled = again;
+        }
+        let (free, one_call) = settled;
         assert!(free > size / 2, "{}: {free} free of {size}", mkfs[0]);
         assert!(one_call.len() > 1, "{one_call:?}");
         for w in one_call.windows(2) {
