@@ -7,6 +7,7 @@ import { Field, FormError } from "./ui.jsx";
 import { Wizard } from "./wizard.jsx";
 import { Machines, Alerts, Jobs, Plugins } from "./dashboard.jsx";
 import { Plans } from "./plans.jsx";
+import { Settings } from "./settings.jsx";
 import "./app.css";
 
 function useHash() {
@@ -66,6 +67,7 @@ const PAGES = [
   ["#/alerts", "Alerts", Alerts],
   ["#/jobs", "Jobs", Jobs],
   ["#/plugins", "Plugins", Plugins],
+  ["#/settings", "Settings", Settings],
 ];
 
 function Dashboard({ appliance, onLogout }) {

@@ -251,7 +251,23 @@ try {
   check((await health.getAttribute("data-ok")) === "true" && /writable/.test(said), `the local target's own health message is shown (${said})`);
   await screen(page, "17-plugins");
 
-  // 10. A narrow window still shows the machine.
+  // 10. Settings: a new registration passphrase shown once (the old unused ones stop
+  // working), the CA's first rotation step confirmed, the recovery passphrase set.
+  await page.getByRole("link", { name: "Settings", exact: true }).click();
+  await page.getByRole("heading", { name: "Registration passphrases" }).waitFor();
+  await page.getByRole("button", { name: "Make a new registration passphrase…" }).click();
+  await page.getByRole("dialog").getByRole("button", { name: "Make it" }).click();
+  const fresh = (await page.getByTestId("new-passphrase").textContent()).trim();
+  check(fresh.length >= 16, `a new registration passphrase is shown (${fresh})`);
+  await page.locator('p[data-unused="1"]').waitFor({ timeout: 10000 });
+  check((await page.locator("p[data-recovery]").getAttribute("data-recovery")) === "true", "the recovery passphrase shows as set");
+  await page.locator('dd[data-phase="steady"]').waitFor();
+  await page.getByRole("button", { name: "Introduce a new CA…" }).click();
+  await page.getByRole("dialog").getByRole("button", { name: "Introduce a new CA" }).click();
+  await page.locator('dd[data-phase="introducing"]').waitFor({ timeout: 10000 });
+  await screen(page, "18-settings");
+
+  // 11. A narrow window still shows the machine.
   await page.getByRole("link", { name: "Machines", exact: true }).click();
   await page.locator(`tr[data-machine="${reply.machine}"]`).waitFor();
   await page.setViewportSize({ width: 420, height: 800 });
