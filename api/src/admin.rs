@@ -151,10 +151,51 @@ pub struct PluginSetting {
     pub secret: bool,
     /// The plugin cannot work without it.
     pub required: bool,
+    /// Rarely changed: a form folds it away under "More settings".
+    #[serde(default)]
+    pub advanced: bool,
     /// Whether it has a value now (set, or its default).
     pub configured: bool,
     /// Its value now, for a setting that is not a secret.
     pub value: Option<String>,
+}
+
+/// `GET /api/v1/target`: the target plugin this appliance replicates to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TargetState {
+    /// The target plugin in use.
+    pub plugin: String,
+    /// The plugin the configuration file names (used until one is chosen here).
+    pub configured: String,
+    /// Its settings were set from the API (they replace the configuration file's).
+    pub stored: bool,
+    /// Another plugin can no longer be chosen: machines are registered, and their replicas
+    /// are at this target. Its settings can still change.
+    pub locked: bool,
+}
+
+/// `PUT /api/v1/target`: choose a target plugin and set its settings (what its manifest
+/// declares). They are checked against the declarations, then the plugin's own `init`
+/// must accept them; only then are they kept (secrets sealed) and the plugin reloaded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TargetChoice {
+    /// A loaded target plugin.
+    pub plugin: String,
+    /// Every setting to give it, as text. A setting left out or empty takes its default; a
+    /// secret left out or empty keeps the value it has now.
+    #[serde(default)]
+    pub settings: std::collections::BTreeMap<String, String>,
+}
+
+/// `POST /api/v1/plugins/{name}/health` body (optional): settings to test instead of the
+/// plugin's own, as in [`TargetChoice::settings`]. Nothing is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSettings {
+    /// The settings, as text.
+    pub settings: std::collections::BTreeMap<String, String>,
 }
 
 /// `GET /api/v1/plugins`.

@@ -116,6 +116,8 @@ string_enum! {
         Claim = "claim",
         /// The appliance's name and the address agents send to.
         Identity = "identity",
+        /// The target plugin and its settings.
+        Target = "target",
         /// The default protection policy and the recovery passphrase.
         Protection = "protection",
         /// How to register agents.

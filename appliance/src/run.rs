@@ -3,6 +3,7 @@
 
 use anyhow::Context;
 use lifeboat_appliance::config::ApplianceConfig;
+use lifeboat_appliance::config_server::targets::chosen;
 use lifeboat_appliance::handoff::Handoff;
 use lifeboat_appliance::http::{self, ConfigServerCtx};
 use lifeboat_appliance::master_target::MasterTarget;
@@ -88,7 +89,11 @@ pub fn open_core(config: ApplianceConfig) -> anyhow::Result<Core> {
         .with_context(|| format!("data keys in {}", data.join("keys").display()))?;
     let host = Host::new(keys.clone())
         .map_err(|e| anyhow::anyhow!("cannot start the plugin runtime: {e}"))?;
-    let registry = Arc::new(Registry::new(host, config.plugins.clone()));
+    // Settings an administrator stored from the API replace the grants' (see
+    // `config_server::targets`).
+    let stored = lifeboat_appliance::config_server::targets::stored(&state, &keys)
+        .context("stored plugin settings")?;
+    let registry = Arc::new(Registry::with_settings(host, config.plugins.clone(), stored));
     for r in &registry.current().refused {
         tracing::error!(error = %r, "plugin refused");
     }
@@ -131,7 +136,8 @@ pub async fn run(config: ApplianceConfig) -> anyhow::Result<()> {
     // in memory (see `handoff`); the logs are written to the target all the same.
     let handoff = (cfg.roles.process_server
         && cfg.roles.master_target
-        && cfg.process_server.target == cfg.master_target.target
+        && chosen(&core.state, &cfg.process_server.target)
+            == chosen(&core.state, &cfg.master_target.target)
         && !cfg.master_target.read_back)
         .then(|| Arc::new(Handoff::new(lifeboat_appliance::handoff::DEFAULT_BUDGET)));
     let mut cache_status: Option<ProcessServer> = None;
@@ -150,7 +156,7 @@ pub async fn run(config: ApplianceConfig) -> anyhow::Result<()> {
         .with_keys(core.keys.clone());
         let sd = shutdown.clone();
         tasks.spawn(async move { mt.run(sd).await });
-        tracing::info!(target = %cfg.master_target.target, "master target running");
+        tracing::info!(target = %chosen(&core.state, &cfg.master_target.target), "master target running");
     }
     start_health(&core, cache_status, &shutdown, &mut tasks);
     // Cursors and counters of the per-batch path are written behind (see `store::behind`).
@@ -215,6 +221,12 @@ async fn start_config_server(
         )),
         registry: Some(core.registry.clone()),
         sample_secs: cfg.config_server.sample_secs,
+        keys: core.keys.clone(),
+        target: if cfg.roles.master_target {
+            cfg.master_target.target.clone()
+        } else {
+            cfg.process_server.target.clone()
+        },
     });
     tasks.spawn(lifeboat_appliance::config_server::history::run(
         core.state.clone(),

@@ -105,7 +105,10 @@ pub fn group_points(config: ApplianceConfig, group: Option<&str>) -> anyhow::Res
 
 /// An instance of the master target's target plugin.
 async fn master_target_instance(core: &crate::run::Core) -> anyhow::Result<TargetInstance> {
-    let name = &core.config.master_target.target;
+    let name = &lifeboat_appliance::config_server::targets::chosen(
+        &core.state,
+        &core.config.master_target.target,
+    );
     let plugin = core
         .registry
         .get(name)

@@ -13,6 +13,7 @@ use lifeboat_appliance::http::{ConfigServer, ConfigServerCtx, openapi_document};
 use lifeboat_appliance::store::State;
 use lifeboat_net::tls::{self, ClientAuth, Trust};
 use lifeboat_net::{Ca, Client, Identity};
+use lifeboat_plugin_host::registry::Registry;
 use lifeboat_wire::MachineId;
 use serde_json::Value;
 
@@ -34,6 +35,10 @@ struct Server {
 }
 
 async fn start() -> Server {
+    start_with(None).await
+}
+
+async fn start_with(registry: Option<Arc<Registry>>) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let pki = Arc::new(lifeboat_appliance::config_server::pki::Pki::load(dir.path(), &[]).unwrap());
     let ca = pki.active();
@@ -47,8 +52,15 @@ async fn start() -> Server {
         process_server_url: "https://127.0.0.1:9443".into(),
         data_dir: dir.path().to_owned(),
         plans: Arc::new(lifeboat_appliance::config_server::plan::Plans::default()),
-        registry: None,
+        registry,
         sample_secs: 60,
+        keys: lifeboat_plugin_host::keys::KeyRing::new(vec![lifeboat_plugin_host::keys::Key::new(
+            "dk-1",
+            lifeboat_plugin_host::keys::Algorithm::Aes256Gcm,
+            &[9; 32],
+            true,
+        )]),
+        target: "local".into(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -266,7 +278,7 @@ async fn the_router_serves_exactly_the_documented_operations() {
             operations += 1;
         }
     }
-    assert_eq!(operations, 49, "the document lists every operation of the configuration server");
+    assert_eq!(operations, 51, "the document lists every operation of the configuration server");
     for (m, path) in [
         (Method::GET, "/api/v1/nothing"),
         (Method::DELETE, "/api/v1/machines"),
@@ -1624,4 +1636,232 @@ async fn browser_sessions_pages_and_the_identity_step() {
         .await
         .unwrap();
     assert_eq!(st, StatusCode::UNAUTHORIZED);
+}
+
+/// Where `cargo xtask plugins` installed the built plugins (`<target>/plugins`).
+fn built_plugins() -> std::path::PathBuf {
+    if let Some(d) = std::env::var_os("LIFEBOAT_PLUGINS_DIR") {
+        return d.into();
+    }
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.ancestors().nth(3).unwrap().join("plugins");
+    assert!(
+        dir.join("local.wasm").exists(),
+        "built plugins not found in {}: run `cargo xtask plugins` (cargo xtask test does)",
+        dir.display()
+    );
+    dir
+}
+
+/// A registry of the local and Azure targets and the zstd codec, each pinned, the local
+/// target granted `<dir>/target`, Azure granted no host at all.
+fn registry(dir: &std::path::Path) -> Arc<Registry> {
+    use lifeboat_plugin_host::config::PluginsConfig;
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let mut config = PluginsConfig {
+        dir: plugins.clone(),
+        cache_dir: Some(dir.join("plugin-cache")),
+        trusted_keys: vec![],
+        allow_unsigned: false,
+        grants: Default::default(),
+    };
+    for n in ["local", "azure", "zstd"] {
+        for ext in ["wasm", "toml"] {
+            let to = plugins.join(format!("{n}.{ext}"));
+            std::fs::copy(built_plugins().join(format!("{n}.{ext}")), &to).unwrap();
+        }
+        let m = lifeboat_plugin_host::manifest::Manifest::load(&plugins.join(format!("{n}.toml")))
+            .unwrap();
+        let g = config.grants.entry(n.to_string()).or_default();
+        g.sha256 = Some(m.sha256.clone());
+        g.clock = m.capabilities.clock;
+    }
+    std::fs::create_dir_all(dir.join("target")).unwrap();
+    let local = config.grants.get_mut("local").unwrap();
+    local.directories.insert("/target".into(), dir.join("target"));
+    local.settings.insert("host_root".into(), dir.join("target").display().to_string());
+    let keys = lifeboat_plugin_host::keys::KeyRing::new(vec![]);
+    let host = lifeboat_plugin_host::Host::new(keys).unwrap();
+    let r = Arc::new(Registry::new(host, config));
+    assert_eq!(r.current().plugins.len(), 3, "{:?}", r.current().refused);
+    r
+}
+
+/// Issue 13, the wizard's target step: the target plugin is chosen and set up from the API,
+/// its settings checked against its manifest and by its own init before anything is kept,
+/// secrets sealed at rest and never shown, the choice locked once machines register.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_target_is_chosen_and_set_up_with_its_settings_checked_and_secrets_sealed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = registry(tmp.path());
+    let s = start_with(Some(reg.clone())).await;
+    let c = s.client(None);
+    let token = setup_admin(&c, &s.state).await;
+    let t = Some(token.as_str());
+    let tp = "/api/v1/target";
+    let put = |body: serde_json::Value| {
+        let c = &c;
+        async move { call(c, Method::PUT, tp, tp, t, &body.to_string()).await }
+    };
+    let (st, v) = call(&c, Method::GET, tp, tp, t, "").await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(
+        (v["plugin"].as_str(), v["stored"].as_bool(), v["locked"].as_bool()),
+        (Some("local"), Some(false), Some(false))
+    );
+
+    // Bad input is refused, naming the setting, and changes nothing.
+    let key = "c2VjcmV0LWFjY291bnQta2V5LWZvci10ZXN0cw==";
+    for (body, status, code, starts) in [
+        (serde_json::json!({"plugin": "azure"}), 400, "invalid", "settings.account: required"),
+        (
+            serde_json::json!({"plugin": "azure", "settings": {"account": "acct", "key": key, "timeout_ms": "soon"}}),
+            400,
+            "invalid",
+            "settings.timeout_ms: ",
+        ),
+        (
+            serde_json::json!({"plugin": "azure", "settings": {"account": "acct", "key": key, "endpoint": "ftp://x"}}),
+            400,
+            "invalid",
+            "settings.endpoint: ",
+        ),
+        (
+            serde_json::json!({"plugin": "azure", "settings": {"account": "acct", "key": key, "colour": "red"}}),
+            400,
+            "invalid",
+            "settings.colour: azure declares no such setting",
+        ),
+        (
+            serde_json::json!({"plugin": "azure", "settings": {"account": "acct", "key": key, "container": "Not_Valid"}}),
+            400,
+            "target_refused",
+            "azure refused these settings: ",
+        ),
+        (
+            serde_json::json!({"plugin": "zstd"}),
+            400,
+            "not_a_target",
+            "plugin: zstd is a codec plugin",
+        ),
+        (
+            serde_json::json!({"plugin": "nosuch"}),
+            404,
+            "unknown_plugin",
+            "plugin: no loaded plugin",
+        ),
+        (
+            serde_json::json!({"plugin": "local", "settings": {"root": "/elsewhere"}}),
+            400,
+            "target_refused",
+            "local refused these settings: ",
+        ),
+        (serde_json::json!({"plugin": "local", "extra": 1}), 400, "bad_json", ""),
+    ] {
+        let (st, v) = put(body.clone()).await;
+        assert_eq!((st.as_u16(), v["code"].as_str()), (status, Some(code)), "{body}: {v}");
+        assert!(v["error"].as_str().unwrap().starts_with(starts), "{body}: {v}");
+    }
+    let (_, v) = call(&c, Method::GET, tp, tp, t, "").await;
+    assert_eq!((v["plugin"].as_str(), v["stored"].as_bool()), (Some("local"), Some(false)));
+    assert!(s.state.plugin_settings().unwrap().is_empty());
+    let (st, _) = call(&c, Method::PUT, tp, tp, None, r#"{"plugin":"azure"}"#).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+
+    // Azure is installed with no settings: loaded (its form can be shown), not configured.
+    let hp = "/api/v1/plugins/{name}/health";
+    let (_, v) = call(&c, Method::POST, "/api/v1/plugins/azure/health", hp, t, "").await;
+    assert_eq!(v["ok"].as_bool(), Some(false), "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("not configured: plugins.grants.azure.settings.account: required"),
+        "{v}"
+    );
+    // Test connection with settings that are not kept: the plugin's own words come back.
+    let body = serde_json::json!({"settings": {"account": "acct", "key": key, "endpoint": "http://127.0.0.1:9/acct"}});
+    let (st, v) =
+        call(&c, Method::POST, "/api/v1/plugins/azure/health", hp, t, &body.to_string()).await;
+    assert_eq!((st, v["ok"].as_bool()), (StatusCode::OK, Some(false)), "{v}");
+    assert!(v["message"].as_str().unwrap().contains("http_hosts"), "not granted: {v}");
+    let body = r#"{"settings": {"root": "/nowhere"}}"#;
+    let (_, v) = call(&c, Method::POST, "/api/v1/plugins/local/health", hp, t, body).await;
+    assert_eq!(v["ok"].as_bool(), Some(false), "{v}");
+    assert!(v["message"].as_str().unwrap().starts_with("init: "), "{v}");
+    let (_, v) =
+        call(&c, Method::POST, "/api/v1/plugins/local/health", hp, t, r#"{"settings":{}}"#).await;
+    assert_eq!(v["ok"].as_bool(), Some(true), "{v}");
+    let (st, v) = call(
+        &c,
+        Method::POST,
+        "/api/v1/plugins/local/health",
+        hp,
+        t,
+        r#"{"settings":{"nope":"1"}}"#,
+    )
+    .await;
+    assert_eq!((st, v["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid")), "{v}");
+
+    // Choosing Azure (no machine yet): kept, the key sealed, never shown.
+    let (st, v) = put(serde_json::json!({"plugin": "azure", "settings": {"account": "acct", "key": key, "container": "dr-site"}})).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(
+        (v["plugin"].as_str(), v["configured"].as_str(), v["stored"].as_bool()),
+        (Some("azure"), Some("local"), Some(true))
+    );
+    let gen_after = reg.current().generation;
+    let got = |name: &str| {
+        reg.get("azure").unwrap().settings().iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    };
+    assert_eq!((got("key").as_deref(), got("container").as_deref()), (Some(key), Some("dr-site")));
+    assert_eq!(got("lease_seconds").as_deref(), Some("60"), "the declared default");
+    let (_, v) = call(&c, Method::GET, "/api/v1/plugins", "/api/v1/plugins", t, "").await;
+    let az =
+        v["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "azure").unwrap().clone();
+    let setting = |n: &str| {
+        az["settings"].as_array().unwrap().iter().find(|x| x["name"] == n).unwrap().clone()
+    };
+    assert_eq!(setting("key")["value"], Value::Null);
+    assert_eq!(
+        (setting("key")["configured"].as_bool(), setting("key")["secret"].as_bool()),
+        (Some(true), Some(true))
+    );
+    assert_eq!(setting("account")["value"].as_str(), Some("acct"));
+    assert_eq!(setting("lease_id")["advanced"].as_bool(), Some(true));
+    assert!(!v.to_string().contains(key), "a secret never leaves the appliance");
+    let rows = s.state.plugin_settings().unwrap();
+    let sealed = rows.iter().find(|r| r.1 == "key").unwrap();
+    assert!(sealed.3 && !String::from_utf8_lossy(&sealed.2).contains(key));
+    // Setting it again without the key keeps the key; a non-secret left out takes its default.
+    let (st, _) =
+        put(serde_json::json!({"plugin": "azure", "settings": {"account": "acct2", "key": ""}}))
+            .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(
+        (got("key").as_deref(), got("account").as_deref(), got("container").as_deref()),
+        (Some(key), Some("acct2"), Some("lifeboat"))
+    );
+    assert!(reg.current().generation > gen_after);
+
+    // Back to the local target; once a machine registers, no other target may be chosen,
+    // but the settings of this one may change.
+    let root = tmp.path().join("target").display().to_string();
+    let (st, v) =
+        put(serde_json::json!({"plugin": "local", "settings": {"host_root": root}})).await;
+    assert_eq!((st, v["plugin"].as_str()), (StatusCode::OK, Some("local")), "{v}");
+    s.state.add_passphrase("p").unwrap();
+    s.state.register_machine("p", M1, "web01").unwrap();
+    let (st, v) = put(serde_json::json!({"plugin": "azure", "settings": {"account": "a"}})).await;
+    assert_eq!((st, v["code"].as_str()), (StatusCode::CONFLICT, Some("target_locked")), "{v}");
+    let (_, v) = call(&c, Method::GET, tp, tp, t, "").await;
+    assert_eq!((v["plugin"].as_str(), v["locked"].as_bool()), (Some("local"), Some(true)));
+    let (st, _) =
+        put(serde_json::json!({"plugin": "local", "settings": {"host_root": format!("{root}/")}}))
+            .await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(
+        reg.get("local").unwrap().settings().contains(&("host_root".into(), format!("{root}/")))
+    );
 }

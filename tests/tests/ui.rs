@@ -1,5 +1,6 @@
 //! The web UI in a real browser against a real appliance and agent: the setup wizard
-//! claims the appliance with its setup token, the agent registers with the command the
+//! claims the appliance with its setup token, keeps the local target from the target
+//! plugins' generated forms, the agent registers with the command the
 //! wizard shows, the dashboard shows the machine protected, and its page draws the RPO plot
 //! from stored samples and runs a test failover and its cleanup; then Firefox logs in and
 //! sees the dashboard and the machine's plots. The browser side is
@@ -23,7 +24,17 @@ fn the_wizard_claims_the_appliance_and_the_dashboard_shows_the_registered_machin
          `cargo xtask test` installs both"
     );
     let site = Site::new();
-    let (cfg, _appliance) = site.start_all();
+    // The Azure target is installed too (granted no host): the wizard offers it and shows
+    // its refusals.
+    let sha = site.install_plugin("azure", &site.root().join("plugins"));
+    let cfg = site.config_with(
+        "all",
+        Roles::ALL,
+        &format!("\n[plugins.grants.azure]\nsha256 = \"{sha}\"\nclock = true\n"),
+    );
+    let _appliance = site.start("appliance", &cfg);
+    site.wait_port(site.config_port);
+    site.wait_port(site.ps_port);
     let token = site.cli(&cfg, &["setup-token"]).trim().to_owned();
     let shots = root.join("target/ui");
     let mut browser = Command::new("node")

@@ -12,6 +12,7 @@ pub mod keys;
 pub mod pki;
 pub mod plan;
 pub mod policy;
+pub mod targets;
 
 use crate::store::{State, StateError};
 

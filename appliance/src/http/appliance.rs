@@ -213,50 +213,6 @@ pub(super) async fn plugins(
     json(StatusCode::OK, &plugin_list(ctx.registry.as_deref()))
 }
 
-/// `POST /api/v1/plugins/{name}/health`
-#[utoipa::path(
-    post,
-    path = "/api/v1/plugins/{name}/health",
-    tag = "appliance",
-    summary = "Tests a target plugin with its settings: a new instance runs `init` (which connects and checks what it needs) and `health` (a harmless probe). The answer carries the plugin's own message or error; the replicas are not touched. No body.",
-    params(("name" = String, Path, description = "a loaded target plugin")),
-    responses(
-        (status = 200, description = "What the plugin said.", body = api::PluginHealth),
-        (status = 400, description = "error", body = api::ApiError),
-        (status = 404, description = "error", body = api::ApiError),
-        AdminErrors
-    ),
-    security(("session" = [])),
-)]
-pub(super) async fn plugin_health(
-    extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
-    Path(name): Path<String>,
-    req: Req,
-) -> Answer {
-    let (_, admin, _) = authenticated(&ctx, &req)?;
-    let plugin = ctx.registry.as_ref().and_then(|r| r.get(&name)).ok_or_else(|| {
-        ApiError::not_found("unknown_plugin", format!("name: no loaded plugin {name:?}"))
-    })?;
-    if plugin.kind() != lifeboat_plugin_host::manifest::PluginKind::Target {
-        return Err(ApiError::bad_request(
-            "not_a_target",
-            format!("name: {name} is a {} plugin; only targets have a health probe", plugin.kind()),
-        ));
-    }
-    let started = std::time::Instant::now();
-    let outcome = match lifeboat_plugin_host::TargetInstance::new(plugin).await {
-        Ok(mut t) => t.health().await.map_err(|e| format!("health: {e}")),
-        Err(e) => Err(format!("init: {e}")),
-    };
-    let seconds = started.elapsed().as_secs_f64();
-    tracing::info!(%admin, plugin = %name, ok = outcome.is_ok(), "target plugin tested");
-    let (ok, message) = match outcome {
-        Ok(m) => (true, m),
-        Err(m) => (false, m),
-    };
-    json(StatusCode::OK, &api::PluginHealth { plugin: name, ok, message, seconds })
-}
-
 /// Prometheus text exposition (format 0.0.4) of the appliance's state: its counters, the
 /// machines, and each machine's newest point age (the achieved RPO as of now).
 pub fn metrics_text(state: &State) -> Result<String, crate::store::StateError> {
@@ -364,6 +320,7 @@ pub(super) fn plugin_list(
                             default: spec.default_text(),
                             secret: spec.secret,
                             required: spec.required,
+                            advanced: spec.advanced,
                             configured: now.is_some(),
                             // A secret's value never leaves the appliance.
                             value: if spec.secret { None } else { now.map(|(_, v)| v.clone()) },

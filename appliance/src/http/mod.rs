@@ -32,6 +32,7 @@ mod groups;
 mod machines;
 mod plans;
 mod policies;
+mod targets;
 pub mod ui;
 
 use account::authenticated;
@@ -192,6 +193,10 @@ pub struct ConfigServerCtx {
     pub registry: Option<Arc<lifeboat_plugin_host::registry::Registry>>,
     /// How often the machines' history is sampled (`config_server.sample_secs`).
     pub sample_secs: u64,
+    /// The data keys (stored plugin secrets are sealed with the active one).
+    pub keys: lifeboat_plugin_host::keys::KeyRing,
+    /// The target plugin the configuration file names (a choice stored from the API wins).
+    pub target: String,
 }
 
 /// Most bytes of a request body read before the caller is known (setup, login).
@@ -427,7 +432,8 @@ fn config_routes() -> OpenApiRouter<Arc<ConfigServerCtx>> {
         .routes(routes!(appliance::rotate_ca))
         .routes(routes!(appliance::recovery_passphrase_status, appliance::set_recovery_passphrase))
         .routes(routes!(appliance::plugins))
-        .routes(routes!(appliance::plugin_health))
+        .routes(routes!(targets::plugin_health))
+        .routes(routes!(targets::target, targets::set_target))
         .routes(routes!(groups::list_groups))
         .routes(routes!(groups::put_group, groups::delete_group))
         .routes(routes!(plans::list_plans))

@@ -57,7 +57,7 @@ pub(super) async fn put_policy(
         if policy.encryption == Some(false) && caps.requires_encryption {
             return Err(ApiError::bad_request(
                 "invalid",
-                format!("encryption: the target ({}) requires the data sealed", f.target),
+                format!("encryption: the target ({}) requires the data sealed", f.target_name()),
             ));
         }
         if let Some(i) = policy.crash_interval_secs.filter(|i| *i < 60)
@@ -67,7 +67,7 @@ pub(super) async fn put_policy(
                 "invalid",
                 format!(
                     "crash_interval_secs: the target ({}) copies each point (no instant points here); a point every {i} s would not keep up, set 60 or more",
-                    f.target
+                    f.target_name()
                 ),
             ));
         }

@@ -233,7 +233,8 @@ pub struct Failover {
     pub state: State,
     /// Loaded plugins.
     pub registry: Arc<Registry>,
-    /// The master target's target plugin name.
+    /// The master target's target plugin as the configuration file names it (a target
+    /// chosen from the API wins: [`Failover::target_name`]).
     pub target: String,
 }
 
@@ -259,10 +260,17 @@ fn gone(r: Result<(), lifeboat_plugin_host::CallError>) -> Result<(), MasterErro
 }
 
 impl Failover {
+    /// The target plugin in use: the one chosen from the API, else the configured one.
+    pub fn target_name(&self) -> String {
+        crate::config_server::targets::chosen(&self.state, &self.target)
+    }
+
     async fn instance(&self) -> Result<TargetInstance, MasterError> {
-        let plugin = self.registry.get(&self.target).ok_or_else(|| {
-            MasterError::msg(format!("target plugin {:?} is not loaded", self.target))
-        })?;
+        let name = self.target_name();
+        let plugin = self
+            .registry
+            .get(&name)
+            .ok_or_else(|| MasterError::msg(format!("target plugin {name:?} is not loaded")))?;
         Ok(TargetInstance::new(plugin).await?)
     }
 
@@ -369,7 +377,10 @@ impl Failover {
     ) -> Result<lifeboat_plugin_host::target::TargetCapabilities, MasterError> {
         let t = self.instance().await?;
         t.capabilities().cloned().ok_or_else(|| {
-            MasterError::msg(format!("the target plugin {} gave no capabilities", self.target))
+            MasterError::msg(format!(
+                "the target plugin {} gave no capabilities",
+                self.target_name()
+            ))
         })
     }
 

@@ -296,7 +296,8 @@ impl MasterTarget {
                 MasterError::msg(format!("plugin {name:?} is not loaded; see the appliance log"))
             })
         };
-        self.target = Some(TargetInstance::new(get(&self.cfg.target)?).await?);
+        let target = crate::config_server::targets::chosen(&self.state, &self.cfg.target);
+        self.target = Some(TargetInstance::new(get(&target)?).await?);
         self.codec = Some(CodecInstance::new(get(&self.cfg.codec)?).await?);
         self.cipher = Some(CipherInstance::new(get(&self.cfg.cipher)?).await?);
         self.generation = current;

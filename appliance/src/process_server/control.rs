@@ -80,7 +80,8 @@ impl ProcessServer {
         &self,
     ) -> Result<tokio::sync::MappedMutexGuard<'_, TargetInstance>, ProcessError> {
         let mut g = self.inner.control.lock().await;
-        let name = &self.inner.cfg.target;
+        let name =
+            &crate::config_server::targets::chosen(&self.inner.state, &self.inner.cfg.target);
         let stale = g.as_ref().is_none_or(|t| {
             !self.inner.registry.get(name).is_some_and(|p| Arc::ptr_eq(t.plugin(), &p))
         });

@@ -133,7 +133,7 @@ impl ProcessServer {
         disk: u32,
         queued: &Queued,
     ) -> Result<Sealed, ShipError> {
-        stage.refresh(&self.inner.registry, &self.inner.cfg).await?;
+        stage.refresh(&self.inner.registry, &self.inner.state, &self.inner.cfg).await?;
         let record = &queued.record;
         let payload = match &queued.payload {
             Some(p) => p.clone(),
@@ -201,7 +201,7 @@ impl ProcessServer {
         disk: u32,
         sealed: &Sealed,
     ) -> Result<(), ShipError> {
-        stage.refresh(&self.inner.registry, &self.inner.cfg).await?;
+        stage.refresh(&self.inner.registry, &self.inner.state, &self.inner.cfg).await?;
         let record = sealed.queued.record;
         let mark = sealed.queued.mark;
         let sequence = record.key().sequence;
@@ -270,6 +270,7 @@ impl Stage {
     async fn refresh(
         &mut self,
         registry: &Registry,
+        state: &crate::store::State,
         cfg: &config::ProcessServer,
     ) -> Result<(), ShipError> {
         let current = registry.current().generation;
@@ -287,7 +288,8 @@ impl Stage {
         };
         self.codec = Some(CodecInstance::new(get(&cfg.codec)?).await?);
         self.cipher = Some(CipherInstance::new(get(&cfg.cipher)?).await?);
-        self.target = Some(TargetInstance::new(get(&cfg.target)?).await?);
+        let target = crate::config_server::targets::chosen(state, &cfg.target);
+        self.target = Some(TargetInstance::new(get(&target)?).await?);
         self.generation = current;
         Ok(())
     }

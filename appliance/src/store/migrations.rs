@@ -216,4 +216,14 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // machines list and the alerts ask for each machine's newest).
     "CREATE INDEX points_by_machine ON points (machine_id, point);
      CREATE INDEX churn_by_machine ON churn (machine_id, reported_unix_ms);",
+    // 20: a plugin's settings as the administrator set them from the API or web UI (they
+    // replace the grant's settings of the configuration file); a secret's value is sealed
+    // with the active data key (`crate::config_server::targets`).
+    "CREATE TABLE plugin_settings (
+        plugin TEXT NOT NULL,
+        name TEXT NOT NULL,
+        value BLOB NOT NULL,
+        sealed INTEGER NOT NULL,
+        PRIMARY KEY (plugin, name)
+     ) WITHOUT ROWID;",
 ];

@@ -31,6 +31,17 @@ super::backend_trait! {
 
         /// An appliance-wide value, if set.
         fn setting(&self, name: &str) -> Result<Option<String>, StateError>;
+
+        /// Replaces every stored setting of `plugin` with `values`: (name, value, sealed),
+        /// a sealed value being ciphertext. Empty `values`: the plugin has none stored.
+        fn set_plugin_settings(
+            &self,
+            plugin: &str,
+            values: &[(String, Vec<u8>, bool)],
+        ) -> Result<(), StateError>;
+
+        /// Every stored plugin setting: (plugin, name, value, sealed), by plugin and name.
+        fn plugin_settings(&self) -> Result<Vec<(String, String, Vec<u8>, bool)>, StateError>;
     }
 }
 
@@ -116,6 +127,38 @@ impl SettingStore for Sqlite {
             .row_cached("SELECT value FROM settings WHERE name = ?1", params![name], |r| r.get(0))
             .optional()
             .map_err(|e| self.err(e))
+    }
+
+    fn set_plugin_settings(
+        &self,
+        plugin: &str,
+        values: &[(String, Vec<u8>, bool)],
+    ) -> Result<(), StateError> {
+        let mut c = self.conn();
+        let tx = c.transaction().map_err(|e| self.err(e))?;
+        tx.execute("DELETE FROM plugin_settings WHERE plugin = ?1", params![plugin])
+            .map_err(|e| self.err(e))?;
+        for (name, value, sealed) in values {
+            tx.execute(
+                "INSERT INTO plugin_settings (plugin, name, value, sealed) VALUES (?1, ?2, ?3, ?4)",
+                params![plugin, name, value, sealed],
+            )
+            .map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    fn plugin_settings(&self) -> Result<Vec<(String, String, Vec<u8>, bool)>, StateError> {
+        let c = self.read();
+        let mut s = c
+            .prepare_cached(
+                "SELECT plugin, name, value, sealed FROM plugin_settings ORDER BY plugin, name",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = s
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 }
 

@@ -9,7 +9,7 @@ export class ApiError extends Error {
     this.status = status;
     this.code = code;
     // Server messages about one field start with its name: "name: ...".
-    const m = /^([a-z_]+(?:\[\d+\])?(?:\.[a-z_]+)*): /.exec(message || "");
+    const m = /^([a-z_][a-z0-9_]*(?:\[\d+\])?(?:\.[a-z_][a-z0-9_]*)*): /.exec(message || "");
     this.field = m ? m[1] : null;
   }
 }

@@ -1,7 +1,8 @@
-// Settings: one-time registration passphrases (made here, shown once), the certificate
+// Settings: the target and its settings (target.jsx), one-time registration passphrases (made here, shown once), the certificate
 // authority and its rotation (one confirmed step at a time), and whether the recovery
 // passphrase seals the catalogue at the target.
 import { useState } from "preact/hooks";
+import { TargetForm } from "./target.jsx";
 import { get, post } from "./api.js";
 import { usePoll, Confirm, ago } from "./ui.jsx";
 
@@ -134,6 +135,7 @@ export function Settings() {
   return (
     <section aria-labelledby="settings-h">
       <h2 id="settings-h">Settings</h2>
+      <TargetForm />
       <Passphrases />
       <Authority />
       <Recovery />

@@ -1,14 +1,16 @@
-// The first-boot setup wizard: claim (setup token + first administrator), identity,
-// protection defaults and the recovery passphrase, adding machines, done. The appliance
+// The first-boot setup wizard: claim (setup token + first administrator), identity, the
+// target (target.jsx), protection defaults and the recovery passphrase, adding machines, done. The appliance
 // records the step reached, so a wizard left half way resumes there; "Back" goes to the
 // previous step until the end.
 import { useState, useEffect } from "preact/hooks";
 import { get, put, post, openSession } from "./api.js";
 import { Field, FormError, useErrors } from "./ui.jsx";
+import { TargetForm } from "./target.jsx";
 
 const STEPS = [
   ["claim", "Claim"],
   ["identity", "Identity"],
+  ["target", "Target"],
   ["protection", "Protection"],
   ["machines", "Add machines"],
   ["done", "Done"],
@@ -42,8 +44,9 @@ export function Wizard({ step, onStep, onDone }) {
       <h1>Set up this appliance</h1>
       <Steps current={step} />
       {step === "claim" && <Claim onNext={() => onStep("identity")} />}
-      {step === "identity" && <Identity onNext={() => go("protection")} />}
-      {step === "protection" && <Protection onBack={() => go("identity")} onNext={() => go("machines")} />}
+      {step === "identity" && <Identity onNext={() => go("target")} />}
+      {step === "target" && <TargetForm saveLabel="Next" onBack={() => go("identity")} onSaved={() => go("protection")} />}
+      {step === "protection" && <Protection onBack={() => go("target")} onNext={() => go("machines")} />}
       {step === "machines" && <Machines onBack={() => go("protection")} onNext={() => go("done")} />}
     </main>
   );

@@ -6,8 +6,10 @@
 // LIFEBOAT_SHOTS (the folder for screenshots), CHROMIUM (default /usr/bin/chromium).
 //
 // What it checks: the wizard refuses a wrong setup token and mismatched passwords beside
-// their fields, claims the appliance, refuses a bad agent address and a mistyped recovery
-// passphrase, shows the registration command (which the Rust side then runs); the
+// their fields, claims the appliance, refuses a bad agent address, shows the target
+// plugins' declared settings as forms (a required one left empty and a number given text
+// refused beside their fields, the plugin's own refusal and test result shown), keeps the
+// local target, refuses a mistyped recovery passphrase, shows the registration command (which the Rust side then runs); the
 // dashboard shows the registered machine protected without a reload; a wizard left half
 // way resumes at its step; a session that ended returns to the login; the machine's page
 // draws its plots from stored samples, refuses a bad VM setting beside its field, and runs
@@ -99,7 +101,42 @@ try {
   await page.getByLabel("Address agents send to").fill(agentUrl);
   await page.getByRole("button", { name: "Next" }).click();
 
-  // 3. Protection: a wizard left here resumes here.
+  // 3. Target: the installed target plugins, each with the form its manifest declares. The
+  // Azure target (installed, granted no host) refuses what it should; the local one is
+  // tested and kept.
+  await page.getByRole("heading", { name: "Target", exact: true }).waitFor();
+  await page.getByRole("radio", { name: /^local/ }).waitFor();
+  check(await page.getByRole("radio", { name: /^local/ }).isChecked(), "the configured target is chosen");
+  await page.getByRole("radio", { name: /^azure/ }).check();
+  await page.getByRole("button", { name: "Next" }).click();
+  await page.locator(".field.bad").first().waitFor();
+  check((await fieldError(page, "Storage account (required)")).includes("required"), "a required setting left empty is refused beside its field");
+  await page.getByLabel("Storage account (required)", { exact: true }).fill("acct");
+  await page.getByLabel("Storage account key (required)", { exact: true }).fill("a2V5LW5vdC1yZWFs");
+  await page.getByText(/^More settings/).click();
+  await page.getByLabel("Request timeout (ms)", { exact: true }).fill("soon");
+  await page.getByRole("button", { name: "Next" }).click();
+  await page.locator(".field.bad").first().waitFor();
+  check((await fieldError(page, "Request timeout (ms)")).includes("whole number"), "a number setting refuses text beside its field");
+  await page.getByLabel("Request timeout (ms)", { exact: true }).fill("");
+  // The server asks the plugin's own init, whose words are shown.
+  await page.getByLabel("Container", { exact: true }).fill("Not_A_Container");
+  await page.getByRole("button", { name: "Next" }).click();
+  const refusedBy = await page.locator(".form-error").textContent();
+  check(/azure refused these settings/.test(refusedBy) && /container/.test(refusedBy), `the plugin's own refusal is shown (${refusedBy})`);
+  await page.getByLabel("Container", { exact: true }).fill("");
+  await page.getByRole("button", { name: "Test connection" }).click();
+  await page.locator("p[data-ok]").waitFor({ timeout: 30000 });
+  const azureSaid = await page.locator("p[data-ok]").textContent();
+  check((await page.locator("p[data-ok]").getAttribute("data-ok")) === "false" && /http_hosts/.test(azureSaid), `Test connection shows the plugin's own error (${azureSaid})`);
+  await screen(page, "03b-target-refused");
+  await page.getByRole("radio", { name: /^local/ }).check();
+  await page.getByRole("button", { name: "Test connection" }).click();
+  await page.locator('p[data-ok="true"]').waitFor({ timeout: 30000 });
+  await screen(page, "03c-target");
+  await page.getByRole("button", { name: "Next" }).click();
+
+  // 4. Protection: a wizard left here resumes here.
   await page.getByRole("heading", { name: "Protection defaults" }).waitFor();
   await page.reload();
   await page.getByRole("heading", { name: "Protection defaults" }).waitFor();
@@ -124,7 +161,7 @@ try {
   await page.getByLabel("Type the recovery passphrase again").fill(shown.trim());
   await page.getByRole("button", { name: "Next" }).click();
 
-  // 4. Add machines: the registration command, run by the Rust side.
+  // 5. Add machines: the registration command, run by the Rust side.
   await page.getByRole("heading", { name: "Add machines" }).waitFor();
   await page.getByRole("button", { name: "Make a registration passphrase" }).click();
   const command = await page.getByTestId("register-command").textContent();
@@ -134,7 +171,7 @@ try {
   check(reply.registered, "the Rust side registered the agent");
   await page.getByRole("button", { name: "Finish" }).click();
 
-  // 5. The dashboard: the machine appears protected without a reload.
+  // 6. The dashboard: the machine appears protected without a reload.
   await page.getByRole("heading", { name: "Machines" }).waitFor();
   const row = page.locator(`tr[data-machine="${reply.machine}"]`);
   await row.getByText("protected").waitFor({ timeout: 60000 });
@@ -151,7 +188,7 @@ try {
   await page.getByRole("heading", { name: "Jobs" }).waitFor();
   await screen(page, "09-jobs");
 
-  // 6. A session that ends (here: ended from elsewhere, its cookie kept) returns to the
+  // 7. A session that ends (here: ended from elsewhere, its cookie kept) returns to the
   // login with a word on why; logging in again comes back to the dashboard.
   const cookies = await context.cookies();
   const session = cookies.find((c) => c.name === "lifeboat_session");
@@ -170,7 +207,7 @@ try {
   await page.getByRole("button", { name: "Log in" }).click();
   await page.locator(`tr[data-machine="${reply.machine}"]`).waitFor();
 
-  // 7. The machine's page: plots drawn from the stored samples, the points timeline, the
+  // 8. The machine's page: plots drawn from the stored samples, the points timeline, the
   // VM settings (a bad value refused beside its field, a good one saved), and a test
   // failover started from the page, followed live to its end, then cleaned up.
   await page.locator(`tr[data-machine="${reply.machine}"]`).getByRole("link", { name: reply.hostname }).click();
@@ -208,7 +245,7 @@ try {
   check(tfs.test_failovers.length === 1 && tfs.test_failovers[0].cleaned_unix_ms, `the test failover was made and cleaned up (${JSON.stringify(tfs)})`);
   say({ test_failover: tfs.test_failovers[0] });
 
-  // 8. Recovery plans: one made in the editor (a refused plan first), run as a test
+  // 9. Recovery plans: one made in the editor (a refused plan first), run as a test
   // failover, its manual step confirmed from the page, followed to its end.
   await page.getByRole("link", { name: "Plans", exact: true }).click();
   await page.getByRole("heading", { name: "Recovery plans" }).waitFor();
@@ -238,7 +275,7 @@ try {
   check(live.length === 1, `the plan made one test failover (${JSON.stringify(live)})`);
   await page.evaluate(async (id) => fetch(`/api/v1/test-failovers/${id}/cleanup`, { method: "POST", headers: { "X-Lifeboat-Csrf": "1" } }), live[0].id);
 
-  // 9. The plugins: the local target pinned, with the settings it declares; tested.
+  // 10. The plugins: the local target pinned, with the settings it declares; tested.
   await page.getByRole("link", { name: "Plugins", exact: true }).click();
   const local = page.locator('article[data-plugin="local"]');
   await local.waitFor();
@@ -251,10 +288,13 @@ try {
   check((await health.getAttribute("data-ok")) === "true" && /writable/.test(said), `the local target's own health message is shown (${said})`);
   await screen(page, "17-plugins");
 
-  // 10. Settings: a new registration passphrase shown once (the old unused ones stop
+  // 11. Settings: a new registration passphrase shown once (the old unused ones stop
   // working), the CA's first rotation step confirmed, the recovery passphrase set.
   await page.getByRole("link", { name: "Settings", exact: true }).click();
   await page.getByRole("heading", { name: "Registration passphrases" }).waitFor();
+  // The target in use, locked to it now that a machine is registered.
+  await page.getByRole("radio", { name: /^local/ }).waitFor();
+  check(await page.getByRole("radio", { name: /^azure/ }).isDisabled(), "another target cannot be chosen once machines are registered");
   await page.getByRole("button", { name: "Make a new registration passphrase…" }).click();
   await page.getByRole("dialog").getByRole("button", { name: "Make it" }).click();
   const fresh = (await page.getByTestId("new-passphrase").textContent()).trim();
@@ -267,7 +307,7 @@ try {
   await page.locator('dd[data-phase="introducing"]').waitFor({ timeout: 10000 });
   await screen(page, "18-settings");
 
-  // 11. A narrow window still shows the machine.
+  // 12. A narrow window still shows the machine.
   await page.getByRole("link", { name: "Machines", exact: true }).click();
   await page.locator(`tr[data-machine="${reply.machine}"]`).waitFor();
   await page.setViewportSize({ width: 420, height: 800 });

@@ -19,6 +19,8 @@ pub(crate) struct Effective {
     pub(crate) sockets: Vec<SocketAddr>,
     pub(crate) clock: bool,
     pub(crate) settings: Vec<(String, String)>,
+    /// Why the plugin cannot be instantiated yet: a required setting has no value.
+    pub(crate) unconfigured: Option<String>,
     /// TLS client configuration trusting the public roots plus the granted `tls_roots`;
     /// `None` when nothing extra is granted (the default sender is used then). Built once
     /// per load and shared by every instance's HTTP hooks.

@@ -83,6 +83,13 @@ macro_rules! instance_type {
                         )),
                     });
                 }
+                if let Some(why) = plugin.unconfigured() {
+                    return Err(CallError::Failed {
+                        plugin: plugin.name().to_owned(),
+                        call: "init",
+                        reason: FailReason::Host(why.to_owned()),
+                    });
+                }
                 let mut me = $name {
                     plugin,
                     live: None,

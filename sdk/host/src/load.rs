@@ -106,6 +106,10 @@ impl LoadedPlugin {
     pub fn settings(&self) -> &[(String, String)] {
         &self.caps.settings
     }
+    /// Why no instance of it can be made yet (a required setting has no value), if so.
+    pub fn unconfigured(&self) -> Option<&str> {
+        self.caps.unconfigured.as_deref()
+    }
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -488,6 +492,7 @@ fn effective(m: &Manifest, g: &Grant) -> Result<Effective, String> {
             format!("plugins.grants.{}.tls_roots: cannot build a TLS configuration: {e}", m.name)
         })?)
     };
+    let (settings, unconfigured) = resolve_settings(m, g)?;
     Ok(Effective {
         memory_bytes,
         deadline: Duration::from_millis(deadline_ms),
@@ -496,18 +501,25 @@ fn effective(m: &Manifest, g: &Grant) -> Result<Effective, String> {
         commands,
         sockets,
         clock: r.clock,
-        settings: resolve_settings(m, g)?,
+        settings,
+        unconfigured,
         tls,
     })
 }
 
 /// What `init` gets: the grant's settings, checked against the settings the manifest
 /// declares when it declares any (manifest_version 2): every key declared, every value of
-/// its type, the required ones present, the defaults of the others filled in. A manifest
-/// that declares none gets the grant's settings as they are.
-fn resolve_settings(m: &Manifest, g: &Grant) -> Result<Vec<(String, String)>, String> {
+/// its type, the defaults of the others filled in. A manifest that declares none gets the
+/// grant's settings as they are.
+///
+/// A required setting with no value does not refuse the plugin: it loads (so that the
+/// appliance can show its form and be given the value) but is *not configured*: the second
+/// value says why, and no instance of it is made until it is.
+type Resolved = (Vec<(String, String)>, Option<String>);
+
+fn resolve_settings(m: &Manifest, g: &Grant) -> Result<Resolved, String> {
     if m.settings.is_empty() {
-        return Ok(g.settings.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
+        return Ok((g.settings.iter().map(|(k, v)| (k.clone(), v.clone())).collect(), None));
     }
     let at = |k: &str| format!("plugins.grants.{}.settings.{k}", m.name);
     for (k, v) in &g.settings {
@@ -520,16 +532,21 @@ fn resolve_settings(m: &Manifest, g: &Grant) -> Result<Vec<(String, String)>, St
         spec.check_value(v).map_err(|e| format!("{}: {e}", at(k)))?;
     }
     let mut out = Vec::new();
+    let mut missing = None;
     for spec in &m.settings {
         match g.settings.get(&spec.name).cloned().or_else(|| spec.default_text()) {
             Some(v) => out.push((spec.name.clone(), v)),
-            None if spec.required => {
-                return Err(format!("{}: required by the plugin ({})", at(&spec.name), spec.label));
+            None if spec.required && missing.is_none() => {
+                missing = Some(format!(
+                    "not configured: {}: required by the plugin ({})",
+                    at(&spec.name),
+                    spec.label
+                ));
             }
             None => {}
         }
     }
-    Ok(out)
+    Ok((out, missing))
 }
 
 /// Reads the root certificates of one `tls_roots` file, refusing a file that is missing,
@@ -587,6 +604,7 @@ mod tests {
             default,
             secret: false,
             required,
+            advanced: false,
         };
         let mut m = manifest(&[]);
         m.manifest_version = 2;
@@ -601,13 +619,19 @@ mod tests {
         };
         assert_eq!(
             resolve_settings(&m, &grant(&[("endpoint", "https://a.example")])).unwrap(),
-            vec![
-                ("root".to_string(), "/target".to_string()),
-                ("endpoint".into(), "https://a.example".into())
-            ]
+            (
+                vec![
+                    ("root".to_string(), "/target".to_string()),
+                    ("endpoint".into(), "https://a.example".into())
+                ],
+                None
+            )
         );
+        // A required setting without a value: loaded, not configured, saying which.
+        let (_, missing) = resolve_settings(&m, &grant(&[])).unwrap();
+        let missing = missing.unwrap();
+        assert!(missing.contains("plugins.grants.azure.settings.endpoint: required"), "{missing}");
         for (pairs, want) in [
-            (&[][..], "settings.endpoint: required"),
             (
                 &[("endpoint", "https://a.example"), ("colour", "red")][..],
                 "settings.colour: the plugin declares no such setting",
@@ -620,7 +644,7 @@ mod tests {
         }
         // Without declarations, the grant's settings pass as they are.
         m.settings.clear();
-        assert_eq!(resolve_settings(&m, &grant(&[("anything", "x")])).unwrap().len(), 1);
+        assert_eq!(resolve_settings(&m, &grant(&[("anything", "x")])).unwrap().0.len(), 1);
     }
 
     #[test]

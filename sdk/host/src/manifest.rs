@@ -82,6 +82,10 @@ pub struct SettingSpec {
     /// The plugin cannot work without it.
     #[serde(default)]
     pub required: bool,
+    /// Rarely changed: a form shows it folded away under "More settings" (a required
+    /// setting is never folded away).
+    #[serde(default)]
+    pub advanced: bool,
 }
 
 fn printable(text: &str, max: usize) -> bool {
@@ -108,6 +112,9 @@ impl SettingSpec {
             return Err(format!(
                 "{at}.help: expected at most 500 characters, no control characters"
             ));
+        }
+        if self.advanced && self.required {
+            return Err(format!("{at}.advanced: a required setting cannot be folded away"));
         }
         if self.secret && !matches!(self.kind, SettingType::String | SettingType::Url) {
             return Err(format!("{at}.secret: only a string or url setting can be a secret"));
@@ -442,6 +449,7 @@ name = "verify"
 type = "boolean"
 label = "Read back after writing"
 default = false
+advanced = true
 "#;
 
     #[test]
@@ -455,6 +463,7 @@ default = false
         assert!(m.settings[1].secret && m.settings[1].default.is_none());
         assert_eq!(m.settings[2].default_text().as_deref(), Some("8"));
         assert_eq!(m.settings[3].default_text().as_deref(), Some("false"));
+        assert!(m.settings[3].advanced && !m.settings[0].advanced);
         // Values are checked against their type.
         assert!(m.settings[0].check_value("https://acct.blob.core.windows.net").is_ok());
         for bad in ["ftp://x", "https://", "https://user@host", "acct.blob", "https://a b"] {
@@ -489,6 +498,12 @@ default = false
                     "name = \"k\"\ntype = \"string\"\nlabel = \"k\"\nsecret = true\ndefault = \"x\"",
                 ),
                 "a secret has no default",
+            ),
+            (
+                one(
+                    "name = \"k\"\ntype = \"string\"\nlabel = \"k\"\nrequired = true\nadvanced = true",
+                ),
+                "settings[0].advanced",
             ),
             (
                 one("name = \"k\"\ntype = \"integer\"\nlabel = \"k\"\nsecret = true"),

@@ -1,5 +1,11 @@
 //! The set of plugins loaded from the plugins directory, and reloading it without a
 //! restart.
+//!
+//! A plugin's settings come from its grant (`plugins.grants.<name>.settings` of the
+//! configuration file) unless the process gave the registry others for it
+//! ([`Registry::set_settings`]: the appliance's stored target settings, edited in its web
+//! UI); those replace the grant's settings whole. Everything else a grant holds — trust,
+//! directories, HTTP hosts, limits — stays the file's.
 
 use crate::config::PluginsConfig;
 use crate::engine::Host;
@@ -27,14 +33,70 @@ pub struct Registry {
     host: Host,
     config: PluginsConfig,
     current: RwLock<Arc<PluginSet>>,
+    /// Settings that replace a grant's, by plugin name.
+    settings: RwLock<BTreeMap<String, BTreeMap<String, String>>>,
 }
 
 impl Registry {
     /// Loads every plugin in `config.dir`.
     pub fn new(host: Host, config: PluginsConfig) -> Registry {
-        let r = Registry { host, config, current: RwLock::new(Arc::new(PluginSet::default())) };
+        Registry::with_settings(host, config, BTreeMap::new())
+    }
+
+    /// Loads every plugin in `config.dir`, with `settings` in place of the grants'
+    /// settings of the plugins it names.
+    pub fn with_settings(
+        host: Host,
+        config: PluginsConfig,
+        settings: BTreeMap<String, BTreeMap<String, String>>,
+    ) -> Registry {
+        let r = Registry {
+            host,
+            config,
+            current: RwLock::new(Arc::new(PluginSet::default())),
+            settings: RwLock::new(settings),
+        };
         r.reload();
         r
+    }
+
+    /// Gives `plugin` these settings in place of its grant's (`None`: its grant's again),
+    /// from the next [`Registry::reload`] on.
+    pub fn set_settings(&self, plugin: &str, settings: Option<BTreeMap<String, String>>) {
+        let mut all = self.settings.write().unwrap_or_else(|p| p.into_inner());
+        match settings {
+            Some(s) => all.insert(plugin.to_owned(), s),
+            None => all.remove(plugin),
+        };
+    }
+
+    /// The configuration plugins are loaded under: the file's, with the settings given
+    /// by [`Registry::set_settings`] in place of the grants' settings.
+    fn effective(&self) -> PluginsConfig {
+        let mut config = self.config.clone();
+        for (name, s) in self.settings.read().unwrap_or_else(|p| p.into_inner()).iter() {
+            config.grants.entry(name.clone()).or_default().settings = s.clone();
+        }
+        config
+    }
+
+    /// Loads the plugin `name` again from the files it was loaded from, with `settings`
+    /// in place of its grant's, without swapping it in: to check settings (the manifest's
+    /// declarations, then the plugin's own `init`) before they are kept.
+    pub fn load_with(
+        &self,
+        name: &str,
+        settings: BTreeMap<String, String>,
+    ) -> Result<Arc<LoadedPlugin>, LoadError> {
+        let current = self.get(name).ok_or_else(|| LoadError {
+            plugin: name.to_owned(),
+            path: self.config.dir.display().to_string(),
+            refusal: crate::load::Refusal::Io,
+            message: "no such plugin is loaded".into(),
+        })?;
+        let mut config = self.effective();
+        config.grants.entry(name.to_owned()).or_default().settings = settings;
+        self.host.load(current.path(), &config)
     }
 
     /// Loads the plugins directory again and swaps the result in. Returns the new set.
@@ -52,8 +114,9 @@ impl Registry {
             }
         };
         wasm.sort();
+        let config = self.effective();
         for path in wasm {
-            match self.host.load(&path, &self.config) {
+            match self.host.load(&path, &config) {
                 Ok(p) => {
                     if let Some(old) = set.plugins.insert(p.name().to_owned(), p.clone()) {
                         tracing::warn!(plugin = %p.name(), first = %old.path().display(), second = %p.path().display(), "two plugins share a name; using the second");

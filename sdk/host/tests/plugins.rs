@@ -797,3 +797,44 @@ fn renames_and_creates_are_followed_by_a_sync_of_their_directory() {
     let meta = find(0, &["rename", "point.meta.tmp"]).expect("the point's metadata");
     assert!(synced_after(meta, &format!("{t}/points/probe-point")), "point.meta not synced");
 }
+
+#[tokio::test]
+async fn settings_given_to_the_registry_replace_the_grants_and_are_checked_first() {
+    let s = setup(&["local"], true);
+    let mut config = s.config.clone();
+    config
+        .grants
+        .get_mut("local")
+        .unwrap()
+        .settings
+        .insert("host_root".into(), "/from-file".into());
+    let reg = Registry::new(host(), config);
+    let setting = |reg: &Registry, k: &str| {
+        reg.get("local").unwrap().settings().iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+    };
+    assert_eq!(setting(&reg, "host_root").as_deref(), Some("/from-file"));
+    assert_eq!(setting(&reg, "root").as_deref(), Some("/target"), "the declared default");
+
+    // A candidate is checked against the manifest without being swapped in.
+    let bad = [("root".to_string(), "/target".to_string()), ("colour".into(), "red".into())];
+    let e = reg.load_with("local", bad.into_iter().collect()).unwrap_err();
+    assert!(e.message.contains("plugins.grants.local.settings.colour"), "{e}");
+    let generation = reg.current().generation;
+    let good = [("host_root".to_string(), "/stored".to_string())];
+    let p = reg.load_with("local", good.iter().cloned().collect()).unwrap();
+    assert!(p.settings().contains(&("host_root".into(), "/stored".into())));
+    assert_eq!(reg.current().generation, generation, "load_with swaps nothing in");
+    assert_eq!(setting(&reg, "host_root").as_deref(), Some("/from-file"));
+    // The candidate's init runs against the granted directory.
+    TargetInstance::new(p).await.unwrap();
+
+    // Given to the registry, the settings replace the grant's whole from the next reload.
+    reg.set_settings("local", Some(good.iter().cloned().collect()));
+    assert_eq!(setting(&reg, "host_root").as_deref(), Some("/from-file"));
+    reg.reload();
+    assert_eq!(setting(&reg, "host_root").as_deref(), Some("/stored"));
+    reg.set_settings("local", None);
+    reg.reload();
+    assert_eq!(setting(&reg, "host_root").as_deref(), Some("/from-file"));
+    assert!(reg.load_with("nosuch", Default::default()).is_err());
+}
