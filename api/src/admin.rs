@@ -204,6 +204,55 @@ pub struct TargetSettings {
 pub struct PluginList {
     /// Loaded ones by name, then refused ones.
     pub plugins: Vec<PluginInfo>,
+    /// Uploaded plugins waiting in quarantine for an administrator to trust them.
+    #[serde(default)]
+    pub quarantined: Vec<QuarantinedPlugin>,
+}
+
+/// `POST /api/v1/plugin-uploads`: a plugin's files. It goes to quarantine: checked (its
+/// manifest, that the build is the manifest's sha256, that it is a component of the world
+/// it claims) but never run until an administrator trusts it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PluginUpload {
+    /// The manifest (`<name>.toml`), as text.
+    pub manifest: String,
+    /// The `.wasm` component, base64 (standard alphabet, padded), at most 16 MiB decoded.
+    pub wasm_base64: String,
+}
+
+/// An uploaded plugin in quarantine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuarantinedPlugin {
+    /// Its name (from its manifest).
+    pub name: String,
+    /// Its kind.
+    pub kind: String,
+    /// Its version.
+    pub version: String,
+    /// The sha256 of its `.wasm` (hex): what trusting it pins.
+    pub sha256: String,
+    /// The trusted publisher key that signed it, if one did.
+    pub signed_by: Option<String>,
+    /// What it asks for (memory, deadline, directories, hosts, commands, sockets, clock).
+    pub requests: String,
+    /// What loading it would do now, once trusted: `loads`, or why it would be refused
+    /// (typically a capability the configuration file does not grant).
+    pub once_trusted: String,
+    /// A loaded plugin of the same name it would replace, with its version.
+    pub replaces: Option<String>,
+    /// When it was uploaded.
+    pub uploaded_unix_ms: u64,
+}
+
+/// `POST /api/v1/plugin-uploads/{name}/trust`: the sha256 the administrator read and
+/// confirms (it must still be the quarantined build's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PluginTrust {
+    /// The `.wasm`'s sha256 (hex).
+    pub sha256: String,
 }
 
 /// A consistency group's recorded point (`GET /api/v1/groups`).

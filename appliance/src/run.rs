@@ -93,7 +93,11 @@ pub fn open_core(config: ApplianceConfig) -> anyhow::Result<Core> {
     // `config_server::targets`).
     let stored = lifeboat_appliance::config_server::targets::stored(&state, &keys)
         .context("stored plugin settings")?;
-    let registry = Arc::new(Registry::with_settings(host, config.plugins.clone(), stored));
+    let overrides = lifeboat_plugin_host::registry::Overrides {
+        settings: stored,
+        pins: state.plugin_pins()?.into_iter().collect(),
+    };
+    let registry = Arc::new(Registry::with_overrides(host, config.plugins.clone(), overrides));
     for r in &registry.current().refused {
         tracing::error!(error = %r, "plugin refused");
     }

@@ -278,7 +278,7 @@ async fn the_router_serves_exactly_the_documented_operations() {
             operations += 1;
         }
     }
-    assert_eq!(operations, 51, "the document lists every operation of the configuration server");
+    assert_eq!(operations, 55, "the document lists every operation of the configuration server");
     for (m, path) in [
         (Method::GET, "/api/v1/nothing"),
         (Method::DELETE, "/api/v1/machines"),
@@ -1864,4 +1864,112 @@ async fn the_target_is_chosen_and_set_up_with_its_settings_checked_and_secrets_s
     assert!(
         reg.get("local").unwrap().settings().contains(&("host_root".into(), format!("{root}/")))
     );
+}
+
+/// Issue 13: a plugin uploaded from the API waits in quarantine — checked, compiled, never
+/// run or loaded — until an administrator trusts the build with the sha256 they read; it is
+/// then pinned, installed and loaded, with only what the configuration file grants.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploaded_plugins_wait_in_quarantine_until_an_administrator_trusts_them() {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = registry(tmp.path());
+    let s = start_with(Some(reg.clone())).await;
+    let c = s.client(None);
+    let token = setup_admin(&c, &s.state).await;
+    let t = Some(token.as_str());
+    let up = "/api/v1/plugin-uploads";
+    let read = |n: &str| {
+        let wasm = std::fs::read(built_plugins().join(format!("{n}.wasm"))).unwrap();
+        let toml = std::fs::read_to_string(built_plugins().join(format!("{n}.toml"))).unwrap();
+        (wasm, toml)
+    };
+    let (wasm, toml) = read("hostile");
+    let sha = hex::encode(sha2::Sha256::digest(&wasm));
+    let garbage = b"\0asm not a component at all".to_vec();
+    let garbage_sha = hex::encode(sha2::Sha256::digest(&garbage));
+    for (body, starts) in [
+        (serde_json::json!({"manifest": toml, "wasm_base64": "%%%"}), "wasm_base64: not base64"),
+        (serde_json::json!({"manifest": toml, "wasm_base64": ""}), "wasm_base64: expected 1 to"),
+        (serde_json::json!({"manifest": "name = 1", "wasm_base64": b64(&wasm)}), "manifest: "),
+        (
+            serde_json::json!({"manifest": toml.replace(&sha, &"0".repeat(64)), "wasm_base64": b64(&wasm)}),
+            "manifest: sha256 0000",
+        ),
+        (
+            serde_json::json!({"manifest": toml.replace(&sha, &garbage_sha), "wasm_base64": b64(&garbage)}),
+            "wasm_base64: ",
+        ),
+    ] {
+        let (st, v) = call(&c, Method::POST, up, up, t, &body.to_string()).await;
+        assert_eq!((st, v["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid")), "{v}");
+        assert!(v["error"].as_str().unwrap().starts_with(starts), "want {starts:?}: {v}");
+    }
+    let quarantined = |v: &Value| v["quarantined"].as_array().unwrap().clone();
+    let (_, v) = call(&c, Method::GET, "/api/v1/plugins", "/api/v1/plugins", t, "").await;
+    assert!(quarantined(&v).is_empty(), "refused uploads leave nothing: {v}");
+    let body = serde_json::json!({"manifest": toml, "wasm_base64": b64(&wasm)}).to_string();
+    let (st, _) = call(&c, Method::POST, up, up, None, &body).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+
+    // Accepted into quarantine: described, not loaded, not even by a reload.
+    let (st, v) = call(&c, Method::POST, up, up, t, &body).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    assert_eq!(
+        (v["name"].as_str(), v["kind"].as_str(), v["sha256"].as_str()),
+        (Some("hostile"), Some("codec"), Some(sha.as_str()))
+    );
+    assert_eq!((v["once_trusted"].as_str(), v["signed_by"].as_str()), (Some("loads"), None));
+    assert!(v["requests"].as_str().unwrap().contains("memory 64 MiB"), "{v}");
+    let (_, v) =
+        call(&c, Method::POST, "/api/v1/plugins/reload", "/api/v1/plugins/reload", t, "").await;
+    assert_eq!(quarantined(&v).len(), 1);
+    assert!(!v["plugins"].as_array().unwrap().iter().any(|p| p["name"] == "hostile"));
+    assert!(reg.get("hostile").is_none() && !tmp.path().join("plugins/hostile.wasm").exists());
+
+    // Trusting needs the sha256 of the build in quarantine.
+    let tp = "/api/v1/plugin-uploads/{name}/trust";
+    let wrong = serde_json::json!({"sha256": "ab".repeat(32)}).to_string();
+    let (st, v) =
+        call(&c, Method::POST, "/api/v1/plugin-uploads/hostile/trust", tp, t, &wrong).await;
+    assert_eq!((st, v["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid")), "{v}");
+    assert!(v["error"].as_str().unwrap().starts_with("sha256: "), "{v}");
+    let right = serde_json::json!({"sha256": sha}).to_string();
+    let (st, _) =
+        call(&c, Method::POST, "/api/v1/plugin-uploads/nosuch/trust", tp, t, &right).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (st, _) =
+        call(&c, Method::POST, "/api/v1/plugin-uploads/hostile/trust", tp, None, &right).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    assert!(reg.get("hostile").is_none());
+    let (st, v) =
+        call(&c, Method::POST, "/api/v1/plugin-uploads/hostile/trust", tp, t, &right).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let p =
+        v["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "hostile").unwrap().clone();
+    assert_eq!(p["trust"].as_str(), Some("pinned"));
+    assert!(quarantined(&v).is_empty());
+    assert!(reg.get("hostile").is_some());
+    assert_eq!(s.state.plugin_pins().unwrap(), vec![("hostile".to_string(), sha.clone())]);
+    assert_eq!(std::fs::read(tmp.path().join("plugins/hostile.wasm")).unwrap(), wasm);
+
+    // A plugin asking for what the configuration does not grant: kept in quarantine saying
+    // so, refused (saying what to grant) once trusted; or discarded.
+    let (wasm, toml) = read("dirtarget");
+    let body = serde_json::json!({"manifest": toml, "wasm_base64": b64(&wasm)}).to_string();
+    let (st, v) = call(&c, Method::POST, up, up, t, &body).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let once = v["once_trusted"].as_str().unwrap();
+    assert!(once.starts_with("refused: ") && once.contains("/data"), "{v}");
+    let dp = "/api/v1/plugin-uploads/{name}";
+    let (st, v) = call(&c, Method::DELETE, "/api/v1/plugin-uploads/dirtarget", dp, t, "").await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(quarantined(&v).is_empty());
+    let (st, _) = call(&c, Method::DELETE, "/api/v1/plugin-uploads/dirtarget", dp, t, "").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (st, _) = call(&c, Method::DELETE, "/api/v1/plugin-uploads/..", dp, t, "").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    assert!(reg.get("dirtarget").is_none());
 }

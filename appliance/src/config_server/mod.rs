@@ -13,6 +13,7 @@ pub mod pki;
 pub mod plan;
 pub mod policy;
 pub mod targets;
+pub mod uploads;
 
 use crate::store::{State, StateError};
 

@@ -210,7 +210,7 @@ pub(super) async fn plugins(
     req: Req,
 ) -> Answer {
     authenticated(&ctx, &req)?;
-    json(StatusCode::OK, &plugin_list(ctx.registry.as_deref()))
+    json(StatusCode::OK, &plugin_list(ctx.registry.as_deref(), &ctx.data_dir))
 }
 
 /// Prometheus text exposition (format 0.0.4) of the appliance's state: its counters, the
@@ -283,9 +283,10 @@ pub(super) fn ca_status(ctx: &ConfigServerCtx) -> Result<api::CaStatus, ApiError
     Ok(api::CaStatus { phase: ctx.pki.phase().into(), active, next, retiring, machines })
 }
 
-/// The loaded and refused plugins.
+/// The loaded and refused plugins, and the uploads in quarantine.
 pub(super) fn plugin_list(
     registry: Option<&lifeboat_plugin_host::registry::Registry>,
+    data_dir: &std::path::Path,
 ) -> api::PluginList {
     let mut plugins = Vec::new();
     if let Some(r) = registry {
@@ -331,7 +332,7 @@ pub(super) fn plugin_list(
         }
         for e in &set.refused {
             plugins.push(api::PluginInfo {
-                name: String::new(),
+                name: e.plugin.clone(),
                 kind: String::new(),
                 version: String::new(),
                 trust: "refused".into(),
@@ -340,7 +341,9 @@ pub(super) fn plugin_list(
             });
         }
     }
-    api::PluginList { plugins }
+    let quarantined =
+        registry.map(|r| crate::config_server::uploads::list(r, data_dir)).unwrap_or_default();
+    api::PluginList { plugins, quarantined }
 }
 
 /// The address handed to agents at registration: the administrator's (`PUT

@@ -31,6 +31,7 @@ mod failovers;
 mod groups;
 mod machines;
 mod plans;
+mod plugins;
 mod policies;
 mod targets;
 pub mod ui;
@@ -206,7 +207,7 @@ pub const REGISTER_BODY: usize = 16 << 10;
 /// Most bytes of an administrator's request body (plans, policies, VM settings).
 pub const ADMIN_BODY: usize = 1 << 20;
 /// The configuration server's connection-level body limit (nothing it serves is larger).
-pub const CONFIG_SERVER_MAX_BODY: usize = ADMIN_BODY;
+pub const CONFIG_SERVER_MAX_BODY: usize = plugins::UPLOAD_BODY;
 /// Most bytes of an agent's JSON request (hello, progress, churn, comparisons).
 pub const AGENT_JSON_BODY: usize = 4 << 20;
 
@@ -434,6 +435,10 @@ fn config_routes() -> OpenApiRouter<Arc<ConfigServerCtx>> {
         .routes(routes!(appliance::plugins))
         .routes(routes!(targets::plugin_health))
         .routes(routes!(targets::target, targets::set_target))
+        .routes(routes!(plugins::upload))
+        .routes(routes!(plugins::trust))
+        .routes(routes!(plugins::discard))
+        .routes(routes!(plugins::reload))
         .routes(routes!(groups::list_groups))
         .routes(routes!(groups::put_group, groups::delete_group))
         .routes(routes!(plans::list_plans))

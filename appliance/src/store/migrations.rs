@@ -226,4 +226,12 @@ pub(super) const MIGRATIONS: &[&str] = &[
         sealed INTEGER NOT NULL,
         PRIMARY KEY (plugin, name)
      ) WITHOUT ROWID;",
+    // 21: builds of plugins an administrator trusted from the API (an uploaded plugin moved
+    // from quarantine into the plugins directory): the pin replaces the grant's sha256.
+    "CREATE TABLE plugin_pins (
+        plugin TEXT PRIMARY KEY,
+        sha256 TEXT NOT NULL,
+        pinned_by TEXT NOT NULL,
+        pinned_unix_ms INTEGER NOT NULL
+     );",
 ];

@@ -42,6 +42,12 @@ super::backend_trait! {
 
         /// Every stored plugin setting: (plugin, name, value, sealed), by plugin and name.
         fn plugin_settings(&self) -> Result<Vec<(String, String, Vec<u8>, bool)>, StateError>;
+
+        /// Pins `plugin` to the build `sha256`, trusted by the administrator `by`.
+        fn set_plugin_pin(&self, plugin: &str, sha256: &str, by: &str) -> Result<(), StateError>;
+
+        /// Every pin set from the API: (plugin, sha256), by plugin.
+        fn plugin_pins(&self) -> Result<Vec<(String, String)>, StateError>;
     }
 }
 
@@ -146,6 +152,27 @@ impl SettingStore for Sqlite {
             .map_err(|e| self.err(e))?;
         }
         tx.commit().map_err(|e| self.err(e))
+    }
+
+    fn set_plugin_pin(&self, plugin: &str, sha256: &str, by: &str) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "INSERT INTO plugin_pins (plugin, sha256, pinned_by, pinned_unix_ms)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (plugin) DO UPDATE SET sha256 = ?2, pinned_by = ?3, pinned_unix_ms = ?4",
+                params![plugin, sha256, by, super::now_ms() as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    fn plugin_pins(&self) -> Result<Vec<(String, String)>, StateError> {
+        let c = self.read();
+        let mut s = c
+            .prepare_cached("SELECT plugin, sha256 FROM plugin_pins ORDER BY plugin")
+            .map_err(|e| self.err(e))?;
+        let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
     fn plugin_settings(&self) -> Result<Vec<(String, String, Vec<u8>, bool)>, StateError> {

@@ -64,5 +64,5 @@ pub use engine::{EPOCH_TICK, Host};
 pub use instance::{
     ActionInstance, CipherInstance, CodecInstance, QuiescerInstance, TargetInstance,
 };
-pub use load::{LoadError, LoadedPlugin, Refusal, TrustBasis};
+pub use load::{LoadError, LoadedPlugin, Refusal, TrustBasis, signed_by};
 pub use worlds::{CallError, Encoded, FailReason, PluginError, action, target};

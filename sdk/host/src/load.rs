@@ -354,24 +354,9 @@ fn trust(
             ))
         };
     }
-    if let Some(sig) = &m.signature {
-        let sig_bytes = hex::decode(sig)
-            .ok()
-            .and_then(|b| <[u8; 64]>::try_from(b).ok())
-            .ok_or((Refusal::Manifest, "signature: expected 128 hex digits".to_owned()))?;
-        let sig = ed25519_dalek::Signature::from_bytes(&sig_bytes);
-        for key_hex in &config.trusted_keys {
-            let Some(key) = hex::decode(key_hex)
-                .ok()
-                .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                .and_then(|b| ed25519_dalek::VerifyingKey::from_bytes(&b).ok())
-            else {
-                tracing::warn!(key = %key_hex, "ignoring malformed trusted key (expected 64 hex digits)");
-                continue;
-            };
-            if key.verify_strict(&m.signed_message(), &sig).is_ok() {
-                return Ok(TrustBasis::Signed(key_hex.to_ascii_lowercase()));
-            }
+    if m.signature.is_some() {
+        if let Some(key) = signed_by(m, &config.trusted_keys).map_err(|e| (Refusal::Manifest, e))? {
+            return Ok(TrustBasis::Signed(key));
         }
         if !config.allow_unsigned {
             return Err((
@@ -392,6 +377,31 @@ fn trust(
          plugins.grants.<name>.sha256 or add its publisher to plugins.trusted_keys"
             .to_owned(),
     ))
+}
+
+/// The trusted key (hex, lower case) whose signature the manifest carries, if any; an error
+/// for a malformed signature.
+pub fn signed_by(m: &Manifest, trusted_keys: &[String]) -> Result<Option<String>, String> {
+    let Some(sig) = &m.signature else { return Ok(None) };
+    let sig_bytes = hex::decode(sig)
+        .ok()
+        .and_then(|b| <[u8; 64]>::try_from(b).ok())
+        .ok_or_else(|| "signature: expected 128 hex digits".to_owned())?;
+    let sig = ed25519_dalek::Signature::from_bytes(&sig_bytes);
+    for key_hex in trusted_keys {
+        let Some(key) = hex::decode(key_hex)
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .and_then(|b| ed25519_dalek::VerifyingKey::from_bytes(&b).ok())
+        else {
+            tracing::warn!(key = %key_hex, "ignoring malformed trusted key (expected 64 hex digits)");
+            continue;
+        };
+        if key.verify_strict(&m.signed_message(), &sig).is_ok() {
+            return Ok(Some(key_hex.to_ascii_lowercase()));
+        }
+    }
+    Ok(None)
 }
 
 fn effective(m: &Manifest, g: &Grant) -> Result<Effective, String> {

@@ -4,8 +4,10 @@
 //! A plugin's settings come from its grant (`plugins.grants.<name>.settings` of the
 //! configuration file) unless the process gave the registry others for it
 //! ([`Registry::set_settings`]: the appliance's stored target settings, edited in its web
-//! UI); those replace the grant's settings whole. Everything else a grant holds — trust,
-//! directories, HTTP hosts, limits — stays the file's.
+//! UI); those replace the grant's settings whole. Likewise a pin the process gives
+//! ([`Registry::set_pin`]: an administrator trusting an uploaded build) replaces the
+//! grant's `sha256`. Everything else a grant holds — directories, HTTP hosts, TLS roots,
+//! limits — stays the file's.
 
 use crate::config::PluginsConfig;
 use crate::engine::Host;
@@ -33,49 +35,93 @@ pub struct Registry {
     host: Host,
     config: PluginsConfig,
     current: RwLock<Arc<PluginSet>>,
-    /// Settings that replace a grant's, by plugin name.
-    settings: RwLock<BTreeMap<String, BTreeMap<String, String>>>,
+    /// Settings and pins that replace a grant's.
+    overrides: RwLock<Overrides>,
+}
+
+/// What the process gives the registry in place of the configuration file's grants.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// Settings that replace a grant's `settings`, by plugin name.
+    pub settings: BTreeMap<String, BTreeMap<String, String>>,
+    /// sha256 pins that replace a grant's `sha256`, by plugin name.
+    pub pins: BTreeMap<String, String>,
 }
 
 impl Registry {
     /// Loads every plugin in `config.dir`.
     pub fn new(host: Host, config: PluginsConfig) -> Registry {
-        Registry::with_settings(host, config, BTreeMap::new())
+        Registry::with_overrides(host, config, Overrides::default())
     }
 
-    /// Loads every plugin in `config.dir`, with `settings` in place of the grants'
-    /// settings of the plugins it names.
-    pub fn with_settings(
-        host: Host,
-        config: PluginsConfig,
-        settings: BTreeMap<String, BTreeMap<String, String>>,
-    ) -> Registry {
+    /// Loads every plugin in `config.dir`, with `overrides` in place of what the grants
+    /// of the plugins it names say.
+    pub fn with_overrides(host: Host, config: PluginsConfig, overrides: Overrides) -> Registry {
         let r = Registry {
             host,
             config,
             current: RwLock::new(Arc::new(PluginSet::default())),
-            settings: RwLock::new(settings),
+            overrides: RwLock::new(overrides),
         };
         r.reload();
         r
     }
 
+    /// The plugins directory.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.config.dir
+    }
+
+    /// The publisher keys whose signatures are trusted.
+    pub fn trusted_keys(&self) -> &[String] {
+        &self.config.trusted_keys
+    }
+
+    /// Pins `plugin` to the build with this sha256 (hex) in place of its grant's pin, from
+    /// the next [`Registry::reload`] on.
+    pub fn set_pin(&self, plugin: &str, sha256: &str) {
+        let mut o = self.overrides.write().unwrap_or_else(|p| p.into_inner());
+        o.pins.insert(plugin.to_owned(), sha256.to_ascii_lowercase());
+    }
+
+    /// Loads the plugin files at `wasm` (and its `.toml`) under the current trust and
+    /// grants, or trusting exactly the build `pin` instead, without swapping anything in:
+    /// to check an uploaded plugin (its manifest, its build, its world, what it requests).
+    pub fn load_file(
+        &self,
+        wasm: &std::path::Path,
+        pin: Option<&str>,
+    ) -> Result<Arc<LoadedPlugin>, LoadError> {
+        let mut config = self.effective();
+        if let Some(pin) = pin {
+            let name = crate::manifest::Manifest::load(&wasm.with_extension("toml"))
+                .map(|m| m.name)
+                .unwrap_or_default();
+            config.grants.entry(name).or_default().sha256 = Some(pin.to_owned());
+        }
+        self.host.load(wasm, &config)
+    }
+
     /// Gives `plugin` these settings in place of its grant's (`None`: its grant's again),
     /// from the next [`Registry::reload`] on.
     pub fn set_settings(&self, plugin: &str, settings: Option<BTreeMap<String, String>>) {
-        let mut all = self.settings.write().unwrap_or_else(|p| p.into_inner());
+        let mut o = self.overrides.write().unwrap_or_else(|p| p.into_inner());
         match settings {
-            Some(s) => all.insert(plugin.to_owned(), s),
-            None => all.remove(plugin),
+            Some(s) => o.settings.insert(plugin.to_owned(), s),
+            None => o.settings.remove(plugin),
         };
     }
 
-    /// The configuration plugins are loaded under: the file's, with the settings given
-    /// by [`Registry::set_settings`] in place of the grants' settings.
+    /// The configuration plugins are loaded under: the file's, with the settings and pins
+    /// given by [`Registry::set_settings`] and [`Registry::set_pin`] in place of the grants'.
     fn effective(&self) -> PluginsConfig {
         let mut config = self.config.clone();
-        for (name, s) in self.settings.read().unwrap_or_else(|p| p.into_inner()).iter() {
+        let o = self.overrides.read().unwrap_or_else(|p| p.into_inner());
+        for (name, s) in &o.settings {
             config.grants.entry(name.clone()).or_default().settings = s.clone();
+        }
+        for (name, pin) in &o.pins {
+            config.grants.entry(name.clone()).or_default().sha256 = Some(pin.clone());
         }
         config
     }
