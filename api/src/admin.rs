@@ -160,6 +160,68 @@ pub struct PluginSetting {
     pub value: Option<String>,
 }
 
+/// An administrator (`GET /api/v1/admins`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdminInfo {
+    /// The name they log in with.
+    pub name: String,
+    /// When the account was made.
+    pub created_unix_ms: u64,
+    /// Their live sessions.
+    pub sessions: u64,
+}
+
+/// `GET /api/v1/admins`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdminList {
+    /// By name.
+    pub admins: Vec<AdminInfo>,
+}
+
+/// `POST /api/v1/admins`: another administrator (the same rules as the first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewAdmin {
+    /// 1 to 64 ASCII letters, digits, `.`, `_`, `-`.
+    pub name: String,
+    /// 12 to 1024 characters.
+    pub password: String,
+}
+
+/// `PUT /api/v1/admins/{name}/password`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewPassword {
+    /// 12 to 1024 characters.
+    pub password: String,
+}
+
+/// A live administrator session (`GET /api/v1/sessions`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionEntry {
+    /// Names the session (the first 16 hex digits of its token's sha256; it cannot open it).
+    pub id: String,
+    /// Whose it is.
+    pub admin: String,
+    /// When it began (unknown for sessions older than this field).
+    pub created_unix_ms: Option<u64>,
+    /// When it ends.
+    pub expires_unix_ms: u64,
+    /// It is the session of this request.
+    pub current: bool,
+}
+
+/// `GET /api/v1/sessions`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionList {
+    /// Newest expiry first.
+    pub sessions: Vec<SessionEntry>,
+}
+
 /// `GET /api/v1/target`: the target plugin this appliance replicates to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]

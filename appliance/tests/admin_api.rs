@@ -278,7 +278,7 @@ async fn the_router_serves_exactly_the_documented_operations() {
             operations += 1;
         }
     }
-    assert_eq!(operations, 55, "the document lists every operation of the configuration server");
+    assert_eq!(operations, 61, "the document lists every operation of the configuration server");
     for (m, path) in [
         (Method::GET, "/api/v1/nothing"),
         (Method::DELETE, "/api/v1/machines"),
@@ -1972,4 +1972,130 @@ async fn uploaded_plugins_wait_in_quarantine_until_an_administrator_trusts_them(
     let (st, _) = call(&c, Method::DELETE, "/api/v1/plugin-uploads/..", dp, t, "").await;
     assert_eq!(st, StatusCode::NOT_FOUND);
     assert!(reg.get("dirtarget").is_none());
+}
+
+/// Issue 13, settings: administrators added, their passwords changed (their other sessions
+/// end), removed (never oneself, never the last); live sessions listed and ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn administrators_and_their_sessions() {
+    let s = start().await;
+    let c = s.client(None);
+    let root = setup_admin(&c, &s.state).await;
+    let t = Some(root.as_str());
+    let (ap, sp) = ("/api/v1/admins", "/api/v1/sessions");
+    let login = |name: &'static str, password: &'static str| {
+        let c = &c;
+        async move {
+            let body = serde_json::json!({"name": name, "password": password}).to_string();
+            let (st, v) =
+                call(c, Method::POST, "/api/v1/login", "/api/v1/login", None, &body).await;
+            (st, v["token"].as_str().map(str::to_owned))
+        }
+    };
+    let (st, v) = call(&c, Method::GET, ap, ap, t, "").await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(v["admins"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        (v["admins"][0]["name"].as_str(), v["admins"][0]["sessions"].as_u64()),
+        (Some("root"), Some(1))
+    );
+    for (body, field) in [
+        (r#"{"name":"no spaces","password":"long enough password"}"#, "name: "),
+        (r#"{"name":"ops","password":"short"}"#, "password: "),
+        (r#"{"name":"ops"}"#, ""),
+    ] {
+        let (st, v) = call(&c, Method::POST, ap, ap, t, body).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{body}: {v}");
+        assert!(v["error"].as_str().unwrap().starts_with(field), "{v}");
+    }
+    let ops = r#"{"name":"ops","password":"another long password"}"#;
+    let (st, _) = call(&c, Method::POST, ap, ap, None, ops).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let (st, v) = call(&c, Method::POST, ap, ap, t, ops).await;
+    assert_eq!((st, v["admins"].as_array().unwrap().len()), (StatusCode::CREATED, 2), "{v}");
+    let (st, v) = call(&c, Method::POST, ap, ap, t, ops).await;
+    assert_eq!((st, v["code"].as_str()), (StatusCode::CONFLICT, Some("admin_exists")));
+
+    // Sessions: listed with the caller's marked; ending one logs it out.
+    let (st, ops_token) = login("ops", "another long password").await;
+    assert_eq!(st, StatusCode::OK);
+    let ops_token = ops_token.unwrap();
+    let (_, v) = call(&c, Method::GET, sp, sp, t, "").await;
+    let sessions = v["sessions"].as_array().unwrap().clone();
+    assert_eq!(sessions.len(), 2);
+    let mine: Vec<_> = sessions.iter().filter(|x| x["current"] == true).collect();
+    assert_eq!((mine.len(), mine[0]["admin"].as_str()), (1, Some("root")));
+    assert!(!v.to_string().contains(&ops_token) && !v.to_string().contains(&root));
+    let theirs =
+        sessions.iter().find(|x| x["admin"] == "ops").unwrap()["id"].as_str().unwrap().to_owned();
+    let one = "/api/v1/sessions/{id}";
+    let (st, _) = call(&c, Method::DELETE, "/api/v1/sessions/0123456789abcdef", one, t, "").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (st, _) = call(&c, Method::DELETE, "/api/v1/sessions/..", one, t, "").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (st, v) = call(&c, Method::DELETE, &format!("/api/v1/sessions/{theirs}"), one, t, "").await;
+    assert_eq!((st, v["sessions"].as_array().unwrap().len()), (StatusCode::OK, 1), "{v}");
+    let (st, _) = call(&c, Method::GET, sp, sp, Some(&ops_token), "").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED, "an ended session no longer works");
+
+    // A new password ends the administrator's other sessions, not the caller's.
+    let (_, ops_token) = login("ops", "another long password").await;
+    let ops_token = ops_token.unwrap();
+    let pp = "/api/v1/admins/{name}/password";
+    let (st, v) =
+        call(&c, Method::PUT, "/api/v1/admins/ops/password", pp, t, r#"{"password":"short"}"#)
+            .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    let (st, _) = call(
+        &c,
+        Method::PUT,
+        "/api/v1/admins/nosuch/password",
+        pp,
+        t,
+        r#"{"password":"a new long password"}"#,
+    )
+    .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (st, _) = call(
+        &c,
+        Method::PUT,
+        "/api/v1/admins/ops/password",
+        pp,
+        t,
+        r#"{"password":"a new long password"}"#,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, _) = call(&c, Method::GET, sp, sp, Some(&ops_token), "").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    assert_eq!(login("ops", "another long password").await.0, StatusCode::UNAUTHORIZED);
+    let (st, ops_token) = login("ops", "a new long password").await;
+    assert_eq!(st, StatusCode::OK);
+    let ops_token = ops_token.unwrap();
+    let (st, _) = call(
+        &c,
+        Method::PUT,
+        "/api/v1/admins/ops/password",
+        pp,
+        Some(&ops_token),
+        r#"{"password":"a third long password"}"#,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, _) = call(&c, Method::GET, sp, sp, Some(&ops_token), "").await;
+    assert_eq!(st, StatusCode::OK, "changing one's own password keeps one's session");
+
+    // Removal: never oneself; another one, with their sessions.
+    let dp = "/api/v1/admins/{name}";
+    let (st, v) = call(&c, Method::DELETE, "/api/v1/admins/root", dp, t, "").await;
+    assert_eq!((st, v["code"].as_str()), (StatusCode::CONFLICT, Some("self")));
+    let (st, _) = call(&c, Method::DELETE, "/api/v1/admins/nosuch", dp, t, "").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (st, v) = call(&c, Method::DELETE, "/api/v1/admins/ops", dp, t, "").await;
+    assert_eq!((st, v["admins"].as_array().unwrap().len()), (StatusCode::OK, 1), "{v}");
+    let (st, _) = call(&c, Method::GET, sp, sp, Some(&ops_token), "").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    assert_eq!(login("ops", "a third long password").await.0, StatusCode::UNAUTHORIZED);
+    // The store never removes the last administrator.
+    assert_eq!(s.state.delete_admin("root").unwrap(), Some(false));
 }

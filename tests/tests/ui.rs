@@ -42,6 +42,7 @@ fn the_wizard_claims_the_appliance_and_the_dashboard_shows_the_registered_machin
         .env("LIFEBOAT_URL", format!("https://127.0.0.1:{}", site.config_port))
         .env("LIFEBOAT_SETUP_TOKEN", &token)
         .env("LIFEBOAT_SHOTS", &shots)
+        .env("LIFEBOAT_BUILT_PLUGINS", build_dirs().1)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()

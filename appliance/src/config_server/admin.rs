@@ -432,6 +432,70 @@ impl Admins {
         self.state.session(&token_key(token))?.ok_or(AdminError::Unauthenticated)
     }
 
+    /// Hashes a password on a blocking thread, within the hashing slots logins use.
+    async fn hash(&self, password: &str) -> Result<String, AdminError> {
+        check_password(password)?;
+        let _permit = self.hashing.acquire().await.map_err(|e| AdminError::Hash(e.to_string()))?;
+        let p = password.to_owned();
+        tokio::task::spawn_blocking(move || hash_password(&p))
+            .await
+            .map_err(|e| AdminError::Hash(e.to_string()))?
+    }
+
+    /// Adds an administrator; false if the name is taken (nothing written).
+    pub async fn add(&self, name: &str, password: &str) -> Result<bool, AdminError> {
+        check_name(name)?;
+        let hash = self.hash(password).await?;
+        Ok(self.state.add_admin(name, &hash)?)
+    }
+
+    /// Sets an administrator's password and ends their other sessions (all but the
+    /// session `token`, when it is theirs); false if there is no such administrator.
+    pub async fn set_password(
+        &self,
+        name: &str,
+        password: &str,
+        token: &str,
+    ) -> Result<bool, AdminError> {
+        check_name(name)?;
+        let hash = self.hash(password).await?;
+        Ok(self.state.set_admin_hash(name, &hash, Some(&token_key(token)))?)
+    }
+
+    /// Live sessions: (id, administrator, created, expires, whether it is `token`'s). The id
+    /// is the first 16 hex digits of the token's sha256: it names a session without being
+    /// able to open one.
+    #[allow(clippy::type_complexity)]
+    pub fn sessions(
+        &self,
+        token: &str,
+    ) -> Result<Vec<(String, String, Option<u64>, u64, bool)>, AdminError> {
+        let own = token_key(token);
+        Ok(self
+            .state
+            .sessions()?
+            .into_iter()
+            .map(|(key, admin, created, expires)| {
+                (key[..16].to_owned(), admin, created, expires, key == own)
+            })
+            .collect())
+    }
+
+    /// Ends the session with this id (see [`Admins::sessions`]); false if none has it.
+    pub fn end_session(&self, id: &str) -> Result<bool, AdminError> {
+        if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(false);
+        }
+        let id = id.to_ascii_lowercase();
+        match self.state.sessions()?.into_iter().find(|s| s.0.starts_with(&id)) {
+            Some((key, ..)) => {
+                self.state.delete_session(&key)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
     /// Ends a session.
     pub fn logout(&self, token: &str) -> Result<(), AdminError> {
         self.check(token)?;

@@ -25,6 +25,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 mod account;
+mod admins;
 mod agents;
 mod appliance;
 mod failovers;
@@ -353,7 +354,7 @@ fn admin_error(e: crate::config_server::admin::AdminError) -> ApiError {
     info(
         title = "Lifeboat configuration server",
         version = "1",
-        description = "The administrator API (bearer session tokens from POST /api/v1/login) and agent registration. Browsers (the web UI served at /) hold the session in the `lifeboat_session` cookie instead (HttpOnly, Secure, SameSite=Strict; setup and login set it when asked with `X-Lifeboat-Session: cookie`, and then answer without the token); a request authenticated by the cookie that is not a GET must carry the `X-Lifeboat-Csrf` header (403 csrf otherwise). Errors are {\"error\": message, \"code\": code} with an HTTP status; 400 names the field and what is expected. A request body must be declared `Content-Type: application/json` (415 otherwise) and is at most 1 MiB (4 KiB before authentication, 16 KiB for a registration; 413 past it). A request whose `Origin` is not the appliance's own address is refused (403 origin_mismatch)."
+        description = "The administrator API (bearer session tokens from POST /api/v1/login) and agent registration. Browsers (the web UI served at /) hold the session in the `lifeboat_session` cookie instead (HttpOnly, Secure, SameSite=Strict; setup and login set it when asked with `X-Lifeboat-Session: cookie`, and then answer without the token); a request authenticated by the cookie that is not a GET must carry the `X-Lifeboat-Csrf` header (403 csrf otherwise). Errors are {\"error\": message, \"code\": code} with an HTTP status; 400 names the field and what is expected. A request body must be declared `Content-Type: application/json` (415 otherwise) and is at most 1 MiB (4 KiB before authentication, 16 KiB for a registration, 24 MiB for a plugin upload; 413 past it). A request whose `Origin` is not the appliance's own address is refused (403 origin_mismatch)."
     ),
     modifiers(&SessionScheme)
 )]
@@ -439,6 +440,11 @@ fn config_routes() -> OpenApiRouter<Arc<ConfigServerCtx>> {
         .routes(routes!(plugins::trust))
         .routes(routes!(plugins::discard))
         .routes(routes!(plugins::reload))
+        .routes(routes!(admins::list_admins, admins::add_admin))
+        .routes(routes!(admins::delete_admin))
+        .routes(routes!(admins::set_password))
+        .routes(routes!(admins::list_sessions))
+        .routes(routes!(admins::end_session))
         .routes(routes!(groups::list_groups))
         .routes(routes!(groups::put_group, groups::delete_group))
         .routes(routes!(plans::list_plans))

@@ -28,6 +28,29 @@ super::backend_trait! {
 
         /// Ends a session.
         fn delete_session(&self, token_sha256: &str) -> Result<(), StateError>;
+
+        /// Administrators: (name, created), by name.
+        fn admins(&self) -> Result<Vec<(String, u64)>, StateError>;
+
+        /// Adds an administrator; false (nothing written) if the name is taken.
+        fn add_admin(&self, name: &str, password_hash: &str) -> Result<bool, StateError>;
+
+        /// Deletes an administrator and their sessions unless they are the last one:
+        /// `None` if there is no such administrator, `Some(false)` if it is the last.
+        fn delete_admin(&self, name: &str) -> Result<Option<bool>, StateError>;
+
+        /// Sets an administrator's password hash and ends their sessions but `keep` (a
+        /// token's sha256); false if there is no such administrator.
+        fn set_admin_hash(
+            &self,
+            name: &str,
+            password_hash: &str,
+            keep: Option<&str>,
+        ) -> Result<bool, StateError>;
+
+        /// Live sessions: (token sha256, administrator, created if known, expires), newest
+        /// first.
+        fn sessions(&self) -> Result<Vec<(String, String, Option<u64>, u64)>, StateError>;
     }
 }
 
@@ -77,8 +100,9 @@ impl AdminStore for Sqlite {
         c.execute("DELETE FROM sessions WHERE expires_unix_ms <= ?1", params![now_ms() as i64])
             .map_err(|e| self.err(e))?;
         c.execute(
-            "INSERT INTO sessions (token_sha256, admin, expires_unix_ms) VALUES (?1, ?2, ?3)",
-            params![token_sha256, admin, expires_unix_ms as i64],
+            "INSERT INTO sessions (token_sha256, admin, expires_unix_ms, created_unix_ms)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![token_sha256, admin, expires_unix_ms as i64, now_ms() as i64],
         )
         .map_err(|e| self.err(e))?;
         Ok(())
@@ -100,5 +124,97 @@ impl AdminStore for Sqlite {
             .execute("DELETE FROM sessions WHERE token_sha256 = ?1", params![token_sha256])
             .map_err(|e| self.err(e))?;
         Ok(())
+    }
+
+    fn admins(&self) -> Result<Vec<(String, u64)>, StateError> {
+        let c = self.read();
+        let mut s = c
+            .prepare_cached("SELECT name, created_unix_ms FROM admins ORDER BY name")
+            .map_err(|e| self.err(e))?;
+        let rows = s
+            .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    fn add_admin(&self, name: &str, password_hash: &str) -> Result<bool, StateError> {
+        let n = self
+            .conn()
+            .execute(
+                "INSERT INTO admins (name, password_hash, created_unix_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO NOTHING",
+                params![name, password_hash, now_ms() as i64],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(n == 1)
+    }
+
+    fn delete_admin(&self, name: &str) -> Result<Option<bool>, StateError> {
+        let mut c = self.conn();
+        let tx = c.transaction().map_err(|e| self.err(e))?;
+        let exists: i64 = tx
+            .row_cached("SELECT COUNT(*) FROM admins WHERE name = ?1", params![name], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        if exists == 0 {
+            return Ok(None);
+        }
+        let all: i64 = tx
+            .row_cached("SELECT COUNT(*) FROM admins", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        if all <= 1 {
+            return Ok(Some(false));
+        }
+        tx.execute("DELETE FROM admins WHERE name = ?1", params![name]).map_err(|e| self.err(e))?;
+        tx.execute("DELETE FROM sessions WHERE admin = ?1", params![name])
+            .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(Some(true))
+    }
+
+    fn set_admin_hash(
+        &self,
+        name: &str,
+        password_hash: &str,
+        keep: Option<&str>,
+    ) -> Result<bool, StateError> {
+        let mut c = self.conn();
+        let tx = c.transaction().map_err(|e| self.err(e))?;
+        let n = tx
+            .execute(
+                "UPDATE admins SET password_hash = ?2 WHERE name = ?1",
+                params![name, password_hash],
+            )
+            .map_err(|e| self.err(e))?;
+        if n == 0 {
+            return Ok(false);
+        }
+        tx.execute(
+            "DELETE FROM sessions WHERE admin = ?1 AND token_sha256 != ?2",
+            params![name, keep.unwrap_or("")],
+        )
+        .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(true)
+    }
+
+    fn sessions(&self) -> Result<Vec<(String, String, Option<u64>, u64)>, StateError> {
+        let c = self.read();
+        let mut s = c
+            .prepare_cached(
+                "SELECT token_sha256, admin, created_unix_ms, expires_unix_ms FROM sessions
+                 WHERE expires_unix_ms > ?1 ORDER BY expires_unix_ms DESC",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = s
+            .query_map(params![now_ms() as i64], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get::<_, Option<i64>>(2)?.map(|v| v as u64),
+                    r.get::<_, i64>(3)? as u64,
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 }

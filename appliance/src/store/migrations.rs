@@ -234,4 +234,6 @@ pub(super) const MIGRATIONS: &[&str] = &[
         pinned_by TEXT NOT NULL,
         pinned_unix_ms INTEGER NOT NULL
      );",
+    // 22: when each administrator session began (for the sessions list).
+    "ALTER TABLE sessions ADD COLUMN created_unix_ms INTEGER;",
 ];

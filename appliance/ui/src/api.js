@@ -67,5 +67,6 @@ export async function get(path) {
 }
 export const put = (path, body) => call("PUT", path, body);
 export const post = (path, body) => call("POST", path, body);
+export const del = (path) => call("DELETE", path);
 // Setup and login ask for the session as a cookie.
 export const openSession = (path, body) => call("POST", path, body, { "X-Lifeboat-Session": "cookie" });

@@ -1,7 +1,7 @@
 // The dashboard: machines (sortable, filterable, refreshed every 2 s), alerts and jobs.
 import { useState, useEffect } from "preact/hooks";
-import { get, post } from "./api.js";
-import { usePoll, ago, duration } from "./ui.jsx";
+import { get, post, del } from "./api.js";
+import { usePoll, ago, duration, Confirm, FormError } from "./ui.jsx";
 
 const REFRESH_MS = 2000;
 
@@ -191,8 +191,138 @@ function TestTarget({ name }) {
 
 // The plugins the appliance loaded, with why each is trusted, and the settings each
 // declares (a secret's value is never shown); the ones it refused, with the reason.
+// A file's bytes as base64, in chunks (String.fromCharCode takes a bounded argument list).
+async function base64Of(file) {
+  const bytes = new Uint8Array(await file.arrayBuffer());
+  let text = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) text += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  return btoa(text);
+}
+
+// Uploading a plugin: its .wasm and manifest go to quarantine, where they wait for an
+// administrator to trust them.
+function Upload({ onDone }) {
+  const [wasm, setWasm] = useState(null);
+  const [manifest, setManifest] = useState(null);
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState(null);
+  const upload = async (e) => {
+    e.preventDefault();
+    if (!wasm || !manifest) {
+      setError("choose the plugin's .wasm and its manifest (.toml)");
+      return;
+    }
+    setBusy(true);
+    setError(null);
+    try {
+      await post("/api/v1/plugin-uploads", { manifest: await manifest.text(), wasm_base64: await base64Of(wasm) });
+      e.target.reset();
+      setWasm(null);
+      setManifest(null);
+      onDone();
+    } catch (err) {
+      setError(err.message);
+    } finally {
+      setBusy(false);
+    }
+  };
+  return (
+    <form class="panel" onSubmit={upload} noValidate aria-labelledby="upload-h">
+      <h3 id="upload-h">Upload a plugin</h3>
+      <p class="help">It is checked (manifest, sha256, a component of the world it claims) and kept in quarantine, never run, until an administrator trusts it.</p>
+      <div class="grid">
+        <div class="field">
+          <label for="upload-wasm">Plugin (.wasm)</label>
+          <input id="upload-wasm" type="file" accept=".wasm,application/wasm" onChange={(e) => setWasm(e.currentTarget.files[0] || null)} />
+        </div>
+        <div class="field">
+          <label for="upload-toml">Manifest (.toml)</label>
+          <input id="upload-toml" type="file" accept=".toml" onChange={(e) => setManifest(e.currentTarget.files[0] || null)} />
+        </div>
+      </div>
+      <FormError error={error} />
+      <div class="buttons">
+        <button type="submit" disabled={busy}>Upload</button>
+      </div>
+    </form>
+  );
+}
+
+// An upload in quarantine: what it is and asks for, trusted (pinned) or discarded after a
+// confirmation.
+function Quarantined({ q, onDone }) {
+  const [asking, setAsking] = useState(null);
+  const trust = () => post(`/api/v1/plugin-uploads/${encodeURIComponent(q.name)}/trust`, { sha256: q.sha256 });
+  const discard = () => del(`/api/v1/plugin-uploads/${encodeURIComponent(q.name)}`);
+  return (
+    <article class="panel plugin" data-upload={q.name}>
+      <h4>
+        {q.name} <span class="kind">{q.kind} {q.version}</span> <span class="badge warn">quarantined</span>
+      </h4>
+      <dl class="facts">
+        <div>
+          <dt>sha256</dt>
+          <dd><code class="fp">{q.sha256}</code></dd>
+        </div>
+        <div>
+          <dt>Signature</dt>
+          <dd>{q.signed_by ? `signed by trusted key ${q.signed_by}` : "not signed by a trusted key"}</dd>
+        </div>
+        <div>
+          <dt>Asks for</dt>
+          <dd>{q.requests}</dd>
+        </div>
+        <div>
+          <dt>Once trusted</dt>
+          <dd data-once={q.once_trusted === "loads" ? "loads" : "refused"}>{q.once_trusted === "loads" ? "it loads with what the configuration grants" : q.once_trusted}</dd>
+        </div>
+        {q.replaces && (
+          <div>
+            <dt>Replaces</dt>
+            <dd>{q.replaces}</dd>
+          </div>
+        )}
+        <div>
+          <dt>Uploaded</dt>
+          <dd>{ago(q.uploaded_unix_ms)}</dd>
+        </div>
+      </dl>
+      <div class="buttons">
+        <button type="button" onClick={() => setAsking("trust")}>Trust {q.name}…</button>
+        <button type="button" class="secondary" onClick={() => setAsking("discard")}>Discard {q.name}…</button>
+      </div>
+      {asking === "trust" && (
+        <Confirm title={`Trust ${q.name}?`} action={`Trust and install ${q.name}`} onConfirm={async () => { await trust(); setAsking(null); onDone(); }} onCancel={() => setAsking(null)} danger>
+          <p>
+            The build with sha256 <code class="fp">{q.sha256}</code> is pinned and installed in the plugins directory, and the plugins are
+            reloaded{q.replaces ? `; it replaces ${q.replaces}` : ""}. Its code then runs in the appliance's sandbox with what the
+            configuration file grants it, nothing more. Compare the sha256 with the one its publisher gives.
+          </p>
+        </Confirm>
+      )}
+      {asking === "discard" && (
+        <Confirm title={`Discard ${q.name}?`} action={`Discard ${q.name}`} onConfirm={async () => { await discard(); setAsking(null); onDone(); }} onCancel={() => setAsking(null)}>
+          <p>The upload is deleted from quarantine; nothing installed changes.</p>
+        </Confirm>
+      )}
+    </article>
+  );
+}
+
 export function Plugins() {
-  const [data, error] = usePoll(() => get("/api/v1/plugins"), 10000);
+  const [tick, setTick] = useState(0);
+  const [data, error] = usePoll(() => get("/api/v1/plugins"), 10000, [tick]);
+  const refresh = () => setTick((t) => t + 1);
+  const [reloaded, setReloaded] = useState(null);
+  const reload = async () => {
+    try {
+      const list = await post("/api/v1/plugins/reload");
+      setReloaded(`Reloaded: ${list.plugins.filter((p) => p.trust !== "refused").length} loaded, ${list.plugins.filter((p) => p.trust === "refused").length} refused.`);
+      refresh();
+    } catch (e) {
+      setReloaded(e.message);
+    }
+  };
   const plugins = data?.plugins || [];
   const loaded = plugins.filter((p) => p.trust !== "refused");
   const refused = plugins.filter((p) => p.trust === "refused");
@@ -238,12 +368,20 @@ export function Plugins() {
           <h3>Refused</h3>
           <ul class="alerts">
             {refused.map((p) => (
-              <li class="critical">{p.message}</li>
+              <li class="critical" data-refused={p.name}>{p.message}</li>
             ))}
           </ul>
         </>
       )}
-      <p class="help">Plugins are installed in the appliance's plugins directory and granted in its configuration (see docs/plugins.md); the appliance loads them again on SIGHUP.</p>
+      <h3>Quarantine</h3>
+      {data && data.quarantined.length === 0 && <p>No upload is waiting.</p>}
+      {data?.quarantined.map((q) => <Quarantined q={q} onDone={refresh} />)}
+      <Upload onDone={refresh} />
+      <p class="help">What a plugin may reach (directories, hosts, commands) is granted in the appliance's configuration (see docs/plugins.md); the appliance loads the plugins directory again on SIGHUP or here.</p>
+      <div class="buttons">
+        <button type="button" class="secondary" onClick={reload}>Reload plugins</button>
+      </div>
+      {reloaded && <p role="status">{reloaded}</p>}
     </section>
   );
 }

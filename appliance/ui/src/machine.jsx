@@ -395,6 +395,32 @@ function Actions({ m, points, failover, tests, pick, setPick, onJob }) {
   );
 }
 
+// Gives the machine another policy (made on the Policies screen); agents take it at their
+// next check.
+function PolicyPicker({ id, current, names }) {
+  const [value, setValue] = useState(current);
+  const [saved, setSaved] = useState(false);
+  const [errors, , fail] = useErrors(["policy"]);
+  const save = async (e) => {
+    e.preventDefault();
+    setSaved(false);
+    try {
+      await put(`/api/v1/machines/${id}/policy`, { policy: value });
+      setSaved(true);
+    } catch (err) {
+      fail(err);
+    }
+  };
+  return (
+    <form class="inline-form" onSubmit={save} aria-label="Policy of this machine">
+      <Select label="Policy" name="policy" value={value} onInput={setValue} options={names.map((n) => [n, n])} error={errors.policy} />
+      <button type="submit" class="secondary" disabled={value === current && !saved}>Give it this policy</button>
+      {saved && <p class="ok" role="status">Saved; its agent takes it at its next check.</p>}
+      <FormError error={errors.form} />
+    </form>
+  );
+}
+
 export function MachinePage({ id }) {
   const [list, listError] = usePoll(() => get("/api/v1/machines"), REFRESH_MS, [id]);
   const [pts] = usePoll(() => get(`/api/v1/machines/${id}/points`), REFRESH_MS, [id]);
@@ -467,6 +493,7 @@ export function MachinePage({ id }) {
           <dd data-failover-state={failover?.state || "none"}>{failover ? `${failover.state}${failover.vm ? ` (VM ${failover.vm})` : ""}` : "none"}</dd>
         </div>
       </dl>
+      {pols && <PolicyPicker id={id} current={m.policy} names={pols.policies.map((p) => p.name)} />}
       <h3>Actions</h3>
       <Actions m={m} points={points} failover={failover} tests={tests} pick={pick} setPick={setPick} onJob={(j) => setJobs([j, ...jobs])} />
       {jobs.map((j) => (

@@ -8,6 +8,7 @@ import { Wizard } from "./wizard.jsx";
 import { Machines, Alerts, Jobs, Plugins } from "./dashboard.jsx";
 import { Plans } from "./plans.jsx";
 import { Settings } from "./settings.jsx";
+import { Policies } from "./policies.jsx";
 import "./app.css";
 
 function useHash() {
@@ -66,6 +67,7 @@ const PAGES = [
   ["#/plans", "Plans", Plans],
   ["#/alerts", "Alerts", Alerts],
   ["#/jobs", "Jobs", Jobs],
+  ["#/policies", "Policies", Policies],
   ["#/plugins", "Plugins", Plugins],
   ["#/settings", "Settings", Settings],
 ];

@@ -12,7 +12,8 @@
 // local target, refuses a mistyped recovery passphrase, shows the registration command (which the Rust side then runs); the
 // dashboard shows the registered machine protected without a reload; a wizard left half
 // way resumes at its step; a session that ended returns to the login; the machine's page
-// draws its plots from stored samples, refuses a bad VM setting beside its field, and runs
+// draws its plots from stored samples, a plugin uploaded from the Plugins screen waits in
+// quarantine until trusted from a confirmed dialog, refuses a bad VM setting beside its field, and runs
 // a test failover and its cleanup as jobs followed live; axe-core finds no
 // serious or critical violation on any screen; every screen is saved as a screenshot.
 import { chromium } from "playwright-core";
@@ -287,6 +288,27 @@ try {
   const said = await health.textContent();
   check((await health.getAttribute("data-ok")) === "true" && /writable/.test(said), `the local target's own health message is shown (${said})`);
   await screen(page, "17-plugins");
+  // Upload a plugin: a build that is not its manifest's sha256 is refused; the real one
+  // waits in quarantine (not loaded) until trusted from a confirmed dialog, then loads pinned.
+  const built = process.env.LIFEBOAT_BUILT_PLUGINS;
+  await page.setInputFiles("#upload-wasm", `${built}/zstd.wasm`);
+  await page.setInputFiles("#upload-toml", `${built}/hostile.toml`);
+  await page.getByRole("button", { name: "Upload", exact: true }).click();
+  const uploadError = await page.locator("form[aria-labelledby=upload-h] .form-error").textContent();
+  check(/sha256/.test(uploadError), `a build that is not the manifest's is refused (${uploadError})`);
+  await page.setInputFiles("#upload-wasm", `${built}/hostile.wasm`);
+  await page.setInputFiles("#upload-toml", `${built}/hostile.toml`);
+  await page.getByRole("button", { name: "Upload", exact: true }).click();
+  const upload = page.locator('article[data-upload="hostile"]');
+  await upload.waitFor();
+  check((await upload.locator("dd[data-once]").getAttribute("data-once")) === "loads", "the upload is described, loading once trusted");
+  check((await page.locator('article[data-plugin="hostile"]').count()) === 0, "a quarantined plugin is not loaded");
+  await screen(page, "17b-plugins-quarantine");
+  await upload.getByRole("button", { name: "Trust hostile…" }).click();
+  await page.getByRole("dialog").getByRole("button", { name: "Trust and install hostile" }).click();
+  await page.locator('article[data-plugin="hostile"]').waitFor({ timeout: 15000 });
+  check((await page.locator('article[data-plugin="hostile"]').textContent()).includes("pinned"), "the trusted upload loads pinned");
+  check((await page.locator('article[data-upload="hostile"]').count()) === 0, "it left quarantine");
 
   // 11. Settings: a new registration passphrase shown once (the old unused ones stop
   // working), the CA's first rotation step confirmed, the recovery passphrase set.
