@@ -3,6 +3,9 @@
 use super::{CachedRow, Sqlite, State, StateError, now_ms};
 use rusqlite::{OptionalExtension, params};
 
+/// A live session: (token sha256, administrator, created if known, expires).
+pub type SessionRow = (String, String, Option<u64>, u64);
+
 super::backend_trait! {
     /// Administrators and their sessions.
     AdminStore {
@@ -50,7 +53,7 @@ super::backend_trait! {
 
         /// Live sessions: (token sha256, administrator, created if known, expires), newest
         /// first.
-        fn sessions(&self) -> Result<Vec<(String, String, Option<u64>, u64)>, StateError>;
+        fn sessions(&self) -> Result<Vec<SessionRow>, StateError>;
     }
 }
 
@@ -197,7 +200,7 @@ impl AdminStore for Sqlite {
         Ok(true)
     }
 
-    fn sessions(&self) -> Result<Vec<(String, String, Option<u64>, u64)>, StateError> {
+    fn sessions(&self) -> Result<Vec<SessionRow>, StateError> {
         let c = self.read();
         let mut s = c
             .prepare_cached(

@@ -5,6 +5,9 @@ use lifeboat_api::Policy;
 use lifeboat_wire::MachineId;
 use rusqlite::{OptionalExtension, params};
 
+/// A stored plugin setting: (plugin, name, value, sealed).
+pub type PluginSettingRow = (String, String, Vec<u8>, bool);
+
 super::backend_trait! {
     /// Recovery plans, policies, appliance settings and counters.
     SettingStore {
@@ -41,7 +44,7 @@ super::backend_trait! {
         ) -> Result<(), StateError>;
 
         /// Every stored plugin setting: (plugin, name, value, sealed), by plugin and name.
-        fn plugin_settings(&self) -> Result<Vec<(String, String, Vec<u8>, bool)>, StateError>;
+        fn plugin_settings(&self) -> Result<Vec<PluginSettingRow>, StateError>;
 
         /// Pins `plugin` to the build `sha256`, trusted by the administrator `by`.
         fn set_plugin_pin(&self, plugin: &str, sha256: &str, by: &str) -> Result<(), StateError>;
@@ -175,7 +178,7 @@ impl SettingStore for Sqlite {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
-    fn plugin_settings(&self) -> Result<Vec<(String, String, Vec<u8>, bool)>, StateError> {
+    fn plugin_settings(&self) -> Result<Vec<PluginSettingRow>, StateError> {
         let c = self.read();
         let mut s = c
             .prepare_cached(

@@ -1,10 +1,11 @@
-// Settings: the target and its settings (target.jsx), one-time registration passphrases (made here, shown once), the certificate
-// authority and its rotation (one confirmed step at a time), and whether the recovery
-// passphrase seals the catalogue at the target.
+// Settings: the target and its settings (target.jsx), one-time registration passphrases
+// (made here, shown once), the certificate authority and its rotation (one confirmed step
+// at a time), whether the recovery passphrase seals the catalogue at the target, the
+// administrators (added, passwords set, removed) and the live sessions (ended).
 import { useState } from "preact/hooks";
 import { TargetForm } from "./target.jsx";
-import { get, post } from "./api.js";
-import { usePoll, Confirm, ago } from "./ui.jsx";
+import { get, post, put, del } from "./api.js";
+import { usePoll, Confirm, ago, when, Field, FormError, useErrors } from "./ui.jsx";
 
 const ROTATION = {
   steady: [
@@ -131,7 +132,128 @@ function Recovery() {
   );
 }
 
+function Administrators({ me }) {
+  const [tick, setTick] = useState(0);
+  const [list, error] = usePoll(() => get("/api/v1/admins"), 10000, [tick]);
+  const [name, setName] = useState("");
+  const [password, setPassword] = useState("");
+  const [again, setAgain] = useState("");
+  const [errors, setErrors, fail] = useErrors(["name", "password"]);
+  const [asking, setAsking] = useState(null);
+  const [newPassword, setNewPassword] = useState("");
+  const [done, setDone] = useState(null);
+  const refresh = () => setTick((t) => t + 1);
+  const add = async (e) => {
+    e.preventDefault();
+    if (password !== again) return setErrors({ again: "the two passwords differ" });
+    try {
+      await post("/api/v1/admins", { name, password });
+      setDone(`Administrator ${name} added.`);
+      setName("");
+      setPassword("");
+      setAgain("");
+      setErrors({});
+      refresh();
+    } catch (err) {
+      fail(err);
+    }
+  };
+  return (
+    <section class="panel" aria-labelledby="admins-h">
+      <h3 id="admins-h">Administrators</h3>
+      {error && <p class="error" role="alert">{error.message}</p>}
+      <table class="list">
+        <caption class="sr-only">Administrators</caption>
+        <thead>
+          <tr>
+            <th scope="col">Name</th>
+            <th scope="col">Since</th>
+            <th scope="col">Sessions</th>
+            <th scope="col"><span class="sr-only">Actions</span></th>
+          </tr>
+        </thead>
+        <tbody>
+          {(list?.admins || []).map((a) => (
+            <tr data-admin={a.name}>
+              <th scope="row">{a.name}{a.name === me ? " (you)" : ""}</th>
+              <td>{when(a.created_unix_ms)}</td>
+              <td>{a.sessions}</td>
+              <td>
+                <button type="button" class="secondary" onClick={() => { setNewPassword(""); setAsking({ what: "password", name: a.name }); }}>Set password of {a.name}…</button>
+                {a.name !== me && <button type="button" class="secondary" onClick={() => setAsking({ what: "remove", name: a.name })}>Remove {a.name}…</button>}
+              </td>
+            </tr>
+          ))}
+        </tbody>
+      </table>
+      {done && <p class="ok" role="status">{done}</p>}
+      <form onSubmit={add} noValidate aria-labelledby="add-admin-h">
+        <h4 id="add-admin-h">Add an administrator</h4>
+        <div class="grid">
+          <Field label="New administrator's name" name="name" value={name} onInput={setName} error={errors.name} autocomplete="off" />
+          <Field label="Their password" name="password" type="password" value={password} onInput={setPassword} error={errors.password} autocomplete="new-password" help="At least 12 characters." />
+          <Field label="Their password again" name="again" type="password" value={again} onInput={setAgain} error={errors.again} autocomplete="new-password" />
+        </div>
+        <FormError error={errors.form} />
+        <div class="buttons">
+          <button type="submit">Add administrator</button>
+        </div>
+      </form>
+      {asking?.what === "password" && (
+        <Confirm title={`New password for ${asking.name}`} action="Set the password" onCancel={() => setAsking(null)} onConfirm={async () => { await put(`/api/v1/admins/${encodeURIComponent(asking.name)}/password`, { password: newPassword }); setDone(`Password of ${asking.name} set; their other sessions ended.`); setAsking(null); refresh(); }}>
+          <p>Their other sessions end{asking.name === me ? " (this one stays)" : ""}.</p>
+          <Field label="New password" name="new_password" type="password" value={newPassword} onInput={setNewPassword} autocomplete="new-password" help="At least 12 characters." />
+        </Confirm>
+      )}
+      {asking?.what === "remove" && (
+        <Confirm title={`Remove ${asking.name}?`} action={`Remove ${asking.name}`} danger onCancel={() => setAsking(null)} onConfirm={async () => { await del(`/api/v1/admins/${encodeURIComponent(asking.name)}`); setDone(`Administrator ${asking.name} removed.`); setAsking(null); refresh(); }}>
+          <p>The account is deleted and its sessions end at once.</p>
+        </Confirm>
+      )}
+    </section>
+  );
+}
+
+function Sessions() {
+  const [tick, setTick] = useState(0);
+  const [list, error] = usePoll(() => get("/api/v1/sessions"), 10000, [tick]);
+  const [ending, setEnding] = useState(null);
+  return (
+    <section class="panel" aria-labelledby="sessions-h">
+      <h3 id="sessions-h">Sessions</h3>
+      {error && <p class="error" role="alert">{error.message}</p>}
+      <table class="list">
+        <caption class="sr-only">Live administrator sessions</caption>
+        <thead>
+          <tr>
+            <th scope="col">Administrator</th>
+            <th scope="col">Began</th>
+            <th scope="col">Ends</th>
+            <th scope="col"><span class="sr-only">Actions</span></th>
+          </tr>
+        </thead>
+        <tbody>
+          {(list?.sessions || []).map((s) => (
+            <tr data-session={s.id} data-current={String(s.current)}>
+              <th scope="row">{s.admin}</th>
+              <td>{s.created_unix_ms ? when(s.created_unix_ms) : "–"}</td>
+              <td>{when(s.expires_unix_ms)}</td>
+              <td>{s.current ? "this session" : <button type="button" class="secondary" onClick={() => setEnding(s)}>End session {s.id.slice(0, 6)}…</button>}</td>
+            </tr>
+          ))}
+        </tbody>
+      </table>
+      {ending && (
+        <Confirm title={`End ${ending.admin}'s session?`} action="End the session" danger onCancel={() => setEnding(null)} onConfirm={async () => { await del(`/api/v1/sessions/${ending.id}`); setEnding(null); setTick((t) => t + 1); }}>
+          <p>Whoever uses it is logged out at their next request.</p>
+        </Confirm>
+      )}
+    </section>
+  );
+}
+
 export function Settings() {
+  const [me] = usePoll(() => get("/api/v1/session"), 60000);
   return (
     <section aria-labelledby="settings-h">
       <h2 id="settings-h">Settings</h2>
@@ -139,6 +261,8 @@ export function Settings() {
       <Passphrases />
       <Authority />
       <Recovery />
+      <Administrators me={me?.name} />
+      <Sessions />
     </section>
   );
 }

@@ -327,9 +327,47 @@ try {
   await page.getByRole("button", { name: "Introduce a new CA…" }).click();
   await page.getByRole("dialog").getByRole("button", { name: "Introduce a new CA" }).click();
   await page.locator('dd[data-phase="introducing"]').waitFor({ timeout: 10000 });
+  // Administrators: one added (mismatched passwords refused beside the field first); the
+  // sessions list marks this one.
+  await page.getByLabel("New administrator's name", { exact: true }).fill("ops");
+  await page.getByLabel("Their password", { exact: true }).fill("another long password");
+  await page.getByLabel("Their password again", { exact: true }).fill("another long passwort");
+  await page.getByRole("button", { name: "Add administrator" }).click();
+  check((await fieldError(page, "Their password again")).includes("differ"), "mismatched passwords are refused beside the field");
+  await page.getByLabel("Their password again", { exact: true }).fill("another long password");
+  await page.getByRole("button", { name: "Add administrator" }).click();
+  await page.locator('tr[data-admin="ops"]').waitFor({ timeout: 10000 });
+  await page.locator('tr[data-current="true"]').waitFor({ timeout: 10000 });
   await screen(page, "18-settings");
 
-  // 12. A narrow window still shows the machine.
+  // 12. Policies: a new one whose retention tier is refused beside its field, then saved;
+  // deleted (unused) after a confirmation.
+  await page.getByRole("link", { name: "Policies", exact: true }).click();
+  await page.locator('tr[data-policy="default"]').waitFor();
+  await page.getByRole("button", { name: "New policy" }).click();
+  await page.getByLabel("Name", { exact: true }).fill("gold");
+  await page.getByLabel("Crash-consistent point every (s)", { exact: true }).fill("60");
+  await page.getByRole("button", { name: "Add a tier" }).click();
+  await page.getByLabel("Tier 1: keep one point per (s)", { exact: true }).fill("hourly");
+  await page.getByLabel("Tier 1: up to an age of (s)", { exact: true }).fill("86400");
+  await page.getByRole("button", { name: "Save policy" }).click();
+  check((await fieldError(page, "Tier 1: keep one point per (s)")).includes("whole number"), "a bad retention tier is refused beside its field");
+  await page.getByLabel("Tier 1: keep one point per (s)", { exact: true }).fill("3600");
+  await page.getByLabel("RPO warning after (s)", { exact: true }).fill("120");
+  await page.getByLabel("RPO critical after (s)", { exact: true }).fill("60");
+  await page.getByRole("button", { name: "Save policy" }).click();
+  await page.locator(".field.bad, .form-error").first().waitFor();
+  await screen(page, "19-policy-refused");
+  await page.getByLabel("RPO critical after (s)", { exact: true }).fill("600");
+  await page.getByRole("button", { name: "Save policy" }).click();
+  await page.locator('tr[data-policy="gold"]').waitFor({ timeout: 10000 });
+  check((await page.locator('tr[data-policy="gold"]').textContent()).includes("1 per"), "the saved policy shows its retention tier");
+  await screen(page, "20-policies");
+  await page.getByRole("button", { name: "Delete gold…" }).click();
+  await page.getByRole("dialog").getByRole("button", { name: "Delete gold" }).click();
+  await page.locator('tr[data-policy="gold"]').waitFor({ state: "detached", timeout: 10000 });
+
+  // 13. A narrow window still shows the machine.
   await page.getByRole("link", { name: "Machines", exact: true }).click();
   await page.locator(`tr[data-machine="${reply.machine}"]`).waitFor();
   await page.setViewportSize({ width: 420, height: 800 });
