@@ -22,7 +22,8 @@ function formOf(p) {
 }
 
 function PolicyForm({ name, policy, isNew, onDone, onCancel }) {
-  const [form, setForm] = useState(() => formOf(policy || {}));
+  // A new policy starts from the built-in defaults of the alerts.
+  const [form, setForm] = useState(() => formOf(policy || { rpo_warning_secs: 900, rpo_critical_secs: 1800, silent_secs: 900 }));
   const [newName, setNewName] = useState("");
   const fields = ["name", ...NUMBERS.map(([k]) => k), "encryption", "retention", ...form.retention.flatMap((_, i) => [`retention[${i}].every_secs`, `retention[${i}].for_secs`])];
   const [errors, setErrors, fail] = useErrors(fields);
@@ -58,7 +59,7 @@ function PolicyForm({ name, policy, isNew, onDone, onCancel }) {
   return (
     <form class="panel" onSubmit={submit} noValidate aria-labelledby="policy-form-h">
       <h3 id="policy-form-h">{isNew ? "New policy" : `Policy ${name}`}</h3>
-      {isNew && <Field label="Name" name="name" value={newName} onInput={setNewName} error={errors.name} help="Lowercase letters, digits and - (a machine is given it from its page)." />}
+      {isNew && <Field label="Name" name="name" value={newName} onInput={setNewName} error={errors.name} help="1 to 64 letters, digits, '.', '_' or '-'. A machine is given it on its own page." />}
       <div class="grid">
         {NUMBERS.map(([k, label, help]) => (
           <Field label={label} name={k} inputMode="numeric" value={form[k]} onInput={set(k)} error={errors[k]} help={help || undefined} />
@@ -129,7 +130,7 @@ export function Policies() {
               <td>crash every {secs(p.crash_interval_secs)}, app every {secs(p.app_interval_secs)}</td>
               <td>warning {duration(p.rpo_warning_secs)}, critical {duration(p.rpo_critical_secs)}</td>
               <td>{p.retention?.length ? p.retention.map((t) => `${t.every_secs ? `1 per ${duration(t.every_secs)}` : "all"} to ${duration(t.for_secs)}`).join(", ") : "the appliance's"}</td>
-              <td>{p.compression_level ?? "process server's"} level, {p.encryption === false ? "not encrypted" : "encrypted"}</td>
+              <td>{p.compression_level == null ? "the process server's level" : `level ${p.compression_level}`}, {p.encryption === false ? "not encrypted" : "encrypted"}</td>
               <td>{machines.length}</td>
               <td>
                 <button type="button" class="secondary" onClick={() => { setSaved(null); setEditing(name); }}>Edit {name}</button>

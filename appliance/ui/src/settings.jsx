@@ -257,7 +257,7 @@ export function Settings() {
   return (
     <section aria-labelledby="settings-h">
       <h2 id="settings-h">Settings</h2>
-      <TargetForm />
+      <TargetForm Heading="h3" />
       <Passphrases />
       <Authority />
       <Recovery />

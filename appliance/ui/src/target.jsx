@@ -63,7 +63,7 @@ function SettingField({ s, value, onInput, error }) {
   );
 }
 
-export function TargetForm({ onSaved, onBack, saveLabel = "Save target" }) {
+export function TargetForm({ onSaved, onBack, saveLabel = "Save target", Heading = "h2" }) {
   const [plugins, setPlugins] = useState(null);
   const [target, setTarget] = useState(null);
   const [choice, setChoice] = useState(null);
@@ -125,7 +125,7 @@ export function TargetForm({ onSaved, onBack, saveLabel = "Save target" }) {
   const field = (s) => <SettingField s={s} value={values[choice]?.[s.name] ?? ""} onInput={setValue(s.name)} error={errors[`settings.${s.name}`]} />;
   return (
     <form onSubmit={submit} noValidate aria-labelledby="target-title" class="target-form">
-      <h2 id="target-title">Target</h2>
+      <Heading id="target-title">Target</Heading>
       <p>Where replicas, recovery points and failed-over machines live. Each target is a plugin installed on this appliance; what it may reach (directories, hosts) is granted in the appliance's configuration.</p>
       {plugins.length === 0 ? (
         <p class="error" role="alert">No target plugin is loaded: see the Plugins screen for refused ones.</p>
