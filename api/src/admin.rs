@@ -465,6 +465,31 @@ pub struct ApplianceInfo {
     pub wizard_step: crate::WizardStep,
 }
 
+/// `GET /api/v1/appliance/certificate`: the certificate the configuration server (443)
+/// presents to browsers and the CLI.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpsCertificate {
+    /// `appliance-ca` (issued by the appliance's CA at start) or `uploaded`.
+    pub source: String,
+    /// The leaf's sha256 fingerprint.
+    pub fingerprint: String,
+    /// The DNS names and addresses it is for.
+    pub names: Vec<String>,
+    /// When it expires, milliseconds since the Unix epoch.
+    pub not_after_unix_ms: u64,
+}
+
+/// `PUT /api/v1/appliance/certificate`: a certificate for 443 from the site's own CA.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateUpload {
+    /// The chain, leaf first, PEM.
+    pub certificate_pem: String,
+    /// The leaf's private key, PEM (PKCS#8, PKCS#1 or SEC1). Kept 0600, never shown.
+    pub key_pem: String,
+}
+
 /// `PUT /api/v1/appliance`: the appliance's name and the address agents send to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -65,7 +65,9 @@ async fn start_with(registry: Option<Arc<Registry>>) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server_tls = tls::server_config(&id, ClientAuth::None).unwrap();
+    // The configuration server's own TLS source, so that an uploaded certificate is used.
+    let _ = (&id, ClientAuth::None);
+    let server_tls = pki.config_tls().unwrap();
     let server = Arc::new(ConfigServer::new(ctx));
     tokio::spawn(lifeboat_net::serve(
         listener,
@@ -278,7 +280,7 @@ async fn the_router_serves_exactly_the_documented_operations() {
             operations += 1;
         }
     }
-    assert_eq!(operations, 61, "the document lists every operation of the configuration server");
+    assert_eq!(operations, 64, "the document lists every operation of the configuration server");
     for (m, path) in [
         (Method::GET, "/api/v1/nothing"),
         (Method::DELETE, "/api/v1/machines"),
@@ -2098,4 +2100,72 @@ async fn administrators_and_their_sessions() {
     assert_eq!(login("ops", "a third long password").await.0, StatusCode::UNAUTHORIZED);
     // The store never removes the last administrator.
     assert_eq!(s.state.delete_admin("root").unwrap(), Some(false));
+}
+
+/// Issue 13, the identity step: a certificate for 443 from the site's own CA is checked
+/// (parses, the key is the leaf's), used from the next connection on, and dropped again for
+/// one issued by the appliance's CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_certificate_for_443_is_uploaded_checked_and_used() {
+    let s = start().await;
+    let c = s.client(None);
+    let token = setup_admin(&c, &s.state).await;
+    let t = Some(token.as_str());
+    let cp = "/api/v1/appliance/certificate";
+    let (st, v) = call(&c, Method::GET, cp, cp, t, "").await;
+    assert_eq!((st, v["source"].as_str()), (StatusCode::OK, Some("appliance-ca")), "{v}");
+    let first = v["fingerprint"].as_str().unwrap().to_owned();
+    let site = tempfile::tempdir().unwrap();
+    let site_ca = Ca::load_or_create(site.path(), "Site CA").unwrap();
+    let id = site_ca.issue_server(&["appliance.example".into(), "127.0.0.1".into()]).unwrap();
+    let other = site_ca.issue_server(&["other.example".into()]).unwrap();
+    for (cert, key, starts) in [
+        ("junk".to_string(), id.key_pem.clone(), "certificate_pem: "),
+        (id.cert_pem.clone(), other.key_pem.clone(), "key_pem: "),
+        (
+            id.cert_pem.clone(),
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".into(),
+            "key_pem: ",
+        ),
+    ] {
+        let body = serde_json::json!({"certificate_pem": cert, "key_pem": key}).to_string();
+        let (st, v) = call(&c, Method::PUT, cp, cp, t, &body).await;
+        assert_eq!((st, v["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid")), "{v}");
+        assert!(v["error"].as_str().unwrap().starts_with(starts), "want {starts}: {v}");
+        assert!(!v.to_string().contains("PRIVATE KEY"), "the key is never echoed: {v}");
+    }
+    let (_, v) = call(&c, Method::GET, cp, cp, t, "").await;
+    assert_eq!(
+        (v["source"].as_str(), v["fingerprint"].as_str()),
+        (Some("appliance-ca"), Some(first.as_str()))
+    );
+    let body =
+        serde_json::json!({"certificate_pem": id.cert_pem, "key_pem": id.key_pem}).to_string();
+    let (st, _) = call(&c, Method::PUT, cp, cp, None, &body).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let (st, v) = call(&c, Method::PUT, cp, cp, t, &body).await;
+    assert_eq!((st, v["source"].as_str()), (StatusCode::OK, Some("uploaded")), "{v}");
+    assert!(v["names"].as_array().unwrap().iter().any(|n| n == "appliance.example"), "{v}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode =
+        std::fs::metadata(s.dir.path().join("https/server.key")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // New connections present it: a client trusting only the site's CA gets in, one that
+    // trusts only the appliance's CA no longer does.
+    let site_client = Client::new(
+        &format!("https://{}", s.addr),
+        tls::client_config(Trust::Ca(site_ca.cert_pem().into()), None).unwrap(),
+    )
+    .unwrap();
+    let (st, _) = call(&site_client, Method::GET, cp, cp, t, "").await;
+    assert_eq!(st, StatusCode::OK);
+    let fresh = s.client(None);
+    let r = fresh.request(Method::GET, "/api/v1/health", Bytes::new(), HeaderMap::new()).await;
+    assert!(r.is_err(), "the appliance CA's client refuses the uploaded certificate");
+    // Back to the appliance CA's.
+    let (st, v) = call(&site_client, Method::DELETE, cp, cp, t, "").await;
+    assert_eq!((st, v["source"].as_str()), (StatusCode::OK, Some("appliance-ca")));
+    assert!(!s.dir.path().join("https/server.key").exists());
+    let (st, _) = call(&s.client(None), Method::GET, cp, cp, t, "").await;
+    assert_eq!(st, StatusCode::OK);
 }

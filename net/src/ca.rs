@@ -510,6 +510,26 @@ pub fn cert_validity(der: &[u8]) -> Option<(i64, i64)> {
     Some((v.not_before.timestamp(), v.not_after.timestamp()))
 }
 
+/// The DNS names and IP addresses a certificate is for (its subject alternative names).
+pub fn cert_names(der: &[u8]) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, x509)) = x509_parser::parse_x509_certificate(der) else { return Vec::new() };
+    let Ok(Some(san)) = x509.subject_alternative_name() else { return Vec::new() };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some((*d).to_owned()),
+            GeneralName::IPAddress(ip) => match ip.len() {
+                4 => Some(std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*ip).ok()?).to_string()),
+                16 => Some(std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*ip).ok()?).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
 /// Parses a fingerprint as an operator may type it: `sha256:` prefix optional, hex in
 /// either case, optionally with `:` or spaces between bytes (`AB:CD:...`).
 pub fn parse_fingerprint(text: &str) -> Option<[u8; 32]> {

@@ -103,6 +103,11 @@ pub struct Pki {
     cas: RwLock<Cas>,
     config_tls: RwLock<Option<TlsSource>>,
     process_tls: RwLock<Option<TlsSource>>,
+    /// The certificate an administrator uploaded for the configuration server (443), kept
+    /// in `<data>/https/server.{crt,key}`; `None`: one issued by the active CA.
+    uploaded: RwLock<Option<Identity>>,
+    /// The identity the configuration server presents now.
+    serving: RwLock<Option<Identity>>,
     /// One rotation step at a time, from reading the phase to its last file.
     rotating: std::sync::Mutex<()>,
 }
@@ -112,6 +117,15 @@ impl std::fmt::Debug for Pki {
         f.debug_struct("Pki").field("phase", &self.phase()).finish_non_exhaustive()
     }
 }
+
+fn https_dir(data: &Path) -> PathBuf {
+    data.join("https")
+}
+
+/// Why an uploaded certificate was refused (`field: why`).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CertificateRefused(pub String);
 
 fn retiring_path(data: &Path) -> PathBuf {
     data.join("ca-retiring.pem")
@@ -145,12 +159,20 @@ impl Pki {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(e.into()),
         };
+        let https = https_dir(data);
+        let uploaded = if https.join("server.crt").exists() {
+            Some(Identity::load(&https, "server")?)
+        } else {
+            None
+        };
         Ok(Pki {
             data: data.to_owned(),
             server_names: server_names.to_vec(),
             cas: RwLock::new(Cas { active, next, retiring }),
             config_tls: RwLock::new(None),
             process_tls: RwLock::new(None),
+            uploaded: RwLock::new(uploaded),
+            serving: RwLock::new(None),
             rotating: std::sync::Mutex::new(()),
         })
     }
@@ -207,14 +229,86 @@ impl Pki {
         Ok(self.active().issue_server(&self.server_names)?)
     }
 
+    /// The configuration server's identity: the uploaded certificate, else one issued by
+    /// the active CA.
+    fn https_identity(&self) -> Result<Identity, PkiError> {
+        let id = match &*self.uploaded.read().unwrap_or_else(|p| p.into_inner()) {
+            Some(id) => id.clone(),
+            None => self.server_identity()?,
+        };
+        *self.serving.write().unwrap_or_else(|p| p.into_inner()) = Some(id.clone());
+        Ok(id)
+    }
+
     /// The configuration server's TLS (server authentication only).
     pub fn config_tls(&self) -> Result<TlsSource, PkiError> {
-        let t = TlsSource::new(lifeboat_net::server_config(
-            &self.server_identity()?,
-            ClientAuth::None,
-        )?);
+        let t =
+            TlsSource::new(lifeboat_net::server_config(&self.https_identity()?, ClientAuth::None)?);
         *self.config_tls.write().unwrap_or_else(|p| p.into_inner()) = Some(t.clone());
         Ok(t)
+    }
+
+    /// The configuration server's certificate: (uploaded, leaf fingerprint, names, not
+    /// after in Unix seconds).
+    pub fn https_certificate(&self) -> Result<(bool, String, Vec<String>, i64), PkiError> {
+        let uploaded = self.uploaded.read().unwrap_or_else(|p| p.into_inner()).is_some();
+        let serving = self.serving.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let id = match serving {
+            Some(id) => id,
+            None => self.https_identity()?,
+        };
+        let chain = lifeboat_net::ca::parse_cert_chain(&id.cert_pem, "the certificate")?;
+        let not_after = lifeboat_net::ca::cert_validity(&chain[0]).map_or(0, |v| v.1);
+        Ok((
+            uploaded,
+            lifeboat_net::ca::fingerprint_der(&chain[0]),
+            lifeboat_net::ca::cert_names(&chain[0]),
+            not_after,
+        ))
+    }
+
+    /// Uses `id` (a chain, leaf first, and its key) for the configuration server from the
+    /// next connection on, once it is checked: it parses, the key is the leaf's, the leaf
+    /// is valid now and names at least one host. `None`: back to one issued by the active
+    /// CA. Agents are not affected (9443 keeps the CA's certificate they pin).
+    pub fn set_https(&self, id: Option<Identity>) -> Result<(), CertificateRefused> {
+        let refused = |m: String| CertificateRefused(m);
+        let dir = https_dir(&self.data);
+        match &id {
+            Some(id) => {
+                let chain = lifeboat_net::ca::parse_cert_chain(&id.cert_pem, "the chain")
+                    .map_err(|e| refused(format!("certificate_pem: {e}")))?;
+                let (not_before, not_after) = lifeboat_net::ca::cert_validity(&chain[0])
+                    .ok_or_else(|| refused("certificate_pem: not an X.509 certificate".into()))?;
+                let now = (crate::store::now_ms() / 1000) as i64;
+                if now < not_before || now >= not_after {
+                    return Err(refused(format!(
+                        "certificate_pem: not valid now (valid from {not_before} to {not_after},                          Unix seconds; check the appliance's clock too)"
+                    )));
+                }
+                if lifeboat_net::ca::cert_names(&chain[0]).is_empty() {
+                    return Err(refused(
+                        "certificate_pem: it names no host (no DNS name or IP address in its                          subject alternative names), so no browser would accept it"
+                            .into(),
+                    ));
+                }
+                lifeboat_net::server_config(id, ClientAuth::None).map_err(|e| {
+                    refused(format!("key_pem: not the certificate's private key, or not a key rustls can use: {e}"))
+                })?;
+                id.store(&dir, "server").map_err(|e| refused(format!("cannot keep it: {e}")))?;
+            }
+            None => {
+                for f in ["server.crt", "server.key"] {
+                    match std::fs::remove_file(dir.join(f)) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(refused(format!("cannot remove it: {e}"))),
+                    }
+                }
+            }
+        }
+        *self.uploaded.write().unwrap_or_else(|p| p.into_inner()) = id;
+        self.reload().map_err(|e| refused(format!("cannot use it: {e}")))
     }
 
     /// The process server's TLS (client certificates from any trusted CA).
@@ -234,7 +328,7 @@ impl Pki {
     /// New connections of the running servers use the CAs as they are now.
     fn reload(&self) -> Result<(), PkiError> {
         if let Some(t) = &*self.config_tls.read().unwrap_or_else(|p| p.into_inner()) {
-            t.replace(lifeboat_net::server_config(&self.server_identity()?, ClientAuth::None)?);
+            t.replace(lifeboat_net::server_config(&self.https_identity()?, ClientAuth::None)?);
         }
         if let Some(t) = &*self.process_tls.read().unwrap_or_else(|p| p.into_inner()) {
             t.replace(self.process_config()?);

@@ -193,6 +193,87 @@ pub(super) async fn set_recovery_passphrase(
     json(StatusCode::OK, &api::RecoveryStatus { set: true, catalogue_written_unix_ms: None })
 }
 
+fn https_certificate(ctx: &ConfigServerCtx) -> Result<api::HttpsCertificate, ApiError> {
+    let (uploaded, fingerprint, names, not_after) =
+        ctx.pki.https_certificate().map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(api::HttpsCertificate {
+        source: if uploaded { "uploaded" } else { "appliance-ca" }.into(),
+        fingerprint,
+        names,
+        not_after_unix_ms: u64::try_from(not_after).unwrap_or(0).saturating_mul(1000),
+    })
+}
+
+/// `GET /api/v1/appliance/certificate`
+#[utoipa::path(
+    get,
+    path = "/api/v1/appliance/certificate",
+    tag = "appliance",
+    summary = "The certificate the configuration server (443) presents: issued by the appliance's CA, or uploaded.",
+    responses(
+        (status = 200, description = "The certificate.", body = api::HttpsCertificate),
+        SessionErrors
+    ),
+    security(("session" = [])),
+)]
+pub(super) async fn certificate(
+    extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
+    req: Req,
+) -> Answer {
+    authenticated(&ctx, &req)?;
+    json(StatusCode::OK, &https_certificate(&ctx)?)
+}
+
+/// `PUT /api/v1/appliance/certificate`
+#[utoipa::path(
+    put,
+    path = "/api/v1/appliance/certificate",
+    tag = "appliance",
+    summary = "Uploads a certificate for 443 (from the site's own CA, so browsers trust the appliance): checked (it parses, the key is the leaf's, valid now, names a host), kept 0600 and used from the next connection on. Agents are not affected: 9443 keeps the certificate of the appliance CA they pin.",
+    request_body = api::CertificateUpload,
+    responses(
+        (status = 200, description = "The certificate now.", body = api::HttpsCertificate),
+        (status = 400, description = "error: `invalid` (names `certificate_pem` or `key_pem`)", body = api::ApiError),
+        AdminErrors
+    ),
+    security(("session" = [])),
+)]
+pub(super) async fn set_certificate(
+    extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
+    req: Req,
+) -> Answer {
+    let (_, admin, _) = authenticated(&ctx, &req)?;
+    let u: api::CertificateUpload = body_json(req, ADMIN_BODY).await?;
+    let id = lifeboat_net::Identity { cert_pem: u.certificate_pem, key_pem: u.key_pem };
+    ctx.pki.set_https(Some(id)).map_err(|e| ApiError::bad_request("invalid", e.0))?;
+    let c = https_certificate(&ctx)?;
+    tracing::warn!(%admin, fingerprint = %c.fingerprint, "uploaded certificate for 443 in use");
+    json(StatusCode::OK, &c)
+}
+
+/// `DELETE /api/v1/appliance/certificate`
+#[utoipa::path(
+    delete,
+    path = "/api/v1/appliance/certificate",
+    tag = "appliance",
+    summary = "Goes back to a certificate for 443 issued by the appliance's CA (the uploaded one is deleted).",
+    responses(
+        (status = 200, description = "The certificate now.", body = api::HttpsCertificate),
+        (status = 500, description = "error", body = api::ApiError),
+        SessionErrors
+    ),
+    security(("session" = [])),
+)]
+pub(super) async fn delete_certificate(
+    extract::State(ctx): extract::State<Arc<ConfigServerCtx>>,
+    req: Req,
+) -> Answer {
+    let (_, admin, _) = authenticated(&ctx, &req)?;
+    ctx.pki.set_https(None).map_err(|e| ApiError::internal(e.0))?;
+    tracing::warn!(%admin, "certificate for 443 issued by the appliance CA again");
+    json(StatusCode::OK, &https_certificate(&ctx)?)
+}
+
 /// `GET /api/v1/plugins`
 #[utoipa::path(
     get,

@@ -430,6 +430,11 @@ fn config_routes() -> OpenApiRouter<Arc<ConfigServerCtx>> {
         .routes(routes!(policies::list_alerts))
         .routes(routes!(appliance::appliance, appliance::set_appliance))
         .routes(routes!(appliance::set_wizard))
+        .routes(routes!(
+            appliance::certificate,
+            appliance::set_certificate,
+            appliance::delete_certificate
+        ))
         .routes(routes!(appliance::ca))
         .routes(routes!(appliance::rotate_ca))
         .routes(routes!(appliance::recovery_passphrase_status, appliance::set_recovery_passphrase))

@@ -91,7 +91,7 @@ function PolicyForm({ name, policy, isNew, onDone, onCancel }) {
   );
 }
 
-const secs = (v) => (v == null ? "agent's own" : duration(v));
+const every = (v) => (v == null ? "as the agent sets" : `every ${duration(v)}`);
 
 export function Policies() {
   const [tick, setTick] = useState(0);
@@ -127,7 +127,7 @@ export function Policies() {
           {list.map(({ name, policy: p, machines }) => (
             <tr data-policy={name}>
               <th scope="row">{name}</th>
-              <td>crash every {secs(p.crash_interval_secs)}, app every {secs(p.app_interval_secs)}</td>
+              <td>crash {every(p.crash_interval_secs)}, app {every(p.app_interval_secs)}</td>
               <td>warning {duration(p.rpo_warning_secs)}, critical {duration(p.rpo_critical_secs)}</td>
               <td>{p.retention?.length ? p.retention.map((t) => `${t.every_secs ? `1 per ${duration(t.every_secs)}` : "all"} to ${duration(t.for_secs)}`).join(", ") : "the appliance's"}</td>
               <td>{p.compression_level == null ? "the process server's level" : `level ${p.compression_level}`}, {p.encryption === false ? "not encrypted" : "encrypted"}</td>

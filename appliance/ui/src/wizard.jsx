@@ -3,7 +3,7 @@
 // records the step reached, so a wizard left half way resumes there; "Back" goes to the
 // previous step until the end.
 import { useState, useEffect } from "preact/hooks";
-import { get, put, post, openSession } from "./api.js";
+import { get, put, post, del, openSession } from "./api.js";
 import { Field, FormError, useErrors } from "./ui.jsx";
 import { TargetForm } from "./target.jsx";
 
@@ -94,6 +94,73 @@ function Claim({ onNext }) {
   );
 }
 
+// A labelled text area with its error beside it (for PEM text).
+function PemField({ label, name, value, onInput, error, help }) {
+  const id = `pem-${name}`;
+  const described = [help ? `${id}-help` : null, error ? `${id}-err` : null].filter(Boolean).join(" ") || undefined;
+  return (
+    <div class={error ? "field bad" : "field"}>
+      <label for={id}>{label}</label>
+      <textarea id={id} name={name} rows="5" spellcheck={false} value={value} aria-invalid={error ? "true" : undefined} aria-describedby={described} onInput={(e) => onInput(e.currentTarget.value)} />
+      {help && <p class="help" id={`${id}-help`}>{help}</p>}
+      {error && <p class="error" id={`${id}-err`} role="alert">{error}</p>}
+    </div>
+  );
+}
+
+// The certificate 443 presents: the appliance CA's, or one from the site's own CA.
+function Certificate() {
+  const [cert, setCert] = useState(null);
+  const [pem, setPem] = useState("");
+  const [key, setKey] = useState("");
+  const [errors, setErrors, fail] = useErrors(["certificate_pem", "key_pem"]);
+  const [done, setDone] = useState(null);
+  useEffect(() => {
+    get("/api/v1/appliance/certificate").then(setCert).catch((e) => fail(e));
+  }, []);
+  const upload = async () => {
+    try {
+      setCert(await put("/api/v1/appliance/certificate", { certificate_pem: pem, key_pem: key }));
+      setPem("");
+      setKey("");
+      setErrors({});
+      setDone("In use from the next connection on.");
+    } catch (e) {
+      fail(e);
+    }
+  };
+  const back = async () => {
+    try {
+      setCert(await del("/api/v1/appliance/certificate"));
+      setDone("The appliance CA's certificate is in use again.");
+    } catch (e) {
+      fail(e);
+    }
+  };
+  return (
+    <section aria-labelledby="cert-title" class="panel">
+      <h3 id="cert-title">Certificate for this address</h3>
+      {cert && (
+        <p data-cert-source={cert.source}>
+          {cert.source === "uploaded" ? "Uploaded" : "Issued by the appliance's CA"} for {cert.names.join(", ") || "no name"}, until{" "}
+          {new Date(cert.not_after_unix_ms).toLocaleDateString()}. Browsers trust it once they trust its CA; agents are not affected (they pin the appliance's CA on 9443).
+        </p>
+      )}
+      {done && <p class="ok" role="status">{done}</p>}
+      <details>
+        <summary>Use a certificate from your own CA</summary>
+        <PemField label="Certificate chain (PEM, leaf first)" name="certificate_pem" value={pem} onInput={setPem} error={errors.certificate_pem} />
+        <PemField label="Its private key (PEM)" name="key_pem" value={key} onInput={setKey} error={errors.key_pem} help="Kept readable by the appliance only; never shown again." />
+        <div class="buttons">
+          <button type="button" class="secondary" onClick={upload}>Use this certificate</button>
+          {cert?.source === "uploaded" && <button type="button" class="secondary" onClick={back}>Use the appliance CA's again</button>}
+        </div>
+      </details>
+      <FormError error={errors.form} />
+    </section>
+  );
+}
+
 function Identity({ onNext }) {
   const [info, setInfo] = useState(null);
   const [name, setName] = useState("");
@@ -144,6 +211,7 @@ function Identity({ onNext }) {
           </p>
         )}
       </section>
+      <Certificate />
       <FormError error={errors.form} />
       <div class="buttons">
         <button type="submit">Next</button>

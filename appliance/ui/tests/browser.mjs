@@ -93,11 +93,20 @@ try {
   const agentUrl = await page.getByLabel("Address agents send to").inputValue();
   check(agentUrl.startsWith("https://"), `the agent address is prefilled (${agentUrl})`);
   await page.getByText(/clocks? .*agree|clock is/).waitFor();
+  // The certificate for 443: the appliance CA's; an upload that is not a certificate is
+  // refused beside its field.
+  await page.locator('p[data-cert-source="appliance-ca"]').waitFor();
+  await page.getByText("Use a certificate from your own CA").click();
+  await page.getByLabel("Certificate chain (PEM, leaf first)").fill("not a certificate");
+  await page.getByLabel("Its private key (PEM)").fill("not a key");
+  await page.getByRole("button", { name: "Use this certificate" }).click();
+  await page.locator(".field.bad").first().waitFor();
+  check((await fieldError(page, "Certificate chain (PEM, leaf first)")).length > 0, "a malformed certificate is refused beside its field");
   await screen(page, "03-identity");
   await page.getByLabel("Appliance name").fill("dr-site-a");
   await page.getByLabel("Address agents send to").fill("http://nowhere");
   await page.getByRole("button", { name: "Next" }).click();
-  await page.locator(".field.bad").waitFor();
+  await page.locator('.field.bad input[name="agent_url"]').waitFor();
   check((await fieldError(page, "Address agents send to")).includes("https://"), "a bad agent address is refused beside its field");
   await page.getByLabel("Address agents send to").fill(agentUrl);
   await page.getByRole("button", { name: "Next" }).click();
