@@ -91,8 +91,11 @@ pub fn open_core(config: ApplianceConfig) -> anyhow::Result<Core> {
         .map_err(|e| anyhow::anyhow!("cannot start the plugin runtime: {e}"))?;
     // Settings an administrator stored from the API replace the grants' (see
     // `config_server::targets`).
-    let stored = lifeboat_appliance::config_server::targets::stored(&state, &keys)
+    let (stored, unreadable) = lifeboat_appliance::config_server::targets::stored(&state, &keys)
         .context("stored plugin settings")?;
+    for e in unreadable {
+        tracing::error!(error = %e, "stored plugin settings left out; the plugin keeps its grant's");
+    }
     let overrides = lifeboat_plugin_host::registry::Overrides {
         settings: stored,
         pins: state.plugin_pins()?.into_iter().collect(),

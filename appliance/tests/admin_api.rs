@@ -652,7 +652,12 @@ async fn login_logout_and_lockout(s: &Server, c: &Client, token: &str, good: &st
     let expired = "e".repeat(64);
     use sha2::Digest as _;
     let key = hex::encode(sha2::Sha256::digest(expired.as_bytes()));
-    s.state.add_session(&key, "root", 1).unwrap();
+    let hash = s.state.admin_hash("root").unwrap().unwrap();
+    assert!(s.state.add_session(&key, "root", 1, &hash).unwrap());
+    // A session is recorded only while the password checked is still the administrator's
+    // (a login racing a password change or a removal gets none).
+    assert!(!s.state.add_session(&"f".repeat(64), "root", u64::MAX / 2, "an-old-hash").unwrap());
+    assert!(!s.state.add_session(&"f".repeat(64), "nobody", u64::MAX / 2, &hash).unwrap());
     let (st, _) =
         call(c, Method::GET, "/api/v1/session", "/api/v1/session", Some(&expired), "").await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
@@ -1965,6 +1970,15 @@ async fn uploaded_plugins_wait_in_quarantine_until_an_administrator_trusts_them(
     assert_eq!(st, StatusCode::CREATED, "{v}");
     let once = v["once_trusted"].as_str().unwrap();
     assert!(once.starts_with("refused: ") && once.contains("/data"), "{v}");
+    // Trusting it is refused: installed, it would not load.
+    let dsha = hex::encode(sha2::Sha256::digest(&wasm));
+    let body = serde_json::json!({"sha256": dsha}).to_string();
+    let (st, v) =
+        call(&c, Method::POST, "/api/v1/plugin-uploads/dirtarget/trust", tp, t, &body).await;
+    assert_eq!((st, v["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid")), "{v}");
+    assert!(v["error"].as_str().unwrap().contains("would be refused once installed"), "{v}");
+    assert!(!tmp.path().join("plugins/dirtarget.wasm").exists());
+    assert!(!s.state.plugin_pins().unwrap().iter().any(|p| p.0 == "dirtarget"));
     let dp = "/api/v1/plugin-uploads/{name}";
     let (st, v) = call(&c, Method::DELETE, "/api/v1/plugin-uploads/dirtarget", dp, t, "").await;
     assert_eq!(st, StatusCode::OK);
@@ -2150,18 +2164,36 @@ async fn the_certificate_for_443_is_uploaded_checked_and_used() {
     let mode =
         std::fs::metadata(s.dir.path().join("https/server.key")).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
-    // New connections present it: a client trusting only the site's CA gets in, one that
-    // trusts only the appliance's CA no longer does.
-    let site_client = Client::new(
-        &format!("https://{}", s.addr),
-        tls::client_config(Trust::Ca(site_ca.cert_pem().into()), None).unwrap(),
-    )
-    .unwrap();
+    // New connections of browsers (no Lifeboat ALPN marker) get it: one trusting only the
+    // site's CA gets in, one trusting only the appliance's CA no longer does. Lifeboat's own
+    // clients (agents registering, the CLI: they pin the appliance CA) still get the
+    // appliance CA's certificate.
+    let browser = |trust: Trust| {
+        let mut cfg = (*tls::client_config(trust, None).unwrap()).clone();
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        Client::new(&format!("https://{}", s.addr), Arc::new(cfg)).unwrap()
+    };
+    let site_client = browser(Trust::Ca(site_ca.cert_pem().into()));
     let (st, _) = call(&site_client, Method::GET, cp, cp, t, "").await;
     assert_eq!(st, StatusCode::OK);
-    let fresh = s.client(None);
-    let r = fresh.request(Method::GET, "/api/v1/health", Bytes::new(), HeaderMap::new()).await;
-    assert!(r.is_err(), "the appliance CA's client refuses the uploaded certificate");
+    let old_browser = browser(Trust::Ca(s.ca.cert_pem().into()));
+    let r =
+        old_browser.request(Method::GET, "/api/v1/health", Bytes::new(), HeaderMap::new()).await;
+    assert!(
+        r.is_err(),
+        "a browser trusting only the appliance CA refuses the uploaded certificate"
+    );
+    let (st, _) = call(&s.client(None), Method::GET, cp, cp, t, "").await;
+    assert_eq!(st, StatusCode::OK, "Lifeboat's clients keep the appliance CA's certificate");
+    // An agent registering pins the CA by its fingerprint, as `lifeboat-agent register` does.
+    let registering = Client::new(
+        &format!("https://{}", s.addr),
+        tls::client_config(Trust::Fingerprint(s.ca.fingerprint().to_owned()), None).unwrap(),
+    )
+    .unwrap();
+    let r =
+        registering.request(Method::GET, "/api/v1/health", Bytes::new(), HeaderMap::new()).await;
+    assert_eq!(r.unwrap().0, StatusCode::OK, "an agent pinning the appliance CA still registers");
     // Back to the appliance CA's.
     let (st, v) = call(&site_client, Method::DELETE, cp, cp, t, "").await;
     assert_eq!((st, v["source"].as_str()), (StatusCode::OK, Some("appliance-ca")));

@@ -224,12 +224,17 @@ impl Identity {
         let key_pem = read_string(&key_path)?;
         let identity = Identity { cert_pem, key_pem };
         // Fail here, naming the files, rather than later in a TLS config.
-        parse_cert_chain(&identity.cert_pem, &cert_path.display().to_string())?;
-        KeyPair::from_pem(&identity.key_pem).map_err(|e| CaError::Malformed {
-            what: key_path.display().to_string(),
-            detail: e.to_string(),
-        })?;
+        identity.check(&cert_path.display().to_string(), &key_path.display().to_string())?;
         Ok(identity)
+    }
+
+    /// Checks that the chain parses and the key is one [`Identity::load`] reads back (a
+    /// PKCS#8 key); `cert_what` and `key_what` name them in errors.
+    pub fn check(&self, cert_what: &str, key_what: &str) -> Result<()> {
+        parse_cert_chain(&self.cert_pem, cert_what)?;
+        KeyPair::from_pem(&self.key_pem)
+            .map_err(|e| CaError::Malformed { what: key_what.to_owned(), detail: e.to_string() })?;
+        Ok(())
     }
 
     /// Writes `<stem>.crt` and `<stem>.key` (mode 0600) into `dir`, each atomically.

@@ -36,6 +36,11 @@ use crate::ca::{self, CaError, Identity, MACHINE_URI_PREFIX};
 pub const ALPN_H2: &[u8] = b"h2";
 /// ALPN protocol id of HTTP/1.1.
 pub const ALPN_HTTP11: &[u8] = b"http/1.1";
+/// Offered by Lifeboat's own clients (agents, the CLI, peers) after `h2`, never selected:
+/// it tells a configuration server that presents a certificate of the site's own CA to
+/// browsers to present its appliance-CA certificate instead, which these clients pin
+/// ([`split_server_config`]).
+pub const ALPN_LIFEBOAT: &[u8] = b"x-lifeboat";
 
 /// What went wrong while building a TLS configuration.
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +135,44 @@ pub fn server_config(identity: &Identity, client_auth: ClientAuth) -> Result<Arc
     Ok(Arc::new(config))
 }
 
+/// A server config (ALPN `h2`, `http/1.1`, no client certificates) presenting `lifeboat`
+/// to clients that offer [`ALPN_LIFEBOAT`] (Lifeboat's agents, CLI and peers, which pin the
+/// appliance CA) and `browsers` to every other client (a certificate of the site's own CA).
+pub fn split_server_config(browsers: &Identity, lifeboat: &Identity) -> Result<Arc<ServerConfig>> {
+    let certified =
+        |id: &Identity| -> Result<Arc<rustls::sign::CertifiedKey>> {
+            let chain = ca::parse_cert_chain(&id.cert_pem, "the server certificate")?;
+            let key = parse_key(&id.key_pem, "the server certificate")?;
+            Ok(Arc::new(rustls::sign::CertifiedKey::from_der(chain, key, &provider()).map_err(
+                |source| TlsError::Rustls { action: "use the server certificate", source },
+            )?))
+        };
+    let resolver = ByAlpn { browsers: certified(browsers)?, lifeboat: certified(lifeboat)? };
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|source| TlsError::Rustls { action: "select TLS versions", source })?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()];
+    Ok(Arc::new(config))
+}
+
+#[derive(Debug)]
+struct ByAlpn {
+    browsers: Arc<rustls::sign::CertifiedKey>,
+    lifeboat: Arc<rustls::sign::CertifiedKey>,
+}
+
+impl rustls::server::ResolvesServerCert for ByAlpn {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let ours = hello.alpn().is_some_and(|mut offered| offered.any(|p| p == ALPN_LIFEBOAT));
+        Some(if ours { self.lifeboat.clone() } else { self.browsers.clone() })
+    }
+}
+
 /// A client config trusting `trust`, presenting `identity` if given, with ALPN `h2`.
 pub fn client_config(trust: Trust, identity: Option<&Identity>) -> Result<Arc<ClientConfig>> {
     let builder = ClientConfig::builder_with_provider(provider())
@@ -155,7 +198,7 @@ pub fn client_config(trust: Trust, identity: Option<&Identity>) -> Result<Arc<Cl
             })?
         }
     };
-    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_LIFEBOAT.to_vec()];
     Ok(Arc::new(config))
 }
 
@@ -221,7 +264,7 @@ pub fn peer_client_config(
     let mut config = builder
         .with_client_auth_cert(chain, key)
         .map_err(|source| TlsError::Rustls { action: "use the client certificate", source })?;
-    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_LIFEBOAT.to_vec()];
     Ok(Arc::new(config))
 }
 

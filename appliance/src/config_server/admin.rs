@@ -359,7 +359,7 @@ impl Admins {
         }
         self.state.set_setting(SETUP_TOKEN, "")?;
         tracing::info!(admin = name, "first administrator created");
-        self.new_session(name)
+        self.new_session(name, &hash)
     }
 
     /// Checks a password and opens a session; `from` is the client's address. See the
@@ -388,25 +388,25 @@ impl Admins {
         let _permit = permit.map_err(|e| AdminError::Hash(e.to_string()))?;
         let (state, name2, password2) = (self.state.clone(), name.to_owned(), password.to_owned());
         self.verifications.fetch_add(1, Ordering::Relaxed);
-        let ok = tokio::task::spawn_blocking(move || -> Result<bool, AdminError> {
+        let checked = tokio::task::spawn_blocking(move || -> Result<Option<String>, AdminError> {
             // One verification either way, with the same parameters.
             Ok(match state.admin_hash(&name2)? {
-                Some(h) => verify_password(&password2, &h),
+                Some(h) => verify_password(&password2, &h).then_some(h),
                 None => {
                     verify_password(&password2, decoy_hash());
-                    false
+                    None
                 }
             })
         })
         .await
         .map_err(|e| AdminError::Hash(e.to_string()))??;
-        if !ok {
+        let Some(hash) = checked else {
             attempt.failed();
             tracing::warn!(admin = name, %from, "failed login");
             return Err(AdminError::BadCredentials);
-        }
+        };
         attempt.succeeded();
-        self.new_session(name)
+        self.new_session(name, &hash)
     }
 
     /// The setup token while setup is still to be done (made the first time it is asked
@@ -415,12 +415,16 @@ impl Admins {
         setup_token(&self.state)
     }
 
-    fn new_session(&self, name: &str) -> Result<Session, AdminError> {
+    /// Opens a session for `name`, whose password was checked against `hash`: refused if
+    /// the password changed (or the account went) while it was being checked.
+    fn new_session(&self, name: &str, hash: &str) -> Result<Session, AdminError> {
         let mut raw = [0u8; 32];
         getrandom::fill(&mut raw).map_err(|e| AdminError::Hash(e.to_string()))?;
         let token = hex::encode(raw);
         let expires_unix_ms = now_ms() + crate::millis(SESSION_TTL);
-        self.state.add_session(&token_key(&token), name, expires_unix_ms)?;
+        if !self.state.add_session(&token_key(&token), name, expires_unix_ms, hash)? {
+            return Err(AdminError::BadCredentials);
+        }
         Ok(Session { token, name: name.to_owned(), expires_unix_ms })
     }
 

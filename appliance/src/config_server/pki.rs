@@ -160,8 +160,16 @@ impl Pki {
             Err(e) => return Err(e.into()),
         };
         let https = https_dir(data);
+        // A stored certificate that does not load must not keep the appliance from
+        // starting: 443 falls back to the appliance CA's, loudly.
         let uploaded = if https.join("server.crt").exists() {
-            Some(Identity::load(&https, "server")?)
+            match Identity::load(&https, "server") {
+                Ok(id) => Some(id),
+                Err(e) => {
+                    tracing::error!(error = %e, dir = %https.display(), "the uploaded certificate for 443 does not load; serving the appliance CA's instead (upload it again)");
+                    None
+                }
+            }
         } else {
             None
         };
@@ -240,10 +248,21 @@ impl Pki {
         Ok(id)
     }
 
+    /// The configuration server's TLS: the uploaded certificate for browsers, and for
+    /// Lifeboat's own clients (agents registering, the CLI), which pin the appliance CA and
+    /// say so in ALPN, one the active CA issued.
+    fn config_server_config(&self) -> Result<Arc<rustls::ServerConfig>, PkiError> {
+        let browsers = self.https_identity()?;
+        if self.uploaded.read().unwrap_or_else(|p| p.into_inner()).is_some() {
+            Ok(lifeboat_net::tls::split_server_config(&browsers, &self.server_identity()?)?)
+        } else {
+            Ok(lifeboat_net::server_config(&browsers, ClientAuth::None)?)
+        }
+    }
+
     /// The configuration server's TLS (server authentication only).
     pub fn config_tls(&self) -> Result<TlsSource, PkiError> {
-        let t =
-            TlsSource::new(lifeboat_net::server_config(&self.https_identity()?, ClientAuth::None)?);
+        let t = TlsSource::new(self.config_server_config()?);
         *self.config_tls.write().unwrap_or_else(|p| p.into_inner()) = Some(t.clone());
         Ok(t)
     }
@@ -283,17 +302,23 @@ impl Pki {
                 let now = (crate::store::now_ms() / 1000) as i64;
                 if now < not_before || now >= not_after {
                     return Err(refused(format!(
-                        "certificate_pem: not valid now (valid from {not_before} to {not_after},                          Unix seconds; check the appliance's clock too)"
+                        "certificate_pem: not valid now (valid from {not_before} to {not_after}, Unix seconds; check the appliance's clock too)"
                     )));
                 }
                 if lifeboat_net::ca::cert_names(&chain[0]).is_empty() {
                     return Err(refused(
-                        "certificate_pem: it names no host (no DNS name or IP address in its                          subject alternative names), so no browser would accept it"
+                        "certificate_pem: it names no host (no DNS name or IP address in its subject alternative names), so no browser would accept it"
                             .into(),
                     ));
                 }
                 lifeboat_net::server_config(id, ClientAuth::None).map_err(|e| {
                     refused(format!("key_pem: not the certificate's private key, or not a key rustls can use: {e}"))
+                })?;
+                // Read back at every start: only what that reader takes is kept.
+                id.check("certificate_pem", "key_pem").map_err(|e| {
+                    refused(format!(
+                        "key_pem: {e}; give a PKCS#8 key (BEGIN PRIVATE KEY), e.g. converted with `openssl pkcs8 -topk8 -nocrypt`"
+                    ))
                 })?;
                 id.store(&dir, "server").map_err(|e| refused(format!("cannot keep it: {e}")))?;
             }
@@ -307,8 +332,26 @@ impl Pki {
                 }
             }
         }
-        *self.uploaded.write().unwrap_or_else(|p| p.into_inner()) = id;
-        self.reload().map_err(|e| refused(format!("cannot use it: {e}")))
+        let before = std::mem::replace(
+            &mut *self.uploaded.write().unwrap_or_else(|p| p.into_inner()),
+            id.clone(),
+        );
+        if let Err(e) = self.reload() {
+            // Not used now, so not kept for the next start either.
+            *self.uploaded.write().unwrap_or_else(|p| p.into_inner()) = before.clone();
+            match &before {
+                Some(b) => {
+                    let _ = b.store(&dir, "server");
+                }
+                None => {
+                    let _ = std::fs::remove_file(dir.join("server.crt"));
+                    let _ = std::fs::remove_file(dir.join("server.key"));
+                }
+            }
+            let _ = self.reload();
+            return Err(refused(format!("cannot use it: {e}")));
+        }
+        Ok(())
     }
 
     /// The process server's TLS (client certificates from any trusted CA).
@@ -328,7 +371,7 @@ impl Pki {
     /// New connections of the running servers use the CAs as they are now.
     fn reload(&self) -> Result<(), PkiError> {
         if let Some(t) = &*self.config_tls.read().unwrap_or_else(|p| p.into_inner()) {
-            t.replace(lifeboat_net::server_config(&self.https_identity()?, ClientAuth::None)?);
+            t.replace(self.config_server_config()?);
         }
         if let Some(t) = &*self.process_tls.read().unwrap_or_else(|p| p.into_inner()) {
             t.replace(self.process_config()?);

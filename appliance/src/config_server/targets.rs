@@ -77,22 +77,41 @@ pub fn chosen(state: &State, configured: &str) -> String {
     }
 }
 
-/// Every plugin's stored settings, secrets opened.
-pub fn stored(state: &State, keys: &KeyRing) -> Result<BTreeMap<String, Settings>, TargetsError> {
+/// Every plugin's stored settings, secrets opened; and why the settings of plugins left
+/// out could not be read (a sealed value that does not open: a database restored without
+/// its keys). Those plugins keep their grant's settings, so the appliance still starts
+/// and the administrator sets them again.
+pub fn stored(
+    state: &State,
+    keys: &KeyRing,
+) -> Result<(BTreeMap<String, Settings>, Vec<TargetsError>), StateError> {
     let mut out: BTreeMap<String, Settings> = BTreeMap::new();
+    let mut bad: BTreeMap<String, TargetsError> = BTreeMap::new();
     for (plugin, name, value, sealed) in state.plugin_settings()? {
-        let bytes = if sealed {
+        let opened = if sealed {
             crate::control::open(keys, &aad_name(&plugin, &name), &value).map_err(|source| {
                 TargetsError::Sealed { plugin: plugin.clone(), name: name.clone(), source }
-            })?
+            })
         } else {
-            value
+            Ok(value)
         };
-        let text = String::from_utf8(bytes)
-            .map_err(|_| TargetsError::NotText { plugin: plugin.clone(), name: name.clone() })?;
-        out.entry(plugin).or_default().insert(name, text);
+        let text = opened.and_then(|b| {
+            String::from_utf8(b)
+                .map_err(|_| TargetsError::NotText { plugin: plugin.clone(), name: name.clone() })
+        });
+        match text {
+            Ok(t) => {
+                out.entry(plugin).or_default().insert(name, t);
+            }
+            Err(e) => {
+                bad.entry(plugin).or_insert(e);
+            }
+        }
     }
-    Ok(out)
+    for p in bad.keys() {
+        out.remove(p);
+    }
+    Ok((out, bad.into_values().collect()))
 }
 
 /// Stores `settings` as `plugin`'s (replacing what was stored), sealing those its manifest
@@ -173,7 +192,7 @@ secret = true
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         store(&state, &keys(7), &manifest(), &s).unwrap();
-        assert_eq!(stored(&state, &keys(7)).unwrap()["azure"], s);
+        assert_eq!(stored(&state, &keys(7)).unwrap().0["azure"], s);
         // At rest: the secret's text is nowhere in the database; the plain setting is.
         state.flush().unwrap();
         drop(state);
@@ -183,14 +202,17 @@ secret = true
         }
         let has = |needle: &[u8]| raw.windows(needle.len()).any(|w| w == needle);
         assert!(has(b"acct") && !has(b"c2VjcmV0LWtleS12YWx1ZQ=="));
-        // Another appliance's keys do not open it, and say what to do.
+        // Another appliance's keys do not open it: the plugin's stored settings are left
+        // out (the appliance still starts), saying what to do.
         let state = State::open(&d.path().join("state.db")).unwrap();
-        let e = stored(&state, &keys(8)).unwrap_err().to_string();
+        let (open, bad) = stored(&state, &keys(8)).unwrap();
+        assert!(open.is_empty());
+        let e = bad[0].to_string();
         assert!(e.contains("azure.key") && e.contains("PUT /api/v1/target"), "{e}");
         // Storing again replaces everything stored before.
         let fewer: Settings = [("account".to_string(), "other".to_string())].into();
         store(&state, &keys(7), &manifest(), &fewer).unwrap();
-        assert_eq!(stored(&state, &keys(7)).unwrap()["azure"], fewer);
+        assert_eq!(stored(&state, &keys(7)).unwrap().0["azure"], fewer);
     }
 
     #[test]

@@ -248,14 +248,33 @@ pub fn trust(
             "sha256: {confirmed:?} is not the quarantined build's ({actual}); nothing was trusted"
         )));
     }
+    // Checked again now (grants or trusted keys may have changed since the upload): a build
+    // that would not load, or is of another kind than the plugin it replaces, would leave
+    // that plugin's role without one at the next start.
+    let wasm_path = folder.join(format!("{name}.wasm"));
+    let loaded = registry.load_file(&wasm_path, Some(&actual)).map_err(|e| {
+        UploadError::Invalid(format!(
+            "name: {name} would be refused once installed ({}); grant what it asks for in the \
+             configuration, or discard it",
+            e.message
+        ))
+    })?;
+    if let Some(old) = registry.get(name)
+        && old.kind() != loaded.kind()
+    {
+        return Err(UploadError::Invalid(format!(
+            "name: {name} is a {} plugin; the {name} loaded now is a {}: it would be replaced by \
+             a plugin of another kind",
+            loaded.kind(),
+            old.kind()
+        )));
+    }
     let plugins = registry.dir();
     let tmp = |ext: &str| plugins.join(format!(".{name}.{ext}.incoming"));
     for (ext, bytes) in [("wasm", &wasm), ("toml", &manifest)] {
         lifeboat_common::fs::write_atomic(&tmp(ext), bytes, Some(0o644))
             .map_err(|e| io(&format!("cannot write into {}", plugins.display()), e))?;
     }
-    state.set_plugin_pin(name, &actual, admin)?;
-    registry.set_pin(name, &actual);
     // The manifest before the .wasm: a reload in between sees the old .wasm refused by the
     // new manifest's sha256 and keeps the old version loaded until the new one is there.
     for ext in ["toml", "wasm"] {
@@ -264,6 +283,9 @@ pub fn trust(
     }
     lifeboat_common::fs::sync_dir(plugins)
         .map_err(|e| io(&format!("cannot sync {}", plugins.display()), e))?;
+    // Pinned once the files are in place.
+    state.set_plugin_pin(name, &actual, admin)?;
+    registry.set_pin(name, &actual);
     let _ = std::fs::remove_dir_all(&folder);
     let set = registry.reload();
     tracing::warn!(plugin = %name, sha256 = %actual, %admin, generation = set.generation, "uploaded plugin trusted and installed");

@@ -83,10 +83,17 @@ pub(super) async fn trust(
 ) -> Answer {
     let (_, admin, _) = authenticated(&ctx, &req)?;
     let t: api::PluginTrust = body_json(req, ADMIN_BODY).await?;
-    let registry = registry(&ctx)?;
-    uploads::trust(&ctx.state, registry, &ctx.data_dir, &name, &t.sha256, &admin.to_string())
-        .map_err(answer)?;
-    json(StatusCode::OK, &super::appliance::plugin_list(Some(registry), &ctx.data_dir))
+    registry(&ctx)?;
+    // Compiling, syncing and reloading: off the async workers.
+    let c = ctx.clone();
+    tokio::task::spawn_blocking(move || {
+        let registry = c.registry.as_deref().ok_or_else(|| UploadError::Io("no plugins".into()))?;
+        uploads::trust(&c.state, registry, &c.data_dir, &name, &t.sha256, &admin)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(answer)?;
+    json(StatusCode::OK, &super::appliance::plugin_list(ctx.registry.as_deref(), &ctx.data_dir))
 }
 
 /// `DELETE /api/v1/plugin-uploads/{name}`

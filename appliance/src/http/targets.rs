@@ -69,7 +69,20 @@ fn candidate(
     for spec in &m.settings {
         match given.get(&spec.name).map(|v| v.trim()).filter(|v| !v.is_empty()) {
             Some(v) => {
-                spec.check_value(v).map_err(|e| invalid(&spec.name, e))?;
+                spec.check_value(v).map_err(|e| {
+                    // A secret's value is never echoed, not even in an error.
+                    invalid(
+                        &spec.name,
+                        if spec.secret {
+                            format!(
+                                "not a valid {} value",
+                                format!("{:?}", spec.kind).to_lowercase()
+                            )
+                        } else {
+                            e
+                        },
+                    )
+                })?;
                 out.insert(spec.name.clone(), v.to_owned());
             }
             None if spec.secret => {
@@ -154,21 +167,30 @@ pub(super) async fn set_target(
 ) -> Answer {
     let (_, admin, _) = authenticated(&ctx, &req)?;
     let r: api::TargetChoice = body_json(req, ADMIN_BODY).await?;
+    // One change at a time: what is stored and what the registry is given stay the same.
+    static CHANGING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _one = CHANGING.lock().await;
     let plugin = target_plugin(&ctx, &r.plugin, "plugin")?;
     let registry = registry(&ctx)?;
-    let now = targets::chosen(&ctx.state, &ctx.target);
-    if r.plugin != now && !ctx.state.machines().map_err(internal)?.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "target_locked",
-            format!(
-                "plugin: machines are registered and their replicas are at {now}; another \
-                 target cannot be chosen now (its settings can still change)"
-            ),
-        ));
-    }
+    let locked = |ctx: &ConfigServerCtx| -> Result<(), ApiError> {
+        let now = targets::chosen(&ctx.state, &ctx.target);
+        if r.plugin != now && !ctx.state.machines().map_err(internal)?.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "target_locked",
+                format!(
+                    "plugin: machines are registered and their replicas are at {now}; another \
+                     target cannot be chosen now (its settings can still change)"
+                ),
+            ));
+        }
+        Ok(())
+    };
+    locked(&ctx)?;
     let settings = candidate(&plugin, &r.settings)?;
     try_settings(registry, &r.plugin, settings.clone()).await?;
+    // A machine may have registered while the plugin's init ran.
+    locked(&ctx)?;
     // A plugin that declares no settings keeps its grant's: nothing of it is stored.
     if !plugin.manifest().settings.is_empty() {
         targets::store(&ctx.state, &ctx.keys, plugin.manifest(), &settings)

@@ -18,13 +18,16 @@ super::backend_trait! {
         /// An administrator's password hash.
         fn admin_hash(&self, name: &str) -> Result<Option<String>, StateError>;
 
-        /// Records a session (by the token's sha256) and drops expired ones.
+        /// Records a session (by the token's sha256) and drops expired ones, only while the
+        /// administrator still has `password_hash` (the one the login checked): false, and
+        /// nothing recorded, if the password changed or the account went meanwhile.
         fn add_session(
             &self,
             token_sha256: &str,
             admin: &str,
             expires_unix_ms: u64,
-        ) -> Result<(), StateError>;
+            password_hash: &str,
+        ) -> Result<bool, StateError>;
 
         /// The administrator and expiry of a live session.
         fn session(&self, token_sha256: &str) -> Result<Option<(String, u64)>, StateError>;
@@ -98,17 +101,26 @@ impl AdminStore for Sqlite {
         token_sha256: &str,
         admin: &str,
         expires_unix_ms: u64,
-    ) -> Result<(), StateError> {
+        password_hash: &str,
+    ) -> Result<bool, StateError> {
         let c = self.conn();
         c.execute("DELETE FROM sessions WHERE expires_unix_ms <= ?1", params![now_ms() as i64])
             .map_err(|e| self.err(e))?;
-        c.execute(
-            "INSERT INTO sessions (token_sha256, admin, expires_unix_ms, created_unix_ms)
-             VALUES (?1, ?2, ?3, ?4)",
-            params![token_sha256, admin, expires_unix_ms as i64, now_ms() as i64],
-        )
-        .map_err(|e| self.err(e))?;
-        Ok(())
+        let n = c
+            .execute(
+                "INSERT INTO sessions (token_sha256, admin, expires_unix_ms, created_unix_ms)
+                 SELECT ?1, ?2, ?3, ?4
+                 WHERE EXISTS (SELECT 1 FROM admins WHERE name = ?2 AND password_hash = ?5)",
+                params![
+                    token_sha256,
+                    admin,
+                    expires_unix_ms as i64,
+                    now_ms() as i64,
+                    password_hash
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(n == 1)
     }
 
     fn session(&self, token_sha256: &str) -> Result<Option<(String, u64)>, StateError> {

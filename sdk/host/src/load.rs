@@ -539,7 +539,18 @@ fn resolve_settings(m: &Manifest, g: &Grant) -> Result<Resolved, String> {
                 names.join(", ")
             })
         })?;
-        spec.check_value(v).map_err(|e| format!("{}: {e}", at(k)))?;
+        spec.check_value(v).map_err(|e| {
+            // A secret's value is never echoed, not even in an error.
+            if spec.secret {
+                format!(
+                    "{}: not a valid {} value",
+                    at(k),
+                    format!("{:?}", spec.kind).to_lowercase()
+                )
+            } else {
+                format!("{}: {e}", at(k))
+            }
+        })?;
     }
     let mut out = Vec::new();
     let mut missing = None;
