@@ -384,7 +384,8 @@ pub(super) fn plugin_list(
                     TrustBasis::Unsigned => "unsigned",
                 }
                 .into(),
-                message: None,
+                // Loaded but not configured: why no instance of it can be made yet.
+                message: p.unconfigured().map(str::to_owned),
                 settings: p
                     .manifest()
                     .settings

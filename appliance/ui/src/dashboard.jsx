@@ -338,6 +338,7 @@ export function Plugins() {
             {p.name} <span class="kind">{p.kind} {p.version}</span>
           </h3>
           <p>Trust: {TRUST[p.trust] || p.trust}</p>
+          {p.message && <p class="warn" data-unconfigured>{p.message}</p>}
           {p.kind === "target" && <TestTarget name={p.name} />}
           {p.settings.length > 0 && (
             <table class="settings">

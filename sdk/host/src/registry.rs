@@ -190,6 +190,17 @@ impl Registry {
                 set.plugins.insert(old.name().to_owned(), old.clone());
             }
         }
+        // Likewise a new load that is not configured (a required setting lost its value)
+        // does not replace a configured version that works.
+        for (name, p) in set.plugins.iter_mut() {
+            if let (Some(why), Some(old)) = (p.unconfigured(), previous.plugins.get(name))
+                && old.unconfigured().is_none()
+                && !Arc::ptr_eq(old, p)
+            {
+                tracing::warn!(plugin = %name, reason = %why, "keeping the configured version loaded before");
+                *p = old.clone();
+            }
+        }
         let set = Arc::new(set);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = set.clone();
         tracing::info!(

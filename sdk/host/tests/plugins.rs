@@ -838,3 +838,26 @@ async fn settings_given_to_the_registry_replace_the_grants_and_are_checked_first
     assert_eq!(setting(&reg, "host_root").as_deref(), Some("/from-file"));
     assert!(reg.load_with("nosuch", Default::default()).is_err());
 }
+
+#[tokio::test]
+async fn a_plugin_loses_a_required_setting_without_losing_its_working_version() {
+    let s = setup(&["azure"], true);
+    let reg = Registry::new(host(), s.config.clone());
+    // Installed with no settings: loaded (so its form can be shown), not configured.
+    let why = reg.get("azure").unwrap().unconfigured().map(str::to_owned).unwrap();
+    assert!(why.contains("plugins.grants.azure.settings.account: required"), "{why}");
+    let e = TargetInstance::new(reg.get("azure").unwrap()).await.unwrap_err();
+    assert!(e.to_string().contains("not configured"), "{e}");
+    let good: std::collections::BTreeMap<String, String> = [("account", "acct"), ("key", "a2V5")]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    reg.set_settings("azure", Some(good));
+    reg.reload();
+    let working = reg.get("azure").unwrap();
+    assert!(working.unconfigured().is_none());
+    // Its settings lose the required value: the configured version stays loaded.
+    reg.set_settings("azure", Some(Default::default()));
+    reg.reload();
+    assert!(Arc::ptr_eq(&reg.get("azure").unwrap(), &working));
+}
