@@ -140,7 +140,7 @@ pub(super) async fn reload(
 ) -> Answer {
     let (_, admin, _) = authenticated(&ctx, &req)?;
     let registry = registry(&ctx)?;
-    let set = registry.reload();
+    let set = crate::store::off_worker(|| registry.reload());
     tracing::info!(%admin, generation = set.generation, "plugins reloaded from the API");
     json(StatusCode::OK, &super::appliance::plugin_list(Some(registry), &ctx.data_dir))
 }

@@ -106,8 +106,8 @@ async fn try_settings(
     name: &str,
     settings: targets::Settings,
 ) -> Result<TargetInstance, ApiError> {
-    let loaded = registry
-        .load_with(name, settings)
+    // Loading compiles: off the async workers.
+    let loaded = crate::store::off_worker(|| registry.load_with(name, settings))
         .map_err(|e| ApiError::bad_request("plugin_refused", format!("plugin: {}", e.message)))?;
     TargetInstance::new(loaded).await.map_err(|e| {
         ApiError::bad_request("target_refused", format!("{name} refused these settings: {e}"))
@@ -198,7 +198,7 @@ pub(super) async fn set_target(
         registry.set_settings(&r.plugin, Some(settings));
     }
     ctx.state.set_setting(targets::CHOICE, &r.plugin).map_err(internal)?;
-    let set = registry.reload();
+    let set = crate::store::off_worker(|| registry.reload());
     tracing::warn!(%admin, plugin = %r.plugin, generation = set.generation, "target set; plugins reloaded");
     json(StatusCode::OK, &target_state(&ctx)?)
 }
@@ -238,7 +238,8 @@ pub(super) async fn plugin_health(
         None => TargetInstance::new(plugin).await.map_err(|e| format!("init: {e}")),
         Some(given) => {
             let settings = candidate(&plugin, &given)?;
-            match registry(&ctx)?.load_with(&name, settings) {
+            let registry = registry(&ctx)?;
+            match crate::store::off_worker(|| registry.load_with(&name, settings)) {
                 Ok(p) => TargetInstance::new(p).await.map_err(|e| format!("init: {e}")),
                 Err(e) => Err(format!("load: {}", e.message)),
             }
