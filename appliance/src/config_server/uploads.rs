@@ -16,6 +16,7 @@
 
 use crate::store::{State, StateError};
 use lifeboat_api as api;
+use lifeboat_plugin_host::manifest::valid_name;
 use lifeboat_plugin_host::registry::Registry;
 use lifeboat_plugin_host::{LoadError, Refusal};
 use sha2::Digest as _;
@@ -58,12 +59,6 @@ pub fn dir(data_dir: &Path) -> PathBuf {
 
 fn io(what: &str, e: std::io::Error) -> UploadError {
     UploadError::Io(format!("{what}: {e}"))
-}
-
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

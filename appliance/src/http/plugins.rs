@@ -17,8 +17,10 @@ fn answer(e: UploadError) -> ApiError {
     }
 }
 
-fn registry(ctx: &ConfigServerCtx) -> Result<&lifeboat_plugin_host::registry::Registry, ApiError> {
-    ctx.registry.as_deref().ok_or_else(|| {
+fn registry(
+    ctx: &ConfigServerCtx,
+) -> Result<&Arc<lifeboat_plugin_host::registry::Registry>, ApiError> {
+    ctx.registry.as_ref().ok_or_else(|| {
         ApiError::bad_request("no_plugins", "this appliance runs no role that loads plugins")
     })
 }
@@ -47,9 +49,7 @@ pub(super) async fn upload(
     let wasm = base64::engine::general_purpose::STANDARD
         .decode(u.wasm_base64.trim())
         .map_err(|e| ApiError::bad_request("invalid", format!("wasm_base64: not base64: {e}")))?;
-    let registry = ctx.registry.clone().ok_or_else(|| {
-        ApiError::bad_request("no_plugins", "this appliance runs no role that loads plugins")
-    })?;
+    let registry = registry(&ctx)?.clone();
     let data = ctx.data_dir.clone();
     let q =
         tokio::task::spawn_blocking(move || uploads::receive(&registry, &data, &u.manifest, &wasm))
@@ -83,12 +83,11 @@ pub(super) async fn trust(
 ) -> Answer {
     let (_, admin, _) = authenticated(&ctx, &req)?;
     let t: api::PluginTrust = body_json(req, ADMIN_BODY).await?;
-    registry(&ctx)?;
+    let registry = registry(&ctx)?.clone();
     // Compiling, syncing and reloading: off the async workers.
     let c = ctx.clone();
     tokio::task::spawn_blocking(move || {
-        let registry = c.registry.as_deref().ok_or_else(|| UploadError::Io("no plugins".into()))?;
-        uploads::trust(&c.state, registry, &c.data_dir, &name, &t.sha256, &admin)
+        uploads::trust(&c.state, &registry, &c.data_dir, &name, &t.sha256, &admin)
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))?
@@ -142,5 +141,5 @@ pub(super) async fn reload(
     let registry = registry(&ctx)?;
     let set = crate::store::off_worker(|| registry.reload());
     tracing::info!(%admin, generation = set.generation, "plugins reloaded from the API");
-    json(StatusCode::OK, &super::appliance::plugin_list(Some(registry), &ctx.data_dir))
+    json(StatusCode::OK, &super::appliance::plugin_list(Some(registry.as_ref()), &ctx.data_dir))
 }

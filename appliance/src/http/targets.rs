@@ -58,31 +58,16 @@ fn candidate(
         }
         return Ok(plugin.settings().iter().cloned().collect());
     }
-    if let Some(k) = given.keys().find(|k| !m.settings.iter().any(|s| &s.name == *k)) {
-        let names: Vec<&str> = m.settings.iter().map(|s| s.name.as_str()).collect();
-        return Err(invalid(
-            k,
-            format!("{} declares no such setting (it takes: {})", m.name, names.join(", ")),
-        ));
+    for k in given.keys() {
+        m.setting_spec(k).map_err(|takes| {
+            invalid(k, format!("{} declares no such setting (it takes: {takes})", m.name))
+        })?;
     }
     let mut out = targets::Settings::new();
     for spec in &m.settings {
         match given.get(&spec.name).map(|v| v.trim()).filter(|v| !v.is_empty()) {
             Some(v) => {
-                spec.check_value(v).map_err(|e| {
-                    // A secret's value is never echoed, not even in an error.
-                    invalid(
-                        &spec.name,
-                        if spec.secret {
-                            format!(
-                                "not a valid {} value",
-                                format!("{:?}", spec.kind).to_lowercase()
-                            )
-                        } else {
-                            e
-                        },
-                    )
-                })?;
+                spec.check_given(v).map_err(|e| invalid(&spec.name, e))?;
                 out.insert(spec.name.clone(), v.to_owned());
             }
             None if spec.secret => {

@@ -310,9 +310,7 @@ function Quarantined({ q, onDone }) {
 }
 
 export function Plugins() {
-  const [tick, setTick] = useState(0);
-  const [data, error] = usePoll(() => get("/api/v1/plugins"), 10000, [tick]);
-  const refresh = () => setTick((t) => t + 1);
+  const [data, error, refresh] = usePoll(() => get("/api/v1/plugins"), 10000);
   const [reloaded, setReloaded] = useState(null);
   const reload = async () => {
     try {

@@ -3,7 +3,7 @@
 // a new one made by name, an unused one deleted after a confirmation. The server checks
 // every value and its error names the field, shown beside it.
 import { useState } from "preact/hooks";
-import { get, put, call } from "./api.js";
+import { get, put, del } from "./api.js";
 import { usePoll, Field, FormError, Confirm, useErrors, duration } from "./ui.jsx";
 
 const NUMBERS = [
@@ -94,15 +94,14 @@ function PolicyForm({ name, policy, isNew, onDone, onCancel }) {
 const every = (v) => (v == null ? "as the agent sets" : `every ${duration(v)}`);
 
 export function Policies() {
-  const [tick, setTick] = useState(0);
-  const [data, error] = usePoll(() => get("/api/v1/policies"), 10000, [tick]);
+  const [data, error, refresh] = usePoll(() => get("/api/v1/policies"), 10000);
   const [editing, setEditing] = useState(null);
   const [deleting, setDeleting] = useState(null);
   const [saved, setSaved] = useState(null);
   const done = (name) => {
     setEditing(null);
     setSaved(name);
-    setTick((t) => t + 1);
+    refresh();
   };
   const list = data?.policies || [];
   const current = list.find((p) => p.name === editing);
@@ -151,7 +150,7 @@ export function Policies() {
         </div>
       )}
       {deleting && (
-        <Confirm title={`Delete policy ${deleting}?`} action={`Delete ${deleting}`} danger onCancel={() => setDeleting(null)} onConfirm={async () => { await call("DELETE", `/api/v1/policies/${encodeURIComponent(deleting)}`); setDeleting(null); setTick((t) => t + 1); }}>
+        <Confirm title={`Delete policy ${deleting}?`} action={`Delete ${deleting}`} danger onCancel={() => setDeleting(null)} onConfirm={async () => { await del(`/api/v1/policies/${encodeURIComponent(deleting)}`); setDeleting(null); refresh(); }}>
           <p>No machine uses it; it is deleted.</p>
         </Confirm>
       )}

@@ -133,8 +133,7 @@ function Recovery() {
 }
 
 function Administrators({ me }) {
-  const [tick, setTick] = useState(0);
-  const [list, error] = usePoll(() => get("/api/v1/admins"), 10000, [tick]);
+  const [list, error, refresh] = usePoll(() => get("/api/v1/admins"), 10000);
   const [name, setName] = useState("");
   const [password, setPassword] = useState("");
   const [again, setAgain] = useState("");
@@ -142,7 +141,6 @@ function Administrators({ me }) {
   const [asking, setAsking] = useState(null);
   const [newPassword, setNewPassword] = useState("");
   const [done, setDone] = useState(null);
-  const refresh = () => setTick((t) => t + 1);
   const add = async (e) => {
     e.preventDefault();
     if (password !== again) return setErrors({ again: "the two passwords differ" });
@@ -215,8 +213,7 @@ function Administrators({ me }) {
 }
 
 function Sessions() {
-  const [tick, setTick] = useState(0);
-  const [list, error] = usePoll(() => get("/api/v1/sessions"), 10000, [tick]);
+  const [list, error, refresh] = usePoll(() => get("/api/v1/sessions"), 10000);
   const [ending, setEnding] = useState(null);
   return (
     <section class="panel" aria-labelledby="sessions-h">
@@ -244,7 +241,7 @@ function Sessions() {
         </tbody>
       </table>
       {ending && (
-        <Confirm title={`End ${ending.admin}'s session?`} action="End the session" danger onCancel={() => setEnding(null)} onConfirm={async () => { await del(`/api/v1/sessions/${ending.id}`); setEnding(null); setTick((t) => t + 1); }}>
+        <Confirm title={`End ${ending.admin}'s session?`} action="End the session" danger onCancel={() => setEnding(null)} onConfirm={async () => { await del(`/api/v1/sessions/${ending.id}`); setEnding(null); refresh(); }}>
           <p>Whoever uses it is logged out at their next request.</p>
         </Confirm>
       )}

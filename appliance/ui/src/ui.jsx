@@ -16,6 +16,8 @@ export function Field({ label, help, error, value, onInput, type = "text", autoc
       <label for={id}>{label}</label>
       {type === "checkbox" ? (
         <input id={id} name={name} type="checkbox" checked={value} onChange={(e) => onInput(e.currentTarget.checked)} aria-describedby={described} />
+      ) : type === "textarea" ? (
+        <textarea id={id} name={name} rows="5" spellcheck={false} value={value} aria-invalid={error ? "true" : undefined} aria-describedby={described} onInput={(e) => onInput(e.currentTarget.value)} />
       ) : (
         <input
           id={id}
@@ -43,10 +45,12 @@ export function FormError({ error }) {
   return error ? <p class="error form-error" role="alert">{error}</p> : null;
 }
 
-// Runs `load` now and every `ms` while mounted; returns [value, error].
+// Runs `load` now and every `ms` while mounted; returns [value, error, refresh], where
+// `refresh()` runs it again at once (after a change the page made).
 export function usePoll(load, ms, deps = []) {
   const [value, setValue] = useState(null);
   const [error, setError] = useState(null);
+  const [round, setRound] = useState(0);
   useEffect(() => {
     let live = true;
     let timer;
@@ -67,8 +71,8 @@ export function usePoll(load, ms, deps = []) {
       live = false;
       clearTimeout(timer);
     };
-  }, deps);
-  return [value, error];
+  }, [...deps, round]);
+  return [value, error, () => setRound((r) => r + 1)];
 }
 
 export function ago(unixMs) {

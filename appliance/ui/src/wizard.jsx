@@ -94,20 +94,6 @@ function Claim({ onNext }) {
   );
 }
 
-// A labelled text area with its error beside it (for PEM text).
-function PemField({ label, name, value, onInput, error, help }) {
-  const id = `pem-${name}`;
-  const described = [help ? `${id}-help` : null, error ? `${id}-err` : null].filter(Boolean).join(" ") || undefined;
-  return (
-    <div class={error ? "field bad" : "field"}>
-      <label for={id}>{label}</label>
-      <textarea id={id} name={name} rows="5" spellcheck={false} value={value} aria-invalid={error ? "true" : undefined} aria-describedby={described} onInput={(e) => onInput(e.currentTarget.value)} />
-      {help && <p class="help" id={`${id}-help`}>{help}</p>}
-      {error && <p class="error" id={`${id}-err`} role="alert">{error}</p>}
-    </div>
-  );
-}
-
 // The certificate 443 presents: the appliance CA's, or one from the site's own CA.
 function Certificate() {
   const [cert, setCert] = useState(null);
@@ -143,14 +129,14 @@ function Certificate() {
       {cert && (
         <p data-cert-source={cert.source}>
           {cert.source === "uploaded" ? "Uploaded" : "Issued by the appliance's CA"} for {cert.names.join(", ") || "no name"}, until{" "}
-          {new Date(cert.not_after_unix_ms).toLocaleDateString()}. Browsers trust it once they trust its CA; agents are not affected (they pin the appliance's CA on 9443).
+          {new Date(cert.not_after_unix_ms).toLocaleDateString()}. Browsers trust it once they trust its CA; agents and the CLI are always given the appliance CA's certificate, which they pin.
         </p>
       )}
       {done && <p class="ok" role="status">{done}</p>}
       <details>
         <summary>Use a certificate from your own CA</summary>
-        <PemField label="Certificate chain (PEM, leaf first)" name="certificate_pem" value={pem} onInput={setPem} error={errors.certificate_pem} />
-        <PemField label="Its private key (PEM)" name="key_pem" value={key} onInput={setKey} error={errors.key_pem} help="Kept readable by the appliance only; never shown again." />
+        <Field label="Certificate chain (PEM, leaf first)" name="certificate_pem" type="textarea" value={pem} onInput={setPem} error={errors.certificate_pem} />
+        <Field label="Its private key (PEM)" name="key_pem" type="textarea" value={key} onInput={setKey} error={errors.key_pem} help="Kept readable by the appliance only; never shown again." />
         <div class="buttons">
           <button type="button" class="secondary" onClick={upload}>Use this certificate</button>
           {cert?.source === "uploaded" && <button type="button" class="secondary" onClick={back}>Use the appliance CA's again</button>}

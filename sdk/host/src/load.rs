@@ -533,24 +533,10 @@ fn resolve_settings(m: &Manifest, g: &Grant) -> Result<Resolved, String> {
     }
     let at = |k: &str| format!("plugins.grants.{}.settings.{k}", m.name);
     for (k, v) in &g.settings {
-        let spec = m.settings.iter().find(|s| &s.name == k).ok_or_else(|| {
-            format!("{}: the plugin declares no such setting (it takes: {})", at(k), {
-                let names: Vec<&str> = m.settings.iter().map(|s| s.name.as_str()).collect();
-                names.join(", ")
-            })
+        let spec = m.setting_spec(k).map_err(|takes| {
+            format!("{}: the plugin declares no such setting (it takes: {takes})", at(k))
         })?;
-        spec.check_value(v).map_err(|e| {
-            // A secret's value is never echoed, not even in an error.
-            if spec.secret {
-                format!(
-                    "{}: not a valid {} value",
-                    at(k),
-                    format!("{:?}", spec.kind).to_lowercase()
-                )
-            } else {
-                format!("{}: {e}", at(k))
-            }
-        })?;
+        spec.check_given(v).map_err(|e| format!("{}: {e}", at(k)))?;
     }
     let mut out = Vec::new();
     let mut missing = None;

@@ -177,6 +177,18 @@ impl SettingSpec {
         }
     }
 
+    /// [`SettingSpec::check_value`] for a value given by someone: a secret's value is never
+    /// echoed, not even in the error.
+    pub fn check_given(&self, value: &str) -> Result<(), String> {
+        self.check_value(value).map_err(|e| {
+            if self.secret {
+                format!("not a valid {} value", format!("{:?}", self.kind).to_lowercase())
+            } else {
+                e
+            }
+        })
+    }
+
     /// The default as the text `init` gets, if there is one.
     pub fn default_text(&self) -> Option<String> {
         self.default.as_ref().map(|d| match d {
@@ -291,7 +303,22 @@ pub struct ManifestError {
     pub message: String,
 }
 
+/// Whether `name` may name a plugin (and its files): 1-64 ASCII letters, digits, `-`, `_`.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
 impl Manifest {
+    /// The declared setting `name`; else the names it declares, comma-separated (for the
+    /// error).
+    pub fn setting_spec(&self, name: &str) -> Result<&SettingSpec, String> {
+        self.settings.iter().find(|s| s.name == name).ok_or_else(|| {
+            self.settings.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+        })
+    }
+
     /// Reads and validates the manifest at `path`.
     pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
         let err = |message: String| ManifestError { path: path.display().to_string(), message };
@@ -309,10 +336,7 @@ impl Manifest {
                 self.manifest_version
             ));
         }
-        if self.name.is_empty()
-            || self.name.len() > 64
-            || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
+        if !valid_name(&self.name) {
             return Err(format!(
                 "name {:?}: use 1-64 ASCII letters, digits, `-` or `_`",
                 self.name
