@@ -600,3 +600,34 @@ pub struct PluginHealth {
     /// How long the test took.
     pub seconds: f64,
 }
+
+/// One file the appliance serves at `/downloads/`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DownloadFile {
+    /// Its name: `GET /downloads/<name>`.
+    pub name: String,
+    /// Bytes.
+    pub size: u64,
+    /// SHA-256, lowercase hex.
+    pub sha256: String,
+}
+
+/// `GET /api/v1/downloads`: the agent packages the appliance serves and the one-line
+/// command that installs the agent on a machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Downloads {
+    /// Whether the appliance serves packages (`config_server.downloads` is set).
+    pub enabled: bool,
+    /// The files, by name.
+    pub files: Vec<DownloadFile>,
+    /// SHA-256 of `GET /downloads/install.sh` (it names the active CA's fingerprint and the
+    /// package's digest).
+    pub installer_sha256: String,
+    /// Run as a user with sudo on the machine to protect: downloads the installer from the
+    /// given origin, checks its SHA-256, and installs and registers the agent (it asks for
+    /// a registration passphrase unless `LIFEBOAT_PASSPHRASE` is set after `sudo`). Empty
+    /// when no Debian package is served.
+    pub install_command: String,
+}

@@ -104,6 +104,11 @@ pub struct ConfigServer {
     /// UI's plots, in seconds (1 to 3600).
     #[serde(default = "default_sample_secs")]
     pub sample_secs: u64,
+    /// A folder of agent packages served at `/downloads/` with their SHA-256 and an
+    /// installer script (`cargo xtask package` fills `<target>/packages`). Absent: nothing
+    /// is served there.
+    #[serde(default)]
+    pub downloads: Option<PathBuf>,
 }
 
 fn default_sample_secs() -> u64 {
@@ -125,6 +130,7 @@ impl Default for ConfigServer {
             server_names: default_names(),
             process_server_url: None,
             sample_secs: default_sample_secs(),
+            downloads: None,
         }
     }
 }
@@ -295,6 +301,9 @@ impl ApplianceConfig {
         };
         abs(&mut c.data_dir);
         abs(&mut c.plugins.dir);
+        if let Some(d) = c.config_server.downloads.as_mut() {
+            abs(d);
+        }
         match c.plugins.cache_dir.as_mut() {
             Some(d) => abs(d),
             // Compiled plugins are native code: kept where only the appliance writes,

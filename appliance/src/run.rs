@@ -210,7 +210,19 @@ async fn start_config_server(
             cfg.config_server.server_names.first().cloned().unwrap_or_else(|| "127.0.0.1".into());
         format!("https://{host}:{}", cfg.process_server.listen.port())
     });
+    let downloads = match &cfg.config_server.downloads {
+        Some(dir) => {
+            let d = lifeboat_appliance::config_server::downloads::Downloads::scan(dir)
+                .with_context(|| {
+                    format!("config_server.downloads: cannot read {}", dir.display())
+                })?;
+            tracing::info!(folder = %dir.display(), files = d.files().len(), "serving agent packages at /downloads/");
+            Some(Arc::new(d))
+        }
+        None => None,
+    };
     let ctx = Arc::new(ConfigServerCtx {
+        downloads,
         state: core.state.clone(),
         admins: lifeboat_appliance::config_server::admin::Admins::new(core.state.clone()),
         failover: cfg.roles.master_target.then(|| {

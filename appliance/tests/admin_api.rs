@@ -39,6 +39,13 @@ async fn start() -> Server {
 }
 
 async fn start_with(registry: Option<Arc<Registry>>) -> Server {
+    start_full(registry, None).await
+}
+
+async fn start_full(
+    registry: Option<Arc<Registry>>,
+    downloads: Option<lifeboat_appliance::config_server::downloads::Downloads>,
+) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let pki = Arc::new(lifeboat_appliance::config_server::pki::Pki::load(dir.path(), &[]).unwrap());
     let ca = pki.active();
@@ -61,6 +68,7 @@ async fn start_with(registry: Option<Arc<Registry>>) -> Server {
             true,
         )]),
         target: "local".into(),
+        downloads: downloads.map(Arc::new),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -280,7 +288,7 @@ async fn the_router_serves_exactly_the_documented_operations() {
             operations += 1;
         }
     }
-    assert_eq!(operations, 64, "the document lists every operation of the configuration server");
+    assert_eq!(operations, 65, "the document lists every operation of the configuration server");
     for (m, path) in [
         (Method::GET, "/api/v1/nothing"),
         (Method::DELETE, "/api/v1/machines"),
@@ -2200,4 +2208,114 @@ async fn the_certificate_for_443_is_uploaded_checked_and_used() {
     assert!(!s.dir.path().join("https/server.key").exists());
     let (st, _) = call(&s.client(None), Method::GET, cp, cp, t, "").await;
     assert_eq!(st, StatusCode::OK);
+}
+
+/// `/downloads/`: the packages with their digests for anyone, nothing else of the folder;
+/// the installer names the package's digest and the CA; the command administrators are
+/// shown pins the installer's digest and takes only a well-formed origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_packages_are_served_with_their_digests_and_the_command_pins_them() {
+    use lifeboat_appliance::config_server::downloads::{Downloads, sha256_hex};
+    let folder = tempfile::tempdir().unwrap();
+    let deb = "lifeboat-agent_0.1.0_amd64.deb";
+    std::fs::write(folder.path().join(deb), b"!<arch>\npretend package").unwrap();
+    std::fs::write(folder.path().join(".hidden"), b"secret").unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", folder.path().join("hostname")).unwrap();
+    let s = start_full(None, Some(Downloads::scan(folder.path()).unwrap())).await;
+    let c = s.client(None);
+    let get = |path: &'static str| {
+        let c = &c;
+        async move {
+            let (st, h, b) =
+                c.request(Method::GET, path, Bytes::new(), HeaderMap::new()).await.unwrap();
+            (st, h, b)
+        }
+    };
+    let digest = sha256_hex("!<arch>\npretend package");
+    let (st, _, b) = get("/downloads/").await;
+    assert_eq!(
+        (st, String::from_utf8_lossy(&b).into_owned()),
+        (StatusCode::OK, format!("{digest}  {deb}\n"))
+    );
+    let (st, _, b) = get("/downloads/SHA256SUMS").await;
+    assert_eq!((st, b.len()), (StatusCode::OK, 66 + deb.len()));
+    let (st, h, b) = get("/downloads/lifeboat-agent_0.1.0_amd64.deb").await;
+    assert_eq!((st, &b[..]), (StatusCode::OK, &b"!<arch>\npretend package"[..]));
+    assert_eq!(h[http::header::CONTENT_TYPE], "application/vnd.debian.binary-package");
+    for path in [
+        "/downloads/.hidden",
+        "/downloads/hostname",
+        "/downloads/..%2Fstate.db",
+        "/downloads/%2e%2e",
+        "/downloads/nothing.deb",
+    ] {
+        let (st, _, b) = get(path).await;
+        let v: Value = serde_json::from_slice(&b).unwrap_or(Value::Null);
+        assert_eq!((st, v["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")), "{path}");
+    }
+    let (st, _, script) = get("/downloads/install.sh").await;
+    let script = String::from_utf8(script.to_vec()).unwrap();
+    assert_eq!(st, StatusCode::OK);
+    assert!(script.contains(&format!("DEB_SHA256='{digest}'")), "{script}");
+    assert!(script.contains(&format!("FINGERPRINT='{}'", s.ca.fingerprint())), "{script}");
+
+    // The administrators' view.
+    let token = setup_admin(&c, &s.state).await;
+    let (st, _) = call(&c, Method::GET, "/api/v1/downloads", "/api/v1/downloads", None, "").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let (st, v) =
+        call(&c, Method::GET, "/api/v1/downloads", "/api/v1/downloads", Some(&token), "").await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(
+        v["installer_sha256"].as_str(),
+        Some(sha256_hex(&script).as_str()),
+        "the digest is of what is served"
+    );
+    assert_eq!(
+        (v["files"][0]["name"].as_str(), v["files"][0]["sha256"].as_str()),
+        (Some(deb), Some(digest.as_str()))
+    );
+    let cmd = v["install_command"].as_str().unwrap();
+    let origin = format!("https://{}", s.addr);
+    assert!(cmd.starts_with(&format!("curl -fsSko /tmp/lifeboat-install.sh {origin}/downloads/install.sh && echo '{}  /tmp/lifeboat-install.sh' | sha256sum -c", sha256_hex(&script))), "{cmd}");
+    assert!(
+        cmd.ends_with(&format!("sudo LIFEBOAT_APPLIANCE={origin} sh /tmp/lifeboat-install.sh")),
+        "{cmd}"
+    );
+    let path = "/api/v1/downloads?origin=https%3A%2F%2Fdr.example.com%3A8443";
+    let (st, v) = call(&c, Method::GET, path, "/api/v1/downloads", Some(&token), "").await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert!(
+        v["install_command"]
+            .as_str()
+            .unwrap()
+            .contains("https://dr.example.com:8443/downloads/install.sh"),
+        "{v}"
+    );
+    for bad in ["https%3A%2F%2Fa%3Brm", "http%3A%2F%2Fa", "https%3A%2F%2Fa%24(id)", "%zz"] {
+        let path = format!("/api/v1/downloads?origin={bad}");
+        let (st, v) = call(&c, Method::GET, &path, "/api/v1/downloads", Some(&token), "").await;
+        assert_eq!(
+            (st, v["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("bad_origin")),
+            "{bad}: {v}"
+        );
+    }
+
+    // An appliance that serves no packages says so.
+    let s2 = start().await;
+    let c2 = s2.client(None);
+    let (st, _, b) = c2
+        .request(Method::GET, "/downloads/install.sh", Bytes::new(), HeaderMap::new())
+        .await
+        .unwrap();
+    let v: Value = serde_json::from_slice(&b).unwrap();
+    assert_eq!((st, v["code"].as_str()), (StatusCode::NOT_FOUND, Some("no_downloads")));
+    let token2 = setup_admin(&c2, &s2.state).await;
+    let (st, v) =
+        call(&c2, Method::GET, "/api/v1/downloads", "/api/v1/downloads", Some(&token2), "").await;
+    assert_eq!(
+        (st, &v["enabled"], v["install_command"].as_str()),
+        (StatusCode::OK, &Value::Bool(false), Some(""))
+    );
 }

@@ -153,6 +153,69 @@ pub fn passphrase(cli: &Cli, cmd: &PassphraseCmd) -> Result<Output, Failure> {
     })
 }
 
+/// `lifeboat appliance`.
+pub fn appliance(
+    cli: &Cli,
+    name: Option<&str>,
+    agent_url: Option<&str>,
+) -> Result<Output, Failure> {
+    let s = Session::load(cli)?;
+    let mut v: api::ApplianceInfo = s.get("/api/v1/appliance")?;
+    if name.is_some() || agent_url.is_some() {
+        let body = api::ApplianceIdentity {
+            name: name.map_or_else(|| v.name.clone(), str::to_owned),
+            agent_url: agent_url.map_or_else(|| v.agent_url.clone(), str::to_owned),
+        };
+        if let Err(e) = body.check() {
+            return Err(fail(2, e));
+        }
+        v = s.send(Method::PUT, "/api/v1/appliance", &body)?;
+    }
+    let t = format!(
+        "name: {}
+agent data to: {}
+CA fingerprint: {}",
+        v.name, v.agent_url, v.ca_fingerprint
+    );
+    Ok(Output::new(&v, t))
+}
+
+/// `lifeboat install-command`.
+pub fn install_command(
+    cli: &Cli,
+    origin: Option<&str>,
+    with_passphrase: bool,
+) -> Result<Output, Failure> {
+    let s = Session::load(cli)?;
+    let origin =
+        origin.map(str::to_owned).unwrap_or_else(|| s.file.url.trim_end_matches('/').to_owned());
+    let query: String = origin
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let mut v: api::Downloads = s.get(&format!("/api/v1/downloads?origin={query}"))?;
+    if v.install_command.is_empty() {
+        return Err(fail(
+            1,
+            "the appliance serves no agent package: set config_server.downloads to the folder `cargo xtask package` fills",
+        ));
+    }
+    if with_passphrase {
+        let p: api::NewPassphrase = s.ask(Method::POST, "/api/v1/passphrases")?;
+        v.install_command = v.install_command.replacen(
+            " sudo ",
+            &format!(" sudo LIFEBOAT_PASSPHRASE='{}' ", p.passphrase),
+            1,
+        );
+    }
+    Ok(Output::new(&v, v.install_command.clone()))
+}
+
 /// `lifeboat plugins`.
 pub fn plugins(cli: &Cli) -> Result<Output, Failure> {
     let v: api::PluginList = Session::load(cli)?.get("/api/v1/plugins")?;

@@ -186,6 +186,29 @@ enum Cmd {
         #[command(subcommand)]
         cmd: PassphraseCmd,
     },
+    /// The appliance's name and the address agents are told to send data to; with options,
+    /// sets them (what is not given stays).
+    Appliance {
+        /// The name the web UI shows.
+        #[arg(long)]
+        name: Option<String>,
+        /// https://HOST:PORT where agents reach the process server (given to agents that
+        /// register from now on).
+        #[arg(long)]
+        agent_url: Option<String>,
+    },
+    /// The one-line command that installs, registers and starts the agent on a Debian or
+    /// Ubuntu machine (with the packages the appliance serves at /downloads/).
+    InstallCommand {
+        /// The address machines reach the appliance at, https://HOST[:PORT] (default: the
+        /// one this session logged in to).
+        #[arg(long)]
+        origin: Option<String>,
+        /// Also make a registration passphrase (the unused ones stop working) and put it in
+        /// the command, for running it unattended.
+        #[arg(long)]
+        with_passphrase: bool,
+    },
     /// The appliance's certificate authorities: status, and rotation without registering
     /// agents again (steady → introducing → retiring → steady).
     Ca {
@@ -396,6 +419,12 @@ fn run(cli: &Cli) -> Result<Output, Failure> {
         Cmd::TestFailovers => failover::test_failovers(cli),
         Cmd::Jobs { id } => failover::jobs(cli, *id),
         Cmd::Passphrase { cmd } => machines::passphrase(cli, cmd),
+        Cmd::Appliance { name, agent_url } => {
+            machines::appliance(cli, name.as_deref(), agent_url.as_deref())
+        }
+        Cmd::InstallCommand { origin, with_passphrase } => {
+            machines::install_command(cli, origin.as_deref(), *with_passphrase)
+        }
         Cmd::Ca { cmd } => ca::ca(cli, cmd),
         Cmd::RecoveryPassphrase { cmd } => ca::recovery_passphrase(cli, cmd),
         Cmd::Completions { .. } => unreachable!("handled before"),

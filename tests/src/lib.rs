@@ -597,6 +597,31 @@ impl Drop for Proc {
 pub const AZURITE_ACCOUNT: &str = "devstoreaccount1";
 
 mod azurite;
+mod roots;
 mod vm;
 pub use azurite::*;
+pub use roots::*;
 pub use vm::*;
+
+/// The folder `cargo xtask package` fills: `<target>/packages`.
+pub fn packages_dir() -> PathBuf {
+    let dir = build_dirs().0.parent().unwrap().join("packages");
+    assert!(
+        dir.join("SHA256SUMS").exists(),
+        "{} missing: run `cargo xtask package`",
+        dir.display()
+    );
+    dir
+}
+
+/// Makes the appliance configuration `cfg` serve `dir` at `/downloads/`.
+pub fn serve_downloads(cfg: &Path, dir: &Path) {
+    let text = std::fs::read_to_string(cfg).unwrap();
+    assert!(text.contains("[config_server]\n"), "{text}");
+    let text = text.replacen(
+        "[config_server]\n",
+        &format!("[config_server]\ndownloads = \"{}\"\n", dir.display()),
+        1,
+    );
+    std::fs::write(cfg, text).unwrap();
+}

@@ -32,6 +32,8 @@ fn the_wizard_claims_the_appliance_and_the_dashboard_shows_the_registered_machin
         Roles::ALL,
         &format!("\n[plugins.grants.azure]\nsha256 = \"{sha}\"\nclock = true\n"),
     );
+    // The agent's packages (`cargo xtask package`, run by `cargo xtask test`) at /downloads/.
+    serve_downloads(&cfg, &packages_dir());
     let _appliance = site.start("appliance", &cfg);
     site.wait_port(site.config_port);
     site.wait_port(site.ps_port);
@@ -57,6 +59,16 @@ fn the_wizard_claims_the_appliance_and_the_dashboard_shows_the_registered_machin
     // The wizard showed the registration command: run it as shown, with this test's
     // agent binary and state folder.
     let shown = next();
+    // The install command pins the installer the appliance serves.
+    let install = shown["install"].as_str().unwrap();
+    let pinned = install.split("echo '").nth(1).and_then(|r| r.split_whitespace().next()).unwrap();
+    let script = sh(
+        "curl",
+        &["-fsSk", &format!("https://127.0.0.1:{}/downloads/install.sh", site.config_port)],
+    )
+    .unwrap();
+    use sha2::Digest as _;
+    assert_eq!(pinned, hex::encode(sha2::Sha256::digest(format!("{script}\n"))), "{install}");
     let command = shown["command"].as_str().unwrap();
     let first: String = command
         .lines()

@@ -18,9 +18,10 @@ pub fn run(name: &str) -> Result<()> {
         "capture" => crate::bench_capture::capture(),
         "failover" => crate::bench_failover::failover(),
         "ui" => crate::bench_ui::ui(),
+        "image" => crate::bench_image::image(),
         other => {
             bail!(
-                "unknown benchmark {other:?}; available: plugins, replication, capture, failover, ui"
+                "unknown benchmark {other:?}; available: plugins, replication, capture, failover, ui, image"
             )
         }
     }

@@ -8,8 +8,12 @@
 mod bench;
 mod bench_capture;
 mod bench_failover;
+mod bench_image;
 mod bench_replication;
 mod bench_ui;
+mod image;
+mod ova;
+mod package;
 mod plugins;
 mod quickstart;
 mod setup;
@@ -40,11 +44,16 @@ enum Cmd {
     },
     /// Runs every test: formatting, clippy, unit, integration and end-to-end tests.
     Test,
+    /// Builds the agent's Debian package into <target>/packages (with SHA256SUMS), the folder
+    /// the appliance serves at /downloads/.
+    Package,
+    /// Builds the appliance image (raw, qcow2, OVA) into images/out (needs root).
+    Image,
     /// Builds the appliance's web UI into appliance/ui/dist (the appliance embeds it).
     Ui,
     /// Runs a benchmark and prints its figures (not part of the tests).
     Bench {
-        /// Which benchmark: `plugins`, `replication`, `capture` or `failover`.
+        /// Which benchmark: `plugins`, `replication`, `capture`, `failover`, `ui` or `image`.
         name: String,
     },
 }
@@ -55,6 +64,8 @@ fn main() {
         Cmd::Plugins => plugins::build().map(|_| ()),
         Cmd::Test => test(),
         Cmd::Ui => ui::build(),
+        Cmd::Package => package::build().map(|_| ()),
+        Cmd::Image => image::build().map(|_| ()),
         Cmd::Quickstart { once } => quickstart::quickstart(once),
         Cmd::Bench { name } => bench::run(&name),
     };
@@ -170,6 +181,15 @@ fn test() -> Result<()> {
     setup::apt_backports(setup::BACKPORTS_PACKAGES)?;
     // The end-to-end tests run the real binaries; `cargo test` alone does not build them.
     build_binaries()?;
+    // The agent's package: the packages test installs it in Debian roots.
+    package::package_agent()?;
+    // The appliance image: the image test boots it (root only: it runs mmdebstrap).
+    if setup::is_root() {
+        setup::apt(image::BUILD_TOOLS)?;
+        image::build_image()?;
+    } else {
+        eprintln!("xtask: not root: the appliance image is not built and its tests are skipped");
+    }
     // Azurite (Azure Storage emulator) for the Azure plugin's tests, from npm (installed
     // with the UI's build above).
     run(Command::new("bash")

@@ -8,8 +8,18 @@ use std::process::Command;
 /// the zstd plugin for wasm32-wasip2; clang and the kernel's UAPI headers (linux-libc-dev)
 /// compile the agent's eBPF tracker; make, libelf, zlib and pkg-config build and link
 /// libbpf (libbpf-sys builds its vendored copy with make).
-const BUILD_PACKAGES: &[&str] =
-    &["clang", "wasi-libc", "linux-libc-dev", "libelf-dev", "zlib1g-dev", "pkg-config", "make"];
+/// dpkg-dev (dpkg-shlibdeps) and binutils (strip) make the agent's Debian package.
+const BUILD_PACKAGES: &[&str] = &[
+    "clang",
+    "wasi-libc",
+    "linux-libc-dev",
+    "libelf-dev",
+    "zlib1g-dev",
+    "pkg-config",
+    "make",
+    "dpkg-dev",
+    "binutils",
+];
 
 /// Debian packages the tests need besides the build: e2fsprogs and xfsprogs make the
 /// filesystems the agent's free-space and eBPF tracker tests mount; util-linux has losetup,
@@ -40,6 +50,11 @@ pub const TEST_PACKAGES: &[&str] = &[
     // ... and checks the login, the dashboard and a machine's plots in Firefox (headless,
     // WebDriver BiDi, with puppeteer-core).
     "firefox-esr",
+    // The packages test installs the agent's package in a Debian root it makes with it.
+    "debootstrap",
+    // The image test boots the appliance image with UEFI firmware and checks its OVF.
+    "ovmf",
+    "libxml2-utils",
 ];
 
 /// Packages taken from bookworm-backports, so they match the backports qemu-utils the
@@ -135,7 +150,7 @@ pub fn apt(pkgs: &[&str]) -> Result<()> {
     run(&mut apt_get(&args))
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()

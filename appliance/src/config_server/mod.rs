@@ -7,6 +7,7 @@
 //! [`crate::http`]; what it stores is in [`crate::store`].
 
 pub mod admin;
+pub mod downloads;
 pub mod history;
 pub mod keys;
 pub mod pki;

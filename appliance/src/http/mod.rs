@@ -28,6 +28,7 @@ mod account;
 mod admins;
 mod agents;
 mod appliance;
+mod downloads;
 mod failovers;
 mod groups;
 mod machines;
@@ -199,6 +200,8 @@ pub struct ConfigServerCtx {
     pub keys: lifeboat_plugin_host::keys::KeyRing,
     /// The target plugin the configuration file names (a choice stored from the API wins).
     pub target: String,
+    /// The agent packages served at `/downloads/` (`config_server.downloads`).
+    pub downloads: Option<Arc<crate::config_server::downloads::Downloads>>,
 }
 
 /// Most bytes of a request body read before the caller is known (setup, login).
@@ -413,6 +416,7 @@ fn config_routes() -> OpenApiRouter<Arc<ConfigServerCtx>> {
         .routes(routes!(machines::list_machines))
         .routes(routes!(machines::revoke))
         .routes(routes!(machines::passphrase_status, machines::new_passphrase))
+        .routes(routes!(downloads::list))
         .routes(routes!(machines::vm_spec, machines::set_vm_spec))
         .routes(routes!(machines::points))
         .routes(routes!(machines::history))
@@ -478,6 +482,8 @@ impl ConfigServer {
         let router = router
             .route("/", axum::routing::get(ui::index))
             .route("/assets/{file}", axum::routing::get(ui::asset))
+            .route("/downloads/", axum::routing::get(downloads::index))
+            .route("/downloads/{name}", axum::routing::get(downloads::file))
             .fallback(not_found)
             .method_not_allowed_fallback(not_found)
             .layer(Extension(doc))

@@ -308,12 +308,21 @@ function Protection({ onBack, onNext }) {
   );
 }
 
+/** The install command with the passphrase given to the installer after `sudo` (a
+ * passphrase is base-32 letters, digits and dashes: nothing to quote). */
+function withPassphrase(command, passphrase) {
+  return command.replace(" sudo ", ` sudo LIFEBOAT_PASSPHRASE='${passphrase}' `);
+}
+
 function Machines({ onBack, onNext }) {
   const [info, setInfo] = useState(null);
   const [pass, setPass] = useState(null);
+  const [downloads, setDownloads] = useState(null);
   const [errors, , fail] = useErrors([]);
+  const origin = window.location.origin;
   useEffect(() => {
     get("/api/v1/appliance").then(setInfo).catch((e) => fail(e));
+    get(`/api/v1/downloads?origin=${encodeURIComponent(origin)}`).then(setDownloads).catch((e) => fail(e));
   }, []);
   const rotate = async () => {
     try {
@@ -322,7 +331,6 @@ function Machines({ onBack, onNext }) {
       fail(e);
     }
   };
-  const origin = window.location.origin;
   return (
     <section aria-labelledby="machines-title">
       <h2 id="machines-title">Add machines</h2>
@@ -340,13 +348,35 @@ function Machines({ onBack, onNext }) {
               Registration passphrase (shown once): <code class="secret" data-testid="registration-passphrase">{pass.passphrase}</code>
               {pass.dropped > 0 && <span> — {pass.dropped} unused passphrase(s) stopped working.</span>}
             </p>
-            <p>On the machine, as root, with the agent's binary installed:</p>
+            {downloads?.install_command && (
+              <>
+                <p>On a Debian or Ubuntu machine, as a user who may sudo: installs the agent's package, registers it and starts it.</p>
+                <pre data-testid="install-command">{withPassphrase(downloads.install_command, pass.passphrase)}</pre>
+              </>
+            )}
+            <p>{downloads?.install_command ? "Or, with the agent's binary installed by hand, as root:" : "On the machine, as root, with the agent's binary installed:"}</p>
             <pre data-testid="register-command">
               {`lifeboat-agent register --appliance ${origin} \\\n  --fingerprint ${info?.ca_fingerprint || ""} \\\n  --passphrase ${pass.passphrase}\nlifeboat-agent run --config /etc/lifeboat/agent.toml`}
             </pre>
           </>
         ) : (
-          <p>Make a registration passphrase to see the command that registers a machine.</p>
+          <p>Make a registration passphrase to see the commands that install and register the agent on a machine.</p>
+        )}
+        {downloads?.enabled && (
+          <details>
+            <summary>Packages this appliance serves</summary>
+            <ul class="downloads">
+              {downloads.files.map((f) => (
+                <li key={f.name}>
+                  <a href={`/downloads/${f.name}`}>{f.name}</a> ({Math.round(f.size / 1024)} KiB) <code class="fp">SHA-256 {f.sha256}</code>
+                </li>
+              ))}
+            </ul>
+            <p>
+              The command checks the installer's SHA-256 before running it; the installer checks the package's, and the
+              agent trusts only the CA with the fingerprint above.
+            </p>
+          </details>
         )}
         <button type="button" onClick={rotate}>{pass ? "Make another passphrase" : "Make a registration passphrase"}</button>
       </div>

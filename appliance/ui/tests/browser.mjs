@@ -175,8 +175,13 @@ try {
   await page.getByRole("heading", { name: "Add machines" }).waitFor();
   await page.getByRole("button", { name: "Make a registration passphrase" }).click();
   const command = await page.getByTestId("register-command").textContent();
+  // The package install command (the test serves the packages `cargo xtask package` made).
+  const install = await page.getByTestId("install-command").textContent();
+  check(install.includes(" sudo LIFEBOAT_PASSPHRASE='") && install.includes("/downloads/install.sh"), `the install command carries the passphrase (${install})`);
+  await page.getByText("Packages this appliance serves").click();
+  await page.getByRole("link", { name: /^lifeboat-agent_.*_amd64\.deb$/ }).waitFor();
   await screen(page, "06-add-machines");
-  say({ command });
+  say({ command, install });
   const reply = JSON.parse((await lines.next()).value);
   check(reply.registered, "the Rust side registered the agent");
   await page.getByRole("button", { name: "Finish" }).click();

@@ -1,0 +1,232 @@
+//! `cargo xtask package`: the agent's Debian package, built from the release binary with
+//! `dpkg-deb` (no Debian source tree: the control file is written here, its `Depends` computed
+//! by `dpkg-shlibdeps` from the binary's own dynamic links and symbol versions).
+//!
+//! Output: `<target>/packages/lifeboat-agent_<version>_amd64.deb` and `SHA256SUMS` beside it,
+//! the folder the appliance serves at `/downloads/` (its `config_server.downloads`).
+//! Reproducible: every file's time is `SOURCE_DATE_EPOCH` (default: the last commit's time),
+//! owners are root, and `dpkg-deb` clamps the archive members' times to the same epoch.
+
+use crate::{root, run, target_dir};
+use anyhow::{Context, Result, bail};
+use sha2::{Digest, Sha256};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The package's maintainer scripts and unit, from `agent/debian/`.
+const SCRIPTS: &[&str] = &["postinst", "prerm", "postrm"];
+
+/// Builds the release binaries, then the package; returns the package's path.
+pub fn build() -> Result<PathBuf> {
+    crate::build_binaries()?;
+    package_agent()
+}
+
+/// The version every crate of the workspace has.
+pub fn version() -> Result<String> {
+    let text = std::fs::read_to_string(root().join("Cargo.toml"))?;
+    let doc: toml::Table = text.parse()?;
+    doc.get("workspace")
+        .and_then(|w| w.get("package"))
+        .and_then(|p| p.get("version"))
+        .and_then(|v| v.as_str())
+        .map(str::to_owned)
+        .context("workspace.package.version missing from Cargo.toml")
+}
+
+/// `SOURCE_DATE_EPOCH` if set, else the newest commit's time, else 0.
+pub fn source_date_epoch() -> u64 {
+    if let Some(v) = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|v| v.parse().ok()) {
+        return v;
+    }
+    Command::new("git")
+        .args(["log", "-1", "--format=%ct"])
+        .current_dir(root())
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Packages the (already built) release agent.
+pub fn package_agent() -> Result<PathBuf> {
+    let version = version()?;
+    let release = target_dir().join("release");
+    let binary = release.join("lifeboat-agent");
+    if !binary.exists() {
+        bail!("{} missing: build it first (cargo xtask package builds it)", binary.display());
+    }
+    let out = target_dir().join("packages");
+    let stage = target_dir().join("package-stage/lifeboat-agent");
+    if stage.exists() {
+        std::fs::remove_dir_all(&stage)?;
+    }
+    std::fs::create_dir_all(&out)?;
+    let put = |rel: &str, bytes: &[u8], mode: u32| -> Result<()> {
+        let p = stage.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap())?;
+        std::fs::write(&p, bytes)?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))?;
+        Ok(())
+    };
+
+    // The binary, without its debug line tables (the release profile keeps them for
+    // backtraces in tests; a package does not need them).
+    std::fs::create_dir_all(stage.join("usr/bin"))?;
+    run(Command::new("strip")
+        .args(["--strip-all", "-o"])
+        .arg(stage.join("usr/bin/lifeboat-agent"))
+        .arg(&binary))?;
+    std::fs::set_permissions(
+        stage.join("usr/bin/lifeboat-agent"),
+        std::fs::Permissions::from_mode(0o755),
+    )?;
+
+    // The unit, with the binary where the package puts it.
+    let unit = std::fs::read_to_string(root().join("agent/lifeboat-agent.service"))?;
+    let unit = unit.replace("/usr/local/bin/lifeboat-agent", "/usr/bin/lifeboat-agent");
+    put("lib/systemd/system/lifeboat-agent.service", unit.as_bytes(), 0o644)?;
+    let example = std::fs::read(root().join("agent/debian/agent.toml.example"))?;
+    put("usr/share/doc/lifeboat-agent/agent.toml.example", &example, 0o644)?;
+    let copyright = format!(
+        "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\
+         Upstream-Name: lifeboat\nSource: https://example.invalid/lifeboat\n\n\
+         Files: *\nCopyright: Lifeboat developers\nLicense: Apache-2.0\n \
+         On Debian systems the full text is in /usr/share/common-licenses/Apache-2.0.\n"
+    );
+    put("usr/share/doc/lifeboat-agent/copyright", copyright.as_bytes(), 0o644)?;
+
+    // Control files.
+    let depends = shlib_depends(&stage.join("usr/bin/lifeboat-agent"))?;
+    let installed_kib = dir_size(&stage)?.div_ceil(1024);
+    let control = format!(
+        "Package: lifeboat-agent\n\
+         Version: {version}\n\
+         Architecture: amd64\n\
+         Maintainer: Lifeboat developers <lifeboat@example.invalid>\n\
+         Installed-Size: {installed_kib}\n\
+         Depends: {depends}\n\
+         Recommends: util-linux\n\
+         Section: admin\n\
+         Priority: optional\n\
+         Description: Lifeboat agent: replicates this machine's disks to a Lifeboat appliance\n \
+         Captures the machine's disks (a first full copy, then every change) and ships them\n \
+         to a Lifeboat appliance's process server over mutual TLS.\n \
+         .\n \
+         The package registers the machine only when LIFEBOAT_PASSPHRASE (with\n \
+         LIFEBOAT_APPLIANCE and LIFEBOAT_FINGERPRINT) is set at install; it never starts\n \
+         an agent that is not registered.\n"
+    );
+    put("DEBIAN/control", control.as_bytes(), 0o644)?;
+    for s in SCRIPTS {
+        let text = std::fs::read(root().join("agent/debian").join(s))?;
+        put(&format!("DEBIAN/{s}"), &text, 0o755)?;
+    }
+    put("DEBIAN/md5sums", md5sums(&stage)?.as_bytes(), 0o644)?;
+
+    let epoch = source_date_epoch();
+    set_times(&stage, epoch)?;
+    let deb = out.join(format!("lifeboat-agent_{version}_amd64.deb"));
+    run(Command::new("dpkg-deb")
+        .args(["--root-owner-group", "-Zxz", "--build"])
+        .arg(&stage)
+        .arg(&deb)
+        .env("SOURCE_DATE_EPOCH", epoch.to_string()))?;
+    write_sums(&out)?;
+    eprintln!("xtask: built {}", deb.display());
+    Ok(deb)
+}
+
+/// `Depends` for an ELF binary: what `dpkg-shlibdeps` computes from the libraries it links
+/// and the symbol versions it uses.
+fn shlib_depends(binary: &Path) -> Result<String> {
+    let tmp = tempfile::tempdir()?;
+    std::fs::create_dir_all(tmp.path().join("debian"))?;
+    std::fs::write(
+        tmp.path().join("debian/control"),
+        "Source: lifeboat\n\nPackage: lifeboat-agent\nArchitecture: amd64\n",
+    )?;
+    let out = Command::new("dpkg-shlibdeps")
+        .arg("-O")
+        .arg(format!("-e{}", binary.display()))
+        .current_dir(tmp.path())
+        .output()
+        .context("dpkg-shlibdeps (from dpkg-dev) is needed to package the agent")?;
+    if !out.status.success() {
+        bail!("dpkg-shlibdeps failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let text = String::from_utf8(out.stdout)?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("shlibs:Depends="))
+        .map(str::to_owned)
+        .context("dpkg-shlibdeps printed no shlibs:Depends")
+}
+
+fn files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut all = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let e = e?;
+            if e.file_type()?.is_dir() {
+                todo.push(e.path());
+            }
+            all.push(e.path());
+        }
+    }
+    all.sort();
+    Ok(all)
+}
+
+fn dir_size(dir: &Path) -> Result<u64> {
+    let mut n = 0;
+    for f in files(dir)? {
+        if f.is_file() && !f.starts_with(dir.join("DEBIAN")) {
+            n += f.metadata()?.len();
+        }
+    }
+    Ok(n)
+}
+
+fn md5sums(stage: &Path) -> Result<String> {
+    let mut cmd = Command::new("md5sum");
+    cmd.current_dir(stage);
+    for f in files(stage)? {
+        if f.is_file() && !f.starts_with(stage.join("DEBIAN")) {
+            cmd.arg(f.strip_prefix(stage)?);
+        }
+    }
+    let out = cmd.output().context("md5sum")?;
+    if !out.status.success() {
+        bail!("md5sum failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+fn set_times(stage: &Path, epoch: u64) -> Result<()> {
+    let t = std::fs::FileTimes::new()
+        .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(epoch));
+    for f in files(stage)?.into_iter().rev().chain([stage.to_owned()]) {
+        std::fs::File::open(&f)?.set_times(t)?;
+    }
+    Ok(())
+}
+
+/// Writes `SHA256SUMS` for every package in `out`.
+fn write_sums(out: &Path) -> Result<()> {
+    let mut sums = String::new();
+    let mut names: Vec<_> = std::fs::read_dir(out)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".deb"))
+        .collect();
+    names.sort();
+    for n in names {
+        let digest = Sha256::digest(std::fs::read(out.join(&n))?);
+        sums.push_str(&format!("{}  {n}\n", hex::encode(digest)));
+    }
+    std::fs::write(out.join("SHA256SUMS"), sums)?;
+    Ok(())
+}
