@@ -631,3 +631,70 @@ pub struct Downloads {
     /// when no Debian package is served.
     pub install_command: String,
 }
+
+/// `POST /api/v1/machines/install`: install the agent on a machine over SSH.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstallRequest {
+    /// Host name or address the appliance reaches the machine's SSH server at.
+    pub host: String,
+    /// SSH port (22).
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// The user to log in as: root, or one who may sudo.
+    pub user: String,
+    /// Password (also given to sudo). Give it or `private_key`, or neither to use the
+    /// credentials kept for this host.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// An OpenSSH private key (the text of the file).
+    #[serde(default)]
+    pub private_key: Option<String>,
+    /// The private key's passphrase.
+    #[serde(default)]
+    pub key_passphrase: Option<String>,
+    /// The host key's SHA-256 fingerprint (`SHA256:…`, as `ssh-keygen -lf` prints it), as
+    /// confirmed by the administrator. Without it the job stops after connecting and names
+    /// the key the host presents.
+    #[serde(default)]
+    pub host_key: Option<String>,
+    /// Disks to protect (absolute paths); empty: every whole disk of the machine.
+    #[serde(default)]
+    pub disks: Vec<String>,
+    /// `https://HOST[:PORT]` the machine reaches this appliance's 443 at (default: the
+    /// address of this request).
+    #[serde(default)]
+    pub appliance_url: Option<String>,
+    /// Keep the credentials (sealed with the appliance's data key) for later installs to
+    /// this host. Default: they are forgotten when the job ends.
+    #[serde(default)]
+    pub keep_credentials: bool,
+}
+
+impl std::fmt::Debug for InstallRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstallRequest")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("host_key", &self.host_key)
+            .field("disks", &self.disks)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A push install's result (the job's `result`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstallReport {
+    /// The host key the machine presented.
+    pub host_key: Option<String>,
+    /// Its distribution.
+    pub os: Option<String>,
+    /// The machine id its agent registered as.
+    pub machine_id: Option<String>,
+    /// Whether the agent runs now (else it starts at the machine's next boot).
+    pub running: bool,
+    /// Every step, in order.
+    pub steps: Vec<String>,
+}

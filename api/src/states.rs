@@ -144,6 +144,8 @@ string_enum! {
         Failback = "failback",
         /// A recovery plan's run.
         Plan = "plan",
+        /// Installing the agent on a machine over SSH (push install).
+        Install = "install",
     }
 }
 

@@ -288,7 +288,7 @@ async fn the_router_serves_exactly_the_documented_operations() {
             operations += 1;
         }
     }
-    assert_eq!(operations, 65, "the document lists every operation of the configuration server");
+    assert_eq!(operations, 66, "the document lists every operation of the configuration server");
     for (m, path) in [
         (Method::GET, "/api/v1/nothing"),
         (Method::DELETE, "/api/v1/machines"),
@@ -2302,6 +2302,73 @@ async fn agent_packages_are_served_with_their_digests_and_the_command_pins_them(
         );
     }
 
+    // Push install: checked before a job starts; a machine that does not answer fails the job.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let ok_body =
+        format!(r#"{{"host":"127.0.0.1","port":{closed},"user":"root","password":"pw"}}"#);
+    let (st, _) = call(
+        &c,
+        Method::POST,
+        "/api/v1/machines/install",
+        "/api/v1/machines/install",
+        None,
+        &ok_body,
+    )
+    .await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    for (body, field) in [
+        (r#"{"host":"a;b","user":"root","password":"pw"}"#, "host"),
+        (r#"{"host":"","user":"root","password":"pw"}"#, "host"),
+        (r#"{"host":"h","user":"","password":"pw"}"#, "user"),
+        (r#"{"host":"h","user":"root","password":"pw","host_key":"MD5:aa"}"#, "host_key"),
+        (r#"{"host":"h","user":"root","password":"pw","disks":["sda"]}"#, "disks"),
+        (r#"{"host":"h","user":"root"}"#, "password or private_key"),
+        (
+            r#"{"host":"h","user":"root","password":"pw","appliance_url":"http://x"}"#,
+            "appliance_url",
+        ),
+        (r#"{"host":"h","user":"root","password":"pw","port":0}"#, "port"),
+    ] {
+        let (st, v) = call(
+            &c,
+            Method::POST,
+            "/api/v1/machines/install",
+            "/api/v1/machines/install",
+            Some(&token),
+            body,
+        )
+        .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{body}: {v}");
+        assert!(v["message"].as_str().unwrap().starts_with(field), "{body}: {v}");
+    }
+    let (st, v) = call(
+        &c,
+        Method::POST,
+        "/api/v1/machines/install",
+        "/api/v1/machines/install",
+        Some(&token),
+        &ok_body,
+    )
+    .await;
+    assert_eq!((st, v["kind"].as_str()), (StatusCode::ACCEPTED, Some("install")), "{v}");
+    let path = format!("/api/v1/jobs/{}", v["id"]);
+    let mut job = v;
+    for _ in 0..200 {
+        if job["state"] != "running" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        job = call(&c, Method::GET, &path, "/api/v1/jobs/{id}", Some(&token), "").await.1;
+    }
+    assert_eq!(job["state"], "failed", "{job}");
+    assert!(
+        job["message"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("unreachable: cannot connect to 127.0.0.1:{closed}")),
+        "{job}"
+    );
+
     // An appliance that serves no packages says so.
     let s2 = start().await;
     let c2 = s2.client(None);
@@ -2318,4 +2385,14 @@ async fn agent_packages_are_served_with_their_digests_and_the_command_pins_them(
         (st, &v["enabled"], v["install_command"].as_str()),
         (StatusCode::OK, &Value::Bool(false), Some(""))
     );
+    let (st, v) = call(
+        &c2,
+        Method::POST,
+        "/api/v1/machines/install",
+        "/api/v1/machines/install",
+        Some(&token2),
+        &ok_body,
+    )
+    .await;
+    assert_eq!((st, v["code"].as_str()), (StatusCode::CONFLICT, Some("no_package")), "{v}");
 }

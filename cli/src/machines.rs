@@ -5,7 +5,7 @@ use http::Method;
 use lifeboat_api as api;
 
 use crate::client::{Failure, Output, Session, fail};
-use crate::{Cli, PassphraseCmd};
+use crate::{Cli, InstallArgs, PassphraseCmd};
 
 /// `lifeboat machines`.
 pub fn machines(cli: &Cli) -> Result<Output, Failure> {
@@ -178,6 +178,85 @@ CA fingerprint: {}",
         v.name, v.agent_url, v.ca_fingerprint
     );
     Ok(Output::new(&v, t))
+}
+
+/// `lifeboat machines install`.
+pub fn install(cli: &Cli, a: &InstallArgs) -> Result<Output, Failure> {
+    use std::io::IsTerminal as _;
+    let s = Session::load(cli)?;
+    let Some((user, host)) = a.ssh.split_once('@') else {
+        return Err(fail(2, format!("--ssh: {:?} is not USER@HOST", a.ssh)));
+    };
+    let (password, private_key) = match (&a.key, a.password_stdin) {
+        (Some(k), _) => {
+            let pem = std::fs::read_to_string(k)
+                .map_err(|e| fail(2, format!("--key {}: {e}", k.display())))?;
+            (None, Some(pem))
+        }
+        (None, true) => (Some(crate::client::stdin_line("password")?), None),
+        (None, false) => (None, None),
+    };
+    let mut body = api::InstallRequest {
+        host: host.to_owned(),
+        port: Some(a.port),
+        user: user.to_owned(),
+        password,
+        private_key,
+        key_passphrase: std::env::var("LIFEBOAT_SSH_KEY_PASSPHRASE").ok(),
+        host_key: a.host_key.clone(),
+        disks: a.disks.clone(),
+        appliance_url: a
+            .appliance_url
+            .clone()
+            .or_else(|| Some(s.file.url.trim_end_matches('/').to_owned())),
+        keep_credentials: a.keep_credentials,
+    };
+    loop {
+        match s.job("/api/v1/machines/install", Some(&body), true, cli.json) {
+            Ok(job) => {
+                let report: Option<api::InstallReport> = crate::client::job_result(&job);
+                let text = match &report {
+                    Some(r) => format!(
+                        "{}
+machine {} on {} ({})",
+                        r.steps.join("\n"),
+                        r.machine_id.as_deref().unwrap_or("?"),
+                        host,
+                        r.os.as_deref().unwrap_or("?")
+                    ),
+                    None => job.message.clone(),
+                };
+                return Ok(Output::new(&job, text));
+            }
+            Err(f) if body.host_key.is_none() && f.message.contains("host_key_unconfirmed") => {
+                let presented = f
+                    .message
+                    .split("presents the host key ")
+                    .nth(1)
+                    .and_then(|r| r.split(';').next())
+                    .map(str::to_owned);
+                let Some(key) = presented else { return Err(f) };
+                if !std::io::stdin().is_terminal() {
+                    return Err(fail(
+                        1,
+                        format!(
+                            "host_key_unconfirmed: {host} presents the host key {key}; check it on the machine (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub) and run again with --host-key {key}"
+                        ),
+                    ));
+                }
+                eprint!(
+                    "{host} presents the host key {key}. Is that the machine's key (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub there)? [y/N] "
+                );
+                let mut answer = String::new();
+                std::io::stdin().read_line(&mut answer).map_err(|e| fail(1, e.to_string()))?;
+                if !matches!(answer.trim(), "y" | "Y" | "yes") {
+                    return Err(fail(1, "host key not confirmed: nothing was sent"));
+                }
+                body.host_key = Some(key);
+            }
+            Err(f) => return Err(f),
+        }
+    }
 }
 
 /// `lifeboat install-command`.

@@ -60,8 +60,12 @@ enum Cmd {
     Logout,
     /// Who is logged in, until when.
     Whoami,
-    /// Protected machines with their disks and newest point.
-    Machines,
+    /// Protected machines with their disks and newest point; `machines install` installs the
+    /// agent on a machine over SSH.
+    Machines {
+        #[command(subcommand)]
+        cmd: Option<MachinesCmd>,
+    },
     /// A machine's recovery points.
     Points {
         /// Machine id (from `lifeboat machines`).
@@ -228,6 +232,44 @@ enum Cmd {
 }
 
 #[derive(Subcommand)]
+enum MachinesCmd {
+    /// Installs, registers and starts the agent on a machine over SSH (push install): the
+    /// appliance logs in, checks the host key, the distribution, systemd and the disks,
+    /// copies the agent's package and installs it. Without --host-key the appliance names
+    /// the key the host presents and, on a terminal, asks whether to trust it.
+    Install(InstallArgs),
+}
+
+#[derive(clap::Args)]
+struct InstallArgs {
+    /// USER@HOST: root, or a user who may sudo.
+    #[arg(long, value_name = "USER@HOST")]
+    ssh: String,
+    /// SSH port.
+    #[arg(long, default_value_t = 22)]
+    port: u16,
+    /// An OpenSSH private key file (its passphrase from LIFEBOAT_SSH_KEY_PASSPHRASE).
+    #[arg(long, conflicts_with = "password_stdin")]
+    key: Option<std::path::PathBuf>,
+    /// Read the password (also given to sudo) from standard input.
+    #[arg(long)]
+    password_stdin: bool,
+    /// The host key's fingerprint, SHA256:… as `ssh-keygen -lf` prints it on the machine.
+    #[arg(long)]
+    host_key: Option<String>,
+    /// A disk to protect (repeat); default: every whole disk of the machine.
+    #[arg(long = "disk", value_name = "PATH")]
+    disks: Vec<String>,
+    /// Keep the credentials on the appliance (sealed) for later installs to this host.
+    #[arg(long)]
+    keep_credentials: bool,
+    /// https://HOST[:PORT] the machine reaches this appliance at (default: the address this
+    /// session uses).
+    #[arg(long)]
+    appliance_url: Option<String>,
+}
+
+#[derive(Subcommand)]
 enum PassphraseCmd {
     /// How many passphrases are unused.
     Status,
@@ -390,7 +432,8 @@ fn run(cli: &Cli) -> Result<Output, Failure> {
         Cmd::Login(c) => account::login(cli, c),
         Cmd::Logout => account::logout(cli),
         Cmd::Whoami => account::whoami(cli),
-        Cmd::Machines => machines::machines(cli),
+        Cmd::Machines { cmd: None } => machines::machines(cli),
+        Cmd::Machines { cmd: Some(MachinesCmd::Install(args)) } => machines::install(cli, args),
         Cmd::Points { machine } => machines::points(cli, machine),
         Cmd::Revoke { machine } => machines::revoke(cli, machine),
         Cmd::TestFailover { machine, point, no_wait } => {

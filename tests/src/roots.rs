@@ -1,5 +1,5 @@
 //! Debian roots for the tests that install the agent on other systems: made once with
-//! `debootstrap --variant=minbase` from the Debian archive and kept as a tarball in the cache
+//! `mmdebstrap --variant=minbase` from the Debian archive and kept as a tarball in the cache
 //! folder (`LIFEBOAT_CACHE_DIR`, default `~/.cache/lifeboat`), outside the clone, keyed by the
 //! release and the packages; each test unpacks its own copy.
 
@@ -16,7 +16,7 @@ pub fn cache_dir() -> PathBuf {
 }
 
 /// Unpacks a Debian `suite` root with `include` (and what they depend on) into `dest`,
-/// debootstrapping it first if the cache has none.
+/// made with mmdebstrap first if the cache has none.
 pub fn debian_root(suite: &str, include: &[&str], dest: &Path) {
     let mut sorted = include.to_vec();
     sorted.sort_unstable();
@@ -27,42 +27,31 @@ pub fn debian_root(suite: &str, include: &[&str], dest: &Path) {
     std::fs::create_dir_all(&dir).unwrap();
     let tarball = dir.join(format!("debian-{suite}-{tag}.tar"));
     if !tarball.exists() {
-        let work = tempfile::Builder::new().prefix("root-").tempdir_in(&dir).unwrap();
-        let target = work.path().join("root");
         eprintln!(
-            "debootstrap {suite} ({}) into the cache: {}",
+            "mmdebstrap {suite} ({}) into the cache: {}",
             sorted.join(" "),
             tarball.display()
         );
-        let out = Command::new("debootstrap")
-            .args(["--variant=minbase", &format!("--include={}", sorted.join(","))])
+        let part = tarball.with_extension("part.tar");
+        let out = Command::new("mmdebstrap")
+            .args(["--mode=root", "--variant=minbase", "--format=tar", "--quiet"])
+            .arg(format!("--include={}", sorted.join(",")))
+            .arg("--customize-hook=rm -rf \"$1\"/var/cache/apt/archives/*.deb")
             .arg(suite)
-            .arg(&target)
+            .arg(&part)
             .arg("http://deb.debian.org/debian")
             .output()
-            .expect("debootstrap (cargo xtask test installs it)");
+            .expect("mmdebstrap (cargo xtask test installs it)");
         assert!(
             out.status.success(),
-            "debootstrap {suite} failed: {}",
-            String::from_utf8_lossy(&out.stdout)
+            "mmdebstrap {suite} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
                 .lines()
                 .rev()
                 .take(20)
                 .collect::<Vec<_>>()
                 .join("\n")
         );
-        // apt's lists and downloaded packages are not needed to install a local package.
-        let _ = std::fs::remove_dir_all(target.join("var/cache/apt/archives"));
-        let part = tarball.with_extension("tar.part");
-        let st = Command::new("tar")
-            .args(["-C"])
-            .arg(&target)
-            .args(["--numeric-owner", "-cf"])
-            .arg(&part)
-            .arg(".")
-            .status()
-            .unwrap();
-        assert!(st.success(), "tar of the {suite} root");
         std::fs::rename(&part, &tarball).unwrap();
     }
     std::fs::create_dir_all(dest).unwrap();
@@ -74,4 +63,15 @@ pub fn debian_root(suite: &str, include: &[&str], dest: &Path) {
         .status()
         .unwrap();
     assert!(st.success(), "unpacking {}", tarball.display());
+    // As an installed system has (mmdebstrap leaves the name service files to the system).
+    std::fs::write(
+        dest.join("etc/hosts"),
+        "127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n",
+    )
+    .unwrap();
 }
+
+/// The packages of the Debian root the package and push-install tests install the agent in
+/// (one root for both, made once): systemd (the package enables the agent), an SSH server,
+/// sudo, curl (the installer downloads with it), libelf1 (the agent links it).
+pub const MACHINE_PACKAGES: &[&str] = &["systemd", "openssh-server", "sudo", "curl", "libelf1"];

@@ -1,5 +1,5 @@
 //! The agent's Debian package (`cargo xtask package`) installed the way an administrator is
-//! told to, in a real Debian 12 root (debootstrapped, with systemd, curl and sudo), against a
+//! told to, in a real Debian 12 root (made with mmdebstrap: systemd, curl, sudo), against a
 //! real appliance serving it at `/downloads/`:
 //! - the command `lifeboat install-command` prints refuses an installer that is not the one
 //!   it names (nothing installed);
@@ -54,7 +54,7 @@ fn the_package_registers_only_with_a_passphrase_and_the_installed_agent_replicat
     let Some(disk) = loop_device(site.root(), "disk", 64, &mut undo) else { return };
     make_disk(&site.root().join("disk.img"), 64, 14);
     let root = site.root().join("bookworm");
-    debian_root("bookworm", &["systemd", "curl", "sudo", "libelf1"], &root);
+    debian_root("bookworm", MACHINE_PACKAGES, &root);
     for m in ["dev", "proc", "sys"] {
         let at = root.join(m);
         sh("mount", &["--rbind", &format!("/{m}"), at.to_str().unwrap()]).unwrap();

@@ -50,8 +50,9 @@ pub const TEST_PACKAGES: &[&str] = &[
     // ... and checks the login, the dashboard and a machine's plots in Firefox (headless,
     // WebDriver BiDi, with puppeteer-core).
     "firefox-esr",
-    // The packages test installs the agent's package in a Debian root it makes with it.
-    "debootstrap",
+    // The packages and push-install tests install the agent in a Debian root made with it;
+    // the image is built from one.
+    "mmdebstrap",
     // The image test boots the appliance image with UEFI firmware and checks its OVF.
     "ovmf",
     "libxml2-utils",

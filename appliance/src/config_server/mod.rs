@@ -13,6 +13,7 @@ pub mod keys;
 pub mod pki;
 pub mod plan;
 pub mod policy;
+pub mod push;
 pub mod targets;
 pub mod uploads;
 

@@ -90,9 +90,15 @@ pub(super) async fn list(
             ApiError::bad_request("bad_origin", "origin: not valid percent-encoding")
         })?,
         None => req
-            .headers()
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| {
+                req.headers()
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_owned)
+            })
             .map(|h| format!("https://{h}"))
             .unwrap_or_default(),
     };

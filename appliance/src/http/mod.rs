@@ -35,6 +35,7 @@ mod machines;
 mod plans;
 mod plugins;
 mod policies;
+mod push;
 mod targets;
 pub mod ui;
 
@@ -417,6 +418,7 @@ fn config_routes() -> OpenApiRouter<Arc<ConfigServerCtx>> {
         .routes(routes!(machines::revoke))
         .routes(routes!(machines::passphrase_status, machines::new_passphrase))
         .routes(routes!(downloads::list))
+        .routes(routes!(push::install))
         .routes(routes!(machines::vm_spec, machines::set_vm_spec))
         .routes(routes!(machines::points))
         .routes(routes!(machines::history))

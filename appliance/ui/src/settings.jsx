@@ -6,6 +6,7 @@ import { useState } from "preact/hooks";
 import { TargetForm } from "./target.jsx";
 import { get, post, put, del } from "./api.js";
 import { usePoll, Confirm, ago, when, Field, FormError, useErrors } from "./ui.jsx";
+import { PushInstall } from "./push.jsx";
 
 const ROTATION = {
   steady: [
@@ -256,6 +257,7 @@ export function Settings() {
       <h2 id="settings-h">Settings</h2>
       <TargetForm Heading="h3" />
       <Passphrases />
+      <PushInstall />
       <Authority />
       <Recovery />
       <Administrators me={me?.name} />

@@ -1,6 +1,6 @@
 // Small building blocks shared by the screens.
 import { useState, useEffect, useRef } from "preact/hooks";
-import { ApiError } from "./api.js";
+import { ApiError, get } from "./api.js";
 
 let nextId = 0;
 const uid = (p) => `${p}-${++nextId}`;
@@ -182,4 +182,40 @@ export function bytes(n) {
 
 export function when(unixMs) {
   return unixMs ? new Date(unixMs).toLocaleString() : "–";
+}
+
+// A job followed live until it ends.
+export function JobProgress({ id, onEnd }) {
+  const [job, setJob] = useState(null);
+  const [error, setError] = useState(null);
+  useEffect(() => {
+    let live = true;
+    let timer;
+    const tick = async () => {
+      try {
+        const j = await get(`/api/v1/jobs/${id}`);
+        if (!live) return;
+        setJob(j);
+        if (j.state === "running") timer = setTimeout(tick, 1000);
+        else onEnd?.(j);
+      } catch (e) {
+        if (live) setError(e.message);
+      }
+    };
+    tick();
+    return () => {
+      live = false;
+      clearTimeout(timer);
+    };
+  }, [id]);
+  if (error) return <p class="error" role="alert">{error}</p>;
+  if (!job) return null;
+  return (
+    <div class={`job ${job.state}`} role="status" data-job={job.id} data-state={job.state}>
+      <strong>
+        Job {job.id}, {job.kind}: {job.state}
+      </strong>{" "}
+      <progress max="1" value={job.progress} aria-label={`job ${job.id} progress`} /> {Math.round(job.progress * 100)} % {job.message}
+    </div>
+  );
 }

@@ -6,6 +6,7 @@ import { useState, useEffect } from "preact/hooks";
 import { get, put, post, del, openSession } from "./api.js";
 import { Field, FormError, useErrors } from "./ui.jsx";
 import { TargetForm } from "./target.jsx";
+import { PushInstall } from "./push.jsx";
 
 const STEPS = [
   ["claim", "Claim"],
@@ -380,6 +381,7 @@ function Machines({ onBack, onNext }) {
         )}
         <button type="button" onClick={rotate}>{pass ? "Make another passphrase" : "Make a registration passphrase"}</button>
       </div>
+      <PushInstall />
       <FormError error={errors.form} />
       <div class="buttons">
         <button type="button" class="secondary" onClick={onBack}>Back</button>

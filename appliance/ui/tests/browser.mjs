@@ -184,6 +184,16 @@ try {
   say({ command, install });
   const reply = JSON.parse((await lines.next()).value);
   check(reply.registered, "the Rust side registered the agent");
+  // Install over SSH: checked before it is sent, then a machine that does not answer is
+  // reported as the job's failure, beside the form.
+  await page.getByRole("button", { name: "Install the agent" }).click();
+  check((await fieldError(page, "Host")).includes("host name or address"), "an empty host is refused beside its field");
+  await page.getByLabel("Host", { exact: true }).fill("127.0.0.1");
+  await page.getByLabel("SSH port").fill("1");
+  await page.getByLabel("Password", { exact: true }).fill("whatever");
+  await page.getByRole("button", { name: "Install the agent" }).click();
+  await page.getByText(/unreachable: cannot connect to 127\.0\.0\.1:1/).waitFor({ timeout: 30000 });
+  await screen(page, "06b-push-unreachable");
   await page.getByRole("button", { name: "Finish" }).click();
 
   // 6. The dashboard: the machine appears protected without a reload.
