@@ -62,7 +62,7 @@ pub fn build(out: &Path, name: &str, version: &str, raw: &Path) -> Result<PathBu
     }
     std::fs::write(dir.join(&mf), manifest)?;
     let ova = out.join(format!("{name}.ova"));
-    let epoch = std::env::var("SOURCE_DATE_EPOCH").unwrap_or_else(|_| "0".into());
+    let epoch = crate::package::source_date_epoch();
     run(Command::new("tar")
         .args(["--format=ustar", "--owner=0", "--group=0", "--numeric-owner", "--mode=0644"])
         .arg(format!("--mtime=@{epoch}"))
