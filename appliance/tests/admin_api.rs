@@ -2238,7 +2238,7 @@ async fn agent_packages_are_served_with_their_digests_and_the_command_pins_them(
         (StatusCode::OK, format!("{digest}  {deb}\n"))
     );
     let (st, _, b) = get("/downloads/SHA256SUMS").await;
-    assert_eq!((st, b.len()), (StatusCode::OK, 66 + deb.len()));
+    assert_eq!((st, b.len()), (StatusCode::OK, 64 + 2 + deb.len() + 1));
     let (st, h, b) = get("/downloads/lifeboat-agent_0.1.0_amd64.deb").await;
     assert_eq!((st, &b[..]), (StatusCode::OK, &b"!<arch>\npretend package"[..]));
     assert_eq!(h[http::header::CONTENT_TYPE], "application/vnd.debian.binary-package");
@@ -2339,7 +2339,7 @@ async fn agent_packages_are_served_with_their_digests_and_the_command_pins_them(
         )
         .await;
         assert_eq!(st, StatusCode::BAD_REQUEST, "{body}: {v}");
-        assert!(v["message"].as_str().unwrap().starts_with(field), "{body}: {v}");
+        assert!(v["error"].as_str().unwrap().starts_with(field), "{body}: {v}");
     }
     let (st, v) = call(
         &c,

@@ -201,7 +201,10 @@ fn the_image_boots_with_bios_is_claimed_replicates_and_keeps_everything_across_a
     // The agent's package is served by the image.
     let v = site.lifeboat_json(&["install-command", "--origin", "https://10.0.2.15"]);
     let files = v["files"].as_array().unwrap();
-    assert!(files.iter().any(|f| f["name"].as_str().unwrap().starts_with("lifeboat-agent_")), "{v}");
+    assert!(
+        files.iter().any(|f| f["name"].as_str().unwrap().starts_with("lifeboat-agent_")),
+        "{v}"
+    );
 
     // An agent on this host registers and replicates a disk.
     let passphrase =

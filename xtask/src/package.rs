@@ -90,12 +90,10 @@ pub fn package_agent() -> Result<PathBuf> {
     put("lib/systemd/system/lifeboat-agent.service", unit.as_bytes(), 0o644)?;
     let example = std::fs::read(root().join("agent/debian/agent.toml.example"))?;
     put("usr/share/doc/lifeboat-agent/agent.toml.example", &example, 0o644)?;
-    let copyright = format!(
-        "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\
+    let copyright = "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\
          Upstream-Name: lifeboat\nSource: https://example.invalid/lifeboat\n\n\
          Files: *\nCopyright: Lifeboat developers\nLicense: Apache-2.0\n \
-         On Debian systems the full text is in /usr/share/common-licenses/Apache-2.0.\n"
-    );
+         On Debian systems the full text is in /usr/share/common-licenses/Apache-2.0.\n";
     put("usr/share/doc/lifeboat-agent/copyright", copyright.as_bytes(), 0o644)?;
 
     // Control files.

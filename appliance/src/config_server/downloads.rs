@@ -67,7 +67,7 @@ impl Downloads {
                     MAX_TOTAL_BYTES >> 20
                 )));
             }
-            let mut data = Vec::with_capacity(meta.len() as usize);
+            let mut data = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
             std::fs::File::open(entry.path())?.read_to_end(&mut data)?;
             let file = DownloadFile {
                 name,
@@ -135,23 +135,29 @@ pub fn install_command(origin: &str, installer_sha256: &str) -> String {
 /// bracketed IPv6 address: safe to put in a shell command unquoted.
 pub fn valid_origin(origin: &str) -> bool {
     let Some(rest) = origin.strip_prefix("https://") else { return false };
-    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+    let (host_ok, port) = if let Some(v6) = rest.strip_prefix('[') {
         let Some((addr, after)) = v6.split_once(']') else { return false };
-        if addr.is_empty() || !addr.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
-        {
-            return false;
-        }
-        (addr, after.strip_prefix(':'))
+        let ok = !addr.is_empty()
+            && addr.len() <= 45
+            && addr.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+        (ok, if after.is_empty() { None } else { Some(after.strip_prefix(':')) })
     } else {
-        match rest.split_once(':') {
-            Some((h, p)) => (h, Some(p)),
+        let (host, port) = match rest.split_once(':') {
+            Some((h, p)) => (h, Some(Some(p))),
             None => (rest, None),
-        }
+        };
+        let ok = !host.is_empty()
+            && host.len() <= 253
+            && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b));
+        (ok, port)
     };
-    let host_ok = !host.is_empty()
-        && host.len() <= 253
-        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b));
-    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0) && p.len() <= 5);
+    // `port`: None (no port), Some(None) (something after the host that is not `:PORT`),
+    // Some(Some(p)).
+    let port_ok = match port {
+        None => true,
+        Some(None) => false,
+        Some(Some(p)) => p.len() <= 5 && p.parse::<u16>().is_ok_and(|n| n > 0),
+    };
     host_ok && port_ok
 }
 
@@ -234,6 +240,9 @@ mod tests {
             "https://a'b",
             "https://[fd00::1",
             "https://a/path",
+            "https://[fd00::1]x",
+            "https://[fd00::1]:",
+            "https://[]:443",
         ] {
             assert!(!valid_origin(bad), "{bad}");
         }
