@@ -75,3 +75,14 @@ pub fn debian_root(suite: &str, include: &[&str], dest: &Path) {
 /// (one root for both, made once): systemd (the package enables the agent), an SSH server,
 /// sudo, curl (the installer downloads with it), libelf1 (the agent links it).
 pub const MACHINE_PACKAGES: &[&str] = &["systemd", "openssh-server", "sudo", "curl", "libelf1"];
+
+/// Binds the host's /dev, /proc and /sys into `root` (lsblk, loop devices, the agent),
+/// unmounted by `undo`.
+pub fn bind_system_dirs(root: &Path, undo: &mut crate::Undo) {
+    for m in ["dev", "proc", "sys"] {
+        let at = root.join(m);
+        crate::sh("mount", &["--rbind", &format!("/{m}"), at.to_str().unwrap()]).unwrap();
+        crate::sh("mount", &["--make-rslave", at.to_str().unwrap()]).unwrap();
+        undo.0.push(("umount".into(), vec!["-R".into(), "-l".into(), at.display().to_string()]));
+    }
+}

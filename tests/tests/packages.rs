@@ -55,12 +55,7 @@ fn the_package_registers_only_with_a_passphrase_and_the_installed_agent_replicat
     make_disk(&site.root().join("disk.img"), 64, 14);
     let root = site.root().join("bookworm");
     debian_root("bookworm", MACHINE_PACKAGES, &root);
-    for m in ["dev", "proc", "sys"] {
-        let at = root.join(m);
-        sh("mount", &["--rbind", &format!("/{m}"), at.to_str().unwrap()]).unwrap();
-        sh("mount", &["--make-rslave", at.to_str().unwrap()]).unwrap();
-        undo.0.push(("umount".into(), vec!["-R".into(), "-l".into(), at.display().to_string()]));
-    }
+    bind_system_dirs(&root, &mut undo);
 
     // The command as `lifeboat install-command` prints it (no passphrase: it would ask).
     let shown = site.lifeboat_json(&["install-command"]);

@@ -134,12 +134,7 @@ fn push_install_reports_every_refusal_then_installs_registers_and_replicates() {
     // The machine: a Debian root with OpenSSH, sudo and systemd; alice may sudo, bob may not.
     let root = site.root().join("machine");
     debian_root("bookworm", MACHINE_PACKAGES, &root);
-    for m in ["dev", "proc", "sys"] {
-        let at = root.join(m);
-        sh("mount", &["--rbind", &format!("/{m}"), at.to_str().unwrap()]).unwrap();
-        sh("mount", &["--make-rslave", at.to_str().unwrap()]).unwrap();
-        undo.0.push(("umount".into(), vec!["-R".into(), "-l".into(), at.display().to_string()]));
-    }
+    bind_system_dirs(&root, &mut undo);
     chroot(
         &root,
         "useradd -m -s /bin/sh -G sudo alice && useradd -m -s /bin/sh bob && \

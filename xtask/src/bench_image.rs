@@ -9,18 +9,11 @@
 //! Targets: `ova_bytes` ≤ 629,145,600; `reproducible`; both boots ≤ 90 s under TCG.
 
 use crate::image;
+use crate::quickstart::sha256_file;
 use anyhow::{Context, Result, bail};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn sha256_file(path: &Path) -> Result<String> {
-    use sha2::Digest as _;
-    let mut f = std::fs::File::open(path)?;
-    let mut h = sha2::Sha256::new();
-    std::io::copy(&mut f, &mut h)?;
-    Ok(hex::encode(h.finalize()))
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

@@ -14,6 +14,7 @@
 //! it or in the image (machine id, SSH keys: none; the appliance makes its CA, keys and
 //! setup token at its first start).
 
+use crate::quickstart::sha256_file;
 use crate::{root, run, target_dir};
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
@@ -101,13 +102,6 @@ fn sh(cmd: &mut Command) -> Result<String> {
         bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h)?;
-    Ok(hex::encode(h.finalize()))
 }
 
 /// The Debian root as a tarball, from the cache or made now.

@@ -2,9 +2,9 @@
 //! VMDKs (the OS disk, made by qemu-img from the raw image, and an empty data disk), in a
 //! ustar archive with the descriptor first, as OVF 1.0 requires.
 
+use crate::quickstart::sha256_file;
 use crate::run;
 use anyhow::{Result, bail};
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -13,13 +13,6 @@ pub const CPUS: u32 = 4;
 pub const MEMORY_MIB: u32 = 8192;
 /// The data disk's size (thin: an empty streamOptimized VMDK is a few KiB).
 pub const DATA_DISK_GIB: u64 = 200;
-
-fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h)?;
-    Ok(hex::encode(h.finalize()))
-}
 
 /// `name.ova` in `out`, from `raw`; returns its path.
 pub fn build(out: &Path, name: &str, version: &str, raw: &Path) -> Result<PathBuf> {

@@ -89,18 +89,7 @@ pub(super) async fn list(
         Some(o) => percent_decode(&o).ok_or_else(|| {
             ApiError::bad_request("bad_origin", "origin: not valid percent-encoding")
         })?,
-        None => req
-            .uri()
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .or_else(|| {
-                req.headers()
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_owned)
-            })
-            .map(|h| format!("https://{h}"))
-            .unwrap_or_default(),
+        None => request_origin(&req).unwrap_or_default(),
     };
     let Some(d) = ctx.downloads.as_deref() else {
         return json(

@@ -286,6 +286,18 @@ fn check_origin(req: &Request<RequestBody>) -> Result<(), ApiError> {
 }
 
 /// `202 Accepted` with the job just started.
+/// `https://<authority>` of a request (HTTP/2's `:authority`, else the Host header): the
+/// address the caller reached this appliance at.
+fn request_origin(req: &Req) -> Option<String> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned)
+        })
+        .map(|h| format!("https://{h}"))
+}
+
 fn accepted(state: &State, job: lifeboat_api::JobId) -> Answer {
     let j = state
         .jobs(Some(job), 1)

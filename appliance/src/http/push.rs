@@ -74,14 +74,7 @@ pub(super) async fn install(
     req: Req,
 ) -> Answer {
     let (_, admin, _) = authenticated(&ctx, &req)?;
-    let host_origin = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned)
-        })
-        .map(|h| format!("https://{h}"));
+    let host_origin = request_origin(&req);
     let r: api::InstallRequest = body_json(req, ADMIN_BODY).await?;
     let host = r.host.trim().to_owned();
     if host.is_empty()
