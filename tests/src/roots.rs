@@ -4,7 +4,7 @@
 //! release and the packages; each test unpacks its own copy.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 
 /// The cache folder for downloads and built roots.
 pub fn cache_dir() -> PathBuf {
@@ -13,6 +13,24 @@ pub fn cache_dir() -> PathBuf {
         None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
             .join(".cache/lifeboat"),
     }
+}
+
+/// Runs `script` with `sh` inside `root` (a chroot), with a clean environment.
+pub fn chroot(root: &Path, script: &str) -> Output {
+    Command::new("chroot")
+        .arg(root)
+        .args(["sh", "-c", script])
+        .env_clear()
+        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("HOME", "/root")
+        .env("LANG", "C.UTF-8")
+        .output()
+        .unwrap()
+}
+
+/// stdout then stderr of `o`, as text.
+pub fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
 /// Unpacks a Debian `suite` root with `include` (and what they depend on) into `dest`,
@@ -35,7 +53,11 @@ pub fn debian_root(suite: &str, include: &[&str], dest: &Path) {
         let part = tarball.with_extension("part.tar");
         let out = Command::new("mmdebstrap")
             .args(["--mode=root", "--variant=minbase", "--format=tar", "--quiet"])
-            .arg(format!("--include={}", sorted.join(",")))
+            .args(if sorted.is_empty() {
+                vec![]
+            } else {
+                vec![format!("--include={}", sorted.join(","))]
+            })
             .arg("--customize-hook=rm -rf \"$1\"/var/cache/apt/archives/*.deb")
             .arg(suite)
             .arg(&part)
@@ -73,8 +95,8 @@ pub fn debian_root(suite: &str, include: &[&str], dest: &Path) {
 
 /// The packages of the Debian root the package and push-install tests install the agent in
 /// (one root for both, made once): systemd (the package enables the agent), an SSH server,
-/// sudo, curl (the installer downloads with it), libelf1 (the agent links it).
-pub const MACHINE_PACKAGES: &[&str] = &["systemd", "openssh-server", "sudo", "curl", "libelf1"];
+/// sudo, curl (the installer downloads with it). Nothing for the agent: it is static.
+pub const MACHINE_PACKAGES: &[&str] = &["systemd", "openssh-server", "sudo", "curl"];
 
 /// Binds the host's /dev, /proc and /sys into `root` (lsblk, loop devices, the agent),
 /// unmounted by `undo`.

@@ -14,26 +14,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use lifeboat_e2e::*;
-use std::path::Path;
-use std::process::{Command, Output};
 use std::time::Duration;
-
-/// Runs `script` with `sh` inside the root, with a clean environment.
-fn chroot(root: &Path, script: &str) -> Output {
-    Command::new("chroot")
-        .arg(root)
-        .args(["sh", "-c", script])
-        .env_clear()
-        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("HOME", "/root")
-        .env("LANG", "C.UTF-8")
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
 
 const WANTS: &str = "etc/systemd/system/multi-user.target.wants/lifeboat-agent.service";
 

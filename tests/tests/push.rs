@@ -20,15 +20,10 @@ use std::time::Duration;
 const HOST_IP: &str = "10.77.0.1";
 const NS_IP: &str = "10.77.0.2";
 
-fn chroot(root: &Path, script: &str) -> Output {
-    let o = Command::new("chroot")
-        .arg(root)
-        .args(["sh", "-c", script])
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{script}: {}", String::from_utf8_lossy(&o.stderr));
+/// [`lifeboat_e2e::chroot`], which must succeed.
+fn chroot_ok(root: &Path, script: &str) -> Output {
+    let o = chroot(root, script);
+    assert!(o.status.success(), "{script}: {}", text(&o));
     o
 }
 
@@ -135,7 +130,7 @@ fn push_install_reports_every_refusal_then_installs_registers_and_replicates() {
     let root = site.root().join("machine");
     debian_root("bookworm", MACHINE_PACKAGES, &root);
     bind_system_dirs(&root, &mut undo);
-    chroot(
+    chroot_ok(
         &root,
         "useradd -m -s /bin/sh -G sudo alice && useradd -m -s /bin/sh bob && \
          echo 'alice:alice-pw' | chpasswd && echo 'bob:bob-pw' | chpasswd && \
@@ -161,12 +156,13 @@ fn push_install_reports_every_refusal_then_installs_registers_and_replicates() {
         .unwrap();
     let _sshd = Sshd(sshd);
     wait_for(Duration::from_secs(30), "sshd", || std::net::TcpStream::connect((NS_IP, 22)).ok());
-    let ed25519 = chroot(&root, "ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub").stdout;
+    let ed25519 = chroot_ok(&root, "ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub").stdout;
     let ed25519 = String::from_utf8(ed25519).unwrap().split_whitespace().nth(1).unwrap().to_owned();
     let host_keys: Vec<String> = ["rsa", "ecdsa", "ed25519"]
         .iter()
         .map(|k| {
-            let o = chroot(&root, &format!("ssh-keygen -lf /etc/ssh/ssh_host_{k}_key.pub")).stdout;
+            let o =
+                chroot_ok(&root, &format!("ssh-keygen -lf /etc/ssh/ssh_host_{k}_key.pub")).stdout;
             String::from_utf8(o).unwrap().split_whitespace().nth(1).unwrap().to_owned()
         })
         .collect();

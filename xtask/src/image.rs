@@ -263,6 +263,32 @@ pub fn build_image() -> Result<Built> {
         .arg(&root_img)
         .arg(format!("{root_mib}M"))
         .env("E2FSPROGS_FAKE_TIME", epoch.to_string()))?;
+    // `mkfs.ext4 -d` copies each file's ctime and atime from the folder: the kernel set the
+    // ctimes when the files were written here (a ctime cannot be set from user space), and
+    // reading the folders to copy them moved their atimes (relatime). debugfs sets both to
+    // the epoch in every inode, or two builds would differ in the inode tables.
+    let mut commands = String::new();
+    ctime_commands(&tree, "", epoch, &mut commands)?;
+    let script = work.join("ctime.debugfs");
+    std::fs::write(&script, commands)?;
+    let debugfs = Command::new("debugfs")
+        .arg("-w")
+        .arg("-f")
+        .arg(&script)
+        .arg(&root_img)
+        .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
+        .output()
+        .context("debugfs (e2fsprogs)")?;
+    // debugfs goes on after a failed command and exits 0: its complaints are on stderr,
+    // after its version line.
+    let complaints: Vec<_> = String::from_utf8_lossy(&debugfs.stderr)
+        .lines()
+        .filter(|l| !l.starts_with("debugfs ") && !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect();
+    if !debugfs.status.success() || !complaints.is_empty() {
+        bail!("debugfs could not set the ctimes: {}", complaints.join("\n"));
+    }
 
     // The EFI system partition: SYSLINUX for BIOS, systemd-boot for UEFI.
     let esp = work.join("esp.vfat");
@@ -364,6 +390,37 @@ pub fn build_image() -> Result<Built> {
         eprintln!("xtask: built {} ({} MiB)", f.display(), f.metadata()?.len() >> 20);
     }
     Ok(Built { raw, qcow2, ova })
+}
+
+/// debugfs commands setting the ctime and atime of `dir` (at `path` in the filesystem) and
+/// everything under it to `epoch`, in name order.
+fn ctime_commands(dir: &Path, path: &str, epoch: u64, out: &mut String) -> Result<()> {
+    set_times(if path.is_empty() { "/" } else { path }, epoch, out);
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<std::io::Result<_>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let name = e.file_name();
+        let name = name
+            .to_str()
+            .with_context(|| format!("a name that is not UTF-8 in {}", dir.display()))?;
+        if name.contains('\n') {
+            bail!("{}/{name}: a name debugfs cannot be given", dir.display());
+        }
+        // Inside debugfs's double quotes, a quote is doubled; nothing else is special.
+        let child = format!("{path}/{}", name.replace('"', "\"\""));
+        if e.file_type()?.is_dir() {
+            ctime_commands(&e.path(), &child, epoch, out)?;
+        } else {
+            set_times(&child, epoch, out);
+        }
+    }
+    Ok(())
+}
+
+fn set_times(path: &str, epoch: u64, out: &mut String) {
+    for field in ["ctime", "atime"] {
+        out.push_str(&format!("sif \"{path}\" {field} @{epoch}\n"));
+    }
 }
 
 /// The file of `dir` whose name starts with `prefix`, newest version last by name.

@@ -48,7 +48,12 @@ enum Cmd {
     /// the appliance serves at /downloads/.
     Package,
     /// Builds the appliance image (raw, qcow2, OVA) into images/out (needs root).
-    Image,
+    Image {
+        /// Use the binaries, plugins and packages already built (as `cargo xtask test`
+        /// leaves them) instead of building them first.
+        #[arg(long)]
+        no_build: bool,
+    },
     /// Builds the appliance's web UI into appliance/ui/dist (the appliance embeds it).
     Ui,
     /// Runs a benchmark and prints its figures (not part of the tests).
@@ -65,7 +70,8 @@ fn main() {
         Cmd::Test => test(),
         Cmd::Ui => ui::build(),
         Cmd::Package => package::build().map(|_| ()),
-        Cmd::Image => image::build().map(|_| ()),
+        Cmd::Image { no_build: false } => image::build().map(|_| ()),
+        Cmd::Image { no_build: true } => image::build_image().map(|_| ()),
         Cmd::Quickstart { once } => quickstart::quickstart(once),
         Cmd::Bench { name } => bench::run(&name),
     };
@@ -155,7 +161,7 @@ pub fn build_binaries() -> Result<()> {
     ]))
 }
 
-fn cargo() -> Command {
+pub fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 

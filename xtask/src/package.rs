@@ -1,9 +1,17 @@
-//! `cargo xtask package`: the agent's Debian package, built from the release binary with
-//! `dpkg-deb` (no Debian source tree: the control file is written here, its `Depends` computed
-//! by `dpkg-shlibdeps` from the binary's own dynamic links and symbol versions).
+//! `cargo xtask package`: the agent's static binary and its Debian package.
 //!
-//! Output: `<target>/packages/lifeboat-agent_<version>_amd64.deb` and `SHA256SUMS` beside it,
-//! the folder the appliance serves at `/downloads/` (its `config_server.downloads`).
+//! The binary is built for x86_64-unknown-linux-musl with the agent's `static` feature
+//! (libbpf, elfutils' libelf and zlib compiled from libbpf-sys's vendored sources and linked
+//! in): no program interpreter, no shared library, so it runs on any x86_64 Linux with a
+//! kernel the agent supports, whatever its C library (Debian 11's glibc 2.31 included, which a
+//! binary linked here against glibc 2.36 would refuse). The package is made from it with
+//! `dpkg-deb` (no Debian source tree: the control file is written here; a static binary
+//! depends on no package).
+//!
+//! Output, in `<target>/packages/`, the folder the appliance serves at `/downloads/` (its
+//! `config_server.downloads`): `lifeboat-agent_<version>_amd64.deb`,
+//! `lifeboat-agent-<version>-x86_64-linux-musl` (the binary alone, for other distributions)
+//! and `SHA256SUMS`.
 //! Reproducible: every file's time is `SOURCE_DATE_EPOCH` (default: the last commit's time),
 //! owners are root, and `dpkg-deb` clamps the archive members' times to the same epoch.
 
@@ -17,10 +25,98 @@ use std::process::Command;
 /// The package's maintainer scripts and unit, from `agent/debian/`.
 const SCRIPTS: &[&str] = &["postinst", "prerm", "postrm"];
 
-/// Builds the release binaries, then the package; returns the package's path.
+/// The static agent's Rust target.
+pub const STATIC_TARGET: &str = "x86_64-unknown-linux-musl";
+
+/// Builds the release binaries, then the packages; returns the Debian package's path.
 pub fn build() -> Result<PathBuf> {
+    crate::setup::toolchain()?;
     crate::build_binaries()?;
     package_agent()
+}
+
+/// What musl-gcc needs besides musl to build the static agent's C parts, made under
+/// `<target>/static-sysroot`:
+/// - `include/`: the kernel's UAPI headers (`linux`, `asm`, `asm-generic`: libbpf includes
+///   them; they belong to no C library) and libelf's two headers, all from this system;
+/// - `lib/libelf.a`: Debian's libelf.a plus `agent/static/musl-compat.c` compiled with
+///   musl-gcc (glibc's `rawmemchr`, the one function it calls that musl lacks). elfutils
+///   itself does not build against musl (its configure requires argp), and the rest of what
+///   libelf.a calls is the plain POSIX/Linux ABI, the same in musl on x86_64;
+/// - `host-lib/`: Debian's libelf.a and libz.a for the host's libbpf-sys (libbpf-cargo
+///   compiles the BPF program at build time): cargo gives it the same `static` features.
+fn static_sysroot() -> Result<PathBuf> {
+    let dir = target_dir().join("static-sysroot");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    let include = dir.join("include");
+    let lib = dir.join("lib");
+    std::fs::create_dir_all(&include)?;
+    std::fs::create_dir_all(&lib)?;
+    std::fs::create_dir_all(dir.join("host-lib"))?;
+    for a in ["libelf.a", "libz.a"] {
+        std::os::unix::fs::symlink(
+            Path::new("/usr/lib/x86_64-linux-gnu").join(a),
+            dir.join("host-lib").join(a),
+        )?;
+    }
+    for (name, from) in [
+        ("linux", "/usr/include/linux"),
+        ("asm", "/usr/include/x86_64-linux-gnu/asm"),
+        ("asm-generic", "/usr/include/asm-generic"),
+    ] {
+        std::os::unix::fs::symlink(from, include.join(name))?;
+    }
+    for h in ["libelf.h", "gelf.h"] {
+        std::fs::copy(Path::new("/usr/include").join(h), include.join(h))
+            .with_context(|| format!("/usr/include/{h} (libelf-dev)"))?;
+    }
+    std::fs::copy("/usr/lib/x86_64-linux-gnu/libelf.a", lib.join("libelf.a"))
+        .context("/usr/lib/x86_64-linux-gnu/libelf.a (libelf-dev)")?;
+    let compat = dir.join("musl-compat.o");
+    run(Command::new("musl-gcc")
+        .args(["-O2", "-fPIC", "-c", "-o"])
+        .arg(&compat)
+        .arg(root().join("agent/static/musl-compat.c")))?;
+    run(Command::new("ar").arg("rs").arg(lib.join("libelf.a")).arg(&compat))?;
+    Ok(dir)
+}
+
+/// Builds the agent's static binary (incremental: quick when nothing changed).
+fn build_static_agent() -> Result<PathBuf> {
+    let sysroot = static_sysroot()?;
+    let env_target = STATIC_TARGET.replace('-', "_");
+    run(crate::cargo()
+        .args([
+            "build",
+            "--release",
+            "--target",
+            STATIC_TARGET,
+            "--package",
+            "lifeboat-agent",
+            "--features",
+            "static",
+        ])
+        .env(format!("CC_{env_target}"), "musl-gcc")
+        .env(
+            format!("CFLAGS_{env_target}"),
+            format!("-isystem {}", sysroot.join("include").display()),
+        )
+        .env(format!("LIBBPF_SYS_LIBRARY_PATH_{env_target}"), sysroot.join("lib"))
+        .env("LIBBPF_SYS_LIBRARY_PATH_x86_64_unknown_linux_gnu", sysroot.join("host-lib")))?;
+    let binary = target_dir().join(STATIC_TARGET).join("release/lifeboat-agent");
+    // What makes it static: no interpreter to find, no library to load.
+    let headers = Command::new("readelf")
+        .args(["--program-headers", "--dynamic"])
+        .arg(&binary)
+        .output()
+        .context("readelf (binutils)")?;
+    let headers = String::from_utf8_lossy(&headers.stdout);
+    if headers.contains("INTERP") || headers.contains("(NEEDED)") {
+        bail!("{} is not static:\n{headers}", binary.display());
+    }
+    Ok(binary)
 }
 
 /// The version every crate of the workspace has.
@@ -50,14 +146,10 @@ pub fn source_date_epoch() -> u64 {
         .unwrap_or(0)
 }
 
-/// Packages the (already built) release agent.
+/// Builds the static agent, then packages it.
 pub fn package_agent() -> Result<PathBuf> {
     let version = version()?;
-    let release = target_dir().join("release");
-    let binary = release.join("lifeboat-agent");
-    if !binary.exists() {
-        bail!("{} missing: build it first (cargo xtask package builds it)", binary.display());
-    }
+    let binary = build_static_agent()?;
     let out = target_dir().join("packages");
     let stage = target_dir().join("package-stage/lifeboat-agent");
     if stage.exists() {
@@ -96,8 +188,7 @@ pub fn package_agent() -> Result<PathBuf> {
          On Debian systems the full text is in /usr/share/common-licenses/Apache-2.0.\n";
     put("usr/share/doc/lifeboat-agent/copyright", copyright.as_bytes(), 0o644)?;
 
-    // Control files.
-    let depends = shlib_depends(&stage.join("usr/bin/lifeboat-agent"))?;
+    // Control files (the binary is static: no Depends).
     let installed_kib = dir_size(&stage)?.div_ceil(1024);
     let control = format!(
         "Package: lifeboat-agent\n\
@@ -105,7 +196,6 @@ pub fn package_agent() -> Result<PathBuf> {
          Architecture: amd64\n\
          Maintainer: Lifeboat developers <lifeboat@example.invalid>\n\
          Installed-Size: {installed_kib}\n\
-         Depends: {depends}\n\
          Recommends: util-linux\n\
          Section: admin\n\
          Priority: optional\n\
@@ -132,34 +222,16 @@ pub fn package_agent() -> Result<PathBuf> {
         .arg(&stage)
         .arg(&deb)
         .env("SOURCE_DATE_EPOCH", epoch.to_string()))?;
-    write_sums(&out)?;
-    eprintln!("xtask: built {}", deb.display());
-    Ok(deb)
-}
-
-/// `Depends` for an ELF binary: what `dpkg-shlibdeps` computes from the libraries it links
-/// and the symbol versions it uses.
-fn shlib_depends(binary: &Path) -> Result<String> {
-    let tmp = tempfile::tempdir()?;
-    std::fs::create_dir_all(tmp.path().join("debian"))?;
-    std::fs::write(
-        tmp.path().join("debian/control"),
-        "Source: lifeboat\n\nPackage: lifeboat-agent\nArchitecture: amd64\n",
+    // The binary alone, for systems without dpkg.
+    let plain = out.join(format!("lifeboat-agent-{version}-x86_64-linux-musl"));
+    std::fs::copy(stage.join("usr/bin/lifeboat-agent"), &plain)?;
+    std::fs::File::open(&plain)?.set_times(
+        std::fs::FileTimes::new()
+            .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(epoch)),
     )?;
-    let out = Command::new("dpkg-shlibdeps")
-        .arg("-O")
-        .arg(format!("-e{}", binary.display()))
-        .current_dir(tmp.path())
-        .output()
-        .context("dpkg-shlibdeps (from dpkg-dev) is needed to package the agent")?;
-    if !out.status.success() {
-        bail!("dpkg-shlibdeps failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let text = String::from_utf8(out.stdout)?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("shlibs:Depends="))
-        .map(str::to_owned)
-        .context("dpkg-shlibdeps printed no shlibs:Depends")
+    write_sums(&out)?;
+    eprintln!("xtask: built {} and {}", deb.display(), plain.display());
+    Ok(deb)
 }
 
 fn files(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -212,13 +284,13 @@ fn set_times(stage: &Path, epoch: u64) -> Result<()> {
     Ok(())
 }
 
-/// Writes `SHA256SUMS` for every package in `out`.
+/// Writes `SHA256SUMS` for every package and static binary in `out`.
 fn write_sums(out: &Path) -> Result<()> {
     let mut sums = String::new();
     let mut names: Vec<_> = std::fs::read_dir(out)?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".deb"))
+        .filter(|n| n.ends_with(".deb") || n.ends_with("-linux-musl"))
         .collect();
     names.sort();
     for n in names {

@@ -9,6 +9,9 @@ use std::process::Command;
 /// compile the agent's eBPF tracker; make, libelf, zlib and pkg-config build and link
 /// libbpf (libbpf-sys builds its vendored copy with make).
 /// dpkg-dev (dpkg-shlibdeps) and binutils (strip) make the agent's Debian package.
+/// The agent's static binary (x86_64-unknown-linux-musl) is compiled with musl-gcc
+/// (musl-tools), libbpf-sys building elfutils' libelf and zlib from their vendored sources
+/// (autoconf, automake, autopoint, libtool, flex, bison, gawk).
 const BUILD_PACKAGES: &[&str] = &[
     "clang",
     "wasi-libc",
@@ -19,7 +22,19 @@ const BUILD_PACKAGES: &[&str] = &[
     "make",
     "dpkg-dev",
     "binutils",
+    "musl-tools",
+    "autoconf",
+    "automake",
+    "autopoint",
+    "libtool",
+    "flex",
+    "bison",
+    "gawk",
 ];
+
+/// The Rust targets besides the host's: plugins are wasm32-wasip2 components; the agent's
+/// static binary is x86_64-unknown-linux-musl.
+pub const RUST_TARGETS: &[&str] = &["wasm32-wasip2", "x86_64-unknown-linux-musl"];
 
 /// Debian packages the tests need besides the build: e2fsprogs and xfsprogs make the
 /// filesystems the agent's free-space and eBPF tracker tests mount; util-linux has losetup,
@@ -110,15 +125,18 @@ fn installed(p: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Makes sure the wasm32-wasip2 Rust target and the build's Debian packages exist.
+/// Makes sure the Rust targets ([`RUST_TARGETS`]) and the build's Debian packages exist.
 pub fn toolchain() -> Result<()> {
     let installed = Command::new("rustup")
         .args(["target", "list", "--installed"])
         .output()
-        .context("rustup is needed to add the wasm32-wasip2 target")?;
-    if !String::from_utf8_lossy(&installed.stdout).lines().any(|l| l.trim() == "wasm32-wasip2") {
-        eprintln!("xtask: installing the Rust target wasm32-wasip2 (plugins are built for it)");
-        run(Command::new("rustup").args(["target", "add", "wasm32-wasip2"]))?;
+        .context("rustup is needed to add the wasm32-wasip2 and musl targets")?;
+    let installed = String::from_utf8_lossy(&installed.stdout);
+    for target in RUST_TARGETS {
+        if !installed.lines().any(|l| l.trim() == *target) {
+            eprintln!("xtask: installing the Rust target {target}");
+            run(Command::new("rustup").args(["target", "add", target]))?;
+        }
     }
     apt(BUILD_PACKAGES)
 }
