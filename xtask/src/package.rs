@@ -131,8 +131,15 @@ pub fn version() -> Result<String> {
         .context("workspace.package.version missing from Cargo.toml")
 }
 
-/// `SOURCE_DATE_EPOCH` if set, else the newest commit's time, else 0.
+/// `SOURCE_DATE_EPOCH` if set, else the newest commit's time, else 0. Read once per run:
+/// a commit made while `cargo xtask bench image` builds its two images must not give them
+/// different epochs.
 pub fn source_date_epoch() -> u64 {
+    static EPOCH: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(read_source_date_epoch)
+}
+
+fn read_source_date_epoch() -> u64 {
     if let Some(v) = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|v| v.parse().ok()) {
         return v;
     }
