@@ -268,8 +268,8 @@ pub fn build_image() -> Result<Built> {
     // reading the folders to copy them moved their atimes (relatime). debugfs sets both to
     // the epoch in every inode, or two builds would differ in the inode tables.
     let mut commands = String::new();
-    ctime_commands(&tree, "", epoch, &mut commands)?;
-    let script = work.join("ctime.debugfs");
+    time_commands(&tree, "", epoch, &mut commands)?;
+    let script = work.join("times.debugfs");
     std::fs::write(&script, commands)?;
     let debugfs = Command::new("debugfs")
         .arg("-w")
@@ -287,7 +287,7 @@ pub fn build_image() -> Result<Built> {
         .map(str::to_owned)
         .collect();
     if !debugfs.status.success() || !complaints.is_empty() {
-        bail!("debugfs could not set the ctimes: {}", complaints.join("\n"));
+        bail!("debugfs could not set the ctimes and atimes: {}", complaints.join("\n"));
     }
 
     // The EFI system partition: SYSLINUX for BIOS, systemd-boot for UEFI.
@@ -394,7 +394,7 @@ pub fn build_image() -> Result<Built> {
 
 /// debugfs commands setting the ctime and atime of `dir` (at `path` in the filesystem) and
 /// everything under it to `epoch`, in name order.
-fn ctime_commands(dir: &Path, path: &str, epoch: u64, out: &mut String) -> Result<()> {
+fn time_commands(dir: &Path, path: &str, epoch: u64, out: &mut String) -> Result<()> {
     set_times(if path.is_empty() { "/" } else { path }, epoch, out);
     let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<std::io::Result<_>>()?;
     entries.sort_by_key(|e| e.file_name());
@@ -409,7 +409,7 @@ fn ctime_commands(dir: &Path, path: &str, epoch: u64, out: &mut String) -> Resul
         // Inside debugfs's double quotes, a quote is doubled; nothing else is special.
         let child = format!("{path}/{}", name.replace('"', "\"\""));
         if e.file_type()?.is_dir() {
-            ctime_commands(&e.path(), &child, epoch, out)?;
+            time_commands(&e.path(), &child, epoch, out)?;
         } else {
             set_times(&child, epoch, out);
         }

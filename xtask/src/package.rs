@@ -1,8 +1,8 @@
 //! `cargo xtask package`: the agent's static binary and its Debian package.
 //!
 //! The binary is built for x86_64-unknown-linux-musl with the agent's `static` feature
-//! (libbpf, elfutils' libelf and zlib compiled from libbpf-sys's vendored sources and linked
-//! in): no program interpreter, no shared library, so it runs on any x86_64 Linux with a
+//! (libbpf and zlib compiled from libbpf-sys's vendored sources, Debian's libelf.a: see
+//! [`static_sysroot`]; all linked in): no program interpreter, no shared library, so it runs on any x86_64 Linux with a
 //! kernel the agent supports, whatever its C library (Debian 11's glibc 2.31 included, which a
 //! binary linked here against glibc 2.36 would refuse). The package is made from it with
 //! `dpkg-deb` (no Debian source tree: the control file is written here; a static binary
@@ -232,10 +232,7 @@ pub fn package_agent() -> Result<PathBuf> {
     // The binary alone, for systems without dpkg.
     let plain = out.join(format!("lifeboat-agent-{version}-x86_64-linux-musl"));
     std::fs::copy(stage.join("usr/bin/lifeboat-agent"), &plain)?;
-    std::fs::File::open(&plain)?.set_times(
-        std::fs::FileTimes::new()
-            .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(epoch)),
-    )?;
+    set_mtime(&plain, epoch)?;
     write_sums(&out)?;
     eprintln!("xtask: built {} and {}", deb.display(), plain.display());
     Ok(deb)
@@ -283,11 +280,17 @@ fn md5sums(stage: &Path) -> Result<String> {
 }
 
 fn set_times(stage: &Path, epoch: u64) -> Result<()> {
+    for f in files(stage)?.into_iter().rev().chain([stage.to_owned()]) {
+        set_mtime(&f, epoch)?;
+    }
+    Ok(())
+}
+
+/// Sets the modification time of `path` to `epoch`.
+fn set_mtime(path: &Path, epoch: u64) -> Result<()> {
     let t = std::fs::FileTimes::new()
         .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(epoch));
-    for f in files(stage)?.into_iter().rev().chain([stage.to_owned()]) {
-        std::fs::File::open(&f)?.set_times(t)?;
-    }
+    std::fs::File::open(path)?.set_times(t)?;
     Ok(())
 }
 
