@@ -224,5 +224,7 @@ pub mod target;
 
 #[cfg(feature = "action")]
 pub mod action;
+#[cfg(feature = "http")]
+pub mod http;
 #[cfg(feature = "quiescer")]
 pub mod quiescer;

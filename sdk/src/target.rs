@@ -51,6 +51,41 @@ pub mod host_fs {
     }
 }
 
+/// Virtual disks attached to the appliance (the WIT `host-disks`): the host resolves each
+/// to its block device or flat extent file, as the grant's `attached_disks` allows, and does
+/// the I/O. For targets whose replicas are a hypervisor's disks (VMware).
+pub mod host_disks {
+    use super::bindings::lifeboat::plugins::host_disks as h;
+    use crate::PluginError;
+    pub use h::{BlockWrite, DiskRef};
+
+    /// Makes the disk ready for `size` bytes of I/O; returns what it resolved to.
+    pub fn open(disk: &DiskRef, size: u64) -> Result<String, PluginError> {
+        h::open(disk, size).map_err(Into::into)
+    }
+    /// Writes data (durable after [`flush`]).
+    pub fn write(disk: &DiskRef, writes: &[BlockWrite]) -> Result<(), PluginError> {
+        h::write(disk, writes).map_err(Into::into)
+    }
+    /// Makes a range read as zeros.
+    pub fn zero(disk: &DiskRef, offset: u64, length: u64) -> Result<(), PluginError> {
+        h::zero(disk, offset, length).map_err(Into::into)
+    }
+    /// Reads `length` bytes at `offset`.
+    pub fn read(disk: &DiskRef, offset: u64, length: u32) -> Result<Vec<u8>, PluginError> {
+        h::read(disk, offset, length).map_err(Into::into)
+    }
+    /// Makes every write so far durable.
+    pub fn flush(disk: &DiskRef) -> Result<(), PluginError> {
+        h::flush(disk).map_err(Into::into)
+    }
+    /// Copies the first `length` bytes of `src` into `dst` (which reads as zeros), in the
+    /// host; returns the bytes written.
+    pub fn copy(src: &DiskRef, dst: &DiskRef, length: u64) -> Result<u64, PluginError> {
+        h::copy(src, dst, length).map_err(Into::into)
+    }
+}
+
 /// File helpers for targets that keep their objects as files in a granted directory
 /// (paths are the plugin's own, under its preopens).
 pub mod files {

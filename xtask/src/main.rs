@@ -201,6 +201,11 @@ fn test() -> Result<()> {
     run(Command::new("bash")
         .arg(root().join("scripts/azurite.sh"))
         .stdout(std::process::Stdio::null()))?;
+    // vcsim (the vSphere simulator) for the VMware plugin's tests, built from Debian's
+    // govmomi (installed with the test packages above).
+    run(Command::new("bash")
+        .arg(root().join("scripts/vcsim.sh"))
+        .stdout(std::process::Stdio::null()))?;
     run(cargo().args(["test", "--release", "--workspace", "--no-fail-fast"]))?;
     eprintln!("xtask: all tests passed in {:.0} s", started.elapsed().as_secs_f64());
     Ok(())

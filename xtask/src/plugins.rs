@@ -11,6 +11,7 @@ pub const PLUGINS: &[(&str, &str)] = &[
     ("aes-gcm", "lifeboat-plugin-aes-gcm"),
     ("local", "lifeboat-plugin-local"),
     ("azure", "lifeboat-plugin-azure"),
+    ("vmware", "lifeboat-plugin-vmware"),
     ("examples/dirtarget", "lifeboat-plugin-dirtarget"),
     ("script-quiescer", "lifeboat-plugin-script-quiescer"),
     ("postgres-quiescer", "lifeboat-plugin-postgres-quiescer"),

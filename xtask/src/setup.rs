@@ -71,6 +71,12 @@ pub const TEST_PACKAGES: &[&str] = &[
     // The image test boots the appliance image with UEFI firmware and checks its OVF.
     "ovmf",
     "libxml2-utils",
+    // The VMware target's tests run vcsim, govmomi's vSphere simulator: Debian ships it as
+    // a Go library, built offline into a small launcher by scripts/vcsim.sh.
+    "golang-go",
+    "golang-github-vmware-govmomi-dev",
+    // ... and look at what the plugin made in vSphere with curl.
+    "curl",
 ];
 
 /// Packages taken from bookworm-backports, so they match the backports qemu-utils the

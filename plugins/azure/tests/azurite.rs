@@ -6,6 +6,7 @@
 
 use lifeboat_plugin_azure::auth::SharedKey;
 use lifeboat_plugin_host::config::PluginsConfig;
+use lifeboat_plugin_host::contract::mixed_data;
 use lifeboat_plugin_host::manifest::Manifest;
 use lifeboat_plugin_host::target::{Extent, Firmware, NicSpec, PowerState, VmSpec, ZeroRange};
 use lifeboat_plugin_host::{CallError, Host, PluginError, TargetInstance};
@@ -220,89 +221,9 @@ fn azurite_site(a: &Azurite, container: &str) -> Site {
     site(&[a.authority()], &[a.authority()], a.settings(container))
 }
 
-fn mixed_data(len: usize, seed: u64) -> Vec<u8> {
-    let mut v = Vec::with_capacity(len);
-    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ seed;
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        match (v.len() / 4096) % 3 {
-            0 => v.extend_from_slice(&[0; 64]),
-            1 => v.extend_from_slice(b"the quick brown fox jumps over the lazy dog, again; "),
-            _ => v.extend_from_slice(&x.to_le_bytes()),
-        }
-    }
-    v.truncate(len);
-    v
-}
-
 #[track_caller]
 fn plugin_err(e: &CallError) -> &PluginError {
     e.plugin_error().unwrap_or_else(|| panic!("expected a plugin error, got {e}"))
-}
-
-/// The same contract walk as `exercise_target` in sdk/host/tests/plugins.rs.
-async fn exercise_target(t: &mut TargetInstance) {
-    t.health().await.unwrap();
-    let size = 4u64 << 20;
-    t.create_disk("m1-d0", size).await.unwrap();
-    t.create_disk("m1-d0", size).await.unwrap(); // idempotent
-    let e = t.create_disk("m1-d0", size * 2).await.unwrap_err();
-    assert!(matches!(plugin_err(&e), PluginError::Invalid(_)), "{e}");
-    let first = mixed_data(64 << 10, 1);
-    t.write_extents("m1-d0", &[Extent { offset: 8192, data: first.clone() }], &[]).await.unwrap();
-    t.flush_disk("m1-d0").await.unwrap();
-    t.create_point("m1-p1", "crash:1", &["m1-d0".into()]).await.unwrap();
-    t.create_point("m1-p1", "crash:1", &["m1-d0".into()]).await.unwrap(); // idempotent
-    t.write_extents(
-        "m1-d0",
-        &[Extent { offset: 8192, data: vec![0xEE; 4096] }],
-        &[ZeroRange { offset: 16384, length: 4096 }],
-    )
-    .await
-    .unwrap();
-    let now = t.read_extent("m1-d0", 8192, 12288).await.unwrap();
-    assert!(now[..4096].iter().all(|b| *b == 0xEE));
-    assert!(now[8192..].iter().all(|b| *b == 0));
-    let e = t
-        .write_extents("m1-d0", &[Extent { offset: size - 10, data: vec![1; 20] }], &[])
-        .await
-        .unwrap_err();
-    assert!(matches!(plugin_err(&e), PluginError::Invalid(_)), "{e}");
-    let e = t
-        .write_extents("m1-d0", &[Extent { offset: size - 512, data: vec![1; 1024] }], &[])
-        .await
-        .unwrap_err();
-    assert!(matches!(plugin_err(&e), PluginError::Invalid(m) if m.contains("past the end")), "{e}");
-
-    let points = t.list_points("m1-").await.unwrap();
-    assert_eq!(points.len(), 1);
-    assert_eq!(points[0].tag, "crash:1");
-    assert_eq!(points[0].disks, vec!["m1-d0".to_owned()]);
-    assert!(points[0].created_unix_ms > 1_700_000_000_000);
-    let m = t.materialize("m1-p1", "m1-d0", "m1-d0-tf").await.unwrap();
-    assert_eq!(m.id, "m1-d0-tf");
-    assert!(m.instant);
-    assert!(m.location.ends_with("/disks/m1-d0-tf"), "{}", m.location);
-    let old = t.read_extent("m1-d0-tf", 8192, first.len() as u32).await.unwrap();
-    assert_eq!(old, first, "materialised disk has the point's content");
-    let disks = t.list_disks().await.unwrap();
-    let ids: Vec<&str> = disks.iter().map(|d| d.id.as_str()).collect();
-    assert_eq!(ids, vec!["m1-d0", "m1-d0-tf"]);
-    assert!(disks.iter().all(|d| d.size == size), "{disks:?}");
-
-    t.put_log("m1-d0.0000000002", b"two").await.unwrap();
-    t.put_log("m1-d0.0000000001", b"one").await.unwrap();
-    t.put_log("m2-d0.0000000001", b"other").await.unwrap();
-    assert_eq!(t.list_logs("m1-").await.unwrap(), vec!["m1-d0.0000000001", "m1-d0.0000000002"]);
-    assert_eq!(t.get_log("m1-d0.0000000002").await.unwrap(), b"two");
-    t.delete_log("m1-d0.0000000001").await.unwrap();
-    let e = t.get_log("m1-d0.0000000001").await.unwrap_err();
-    assert!(matches!(plugin_err(&e), PluginError::NotFound(_)), "{e}");
-    t.delete_point("m1-p1").await.unwrap();
-    assert!(t.list_points("m1-").await.unwrap().is_empty());
-    t.delete_disk("m1-d0-tf").await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -316,7 +237,7 @@ async fn azure_target_keeps_the_target_contract_on_azurite() {
     assert!(caps.instant_points && caps.instant_materialize);
     let h = t.health().await.unwrap();
     assert!(h.contains("contract") && h.contains("writable"), "{h}");
-    exercise_target(&mut t).await;
+    lifeboat_plugin_host::contract::exercise_target(&mut t, &azure_expect()).await;
     // With its points gone, the replica disk itself can go too.
     t.delete_disk("m1-d0").await.unwrap();
     assert!(t.list_disks().await.unwrap().is_empty());
@@ -334,7 +255,7 @@ async fn azure_target_keeps_the_target_contract_on_azurite_over_https_with_a_pri
     let mut t = s.instance().await;
     let h = t.health().await.unwrap();
     assert!(h.contains("tls") && h.contains("writable"), "{h}");
-    exercise_target(&mut t).await;
+    lifeboat_plugin_host::contract::exercise_target(&mut t, &azure_expect()).await;
     t.delete_disk("m1-d0").await.unwrap();
     assert!(t.list_disks().await.unwrap().is_empty());
 }
@@ -1311,4 +1232,13 @@ async fn arm_tokens_come_from_the_service_principal_flow() {
         matches!(plugin_err(&e), PluginError::Denied(m) if m.contains("InvalidAuthenticationToken")),
         "{e}"
     );
+}
+
+/// What the contract walk checks beyond the contract for this target.
+fn azure_expect() -> lifeboat_plugin_host::contract::Expect {
+    lifeboat_plugin_host::contract::Expect {
+        clock: true,
+        instant_materialize: Some(true),
+        location_suffix: Some("/disks/m1-d0-tf".into()),
+    }
 }

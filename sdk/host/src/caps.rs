@@ -18,6 +18,8 @@ pub(crate) struct Effective {
     pub(crate) commands: Vec<String>,
     pub(crate) sockets: Vec<SocketAddr>,
     pub(crate) clock: bool,
+    /// What `host-disks` may resolve; `None` when not requested and granted.
+    pub(crate) attached: Option<Arc<crate::config::AttachedDisksGrant>>,
     pub(crate) settings: Vec<(String, String)>,
     /// Why the plugin cannot be instantiated yet: a required setting has no value.
     pub(crate) unconfigured: Option<String>,

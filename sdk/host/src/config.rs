@@ -11,6 +11,10 @@
 //! directories = { "/target" = "/var/lib/lifeboat/target" }
 //! tls_roots = ["/etc/lifeboat/storage-ca.pem"]   # optional: private CAs for HTTPS
 //! settings = { root = "/target" }
+//!
+//! [plugins.grants.vmware.attached_disks]
+//! devices = true                     # hot-added disks, found by their UUID (WWN)
+//! datastores = { LocalDS_0 = "/srv/vcsim/LocalDS_0" }   # or: a datastore that is a folder here
 //! ```
 
 use serde::Deserialize;
@@ -79,7 +83,28 @@ pub struct Grant {
     /// Give the plugin the real wall and monotonic clocks (otherwise they read zero).
     #[serde(default)]
     pub clock: bool,
+    /// Virtual disks attached to this appliance that the plugin may read and write through
+    /// the `host-disks` import (the VMware target's data path).
+    #[serde(default)]
+    pub attached_disks: Option<AttachedDisksGrant>,
     /// Settings passed to the plugin's `init`.
     #[serde(default)]
     pub settings: BTreeMap<String, String>,
+}
+
+/// How a plugin's `host-disks` calls find a virtual disk (`[plugins.grants.<name>.attached_disks]`).
+/// Both may be given; a datastore named in `datastores` is always resolved as a folder.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachedDisksGrant {
+    /// Resolve a disk to the block device of this machine whose SCSI WWN is the disk's UUID
+    /// (a VMware disk hot-added to the appliance VM, `disk.EnableUUID` on). A device that is
+    /// mounted or held (LVM, RAID), or whose partitions are, is refused.
+    #[serde(default)]
+    pub devices: bool,
+    /// Datastore name -> the folder on this host that holds it (vcsim's datastores, an NFS
+    /// datastore mounted on the appliance): a disk `[ds] dir/x.vmdk` is the file
+    /// `<folder>/dir/x-flat.vmdk`, opened without following links.
+    #[serde(default)]
+    pub datastores: BTreeMap<String, PathBuf>,
 }

@@ -47,12 +47,14 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod contract;
 pub mod keys;
 pub mod manifest;
 pub mod registry;
 
 mod beneath;
 mod caps;
+mod disks;
 mod engine;
 mod hostfns;
 mod instance;

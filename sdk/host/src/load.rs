@@ -491,6 +491,23 @@ fn effective(m: &Manifest, g: &Grant) -> Result<Effective, String> {
     if r.clock && !g.clock {
         return Err(denied("capability", "clock", "clock"));
     }
+    let attached = match (&g.attached_disks, r.attached_disks) {
+        (_, false) => None,
+        (None, true) => return Err(denied("capability", "attached_disks", "attached_disks")),
+        (Some(a), true) => {
+            for (name, dir) in &a.datastores {
+                if name.is_empty() || !dir.is_absolute() {
+                    return Err(format!(
+                        "plugins.grants.{}.attached_disks.datastores: {name:?} = {:?}: \
+                         name a datastore and an absolute folder",
+                        m.name,
+                        dir.display()
+                    ));
+                }
+            }
+            Some(std::sync::Arc::new(a.clone()))
+        }
+    };
     let tls = if g.tls_roots.is_empty() {
         None
     } else {
@@ -511,6 +528,7 @@ fn effective(m: &Manifest, g: &Grant) -> Result<Effective, String> {
         commands,
         sockets,
         clock: r.clock,
+        attached,
         settings,
         unconfigured,
         tls,

@@ -291,6 +291,11 @@ pub struct Requested {
     /// Real wall and monotonic clocks (otherwise they read zero).
     #[serde(default)]
     pub clock: bool,
+    /// Virtual disks attached to the appliance, through the `host-disks` import (targets
+    /// whose replicas are a hypervisor's disks); what resolves is what the grant's
+    /// `attached_disks` says.
+    #[serde(default)]
+    pub attached_disks: bool,
 }
 
 /// Why a manifest is unusable.

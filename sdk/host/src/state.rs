@@ -330,6 +330,7 @@ pub(crate) struct HostState {
     hooks: HttpHooks,
     pub(crate) limits: Limits,
     pub(crate) dirs: Vec<(String, PathBuf)>,
+    pub(crate) attached: Option<Arc<crate::config::AttachedDisksGrant>>,
     pub(crate) commands: Vec<String>,
     pub(crate) keys: KeyRing,
 }
@@ -384,6 +385,7 @@ impl HostState {
             },
             limits: Limits { max_bytes: caps.memory_bytes, exceeded: false },
             dirs: caps.dirs.clone(),
+            attached: caps.attached.clone(),
             commands: caps.commands.clone(),
             keys,
         })

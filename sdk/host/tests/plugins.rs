@@ -10,7 +10,7 @@ use lifeboat_plugin_host::keys::{Algorithm, Key, KeyRing};
 
 use lifeboat_plugin_host::manifest::Manifest;
 use lifeboat_plugin_host::registry::Registry;
-use lifeboat_plugin_host::target::{Extent, Firmware, VmSpec, ZeroRange};
+use lifeboat_plugin_host::target::{Firmware, VmSpec};
 use lifeboat_plugin_host::{
     CallError, CipherInstance, CodecInstance, FailReason, Host, PluginError, QuiescerInstance,
     Refusal, TargetInstance, TrustBasis,
@@ -83,20 +83,7 @@ fn host() -> Host {
 }
 
 fn mixed_data(len: usize) -> Vec<u8> {
-    let mut v = Vec::with_capacity(len);
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        match (v.len() / 4096) % 3 {
-            0 => v.extend_from_slice(&[0; 64]),
-            1 => v.extend_from_slice(b"the quick brown fox jumps over the lazy dog, again; "),
-            _ => v.extend_from_slice(&x.to_le_bytes()),
-        }
-    }
-    v.truncate(len);
-    v
+    lifeboat_plugin_host::contract::mixed_data(len, 0)
 }
 
 #[tokio::test]
@@ -164,65 +151,17 @@ async fn aes_gcm_cipher_seals_with_host_keys_and_detects_tampering() {
     assert!(matches!(e.plugin_error(), Some(PluginError::NotFound(m)) if m.contains("k2")), "{e}");
 }
 
-async fn exercise_target(t: &mut TargetInstance) {
-    t.health().await.unwrap();
-    let size = 4u64 << 20;
-    t.create_disk("m1-d0", size).await.unwrap();
-    t.create_disk("m1-d0", size).await.unwrap(); // idempotent
-    let e = t.create_disk("m1-d0", size * 2).await.unwrap_err();
-    assert!(matches!(e.plugin_error(), Some(PluginError::Invalid(_))), "{e}");
-    let first = mixed_data(64 << 10);
-    t.write_extents("m1-d0", &[Extent { offset: 8192, data: first.clone() }], &[]).await.unwrap();
-    t.flush_disk("m1-d0").await.unwrap();
-    t.create_point("m1-p1", "crash:1", &["m1-d0".into()]).await.unwrap();
-    t.create_point("m1-p1", "crash:1", &["m1-d0".into()]).await.unwrap(); // idempotent
-    t.write_extents(
-        "m1-d0",
-        &[Extent { offset: 8192, data: vec![0xEE; 4096] }],
-        &[ZeroRange { offset: 16384, length: 4096 }],
-    )
-    .await
-    .unwrap();
-    let now = t.read_extent("m1-d0", 8192, 12288).await.unwrap();
-    assert!(now[..4096].iter().all(|b| *b == 0xEE));
-    assert!(now[8192..].iter().all(|b| *b == 0));
-    // Past the end is refused, not silently extended.
-    let e = t
-        .write_extents("m1-d0", &[Extent { offset: size - 10, data: vec![1; 20] }], &[])
-        .await
-        .unwrap_err();
-    assert!(matches!(e.plugin_error(), Some(PluginError::Invalid(_))), "{e}");
-
-    let points = t.list_points("m1-").await.unwrap();
-    assert_eq!(points.len(), 1);
-    assert_eq!(points[0].tag, "crash:1");
-    let m = t.materialize("m1-p1", "m1-d0", "m1-d0-tf").await.unwrap();
-    assert_eq!(m.id, "m1-d0-tf");
-    let old = t.read_extent("m1-d0-tf", 8192, first.len() as u32).await.unwrap();
-    assert_eq!(old, first, "materialised disk has the point's content");
-    let disks: Vec<String> = t.list_disks().await.unwrap().into_iter().map(|d| d.id).collect();
-    assert_eq!(disks, vec!["m1-d0".to_owned(), "m1-d0-tf".to_owned()]);
-
-    t.put_log("m1-d0.0000000002", b"two").await.unwrap();
-    t.put_log("m1-d0.0000000001", b"one").await.unwrap();
-    t.put_log("m2-d0.0000000001", b"other").await.unwrap();
-    assert_eq!(t.list_logs("m1-").await.unwrap(), vec!["m1-d0.0000000001", "m1-d0.0000000002"]);
-    assert_eq!(t.get_log("m1-d0.0000000002").await.unwrap(), b"two");
-    t.delete_log("m1-d0.0000000001").await.unwrap();
-    let e = t.get_log("m1-d0.0000000001").await.unwrap_err();
-    assert!(matches!(e.plugin_error(), Some(PluginError::NotFound(_))), "{e}");
-    t.delete_point("m1-p1").await.unwrap();
-    assert!(t.list_points("m1-").await.unwrap().is_empty());
-    t.delete_disk("m1-d0-tf").await.unwrap();
-}
-
 #[tokio::test]
 async fn local_target_keeps_disks_points_logs_and_vm_specs() {
     let s = setup(&["local"], true);
     let p = host().load(&s.dir.join("local.wasm"), &s.config).unwrap();
     let mut t = TargetInstance::new(p).await.unwrap();
     assert_eq!(t.capabilities().unwrap().alignment, 1);
-    exercise_target(&mut t).await;
+    lifeboat_plugin_host::contract::exercise_target(
+        &mut t,
+        &lifeboat_plugin_host::contract::Expect::default(),
+    )
+    .await;
     // Identifiers cannot climb out of the granted directory.
     let e = t.create_disk("../escape", 10).await.unwrap_err();
     assert!(matches!(e.plugin_error(), Some(PluginError::Invalid(_))), "{e}");
@@ -258,7 +197,11 @@ async fn example_target_from_the_sdk_docs_builds_and_loads() {
     let s = setup(&["dirtarget"], true);
     let p = host().load(&s.dir.join("dirtarget.wasm"), &s.config).unwrap();
     let mut t = TargetInstance::new(p).await.unwrap();
-    exercise_target(&mut t).await;
+    lifeboat_plugin_host::contract::exercise_target(
+        &mut t,
+        &lifeboat_plugin_host::contract::Expect::default(),
+    )
+    .await;
 }
 
 fn refusal(
