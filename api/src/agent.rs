@@ -122,15 +122,30 @@ pub fn check_cidr(s: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether `s` names a target network: 1 to 64 ASCII letters, digits, `.`, `_`, `-`.
+/// Whether `s` names a target network: 1 to 80 characters (a vSphere port group name, such
+/// as `VM Network`; an Azure `<vnet>/<subnet>`), none of them a control character, with no
+/// space at either end.
 pub fn check_network(s: &str) -> Result<(), String> {
+    if !s.is_empty() && s.chars().count() <= 80 && !s.chars().any(char::is_control) && s.trim() == s
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "{s:?} is not a network name: 1 to 80 characters, no control characters, no space at either end"
+        ))
+    }
+}
+
+/// Whether `s` can name a host bridge on a qemu command line: 1 to 15 ASCII letters,
+/// digits, `.`, `_`, `-` (Linux interface names).
+pub fn check_bridge(s: &str) -> Result<(), String> {
     if !s.is_empty()
-        && s.len() <= 64
+        && s.len() <= 15
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
     {
         Ok(())
     } else {
-        Err(format!("{s:?} is not a network name: 1 to 64 letters, digits, '.', '_', '-'"))
+        Err(format!("{s:?} is not a bridge name: 1 to 15 letters, digits, '.', '_', '-'"))
     }
 }
 
@@ -340,5 +355,25 @@ impl ChurnReport {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{check_bridge, check_network};
+
+    #[test]
+    fn network_names_take_port_group_names_and_bridges_stay_interface_names() {
+        for ok in ["VM Network", "dr-lan", "vnet1/subnet-a", "DPortGroup (VLAN 20)", "é"] {
+            assert!(check_network(ok).is_ok(), "{ok:?}");
+        }
+        let long = "n".repeat(81);
+        for bad in ["", " lead", "trail ", "tab\there", "nl\n", long.as_str()] {
+            assert!(check_network(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_bridge("br-dr").is_ok());
+        for bad in ["VM Network", "br,x=1", "a-very-long-bridge-name", ""] {
+            assert!(check_bridge(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -77,21 +77,35 @@ impl Site {
         data_dir: &str,
         azure_grant: &str,
     ) -> PathBuf {
+        self.target_config(name, roles, data_dir, "azure", azure_grant)
+    }
+
+    /// Writes `appliance-<name>.toml` for `roles` whose process server and master target
+    /// use target plugin `plugin` (copied from the build) with the body of its grant
+    /// `grant` (the sha256 pin is added), with its own data directory `data_dir`.
+    pub fn target_config(
+        &self,
+        name: &str,
+        roles: Roles,
+        data_dir: &str,
+        plugin: &str,
+        grant: &str,
+    ) -> PathBuf {
         let root = self.root();
         let (_, plugins) = build_dirs();
         for ext in ["wasm", "toml"] {
             std::fs::copy(
-                plugins.join(format!("azure.{ext}")),
-                root.join(format!("plugins/azure.{ext}")),
+                plugins.join(format!("{plugin}.{ext}")),
+                root.join(format!("plugins/{plugin}.{ext}")),
             )
             .unwrap();
         }
         let mut grants = String::new();
-        for n in ["zstd", "aes-gcm", "azure"] {
+        for n in ["zstd", "aes-gcm", plugin] {
             let sha = sha256_file(&root.join(format!("plugins/{n}.wasm")));
             grants.push_str(&format!("\n[plugins.grants.{n}]\nsha256 = \"{sha}\"\n"));
         }
-        grants.push_str(azure_grant);
+        grants.push_str(grant);
         let path = root.join(format!("appliance-{name}.toml"));
         std::fs::write(
             &path,
@@ -99,8 +113,8 @@ impl Site {
                 "config_version = 1\ndata_dir = \"{data_dir}\"\n\
                  [roles]\nconfig_server = {}\nprocess_server = {}\nmaster_target = {}\n\
                  [config_server]\nlisten = \"127.0.0.1:{}\"\n\
-                 [process_server]\nlisten = \"127.0.0.1:{}\"\ntarget = \"azure\"\n\
-                 [master_target]\ntarget = \"azure\"\npoll_ms = 100\nkeep_points = 100\nkeep_hours = 0\n\
+                 [process_server]\nlisten = \"127.0.0.1:{}\"\ntarget = \"{plugin}\"\n\
+                 [master_target]\ntarget = \"{plugin}\"\npoll_ms = 100\nkeep_points = 100\nkeep_hours = 0\n\
                  [plugins]\ndir = \"plugins\"\n{grants}",
                 roles.config_server, roles.process_server, roles.master_target, self.config_port, self.ps_port,
             ),

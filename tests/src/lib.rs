@@ -603,6 +603,28 @@ pub use azurite::*;
 pub use roots::*;
 pub use vm::*;
 
+/// The VMware target's test kit: vcsim on loopback.
+pub use lifeboat_plugin_vmware::testkit::{self as vmware, Vcsim};
+
+/// The body of `[plugins.grants.vmware]` for vcsim `v`: its authority and CA, host-disks on
+/// its datastore folder, and its settings with `extra` overriding them.
+pub fn vmware_grant(v: &Vcsim, extra: &[(&str, &str)]) -> String {
+    let mut settings = v.settings();
+    for (k, val) in extra {
+        settings.retain(|(a, _)| a != k);
+        settings.push(((*k).to_owned(), (*val).to_owned()));
+    }
+    let settings: Vec<String> = settings.iter().map(|(k, val)| format!("{k} = {val:?}")).collect();
+    format!(
+        "clock = true\nhttp_hosts = [\"{}\"]\ntls_roots = [{:?}]\nattached_disks = {{ datastores = {{ {} = {:?} }} }}\nsettings = {{ {} }}\n",
+        v.authority(),
+        v.ca_pem.display().to_string(),
+        vmware::DATASTORE,
+        v.datastore_dir.display().to_string(),
+        settings.join(", ")
+    )
+}
+
 /// The folder `cargo xtask package` fills: `<target>/packages`.
 pub fn packages_dir() -> PathBuf {
     let dir = build_dirs().0.parent().unwrap().join("packages");

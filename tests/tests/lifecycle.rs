@@ -145,7 +145,7 @@ fn phase_vm_spec(env: &Env) {
         (spec["memory_mib"].as_u64(), spec["disks"].clone()),
         (Some(256), serde_json::json!([0, 1]))
     );
-    let bad = site.lifeboat(&["vm-spec", machine, "--nic", "eth0=dr lan"], None);
+    let bad = site.lifeboat(&["vm-spec", machine, "--nic", "eth0=dr\tlan"], None);
     assert_eq!(bad.status.code(), Some(2), "{}", String::from_utf8_lossy(&bad.stderr));
 }
 

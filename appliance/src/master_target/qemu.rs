@@ -127,6 +127,9 @@ pub fn qemu_args(
         } else if n.network == "default" || user_net {
             format!("user,id=net{i}")
         } else {
+            // The name goes into a qemu option string: a bridge name only.
+            lifeboat_api::check_bridge(&n.network)
+                .map_err(|e| MasterError::msg(format!("nics[{i}].network: {e}")))?;
             format!("bridge,id=net{i},br={}", n.network)
         };
         push(&["-netdev", &netdev]);
@@ -210,12 +213,17 @@ mod tests {
             &SPEC.replace("\"memory_mib\":512", "\"memory_mib\":-1"),
             &SPEC.replace("/t/disks/a.img", "relative.img"),
             &SPEC.replace("/t/disks/a.img", "/a,b.img"),
-            &SPEC.replace("\"br-dr\"", "\"br dr\""),
+            &SPEC.replace("\"br-dr\"", "\"br\\u0001dr\""),
             &SPEC.replace("52:54:00:12:34:56", "52:54:00"),
             &SPEC.replace("\"isolated\":false", "\"isolated\":false,\"extra\":1"),
             &SPEC.replace("[\"/t/disks/a.img\",\"/t/disks/b.img\"]", "[]"),
         ] {
             assert!(parse_spec(bad).is_err(), "accepted {bad}");
         }
+        // A port group's name is a fine network name, but not a bridge for qemu's options
+        // (unless every interface goes on the user network).
+        let spec = parse_spec(&SPEC.replace("\"br-dr\"", "\"VM Network,x=1\"")).unwrap();
+        assert!(qemu_args(&spec, "tcg", false).is_err());
+        assert!(qemu_args(&spec, "tcg", true).is_ok());
     }
 }

@@ -184,36 +184,11 @@ fn grant(state: &HostState) -> Result<&AttachedDisksGrant, GenError> {
 fn open(state: &HostState, disk: &DiskRef) -> Result<Opened, GenError> {
     let g = grant(state)?;
     if let Some(root) = g.datastores.get(&disk.datastore) {
-        let rel = flat_extent(&disk.path).ok_or_else(|| {
-            GenError::Denied(format!(
-                "[{}] {}: not a plain .vmdk path inside the datastore",
-                disk.datastore, disk.path
-            ))
-        })?;
-        let what = format!("[{}] {}", disk.datastore, rel.display());
-        let fd = beneath::open_root(root)
-            .and_then(|r| {
-                beneath::open(
-                    &r,
-                    &rel,
-                    rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NONBLOCK,
-                    rustix::fs::Mode::empty(),
-                )
-            })
-            .map_err(|e| match e {
-                BeneathError::NotFound(_) => GenError::NotFound(format!("{what} does not exist")),
-                e @ (BeneathError::Escapes(_) | BeneathError::NotRegular(_)) => {
-                    tracing::warn!(plugin = %state.plugin, %what, error = %e, "refused a host-disks path");
-                    GenError::Denied(format!("{what}: {e}"))
-                }
-                e => GenError::Internal(format!("{what}: {e}")),
-            })?;
-        let file = File::from(fd);
-        let m = file.metadata().map_err(|e| io_error(&what, e))?;
-        if !m.file_type().is_file() {
-            return Err(GenError::Denied(format!("{what} is not a regular file")));
+        let o = open_flat(root, disk);
+        if let Err(GenError::Denied(why)) = &o {
+            tracing::warn!(plugin = %state.plugin, %why, "refused a host-disks path");
         }
-        return Ok(Opened { size: m.len(), file, what, device: None });
+        return o;
     }
     if !g.devices {
         return Err(GenError::Denied(format!(
@@ -238,6 +213,41 @@ fn open(state: &HostState, disk: &DiskRef) -> Result<Opened, GenError> {
     }
     let size = file.seek(SeekFrom::End(0)).map_err(|e| io_error(&what, e))?;
     Ok(Opened { file, size, what, device: Some(name) })
+}
+
+/// Opens the flat extent of `disk` beneath datastore folder `root`, read-write, refusing
+/// any path that is not a plain `.vmdk` path, any symbolic link on the way and anything
+/// but a regular file.
+fn open_flat(root: &Path, disk: &DiskRef) -> Result<Opened, GenError> {
+    let rel = flat_extent(&disk.path).ok_or_else(|| {
+        GenError::Denied(format!(
+            "[{}] {}: not a plain .vmdk path inside the datastore",
+            disk.datastore, disk.path
+        ))
+    })?;
+    let what = format!("[{}] {}", disk.datastore, rel.display());
+    let fd = beneath::open_root(root)
+        .and_then(|r| {
+            beneath::open(
+                &r,
+                &rel,
+                rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NONBLOCK,
+                rustix::fs::Mode::empty(),
+            )
+        })
+        .map_err(|e| match e {
+            BeneathError::NotFound(_) => GenError::NotFound(format!("{what} does not exist")),
+            e @ (BeneathError::Escapes(_) | BeneathError::NotRegular(_)) => {
+                GenError::Denied(format!("{what}: {e}"))
+            }
+            e => GenError::Internal(format!("{what}: {e}")),
+        })?;
+    let file = File::from(fd);
+    let m = file.metadata().map_err(|e| io_error(&what, e))?;
+    if !m.file_type().is_file() {
+        return Err(GenError::Denied(format!("{what} is not a regular file")));
+    }
+    Ok(Opened { size: m.len(), file, what, device: None })
 }
 
 fn check_range(o: &Opened, offset: u64, len: u64) -> Result<(), GenError> {
@@ -387,6 +397,45 @@ mod tests {
         for bad in ["", ".vmdk", "/etc/x.vmdk", "a/../b.vmdk", "./a.vmdk", "a/.vmdk", "a/b.img"] {
             assert!(flat_extent(bad).is_none(), "{bad:?} accepted");
         }
+    }
+
+    /// Whoever can write the datastore (or a plugin) cannot lead host-disks out of it:
+    /// a flat extent that is a link, a folder that is a link, `..`, absolute paths and
+    /// devices are refused; a plain flat extent opens.
+    #[test]
+    fn flat_extents_never_lead_out_of_the_datastore_folder() {
+        let d = tempfile::tempdir().unwrap();
+        let ds = d.path().join("ds");
+        let outside = d.path().join("outside");
+        std::fs::create_dir_all(ds.join("lifeboat/disks")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("secret-flat.vmdk"), b"secret").unwrap();
+        std::fs::write(ds.join("lifeboat/disks/ok-flat.vmdk"), vec![0u8; 4096]).unwrap();
+        std::os::unix::fs::symlink(
+            outside.join("secret-flat.vmdk"),
+            ds.join("lifeboat/disks/evil-flat.vmdk"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(&outside, ds.join("lifeboat/linked")).unwrap();
+        std::os::unix::fs::symlink("/dev/null", ds.join("lifeboat/disks/null-flat.vmdk")).unwrap();
+        let r =
+            |path: &str| DiskRef { datastore: "ds".into(), path: path.into(), uuid: String::new() };
+        let o = open_flat(&ds, &r("lifeboat/disks/ok.vmdk")).unwrap();
+        assert_eq!(o.size, 4096);
+        for bad in [
+            "lifeboat/disks/evil.vmdk",
+            "lifeboat/linked/secret.vmdk",
+            "lifeboat/disks/null.vmdk",
+            "../outside/secret.vmdk",
+            "/etc/passwd.vmdk",
+            "lifeboat/disks/ok.img",
+        ] {
+            let e = open_flat(&ds, &r(bad)).err().unwrap_or_else(|| panic!("{bad} opened"));
+            assert!(matches!(e, GenError::Denied(_)), "{bad}: {e:?}");
+        }
+        let e = open_flat(&ds, &r("lifeboat/disks/missing.vmdk")).err().unwrap();
+        assert!(matches!(e, GenError::NotFound(_)), "{e:?}");
+        assert_eq!(std::fs::read(outside.join("secret-flat.vmdk")).unwrap(), b"secret");
     }
 
     #[test]
