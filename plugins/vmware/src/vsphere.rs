@@ -139,7 +139,8 @@ impl Vsphere {
                 .ok_or_else(|| PluginError::Internal(format!("{what}: vSphere answered no task")))?
         };
         let start = Instant::now();
-        let mut pause = Duration::from_millis(20);
+        // Asked at once first: many tasks (file moves, small disks) are done by then.
+        let mut pause = Duration::from_millis(10);
         loop {
             let info = self.props(&task, &["info"])?;
             let doc = soap::parse(&info)?;
