@@ -400,6 +400,23 @@ impl Vmware {
         Ok(Vmdk { path, meta })
     }
 
+    /// The disk `id`, checked to reach byte `end`; a cached size that does not is read
+    /// again first (another instance of the plugin, in another role, may have grown the
+    /// disk or made it anew).
+    fn disk_reaching(&mut self, id: &str, end: u64) -> Result<Vmdk, PluginError> {
+        let mut v = self.disk(id)?;
+        if end > v.meta.size && self.disks.remove(id).is_some() {
+            v = self.disk(id)?;
+        }
+        if end > v.meta.size {
+            return Err(invalid(format!(
+                "I/O up to byte {end} runs past the end of disk {id} ({} bytes)",
+                v.meta.size
+            )));
+        }
+        Ok(v)
+    }
+
     /// Makes a new thin disk at `path` of `size` bytes, attached and sized for I/O;
     /// a leftover of an interrupted attempt there is replaced.
     fn new_vmdk(&mut self, path: &str, size: u64) -> Result<Vmdk, PluginError> {
@@ -809,19 +826,12 @@ impl Target for Vmware {
         extents: Vec<Extent>,
         zeros: Vec<ZeroRange>,
     ) -> Result<(), PluginError> {
-        let v = self.disk(disk)?;
-        let size = v.meta.size;
-        for (off, len) in extents
+        let end = extents
             .iter()
-            .map(|e| (e.offset, e.data.len() as u64))
-            .chain(zeros.iter().map(|z| (z.offset, z.length)))
-        {
-            if off.checked_add(len).is_none_or(|end| end > size) {
-                return Err(invalid(format!(
-                    "write at {off}+{len} runs past the end of disk {disk} ({size} bytes)"
-                )));
-            }
-        }
+            .map(|e| e.offset.checked_add(e.data.len() as u64))
+            .chain(zeros.iter().map(|z| z.offset.checked_add(z.length)))
+            .try_fold(0u64, |m, e| e.map(|e| m.max(e)));
+        let v = self.disk_reaching(disk, end.unwrap_or(u64::MAX))?;
         let writes: Vec<BlockWrite> =
             extents.into_iter().map(|e| BlockWrite { offset: e.offset, data: e.data }).collect();
         self.io(&v, |r| {
@@ -841,13 +851,7 @@ impl Target for Vmware {
         offset: u64,
         length: u32,
     ) -> Result<Vec<u8>, PluginError> {
-        let v = self.disk(disk)?;
-        if offset.checked_add(u64::from(length)).is_none_or(|end| end > v.meta.size) {
-            return Err(invalid(format!(
-                "read at {offset}+{length} runs past the end of disk {disk} ({} bytes)",
-                v.meta.size
-            )));
-        }
+        let v = self.disk_reaching(disk, offset.saturating_add(u64::from(length)))?;
         self.io(&v, |r| host_disks::read(r, offset, length))
     }
 

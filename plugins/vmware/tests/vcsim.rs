@@ -184,6 +184,18 @@ async fn disks_grow_points_hold_two_disks_and_a_restarted_instance_finds_its_att
     t.write_extents("m-d0", &[Extent { offset: 4096, data: vec![2; 512] }], &[]).await.unwrap();
     assert_eq!(v.appliance_disks().len(), before, "no disk attached twice");
 
+    // Another instance (another role) makes a disk anew, bigger: this one's cached size is
+    // read again rather than refusing a write past the old end.
+    let mut other = s.instance().await;
+    other.delete_disk("m-d1").await.unwrap();
+    other.create_disk("m-d1", 7 << 20).await.unwrap();
+    t.write_extents("m-d1", &[Extent { offset: (7 << 20) - 512, data: vec![6; 512] }], &[])
+        .await
+        .unwrap();
+    assert_eq!(other.read_extent("m-d1", (7 << 20) - 512, 512).await.unwrap(), vec![6; 512]);
+    let e = t.read_extent("m-d1", 7 << 20, 512).await.unwrap_err();
+    assert!(matches!(plugin_err(&e), PluginError::Invalid(m) if m.contains("past the end")), "{e}");
+
     // The point has both disks as they were.
     for (disk, off, want) in [("m-d0", 0u64, &a), ("m-d1", 1 << 20, &b)] {
         let copy = format!("{disk}-fo");
