@@ -232,6 +232,36 @@ impl Vcsim {
         self.vm(&id).unwrap().disks
     }
 
+    /// Ends every session but this client's (as vCenter does when sessions expire, or an
+    /// administrator ends them); returns how many it ended.
+    pub fn terminate_other_sessions(&self) -> usize {
+        let body = self.soap(
+            "<RetrievePropertiesEx><_this type=\"PropertyCollector\">propertyCollector</_this><specSet><propSet>\
+             <type>SessionManager</type><pathSet>sessionList</pathSet><pathSet>currentSession</pathSet></propSet>\
+             <objectSet><obj type=\"SessionManager\">SessionManager</obj></objectSet></specSet><options/></RetrievePropertiesEx>",
+        );
+        let doc = roxmltree::Document::parse(&body).unwrap();
+        let mut mine = String::new();
+        let mut keys = Vec::new();
+        for p in doc.descendants().filter(|n| n.has_tag_name("propSet")) {
+            let val = crate::soap::child(p, "val").unwrap();
+            match crate::soap::text(p, "name").as_deref() {
+                Some("currentSession") => mine = crate::soap::text(val, "key").unwrap_or_default(),
+                _ => keys.extend(
+                    crate::soap::children(val, "UserSession")
+                        .filter_map(|u| crate::soap::text(u, "key")),
+                ),
+            }
+        }
+        let others: Vec<String> = keys.into_iter().filter(|k| *k != mine).collect();
+        for k in &others {
+            self.soap(&format!(
+                "<TerminateSession><_this type=\"SessionManager\">SessionManager</_this><sessionId>{k}</sessionId></TerminateSession>"
+            ));
+        }
+        others.len()
+    }
+
     /// The port group key of distributed port group `name` (`dvportgroup-…`).
     pub fn portgroup_key(&self, name: &str) -> String {
         let body = self.soap(&format!(

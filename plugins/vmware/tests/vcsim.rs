@@ -173,6 +173,12 @@ async fn disks_grow_points_hold_two_disks_and_a_restarted_instance_finds_its_att
         .unwrap();
     assert_eq!(t.read_extent("m-d1", 1 << 20, b.len() as u32).await.unwrap(), b);
 
+    // vCenter ends the session (it expired, or an administrator ended it): the plugin logs
+    // in again and the call succeeds.
+    assert!(v.terminate_other_sessions() >= 1, "the plugin's session was there to end");
+    assert_eq!(t.read_extent("m-d1", 1 << 20, b.len() as u32).await.unwrap(), b);
+    t.list_disks().await.unwrap();
+
     // A new instance (the appliance restarted) finds the disks attached and keeps using them.
     drop(t);
     let mut t = s.instance().await;
