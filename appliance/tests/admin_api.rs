@@ -831,7 +831,7 @@ async fn vm_spec_settings(s: &Server, c: &Client, t: Option<&str>, spec: &str) {
         (r#"{"cpus":-1}"#, "cpus"),
         (r#"{"memory_mib":64}"#, "memory_mib"),
         (r#"{"boot_disk":7}"#, "boot_disk"),
-        (r#"{"nics":[{"source":"eth0","network":"dr net"}]}"#, "nics[0].network"),
+        (r#"{"nics":[{"source":"eth0","network":"dr\tnet"}]}"#, "nics[0].network"),
         (r#"{"nics":[{"source":"eth0","network":"dr","mac":"52:54"}]}"#, "nics[0].mac"),
         (r#"{"nics":[{"source":"eth0","network":"dr","ip":"10.0.0.300/24"}]}"#, "nics[0].ip"),
         (r#"{"nics":[{"source":"eth0","network":"dr","ip":"10.0.0.3/33"}]}"#, "nics[0].ip"),
