@@ -244,6 +244,25 @@ mod tests {
     }
 }
 
+/// Checks a host-chosen identifier (disk, point, log, VM) again: ASCII letters, digits,
+/// `-`, `_`, `.`, at most 200 bytes, not starting with `.` (the WIT's promise), so no id
+/// can name a path, blob or datastore file outside the target's own.
+pub fn check_id(id: &str) -> Result<&str, PluginError> {
+    let ok = !id.is_empty()
+        && id.len() <= 200
+        && !id.starts_with('.')
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok { Ok(id) } else { Err(PluginError::Invalid(format!("bad identifier {id:?}"))) }
+}
+
+/// Milliseconds since the Unix epoch (0 without the `clock` grant: the clock reads zero).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
 fn unsupported<T>(what: &str) -> Result<T, PluginError> {
     Err(PluginError::Invalid(format!("{what} is not supported by this target plugin")))
 }

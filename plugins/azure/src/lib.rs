@@ -27,6 +27,7 @@ pub mod xml;
 
 use blob::BlobService;
 use lifeboat_sdk::target::*;
+pub use lifeboat_sdk::target::{check_id, now_ms};
 use lifeboat_sdk::{PluginError, Settings, required_setting, setting};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -44,15 +45,6 @@ fn invalid(m: String) -> PluginError {
     PluginError::Invalid(m)
 }
 
-/// Host-chosen ids are restricted (see the WIT); check again so no id escapes its folder.
-pub fn check_id(id: &str) -> Result<&str, PluginError> {
-    let ok = !id.is_empty()
-        && id.len() <= 200
-        && !id.starts_with('.')
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if ok { Ok(id) } else { Err(invalid(format!("bad identifier {id:?}"))) }
-}
-
 fn disk_blob(disk: &str) -> Result<String, PluginError> {
     Ok(format!("disks/{}", check_id(disk)?))
 }
@@ -67,13 +59,6 @@ fn log_blob(name: &str) -> Result<String, PluginError> {
 
 fn round_up(n: u64, to: u64) -> u64 {
     n.div_ceil(to) * to
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 /// 16 random bytes from the host (wasi:random), for lease ids.

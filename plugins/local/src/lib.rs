@@ -18,6 +18,7 @@
 use lifeboat_sdk::target::files::{self, write_atomic};
 use lifeboat_sdk::target::host_fs::{self, CloneMethod};
 use lifeboat_sdk::target::*;
+use lifeboat_sdk::target::{check_id, now_ms};
 use lifeboat_sdk::{PluginError, Settings, setting};
 use std::fs;
 
@@ -29,15 +30,6 @@ pub struct Local {
 
 fn invalid(m: String) -> PluginError {
     PluginError::Invalid(m)
-}
-
-/// Host-chosen ids are restricted (see the WIT); check again so no id escapes the root.
-fn check_id(id: &str) -> Result<&str, PluginError> {
-    let ok = !id.is_empty()
-        && id.len() <= 200
-        && !id.starts_with('.')
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if ok { Ok(id) } else { Err(invalid(format!("bad identifier {id:?}"))) }
 }
 
 /// A JSON string literal for `s`.
@@ -54,13 +46,6 @@ fn json_str(s: &str) -> String {
     }
     out.push('"');
     out
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 impl Local {

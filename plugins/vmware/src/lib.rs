@@ -20,6 +20,7 @@ pub mod vsphere;
 
 use lifeboat_sdk::target::host_disks::{self, BlockWrite, DiskRef};
 use lifeboat_sdk::target::*;
+pub use lifeboat_sdk::target::{check_id, now_ms};
 use lifeboat_sdk::{PluginError, Settings, required_setting, setting};
 use soap::{Client, Moref, esc, find};
 use std::collections::HashMap;
@@ -33,22 +34,6 @@ const MAX_CONTROLLERS: usize = 4;
 
 fn invalid(m: String) -> PluginError {
     PluginError::Invalid(m)
-}
-
-/// Host-chosen ids are restricted (see the WIT); check again so no id escapes its folder.
-pub fn check_id(id: &str) -> Result<&str, PluginError> {
-    let ok = !id.is_empty()
-        && id.len() <= 200
-        && !id.starts_with('.')
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if ok { Ok(id) } else { Err(invalid(format!("bad identifier {id:?}"))) }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 /// KiB a disk of `size` bytes takes in vSphere (capacities are whole KiB).
@@ -711,7 +696,7 @@ impl Target for Vmware {
         let dc = self.dc()?;
         let probe = self.dir("health-probe");
         self.vs.make_dir(&dc, &self.cfg.directory.clone())?;
-        self.vs.put_file(&probe, b"ok".to_vec())?;
+        self.vs.put_file(&probe, b"ok")?;
         self.vs.delete_file(&dc, &probe)?;
         Ok(format!(
             "{about}: datastore {} writable ({} GiB free), appliance VM {} found",
@@ -737,7 +722,7 @@ impl Target for Vmware {
         let v = self.new_vmdk(&path, size)?;
         let dc = self.dc()?;
         let meta_path = self.disk_meta_path(disk)?;
-        self.vs.put_file_atomic(&dc, &meta_path, v.meta.to_json())?;
+        self.vs.put_file_atomic(&dc, &meta_path, &v.meta.to_json())?;
         self.disks.insert(disk.to_owned(), v.meta);
         Ok(())
     }
@@ -775,7 +760,7 @@ impl Target for Vmware {
         host_disks::open(&self.disk_ref(&grown), size)?;
         let dc = self.dc()?;
         let meta_path = self.disk_meta_path(disk)?;
-        self.vs.put_file_atomic(&dc, &meta_path, grown.meta.to_json())?;
+        self.vs.put_file_atomic(&dc, &meta_path, &grown.meta.to_json())?;
         self.disks.insert(disk.to_owned(), grown.meta);
         Ok(())
     }
@@ -893,7 +878,7 @@ impl Target for Vmware {
             disks: copies,
         };
         let dc = self.dc()?;
-        self.vs.put_file_atomic(&dc, &format!("{dir}/point.json"), meta.to_json())?;
+        self.vs.put_file_atomic(&dc, &format!("{dir}/point.json"), &meta.to_json())?;
         Ok(meta.info)
     }
 
@@ -968,7 +953,7 @@ impl Target for Vmware {
         self.detach(&dst.path)?;
         let dc = self.dc()?;
         let meta_path = self.disk_meta_path(new_disk)?;
-        self.vs.put_file_atomic(&dc, &meta_path, dst.meta.to_json())?;
+        self.vs.put_file_atomic(&dc, &meta_path, &dst.meta.to_json())?;
         self.disks.insert(new_disk.to_owned(), dst.meta);
         Ok(MaterializedDisk {
             id: new_disk.to_owned(),
@@ -980,10 +965,10 @@ impl Target for Vmware {
     fn put_log(&mut self, name: &str, data: Vec<u8>) -> Result<(), PluginError> {
         let path = self.log_path(name)?;
         let dc = self.dc()?;
-        match self.vs.put_file_atomic(&dc, &path, data.clone()) {
+        match self.vs.put_file_atomic(&dc, &path, &data) {
             Err(PluginError::NotFound(_)) => {
                 self.vs.make_dir(&dc, &self.dir("logs"))?;
-                self.vs.put_file_atomic(&dc, &path, data)
+                self.vs.put_file_atomic(&dc, &path, &data)
             }
             r => r,
         }

@@ -201,13 +201,13 @@ impl Vsphere {
     }
 
     /// Writes a datastore file (created or replaced) with one HTTP PUT.
-    pub fn put_file(&mut self, path: &str, data: Vec<u8>) -> Result<(), PluginError> {
+    pub fn put_file(&mut self, path: &str, data: &[u8]) -> Result<(), PluginError> {
         self.client.content()?;
         let headers = [("content-type", "application/octet-stream")];
-        let mut r = self.client.http("PUT", self.file_url(path), data.clone(), &headers)?;
+        let mut r = self.client.http("PUT", self.file_url(path), data.to_vec(), &headers)?;
         if r.status == 401 {
             self.client.login()?;
-            r = self.client.http("PUT", self.file_url(path), data, &headers)?;
+            r = self.client.http("PUT", self.file_url(path), data.to_vec(), &headers)?;
         }
         match r.status {
             200 | 201 | 204 => Ok(()),
@@ -221,7 +221,7 @@ impl Vsphere {
         &mut self,
         dc: &Moref,
         path: &str,
-        data: Vec<u8>,
+        data: &[u8],
     ) -> Result<(), PluginError> {
         let tmp = format!("{path}.tmp");
         let len = data.len() as u64;
