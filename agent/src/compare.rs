@@ -2,7 +2,8 @@
 //!
 //! The master target asks (`compare` in the answer of `GET /api/v1/trust`) when logs of a
 //! disk went missing at the target: the replica then lacks writes this agent sent and
-//! forgot, and neither side knows which. Rather than sending the whole disk again, the
+//! forgot, and neither side knows which. It asks too after failing a machine back into a
+//! new VM at another target: the replica was made anew from disks this agent never read. Rather than sending the whole disk again, the
 //! agent reads its disk in ranges of [`REVERSE_MAX_BLOCKS`] blocks of [`REVERSE_BLOCK`]
 //! bytes, posts their hashes (`POST /api/v1/compare`, the hashing of reverse replication),
 //! and marks the blocks whose replica differs as uncertain in its tracker
@@ -57,7 +58,7 @@ pub fn queue(pending: &Mutex<Vec<CompareRequest>>, requests: &[CompareRequest]) 
         if !p.contains(r) {
             tracing::warn!(
                 disk = r.disk,
-                "the appliance lost logs of this disk: comparing it with its replica by block hashes at the next cycle"
+                "the appliance asked to compare this disk with its replica (logs were lost at the target, or a failback made the replica anew): comparing by block hashes at the next cycle"
             );
             p.push(*r);
         }

@@ -15,6 +15,91 @@ pub struct TestFailoverRequest {
     pub point: Option<String>,
 }
 
+/// `POST /api/v1/machines/{id}/reprotect`. Without `to` (or with no body at all), the
+/// original machine's agent writes its own disks from the failed-over ones
+/// (`lifeboat-agent reprotect`); with `to`, the master target writes new disks at another
+/// target from them, and failback makes a VM there.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReprotectRequest {
+    /// A loaded target plugin other than the one the machine failed over to (`vmware`):
+    /// the machine fails back into a new VM there.
+    #[serde(default)]
+    pub to: Option<String>,
+    /// The new VM's name at `to` (letters, digits, `.`, `_`, `-`; up to 80): default
+    /// `lb-<machine id>`.
+    #[serde(default)]
+    pub vm_name: Option<String>,
+    /// The network every interface of the new VM is put on (a port group for VMware);
+    /// default: the machine's network mapping (`vm-spec`).
+    #[serde(default)]
+    pub network: Option<String>,
+}
+
+impl ReprotectRequest {
+    /// Format checks, naming the field.
+    pub fn check(&self) -> Result<(), String> {
+        if self.to.is_none() && (self.vm_name.is_some() || self.network.is_some()) {
+            return Err("vm_name and network need `to` (the target to fail back into)".into());
+        }
+        if let Some(t) = &self.to
+            && (t.is_empty()
+                || t.len() > 64
+                || !t.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)))
+        {
+            return Err(format!("to: {t:?} is not a plugin name"));
+        }
+        if let Some(n) = &self.vm_name {
+            check_vm_name(n).map_err(|e| format!("vm_name: {e}"))?;
+        }
+        if let Some(n) = &self.network {
+            check_network(n).map_err(|e| format!("network: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether `s` can name a VM a target makes: 1 to 80 ASCII letters, digits, `.`, `_`, `-`,
+/// not starting with `.` or `-`.
+pub fn check_vm_name(s: &str) -> Result<(), String> {
+    if !s.is_empty()
+        && s.len() <= 80
+        && !s.starts_with(['.', '-'])
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "{s:?} is not a VM name: 1 to 80 letters, digits, '.', '_', '-', not starting with '.' or '-'"
+        ))
+    }
+}
+
+/// Where a machine reprotected into another target fails back to, as stored with its
+/// reverse replication (the `destination` of `reverse_sync`, JSON, this shape).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReprotectDestination {
+    /// The target plugin.
+    pub target: String,
+    /// The VM failback makes there.
+    pub vm_name: String,
+    /// Every interface's network, if not the machine's mapping.
+    pub network: Option<String>,
+    /// The disks written there, by the machine's disk index.
+    pub disks: Vec<DestinationDisk>,
+}
+
+/// A disk at a [`ReprotectDestination`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationDisk {
+    /// The machine's disk index.
+    pub disk: u32,
+    /// The disk's id at the destination target.
+    pub id: String,
+}
+
 /// The VM a failover of a machine makes (`GET`/`PUT /api/v1/machines/{id}/vm-spec`):
 /// what the agent detected, with the administrator's settings over it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

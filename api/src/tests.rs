@@ -322,3 +322,29 @@ fn appliance_identity_is_checked() {
         assert!(e.starts_with(field), "{name:?} {url:?}: {e}");
     }
 }
+
+#[test]
+fn reprotect_requests_are_checked() {
+    let ok = |j: &str| serde_json::from_str::<ReprotectRequest>(j).unwrap().check();
+    assert!(ok("{}").is_ok());
+    assert!(ok(r#"{"to":"vmware"}"#).is_ok());
+    assert!(ok(r#"{"to":"vmware","vm_name":"web-01.fb","network":"VM Network"}"#).is_ok());
+    for (bad, field) in [
+        (r#"{"vm_name":"x"}"#, "need `to`"),
+        (r#"{"network":"x"}"#, "need `to`"),
+        (r#"{"to":""}"#, "to:"),
+        (r#"{"to":"../vmware"}"#, "to:"),
+        (r#"{"to":"vmware","vm_name":""}"#, "vm_name:"),
+        (r#"{"to":"vmware","vm_name":"-x"}"#, "vm_name:"),
+        (r#"{"to":"vmware","vm_name":"a b"}"#, "vm_name:"),
+        (r#"{"to":"vmware","vm_name":"a/b"}"#, "vm_name:"),
+        (r#"{"to":"vmware","network":" x"}"#, "network:"),
+        (r#"{"to":"vmware","network":"a\u0001"}"#, "network:"),
+    ] {
+        let e = ok(bad).expect_err(bad);
+        assert!(e.contains(field), "{bad}: {e}");
+    }
+    let long = format!(r#"{{"to":"vmware","vm_name":"{}"}}"#, "a".repeat(81));
+    assert!(ok(&long).is_err());
+    assert!(serde_json::from_str::<ReprotectRequest>(r#"{"to":"vmware","x":1}"#).is_err());
+}

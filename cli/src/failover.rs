@@ -63,10 +63,16 @@ pub fn commit(cli: &Cli, machine: &str, no_wait: bool) -> Result<Output, Failure
     Ok(Output::new(&v, t))
 }
 
-/// `lifeboat reprotect MACHINE` or `lifeboat failback MACHINE` (`verb`).
-pub fn reverse(cli: &Cli, verb: &str, machine: &str, no_wait: bool) -> Result<Output, Failure> {
+/// `lifeboat reprotect MACHINE` (with its `body`) or `lifeboat failback MACHINE` (`verb`).
+pub fn reverse(
+    cli: &Cli,
+    verb: &str,
+    machine: &str,
+    body: Option<&api::ReprotectRequest>,
+    no_wait: bool,
+) -> Result<Output, Failure> {
     let path = format!("/api/v1/machines/{machine}/{verb}");
-    let v = Session::load(cli)?.job(&path, None::<&api::Empty>, !no_wait, cli.json)?;
+    let v = Session::load(cli)?.job(&path, body, !no_wait, cli.json)?;
     let t = match v.state.as_str() {
         "succeeded" => format!("{verb} of {machine}: {}", v.message),
         _ => format!("job {} started", v.id),

@@ -110,16 +110,29 @@ enum Cmd {
         no_wait: bool,
     },
     /// Reprotects a committed failover: the original machine's disks are brought to the
-    /// failed-over ones (run `lifeboat-agent reprotect` there); waits for the first pass.
+    /// failed-over ones (run `lifeboat-agent reprotect` there), or with `--to`, new disks
+    /// at another target (failback then makes a VM there); waits for the first pass.
     Reprotect {
         /// Machine id.
         machine: String,
+        /// Another loaded target plugin to fail back into (`vmware`), instead of the
+        /// original machine.
+        #[arg(long)]
+        to: Option<String>,
+        /// With `--to`: the new VM's name (default `lb-<machine id>`).
+        #[arg(long, requires = "to")]
+        vm_name: Option<String>,
+        /// With `--to`: the network (port group) every interface of the new VM goes on
+        /// (default: the machine's network mapping, `lifeboat vm-spec`).
+        #[arg(long, requires = "to")]
+        network: Option<String>,
         /// Return once the job started instead of waiting for it.
         #[arg(long)]
         no_wait: bool,
     },
-    /// Fails a reprotected machine back: stops the failed-over VM, waits for the agent's
-    /// final pass, and replicates forward again.
+    /// Fails a reprotected machine back: stops the failed-over VM, waits for the final
+    /// pass (the agent's, or into another target the appliance's own), and replicates
+    /// forward again.
     Failback {
         /// Machine id.
         machine: String,
@@ -443,10 +456,17 @@ fn run(cli: &Cli) -> Result<Output, Failure> {
             failover::failover(cli, machine, point, *no_wait)
         }
         Cmd::Commit { machine, no_wait } => failover::commit(cli, machine, *no_wait),
-        Cmd::Reprotect { machine, no_wait } => {
-            failover::reverse(cli, "reprotect", machine, *no_wait)
+        Cmd::Reprotect { machine, to, vm_name, network, no_wait } => {
+            let body = lifeboat_api::ReprotectRequest {
+                to: to.clone(),
+                vm_name: vm_name.clone(),
+                network: network.clone(),
+            };
+            failover::reverse(cli, "reprotect", machine, Some(&body), *no_wait)
         }
-        Cmd::Failback { machine, no_wait } => failover::reverse(cli, "failback", machine, *no_wait),
+        Cmd::Failback { machine, no_wait } => {
+            failover::reverse(cli, "failback", machine, None, *no_wait)
+        }
         Cmd::Failovers => failover::failovers(cli),
         Cmd::Alerts => policies::alerts(cli),
         Cmd::Plugins => machines::plugins(cli),

@@ -240,3 +240,127 @@ fn a_wrong_vsphere_password_is_reported_and_loses_nothing() {
     assert_eq!(site.point_checksum(&good, &points[0].1, 0), want, "nothing was lost");
     agent.stop();
 }
+
+/// Failback into VMware of a machine that failed over to the local target: the appliance's
+/// target is the local one, the `vmware` plugin (vcsim) is loaded beside it. After failover
+/// and commit, `reprotect --to vmware` copies the failed-over disks into new VMDKs (only
+/// blocks that differ), failback stops the local VM, makes the final pass, makes the VMware
+/// VM from the spec on the mapped port group and powers it on; the replicas are made anew,
+/// and the agent in the new VM (its disks: the VMDKs' flat extents) replicates forward with
+/// a full resync, every point equal to the VM's disks.
+#[test]
+fn a_machine_failed_over_to_the_local_target_fails_back_into_vmware() {
+    let v = Vcsim::start("lifeboat", "s3cret", None);
+    let site = Site::new();
+    let sha = site.install_plugin("vmware", &site.root().join("plugins"));
+    let grant = format!("\n[plugins.grants.vmware]\nsha256 = \"{sha}\"\n{}", vmware_grant(&v, &[]));
+    let cfg = site.config_with("all", Roles::ALL, &grant);
+    let _appliance = site.start("appliance", &cfg);
+    site.wait_port(site.config_port);
+    site.wait_port(site.ps_port);
+
+    let d0 = site.root().join("disk0.img");
+    let d1 = site.root().join("disk1.img");
+    make_disk(&d0, 16, 41);
+    make_disk(&d1, 8, 42);
+    let state = site.root().join("agent-state");
+    site.register_agent(&cfg, &state);
+    let machine = Site::machine_id(&state);
+    let agent_cfg = site.agent_config(&state, &[d0.clone(), d1.clone()], 1);
+    site.agent_once(&agent_cfg);
+    wait_for(Duration::from_secs(120), "the first point", || {
+        (!site.points(&cfg).is_empty()).then_some(())
+    });
+    site.lifeboat_setup(&cfg);
+    let spec = site.lifeboat_json(&[
+        "vm-spec",
+        &machine,
+        "--cpus",
+        "2",
+        "--memory-mib",
+        "1024",
+        "--nic",
+        "eth0=default,mac=00:50:56:0a:0b:0d",
+    ]);
+    let firmware = if spec["firmware"] == "uefi" { "efi" } else { "bios" };
+
+    // Failover to the local target, commit; the failed-over machine writes.
+    let fo = site.lifeboat_json(&["failover", &machine]);
+    let fo_disks: Vec<PathBuf> = result_disks(&fo).into_iter().map(PathBuf::from).collect();
+    assert!(same(&d0, &fo_disks[0]) && same(&d1, &fo_disks[1]), "{fo}");
+    site.lifeboat_json(&["commit", &machine]);
+    random_writes(&fo_disks[1], 40, 43);
+
+    // A bad destination is refused before anything changes.
+    let bad = site.lifeboat(&["reprotect", &machine, "--to", "nope"], None);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no target plugin \"nope\""), "{bad:?}");
+    let bad = site.lifeboat(&["reprotect", &machine, "--to", "local"], None);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("failed over to \"local\""), "{bad:?}");
+
+    // Reprotect into VMware: new disks there equal the failed-over ones.
+    let vm_name = "web-fb";
+    let r = site.lifeboat_json(&[
+        "reprotect",
+        &machine,
+        "--to",
+        "vmware",
+        "--vm-name",
+        vm_name,
+        "--network",
+        vmware::NETWORK,
+    ]);
+    assert_eq!(r["state"], "succeeded", "{r}");
+    let dest = |d: u32| flat(&v, &format!("lifeboat/disks/fb-{machine}-d{d}.vmdk"));
+    assert!(same(&fo_disks[0], &dest(0)), "destination disk 0 after reprotect");
+    assert!(same(&fo_disks[1], &dest(1)), "destination disk 1 after reprotect");
+    let written = r["result"]["received_bytes"].as_u64().unwrap();
+    assert!(written > 0 && written <= (24 << 20), "{r}");
+
+    // The failed-over machine writes again; failback: its VM stopped, the final pass (only
+    // what changed), the VMware VM made from the spec and powered on.
+    random_writes(&fo_disks[0], 20, 44);
+    let want = (sha256_file(&fo_disks[0]), sha256_file(&fo_disks[1]));
+    let fb = site.lifeboat_json(&["failback", &machine]);
+    assert_eq!(fb["state"], "succeeded", "{fb}");
+    let final_bytes = fb["result"]["final_pass_received_bytes"].as_u64().unwrap();
+    assert!(final_bytes > 0 && final_bytes < written, "the final pass moved only changes: {fb}");
+    assert_eq!(sha256_file(&dest(0)), want.0, "the VM's disk 0 is the failed-over disk 0");
+    assert_eq!(sha256_file(&dest(1)), want.1, "the VM's disk 1 is the failed-over disk 1");
+    assert!(fo_disks.iter().all(|d| !d.exists()), "failback deleted the failed-over disks");
+    let vm = fb["result"]["vm"].as_str().unwrap().to_owned();
+    let facts = v.vm(&vm).expect("the VMware VM exists");
+    let ds = |d: u32| format!("[LocalDS_0] lifeboat/disks/fb-{machine}-d{d}.vmdk");
+    assert_eq!(facts.name, vm_name);
+    assert_eq!(facts.power, "poweredOn");
+    assert_eq!((facts.firmware.as_str(), facts.cpus, facts.memory_mb), (firmware, 2, 1024));
+    assert_eq!(facts.nics, vec![(vmware::NETWORK.to_owned(), "00:50:56:0a:0b:0d".to_owned())]);
+    assert_eq!(facts.disks, vec![ds(0), ds(1)], "the VM's disks, boot disk first");
+    assert!(
+        !v.appliance_disks().iter().any(|d| d.contains("/fb-")),
+        "the VM's disks left the appliance VM"
+    );
+    let failovers = site.lifeboat_json(&["failovers"]);
+    assert!(failovers["failovers"].as_array().unwrap().is_empty(), "{failovers}");
+
+    // The machine is the VMware VM now: its agent (disks: the flat extents) replicates
+    // forward; the appliance's numbering moved past its journal, so it resyncs in full,
+    // and the point equals the VM's disks.
+    random_writes(&dest(1), 10, 45);
+    let vm_cfg = site.agent_config_as("vm-agent", &state, &[dest(0), dest(1)], 1, "");
+    site.agent_once(&vm_cfg);
+    let points = wait_for(Duration::from_secs(120), "a point from the VMware VM", || {
+        let p = site.points(&cfg);
+        (!p.is_empty()).then_some(p)
+    });
+    let id = &points.last().unwrap().1;
+    assert_eq!(site.point_checksum(&cfg, id, 0), sha256_file(&dest(0)), "disk 0 forward");
+    assert_eq!(site.point_checksum(&cfg, id, 1), sha256_file(&dest(1)), "disk 1 forward");
+    // No point before the agent compared each disk with its new replica.
+    let log = std::fs::read_to_string(site.root().join("appliance.log")).unwrap();
+    assert_eq!(
+        log.matches("whole again after its comparison: points resume").count(),
+        2,
+        "each disk compared before points resumed"
+    );
+}

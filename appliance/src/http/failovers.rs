@@ -152,10 +152,12 @@ pub(super) async fn commit(
     post,
     path = "/api/v1/machines/{id}/reprotect",
     tag = "failovers",
-    summary = "Reprotects a committed failover: the original machine's agent (`lifeboat-agent reprotect`) pulls the blocks that differ between its disks and the failed-over ones, so only changed blocks cross the network. The job ends after its first complete pass (state `reprotected`). No body. 409 unless committed.",
+    summary = "Reprotects a committed failover. Without `to` (or no body): the original machine's agent (`lifeboat-agent reprotect`) pulls the blocks that differ between its disks and the failed-over ones, so only changed blocks cross the network. With `to` (another loaded target plugin): the master target writes new disks there from the failed-over ones, block by block, writing only blocks that differ; failback then makes VM `vm_name` on them. The job ends after its first complete pass (state `reprotected`). 409 unless committed.",
     params(("id" = String, Path, description = "id")),
+    request_body = api::ReprotectRequest,
     responses(
         (status = 202, description = "the job", body = api::JobInfo),
+        (status = 400, description = "error", body = api::ApiError),
         (status = 404, description = "error", body = api::ApiError),
         (status = 409, description = "error", body = api::ApiError),
         AdminErrors
@@ -168,8 +170,58 @@ pub(super) async fn reprotect(
     req: Req,
 ) -> Answer {
     let (_, admin, _) = authenticated(&ctx, &req)?;
+    // The body is optional (older clients send none).
+    let bytes = body_bytes(req, ADMIN_BODY).await?;
+    let r: api::ReprotectRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
+        api::ReprotectRequest::default()
+    } else {
+        read_json(http_body_util::Full::new(bytes)).await?
+    };
+    r.check().map_err(|e| ApiError::bad_request("invalid", e))?;
     known_machine(&ctx.state, id)?;
     let f = ctx.failover.clone().ok_or_else(no_master_target)?;
+    let disks = ctx.state.disks(id).map_err(internal)?;
+    let destination = match &r.to {
+        None => None,
+        Some(to) => {
+            let current = f.target_name();
+            if *to == current {
+                return Err(ApiError::bad_request(
+                    "invalid",
+                    format!(
+                        "to: the machine failed over to {to:?} already; reprotect without `to` writes the original machine's disks"
+                    ),
+                ));
+            }
+            match f.registry.get(to) {
+                Some(p) if p.kind() == lifeboat_plugin_host::manifest::PluginKind::Target => {}
+                Some(_) => {
+                    return Err(ApiError::bad_request(
+                        "invalid",
+                        format!("to: plugin {to:?} is not a target plugin"),
+                    ));
+                }
+                None => {
+                    return Err(ApiError::bad_request(
+                        "invalid",
+                        format!(
+                            "to: no target plugin {to:?} is loaded (install it and grant it in the configuration file)"
+                        ),
+                    ));
+                }
+            }
+            let d = api::ReprotectDestination {
+                target: to.clone(),
+                vm_name: r.vm_name.clone().unwrap_or_else(|| format!("lb-{id}")),
+                network: r.network.clone(),
+                disks: disks
+                    .iter()
+                    .map(|(i, _)| api::DestinationDisk { disk: *i, id: format!("fb-{id}-d{i}") })
+                    .collect(),
+            };
+            Some(serde_json::to_string(&d).map_err(|e| ApiError::internal(e.to_string()))?)
+        }
+    };
     move_failover(
         &ctx.state,
         id,
@@ -177,17 +229,24 @@ pub(super) async fn reprotect(
         lifeboat_api::FailoverState::Reprotecting,
         "only a committed failover can be reprotected",
     )?;
-    let total: u64 = ctx.state.disks(id).map_err(internal)?.iter().map(|d| d.1).sum();
-    ctx.state.start_reverse(id, total).map_err(internal)?;
+    let total: u64 = disks.iter().map(|d| d.1).sum();
+    ctx.state.start_reverse(id, total, destination.as_deref()).map_err(internal)?;
+    let waiting = match &r.to {
+        Some(to) => format!("writing the failed-over disks into {to}"),
+        None => "waiting for the original machine's agent".into(),
+    };
     let job = ctx
         .state
-        .create_job(
-            lifeboat_api::JobKind::Reprotect,
-            Some(id),
-            "waiting for the original machine's agent",
-        )
+        .create_job(lifeboat_api::JobKind::Reprotect, Some(id), &waiting)
         .map_err(internal)?;
-    tracing::warn!(%admin, machine = %id, %job, "reprotect started: the original disks will be written from the failed-over ones");
+    match r.to {
+        Some(to) => {
+            tracing::warn!(%admin, machine = %id, %job, %to, "reprotect started: new disks at another target will be written from the failed-over ones");
+        }
+        None => {
+            tracing::warn!(%admin, machine = %id, %job, "reprotect started: the original disks will be written from the failed-over ones");
+        }
+    }
     tokio::spawn(async move { f.reprotect(job, id).await });
     accepted(&ctx.state, job)
 }
@@ -197,7 +256,7 @@ pub(super) async fn reprotect(
     post,
     path = "/api/v1/machines/{id}/failback",
     tag = "failovers",
-    summary = "Fails a reprotected machine back: the failed-over VM is stopped, the agent's final reverse pass is awaited, the replicas are made anew from the failed-over disks and replication goes forward again (state `protected`). No body. 409 unless reprotected.",
+    summary = "Fails a reprotected machine back: the failed-over VM is stopped, the final reverse pass is made (by the original machine's agent, or, reprotected into another target, by the master target), the replicas are made anew from the failed-over disks and replication goes forward again (state `protected`); into another target, the VM is made there and powered on first, and the agent inside it sends its disks' data again once (its journal came from a recovery point, so the appliance's numbering moves past it, which the agent answers with a full resync). No body. 409 unless reprotected.",
     params(("id" = String, Path, description = "id")),
     responses(
         (status = 202, description = "the job", body = api::JobInfo),

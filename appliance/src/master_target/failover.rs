@@ -53,6 +53,7 @@ use lifeboat_wire::MachineId;
 use crate::store::{PointRow, State, StateError, TestFailoverRow, now_ms};
 
 mod failback;
+mod into;
 
 /// Longest wait for the original machine's agent in reprotect and failback.
 const REVERSE_WAIT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);

@@ -38,11 +38,14 @@ fn not_reverse(machine: MachineId) -> ProcessError {
     )
 }
 
-/// Whether `machine` is in reverse replication.
+/// Whether `machine` is in reverse replication into its own disks (by its agent). A machine
+/// reprotected into another target is not: the master target writes those disks, and the
+/// original machine's agent has nothing to pull.
 fn in_reverse(state: &State, machine: MachineId) -> Result<bool, ProcessError> {
     Ok(state
         .failover_state(machine)?
-        .is_some_and(|s| lifeboat_api::FailoverState::REVERSE.contains(&s)))
+        .is_some_and(|s| lifeboat_api::FailoverState::REVERSE.contains(&s))
+        && state.reverse(machine)?.is_none_or(|r| r.destination.is_none()))
 }
 
 /// `GET /api/v1/reverse`.

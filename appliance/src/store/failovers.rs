@@ -68,6 +68,9 @@ pub struct ReverseRow {
     pub final_started: bool,
     /// What diffs read instead of the failover's disks: failback's frozen copies.
     pub source_disks: Vec<String>,
+    /// Reprotect into another target: where failback makes the VM
+    /// (`lifeboat_api::ReprotectDestination`, JSON); `None`: the original machine.
+    pub destination: Option<String>,
 }
 
 super::backend_trait! {
@@ -109,8 +112,14 @@ super::backend_trait! {
             to: FailoverState,
         ) -> Result<bool, StateError>;
 
-        /// Starts reverse replication of a machine whose disks hold `total_bytes`.
-        fn start_reverse(&self, machine_id: MachineId, total_bytes: u64) -> Result<(), StateError>;
+        /// Starts reverse replication of a machine whose disks hold `total_bytes`: into the
+        /// original machine, or into `destination` (JSON) at another target.
+        fn start_reverse(
+            &self,
+            machine_id: MachineId,
+            total_bytes: u64,
+            destination: Option<&str>,
+        ) -> Result<(), StateError>;
 
         /// Where reverse replication of a machine stands, if it was started.
         fn reverse(&self, machine_id: MachineId) -> Result<Option<ReverseRow>, StateError>;
@@ -294,16 +303,22 @@ impl FailoverStore for Sqlite {
         Ok(n > 0)
     }
 
-    fn start_reverse(&self, machine_id: MachineId, total_bytes: u64) -> Result<(), StateError> {
+    fn start_reverse(
+        &self,
+        machine_id: MachineId,
+        total_bytes: u64,
+        destination: Option<&str>,
+    ) -> Result<(), StateError> {
         self.conn()
             .execute(
                 "INSERT INTO reverse_sync (machine_id, passes, final_requested, final_done, done_bytes,
-                     total_bytes, received_bytes, last_received_bytes, updated_unix_ms)
-                 VALUES (?1, 0, 0, 0, 0, ?2, 0, 0, ?3)
+                     total_bytes, received_bytes, last_received_bytes, updated_unix_ms, destination)
+                 VALUES (?1, 0, 0, 0, 0, ?2, 0, 0, ?3, ?4)
                  ON CONFLICT (machine_id) DO UPDATE SET passes = 0, final_requested = 0,
                      final_done = 0, done_bytes = 0, total_bytes = ?2, received_bytes = 0,
-                     last_received_bytes = 0, next_sequences = NULL, updated_unix_ms = ?3",
-                params![machine_id, total_bytes as i64, now_ms() as i64],
+                     last_received_bytes = 0, next_sequences = NULL, updated_unix_ms = ?3,
+                     destination = ?4",
+                params![machine_id, total_bytes as i64, now_ms() as i64, destination],
             )
             .map_err(|e| self.err(e))?;
         Ok(())
@@ -314,7 +329,7 @@ impl FailoverStore for Sqlite {
             .row_cached(
                 "SELECT passes, final_requested, final_done, done_bytes, total_bytes,
                         received_bytes, last_received_bytes, next_sequences, final_started,
-                        source_disks
+                        source_disks, destination
                  FROM reverse_sync WHERE machine_id = ?1",
                 params![machine_id],
                 |r| {
@@ -335,6 +350,7 @@ impl FailoverStore for Sqlite {
                             .filter(|s| !s.is_empty())
                             .map(str::to_owned)
                             .collect(),
+                        destination: r.get(10)?,
                     })
                 },
             )

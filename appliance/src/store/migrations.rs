@@ -236,4 +236,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
      );",
     // 22: when each administrator session began (for the sessions list).
     "ALTER TABLE sessions ADD COLUMN created_unix_ms INTEGER;",
+    // 23: reverse replication into another target (reprotect `to`): where failback makes
+    // the VM (`lifeboat_api::ReprotectDestination`, JSON); NULL: the original machine.
+    "ALTER TABLE reverse_sync ADD COLUMN destination TEXT;",
 ];

@@ -1001,7 +1001,29 @@ impl Target for Vmware {
         check_id(&spec.name)?;
         let (folder, folder_path) = self.vm_folder()?;
         if let Some(vm) = self.vs.find_path(&format!("{folder_path}/{}", spec.name))? {
-            // Made by an earlier attempt of this call.
+            // Made by an earlier attempt of this call, if its disks are the spec's; any
+            // other VM of that name is not ours to power on.
+            let mut want: Vec<String> = spec
+                .disks
+                .iter()
+                .map(|d| self.disk_vmdk(d).map(|p| self.vs.ds_path(&p)))
+                .collect::<Result<_, _>>()?;
+            let mut have: Vec<String> = self
+                .vs
+                .devices(&vm)?
+                .into_iter()
+                .filter(|d| d.kind == "VirtualDisk")
+                .filter_map(|d| d.file_name)
+                .collect();
+            want.sort();
+            have.sort();
+            if have != want {
+                return Err(invalid(format!(
+                    "a VM named {} is in folder {folder_path} already, on other disks ({}): choose another name",
+                    spec.name,
+                    have.join(", ")
+                )));
+            }
             self.vs.power(&vm, true)?;
             return Ok(vm.value);
         }

@@ -222,6 +222,20 @@ impl Vcsim {
         any.then_some(f)
     }
 
+    /// Powers VM `vm` (a moref id) off, as an administrator would, and waits until it is.
+    pub fn power_off(&self, vm: &str) {
+        self.soap(&format!(
+            "<PowerOffVM_Task><_this type=\"VirtualMachine\">{vm}</_this></PowerOffVM_Task>"
+        ));
+        for _ in 0..100 {
+            if self.vm(vm).is_some_and(|f| f.power == "poweredOff") {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("VM {vm} did not power off");
+    }
+
     /// The backing files of the disks attached to the appliance VM.
     pub fn appliance_disks(&self) -> Vec<String> {
         let body = self.soap(&format!(

@@ -270,6 +270,15 @@ async fn vms_are_made_from_the_spec_test_failover_is_isolated_and_deleting_keeps
     assert!(!v.appliance_disks().iter().any(|d| d.contains("fo-d")));
     // Creating it again (a repeated call after a crash) finds it.
     assert_eq!(t.create_vm(&spec("fo-m1", &["fo-d0", "fo-d1"], false)).await.unwrap(), id);
+    // Another VM of that name (other disks) is not taken for ours, nor powered on.
+    v.power_off(&id);
+    let e = t.create_vm(&spec("fo-m1", &["fo-d1"], false)).await.unwrap_err();
+    assert!(
+        matches!(plugin_err(&e), PluginError::Invalid(m) if m.contains("already") && m.contains("fo-d0")),
+        "{e}"
+    );
+    assert_eq!(v.vm(&id).unwrap().power, "poweredOff", "the other VM was left alone");
+    t.create_vm(&spec("fo-m1", &["fo-d0", "fo-d1"], false)).await.unwrap();
 
     // Test failover: every NIC on the isolated network.
     t.create_disk("tf-d0", 1 << 20).await.unwrap();

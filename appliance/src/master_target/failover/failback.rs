@@ -55,6 +55,42 @@ impl Failover {
     /// replication started, by the caller): done once the original machine's agent
     /// completed a reverse pass; `reprotected` then.
     pub async fn reprotect(&self, job: lifeboat_api::JobId, machine: MachineId) {
+        let into = match self.destination(machine) {
+            Ok(Some(dest)) => Some(self.reprotect_into(job, machine, &dest).await),
+            Ok(None) => None,
+            Err(e) => Some(Err(e)),
+        };
+        if let Some(r) = into {
+            match r {
+                Ok(result) => {
+                    let _ = self.state.failover_transition(
+                        machine,
+                        lifeboat_api::FailoverState::Reprotecting,
+                        lifeboat_api::FailoverState::Reprotected,
+                    );
+                    tracing::info!(%job, %machine, %result, "reprotected into another target");
+                    let _ = self.state.finish_job(
+                        job,
+                        true,
+                        &format!(
+                            "reprotected: the disks at {} hold the failed-over machine's data",
+                            result["target"].as_str().unwrap_or("the destination")
+                        ),
+                        Some(&result.to_string()),
+                    );
+                }
+                Err(e) => {
+                    let _ = self.state.failover_transition(
+                        machine,
+                        lifeboat_api::FailoverState::Reprotecting,
+                        lifeboat_api::FailoverState::Committed,
+                    );
+                    tracing::warn!(%job, %machine, "reprotect into another target failed: {e:#}");
+                    let _ = self.state.finish_job(job, false, &format!("{e:#}"), None);
+                }
+            }
+            return;
+        }
         let r = self.wait_reverse(job, machine, "a reverse pass", |r| r.passes >= 1).await;
         match r {
             Ok(r) => {
@@ -95,15 +131,22 @@ impl Failover {
     /// the target, no data over the network) and replication goes forward again from the
     /// agent's numbering; then the failed-over disks and the copies are deleted.
     pub async fn failback(&self, job: lifeboat_api::JobId, machine: MachineId) {
-        match self.failback_steps(job, machine).await {
+        let r = match self.destination(machine) {
+            Ok(Some(dest)) => self.failback_into(job, machine, &dest).await,
+            Ok(None) => self.failback_steps(job, machine).await,
+            Err(e) => Err(e),
+        };
+        match r {
             Ok(result) => {
-                tracing::info!(%job, %machine, "failed back: replication goes forward again");
-                let _ = self.state.finish_job(
-                    job,
-                    true,
-                    "failed back; protected again",
-                    Some(&result.to_string()),
-                );
+                tracing::info!(%job, %machine, %result, "failed back: replication goes forward again");
+                let message = match result["vm_name"].as_str() {
+                    Some(vm) => format!(
+                        "failed back into VM {vm} at {}; protected again once its agent resyncs",
+                        result["target"].as_str().unwrap_or("the destination")
+                    ),
+                    None => "failed back; protected again".into(),
+                };
+                let _ = self.state.finish_job(job, true, &message, Some(&result.to_string()));
             }
             Err(e) => {
                 let _ = self.state.failover_transition(
@@ -117,6 +160,40 @@ impl Failover {
         }
     }
 
+    /// Deletes the failed-over VM of `fo` (its disks stay), checks it is gone, and records
+    /// the failover without a VM.
+    pub(super) async fn stop_failed_over(
+        &self,
+        job: lifeboat_api::JobId,
+        machine: MachineId,
+        fo: &crate::store::FailoverRow,
+        t: &mut TargetInstance,
+    ) -> Result<(), MasterError> {
+        let Some(vm) = &fo.vm else { return Ok(()) };
+        self.state.job_progress(job, 0.0, "stopping the failed-over VM")?;
+        gone(t.delete_vm(vm).await)?;
+        match t.vm_state(vm).await {
+            Err(e)
+                if matches!(
+                    e.plugin_error(),
+                    Some(lifeboat_plugin_host::PluginError::NotFound(_))
+                ) => {}
+            other => {
+                return Err(MasterError::msg(format!(
+                    "the failed-over VM {vm} is still there: {other:?}"
+                )));
+            }
+        }
+        self.state.set_failover(
+            machine,
+            lifeboat_api::FailoverState::FailingBack,
+            fo.point_id.as_deref(),
+            None,
+            &fo.disks,
+        )?;
+        Ok(())
+    }
+
     async fn failback_steps(
         &self,
         job: lifeboat_api::JobId,
@@ -128,29 +205,7 @@ impl Failover {
             .pop()
             .ok_or_else(|| MasterError::msg(format!("machine {machine} has no failover")))?;
         let mut t = self.instance().await?;
-        if let Some(vm) = &fo.vm {
-            self.state.job_progress(job, 0.0, "stopping the failed-over VM")?;
-            gone(t.delete_vm(vm).await)?;
-            match t.vm_state(vm).await {
-                Err(e)
-                    if matches!(
-                        e.plugin_error(),
-                        Some(lifeboat_plugin_host::PluginError::NotFound(_))
-                    ) => {}
-                other => {
-                    return Err(MasterError::msg(format!(
-                        "the failed-over VM {vm} is still there: {other:?}"
-                    )));
-                }
-            }
-            self.state.set_failover(
-                machine,
-                lifeboat_api::FailoverState::FailingBack,
-                fo.point_id.as_deref(),
-                None,
-                &fo.disks,
-            )?;
-        }
+        self.stop_failed_over(job, machine, &fo, &mut t).await?;
         // Frozen copies of the stopped machine's disks: the final pass reads them, and the
         // replicas are made from the same point.
         let mid = machine;
