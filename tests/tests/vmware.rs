@@ -297,6 +297,12 @@ fn a_machine_failed_over_to_the_local_target_fails_back_into_vmware() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("no target plugin \"nope\""), "{bad:?}");
     let bad = site.lifeboat(&["reprotect", &machine, "--to", "local"], None);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("failed over to \"local\""), "{bad:?}");
+    let bad = site.lifeboat(&["reprotect", &machine, "--to", "zstd"], None);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a target plugin"), "{bad:?}");
+    let bad = site.lifeboat(&["reprotect", &machine, "--to", "vmware", "--vm-name", "a b"], None);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("vm_name"), "{bad:?}");
+    let still = site.lifeboat_json(&["failovers"]);
+    assert_eq!(still["failovers"][0]["state"], "committed", "nothing changed: {still}");
 
     // Reprotect into VMware: new disks there equal the failed-over ones.
     let vm_name = "web-fb";

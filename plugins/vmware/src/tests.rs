@@ -177,3 +177,58 @@ fn vm_configs_carry_the_spec() {
             .contains("a&lt;b")
     );
 }
+
+/// A task vSphere failed, as `info` of the task comes back from `RetrievePropertiesEx`
+/// (the shape vCenter sends: `LocalizedMethodFault` with an `xsi:type`d `fault`): the
+/// plugin's error names the step, vSphere's message and fault, with the kind its table says.
+#[test]
+fn task_errors_become_the_plugins_errors() {
+    let info = |fault: &str, message: &str| {
+        format!(
+            "<soapenv:Envelope xmlns:soapenv=\"http://schemas.xmlsoap.org/soap/envelope/\" \
+             xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\"><soapenv:Body>\
+             <RetrievePropertiesExResponse xmlns=\"urn:vim25\"><returnval><objects>\
+             <obj type=\"Task\">task-7</obj><propSet><name>info</name><val xsi:type=\"TaskInfo\">\
+             <key>task-7</key><state>error</state><error><fault xsi:type=\"{fault}\">\
+             <name>x</name></fault><localizedMessage>{message}</localizedMessage></error>\
+             </val></propSet></objects></returnval></RetrievePropertiesExResponse>\
+             </soapenv:Body></soapenv:Envelope>"
+        )
+    };
+    let cases: [(&str, &str, fn(&PluginError) -> bool); 5] = [
+        ("DuplicateName", "The name 'web' already exists.", |e| {
+            matches!(e, PluginError::Invalid(_))
+        }),
+        (
+            "NoDiskSpace",
+            "There is not enough space on the file system.",
+            |e| matches!(e, PluginError::Retryable(m) if m.contains("datastore is full")),
+        ),
+        (
+            "NoPermission",
+            "Permission to perform this operation was denied.",
+            |e| matches!(e, PluginError::Denied(m) if m.contains("privilege")),
+        ),
+        ("FileLocked", "Unable to access file since it is locked", |e| {
+            matches!(e, PluginError::Retryable(_))
+        }),
+        ("GenericVmConfigFault", "Failed to start the virtual machine.", |e| {
+            matches!(e, PluginError::Internal(_))
+        }),
+    ];
+    for (fault, message, kind) in cases {
+        let body = info(fault, message);
+        let doc = soap::parse(&body).unwrap();
+        let state = soap::find(doc.root(), "state").and_then(|n| n.text()).unwrap();
+        assert_eq!(state, "error");
+        let f = soap::parse_task_error(soap::find(doc.root(), "error").unwrap());
+        assert_eq!(f.kind, fault);
+        let e = f.error("creating VM web");
+        let text = format!("{e:?}");
+        assert!(kind(&e), "{fault}: {e:?}");
+        assert!(
+            text.contains("creating VM web") && text.contains(fault) && text.contains(message),
+            "{fault}: {text}"
+        );
+    }
+}

@@ -374,8 +374,9 @@ async fn vsphere_errors_reach_the_administrator_in_the_plugins_words() {
     let mut t = s.instance_with(&[("url", "https://127.0.0.2:9/sdk")]).await;
     let e = t.health().await.unwrap_err();
     assert!(matches!(plugin_err(&e), PluginError::Denied(m) if m.contains("http_hosts")), "{e}");
-    // A task that fails in vSphere (a VM named like an existing VM's folder entry is fine;
-    // a disk of a size the datastore refuses is not): creating a VM with no disks.
+    // A VM with no disks is refused before vSphere is asked. (vcsim accepts what vCenter's
+    // tasks refuse, so task faults are checked on vCenter's XML in the unit tests:
+    // `task_errors_become_the_plugins_errors`.)
     let mut t = s.instance().await;
     let e = t.create_vm(&spec("fo-x", &[], false)).await.unwrap_err();
     assert!(
