@@ -1653,21 +1653,6 @@ async fn browser_sessions_pages_and_the_identity_step() {
     assert_eq!(st, StatusCode::UNAUTHORIZED);
 }
 
-/// Where `cargo xtask plugins` installed the built plugins (`<target>/plugins`).
-fn built_plugins() -> std::path::PathBuf {
-    if let Some(d) = std::env::var_os("LIFEBOAT_PLUGINS_DIR") {
-        return d.into();
-    }
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.ancestors().nth(3).unwrap().join("plugins");
-    assert!(
-        dir.join("local.wasm").exists(),
-        "built plugins not found in {}: run `cargo xtask plugins` (cargo xtask test does)",
-        dir.display()
-    );
-    dir
-}
-
 /// A registry of the local and Azure targets and the zstd codec, each pinned, the local
 /// target granted `<dir>/target`, Azure granted no host at all.
 fn registry(dir: &std::path::Path) -> Arc<Registry> {
@@ -1684,7 +1669,12 @@ fn registry(dir: &std::path::Path) -> Arc<Registry> {
     for n in ["local", "azure", "zstd"] {
         for ext in ["wasm", "toml"] {
             let to = plugins.join(format!("{n}.{ext}"));
-            std::fs::copy(built_plugins().join(format!("{n}.{ext}")), &to).unwrap();
+            std::fs::copy(
+                lifeboat_plugin_host::contract::built_plugins("local.wasm")
+                    .join(format!("{n}.{ext}")),
+                &to,
+            )
+            .unwrap();
         }
         let m = lifeboat_plugin_host::manifest::Manifest::load(&plugins.join(format!("{n}.toml")))
             .unwrap();
@@ -1897,8 +1887,14 @@ async fn uploaded_plugins_wait_in_quarantine_until_an_administrator_trusts_them(
     let t = Some(token.as_str());
     let up = "/api/v1/plugin-uploads";
     let read = |n: &str| {
-        let wasm = std::fs::read(built_plugins().join(format!("{n}.wasm"))).unwrap();
-        let toml = std::fs::read_to_string(built_plugins().join(format!("{n}.toml"))).unwrap();
+        let wasm = std::fs::read(
+            lifeboat_plugin_host::contract::built_plugins("local.wasm").join(format!("{n}.wasm")),
+        )
+        .unwrap();
+        let toml = std::fs::read_to_string(
+            lifeboat_plugin_host::contract::built_plugins("local.wasm").join(format!("{n}.toml")),
+        )
+        .unwrap();
         (wasm, toml)
     };
     let (wasm, toml) = read("hostile");

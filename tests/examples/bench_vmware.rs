@@ -35,39 +35,11 @@ fn half_full_disk(path: &Path, bytes: u64) {
     f.sync_all().unwrap();
 }
 
-fn same(a: &Path, b: &Path) -> bool {
-    std::process::Command::new("qemu-img")
-        .args(["compare", "-q", "-f", "raw", "-F", "raw"])
-        .arg(a)
-        .arg(b)
-        .status()
-        .unwrap()
-        .success()
-}
-
 fn job_seconds(job: &serde_json::Value) -> f64 {
     assert_eq!(job["state"], "succeeded", "{job}");
     let a = job["created_unix_ms"].as_u64().unwrap();
     let b = job["finished_unix_ms"].as_u64().unwrap();
     (b - a) as f64 / 1000.0
-}
-
-fn wait_job(site: &Site, id: u64) -> serde_json::Value {
-    wait_for(Duration::from_secs(1800), &format!("job {id}"), || {
-        let v = site.lifeboat_json(&["jobs", &id.to_string()]);
-        assert_ne!(v["state"], "failed", "job {id} failed: {v}");
-        (v["state"] == "succeeded").then_some(v)
-    })
-}
-
-fn agent_reprotect(site: &Site, agent_cfg: &Path, extra: &[&str]) {
-    let o = std::process::Command::new(site.bin.join("lifeboat-agent"))
-        .args(["reprotect", "--config"])
-        .arg(agent_cfg)
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "lifeboat-agent reprotect: {}", String::from_utf8_lossy(&o.stderr));
 }
 
 fn main() {
@@ -92,7 +64,7 @@ fn main() {
         (!site.points(&cfg).is_empty()).then_some(())
     });
     let protect_s = t0.elapsed().as_secs_f64();
-    let mut replica_equal = same(&disk, &replica);
+    let mut replica_equal = same_raw(&disk, &replica);
     eprintln!(
         "bench: protected 1 GiB (half full) in {protect_s:.1} s; replica equal: {replica_equal}"
     );
@@ -121,7 +93,7 @@ fn main() {
     let fo_flat = v
         .datastore_dir
         .join(location.trim_start_matches("[LocalDS_0] ").replace(".vmdk", "-flat.vmdk"));
-    replica_equal &= same(&disk, &fo_flat);
+    replica_equal &= same_raw(&disk, &fo_flat);
     let vm = fo["result"]["vm"].as_str().unwrap().to_owned();
     let facts = v.vm(&vm).expect("the failed-over VM");
     let vm_spec_ok = facts.firmware == firmware
@@ -136,12 +108,16 @@ fn main() {
     // The failed-over machine writes; reprotect brings the source up to date; failback.
     random_writes(&fo_flat, 500, 5);
     let job = site.lifeboat_json(&["reprotect", &machine, "--no-wait"]);
-    agent_reprotect(&site, &agent_cfg, &[]);
-    let reprotect_s = job_seconds(&wait_job(&site, job["id"].as_u64().unwrap()));
+    site.agent_reprotect(&agent_cfg, &[]);
+    let reprotect_s = job_seconds(
+        &site.wait_job(&job["id"].as_u64().unwrap().to_string(), Duration::from_secs(1800)),
+    );
     random_writes(&fo_flat, 100, 6);
     let job = site.lifeboat_json(&["failback", &machine, "--no-wait"]);
-    agent_reprotect(&site, &agent_cfg, &["--watch", "--every", "1"]);
-    let failback_s = job_seconds(&wait_job(&site, job["id"].as_u64().unwrap()));
+    site.agent_reprotect(&agent_cfg, &["--watch", "--every", "1"]);
+    let failback_s = job_seconds(
+        &site.wait_job(&job["id"].as_u64().unwrap().to_string(), Duration::from_secs(1800)),
+    );
     eprintln!("bench: reprotect {reprotect_s:.1} s, failback {failback_s:.1} s");
 
     let result = serde_json::json!({

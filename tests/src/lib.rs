@@ -356,6 +356,32 @@ impl Site {
             .to_owned()
     }
 
+    /// Waits up to `limit` for job `id` to succeed (a failed job fails the test); its JSON.
+    pub fn wait_job(&self, id: &str, limit: Duration) -> serde_json::Value {
+        wait_for(limit, &format!("job {id}"), || {
+            let v = self.lifeboat_json(&["jobs", id]);
+            assert_ne!(v["state"], "failed", "job {id} failed: {v}");
+            (v["state"] == "succeeded").then_some(v)
+        })
+    }
+
+    /// `lifeboat-agent reprotect --config <agent_cfg> <extra…>` (one pass, or failback's
+    /// final one with `--watch`), which must succeed; its standard output.
+    pub fn agent_reprotect(&self, agent_cfg: &Path, extra: &[&str]) -> String {
+        let o = Command::new(self.bin.join("lifeboat-agent"))
+            .args(["reprotect", "--config"])
+            .arg(agent_cfg)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "lifeboat-agent reprotect: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
     /// Writes an agent configuration protecting `disks`.
     pub fn agent_config(&self, state_dir: &Path, disks: &[PathBuf], interval_secs: u64) -> PathBuf {
         self.agent_config_with(state_dir, disks, interval_secs, "")
@@ -623,6 +649,17 @@ pub fn vmware_grant(v: &Vcsim, extra: &[(&str, &str)]) -> String {
         v.datastore_dir.display().to_string(),
         settings.join(", ")
     )
+}
+
+/// `qemu-img compare` of two raw images: true when they read the same.
+pub fn same_raw(a: &Path, b: &Path) -> bool {
+    Command::new("qemu-img")
+        .args(["compare", "-q", "-f", "raw", "-F", "raw"])
+        .arg(a)
+        .arg(b)
+        .status()
+        .unwrap()
+        .success()
 }
 
 /// The folder `cargo xtask package` fills: `<target>/packages`.

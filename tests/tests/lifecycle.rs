@@ -214,7 +214,7 @@ fn phase_source_refused(env: &Env) {
     );
 
     // Nothing to pull back before reprotect: the agent's reverse pass does nothing.
-    let pass = agent_reprotect(site, agent_cfg);
+    let pass = site.agent_reprotect(agent_cfg, &[]);
     assert!(pass.contains("0 reverse pass(es)"), "{pass}");
 }
 
@@ -284,9 +284,9 @@ fn phase_reprotect(env: &Env, new_disks: &[(u64, PathBuf)]) -> (PathBuf, u64) {
     // blocks that differ.
     let job = site.lifeboat_json(&["reprotect", machine, "--no-wait"]);
     let job = job["id"].as_u64().unwrap().to_string();
-    let pass = agent_reprotect(site, agent_cfg);
+    let pass = site.agent_reprotect(agent_cfg, &[]);
     assert!(pass.contains("1 reverse pass(es)"), "{pass}");
-    let v = wait_job(site, &job);
+    let v = site.wait_job(&job, Duration::from_secs(120));
     let received = v["result"]["received_bytes"].as_u64().unwrap();
     assert!(received > 0, "something differed: {v}");
     eprintln!("reprotect: {received} of {total_bytes} bytes received");
@@ -311,9 +311,9 @@ fn phase_failback(env: &Env, fo_data: &Path, vm_file: &Path) -> String {
     let job = site.lifeboat_json(&["failback", machine, "--no-wait"]);
     let job = job["id"].as_u64().unwrap().to_string();
     // With --watch the agent makes passes until failback asks for and gets the final one.
-    let pass = agent_reprotect_args(site, agent_cfg, &["--watch", "--every", "1"]);
+    let pass = site.agent_reprotect(agent_cfg, &["--watch", "--every", "1"]);
     assert!(pass.contains("final pass"), "{pass}");
-    wait_job(site, &job);
+    site.wait_job(&job, Duration::from_secs(120));
     assert_eq!(sha256_file(data), want_data, "the original data disk after failback");
     assert!(
         !fo_data.exists() && !vm_file.exists(),
@@ -349,31 +349,6 @@ fn phase_forward_again(env: &Env, total_bytes: u64, gen6: &str) {
     sh("umount", &[mnt.to_str().unwrap()]).unwrap();
     use sha2::Digest as _;
     assert_eq!(hex::encode(sha2::Sha256::digest(&text)), gen6, "generation 6 came back");
-}
-
-/// `lifeboat-agent reprotect` (one pass, or failback's final one); its standard output.
-fn agent_reprotect(site: &Site, agent_cfg: &Path) -> String {
-    agent_reprotect_args(site, agent_cfg, &[])
-}
-
-fn agent_reprotect_args(site: &Site, agent_cfg: &Path, extra: &[&str]) -> String {
-    let o = std::process::Command::new(site.bin.join("lifeboat-agent"))
-        .args(["reprotect", "--config"])
-        .arg(agent_cfg)
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "lifeboat-agent reprotect: {}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// Waits for job `id` to succeed; its JSON.
-fn wait_job(site: &Site, id: &str) -> serde_json::Value {
-    wait_for(Duration::from_secs(120), &format!("job {id}"), || {
-        let v = site.lifeboat_json(&["jobs", id]);
-        assert_ne!(v["state"], "failed", "job {id} failed: {v}");
-        (v["state"] == "succeeded").then_some(v)
-    })
 }
 
 /// An appliance counter (`lifeboat-appliance stats`).

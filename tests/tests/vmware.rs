@@ -11,7 +11,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use lifeboat_e2e::*;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// The flat extent, in vcsim's datastore folder, of a disk at datastore path `location`
@@ -21,17 +21,6 @@ fn flat(v: &Vcsim, location: &str) -> PathBuf {
     v.datastore_dir.join(rel.replace(".vmdk", "-flat.vmdk"))
 }
 
-/// `qemu-img compare` of two raw images: true when they read the same.
-fn same(a: &Path, b: &Path) -> bool {
-    std::process::Command::new("qemu-img")
-        .args(["compare", "-q", "-f", "raw", "-F", "raw"])
-        .arg(a)
-        .arg(b)
-        .status()
-        .unwrap()
-        .success()
-}
-
 fn result_disks(v: &serde_json::Value) -> Vec<String> {
     v["result"]["disks"]
         .as_array()
@@ -39,25 +28,6 @@ fn result_disks(v: &serde_json::Value) -> Vec<String> {
         .iter()
         .map(|d| d["location"].as_str().unwrap().to_owned())
         .collect()
-}
-
-fn wait_job(site: &Site, id: &str) -> serde_json::Value {
-    wait_for(Duration::from_secs(180), &format!("job {id}"), || {
-        let v = site.lifeboat_json(&["jobs", id]);
-        assert_ne!(v["state"], "failed", "job {id} failed: {v}");
-        (v["state"] == "succeeded").then_some(v)
-    })
-}
-
-fn agent_reprotect(site: &Site, agent_cfg: &Path, extra: &[&str]) -> String {
-    let o = std::process::Command::new(site.bin.join("lifeboat-agent"))
-        .args(["reprotect", "--config"])
-        .arg(agent_cfg)
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "lifeboat-agent reprotect: {}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 #[test]
@@ -95,8 +65,8 @@ fn a_two_disk_machine_protected_into_vmware_fails_over_and_back() {
         let id = &points.last().unwrap().1;
         assert_eq!(site.point_checksum(&cfg, id, 0), want.0, "cycle {cycle} disk 0");
         assert_eq!(site.point_checksum(&cfg, id, 1), want.1, "cycle {cycle} disk 1");
-        assert!(same(&d0, &replica(0)), "replica 0's flat extent equals the source");
-        assert!(same(&d1, &replica(1)), "replica 1's flat extent equals the source");
+        assert!(same_raw(&d0, &replica(0)), "replica 0's flat extent equals the source");
+        assert!(same_raw(&d1, &replica(1)), "replica 1's flat extent equals the source");
     }
     // The replicas are on the appliance VM; no point copy stays attached.
     let attached = v.appliance_disks();
@@ -142,7 +112,7 @@ fn a_two_disk_machine_protected_into_vmware_fails_over_and_back() {
     // Failover at the latest point, then commit.
     let fo = site.lifeboat_json(&["failover", &machine]);
     let fo_disks = result_disks(&fo);
-    assert!(same(&d0, &flat(&v, &fo_disks[0])) && same(&d1, &flat(&v, &fo_disks[1])));
+    assert!(same_raw(&d0, &flat(&v, &fo_disks[0])) && same_raw(&d1, &flat(&v, &fo_disks[1])));
     let fo_vm = fo["result"]["vm"].as_str().unwrap().to_owned();
     let facts = v.vm(&fo_vm).expect("the failed-over VM exists");
     let vm_spec_ok = facts.firmware == firmware
@@ -164,20 +134,20 @@ fn a_two_disk_machine_protected_into_vmware_fails_over_and_back() {
     random_writes(&flat(&v, &fo_disks[1]), 50, 21);
     random_writes(&d0, 50, 22);
     let job = site.lifeboat_json(&["reprotect", &machine, "--no-wait"]);
-    let pass = agent_reprotect(&site, &agent_cfg, &[]);
+    let pass = site.agent_reprotect(&agent_cfg, &[]);
     assert!(pass.contains("1 reverse pass(es)"), "{pass}");
-    wait_job(&site, &job["id"].as_u64().unwrap().to_string());
-    assert!(same(&d0, &flat(&v, &fo_disks[0])), "the original disk 0 after reprotect");
-    assert!(same(&d1, &flat(&v, &fo_disks[1])), "the original disk 1 after reprotect");
+    site.wait_job(&job["id"].as_u64().unwrap().to_string(), Duration::from_secs(180));
+    assert!(same_raw(&d0, &flat(&v, &fo_disks[0])), "the original disk 0 after reprotect");
+    assert!(same_raw(&d1, &flat(&v, &fo_disks[1])), "the original disk 1 after reprotect");
 
     // Failback: a last change, the VM stopped and deleted, the final pass, the replicas made
     // anew; forward replication again without a full copy.
     random_writes(&flat(&v, &fo_disks[0]), 30, 23);
     let want0 = sha256_file(&flat(&v, &fo_disks[0]));
     let job = site.lifeboat_json(&["failback", &machine, "--no-wait"]);
-    let pass = agent_reprotect(&site, &agent_cfg, &["--watch", "--every", "1"]);
+    let pass = site.agent_reprotect(&agent_cfg, &["--watch", "--every", "1"]);
     assert!(pass.contains("final pass"), "{pass}");
-    wait_job(&site, &job["id"].as_u64().unwrap().to_string());
+    site.wait_job(&job["id"].as_u64().unwrap().to_string(), Duration::from_secs(180));
     assert!(v.vm(&fo_vm).is_none(), "failback deleted the failed-over VM");
     assert_eq!(sha256_file(&d0), want0, "the original disk 0 after failback");
     assert!(
@@ -194,7 +164,10 @@ fn a_two_disk_machine_protected_into_vmware_fails_over_and_back() {
     let sent = site.stats(&cfg)["received_bytes"].as_u64().unwrap_or(0) - before;
     assert!(sent < total / 8, "forward again sent {sent} of {total} bytes: a full copy");
     assert_eq!(site.point_checksum(&cfg, &points[0].1, 0), sha256_file(&d0));
-    assert!(same(&d0, &replica(0)) && same(&d1, &replica(1)), "the replicas after failback");
+    assert!(
+        same_raw(&d0, &replica(0)) && same_raw(&d1, &replica(1)),
+        "the replicas after failback"
+    );
 }
 
 #[test]
@@ -287,7 +260,7 @@ fn a_machine_failed_over_to_the_local_target_fails_back_into_vmware() {
     // Failover to the local target, commit; the failed-over machine writes.
     let fo = site.lifeboat_json(&["failover", &machine]);
     let fo_disks: Vec<PathBuf> = result_disks(&fo).into_iter().map(PathBuf::from).collect();
-    assert!(same(&d0, &fo_disks[0]) && same(&d1, &fo_disks[1]), "{fo}");
+    assert!(same_raw(&d0, &fo_disks[0]) && same_raw(&d1, &fo_disks[1]), "{fo}");
     site.lifeboat_json(&["commit", &machine]);
     random_writes(&fo_disks[1], 40, 43);
 
@@ -318,8 +291,8 @@ fn a_machine_failed_over_to_the_local_target_fails_back_into_vmware() {
     ]);
     assert_eq!(r["state"], "succeeded", "{r}");
     let dest = |d: u32| flat(&v, &format!("lifeboat/disks/fb-{machine}-d{d}.vmdk"));
-    assert!(same(&fo_disks[0], &dest(0)), "destination disk 0 after reprotect");
-    assert!(same(&fo_disks[1], &dest(1)), "destination disk 1 after reprotect");
+    assert!(same_raw(&fo_disks[0], &dest(0)), "destination disk 0 after reprotect");
+    assert!(same_raw(&fo_disks[1], &dest(1)), "destination disk 1 after reprotect");
     let written = r["result"]["received_bytes"].as_u64().unwrap();
     assert!(written > 0 && written <= (24 << 20), "{r}");
 

@@ -26,21 +26,6 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// Where `cargo xtask plugins` installed the built plugins.
-fn built_plugins() -> PathBuf {
-    if let Some(d) = std::env::var_os("LIFEBOAT_PLUGINS_DIR") {
-        return d.into();
-    }
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.ancestors().nth(3).unwrap().join("plugins");
-    assert!(
-        dir.join("azure.wasm").exists(),
-        "built plugins not found in {}: run `cargo xtask plugins` first",
-        dir.display()
-    );
-    dir
-}
-
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -162,7 +147,8 @@ fn site(hosts: &[String], granted: &[String], settings: Vec<(&'static str, Strin
     std::fs::create_dir_all(&dir).unwrap();
     for ext in ["wasm", "toml"] {
         std::fs::copy(
-            built_plugins().join(format!("azure.{ext}")),
+            lifeboat_plugin_host::contract::built_plugins("azure.wasm")
+                .join(format!("azure.{ext}")),
             dir.join(format!("azure.{ext}")),
         )
         .unwrap();

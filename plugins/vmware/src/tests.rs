@@ -195,7 +195,8 @@ fn task_errors_become_the_plugins_errors() {
              </soapenv:Body></soapenv:Envelope>"
         )
     };
-    let cases: [(&str, &str, fn(&PluginError) -> bool); 5] = [
+    type Kind = fn(&PluginError) -> bool;
+    let cases: [(&str, &str, Kind); 5] = [
         ("DuplicateName", "The name 'web' already exists.", |e| {
             matches!(e, PluginError::Invalid(_))
         }),

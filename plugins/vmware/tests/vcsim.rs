@@ -12,21 +12,6 @@ use lifeboat_plugin_host::{CallError, Host, PluginError, TargetInstance};
 use lifeboat_plugin_vmware::testkit::{self, Vcsim};
 use std::path::{Path, PathBuf};
 
-/// Where `cargo xtask plugins` installed the built plugins.
-fn built_plugins() -> PathBuf {
-    if let Some(d) = std::env::var_os("LIFEBOAT_PLUGINS_DIR") {
-        return d.into();
-    }
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.ancestors().nth(3).unwrap().join("plugins");
-    assert!(
-        dir.join("vmware.wasm").exists(),
-        "built plugins not found in {}: run `cargo xtask plugins` first",
-        dir.display()
-    );
-    dir
-}
-
 /// A private plugins directory with the vmware plugin and a grant for one vcsim.
 struct Site {
     _tmp: tempfile::TempDir,
@@ -42,7 +27,8 @@ impl Site {
         std::fs::create_dir_all(&dir).unwrap();
         for ext in ["wasm", "toml"] {
             std::fs::copy(
-                built_plugins().join(format!("vmware.{ext}")),
+                lifeboat_plugin_host::contract::built_plugins("vmware.wasm")
+                    .join(format!("vmware.{ext}")),
                 dir.join(format!("vmware.{ext}")),
             )
             .unwrap();

@@ -19,6 +19,23 @@ pub struct Expect {
     pub location_suffix: Option<String>,
 }
 
+/// Where `cargo xtask plugins` put the built plugins, seen from a test binary
+/// (`<target>/<profile>/deps/<test>` → `<target>/plugins`), or `LIFEBOAT_PLUGINS_DIR`;
+/// panics saying what to run when `expect` (a file such as `zstd.wasm`) is not there.
+pub fn built_plugins(expect: &str) -> std::path::PathBuf {
+    if let Some(d) = std::env::var_os("LIFEBOAT_PLUGINS_DIR") {
+        return d.into();
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe.ancestors().nth(3).unwrap_or(std::path::Path::new(".")).join("plugins");
+    assert!(
+        dir.join(expect).exists(),
+        "built plugins not found in {}: run `cargo xtask plugins` (cargo xtask test does)",
+        dir.display()
+    );
+    dir
+}
+
 /// Deterministic data that compresses partly: runs of zeros, text and noise.
 pub fn mixed_data(len: usize, seed: u64) -> Vec<u8> {
     let mut v = Vec::with_capacity(len);

@@ -18,22 +18,6 @@ use lifeboat_plugin_host::{
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Where `cargo xtask plugins` installed the built plugins.
-fn built_plugins() -> PathBuf {
-    if let Some(d) = std::env::var_os("LIFEBOAT_PLUGINS_DIR") {
-        return d.into();
-    }
-    // <target>/<profile>/deps/<test binary> -> <target>/plugins
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.ancestors().nth(3).unwrap().join("plugins");
-    assert!(
-        dir.join("zstd.wasm").exists(),
-        "built plugins not found in {}: run `cargo xtask plugins` (cargo xtask test does)",
-        dir.display()
-    );
-    dir
-}
-
 struct Setup {
     _tmp: tempfile::TempDir,
     dir: PathBuf,
@@ -56,7 +40,8 @@ fn setup(names: &[&str], pin: bool) -> Setup {
     for n in names {
         for ext in ["wasm", "toml"] {
             std::fs::copy(
-                built_plugins().join(format!("{n}.{ext}")),
+                lifeboat_plugin_host::contract::built_plugins("zstd.wasm")
+                    .join(format!("{n}.{ext}")),
                 dir.join(format!("{n}.{ext}")),
             )
             .unwrap();
