@@ -160,6 +160,17 @@ impl Failover {
         }
     }
 
+    /// The machine's failover.
+    pub(super) fn failover_row(
+        &self,
+        machine: MachineId,
+    ) -> Result<crate::store::FailoverRow, MasterError> {
+        self.state
+            .failovers(Some(machine))?
+            .pop()
+            .ok_or_else(|| MasterError::msg(format!("machine {machine} has no failover")))
+    }
+
     /// Deletes the failed-over VM of `fo` (its disks stay), checks it is gone, and records
     /// the failover without a VM.
     pub(super) async fn stop_failed_over(
@@ -199,11 +210,7 @@ impl Failover {
         job: lifeboat_api::JobId,
         machine: MachineId,
     ) -> Result<serde_json::Value, MasterError> {
-        let fo = self
-            .state
-            .failovers(Some(machine))?
-            .pop()
-            .ok_or_else(|| MasterError::msg(format!("machine {machine} has no failover")))?;
+        let fo = self.failover_row(machine)?;
         let mut t = self.instance().await?;
         self.stop_failed_over(job, machine, &fo, &mut t).await?;
         // Frozen copies of the stopped machine's disks: the final pass reads them, and the

@@ -143,6 +143,19 @@ impl Failover {
         Ok(v)
     }
 
+    /// The machine's failover, its disks paired with the destination's, and an instance of
+    /// each target: the failover's and the destination's.
+    async fn ends(
+        &self,
+        machine: MachineId,
+        dest: &ReprotectDestination,
+    ) -> Result<(crate::store::FailoverRow, Vec<Pair>, TargetInstance, TargetInstance), MasterError>
+    {
+        let fo = self.failover_row(machine)?;
+        let pairs = self.pairs(machine, &fo, dest)?;
+        Ok((fo, pairs, self.instance().await?, self.instance_of(&dest.target).await?))
+    }
+
     /// One pass: every destination disk made equal to its failed-over disk, writing only
     /// the blocks that differ; flushed. `what` names the pass in the job's progress.
     async fn copy_pass(
@@ -208,14 +221,7 @@ impl Failover {
         machine: MachineId,
         dest: &ReprotectDestination,
     ) -> Result<serde_json::Value, MasterError> {
-        let fo = self
-            .state
-            .failovers(Some(machine))?
-            .pop()
-            .ok_or_else(|| MasterError::msg(format!("machine {machine} has no failover")))?;
-        let pairs = self.pairs(machine, &fo, dest)?;
-        let mut from = self.instance().await?;
-        let mut to = self.instance_of(&dest.target).await?;
+        let (_, pairs, mut from, mut to) = self.ends(machine, dest).await?;
         let what = format!("copying the failed-over disks into {}", dest.target);
         let s = self.copy_pass(job, machine, &mut from, &mut to, &pairs, &what).await?;
         self.state.reverse_pass_done(machine, false, "[]")?;
@@ -235,14 +241,7 @@ impl Failover {
         machine: MachineId,
         dest: &ReprotectDestination,
     ) -> Result<serde_json::Value, MasterError> {
-        let fo = self
-            .state
-            .failovers(Some(machine))?
-            .pop()
-            .ok_or_else(|| MasterError::msg(format!("machine {machine} has no failover")))?;
-        let pairs = self.pairs(machine, &fo, dest)?;
-        let mut t = self.instance().await?;
-        let mut to = self.instance_of(&dest.target).await?;
+        let (fo, pairs, mut t, mut to) = self.ends(machine, dest).await?;
         self.stop_failed_over(job, machine, &fo, &mut t).await?;
         let what = format!("the final pass into {}", dest.target);
         let s = self.copy_pass(job, machine, &mut t, &mut to, &pairs, &what).await?;
