@@ -34,13 +34,28 @@ pub struct ReprotectRequest {
     /// default: the machine's network mapping (`vm-spec`).
     #[serde(default)]
     pub network: Option<String>,
+    /// `vm_name` is an existing, powered-off VM at `to` (the machine's original VM): its
+    /// disks are written, and failback starts it as it is configured, instead of making a
+    /// new VM.
+    #[serde(default)]
+    pub existing_vm: bool,
 }
 
 impl ReprotectRequest {
     /// Format checks, naming the field.
     pub fn check(&self) -> Result<(), String> {
-        if self.to.is_none() && (self.vm_name.is_some() || self.network.is_some()) {
-            return Err("vm_name and network need `to` (the target to fail back into)".into());
+        if self.to.is_none()
+            && (self.vm_name.is_some() || self.network.is_some() || self.existing_vm)
+        {
+            return Err(
+                "vm_name, network and existing_vm need `to` (the target to fail back into)".into(),
+            );
+        }
+        if self.existing_vm && self.vm_name.is_none() {
+            return Err("existing_vm needs vm_name (the VM whose disks are written)".into());
+        }
+        if self.existing_vm && self.network.is_some() {
+            return Err("network: an existing VM keeps its own networks".into());
         }
         if let Some(t) = &self.to
             && (t.is_empty()
@@ -86,6 +101,9 @@ pub struct ReprotectDestination {
     pub vm_name: String,
     /// Every interface's network, if not the machine's mapping.
     pub network: Option<String>,
+    /// `vm_name` is an existing VM whose disks are written (adopted), not a new one.
+    #[serde(default)]
+    pub existing: bool,
     /// The disks written there, by the machine's disk index.
     pub disks: Vec<DestinationDisk>,
 }

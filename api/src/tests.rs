@@ -329,6 +329,7 @@ fn reprotect_requests_are_checked() {
     assert!(ok("{}").is_ok());
     assert!(ok(r#"{"to":"vmware"}"#).is_ok());
     assert!(ok(r#"{"to":"vmware","vm_name":"web-01.fb","network":"VM Network"}"#).is_ok());
+    assert!(ok(r#"{"to":"vmware","vm_name":"web","existing_vm":true}"#).is_ok());
     for (bad, field) in [
         (r#"{"vm_name":"x"}"#, "need `to`"),
         (r#"{"network":"x"}"#, "need `to`"),
@@ -340,6 +341,9 @@ fn reprotect_requests_are_checked() {
         (r#"{"to":"vmware","vm_name":"a/b"}"#, "vm_name:"),
         (r#"{"to":"vmware","network":" x"}"#, "network:"),
         (r#"{"to":"vmware","network":"a\u0001"}"#, "network:"),
+        (r#"{"existing_vm":true}"#, "need `to`"),
+        (r#"{"to":"vmware","existing_vm":true}"#, "needs vm_name"),
+        (r#"{"to":"vmware","vm_name":"web","existing_vm":true,"network":"n"}"#, "network:"),
     ] {
         let e = ok(bad).expect_err(bad);
         assert!(e.contains(field), "{bad}: {e}");

@@ -126,6 +126,10 @@ enum Cmd {
         /// (default: the machine's network mapping, `lifeboat vm-spec`).
         #[arg(long, requires = "to")]
         network: Option<String>,
+        /// With `--to` and `--vm-name`: that VM exists (the machine's original VM, powered
+        /// off); its own disks are written and failback starts it.
+        #[arg(long, requires = "vm_name")]
+        existing_vm: bool,
         /// Return once the job started instead of waiting for it.
         #[arg(long)]
         no_wait: bool,
@@ -456,11 +460,12 @@ fn run(cli: &Cli) -> Result<Output, Failure> {
             failover::failover(cli, machine, point, *no_wait)
         }
         Cmd::Commit { machine, no_wait } => failover::commit(cli, machine, *no_wait),
-        Cmd::Reprotect { machine, to, vm_name, network, no_wait } => {
+        Cmd::Reprotect { machine, to, vm_name, network, existing_vm, no_wait } => {
             let body = lifeboat_api::ReprotectRequest {
                 to: to.clone(),
                 vm_name: vm_name.clone(),
                 network: network.clone(),
+                existing_vm: *existing_vm,
             };
             failover::reverse(cli, "reprotect", machine, Some(&body), *no_wait)
         }

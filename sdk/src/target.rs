@@ -335,6 +335,10 @@ pub trait Target: Sized + 'static {
     fn vm_state(&mut self, _vm: &str) -> Result<PowerState, PluginError> {
         unsupported("querying a VM")
     }
+    /// Takes the disks of an existing, stopped VM as this target's disks (see the WIT).
+    fn adopt_vm_disks(&mut self, _vm: &str, _disks: &[String]) -> Result<Vec<u64>, PluginError> {
+        unsupported("writing an existing VM's disks")
+    }
 }
 
 thread_local! {
@@ -421,6 +425,9 @@ impl<T: Target> gen_::Guest for Exported<T> {
     }
     fn vm_state(vm: String) -> Result<PowerState, GenError> {
         with(|t: &mut T| t.vm_state(&vm))
+    }
+    fn adopt_vm_disks(vm: String, disks: Vec<String>) -> Result<Vec<u64>, GenError> {
+        with(|t: &mut T| t.adopt_vm_disks(&vm, &disks))
     }
 }
 

@@ -220,7 +220,8 @@ fn a_wrong_vsphere_password_is_reported_and_loses_nothing() {
 /// blocks that differ), failback stops the local VM, makes the final pass, makes the VMware
 /// VM from the spec on the mapped port group and powers it on; the replicas are made anew,
 /// and the agent in the new VM (its disks: the VMDKs' flat extents) replicates forward with
-/// a full resync, every point equal to the VM's disks.
+/// a full resync, every point equal to the VM's disks. Then the same machine fails over to
+/// the local target again and back into that (its original) VM, whose own disks are written.
 #[test]
 fn a_machine_failed_over_to_the_local_target_fails_back_into_vmware() {
     let v = Vcsim::start("lifeboat", "s3cret", None);
@@ -342,4 +343,35 @@ fn a_machine_failed_over_to_the_local_target_fails_back_into_vmware() {
         2,
         "each disk compared before points resumed"
     );
+
+    // Again, into its original VM this time: the machine (now the VMware VM) fails over to
+    // the local target and commits; its VM is found running (refused, nothing changed),
+    // then powered off; reprotect writes that VM's own disks and failback starts it.
+    let fo2 = site.lifeboat_json(&["failover", &machine]);
+    let fo2_disks: Vec<PathBuf> = result_disks(&fo2).into_iter().map(PathBuf::from).collect();
+    site.lifeboat_json(&["commit", &machine]);
+    random_writes(&fo2_disks[0], 15, 46);
+    let into_original =
+        ["reprotect", machine.as_str(), "--to", "vmware", "--vm-name", vm_name, "--existing-vm"];
+    let running = site.lifeboat(&into_original, None);
+    assert!(!running.status.success());
+    assert!(String::from_utf8_lossy(&running.stderr).contains("power it off"), "{running:?}");
+    let still = site.lifeboat_json(&["failovers"]);
+    assert_eq!(still["failovers"][0]["state"], "committed", "{still}");
+    v.power_off(&vm);
+    let r = site.lifeboat_json(&into_original);
+    assert_eq!(r["state"], "succeeded", "{r}");
+    assert!(same_raw(&fo2_disks[0], &dest(0)) && same_raw(&fo2_disks[1], &dest(1)));
+    random_writes(&fo2_disks[1], 5, 47);
+    let want = (sha256_file(&fo2_disks[0]), sha256_file(&fo2_disks[1]));
+    let fb = site.lifeboat_json(&["failback", &machine]);
+    assert_eq!(fb["result"]["vm"], vm.as_str(), "the same VM: {fb}");
+    let facts = v.vm(&vm).unwrap();
+    assert_eq!((facts.power.as_str(), facts.disks.clone()), ("poweredOn", vec![ds(0), ds(1)]));
+    assert_eq!(
+        (sha256_file(&dest(0)), sha256_file(&dest(1))),
+        want,
+        "its disks hold the failed-over data"
+    );
+    assert!(fo2_disks.iter().all(|d| !d.exists()), "failback deleted the failed-over disks");
 }

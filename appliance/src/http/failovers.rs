@@ -152,7 +152,7 @@ pub(super) async fn commit(
     post,
     path = "/api/v1/machines/{id}/reprotect",
     tag = "failovers",
-    summary = "Reprotects a committed failover. Without `to` (or no body): the original machine's agent (`lifeboat-agent reprotect`) pulls the blocks that differ between its disks and the failed-over ones, so only changed blocks cross the network. With `to` (another loaded target plugin): the master target writes new disks there from the failed-over ones, block by block, writing only blocks that differ; failback then makes VM `vm_name` on them. The job ends after its first complete pass (state `reprotected`). 409 unless committed.",
+    summary = "Reprotects a committed failover. Without `to` (or no body): the original machine's agent (`lifeboat-agent reprotect`) pulls the blocks that differ between its disks and the failed-over ones, so only changed blocks cross the network. With `to` (another loaded target plugin): the master target writes new disks there from the failed-over ones, block by block, writing only blocks that differ; failback then makes VM `vm_name` on them. With `existing_vm`, `vm_name` is an existing, powered-off VM there (the machine's original VM): its own disks are written, and failback starts it. The job ends after its first complete pass (state `reprotected`). 409 unless committed.",
     params(("id" = String, Path, description = "id")),
     request_body = api::ReprotectRequest,
     responses(
@@ -214,6 +214,7 @@ pub(super) async fn reprotect(
                 target: to.clone(),
                 vm_name: r.vm_name.clone().unwrap_or_else(|| format!("lb-{id}")),
                 network: r.network.clone(),
+                existing: r.existing_vm,
                 disks: disks
                     .iter()
                     .map(|(i, _)| api::DestinationDisk { disk: *i, id: format!("fb-{id}-d{i}") })

@@ -121,13 +121,18 @@ impl Config {
 pub struct DiskMeta {
     pub size: u64,
     pub uuid: String,
+    /// An adopted VM's disk (`adopt-vm-disks`): its VMDK, datastore-relative. The VM owns
+    /// it: deleting the disk forgets it and leaves the file.
+    pub path: Option<String>,
 }
 
 impl DiskMeta {
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::json!({"format": 1, "size": self.size, "uuid": self.uuid})
-            .to_string()
-            .into_bytes()
+        let mut v = serde_json::json!({"format": 1, "size": self.size, "uuid": self.uuid});
+        if let Some(p) = &self.path {
+            v["path"] = serde_json::Value::String(p.clone());
+        }
+        v.to_string().into_bytes()
     }
     pub fn parse(data: &[u8], what: &str) -> Result<DiskMeta, PluginError> {
         let bad = |why: &str| PluginError::Internal(format!("{what}: {why}"));
@@ -136,9 +141,21 @@ impl DiskMeta {
         if v["format"] != 1 {
             return Err(bad("format is not 1"));
         }
+        let path = match &v["path"] {
+            serde_json::Value::Null => None,
+            serde_json::Value::String(p)
+                if p.ends_with(".vmdk")
+                    && !p.starts_with('/')
+                    && !p.split('/').any(|c| c.is_empty() || c == ".." || c == ".") =>
+            {
+                Some(p.clone())
+            }
+            _ => return Err(bad("path is not a datastore path of a .vmdk")),
+        };
         Ok(DiskMeta {
             size: v["size"].as_u64().ok_or_else(|| bad("no size"))?,
             uuid: v["uuid"].as_str().ok_or_else(|| bad("no uuid"))?.to_owned(),
+            path,
         })
     }
 }
@@ -181,6 +198,7 @@ impl PointMeta {
                 DiskMeta {
                     size: d["size"].as_u64().ok_or_else(|| bad("a disk has no size"))?,
                     uuid: d["uuid"].as_str().ok_or_else(|| bad("a disk has no uuid"))?.to_owned(),
+                    path: None,
                 },
             ));
         }
@@ -372,17 +390,20 @@ impl Vmware {
     /// The replica (or materialised) disk `id`; `not-found` if it does not exist.
     fn disk(&mut self, id: &str) -> Result<Vmdk, PluginError> {
         let path = self.disk_vmdk(id)?;
-        if let Some(m) = self.disks.get(id) {
-            return Ok(Vmdk { path, meta: m.clone() });
-        }
-        let meta_path = self.disk_meta_path(id)?;
-        let data = self
-            .vs
-            .get_file(&meta_path)?
-            .ok_or_else(|| PluginError::NotFound(format!("disk {id}")))?;
-        let meta = DiskMeta::parse(&data, &self.vs.ds_path(&meta_path))?;
-        self.disks.insert(id.to_owned(), meta.clone());
-        Ok(Vmdk { path, meta })
+        let meta = match self.disks.get(id) {
+            Some(m) => m.clone(),
+            None => {
+                let meta_path = self.disk_meta_path(id)?;
+                let data = self
+                    .vs
+                    .get_file(&meta_path)?
+                    .ok_or_else(|| PluginError::NotFound(format!("disk {id}")))?;
+                let meta = DiskMeta::parse(&data, &self.vs.ds_path(&meta_path))?;
+                self.disks.insert(id.to_owned(), meta.clone());
+                meta
+            }
+        };
+        Ok(Vmdk { path: meta.path.clone().unwrap_or(path), meta })
     }
 
     /// The disk `id`, checked to reach byte `end`; a cached size that does not is read
@@ -420,7 +441,7 @@ impl Vmware {
             }
         }
         let uuid = self.vs.vmdk_uuid(&dc, path)?;
-        let v = Vmdk { path: path.to_owned(), meta: DiskMeta { size, uuid } };
+        let v = Vmdk { path: path.to_owned(), meta: DiskMeta { size, uuid, path: None } };
         self.attach(&v, true)?;
         host_disks::open(&self.disk_ref(&v), size)?;
         Ok(v)
@@ -755,8 +776,10 @@ impl Target for Vmware {
             );
             self.vs.reconfigure(&appliance, &format!("growing {file} to {size} bytes"), &change)?;
         }
-        let grown =
-            Vmdk { path: v.path.clone(), meta: DiskMeta { size, uuid: v.meta.uuid.clone() } };
+        let grown = Vmdk {
+            path: v.path.clone(),
+            meta: DiskMeta { size, uuid: v.meta.uuid.clone(), path: v.meta.path.clone() },
+        };
         host_disks::open(&self.disk_ref(&grown), size)?;
         let dc = self.dc()?;
         let meta_path = self.disk_meta_path(disk)?;
@@ -766,9 +789,11 @@ impl Target for Vmware {
     }
 
     fn delete_disk(&mut self, disk: &str) -> Result<(), PluginError> {
-        let path = self.disk_vmdk(disk)?;
         let meta_path = self.disk_meta_path(disk)?;
-        let known = self.disk(disk).is_ok();
+        let (known, path, adopted) = match self.disk(disk) {
+            Ok(v) => (true, v.path, v.meta.path.is_some()),
+            Err(_) => (false, self.disk_vmdk(disk)?, false),
+        };
         self.disks.remove(disk);
         let dc = self.dc()?;
         // The record first: a disk half deleted is not listed.
@@ -777,6 +802,10 @@ impl Target for Vmware {
             Err(e) => return Err(e),
         }
         self.detach(&path)?;
+        if adopted {
+            // A VM's own disk: forgotten, not deleted.
+            return Ok(());
+        }
         match self.vs.delete_vmdk(&dc, &path) {
             Err(PluginError::NotFound(_)) if !known => {
                 Err(PluginError::NotFound(format!("disk {disk}")))
@@ -1003,11 +1032,11 @@ impl Target for Vmware {
         if let Some(vm) = self.vs.find_path(&format!("{folder_path}/{}", spec.name))? {
             // Made by an earlier attempt of this call, if its disks are the spec's; any
             // other VM of that name is not ours to power on.
-            let mut want: Vec<String> = spec
-                .disks
-                .iter()
-                .map(|d| self.disk_vmdk(d).map(|p| self.vs.ds_path(&p)))
-                .collect::<Result<_, _>>()?;
+            let mut paths = Vec::new();
+            for d in &spec.disks {
+                paths.push(self.disk(d)?.path);
+            }
+            let mut want: Vec<String> = paths.iter().map(|p| self.vs.ds_path(p)).collect();
             let mut have: Vec<String> = self
                 .vs
                 .devices(&vm)?
@@ -1023,6 +1052,10 @@ impl Target for Vmware {
                     spec.name,
                     have.join(", ")
                 )));
+            }
+            // Its disks leave the appliance first (written there by failback into it).
+            for p in &paths {
+                self.detach(p)?;
             }
             self.vs.power(&vm, true)?;
             return Ok(vm.value);
@@ -1104,6 +1137,72 @@ impl Target for Vmware {
             &format!("<Destroy_Task>{}</Destroy_Task>", m.xml("_this")),
         )?;
         Ok(())
+    }
+
+    fn adopt_vm_disks(&mut self, vm: &str, disks: &[String]) -> Result<Vec<u64>, PluginError> {
+        check_id(vm)?;
+        for d in disks {
+            check_id(d)?;
+        }
+        let (_, folder_path) = self.vm_folder()?;
+        let m = self
+            .vs
+            .find_path(&format!("{folder_path}/{vm}"))?
+            .ok_or_else(|| PluginError::NotFound(format!("VM {vm} (in folder {folder_path})")))?;
+        let power = self.vs.power_state(&m)?;
+        if power != "poweredOff" {
+            return Err(invalid(format!(
+                "VM {vm} is {power}: power it off first (failback writes its disks, then starts it)"
+            )));
+        }
+        let found: Vec<_> =
+            self.vs.devices(&m)?.into_iter().filter(|d| d.kind == "VirtualDisk").collect();
+        if found.len() != disks.len() {
+            return Err(invalid(format!(
+                "VM {vm} has {} disks, the machine {}: fail back into a VM with as many disks",
+                found.len(),
+                disks.len()
+            )));
+        }
+        let prefix = format!("[{}] ", self.cfg.datastore_name());
+        let dc = self.dc()?;
+        let mut sizes = Vec::new();
+        for (id, d) in disks.iter().zip(&found) {
+            let file = d.file_name.clone().unwrap_or_default();
+            let path = file.strip_prefix(&prefix).map(str::to_owned).ok_or_else(|| {
+                invalid(format!(
+                    "disk {file} of VM {vm} is not on datastore {}, the one this target writes",
+                    self.cfg.datastore_name()
+                ))
+            })?;
+            let size = d.capacity_kb.ok_or_else(|| {
+                PluginError::Internal(format!("disk {file} of VM {vm}: vSphere gave no capacity"))
+            })? * 1024;
+            // An id already naming another VMDK is not taken over.
+            match self.disk(id) {
+                Ok(v) if v.path != path => {
+                    return Err(invalid(format!(
+                        "disk id {id} names {} already, not {file}",
+                        self.vs.ds_path(&v.path)
+                    )));
+                }
+                Ok(_) | Err(PluginError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+            let uuid = self.vs.vmdk_uuid(&dc, &path)?;
+            let meta = DiskMeta { size, uuid, path: Some(path) };
+            let meta_path = self.disk_meta_path(id)?;
+            match self.vs.put_file_atomic(&dc, &meta_path, &meta.to_json()) {
+                Err(PluginError::NotFound(_)) => {
+                    self.vs.make_dir(&dc, &self.dir("disks"))?;
+                    self.vs.put_file_atomic(&dc, &meta_path, &meta.to_json())?;
+                }
+                r => r?,
+            }
+            self.disks.insert(id.clone(), meta);
+            sizes.push(size);
+        }
+        Ok(sizes)
     }
 
     fn vm_state(&mut self, vm: &str) -> Result<PowerState, PluginError> {

@@ -45,8 +45,19 @@ fn settings_have_defaults_and_refuse_bad_values() {
 
 #[test]
 fn records_round_trip_and_refuse_malformed_input() {
-    let m = DiskMeta { size: 1 << 30, uuid: "6000C291-0000".into() };
+    let m = DiskMeta { size: 1 << 30, uuid: "6000C291-0000".into(), path: None };
     assert_eq!(DiskMeta::parse(&m.to_json(), "x").unwrap(), m);
+    let adopted = DiskMeta { path: Some("web/web.vmdk".into()), ..m.clone() };
+    assert_eq!(DiskMeta::parse(&adopted.to_json(), "x").unwrap(), adopted);
+    for bad in [
+        r#"{"format":1,"size":1,"uuid":"u","path":"/etc/x.vmdk"}"#,
+        r#"{"format":1,"size":1,"uuid":"u","path":"web/../x.vmdk"}"#,
+        r#"{"format":1,"size":1,"uuid":"u","path":"web//x.vmdk"}"#,
+        r#"{"format":1,"size":1,"uuid":"u","path":"web/x.txt"}"#,
+        r#"{"format":1,"size":1,"uuid":"u","path":7}"#,
+    ] {
+        assert!(DiskMeta::parse(bad.as_bytes(), "x").is_err(), "{bad}");
+    }
     let p = PointMeta {
         info: PointInfo {
             id: "p1".into(),

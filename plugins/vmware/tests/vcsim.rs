@@ -437,3 +437,57 @@ fn rustix_is_root() -> bool {
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
+
+/// Failback into a machine's original VM: an existing VM (made here by another instance, on
+/// disks this instance knows under other ids), powered off, has its disks adopted, written
+/// and read through the appliance, and is started by `create-vm` with its name. Running,
+/// missing, and a wrong disk count are refused; deleting an adopted disk forgets it and
+/// keeps the VM's file.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_existing_vms_disks_are_adopted_written_and_the_vm_started() {
+    let v = Vcsim::start("lifeboat", "s3cret", None);
+    let s = Site::new(&v);
+    let mut t = s.instance().await;
+    t.create_disk("user-d0", 2 << 20).await.unwrap();
+    let id = t.create_vm(&spec("user-vm", &["user-d0"], false)).await.unwrap();
+    let file = "[LocalDS_0] lifeboat/disks/user-d0.vmdk".to_owned();
+    let rel = "lifeboat/disks/user-d0-flat.vmdk";
+    let ids = vec!["orig-d0".to_owned()];
+
+    // Running: refused, nothing adopted.
+    let e = t.adopt_vm_disks("user-vm", &ids).await.unwrap_err();
+    assert!(matches!(plugin_err(&e), PluginError::Invalid(m) if m.contains("power it off")), "{e}");
+    assert!(t.read_extent("orig-d0", 0, 512).await.is_err());
+    v.power_off(&id);
+    let e = t.adopt_vm_disks("no-such-vm", &ids).await.unwrap_err();
+    assert!(matches!(plugin_err(&e), PluginError::NotFound(m) if m.contains("no-such-vm")), "{e}");
+    let two = vec!["orig-d0".to_owned(), "orig-d1".to_owned()];
+    let e = t.adopt_vm_disks("user-vm", &two).await.unwrap_err();
+    assert!(matches!(plugin_err(&e), PluginError::Invalid(m) if m.contains("has 1 disks")), "{e}");
+
+    // Adopted (by a fresh instance, as the master target would be): written and read like
+    // a replica, in the VM's own file.
+    let mut t = s.instance().await;
+    assert_eq!(t.adopt_vm_disks("user-vm", &ids).await.unwrap(), vec![2 << 20]);
+    let data = mixed_data(1 << 20, 5);
+    t.write_extents("orig-d0", &[Extent { offset: 0, data: data.clone() }], &[]).await.unwrap();
+    t.flush_disk("orig-d0").await.unwrap();
+    assert_eq!(t.read_extent("orig-d0", 0, 1 << 20).await.unwrap(), data);
+    assert_eq!(read_at(&flat(&v, rel), 0, 1 << 20), data, "written in the VM's own file");
+    assert!(v.appliance_disks().contains(&file), "attached to the appliance while written");
+    // Adopting again (a repeated call) is fine; an id naming another VMDK is not taken over.
+    t.adopt_vm_disks("user-vm", &ids).await.unwrap();
+    t.create_disk("taken", 1 << 20).await.unwrap();
+    let e = t.adopt_vm_disks("user-vm", &["taken".to_owned()]).await.unwrap_err();
+    assert!(matches!(plugin_err(&e), PluginError::Invalid(m) if m.contains("names")), "{e}");
+
+    // create-vm with its name and disks starts it, its disk off the appliance first.
+    assert_eq!(t.create_vm(&spec("user-vm", &["orig-d0"], false)).await.unwrap(), id);
+    let after = v.vm(&id).unwrap();
+    assert_eq!((after.power.as_str(), after.disks.clone()), ("poweredOn", vec![file.clone()]));
+    assert!(!v.appliance_disks().contains(&file));
+    // Forgetting an adopted disk keeps the VM's file.
+    t.delete_disk("orig-d0").await.unwrap();
+    assert!(flat(&v, rel).exists(), "the VM's disk stays");
+    assert!(t.read_extent("orig-d0", 0, 512).await.is_err());
+}

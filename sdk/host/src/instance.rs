@@ -356,4 +356,12 @@ impl TargetInstance {
     pub async fn vm_state(&mut self, vm: &str) -> Result<target::PowerState, CallError> {
         call!(self, Target, "vm-state", |i, s| i.call_vm_state(s, vm))
     }
+    /// Takes the disks of existing, stopped VM `vm` as disks `disks`; their sizes.
+    pub async fn adopt_vm_disks(
+        &mut self,
+        vm: &str,
+        disks: &[String],
+    ) -> Result<Vec<u64>, CallError> {
+        call!(self, Target, "adopt-vm-disks", |i, s| i.call_adopt_vm_disks(s, vm, disks))
+    }
 }

@@ -47,6 +47,17 @@ struct Pair {
     size: u64,
 }
 
+/// Both ends of the copies: the machine's failover, its disks paired with the
+/// destination's, and an instance of each target.
+struct Ends {
+    fo: crate::store::FailoverRow,
+    pairs: Vec<Pair>,
+    /// The target the machine failed over to.
+    from: TargetInstance,
+    /// The destination.
+    to: TargetInstance,
+}
+
 /// What a copy pass did.
 #[derive(Debug, Default, Clone, Copy)]
 pub(super) struct PassStats {
@@ -143,17 +154,55 @@ impl Failover {
         Ok(v)
     }
 
-    /// The machine's failover, its disks paired with the destination's, and an instance of
-    /// each target: the failover's and the destination's.
+    /// Both ends of the copies for `machine` into `dest`.
     async fn ends(
         &self,
         machine: MachineId,
         dest: &ReprotectDestination,
-    ) -> Result<(crate::store::FailoverRow, Vec<Pair>, TargetInstance, TargetInstance), MasterError>
-    {
+    ) -> Result<Ends, MasterError> {
         let fo = self.failover_row(machine)?;
         let pairs = self.pairs(machine, &fo, dest)?;
-        Ok((fo, pairs, self.instance().await?, self.instance_of(&dest.target).await?))
+        let from = self.instance().await?;
+        let to = self.instance_of(&dest.target).await?;
+        Ok(Ends { fo, pairs, from, to })
+    }
+
+    /// An existing VM at the destination: its disks taken as the destination's disks, in
+    /// the VM spec's disk order (boot disk first), each at least as large as the machine's;
+    /// refused while the VM runs. Repeated before failback's final pass, so a VM started
+    /// meanwhile is never written.
+    async fn adopt(
+        &self,
+        machine: MachineId,
+        dest: &ReprotectDestination,
+        e: &mut Ends,
+    ) -> Result<(), MasterError> {
+        let (to, pairs) = (&mut e.to, &e.pairs);
+        let order = vm_spec(&self.state, machine)?.disks;
+        let mut ids = Vec::new();
+        for d in &order {
+            let p = pairs
+                .iter()
+                .find(|p| p.disk == *d)
+                .ok_or_else(|| MasterError::msg(format!("the destination has no disk {d}")))?;
+            ids.push(p.to.clone());
+        }
+        let sizes = to.adopt_vm_disks(&dest.vm_name, &ids).await.map_err(|e| {
+            MasterError::msg(format!(
+                "taking the disks of VM {} in {}: {e}",
+                dest.vm_name, dest.target
+            ))
+        })?;
+        for ((d, id), size) in order.iter().zip(&ids).zip(&sizes) {
+            let want = pairs.iter().find(|p| p.disk == *d).map_or(0, |p| p.size);
+            if *size < want {
+                return Err(MasterError::msg(format!(
+                    "disk {id} of VM {} has {size} bytes, fewer than the machine's disk {d} ({want}): grow it in {} first",
+                    dest.vm_name, dest.target
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// One pass: every destination disk made equal to its failed-over disk, writing only
@@ -162,11 +211,11 @@ impl Failover {
         &self,
         job: lifeboat_api::JobId,
         machine: MachineId,
-        from: &mut TargetInstance,
-        to: &mut TargetInstance,
-        pairs: &[Pair],
+        e: &mut Ends,
         what: &str,
+        create: bool,
     ) -> Result<PassStats, MasterError> {
+        let Ends { from, to, pairs, .. } = e;
         let total: u64 = pairs.iter().map(|p| p.size).sum();
         // Writes of at most what the destination takes in one call, whole blocks.
         let max = to.capabilities().map_or(RANGE, |c| u64::from(c.max_write_bytes));
@@ -176,9 +225,11 @@ impl Failover {
         let mut s = PassStats::default();
         let mut shown = std::time::Instant::now();
         for (i, p) in pairs.iter().enumerate() {
-            to.create_disk(&p.to, p.size).await.map_err(|e| {
-                MasterError::msg(format!("making disk {} for disk {}: {e}", p.to, p.disk))
-            })?;
+            if create {
+                to.create_disk(&p.to, p.size).await.map_err(|e| {
+                    MasterError::msg(format!("making disk {} for disk {}: {e}", p.to, p.disk))
+                })?;
+            }
             let mut at = 0;
             while at < p.size {
                 let len = range.min(p.size - at);
@@ -221,9 +272,12 @@ impl Failover {
         machine: MachineId,
         dest: &ReprotectDestination,
     ) -> Result<serde_json::Value, MasterError> {
-        let (_, pairs, mut from, mut to) = self.ends(machine, dest).await?;
+        let mut e = self.ends(machine, dest).await?;
         let what = format!("copying the failed-over disks into {}", dest.target);
-        let s = self.copy_pass(job, machine, &mut from, &mut to, &pairs, &what).await?;
+        if dest.existing {
+            self.adopt(machine, dest, &mut e).await?;
+        }
+        let s = self.copy_pass(job, machine, &mut e, &what, !dest.existing).await?;
         self.state.reverse_pass_done(machine, false, "[]")?;
         Ok(serde_json::json!({
             "machine": machine.to_string(), "target": dest.target, "vm_name": dest.vm_name,
@@ -241,17 +295,22 @@ impl Failover {
         machine: MachineId,
         dest: &ReprotectDestination,
     ) -> Result<serde_json::Value, MasterError> {
-        let (fo, pairs, mut t, mut to) = self.ends(machine, dest).await?;
-        self.stop_failed_over(job, machine, &fo, &mut t).await?;
+        let mut e = self.ends(machine, dest).await?;
+        if dest.existing {
+            self.adopt(machine, dest, &mut e).await?;
+        }
+        self.stop_failed_over(job, machine, &e.fo, &mut e.from).await?;
         let what = format!("the final pass into {}", dest.target);
-        let s = self.copy_pass(job, machine, &mut t, &mut to, &pairs, &what).await?;
+        let s = self.copy_pass(job, machine, &mut e, &what, !dest.existing).await?;
+        let Ends { fo, pairs, from: mut t, mut to } = e;
         self.state.reverse_pass_done(machine, true, "[]")?;
 
-        // The VM at the destination, boot disk first.
+        // The VM at the destination, boot disk first: made, or (an existing VM) started.
+        let doing = if dest.existing { "starting" } else { "making" };
         self.state.job_progress(
             job,
             0.99,
-            &format!("making VM {} in {}", dest.vm_name, dest.target),
+            &format!("{doing} VM {} in {}", dest.vm_name, dest.target),
         )?;
         let mut spec = vm_spec(&self.state, machine)?;
         if let Some(n) = &dest.network {
@@ -274,7 +333,7 @@ impl Failover {
             .create_vm(&plugin_spec(dest.vm_name.clone(), &spec, disks.clone(), false))
             .await
             .map_err(|e| {
-                MasterError::msg(format!("making VM {} in {}: {e}", dest.vm_name, dest.target))
+                MasterError::msg(format!("{doing} VM {} in {}: {e}", dest.vm_name, dest.target))
             })?;
 
         // The replicas anew from the failed-over disks (what the VM started from), numbered
