@@ -154,7 +154,8 @@ impl Failover {
         Ok(v)
     }
 
-    /// Both ends of the copies for `machine` into `dest`.
+    /// Both ends of the copies for `machine` into `dest`; an existing VM's disks adopted
+    /// (again) first.
     async fn ends(
         &self,
         machine: MachineId,
@@ -164,7 +165,11 @@ impl Failover {
         let pairs = self.pairs(machine, &fo, dest)?;
         let from = self.instance().await?;
         let to = self.instance_of(&dest.target).await?;
-        Ok(Ends { fo, pairs, from, to })
+        let mut e = Ends { fo, pairs, from, to };
+        if dest.existing {
+            self.adopt(machine, dest, &mut e).await?;
+        }
+        Ok(e)
     }
 
     /// An existing VM at the destination: its disks taken as the destination's disks, in
@@ -274,9 +279,6 @@ impl Failover {
     ) -> Result<serde_json::Value, MasterError> {
         let mut e = self.ends(machine, dest).await?;
         let what = format!("copying the failed-over disks into {}", dest.target);
-        if dest.existing {
-            self.adopt(machine, dest, &mut e).await?;
-        }
         let s = self.copy_pass(job, machine, &mut e, &what, !dest.existing).await?;
         self.state.reverse_pass_done(machine, false, "[]")?;
         Ok(serde_json::json!({
@@ -296,9 +298,6 @@ impl Failover {
         dest: &ReprotectDestination,
     ) -> Result<serde_json::Value, MasterError> {
         let mut e = self.ends(machine, dest).await?;
-        if dest.existing {
-            self.adopt(machine, dest, &mut e).await?;
-        }
         self.stop_failed_over(job, machine, &e.fo, &mut e.from).await?;
         let what = format!("the final pass into {}", dest.target);
         let s = self.copy_pass(job, machine, &mut e, &what, !dest.existing).await?;
